@@ -1,0 +1,398 @@
+// The public, validated API over the raw implementation (native or fallback). Argument checks live
+// here, once, so both implementations throw the same TypeError/RangeError naming the argument; the raw
+// layer then only ever sees well-typed values. Event semantics live in the core (crates/core) and its
+// mirror (ts/fallback), never here.
+import {
+  COUNTER_NAMES,
+  OUT_HEADER_BYTES,
+  REJECT_REASONS,
+  type BlockExtraInfo,
+  type ConvertedEvent,
+  type CounterName,
+  type RawIngestor,
+  type RejectReason,
+  type RouterEventValue,
+} from './binding.js'
+import { implementation, raw } from './native.js'
+
+export { implementation, nativeLoadError } from './native.js'
+export { REJECT_REASONS, COUNTER_NAMES } from './binding.js'
+export type {
+  BlockExtraInfo,
+  ConvertedEvent,
+  CounterName,
+  MmObject,
+  RejectReason,
+  RouterEventValue,
+  StoredBlock,
+} from './binding.js'
+
+const U64_MAX = (1n << 64n) - 1n
+const U32_MAX = 0xffff_ffff
+
+/** A batch that is not a decodable engine batch (SPEC 2.2). */
+export class KvDecodeError extends Error {
+  readonly reason: 'malformed' = 'malformed'
+  constructor(message = 'malformed engine batch') {
+    super(message)
+    this.name = 'KvDecodeError'
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// argument checks
+
+function u64(name: string, v: unknown): bigint {
+  if (typeof v !== 'bigint') throw new TypeError(`${name} must be a bigint, got ${describe(v)}`)
+  if (v < 0n || v > U64_MAX) throw new RangeError(`${name} must be within 0..2^64-1, got ${v}`)
+  return v
+}
+
+function u32(name: string, v: unknown): number {
+  if (typeof v !== 'number') throw new TypeError(`${name} must be a number, got ${describe(v)}`)
+  if (!Number.isInteger(v) || v < 0 || v > U32_MAX)
+    throw new RangeError(`${name} must be an integer within 0..2^32-1, got ${v}`)
+  return v
+}
+
+function positiveInt(name: string, v: unknown, max = U32_MAX): number {
+  if (typeof v !== 'number') throw new TypeError(`${name} must be a number, got ${describe(v)}`)
+  if (!Number.isInteger(v) || v < 1 || v > max) throw new RangeError(`${name} must be an integer within 1..${max}, got ${v}`)
+  return v
+}
+
+function nowArg(v: unknown): number {
+  if (v === undefined) return Date.now()
+  if (typeof v !== 'number') throw new TypeError(`nowMs must be a number, got ${describe(v)}`)
+  if (!Number.isSafeInteger(v) || v < 0) throw new RangeError(`nowMs must be a non-negative safe integer, got ${v}`)
+  return v
+}
+
+function bytesArg(name: string, v: unknown): Uint8Array {
+  if (!(v instanceof Uint8Array)) throw new TypeError(`${name} must be a Uint8Array or Buffer, got ${describe(v)}`)
+  return v
+}
+
+function tokensArg(name: string, v: unknown): Uint32Array {
+  if (v instanceof Uint32Array) return v
+  if (!Array.isArray(v)) throw new TypeError(`${name} must be a Uint32Array or an array of numbers, got ${describe(v)}`)
+  const out = new Uint32Array(v.length)
+  for (let i = 0; i < v.length; i++) out[i] = u32(`${name}[${i}]`, v[i])
+  return out
+}
+
+function hashesArg(name: string, v: unknown): BigUint64Array {
+  if (v instanceof BigUint64Array) return v
+  if (!Array.isArray(v)) throw new TypeError(`${name} must be a BigUint64Array or an array of bigints, got ${describe(v)}`)
+  const out = new BigUint64Array(v.length)
+  for (let i = 0; i < v.length; i++) out[i] = u64(`${name}[${i}]`, v[i])
+  return out
+}
+
+function mmInfosArg(name: string, v: unknown): (BlockExtraInfo | null)[] | null {
+  if (v === undefined || v === null) return null
+  if (!Array.isArray(v)) throw new TypeError(`${name} must be an array, got ${describe(v)}`)
+  return v.map((info, i) => {
+    if (info === null || info === undefined) return null
+    const at = `${name}[${i}]`
+    if (typeof info !== 'object' || !Array.isArray((info as BlockExtraInfo).mmObjects))
+      throw new TypeError(`${at} must be null or { mmObjects: [...] }, got ${describe(info)}`)
+    return {
+      mmObjects: (info as BlockExtraInfo).mmObjects.map((o, j) => {
+        const ot = `${at}.mmObjects[${j}]`
+        if (typeof o !== 'object' || o === null) throw new TypeError(`${ot} must be an object, got ${describe(o)}`)
+        const offsets = o.offsets ?? []
+        if (!Array.isArray(offsets)) throw new TypeError(`${ot}.offsets must be an array of [start, end] pairs`)
+        return {
+          mmHash: u64(`${ot}.mmHash`, o.mmHash),
+          offsets: offsets.map((p, k): [number, number] => {
+            if (!Array.isArray(p) || p.length !== 2) throw new TypeError(`${ot}.offsets[${k}] must be a [start, end] pair`)
+            return [u32(`${ot}.offsets[${k}][0]`, p[0]), u32(`${ot}.offsets[${k}][1]`, p[1])]
+          }),
+        }
+      }),
+    }
+  })
+}
+
+function loraArg(v: unknown): string | null {
+  if (v === undefined || v === null) return null
+  if (typeof v !== 'string') throw new TypeError(`loraName must be a string, got ${describe(v)}`)
+  return v
+}
+
+function describe(v: unknown): string {
+  if (v === null) return 'null'
+  if (Array.isArray(v)) return 'an array'
+  if (typeof v === 'object') return (v as object).constructor?.name ?? 'an object'
+  return `${typeof v} ${String(v).slice(0, 40)}`
+}
+
+// ---------------------------------------------------------------------------------------------------
+// stateless functions
+
+/** Dynamo's LocalBlockHash (SPEC 4) of each complete block of `tokens`. */
+export function computeBlockHashes(
+  tokens: Uint32Array | number[],
+  kvBlockSize: number,
+  opts: { loraName?: string | null; blockMmInfos?: (BlockExtraInfo | null)[] | null } = {},
+): BigUint64Array {
+  return raw.computeBlockHashes(
+    tokensArg('tokens', tokens),
+    positiveInt('kvBlockSize', kvBlockSize),
+    loraArg(opts.loraName),
+    mmInfosArg('blockMmInfos', opts.blockMmInfos),
+  )
+}
+
+export interface DecodedBatch {
+  dpRank: number
+  events: ConvertedEvent[]
+  rejected: Record<RejectReason, number>
+}
+
+/** Decodes and converts one engine batch without any publisher state (inspection, tests, CLI). */
+export function decodeEngineBatch(payload: Uint8Array, kvBlockSize: number): DecodedBatch {
+  const decoded = raw.decodeEngineBatch(bytesArg('payload', payload), positiveInt('kvBlockSize', kvBlockSize))
+  if (decoded === null) throw new KvDecodeError()
+  return { dpRank: decoded.dpRank, events: decoded.events, rejected: rejectedRecord(decoded.rejected, 0) }
+}
+
+/** Reads only the batch header: dp rank and the vLLM publisher id. null = malformed batch. */
+export function peekBatch(payload: Uint8Array): { dpRank: number; publisherId: Uint8Array | null } | null {
+  return raw.peekBatch(bytesArg('payload', payload))
+}
+
+function formatArg(v: unknown): boolean {
+  if (v === 'msgpack') return false
+  if (v === 'json') return true
+  throw new RangeError(`format must be 'msgpack' or 'json', got ${describe(v)}`)
+}
+
+function eventArg(ev: unknown): RouterEventValue {
+  if (typeof ev !== 'object' || ev === null) throw new TypeError(`event must be an object, got ${describe(ev)}`)
+  const e = ev as RouterEventValue
+  const inner = e.event
+  if (typeof inner !== 'object' || inner === null) throw new TypeError('event.event must be an object')
+  return {
+    workerId: u64('workerId', e.workerId),
+    event: { eventId: u64('event.eventId', inner.eventId), dpRank: u32('event.dpRank', inner.dpRank), data: dataArg(inner.data) },
+  }
+}
+
+function dataArg(d: unknown): ConvertedEvent {
+  const data = d as ConvertedEvent
+  switch (data?.type) {
+    case 'stored':
+      if (!Array.isArray(data.blocks)) throw new TypeError('event.data.blocks must be an array')
+      return {
+        type: 'stored',
+        parentHash: data.parentHash === null || data.parentHash === undefined ? null : u64('event.data.parentHash', data.parentHash),
+        blocks: data.blocks.map((b, i) => ({
+          blockHash: u64(`blocks[${i}].blockHash`, b?.blockHash),
+          tokensHash: u64(`blocks[${i}].tokensHash`, b?.tokensHash),
+          mmExtraInfo: b.mmExtraInfo == null ? null : mmInfosArg(`blocks[${i}].mmExtraInfo`, [b.mmExtraInfo])![0],
+        })),
+      }
+    case 'removed':
+      return { type: 'removed', blockHashes: Array.from(hashesArg('event.data.blockHashes', data.blockHashes)) }
+    case 'cleared':
+      return { type: 'cleared' }
+    default:
+      throw new TypeError(`event.data.type must be 'stored', 'removed' or 'cleared', got ${describe((d as { type?: unknown })?.type)}`)
+  }
+}
+
+/** Dynamo 1.0 RouterEvent bytes: rmp-serde named msgpack, or compact JSON with exact u64. */
+export function encodeRouterEvent(ev: RouterEventValue, format: 'msgpack' | 'json' = 'msgpack'): Buffer {
+  return raw.encodeRouterEvent(eventArg(ev), formatArg(format))
+}
+
+/** Parses a RouterEvent in either encoding; throws on bytes that are not one. */
+export function decodeRouterEvent(bytes: Uint8Array, format: 'msgpack' | 'json' = 'msgpack'): RouterEventValue {
+  return raw.decodeRouterEvent(bytesArg('bytes', bytes), formatArg(format))
+}
+
+/** The event-plane envelope around a payload (msgpack map, payload as bin). */
+export function encodeEnvelope(env: {
+  publisherId: bigint
+  sequence: bigint
+  publishedAt: bigint | number
+  topic: string
+  payload: Uint8Array
+}): Buffer {
+  const publishedAt = typeof env.publishedAt === 'number' ? BigInt(nowArg(env.publishedAt)) : u64('publishedAt', env.publishedAt)
+  if (typeof env.topic !== 'string') throw new TypeError(`topic must be a string, got ${describe(env.topic)}`)
+  return raw.encodeEnvelope(u64('publisherId', env.publisherId), u64('sequence', env.sequence), publishedAt, env.topic, bytesArg('payload', env.payload))
+}
+
+/** Dynamo's ActiveLoad message (the payload of a kv_metrics envelope). */
+export function encodeActiveLoad(load: {
+  workerId: bigint
+  dpRank: number
+  activeDecodeBlocks: bigint
+  activePrefillTokens?: bigint | null
+}): Buffer {
+  const prefill = load.activePrefillTokens == null ? null : u64('activePrefillTokens', load.activePrefillTokens)
+  return raw.encodeActiveLoad(u64('workerId', load.workerId), u32('dpRank', load.dpRank), u64('activeDecodeBlocks', load.activeDecodeBlocks), prefill)
+}
+
+/** Checks a Dynamo namespace or component name (SPEC 5); throws a RangeError naming the option. */
+export function checkName(option: string, v: unknown): string {
+  if (typeof v !== 'string') throw new TypeError(`${option} must be a string, got ${describe(v)}`)
+  if (v.length === 0 || /[\s*>]/u.test(v)) throw new RangeError(`${option} must be non-empty without whitespace, '*' or '>', got ${JSON.stringify(v)}`)
+  return v
+}
+
+/** The JetStream stream a Dynamo 1.0 router reads for this namespace and component. */
+export function jetstreamStreamName(namespace: string, component: string): string {
+  return raw.jetstreamStreamName(checkName('namespace', namespace), checkName('component', component))
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Ingestor
+
+export type IngestMode = 'event-plane' | 'jetstream'
+
+export interface IngestorOptions {
+  /** Tokens per KV block; must match the engine's block size. */
+  kvBlockSize: number
+  /** The worker id the router knows this worker by (u64). */
+  workerId: bigint
+  /** Output encoding: msgpack envelopes for the event plane (default), or RouterEvent JSON for JetStream. */
+  mode?: IngestMode
+  /** At most this many distinct dp ranks (default 64); a batch for a further rank is rejected `dp_rank`. */
+  maxDpRanks?: number
+  /** Exactly these dp ranks are accepted (overrides maxDpRanks). */
+  dpRanks?: number[]
+}
+
+export interface IngestResult {
+  /** Outgoing payloads, ready to publish, in order; payload i carries event id firstEventId + i. */
+  payloads: Buffer[]
+  /** The batch's dp rank; null when the batch was malformed. */
+  dpRank: number | null
+  /** Id of the first emitted event; null when nothing was emitted. */
+  firstEventId: bigint | null
+  rejected: Record<RejectReason, number>
+  /** Rate-limited warnings raised by this call (e.g. a store truncated for missing tokens). */
+  warnings?: string[]
+}
+
+function rejectedRecord(counts: Uint32Array | ArrayLike<number>, base: number): Record<RejectReason, number> {
+  const out = {} as Record<RejectReason, number>
+  for (let i = 0; i < REJECT_REASONS.length; i++) out[REJECT_REASONS[i]!] = counts[base + i]!
+  return out
+}
+
+/**
+ * The per-publisher conversion state (SPEC 3): per-rank event ids shared by ingest and the manual API,
+ * the envelope sequence, learned KV groups, live blocks per rank for the reset rule, and counters.
+ * One ingest() call converts one engine batch into ready-to-send payloads.
+ */
+export class Ingestor {
+  readonly kvBlockSize: number
+  readonly workerId: bigint
+  readonly mode: IngestMode
+  readonly #raw: RawIngestor
+
+  constructor(options: IngestorOptions) {
+    if (typeof options !== 'object' || options === null) throw new TypeError('Ingestor options must be an object')
+    this.kvBlockSize = positiveInt('kvBlockSize', options.kvBlockSize)
+    this.workerId = u64('workerId', options.workerId)
+    const mode = options.mode ?? 'event-plane'
+    if (mode !== 'event-plane' && mode !== 'jetstream')
+      throw new RangeError(`mode must be 'event-plane' or 'jetstream', got ${describe(mode)}`)
+    this.mode = mode
+    const maxDpRanks = positiveInt('maxDpRanks', options.maxDpRanks ?? 64, 65536)
+    let dpRanks: Uint32Array | null = null
+    if (options.dpRanks !== undefined) {
+      if (!Array.isArray(options.dpRanks) || options.dpRanks.length === 0)
+        throw new TypeError('dpRanks must be a non-empty array of dp ranks')
+      dpRanks = Uint32Array.from(options.dpRanks.map((r, i) => u32(`dpRanks[${i}]`, r)))
+      if (new Set(dpRanks).size !== dpRanks.length) throw new RangeError('dpRanks must not repeat a rank')
+    }
+    this.#raw = new raw.RawIngestor({ kvBlockSize: this.kvBlockSize, workerId: this.workerId, jetstream: mode === 'jetstream', maxDpRanks, dpRanks })
+  }
+
+  /** Converts one raw engine batch (the ZMQ payload frame). Never throws on bad bytes. */
+  ingest(payload: Uint8Array, nowMs?: number): IngestResult {
+    return this.#unpack(this.#raw.ingest(bytesArg('payload', payload), nowArg(nowMs)))
+  }
+
+  /** Manual API: a store, as an engine without ZMQ events would report it (checks 5-7 of SPEC 3). */
+  stored(
+    args: {
+      tokenIds: Uint32Array | number[]
+      blockHashes: BigUint64Array | bigint[]
+      blockSize?: number
+      parentHash?: bigint | null
+      loraName?: string | null
+      blockMmInfos?: (BlockExtraInfo | null)[] | null
+      dpRank?: number
+    },
+    nowMs?: number,
+  ): IngestResult {
+    if (typeof args !== 'object' || args === null) throw new TypeError('stored() takes an object')
+    const tokenIds = tokensArg('tokenIds', args.tokenIds)
+    const blockHashes = hashesArg('blockHashes', args.blockHashes)
+    const blockSize = args.blockSize === undefined ? this.kvBlockSize : u32('blockSize', args.blockSize)
+    const parent = args.parentHash === undefined || args.parentHash === null ? null : u64('parentHash', args.parentHash)
+    const lora = loraArg(args.loraName)
+    const mm = mmInfosArg('blockMmInfos', args.blockMmInfos)
+    const rank = this.#rank(args.dpRank)
+    return this.#unpack(this.#raw.stored(tokenIds, blockHashes, blockSize, parent, lora, mm, rank, nowArg(nowMs)))
+  }
+
+  /** Manual API: blocks evicted from GPU memory. */
+  removed(blockHashes: BigUint64Array | bigint[], dpRank?: number, nowMs?: number): IngestResult {
+    const hashes = hashesArg('blockHashes', blockHashes)
+    return this.#unpack(this.#raw.removed(hashes, this.#rank(dpRank), nowArg(nowMs)))
+  }
+
+  /** Manual API: the engine dropped every block of this rank (emitted under the reset rule of SPEC 3). */
+  cleared(dpRank?: number, nowMs?: number): IngestResult {
+    return this.#unpack(this.#raw.cleared(this.#rank(dpRank), nowArg(nowMs)))
+  }
+
+  /** The id the next emitted event of this rank will get. A peek: consumes nothing. */
+  nextEventId(dpRank = 0): bigint {
+    return this.#raw.nextEventId(u32('dpRank', dpRank))
+  }
+
+  counters(): Record<CounterName, bigint> {
+    const values = this.#raw.counters()
+    const out = {} as Record<CounterName, bigint>
+    for (let i = 0; i < COUNTER_NAMES.length; i++) out[COUNTER_NAMES[i]!] = values[i]!
+    return out
+  }
+
+  #rank(dpRank: unknown): number {
+    const rank = dpRank === undefined ? 0 : u32('dpRank', dpRank)
+    if (!this.#raw.rankAllowed(rank)) throw new RangeError(`dpRank ${rank} is not one of this publisher's allowed dp ranks`)
+    return rank
+  }
+
+  #unpack(out: Buffer): IngestResult {
+    const n = out.readUInt32LE(0)
+    const rank = out.readInt32LE(4)
+    const flags = out.readUInt32LE(8)
+    const rejected = {} as Record<RejectReason, number>
+    for (let i = 0; i < REJECT_REASONS.length; i++) rejected[REJECT_REASONS[i]!] = out.readUInt32LE(24 + 4 * i)
+    const payloads: Buffer[] = new Array(n)
+    let at = OUT_HEADER_BYTES + 4 * n
+    for (let i = 0; i < n; i++) {
+      const len = out.readUInt32LE(OUT_HEADER_BYTES + 4 * i)
+      payloads[i] = out.subarray(at, at + len)
+      at += len
+    }
+    const result: IngestResult = {
+      payloads,
+      dpRank: rank < 0 ? null : rank,
+      firstEventId: flags & 1 ? out.readBigUInt64LE(16) : null,
+      rejected,
+    }
+    if (flags & 2) result.warnings = this.#raw.takeWarnings()
+    return result
+  }
+}

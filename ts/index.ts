@@ -1,0 +1,2 @@
+// dynamo-kv: NVIDIA Dynamo KV-aware routing for TypeScript. See README.md.
+export * from './api.js'
