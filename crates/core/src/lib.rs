@@ -1,1 +1,15 @@
-pub fn hello() -> u32 { 1 }
+//! dynamo-kv core: pure Rust, no I/O, no async. Engine KV-event decoding (SPEC 2), conversion into
+//! Dynamo router events (SPEC 3), block hashing (SPEC 4), router-wire encodings (SPEC 5) and the
+//! per-publisher ingest state. Nothing here panics on input: every failure is a value.
+
+pub mod convert;
+pub mod engine;
+pub mod hash;
+pub mod ingest;
+pub mod msgpack;
+pub mod wire;
+
+pub use convert::{decode_engine_batch, Converted, DecodedBatch, Reason, Store};
+pub use hash::compute_block_hashes;
+pub use ingest::{unpack, Ingestor, IngestorConfig, Mode, Unpacked, COUNTER_NAMES};
+pub use wire::{BlockExtraInfo, EventData, MmObject, RouterEvent, StoredBlock};

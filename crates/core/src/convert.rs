@@ -1,0 +1,234 @@
+//! Conversion of decoded engine events into router events (SPEC 3): the checks in their order, the
+//! rejection reasons, KV-group learning, and the block construction with `tokens_hash`.
+//!
+//! What happens to a BlockStored: `convert_event` → tier (`filtered_tier`) → group (`filtered_group`)
+//! → `check_store` (empty, self_reference, block_size, truncation) → blocks with their hashes.
+
+use std::collections::HashMap;
+
+use crate::engine::{EngineEvent, Filters, StoreEvent};
+use crate::hash::{block_hash, lora_seed};
+use crate::wire::{BlockExtraInfo, StoredBlock};
+
+/// Rejection reasons; the discriminant is the index used in counts (same order as the TS binding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Reason {
+    Malformed = 0,
+    Invalid = 1,
+    UnknownType = 2,
+    FilteredTier = 3,
+    FilteredGroup = 4,
+    Empty = 5,
+    SelfReference = 6,
+    BlockSize = 7,
+    DpRank = 8,
+}
+
+pub const REASON_COUNT: usize = 9;
+
+impl Reason {
+    pub const ALL: [Reason; REASON_COUNT] = [
+        Reason::Malformed,
+        Reason::Invalid,
+        Reason::UnknownType,
+        Reason::FilteredTier,
+        Reason::FilteredGroup,
+        Reason::Empty,
+        Reason::SelfReference,
+        Reason::BlockSize,
+        Reason::DpRank,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Malformed => "malformed",
+            Reason::Invalid => "invalid",
+            Reason::UnknownType => "unknown_type",
+            Reason::FilteredTier => "filtered_tier",
+            Reason::FilteredGroup => "filtered_group",
+            Reason::Empty => "empty",
+            Reason::SelfReference => "self_reference",
+            Reason::BlockSize => "block_size",
+            Reason::DpRank => "dp_rank",
+        }
+    }
+}
+
+/// Per-rank knowledge of which KV-cache groups hold main attention (hybrid models).
+#[derive(Debug, Default, Clone)]
+pub struct GroupTable {
+    main_by_group: HashMap<u32, bool>,
+}
+
+/// At most this many groups are learned per rank; past it a new group is not learned.
+pub const MAX_GROUPS_PER_RANK: usize = 1024;
+
+const MAIN_KINDS: [&[u8]; 3] = [b"full_attention", b"mla_attention", b"sink_full_attention"];
+
+impl GroupTable {
+    fn learn(&mut self, group: u32, main: bool) {
+        if self.main_by_group.len() < MAX_GROUPS_PER_RANK || self.main_by_group.contains_key(&group) {
+            self.main_by_group.insert(group, main);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.main_by_group.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.main_by_group.is_empty()
+    }
+
+    /// SPEC 3 step 4; learns exactly when evaluated.
+    fn keep(&mut self, f: &Filters) -> bool {
+        match (f.kind, f.group_idx) {
+            (Some(kind), group) => {
+                let main = MAIN_KINDS.contains(&kind);
+                if let Some(g) = group {
+                    self.learn(g, main);
+                }
+                main
+            }
+            (None, Some(g)) => self.main_by_group.get(&g).copied().unwrap_or(g == 0),
+            (None, None) => true,
+        }
+    }
+}
+
+/// SPEC 3 step 3: the index describes what this worker holds in its own GPU memory.
+fn tier_ok(f: &Filters) -> bool {
+    f.medium.is_none_or(|m| m.eq_ignore_ascii_case(b"GPU")) && f.locality.is_none_or(|l| l.eq_ignore_ascii_case(b"LOCAL"))
+}
+
+/// A converted store before splitting: what a router should learn.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Store {
+    pub parent_hash: Option<u64>,
+    pub blocks: Vec<StoredBlock>,
+    /// Set when token_ids ran out before the last hash: (tokens, kept blocks, hashes).
+    pub truncated: Option<(usize, usize, usize)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Converted {
+    Stored(Store),
+    Removed(Vec<u64>),
+    /// An engine AllBlocksCleared; the Ingestor turns it into the reset of the rank.
+    Cleared,
+}
+
+/// SPEC 3 checks 1-7 for one decoded event.
+pub fn convert_event(ev: EngineEvent, kv_block_size: u32, groups: &mut GroupTable, scratch: &mut Vec<u8>) -> Result<Converted, Reason> {
+    match ev {
+        EngineEvent::Invalid => Err(Reason::Invalid),
+        EngineEvent::UnknownType => Err(Reason::UnknownType),
+        EngineEvent::Cleared => Ok(Converted::Cleared),
+        EngineEvent::Removed { block_hashes, filters } => {
+            if !tier_ok(&filters) {
+                return Err(Reason::FilteredTier);
+            }
+            if !groups.keep(&filters) {
+                return Err(Reason::FilteredGroup);
+            }
+            if block_hashes.is_empty() {
+                return Err(Reason::Empty);
+            }
+            Ok(Converted::Removed(block_hashes))
+        }
+        EngineEvent::Stored(s) => {
+            if !tier_ok(&s.filters) {
+                return Err(Reason::FilteredTier);
+            }
+            if !groups.keep(&s.filters) {
+                return Err(Reason::FilteredGroup);
+            }
+            let StoreEvent { block_hashes, parent_hash, tokens_le, block_size, lora_name, mm, .. } = s;
+            check_store(&block_hashes, parent_hash, &tokens_le, block_size, kv_block_size, lora_name, mm, scratch).map(Converted::Stored)
+        }
+    }
+}
+
+/// True when a hash repeats within `hashes` or equals the parent.
+fn self_referencing(hashes: &[u64], parent: Option<u64>) -> bool {
+    if parent.is_some_and(|p| hashes.contains(&p)) {
+        return true;
+    }
+    if hashes.len() <= 16 {
+        return hashes.iter().enumerate().any(|(i, h)| hashes[..i].contains(h));
+    }
+    let mut sorted = hashes.to_vec();
+    sorted.sort_unstable();
+    sorted.windows(2).any(|w| w[0] == w[1])
+}
+
+/// SPEC 3 checks 5-7 and block construction; shared by engine events and the manual API.
+/// `tokens_le` holds the token ids as u32 little-endian bytes.
+#[allow(clippy::too_many_arguments)]
+pub fn check_store(
+    block_hashes: &[u64],
+    parent_hash: Option<u64>,
+    tokens_le: &[u8],
+    block_size: u64,
+    kv_block_size: u32,
+    lora_name: Option<&str>,
+    mm: Option<Vec<Option<BlockExtraInfo>>>,
+    scratch: &mut Vec<u8>,
+) -> Result<Store, Reason> {
+    if block_hashes.is_empty() {
+        return Err(Reason::Empty);
+    }
+    if self_referencing(block_hashes, parent_hash) {
+        return Err(Reason::SelfReference);
+    }
+    let bs = kv_block_size as usize;
+    let n_tokens = tokens_le.len() / 4;
+    if block_size != kv_block_size as u64 || n_tokens < bs {
+        return Err(Reason::BlockSize);
+    }
+    let kept = block_hashes.len().min(n_tokens / bs);
+    let truncated = (kept < block_hashes.len()).then_some((n_tokens, kept, block_hashes.len()));
+    let seed = lora_seed(lora_name);
+    let mut mm_iter = mm.map(|v| v.into_iter());
+    let stride = bs * 4;
+    let blocks = block_hashes[..kept]
+        .iter()
+        .enumerate()
+        .map(|(i, &block_hash)| {
+            let info = mm_iter.as_mut().and_then(|it| it.next()).flatten();
+            let tokens_hash = block_hash_of(&tokens_le[i * stride..(i + 1) * stride], info.as_ref(), seed, scratch);
+            StoredBlock { block_hash, tokens_hash, mm_extra_info: info }
+        })
+        .collect();
+    Ok(Store { parent_hash, blocks, truncated })
+}
+
+#[inline]
+fn block_hash_of(tokens: &[u8], info: Option<&BlockExtraInfo>, seed: u64, scratch: &mut Vec<u8>) -> u64 {
+    block_hash(tokens, info, seed, scratch)
+}
+
+/// What `decodeEngineBatch` returns: events without publisher state (nothing learned beforehand).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedBatch {
+    pub dp_rank: u32,
+    pub events: Vec<Converted>,
+    pub rejected: [u32; REASON_COUNT],
+}
+
+/// Decodes and converts one batch statelessly. `None` = malformed. `kv_block_size` must be > 0.
+pub fn decode_engine_batch(payload: &[u8], kv_block_size: u32) -> Option<DecodedBatch> {
+    let batch = crate::engine::decode_batch(payload).ok()?;
+    let mut groups = GroupTable::default();
+    let mut scratch = Vec::new();
+    let mut rejected = [0u32; REASON_COUNT];
+    let mut events = Vec::new();
+    for ev in batch.events {
+        match convert_event(ev, kv_block_size, &mut groups, &mut scratch) {
+            Ok(c) => events.push(c),
+            Err(r) => rejected[r as usize] += 1,
+        }
+    }
+    Some(DecodedBatch { dp_rank: batch.dp_rank, events, rejected })
+}

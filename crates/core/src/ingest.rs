@@ -1,0 +1,455 @@
+//! The per-publisher ingest state (SPEC 3): one call turns one engine batch (or one manual API call)
+//! into the encoded outgoing payloads, assigning per-rank event ids, applying the reset rule, splitting
+//! large events, and counting every rejection.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hasher};
+
+use crate::convert::{check_store, convert_event, Converted, GroupTable, Reason, Store, REASON_COUNT};
+use crate::engine::decode_batch;
+use crate::wire::{write_envelope, write_event_json, write_event_msgpack, BlockExtraInfo, DataRef, KV_EVENTS_TOPIC};
+
+/// A store of more blocks is emitted as chained events of at most this many blocks.
+pub const MAX_BLOCKS_PER_STORED: usize = 1024;
+/// A remove of more hashes is emitted as consecutive events of at most this many.
+pub const MAX_HASHES_PER_REMOVED: usize = 4096;
+/// Truncation warnings per publisher.
+pub const MAX_TRUNCATION_WARNINGS: u32 = 3;
+pub const DEFAULT_MAX_DP_RANKS: u32 = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// msgpack RouterEvent inside the msgpack envelope (core NATS).
+    EventPlane,
+    /// RouterEvent JSON (JetStream).
+    JetStream,
+}
+
+#[derive(Debug, Clone)]
+pub struct IngestorConfig {
+    pub kv_block_size: u32,
+    pub worker_id: u64,
+    pub mode: Mode,
+    pub max_dp_ranks: u32,
+    /// Exactly these ranks are accepted (overrides `max_dp_ranks`).
+    pub dp_ranks: Option<Vec<u32>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    KvBlockSize,
+    MaxDpRanks,
+    DpRanks,
+}
+
+/// Counter names, in the order of `Ingestor::counters()` (the same list as the TS binding).
+pub const COUNTER_NAMES: [&str; 19] = [
+    "batches",
+    "events_in",
+    "emitted_stored",
+    "emitted_removed",
+    "emitted_cleared",
+    "blocks_stored",
+    "blocks_removed",
+    "truncated_stores",
+    "resets",
+    "payload_bytes",
+    "rejected_malformed",
+    "rejected_invalid",
+    "rejected_unknown_type",
+    "rejected_filtered_tier",
+    "rejected_filtered_group",
+    "rejected_empty",
+    "rejected_self_reference",
+    "rejected_block_size",
+    "rejected_dp_rank",
+];
+const C_BATCHES: usize = 0;
+const C_EVENTS_IN: usize = 1;
+const C_EMITTED_STORED: usize = 2;
+const C_EMITTED_REMOVED: usize = 3;
+const C_EMITTED_CLEARED: usize = 4;
+const C_BLOCKS_STORED: usize = 5;
+const C_BLOCKS_REMOVED: usize = 6;
+const C_TRUNCATED: usize = 7;
+const C_RESETS: usize = 8;
+const C_PAYLOAD_BYTES: usize = 9;
+const C_REJECTED: usize = 10;
+
+/// A hasher for block hashes: they are already well mixed, so a keyed multiply-xorshift is enough;
+/// the per-process key keeps crafted inputs from choosing collisions.
+#[derive(Clone)]
+pub struct MixState(u64);
+
+impl Default for MixState {
+    fn default() -> Self {
+        MixState(RandomState::new().build_hasher().finish() | 1)
+    }
+}
+
+pub struct MixHasher(u64, u64);
+
+impl BuildHasher for MixState {
+    type Hasher = MixHasher;
+    fn build_hasher(&self) -> MixHasher {
+        MixHasher(0, self.0)
+    }
+}
+
+impl Hasher for MixHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b as u64);
+        }
+    }
+    #[inline]
+    fn write_u64(&mut self, v: u64) {
+        let mut z = (self.0 ^ v ^ self.1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 32)).wrapping_mul(0xd6e8_feb8_6659_fd93);
+        self.0 = z ^ (z >> 32);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+pub type LiveSet = HashSet<u64, MixState>;
+
+struct RankState {
+    rank: u32,
+    next_id: u64,
+    /// Block hashes published as stored and not yet removed (for the reset rule).
+    live: LiveSet,
+    groups: GroupTable,
+}
+
+impl RankState {
+    fn new(rank: u32) -> Self {
+        RankState { rank, next_id: 0, live: LiveSet::default(), groups: GroupTable::default() }
+    }
+}
+
+/// The packed result of one call (layout documented in ts/binding.ts).
+struct Out {
+    dp_rank: i32,
+    /// The clock for the envelopes' published_at.
+    now_ms: u64,
+    first_id: Option<u64>,
+    rejected: [u32; REASON_COUNT],
+    lens: Vec<u32>,
+    body: Vec<u8>,
+    warnings: bool,
+}
+
+pub const OUT_HEADER_BYTES: usize = 60;
+
+impl Out {
+    fn new(dp_rank: i32, now_ms: u64) -> Self {
+        Out { dp_rank, now_ms, first_id: None, rejected: [0; REASON_COUNT], lens: Vec::new(), body: Vec::new(), warnings: false }
+    }
+
+    fn finish(self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(OUT_HEADER_BYTES + 4 * self.lens.len() + self.body.len());
+        v.extend_from_slice(&(self.lens.len() as u32).to_le_bytes());
+        v.extend_from_slice(&self.dp_rank.to_le_bytes());
+        let flags = self.first_id.is_some() as u32 | (self.warnings as u32) << 1;
+        v.extend_from_slice(&flags.to_le_bytes());
+        v.extend_from_slice(&0u32.to_le_bytes());
+        v.extend_from_slice(&self.first_id.unwrap_or(0).to_le_bytes());
+        for r in self.rejected {
+            v.extend_from_slice(&r.to_le_bytes());
+        }
+        for l in &self.lens {
+            v.extend_from_slice(&l.to_le_bytes());
+        }
+        v.extend_from_slice(&self.body);
+        v
+    }
+}
+
+/// A decoded view of a packed output (tests, benches and Rust callers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unpacked {
+    pub dp_rank: Option<u32>,
+    pub first_event_id: Option<u64>,
+    pub warnings_pending: bool,
+    pub rejected: [u32; REASON_COUNT],
+    pub payloads: Vec<Vec<u8>>,
+}
+
+pub fn unpack(out: &[u8]) -> Unpacked {
+    let u32_at = |i: usize| u32::from_le_bytes(out[i..i + 4].try_into().unwrap());
+    let n = u32_at(0) as usize;
+    let rank = i32::from_le_bytes(out[4..8].try_into().unwrap());
+    let flags = u32_at(8);
+    let mut rejected = [0u32; REASON_COUNT];
+    for (i, r) in rejected.iter_mut().enumerate() {
+        *r = u32_at(24 + 4 * i);
+    }
+    let mut at = OUT_HEADER_BYTES + 4 * n;
+    let payloads = (0..n)
+        .map(|i| {
+            let len = u32_at(OUT_HEADER_BYTES + 4 * i) as usize;
+            at += len;
+            out[at - len..at].to_vec()
+        })
+        .collect();
+    Unpacked {
+        dp_rank: (rank >= 0).then_some(rank as u32),
+        first_event_id: (flags & 1 != 0).then(|| u64::from_le_bytes(out[16..24].try_into().unwrap())),
+        warnings_pending: flags & 2 != 0,
+        rejected,
+        payloads,
+    }
+}
+
+pub struct Ingestor {
+    kv_block_size: u32,
+    worker_id: u64,
+    mode: Mode,
+    max_dp_ranks: usize,
+    configured: Option<Vec<u32>>,
+    ranks: Vec<RankState>,
+    rank_index: HashMap<u32, usize>,
+    sequence: u64,
+    counters: [u64; COUNTER_NAMES.len()],
+    warnings: Vec<String>,
+    warnings_given: u32,
+    hash_scratch: Vec<u8>,
+    event_scratch: Vec<u8>,
+}
+
+impl Ingestor {
+    pub fn new(cfg: IngestorConfig) -> Result<Self, ConfigError> {
+        if cfg.kv_block_size == 0 {
+            return Err(ConfigError::KvBlockSize);
+        }
+        if cfg.max_dp_ranks == 0 {
+            return Err(ConfigError::MaxDpRanks);
+        }
+        let mut ing = Ingestor {
+            kv_block_size: cfg.kv_block_size,
+            worker_id: cfg.worker_id,
+            mode: cfg.mode,
+            max_dp_ranks: cfg.max_dp_ranks as usize,
+            configured: None,
+            ranks: Vec::new(),
+            rank_index: HashMap::new(),
+            sequence: 0,
+            counters: [0; COUNTER_NAMES.len()],
+            warnings: Vec::new(),
+            warnings_given: 0,
+            hash_scratch: Vec::new(),
+            event_scratch: Vec::new(),
+        };
+        if let Some(ranks) = cfg.dp_ranks {
+            let distinct: HashSet<u32> = ranks.iter().copied().collect();
+            if ranks.is_empty() || distinct.len() != ranks.len() {
+                return Err(ConfigError::DpRanks);
+            }
+            for &r in &ranks {
+                ing.rank_index.insert(r, ing.ranks.len());
+                ing.ranks.push(RankState::new(r));
+            }
+            ing.configured = Some(ranks);
+        }
+        Ok(ing)
+    }
+
+    pub fn worker_id(&self) -> u64 {
+        self.worker_id
+    }
+
+    /// Whether `rank` may be used: seen, configured, or room for one more.
+    pub fn rank_allowed(&self, rank: u32) -> bool {
+        self.rank_index.contains_key(&rank) || (self.configured.is_none() && self.ranks.len() < self.max_dp_ranks)
+    }
+
+    fn ensure_rank(&mut self, rank: u32) -> Option<usize> {
+        if let Some(&i) = self.rank_index.get(&rank) {
+            return Some(i);
+        }
+        if !self.rank_allowed(rank) {
+            return None;
+        }
+        self.rank_index.insert(rank, self.ranks.len());
+        self.ranks.push(RankState::new(rank));
+        Some(self.ranks.len() - 1)
+    }
+
+    pub fn next_event_id(&self, rank: u32) -> u64 {
+        self.rank_index.get(&rank).map_or(0, |&i| self.ranks[i].next_id)
+    }
+
+    pub fn counters(&self) -> &[u64; COUNTER_NAMES.len()] {
+        &self.counters
+    }
+
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
+    }
+
+    fn reject(&mut self, out: &mut Out, reason: Reason) {
+        out.rejected[reason as usize] += 1;
+        self.counters[C_REJECTED + reason as usize] += 1;
+    }
+
+    /// Ingests one engine batch. Never fails: a malformed batch is a result with one `malformed`.
+    pub fn ingest(&mut self, payload: &[u8], now_ms: u64) -> Vec<u8> {
+        self.counters[C_BATCHES] += 1;
+        let Ok(batch) = decode_batch(payload) else {
+            let mut out = Out::new(-1, now_ms);
+            self.reject(&mut out, Reason::Malformed);
+            return out.finish();
+        };
+        let mut out = Out::new(batch.dp_rank as i32, now_ms);
+        let Some(idx) = self.ensure_rank(batch.dp_rank) else {
+            self.reject(&mut out, Reason::DpRank);
+            return out.finish();
+        };
+        self.counters[C_EVENTS_IN] += batch.events.len() as u64;
+        for ev in batch.events {
+            let rank = &mut self.ranks[idx];
+            match convert_event(ev, self.kv_block_size, &mut rank.groups, &mut self.hash_scratch) {
+                Err(reason) => self.reject(&mut out, reason),
+                Ok(Converted::Stored(store)) => self.emit_store(&mut out, idx, store),
+                Ok(Converted::Removed(hashes)) => self.emit_removed(&mut out, idx, &hashes),
+                Ok(Converted::Cleared) => self.reset_rank(&mut out, idx),
+            }
+        }
+        self.finish(out)
+    }
+
+    /// Manual API store (SPEC 3 checks 5-7). `rank` must be allowed (the TS layer checks first; an
+    /// unallowed rank here is rejected `dp_rank`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn stored(
+        &mut self,
+        token_ids: &[u32],
+        block_hashes: &[u64],
+        block_size: u64,
+        parent_hash: Option<u64>,
+        lora_name: Option<&str>,
+        mm: Option<Vec<Option<BlockExtraInfo>>>,
+        rank: u32,
+        now_ms: u64,
+    ) -> Vec<u8> {
+        let mut out = Out::new(rank as i32, now_ms);
+        let Some(idx) = self.ensure_rank(rank) else {
+            self.reject(&mut out, Reason::DpRank);
+            return out.finish();
+        };
+        let tokens_le = crate::hash::tokens_le(token_ids);
+        match check_store(block_hashes, parent_hash, &tokens_le, block_size, self.kv_block_size, lora_name, mm, &mut self.hash_scratch) {
+            Ok(store) => self.emit_store(&mut out, idx, store),
+            Err(reason) => self.reject(&mut out, reason),
+        }
+        self.finish(out)
+    }
+
+    pub fn removed(&mut self, block_hashes: &[u64], rank: u32, now_ms: u64) -> Vec<u8> {
+        let mut out = Out::new(rank as i32, now_ms);
+        let Some(idx) = self.ensure_rank(rank) else {
+            self.reject(&mut out, Reason::DpRank);
+            return out.finish();
+        };
+        if block_hashes.is_empty() {
+            self.reject(&mut out, Reason::Empty);
+        } else {
+            self.emit_removed(&mut out, idx, block_hashes);
+        }
+        self.finish(out)
+    }
+
+    pub fn cleared(&mut self, rank: u32, now_ms: u64) -> Vec<u8> {
+        let mut out = Out::new(rank as i32, now_ms);
+        let Some(idx) = self.ensure_rank(rank) else {
+            self.reject(&mut out, Reason::DpRank);
+            return out.finish();
+        };
+        self.reset_rank(&mut out, idx);
+        self.finish(out)
+    }
+
+    fn finish(&self, mut out: Out) -> Vec<u8> {
+        out.warnings = !self.warnings.is_empty();
+        out.finish()
+    }
+
+    fn emit_store(&mut self, out: &mut Out, idx: usize, store: Store) {
+        let Store { parent_hash, blocks, truncated } = store;
+        if let Some((tokens, kept, hashes)) = truncated {
+            self.counters[C_TRUNCATED] += 1;
+            if self.warnings_given < MAX_TRUNCATION_WARNINGS {
+                self.warnings_given += 1;
+                self.warnings.push(format!(
+                    "store truncated on dp rank {}: {} token_ids cover {} of {} blocks of {}",
+                    self.ranks[idx].rank, tokens, kept, hashes, self.kv_block_size
+                ));
+            }
+        }
+        let mut parent = parent_hash;
+        for chunk in blocks.chunks(MAX_BLOCKS_PER_STORED) {
+            self.emit(out, idx, DataRef::Stored { parent_hash: parent, blocks: chunk });
+            let live = &mut self.ranks[idx].live;
+            for b in chunk {
+                live.insert(b.block_hash);
+            }
+            self.counters[C_EMITTED_STORED] += 1;
+            self.counters[C_BLOCKS_STORED] += chunk.len() as u64;
+            parent = chunk.last().map(|b| b.block_hash);
+        }
+    }
+
+    fn emit_removed(&mut self, out: &mut Out, idx: usize, hashes: &[u64]) {
+        for chunk in hashes.chunks(MAX_HASHES_PER_REMOVED) {
+            self.emit(out, idx, DataRef::Removed(chunk));
+            let live = &mut self.ranks[idx].live;
+            for h in chunk {
+                live.remove(h);
+            }
+            self.counters[C_EMITTED_REMOVED] += 1;
+            self.counters[C_BLOCKS_REMOVED] += chunk.len() as u64;
+        }
+    }
+
+    /// The reset rule (SPEC 3): `cleared` when this rank is the only one the publisher has seen or
+    /// been configured with; otherwise removes of the rank's live blocks, because a Dynamo router
+    /// applies `cleared` to every rank of the worker.
+    fn reset_rank(&mut self, out: &mut Out, idx: usize) {
+        self.counters[C_RESETS] += 1;
+        // `ranks` holds exactly the configured ranks, or the seen ones
+        if self.ranks.len() == 1 {
+            self.ranks[idx].live.clear();
+            self.emit(out, idx, DataRef::Cleared);
+            self.counters[C_EMITTED_CLEARED] += 1;
+            return;
+        }
+        let mut live: Vec<u64> = self.ranks[idx].live.drain().collect();
+        live.sort_unstable();
+        self.emit_removed(out, idx, &live);
+    }
+
+    /// Encodes one router event with the next id of its rank and appends it to the output.
+    fn emit(&mut self, out: &mut Out, idx: usize, data: DataRef) {
+        let rank = &mut self.ranks[idx];
+        let event_id = rank.next_id;
+        rank.next_id += 1;
+        let dp_rank = rank.rank;
+        out.first_id.get_or_insert(event_id);
+        let start = out.body.len();
+        match self.mode {
+            Mode::JetStream => write_event_json(&mut out.body, self.worker_id, event_id, dp_rank, data),
+            Mode::EventPlane => {
+                self.event_scratch.clear();
+                write_event_msgpack(&mut self.event_scratch, self.worker_id, event_id, dp_rank, data);
+                write_envelope(&mut out.body, self.worker_id, self.sequence, out.now_ms, KV_EVENTS_TOPIC, &self.event_scratch);
+                self.sequence += 1;
+            }
+        }
+        let len = out.body.len() - start;
+        out.lens.push(len as u32);
+        self.counters[C_PAYLOAD_BYTES] += len as u64;
+    }
+}

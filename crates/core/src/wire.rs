@@ -1,0 +1,472 @@
+//! Dynamo 1.0 router-side wire types and their exact encodings (SPEC 5): the RouterEvent as rmp-serde
+//! named msgpack and as compact JSON with exact u64, the event-plane envelope, ActiveLoad, and the
+//! JetStream stream name.
+
+use crate::msgpack::{Head, Reader, Writer};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MmObject {
+    pub mm_hash: u64,
+    pub offsets: Vec<(u32, u32)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockExtraInfo {
+    pub mm_objects: Vec<MmObject>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBlock {
+    pub block_hash: u64,
+    pub tokens_hash: u64,
+    pub mm_extra_info: Option<BlockExtraInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventData {
+    Stored { parent_hash: Option<u64>, blocks: Vec<StoredBlock> },
+    Removed { block_hashes: Vec<u64> },
+    Cleared,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouterEvent {
+    pub worker_id: u64,
+    pub event_id: u64,
+    pub dp_rank: u32,
+    pub data: EventData,
+}
+
+pub const KV_EVENTS_TOPIC: &str = "kv-events";
+pub const KV_METRICS_TOPIC: &str = "kv_metrics";
+
+// ------------------------------------------------------------------------------------------------
+// msgpack (rmp-serde `to_vec_named`: maps with string keys, in declaration order)
+
+/// Event data borrowed from wherever it lives (the ingest hot path writes split chunks this way).
+#[derive(Debug, Clone, Copy)]
+pub enum DataRef<'a> {
+    Stored { parent_hash: Option<u64>, blocks: &'a [StoredBlock] },
+    Removed(&'a [u64]),
+    Cleared,
+}
+
+impl EventData {
+    pub fn as_data_ref(&self) -> DataRef<'_> {
+        match self {
+            EventData::Stored { parent_hash, blocks } => DataRef::Stored { parent_hash: *parent_hash, blocks },
+            EventData::Removed { block_hashes } => DataRef::Removed(block_hashes),
+            EventData::Cleared => DataRef::Cleared,
+        }
+    }
+}
+
+pub fn write_router_event_msgpack(out: &mut Vec<u8>, ev: &RouterEvent) {
+    write_event_msgpack(out, ev.worker_id, ev.event_id, ev.dp_rank, ev.data.as_data_ref());
+}
+
+pub fn write_event_msgpack(out: &mut Vec<u8>, worker_id: u64, event_id: u64, dp_rank: u32, data: DataRef) {
+    let mut w = Writer::new(out);
+    w.map(2);
+    w.str("worker_id");
+    w.uint(worker_id);
+    w.str("event");
+    w.map(3);
+    w.str("event_id");
+    w.uint(event_id);
+    w.str("data");
+    match data {
+        DataRef::Stored { parent_hash, blocks } => write_stored_msgpack(&mut w, parent_hash, blocks),
+        DataRef::Removed(hashes) => write_removed_msgpack(&mut w, hashes),
+        DataRef::Cleared => w.str("cleared"),
+    }
+    w.str("dp_rank");
+    w.uint(dp_rank as u64);
+}
+
+pub fn write_stored_msgpack(w: &mut Writer, parent_hash: Option<u64>, blocks: &[StoredBlock]) {
+    w.map(1);
+    w.str("stored");
+    w.map(2);
+    w.str("parent_hash");
+    w.opt_uint(parent_hash);
+    w.str("blocks");
+    w.array(blocks.len());
+    for b in blocks {
+        w.map(3);
+        w.str("block_hash");
+        w.uint(b.block_hash);
+        w.str("tokens_hash");
+        w.uint(b.tokens_hash);
+        w.str("mm_extra_info");
+        match &b.mm_extra_info {
+            None => w.nil(),
+            Some(info) => {
+                w.map(1);
+                w.str("mm_objects");
+                w.array(info.mm_objects.len());
+                for o in &info.mm_objects {
+                    w.map(2);
+                    w.str("mm_hash");
+                    w.uint(o.mm_hash);
+                    w.str("offsets");
+                    w.array(o.offsets.len());
+                    for &(a, b) in &o.offsets {
+                        w.array(2);
+                        w.uint(a as u64);
+                        w.uint(b as u64);
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn write_removed_msgpack(w: &mut Writer, hashes: &[u64]) {
+    w.map(1);
+    w.str("removed");
+    w.map(1);
+    w.str("block_hashes");
+    w.array(hashes.len());
+    for &h in hashes {
+        w.uint(h);
+    }
+}
+
+/// The event-plane envelope: `{publisher_id, sequence, published_at, topic, payload: bin}`.
+pub fn write_envelope(out: &mut Vec<u8>, publisher_id: u64, sequence: u64, published_at: u64, topic: &str, payload: &[u8]) {
+    let mut w = Writer::new(out);
+    w.map(5);
+    w.str("publisher_id");
+    w.uint(publisher_id);
+    w.str("sequence");
+    w.uint(sequence);
+    w.str("published_at");
+    w.uint(published_at);
+    w.str("topic");
+    w.str(topic);
+    w.str("payload");
+    w.bin(payload);
+}
+
+/// Dynamo's `ActiveLoad {worker_id, dp_rank, active_decode_blocks, active_prefill_tokens}`.
+pub fn write_active_load(out: &mut Vec<u8>, worker_id: u64, dp_rank: u32, active_decode_blocks: Option<u64>, active_prefill_tokens: Option<u64>) {
+    let mut w = Writer::new(out);
+    w.map(4);
+    w.str("worker_id");
+    w.uint(worker_id);
+    w.str("dp_rank");
+    w.uint(dp_rank as u64);
+    w.str("active_decode_blocks");
+    w.opt_uint(active_decode_blocks);
+    w.str("active_prefill_tokens");
+    w.opt_uint(active_prefill_tokens);
+}
+
+// ------------------------------------------------------------------------------------------------
+// JSON (serde_json compact output: no spaces, same key order, u64 as bare integers)
+
+#[inline]
+pub fn write_u64_dec(out: &mut Vec<u8>, mut v: u64) {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&tmp[i..]);
+}
+
+fn write_opt_u64_dec(out: &mut Vec<u8>, v: Option<u64>) {
+    match v {
+        Some(v) => write_u64_dec(out, v),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+pub fn write_router_event_json(out: &mut Vec<u8>, ev: &RouterEvent) {
+    write_event_json(out, ev.worker_id, ev.event_id, ev.dp_rank, ev.data.as_data_ref());
+}
+
+pub fn write_event_json(out: &mut Vec<u8>, worker_id: u64, event_id: u64, dp_rank: u32, data: DataRef) {
+    out.extend_from_slice(b"{\"worker_id\":");
+    write_u64_dec(out, worker_id);
+    out.extend_from_slice(b",\"event\":{\"event_id\":");
+    write_u64_dec(out, event_id);
+    out.extend_from_slice(b",\"data\":");
+    match data {
+        DataRef::Stored { parent_hash, blocks } => write_stored_json(out, parent_hash, blocks),
+        DataRef::Removed(hashes) => write_removed_json(out, hashes),
+        DataRef::Cleared => out.extend_from_slice(b"\"cleared\""),
+    }
+    out.extend_from_slice(b",\"dp_rank\":");
+    write_u64_dec(out, dp_rank as u64);
+    out.extend_from_slice(b"}}");
+}
+
+pub fn write_stored_json(out: &mut Vec<u8>, parent_hash: Option<u64>, blocks: &[StoredBlock]) {
+    out.extend_from_slice(b"{\"stored\":{\"parent_hash\":");
+    write_opt_u64_dec(out, parent_hash);
+    out.extend_from_slice(b",\"blocks\":[");
+    for (i, b) in blocks.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"block_hash\":");
+        write_u64_dec(out, b.block_hash);
+        out.extend_from_slice(b",\"tokens_hash\":");
+        write_u64_dec(out, b.tokens_hash);
+        out.extend_from_slice(b",\"mm_extra_info\":");
+        match &b.mm_extra_info {
+            None => out.extend_from_slice(b"null"),
+            Some(info) => {
+                out.extend_from_slice(b"{\"mm_objects\":[");
+                for (j, o) in info.mm_objects.iter().enumerate() {
+                    if j > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(b"{\"mm_hash\":");
+                    write_u64_dec(out, o.mm_hash);
+                    out.extend_from_slice(b",\"offsets\":[");
+                    for (k, &(a, c)) in o.offsets.iter().enumerate() {
+                        if k > 0 {
+                            out.push(b',');
+                        }
+                        out.push(b'[');
+                        write_u64_dec(out, a as u64);
+                        out.push(b',');
+                        write_u64_dec(out, c as u64);
+                        out.push(b']');
+                    }
+                    out.extend_from_slice(b"]}");
+                }
+                out.extend_from_slice(b"]}");
+            }
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}}");
+}
+
+pub fn write_removed_json(out: &mut Vec<u8>, hashes: &[u64]) {
+    out.extend_from_slice(b"{\"removed\":{\"block_hashes\":[");
+    for (i, &h) in hashes.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_u64_dec(out, h);
+    }
+    out.extend_from_slice(b"]}}");
+}
+
+// ------------------------------------------------------------------------------------------------
+// decoding RouterEvents (router side, tests): by key name, unknown keys ignored, any key order
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireError(pub String);
+
+fn werr<T>(msg: impl Into<String>) -> Result<T, WireError> {
+    Err(WireError(format!("invalid router event: {}", msg.into())))
+}
+
+/// A decoded generic value: enough structure to read a RouterEvent from msgpack or JSON alike.
+#[derive(Debug, Clone, PartialEq)]
+enum Val {
+    Null,
+    U64(u64),
+    Other,
+    Str(String),
+    Arr(Vec<Val>),
+    Obj(Vec<(String, Val)>),
+}
+
+impl Val {
+    fn get(&self, key: &str) -> Option<&Val> {
+        match self {
+            // the last of repeated keys wins
+            Val::Obj(kv) => kv.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+}
+
+fn msgpack_val(r: &mut Reader, level: u32) -> Result<Val, WireError> {
+    let head = r.head(level).or_else(|_| werr("malformed msgpack"))?;
+    Ok(match head {
+        Head::Nil => Val::Null,
+        Head::Uint(v) => Val::U64(v),
+        Head::Str(s) => Val::Str(String::from_utf8_lossy(s).into_owned()),
+        Head::Array(n) => {
+            let mut v = Vec::with_capacity(n.min(1024) as usize);
+            for _ in 0..n {
+                v.push(msgpack_val(r, level + 1)?);
+            }
+            Val::Arr(v)
+        }
+        Head::Map(n) => {
+            let mut v = Vec::with_capacity(n.min(1024) as usize);
+            for _ in 0..n {
+                let k = msgpack_val(r, level + 1)?;
+                let val = msgpack_val(r, level + 1)?;
+                if let Val::Str(k) = k {
+                    v.push((k, val));
+                }
+            }
+            Val::Obj(v)
+        }
+        _ => Val::Other,
+    })
+}
+
+fn json_val(v: &serde_json::Value, level: u32) -> Result<Val, WireError> {
+    if level > crate::msgpack::MAX_DEPTH {
+        return werr("nested too deeply");
+    }
+    Ok(match v {
+        serde_json::Value::Null => Val::Null,
+        serde_json::Value::Number(n) => n.as_u64().map(Val::U64).unwrap_or(Val::Other),
+        serde_json::Value::String(s) => Val::Str(s.clone()),
+        serde_json::Value::Array(a) => Val::Arr(a.iter().map(|x| json_val(x, level + 1)).collect::<Result<_, _>>()?),
+        serde_json::Value::Object(o) => {
+            Val::Obj(o.iter().map(|(k, x)| Ok((k.clone(), json_val(x, level + 1)?))).collect::<Result<_, _>>()?)
+        }
+        serde_json::Value::Bool(_) => Val::Other,
+    })
+}
+
+pub fn decode_router_event_msgpack(bytes: &[u8]) -> Result<RouterEvent, WireError> {
+    let mut r = Reader::new(bytes);
+    let v = msgpack_val(&mut r, 1)?;
+    if !r.at_end() {
+        return werr("trailing bytes");
+    }
+    router_event_from_val(&v)
+}
+
+pub fn decode_router_event_json(bytes: &[u8]) -> Result<RouterEvent, WireError> {
+    let v: serde_json::Value = match serde_json::from_slice(bytes) {
+        Ok(v) => v,
+        Err(e) => return werr(format!("bad JSON: {e}")),
+    };
+    router_event_from_val(&json_val(&v, 1)?)
+}
+
+fn u64_field(v: &Val, key: &str) -> Result<u64, WireError> {
+    match v.get(key) {
+        Some(Val::U64(x)) => Ok(*x),
+        _ => werr(format!("{key} must be an unsigned integer")),
+    }
+}
+
+fn u64_of(v: &Val, what: &str) -> Result<u64, WireError> {
+    match v {
+        Val::U64(x) => Ok(*x),
+        _ => werr(format!("{what} must be an unsigned integer")),
+    }
+}
+
+fn u32_of(v: &Val, what: &str) -> Result<u32, WireError> {
+    let x = u64_of(v, what)?;
+    u32::try_from(x).or_else(|_| werr(format!("{what} must fit in 32 bits")))
+}
+
+fn arr<'v>(v: Option<&'v Val>, what: &str) -> Result<&'v [Val], WireError> {
+    match v {
+        Some(Val::Arr(a)) => Ok(a),
+        _ => werr(format!("{what} must be an array")),
+    }
+}
+
+fn router_event_from_val(v: &Val) -> Result<RouterEvent, WireError> {
+    if !matches!(v, Val::Obj(_)) {
+        return werr("not a map");
+    }
+    let worker_id = u64_field(v, "worker_id")?;
+    let event = match v.get("event") {
+        Some(e @ Val::Obj(_)) => e,
+        _ => return werr("event must be a map"),
+    };
+    let event_id = u64_field(event, "event_id")?;
+    let dp_rank = match event.get("dp_rank") {
+        Some(x) => u32_of(x, "dp_rank")?,
+        None => return werr("dp_rank missing"),
+    };
+    let data = match event.get("data") {
+        Some(Val::Str(s)) if s == "cleared" => EventData::Cleared,
+        Some(d @ Val::Obj(kv)) if kv.len() == 1 => {
+            if let Some(s) = d.get("stored") {
+                let parent_hash = match s.get("parent_hash") {
+                    None | Some(Val::Null) => None,
+                    Some(x) => Some(u64_of(x, "parent_hash")?),
+                };
+                let blocks = arr(s.get("blocks"), "blocks")?
+                    .iter()
+                    .map(|b| {
+                        Ok(StoredBlock {
+                            block_hash: u64_field(b, "block_hash")?,
+                            tokens_hash: u64_field(b, "tokens_hash")?,
+                            mm_extra_info: match b.get("mm_extra_info") {
+                                None | Some(Val::Null) => None,
+                                Some(info) => Some(extra_info_from_val(info)?),
+                            },
+                        })
+                    })
+                    .collect::<Result<_, WireError>>()?;
+                EventData::Stored { parent_hash, blocks }
+            } else if let Some(r) = d.get("removed") {
+                let block_hashes =
+                    arr(r.get("block_hashes"), "block_hashes")?.iter().map(|h| u64_of(h, "block hash")).collect::<Result<_, _>>()?;
+                EventData::Removed { block_hashes }
+            } else {
+                return werr("data must be stored, removed or cleared");
+            }
+        }
+        _ => return werr("data must be stored, removed or cleared"),
+    };
+    Ok(RouterEvent { worker_id, event_id, dp_rank, data })
+}
+
+fn extra_info_from_val(v: &Val) -> Result<BlockExtraInfo, WireError> {
+    let mm_objects = arr(v.get("mm_objects"), "mm_objects")?
+        .iter()
+        .map(|o| {
+            let offsets = match o.get("offsets") {
+                None | Some(Val::Null) => Vec::new(),
+                Some(Val::Arr(pairs)) => pairs
+                    .iter()
+                    .map(|p| match p {
+                        Val::Arr(ab) if ab.len() == 2 => Ok((u32_of(&ab[0], "offset")?, u32_of(&ab[1], "offset")?)),
+                        _ => werr("offsets must be [start, end] pairs"),
+                    })
+                    .collect::<Result<_, _>>()?,
+                _ => return werr("offsets must be an array"),
+            };
+            Ok(MmObject { mm_hash: u64_field(o, "mm_hash")?, offsets })
+        })
+        .collect::<Result<_, WireError>>()?;
+    Ok(BlockExtraInfo { mm_objects })
+}
+
+// ------------------------------------------------------------------------------------------------
+// names
+
+/// The event-plane subject a Dynamo 1.0 router subscribes to.
+pub fn kv_events_subject(namespace: &str, component: &str) -> String {
+    format!("namespace.{namespace}.component.{component}.kv-events")
+}
+
+/// The JetStream stream name: slug(`namespace.{ns}.component.{comp}.kv-events`) with `_` turned
+/// into `-`. slug = Unicode lowercase, every code point outside [a-z0-9-_] replaced by `_`, leading
+/// `_` trimmed.
+pub fn jetstream_stream_name(namespace: &str, component: &str) -> String {
+    let lowered = kv_events_subject(namespace, component).to_lowercase();
+    let slug: String = lowered
+        .chars()
+        .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' { c } else { '_' })
+        .collect();
+    slug.trim_start_matches('_').replace('_', "-")
+}
