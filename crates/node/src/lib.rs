@@ -1,3 +1,377 @@
+//! napi bindings over dynamo-kv-core: the raw interface of ts/binding.ts, no logic of its own.
+//! Arguments are validated by the TypeScript wrappers first; what still arrives malformed here is
+//! turned into a JS error, and `catch_unwind` turns a would-be panic into a JS error, never an abort.
+
+use dynamo_kv_core::convert::{decode_engine_batch as core_decode, Converted};
+use dynamo_kv_core::engine::peek_batch as core_peek;
+use dynamo_kv_core::hash::compute_block_hashes as core_hashes;
+use dynamo_kv_core::ingest::{Ingestor, IngestorConfig, Mode};
+use dynamo_kv_core::wire::{self, BlockExtraInfo, EventData, MmObject, RouterEvent, StoredBlock};
+use napi::bindgen_prelude::*;
 use napi_derive::napi;
+
+fn u64_arg(name: &str, b: &BigInt) -> Result<u64> {
+    let (signed, v, lossless) = b.get_u64();
+    if signed || !lossless {
+        return Err(Error::new(Status::InvalidArg, format!("{name} must be within 0..2^64-1")));
+    }
+    Ok(v)
+}
+
+fn now_arg(now_ms: f64) -> u64 {
+    if now_ms.is_finite() && now_ms > 0.0 {
+        now_ms as u64
+    } else {
+        0
+    }
+}
+
+#[napi(object)]
+pub struct JsMmObject {
+    pub mm_hash: BigInt,
+    pub offsets: Vec<Vec<u32>>,
+}
+
+#[napi(object)]
+pub struct JsBlockExtraInfo {
+    pub mm_objects: Vec<JsMmObject>,
+}
+
+fn mm_in(info: &JsBlockExtraInfo) -> Result<BlockExtraInfo> {
+    let mm_objects = info
+        .mm_objects
+        .iter()
+        .map(|o| {
+            let offsets = o
+                .offsets
+                .iter()
+                .map(|p| match p.as_slice() {
+                    [a, b] => Ok((*a, *b)),
+                    _ => Err(Error::new(Status::InvalidArg, "offsets must be [start, end] pairs")),
+                })
+                .collect::<Result<_>>()?;
+            Ok(MmObject { mm_hash: u64_arg("mmHash", &o.mm_hash)?, offsets })
+        })
+        .collect::<Result<_>>()?;
+    Ok(BlockExtraInfo { mm_objects })
+}
+
+fn mm_list_in(list: Option<Vec<Option<JsBlockExtraInfo>>>) -> Result<Option<Vec<Option<BlockExtraInfo>>>> {
+    list.map(|l| l.iter().map(|e| e.as_ref().map(mm_in).transpose()).collect()).transpose()
+}
+
+// ------------------------------------------------------------------------------------------------
+// JS objects out (shapes of ts/binding.ts; built by hand so absent values are null, never undefined)
+
+fn mm_out<'e>(env: &'e Env, info: &BlockExtraInfo) -> Result<Object<'e>> {
+    let mut o = Object::new(env)?;
+    let objs = info
+        .mm_objects
+        .iter()
+        .map(|m| {
+            let mut x = Object::new(env)?;
+            x.set("mmHash", BigInt::from(m.mm_hash))?;
+            x.set("offsets", m.offsets.iter().map(|&(a, b)| vec![a, b]).collect::<Vec<_>>())?;
+            Ok(x)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    o.set("mmObjects", objs)?;
+    Ok(o)
+}
+
+fn blocks_out<'e>(env: &'e Env, blocks: &[StoredBlock]) -> Result<Vec<Object<'e>>> {
+    blocks
+        .iter()
+        .map(|b| {
+            let mut o = Object::new(env)?;
+            o.set("blockHash", BigInt::from(b.block_hash))?;
+            o.set("tokensHash", BigInt::from(b.tokens_hash))?;
+            match &b.mm_extra_info {
+                Some(info) => o.set("mmExtraInfo", mm_out(env, info)?)?,
+                None => o.set("mmExtraInfo", Null)?,
+            }
+            Ok(o)
+        })
+        .collect()
+}
+
+fn data_out<'e>(env: &'e Env, parent_and_blocks: Option<(Option<u64>, &[StoredBlock])>, removed: Option<&[u64]>) -> Result<Object<'e>> {
+    let mut o = Object::new(env)?;
+    if let Some((parent, blocks)) = parent_and_blocks {
+        o.set("type", "stored")?;
+        o.set("parentHash", parent.map(BigInt::from))?;
+        o.set("blocks", blocks_out(env, blocks)?)?;
+    } else if let Some(hashes) = removed {
+        o.set("type", "removed")?;
+        o.set("blockHashes", hashes.iter().map(|&h| BigInt::from(h)).collect::<Vec<_>>())?;
+    } else {
+        o.set("type", "cleared")?;
+    }
+    Ok(o)
+}
+
+fn event_data_out<'e>(env: &'e Env, data: &EventData) -> Result<Object<'e>> {
+    match data {
+        EventData::Stored { parent_hash, blocks } => data_out(env, Some((*parent_hash, blocks)), None),
+        EventData::Removed { block_hashes } => data_out(env, None, Some(block_hashes)),
+        EventData::Cleared => data_out(env, None, None),
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// JS objects in (RouterEventValue)
+
+#[napi(object)]
+pub struct JsStoredBlock {
+    pub block_hash: BigInt,
+    pub tokens_hash: BigInt,
+    // Option<Option<_>>: napi reads an absent field as the outer None and null as the inner one
+    pub mm_extra_info: Option<Option<JsBlockExtraInfo>>,
+}
+
+#[napi(object)]
+pub struct JsEventData {
+    #[napi(js_name = "type")]
+    pub kind: String,
+    pub parent_hash: Option<Option<BigInt>>,
+    pub blocks: Option<Option<Vec<JsStoredBlock>>>,
+    pub block_hashes: Option<Option<Vec<BigInt>>>,
+}
+
+#[napi(object)]
+pub struct JsEvent {
+    pub event_id: BigInt,
+    pub dp_rank: u32,
+    pub data: JsEventData,
+}
+
+#[napi(object)]
+pub struct JsRouterEvent {
+    pub worker_id: BigInt,
+    pub event: JsEvent,
+}
+
+fn router_event_in(ev: &JsRouterEvent) -> Result<RouterEvent> {
+    let d = &ev.event.data;
+    let data = match d.kind.as_str() {
+        "stored" => EventData::Stored {
+            parent_hash: d.parent_hash.as_ref().and_then(|p| p.as_ref()).map(|p| u64_arg("parentHash", p)).transpose()?,
+            blocks: d
+                .blocks
+                .as_ref()
+                .and_then(|b| b.as_deref())
+                .unwrap_or_default()
+                .iter()
+                .map(|b| {
+                    Ok(StoredBlock {
+                        block_hash: u64_arg("blockHash", &b.block_hash)?,
+                        tokens_hash: u64_arg("tokensHash", &b.tokens_hash)?,
+                        mm_extra_info: b.mm_extra_info.as_ref().and_then(|m| m.as_ref()).map(mm_in).transpose()?,
+                    })
+                })
+                .collect::<Result<_>>()?,
+        },
+        "removed" => EventData::Removed {
+            block_hashes: d.block_hashes.as_ref().and_then(|b| b.as_deref()).unwrap_or_default().iter().map(|h| u64_arg("blockHashes", h)).collect::<Result<_>>()?,
+        },
+        "cleared" => EventData::Cleared,
+        other => return Err(Error::new(Status::InvalidArg, format!("unknown event type {other}"))),
+    };
+    Ok(RouterEvent { worker_id: u64_arg("workerId", &ev.worker_id)?, event_id: u64_arg("eventId", &ev.event.event_id)?, dp_rank: ev.event.dp_rank, data })
+}
+
+// ------------------------------------------------------------------------------------------------
+// functions
+
+#[napi(catch_unwind)]
+pub fn compute_block_hashes(
+    tokens: &[u32],
+    kv_block_size: u32,
+    lora_name: Option<String>,
+    block_mm_infos: Option<Vec<Option<JsBlockExtraInfo>>>,
+) -> Result<BigUint64Array> {
+    let mm = mm_list_in(block_mm_infos)?;
+    Ok(BigUint64Array::new(core_hashes(tokens, kv_block_size as usize, lora_name.as_deref(), mm.as_deref())))
+}
+
+#[napi(catch_unwind)]
+pub fn decode_engine_batch<'e>(env: &'e Env, payload: &[u8], kv_block_size: u32) -> Result<Option<Object<'e>>> {
+    if kv_block_size == 0 {
+        return Err(Error::new(Status::InvalidArg, "kvBlockSize must be >= 1"));
+    }
+    let Some(batch) = core_decode(payload, kv_block_size) else {
+        return Ok(None);
+    };
+    let mut o = Object::new(env)?;
+    o.set("dpRank", batch.dp_rank)?;
+    let events = batch
+        .events
+        .iter()
+        .map(|e| match e {
+            Converted::Stored(s) => data_out(env, Some((s.parent_hash, &s.blocks)), None),
+            Converted::Removed(h) => data_out(env, None, Some(h)),
+            Converted::Cleared => data_out(env, None, None),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    o.set("events", events)?;
+    o.set("rejected", Uint32Array::new(batch.rejected.to_vec()))?;
+    Ok(Some(o))
+}
+
+#[napi(catch_unwind)]
+pub fn peek_batch<'e>(env: &'e Env, payload: &[u8]) -> Result<Option<Object<'e>>> {
+    let Ok((dp_rank, publisher_id)) = core_peek(payload) else {
+        return Ok(None);
+    };
+    let mut o = Object::new(env)?;
+    o.set("dpRank", dp_rank)?;
+    o.set("publisherId", publisher_id.map(|p| Uint8Array::new(p.to_vec())))?;
+    Ok(Some(o))
+}
+
+#[napi(catch_unwind)]
+pub fn encode_router_event(ev: JsRouterEvent, json: bool) -> Result<Buffer> {
+    let ev = router_event_in(&ev)?;
+    let mut out = Vec::new();
+    if json {
+        wire::write_router_event_json(&mut out, &ev);
+    } else {
+        wire::write_router_event_msgpack(&mut out, &ev);
+    }
+    Ok(out.into())
+}
+
+#[napi(catch_unwind)]
+pub fn decode_router_event<'e>(env: &'e Env, bytes: &[u8], json: bool) -> Result<Object<'e>> {
+    let decoded = if json { wire::decode_router_event_json(bytes) } else { wire::decode_router_event_msgpack(bytes) };
+    let ev = decoded.map_err(|e| Error::new(Status::InvalidArg, e.0))?;
+    let mut inner = Object::new(env)?;
+    inner.set("eventId", BigInt::from(ev.event_id))?;
+    inner.set("dpRank", ev.dp_rank)?;
+    inner.set("data", event_data_out(env, &ev.data)?)?;
+    let mut o = Object::new(env)?;
+    o.set("workerId", BigInt::from(ev.worker_id))?;
+    o.set("event", inner)?;
+    Ok(o)
+}
+
+#[napi(catch_unwind)]
+pub fn encode_envelope(publisher_id: BigInt, sequence: BigInt, published_at: BigInt, topic: String, payload: &[u8]) -> Result<Buffer> {
+    let mut out = Vec::with_capacity(payload.len() + 64);
+    wire::write_envelope(
+        &mut out,
+        u64_arg("publisherId", &publisher_id)?,
+        u64_arg("sequence", &sequence)?,
+        u64_arg("publishedAt", &published_at)?,
+        &topic,
+        payload,
+    );
+    Ok(out.into())
+}
+
+#[napi(catch_unwind)]
+pub fn encode_active_load(worker_id: BigInt, dp_rank: u32, active_decode_blocks: BigInt, active_prefill_tokens: Option<BigInt>) -> Result<Buffer> {
+    let mut out = Vec::new();
+    wire::write_active_load(
+        &mut out,
+        u64_arg("workerId", &worker_id)?,
+        dp_rank,
+        Some(u64_arg("activeDecodeBlocks", &active_decode_blocks)?),
+        active_prefill_tokens.as_ref().map(|p| u64_arg("activePrefillTokens", p)).transpose()?,
+    );
+    Ok(out.into())
+}
+
+#[napi(catch_unwind)]
+pub fn jetstream_stream_name(namespace: String, component: String) -> String {
+    wire::jetstream_stream_name(&namespace, &component)
+}
+
+// ------------------------------------------------------------------------------------------------
+// RawIngestor
+
+#[napi(object)]
+pub struct RawIngestorOptions {
+    pub kv_block_size: u32,
+    pub worker_id: BigInt,
+    pub jetstream: bool,
+    pub max_dp_ranks: u32,
+    pub dp_ranks: Option<Option<Uint32Array>>,
+}
+
 #[napi]
-pub fn hello() -> u32 { dynamo_kv_core::hello() }
+pub struct RawIngestor {
+    inner: Ingestor,
+}
+
+#[napi]
+impl RawIngestor {
+    #[napi(constructor, catch_unwind)]
+    pub fn new(options: RawIngestorOptions) -> Result<Self> {
+        let cfg = IngestorConfig {
+            kv_block_size: options.kv_block_size,
+            worker_id: u64_arg("workerId", &options.worker_id)?,
+            mode: if options.jetstream { Mode::JetStream } else { Mode::EventPlane },
+            max_dp_ranks: options.max_dp_ranks,
+            dp_ranks: options.dp_ranks.flatten().map(|r| r.to_vec()),
+        };
+        let inner = Ingestor::new(cfg).map_err(|e| Error::new(Status::InvalidArg, format!("invalid ingestor option: {e:?}")))?;
+        Ok(RawIngestor { inner })
+    }
+
+    #[napi(catch_unwind)]
+    pub fn ingest(&mut self, payload: &[u8], now_ms: f64) -> Buffer {
+        self.inner.ingest(payload, now_arg(now_ms)).into()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[napi(catch_unwind)]
+    pub fn stored(
+        &mut self,
+        token_ids: &[u32],
+        block_hashes: &[u64],
+        block_size: u32,
+        parent_hash: Option<BigInt>,
+        lora_name: Option<String>,
+        block_mm_infos: Option<Vec<Option<JsBlockExtraInfo>>>,
+        dp_rank: u32,
+        now_ms: f64,
+    ) -> Result<Buffer> {
+        let parent = parent_hash.as_ref().map(|p| u64_arg("parentHash", p)).transpose()?;
+        let mm = mm_list_in(block_mm_infos)?;
+        Ok(self
+            .inner
+            .stored(token_ids, block_hashes, block_size as u64, parent, lora_name.as_deref(), mm, dp_rank, now_arg(now_ms))
+            .into())
+    }
+
+    #[napi(catch_unwind)]
+    pub fn removed(&mut self, block_hashes: &[u64], dp_rank: u32, now_ms: f64) -> Buffer {
+        self.inner.removed(block_hashes, dp_rank, now_arg(now_ms)).into()
+    }
+
+    #[napi(catch_unwind)]
+    pub fn cleared(&mut self, dp_rank: u32, now_ms: f64) -> Buffer {
+        self.inner.cleared(dp_rank, now_arg(now_ms)).into()
+    }
+
+    #[napi]
+    pub fn rank_allowed(&self, dp_rank: u32) -> bool {
+        self.inner.rank_allowed(dp_rank)
+    }
+
+    #[napi]
+    pub fn next_event_id(&self, dp_rank: u32) -> u64 {
+        self.inner.next_event_id(dp_rank)
+    }
+
+    #[napi]
+    pub fn counters(&self) -> BigUint64Array {
+        BigUint64Array::new(self.inner.counters().to_vec())
+    }
+
+    #[napi]
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        self.inner.take_warnings()
+    }
+}
