@@ -9,6 +9,7 @@ import {
   type BlockExtraInfo,
   type ConvertedEvent,
   type CounterName,
+  type RawBinding,
   type RawIngestor,
   type RejectReason,
   type RouterEventValue,
@@ -22,6 +23,7 @@ export type {
   ConvertedEvent,
   CounterName,
   MmObject,
+  RawBinding,
   RejectReason,
   RouterEventValue,
   StoredBlock,
@@ -191,7 +193,7 @@ function dataArg(d: unknown): ConvertedEvent {
         blocks: data.blocks.map((b, i) => ({
           blockHash: u64(`blocks[${i}].blockHash`, b?.blockHash),
           tokensHash: u64(`blocks[${i}].tokensHash`, b?.tokensHash),
-          mmExtraInfo: b.mmExtraInfo == null ? null : mmInfosArg(`blocks[${i}].mmExtraInfo`, [b.mmExtraInfo])![0],
+          mmExtraInfo: b.mmExtraInfo == null ? null : (mmInfosArg(`blocks[${i}].mmExtraInfo`, [b.mmExtraInfo])![0] ?? null),
         })),
       }
     case 'removed':
@@ -296,7 +298,11 @@ export class Ingestor {
   readonly mode: IngestMode
   readonly #raw: RawIngestor
 
-  constructor(options: IngestorOptions) {
+  /**
+   * @param impl the raw implementation to use; defaults to the one loaded for the process
+   *   (benchmarks and parity tests pass the other one explicitly).
+   */
+  constructor(options: IngestorOptions, impl: RawBinding = raw) {
     if (typeof options !== 'object' || options === null) throw new TypeError('Ingestor options must be an object')
     this.kvBlockSize = positiveInt('kvBlockSize', options.kvBlockSize)
     this.workerId = u64('workerId', options.workerId)
@@ -312,7 +318,7 @@ export class Ingestor {
       dpRanks = Uint32Array.from(options.dpRanks.map((r, i) => u32(`dpRanks[${i}]`, r)))
       if (new Set(dpRanks).size !== dpRanks.length) throw new RangeError('dpRanks must not repeat a rank')
     }
-    this.#raw = new raw.RawIngestor({ kvBlockSize: this.kvBlockSize, workerId: this.workerId, jetstream: mode === 'jetstream', maxDpRanks, dpRanks })
+    this.#raw = new impl.RawIngestor({ kvBlockSize: this.kvBlockSize, workerId: this.workerId, jetstream: mode === 'jetstream', maxDpRanks, dpRanks })
   }
 
   /** Converts one raw engine batch (the ZMQ payload frame). Never throws on bad bytes. */

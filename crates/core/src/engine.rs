@@ -443,7 +443,16 @@ fn tokens(r: &mut Reader, h: Head, level: u32) -> Res<Field<Vec<u8>>> {
     };
     let mut out = Vec::with_capacity(n as usize * 4);
     let mut ok = true;
-    for _ in 0..n {
+    // the fast path skips the per-value depth check, which can only fail past the limit
+    let fast = level < crate::msgpack::MAX_DEPTH;
+    let done = if fast { r.small_uints_le(n as usize, &mut out) } else { 0 };
+    for _ in done..n as usize {
+        if fast {
+            if let Some(v) = r.small_uint() {
+                out.extend_from_slice(&v.to_le_bytes());
+                continue;
+            }
+        }
         match r.head(level + 1)? {
             Head::Uint(v) if v <= u32::MAX as u64 => out.extend_from_slice(&(v as u32).to_le_bytes()),
             e => {

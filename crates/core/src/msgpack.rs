@@ -56,6 +56,7 @@ impl<'a> Reader<'a> {
         self.buf.len() - self.pos
     }
 
+    #[inline]
     fn take(&mut self, n: usize) -> Res<&'a [u8]> {
         if n > self.remaining() {
             return Err(Malformed);
@@ -65,15 +66,86 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
+    #[inline(always)]
+    fn fixed<const N: usize>(&mut self) -> Res<[u8; N]> {
+        match self.buf.get(self.pos..self.pos + N) {
+            Some(s) => {
+                self.pos += N;
+                let mut a = [0u8; N];
+                a.copy_from_slice(s);
+                Ok(a)
+            }
+            None => Err(Malformed),
+        }
+    }
+
+    #[inline(always)]
     fn u8(&mut self) -> Res<u8> {
-        Ok(self.take(1)?[0])
+        Ok(self.fixed::<1>()?[0])
     }
 
-    fn be(&mut self, n: usize) -> Res<u64> {
-        let s = self.take(n)?;
-        Ok(s.iter().fold(0u64, |acc, &b| (acc << 8) | b as u64))
+    #[inline(always)]
+    fn u16(&mut self) -> Res<u16> {
+        Ok(u16::from_be_bytes(self.fixed()?))
     }
 
+    #[inline(always)]
+    fn u32(&mut self) -> Res<u32> {
+        Ok(u32::from_be_bytes(self.fixed()?))
+    }
+
+    #[inline(always)]
+    fn u64(&mut self) -> Res<u64> {
+        Ok(u64::from_be_bytes(self.fixed()?))
+    }
+
+    /// Fast path for token ids, the bulk of every batch: appends up to `n` consecutive unsigned
+    /// integers of at most 32 bits (fixint, uint8/16/32) as u32 little-endian to `out`, and returns
+    /// how many it consumed; it stops early (consuming nothing more) at any other value or near the
+    /// end of the buffer, where the caller continues value by value. Branch-free in the common case,
+    /// because token widths alternate unpredictably between uint16 and uint32.
+    #[inline]
+    pub fn small_uints_le(&mut self, n: usize, out: &mut Vec<u8>) -> usize {
+        let buf = self.buf;
+        let mut p = self.pos;
+        let mut k = 0;
+        out.reserve(n * 4);
+        while k < n && p + 5 <= buf.len() {
+            let m = buf[p];
+            // payload width from the marker arithmetically (fixint 0; 0xcc, 0xcd, 0xce → 1, 2, 4), so
+            // the next position does not wait on a table lookup
+            let small = m < 0x80;
+            if !small && !(0xcc..=0xce).contains(&m) {
+                break;
+            }
+            let w = if small { 0 } else { 1u32 << (m & 3) };
+            let raw = u32::from_be_bytes([buf[p + 1], buf[p + 2], buf[p + 3], buf[p + 4]]) as u64;
+            let v = if small { m as u32 } else { (raw >> (32 - 8 * w)) as u32 };
+            out.extend_from_slice(&v.to_le_bytes());
+            p += 1 + w as usize;
+            k += 1;
+        }
+        self.pos = p;
+        k
+    }
+
+    /// Fast path for the most common value in a batch, a token id: an unsigned integer of up to 32
+    /// bits. Returns None (consuming nothing) when the next value is anything else.
+    #[inline(always)]
+    pub fn small_uint(&mut self) -> Option<u32> {
+        let m = *self.buf.get(self.pos)?;
+        let (v, n) = match m {
+            0x00..=0x7f => (m as u32, 1),
+            0xcc => (*self.buf.get(self.pos + 1)? as u32, 2),
+            0xcd => (u16::from_be_bytes(self.buf.get(self.pos + 1..self.pos + 3)?.try_into().ok()?) as u32, 3),
+            0xce => (u32::from_be_bytes(self.buf.get(self.pos + 1..self.pos + 5)?.try_into().ok()?), 5),
+            _ => return None,
+        };
+        self.pos += n;
+        Some(v)
+    }
+
+    #[inline]
     fn array_head(&self, n: u64) -> Res<Head<'a>> {
         // every element needs at least one byte
         if n as usize > self.remaining() {
@@ -82,6 +154,7 @@ impl<'a> Reader<'a> {
         Ok(Head::Array(n as u32))
     }
 
+    #[inline]
     fn map_head(&self, n: u64) -> Res<Head<'a>> {
         if (n as usize).saturating_mul(2) > self.remaining() {
             return Err(Malformed);
@@ -95,6 +168,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads the header of the value at `level` (the batch is level 1).
+    #[inline]
     pub fn head(&mut self, level: u32) -> Res<Head<'a>> {
         if level > MAX_DEPTH {
             return Err(Malformed);
@@ -110,27 +184,27 @@ impl<'a> Reader<'a> {
             0xc2 => Head::Bool(false),
             0xc3 => Head::Bool(true),
             0xc4 => {
-                let n = self.be(1)? as usize;
+                let n = self.u8()? as usize;
                 Head::Bin(self.take(n)?)
             }
             0xc5 => {
-                let n = self.be(2)? as usize;
+                let n = self.u16()? as usize;
                 Head::Bin(self.take(n)?)
             }
             0xc6 => {
-                let n = self.be(4)? as usize;
+                let n = self.u32()? as usize;
                 Head::Bin(self.take(n)?)
             }
             0xc7 => {
-                let n = self.be(1)? as usize;
+                let n = self.u8()? as usize;
                 return self.ext(n);
             }
             0xc8 => {
-                let n = self.be(2)? as usize;
+                let n = self.u16()? as usize;
                 return self.ext(n);
             }
             0xc9 => {
-                let n = self.be(4)? as usize;
+                let n = self.u32()? as usize;
                 return self.ext(n);
             }
             0xca => {
@@ -141,45 +215,45 @@ impl<'a> Reader<'a> {
                 self.take(8)?;
                 Head::Float
             }
-            0xcc => Head::Uint(self.be(1)?),
-            0xcd => Head::Uint(self.be(2)?),
-            0xce => Head::Uint(self.be(4)?),
-            0xcf => Head::Uint(self.be(8)?),
-            0xd0 => signed(self.be(1)? as u8 as i8 as i64),
-            0xd1 => signed(self.be(2)? as u16 as i16 as i64),
-            0xd2 => signed(self.be(4)? as u32 as i32 as i64),
-            0xd3 => signed(self.be(8)? as i64),
+            0xcc => Head::Uint(self.u8()? as u64),
+            0xcd => Head::Uint(self.u16()? as u64),
+            0xce => Head::Uint(self.u32()? as u64),
+            0xcf => Head::Uint(self.u64()?),
+            0xd0 => signed(self.u8()? as i8 as i64),
+            0xd1 => signed(self.u16()? as i16 as i64),
+            0xd2 => signed(self.u32()? as i32 as i64),
+            0xd3 => signed(self.u64()? as i64),
             0xd4 => return self.ext(1),
             0xd5 => return self.ext(2),
             0xd6 => return self.ext(4),
             0xd7 => return self.ext(8),
             0xd8 => return self.ext(16),
             0xd9 => {
-                let n = self.be(1)? as usize;
+                let n = self.u8()? as usize;
                 Head::Str(self.take(n)?)
             }
             0xda => {
-                let n = self.be(2)? as usize;
+                let n = self.u16()? as usize;
                 Head::Str(self.take(n)?)
             }
             0xdb => {
-                let n = self.be(4)? as usize;
+                let n = self.u32()? as usize;
                 Head::Str(self.take(n)?)
             }
             0xdc => {
-                let n = self.be(2)?;
+                let n = self.u16()? as u64;
                 return self.array_head(n);
             }
             0xdd => {
-                let n = self.be(4)?;
+                let n = self.u32()? as u64;
                 return self.array_head(n);
             }
             0xde => {
-                let n = self.be(2)?;
+                let n = self.u16()? as u64;
                 return self.map_head(n);
             }
             0xdf => {
-                let n = self.be(4)?;
+                let n = self.u32()? as u64;
                 return self.map_head(n);
             }
             0xe0..=0xff => Head::Neg(m as i8 as i64),

@@ -1,0 +1,99 @@
+// 100,000 random and mutated payloads through the public API of whichever implementation loads (CI
+// runs the suite natively and with DYNAMO_KV_FORCE_JS=1): the only outcomes are a normal result or a
+// KvDecodeError with reason 'malformed', and peekBatch says null exactly for the malformed ones.
+import test from 'ava'
+import { readFileSync } from 'node:fs'
+import * as kv from '../ts/index.js'
+import { BatchGenerator, Rng } from './helpers/gen-batches.js'
+
+const fixtures = JSON.parse(readFileSync(new URL('./fixtures/engine-batches.json', import.meta.url), 'utf8')) as {
+  cases: { hex: string }[]
+}
+const seeds = fixtures.cases.map((c) => Buffer.from(c.hex, 'hex'))
+
+function mutate(rng: Rng, src: Buffer): Buffer {
+  const b = Buffer.from(src)
+  switch (rng.int(8)) {
+    case 0: // flip bits
+      for (let k = 0, n = 1 + rng.int(4); k < n && b.length; k++) {
+        const at = rng.int(b.length)
+        b[at] = b[at]! ^ (1 << rng.int(8))
+      }
+      return b
+    case 1: // overwrite with a random byte
+      for (let k = 0, n = 1 + rng.int(4); k < n && b.length; k++) b[rng.int(b.length)] = rng.int(256)
+      return b
+    case 2: // truncate
+      return b.subarray(0, rng.int(b.length + 1))
+    case 3: {
+      // insert random bytes
+      const at = rng.int(b.length + 1)
+      const ins = Buffer.from(Array.from({ length: 1 + rng.int(8) }, () => rng.int(256)))
+      return Buffer.concat([b.subarray(0, at), ins, b.subarray(at)])
+    }
+    case 4: {
+      // delete a slice
+      const at = rng.int(b.length + 1)
+      return Buffer.concat([b.subarray(0, at), b.subarray(at + 1 + rng.int(8))])
+    }
+    case 5: {
+      // splice a header that claims ~4 billion elements or bytes
+      const at = rng.int(b.length + 1)
+      const h = Buffer.from([rng.pick([0xdd, 0xdf, 0xdb, 0xc6, 0xc9]), 0xff, 0xff, 0xff, 0xf0])
+      return Buffer.concat([b.subarray(0, at), h, b.subarray(at)])
+    }
+    case 6: {
+      // duplicate a slice
+      const at = rng.int(b.length + 1)
+      const len = rng.int(16)
+      return Buffer.concat([b.subarray(0, at + len), b.subarray(at, at + len), b.subarray(at + len)])
+    }
+    default: // random bytes
+      return Buffer.from(Array.from({ length: rng.int(200) }, () => rng.int(256)))
+  }
+}
+
+function deep(levels: number): Buffer {
+  // [ts, [[[ ... [] ... ]]], 0]: the events list is level 2
+  return Buffer.concat([Buffer.from([0x93, 0xc0]), Buffer.alloc(levels - 1, 0x91), Buffer.from([0x90, 0x00])])
+}
+
+test(`${kv.implementation}: 100,000 random and mutated payloads give a result or KvDecodeError`, (t) => {
+  const rng = new Rng(4242)
+  const gen = new BatchGenerator(99, { malformedRate: 0.1 })
+  const ingestor = new kv.Ingestor({ kvBlockSize: 4, workerId: 1n })
+  const js = new kv.Ingestor({ kvBlockSize: 4, workerId: 1n, mode: 'jetstream', maxDpRanks: 4 })
+  let malformed = 0
+  let wrong = 0
+  const inputs: Buffer[] = [deep(63), deep(64), Buffer.alloc(0), Buffer.from([0xc1])]
+  for (let k = 0; inputs.length < 100_000; k++) {
+    const base = k % 3 === 0 ? gen.next() : seeds[rng.int(seeds.length)]!
+    inputs.push(k % 5 === 0 ? base : mutate(rng, base))
+  }
+  for (const p of inputs) {
+    let decodeMalformed = false
+    try {
+      const d = kv.decodeEngineBatch(p, 4)
+      if (!Number.isInteger(d.dpRank) || !Array.isArray(d.events)) wrong++
+    } catch (e) {
+      if (!(e instanceof kv.KvDecodeError) || e.reason !== 'malformed') {
+        if (wrong++ < 3) t.fail(`unexpected error ${String(e)} for ${p.toString('hex')}`)
+      }
+      decodeMalformed = true
+    }
+    const peek = kv.peekBatch(p)
+    const r = ingestor.ingest(p, 1)
+    const r2 = js.ingest(p, 1)
+    if ((peek === null) !== decodeMalformed || (r.dpRank === null) !== decodeMalformed || r.rejected.malformed !== (decodeMalformed ? 1 : 0)) {
+      if (wrong++ < 3) t.fail(`inconsistent outcome for ${p.toString('hex')}`)
+    }
+    if (r2.rejected.malformed !== (decodeMalformed ? 1 : 0)) wrong++
+    if (decodeMalformed) malformed++
+  }
+  t.is(wrong, 0)
+  t.true(malformed > 10_000 && malformed < 90_000, `${malformed} of ${inputs.length} were malformed`)
+  t.is(kv.peekBatch(deep(63))?.dpRank, 0) // deepest value at level 64
+  t.is(kv.peekBatch(deep(64)), null) // level 65
+  t.is(ingestor.counters().batches, BigInt(inputs.length))
+  t.is(ingestor.counters().rejected_malformed, BigInt(malformed))
+})
