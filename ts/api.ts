@@ -281,6 +281,24 @@ export interface IngestResult {
   warnings?: string[]
 }
 
+/** Output scratch shared by all Ingestors (JavaScript runs one call at a time; results are copied out). */
+let scratch = Buffer.allocUnsafeSlow(1 << 18)
+
+/** The rejected counts of a packed output (an object literal: V8 builds it with one shape). */
+function readRejected(out: Buffer): Record<RejectReason, number> {
+  return {
+    malformed: out.readUInt32LE(24),
+    invalid: out.readUInt32LE(28),
+    unknown_type: out.readUInt32LE(32),
+    filtered_tier: out.readUInt32LE(36),
+    filtered_group: out.readUInt32LE(40),
+    empty: out.readUInt32LE(44),
+    self_reference: out.readUInt32LE(48),
+    block_size: out.readUInt32LE(52),
+    dp_rank: out.readUInt32LE(56),
+  }
+}
+
 function rejectedRecord(counts: Uint32Array | ArrayLike<number>, base: number): Record<RejectReason, number> {
   const out = {} as Record<RejectReason, number>
   for (let i = 0; i < REJECT_REASONS.length; i++) out[REJECT_REASONS[i]!] = counts[base + i]!
@@ -323,7 +341,12 @@ export class Ingestor {
 
   /** Converts one raw engine batch (the ZMQ payload frame). Never throws on bad bytes. */
   ingest(payload: Uint8Array, nowMs?: number): IngestResult {
-    return this.#unpack(this.#raw.ingest(bytesArg('payload', payload), nowArg(nowMs)))
+    let len = this.#raw.ingestInto(bytesArg('payload', payload), nowArg(nowMs), scratch)
+    if (len < 0) {
+      scratch = Buffer.allocUnsafeSlow(Math.max(-len, 2 * scratch.length))
+      len = this.#raw.takeOutput(scratch)
+    }
+    return this.#unpack(scratch, len, true)
   }
 
   /** Manual API: a store, as an engine without ZMQ events would report it (checks 5-7 of SPEC 3). */
@@ -379,18 +402,27 @@ export class Ingestor {
     return rank
   }
 
-  #unpack(out: Buffer): IngestResult {
+  /** Reads a packed output (layout in ts/binding.ts); `copy` when `out` is the shared scratch. */
+  #unpack(out: Buffer, len: number = out.length, copy = false): IngestResult {
     const n = out.readUInt32LE(0)
     const rank = out.readInt32LE(4)
     const flags = out.readUInt32LE(8)
-    const rejected = {} as Record<RejectReason, number>
-    for (let i = 0; i < REJECT_REASONS.length; i++) rejected[REJECT_REASONS[i]!] = out.readUInt32LE(24 + 4 * i)
+    const rejected = readRejected(out)
     const payloads: Buffer[] = new Array(n)
-    let at = OUT_HEADER_BYTES + 4 * n
-    for (let i = 0; i < n; i++) {
-      const len = out.readUInt32LE(OUT_HEADER_BYTES + 4 * i)
-      payloads[i] = out.subarray(at, at + len)
-      at += len
+    if (n > 0) {
+      const lensAt = len - 4 * n
+      // one copy of all payloads out of the scratch, which the next call overwrites
+      let body: Buffer
+      if (copy) {
+        body = Buffer.allocUnsafe(lensAt - OUT_HEADER_BYTES)
+        out.copy(body, 0, OUT_HEADER_BYTES, lensAt)
+      } else body = out.subarray(OUT_HEADER_BYTES, lensAt)
+      let at = 0
+      for (let i = 0; i < n; i++) {
+        const plen = out.readUInt32LE(lensAt + 4 * i)
+        payloads[i] = body.subarray(at, at + plen)
+        at += plen
+      }
     }
     const result: IngestResult = {
       payloads,

@@ -91,8 +91,8 @@ export interface RawPeek {
  *   offset 12  u32  reserved, 0
  *   offset 16  u64  firstEventId (0 when absent); payload i has event id firstEventId + i
  *   offset 24  u32 × 9  rejected counts, indexed like REJECT_REASONS
- *   offset 60  u32 × N  payload lengths
- *   then the N payloads, concatenated
+ *   offset 60  the N payloads, concatenated
+ *   then       u32 × N  payload lengths (the last 4N bytes)
  *
  * In event-plane mode each payload is the msgpack envelope around the msgpack RouterEvent; in
  * jetstream mode it is the RouterEvent JSON. All payloads of one call share one dp rank.
@@ -121,6 +121,13 @@ export interface RawIngestor {
     dpRank: number,
     nowMs: number,
   ): RawIngestOutput
+  /**
+   * The hot path: writes what ingest() would return into `out` (a buffer the caller reuses) and
+   * returns its length, or minus the length needed when `out` is too small; then takeOutput(bigger)
+   * hands over that same output, provided no other call came in between.
+   */
+  ingestInto(payload: Uint8Array, nowMs: number, out: Uint8Array): number
+  takeOutput(out: Uint8Array): number
   removed(blockHashes: BigUint64Array, dpRank: number, nowMs: number): RawIngestOutput
   cleared(dpRank: number, nowMs: number): RawIngestOutput
   /** Whether dpRank may be used (already seen, configured, or room for one more). */

@@ -130,7 +130,9 @@ impl RankState {
     }
 }
 
-/// The packed result of one call (layout documented in ts/binding.ts).
+/// The packed result of one call being built (layout documented in ts/binding.ts): `body` starts
+/// with the 60-byte header, filled in at the end, followed by the payloads; the payload lengths are
+/// appended after them.
 struct Out {
     dp_rank: i32,
     /// The clock for the envelopes' published_at.
@@ -139,34 +141,9 @@ struct Out {
     rejected: [u32; REASON_COUNT],
     lens: Vec<u32>,
     body: Vec<u8>,
-    warnings: bool,
 }
 
 pub const OUT_HEADER_BYTES: usize = 60;
-
-impl Out {
-    fn new(dp_rank: i32, now_ms: u64) -> Self {
-        Out { dp_rank, now_ms, first_id: None, rejected: [0; REASON_COUNT], lens: Vec::new(), body: Vec::new(), warnings: false }
-    }
-
-    fn finish(self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(OUT_HEADER_BYTES + 4 * self.lens.len() + self.body.len());
-        v.extend_from_slice(&(self.lens.len() as u32).to_le_bytes());
-        v.extend_from_slice(&self.dp_rank.to_le_bytes());
-        let flags = self.first_id.is_some() as u32 | (self.warnings as u32) << 1;
-        v.extend_from_slice(&flags.to_le_bytes());
-        v.extend_from_slice(&0u32.to_le_bytes());
-        v.extend_from_slice(&self.first_id.unwrap_or(0).to_le_bytes());
-        for r in self.rejected {
-            v.extend_from_slice(&r.to_le_bytes());
-        }
-        for l in &self.lens {
-            v.extend_from_slice(&l.to_le_bytes());
-        }
-        v.extend_from_slice(&self.body);
-        v
-    }
-}
 
 /// A decoded view of a packed output (tests, benches and Rust callers).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,10 +164,11 @@ pub fn unpack(out: &[u8]) -> Unpacked {
     for (i, r) in rejected.iter_mut().enumerate() {
         *r = u32_at(24 + 4 * i);
     }
-    let mut at = OUT_HEADER_BYTES + 4 * n;
+    let lens_at = out.len() - 4 * n;
+    let mut at = OUT_HEADER_BYTES;
     let payloads = (0..n)
         .map(|i| {
-            let len = u32_at(OUT_HEADER_BYTES + 4 * i) as usize;
+            let len = u32_at(lens_at + 4 * i) as usize;
             at += len;
             out[at - len..at].to_vec()
         })
@@ -218,6 +196,9 @@ pub struct Ingestor {
     warnings_given: u32,
     hash_scratch: Vec<u8>,
     event_scratch: Vec<u8>,
+    /// Buffers reused across calls so the hot path does not allocate its output.
+    spare_body: Vec<u8>,
+    spare_lens: Vec<u32>,
 }
 
 impl Ingestor {
@@ -242,6 +223,8 @@ impl Ingestor {
             warnings_given: 0,
             hash_scratch: Vec::new(),
             event_scratch: Vec::new(),
+            spare_body: Vec::new(),
+            spare_lens: Vec::new(),
         };
         if let Some(ranks) = cfg.dp_ranks {
             let distinct: HashSet<u32> = ranks.iter().copied().collect();
@@ -295,18 +278,24 @@ impl Ingestor {
         self.counters[C_REJECTED + reason as usize] += 1;
     }
 
-    /// Ingests one engine batch. Never fails: a malformed batch is a result with one `malformed`.
+    /// Ingests one engine batch into the packed output. Never fails: a malformed batch is a result
+    /// with one `malformed`.
     pub fn ingest(&mut self, payload: &[u8], now_ms: u64) -> Vec<u8> {
+        let out = self.ingest_out(payload, now_ms);
+        self.end(out)
+    }
+
+    fn ingest_out(&mut self, payload: &[u8], now_ms: u64) -> Out {
         self.counters[C_BATCHES] += 1;
         let Ok(batch) = decode_batch(payload) else {
-            let mut out = Out::new(-1, now_ms);
+            let mut out = self.begin(-1, now_ms);
             self.reject(&mut out, Reason::Malformed);
-            return out.finish();
+            return out;
         };
-        let mut out = Out::new(batch.dp_rank as i32, now_ms);
+        let mut out = self.begin(batch.dp_rank as i32, now_ms);
         let Some(idx) = self.ensure_rank(batch.dp_rank) else {
             self.reject(&mut out, Reason::DpRank);
-            return out.finish();
+            return out;
         };
         self.counters[C_EVENTS_IN] += batch.events.len() as u64;
         for ev in batch.events {
@@ -318,7 +307,7 @@ impl Ingestor {
                 Ok(Converted::Cleared) => self.reset_rank(&mut out, idx),
             }
         }
-        self.finish(out)
+        out
     }
 
     /// Manual API store (SPEC 3 checks 5-7). `rank` must be allowed (the TS layer checks first; an
@@ -335,46 +324,83 @@ impl Ingestor {
         rank: u32,
         now_ms: u64,
     ) -> Vec<u8> {
-        let mut out = Out::new(rank as i32, now_ms);
+        let mut out = self.begin(rank as i32, now_ms);
         let Some(idx) = self.ensure_rank(rank) else {
             self.reject(&mut out, Reason::DpRank);
-            return out.finish();
+            return self.end(out);
         };
         let tokens_le = crate::hash::tokens_le(token_ids);
         match check_store(block_hashes, parent_hash, &tokens_le, block_size, self.kv_block_size, lora_name, mm, &mut self.hash_scratch) {
             Ok(store) => self.emit_store(&mut out, idx, store),
             Err(reason) => self.reject(&mut out, reason),
         }
-        self.finish(out)
+        self.end(out)
     }
 
     pub fn removed(&mut self, block_hashes: &[u64], rank: u32, now_ms: u64) -> Vec<u8> {
-        let mut out = Out::new(rank as i32, now_ms);
+        let mut out = self.begin(rank as i32, now_ms);
         let Some(idx) = self.ensure_rank(rank) else {
             self.reject(&mut out, Reason::DpRank);
-            return out.finish();
+            return self.end(out);
         };
         if block_hashes.is_empty() {
             self.reject(&mut out, Reason::Empty);
         } else {
             self.emit_removed(&mut out, idx, block_hashes);
         }
-        self.finish(out)
+        self.end(out)
     }
 
     pub fn cleared(&mut self, rank: u32, now_ms: u64) -> Vec<u8> {
-        let mut out = Out::new(rank as i32, now_ms);
+        let mut out = self.begin(rank as i32, now_ms);
         let Some(idx) = self.ensure_rank(rank) else {
             self.reject(&mut out, Reason::DpRank);
-            return out.finish();
+            return self.end(out);
         };
         self.reset_rank(&mut out, idx);
-        self.finish(out)
+        self.end(out)
     }
 
-    fn finish(&self, mut out: Out) -> Vec<u8> {
-        out.warnings = !self.warnings.is_empty();
-        out.finish()
+    fn begin(&mut self, dp_rank: i32, now_ms: u64) -> Out {
+        let mut body = std::mem::take(&mut self.spare_body);
+        body.clear();
+        body.resize(OUT_HEADER_BYTES, 0);
+        let mut lens = std::mem::take(&mut self.spare_lens);
+        lens.clear();
+        Out { dp_rank, now_ms, first_id: None, rejected: [0; REASON_COUNT], lens, body }
+    }
+
+    fn end(&mut self, out: Out) -> Vec<u8> {
+        let Out { dp_rank, first_id, rejected, lens, mut body, .. } = out;
+        let mut h = [0u8; OUT_HEADER_BYTES];
+        h[0..4].copy_from_slice(&(lens.len() as u32).to_le_bytes());
+        h[4..8].copy_from_slice(&dp_rank.to_le_bytes());
+        let flags = first_id.is_some() as u32 | (!self.warnings.is_empty() as u32) << 1;
+        h[8..12].copy_from_slice(&flags.to_le_bytes());
+        h[16..24].copy_from_slice(&first_id.unwrap_or(0).to_le_bytes());
+        for (i, r) in rejected.iter().enumerate() {
+            h[24 + 4 * i..28 + 4 * i].copy_from_slice(&r.to_le_bytes());
+        }
+        body[..OUT_HEADER_BYTES].copy_from_slice(&h);
+        body.reserve(4 * lens.len());
+        for l in &lens {
+            body.extend_from_slice(&l.to_le_bytes());
+        }
+        self.spare_lens = lens;
+        body
+    }
+
+    /// Like `ingest`, but returns a view of a buffer the Ingestor reuses on its next call (no
+    /// allocation per call once warm): the binding copies it out.
+    pub fn ingest_packed(&mut self, payload: &[u8], now_ms: u64) -> &[u8] {
+        let out = self.ingest_out(payload, now_ms);
+        self.spare_body = self.end(out);
+        &self.spare_body
+    }
+
+    /// The output of the last `ingest_packed` call (empty before the first; gone after any other call).
+    pub fn last_packed(&self) -> &[u8] {
+        &self.spare_body
     }
 
     fn emit_store(&mut self, out: &mut Out, idx: usize, store: Store) {

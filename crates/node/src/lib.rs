@@ -18,6 +18,16 @@ fn u64_arg(name: &str, b: &BigInt) -> Result<u64> {
     Ok(v)
 }
 
+fn copy_out(packed: &[u8], out: &mut [u8]) -> i64 {
+    match out.get_mut(..packed.len()) {
+        Some(dst) => {
+            dst.copy_from_slice(packed);
+            packed.len() as i64
+        }
+        None => -(packed.len() as i64),
+    }
+}
+
 fn now_arg(now_ms: f64) -> u64 {
     if now_ms.is_finite() && now_ms > 0.0 {
         now_ms as u64
@@ -322,6 +332,23 @@ impl RawIngestor {
     #[napi(catch_unwind)]
     pub fn ingest(&mut self, payload: &[u8], now_ms: f64) -> Buffer {
         self.inner.ingest(payload, now_arg(now_ms)).into()
+    }
+
+    /// The hot path: the packed output copied into a buffer the caller reuses. Returns its length,
+    /// or minus the length needed when `out` is too small; then `takeOutput` hands over the same
+    /// output (until the next call).
+    #[napi(catch_unwind)]
+    pub fn ingest_into(&mut self, payload: &[u8], now_ms: f64, mut out: Uint8ArraySlice) -> i64 {
+        let packed = self.inner.ingest_packed(payload, now_arg(now_ms));
+        // SAFETY: JavaScript is blocked in this call and `out` is not aliased by `payload` (the TS
+        // layer passes its own scratch buffer).
+        copy_out(packed, unsafe { out.as_mut() })
+    }
+
+    #[napi(catch_unwind)]
+    pub fn take_output(&mut self, mut out: Uint8ArraySlice) -> i64 {
+        // SAFETY: as in ingest_into
+        copy_out(self.inner.last_packed(), unsafe { out.as_mut() })
     }
 
     #[allow(clippy::too_many_arguments)]
