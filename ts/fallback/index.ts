@@ -1,0 +1,33 @@
+// The pure-TypeScript implementation of the raw interface (ts/binding.ts). It gives byte-identical output
+// to the native core for the same inputs and clock.
+import type { RawBinding } from '../binding.js'
+import { computeBlockHashes, decodeEngineBatch, peekBatch } from './decode.js'
+import { FallbackIngestor } from './ingestor.js'
+import { ByteWriter } from './msgpack.js'
+import { decodeRouterEvent, jetstreamStreamName, jsonEncoder, msgpackEncoder, writeActiveLoad, writeEnvelope, writeRouterEvent } from './wire.js'
+
+const scratch = new ByteWriter(1 << 14)
+
+export const fallback: RawBinding = {
+  computeBlockHashes,
+  decodeEngineBatch,
+  peekBatch,
+  encodeRouterEvent(ev, json) {
+    scratch.reset()
+    writeRouterEvent(scratch, json ? jsonEncoder : msgpackEncoder, ev)
+    return scratch.toBuffer()
+  },
+  decodeRouterEvent,
+  encodeEnvelope(publisherId, sequence, publishedAt, topic, payload) {
+    scratch.reset()
+    writeEnvelope(scratch, publisherId, sequence, publishedAt, topic, payload)
+    return scratch.toBuffer()
+  },
+  encodeActiveLoad(workerId, dpRank, activeDecodeBlocks, activePrefillTokens) {
+    scratch.reset()
+    writeActiveLoad(scratch, workerId, dpRank, activeDecodeBlocks, activePrefillTokens)
+    return scratch.toBuffer()
+  },
+  jetstreamStreamName,
+  RawIngestor: FallbackIngestor,
+}

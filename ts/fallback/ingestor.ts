@@ -1,0 +1,486 @@
+// The per-publisher conversion state (SPEC 3) for the fallback: per-rank event ids, learned KV groups and
+// live blocks, the envelope sequence, counters and rate-limited warnings. One call converts one engine
+// batch (or one manual event) into the packed output described in ts/binding.ts.
+//
+// Hot path: the batch is read straight from its bytes (decode.ts), every RouterEvent is written into one
+// reused ByteWriter, and the output is one Buffer allocation per call.
+import { COUNTER_NAMES, OUT_HEADER_BYTES, type BlockExtraInfo, type RawIngestor, type RawIngestorOptions, type RawIngestOutput } from '../binding.js'
+import {
+  BatchHead,
+  convertEvent,
+  EventParser,
+  EV_CLEARED,
+  EV_REMOVED,
+  hashBlocks,
+  hashKept,
+  loraSeed,
+  OK,
+  readBatchHead,
+  REJECT_COUNT,
+  REJ_DP_RANK,
+  REJ_EMPTY,
+  REJ_MALFORMED,
+  storeChecks,
+  tokenBytesLE,
+  truncationWarning,
+  u64Pairs,
+} from './decode.js'
+import { ByteWriter, HI, LO } from './msgpack.js'
+import { U64Set } from './u64set.js'
+import { ENV_PAYLOAD_KEY, ENV_TOPIC_KV_EVENTS, jsonEncoder, msgpackEncoder, writeEnvelopeHead, type EventEncoder } from './wire.js'
+
+/** Largest stored event (blocks) and removed event (hashes) emitted; bigger ones are split. */
+export const MAX_STORED_BLOCKS = 1024
+export const MAX_REMOVED_HASHES = 4096
+/** Truncation warnings given per ingestor. */
+const MAX_WARNINGS = 3
+
+const TWO32 = 4294967296
+
+// counter indices (COUNTER_NAMES order)
+const C_BATCHES = 0
+const C_EVENTS_IN = 1
+const C_EMITTED_STORED = 2
+const C_EMITTED_REMOVED = 3
+const C_EMITTED_CLEARED = 4
+const C_BLOCKS_STORED = 5
+const C_BLOCKS_REMOVED = 6
+const C_TRUNCATED = 7
+const C_RESETS = 8
+const C_PAYLOAD_BYTES = 9
+const C_REJECTED = 10 // + reason
+
+function put32(b: Uint8Array, at: number, v: number): void {
+  b[at] = v & 0xff
+  b[at + 1] = (v >>> 8) & 0xff
+  b[at + 2] = (v >>> 16) & 0xff
+  b[at + 3] = v >>> 24
+}
+
+class RankState {
+  idHi = 0
+  idLo = 0
+  readonly live = new U64Set()
+  readonly groups = new Map<number, boolean>()
+}
+
+export class FallbackIngestor implements RawIngestor {
+  private readonly kvBlockSize: number
+  private readonly workerHi: number
+  private readonly workerLo: number
+  private readonly jetstream: boolean
+  private readonly maxDpRanks: number
+  private readonly configured: Set<number> | null
+  /** Ranks seen (registered), in first-seen order. */
+  private readonly ranks = new Map<number, RankState>()
+  private seqHi = 0
+  private seqLo = 0
+  private readonly counts = new Float64Array(COUNTER_NAMES.length)
+  private warnings: string[] = []
+  private warned = 0
+
+  private readonly enc: EventEncoder
+  private readonly head = new BatchHead()
+  private readonly parser = new EventParser()
+  /** The payloads of the current call, concatenated. */
+  private readonly out = new ByteWriter(1 << 16)
+  /** One msgpack RouterEvent (event-plane mode wraps it in an envelope in `out`). */
+  private readonly ev = new ByteWriter(1 << 14)
+  private lens = new Uint32Array(64)
+  private n = 0
+  private firstHi = 0
+  private firstLo = 0
+  private readonly rejected = new Uint32Array(REJECT_COUNT)
+  private nowHi = 0
+  private nowLo = 0
+  /** Where the current payload starts in `out`. */
+  private payloadStart = 0
+  private sorted = new BigUint64Array(64)
+  private readonly seed = { seedHi: 0, seedLo: 0 }
+  /** Header fields and length of the pending output. */
+  private outRank = -1
+  private outFlags = 0
+  private outLen = OUT_HEADER_BYTES
+
+  constructor(o: RawIngestorOptions) {
+    this.kvBlockSize = o.kvBlockSize
+    this.workerHi = Number(o.workerId >> 32n)
+    this.workerLo = Number(o.workerId & 0xffffffffn)
+    this.jetstream = o.jetstream
+    this.maxDpRanks = o.maxDpRanks
+    // undefined is tolerated like null (the contract says null)
+    this.configured = o.dpRanks == null ? null : new Set(o.dpRanks)
+    this.enc = o.jetstream ? jsonEncoder : msgpackEncoder
+  }
+
+  // --- ranks ---
+
+  rankAllowed(dpRank: number): boolean {
+    if (this.ranks.has(dpRank)) return true
+    return this.configured !== null ? this.configured.has(dpRank) : this.ranks.size < this.maxDpRanks
+  }
+
+  /** The state of an allowed rank (registering it), or null when the rank is not allowed. */
+  private rank(dpRank: number): RankState | null {
+    let rs = this.ranks.get(dpRank)
+    if (rs !== undefined) return rs
+    if (!this.rankAllowed(dpRank)) return null
+    rs = new RankState()
+    this.ranks.set(dpRank, rs)
+    return rs
+  }
+
+  nextEventId(dpRank: number): bigint {
+    const rs = this.ranks.get(dpRank)
+    if (rs === undefined) return 0n
+    return (BigInt(rs.idHi) << 32n) | BigInt(rs.idLo)
+  }
+
+  counters(): BigUint64Array {
+    const out = new BigUint64Array(this.counts.length)
+    for (let i = 0; i < this.counts.length; i++) out[i] = BigInt(this.counts[i]!)
+    return out
+  }
+
+  takeWarnings(): string[] {
+    const w = this.warnings
+    this.warnings = []
+    return w
+  }
+
+  // --- the calls ---
+
+  ingest(payload: Uint8Array, nowMs: number): RawIngestOutput {
+    return this.packed(this.run(payload, nowMs))
+  }
+
+  ingestInto(payload: Uint8Array, nowMs: number, out: Uint8Array): number {
+    const len = this.run(payload, nowMs)
+    if (len > out.length) return -len
+    this.writeOutput(out)
+    return len
+  }
+
+  takeOutput(out: Uint8Array): number {
+    const len = this.outLen
+    if (len > out.length) return -len
+    this.writeOutput(out)
+    return len
+  }
+
+  /** Converts one engine batch; the output stays pending (see finish) and its length is returned. */
+  private run(payload: Uint8Array, nowMs: number): number {
+    this.begin(nowMs)
+    const counts = this.counts
+    counts[C_BATCHES]!++
+    const b = payload
+    const head = this.head
+    if (!readBatchHead(b, head)) {
+      this.reject(REJ_MALFORMED)
+      return this.finish(-1)
+    }
+    const dpRank = head.dpRank
+    const rs = this.rank(dpRank)
+    if (rs === null) {
+      this.reject(REJ_DP_RANK)
+      return this.finish(dpRank)
+    }
+    counts[C_EVENTS_IN]! += head.eventsCount
+    const parser = this.parser
+    const kvbs = this.kvBlockSize
+    let q = head.eventsPos
+    for (let e = 0; e < head.eventsCount; e++) {
+      let r = parser.parse(b, q)
+      q = parser.end
+      if (r === OK && parser.kind === EV_CLEARED) {
+        this.reset(dpRank, rs)
+        continue
+      }
+      if (r === OK) r = convertEvent(parser, rs.groups, kvbs)
+      if (r !== OK) {
+        this.reject(r)
+        continue
+      }
+      if (parser.kind === EV_REMOVED) {
+        this.emitRemoved(dpRank, rs, parser.hashes, parser.nHashes, true)
+        continue
+      }
+      if (parser.kept < parser.nHashes) this.truncated(dpRank, parser.nTokens, parser.kept, parser.nHashes)
+      hashKept(parser, kvbs)
+      this.emitStored(dpRank, rs, parser.hashes, parser.tokHashes, parser.kept, parser.hasParent, parser.parentHi, parser.parentLo, parser.mm)
+    }
+    return this.finish(dpRank)
+  }
+
+  stored(
+    tokenIds: Uint32Array,
+    blockHashes: BigUint64Array,
+    blockSize: number,
+    parentHash: bigint | null,
+    loraName: string | null,
+    blockMmInfos: (BlockExtraInfo | null)[] | null,
+    dpRank: number,
+    nowMs: number,
+  ): RawIngestOutput {
+    this.begin(nowMs)
+    const rs = this.rank(dpRank)
+    if (rs === null) {
+      // not reachable through ts/api.ts, which checks rankAllowed first
+      this.reject(REJ_DP_RANK)
+      return this.finishBuffer(dpRank)
+    }
+    const hashes = u64Pairs(blockHashes)
+    const nHashes = blockHashes.length
+    const hasParent = parentHash !== null
+    const parentHi = hasParent ? Number(parentHash >> 32n) : 0
+    const parentLo = hasParent ? Number(parentHash & 0xffffffffn) : 0
+    const kvbs = this.kvBlockSize
+    const n = storeChecks(hashes, nHashes, hasParent, parentHi, parentLo, blockSize, tokenIds.length, kvbs)
+    if (n < 0) {
+      this.reject(-1 - n)
+      return this.finishBuffer(dpRank)
+    }
+    if (n < nHashes) this.truncated(dpRank, tokenIds.length, n, nHashes)
+    loraSeed(loraName, this.seed)
+    const tokHashes = new Uint32Array(2 * n)
+    let mm: (BlockExtraInfo | null)[] | null = null
+    if (blockMmInfos !== null) {
+      mm = new Array<BlockExtraInfo | null>(n)
+      let any = false
+      for (let i = 0; i < n; i++) {
+        const info = i < blockMmInfos.length ? (blockMmInfos[i] ?? null) : null
+        mm[i] = info
+        if (info !== null) any = true
+      }
+      if (!any) mm = null
+    }
+    hashBlocks(tokenBytesLE(tokenIds, n * kvbs), kvbs, n, this.seed.seedHi, this.seed.seedLo, mm, tokHashes)
+    this.emitStored(dpRank, rs, hashes, tokHashes, n, hasParent, parentHi, parentLo, mm)
+    return this.finishBuffer(dpRank)
+  }
+
+  removed(blockHashes: BigUint64Array, dpRank: number, nowMs: number): RawIngestOutput {
+    this.begin(nowMs)
+    const rs = this.rank(dpRank)
+    if (rs === null) {
+      this.reject(REJ_DP_RANK)
+      return this.finishBuffer(dpRank)
+    }
+    if (blockHashes.length === 0) this.reject(REJ_EMPTY)
+    else this.emitRemoved(dpRank, rs, u64Pairs(blockHashes), blockHashes.length, true)
+    return this.finishBuffer(dpRank)
+  }
+
+  cleared(dpRank: number, nowMs: number): RawIngestOutput {
+    this.begin(nowMs)
+    const rs = this.rank(dpRank)
+    if (rs === null) {
+      this.reject(REJ_DP_RANK)
+      return this.finishBuffer(dpRank)
+    }
+    this.reset(dpRank, rs)
+    return this.finishBuffer(dpRank)
+  }
+
+  // --- rules ---
+
+  /** The reset rule (SPEC 3): `cleared` when this rank is the only one known, else removes of its live blocks. */
+  private reset(dpRank: number, rs: RankState): void {
+    this.counts[C_RESETS]!++
+    const known = this.configured ?? this.ranks
+    if (known.size === 1 && known.has(dpRank)) {
+      this.beginEvent(rs)
+      this.enc.cleared(this.w())
+      this.endEvent(dpRank)
+      this.counts[C_EMITTED_CLEARED]!++
+    } else {
+      const n = rs.live.size
+      if (n > 0) {
+        if (this.sorted.length < n) {
+          let cap = this.sorted.length
+          while (cap < n) cap *= 2
+          this.sorted = new BigUint64Array(cap)
+        }
+        rs.live.exportTo(u64Pairs(this.sorted))
+        const sorted = this.sorted.subarray(0, n).sort() // ascending u64, natively
+        this.emitRemoved(dpRank, rs, u64Pairs(sorted), n, false)
+      }
+    }
+    rs.live.clear()
+  }
+
+  private truncated(dpRank: number, tokens: number, kept: number, hashes: number): void {
+    this.counts[C_TRUNCATED]!++
+    if (this.warned < MAX_WARNINGS) {
+      this.warned++
+      this.warnings.push(truncationWarning(dpRank, tokens, kept, hashes, this.kvBlockSize))
+    }
+  }
+
+  private reject(reason: number): void {
+    this.rejected[reason]!++
+    this.counts[C_REJECTED + reason]!++
+  }
+
+  // --- emission ---
+
+  /** The writer the current RouterEvent goes to. */
+  private w(): ByteWriter {
+    return this.jetstream ? this.out : this.ev
+  }
+
+  private emitStored(
+    dpRank: number,
+    rs: RankState,
+    hashes: Uint32Array,
+    tokHashes: Uint32Array,
+    n: number,
+    hasParent: boolean,
+    parentHi: number,
+    parentLo: number,
+    mm: (BlockExtraInfo | null)[] | null,
+  ): void {
+    const enc = this.enc
+    const live = rs.live
+    for (let start = 0; start < n; start += MAX_STORED_BLOCKS) {
+      const m = Math.min(MAX_STORED_BLOCKS, n - start)
+      this.beginEvent(rs)
+      const w = this.w()
+      enc.storedStart(w, hasParent, parentHi, parentLo, m)
+      for (let i = 0; i < m; i++) {
+        const k = start + i
+        const hi = hashes[2 * k + HI]!
+        const lo = hashes[2 * k + LO]!
+        enc.block(w, i, hi, lo, tokHashes[2 * k + HI]!, tokHashes[2 * k + LO]!, mm === null ? null : mm[k]!)
+        live.add(hi, lo)
+      }
+      enc.storedEnd(w)
+      this.endEvent(dpRank)
+      // the next chunk chains to the last block of this one
+      hasParent = true
+      parentHi = hashes[2 * (start + m - 1) + HI]!
+      parentLo = hashes[2 * (start + m - 1) + LO]!
+      this.counts[C_EMITTED_STORED]!++
+      this.counts[C_BLOCKS_STORED]! += m
+    }
+  }
+
+  private emitRemoved(dpRank: number, rs: RankState, hashes: Uint32Array, n: number, untrack: boolean): void {
+    const enc = this.enc
+    const live = rs.live
+    for (let start = 0; start < n; start += MAX_REMOVED_HASHES) {
+      const m = Math.min(MAX_REMOVED_HASHES, n - start)
+      this.beginEvent(rs)
+      const w = this.w()
+      enc.removedStart(w, m)
+      for (let i = 0; i < m; i++) {
+        const k = start + i
+        const hi = hashes[2 * k + HI]!
+        const lo = hashes[2 * k + LO]!
+        enc.hash(w, i, hi, lo)
+        if (untrack) live.delete(hi, lo)
+      }
+      enc.removedEnd(w)
+      this.endEvent(dpRank)
+      this.counts[C_EMITTED_REMOVED]!++
+      this.counts[C_BLOCKS_REMOVED]! += m
+    }
+  }
+
+  private begin(nowMs: number): void {
+    this.out.reset()
+    this.n = 0
+    this.rejected.fill(0)
+    this.nowHi = Math.floor(nowMs / TWO32)
+    this.nowLo = nowMs >>> 0
+  }
+
+  /** Takes the next id of the rank and writes the RouterEvent up to its data. */
+  private beginEvent(rs: RankState): void {
+    if (this.n === 0) {
+      this.firstHi = rs.idHi
+      this.firstLo = rs.idLo
+    }
+    const w = this.w()
+    if (this.jetstream) this.payloadStart = w.pos
+    else w.reset()
+    this.enc.start(w, this.workerHi, this.workerLo, rs.idHi, rs.idLo)
+    if (rs.idLo === 0xffffffff) {
+      rs.idLo = 0
+      rs.idHi = (rs.idHi + 1) >>> 0
+    } else {
+      rs.idLo++
+    }
+  }
+
+  /** Closes the RouterEvent and records it as one payload (in an envelope in event-plane mode). */
+  private endEvent(dpRank: number): void {
+    const out = this.out
+    if (this.jetstream) {
+      this.enc.end(out, dpRank)
+    } else {
+      const ev = this.ev
+      this.enc.end(ev, dpRank)
+      this.payloadStart = out.pos
+      writeEnvelopeHead(out, this.workerHi, this.workerLo, this.seqHi, this.seqLo, this.nowHi, this.nowLo)
+      out.bytes(ENV_TOPIC_KV_EVENTS)
+      out.bytes(ENV_PAYLOAD_KEY)
+      out.bin(ev.buf, 0, ev.pos)
+      if (this.seqLo === 0xffffffff) {
+        this.seqLo = 0
+        this.seqHi = (this.seqHi + 1) >>> 0
+      } else {
+        this.seqLo++
+      }
+    }
+    const len = out.pos - this.payloadStart
+    if (this.n === this.lens.length) {
+      const lens = new Uint32Array(this.lens.length * 2)
+      lens.set(this.lens)
+      this.lens = lens
+    }
+    this.lens[this.n++] = len
+    this.counts[C_PAYLOAD_BYTES]! += len
+  }
+
+  /**
+   * Ends a call: fixes its header and returns the length of its packed output (ts/binding.ts), which stays
+   * pending (for writeOutput / takeOutput) until the next call. Flag bit 1: warnings are pending.
+   */
+  private finish(dpRank: number): number {
+    const n = this.n
+    this.outRank = dpRank
+    this.outFlags = (n > 0 ? 1 : 0) | (this.warnings.length > 0 ? 2 : 0)
+    this.outLen = OUT_HEADER_BYTES + this.out.pos + 4 * n
+    return this.outLen
+  }
+
+  private finishBuffer(dpRank: number): RawIngestOutput {
+    return this.packed(this.finish(dpRank))
+  }
+
+  /** The pending output in a new Buffer (one allocation). */
+  private packed(len: number): RawIngestOutput {
+    const buf = Buffer.allocUnsafe(len)
+    this.writeOutput(buf)
+    return buf
+  }
+
+  /** Writes the pending output (outLen bytes) into `target`: header, payloads, then their lengths. */
+  private writeOutput(target: Uint8Array): void {
+    const n = this.n
+    const body = this.out.pos
+    put32(target, 0, n)
+    put32(target, 4, this.outRank >>> 0) // i32: -1 when malformed (ranks >= 2^31 read back negative)
+    put32(target, 8, this.outFlags)
+    put32(target, 12, 0)
+    put32(target, 16, n > 0 ? this.firstLo : 0)
+    put32(target, 20, n > 0 ? this.firstHi : 0)
+    const rejected = this.rejected
+    for (let i = 0; i < REJECT_COUNT; i++) put32(target, 24 + 4 * i, rejected[i]!)
+    if (body > 0) target.set(this.out.buf.subarray(0, body), OUT_HEADER_BYTES)
+    const lens = this.lens
+    const at = OUT_HEADER_BYTES + body
+    for (let i = 0; i < n; i++) put32(target, at + 4 * i, lens[i]!)
+  }
+}

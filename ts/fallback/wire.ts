@@ -1,0 +1,445 @@
+// Dynamo 1.0 router-side wire formats (SPEC 5) for the fallback: the RouterEvent as rmp-serde named
+// msgpack and as compact JSON with exact u64, the event-plane envelope, ActiveLoad, RouterEvent decoding
+// and the JetStream stream name.
+//
+// RouterEvents are written through `EventEncoder`, a set of primitive steps over a ByteWriter, so that
+// the ingest hot path writes straight from its scratch arrays (u64 as u32 halves) and the public
+// encodeRouterEvent writes from JS objects through the same code.
+import type { BlockExtraInfo, ConvertedEvent, MmObject, RouterEventValue } from '../binding.js'
+import { asciiBytes, get, JsonError, NULL, OTHER, parseJson, writeBigDec, writeSafeDec, writeU64Dec, type Val } from './json.js'
+import { arrayAt, ByteWriter, intAt, INT_NONNEG, keyBytes, mapAt, MAX_DEPTH, R, rBig, skip, strAt, validate } from './msgpack.js'
+
+// ---------------------------------------------------------------------------------------------------
+// RouterEvent encoders
+
+/** The steps of writing one RouterEvent; the msgpack and JSON encoders implement the same steps. */
+export interface EventEncoder {
+  /** Everything up to the value of `data`. */
+  start(w: ByteWriter, workerHi: number, workerLo: number, idHi: number, idLo: number): void
+  storedStart(w: ByteWriter, hasParent: boolean, parentHi: number, parentLo: number, blocks: number): void
+  /** Block i (0-based) of the stored event. */
+  block(w: ByteWriter, i: number, hashHi: number, hashLo: number, tokHi: number, tokLo: number, mm: BlockExtraInfo | null): void
+  storedEnd(w: ByteWriter): void
+  removedStart(w: ByteWriter, hashes: number): void
+  /** Hash i (0-based) of the removed event. */
+  hash(w: ByteWriter, i: number, hi: number, lo: number): void
+  removedEnd(w: ByteWriter): void
+  cleared(w: ByteWriter): void
+  /** The dp rank and the closing of the event. */
+  end(w: ByteWriter, dpRank: number): void
+}
+
+const MP_START = concat(new Uint8Array([0x82]), keyBytes('worker_id'))
+const MP_EVENT = concat(keyBytes('event'), new Uint8Array([0x83]), keyBytes('event_id'))
+const MP_DATA = keyBytes('data')
+const MP_STORED = concat(new Uint8Array([0x81]), keyBytes('stored'), new Uint8Array([0x82]), keyBytes('parent_hash'))
+const MP_BLOCKS = keyBytes('blocks')
+const MP_BLOCK = concat(new Uint8Array([0x83]), keyBytes('block_hash'))
+const MP_TOKENS_HASH = keyBytes('tokens_hash')
+const MP_MM_INFO = keyBytes('mm_extra_info')
+const MP_MM_OBJECTS = concat(new Uint8Array([0x81]), keyBytes('mm_objects'))
+const MP_MM_HASH = concat(new Uint8Array([0x82]), keyBytes('mm_hash'))
+const MP_OFFSETS = keyBytes('offsets')
+const MP_REMOVED = concat(new Uint8Array([0x81]), keyBytes('removed'), new Uint8Array([0x81]), keyBytes('block_hashes'))
+const MP_CLEARED = keyBytes('cleared')
+const MP_DP_RANK = keyBytes('dp_rank')
+
+function concat(...parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0))
+  let at = 0
+  for (const p of parts) {
+    out.set(p, at)
+    at += p.length
+  }
+  return out
+}
+
+function writeMmMsgpack(w: ByteWriter, mm: BlockExtraInfo): void {
+  w.bytes(MP_MM_OBJECTS)
+  w.arrayHeader(mm.mmObjects.length)
+  for (const o of mm.mmObjects) {
+    w.bytes(MP_MM_HASH)
+    w.uintBig(o.mmHash)
+    w.bytes(MP_OFFSETS)
+    w.arrayHeader(o.offsets.length)
+    for (const [a, b] of o.offsets) {
+      w.byte(0x92)
+      w.uint(0, a)
+      w.uint(0, b)
+    }
+  }
+}
+
+export const msgpackEncoder: EventEncoder = {
+  start(w, workerHi, workerLo, idHi, idLo) {
+    w.bytes(MP_START)
+    w.uint(workerHi, workerLo)
+    w.bytes(MP_EVENT)
+    w.uint(idHi, idLo)
+    w.bytes(MP_DATA)
+  },
+  storedStart(w, hasParent, parentHi, parentLo, blocks) {
+    w.bytes(MP_STORED)
+    if (hasParent) w.uint(parentHi, parentLo)
+    else w.nil()
+    w.bytes(MP_BLOCKS)
+    w.arrayHeader(blocks)
+  },
+  block(w, _i, hashHi, hashLo, tokHi, tokLo, mm) {
+    w.bytes(MP_BLOCK)
+    w.uint(hashHi, hashLo)
+    w.bytes(MP_TOKENS_HASH)
+    w.uint(tokHi, tokLo)
+    w.bytes(MP_MM_INFO)
+    if (mm === null) w.nil()
+    else writeMmMsgpack(w, mm)
+  },
+  storedEnd() {},
+  removedStart(w, hashes) {
+    w.bytes(MP_REMOVED)
+    w.arrayHeader(hashes)
+  },
+  hash(w, _i, hi, lo) {
+    w.uint(hi, lo)
+  },
+  removedEnd() {},
+  cleared(w) {
+    w.bytes(MP_CLEARED)
+  },
+  end(w, dpRank) {
+    w.bytes(MP_DP_RANK)
+    w.uint(0, dpRank)
+  },
+}
+
+const J_START = asciiBytes('{"worker_id":')
+const J_EVENT = asciiBytes(',"event":{"event_id":')
+const J_DATA = asciiBytes(',"data":')
+const J_STORED = asciiBytes('{"stored":{"parent_hash":')
+const J_BLOCKS = asciiBytes(',"blocks":[')
+const J_BLOCK = asciiBytes('{"block_hash":')
+const J_TOKENS_HASH = asciiBytes(',"tokens_hash":')
+const J_MM_INFO = asciiBytes(',"mm_extra_info":')
+const J_NULL = asciiBytes('null')
+const J_MM_OBJECTS = asciiBytes('{"mm_objects":[')
+const J_MM_HASH = asciiBytes('{"mm_hash":')
+const J_OFFSETS = asciiBytes(',"offsets":[')
+const J_CLOSE3 = asciiBytes(']}}')
+const J_REMOVED = asciiBytes('{"removed":{"block_hashes":[')
+const J_CLEARED = asciiBytes('"cleared"')
+const J_DP_RANK = asciiBytes(',"dp_rank":')
+const J_CLOSE2 = asciiBytes('}}')
+
+function writeMmJson(w: ByteWriter, mm: BlockExtraInfo): void {
+  w.bytes(J_MM_OBJECTS)
+  mm.mmObjects.forEach((o, i) => {
+    if (i > 0) w.byte(0x2c)
+    w.bytes(J_MM_HASH)
+    writeBigDec(w, o.mmHash)
+    w.bytes(J_OFFSETS)
+    o.offsets.forEach(([a, b], k) => {
+      if (k > 0) w.byte(0x2c)
+      w.byte(0x5b)
+      writeSafeDec(w, a)
+      w.byte(0x2c)
+      writeSafeDec(w, b)
+      w.byte(0x5d)
+    })
+    w.byte(0x5d)
+    w.byte(0x7d)
+  })
+  w.byte(0x5d)
+  w.byte(0x7d)
+}
+
+export const jsonEncoder: EventEncoder = {
+  start(w, workerHi, workerLo, idHi, idLo) {
+    w.bytes(J_START)
+    writeU64Dec(w, workerHi, workerLo)
+    w.bytes(J_EVENT)
+    writeU64Dec(w, idHi, idLo)
+    w.bytes(J_DATA)
+  },
+  storedStart(w, hasParent, parentHi, parentLo) {
+    w.bytes(J_STORED)
+    if (hasParent) writeU64Dec(w, parentHi, parentLo)
+    else w.bytes(J_NULL)
+    w.bytes(J_BLOCKS)
+  },
+  block(w, i, hashHi, hashLo, tokHi, tokLo, mm) {
+    if (i > 0) w.byte(0x2c)
+    w.bytes(J_BLOCK)
+    writeU64Dec(w, hashHi, hashLo)
+    w.bytes(J_TOKENS_HASH)
+    writeU64Dec(w, tokHi, tokLo)
+    w.bytes(J_MM_INFO)
+    if (mm === null) w.bytes(J_NULL)
+    else writeMmJson(w, mm)
+    w.byte(0x7d)
+  },
+  storedEnd(w) {
+    w.bytes(J_CLOSE3)
+  },
+  removedStart(w) {
+    w.bytes(J_REMOVED)
+  },
+  hash(w, i, hi, lo) {
+    if (i > 0) w.byte(0x2c)
+    writeU64Dec(w, hi, lo)
+  },
+  removedEnd(w) {
+    w.bytes(J_CLOSE3)
+  },
+  cleared(w) {
+    w.bytes(J_CLEARED)
+  },
+  end(w, dpRank) {
+    w.bytes(J_DP_RANK)
+    writeSafeDec(w, dpRank)
+    w.bytes(J_CLOSE2)
+  },
+}
+
+const hi32 = (v: bigint): number => Number(v >> 32n)
+const lo32 = (v: bigint): number => Number(v & 0xffffffffn)
+
+/** Writes a RouterEvent given as JS values (the public encodeRouterEvent). */
+export function writeRouterEvent(w: ByteWriter, enc: EventEncoder, ev: RouterEventValue): void {
+  const { eventId, dpRank, data } = ev.event
+  enc.start(w, hi32(ev.workerId), lo32(ev.workerId), hi32(eventId), lo32(eventId))
+  switch (data.type) {
+    case 'stored': {
+      const p = data.parentHash
+      enc.storedStart(w, p !== null, p === null ? 0 : hi32(p), p === null ? 0 : lo32(p), data.blocks.length)
+      data.blocks.forEach((b, i) =>
+        enc.block(w, i, hi32(b.blockHash), lo32(b.blockHash), hi32(b.tokensHash), lo32(b.tokensHash), b.mmExtraInfo),
+      )
+      enc.storedEnd(w)
+      break
+    }
+    case 'removed':
+      enc.removedStart(w, data.blockHashes.length)
+      data.blockHashes.forEach((h, i) => enc.hash(w, i, hi32(h), lo32(h)))
+      enc.removedEnd(w)
+      break
+    case 'cleared':
+      enc.cleared(w)
+      break
+  }
+  enc.end(w, dpRank)
+}
+
+// ---------------------------------------------------------------------------------------------------
+// envelope and ActiveLoad
+
+const ENV_PUBLISHER_ID = concat(new Uint8Array([0x85]), keyBytes('publisher_id'))
+const ENV_SEQUENCE = keyBytes('sequence')
+const ENV_PUBLISHED_AT = keyBytes('published_at')
+const ENV_TOPIC = keyBytes('topic')
+const ENV_PAYLOAD = keyBytes('payload')
+/** `topic: "kv-events"` as written by every ingest envelope. */
+export const ENV_TOPIC_KV_EVENTS = concat(ENV_TOPIC, keyBytes('kv-events'))
+
+/** The envelope up to (not including) the topic key: publisher_id, sequence, published_at. */
+export function writeEnvelopeHead(w: ByteWriter, pubHi: number, pubLo: number, seqHi: number, seqLo: number, atHi: number, atLo: number): void {
+  w.bytes(ENV_PUBLISHER_ID)
+  w.uint(pubHi, pubLo)
+  w.bytes(ENV_SEQUENCE)
+  w.uint(seqHi, seqLo)
+  w.bytes(ENV_PUBLISHED_AT)
+  w.uint(atHi, atLo)
+}
+
+export function writeEnvelope(w: ByteWriter, publisherId: bigint, sequence: bigint, publishedAt: bigint, topic: string, payload: Uint8Array): void {
+  writeEnvelopeHead(w, hi32(publisherId), lo32(publisherId), hi32(sequence), lo32(sequence), hi32(publishedAt), lo32(publishedAt))
+  w.bytes(ENV_TOPIC)
+  w.str(topic)
+  w.bytes(ENV_PAYLOAD)
+  w.bin(payload)
+}
+
+/** `payload` key bytes, for the ingest path that writes the envelope's bin itself. */
+export const ENV_PAYLOAD_KEY = ENV_PAYLOAD
+
+const AL_WORKER_ID = concat(new Uint8Array([0x84]), keyBytes('worker_id'))
+const AL_DP_RANK = keyBytes('dp_rank')
+const AL_DECODE = keyBytes('active_decode_blocks')
+const AL_PREFILL = keyBytes('active_prefill_tokens')
+
+export function writeActiveLoad(w: ByteWriter, workerId: bigint, dpRank: number, activeDecodeBlocks: bigint, activePrefillTokens: bigint | null): void {
+  w.bytes(AL_WORKER_ID)
+  w.uintBig(workerId)
+  w.bytes(AL_DP_RANK)
+  w.uint(0, dpRank)
+  w.bytes(AL_DECODE)
+  w.uintBig(activeDecodeBlocks)
+  w.bytes(AL_PREFILL)
+  if (activePrefillTokens === null) w.nil()
+  else w.uintBig(activePrefillTokens)
+}
+
+// ---------------------------------------------------------------------------------------------------
+// JetStream stream name (SPEC 5)
+
+export function jetstreamStreamName(namespace: string, component: string): string {
+  const lowered = `namespace.${namespace}.component.${component}.kv-events`.toLowerCase()
+  let slug = ''
+  for (const ch of lowered) {
+    // iterating a string yields code points: an astral character becomes ONE '_'
+    const c = ch.length === 1 ? ch.charCodeAt(0) : -1
+    const keep = (c >= 0x61 && c <= 0x7a) || (c >= 0x30 && c <= 0x39) || c === 0x2d || c === 0x5f
+    slug += keep ? ch : '_'
+  }
+  let start = 0
+  while (start < slug.length && slug.charCodeAt(start) === 0x5f) start++
+  return slug.slice(start).replaceAll('_', '-')
+}
+
+// ---------------------------------------------------------------------------------------------------
+// decoding RouterEvents: by key name, unknown keys ignored, any key order
+
+class RouterEventError extends Error {}
+
+function fail(msg: string): never {
+  throw new RouterEventError(`invalid router event: ${msg}`)
+}
+
+const lossy = new TextDecoder('utf-8')
+
+/** A validated msgpack value as a Val (string-keyed map entries in order, repeats kept). */
+function msgpackVal(b: Uint8Array, p: number): [Val, number] {
+  const ia = intAt(b, p)
+  if (ia !== 0) return [ia === INT_NONNEG ? { k: 'u64', v: rBig() } : OTHER, R.next]
+  const t = b[p]!
+  if (t === 0xc0) return [NULL, p + 1]
+  let q = strAt(b, p)
+  if (q >= 0) return [{ k: 'str', v: lossy.decode(b.subarray(q, q + R.len)) }, q + R.len]
+  q = arrayAt(b, p)
+  if (q >= 0) {
+    const n = R.count
+    const items: Val[] = []
+    for (let i = 0; i < n; i++) {
+      const [v, next] = msgpackVal(b, q)
+      items.push(v)
+      q = next
+    }
+    return [{ k: 'arr', v: items }, q]
+  }
+  q = mapAt(b, p)
+  if (q >= 0) {
+    const n = R.count
+    const entries: [string, Val][] = []
+    for (let i = 0; i < n; i++) {
+      const s = strAt(b, q)
+      if (s >= 0) {
+        const key = lossy.decode(b.subarray(s, s + R.len))
+        const [v, next] = msgpackVal(b, s + R.len)
+        entries.push([key, v])
+        q = next
+      } else {
+        q = skip(b, skip(b, q)) // non-string key: skipped with its value
+      }
+    }
+    return [{ k: 'obj', v: entries }, q]
+  }
+  return [OTHER, skip(b, p)] // bool, float, bin, ext
+}
+
+function u64Of(v: Val | undefined, what: string): bigint {
+  if (v !== undefined && v.k === 'u64') return v.v
+  return fail(`${what} must be an unsigned integer`)
+}
+
+function u32Of(v: Val | undefined, what: string): number {
+  const x = u64Of(v, what)
+  if (x > 0xffffffffn) fail(`${what} must fit in 32 bits`)
+  return Number(x)
+}
+
+function arrOf(v: Val | undefined, what: string): Val[] {
+  if (v !== undefined && v.k === 'arr') return v.v
+  return fail(`${what} must be an array`)
+}
+
+function extraInfoOf(v: Val): BlockExtraInfo {
+  const mmObjects = arrOf(get(v, 'mm_objects'), 'mm_objects').map((o): MmObject => {
+    const off = get(o, 'offsets')
+    let offsets: [number, number][] = []
+    if (off !== undefined && off.k !== 'null') {
+      if (off.k !== 'arr') fail('offsets must be an array')
+      offsets = off.v.map((p): [number, number] => {
+        if (p.k !== 'arr' || p.v.length !== 2) fail('offsets must be [start, end] pairs')
+        return [u32Of(p.v[0], 'offset'), u32Of(p.v[1], 'offset')]
+      })
+    }
+    return { mmHash: u64Of(get(o, 'mm_hash'), 'mm_hash'), offsets }
+  })
+  return { mmObjects }
+}
+
+function routerEventOf(v: Val): RouterEventValue {
+  if (v.k !== 'obj') fail('not a map')
+  const workerId = u64Of(get(v, 'worker_id'), 'worker_id')
+  const event = get(v, 'event')
+  if (event === undefined || event.k !== 'obj') fail('event must be a map')
+  const eventId = u64Of(get(event, 'event_id'), 'event_id')
+  const rank = get(event, 'dp_rank')
+  if (rank === undefined) fail('dp_rank missing')
+  const dpRank = u32Of(rank, 'dp_rank')
+  const d = get(event, 'data')
+  let data: ConvertedEvent
+  if (d !== undefined && d.k === 'str' && d.v === 'cleared') {
+    data = { type: 'cleared' }
+  } else if (d !== undefined && d.k === 'obj' && d.v.length === 1) {
+    const s = get(d, 'stored')
+    const r = get(d, 'removed')
+    if (s !== undefined) {
+      const p = get(s, 'parent_hash')
+      const parentHash = p === undefined || p.k === 'null' ? null : u64Of(p, 'parent_hash')
+      const blocks = arrOf(get(s, 'blocks'), 'blocks').map((b) => {
+        const mm = get(b, 'mm_extra_info')
+        return {
+          blockHash: u64Of(get(b, 'block_hash'), 'block_hash'),
+          tokensHash: u64Of(get(b, 'tokens_hash'), 'tokens_hash'),
+          mmExtraInfo: mm === undefined || mm.k === 'null' ? null : extraInfoOf(mm),
+        }
+      })
+      data = { type: 'stored', parentHash, blocks }
+    } else if (r !== undefined) {
+      data = { type: 'removed', blockHashes: arrOf(get(r, 'block_hashes'), 'block_hashes').map((h) => u64Of(h, 'block hash')) }
+    } else {
+      fail('data must be stored, removed or cleared')
+    }
+  } else {
+    fail('data must be stored, removed or cleared')
+  }
+  return { workerId, event: { eventId, dpRank, data } }
+}
+
+// serde_json accepts no byte-order mark, so keep it in the text (where the parser rejects it)
+const fatalUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true })
+
+export function decodeRouterEvent(bytes: Uint8Array, json: boolean): RouterEventValue {
+  let v: Val
+  if (json) {
+    let text: string
+    try {
+      text = fatalUtf8.decode(bytes)
+    } catch {
+      return fail('bad JSON: invalid UTF-8')
+    }
+    try {
+      v = parseJson(text, MAX_DEPTH)
+    } catch (e) {
+      if (e instanceof JsonError) return fail(`bad JSON: ${e.message}`)
+      throw e
+    }
+  } else {
+    const end = validate(bytes, 0, bytes.length)
+    if (end < 0) fail('malformed msgpack')
+    if (end !== bytes.length) fail('trailing bytes')
+    v = msgpackVal(bytes, 0)[0]
+  }
+  return routerEventOf(v)
+}
+
