@@ -405,7 +405,7 @@ export class Ingestor {
   /** Reads a packed output (layout in ts/binding.ts); `copy` when `out` is the shared scratch. */
   #unpack(out: Buffer, len: number = out.length, copy = false): IngestResult {
     const n = out.readUInt32LE(0)
-    const rank = out.readInt32LE(4)
+    const rank = out.readUInt32LE(4)
     const flags = out.readUInt32LE(8)
     const rejected = readRejected(out)
     const payloads: Buffer[] = new Array(n)
@@ -426,7 +426,7 @@ export class Ingestor {
     }
     const result: IngestResult = {
       payloads,
-      dpRank: rank < 0 ? null : rank,
+      dpRank: flags & 4 ? rank : null,
       firstEventId: flags & 1 ? out.readBigUInt64LE(16) : null,
       rejected,
     }

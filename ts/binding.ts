@@ -33,6 +33,7 @@ export const COUNTER_NAMES = [
   'truncated_stores', // stores cut short because token_ids ran out
   'resets', // rank resets (engine clear, cleared() call)
   'payload_bytes', // bytes of outgoing payloads
+  'untracked_blocks', // stored blocks not added to a rank's full live set (at most 2^22 per rank)
   'rejected_malformed',
   'rejected_invalid',
   'rejected_unknown_type',
@@ -86,8 +87,9 @@ export interface RawPeek {
  * costs one allocation. All integers little-endian:
  *
  *   offset  0  u32  N, the number of payloads
- *   offset  4  i32  dp rank of the batch, -1 when the batch was malformed (or no rank applies)
- *   offset  8  u32  flags: bit 0 = firstEventId present, bit 1 = warnings pending (call takeWarnings())
+ *   offset  4  u32  dp rank of the batch (0 when flag bit 2 is clear)
+ *   offset  8  u32  flags: bit 0 = firstEventId present, bit 1 = warnings pending (call takeWarnings()),
+ *                   bit 2 = the dp rank is present (clear when the batch was malformed)
  *   offset 12  u32  reserved, 0
  *   offset 16  u64  firstEventId (0 when absent); payload i has event id firstEventId + i
  *   offset 24  u32 × 9  rejected counts, indexed like REJECT_REASONS

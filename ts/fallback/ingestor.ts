@@ -48,7 +48,11 @@ const C_BLOCKS_REMOVED = 6
 const C_TRUNCATED = 7
 const C_RESETS = 8
 const C_PAYLOAD_BYTES = 9
-const C_REJECTED = 10 // + reason
+const C_UNTRACKED = 10
+const C_REJECTED = 11 // + reason
+
+/** The live set of a rank stops growing here (SPEC 8: bounded memory); mirrors the core. */
+const MAX_LIVE_BLOCKS_PER_RANK = 1 << 22
 
 function put32(b: Uint8Array, at: number, v: number): void {
   b[at] = v & 0xff
@@ -77,6 +81,7 @@ export class FallbackIngestor implements RawIngestor {
   private seqLo = 0
   private readonly counts = new Float64Array(COUNTER_NAMES.length)
   private warnings: string[] = []
+  private liveOverflowWarned = false
   private warned = 0
 
   private readonly enc: EventEncoder
@@ -309,6 +314,16 @@ export class FallbackIngestor implements RawIngestor {
     rs.live.clear()
   }
 
+  private untracked(dpRank: number): void {
+    this.counts[C_UNTRACKED]!++
+    if (!this.liveOverflowWarned) {
+      this.liveOverflowWarned = true
+      this.warnings.push(
+        `live block set of dp rank ${dpRank} is full (${MAX_LIVE_BLOCKS_PER_RANK} blocks): further blocks are not tracked, so a reset of this rank cannot remove them from a router`,
+      )
+    }
+  }
+
   private truncated(dpRank: number, tokens: number, kept: number, hashes: number): void {
     this.counts[C_TRUNCATED]!++
     if (this.warned < MAX_WARNINGS) {
@@ -352,7 +367,8 @@ export class FallbackIngestor implements RawIngestor {
         const hi = hashes[2 * k + HI]!
         const lo = hashes[2 * k + LO]!
         enc.block(w, i, hi, lo, tokHashes[2 * k + HI]!, tokHashes[2 * k + LO]!, mm === null ? null : mm[k]!)
-        live.add(hi, lo)
+        if (live.size < MAX_LIVE_BLOCKS_PER_RANK || live.has(hi, lo)) live.add(hi, lo)
+        else this.untracked(dpRank)
       }
       enc.storedEnd(w)
       this.endEvent(dpRank)
@@ -450,7 +466,8 @@ export class FallbackIngestor implements RawIngestor {
   private finish(dpRank: number): number {
     const n = this.n
     this.outRank = dpRank
-    this.outFlags = (n > 0 ? 1 : 0) | (this.warnings.length > 0 ? 2 : 0)
+    // bit 0: first event id present; bit 1: warnings pending; bit 2: the batch had a dp rank
+    this.outFlags = (n > 0 ? 1 : 0) | (this.warnings.length > 0 ? 2 : 0) | (dpRank >= 0 ? 4 : 0)
     this.outLen = OUT_HEADER_BYTES + this.out.pos + 4 * n
     return this.outLen
   }
@@ -471,7 +488,7 @@ export class FallbackIngestor implements RawIngestor {
     const n = this.n
     const body = this.out.pos
     put32(target, 0, n)
-    put32(target, 4, this.outRank >>> 0) // i32: -1 when malformed (ranks >= 2^31 read back negative)
+    put32(target, 4, this.outRank < 0 ? 0 : this.outRank) // u32; flag bit 2 says whether there is one
     put32(target, 8, this.outFlags)
     put32(target, 12, 0)
     put32(target, 16, n > 0 ? this.firstLo : 0)

@@ -17,6 +17,11 @@ pub const MAX_HASHES_PER_REMOVED: usize = 4096;
 /// Truncation warnings per publisher.
 pub const MAX_TRUNCATION_WARNINGS: u32 = 3;
 pub const DEFAULT_MAX_DP_RANKS: u32 = 64;
+/// The live set of a rank (kept for the reset rule) stops growing here, so an engine that never
+/// reports evictions cannot grow memory without bound (32 MiB of hashes per rank at most). Blocks
+/// past it are counted `untracked_blocks` and a warning is raised once per publisher; a later reset
+/// of that rank cannot list them.
+pub const MAX_LIVE_BLOCKS_PER_RANK: usize = 1 << 22;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -44,7 +49,7 @@ pub enum ConfigError {
 }
 
 /// Counter names, in the order of `Ingestor::counters()` (the same list as the TS binding).
-pub const COUNTER_NAMES: [&str; 19] = [
+pub const COUNTER_NAMES: [&str; 20] = [
     "batches",
     "events_in",
     "emitted_stored",
@@ -55,6 +60,7 @@ pub const COUNTER_NAMES: [&str; 19] = [
     "truncated_stores",
     "resets",
     "payload_bytes",
+    "untracked_blocks", // stored blocks not added to a full live set (see MAX_LIVE_BLOCKS_PER_RANK)
     "rejected_malformed",
     "rejected_invalid",
     "rejected_unknown_type",
@@ -75,7 +81,8 @@ const C_BLOCKS_REMOVED: usize = 6;
 const C_TRUNCATED: usize = 7;
 const C_RESETS: usize = 8;
 const C_PAYLOAD_BYTES: usize = 9;
-const C_REJECTED: usize = 10;
+const C_UNTRACKED: usize = 10;
+const C_REJECTED: usize = 11;
 
 /// A hasher for block hashes: they are already well mixed, so a keyed multiply-xorshift is enough;
 /// the per-process key keeps crafted inputs from choosing collisions.
@@ -134,7 +141,8 @@ impl RankState {
 /// with the 60-byte header, filled in at the end, followed by the payloads; the payload lengths are
 /// appended after them.
 struct Out {
-    dp_rank: i32,
+    /// None: the batch was malformed.
+    dp_rank: Option<u32>,
     /// The clock for the envelopes' published_at.
     now_ms: u64,
     first_id: Option<u64>,
@@ -158,7 +166,7 @@ pub struct Unpacked {
 pub fn unpack(out: &[u8]) -> Unpacked {
     let u32_at = |i: usize| u32::from_le_bytes(out[i..i + 4].try_into().unwrap());
     let n = u32_at(0) as usize;
-    let rank = i32::from_le_bytes(out[4..8].try_into().unwrap());
+    let rank = u32_at(4);
     let flags = u32_at(8);
     let mut rejected = [0u32; REASON_COUNT];
     for (i, r) in rejected.iter_mut().enumerate() {
@@ -174,7 +182,7 @@ pub fn unpack(out: &[u8]) -> Unpacked {
         })
         .collect();
     Unpacked {
-        dp_rank: (rank >= 0).then_some(rank as u32),
+        dp_rank: (flags & 4 != 0).then_some(rank),
         first_event_id: (flags & 1 != 0).then(|| u64::from_le_bytes(out[16..24].try_into().unwrap())),
         warnings_pending: flags & 2 != 0,
         rejected,
@@ -194,6 +202,7 @@ pub struct Ingestor {
     counters: [u64; COUNTER_NAMES.len()],
     warnings: Vec<String>,
     warnings_given: u32,
+    live_overflow_warned: bool,
     hash_scratch: Vec<u8>,
     event_scratch: Vec<u8>,
     /// Buffers reused across calls so the hot path does not allocate its output.
@@ -221,6 +230,7 @@ impl Ingestor {
             counters: [0; COUNTER_NAMES.len()],
             warnings: Vec::new(),
             warnings_given: 0,
+            live_overflow_warned: false,
             hash_scratch: Vec::new(),
             event_scratch: Vec::new(),
             spare_body: Vec::new(),
@@ -288,11 +298,11 @@ impl Ingestor {
     fn ingest_out(&mut self, payload: &[u8], now_ms: u64) -> Out {
         self.counters[C_BATCHES] += 1;
         let Ok(batch) = decode_batch(payload) else {
-            let mut out = self.begin(-1, now_ms);
+            let mut out = self.begin(None, now_ms);
             self.reject(&mut out, Reason::Malformed);
             return out;
         };
-        let mut out = self.begin(batch.dp_rank as i32, now_ms);
+        let mut out = self.begin(Some(batch.dp_rank), now_ms);
         let Some(idx) = self.ensure_rank(batch.dp_rank) else {
             self.reject(&mut out, Reason::DpRank);
             return out;
@@ -324,7 +334,7 @@ impl Ingestor {
         rank: u32,
         now_ms: u64,
     ) -> Vec<u8> {
-        let mut out = self.begin(rank as i32, now_ms);
+        let mut out = self.begin(Some(rank), now_ms);
         let Some(idx) = self.ensure_rank(rank) else {
             self.reject(&mut out, Reason::DpRank);
             return self.end(out);
@@ -338,7 +348,7 @@ impl Ingestor {
     }
 
     pub fn removed(&mut self, block_hashes: &[u64], rank: u32, now_ms: u64) -> Vec<u8> {
-        let mut out = self.begin(rank as i32, now_ms);
+        let mut out = self.begin(Some(rank), now_ms);
         let Some(idx) = self.ensure_rank(rank) else {
             self.reject(&mut out, Reason::DpRank);
             return self.end(out);
@@ -352,7 +362,7 @@ impl Ingestor {
     }
 
     pub fn cleared(&mut self, rank: u32, now_ms: u64) -> Vec<u8> {
-        let mut out = self.begin(rank as i32, now_ms);
+        let mut out = self.begin(Some(rank), now_ms);
         let Some(idx) = self.ensure_rank(rank) else {
             self.reject(&mut out, Reason::DpRank);
             return self.end(out);
@@ -361,7 +371,7 @@ impl Ingestor {
         self.end(out)
     }
 
-    fn begin(&mut self, dp_rank: i32, now_ms: u64) -> Out {
+    fn begin(&mut self, dp_rank: Option<u32>, now_ms: u64) -> Out {
         let mut body = std::mem::take(&mut self.spare_body);
         body.clear();
         body.resize(OUT_HEADER_BYTES, 0);
@@ -374,8 +384,8 @@ impl Ingestor {
         let Out { dp_rank, first_id, rejected, lens, mut body, .. } = out;
         let mut h = [0u8; OUT_HEADER_BYTES];
         h[0..4].copy_from_slice(&(lens.len() as u32).to_le_bytes());
-        h[4..8].copy_from_slice(&dp_rank.to_le_bytes());
-        let flags = first_id.is_some() as u32 | (!self.warnings.is_empty() as u32) << 1;
+        h[4..8].copy_from_slice(&dp_rank.unwrap_or(0).to_le_bytes());
+        let flags = first_id.is_some() as u32 | (!self.warnings.is_empty() as u32) << 1 | (dp_rank.is_some() as u32) << 2;
         h[8..12].copy_from_slice(&flags.to_le_bytes());
         h[16..24].copy_from_slice(&first_id.unwrap_or(0).to_le_bytes());
         for (i, r) in rejected.iter().enumerate() {
@@ -419,8 +429,23 @@ impl Ingestor {
         for chunk in blocks.chunks(MAX_BLOCKS_PER_STORED) {
             self.emit(out, idx, DataRef::Stored { parent_hash: parent, blocks: chunk });
             let live = &mut self.ranks[idx].live;
+            let mut untracked = 0;
             for b in chunk {
-                live.insert(b.block_hash);
+                if live.len() < MAX_LIVE_BLOCKS_PER_RANK || live.contains(&b.block_hash) {
+                    live.insert(b.block_hash);
+                } else {
+                    untracked += 1;
+                }
+            }
+            if untracked > 0 {
+                self.counters[C_UNTRACKED] += untracked;
+                if !self.live_overflow_warned {
+                    self.live_overflow_warned = true;
+                    self.warnings.push(format!(
+                        "live block set of dp rank {} is full ({} blocks): further blocks are not tracked, so a reset of this rank cannot remove them from a router",
+                        self.ranks[idx].rank, MAX_LIVE_BLOCKS_PER_RANK
+                    ));
+                }
             }
             self.counters[C_EMITTED_STORED] += 1;
             self.counters[C_BLOCKS_STORED] += chunk.len() as u64;
