@@ -13,12 +13,12 @@ export declare class RawIngestor {
   constructor(options: RawIngestorOptions)
   ingest(payload: Uint8Array, nowMs: number): Buffer
   /**
-   * The hot path: the packed output copied into a buffer the caller reuses. Returns its length,
-   * or minus the length needed when `out` is too small; then `takeOutput` hands over the same
-   * output (until the next call).
+   * The hot path: the packed output copied into `out` at `offset` (the caller's reusable
+   * arena). Returns its length, or minus the length needed when it does not fit; then
+   * `takeOutput` hands over the same output (until the next call).
    */
-  ingestInto(payload: Uint8Array, nowMs: number, out: Uint8Array): number
-  takeOutput(out: Uint8Array): number
+  ingestInto(payload: Uint8Array, nowMs: number, out: Uint8Array, offset: number): number
+  takeOutput(out: Uint8Array, offset: number): number
   stored(tokenIds: Uint32Array, blockHashes: BigUint64Array, blockSize: number, parentHash: bigint | undefined | null, loraName: string | undefined | null, blockMmInfos: Array<JsBlockExtraInfo | undefined | null> | undefined | null, dpRank: number, nowMs: number): Buffer
   removed(blockHashes: BigUint64Array, dpRank: number, nowMs: number): Buffer
   cleared(dpRank: number, nowMs: number): Buffer

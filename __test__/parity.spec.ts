@@ -66,8 +66,31 @@ for (const [vi, v] of variants.entries()) {
     for (let k = 0; k < 10_000; k++) {
       now += gen.rng.int(3)
       const batch = gen.next()
-      const x = a.ingest(batch, now)
-      const y = b.ingest(batch, now)
+      let x: Buffer
+      let y: Buffer
+      if (k % 2 === 0) {
+        x = a.ingest(batch, now)
+        y = b.ingest(batch, now)
+      } else {
+        // the hot path: into a caller's arena at an offset (a small arena forces takeOutput)
+        const arenaA = Buffer.alloc(k % 4 === 1 ? 64 : 1 << 16)
+        const arenaB = Buffer.alloc(arenaA.length)
+        const at = k % 7
+        let la = a.ingestInto(batch, now, arenaA, at)
+        let lb = b.ingestInto(batch, now, arenaB, at)
+        if (la !== lb) t.fail(`batch ${k}: ingestInto returned ${la} (native) and ${lb} (fallback)`)
+        if (la < 0) {
+          const bigA = Buffer.alloc(-la + 5)
+          const bigB = Buffer.alloc(-lb + 5)
+          la = a.takeOutput(bigA, 5)
+          lb = b.takeOutput(bigB, 5)
+          x = bigA.subarray(5, 5 + la)
+          y = bigB.subarray(5, 5 + lb)
+        } else {
+          x = arenaA.subarray(at, at + la)
+          y = arenaB.subarray(at, at + lb)
+        }
+      }
       payloads += x.readUInt32LE(0)
       if (!x.equals(y)) {
         if (mismatches++ < 3) t.fail(`batch ${k} (${batch.toString('hex')}): native ${x.toString('hex')} != fallback ${y.toString('hex')}`)

@@ -49,7 +49,7 @@ function nodeRate(w: Workload, impl: RawBinding, api: boolean): Rate {
   const ing = new impl.RawIngestor({ kvBlockSize: BLOCK_SIZE, workerId: 7n, jetstream: false, maxDpRanks: 64, dpRanks: null as unknown as Uint32Array })
   const out = Buffer.allocUnsafeSlow(1 << 20)
   return rate(w, () => {
-    for (const b of w.batches) ing.ingestInto(b, 1_700_000_000_000, out)
+    for (const b of w.batches) ing.ingestInto(b, 1_700_000_000_000, out, 0)
   })
 }
 

@@ -281,21 +281,27 @@ export interface IngestResult {
   warnings?: string[]
 }
 
-/** Output scratch shared by all Ingestors (JavaScript runs one call at a time; results are copied out). */
-let scratch = Buffer.allocUnsafeSlow(1 << 18)
+/**
+ * Outputs of ingest() are written straight into an arena shared by all Ingestors (JavaScript runs one
+ * call at a time) and handed out as views, so a batch costs one native call and no allocation; a new
+ * arena is started when one fills up. A result's payloads keep their arena (64 KiB) alive.
+ */
+const ARENA_BYTES = 1 << 16
+let arena = Buffer.allocUnsafeSlow(ARENA_BYTES)
+let arenaUsed = 0
 
 /** The rejected counts of a packed output (an object literal: V8 builds it with one shape). */
-function readRejected(out: Buffer): Record<RejectReason, number> {
+function readRejected(out: Buffer, at: number): Record<RejectReason, number> {
   return {
-    malformed: out.readUInt32LE(24),
-    invalid: out.readUInt32LE(28),
-    unknown_type: out.readUInt32LE(32),
-    filtered_tier: out.readUInt32LE(36),
-    filtered_group: out.readUInt32LE(40),
-    empty: out.readUInt32LE(44),
-    self_reference: out.readUInt32LE(48),
-    block_size: out.readUInt32LE(52),
-    dp_rank: out.readUInt32LE(56),
+    malformed: out.readUInt32LE(at),
+    invalid: out.readUInt32LE(at + 4),
+    unknown_type: out.readUInt32LE(at + 8),
+    filtered_tier: out.readUInt32LE(at + 12),
+    filtered_group: out.readUInt32LE(at + 16),
+    empty: out.readUInt32LE(at + 20),
+    self_reference: out.readUInt32LE(at + 24),
+    block_size: out.readUInt32LE(at + 28),
+    dp_rank: out.readUInt32LE(at + 32),
   }
 }
 
@@ -341,12 +347,18 @@ export class Ingestor {
 
   /** Converts one raw engine batch (the ZMQ payload frame). Never throws on bad bytes. */
   ingest(payload: Uint8Array, nowMs?: number): IngestResult {
-    let len = this.#raw.ingestInto(bytesArg('payload', payload), nowArg(nowMs), scratch)
+    const bytes = bytesArg('payload', payload)
+    const now = nowArg(nowMs)
+    let at = arenaUsed
+    let len = this.#raw.ingestInto(bytes, now, arena, at)
     if (len < 0) {
-      scratch = Buffer.allocUnsafeSlow(Math.max(-len, 2 * scratch.length))
-      len = this.#raw.takeOutput(scratch)
+      // start a fresh arena; the payloads of earlier results keep the old one alive
+      arena = Buffer.allocUnsafeSlow(Math.max(ARENA_BYTES, -len))
+      at = 0
+      len = this.#raw.takeOutput(arena, 0)
     }
-    return this.#unpack(scratch, len, true)
+    arenaUsed = at + len
+    return this.#unpack(arena, at, len)
   }
 
   /** Manual API: a store, as an engine without ZMQ events would report it (checks 5-7 of SPEC 3). */
@@ -402,33 +414,26 @@ export class Ingestor {
     return rank
   }
 
-  /** Reads a packed output (layout in ts/binding.ts); `copy` when `out` is the shared scratch. */
-  #unpack(out: Buffer, len: number = out.length, copy = false): IngestResult {
-    const n = out.readUInt32LE(0)
-    const rank = out.readUInt32LE(4)
-    const flags = out.readUInt32LE(8)
-    const rejected = readRejected(out)
+  /** Reads a packed output (layout in ts/binding.ts) at `at`; payloads are views into `out`. */
+  #unpack(out: Buffer, at = 0, len: number = out.length - at): IngestResult {
+    const n = out.readUInt32LE(at)
+    const rank = out.readUInt32LE(at + 4)
+    const flags = out.readUInt32LE(at + 8)
     const payloads: Buffer[] = new Array(n)
     if (n > 0) {
-      const lensAt = len - 4 * n
-      // one copy of all payloads out of the scratch, which the next call overwrites
-      let body: Buffer
-      if (copy) {
-        body = Buffer.allocUnsafe(lensAt - OUT_HEADER_BYTES)
-        out.copy(body, 0, OUT_HEADER_BYTES, lensAt)
-      } else body = out.subarray(OUT_HEADER_BYTES, lensAt)
-      let at = 0
+      const lensAt = at + len - 4 * n
+      let p = at + OUT_HEADER_BYTES
       for (let i = 0; i < n; i++) {
         const plen = out.readUInt32LE(lensAt + 4 * i)
-        payloads[i] = body.subarray(at, at + plen)
-        at += plen
+        payloads[i] = out.subarray(p, p + plen)
+        p += plen
       }
     }
     const result: IngestResult = {
       payloads,
       dpRank: flags & 4 ? rank : null,
-      firstEventId: flags & 1 ? out.readBigUInt64LE(16) : null,
-      rejected,
+      firstEventId: flags & 1 ? out.readBigUInt64LE(at + 16) : null,
+      rejected: readRejected(out, at + 24),
     }
     if (flags & 2) result.warnings = this.#raw.takeWarnings()
     return result

@@ -124,12 +124,12 @@ export interface RawIngestor {
     nowMs: number,
   ): RawIngestOutput
   /**
-   * The hot path: writes what ingest() would return into `out` (a buffer the caller reuses) and
-   * returns its length, or minus the length needed when `out` is too small; then takeOutput(bigger)
-   * hands over that same output, provided no other call came in between.
+   * The hot path: writes what ingest() would return into `out` at `offset` (an arena the caller
+   * reuses) and returns its length, or minus the length needed when it does not fit; then
+   * takeOutput(out2, offset2) hands over that same output, provided no other call came in between.
    */
-  ingestInto(payload: Uint8Array, nowMs: number, out: Uint8Array): number
-  takeOutput(out: Uint8Array): number
+  ingestInto(payload: Uint8Array, nowMs: number, out: Uint8Array, offset: number): number
+  takeOutput(out: Uint8Array, offset: number): number
   removed(blockHashes: BigUint64Array, dpRank: number, nowMs: number): RawIngestOutput
   cleared(dpRank: number, nowMs: number): RawIngestOutput
   /** Whether dpRank may be used (already seen, configured, or room for one more). */

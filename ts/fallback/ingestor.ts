@@ -159,17 +159,17 @@ export class FallbackIngestor implements RawIngestor {
     return this.packed(this.run(payload, nowMs))
   }
 
-  ingestInto(payload: Uint8Array, nowMs: number, out: Uint8Array): number {
+  ingestInto(payload: Uint8Array, nowMs: number, out: Uint8Array, offset: number): number {
     const len = this.run(payload, nowMs)
-    if (len > out.length) return -len
-    this.writeOutput(out)
+    if (len > out.length - offset) return -len
+    this.writeOutput(out, offset)
     return len
   }
 
-  takeOutput(out: Uint8Array): number {
+  takeOutput(out: Uint8Array, offset: number): number {
     const len = this.outLen
-    if (len > out.length) return -len
-    this.writeOutput(out)
+    if (len > out.length - offset) return -len
+    this.writeOutput(out, offset)
     return len
   }
 
@@ -484,20 +484,20 @@ export class FallbackIngestor implements RawIngestor {
   }
 
   /** Writes the pending output (outLen bytes) into `target`: header, payloads, then their lengths. */
-  private writeOutput(target: Uint8Array): void {
+  private writeOutput(target: Uint8Array, offset = 0): void {
     const n = this.n
     const body = this.out.pos
-    put32(target, 0, n)
-    put32(target, 4, this.outRank < 0 ? 0 : this.outRank) // u32; flag bit 2 says whether there is one
-    put32(target, 8, this.outFlags)
-    put32(target, 12, 0)
-    put32(target, 16, n > 0 ? this.firstLo : 0)
-    put32(target, 20, n > 0 ? this.firstHi : 0)
+    put32(target, offset + 0, n)
+    put32(target, offset + 4, this.outRank < 0 ? 0 : this.outRank) // u32; flag bit 2 says whether there is one
+    put32(target, offset + 8, this.outFlags)
+    put32(target, offset + 12, 0)
+    put32(target, offset + 16, n > 0 ? this.firstLo : 0)
+    put32(target, offset + 20, n > 0 ? this.firstHi : 0)
     const rejected = this.rejected
-    for (let i = 0; i < REJECT_COUNT; i++) put32(target, 24 + 4 * i, rejected[i]!)
-    if (body > 0) target.set(this.out.buf.subarray(0, body), OUT_HEADER_BYTES)
+    for (let i = 0; i < REJECT_COUNT; i++) put32(target, offset + 24 + 4 * i, rejected[i]!)
+    if (body > 0) target.set(this.out.buf.subarray(0, body), offset + OUT_HEADER_BYTES)
     const lens = this.lens
-    const at = OUT_HEADER_BYTES + body
+    const at = offset + OUT_HEADER_BYTES + body
     for (let i = 0; i < n; i++) put32(target, at + 4 * i, lens[i]!)
   }
 }

@@ -223,6 +223,8 @@ pub fn decode_engine_batch(payload: &[u8], kv_block_size: u32) -> Option<Decoded
     let mut groups = GroupTable::default();
     let mut scratch = Vec::new();
     let mut rejected = [0u32; REASON_COUNT];
+    rejected[Reason::Invalid as usize] = batch.invalid;
+    rejected[Reason::UnknownType as usize] = batch.unknown_type;
     let mut events = Vec::new();
     for ev in batch.events {
         match convert_event(ev, kv_block_size, &mut groups, &mut scratch) {

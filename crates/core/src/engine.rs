@@ -53,7 +53,11 @@ pub struct Batch<'a> {
     pub dp_rank: u32,
     /// The 4th element of a positional batch when it is a 16-byte bin (vLLM's publisher id).
     pub publisher_id: Option<&'a [u8]>,
+    /// The events that may emit something, in order. Invalid and unknown-type events are only
+    /// counted: storing them would let one-byte junk events cost far more memory than their bytes.
     pub events: Vec<EngineEvent<'a>>,
+    pub invalid: u32,
+    pub unknown_type: u32,
 }
 
 /// Decodes a whole batch. `Err` = malformed (SPEC 2.2): nothing of it may be applied.
@@ -70,7 +74,7 @@ pub fn peek_batch(payload: &[u8]) -> Res<(u32, Option<&[u8]>)> {
 
 fn read_batch(payload: &[u8], decode_events: bool) -> Res<Batch<'_>> {
     let mut r = Reader::new(payload);
-    let mut events = Vec::new();
+    let mut events = Events::default();
     let mut publisher_id = None;
     let dp_rank = match r.head(1)? {
         Head::Array(n) => {
@@ -101,7 +105,7 @@ fn read_batch(payload: &[u8], decode_events: bool) -> Res<Batch<'_>> {
             for _ in 0..n {
                 match r.head(2)? {
                     Head::Str(b"events") => {
-                        events.clear();
+                        events = Events::default();
                         have_events = read_events(&mut r, decode_events, &mut events)?;
                     }
                     Head::Str(b"data_parallel_rank") => dpr = Some(opt_rank(r.head(2)?, &mut r)),
@@ -128,7 +132,7 @@ fn read_batch(payload: &[u8], decode_events: bool) -> Res<Batch<'_>> {
     if !r.at_end() {
         return Err(Malformed);
     }
-    Ok(Batch { dp_rank, publisher_id, events })
+    Ok(Batch { dp_rank, publisher_id, events: events.kept, invalid: events.invalid, unknown_type: events.unknown_type })
 }
 
 /// The rank of a positional batch: nil → 0, an integer within u32, else malformed.
@@ -154,13 +158,24 @@ fn opt_rank(h: Head, r: &mut Reader) -> Res<Option<u32>> {
 
 /// Reads the `events` value at level 2. Ok(false) when it is not an array (the batch is then
 /// malformed unless a later `events` key replaces it); Err for broken bytes.
-fn read_events<'a>(r: &mut Reader<'a>, decode: bool, out: &mut Vec<EngineEvent<'a>>) -> Res<bool> {
+#[derive(Default)]
+struct Events<'a> {
+    kept: Vec<EngineEvent<'a>>,
+    invalid: u32,
+    unknown_type: u32,
+}
+
+fn read_events<'a>(r: &mut Reader<'a>, decode: bool, out: &mut Events<'a>) -> Res<bool> {
     match r.head(2)? {
         Head::Array(n) => {
             if decode {
-                out.reserve(n.min(4096) as usize);
+                // no reserve from the header's count: the events may not be there
                 for _ in 0..n {
-                    out.push(read_event(r, 3)?);
+                    match read_event(r, 3)? {
+                        EngineEvent::Invalid => out.invalid += 1,
+                        EngineEvent::UnknownType => out.unknown_type += 1,
+                        ev => out.kept.push(ev),
+                    }
                 }
             } else {
                 r.skip_n(n as u64, 3)?;

@@ -215,7 +215,7 @@ impl Ingestor {
         if cfg.kv_block_size == 0 {
             return Err(ConfigError::KvBlockSize);
         }
-        if cfg.max_dp_ranks == 0 {
+        if cfg.max_dp_ranks == 0 && cfg.dp_ranks.is_none() {
             return Err(ConfigError::MaxDpRanks);
         }
         let mut ing = Ingestor {
@@ -307,7 +307,13 @@ impl Ingestor {
             self.reject(&mut out, Reason::DpRank);
             return out;
         };
-        self.counters[C_EVENTS_IN] += batch.events.len() as u64;
+        self.counters[C_EVENTS_IN] += batch.events.len() as u64 + batch.invalid as u64 + batch.unknown_type as u64;
+        for _ in 0..batch.invalid {
+            self.reject(&mut out, Reason::Invalid);
+        }
+        for _ in 0..batch.unknown_type {
+            self.reject(&mut out, Reason::UnknownType);
+        }
         for ev in batch.events {
             let rank = &mut self.ranks[idx];
             match convert_event(ev, self.kv_block_size, &mut rank.groups, &mut self.hash_scratch) {

@@ -18,8 +18,8 @@ fn u64_arg(name: &str, b: &BigInt) -> Result<u64> {
     Ok(v)
 }
 
-fn copy_out(packed: &[u8], out: &mut [u8]) -> i64 {
-    match out.get_mut(..packed.len()) {
+fn copy_out(packed: &[u8], out: &mut [u8], offset: usize) -> i64 {
+    match out.get_mut(offset..).and_then(|o| o.get_mut(..packed.len())) {
         Some(dst) => {
             dst.copy_from_slice(packed);
             packed.len() as i64
@@ -334,21 +334,21 @@ impl RawIngestor {
         self.inner.ingest(payload, now_arg(now_ms)).into()
     }
 
-    /// The hot path: the packed output copied into a buffer the caller reuses. Returns its length,
-    /// or minus the length needed when `out` is too small; then `takeOutput` hands over the same
-    /// output (until the next call).
+    /// The hot path: the packed output copied into `out` at `offset` (the caller's reusable
+    /// arena). Returns its length, or minus the length needed when it does not fit; then
+    /// `takeOutput` hands over the same output (until the next call).
     #[napi(catch_unwind)]
-    pub fn ingest_into(&mut self, payload: &[u8], now_ms: f64, mut out: Uint8ArraySlice) -> i64 {
+    pub fn ingest_into(&mut self, payload: &[u8], now_ms: f64, mut out: Uint8ArraySlice, offset: u32) -> i64 {
         let packed = self.inner.ingest_packed(payload, now_arg(now_ms));
-        // SAFETY: JavaScript is blocked in this call and `out` is not aliased by `payload` (the TS
-        // layer passes its own scratch buffer).
-        copy_out(packed, unsafe { out.as_mut() })
+        // SAFETY: JavaScript is blocked in this call, and `out` is the TS layer's own arena, never
+        // the payload.
+        copy_out(packed, unsafe { out.as_mut() }, offset as usize)
     }
 
     #[napi(catch_unwind)]
-    pub fn take_output(&mut self, mut out: Uint8ArraySlice) -> i64 {
+    pub fn take_output(&mut self, mut out: Uint8ArraySlice, offset: u32) -> i64 {
         // SAFETY: as in ingest_into
-        copy_out(self.inner.last_packed(), unsafe { out.as_mut() })
+        copy_out(self.inner.last_packed(), unsafe { out.as_mut() }, offset as usize)
     }
 
     #[allow(clippy::too_many_arguments)]
