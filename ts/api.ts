@@ -291,6 +291,20 @@ let arena = Buffer.allocUnsafeSlow(ARENA_BYTES)
 let arenaUsed = 0
 
 /** The rejected counts of a packed output (an object literal: V8 builds it with one shape). */
+function noneRejected(): Record<RejectReason, number> {
+  return {
+    malformed: 0,
+    invalid: 0,
+    unknown_type: 0,
+    filtered_tier: 0,
+    filtered_group: 0,
+    empty: 0,
+    self_reference: 0,
+    block_size: 0,
+    dp_rank: 0,
+  }
+}
+
 function readRejected(out: Buffer, at: number): Record<RejectReason, number> {
   return {
     malformed: out.readUInt32LE(at),
@@ -433,7 +447,7 @@ export class Ingestor {
       payloads,
       dpRank: flags & 4 ? rank : null,
       firstEventId: flags & 1 ? out.readBigUInt64LE(at + 16) : null,
-      rejected: readRejected(out, at + 24),
+      rejected: flags & 8 ? readRejected(out, at + 24) : noneRejected(),
     }
     if (flags & 2) result.warnings = this.#raw.takeWarnings()
     return result

@@ -89,7 +89,8 @@ export interface RawPeek {
  *   offset  0  u32  N, the number of payloads
  *   offset  4  u32  dp rank of the batch (0 when flag bit 2 is clear)
  *   offset  8  u32  flags: bit 0 = firstEventId present, bit 1 = warnings pending (call takeWarnings()),
- *                   bit 2 = the dp rank is present (clear when the batch was malformed)
+ *                   bit 2 = the dp rank is present (clear when the batch was malformed),
+ *                   bit 3 = some rejected count is non-zero
  *   offset 12  u32  reserved, 0
  *   offset 16  u64  firstEventId (0 when absent); payload i has event id firstEventId + i
  *   offset 24  u32 × 9  rejected counts, indexed like REJECT_REASONS

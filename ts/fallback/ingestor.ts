@@ -467,7 +467,10 @@ export class FallbackIngestor implements RawIngestor {
     const n = this.n
     this.outRank = dpRank
     // bit 0: first event id present; bit 1: warnings pending; bit 2: the batch had a dp rank
-    this.outFlags = (n > 0 ? 1 : 0) | (this.warnings.length > 0 ? 2 : 0) | (dpRank >= 0 ? 4 : 0)
+    let anyRejected = 0
+    for (let i = 0; i < REJECT_COUNT; i++) anyRejected |= this.rejected[i]!
+    // bit 3: some event was rejected
+    this.outFlags = (n > 0 ? 1 : 0) | (this.warnings.length > 0 ? 2 : 0) | (dpRank >= 0 ? 4 : 0) | (anyRejected !== 0 ? 8 : 0)
     this.outLen = OUT_HEADER_BYTES + this.out.pos + 4 * n
     return this.outLen
   }

@@ -391,7 +391,10 @@ impl Ingestor {
         let mut h = [0u8; OUT_HEADER_BYTES];
         h[0..4].copy_from_slice(&(lens.len() as u32).to_le_bytes());
         h[4..8].copy_from_slice(&dp_rank.unwrap_or(0).to_le_bytes());
-        let flags = first_id.is_some() as u32 | (!self.warnings.is_empty() as u32) << 1 | (dp_rank.is_some() as u32) << 2;
+        let flags = first_id.is_some() as u32
+            | (!self.warnings.is_empty() as u32) << 1
+            | (dp_rank.is_some() as u32) << 2
+            | (rejected.iter().any(|&r| r > 0) as u32) << 3;
         h[8..12].copy_from_slice(&flags.to_le_bytes());
         h[16..24].copy_from_slice(&first_id.unwrap_or(0).to_le_bytes());
         for (i, r) in rejected.iter().enumerate() {
