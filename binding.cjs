@@ -836,6 +836,8 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.RawIngestor = nativeBinding.RawIngestor
+module.exports.RawLocalIndexer = nativeBinding.RawLocalIndexer
+module.exports.RawRadixIndex = nativeBinding.RawRadixIndex
 module.exports.computeBlockHashes = nativeBinding.computeBlockHashes
 module.exports.decodeEngineBatch = nativeBinding.decodeEngineBatch
 module.exports.decodeRouterEvent = nativeBinding.decodeRouterEvent

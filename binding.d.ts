@@ -26,6 +26,37 @@ export declare class RawIngestor {
   nextEventId(dpRank: number): bigint
   counters(): BigUint64Array
   takeWarnings(): Array<string>
+  /** A handle on the ingestor's local indexer (null when it has none). */
+  localIndexer(): RawLocalIndexer | null
+}
+
+export declare class RawLocalIndexer {
+  constructor(bufferSize: number)
+  eventsInRange(dpRank: number, start?: bigint | undefined | null, end?: bigint | undefined | null): object
+  applyEvent(ev: JsRouterEvent): number
+  applyEncoded(payload: Uint8Array, format: number): number
+  findMatches(tokensHashes: BigUint64Array, earlyExit: boolean): Buffer
+  findMatchesForTokens(tokens: Uint32Array, kvBlockSize: number, loraName: string | undefined | null, blockMmInfos: Array<JsBlockExtraInfo | undefined | null> | undefined | null, earlyExit: boolean): Buffer
+  removeWorker(workerId: bigint): void
+  removeWorkerDpRank(workerId: bigint, dpRank: number): void
+  dump(): Array<object>
+  workers(): BigUint64Array
+  size(): number
+  counters(): BigUint64Array
+}
+
+export declare class RawRadixIndex {
+  constructor()
+  applyEvent(ev: JsRouterEvent): number
+  applyEncoded(payload: Uint8Array, format: number): number
+  findMatches(tokensHashes: BigUint64Array, earlyExit: boolean): Buffer
+  findMatchesForTokens(tokens: Uint32Array, kvBlockSize: number, loraName: string | undefined | null, blockMmInfos: Array<JsBlockExtraInfo | undefined | null> | undefined | null, earlyExit: boolean): Buffer
+  removeWorker(workerId: bigint): void
+  removeWorkerDpRank(workerId: bigint, dpRank: number): void
+  dump(): Array<object>
+  workers(): BigUint64Array
+  size(): number
+  counters(): BigUint64Array
 }
 
 export declare function computeBlockHashes(tokens: Uint32Array, kvBlockSize: number, loraName?: string | undefined | null, blockMmInfos?: Array<JsBlockExtraInfo | undefined | null> | undefined | null): BigUint64Array
@@ -83,4 +114,5 @@ export interface RawIngestorOptions {
   jetstream: boolean
   maxDpRanks: number
   dpRanks?: Uint32Array | undefined | null
+  localIndexerBufferSize: number
 }

@@ -56,7 +56,7 @@ const variants: Variant[] = [
 for (const [vi, v] of variants.entries()) {
   parity(`10,000 generated batches give identical output (${v.name})`, (t) => {
     const n = need()
-    const opts = { kvBlockSize: v.kvBlockSize, workerId: 0xfedcba9876543210n, jetstream: v.jetstream, maxDpRanks: v.maxDpRanks, dpRanks: v.dpRanks as Uint32Array }
+    const opts = { kvBlockSize: v.kvBlockSize, workerId: 0xfedcba9876543210n, jetstream: v.jetstream, maxDpRanks: v.maxDpRanks, dpRanks: v.dpRanks as Uint32Array, localIndexerBufferSize: 0 }
     const a: RawIngestor = new n.RawIngestor(opts)
     const b: RawIngestor = new fallback.RawIngestor(opts)
     const gen = new BatchGenerator(1000 + vi, { kvBlockSize: v.kvBlockSize, ranks: [0, 1, 2] })

@@ -46,7 +46,7 @@ function nodeRate(w: Workload, impl: RawBinding, api: boolean): Rate {
       for (const b of w.batches) ing.ingest(b, 1_700_000_000_000)
     })
   }
-  const ing = new impl.RawIngestor({ kvBlockSize: BLOCK_SIZE, workerId: 7n, jetstream: false, maxDpRanks: 64, dpRanks: null as unknown as Uint32Array })
+  const ing = new impl.RawIngestor({ kvBlockSize: BLOCK_SIZE, workerId: 7n, jetstream: false, maxDpRanks: 64, dpRanks: null as unknown as Uint32Array, localIndexerBufferSize: 0 })
   const out = Buffer.allocUnsafeSlow(1 << 20)
   return rate(w, () => {
     for (const b of w.batches) ing.ingestInto(b, 1_700_000_000_000, out, 0)

@@ -3,10 +3,19 @@
 // layer then only ever sees well-typed values. Event semantics live in the core (crates/core) and its
 // mirror (ts/fallback), never here.
 import {
+  APPLY_OUTCOMES,
   COUNTER_NAMES,
+  ENCODED_FORMATS,
+  INDEX_COUNTER_NAMES,
+  MATCH_RECORD_BYTES,
   OUT_HEADER_BYTES,
   REJECT_REASONS,
+  type ApplyOutcome,
   type BlockExtraInfo,
+  type IndexCounterName,
+  type RawLocalIndexer,
+  type RawRadixIndex,
+  type RawRangeResult,
   type ConvertedEvent,
   type CounterName,
   type RawBinding,
@@ -17,8 +26,10 @@ import {
 import { implementation, raw } from './native.js'
 
 export { implementation, nativeLoadError } from './native.js'
-export { REJECT_REASONS, COUNTER_NAMES } from './binding.js'
+export { REJECT_REASONS, COUNTER_NAMES, APPLY_OUTCOMES, INDEX_COUNTER_NAMES } from './binding.js'
 export type {
+  ApplyOutcome,
+  IndexCounterName,
   BlockExtraInfo,
   ConvertedEvent,
   CounterName,
@@ -267,6 +278,11 @@ export interface IngestorOptions {
   maxDpRanks?: number
   /** Exactly these dp ranks are accepted (overrides maxDpRanks). */
   dpRanks?: number[]
+  /**
+   * Keep a local indexer: every emitted event is applied to it and buffered (per dp rank, the last
+   * `bufferSize` events, default 1024) in the same native call, for router recovery. Off by default.
+   */
+  localIndexer?: { bufferSize?: number } | boolean
 }
 
 export interface IngestResult {
@@ -356,8 +372,26 @@ export class Ingestor {
       dpRanks = Uint32Array.from(options.dpRanks.map((r, i) => u32(`dpRanks[${i}]`, r)))
       if (new Set(dpRanks).size !== dpRanks.length) throw new RangeError('dpRanks must not repeat a rank')
     }
-    this.#raw = new impl.RawIngestor({ kvBlockSize: this.kvBlockSize, workerId: this.workerId, jetstream: mode === 'jetstream', maxDpRanks, dpRanks })
+    let localIndexerBufferSize = 0
+    const li = options.localIndexer
+    if (li !== undefined && li !== false) {
+      if (li !== true && (typeof li !== 'object' || li === null)) throw new TypeError('localIndexer must be a boolean or { bufferSize }')
+      localIndexerBufferSize = positiveInt('localIndexer.bufferSize', (li === true ? undefined : li.bufferSize) ?? 1024, 1 << 24)
+    }
+    this.#raw = new impl.RawIngestor({
+      kvBlockSize: this.kvBlockSize,
+      workerId: this.workerId,
+      jetstream: mode === 'jetstream',
+      maxDpRanks,
+      dpRanks,
+      localIndexerBufferSize,
+    })
+    const rawLocal = this.#raw.localIndexer()
+    this.localIndexer = rawLocal ? new LocalIndexer({ bufferSize: localIndexerBufferSize }, impl, rawLocal) : null
   }
+
+  /** The local indexer fed by this ingestor (null unless enabled with the localIndexer option). */
+  readonly localIndexer: LocalIndexer | null
 
   /** Converts one raw engine batch (the ZMQ payload frame). Never throws on bad bytes. */
   ingest(payload: Uint8Array, nowMs?: number): IngestResult {
@@ -451,5 +485,142 @@ export class Ingestor {
     }
     if (flags & 2) result.warnings = this.#raw.takeWarnings()
     return result
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Indexer (SPEC 6)
+
+export interface WorkerScore {
+  workerId: bigint
+  dpRank: number
+  score: number
+}
+export interface WorkerTreeSize {
+  workerId: bigint
+  dpRank: number
+  size: number
+}
+export interface OverlapScores {
+  /** Matched prefix length in blocks per worker, ascending (workerId, dpRank); zero scores omitted. */
+  scores: WorkerScore[]
+  /** Number of block hashes each scored worker holds, same order. */
+  treeSizes: WorkerTreeSize[]
+}
+
+export type RangeResult = RawRangeResult
+
+function formatCode(v: unknown): number {
+  const i = (ENCODED_FORMATS as readonly unknown[]).indexOf(v)
+  if (i < 0) throw new RangeError(`format must be 'envelope', 'msgpack' or 'json', got ${describe(v)}`)
+  return i
+}
+
+function readMatches(out: Buffer): OverlapScores {
+  const n = out.readUInt32LE(0)
+  const scores: WorkerScore[] = new Array(n)
+  const treeSizes: WorkerTreeSize[] = new Array(n)
+  for (let i = 0, at = 4; i < n; i++, at += MATCH_RECORD_BYTES) {
+    const workerId = out.readBigUInt64LE(at)
+    const dpRank = out.readUInt32LE(at + 8)
+    scores[i] = { workerId, dpRank, score: out.readUInt32LE(at + 12) }
+    treeSizes[i] = { workerId, dpRank, size: Number(out.readBigUInt64LE(at + 16)) }
+  }
+  return { scores, treeSizes }
+}
+
+/**
+ * A radix tree of the blocks each worker `(workerId, dpRank)` holds, keyed by the tokens hashes of the
+ * path from the root: it answers "which worker already holds the longest prefix of these blocks". Apply
+ * router events (as values, or encoded as they travel), then ask findMatches.
+ */
+export class RadixIndex {
+  protected readonly raw: RawRadixIndex
+
+  /** @param impl the raw implementation (defaults to the one loaded for the process). */
+  constructor(impl: RawBinding = raw, inner?: RawRadixIndex) {
+    this.raw = inner ?? new impl.RawRadixIndex()
+  }
+
+  /** Applies one router event; event-level failures are returned (and counted), never thrown. */
+  applyEvent(ev: RouterEventValue): ApplyOutcome {
+    return APPLY_OUTCOMES[this.raw.applyEvent(eventArg(ev))]!
+  }
+
+  /** Applies one encoded event: an event-plane envelope, a msgpack RouterEvent or its JSON. */
+  applyEncoded(payload: Uint8Array, format: 'envelope' | 'msgpack' | 'json'): ApplyOutcome {
+    return APPLY_OUTCOMES[this.raw.applyEncoded(bytesArg('payload', payload), formatCode(format))]!
+  }
+
+  findMatches(tokensHashes: BigUint64Array | bigint[], opts: { earlyExit?: boolean } = {}): OverlapScores {
+    return readMatches(this.raw.findMatches(hashesArg('tokensHashes', tokensHashes), opts.earlyExit === true))
+  }
+
+  /** findMatches on the block hashes of `tokens` (computeBlockHashes with the same options). */
+  findMatchesForTokens(
+    tokens: Uint32Array | number[],
+    kvBlockSize: number,
+    opts: { loraName?: string | null; blockMmInfos?: (BlockExtraInfo | null)[] | null; earlyExit?: boolean } = {},
+  ): OverlapScores {
+    return readMatches(
+      this.raw.findMatchesForTokens(
+        tokensArg('tokens', tokens),
+        positiveInt('kvBlockSize', kvBlockSize),
+        loraArg(opts.loraName),
+        mmInfosArg('blockMmInfos', opts.blockMmInfos),
+        opts.earlyExit === true,
+      ),
+    )
+  }
+
+  /** Drops every block of every dp rank of the worker and forgets it. */
+  removeWorker(workerId: bigint): void {
+    this.raw.removeWorker(u64('workerId', workerId))
+  }
+
+  removeWorkerDpRank(workerId: bigint, dpRank: number): void {
+    this.raw.removeWorkerDpRank(u64('workerId', workerId), u32('dpRank', dpRank))
+  }
+
+  /** The index as stored events of one block each, per worker, parents before children. */
+  dump(): RouterEventValue[] {
+    return this.raw.dump()
+  }
+
+  workers(): bigint[] {
+    return Array.from(this.raw.workers())
+  }
+
+  /** Total (worker, dp rank, block hash) entries. */
+  size(): number {
+    return this.raw.size()
+  }
+
+  counters(): Record<IndexCounterName, bigint> {
+    const values = this.raw.counters()
+    const out = {} as Record<IndexCounterName, bigint>
+    for (let i = 0; i < INDEX_COUNTER_NAMES.length; i++) out[INDEX_COUNTER_NAMES[i]!] = values[i]!
+    return out
+  }
+}
+
+/**
+ * The worker-side index: a RadixIndex plus a ring buffer per dp rank of the last `bufferSize` (default
+ * 1024) events applied, so a router that missed events can ask for a range (SPEC 6 and 7).
+ */
+export class LocalIndexer extends RadixIndex {
+  declare protected readonly raw: RawLocalIndexer
+
+  constructor(opts: { bufferSize?: number } = {}, impl: RawBinding = raw, inner?: RawLocalIndexer) {
+    const size = positiveInt('bufferSize', opts.bufferSize ?? 1024, 1 << 24)
+    super(impl, inner ?? new impl.RawLocalIndexer(size))
+  }
+
+  eventsInRange(dpRank: number, start?: bigint | null, end?: bigint | null): RangeResult {
+    return this.raw.eventsInRange(
+      u32('dpRank', dpRank),
+      start === undefined || start === null ? null : u64('start', start),
+      end === undefined || end === null ? null : u64('end', end),
+    )
   }
 }

@@ -109,6 +109,75 @@ export interface RawIngestorOptions {
   jetstream: boolean // false = event plane
   maxDpRanks: number // integer >= 1; ignored when dpRanks is given
   dpRanks: Uint32Array | null // exactly these ranks are allowed (non-empty, distinct)
+  /** 0: no local indexer; else the ring-buffer size per dp rank of the local indexer (SPEC 6). */
+  localIndexerBufferSize: number
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Indexer (SPEC 6)
+
+/** Outcome codes of RawRadixIndex.applyEvent / applyEncoded, indexed like APPLY_OUTCOMES. */
+export const APPLY_OUTCOMES = ['applied', 'parent_not_found', 'block_not_found', 'invalid_block_sequence'] as const
+export type ApplyOutcome = (typeof APPLY_OUTCOMES)[number]
+
+/** Counter names of RawRadixIndex.counters(), in this order; every value is a bigint. */
+export const INDEX_COUNTER_NAMES = [
+  'applied_stored', // stored events fully applied
+  'applied_removed', // removed events (counted even when some hashes were unknown)
+  'applied_cleared',
+  'parent_not_found', // stored events whose parent the worker does not hold: nothing applied
+  'block_not_found', // removed hashes the worker did not hold
+  'invalid_block_sequence', // stored events repeating a block hash or its parent: nothing applied
+  'blocks_stored', // blocks applied by stored events
+  'blocks_removed', // hashes removed
+] as const
+export type IndexCounterName = (typeof INDEX_COUNTER_NAMES)[number]
+
+/**
+ * findMatches output, packed (little-endian): u32 N, then N records of 24 bytes
+ * { u64 workerId, u32 dpRank, u32 score, u64 treeSize }, in ascending (workerId, dpRank) order.
+ * Only workers with a non-zero score appear; treeSize is the number of block hashes that worker holds.
+ */
+export type RawMatches = Buffer
+export const MATCH_RECORD_BYTES = 24
+
+/** Format codes of applyEncoded. */
+export const ENCODED_FORMATS = ['envelope', 'msgpack', 'json'] as const
+
+export interface RawRadixIndex {
+  /** Never throws for event-level outcomes; returns an APPLY_OUTCOMES index. */
+  applyEvent(ev: RouterEventValue): number
+  /** format: index into ENCODED_FORMATS. Throws Error('invalid router event: ...') on bytes it cannot decode. */
+  applyEncoded(payload: Uint8Array, format: number): number
+  findMatches(tokensHashes: BigUint64Array, earlyExit: boolean): RawMatches
+  findMatchesForTokens(
+    tokens: Uint32Array,
+    kvBlockSize: number,
+    loraName: string | null,
+    blockMmInfos: (BlockExtraInfo | null)[] | null,
+    earlyExit: boolean,
+  ): RawMatches
+  removeWorker(workerId: bigint): void
+  removeWorkerDpRank(workerId: bigint, dpRank: number): void
+  /** Per worker in ascending (workerId, dpRank), that worker's blocks depth-first (children in ascending tokens_hash), one block per stored event. */
+  dump(): RouterEventValue[]
+  /** Distinct known worker ids, ascending. */
+  workers(): BigUint64Array
+  /** Total (worker, dp rank, block hash) entries. */
+  size(): number
+  counters(): BigUint64Array
+}
+
+export type RawRangeResult =
+  | { kind: 'Events'; events: RouterEventValue[] }
+  | { kind: 'TreeDump'; events: RouterEventValue[] }
+  | { kind: 'TooNew'; requestedStart: bigint; requestedEnd: bigint; newestAvailable: bigint }
+  | { kind: 'InvalidRange'; startId: bigint; endId: bigint }
+  | { kind: 'Error'; message: string }
+
+export interface RawLocalIndexer extends RawRadixIndex {
+  /** Applies (and buffers, even when the index rejects it) one event of this worker. */
+  eventsInRange(dpRank: number, start: bigint | null, end: bigint | null): RawRangeResult
 }
 
 export interface RawIngestor {
@@ -139,6 +208,8 @@ export interface RawIngestor {
   /** Values in COUNTER_NAMES order. */
   counters(): BigUint64Array
   takeWarnings(): string[]
+  /** The local indexer every emitted event is applied to and buffered in (null when not enabled). */
+  localIndexer(): RawLocalIndexer | null
 }
 
 export interface RawBinding {
@@ -159,4 +230,7 @@ export interface RawBinding {
   encodeActiveLoad(workerId: bigint, dpRank: number, activeDecodeBlocks: bigint, activePrefillTokens: bigint | null): Buffer
   jetstreamStreamName(namespace: string, component: string): string
   RawIngestor: new (options: RawIngestorOptions) => RawIngestor
+  RawRadixIndex: new () => RawRadixIndex
+  /** bufferSize: events kept per dp rank (>= 1). */
+  RawLocalIndexer: new (bufferSize: number) => RawLocalIndexer
 }

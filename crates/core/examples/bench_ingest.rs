@@ -34,7 +34,7 @@ fn main() {
         batches.push(&data[at + 4..at + 4 + len]);
         at += 4 + len;
     }
-    let mut ing = Ingestor::new(IngestorConfig { kv_block_size: 16, worker_id: 7, mode, max_dp_ranks: 64, dp_ranks: None }).unwrap();
+    let mut ing = Ingestor::new(IngestorConfig { kv_block_size: 16, worker_id: 7, mode, max_dp_ranks: 64, dp_ranks: None, local_indexer: None }).unwrap();
     // warm-up pass
     let mut sink = 0usize;
     for b in &batches {

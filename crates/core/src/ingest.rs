@@ -8,6 +8,7 @@ use std::hash::{BuildHasher, Hasher};
 
 use crate::convert::{check_store, convert_event, Converted, GroupTable, Reason, Store, REASON_COUNT};
 use crate::engine::decode_batch;
+use crate::local::LocalIndexer;
 use crate::wire::{write_envelope, write_event_json, write_event_msgpack, BlockExtraInfo, DataRef, KV_EVENTS_TOPIC};
 
 /// A store of more blocks is emitted as chained events of at most this many blocks.
@@ -39,6 +40,8 @@ pub struct IngestorConfig {
     pub max_dp_ranks: u32,
     /// Exactly these ranks are accepted (overrides `max_dp_ranks`).
     pub dp_ranks: Option<Vec<u32>>,
+    /// Keep a local indexer with this many events buffered per dp rank (None: no local indexer).
+    pub local_indexer: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,6 +211,8 @@ pub struct Ingestor {
     /// Buffers reused across calls so the hot path does not allocate its output.
     spare_body: Vec<u8>,
     spare_lens: Vec<u32>,
+    /// Every emitted event is applied and buffered here, in the same call.
+    local: Option<LocalIndexer>,
 }
 
 impl Ingestor {
@@ -235,6 +240,7 @@ impl Ingestor {
             event_scratch: Vec::new(),
             spare_body: Vec::new(),
             spare_lens: Vec::new(),
+            local: cfg.local_indexer.map(LocalIndexer::new),
         };
         if let Some(ranks) = cfg.dp_ranks {
             let distinct: HashSet<u32> = ranks.iter().copied().collect();
@@ -244,6 +250,9 @@ impl Ingestor {
             for &r in &ranks {
                 ing.rank_index.insert(r, ing.ranks.len());
                 ing.ranks.push(RankState::new(r));
+                if let Some(local) = ing.local.as_mut() {
+                    local.register_rank(r);
+                }
             }
             ing.configured = Some(ranks);
         }
@@ -252,6 +261,14 @@ impl Ingestor {
 
     pub fn worker_id(&self) -> u64 {
         self.worker_id
+    }
+
+    pub fn local_indexer(&self) -> Option<&LocalIndexer> {
+        self.local.as_ref()
+    }
+
+    pub fn local_indexer_mut(&mut self) -> Option<&mut LocalIndexer> {
+        self.local.as_mut()
     }
 
     /// Whether `rank` may be used: seen, configured, or room for one more.
@@ -507,6 +524,9 @@ impl Ingestor {
                 write_envelope(&mut out.body, self.worker_id, self.sequence, out.now_ms, KV_EVENTS_TOPIC, &self.event_scratch);
                 self.sequence += 1;
             }
+        }
+        if let Some(local) = self.local.as_mut() {
+            local.apply(self.worker_id, event_id, dp_rank, data);
         }
         let len = out.body.len() - start;
         out.lens.push(len as u32);

@@ -61,6 +61,16 @@ impl EventData {
     }
 }
 
+impl DataRef<'_> {
+    pub fn to_owned(self) -> EventData {
+        match self {
+            DataRef::Stored { parent_hash, blocks } => EventData::Stored { parent_hash, blocks: blocks.to_vec() },
+            DataRef::Removed(hashes) => EventData::Removed { block_hashes: hashes.to_vec() },
+            DataRef::Cleared => EventData::Cleared,
+        }
+    }
+}
+
 pub fn write_router_event_msgpack(out: &mut Vec<u8>, ev: &RouterEvent) {
     write_event_msgpack(out, ev.worker_id, ev.event_id, ev.dp_rank, ev.data.as_data_ref());
 }
@@ -345,6 +355,34 @@ pub fn decode_router_event_msgpack(bytes: &[u8]) -> Result<RouterEvent, WireErro
         return werr("trailing bytes");
     }
     router_event_from_val(&v)
+}
+
+/// The RouterEvent inside an event-plane envelope (`{publisher_id, sequence, published_at, topic,
+/// payload: bin}`).
+pub fn decode_router_event_envelope(bytes: &[u8]) -> Result<RouterEvent, WireError> {
+    let mut r = Reader::new(bytes);
+    let Ok(Head::Map(n)) = r.head(1) else {
+        return werr("envelope is not a map");
+    };
+    let mut payload = None;
+    for _ in 0..n {
+        let key = r.head(2).or_else(|_| werr("malformed envelope"))?;
+        let value = r.head(2).or_else(|_| werr("malformed envelope"))?;
+        // the envelope's values are scalars; a container here is not an envelope
+        if matches!(key, Head::Array(_) | Head::Map(_)) || matches!(value, Head::Array(_) | Head::Map(_)) {
+            return werr("malformed envelope");
+        }
+        if let (Head::Str(b"payload"), Head::Bin(b)) = (key, value) {
+            payload = Some(b);
+        }
+    }
+    if !r.at_end() {
+        return werr("trailing bytes after the envelope");
+    }
+    match payload {
+        Some(p) => decode_router_event_msgpack(p),
+        None => werr("envelope without a bin payload"),
+    }
 }
 
 pub fn decode_router_event_json(bytes: &[u8]) -> Result<RouterEvent, WireError> {

@@ -179,3 +179,32 @@ fn envelopes_active_load_and_stream_names() {
         assert_eq!(jetstream_stream_name(s["namespace"].as_str().unwrap(), s["component"].as_str().unwrap()), s["stream"].as_str().unwrap());
     }
 }
+
+#[test]
+fn recovery_responses_match_dynamo_json() {
+    use dynamo_kv_core::local::{write_range_result_json, LocalIndexer, RangeResult};
+    let f = fixture("router-wire.json");
+    let body = |name: &str| -> String {
+        f["recovery_json"].as_array().unwrap().iter().find(|r| r["name"] == name).unwrap()["json"].as_str().unwrap().to_string()
+    };
+    let json = |r: &RangeResult| {
+        let mut out = Vec::new();
+        write_range_result_json(&mut out, r);
+        String::from_utf8(out).unwrap()
+    };
+    // the Events body: one removed event with u64 values above 2^53
+    let events = body("events");
+    let inner = &events["{\"Events\":[".len()..events.len() - 2];
+    let ev = decode_router_event_json(inner.as_bytes()).unwrap();
+    assert_eq!(json(&RangeResult::Events(vec![ev])), events);
+    assert_eq!(json(&RangeResult::TreeDump(vec![])), body("tree_dump_empty"));
+    assert_eq!(json(&RangeResult::InvalidRange { start_id: 5, end_id: 3 }), body("invalid_range"));
+    assert_eq!(json(&RangeResult::Error("worker_id mismatch: asked 8, this is 7".into())), body("error"));
+    // "buffer holds ids 0..9, request start 15 with no end: end defaults to the newest id"
+    let mut local = LocalIndexer::new(1024);
+    for id in 0..10u64 {
+        let removed = format!("{{\"worker_id\":7,\"event\":{{\"event_id\":{id},\"data\":{{\"removed\":{{\"block_hashes\":[1]}}}},\"dp_rank\":0}}}}");
+        local.apply_event(&decode_router_event_json(removed.as_bytes()).unwrap());
+    }
+    assert_eq!(json(&local.events_in_range(0, Some(15), None)), body("too_new_end_defaulted"));
+}

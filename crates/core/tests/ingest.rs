@@ -157,7 +157,7 @@ fn hashes(n: usize, seed: u64) -> Vec<u64> {
 }
 
 fn cfg(bs: u32) -> IngestorConfig {
-    IngestorConfig { kv_block_size: bs, worker_id: WORKER, mode: Mode::EventPlane, max_dp_ranks: 64, dp_ranks: None }
+    IngestorConfig { kv_block_size: bs, worker_id: WORKER, mode: Mode::EventPlane, max_dp_ranks: 64, dp_ranks: None, local_indexer: None }
 }
 
 fn ingestor(c: IngestorConfig) -> Ingestor {

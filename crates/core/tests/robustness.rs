@@ -484,7 +484,7 @@ struct Harness {
 }
 
 fn new_stateful() -> Ingestor {
-    Ingestor::new(IngestorConfig { kv_block_size: 4, worker_id: WORKER, mode: Mode::EventPlane, max_dp_ranks: 8, dp_ranks: None }).unwrap()
+    Ingestor::new(IngestorConfig { kv_block_size: 4, worker_id: WORKER, mode: Mode::EventPlane, max_dp_ranks: 8, dp_ranks: None, local_indexer: Some(64) }).unwrap()
 }
 
 fn hex(b: &[u8]) -> String {
@@ -591,7 +591,7 @@ impl Harness {
         let len = input.len();
         let want = oracle(input);
         let mode = if self.inputs.is_multiple_of(2) { Mode::EventPlane } else { Mode::JetStream };
-        let mut ing = Ingestor::new(IngestorConfig { kv_block_size: bs, worker_id: WORKER, mode, max_dp_ranks: 64, dp_ranks: None }).unwrap();
+        let mut ing = Ingestor::new(IngestorConfig { kv_block_size: bs, worker_id: WORKER, mode, max_dp_ranks: 64, dp_ranks: None, local_indexer: Some(16) }).unwrap();
 
         // ---- the measured window: only the core's own work on this input
         let res = catch_unwind(AssertUnwindSafe(|| {
@@ -2301,7 +2301,7 @@ fn nesting_at_and_over_the_limit() {
                         let d = decode_engine_batch(&b, 4).unwrap();
                         assert_eq!(outcome(&d), Some(expect), "{name} at level {deepest}: {d:?}");
                         if expect == Expect::Stores {
-                            let u = unpack(&Ingestor::new(IngestorConfig { kv_block_size: 4, worker_id: 1, mode: Mode::EventPlane, max_dp_ranks: 64, dp_ranks: None }).unwrap().ingest(&b, 0));
+                            let u = unpack(&Ingestor::new(IngestorConfig { kv_block_size: 4, worker_id: 1, mode: Mode::EventPlane, max_dp_ranks: 64, dp_ranks: None, local_indexer: None }).unwrap().ingest(&b, 0));
                             assert_eq!(u.payloads.len(), 1, "{name}");
                         }
                     }
@@ -2368,7 +2368,7 @@ fn one_byte_events_are_not_amplified_in_memory() {
     b.extend(std::iter::repeat_n(0xc0u8, 4097));
     b.push(0x00);
     println!("size_of::<EngineEvent>() = {} bytes", std::mem::size_of::<EngineEvent>());
-    let mut ing = Ingestor::new(IngestorConfig { kv_block_size: 4, worker_id: 1, mode: Mode::EventPlane, max_dp_ranks: 64, dp_ranks: None }).unwrap();
+    let mut ing = Ingestor::new(IngestorConfig { kv_block_size: 4, worker_id: 1, mode: Mode::EventPlane, max_dp_ranks: 64, dp_ranks: None, local_indexer: None }).unwrap();
     reset_peak();
     let d = decode_engine_batch(&b, 4);
     let pk_decode = peak();

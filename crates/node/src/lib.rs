@@ -5,7 +5,12 @@
 use dynamo_kv_core::convert::{decode_engine_batch as core_decode, Converted};
 use dynamo_kv_core::engine::peek_batch as core_peek;
 use dynamo_kv_core::hash::compute_block_hashes as core_hashes;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use dynamo_kv_core::index::{ApplyOutcome, Match, RadixIndex};
 use dynamo_kv_core::ingest::{Ingestor, IngestorConfig, Mode};
+use dynamo_kv_core::local::{LocalIndexer, RangeResult};
 use dynamo_kv_core::wire::{self, BlockExtraInfo, EventData, MmObject, RouterEvent, StoredBlock};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
@@ -255,6 +260,10 @@ pub fn encode_router_event(ev: JsRouterEvent, json: bool) -> Result<Buffer> {
 pub fn decode_router_event<'e>(env: &'e Env, bytes: &[u8], json: bool) -> Result<Object<'e>> {
     let decoded = if json { wire::decode_router_event_json(bytes) } else { wire::decode_router_event_msgpack(bytes) };
     let ev = decoded.map_err(|e| Error::new(Status::InvalidArg, e.0))?;
+    router_event_out(env, &ev)
+}
+
+fn router_event_out<'e>(env: &'e Env, ev: &RouterEvent) -> Result<Object<'e>> {
     let mut inner = Object::new(env)?;
     inner.set("eventId", BigInt::from(ev.event_id))?;
     inner.set("dpRank", ev.dp_rank)?;
@@ -263,6 +272,10 @@ pub fn decode_router_event<'e>(env: &'e Env, bytes: &[u8], json: bool) -> Result
     o.set("workerId", BigInt::from(ev.worker_id))?;
     o.set("event", inner)?;
     Ok(o)
+}
+
+fn events_out<'e>(env: &'e Env, evs: &[RouterEvent]) -> Result<Vec<Object<'e>>> {
+    evs.iter().map(|e| router_event_out(env, e)).collect()
 }
 
 #[napi(catch_unwind)]
@@ -307,11 +320,13 @@ pub struct RawIngestorOptions {
     pub jetstream: bool,
     pub max_dp_ranks: u32,
     pub dp_ranks: Option<Option<Uint32Array>>,
+    pub local_indexer_buffer_size: u32,
 }
 
 #[napi]
 pub struct RawIngestor {
-    inner: Ingestor,
+    /// Shared with the RawLocalIndexer handle that `localIndexer()` returns.
+    inner: Rc<RefCell<Ingestor>>,
 }
 
 #[napi]
@@ -324,14 +339,15 @@ impl RawIngestor {
             mode: if options.jetstream { Mode::JetStream } else { Mode::EventPlane },
             max_dp_ranks: options.max_dp_ranks,
             dp_ranks: options.dp_ranks.flatten().map(|r| r.to_vec()),
+            local_indexer: (options.local_indexer_buffer_size > 0).then_some(options.local_indexer_buffer_size as usize),
         };
         let inner = Ingestor::new(cfg).map_err(|e| Error::new(Status::InvalidArg, format!("invalid ingestor option: {e:?}")))?;
-        Ok(RawIngestor { inner })
+        Ok(RawIngestor { inner: Rc::new(RefCell::new(inner)) })
     }
 
     #[napi(catch_unwind)]
     pub fn ingest(&mut self, payload: &[u8], now_ms: f64) -> Buffer {
-        self.inner.ingest(payload, now_arg(now_ms)).into()
+        self.inner.borrow_mut().ingest(payload, now_arg(now_ms)).into()
     }
 
     /// The hot path: the packed output copied into `out` at `offset` (the caller's reusable
@@ -339,7 +355,8 @@ impl RawIngestor {
     /// `takeOutput` hands over the same output (until the next call).
     #[napi(catch_unwind)]
     pub fn ingest_into(&mut self, payload: &[u8], now_ms: f64, mut out: Uint8ArraySlice, offset: u32) -> i64 {
-        let packed = self.inner.ingest_packed(payload, now_arg(now_ms));
+        let mut inner = self.inner.borrow_mut();
+        let packed = inner.ingest_packed(payload, now_arg(now_ms));
         // SAFETY: JavaScript is blocked in this call, and `out` is the TS layer's own arena, never
         // the payload.
         copy_out(packed, unsafe { out.as_mut() }, offset as usize)
@@ -348,7 +365,7 @@ impl RawIngestor {
     #[napi(catch_unwind)]
     pub fn take_output(&mut self, mut out: Uint8ArraySlice, offset: u32) -> i64 {
         // SAFETY: as in ingest_into
-        copy_out(self.inner.last_packed(), unsafe { out.as_mut() }, offset as usize)
+        copy_out(self.inner.borrow().last_packed(), unsafe { out.as_mut() }, offset as usize)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -368,37 +385,284 @@ impl RawIngestor {
         let mm = mm_list_in(block_mm_infos)?;
         Ok(self
             .inner
+            .borrow_mut()
             .stored(token_ids, block_hashes, block_size as u64, parent, lora_name.as_deref(), mm, dp_rank, now_arg(now_ms))
             .into())
     }
 
     #[napi(catch_unwind)]
     pub fn removed(&mut self, block_hashes: &[u64], dp_rank: u32, now_ms: f64) -> Buffer {
-        self.inner.removed(block_hashes, dp_rank, now_arg(now_ms)).into()
+        self.inner.borrow_mut().removed(block_hashes, dp_rank, now_arg(now_ms)).into()
     }
 
     #[napi(catch_unwind)]
     pub fn cleared(&mut self, dp_rank: u32, now_ms: f64) -> Buffer {
-        self.inner.cleared(dp_rank, now_arg(now_ms)).into()
+        self.inner.borrow_mut().cleared(dp_rank, now_arg(now_ms)).into()
     }
 
     #[napi]
     pub fn rank_allowed(&self, dp_rank: u32) -> bool {
-        self.inner.rank_allowed(dp_rank)
+        self.inner.borrow().rank_allowed(dp_rank)
     }
 
     #[napi]
     pub fn next_event_id(&self, dp_rank: u32) -> u64 {
-        self.inner.next_event_id(dp_rank)
+        self.inner.borrow().next_event_id(dp_rank)
     }
 
     #[napi]
     pub fn counters(&self) -> BigUint64Array {
-        BigUint64Array::new(self.inner.counters().to_vec())
+        BigUint64Array::new(self.inner.borrow().counters().to_vec())
     }
 
     #[napi]
     pub fn take_warnings(&mut self) -> Vec<String> {
-        self.inner.take_warnings()
+        self.inner.borrow_mut().take_warnings()
+    }
+
+    /// A handle on the ingestor's local indexer (null when it has none).
+    #[napi]
+    pub fn local_indexer(&self) -> Option<RawLocalIndexer> {
+        self.inner.borrow().local_indexer().is_some().then(|| RawLocalIndexer { inner: LocalSource::Ingestor(self.inner.clone()) })
     }
 }
+
+// ------------------------------------------------------------------------------------------------
+// RawRadixIndex and RawLocalIndexer
+
+fn outcome_code(o: ApplyOutcome) -> u32 {
+    o as u32
+}
+
+fn matches_out(matches: &[Match]) -> Buffer {
+    let mut out = Vec::with_capacity(4 + 24 * matches.len());
+    out.extend_from_slice(&(matches.len() as u32).to_le_bytes());
+    for m in matches {
+        out.extend_from_slice(&m.worker_id.to_le_bytes());
+        out.extend_from_slice(&m.dp_rank.to_le_bytes());
+        out.extend_from_slice(&m.score.to_le_bytes());
+        out.extend_from_slice(&m.tree_size.to_le_bytes());
+    }
+    out.into()
+}
+
+fn matches_for_tokens(
+    index: &mut RadixIndex,
+    tokens: &[u32],
+    kv_block_size: u32,
+    lora_name: Option<String>,
+    block_mm_infos: Option<Vec<Option<JsBlockExtraInfo>>>,
+    early_exit: bool,
+) -> Result<Buffer> {
+    if kv_block_size == 0 {
+        return Err(Error::new(Status::InvalidArg, "kvBlockSize must be >= 1"));
+    }
+    let mm = mm_list_in(block_mm_infos)?;
+    let hashes = core_hashes(tokens, kv_block_size as usize, lora_name.as_deref(), mm.as_deref());
+    Ok(matches_out(&index.find_matches(&hashes, early_exit)))
+}
+
+#[napi]
+pub struct RawRadixIndex {
+    inner: RadixIndex,
+}
+
+/// The methods RawRadixIndex and RawLocalIndexer share, over whichever index they reach.
+macro_rules! index_methods {
+    ($ty:ident, $get:ident, $get_mut:ident) => {
+        #[napi]
+        impl $ty {
+            #[napi(catch_unwind)]
+            pub fn apply_event(&mut self, ev: JsRouterEvent) -> Result<u32> {
+                let ev = router_event_in(&ev)?;
+                Ok(self.$get_mut(|i| outcome_code(i.apply_event(&ev))))
+            }
+
+            #[napi(catch_unwind)]
+            pub fn apply_encoded(&mut self, payload: &[u8], format: u32) -> Result<u32> {
+                self.$get_mut(|i| apply_encoded_any(i, payload, format))
+            }
+
+            #[napi(catch_unwind)]
+            pub fn find_matches(&mut self, tokens_hashes: &[u64], early_exit: bool) -> Buffer {
+                self.$get_mut(|i| matches_out(&i.index_mut().find_matches(tokens_hashes, early_exit)))
+            }
+
+            #[napi(catch_unwind)]
+            pub fn find_matches_for_tokens(
+                &mut self,
+                tokens: &[u32],
+                kv_block_size: u32,
+                lora_name: Option<String>,
+                block_mm_infos: Option<Vec<Option<JsBlockExtraInfo>>>,
+                early_exit: bool,
+            ) -> Result<Buffer> {
+                self.$get_mut(|i| matches_for_tokens(i.index_mut(), tokens, kv_block_size, lora_name, block_mm_infos, early_exit))
+            }
+
+            #[napi(catch_unwind)]
+            pub fn remove_worker(&mut self, worker_id: BigInt) -> Result<()> {
+                let id = u64_arg("workerId", &worker_id)?;
+                self.$get_mut(|i| i.index_mut().remove_worker(id));
+                Ok(())
+            }
+
+            #[napi(catch_unwind)]
+            pub fn remove_worker_dp_rank(&mut self, worker_id: BigInt, dp_rank: u32) -> Result<()> {
+                let id = u64_arg("workerId", &worker_id)?;
+                self.$get_mut(|i| i.index_mut().remove_worker_dp_rank(id, dp_rank));
+                Ok(())
+            }
+
+            #[napi(catch_unwind)]
+            pub fn dump<'e>(&self, env: &'e Env) -> Result<Vec<Object<'e>>> {
+                let evs = self.$get(|i| i.index_ref().dump(None));
+                events_out(env, &evs)
+            }
+
+            #[napi]
+            pub fn workers(&self) -> BigUint64Array {
+                BigUint64Array::new(self.$get(|i| i.index_ref().workers()))
+            }
+
+            #[napi]
+            pub fn size(&self) -> f64 {
+                self.$get(|i| i.index_ref().size()) as f64
+            }
+
+            #[napi]
+            pub fn counters(&self) -> BigUint64Array {
+                BigUint64Array::new(self.$get(|i| i.index_ref().counters().to_vec()))
+            }
+        }
+    };
+}
+
+/// Access to a RadixIndex, whether standalone or inside a local indexer.
+trait IndexAccess {
+    fn index_ref(&self) -> &RadixIndex;
+    fn index_mut(&mut self) -> &mut RadixIndex;
+    fn apply_event(&mut self, ev: &RouterEvent) -> ApplyOutcome;
+}
+
+impl IndexAccess for RadixIndex {
+    fn index_ref(&self) -> &RadixIndex {
+        self
+    }
+    fn index_mut(&mut self) -> &mut RadixIndex {
+        self
+    }
+    fn apply_event(&mut self, ev: &RouterEvent) -> ApplyOutcome {
+        RadixIndex::apply_event(self, ev)
+    }
+}
+
+impl IndexAccess for LocalIndexer {
+    fn index_ref(&self) -> &RadixIndex {
+        &self.index
+    }
+    fn index_mut(&mut self) -> &mut RadixIndex {
+        &mut self.index
+    }
+    /// Applies and buffers.
+    fn apply_event(&mut self, ev: &RouterEvent) -> ApplyOutcome {
+        LocalIndexer::apply_event(self, ev)
+    }
+}
+
+fn apply_encoded_any<I: IndexAccess>(index: &mut I, payload: &[u8], format: u32) -> Result<u32> {
+    let ev = match format {
+        0 => wire::decode_router_event_envelope(payload),
+        1 => wire::decode_router_event_msgpack(payload),
+        2 => wire::decode_router_event_json(payload),
+        _ => return Err(Error::new(Status::InvalidArg, "format must be 0 (envelope), 1 (msgpack) or 2 (json)")),
+    }
+    .map_err(|e| Error::new(Status::InvalidArg, e.0))?;
+    Ok(outcome_code(index.apply_event(&ev)))
+}
+
+#[napi]
+impl RawRadixIndex {
+    #[napi(constructor)]
+    pub fn new() -> Self {
+        RawRadixIndex { inner: RadixIndex::new() }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&RadixIndex) -> T) -> T {
+        f(&self.inner)
+    }
+
+    fn with_mut<T>(&mut self, f: impl FnOnce(&mut RadixIndex) -> T) -> T {
+        f(&mut self.inner)
+    }
+}
+
+index_methods!(RawRadixIndex, with, with_mut);
+
+enum LocalSource {
+    Own(LocalIndexer),
+    Ingestor(Rc<RefCell<Ingestor>>),
+}
+
+#[napi]
+pub struct RawLocalIndexer {
+    inner: LocalSource,
+}
+
+#[napi]
+impl RawLocalIndexer {
+    #[napi(constructor)]
+    pub fn new(buffer_size: u32) -> Self {
+        RawLocalIndexer { inner: LocalSource::Own(LocalIndexer::new(buffer_size.max(1) as usize)) }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&LocalIndexer) -> T) -> T {
+        match &self.inner {
+            LocalSource::Own(l) => f(l),
+            LocalSource::Ingestor(ing) => f(ing.borrow().local_indexer().expect("ingestor has a local indexer")),
+        }
+    }
+
+    fn with_mut<T>(&mut self, f: impl FnOnce(&mut LocalIndexer) -> T) -> T {
+        match &mut self.inner {
+            LocalSource::Own(l) => f(l),
+            LocalSource::Ingestor(ing) => f(ing.borrow_mut().local_indexer_mut().expect("ingestor has a local indexer")),
+        }
+    }
+
+    #[napi(catch_unwind)]
+    pub fn events_in_range<'e>(&self, env: &'e Env, dp_rank: u32, start: Option<BigInt>, end: Option<BigInt>) -> Result<Object<'e>> {
+        let start = start.as_ref().map(|s| u64_arg("start", s)).transpose()?;
+        let end = end.as_ref().map(|e| u64_arg("end", e)).transpose()?;
+        let result = self.with(|l| l.events_in_range(dp_rank, start, end));
+        let mut o = Object::new(env)?;
+        match result {
+            RangeResult::Events(evs) => {
+                o.set("kind", "Events")?;
+                o.set("events", events_out(env, &evs)?)?;
+            }
+            RangeResult::TreeDump(evs) => {
+                o.set("kind", "TreeDump")?;
+                o.set("events", events_out(env, &evs)?)?;
+            }
+            RangeResult::TooNew { requested_start, requested_end, newest_available } => {
+                o.set("kind", "TooNew")?;
+                o.set("requestedStart", BigInt::from(requested_start))?;
+                o.set("requestedEnd", BigInt::from(requested_end))?;
+                o.set("newestAvailable", BigInt::from(newest_available))?;
+            }
+            RangeResult::InvalidRange { start_id, end_id } => {
+                o.set("kind", "InvalidRange")?;
+                o.set("startId", BigInt::from(start_id))?;
+                o.set("endId", BigInt::from(end_id))?;
+            }
+            RangeResult::Error(message) => {
+                o.set("kind", "Error")?;
+                o.set("message", message)?;
+            }
+        }
+        Ok(o)
+    }
+}
+
+index_methods!(RawLocalIndexer, with, with_mut);

@@ -1,0 +1,149 @@
+//! The worker-side local indexer (SPEC 6): a radix index plus, per dp rank, a ring buffer of the last
+//! N events applied, so that a router that missed some can ask for a range (SPEC 7).
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::index::{ApplyOutcome, RadixIndex};
+use crate::wire::{write_router_event_json, write_u64_dec, DataRef, RouterEvent};
+
+pub const DEFAULT_BUFFER_SIZE: usize = 1024;
+
+/// The answer to a range query (Dynamo's WorkerKvQueryResponse).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RangeResult {
+    Events(Vec<RouterEvent>),
+    TreeDump(Vec<RouterEvent>),
+    TooNew { requested_start: u64, requested_end: u64, newest_available: u64 },
+    InvalidRange { start_id: u64, end_id: u64 },
+    Error(String),
+}
+
+#[derive(Debug)]
+pub struct LocalIndexer {
+    pub index: RadixIndex,
+    capacity: usize,
+    rings: HashMap<u32, VecDeque<RouterEvent>>,
+}
+
+impl LocalIndexer {
+    /// `capacity` (events kept per dp rank) is at least 1.
+    pub fn new(capacity: usize) -> Self {
+        LocalIndexer { index: RadixIndex::new(), capacity: capacity.max(1), rings: HashMap::new() }
+    }
+
+    /// Makes a dp rank known (it then answers range queries, with an empty dump at first).
+    pub fn register_rank(&mut self, dp_rank: u32) {
+        self.rings.entry(dp_rank).or_default();
+    }
+
+    pub fn apply_event(&mut self, ev: &RouterEvent) -> ApplyOutcome {
+        self.buffer(ev.clone());
+        self.index.apply_event(ev)
+    }
+
+    /// Applies and buffers an event given by parts (the ingest path).
+    pub fn apply(&mut self, worker_id: u64, event_id: u64, dp_rank: u32, data: DataRef) -> ApplyOutcome {
+        self.buffer(RouterEvent { worker_id, event_id, dp_rank, data: data.to_owned() });
+        self.index.apply(worker_id, event_id, dp_rank, data)
+    }
+
+    fn buffer(&mut self, ev: RouterEvent) {
+        let ring = self.rings.entry(ev.dp_rank).or_default();
+        if ring.len() == self.capacity {
+            ring.pop_front();
+        }
+        ring.push_back(ev);
+    }
+
+    /// SPEC 6 `eventsInRange`, checks in order.
+    pub fn events_in_range(&self, dp_rank: u32, start: Option<u64>, end: Option<u64>) -> RangeResult {
+        let Some(ring) = self.rings.get(&dp_rank) else {
+            return RangeResult::Error(format!("no events for dp rank {dp_rank}"));
+        };
+        if let (Some(s), Some(e)) = (start, end) {
+            if e < s {
+                return RangeResult::InvalidRange { start_id: s, end_id: e };
+            }
+        }
+        let dump = || RangeResult::TreeDump(self.index.dump(Some(dp_rank)));
+        let Some(start) = start else {
+            return dump();
+        };
+        if ring.is_empty() {
+            return dump();
+        }
+        let newest = ring.iter().map(|e| e.event_id).max().unwrap_or(0);
+        let oldest = ring.iter().map(|e| e.event_id).min().unwrap_or(0);
+        let end = end.unwrap_or(newest);
+        if start > newest {
+            return RangeResult::TooNew { requested_start: start, requested_end: end, newest_available: newest };
+        }
+        if start < oldest {
+            return dump();
+        }
+        let last = end.min(newest);
+        RangeResult::Events(ring.iter().filter(|e| e.event_id >= start && e.event_id <= last).cloned().collect())
+    }
+}
+
+/// The JSON body of a range answer, as Dynamo's serde_json writes WorkerKvQueryResponse (exact u64).
+pub fn write_range_result_json(out: &mut Vec<u8>, r: &RangeResult) {
+    let events = |out: &mut Vec<u8>, tag: &[u8], evs: &[RouterEvent]| {
+        out.extend_from_slice(tag);
+        out.push(b'[');
+        for (i, e) in evs.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_router_event_json(out, e);
+        }
+        out.extend_from_slice(b"]}");
+    };
+    match r {
+        RangeResult::Events(evs) => events(out, b"{\"Events\":", evs),
+        RangeResult::TreeDump(evs) => events(out, b"{\"TreeDump\":", evs),
+        RangeResult::TooNew { requested_start, requested_end, newest_available } => {
+            out.extend_from_slice(b"{\"TooNew\":{\"requested_start\":");
+            write_u64_dec(out, *requested_start);
+            out.extend_from_slice(b",\"requested_end\":");
+            write_u64_dec(out, *requested_end);
+            out.extend_from_slice(b",\"newest_available\":");
+            write_u64_dec(out, *newest_available);
+            out.extend_from_slice(b"}}");
+        }
+        RangeResult::InvalidRange { start_id, end_id } => {
+            out.extend_from_slice(b"{\"InvalidRange\":{\"start_id\":");
+            write_u64_dec(out, *start_id);
+            out.extend_from_slice(b",\"end_id\":");
+            write_u64_dec(out, *end_id);
+            out.extend_from_slice(b"}}");
+        }
+        RangeResult::Error(msg) => {
+            out.extend_from_slice(b"{\"Error\":");
+            write_json_string(out, msg);
+            out.push(b'}');
+        }
+    }
+}
+
+/// A JSON string literal as serde_json escapes it.
+fn write_json_string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    for c in s.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            '\n' => out.extend_from_slice(b"\\n"),
+            '\r' => out.extend_from_slice(b"\\r"),
+            '\t' => out.extend_from_slice(b"\\t"),
+            '\u{08}' => out.extend_from_slice(b"\\b"),
+            '\u{0c}' => out.extend_from_slice(b"\\f"),
+            c if (c as u32) < 0x20 => out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes()),
+            c => {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+    out.push(b'"');
+}
