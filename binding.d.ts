@@ -35,8 +35,9 @@ export declare class RawLocalIndexer {
   eventsInRange(dpRank: number, start?: bigint | undefined | null, end?: bigint | undefined | null): object
   applyEvent(ev: JsRouterEvent): number
   applyEncoded(payload: Uint8Array, format: number): number
-  findMatches(tokensHashes: BigUint64Array, earlyExit: boolean): Buffer
-  findMatchesForTokens(tokens: Uint32Array, kvBlockSize: number, loraName: string | undefined | null, blockMmInfos: Array<JsBlockExtraInfo | undefined | null> | undefined | null, earlyExit: boolean): Buffer
+  /** Matches written into `out` (a buffer the caller reuses): no allocation per query. */
+  findMatches(tokensHashes: BigUint64Array, earlyExit: boolean, out: Uint8Array): number
+  findMatchesForTokens(tokens: Uint32Array, kvBlockSize: number, loraName: string | undefined | null, blockMmInfos: Array<JsBlockExtraInfo | undefined | null> | undefined | null, earlyExit: boolean, out: Uint8Array): number
   removeWorker(workerId: bigint): void
   removeWorkerDpRank(workerId: bigint, dpRank: number): void
   dump(): Array<object>
@@ -49,8 +50,9 @@ export declare class RawRadixIndex {
   constructor()
   applyEvent(ev: JsRouterEvent): number
   applyEncoded(payload: Uint8Array, format: number): number
-  findMatches(tokensHashes: BigUint64Array, earlyExit: boolean): Buffer
-  findMatchesForTokens(tokens: Uint32Array, kvBlockSize: number, loraName: string | undefined | null, blockMmInfos: Array<JsBlockExtraInfo | undefined | null> | undefined | null, earlyExit: boolean): Buffer
+  /** Matches written into `out` (a buffer the caller reuses): no allocation per query. */
+  findMatches(tokensHashes: BigUint64Array, earlyExit: boolean, out: Uint8Array): number
+  findMatchesForTokens(tokens: Uint32Array, kvBlockSize: number, loraName: string | undefined | null, blockMmInfos: Array<JsBlockExtraInfo | undefined | null> | undefined | null, earlyExit: boolean, out: Uint8Array): number
   removeWorker(workerId: bigint): void
   removeWorkerDpRank(workerId: bigint, dpRank: number): void
   dump(): Array<object>

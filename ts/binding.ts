@@ -134,11 +134,12 @@ export const INDEX_COUNTER_NAMES = [
 export type IndexCounterName = (typeof INDEX_COUNTER_NAMES)[number]
 
 /**
- * findMatches output, packed (little-endian): u32 N, then N records of 24 bytes
+ * findMatches output, written into a caller's buffer (little-endian): u32 N, then N records of 24 bytes
  * { u64 workerId, u32 dpRank, u32 score, u64 treeSize }, in ascending (workerId, dpRank) order.
  * Only workers with a non-zero score appear; treeSize is the number of block hashes that worker holds.
+ * The call returns the number of bytes written, or minus the number needed when `out` is too small
+ * (nothing is written then; a query changes no state, so the caller retries with a bigger buffer).
  */
-export type RawMatches = Buffer
 export const MATCH_RECORD_BYTES = 24
 
 /** Format codes of applyEncoded. */
@@ -149,14 +150,15 @@ export interface RawRadixIndex {
   applyEvent(ev: RouterEventValue): number
   /** format: index into ENCODED_FORMATS. Throws Error('invalid router event: ...') on bytes it cannot decode. */
   applyEncoded(payload: Uint8Array, format: number): number
-  findMatches(tokensHashes: BigUint64Array, earlyExit: boolean): RawMatches
+  findMatches(tokensHashes: BigUint64Array, earlyExit: boolean, out: Uint8Array): number
   findMatchesForTokens(
     tokens: Uint32Array,
     kvBlockSize: number,
     loraName: string | null,
     blockMmInfos: (BlockExtraInfo | null)[] | null,
     earlyExit: boolean,
-  ): RawMatches
+    out: Uint8Array,
+  ): number
   removeWorker(workerId: bigint): void
   removeWorkerDpRank(workerId: bigint, dpRank: number): void
   /** Per worker in ascending (workerId, dpRank), that worker's blocks depth-first (children in ascending tokens_hash), one block per stored event. */

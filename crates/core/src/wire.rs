@@ -349,12 +349,84 @@ fn json_val(v: &serde_json::Value, level: u32) -> Result<Val, WireError> {
 }
 
 pub fn decode_router_event_msgpack(bytes: &[u8]) -> Result<RouterEvent, WireError> {
+    if let Some(ev) = canonical_router_event(bytes) {
+        return Ok(ev);
+    }
     let mut r = Reader::new(bytes);
     let v = msgpack_val(&mut r, 1)?;
     if !r.at_end() {
         return werr("trailing bytes");
     }
     router_event_from_val(&v)
+}
+
+/// The router's hot path: a RouterEvent exactly as rmp-serde (and this package) writes it, read
+/// without building a generic value. Anything else (other key order, extra keys, multimodal info)
+/// returns None and goes through the general decoder, which gives the same answer for this shape.
+fn canonical_router_event(bytes: &[u8]) -> Option<RouterEvent> {
+    let mut r = Reader::new(bytes);
+    let key = |r: &mut Reader, k: &[u8], level: u32| -> Option<()> { (r.head(level).ok()? == Head::Str(k)).then_some(()) };
+    let uint = |r: &mut Reader, level: u32| -> Option<u64> {
+        match r.head(level).ok()? {
+            Head::Uint(v) => Some(v),
+            _ => None,
+        }
+    };
+    (r.head(1).ok()? == Head::Map(2)).then_some(())?;
+    key(&mut r, b"worker_id", 2)?;
+    let worker_id = uint(&mut r, 2)?;
+    key(&mut r, b"event", 2)?;
+    (r.head(2).ok()? == Head::Map(3)).then_some(())?;
+    key(&mut r, b"event_id", 3)?;
+    let event_id = uint(&mut r, 3)?;
+    key(&mut r, b"data", 3)?;
+    let data = match r.head(3).ok()? {
+        Head::Str(b"cleared") => EventData::Cleared,
+        Head::Map(1) => match r.head(4).ok()? {
+            Head::Str(b"stored") => {
+                (r.head(4).ok()? == Head::Map(2)).then_some(())?;
+                key(&mut r, b"parent_hash", 5)?;
+                let parent_hash = match r.head(5).ok()? {
+                    Head::Nil => None,
+                    Head::Uint(v) => Some(v),
+                    _ => return None,
+                };
+                key(&mut r, b"blocks", 5)?;
+                let Head::Array(n) = r.head(5).ok()? else {
+                    return None;
+                };
+                let mut blocks = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    (r.head(6).ok()? == Head::Map(3)).then_some(())?;
+                    key(&mut r, b"block_hash", 7)?;
+                    let block_hash = uint(&mut r, 7)?;
+                    key(&mut r, b"tokens_hash", 7)?;
+                    let tokens_hash = uint(&mut r, 7)?;
+                    key(&mut r, b"mm_extra_info", 7)?;
+                    (r.head(7).ok()? == Head::Nil).then_some(())?;
+                    blocks.push(StoredBlock { block_hash, tokens_hash, mm_extra_info: None });
+                }
+                EventData::Stored { parent_hash, blocks }
+            }
+            Head::Str(b"removed") => {
+                (r.head(4).ok()? == Head::Map(1)).then_some(())?;
+                key(&mut r, b"block_hashes", 5)?;
+                let Head::Array(n) = r.head(5).ok()? else {
+                    return None;
+                };
+                let mut block_hashes = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    block_hashes.push(uint(&mut r, 6)?);
+                }
+                EventData::Removed { block_hashes }
+            }
+            _ => return None,
+        },
+        _ => return None,
+    };
+    key(&mut r, b"dp_rank", 3)?;
+    let dp_rank = u32::try_from(uint(&mut r, 3)?).ok()?;
+    r.at_end().then_some(RouterEvent { worker_id, event_id, dp_rank, data })
 }
 
 /// The RouterEvent inside an event-plane envelope (`{publisher_id, sequence, published_at, topic,

@@ -434,18 +434,23 @@ fn outcome_code(o: ApplyOutcome) -> u32 {
     o as u32
 }
 
-fn matches_out(matches: &[Match]) -> Buffer {
-    let mut out = Vec::with_capacity(4 + 24 * matches.len());
-    out.extend_from_slice(&(matches.len() as u32).to_le_bytes());
-    for m in matches {
-        out.extend_from_slice(&m.worker_id.to_le_bytes());
-        out.extend_from_slice(&m.dp_rank.to_le_bytes());
-        out.extend_from_slice(&m.score.to_le_bytes());
-        out.extend_from_slice(&m.tree_size.to_le_bytes());
+/// Writes matches (layout in ts/binding.ts) into `out`: bytes written, or minus the bytes needed.
+fn matches_out(matches: &[Match], out: &mut [u8]) -> i64 {
+    let need = 4 + 24 * matches.len();
+    let Some(dst) = out.get_mut(..need) else {
+        return -(need as i64);
+    };
+    dst[..4].copy_from_slice(&(matches.len() as u32).to_le_bytes());
+    for (m, rec) in matches.iter().zip(dst[4..].chunks_exact_mut(24)) {
+        rec[..8].copy_from_slice(&m.worker_id.to_le_bytes());
+        rec[8..12].copy_from_slice(&m.dp_rank.to_le_bytes());
+        rec[12..16].copy_from_slice(&m.score.to_le_bytes());
+        rec[16..].copy_from_slice(&m.tree_size.to_le_bytes());
     }
-    out.into()
+    need as i64
 }
 
+#[allow(clippy::too_many_arguments)]
 fn matches_for_tokens(
     index: &mut RadixIndex,
     tokens: &[u32],
@@ -453,13 +458,14 @@ fn matches_for_tokens(
     lora_name: Option<String>,
     block_mm_infos: Option<Vec<Option<JsBlockExtraInfo>>>,
     early_exit: bool,
-) -> Result<Buffer> {
+    out: &mut [u8],
+) -> Result<i64> {
     if kv_block_size == 0 {
         return Err(Error::new(Status::InvalidArg, "kvBlockSize must be >= 1"));
     }
     let mm = mm_list_in(block_mm_infos)?;
     let hashes = core_hashes(tokens, kv_block_size as usize, lora_name.as_deref(), mm.as_deref());
-    Ok(matches_out(&index.find_matches(&hashes, early_exit)))
+    Ok(matches_out(&index.find_matches(&hashes, early_exit), out))
 }
 
 #[napi]
@@ -483,11 +489,15 @@ macro_rules! index_methods {
                 self.$get_mut(|i| apply_encoded_any(i, payload, format))
             }
 
+            /// Matches written into `out` (a buffer the caller reuses): no allocation per query.
             #[napi(catch_unwind)]
-            pub fn find_matches(&mut self, tokens_hashes: &[u64], early_exit: bool) -> Buffer {
-                self.$get_mut(|i| matches_out(&i.index_mut().find_matches(tokens_hashes, early_exit)))
+            pub fn find_matches(&mut self, tokens_hashes: &[u64], early_exit: bool, mut out: Uint8ArraySlice) -> i64 {
+                // SAFETY: JavaScript is blocked in this call and `out` is the caller's scratch.
+                let out = unsafe { out.as_mut() };
+                self.$get_mut(|i| matches_out(&i.index_mut().find_matches(tokens_hashes, early_exit), out))
             }
 
+            #[allow(clippy::too_many_arguments)]
             #[napi(catch_unwind)]
             pub fn find_matches_for_tokens(
                 &mut self,
@@ -496,8 +506,11 @@ macro_rules! index_methods {
                 lora_name: Option<String>,
                 block_mm_infos: Option<Vec<Option<JsBlockExtraInfo>>>,
                 early_exit: bool,
-            ) -> Result<Buffer> {
-                self.$get_mut(|i| matches_for_tokens(i.index_mut(), tokens, kv_block_size, lora_name, block_mm_infos, early_exit))
+                mut out: Uint8ArraySlice,
+            ) -> Result<i64> {
+                // SAFETY: as in find_matches
+                let out = unsafe { out.as_mut() };
+                self.$get_mut(|i| matches_for_tokens(i.index_mut(), tokens, kv_block_size, lora_name, block_mm_infos, early_exit, out))
             }
 
             #[napi(catch_unwind)]
