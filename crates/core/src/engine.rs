@@ -418,7 +418,15 @@ fn hash_of(h: Head) -> Option<u64> {
     }
 }
 
-fn hashes(r: &mut Reader, h: Head, level: u32) -> Res<Field<Vec<u64>>> {
+/// An array field read element by element: `elem` gets each element's header (at `level + 1`),
+/// consumes the element and returns None for a bad one, which makes the field invalid (the rest is
+/// still consumed). A value that is not an array is invalid.
+fn array_field<'a, T>(
+    r: &mut Reader<'a>,
+    h: Head<'a>,
+    level: u32,
+    mut elem: impl FnMut(&mut Reader<'a>, Head<'a>) -> Res<Option<T>>,
+) -> Res<Field<Vec<T>>> {
     let Head::Array(n) = h else {
         skip_children(r, h, level)?;
         return Ok(Field::Invalid);
@@ -427,15 +435,22 @@ fn hashes(r: &mut Reader, h: Head, level: u32) -> Res<Field<Vec<u64>>> {
     let mut ok = true;
     for _ in 0..n {
         let e = r.head(level + 1)?;
-        match hash_of(e) {
+        match elem(r, e)? {
             Some(v) => out.push(v),
-            None => {
-                ok = false;
-                skip_children(r, e, level + 1)?;
-            }
+            None => ok = false,
         }
     }
     Ok(if ok { Field::Ok(out) } else { Field::Invalid })
+}
+
+fn hashes<'a>(r: &mut Reader<'a>, h: Head<'a>, level: u32) -> Res<Field<Vec<u64>>> {
+    array_field(r, h, level, |r, e| {
+        let v = hash_of(e);
+        if v.is_none() {
+            skip_children(r, e, level + 1)?;
+        }
+        Ok(v)
+    })
 }
 
 fn parent(r: &mut Reader, h: Head, level: u32) -> Res<Field<Option<u64>>> {
@@ -556,31 +571,23 @@ fn extra_keys(r: &mut Reader, h: Head, level: u32) -> Res<Option<Vec<Vec<u64>>>>
 }
 
 /// block_mm_infos (Dynamo format). Nil = absent; anything not matching the format is invalid.
-fn mm_infos(r: &mut Reader, h: Head, level: u32) -> Res<Field<Option<Vec<Option<BlockExtraInfo>>>>> {
-    let n = match h {
-        Head::Nil => return Ok(Field::Ok(None)),
-        Head::Array(n) => n,
-        h => {
-            skip_children(r, h, level)?;
-            return Ok(Field::Invalid);
-        }
-    };
-    let mut ok = true;
-    let mut out = Vec::with_capacity(n as usize);
-    for _ in 0..n {
-        match r.head(level + 1)? {
-            Head::Nil => out.push(None),
-            Head::Map(k) => match mm_entry(r, k, level + 2)? {
-                Some(info) => out.push(Some(info)),
-                None => ok = false,
-            },
-            e => {
-                skip_children(r, e, level + 1)?;
-                ok = false;
-            }
-        }
+fn mm_infos<'a>(r: &mut Reader<'a>, h: Head<'a>, level: u32) -> Res<Field<Option<Vec<Option<BlockExtraInfo>>>>> {
+    if h == Head::Nil {
+        return Ok(Field::Ok(None));
     }
-    Ok(if ok { Field::Ok(Some(out)) } else { Field::Invalid })
+    let infos = array_field(r, h, level, |r, e| match e {
+        Head::Nil => Ok(Some(None)),
+        Head::Map(k) => Ok(mm_entry(r, k, level + 2)?.map(Some)),
+        e => {
+            skip_children(r, e, level + 1)?;
+            Ok(None)
+        }
+    })?;
+    Ok(match infos {
+        Field::Ok(v) => Field::Ok(Some(v)),
+        Field::Invalid => Field::Invalid,
+        Field::Absent => Field::Absent,
+    })
 }
 
 /// `{mm_objects: [...]}` with `k` pairs at `level`; None = invalid (all bytes still consumed).
@@ -594,35 +601,13 @@ fn mm_entry(r: &mut Reader, k: u32, level: u32) -> Res<Option<BlockExtraInfo>> {
             continue;
         }
         let v = r.head(level)?;
-        {
-            objects = match v {
-                Head::Array(m) => {
-                    let mut objs = Vec::with_capacity(m as usize);
-                    let mut ok = true;
-                    for _ in 0..m {
-                        match r.head(level + 1)? {
-                            Head::Map(p) => match mm_object(r, p, level + 2)? {
-                                Some(o) => objs.push(o),
-                                None => ok = false,
-                            },
-                            e => {
-                                skip_children(r, e, level + 1)?;
-                                ok = false;
-                            }
-                        }
-                    }
-                    if ok {
-                        Field::Ok(objs)
-                    } else {
-                        Field::Invalid
-                    }
-                }
-                v => {
-                    skip_children(r, v, level)?;
-                    Field::Invalid
-                }
-            };
-        }
+        objects = array_field(r, v, level, |r, e| match e {
+            Head::Map(p) => mm_object(r, p, level + 2),
+            e => {
+                skip_children(r, e, level + 1)?;
+                Ok(None)
+            }
+        })?;
     }
     Ok(match objects {
         Field::Ok(mm_objects) => Some(BlockExtraInfo { mm_objects }),
@@ -657,34 +642,22 @@ fn mm_object(r: &mut Reader, p: u32, level: u32) -> Res<Option<MmObject>> {
     })
 }
 
-fn offset_pairs(r: &mut Reader, h: Head, level: u32) -> Res<Field<Vec<(u32, u32)>>> {
-    let n = match h {
-        Head::Nil => return Ok(Field::Ok(Vec::new())),
-        Head::Array(n) => n,
-        h => {
-            skip_children(r, h, level)?;
-            return Ok(Field::Invalid);
-        }
-    };
-    let mut ok = true;
-    let mut out = Vec::with_capacity(n as usize);
-    for _ in 0..n {
-        match r.head(level + 1)? {
-            Head::Array(2) => {
-                let a = r.head(level + 2)?;
-                skip_children(r, a, level + 2)?;
-                let b = r.head(level + 2)?;
-                skip_children(r, b, level + 2)?;
-                match (a, b) {
-                    (Head::Uint(a), Head::Uint(b)) if a <= u32::MAX as u64 && b <= u32::MAX as u64 => out.push((a as u32, b as u32)),
-                    _ => ok = false,
-                }
-            }
-            e => {
-                skip_children(r, e, level + 1)?;
-                ok = false;
-            }
-        }
+fn offset_pairs<'a>(r: &mut Reader<'a>, h: Head<'a>, level: u32) -> Res<Field<Vec<(u32, u32)>>> {
+    if h == Head::Nil {
+        return Ok(Field::Ok(Vec::new()));
     }
-    Ok(if ok { Field::Ok(out) } else { Field::Invalid })
+    array_field(r, h, level, |r, e| {
+        if e != Head::Array(2) {
+            skip_children(r, e, level + 1)?;
+            return Ok(None);
+        }
+        let a = r.head(level + 2)?;
+        skip_children(r, a, level + 2)?;
+        let b = r.head(level + 2)?;
+        skip_children(r, b, level + 2)?;
+        Ok(match (a, b) {
+            (Head::Uint(a), Head::Uint(b)) if a <= u32::MAX as u64 && b <= u32::MAX as u64 => Some((a as u32, b as u32)),
+            _ => None,
+        })
+    })
 }
