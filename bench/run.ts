@@ -10,6 +10,7 @@ import type { RawBinding } from '../ts/binding.js'
 import { Ingestor } from '../ts/api.js'
 import { fallback } from '../ts/fallback/index.js'
 import { BLOCK_SIZE, packBatches, standardWorkload, type Workload } from './workload.js'
+import { benchIndexer } from './indexer.js'
 
 const require = createRequire(import.meta.url)
 const native = require('../binding.cjs') as RawBinding
@@ -96,6 +97,10 @@ function main(): void {
   console.log(`| native (public API) / pure Rust | ${(best.nativeApi.cpu / best.rust.cpu).toFixed(2)} | >= 0.7 |`)
   console.log(`| native (public API) / fallback (public API) | ${(best.nativeApi.cpu / best.jsApi.cpu).toFixed(1)} | >= 20 |`)
   console.log(`\nbest of ${ROUNDS} rounds of ${MS} ms each`)
+  benchIndexer().catch((e) => {
+    console.error(e)
+    process.exitCode = 1
+  })
 }
 
 main()
