@@ -2,7 +2,9 @@
 // to the native core for the same inputs and clock.
 import type { RawBinding } from '../binding.js'
 import { computeBlockHashes, decodeEngineBatch, peekBatch } from './decode.js'
+import { FallbackRadixIndex } from './index-tree.js'
 import { FallbackIngestor } from './ingestor.js'
+import { FallbackLocalIndexer } from './local-indexer.js'
 import { ByteWriter } from './msgpack.js'
 import { decodeRouterEvent, jetstreamStreamName, jsonEncoder, msgpackEncoder, writeActiveLoad, writeEnvelope, writeRouterEvent } from './wire.js'
 
@@ -30,4 +32,6 @@ export const fallback: RawBinding = {
   },
   jetstreamStreamName,
   RawIngestor: FallbackIngestor,
+  RawRadixIndex: FallbackRadixIndex,
+  RawLocalIndexer: FallbackLocalIndexer,
 }

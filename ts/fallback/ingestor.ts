@@ -4,7 +4,7 @@
 //
 // Hot path: the batch is read straight from its bytes (decode.ts), every RouterEvent is written into one
 // reused ByteWriter, and the output is one Buffer allocation per call.
-import { COUNTER_NAMES, OUT_HEADER_BYTES, type BlockExtraInfo, type RawIngestor, type RawIngestorOptions, type RawIngestOutput } from '../binding.js'
+import { COUNTER_NAMES, OUT_HEADER_BYTES, type BlockExtraInfo, type RawIngestor, type RawIngestorOptions, type RawLocalIndexer, type RawIngestOutput } from '../binding.js'
 import {
   BatchHead,
   convertEvent,
@@ -25,6 +25,7 @@ import {
   truncationWarning,
   u64Pairs,
 } from './decode.js'
+import { FallbackLocalIndexer, RING_JSON, RING_MSGPACK } from './local-indexer.js'
 import { ByteWriter, HI, LO } from './msgpack.js'
 import { U64Set } from './u64set.js'
 import { ENV_PAYLOAD_KEY, ENV_TOPIC_KV_EVENTS, jsonEncoder, msgpackEncoder, writeEnvelopeHead, type EventEncoder } from './wire.js'
@@ -106,6 +107,11 @@ export class FallbackIngestor implements RawIngestor {
   private outRank = -1
   private outFlags = 0
   private outLen = OUT_HEADER_BYTES
+  /** The local indexer every emitted event is applied to and buffered in (SPEC 6), or null. */
+  private readonly li: FallbackLocalIndexer | null
+  /** Id of the event being written. */
+  private curIdHi = 0
+  private curIdLo = 0
 
   constructor(o: RawIngestorOptions) {
     this.kvBlockSize = o.kvBlockSize
@@ -116,6 +122,13 @@ export class FallbackIngestor implements RawIngestor {
     // undefined is tolerated like null (the contract says null)
     this.configured = o.dpRanks == null ? null : new Set(o.dpRanks)
     this.enc = o.jetstream ? jsonEncoder : msgpackEncoder
+    const bufferSize = o.localIndexerBufferSize ?? 0
+    this.li = bufferSize > 0 ? new FallbackLocalIndexer(bufferSize) : null
+    if (this.li !== null && this.configured !== null) for (const r of this.configured) this.li.registerRank(r)
+  }
+
+  localIndexer(): RawLocalIndexer | null {
+    return this.li
   }
 
   // --- ranks ---
@@ -297,6 +310,7 @@ export class FallbackIngestor implements RawIngestor {
       this.beginEvent(rs)
       this.enc.cleared(this.w())
       this.endEvent(dpRank)
+      if (this.li !== null) this.li.applyClearedParts(this.workerHi, this.workerLo, dpRank, this.curIdHi, this.curIdLo)
       this.counts[C_EMITTED_CLEARED]!++
     } else {
       const n = rs.live.size
@@ -372,6 +386,9 @@ export class FallbackIngestor implements RawIngestor {
       }
       enc.storedEnd(w)
       this.endEvent(dpRank)
+      if (this.li !== null) {
+        this.li.applyStoredParts(this.workerHi, this.workerLo, dpRank, this.curIdHi, this.curIdLo, hasParent, parentHi, parentLo, hashes, tokHashes, start, m)
+      }
       // the next chunk chains to the last block of this one
       hasParent = true
       parentHi = hashes[2 * (start + m - 1) + HI]!
@@ -398,6 +415,7 @@ export class FallbackIngestor implements RawIngestor {
       }
       enc.removedEnd(w)
       this.endEvent(dpRank)
+      if (this.li !== null) this.li.applyRemovedParts(this.workerHi, this.workerLo, dpRank, this.curIdHi, this.curIdLo, hashes, start, m)
       this.counts[C_EMITTED_REMOVED]!++
       this.counts[C_BLOCKS_REMOVED]! += m
     }
@@ -420,6 +438,8 @@ export class FallbackIngestor implements RawIngestor {
     const w = this.w()
     if (this.jetstream) this.payloadStart = w.pos
     else w.reset()
+    this.curIdHi = rs.idHi
+    this.curIdLo = rs.idLo
     this.enc.start(w, this.workerHi, this.workerLo, rs.idHi, rs.idLo)
     if (rs.idLo === 0xffffffff) {
       rs.idLo = 0
@@ -434,9 +454,11 @@ export class FallbackIngestor implements RawIngestor {
     const out = this.out
     if (this.jetstream) {
       this.enc.end(out, dpRank)
+      if (this.li !== null) this.li.bufferEncoded(dpRank, this.curIdHi, this.curIdLo, out.buf.slice(this.payloadStart, out.pos), RING_JSON)
     } else {
       const ev = this.ev
       this.enc.end(ev, dpRank)
+      if (this.li !== null) this.li.bufferEncoded(dpRank, this.curIdHi, this.curIdLo, ev.buf.slice(0, ev.pos), RING_MSGPACK)
       this.payloadStart = out.pos
       writeEnvelopeHead(out, this.workerHi, this.workerLo, this.seqHi, this.seqLo, this.nowHi, this.nowLo)
       out.bytes(ENV_TOPIC_KV_EVENTS)

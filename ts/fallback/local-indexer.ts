@@ -1,0 +1,177 @@
+// The worker-side local indexer (SPEC 6) for the fallback: a radix index plus, per dp rank, a ring of
+// the last N events applied, for router recovery (eventsInRange).
+//
+// The ring keeps each event encoded (msgpack RouterEvent bytes, or the JSON an ingestor in jetstream
+// mode emitted) with its id as u32 halves: compact, never shared with a caller, and decoded into fresh
+// objects only when a range is asked for.
+import type { RawLocalIndexer, RawRangeResult, RouterEventValue } from '../binding.js'
+import { decodeEncoded, FallbackRadixIndex } from './index-tree.js'
+import { ByteWriter } from './msgpack.js'
+import { decodeRouterEvent, msgpackEncoder, writeRouterEvent } from './wire.js'
+
+export const RING_MSGPACK = 1
+export const RING_JSON = 2
+
+function big(hi: number, lo: number): bigint {
+  return hi === 0 ? BigInt(lo) : (BigInt(hi) << 32n) | BigInt(lo)
+}
+
+/** The last `cap` events of one dp rank, oldest first from `head`. */
+class Ring {
+  idHi: Uint32Array
+  idLo: Uint32Array
+  fmt: Uint8Array
+  items: Uint8Array[] = []
+  /** Slot of the oldest event (0 until the ring is full). */
+  head = 0
+  count = 0
+
+  constructor(readonly cap: number) {
+    const initial = Math.min(cap, 16)
+    this.idHi = new Uint32Array(initial)
+    this.idLo = new Uint32Array(initial)
+    this.fmt = new Uint8Array(initial)
+  }
+
+  push(idHi: number, idLo: number, bytes: Uint8Array, fmt: number): void {
+    let at: number
+    if (this.count < this.cap) {
+      if (this.count === this.idHi.length) {
+        // not full yet, so slots [0, count) are in order: grow by copying
+        const cap = Math.min(this.cap, this.idHi.length * 2)
+        const hi = new Uint32Array(cap)
+        const lo = new Uint32Array(cap)
+        const f = new Uint8Array(cap)
+        hi.set(this.idHi)
+        lo.set(this.idLo)
+        f.set(this.fmt)
+        this.idHi = hi
+        this.idLo = lo
+        this.fmt = f
+      }
+      at = this.count++
+    } else {
+      at = this.head
+      this.head = this.head + 1 === this.cap ? 0 : this.head + 1
+    }
+    this.idHi[at] = idHi
+    this.idLo[at] = idLo
+    this.fmt[at] = fmt
+    this.items[at] = bytes
+  }
+
+  /** Slot of the i-th oldest event. */
+  slot(i: number): number {
+    const s = this.head + i
+    return s >= this.cap ? s - this.cap : s
+  }
+
+  decode(slot: number): RouterEventValue {
+    return decodeRouterEvent(this.items[slot]!, this.fmt[slot] === RING_JSON)
+  }
+}
+
+/** The event with absent optional values (undefined) as null, as the encoder expects. */
+function normalized(ev: RouterEventValue): RouterEventValue {
+  const d = ev.event.data
+  if (d.type !== 'stored') return ev
+  if (d.parentHash !== undefined && d.blocks.every((b) => b.mmExtraInfo !== undefined)) return ev
+  return {
+    workerId: ev.workerId,
+    event: {
+      eventId: ev.event.eventId,
+      dpRank: ev.event.dpRank,
+      data: { type: 'stored', parentHash: d.parentHash ?? null, blocks: d.blocks.map((b) => ({ ...b, mmExtraInfo: b.mmExtraInfo ?? null })) },
+    },
+  }
+}
+
+/** -1, 0, 1 comparing u64 halves. */
+function cmp64(ahi: number, alo: number, bhi: number, blo: number): number {
+  if (ahi !== bhi) return ahi < bhi ? -1 : 1
+  if (alo !== blo) return alo < blo ? -1 : 1
+  return 0
+}
+
+export class FallbackLocalIndexer extends FallbackRadixIndex implements RawLocalIndexer {
+  private readonly rings = new Map<number, Ring>()
+  private readonly scratch = new ByteWriter(1024)
+
+  readonly bufferSize: number
+
+  /** bufferSize: events kept per dp rank (at least 1, as in the core). */
+  constructor(bufferSize: number) {
+    super()
+    this.bufferSize = Math.max(1, bufferSize)
+  }
+
+  /** Makes a dp rank known (an empty ring) without an event. */
+  registerRank(dpRank: number): void {
+    if (!this.rings.has(dpRank)) this.rings.set(dpRank, new Ring(this.bufferSize))
+  }
+
+  /** Buffers one event already encoded (RING_MSGPACK or RING_JSON); the bytes must not be shared. */
+  bufferEncoded(dpRank: number, idHi: number, idLo: number, bytes: Uint8Array, fmt: number): void {
+    let ring = this.rings.get(dpRank)
+    if (ring === undefined) this.rings.set(dpRank, (ring = new Ring(this.bufferSize)))
+    ring.push(idHi, idLo, bytes, fmt)
+  }
+
+  override applyEvent(ev: RouterEventValue): number {
+    const outcome = super.applyEvent(ev)
+    const w = this.scratch
+    w.reset()
+    writeRouterEvent(w, msgpackEncoder, normalized(ev))
+    const id = ev.event.eventId
+    this.bufferEncoded(ev.event.dpRank, Number(id >> 32n), Number(id & 0xffffffffn), w.buf.slice(0, w.pos), RING_MSGPACK)
+    return outcome
+  }
+
+  override applyEncoded(payload: Uint8Array, format: number): number {
+    const r = this.applyEncodedFast(payload, format)
+    if (r < 0) return this.applyEvent(decodeEncoded(payload, format)) // applyEvent above buffers it
+    const f = this.fast
+    this.bufferEncoded(f.rank, f.idHi, f.idLo, payload.slice(this.fastAt, this.fastEnd), RING_MSGPACK)
+    return r
+  }
+
+  eventsInRange(dpRank: number, start: bigint | null, end: bigint | null): RawRangeResult {
+    const ring = this.rings.get(dpRank)
+    if (ring === undefined) return { kind: 'Error', message: `no events for dp rank ${dpRank}` }
+    if (start !== null && end !== null && end < start) return { kind: 'InvalidRange', startId: start, endId: end }
+    if (start === null || ring.count === 0) return { kind: 'TreeDump', events: this.dumpRank(dpRank) }
+    let newHi = 0
+    let newLo = 0
+    let oldHi = 0xffffffff
+    let oldLo = 0xffffffff
+    for (let i = 0; i < ring.count; i++) {
+      const hi = ring.idHi[i]!
+      const lo = ring.idLo[i]!
+      if (cmp64(hi, lo, newHi, newLo) > 0) {
+        newHi = hi
+        newLo = lo
+      }
+      if (cmp64(hi, lo, oldHi, oldLo) < 0) {
+        oldHi = hi
+        oldLo = lo
+      }
+    }
+    const newest = big(newHi, newLo)
+    const requestedEnd = end ?? newest
+    if (start > newest) return { kind: 'TooNew', requestedStart: start, requestedEnd, newestAvailable: newest }
+    if (start < big(oldHi, oldLo)) return { kind: 'TreeDump', events: this.dumpRank(dpRank) }
+    const last = requestedEnd < newest ? requestedEnd : newest
+    const sHi = Number(start >> 32n)
+    const sLo = Number(start & 0xffffffffn)
+    const eHi = Number(last >> 32n)
+    const eLo = Number(last & 0xffffffffn)
+    const events: RouterEventValue[] = []
+    for (let i = 0; i < ring.count; i++) {
+      const s = ring.slot(i)
+      const hi = ring.idHi[s]!
+      const lo = ring.idLo[s]!
+      if (cmp64(hi, lo, sHi, sLo) >= 0 && cmp64(hi, lo, eHi, eLo) <= 0) events.push(ring.decode(s))
+    }
+    return { kind: 'Events', events }
+  }
+}
