@@ -4,6 +4,7 @@
 import test from 'ava'
 import { readFileSync } from 'node:fs'
 import * as kv from '../ts/index.js'
+import { decode as decodeMsgpack } from '@msgpack/msgpack'
 import { BatchGenerator, Rng } from './helpers/gen-batches.js'
 
 const fixtures = JSON.parse(readFileSync(new URL('./fixtures/engine-batches.json', import.meta.url), 'utf8')) as {
@@ -97,3 +98,52 @@ test(`${kv.implementation}: 100,000 random and mutated payloads give a result or
   t.is(ingestor.counters().batches, BigInt(inputs.length))
   t.is(ingestor.counters().rejected_malformed, BigInt(malformed))
 })
+
+test(`${kv.implementation}: 30,000 mutated router events give an outcome or 'invalid router event'`, (t) => {
+  const rng = new Rng(777)
+  const gen = new BatchGenerator(5, { malformedRate: 0 })
+  const ing = new kv.Ingestor({ kvBlockSize: 4, workerId: 3n })
+  const js = new kv.Ingestor({ kvBlockSize: 4, workerId: 3n, mode: 'jetstream' })
+  const index = new kv.RadixIndex()
+  const local = new kv.LocalIndexer({ bufferSize: 8 })
+  const formats = ['envelope', 'json', 'msgpack'] as const
+  let wrong = 0
+  let applied = 0
+  let payloads: [Buffer, (typeof formats)[number]][] = []
+  for (let k = 0; payloads.length < 30_000 && k < 100_000; k++) {
+    const batch = gen.next()
+    for (const p of ing.ingest(batch, 1).payloads) {
+      payloads.push([p, 'envelope'])
+      payloads.push([kv.encodeRouterEvent(envelopeEvent(p)), 'msgpack'])
+    }
+    for (const p of js.ingest(batch, 1).payloads) payloads.push([p, 'json'])
+  }
+  payloads = payloads.slice(0, 30_000)
+  for (const [p, format] of payloads) {
+    const input = rng.chance(0.7) ? mutate(rng, p) : p
+    for (const target of [index, local]) {
+      try {
+        target.applyEncoded(input, format)
+        applied++
+      } catch (e) {
+        if (!(e instanceof Error) || !e.message.startsWith('invalid router event')) {
+          if (wrong++ < 3) t.fail(`${format} ${input.toString('hex')}: ${String(e)}`)
+        }
+      }
+    }
+    // a format that does not match the bytes is just undecodable
+    try {
+      index.applyEncoded(input, formats[rng.int(3)]!)
+    } catch (e) {
+      if (!(e instanceof Error) || !e.message.startsWith('invalid router event')) wrong++
+    }
+  }
+  t.is(wrong, 0)
+  t.true(applied > 10_000, `${applied} applied`)
+})
+
+/** The RouterEvent inside an event-plane envelope, read with a general msgpack decoder. */
+function envelopeEvent(env: Buffer): kv.RouterEventValue {
+  const m = decodeMsgpack(env, { useBigInt64: true } as never) as { payload: Uint8Array }
+  return kv.decodeRouterEvent(Buffer.from(m.payload))
+}

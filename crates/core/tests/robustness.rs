@@ -603,6 +603,7 @@ impl Harness {
             reset_peak();
             let _ = decode_router_event_msgpack(input);
             let _ = decode_router_event_json(input);
+            let _ = dynamo_kv_core::wire::decode_router_event_envelope(input);
             (peek, dec, out, pk_core, peak())
         }));
         let Ok((peek, dec, out, pk, pk_router)) = res else {

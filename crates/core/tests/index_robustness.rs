@@ -1,0 +1,163 @@
+//! The radix index and local indexer under random and hostile event streams: no panic, and the
+//! invariants that hold whatever the input (sizes add up, answers are ordered and bounded, a dump
+//! re-applied answers queries the same, memory returns when everything is removed), plus envelope
+//! decoding of mutated envelopes.
+
+use dynamo_kv_core::index::{ApplyOutcome, RadixIndex};
+use dynamo_kv_core::local::{LocalIndexer, RangeResult};
+use dynamo_kv_core::wire::{
+    decode_router_event_envelope, write_envelope, write_router_event_msgpack, EventData, RouterEvent, StoredBlock,
+};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Hashes from a small space so that collisions, moves, repeats and unknown parents are common.
+fn small(r: &mut Rng) -> u64 {
+    r.below(64)
+}
+
+fn random_event(r: &mut Rng, id: u64) -> RouterEvent {
+    let worker_id = r.below(6) | if r.below(10) == 0 { u64::MAX - 3 } else { 0 };
+    let dp_rank = r.below(3) as u32;
+    let data = match r.below(10) {
+        0 => EventData::Cleared,
+        1..=3 => EventData::Removed { block_hashes: (0..r.below(6)).map(|_| small(r)).collect() },
+        _ => EventData::Stored {
+            parent_hash: if r.below(2) == 0 { None } else { Some(small(r)) },
+            blocks: (0..r.below(9))
+                .map(|_| StoredBlock { block_hash: small(r), tokens_hash: r.below(8), mm_extra_info: None })
+                .collect(),
+        },
+    };
+    RouterEvent { worker_id, event_id: id, dp_rank, data }
+}
+
+fn check_invariants(idx: &mut RadixIndex, r: &mut Rng) {
+    let q: Vec<u64> = (0..r.below(12)).map(|_| r.below(8)).collect();
+    for early in [false, true] {
+        let m = idx.find_matches(&q, early);
+        assert!(m.windows(2).all(|w| (w[0].worker_id, w[0].dp_rank) < (w[1].worker_id, w[1].dp_rank)), "ordered");
+        assert!(m.iter().all(|x| x.score >= 1 && x.score as usize <= q.len() && x.tree_size >= 1), "bounded");
+    }
+    let dumped = idx.dump(None);
+    assert!(dumped.len() as u64 <= idx.size(), "a dump lists at most the held entries");
+    let mut copy = RadixIndex::new();
+    for e in &dumped {
+        assert_eq!(copy.apply_event(e), ApplyOutcome::Applied, "a dump applies cleanly");
+    }
+    assert_eq!(copy.dump(None), dumped, "a dump is a fixed point");
+    assert_eq!(copy.find_matches(&q, false).iter().map(|m| (m.worker_id, m.dp_rank, m.score)).collect::<Vec<_>>(),
+        idx.find_matches(&q, false).iter().map(|m| (m.worker_id, m.dp_rank, m.score)).collect::<Vec<_>>());
+}
+
+#[test]
+fn random_streams_keep_the_invariants() {
+    let mut r = Rng(42);
+    let mut steps = 0;
+    for round in 0..200 {
+        let mut idx = RadixIndex::new();
+        let mut local = LocalIndexer::new(1 + r.below(16) as usize);
+        for id in 0..400 {
+            let ev = random_event(&mut r, id);
+            let a = idx.apply_event(&ev);
+            assert_eq!(local.apply_event(&ev), a, "a local indexer applies like an index");
+            match r.below(50) {
+                0 => {
+                    let w = r.below(6);
+                    idx.remove_worker(w);
+                    local.index.remove_worker(w);
+                }
+                1 => {
+                    let (w, rank) = (r.below(6), r.below(3) as u32);
+                    idx.remove_worker_dp_rank(w, rank);
+                    local.index.remove_worker_dp_rank(w, rank);
+                }
+                _ => {}
+            }
+            if id % 50 == 0 {
+                check_invariants(&mut idx, &mut r);
+                let (s, e) = (r.below(500), r.below(500));
+                match local.events_in_range(r.below(4) as u32, (r.below(4) != 0).then_some(s), (r.below(2) == 0).then_some(e)) {
+                    RangeResult::Events(evs) => assert!(evs.iter().all(|x| x.event_id >= s), "events from start"),
+                    RangeResult::InvalidRange { start_id, end_id } => assert!(end_id < start_id),
+                    _ => {}
+                }
+            }
+            steps += 1;
+        }
+        // everything removed: no entry and no node left behind
+        for w in idx.workers() {
+            idx.remove_worker(w);
+        }
+        assert_eq!(idx.size(), 0, "round {round}");
+        assert!(idx.dump(None).is_empty());
+        assert!(idx.find_matches(&[0, 1, 2], false).is_empty());
+    }
+    println!("{steps} events applied");
+}
+
+#[test]
+fn long_chains_and_wide_nodes_do_not_recurse_or_blow_up() {
+    let mut idx = RadixIndex::new();
+    // one 100,000-block chain: dropping its root detaches the rest without recursion
+    let blocks: Vec<StoredBlock> = (0..100_000u64).map(|i| StoredBlock { block_hash: i + 1, tokens_hash: i, mm_extra_info: None }).collect();
+    let ev = |data| RouterEvent { worker_id: 1, event_id: 0, dp_rank: 0, data };
+    assert_eq!(idx.apply_event(&ev(EventData::Stored { parent_hash: None, blocks })), ApplyOutcome::Applied);
+    assert_eq!(idx.find_matches(&(0..100_000u64).collect::<Vec<_>>(), false)[0].score, 100_000);
+    assert_eq!(idx.apply_event(&ev(EventData::Removed { block_hashes: vec![1] })), ApplyOutcome::Applied);
+    assert!(idx.find_matches(&[0, 1], false).is_empty(), "the chain is unreachable");
+    assert_eq!(idx.size(), 99_999, "its blocks are still held (stale)");
+    assert_eq!(idx.apply_event(&ev(EventData::Cleared)), ApplyOutcome::Applied);
+    assert_eq!(idx.size(), 0);
+    // 10,000 children under the root, then all removed
+    let wide: Vec<RouterEvent> = (0..10_000u64)
+        .map(|i| RouterEvent { worker_id: 2, event_id: i, dp_rank: 0, data: EventData::Stored { parent_hash: None, blocks: vec![StoredBlock { block_hash: i, tokens_hash: i, mm_extra_info: None }] } })
+        .collect();
+    for e in &wide {
+        idx.apply_event(e);
+    }
+    assert_eq!(idx.size(), 10_000);
+    idx.remove_worker(2);
+    assert_eq!(idx.size(), 0);
+    assert_eq!(idx.workers(), vec![1], "a cleared worker stays known; a removed one does not");
+}
+
+#[test]
+fn mutated_envelopes_decode_or_fail_cleanly() {
+    let mut r = Rng(7);
+    let mut decoded = 0;
+    for i in 0..200_000u64 {
+        let ev = random_event(&mut r, i);
+        let mut payload = Vec::new();
+        write_router_event_msgpack(&mut payload, &ev);
+        let mut env = Vec::new();
+        write_envelope(&mut env, ev.worker_id, i, 1_700_000_000_000, "kv-events", &payload);
+        assert_eq!(decode_router_event_envelope(&env).as_ref(), Ok(&ev), "a clean envelope round-trips");
+        for _ in 0..1 + r.below(3) {
+            match r.below(3) {
+                0 if !env.is_empty() => {
+                    let at = r.below(env.len() as u64) as usize;
+                    env[at] ^= 1 << r.below(8);
+                }
+                1 => env.truncate(r.below(env.len() as u64 + 1) as usize),
+                _ => env.insert(r.below(env.len() as u64 + 1) as usize, r.next() as u8),
+            }
+        }
+        if decode_router_event_envelope(&env).is_ok() {
+            decoded += 1;
+        }
+    }
+    println!("{decoded} of 200000 mutated envelopes still decoded");
+}
