@@ -68,6 +68,19 @@ struct Node {
     kids: u32,
     /// (worker, block hash) pairs in insertion order; a worker may hold several hashes here.
     holders: SmallVec<[Holder; 1]>,
+    /// Wrapping sum of `worker_mix(slot)` over the distinct workers here: find_matches compares it
+    /// with the active set's sum to skip levels where nobody drops out without reading the holders.
+    worker_sum: u64,
+}
+
+/// A well-mixed 64-bit image of a worker slot (splitmix64): sums of these tell distinct worker sets
+/// apart except with probability ~2^-64.
+#[inline]
+fn worker_mix(slot: u32) -> u64 {
+    let mut z = (slot as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 #[derive(Debug)]
@@ -116,7 +129,7 @@ const ROOT: u32 = 0;
 impl RadixIndex {
     pub fn new() -> Self {
         RadixIndex {
-            nodes: vec![Node { key: 0, parent: NIL, kids: NIL, holders: SmallVec::new() }],
+            nodes: vec![Node { key: 0, parent: NIL, kids: NIL, holders: SmallVec::new(), worker_sum: 0 }],
             free_nodes: Vec::new(),
             kid_maps: Vec::new(),
             free_maps: Vec::new(),
@@ -170,7 +183,7 @@ impl RadixIndex {
     }
 
     fn alloc_node(&mut self, key: u64, parent: u32) -> u32 {
-        let node = Node { key, parent, kids: NIL, holders: SmallVec::new() };
+        let node = Node { key, parent, kids: NIL, holders: SmallVec::new(), worker_sum: 0 };
         match self.free_nodes.pop() {
             Some(id) => {
                 self.nodes[id as usize] = node;
@@ -271,18 +284,21 @@ impl RadixIndex {
             if kids != NIL && kids & MANY != 0 {
                 self.free_map((kids & !MANY) as usize);
             }
-            self.nodes[n as usize] = Node { key: 0, parent: NIL, kids: NIL, holders: SmallVec::new() };
+            self.nodes[n as usize] = Node { key: 0, parent: NIL, kids: NIL, holders: SmallVec::new(), worker_sum: 0 };
             self.free_nodes.push(n);
         }
     }
 
     /// Removes the holder (worker, hash) from `node`, dropping the node when it is left empty.
     fn leave(&mut self, node: u32, worker: u32, block_hash: u64) {
-        let holders = &mut self.nodes[node as usize].holders;
-        if let Some(i) = holders.iter().position(|h| h.worker == worker && h.block_hash == block_hash) {
-            holders.remove(i);
+        let n = &mut self.nodes[node as usize];
+        if let Some(i) = n.holders.iter().position(|h| h.worker == worker && h.block_hash == block_hash) {
+            n.holders.remove(i);
+            if !n.holders.iter().any(|h| h.worker == worker) {
+                n.worker_sum = n.worker_sum.wrapping_sub(worker_mix(worker));
+            }
         }
-        if holders.is_empty() {
+        if n.holders.is_empty() {
             self.drop_empty(node);
         }
     }
@@ -392,14 +408,16 @@ impl RadixIndex {
         };
         for b in blocks {
             let existing = self.child(current, b.tokens_hash);
-            if let Some(&old) = self.worker(slot).blocks.get(&b.block_hash) {
+            let prev = self.worker(slot).blocks.get(&b.block_hash).copied();
+            if let Some(old) = prev {
                 if Some(old) != existing {
-                    // the hash moves: it leaves its old node first
-                    self.worker(slot).blocks.remove(&b.block_hash);
+                    // the hash moves: it leaves its old node first (its map entry is overwritten
+                    // below). `existing` stays valid: `old` is not `current` left empty (current
+                    // holds this worker's previous hash, or is the root) and it is not its parent.
                     self.leave(old, slot, b.block_hash);
                 }
             }
-            let child = match self.child(current, b.tokens_hash) {
+            let child = match existing {
                 Some(c) => c,
                 None => {
                     let c = self.alloc_node(b.tokens_hash, current);
@@ -407,11 +425,24 @@ impl RadixIndex {
                     c
                 }
             };
-            let holders = &mut self.nodes[child as usize].holders;
-            if !holders.iter().any(|h| h.worker == slot && h.block_hash == b.block_hash) {
-                holders.push(Holder { block_hash: b.block_hash, worker: slot });
+            let n = &mut self.nodes[child as usize];
+            let mut on_node = false;
+            let mut held = false;
+            for h in &n.holders {
+                if h.worker == slot {
+                    on_node = true;
+                    held |= h.block_hash == b.block_hash;
+                }
             }
-            self.worker(slot).blocks.insert(b.block_hash, child);
+            if !held {
+                n.holders.push(Holder { block_hash: b.block_hash, worker: slot });
+                if !on_node {
+                    n.worker_sum = n.worker_sum.wrapping_add(worker_mix(slot));
+                }
+            }
+            if prev != Some(child) {
+                self.worker(slot).blocks.insert(b.block_hash, child);
+            }
             current = child;
         }
         self.counters[C_STORED] += 1;
@@ -465,6 +496,7 @@ impl RadixIndex {
                 active.push(h.worker);
             }
         }
+        let mut active_sum = self.nodes[node as usize].worker_sum;
         let mut depth = 1u32;
         for (i, &q) in query.iter().enumerate().skip(1) {
             if early_exit && active.len() == 1 {
@@ -473,6 +505,12 @@ impl RadixIndex {
             let Some(child) = self.child(node, q) else {
                 break;
             };
+            if self.nodes[child as usize].worker_sum == active_sum {
+                // the same worker set: nobody drops out, nobody is added
+                depth = i as u32 + 1;
+                node = child;
+                continue;
+            }
             let g = self.next_generation();
             for h in &self.nodes[child as usize].holders {
                 self.stamp[h.worker as usize] = g;
@@ -489,6 +527,7 @@ impl RadixIndex {
             if active.is_empty() {
                 break;
             }
+            active_sum = active.iter().fold(0u64, |acc, &w| acc.wrapping_add(worker_mix(w)));
             depth = i as u32 + 1;
             node = child;
         }
