@@ -2,30 +2,18 @@
 // random router events over 32 workers x 2 dp ranks with 10,000 interleaved queries; local indexers'
 // eventsInRange at checkpoints; and Ingestors with a local indexer fed generated engine batches.
 import test, { type ExecutionContext } from 'ava'
-import { createRequire } from 'node:module'
 import { isDeepStrictEqual } from 'node:util'
 import * as kv from '../ts/index.js'
 import type { RawBinding } from '../ts/binding.js'
-import { fallback } from '../ts/fallback/index.js'
+import { fallback, needNative } from './helpers/impls.js'
 import { BatchGenerator } from './helpers/gen-batches.js'
 import { EventGenerator, applyOp, type IndexOp } from './helpers/gen-events.js'
 
-const require = createRequire(import.meta.url)
-let native: RawBinding | null = null
-let loadError: unknown = null
-try {
-  native = require('../binding.cjs') as RawBinding
-} catch (e) {
-  loadError = e
-}
 // The suite runs twice in CI (native, then DYNAMO_KV_FORCE_JS=1); parity compares both explicitly,
 // so it runs once, in the native pass.
 const parity = process.env.DYNAMO_KV_FORCE_JS === '1' ? test.skip : test
 
-function need(): RawBinding {
-  if (!native) throw new Error(`native binding did not load (run npm run build): ${String(loadError)}`)
-  return native
-}
+const need = needNative
 
 /** Compares cheaply; on a difference reports the first few with a diff, and counts them all. */
 class Checker {

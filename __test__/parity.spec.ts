@@ -1,21 +1,12 @@
 // Native and fallback give identical bytes and counters: every fixture batch, and 10,000 generated
 // batches fed to both Ingestors in the same order with the same clock (SPEC 1).
 import test from 'ava'
-import { createRequire } from 'node:module'
 import { readFileSync } from 'node:fs'
 import { isDeepStrictEqual } from 'node:util'
 import type { RawBinding, RawIngestor } from '../ts/binding.js'
-import { fallback } from '../ts/fallback/index.js'
+import { fallback, needNative } from './helpers/impls.js'
 import { BatchGenerator } from './helpers/gen-batches.js'
 
-const require = createRequire(import.meta.url)
-let native: RawBinding | null = null
-let loadError: unknown = null
-try {
-  native = require('../binding.cjs') as RawBinding
-} catch (e) {
-  loadError = e
-}
 // The suite runs twice in CI (native, then DYNAMO_KV_FORCE_JS=1); parity compares both explicitly,
 // so it runs once, in the native pass.
 const parity = process.env.DYNAMO_KV_FORCE_JS === '1' ? test.skip : test
@@ -24,10 +15,7 @@ const fixtures = JSON.parse(readFileSync(new URL('./fixtures/engine-batches.json
   cases: { name: string; hex: string; kv_block_size: number }[]
 }
 
-function need(): RawBinding {
-  if (!native) throw new Error(`native binding did not load (run npm run build): ${String(loadError)}`)
-  return native
-}
+const need = needNative
 
 parity('decodeEngineBatch and peekBatch agree on every fixture', (t) => {
   const n = need()

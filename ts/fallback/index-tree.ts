@@ -911,6 +911,15 @@ export class FallbackRadixIndex implements RawRadixIndex {
   // --------------------------------------------------------------------------------------------
   // the raw interface
 
+  /** Grows the BigUint64 scratch arrays of applyEvent to hold n values. */
+  private ensureScratch(n: number): void {
+    if (this.h64.length >= n) return
+    let cap = this.h64.length
+    while (cap < n) cap *= 2
+    this.h64 = new BigUint64Array(cap)
+    this.t64 = new BigUint64Array(cap)
+  }
+
   applyEvent(ev: RouterEventValue): number {
     const wid = ev.workerId
     const wHi = Number(wid >> 32n)
@@ -924,12 +933,7 @@ export class FallbackRadixIndex implements RawRadixIndex {
       case 'stored': {
         const blocks = data.blocks
         const n = blocks.length
-        if (this.h64.length < n) {
-          let cap = this.h64.length
-          while (cap < n) cap *= 2
-          this.h64 = new BigUint64Array(cap)
-          this.t64 = new BigUint64Array(cap)
-        }
+        this.ensureScratch(n)
         const h64 = this.h64
         const t64 = this.t64
         for (let i = 0; i < n; i++) {
@@ -957,12 +961,7 @@ export class FallbackRadixIndex implements RawRadixIndex {
       case 'removed': {
         const hs = data.blockHashes
         const n = hs.length
-        if (this.h64.length < n) {
-          let cap = this.h64.length
-          while (cap < n) cap *= 2
-          this.h64 = new BigUint64Array(cap)
-          this.t64 = new BigUint64Array(cap)
-        }
+        this.ensureScratch(n)
         const h64 = this.h64
         for (let i = 0; i < n; i++) h64[i] = hs[i]!
         return this.applyRemovedParts(wHi, wLo, rank, idHi, idLo, u64Pairs(h64), 0, n)

@@ -8,20 +8,10 @@ use std::time::Instant;
 use dynamo_kv_core::index::RadixIndex;
 use dynamo_kv_core::wire::{EventData, RouterEvent, StoredBlock};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+// the tests' seeded generator
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::Rng;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

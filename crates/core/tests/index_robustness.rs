@@ -9,19 +9,8 @@ use dynamo_kv_core::wire::{
     decode_router_event_envelope, write_envelope, write_router_event_msgpack, EventData, RouterEvent, StoredBlock,
 };
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+mod common;
+use common::Rng;
 
 /// Hashes from a small space so that collisions, moves, repeats and unknown parents are common.
 fn small(r: &mut Rng) -> u64 {

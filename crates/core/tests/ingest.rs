@@ -895,20 +895,8 @@ fn ingest_packed_gives_the_same_bytes_as_ingest() {
 // ================================================================================================
 // the counters add up: a seeded random run checked against a model of the ingestor
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        ((self.next() as u128 * n as u128) >> 64) as u64
-    }
-}
+mod common;
+use common::Rng;
 
 /// What the ingestor must do, written independently: per-rank ids and live sets, the reset rule, the
 /// splitting, the rank limit, the counters.

@@ -85,45 +85,15 @@ fn alloc_budget(len: usize) -> usize {
 // ================================================================================================
 // seeded PRNG (splitmix64)
 
-#[derive(Clone)]
-struct Rng(u64);
+mod common;
+use common::Rng;
 
-impl Rng {
-    fn new(stream: u64) -> Self {
-        let base = std::env::var("DYNAMO_KV_FUZZ_SEED").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0x5eed_d1a0_0c0f_fee5);
-        let mut r = Rng(base ^ stream.wrapping_mul(0xa076_1d64_78bd_642f));
-        r.next();
-        r
-    }
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in 0..n (0 when n == 0).
-    fn below(&mut self, n: u64) -> u64 {
-        ((self.next() as u128 * n as u128) >> 64) as u64
-    }
-    fn upto(&mut self, n: usize) -> usize {
-        self.below(n as u64) as usize
-    }
-    fn range(&mut self, lo: u64, hi_incl: u64) -> u64 {
-        lo + self.below(hi_incl - lo + 1)
-    }
-    fn chance(&mut self, pct: u64) -> bool {
-        self.below(100) < pct
-    }
-    fn byte(&mut self) -> u8 {
-        self.next() as u8
-    }
-    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
-        &xs[self.upto(xs.len())]
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.byte()).collect()
-    }
+/// A generator for one test's stream; DYNAMO_KV_FUZZ_SEED changes every stream at once.
+fn seeded(stream: u64) -> Rng {
+    let base = std::env::var("DYNAMO_KV_FUZZ_SEED").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0x5eed_d1a0_0c0f_fee5);
+    let mut r = Rng(base ^ stream.wrapping_mul(0xa076_1d64_78bd_642f));
+    r.next();
+    r
 }
 
 fn scale(n: usize) -> usize {
@@ -1794,7 +1764,7 @@ impl Gen {
 }
 
 fn gen(stream: u64) -> Gen {
-    Gen { r: Rng::new(stream), any: false, bs: 4 }
+    Gen { r: seeded(stream), any: false, bs: 4 }
 }
 
 /// Re-rolls the per-input knobs of a generator.
@@ -1960,7 +1930,7 @@ fn fixtures_truncated_and_point_mutated() {
 #[test]
 fn fixtures_randomly_mutated() {
     let fx = fixtures();
-    let mut r = Rng::new(1);
+    let mut r = seeded(1);
     let mut h = Harness::new("fixtures_random");
     for _ in 0..scale(200_000) {
         let f = r.pick(&fx);
@@ -1999,7 +1969,7 @@ fn fixtures_tree_mutated() {
 /// small lengths, and random tails after a valid batch prefix.
 #[test]
 fn random_bytes() {
-    let mut r = Rng::new(3);
+    let mut r = seeded(3);
     let mut h = Harness::new("random_bytes");
     let n = scale(200_000);
     for i in 0..n {
@@ -2087,7 +2057,7 @@ enum Wrap {
 
 /// `levels` wrappers around `leaf`: the leaf sits `levels` levels below the first wrapper.
 fn wrapped(levels: u32, leaf: &[u8], style: Wrap) -> Vec<u8> {
-    let mut r = Rng::new(match style {
+    let mut r = seeded(match style {
         Wrap::Random(s) => s,
         _ => 0,
     });

@@ -1,0 +1,23 @@
+// Both implementations side by side, for the parity tests: the native binding (null when it did not
+// load, with the reason) and the fallback.
+import { createRequire } from 'node:module'
+import type { RawBinding } from '../../ts/binding.js'
+
+export { fallback } from '../../ts/fallback/index.js'
+
+let loaded: RawBinding | null = null
+let error: unknown = null
+try {
+  loaded = createRequire(import.meta.url)('../../binding.cjs') as RawBinding
+} catch (e) {
+  error = e
+}
+
+export const native = loaded
+export const nativeLoadError = error
+
+/** The native binding, or an error that says why it is missing (run npm run build). */
+export function needNative(): RawBinding {
+  if (!loaded) throw new Error(`native binding did not load (run npm run build): ${String(error)}`)
+  return loaded
+}
