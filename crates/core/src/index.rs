@@ -407,17 +407,7 @@ impl RadixIndex {
             },
         };
         for b in blocks {
-            let existing = self.child(current, b.tokens_hash);
-            let prev = self.worker(slot).blocks.get(&b.block_hash).copied();
-            if let Some(old) = prev {
-                if Some(old) != existing {
-                    // the hash moves: it leaves its old node first (its map entry is overwritten
-                    // below). `existing` stays valid: `old` is not `current` left empty (current
-                    // holds this worker's previous hash, or is the root) and it is not its parent.
-                    self.leave(old, slot, b.block_hash);
-                }
-            }
-            let child = match existing {
+            let child = match self.child(current, b.tokens_hash) {
                 Some(c) => c,
                 None => {
                     let c = self.alloc_node(b.tokens_hash, current);
@@ -440,8 +430,14 @@ impl RadixIndex {
                     n.worker_sum = n.worker_sum.wrapping_add(worker_mix(slot));
                 }
             }
-            if prev != Some(child) {
-                self.worker(slot).blocks.insert(b.block_hash, child);
+            // one map probe: the previous place of this hash, if any, is replaced
+            if let Some(old) = self.worker(slot).blocks.insert(b.block_hash, child) {
+                if old != child {
+                    // the hash moved: it leaves its old node. The child already holds it, and
+                    // `old` is neither `current` left empty (current holds this worker's previous
+                    // hash, or is the root) nor the child's parent, so `child` stays valid.
+                    self.leave(old, slot, b.block_hash);
+                }
             }
             current = child;
         }

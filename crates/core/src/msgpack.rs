@@ -129,6 +129,20 @@ impl<'a> Reader<'a> {
         k
     }
 
+    /// Consumes a fixstr equal to `key` (a known short map key) and returns true; otherwise consumes
+    /// nothing. The length is a compile-time constant, so the comparison is inlined.
+    #[inline(always)]
+    pub fn fixstr_key<const N: usize>(&mut self, key: &[u8; N]) -> bool {
+        const { assert!(N < 32) };
+        let p = self.pos;
+        if self.buf.get(p) == Some(&(0xa0 | N as u8)) && self.buf.get(p + 1..p + 1 + N) == Some(&key[..]) {
+            self.pos = p + 1 + N;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Fast path for the most common value in a batch, a token id: an unsigned integer of up to 32
     /// bits. Returns None (consuming nothing) when the next value is anything else.
     #[inline(always)]

@@ -361,11 +361,10 @@ pub fn decode_router_event_msgpack(bytes: &[u8]) -> Result<RouterEvent, WireErro
 }
 
 /// The router's hot path: a RouterEvent exactly as rmp-serde (and this package) writes it, read
-/// without building a generic value. Anything else (other key order, extra keys, multimodal info)
+/// without building a generic value (its keys, all at level 7 or less, are matched in place). Anything else (other key order, extra keys, multimodal info)
 /// returns None and goes through the general decoder, which gives the same answer for this shape.
 fn canonical_router_event(bytes: &[u8]) -> Option<RouterEvent> {
     let mut r = Reader::new(bytes);
-    let key = |r: &mut Reader, k: &[u8], level: u32| -> Option<()> { (r.head(level).ok()? == Head::Str(k)).then_some(()) };
     let uint = |r: &mut Reader, level: u32| -> Option<u64> {
         match r.head(level).ok()? {
             Head::Uint(v) => Some(v),
@@ -373,36 +372,36 @@ fn canonical_router_event(bytes: &[u8]) -> Option<RouterEvent> {
         }
     };
     (r.head(1).ok()? == Head::Map(2)).then_some(())?;
-    key(&mut r, b"worker_id", 2)?;
+    r.fixstr_key(b"worker_id").then_some(())?;
     let worker_id = uint(&mut r, 2)?;
-    key(&mut r, b"event", 2)?;
+    r.fixstr_key(b"event").then_some(())?;
     (r.head(2).ok()? == Head::Map(3)).then_some(())?;
-    key(&mut r, b"event_id", 3)?;
+    r.fixstr_key(b"event_id").then_some(())?;
     let event_id = uint(&mut r, 3)?;
-    key(&mut r, b"data", 3)?;
+    r.fixstr_key(b"data").then_some(())?;
     let data = match r.head(3).ok()? {
         Head::Str(b"cleared") => EventData::Cleared,
         Head::Map(1) => match r.head(4).ok()? {
             Head::Str(b"stored") => {
                 (r.head(4).ok()? == Head::Map(2)).then_some(())?;
-                key(&mut r, b"parent_hash", 5)?;
+                r.fixstr_key(b"parent_hash").then_some(())?;
                 let parent_hash = match r.head(5).ok()? {
                     Head::Nil => None,
                     Head::Uint(v) => Some(v),
                     _ => return None,
                 };
-                key(&mut r, b"blocks", 5)?;
+                r.fixstr_key(b"blocks").then_some(())?;
                 let Head::Array(n) = r.head(5).ok()? else {
                     return None;
                 };
                 let mut blocks = Vec::with_capacity(n as usize);
                 for _ in 0..n {
                     (r.head(6).ok()? == Head::Map(3)).then_some(())?;
-                    key(&mut r, b"block_hash", 7)?;
+                    r.fixstr_key(b"block_hash").then_some(())?;
                     let block_hash = uint(&mut r, 7)?;
-                    key(&mut r, b"tokens_hash", 7)?;
+                    r.fixstr_key(b"tokens_hash").then_some(())?;
                     let tokens_hash = uint(&mut r, 7)?;
-                    key(&mut r, b"mm_extra_info", 7)?;
+                    r.fixstr_key(b"mm_extra_info").then_some(())?;
                     (r.head(7).ok()? == Head::Nil).then_some(())?;
                     blocks.push(StoredBlock { block_hash, tokens_hash, mm_extra_info: None });
                 }
@@ -410,7 +409,7 @@ fn canonical_router_event(bytes: &[u8]) -> Option<RouterEvent> {
             }
             Head::Str(b"removed") => {
                 (r.head(4).ok()? == Head::Map(1)).then_some(())?;
-                key(&mut r, b"block_hashes", 5)?;
+                r.fixstr_key(b"block_hashes").then_some(())?;
                 let Head::Array(n) = r.head(5).ok()? else {
                     return None;
                 };
@@ -424,7 +423,7 @@ fn canonical_router_event(bytes: &[u8]) -> Option<RouterEvent> {
         },
         _ => return None,
     };
-    key(&mut r, b"dp_rank", 3)?;
+    r.fixstr_key(b"dp_rank").then_some(())?;
     let dp_rank = u32::try_from(uint(&mut r, 3)?).ok()?;
     r.at_end().then_some(RouterEvent { worker_id, event_id, dp_rank, data })
 }
