@@ -1,7 +1,7 @@
 // The built package (dist/ + binding.cjs + the .node at the root), used the way a consumer uses it: a
 // temporary project whose node_modules/dynamo-kv links to this repo (what `npm install /path/to/repo`
 // makes), loading it with require() and import() in a fresh Node process and type-checking against it.
-// Runs after `npm run build`; without dist/ (e.g. only `npm run build:debug` was run) it is skipped.
+// Runs after `npm run build`; without dist/ (e.g. only `npm run build:debug` was run) it fails, saying so.
 //
 // Note: ESM cannot import a directory path (ERR_UNSUPPORTED_DIR_IMPORT), so import() goes through the
 // package name and package.json "exports"; require() also works with the folder path.
@@ -14,11 +14,15 @@ import { fileURLToPath } from 'node:url'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const built = ['index.js', 'index.cjs', 'index.d.ts', 'index.d.cts'].every((f) => existsSync(path.join(root, 'dist', f)))
-const builtTest = built ? test : test.skip
+
+/** Fails with the reason when the package was not built. */
+function needBuilt(): void {
+  if (!built) throw new Error('dist/ is missing: run `npm run build` before the tests')
+}
 
 let consumer = ''
 test.before(() => {
-  if (!built) return
+  needBuilt()
   consumer = mkdtempSync(path.join(tmpdir(), 'dynamo-kv-consumer-'))
   mkdirSync(path.join(consumer, 'node_modules'))
   symlinkSync(root, path.join(consumer, 'node_modules', 'dynamo-kv'), 'dir')
@@ -53,19 +57,19 @@ function check(t: import('ava').ExecutionContext, got: Record<string, unknown>) 
   t.is(got.KvDecodeError, 'function')
 }
 
-builtTest('require("dynamo-kv") gives the public API (CommonJS build)', (t) => {
+test('require("dynamo-kv") gives the public API (CommonJS build)', (t) => {
   check(t, run(['-e', probe(`require('dynamo-kv')`)]))
 })
 
-builtTest('require() of the repo folder gives the public API', (t) => {
+test('require() of the repo folder gives the public API', (t) => {
   check(t, run(['-e', probe(`require(${JSON.stringify(root)})`)]))
 })
 
-builtTest('import("dynamo-kv") gives the public API (ESM build)', (t) => {
+test('import("dynamo-kv") gives the public API (ESM build)', (t) => {
   check(t, run(['--input-type=module', '-e', probe(`await import('dynamo-kv')`)]))
 })
 
-builtTest('the published types resolve for ESM and CommonJS consumers', (t) => {
+test('the published types resolve for ESM and CommonJS consumers', (t) => {
   const use = (ns: string) => `
     export const hashes: BigUint64Array = ${ns}computeBlockHashes([1, 2, 3, 4], 2)
     export const ingestor: ${ns}Ingestor = new ${ns}Ingestor({ kvBlockSize: 16, workerId: 1n })
