@@ -19,12 +19,11 @@ import type { RawBinding, RawRadixIndex, RouterEventValue } from '../ts/binding.
 import { RadixIndex, encodeEnvelope, encodeRouterEvent } from '../ts/api.js'
 import { fallback } from '../ts/fallback/index.js'
 import { EventGenerator, type EventGenOptions } from '../__test__/helpers/gen-events.js'
+import { MS, NO_RATE, ROUNDS, best as keep, fmtRate, rate, type Rate } from './measure.js'
 
 const require = createRequire(import.meta.url)
 const HERE = dirname(fileURLToPath(import.meta.url))
 const ROOT = join(HERE, '..')
-const MS = Number(process.env.BENCH_MS ?? 2000)
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2)
 const QUERIES = Number(process.env.BENCH_QUERIES ?? 20_000)
 const ENTRIES = Number(process.env.BENCH_ENTRIES ?? 1_000_000)
 
@@ -109,27 +108,6 @@ function lookupEvents(entries: number): { gen: EventGenerator; events: RouterEve
 
 // ---------------------------------------------------------------------------------------------------
 // (a) apply throughput
-
-interface Rate {
-  wall: number
-  cpu: number
-}
-
-/** Blocks per second of wall time and of CPU time; each pass starts from an empty index. */
-function rate(blocks: number, pass: () => void): Rate {
-  pass() // warm-up
-  let passes = 0
-  const start = process.hrtime.bigint()
-  const cpu0 = process.cpuUsage()
-  let elapsed = 0
-  while (elapsed < MS || passes < 2) {
-    pass()
-    passes++
-    elapsed = Number(process.hrtime.bigint() - start) / 1e6
-  }
-  const cpu = process.cpuUsage(cpu0)
-  return { wall: (blocks * passes) / (elapsed / 1000), cpu: (blocks * passes) / ((cpu.user + cpu.system) / 1e6) }
-}
 
 function applyRates(s: Stream, impl: RawBinding): { raw: Rate; api: Rate; encoded: Rate } {
   const raw = rate(s.blocks, () => {
@@ -280,7 +258,6 @@ async function memory(impl: 'native' | 'js'): Promise<MemoryFigures> {
 
 // ---------------------------------------------------------------------------------------------------
 
-const fmtRate = (x: number) => (x >= 1e6 ? `${(x / 1e6).toFixed(2)} M` : `${(x / 1e3).toFixed(0)} k`)
 const us = (x: number) => `${x.toFixed(2)} µs`
 
 export async function benchIndexer(): Promise<void> {
@@ -300,9 +277,7 @@ export async function benchIndexer(): Promise<void> {
     `apply workload: ${s.events.length} events over 64 workers, ${s.blocks} blocks (stored blocks + removed hashes), ` +
       `outcomes ${JSON.stringify(outcomes)}, index at the end: ${probe.size()} entries`,
   )
-  const none: Rate = { wall: 0, cpu: 0 }
-  const keep = (a: Rate, b: Rate): Rate => ({ wall: Math.max(a.wall, b.wall), cpu: Math.max(a.cpu, b.cpu) })
-  const best = { nRaw: none, nApi: none, nEnc: none, jRaw: none, jApi: none, jEnc: none }
+  const best = { nRaw: NO_RATE, nApi: NO_RATE, nEnc: NO_RATE, jRaw: NO_RATE, jApi: NO_RATE, jEnc: NO_RATE }
   for (let r = 0; r < ROUNDS; r++) {
     const n = applyRates(s, native)
     const j = applyRates(s, fallback)

@@ -615,14 +615,7 @@ export class FallbackRadixIndex implements RawRadixIndex {
   /** Adds hash -> node (the hash not in the table). */
   private wInsert(wk: WorkerKey, hi: number, lo: number, node: number): void {
     if ((wk.size + 1) * 4 > (wk.mask + 1) * 3) this.wRehash(wk, (wk.mask + 1) * 2)
-    const t = wk.table
-    const mask = wk.mask
-    let i = mix(hi, lo) & mask
-    while (t[i * WS + 2] !== 0) i = (i + 1) & mask
-    const at = i * WS
-    t[at] = hi
-    t[at + 1] = lo
-    t[at + 2] = node
+    placeEntry(wk.table, wk.mask, hi, lo, node)
     wk.size++
     this.total++
   }
@@ -631,19 +624,9 @@ export class FallbackRadixIndex implements RawRadixIndex {
     const old = wk.table
     wk.table = new Uint32Array(cap * WS)
     wk.mask = cap - 1
-    const t = wk.table
-    const mask = wk.mask
     for (let k = 0; k < old.length; k += WS) {
       const node = old[k + 2]!
-      if (node === 0) continue
-      const hi = old[k]!
-      const lo = old[k + 1]!
-      let i = mix(hi, lo) & mask
-      while (t[i * WS + 2] !== 0) i = (i + 1) & mask
-      const at = i * WS
-      t[at] = hi
-      t[at + 1] = lo
-      t[at + 2] = node
+      if (node !== 0) placeEntry(wk.table, wk.mask, old[k]!, old[k + 1]!, node)
     }
   }
 
@@ -1328,4 +1311,14 @@ function noMatches(out: Uint8Array): number {
   if (out.length < 4) return -4
   put32(out, 0, 0)
   return 4
+}
+
+/** Puts hash -> node into the first free slot of its probe run (linear probing; node 0 = empty). */
+function placeEntry(t: Uint32Array, mask: number, hi: number, lo: number, node: number): void {
+  let i = mix(hi, lo) & mask
+  while (t[i * WS + 2] !== 0) i = (i + 1) & mask
+  const at = i * WS
+  t[at] = hi
+  t[at + 1] = lo
+  t[at + 2] = node
 }
