@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use crate::engine::{EngineEvent, Filters, StoreEvent};
-use crate::hash::{block_hash, lora_seed};
+use crate::hash::lora_seed;
 use crate::wire::{BlockExtraInfo, StoredBlock};
 
 /// Rejection reasons; the discriminant is the index used in counts (same order as the TS binding).
@@ -197,16 +197,11 @@ pub fn check_store(
         .enumerate()
         .map(|(i, &block_hash)| {
             let info = mm_iter.as_mut().and_then(|it| it.next()).flatten();
-            let tokens_hash = block_hash_of(&tokens_le[i * stride..(i + 1) * stride], info.as_ref(), seed, scratch);
+            let tokens_hash = crate::hash::block_hash(&tokens_le[i * stride..(i + 1) * stride], info.as_ref(), seed, scratch);
             StoredBlock { block_hash, tokens_hash, mm_extra_info: info }
         })
         .collect();
     Ok(Store { parent_hash, blocks, truncated })
-}
-
-#[inline]
-fn block_hash_of(tokens: &[u8], info: Option<&BlockExtraInfo>, seed: u64, scratch: &mut Vec<u8>) -> u64 {
-    block_hash(tokens, info, seed, scratch)
 }
 
 /// What `decodeEngineBatch` returns: events without publisher state (nothing learned beforehand).
