@@ -1,0 +1,140 @@
+// WorkerMetricsPublisher (SPEC 5, "Worker load"): Dynamo's ActiveLoad, in a `kv_metrics` envelope with its
+// own sequence, on `namespace.{ns}.kv_metrics`. Per dp rank the latest value wins: a change (re)starts a
+// 1 ms timer, and when it fires the value is published unless it equals the last one published for that
+// rank. (Dynamo keeps one value for all ranks; here two ranks changing at once each get their message.)
+// A rank whose value keeps changing is still published at least every 50 ms.
+import { describe, u32, u64 } from './args.js'
+import { checkName, encodeActiveLoad, encodeEnvelope } from './api.js'
+import { loggerOption, RateLimitedLog, type Logger } from './log.js'
+import { connectNats, isNatsConnection, resolveNatsOptions, type NatsConnection, type NatsOption } from './nats.js'
+
+type Env = Record<string, string | undefined>
+
+export interface WorkerMetricsPublisherOptions {
+  namespace: string
+  /** The worker id (u64), as for the KvEventPublisher. */
+  workerId: bigint
+  nats?: NatsOption
+  /** Clock for `published_at` (unix ms; default Date.now). */
+  now?: () => number
+  logger?: Logger
+}
+
+export interface MetricsPublisherStats {
+  published: number
+  publishErrors: number
+  /** Values dropped because a later one replaced them within the debounce, or equal to the last published. */
+  coalesced: number
+}
+
+const DEBOUNCE_MS = 1
+const MAX_DELAY_MS = 50
+
+interface RankState {
+  latest: bigint
+  lastPublished: bigint | null
+  timer: NodeJS.Timeout | null
+  since: number
+}
+
+export class WorkerMetricsPublisher {
+  readonly workerId: bigint
+  readonly subject: string
+  readonly #nc: NatsConnection
+  readonly #ownsConnection: boolean
+  readonly #now: () => number
+  readonly #log: RateLimitedLog
+  readonly #ranks = new Map<number, RankState>()
+  readonly #stats: MetricsPublisherStats = { published: 0, publishErrors: 0, coalesced: 0 }
+  #sequence = 0n
+  #closing: Promise<void> | null = null
+
+  private constructor(workerId: bigint, subject: string, nc: NatsConnection, ownsConnection: boolean, now: () => number, logger: Logger) {
+    this.workerId = workerId
+    this.subject = subject
+    this.#nc = nc
+    this.#ownsConnection = ownsConnection
+    this.#now = now
+    this.#log = new RateLimitedLog(logger)
+  }
+
+  static async create(options: WorkerMetricsPublisherOptions, env: Env = process.env): Promise<WorkerMetricsPublisher> {
+    if (typeof options !== 'object' || options === null) throw new TypeError(`WorkerMetricsPublisher options must be an object, got ${describe(options)}`)
+    for (const k of Object.keys(options))
+      if (!['namespace', 'workerId', 'nats', 'now', 'logger'].includes(k)) throw new TypeError(`${k} is not a WorkerMetricsPublisher option`)
+    const namespace = checkName('namespace', options.namespace)
+    const workerId = u64('workerId', options.workerId)
+    const now = options.now ?? Date.now
+    if (typeof now !== 'function') throw new TypeError(`now must be a function returning unix ms, got ${describe(now)}`)
+    const logger = loggerOption(options.logger)
+    const owns = !isNatsConnection(options.nats)
+    const nc = isNatsConnection(options.nats) ? options.nats : await connectNats(resolveNatsOptions(options.nats, env))
+    return new WorkerMetricsPublisher(workerId, `namespace.${namespace}.kv_metrics`, nc, owns, now, logger)
+  }
+
+  /** Reports a rank's active decode blocks (a count: a bigint, or a non-negative safe integer). */
+  publish(dpRank: number, activeDecodeBlocks: bigint | number): void {
+    if (this.#closing !== null) throw new Error('WorkerMetricsPublisher is closed')
+    const rank = u32('dpRank', dpRank)
+    let value: bigint
+    if (typeof activeDecodeBlocks === 'number') {
+      if (!Number.isSafeInteger(activeDecodeBlocks) || activeDecodeBlocks < 0)
+        throw new RangeError(`activeDecodeBlocks must be a non-negative safe integer or a bigint, got ${activeDecodeBlocks}`)
+      value = BigInt(activeDecodeBlocks)
+    } else value = u64('activeDecodeBlocks', activeDecodeBlocks)
+
+    let s = this.#ranks.get(rank)
+    if (!s) {
+      s = { latest: value, lastPublished: null, timer: null, since: 0 }
+      this.#ranks.set(rank, s)
+    } else if (s.timer !== null && s.latest === value) {
+      return
+    } else if (s.timer !== null) {
+      this.#stats.coalesced++
+      clearTimeout(s.timer)
+    }
+    const t = Date.now()
+    if (s.timer === null) s.since = t
+    s.latest = value
+    const state = s
+    state.timer = setTimeout(() => this.#fire(rank, state), Math.max(0, Math.min(DEBOUNCE_MS, state.since + MAX_DELAY_MS - t)))
+  }
+
+  stats(): MetricsPublisherStats {
+    return { ...this.#stats }
+  }
+
+  /** Publishes what is pending, then closes the connection if it owns it. Idempotent. */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      for (const [rank, s] of this.#ranks) if (s.timer !== null) this.#fire(rank, s)
+      if (this.#ownsConnection) await this.#nc.close().catch(() => {})
+      else await this.#nc.flush().catch(() => {})
+    })()
+    return this.#closing
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close()
+  }
+
+  #fire(rank: number, s: RankState): void {
+    if (s.timer !== null) clearTimeout(s.timer)
+    s.timer = null
+    if (s.latest === s.lastPublished) {
+      this.#stats.coalesced++
+      return
+    }
+    const payload = encodeActiveLoad({ workerId: this.workerId, dpRank: rank, activeDecodeBlocks: s.latest })
+    try {
+      const envelope = encodeEnvelope({ publisherId: this.workerId, sequence: this.#sequence, publishedAt: this.#now(), topic: 'kv_metrics', payload })
+      this.#nc.publish(this.subject, envelope)
+      this.#sequence++
+      this.#stats.published++
+      s.lastPublished = s.latest
+    } catch (err) {
+      this.#stats.publishErrors++
+      this.#log.log('warn', 'metrics-publish', { err: (err as Error).message }, 'publishing worker load failed')
+    }
+  }
+}

@@ -1,0 +1,327 @@
+// KvEventPublisher: engine batches (or manual calls) -> Ingestor -> bounded queue -> NATS (SPEC 5, 8).
+// The Ingestor assigns every event its id and encodes it in the native call; this file only moves the
+// payloads to a sink, applies backpressure and owns the connection's lifecycle.
+import { randomBytes } from 'node:crypto'
+import { describe, positiveInt, u64 } from './args.js'
+import { checkName, Ingestor, jetstreamStreamName, type IngestMode, type IngestResult, type LocalIndexer } from './api.js'
+import { REJECT_REASONS, type BlockExtraInfo, type CounterName, type RejectReason } from './binding.js'
+import { loggerOption, RateLimitedLog, type Logger } from './log.js'
+import { connectNats, isNatsConnection, resolveNatsOptions, type NatsConnection, type NatsOption } from './nats.js'
+import { EventPlaneSink } from './sinks/event-plane.js'
+import { JetStreamSink } from './sinks/jetstream.js'
+import type { Sink, SinkStats } from './sinks/types.js'
+
+type Env = Record<string, string | undefined>
+
+export interface KvEventPublisherOptions {
+  /** Dynamo namespace and component of the workers (SPEC 5 naming rules). */
+  namespace: string
+  component: string
+  /** Tokens per KV block; must match the engine's. */
+  kvBlockSize: number
+  /** The id routers know this worker by (u64); default a random 63-bit id, exposed as `workerId`. */
+  workerId?: bigint
+  /** `event-plane` (default: core NATS, msgpack envelopes) or `jetstream` (durable stream, JSON). */
+  mode?: IngestMode
+  /** Keep a local indexer with per-rank replay buffers; default on in event-plane mode, off in JetStream mode. */
+  localIndexer?: boolean | { bufferSize?: number }
+  /** How to reach NATS (default: the environment of SPEC 5), or a connection the caller owns. */
+  nats?: NatsOption
+  /** A pino-compatible logger (default: pino on stderr). */
+  logger?: Logger
+  /** Events accepted but not yet confirmed before ingest() and the publish methods wait (default 10,000). */
+  maxPending?: number
+  /** Clock for the envelopes' `published_at` (unix ms; default Date.now). */
+  now?: () => number
+  /** At most this many distinct dp ranks (default 64). */
+  maxDpRanks?: number
+  /** Exactly these dp ranks (overrides maxDpRanks). */
+  dpRanks?: number[]
+  /** JetStream mode only. */
+  jetstream?: {
+    /** Stream max age in seconds when this publisher creates the stream (default $DYN_NATS_STREAM_MAX_AGE, else 3600). */
+    maxAgeSeconds?: number
+    /** Events sent and not yet examined (default 1024). */
+    window?: number
+    /** Ack timeout before a retry (ms, default 5000). */
+    ackTimeoutMs?: number
+    /** Message-id epoch (default random per publisher; give the same one only to deduplicate on purpose). */
+    epoch?: string
+  }
+  /** Event-plane mode only: bytes buffered by the client while disconnected before events are dropped (default 8 MiB). */
+  reconnectBufferBytes?: number
+  /** How long close() waits for unconfirmed events (ms, default 10,000). */
+  closeTimeoutMs?: number
+}
+
+export interface PublisherStats {
+  /** Emitted router events by type. */
+  emitted: { stored: bigint; removed: bigint; cleared: bigint }
+  /** Rejected engine events (or batches, for malformed/dp_rank) by reason. */
+  rejected: Record<RejectReason, bigint>
+  /** All Ingestor counters (COUNTER_NAMES). */
+  ingest: Record<CounterName, bigint>
+  /** Sink counters: published, publishErrors, undelivered, retries, duplicates, republished, repairs, queueDepth. */
+  sink: SinkStats
+  /** Calls waiting for room in the queue. */
+  waiting: number
+}
+
+const KNOWN_OPTIONS = new Set([
+  'namespace', 'component', 'kvBlockSize', 'workerId', 'mode', 'localIndexer', 'nats', 'logger', 'maxPending', 'now',
+  'maxDpRanks', 'dpRanks', 'jetstream', 'reconnectBufferBytes', 'closeTimeoutMs',
+])
+
+/** A random worker id below 2^63 (Dynamo's instance ids are i64-safe). */
+function randomWorkerId(): bigint {
+  return randomBytes(8).readBigUInt64BE() >> 1n
+}
+
+function maxAgeFromEnv(env: Env): number {
+  const v = env.DYN_NATS_STREAM_MAX_AGE
+  if (v === undefined || v === '') return 3600
+  const n = Number(v)
+  if (!/^\d+$/.test(v.trim()) || !Number.isSafeInteger(n) || n < 1) throw new RangeError(`DYN_NATS_STREAM_MAX_AGE must be a positive number of seconds, got ${JSON.stringify(v)}`)
+  return n
+}
+
+export class KvEventPublisher {
+  readonly workerId: bigint
+  readonly namespace: string
+  readonly component: string
+  readonly mode: IngestMode
+  /** Core NATS subject (event plane) or JetStream publish subject. */
+  readonly subject: string
+  /** The JetStream stream (JetStream mode), else null. */
+  readonly streamName: string | null
+  /** The local indexer fed by every emitted event, or null. */
+  readonly localIndexer: LocalIndexer | null
+  readonly #ingestor: Ingestor
+  readonly #sink: Sink
+  readonly #nc: NatsConnection
+  readonly #ownsConnection: boolean
+  readonly #maxPending: number
+  readonly #now: () => number
+  readonly #closeTimeoutMs: number
+  readonly #logger: Logger
+  readonly #waiters: (() => void)[] = []
+  #closing: Promise<void> | null = null
+
+  private constructor(init: {
+    options: KvEventPublisherOptions
+    ingestor: Ingestor
+    sink: Sink
+    nc: NatsConnection
+    ownsConnection: boolean
+    subject: string
+    streamName: string | null
+    maxPending: number
+    now: () => number
+    closeTimeoutMs: number
+    logger: Logger
+  }) {
+    this.workerId = init.ingestor.workerId
+    this.namespace = init.options.namespace
+    this.component = init.options.component
+    this.mode = init.ingestor.mode
+    this.subject = init.subject
+    this.streamName = init.streamName
+    this.#ingestor = init.ingestor
+    this.localIndexer = init.ingestor.localIndexer
+    this.#sink = init.sink
+    this.#nc = init.nc
+    this.#ownsConnection = init.ownsConnection
+    this.#maxPending = init.maxPending
+    this.#now = init.now
+    this.#closeTimeoutMs = init.closeTimeoutMs
+    this.#logger = init.logger
+    this.#sink.onProgress = () => this.#admitWaiting()
+  }
+
+  /**
+   * Validates every option (errors name the option), connects, and in JetStream mode ensures the stream.
+   * `env` defaults to process.env (tests pass their own).
+   */
+  static async create(options: KvEventPublisherOptions, env: Env = process.env): Promise<KvEventPublisher> {
+    if (typeof options !== 'object' || options === null) throw new TypeError(`KvEventPublisher options must be an object, got ${describe(options)}`)
+    for (const k of Object.keys(options)) if (!KNOWN_OPTIONS.has(k)) throw new TypeError(`${k} is not a KvEventPublisher option`)
+    const namespace = checkName('namespace', options.namespace)
+    const component = checkName('component', options.component)
+    const logger = loggerOption(options.logger)
+    const mode = options.mode ?? 'event-plane'
+    if (mode !== 'event-plane' && mode !== 'jetstream') throw new RangeError(`mode must be 'event-plane' or 'jetstream', got ${describe(mode)}`)
+    const workerId = options.workerId === undefined ? randomWorkerId() : u64('workerId', options.workerId)
+    const maxPending = positiveInt('maxPending', options.maxPending ?? 10_000, 1 << 24)
+    const closeTimeoutMs = positiveInt('closeTimeoutMs', options.closeTimeoutMs ?? 10_000)
+    const now = options.now ?? Date.now
+    if (typeof now !== 'function') throw new TypeError(`now must be a function returning unix ms, got ${describe(now)}`)
+    if (mode === 'event-plane' && options.jetstream !== undefined) throw new TypeError("jetstream options need mode: 'jetstream'")
+    if (mode === 'jetstream' && options.reconnectBufferBytes !== undefined) throw new TypeError("reconnectBufferBytes applies to mode: 'event-plane' only")
+    const reconnectBufferBytes = options.reconnectBufferBytes === undefined ? undefined : positiveInt('reconnectBufferBytes', options.reconnectBufferBytes, 2 ** 31)
+    const js = options.jetstream ?? {}
+    if (typeof js !== 'object' || js === null) throw new TypeError('jetstream must be an object')
+    const maxAgeSeconds = js.maxAgeSeconds === undefined ? (mode === 'jetstream' ? maxAgeFromEnv(env) : 3600) : positiveInt('jetstream.maxAgeSeconds', js.maxAgeSeconds, 2 ** 31)
+    const window = js.window === undefined ? undefined : positiveInt('jetstream.window', js.window, 1 << 16)
+    const ackTimeoutMs = js.ackTimeoutMs === undefined ? undefined : positiveInt('jetstream.ackTimeoutMs', js.ackTimeoutMs)
+    if (js.epoch !== undefined && (typeof js.epoch !== 'string' || !/^[A-Za-z0-9_-]+$/.test(js.epoch)))
+      throw new TypeError(`jetstream.epoch must be a non-empty string of letters, digits, '_' or '-', got ${describe(js.epoch)}`)
+
+    // The Ingestor checks kvBlockSize, maxDpRanks, dpRanks and localIndexer, naming the option.
+    const ingestor = new Ingestor({
+      kvBlockSize: options.kvBlockSize,
+      workerId,
+      mode,
+      maxDpRanks: options.maxDpRanks,
+      dpRanks: options.dpRanks,
+      localIndexer: options.localIndexer ?? mode === 'event-plane',
+    })
+
+    if (env.DYN_EVENT_PLANE !== undefined && env.DYN_EVENT_PLANE !== '' && env.DYN_EVENT_PLANE.toLowerCase() !== 'nats')
+      logger.warn({ DYN_EVENT_PLANE: env.DYN_EVENT_PLANE }, 'DYN_EVENT_PLANE is not nats: Dynamo routers in this deployment may not listen on NATS, where this package publishes')
+
+    const streamName = mode === 'jetstream' ? jetstreamStreamName(namespace, component) : null
+    if (streamName !== null && /[^a-z0-9-]/.test(namespace + component))
+      logger.warn({ namespace, component, stream: streamName }, 'this JetStream stream name is shared by every namespace/component that maps to it (case, "_", "." and other characters are folded)')
+
+    let nc: NatsConnection
+    let ownsConnection: boolean
+    if (isNatsConnection(options.nats)) {
+      nc = options.nats
+      ownsConnection = false
+    } else {
+      nc = await connectNats(resolveNatsOptions(options.nats, env))
+      ownsConnection = true
+    }
+    const log = new RateLimitedLog(logger)
+    let sink: Sink
+    let subject: string
+    try {
+      if (streamName !== null) {
+        const jsSink = await JetStreamSink.create(nc, streamName, maxAgeSeconds, workerId, log, { window, ackTimeoutMs, epoch: js.epoch })
+        sink = jsSink
+        subject = `${streamName}.kv-events`
+      } else {
+        subject = `namespace.${namespace}.component.${component}.kv-events`
+        sink = new EventPlaneSink(nc, subject, log, { reconnectBufferBytes })
+      }
+    } catch (err) {
+      if (ownsConnection) await nc.close().catch(() => {})
+      throw err
+    }
+    logger.info({ workerId: workerId.toString(), mode, subject, localIndexer: ingestor.localIndexer !== null }, 'KV event publisher ready')
+    return new KvEventPublisher({ options, ingestor, sink, nc, ownsConnection, subject, streamName, maxPending, now, closeTimeoutMs, logger })
+  }
+
+  /**
+   * Converts one raw engine batch and queues its events. Resolves once accepted (waits while the queue is
+   * full; never rejects for fullness). Bad bytes never throw: they are counted in the result's `rejected`.
+   */
+  ingest(payload: Uint8Array): Promise<IngestResult> {
+    return this.#accept(() => this.#ingestor.ingest(payload, this.#clock()))
+  }
+
+  /** Manual API (engines without ZMQ events): the Ingestor's stored(), queued like ingest(). */
+  publishStored(args: {
+    tokenIds: Uint32Array | number[]
+    blockHashes: BigUint64Array | bigint[]
+    blockSize?: number
+    parentHash?: bigint | null
+    loraName?: string | null
+    blockMmInfos?: (BlockExtraInfo | null)[] | null
+    dpRank?: number
+  }): Promise<IngestResult> {
+    return this.#accept(() => this.#ingestor.stored(args, this.#clock()))
+  }
+
+  publishRemoved(blockHashes: BigUint64Array | bigint[], dpRank?: number): Promise<IngestResult> {
+    return this.#accept(() => this.#ingestor.removed(blockHashes, dpRank, this.#clock()))
+  }
+
+  /** The rank's reset (SPEC 3): `cleared`, or removes of its live blocks when other ranks exist. */
+  publishCleared(dpRank?: number): Promise<IngestResult> {
+    return this.#accept(() => this.#ingestor.cleared(dpRank, this.#clock()))
+  }
+
+  /** The id the next event of this rank will get (a peek). */
+  nextEventId(dpRank = 0): bigint {
+    return this.#ingestor.nextEventId(dpRank)
+  }
+
+  stats(): PublisherStats {
+    const ingest = this.#ingestor.counters()
+    const rejected = {} as Record<RejectReason, bigint>
+    for (const r of REJECT_REASONS) rejected[r] = ingest[`rejected_${r}` as CounterName]
+    return {
+      emitted: { stored: ingest.emitted_stored, removed: ingest.emitted_removed, cleared: ingest.emitted_cleared },
+      rejected,
+      ingest,
+      sink: this.#sink.stats(),
+      waiting: this.#waiters.length,
+    }
+  }
+
+  /** Resolves when every accepted event is confirmed (flushed, or acked by the stream); false on timeout. */
+  flush(timeoutMs = this.#closeTimeoutMs): Promise<boolean> {
+    return this.#sink.flush(timeoutMs)
+  }
+
+  /** Idempotent: lets waiting calls in, flushes what was accepted, then closes the connection if it owns it. */
+  close(): Promise<void> {
+    this.#closing ??= this.#close()
+    return this.#closing
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close()
+  }
+
+  get closed(): boolean {
+    return this.#closing !== null
+  }
+
+  async #close(): Promise<void> {
+    // Calls already waiting were made before close(): they are accepted, without the bound.
+    this.#admitWaiting()
+    await this.#sink.close(this.#closeTimeoutMs)
+    if (this.#ownsConnection) await this.#nc.close().catch((err: unknown) => this.#logger.warn({ err: String(err) }, 'closing the NATS connection failed'))
+    this.#logger.info({ workerId: this.workerId.toString(), ...this.#sink.stats() }, 'KV event publisher closed')
+  }
+
+  #clock(): number {
+    const t = this.#now()
+    if (!Number.isSafeInteger(t) || t < 0) throw new RangeError(`now() must return unix ms as a non-negative safe integer, got ${describe(t)}`)
+    return t
+  }
+
+  /** Runs `work` now if there is room and nobody waits, else after the calls before it (FIFO). */
+  #accept(work: () => IngestResult): Promise<IngestResult> {
+    if (this.#closing !== null) return Promise.reject(new Error('KvEventPublisher is closed'))
+    if (this.#waiters.length === 0 && this.#sink.pending < this.#maxPending) {
+      try {
+        return Promise.resolve(this.#run(work))
+      } catch (err) {
+        return Promise.reject(err)
+      }
+    }
+    return new Promise<IngestResult>((resolve, reject) => {
+      this.#waiters.push(() => {
+        try {
+          resolve(this.#run(work))
+        } catch (err) {
+          reject(err)
+        }
+      })
+    })
+  }
+
+  #run(work: () => IngestResult): IngestResult {
+    const result = work()
+    if (result.payloads.length > 0) this.#sink.send(result.payloads, result.dpRank!, result.firstEventId!)
+    return result
+  }
+
+  #admitWaiting(): void {
+    // Each admitted call runs synchronously and adds to pending before the next one is considered.
+    while (this.#waiters.length > 0 && (this.#sink.pending < this.#maxPending || this.#closing !== null)) this.#waiters.shift()!()
+  }
+}

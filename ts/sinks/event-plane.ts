@@ -1,0 +1,135 @@
+// Event-plane sink (SPEC 5, 8): core NATS publish of each envelope on
+// `namespace.{ns}.component.{comp}.kv-events`. At-most-once by design: a failed publish is counted, never
+// retried (a retry would reorder events and make routers see false gaps; the ring buffer and recovery
+// repair what was lost).
+//
+// Memory stays bounded both ways: while connected, one flush (PING/PONG) is always in flight and confirms
+// everything handed to the client before it, and the publisher waits when too much is unconfirmed (a slow
+// server slows the engine's source instead of growing the client's buffer); while disconnected, the
+// client buffers up to reconnectBufferBytes (nats.js would otherwise grow without limit) and the rest is
+// dropped and counted as undelivered, so a NATS outage never stalls the engine.
+import type { NatsConnection } from '@nats-io/transport-node'
+import type { RateLimitedLog } from '../log.js'
+import { emptySinkStats, type Sink, type SinkStats } from './types.js'
+
+export interface EventPlaneSinkOptions {
+  /** Bytes the client may buffer while disconnected (default 8 MiB, as the Go client). */
+  reconnectBufferBytes?: number
+}
+
+export class EventPlaneSink implements Sink {
+  onProgress: () => void = () => {}
+  readonly #nc: NatsConnection
+  readonly #subject: string
+  readonly #log: RateLimitedLog
+  readonly #reconnectBufferBytes: number
+  readonly #stats: SinkStats = emptySinkStats()
+  #connected = true
+  #bufferedWhileDown = 0
+  /** Payloads handed to the client since the last flush started. */
+  #unflushed = 0
+  /** Payloads covered by the flush in progress (unconfirmed = inFlush + unflushed). */
+  #inFlush = 0
+  #flushing = false
+  /** Bumped on disconnect, so a flush that straddled it confirms nothing. */
+  #generation = 0
+  #idleWaiters: (() => void)[] = []
+  #closed = false
+
+  constructor(nc: NatsConnection, subject: string, log: RateLimitedLog, opts: EventPlaneSinkOptions = {}) {
+    this.#nc = nc
+    this.#subject = subject
+    this.#log = log
+    this.#reconnectBufferBytes = opts.reconnectBufferBytes ?? 8 << 20
+    void this.#watchStatus()
+  }
+
+  get pending(): number {
+    return this.#inFlush + this.#unflushed
+  }
+
+  send(payloads: Buffer[]): void {
+    for (const p of payloads) {
+      if (!this.#connected) {
+        if (this.#bufferedWhileDown + p.length > this.#reconnectBufferBytes) {
+          this.#stats.undelivered++
+          this.#log.log('warn', 'undelivered', { subject: this.#subject }, 'NATS is disconnected and the reconnect buffer is full: dropping events (routers recover them from the local indexer, or keep a gap)')
+          continue
+        }
+        this.#bufferedWhileDown += p.length
+      }
+      try {
+        this.#nc.publish(this.#subject, p)
+        this.#stats.published++
+        if (this.#connected) this.#unflushed++
+      } catch (err) {
+        this.#stats.publishErrors++
+        this.#log.log('error', 'publish-error', { subject: this.#subject, err: (err as Error).message }, 'core NATS publish failed: event counted, not retried')
+      }
+    }
+    this.#startFlush()
+  }
+
+  async flush(timeoutMs: number): Promise<boolean> {
+    if (this.#unflushed > 0) this.#startFlush()
+    if (this.pending === 0) return true
+    return await new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => resolve(false), timeoutMs)
+      this.#idleWaiters.push(() => {
+        clearTimeout(timer)
+        resolve(true)
+      })
+    })
+  }
+
+  async close(timeoutMs: number): Promise<void> {
+    if (this.#closed) return
+    const done = await this.flush(timeoutMs)
+    this.#closed = true
+    if (!done) this.#log.log('warn', 'close-unconfirmed', { unconfirmed: this.pending }, 'closing with events the server has not confirmed')
+  }
+
+  stats(): SinkStats {
+    return { ...this.#stats, queueDepth: this.pending }
+  }
+
+  #startFlush(): void {
+    if (this.#flushing || this.#unflushed === 0 || !this.#connected || this.#nc.isClosed()) return
+    this.#flushing = true
+    this.#inFlush = this.#unflushed
+    this.#unflushed = 0
+    const generation = this.#generation
+    const finish = () => {
+      if (generation !== this.#generation) return
+      this.#flushing = false
+      this.#inFlush = 0
+      this.#startFlush()
+      this.#progress()
+    }
+    this.#nc.flush().then(finish, finish)
+  }
+
+  #progress(): void {
+    if (this.pending === 0) for (const w of this.#idleWaiters.splice(0)) w()
+    this.onProgress()
+  }
+
+  async #watchStatus(): Promise<void> {
+    for await (const s of this.#nc.status()) {
+      if (s.type === 'disconnect') {
+        this.#connected = false
+        this.#bufferedWhileDown = 0
+        // What was unconfirmed now sits in the client's buffer or died with the socket: nothing to wait for.
+        this.#generation++
+        this.#flushing = false
+        this.#inFlush = 0
+        this.#unflushed = 0
+        this.#log.log('warn', 'disconnect', { server: s.server }, 'NATS disconnected: event-plane publishes are buffered up to the reconnect buffer, then dropped and counted')
+        this.#progress()
+      } else if (s.type === 'reconnect') {
+        this.#connected = true
+        this.#log.log('info', 'reconnect', { server: s.server }, 'NATS reconnected')
+      }
+    }
+  }
+}
