@@ -96,6 +96,9 @@ export function resolveNatsOptions(opts: NatsOptions = {}, env: Env = process.en
     timeout: opts.timeoutMs === undefined ? 5000 : positiveInt('nats.timeoutMs', opts.timeoutMs),
     reconnect: true,
     maxReconnectAttempts: -1,
+    // nats.js otherwise builds two Error objects (stack traces included) per request, in case it times
+    // out: with JetStream publishes that was a third of the publisher's CPU time.
+    noAsyncTraces: true,
     reconnectTimeWait: opts.reconnectTimeWaitMs === undefined ? 250 : positiveInt('nats.reconnectTimeWaitMs', opts.reconnectTimeWaitMs),
   }
   if (opts.tls !== undefined && opts.tls !== false) {
