@@ -12,6 +12,7 @@ import { fallback } from '../ts/fallback/index.js'
 import { BLOCK_SIZE, packBatches, standardWorkload, type Workload } from './workload.js'
 import { MS, NO_RATE, ROUNDS, best, fmtRate, rate, type Rate } from './measure.js'
 import { benchIndexer } from './indexer.js'
+import { benchPublish } from './publish.js'
 
 const require = createRequire(import.meta.url)
 const native = require('../binding.cjs') as RawBinding
@@ -70,10 +71,12 @@ function main(): void {
   console.log(`| native (public API) / pure Rust | ${(top.nativeApi.cpu / top.rust.cpu).toFixed(2)} | >= 0.7 |`)
   console.log(`| native (public API) / fallback (public API) | ${(top.nativeApi.cpu / top.jsApi.cpu).toFixed(1)} | >= 20 |`)
   console.log(`\nbest of ${ROUNDS} rounds of ${MS} ms each`)
-  benchIndexer().catch((e) => {
-    console.error(e)
-    process.exitCode = 1
-  })
+  benchIndexer()
+    .then(benchPublish)
+    .catch((e) => {
+      console.error(e)
+      process.exitCode = 1
+    })
 }
 
 main()
