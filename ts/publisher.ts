@@ -10,6 +10,7 @@ import { connectNats, isNatsConnection, resolveNatsOptions, type NatsConnection,
 import { EventPlaneSink } from './sinks/event-plane.js'
 import { JetStreamSink } from './sinks/jetstream.js'
 import type { Sink, SinkStats } from './sinks/types.js'
+import { ZmqSource, type ZmqSourceCounter, type ZmqSourceOptions } from './sources/zmq.js'
 
 type Env = Record<string, string | undefined>
 
@@ -52,6 +53,12 @@ export interface KvEventPublisherOptions {
   reconnectBufferBytes?: number
   /** How long close() waits for unconfirmed events (ms, default 10,000). */
   closeTimeoutMs?: number
+  /**
+   * Listen to the engine's ZMQ KV-event stream (SPEC 2.1) and ingest every batch: `endpoint` or
+   * `endpoints`, `replayEndpoint`, `dpRanks` (port + rank), `topic`, `bind`, `onLoss`... (ZmqSourceOptions;
+   * its logger defaults to the publisher's). close() stops it first.
+   */
+  zmq?: Omit<ZmqSourceOptions, 'createSubscriber'>
 }
 
 export interface PublisherStats {
@@ -65,11 +72,13 @@ export interface PublisherStats {
   sink: SinkStats
   /** Calls waiting for room in the queue. */
   waiting: number
+  /** The ZMQ source's counters (null without the zmq option). */
+  source: Record<ZmqSourceCounter, bigint> | null
 }
 
 const KNOWN_OPTIONS = new Set([
   'namespace', 'component', 'kvBlockSize', 'workerId', 'mode', 'localIndexer', 'nats', 'logger', 'maxPending', 'now',
-  'maxDpRanks', 'dpRanks', 'jetstream', 'reconnectBufferBytes', 'closeTimeoutMs',
+  'maxDpRanks', 'dpRanks', 'jetstream', 'reconnectBufferBytes', 'closeTimeoutMs', 'zmq',
 ])
 
 /** A random worker id below 2^63 (Dynamo's instance ids are i64-safe). */
@@ -106,6 +115,11 @@ export class KvEventPublisher {
   readonly #logger: Logger
   readonly #waiters: (() => void)[] = []
   #closing: Promise<void> | null = null
+  #source: ZmqSource | null = null
+  /** While close() stops the source, its calls still get in. */
+  #sourceOpen = false
+  /** Set by close() once the source stopped: waiting calls are admitted without the bound. */
+  #draining = false
 
   private constructor(init: {
     options: KvEventPublisherOptions
@@ -208,8 +222,43 @@ export class KvEventPublisher {
       if (ownsConnection) await nc.close().catch(() => {})
       throw err
     }
-    logger.info({ workerId: workerId.toString(), mode, subject, localIndexer: ingestor.localIndexer !== null }, 'KV event publisher ready')
-    return new KvEventPublisher({ options, ingestor, sink, nc, ownsConnection, subject, streamName, maxPending, now, closeTimeoutMs, logger })
+    const publisher = new KvEventPublisher({ options, ingestor, sink, nc, ownsConnection, subject, streamName, maxPending, now, closeTimeoutMs, logger })
+    if (options.zmq !== undefined) {
+      if (typeof options.zmq !== 'object' || options.zmq === null) {
+        await publisher.close()
+        throw new TypeError(`zmq must be an object of ZMQ source options, got ${describe(options.zmq)}`)
+      }
+      try {
+        publisher.#source = await ZmqSource.create({ logger, ...options.zmq }, publisher.#sourceConsumer())
+      } catch (err) {
+        await publisher.close()
+        if (err instanceof Error && !/^zmq\./.test(err.message)) err.message = `zmq.${err.message}`
+        throw err
+      }
+      publisher.#source.on('stopped', (why) => {
+        if (why.reason !== 'closed') logger.error({ ...why, error: String((why as { error?: unknown }).error) }, 'the ZMQ source stopped: no more engine events will be published')
+      })
+    }
+    logger.info({ workerId: workerId.toString(), mode, subject, localIndexer: ingestor.localIndexer !== null, zmq: publisher.#source?.endpoints ?? null }, 'KV event publisher ready')
+    return publisher
+  }
+
+  /** The ZMQ source (null without the zmq option): its `stopped` event tells why it stopped. */
+  get source(): ZmqSource | null {
+    return this.#source
+  }
+
+  /** What the ZMQ source feeds: ingest, and the reset rule for a rank the engine restarted or lost. */
+  #sourceConsumer() {
+    return {
+      ingest: (payload: Uint8Array) => this.#accept(() => this.#ingestor.ingest(payload, this.#clock()), true),
+      resetRank: (dpRank: number) =>
+        this.#accept(() => this.#ingestor.cleared(dpRank, this.#clock()), true).catch((err: unknown) => {
+          // a rank outside dpRanks: its batches were all rejected `dp_rank`, so there is nothing to reset
+          if (err instanceof RangeError) return null
+          throw err
+        }),
+    }
   }
 
   /**
@@ -257,6 +306,7 @@ export class KvEventPublisher {
       ingest,
       sink: this.#sink.stats(),
       waiting: this.#waiters.length,
+      source: this.#source?.stats() ?? null,
     }
   }
 
@@ -265,7 +315,10 @@ export class KvEventPublisher {
     return this.#sink.flush(timeoutMs)
   }
 
-  /** Idempotent: lets waiting calls in, flushes what was accepted, then closes the connection if it owns it. */
+  /**
+   * Idempotent: stops the ZMQ source (it finishes the batch in hand), lets waiting calls in, flushes what
+   * was accepted, then closes the connection if it owns it.
+   */
   close(): Promise<void> {
     this.#closing ??= this.#close()
     return this.#closing
@@ -280,7 +333,14 @@ export class KvEventPublisher {
   }
 
   async #close(): Promise<void> {
+    if (this.#source) {
+      // the source's calls are still accepted while it stops, within the bound
+      this.#sourceOpen = true
+      await this.#source.close()
+      this.#sourceOpen = false
+    }
     // Calls already waiting were made before close(): they are accepted, without the bound.
+    this.#draining = true
     this.#admitWaiting()
     await this.#sink.close(this.#closeTimeoutMs)
     if (this.#ownsConnection) await this.#nc.close().catch((err: unknown) => this.#logger.warn({ err: String(err) }, 'closing the NATS connection failed'))
@@ -294,8 +354,8 @@ export class KvEventPublisher {
   }
 
   /** Runs `work` now if there is room and nobody waits, else after the calls before it (FIFO). */
-  #accept(work: () => IngestResult): Promise<IngestResult> {
-    if (this.#closing !== null) return Promise.reject(new Error('KvEventPublisher is closed'))
+  #accept(work: () => IngestResult, fromSource = false): Promise<IngestResult> {
+    if (this.#closing !== null && !(fromSource && this.#sourceOpen)) return Promise.reject(new Error('KvEventPublisher is closed'))
     if (this.#waiters.length === 0 && this.#sink.pending < this.#maxPending) {
       try {
         return Promise.resolve(this.#run(work))
@@ -322,6 +382,6 @@ export class KvEventPublisher {
 
   #admitWaiting(): void {
     // Each admitted call runs synchronously and adds to pending before the next one is considered.
-    while (this.#waiters.length > 0 && (this.#sink.pending < this.#maxPending || this.#closing !== null)) this.#waiters.shift()!()
+    while (this.#waiters.length > 0 && (this.#sink.pending < this.#maxPending || this.#draining)) this.#waiters.shift()!()
   }
 }

@@ -1,0 +1,186 @@
+// The whole worker side (issue 5, items 1, 4 and 6): engine simulators publish over real ZeroMQ sockets,
+// a KvEventPublisher with the zmq option ingests and publishes to a real nats-server, and a router-side
+// RadixIndex fed from NATS (the subject, or the JetStream stream applied in order) must end equal to the
+// engines' ground truth: the blocks each engine holds.
+import test from 'ava'
+import { connect, type NatsConnection } from '@nats-io/transport-node'
+import * as kv from '../ts/index.js'
+import { EngineSimulator } from '../ts/sim/engine.js'
+import { readEnvelope } from './helpers/fixtures.js'
+import { startNatsServer, type NatsServer } from './helpers/nats-server.js'
+import { quiet, readStream, waitFor } from './helpers/publishing.js'
+import { freePorts, settle, sorted } from './helpers/zmq.js'
+
+const impl = kv.implementation
+let server: NatsServer
+let nc: NatsConnection
+
+test.before(async () => {
+  server = await startNatsServer()
+  nc = await connect({ servers: server.url })
+})
+
+test.after.always(async () => {
+  await nc?.close()
+  await server?.stop()
+})
+
+/** A router's view: every envelope on the subject applied to a RadixIndex, in arrival order. */
+function router(subject: string) {
+  const index = new kv.RadixIndex()
+  const events: kv.RouterEventValue[] = []
+  const sub = nc.subscribe(subject, {
+    callback: (_err, m) => {
+      events.push(kv.decodeRouterEvent(readEnvelope(m.data).payload))
+      index.applyEncoded(m.data, 'envelope')
+    },
+  })
+  return { index, events, stop: () => sub.unsubscribe() }
+}
+
+/** The block hashes an index holds for (worker, rank). */
+function blocksOf(index: kv.RadixIndex, workerId: bigint, dpRank: number): bigint[] {
+  return sorted(
+    index
+      .dump()
+      .filter((e) => e.workerId === workerId && e.event.dpRank === dpRank)
+      .flatMap((e) => (e.event.data.type === 'stored' ? e.event.data.blocks.map((b) => b.blockHash) : [])),
+  )
+}
+
+async function delivered(p: kv.KvEventPublisher, r: { events: unknown[] }): Promise<void> {
+  t_assert(await p.flush(10_000), 'publisher flushed')
+  await nc.flush()
+  const total = () => Number(p.stats().sink.published)
+  await waitFor(() => r.events.length >= total(), 10_000, `${total()} events at the router`)
+}
+
+function t_assert(ok: boolean, what: string): void {
+  if (!ok) throw new Error(`failed: ${what}`)
+}
+
+test.serial(`[${impl}] normal flow: the engine's batches reach the router's index over the event plane, equal to ground truth`, async (t) => {
+  const sim = await EngineSimulator.create({ replayEndpoint: 'tcp://127.0.0.1:0', seed: 21, encoding: 'mixed' })
+  const r = router('namespace.zmq.component.flow.kv-events')
+  await nc.flush()
+  const p = await kv.KvEventPublisher.create({
+    namespace: 'zmq',
+    component: 'flow',
+    kvBlockSize: sim.kvBlockSize,
+    workerId: 11n,
+    nats: nc,
+    logger: quiet,
+    zmq: { endpoint: sim.endpoint, replayEndpoint: sim.replayEndpoint! },
+  })
+  try {
+    await sim.run(400)
+    await settle(p.source!, sim)
+    await delivered(p, r)
+    const truth = sorted(sim.held())
+    t.true(truth.length > 50, `${truth.length} blocks held`)
+    t.deepEqual(blocksOf(r.index, 11n, 0), truth)
+    t.deepEqual(blocksOf(p.localIndexer!, 11n, 0), truth)
+    t.deepEqual(r.events.map((e) => (e as kv.RouterEventValue).event.eventId), r.events.map((_, i) => BigInt(i)), 'ids 0, 1, 2, ... without gaps')
+    t.is(p.stats().source!.ingested, sim.nextSeq, 'every seq ingested once')
+  } finally {
+    await p.close()
+    r.stop()
+    sim.close()
+  }
+  t.true(p.closed)
+})
+
+test.serial(`[${impl}] normal flow into JetStream: the stream applied in order equals ground truth`, async (t) => {
+  const sim = await EngineSimulator.create({ replayEndpoint: 'tcp://127.0.0.1:0', seed: 22, replayLayout: 'legacy', publisherId: true })
+  const p = await kv.KvEventPublisher.create({
+    namespace: 'zmq',
+    component: 'durable',
+    kvBlockSize: sim.kvBlockSize,
+    workerId: 12n,
+    mode: 'jetstream',
+    nats: nc,
+    logger: quiet,
+    zmq: { endpoint: sim.endpoint, replayEndpoint: sim.replayEndpoint! },
+  })
+  try {
+    await sim.run(300)
+    await settle(p.source!, sim)
+    t.true(await p.flush(10_000))
+    const index = new kv.RadixIndex()
+    for (const m of await readStream(nc, p.streamName!)) index.applyEncoded(m.data, 'json')
+    const truth = sorted(sim.held())
+    t.true(truth.length > 50)
+    t.deepEqual(blocksOf(index, 12n, 0), truth)
+  } finally {
+    await p.close()
+    sim.close()
+  }
+})
+
+test.serial(`[${impl}] two dp ranks on port and port + 1: ids per rank without gaps; restarting one rank keeps the other's blocks`, async (t) => {
+  const [live, replay] = [await freePorts(2), await freePorts(2)]
+  const sims = await Promise.all(
+    [0, 1].map((rank) =>
+      EngineSimulator.create({
+        endpoint: `tcp://127.0.0.1:${live + rank}`,
+        replayEndpoint: `tcp://127.0.0.1:${replay + rank}`,
+        dpRank: rank,
+        seed: 30 + rank,
+        publisherId: true,
+      }),
+    ),
+  )
+  const r = router('namespace.zmq.component.ranks.kv-events')
+  await nc.flush()
+  const p = await kv.KvEventPublisher.create({
+    namespace: 'zmq',
+    component: 'ranks',
+    kvBlockSize: 16,
+    workerId: 13n,
+    nats: nc,
+    logger: quiet,
+    zmq: { endpoint: `tcp://127.0.0.1:${live}`, replayEndpoint: `tcp://127.0.0.1:${replay}`, dpRanks: 2 },
+  })
+  try {
+    await Promise.all(sims.map((s) => s.run(200)))
+    for (const s of sims) await settle(p.source!, s)
+    await delivered(p, r)
+    const before0 = sorted(sims[0]!.held())
+    t.true(before0.length > 20)
+    t.deepEqual(blocksOf(r.index, 13n, 0), before0)
+    t.deepEqual(blocksOf(r.index, 13n, 1), sorted(sims[1]!.held()))
+
+    // rank 1's engine restarts (seq back to 0, new publisher id, holds nothing): the rank is reset
+    await sims[1]!.restart()
+    await sims[1]!.run(50)
+    await sims[0]!.run(50)
+    for (const s of sims) await settle(p.source!, s)
+    await delivered(p, r)
+    t.true(p.stats().source!.restarts >= 1n)
+    t.deepEqual(blocksOf(r.index, 13n, 0), sorted(sims[0]!.held()), "rank 0's blocks stay")
+    t.deepEqual(blocksOf(r.index, 13n, 1), sorted(sims[1]!.held()), 'rank 1 holds only the new incarnation')
+    t.true(blocksOf(r.index, 13n, 0).length > 20)
+
+    // events carry their rank, and each rank's ids run 0, 1, 2, ... without gaps (the reset used ids too)
+    for (const rank of [0, 1]) {
+      const ids = r.events.filter((e) => (e as kv.RouterEventValue).event.dpRank === rank).map((e) => (e as kv.RouterEventValue).event.eventId)
+      t.true(ids.length > 50)
+      t.deepEqual(ids, ids.map((_, i) => BigInt(i)), `rank ${rank}`)
+      t.is(p.nextEventId(rank), BigInt(ids.length))
+    }
+    // with two ranks seen, the reset is published as removes, never as `cleared` (which wipes every rank)
+    t.false(r.events.some((e) => (e as kv.RouterEventValue).event.data.type === 'cleared' && (e as kv.RouterEventValue).event.dpRank === 1))
+  } finally {
+    await p.close()
+    r.stop()
+    for (const s of sims) s.close()
+  }
+})
+
+test(`[${impl}] zmq option errors name the option, and nothing is left open`, async (t) => {
+  const base = { namespace: 'zmq', component: 'bad', kvBlockSize: 16, nats: nc, logger: quiet }
+  await t.throwsAsync(kv.KvEventPublisher.create({ ...base, zmq: 5 as never }), { instanceOf: TypeError, message: /zmq/ })
+  await t.throwsAsync(kv.KvEventPublisher.create({ ...base, zmq: {} }), { message: /zmq\.|endpoint/ })
+  await t.throwsAsync(kv.KvEventPublisher.create({ ...base, zmq: { endpoint: 'tcp://127.0.0.1:5557', onLoss: 'drop' as never } }), { message: /onLoss/ })
+  t.false(nc.isClosed(), 'a connection the caller passed stays open')
+})
