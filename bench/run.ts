@@ -13,6 +13,7 @@ import { BLOCK_SIZE, packBatches, standardWorkload, type Workload } from './work
 import { MS, NO_RATE, ROUNDS, best, fmtRate, rate, type Rate } from './measure.js'
 import { benchIndexer } from './indexer.js'
 import { benchPublish } from './publish.js'
+import { benchZmq } from './zmq.js'
 
 const require = createRequire(import.meta.url)
 const native = require('../binding.cjs') as RawBinding
@@ -73,6 +74,7 @@ function main(): void {
   console.log(`\nbest of ${ROUNDS} rounds of ${MS} ms each`)
   benchIndexer()
     .then(benchPublish)
+    .then(benchZmq)
     .catch((e) => {
       console.error(e)
       process.exitCode = 1
