@@ -1,13 +1,14 @@
 // The indexer section of `npm run bench` (issue 3; called at the end of bench/run.ts main()):
-//  (a) apply throughput in blocks/s (stored blocks + removed hashes), single thread, CPU time: the native
-//      raw binding, the public RadixIndex (values, and encoded bytes through applyEncoded), the fallback,
-//      and the pure Rust core (crates/core/examples/bench_index.rs, its own synthetic stream) if present;
+//  (a) apply throughput in blocks/s (stored blocks + removed hashes), single thread, per second of wall,
+//      process CPU and main-thread CPU time: the native raw binding, the public RadixIndex (values, and
+//      encoded bytes through applyEncoded), the fallback, and the pure Rust core
+//      (crates/core/examples/bench_index.rs, its own synthetic stream) if present;
 //  (b) findMatches latency p50/p99 of 64-block queries on an index of 1,000,000 (worker, block) entries
 //      over 64 workers, measured from JavaScript per call with process.hrtime.bigint;
 //  (c) bytes per indexed entry, measured in a fresh child process (`node --import tsx --expose-gc`):
 //      RSS (native) or heapUsed + arrayBuffers (fallback) before and after building the same index,
 //      gc() before each reading.
-// Run alone: `npx tsx bench/indexer.ts`.
+// Run alone: `npx tsx bench/indexer.ts` (or `BENCH_ONLY=indexer npm run bench`).
 import { execFile, execFileSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { cpus, loadavg } from 'node:os'
@@ -19,7 +20,7 @@ import type { RawBinding, RawRadixIndex, RouterEventValue } from '../ts/binding.
 import { RadixIndex, encodeEnvelope, encodeRouterEvent } from '../ts/api.js'
 import { fallback } from '../ts/fallback/index.js'
 import { EventGenerator, type EventGenOptions } from '../__test__/helpers/gen-events.js'
-import { MS, NO_RATE, ROUNDS, best as keep, fmtRate, rate, type Rate } from './measure.js'
+import { MS, NO_RATE, ROUNDS, best as keep, fmtRate, rateAsync, type Rate } from './measure.js'
 
 const require = createRequire(import.meta.url)
 const HERE = dirname(fileURLToPath(import.meta.url))
@@ -109,20 +110,25 @@ function lookupEvents(entries: number): { gen: EventGenerator; events: RouterEve
 // ---------------------------------------------------------------------------------------------------
 // (a) apply throughput
 
-function applyRates(s: Stream, impl: RawBinding): { raw: Rate; api: Rate; encoded: Rate } {
-  const raw = rate(s.blocks, () => {
+// Each pass starts from an empty index and drops it; the event loop turns between passes (rateAsync) so
+// that dropped native indexes are freed, as they would be in a running process.
+async function applyValueRates(s: Stream, impl: RawBinding): Promise<{ raw: Rate; api: Rate }> {
+  const raw = await rateAsync(s.blocks, () => {
     const idx: RawRadixIndex = new impl.RawRadixIndex()
     for (const ev of s.events) idx.applyEvent(ev)
   })
-  const api = rate(s.blocks, () => {
+  const api = await rateAsync(s.blocks, () => {
     const idx = new RadixIndex(impl)
     for (const ev of s.events) idx.applyEvent(ev)
   })
-  const encoded = rate(s.blocks, () => {
+  return { raw, api }
+}
+
+function applyEncodedRate(s: Stream, impl: RawBinding): Promise<Rate> {
+  return rateAsync(s.blocks, () => {
     const idx = new RadixIndex(impl)
     for (const b of s.envelopes) idx.applyEncoded(b, 'envelope')
   })
-  return { raw, api, encoded }
 }
 
 interface RustFigures {
@@ -279,14 +285,20 @@ export async function benchIndexer(): Promise<void> {
   )
   const best = { nRaw: NO_RATE, nApi: NO_RATE, nEnc: NO_RATE, jRaw: NO_RATE, jApi: NO_RATE, jEnc: NO_RATE }
   for (let r = 0; r < ROUNDS; r++) {
-    const n = applyRates(s, native)
-    const j = applyRates(s, fallback)
+    const n = await applyValueRates(s, native)
+    const j = await applyValueRates(s, fallback)
     best.nRaw = keep(best.nRaw, n.raw)
     best.nApi = keep(best.nApi, n.api)
-    best.nEnc = keep(best.nEnc, n.encoded)
     best.jRaw = keep(best.jRaw, j.raw)
     best.jApi = keep(best.jApi, j.api)
-    best.jEnc = keep(best.jEnc, j.encoded)
+  }
+  // The encoded passes run once the event objects are released: a router that receives bytes holds
+  // no such objects, and with them (~800k objects and bigints) every major GC, which each dropped
+  // native index now triggers, would mark them on a helper thread, counted in process CPU time.
+  s.events = []
+  for (let r = 0; r < ROUNDS; r++) {
+    best.nEnc = keep(best.nEnc, await applyEncodedRate(s, native))
+    best.jEnc = keep(best.jEnc, await applyEncodedRate(s, fallback))
   }
   const rust = rustFigures()
 
@@ -324,10 +336,11 @@ export async function benchIndexer(): Promise<void> {
   const memN = await memory('native')
   const memJ = await memory('js')
 
-  console.log('\n| apply, 64 workers, 1-32-block stores, 20% removes | blocks/s (wall) | blocks/s (CPU time) |')
-  console.log('|---|---|---|')
-  const row = (name: string, r: Rate) => console.log(`| ${name} | ${fmtRate(r.wall)} | ${fmtRate(r.cpu)} |`)
-  if (rust) console.log(`| pure Rust core (bench_index.rs, its own stream: root stores, no removes) | ${fmtRate(rust.apply_blocks_per_s)} | - |`)
+  console.log('\n| apply, 64 workers, 1-32-block stores, 20% removes | blocks/s (wall) | blocks/s (process CPU time) | blocks/s (main-thread CPU time) |')
+  console.log('|---|---|---|---|')
+  const thr = (x: number) => (x > 0 ? fmtRate(x) : 'n/a')
+  const row = (name: string, r: Rate) => console.log(`| ${name} | ${fmtRate(r.wall)} | ${fmtRate(r.cpu)} | ${thr(r.thread)} |`)
+  if (rust) console.log(`| pure Rust core (bench_index.rs, its own stream: root stores, no removes) | ${fmtRate(rust.apply_blocks_per_s)} | - | - |`)
   row('native, raw applyEvent (RouterEventValue objects)', best.nRaw)
   row('native, RadixIndex.applyEvent', best.nApi)
   row('native, RadixIndex.applyEncoded (envelope bytes)', best.nEnc)
@@ -352,13 +365,16 @@ export async function benchIndexer(): Promise<void> {
   console.log(`| fallback, RSS growth (for reference) | ${memJ.entries} | ${memJ.rssBytes} | ${(memJ.rssBytes / memJ.entries).toFixed(1)} |`)
 
   const bestNative = Math.max(best.nRaw.cpu, best.nApi.cpu, best.nEnc.cpu)
+  const bestNativeThread = Math.max(best.nRaw.thread, best.nApi.thread, best.nEnc.thread)
   console.log('\n| indexer target | value | target |')
   console.log('|---|---|---|')
-  console.log(`| apply, native (best path, CPU time) | ${fmtRate(bestNative)} blocks/s | >= 3.5 M blocks/s |`)
+  console.log(`| apply, native (best path, process CPU time) | ${fmtRate(bestNative)} blocks/s | >= 3.5 M blocks/s |`)
+  console.log(`| apply, native (best path, main-thread CPU time) | ${thr(bestNativeThread)} blocks/s | >= 3.5 M blocks/s |`)
   console.log(`| findMatches p99 from JavaScript, native | ${us(latN.p99)} | <= 10 µs |`)
   console.log(`| bytes per entry, native (RSS) | ${(memN.rssBytes / memN.entries).toFixed(1)} | <= 100 |`)
   console.log(`| native / fallback, apply raw applyEvent (CPU time) | ${(best.nRaw.cpu / best.jRaw.cpu).toFixed(1)} | >= 10 |`)
   console.log(`| native / fallback, apply applyEncoded (CPU time) | ${(best.nEnc.cpu / best.jEnc.cpu).toFixed(1)} | >= 10 |`)
+  if (best.nEnc.thread > 0) console.log(`| native / fallback, apply applyEncoded (main-thread CPU time) | ${(best.nEnc.thread / best.jEnc.thread).toFixed(1)} | >= 10 |`)
   console.log(`| native / fallback, findMatches mean latency | ${(latJ.mean / latN.mean).toFixed(1)} | >= 10 |`)
   console.log(`\nbest of ${ROUNDS} rounds of ${MS} ms each for throughput; latency: ${QUERIES} timed queries after 2,000 warm-up ones, the round with the lowest p99 of ${ROUNDS}`)
 }

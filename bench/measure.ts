@@ -1,5 +1,6 @@
 // What the benchmarks share: how long to measure, and rates per second of wall time and of CPU time
 // (the latter survives a busy shared machine: see BENCHMARKS.md).
+import { readFileSync } from 'node:fs'
 
 /** Milliseconds per measurement (BENCH_MS) and rounds per figure, the best one kept (BENCH_ROUNDS). */
 export const MS = Number(process.env.BENCH_MS ?? 2000)
@@ -7,10 +8,26 @@ export const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2)
 
 export interface Rate {
   wall: number
+  /** per second of CPU time of the whole process (GC helper threads included) */
   cpu: number
+  /** per second of CPU time of the main thread alone (Linux; 0 elsewhere) */
+  thread: number
 }
 
-export const NO_RATE: Rate = { wall: 0, cpu: 0 }
+export const NO_RATE: Rate = { wall: 0, cpu: 0, thread: 0 }
+
+/** CPU nanoseconds of the calling thread (Linux /proc; 0 when unavailable). */
+function threadCpuNs(): number {
+  try {
+    return Number(readFileSync('/proc/thread-self/schedstat', 'utf8').split(' ')[0])
+  } catch {
+    return 0
+  }
+}
+
+function rates(units: number, elapsedMs: number, cpu: NodeJS.CpuUsage, threadNs: number): Rate {
+  return { wall: units / (elapsedMs / 1000), cpu: units / ((cpu.user + cpu.system) / 1e6), thread: threadNs > 0 ? units / (threadNs / 1e9) : 0 }
+}
 
 /** Units (blocks) per second over repeated passes, after one warm-up pass; at least 2 passes. */
 export function rate(unitsPerPass: number, pass: () => void): Rate {
@@ -18,19 +35,42 @@ export function rate(unitsPerPass: number, pass: () => void): Rate {
   let passes = 0
   const start = process.hrtime.bigint()
   const cpu0 = process.cpuUsage()
+  const thread0 = threadCpuNs()
   let elapsed = 0
   while (elapsed < MS || passes < 2) {
     pass()
     passes++
     elapsed = Number(process.hrtime.bigint() - start) / 1e6
   }
-  const cpu = process.cpuUsage(cpu0)
-  const units = unitsPerPass * passes
-  return { wall: units / (elapsed / 1000), cpu: units / ((cpu.user + cpu.system) / 1e6) }
+  return rates(unitsPerPass * passes, elapsed, process.cpuUsage(cpu0), threadCpuNs() - thread0)
+}
+
+/**
+ * `rate` for passes that each build a native object and drop it: the event loop turns between passes
+ * (as it does between messages in a real process), so that Node-API finalizers, which Node runs from
+ * the event loop, free the dropped objects. A synchronous loop would keep every dropped index alive
+ * and measure a process growing by the index's size on every pass.
+ */
+export async function rateAsync(unitsPerPass: number, pass: () => void): Promise<Rate> {
+  const turn = () => new Promise<void>((resolve) => setImmediate(resolve))
+  pass()
+  await turn()
+  let passes = 0
+  const start = process.hrtime.bigint()
+  const cpu0 = process.cpuUsage()
+  const thread0 = threadCpuNs()
+  let elapsed = 0
+  while (elapsed < MS || passes < 2) {
+    pass()
+    await turn()
+    passes++
+    elapsed = Number(process.hrtime.bigint() - start) / 1e6
+  }
+  return rates(unitsPerPass * passes, elapsed, process.cpuUsage(cpu0), threadCpuNs() - thread0)
 }
 
 /** The better of two rounds, per clock. */
-export const best = (a: Rate, b: Rate): Rate => ({ wall: Math.max(a.wall, b.wall), cpu: Math.max(a.cpu, b.cpu) })
+export const best = (a: Rate, b: Rate): Rate => ({ wall: Math.max(a.wall, b.wall), cpu: Math.max(a.cpu, b.cpu), thread: Math.max(a.thread, b.thread) })
 
 /** 1.23 M / 456 k */
 export const fmtRate = (x: number): string => (x >= 1e6 ? `${(x / 1e6).toFixed(2)} M` : `${(x / 1e3).toFixed(0)} k`)

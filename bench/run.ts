@@ -1,6 +1,7 @@
 // npm run bench: ingest throughput of the standard workload (bench/workload.ts) for the pure Rust core
-// (crates/core/examples/bench_ingest.rs), the native binding from Node, and the TypeScript fallback,
-// measured in one run so the ratios are comparable on a noisy shared machine. See BENCHMARKS.md.
+// (crates/core/examples/bench_ingest.rs), the native binding from Node, and the TypeScript fallback; then
+// the indexer (bench/indexer.ts), publishing to NATS (bench/publish.ts) and the ZMQ source (bench/zmq.ts).
+// One run, so the ratios are comparable on a noisy shared machine. See BENCHMARKS.md.
 import { execFileSync } from 'node:child_process'
 import { createRequire } from 'node:module'
 import { mkdtempSync, writeFileSync } from 'node:fs'
@@ -39,11 +40,20 @@ function rustRate(file: string, w: Workload): Rate {
     { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] },
   )
   const r = JSON.parse(out.trim().split('\n').pop()!) as { blocks_per_s: number; blocks_per_cpu_s: number }
-  return { wall: r.blocks_per_s, cpu: r.blocks_per_cpu_s }
+  return { wall: r.blocks_per_s, cpu: r.blocks_per_cpu_s, thread: r.blocks_per_cpu_s }
 }
 
+/** BENCH_ONLY=ingest|indexer|publish|zmq (comma-separated) runs only those parts; default all. */
+const only = new Set((process.env.BENCH_ONLY ?? 'ingest,indexer,publish,zmq').split(',').map((x) => x.trim()))
 
-function main(): void {
+async function main(): Promise<void> {
+  if (only.has('ingest')) benchIngest()
+  if (only.has('indexer')) await benchIndexer()
+  if (only.has('publish')) await benchPublish()
+  if (only.has('zmq')) await benchZmq()
+}
+
+function benchIngest(): void {
   const w = standardWorkload(4000)
   const dir = mkdtempSync(join(tmpdir(), 'dynamo-kv-bench-'))
   const file = join(dir, 'batches.bin')
@@ -72,13 +82,9 @@ function main(): void {
   console.log(`| native (public API) / pure Rust | ${(top.nativeApi.cpu / top.rust.cpu).toFixed(2)} | >= 0.7 |`)
   console.log(`| native (public API) / fallback (public API) | ${(top.nativeApi.cpu / top.jsApi.cpu).toFixed(1)} | >= 20 |`)
   console.log(`\nbest of ${ROUNDS} rounds of ${MS} ms each`)
-  benchIndexer()
-    .then(benchPublish)
-    .then(benchZmq)
-    .catch((e) => {
-      console.error(e)
-      process.exitCode = 1
-    })
 }
 
-main()
+main().catch((e) => {
+  console.error(e)
+  process.exitCode = 1
+})

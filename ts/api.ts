@@ -444,43 +444,30 @@ let matchScratch = Buffer.allocUnsafeSlow(4 + MATCH_RECORD_BYTES * 256)
 // DataView reads are several times faster than Buffer's readUInt32LE on Node 20
 let matchView = new DataView(matchScratch.buffer, matchScratch.byteOffset, matchScratch.byteLength)
 
-/** Runs a query that writes its matches into the scratch, growing it when asked to. */
-function queryMatches(run: (out: Buffer) => number): OverlapScores {
-  let len = run(matchScratch)
-  if (len < 0) {
-    matchScratch = Buffer.allocUnsafeSlow(Math.max(-len, 2 * matchScratch.length))
-    matchView = new DataView(matchScratch.buffer, matchScratch.byteOffset, matchScratch.byteLength)
-    len = run(matchScratch)
-  }
-  return readMatches(matchView)
+/** Grows the scratch to at least `need` bytes (a query answered with minus the bytes it needs). */
+function growMatchScratch(need: number): void {
+  matchScratch = Buffer.allocUnsafeSlow(Math.max(need, 2 * matchScratch.length))
+  matchView = new DataView(matchScratch.buffer, matchScratch.byteOffset, matchScratch.byteLength)
 }
 
 /**
- * Worker ids as bigints, cached per record position by their two 32-bit halves: results list the
- * same workers in the same (sorted) order query after query, and creating a BigInt costs more than
- * the rest of a record.
+ * Worker ids as bigints, cached by their two 32-bit halves in a direct-mapped table: results list the
+ * same workers query after query, and creating a BigInt costs more than the rest of a record.
  */
-let cacheLo = new Uint32Array(256)
-let cacheHi = new Uint32Array(256)
-let cacheId: bigint[] = new Array<bigint>(256).fill(-1n)
+const ID_CACHE = 1024
+const cacheLo = new Uint32Array(ID_CACHE)
+const cacheHi = new Uint32Array(ID_CACHE)
+const cacheId: (bigint | undefined)[] = new Array<bigint | undefined>(ID_CACHE).fill(undefined)
 
-function workerIdAt(lo: number, hi: number, i: number): bigint {
-  if (i >= cacheId.length) {
-    const n = 2 * i
-    const l = new Uint32Array(n)
-    const h = new Uint32Array(n)
-    l.set(cacheLo)
-    h.set(cacheHi)
-    cacheLo = l
-    cacheHi = h
-    cacheId = cacheId.concat(new Array<bigint>(n - cacheId.length).fill(-1n))
-  }
-  if (cacheLo[i] === lo && cacheHi[i] === hi && cacheId[i] !== -1n) return cacheId[i]!
-  const id = (BigInt(hi) << 32n) | BigInt(lo)
-  cacheLo[i] = lo
-  cacheHi[i] = hi
-  cacheId[i] = id
-  return id
+function workerIdOf(lo: number, hi: number): bigint {
+  const at = (Math.imul(lo ^ hi, 0x9e3779b1) >>> 22) & (ID_CACHE - 1)
+  const id = cacheId[at]
+  if (id !== undefined && cacheLo[at] === lo && cacheHi[at] === hi) return id
+  const fresh = (BigInt(hi) << 32n) | BigInt(lo)
+  cacheLo[at] = lo
+  cacheHi[at] = hi
+  cacheId[at] = fresh
+  return fresh
 }
 
 function readMatches(v: DataView): OverlapScores {
@@ -488,7 +475,7 @@ function readMatches(v: DataView): OverlapScores {
   const scores: WorkerScore[] = new Array(n)
   const treeSizes: WorkerTreeSize[] = new Array(n)
   for (let i = 0, at = 4; i < n; i++, at += MATCH_RECORD_BYTES) {
-    const workerId = workerIdAt(v.getUint32(at, true), v.getUint32(at + 4, true), i)
+    const workerId = workerIdOf(v.getUint32(at, true), v.getUint32(at + 4, true))
     const dpRank = v.getUint32(at + 8, true)
     scores[i] = { workerId, dpRank, score: v.getUint32(at + 12, true) }
     // a tree size is a count of entries: far below 2^53
@@ -520,10 +507,15 @@ export class RadixIndex {
     return APPLY_OUTCOMES[this.raw.applyEncoded(bytesArg('payload', payload), formatCode(format))]!
   }
 
-  findMatches(tokensHashes: BigUint64Array | bigint[], opts: { earlyExit?: boolean } = {}): OverlapScores {
+  findMatches(tokensHashes: BigUint64Array | bigint[], opts?: { earlyExit?: boolean }): OverlapScores {
     const hashes = hashesArg('tokensHashes', tokensHashes)
-    const earlyExit = opts.earlyExit === true
-    return queryMatches((out) => this.raw.findMatches(hashes, earlyExit, out))
+    const earlyExit = opts?.earlyExit === true
+    const len = this.raw.findMatches(hashes, earlyExit, matchScratch)
+    if (len < 0) {
+      growMatchScratch(-len)
+      this.raw.findMatches(hashes, earlyExit, matchScratch)
+    }
+    return readMatches(matchView)
   }
 
   /** findMatches on the block hashes of `tokens` (computeBlockHashes with the same options). */
@@ -537,7 +529,12 @@ export class RadixIndex {
     const lora = loraArg(opts.loraName)
     const mm = mmInfosArg('blockMmInfos', opts.blockMmInfos)
     const earlyExit = opts.earlyExit === true
-    return queryMatches((out) => this.raw.findMatchesForTokens(t, bs, lora, mm, earlyExit, out))
+    const len = this.raw.findMatchesForTokens(t, bs, lora, mm, earlyExit, matchScratch)
+    if (len < 0) {
+      growMatchScratch(-len)
+      this.raw.findMatchesForTokens(t, bs, lora, mm, earlyExit, matchScratch)
+    }
+    return readMatches(matchView)
   }
 
   /** Drops every block of every dp rank of the worker and forgets it. */

@@ -2,9 +2,13 @@
 //! the tokens hashes of the path from the root, so that `find_matches` can tell who holds the longest
 //! prefix of a request.
 //!
-//! Layout, for memory: nodes live in one arena (`Vec<Node>`, 40 bytes each) addressed by u32; a node's
-//! single child is stored inline and only a node with several children gets a hash map; the holders of
-//! a node are a small vector with one inline slot. Each worker key has a map block hash → node.
+//! Layout, for memory and cache: nodes live in one arena (`Vec<Node>`, 32 bytes each) addressed by u32;
+//! a node's single child and single holder are stored inline (most nodes have one of each). The edges
+//! of nodes with several children live in one open-addressing table keyed by (parent, tokens hash),
+//! so a step down costs two cache misses (table slot, child); each such node also lists its children
+//! for the cascade and the dump. Several holders go to a `HolderSet`, and the node keeps a bitmask of
+//! its worker slots below 64, so that `find_matches` intersects worker sets with one AND per level.
+//! Each worker key has a map block hash → node.
 //!
 //! Rules that are easy to miss:
 //! - a node that loses its last holder is removed from the tree and its children are detached: blocks
@@ -13,15 +17,22 @@
 //! - `cleared` applies to every dp rank of the worker id (Dynamo semantics).
 
 use std::collections::HashMap;
-
-use smallvec::SmallVec;
+use std::hash::{BuildHasher, Hasher};
 
 use crate::ingest::MixState;
 use crate::wire::{DataRef, EventData, RouterEvent, StoredBlock};
 
 const NIL: u32 = u32::MAX;
-/// `Node::kids` with this bit set indexes `RadixIndex::kid_maps`; otherwise it is the only child.
+/// `Node::kids` with this bit set indexes `RadixIndex::kid_lists` (the edges are in `edges`);
+/// otherwise it is the only child.
 const MANY: u32 = 1 << 31;
+/// `Node::worker` of a node without holders.
+const NOBODY: u32 = u32::MAX;
+/// `Node::worker` with this bit set: the holders are in `RadixIndex::sets[worker & !SPILLED]`. Worker
+/// slots and set indexes stay below 2^31 - 1: that many would take hundreds of GB first.
+const SPILLED: u32 = 1 << 31;
+/// Worker slots below this are tracked by the bitmasks (`HolderSet::low`, the query's active mask).
+const LOW: u32 = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -62,15 +73,60 @@ struct Holder {
 struct Node {
     /// The tokens hash of the edge from the parent.
     key: u64,
+    /// The block hash of the only holder when `worker` is a slot; when SPILLED, a copy of the set's
+    /// `low` mask, so that a query reads no HolderSet.
+    hash: u64,
     /// NIL for the root, for a detached node, and for a free slot.
     parent: u32,
-    /// NIL (no child), a child id, or MANY | index into `kid_maps`.
+    /// NIL (no child), a child id, or MANY | index into `kid_lists`.
     kids: u32,
+    /// NOBODY, SPILLED | index into `sets`, or the slot of the only holder.
+    worker: u32,
+    /// The position in the parent's kid list, when the parent has several children.
+    pos: u32,
+}
+
+const EMPTY_NODE: Node = Node { key: 0, hash: 0, parent: NIL, kids: NIL, worker: NOBODY, pos: NIL };
+const _: () = assert!(std::mem::size_of::<Node>() == 32);
+
+/// The holders of a node with more than one (worker, block hash) pair.
+#[derive(Debug, Default)]
+struct HolderSet {
     /// (worker, block hash) pairs in insertion order; a worker may hold several hashes here.
-    holders: SmallVec<[Holder; 1]>,
-    /// Wrapping sum of `worker_mix(slot)` over the distinct workers here: find_matches compares it
-    /// with the active set's sum to skip levels where nobody drops out without reading the holders.
-    worker_sum: u64,
+    items: Vec<Holder>,
+    /// Bit s is set while worker slot s < LOW is here.
+    low: u64,
+    /// Distinct worker slots >= LOW here, and the wrapping sum of their `worker_mix`: a query
+    /// compares it with its active high slots' sum to skip a level without reading the items.
+    high: u32,
+    high_sum: u64,
+}
+
+impl HolderSet {
+    fn has_worker(&self, worker: u32) -> bool {
+        if worker < LOW {
+            self.low >> worker & 1 != 0
+        } else {
+            self.items.iter().any(|h| h.worker == worker)
+        }
+    }
+
+    /// Accounts for a worker that just arrived on, or left, this node.
+    fn count(&mut self, worker: u32, arrived: bool) {
+        if worker < LOW {
+            if arrived {
+                self.low |= 1 << worker;
+            } else {
+                self.low &= !(1 << worker);
+            }
+        } else if arrived {
+            self.high += 1;
+            self.high_sum = self.high_sum.wrapping_add(worker_mix(worker));
+        } else {
+            self.high -= 1;
+            self.high_sum = self.high_sum.wrapping_sub(worker_mix(worker));
+        }
+    }
 }
 
 /// A well-mixed 64-bit image of a worker slot (splitmix64): sums of these tell distinct worker sets
@@ -104,18 +160,31 @@ pub struct Match {
 pub struct RadixIndex {
     nodes: Vec<Node>,
     free_nodes: Vec<u32>,
-    kid_maps: Vec<HashMap<u64, u32, MixState>>,
-    free_maps: Vec<u32>,
+    sets: Vec<HolderSet>,
+    free_sets: Vec<u32>,
+    edges: EdgeTable,
+    kid_lists: Vec<Vec<u32>>,
+    free_lists: Vec<u32>,
     /// Worker slots; a forgotten worker's slot is None until reused.
     workers: Vec<Option<Worker>>,
     free_workers: Vec<u32>,
     worker_index: HashMap<(u64, u32), u32>,
     counters: [u64; INDEX_COUNTER_NAMES.len()],
+    /// Live worker slots in ascending (worker_id, dp_rank) and each slot's position there, rebuilt
+    /// by the first query after a worker came or went: results come out in that order unsorted.
+    order: Vec<u32>,
+    rank: Vec<u32>,
+    order_stale: bool,
     // find_matches scratch
     stamp: Vec<u32>,
     generation: u32,
-    active: Vec<u32>,
+    /// per slot, its score in the current query (0 = none)
+    score: Vec<u32>,
+    scored: Vec<u32>,
+    high: Vec<u32>,
     kept: Vec<u32>,
+    keys: Vec<u64>,
+    out: Vec<Match>,
 }
 
 impl Default for RadixIndex {
@@ -129,18 +198,28 @@ const ROOT: u32 = 0;
 impl RadixIndex {
     pub fn new() -> Self {
         RadixIndex {
-            nodes: vec![Node { key: 0, parent: NIL, kids: NIL, holders: SmallVec::new(), worker_sum: 0 }],
+            nodes: vec![EMPTY_NODE],
             free_nodes: Vec::new(),
-            kid_maps: Vec::new(),
-            free_maps: Vec::new(),
+            sets: Vec::new(),
+            free_sets: Vec::new(),
+            edges: EdgeTable::new(),
+            kid_lists: Vec::new(),
+            free_lists: Vec::new(),
             workers: Vec::new(),
             free_workers: Vec::new(),
             worker_index: HashMap::new(),
             counters: [0; INDEX_COUNTER_NAMES.len()],
+            order: Vec::new(),
+            rank: Vec::new(),
+            order_stale: false,
             stamp: Vec::new(),
             generation: 0,
-            active: Vec::new(),
+            score: Vec::new(),
+            scored: Vec::new(),
+            high: Vec::new(),
             kept: Vec::new(),
+            keys: Vec::new(),
+            out: Vec::new(),
         }
     }
 
@@ -169,12 +248,13 @@ impl RadixIndex {
     // --------------------------------------------------------------------------------------------
     // tree primitives
 
+    #[inline]
     fn child(&self, node: u32, key: u64) -> Option<u32> {
         let kids = self.nodes[node as usize].kids;
         if kids == NIL {
             None
         } else if kids & MANY != 0 {
-            self.kid_maps[(kids & !MANY) as usize].get(&key).copied()
+            self.edges.get(node, key)
         } else if self.nodes[kids as usize].key == key {
             Some(kids)
         } else {
@@ -183,7 +263,7 @@ impl RadixIndex {
     }
 
     fn alloc_node(&mut self, key: u64, parent: u32) -> u32 {
-        let node = Node { key, parent, kids: NIL, holders: SmallVec::new(), worker_sum: 0 };
+        let node = Node { key, parent, ..EMPTY_NODE };
         match self.free_nodes.pop() {
             Some(id) => {
                 self.nodes[id as usize] = node;
@@ -200,54 +280,74 @@ impl RadixIndex {
         let kids = self.nodes[parent as usize].kids;
         if kids == NIL {
             self.nodes[parent as usize].kids = child;
-        } else if kids & MANY != 0 {
-            self.kid_maps[(kids & !MANY) as usize].insert(key, child);
+            return;
+        }
+        let list = if kids & MANY != 0 {
+            kids & !MANY
         } else {
-            let mut map = HashMap::with_capacity_and_hasher(4, MixState::default());
-            map.insert(self.nodes[kids as usize].key, kids);
-            map.insert(key, child);
-            let slot = match self.free_maps.pop() {
-                Some(s) => {
-                    self.kid_maps[s as usize] = map;
-                    s
-                }
+            // a second child: both edges go to the table and a list
+            let list = match self.free_lists.pop() {
+                Some(l) => l,
                 None => {
-                    self.kid_maps.push(map);
-                    (self.kid_maps.len() - 1) as u32
+                    self.kid_lists.push(Vec::new());
+                    (self.kid_lists.len() - 1) as u32
                 }
             };
-            self.nodes[parent as usize].kids = MANY | slot;
-        }
+            self.edges.insert(parent, self.nodes[kids as usize].key, kids);
+            self.nodes[kids as usize].pos = 0;
+            self.kid_lists[list as usize].push(kids);
+            self.nodes[parent as usize].kids = MANY | list;
+            list
+        };
+        self.edges.insert(parent, key, child);
+        let l = &mut self.kid_lists[list as usize];
+        self.nodes[child as usize].pos = l.len() as u32;
+        l.push(child);
     }
 
-    fn remove_kid(&mut self, parent: u32, key: u64) {
+    /// Unlinks `child` (whose parent is `parent`) from its parent.
+    fn remove_kid(&mut self, parent: u32, child: u32) {
         let kids = self.nodes[parent as usize].kids;
         if kids == NIL {
             return;
         }
-        if kids & MANY != 0 {
-            let slot = (kids & !MANY) as usize;
-            self.kid_maps[slot].remove(&key);
-            match self.kid_maps[slot].len() {
-                0 => {
-                    self.free_map(slot);
-                    self.nodes[parent as usize].kids = NIL;
-                }
-                1 => {
-                    let only = *self.kid_maps[slot].values().next().unwrap_or(&NIL);
-                    self.free_map(slot);
-                    self.nodes[parent as usize].kids = only;
-                }
-                _ => {}
+        if kids & MANY == 0 {
+            if kids == child {
+                self.nodes[parent as usize].kids = NIL;
             }
-        } else if self.nodes[kids as usize].key == key {
-            self.nodes[parent as usize].kids = NIL;
+            return;
+        }
+        let list = (kids & !MANY) as usize;
+        let key = self.nodes[child as usize].key;
+        if self.edges.remove(parent, key) != Some(child) {
+            return;
+        }
+        let l = &mut self.kid_lists[list];
+        let pos = self.nodes[child as usize].pos as usize;
+        if l.get(pos) != Some(&child) {
+            return;
+        }
+        l.swap_remove(pos);
+        if let Some(&moved) = l.get(pos) {
+            self.nodes[moved as usize].pos = pos as u32;
+        }
+        if l.len() == 1 {
+            // back to one inline child
+            let only = l[0];
+            self.edges.remove(parent, self.nodes[only as usize].key);
+            self.free_list(list as u32);
+            self.nodes[only as usize].pos = NIL;
+            self.nodes[parent as usize].kids = only;
         }
     }
 
-    fn free_map(&mut self, slot: usize) {
-        self.kid_maps[slot] = HashMap::default();
-        self.free_maps.push(slot as u32);
+    fn free_list(&mut self, list: u32) {
+        let l = &mut self.kid_lists[list as usize];
+        l.clear();
+        if l.capacity() > 64 {
+            *l = Vec::new();
+        }
+        self.free_lists.push(list);
     }
 
     /// The child ids of a node (any order).
@@ -256,7 +356,7 @@ impl RadixIndex {
         if kids == NIL {
             Vec::new()
         } else if kids & MANY != 0 {
-            self.kid_maps[(kids & !MANY) as usize].values().copied().collect()
+            self.kid_lists[(kids & !MANY) as usize].clone()
         } else {
             vec![kids]
         }
@@ -270,35 +370,133 @@ impl RadixIndex {
             if n == ROOT {
                 continue;
             }
-            let (parent, key) = (self.nodes[n as usize].parent, self.nodes[n as usize].key);
+            let parent = self.nodes[n as usize].parent;
             if parent != NIL {
-                self.remove_kid(parent, key);
+                self.remove_kid(parent, n);
             }
+            let kids = self.nodes[n as usize].kids;
             for c in self.kid_ids(n) {
-                self.nodes[c as usize].parent = NIL;
-                if self.nodes[c as usize].holders.is_empty() {
+                if kids & MANY != 0 {
+                    self.edges.remove(n, self.nodes[c as usize].key);
+                }
+                let child = &mut self.nodes[c as usize];
+                (child.parent, child.pos) = (NIL, NIL);
+                if child.worker == NOBODY {
                     stack.push(c);
                 }
             }
-            let kids = self.nodes[n as usize].kids;
             if kids != NIL && kids & MANY != 0 {
-                self.free_map((kids & !MANY) as usize);
+                self.free_list(kids & !MANY);
             }
-            self.nodes[n as usize] = Node { key: 0, parent: NIL, kids: NIL, holders: SmallVec::new(), worker_sum: 0 };
+            let w = self.nodes[n as usize].worker;
+            if w != NOBODY && w & SPILLED != 0 {
+                self.free_set(w & !SPILLED);
+            }
+            self.nodes[n as usize] = EMPTY_NODE;
             self.free_nodes.push(n);
+        }
+    }
+
+    fn free_set(&mut self, set: u32) {
+        let s = &mut self.sets[set as usize];
+        s.items.clear();
+        if s.items.capacity() > 64 {
+            s.items = Vec::new();
+        }
+        (s.low, s.high, s.high_sum) = (0, 0, 0);
+        self.free_sets.push(set);
+    }
+
+    /// The holders of a node, in insertion order.
+    fn holders(&self, node: u32) -> impl Iterator<Item = Holder> + '_ {
+        holders_of(&self.nodes[node as usize], &self.sets)
+    }
+
+    fn has_worker(&self, node: u32, worker: u32) -> bool {
+        match self.nodes[node as usize].worker {
+            NOBODY => false,
+            w if w & SPILLED != 0 => self.sets[(w & !SPILLED) as usize].has_worker(worker),
+            w => w == worker,
+        }
+    }
+
+    /// Puts (worker, block_hash) on `node` unless it is there already.
+    fn hold(&mut self, node: u32, worker: u32, block_hash: u64) {
+        let n = &mut self.nodes[node as usize];
+        match n.worker {
+            NOBODY => {
+                n.worker = worker;
+                n.hash = block_hash;
+            }
+            w if w & SPILLED != 0 => {
+                let s = &mut self.sets[(w & !SPILLED) as usize];
+                if s.has_worker(worker) {
+                    if s.items.iter().any(|h| h.worker == worker && h.block_hash == block_hash) {
+                        return;
+                    }
+                } else {
+                    s.count(worker, true);
+                    n.hash = s.low;
+                }
+                s.items.push(Holder { block_hash, worker });
+            }
+            w => {
+                if w == worker && n.hash == block_hash {
+                    return;
+                }
+                let first = Holder { block_hash: n.hash, worker: w };
+                let set = match self.free_sets.pop() {
+                    Some(s) => s,
+                    None => {
+                        self.sets.push(HolderSet::default());
+                        (self.sets.len() - 1) as u32
+                    }
+                };
+                n.worker = SPILLED | set;
+                let s = &mut self.sets[set as usize];
+                s.items.extend([first, Holder { block_hash, worker }]);
+                s.count(w, true);
+                if worker != w {
+                    s.count(worker, true);
+                }
+                n.hash = s.low;
+            }
         }
     }
 
     /// Removes the holder (worker, hash) from `node`, dropping the node when it is left empty.
     fn leave(&mut self, node: u32, worker: u32, block_hash: u64) {
         let n = &mut self.nodes[node as usize];
-        if let Some(i) = n.holders.iter().position(|h| h.worker == worker && h.block_hash == block_hash) {
-            n.holders.remove(i);
-            if !n.holders.iter().any(|h| h.worker == worker) {
-                n.worker_sum = n.worker_sum.wrapping_sub(worker_mix(worker));
+        match n.worker {
+            NOBODY => {}
+            w if w & SPILLED != 0 => {
+                let set = w & !SPILLED;
+                let s = &mut self.sets[set as usize];
+                if let Some(i) = s.items.iter().position(|h| h.worker == worker && h.block_hash == block_hash) {
+                    s.items.remove(i);
+                    if !s.items.iter().any(|h| h.worker == worker) {
+                        s.count(worker, false);
+                        n.hash = s.low;
+                    }
+                }
+                // back inline when one holder is left: a set always has two or more
+                if s.items.len() <= 1 {
+                    let last = s.items.first().copied();
+                    self.free_set(set);
+                    let n = &mut self.nodes[node as usize];
+                    (n.worker, n.hash) = match last {
+                        Some(h) => (h.worker, h.block_hash),
+                        None => (NOBODY, 0),
+                    };
+                }
+            }
+            w => {
+                if w == worker && n.hash == block_hash {
+                    n.worker = NOBODY;
+                }
             }
         }
-        if n.holders.is_empty() {
+        if self.nodes[node as usize].worker == NOBODY {
             self.drop_empty(node);
         }
     }
@@ -322,6 +520,7 @@ impl RadixIndex {
             }
         };
         self.worker_index.insert((worker_id, dp_rank), slot);
+        self.order_stale = true;
         slot
     }
 
@@ -351,6 +550,7 @@ impl RadixIndex {
         if let Some(w) = self.workers[slot as usize].take() {
             self.worker_index.remove(&(w.worker_id, w.dp_rank));
             self.free_workers.push(slot);
+            self.order_stale = true;
         }
     }
 
@@ -415,21 +615,7 @@ impl RadixIndex {
                     c
                 }
             };
-            let n = &mut self.nodes[child as usize];
-            let mut on_node = false;
-            let mut held = false;
-            for h in &n.holders {
-                if h.worker == slot {
-                    on_node = true;
-                    held |= h.block_hash == b.block_hash;
-                }
-            }
-            if !held {
-                n.holders.push(Holder { block_hash: b.block_hash, worker: slot });
-                if !on_node {
-                    n.worker_sum = n.worker_sum.wrapping_add(worker_mix(slot));
-                }
-            }
+            self.hold(child, slot, b.block_hash);
             // one map probe: the previous place of this hash, if any, is replaced
             if let Some(old) = self.worker(slot).blocks.insert(b.block_hash, child) {
                 if old != child {
@@ -472,68 +658,162 @@ impl RadixIndex {
     /// SPEC 6 find_matches: per worker key, the number of leading blocks of `query` it holds along
     /// the path from the root. Ascending (worker_id, dp_rank); zero scores omitted.
     pub fn find_matches(&mut self, query: &[u64], early_exit: bool) -> Vec<Match> {
-        let mut out = Vec::new();
+        self.find_matches_ref(query, early_exit).to_vec()
+    }
+
+    /// `find_matches` into a buffer the index reuses (no allocation per query).
+    pub fn find_matches_ref(&mut self, query: &[u64], early_exit: bool) -> &[Match] {
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        self.walk(query, early_exit, &mut out);
+        self.out = out;
+        &self.out
+    }
+
+    fn walk(&mut self, query: &[u64], early_exit: bool, out: &mut Vec<Match>) {
         let Some(&first) = query.first() else {
-            return out;
+            return;
         };
         let Some(mut node) = self.child(ROOT, first) else {
-            return out;
+            return;
         };
-        if self.stamp.len() < self.workers.len() {
-            self.stamp.resize(self.workers.len(), 0);
+        let n_slots = self.workers.len();
+        if self.stamp.len() < n_slots {
+            self.stamp.resize(n_slots, 0);
+            self.score.resize(n_slots, 0);
         }
-        let mut active = std::mem::take(&mut self.active);
+        // The active set: slots < LOW as a bitmask, the others (rare: more than 64 worker keys) as a
+        // list with the sum of their mixes.
+        let mut high = std::mem::take(&mut self.high);
         let mut kept = std::mem::take(&mut self.kept);
-        active.clear();
-        let g = self.next_generation();
-        for h in &self.nodes[node as usize].holders {
-            if self.stamp[h.worker as usize] != g {
-                self.stamp[h.worker as usize] = g;
-                active.push(h.worker);
+        let mut scored = std::mem::take(&mut self.scored);
+        high.clear();
+        scored.clear();
+        let (mut low, mut high_sum) = (0u64, 0u64);
+        match self.nodes[node as usize].worker {
+            NOBODY => {}
+            w if w & SPILLED != 0 => {
+                let set = (w & !SPILLED) as usize;
+                (low, high_sum) = (self.nodes[node as usize].hash, self.sets[set].high_sum);
+                if self.sets[set].high > 0 {
+                    let g = self.next_generation();
+                    let s = &self.sets[set];
+                    for h in s.items.iter().filter(|h| h.worker >= LOW) {
+                        if self.stamp[h.worker as usize] != g {
+                            self.stamp[h.worker as usize] = g;
+                            high.push(h.worker);
+                        }
+                    }
+                }
+            }
+            w if w < LOW => low = 1 << w,
+            w => {
+                high.push(w);
+                high_sum = worker_mix(w);
             }
         }
-        let mut active_sum = self.nodes[node as usize].worker_sum;
         let mut depth = 1u32;
         for (i, &q) in query.iter().enumerate().skip(1) {
-            if early_exit && active.len() == 1 {
+            if early_exit && low.count_ones() as usize + high.len() == 1 {
                 break;
             }
             let Some(child) = self.child(node, q) else {
                 break;
             };
-            if self.nodes[child as usize].worker_sum == active_sum {
-                // the same worker set: nobody drops out, nobody is added
-                depth = i as u32 + 1;
-                node = child;
-                continue;
+            let c = &self.nodes[child as usize];
+            let c_worker = c.worker;
+            let c_low = match c_worker {
+                NOBODY => 0,
+                w if w & SPILLED != 0 => c.hash,
+                w if w < LOW => 1 << w,
+                _ => 0,
+            };
+            let mut lost = low & !c_low;
+            low &= c_low;
+            while lost != 0 {
+                let w = lost.trailing_zeros();
+                lost &= lost - 1;
+                self.score[w as usize] = depth;
+                scored.push(w);
             }
-            let g = self.next_generation();
-            for h in &self.nodes[child as usize].holders {
-                self.stamp[h.worker as usize] = g;
-            }
-            kept.clear();
-            for &w in &active {
-                if self.stamp[w as usize] == g {
-                    kept.push(w);
-                } else {
-                    out.push(self.match_of(w, depth));
+            if !high.is_empty() {
+                let same = c_worker != NOBODY && c_worker & SPILLED != 0 && self.sets[(c_worker & !SPILLED) as usize].high_sum == high_sum;
+                if !same {
+                    let g = self.next_generation();
+                    for h in holders_of(&self.nodes[child as usize], &self.sets) {
+                        self.stamp[h.worker as usize] = g;
+                    }
+                    kept.clear();
+                    for &w in &high {
+                        if self.stamp[w as usize] == g {
+                            kept.push(w);
+                        } else {
+                            self.score[w as usize] = depth;
+                            scored.push(w);
+                        }
+                    }
+                    std::mem::swap(&mut high, &mut kept);
+                    high_sum = high.iter().fold(0u64, |acc, &w| acc.wrapping_add(worker_mix(w)));
                 }
             }
-            std::mem::swap(&mut active, &mut kept);
-            if active.is_empty() {
+            if low == 0 && high.is_empty() {
                 break;
             }
-            active_sum = active.iter().fold(0u64, |acc, &w| acc.wrapping_add(worker_mix(w)));
             depth = i as u32 + 1;
             node = child;
         }
-        for &w in &active {
-            out.push(self.match_of(w, depth));
+        while low != 0 {
+            let w = low.trailing_zeros();
+            low &= low - 1;
+            self.score[w as usize] = depth;
+            scored.push(w);
         }
-        self.active = active;
+        for &w in &high {
+            self.score[w as usize] = depth;
+            scored.push(w);
+        }
+        self.emit_in_order(&scored, out);
+        self.high = high;
         self.kept = kept;
-        out.sort_unstable_by_key(|m| (m.worker_id, m.dp_rank));
-        out
+        self.scored = scored;
+    }
+
+    /// The scored slots as matches in ascending (worker_id, dp_rank), clearing their scores: a walk
+    /// of the slot order when many scored, else a sort of their ranks.
+    fn emit_in_order(&mut self, scored: &[u32], out: &mut Vec<Match>) {
+        if self.order_stale {
+            self.order.clear();
+            self.order.extend(self.workers.iter().enumerate().filter(|(_, w)| w.is_some()).map(|(i, _)| i as u32));
+            let workers = &self.workers;
+            let key = |s: &u32| workers[*s as usize].as_ref().map(|w| (w.worker_id, w.dp_rank));
+            self.order.sort_unstable_by_key(key);
+            self.rank.resize(self.workers.len(), 0);
+            for (i, &s) in self.order.iter().enumerate() {
+                self.rank[s as usize] = i as u32;
+            }
+            self.order_stale = false;
+        }
+        out.reserve(scored.len());
+        if scored.len() * 8 >= self.order.len() {
+            for &s in &self.order {
+                let score = self.score[s as usize];
+                if score != 0 {
+                    self.score[s as usize] = 0;
+                    out.push(self.match_of(s, score));
+                }
+            }
+        } else {
+            let mut keys = std::mem::take(&mut self.keys);
+            keys.clear();
+            keys.extend(scored.iter().map(|&s| (self.rank[s as usize] as u64) << 32 | s as u64));
+            keys.sort_unstable();
+            for &k in &keys {
+                let s = k as u32;
+                out.push(self.match_of(s, self.score[s as usize]));
+                self.score[s as usize] = 0;
+            }
+            self.keys = keys;
+        }
     }
 
     fn next_generation(&mut self) -> u32 {
@@ -572,7 +852,7 @@ impl RadixIndex {
             self.push_kids_holding(ROOT, slot, None, &mut stack);
             while let Some((node, parent_hash)) = stack.pop() {
                 let mut first = None;
-                for h in self.nodes[node as usize].holders.iter().filter(|h| h.worker == slot) {
+                for h in self.holders(node).filter(|h| h.worker == slot) {
                     first.get_or_insert(h.block_hash);
                     out.push(RouterEvent {
                         worker_id,
@@ -595,21 +875,171 @@ impl RadixIndex {
         let mut kids: Vec<u32> = self
             .kid_ids(node)
             .into_iter()
-            .filter(|&c| self.nodes[c as usize].holders.iter().any(|h| h.worker == slot))
+            .filter(|&c| self.has_worker(c, slot))
             .collect();
         kids.sort_unstable_by_key(|&c| std::cmp::Reverse(self.nodes[c as usize].key));
         stack.extend(kids.into_iter().map(|c| (c, parent_hash)));
     }
 
-    /// Approximate heap bytes held by the index (arena, maps, holder spill-over).
+    /// A cheap estimate of the heap bytes held (no walk over nodes or maps' contents): what the
+    /// binding reports to the JavaScript GC.
+    pub fn approx_bytes(&self) -> usize {
+        // per worker map bucket: 16 bytes + 1 control byte
+        let entries: usize = self.workers.iter().flatten().map(|w| w.blocks.capacity()).sum();
+        self.nodes.capacity() * std::mem::size_of::<Node>()
+            + self.sets.capacity() * (std::mem::size_of::<HolderSet>() + 4 * std::mem::size_of::<Holder>())
+            + self.edges.slots.capacity() * std::mem::size_of::<Edge>()
+            + self.kid_lists.capacity() * 40
+            + entries * 17
+    }
+
+    /// Approximate heap bytes held by the index (arena, maps, holder sets).
     pub fn heap_bytes(&self) -> usize {
         let map_bytes = |cap: usize, entry: usize| cap * (entry + 1);
         let nodes = self.nodes.capacity() * std::mem::size_of::<Node>()
-            + self.nodes.iter().filter(|n| n.holders.spilled()).map(|n| n.holders.capacity() * std::mem::size_of::<Holder>()).sum::<usize>();
-        let kid_maps: usize = self.kid_maps.iter().map(|m| map_bytes(m.capacity(), 12)).sum();
+            + self.sets.capacity() * std::mem::size_of::<HolderSet>()
+            + self.sets.iter().map(|s| s.items.capacity() * std::mem::size_of::<Holder>()).sum::<usize>();
+        let kid_maps = self.edges.slots.capacity() * std::mem::size_of::<Edge>()
+            + self.kid_lists.iter().map(|l| 24 + l.capacity() * 4).sum::<usize>();
         let workers: usize = self.workers.iter().flatten().map(|w| map_bytes(w.blocks.capacity(), 12)).sum();
         nodes + kid_maps + workers + self.free_nodes.capacity() * 4
     }
+}
+
+/// An edge from a node with several children.
+#[derive(Debug, Clone, Copy)]
+struct Edge {
+    key: u64,
+    parent: u32,
+    child: u32,
+}
+
+const NO_EDGE: Edge = Edge { key: 0, parent: NIL, child: NIL };
+
+/// (parent, tokens hash) → child, open addressing with linear probing (a lookup usually reads one
+/// cache line, where a SwissTable reads a control group, then a bucket) and backward-shift deletion;
+/// at most 3/4 full. The hash is keyed per index, as `MixState` is, so that crafted hashes cannot
+/// choose collisions.
+#[derive(Debug)]
+struct EdgeTable {
+    slots: Vec<Edge>,
+    len: usize,
+    seed: u64,
+}
+
+impl EdgeTable {
+    fn new() -> Self {
+        EdgeTable { slots: Vec::new(), len: 0, seed: std::collections::hash_map::RandomState::new().build_hasher().finish() | 1 }
+    }
+
+    #[inline]
+    fn home(&self, parent: u32, key: u64) -> usize {
+        let mut z = (key ^ self.seed).wrapping_add((parent as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        z = (z ^ (z >> 32)).wrapping_mul(0xd6e8_feb8_6659_fd93);
+        z = (z ^ (z >> 29)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 32)) as usize & (self.slots.len() - 1)
+    }
+
+    #[inline]
+    fn get(&self, parent: u32, key: u64) -> Option<u32> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(parent, key);
+        loop {
+            let e = &self.slots[i];
+            if e.child == NIL {
+                return None;
+            }
+            if e.key == key && e.parent == parent {
+                return Some(e.child);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn insert(&mut self, parent: u32, key: u64, child: u32) {
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
+            self.grow();
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(parent, key);
+        loop {
+            let e = &mut self.slots[i];
+            if e.child == NIL {
+                *e = Edge { key, parent, child };
+                self.len += 1;
+                return;
+            }
+            if e.key == key && e.parent == parent {
+                e.child = child;
+                return;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn remove(&mut self, parent: u32, key: u64) -> Option<u32> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(parent, key);
+        loop {
+            let e = self.slots[i];
+            if e.child == NIL {
+                return None;
+            }
+            if e.key == key && e.parent == parent {
+                break;
+            }
+            i = (i + 1) & mask;
+        }
+        let removed = self.slots[i].child;
+        // backward shift: later entries of the run move into the hole when their home allows
+        let mut hole = i;
+        let mut j = (i + 1) & mask;
+        loop {
+            let e = self.slots[j];
+            if e.child == NIL {
+                break;
+            }
+            let home = self.home(e.parent, e.key);
+            if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
+                self.slots[hole] = e;
+                hole = j;
+            }
+            j = (j + 1) & mask;
+        }
+        self.slots[hole] = NO_EDGE;
+        self.len -= 1;
+        if self.slots.len() > 64 && self.len * 8 < self.slots.len() {
+            self.resize(self.slots.len() / 4);
+        }
+        Some(removed)
+    }
+
+    fn grow(&mut self) {
+        self.resize((self.slots.len() * 2).max(64));
+    }
+
+    fn resize(&mut self, cap: usize) {
+        let old = std::mem::replace(&mut self.slots, vec![NO_EDGE; cap]);
+        self.len = 0;
+        for e in old.into_iter().filter(|e| e.child != NIL) {
+            self.insert(e.parent, e.key, e.child);
+        }
+    }
+}
+
+fn holders_of<'a>(n: &Node, sets: &'a [HolderSet]) -> impl Iterator<Item = Holder> + 'a {
+    let (one, many): (Option<Holder>, &[Holder]) = match n.worker {
+        NOBODY => (None, &[]),
+        w if w & SPILLED != 0 => (None, &sets[(w & !SPILLED) as usize].items),
+        w => (Some(Holder { block_hash: n.hash, worker: w }), &[]),
+    };
+    one.into_iter().chain(many.iter().copied())
 }
 
 /// A block hash repeated within a store, or equal to its parent.

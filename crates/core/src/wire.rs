@@ -371,11 +371,11 @@ fn canonical_router_event(bytes: &[u8]) -> Option<RouterEvent> {
             _ => None,
         }
     };
-    (r.head(1).ok()? == Head::Map(2)).then_some(())?;
+    matches!(r.head(1).ok()?, Head::Map(2)).then_some(())?;
     r.fixstr_key(b"worker_id").then_some(())?;
     let worker_id = uint(&mut r, 2)?;
     r.fixstr_key(b"event").then_some(())?;
-    (r.head(2).ok()? == Head::Map(3)).then_some(())?;
+    matches!(r.head(2).ok()?, Head::Map(3)).then_some(())?;
     r.fixstr_key(b"event_id").then_some(())?;
     let event_id = uint(&mut r, 3)?;
     r.fixstr_key(b"data").then_some(())?;
@@ -383,7 +383,7 @@ fn canonical_router_event(bytes: &[u8]) -> Option<RouterEvent> {
         Head::Str(b"cleared") => EventData::Cleared,
         Head::Map(1) => match r.head(4).ok()? {
             Head::Str(b"stored") => {
-                (r.head(4).ok()? == Head::Map(2)).then_some(())?;
+                matches!(r.head(4).ok()?, Head::Map(2)).then_some(())?;
                 r.fixstr_key(b"parent_hash").then_some(())?;
                 let parent_hash = match r.head(5).ok()? {
                     Head::Nil => None,
@@ -396,19 +396,19 @@ fn canonical_router_event(bytes: &[u8]) -> Option<RouterEvent> {
                 };
                 let mut blocks = Vec::with_capacity(n as usize);
                 for _ in 0..n {
-                    (r.head(6).ok()? == Head::Map(3)).then_some(())?;
+                    matches!(r.head(6).ok()?, Head::Map(3)).then_some(())?;
                     r.fixstr_key(b"block_hash").then_some(())?;
                     let block_hash = uint(&mut r, 7)?;
                     r.fixstr_key(b"tokens_hash").then_some(())?;
                     let tokens_hash = uint(&mut r, 7)?;
                     r.fixstr_key(b"mm_extra_info").then_some(())?;
-                    (r.head(7).ok()? == Head::Nil).then_some(())?;
+                    matches!(r.head(7).ok()?, Head::Nil).then_some(())?;
                     blocks.push(StoredBlock { block_hash, tokens_hash, mm_extra_info: None });
                 }
                 EventData::Stored { parent_hash, blocks }
             }
             Head::Str(b"removed") => {
-                (r.head(4).ok()? == Head::Map(1)).then_some(())?;
+                matches!(r.head(4).ok()?, Head::Map(1)).then_some(())?;
                 r.fixstr_key(b"block_hashes").then_some(())?;
                 let Head::Array(n) = r.head(5).ok()? else {
                     return None;

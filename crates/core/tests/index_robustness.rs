@@ -150,3 +150,64 @@ fn mutated_envelopes_decode_or_fail_cleanly() {
     }
     println!("{decoded} of 200000 mutated envelopes still decoded");
 }
+
+/// find_matches against an oracle read from the dump (per worker key, the token paths it holds from
+/// the root, which is what a query credits), with up to 150 worker keys so that slots beyond the
+/// 64-bit masks are exercised, and slots freed by removeWorker reused.
+#[test]
+fn matches_agree_with_the_dump_beyond_64_worker_keys() {
+    use std::collections::{HashMap, HashSet};
+    let mut r = Rng(2026);
+    for round in 0..12 {
+        let mut idx = RadixIndex::new();
+        let n_ids = 20 + r.below(55);
+        let mut held: HashMap<(u64, u32), Vec<u64>> = HashMap::new();
+        for id in 0..4000u64 {
+            let key = (r.below(n_ids), r.below(2) as u32);
+            let mine = held.entry(key).or_default();
+            let data = match r.below(20) {
+                0 => {
+                    idx.remove_worker(key.0);
+                    held.retain(|k, _| k.0 != key.0);
+                    continue;
+                }
+                1..=4 if !mine.is_empty() => {
+                    let h = mine.swap_remove(r.below(mine.len() as u64) as usize);
+                    EventData::Removed { block_hashes: vec![h] }
+                }
+                _ => {
+                    let parent = (!mine.is_empty() && r.below(2) == 0).then(|| mine[r.below(mine.len() as u64) as usize]);
+                    let blocks: Vec<StoredBlock> =
+                        (0..1 + r.below(5)).map(|_| StoredBlock { block_hash: r.next(), tokens_hash: r.below(3), mm_extra_info: None }).collect();
+                    mine.extend(blocks.iter().map(|b| b.block_hash));
+                    EventData::Stored { parent_hash: parent, blocks }
+                }
+            };
+            idx.apply_event(&RouterEvent { worker_id: key.0, event_id: id, dp_rank: key.1, data });
+            if id % 200 != 199 {
+                continue;
+            }
+            // the oracle: token paths per worker key, from the dump (parents come first)
+            let mut paths: HashMap<(u64, u32), HashSet<Vec<u64>>> = HashMap::new();
+            let mut path_of: HashMap<(u64, u32, u64), Vec<u64>> = HashMap::new();
+            for ev in idx.dump(None) {
+                let EventData::Stored { parent_hash, blocks } = &ev.data else { unreachable!() };
+                let mut p = parent_hash.map(|h| path_of[&(ev.worker_id, ev.dp_rank, h)].clone()).unwrap_or_default();
+                p.push(blocks[0].tokens_hash);
+                path_of.insert((ev.worker_id, ev.dp_rank, blocks[0].block_hash), p.clone());
+                paths.entry((ev.worker_id, ev.dp_rank)).or_default().insert(p);
+            }
+            for _ in 0..20 {
+                let q: Vec<u64> = (0..1 + r.below(7)).map(|_| r.below(3)).collect();
+                let mut want: Vec<(u64, u32, u32)> = paths
+                    .iter()
+                    .map(|(k, ps)| (k.0, k.1, (1..=q.len()).take_while(|&n| ps.contains(&q[..n])).count() as u32))
+                    .filter(|m| m.2 > 0)
+                    .collect();
+                want.sort_unstable();
+                let got: Vec<(u64, u32, u32)> = idx.find_matches(&q, false).iter().map(|m| (m.worker_id, m.dp_rank, m.score)).collect();
+                assert_eq!(got, want, "round {round}, event {id}, query {q:?}");
+            }
+        }
+    }
+}

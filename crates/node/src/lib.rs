@@ -423,7 +423,11 @@ impl RawIngestor {
     /// A handle on the ingestor's local indexer (null when it has none).
     #[napi]
     pub fn local_indexer(&self) -> Option<RawLocalIndexer> {
-        self.inner.borrow().local_indexer().is_some().then(|| RawLocalIndexer { inner: LocalSource::Ingestor(self.inner.clone()) })
+        self.inner
+            .borrow()
+            .local_indexer()
+            .is_some()
+            .then(|| RawLocalIndexer { inner: LocalSource::Ingestor(self.inner.clone()), memory: MemoryReport::default() })
     }
 }
 
@@ -465,12 +469,52 @@ fn matches_for_tokens(
     }
     let mm = mm_list_in(block_mm_infos)?;
     let hashes = core_hashes(tokens, kv_block_size as usize, lora_name.as_deref(), mm.as_deref());
-    Ok(matches_out(&index.find_matches(&hashes, early_exit), out))
+    Ok(matches_out(index.find_matches_ref(&hashes, early_exit), out))
 }
 
-#[napi]
+/// The native memory an index holds, reported to V8 (napi_adjust_external_memory) so that the GC
+/// sees it: otherwise an index dropped by JavaScript is collected only when the JS heap itself
+/// fills, and a process that creates indexes keeps hundreds of MB of dead ones.
+#[derive(Default)]
+struct MemoryReport {
+    reported: i64,
+    calls: u32,
+}
+
+impl MemoryReport {
+    /// Every 1024 applies: the estimate is O(workers), so not on every call.
+    fn due(&mut self) -> bool {
+        self.calls = self.calls.wrapping_add(1);
+        self.calls.is_multiple_of(1024)
+    }
+
+    fn set(&mut self, env: &Env, bytes: usize) {
+        let now = bytes.min(i64::MAX as usize) as i64;
+        // changes under 1 MB are not worth a call
+        if (now - self.reported).abs() >= 1 << 20 && env.adjust_external_memory(now - self.reported).is_ok() {
+            self.reported = now;
+        }
+    }
+
+    fn release(&mut self, env: &Env) {
+        if self.reported != 0 {
+            let _ = env.adjust_external_memory(-self.reported);
+            self.reported = 0;
+        }
+    }
+}
+
+#[napi(custom_finalize)]
 pub struct RawRadixIndex {
     inner: RadixIndex,
+    memory: MemoryReport,
+}
+
+impl ObjectFinalize for RawRadixIndex {
+    fn finalize(mut self, env: Env) -> Result<()> {
+        self.memory.release(&env);
+        Ok(())
+    }
 }
 
 /// The methods RawRadixIndex and RawLocalIndexer share, over whichever index they reach.
@@ -478,15 +522,28 @@ macro_rules! index_methods {
     ($ty:ident, $get:ident, $get_mut:ident) => {
         #[napi]
         impl $ty {
-            #[napi(catch_unwind)]
-            pub fn apply_event(&mut self, ev: JsRouterEvent) -> Result<u32> {
-                let ev = router_event_in(&ev)?;
-                Ok(self.$get_mut(|i| outcome_code(i.apply_event(&ev))))
+            fn report_memory(&mut self, env: &Env) {
+                let bytes = self.$get(|i| i.index_ref().approx_bytes());
+                self.memory.set(env, bytes);
             }
 
             #[napi(catch_unwind)]
-            pub fn apply_encoded(&mut self, payload: &[u8], format: u32) -> Result<u32> {
-                self.$get_mut(|i| apply_encoded_any(i, payload, format))
+            pub fn apply_event(&mut self, env: &Env, ev: JsRouterEvent) -> Result<u32> {
+                let ev = router_event_in(&ev)?;
+                let out = self.$get_mut(|i| outcome_code(i.apply_event(&ev)));
+                if self.memory.due() {
+                    self.report_memory(env);
+                }
+                Ok(out)
+            }
+
+            #[napi(catch_unwind)]
+            pub fn apply_encoded(&mut self, env: &Env, payload: &[u8], format: u32) -> Result<u32> {
+                let out = self.$get_mut(|i| apply_encoded_any(i, payload, format));
+                if self.memory.due() {
+                    self.report_memory(env);
+                }
+                out
             }
 
             /// Matches written into `out` (a buffer the caller reuses): no allocation per query.
@@ -494,7 +551,7 @@ macro_rules! index_methods {
             pub fn find_matches(&mut self, tokens_hashes: &[u64], early_exit: bool, mut out: Uint8ArraySlice) -> i64 {
                 // SAFETY: JavaScript is blocked in this call and `out` is the caller's scratch.
                 let out = unsafe { out.as_mut() };
-                self.$get_mut(|i| matches_out(&i.index_mut().find_matches(tokens_hashes, early_exit), out))
+                self.$get_mut(|i| matches_out(i.index_mut().find_matches_ref(tokens_hashes, early_exit), out))
             }
 
             #[allow(clippy::too_many_arguments)]
@@ -514,16 +571,18 @@ macro_rules! index_methods {
             }
 
             #[napi(catch_unwind)]
-            pub fn remove_worker(&mut self, worker_id: BigInt) -> Result<()> {
+            pub fn remove_worker(&mut self, env: &Env, worker_id: BigInt) -> Result<()> {
                 let id = u64_arg("workerId", &worker_id)?;
                 self.$get_mut(|i| i.index_mut().remove_worker(id));
+                self.report_memory(env);
                 Ok(())
             }
 
             #[napi(catch_unwind)]
-            pub fn remove_worker_dp_rank(&mut self, worker_id: BigInt, dp_rank: u32) -> Result<()> {
+            pub fn remove_worker_dp_rank(&mut self, env: &Env, worker_id: BigInt, dp_rank: u32) -> Result<()> {
                 let id = u64_arg("workerId", &worker_id)?;
                 self.$get_mut(|i| i.index_mut().remove_worker_dp_rank(id, dp_rank));
+                self.report_memory(env);
                 Ok(())
             }
 
@@ -598,7 +657,7 @@ fn apply_encoded_any<I: IndexAccess>(index: &mut I, payload: &[u8], format: u32)
 impl RawRadixIndex {
     #[napi(constructor)]
     pub fn new() -> Self {
-        RawRadixIndex { inner: RadixIndex::new() }
+        RawRadixIndex { inner: RadixIndex::new(), memory: MemoryReport::default() }
     }
 
     fn with<T>(&self, f: impl FnOnce(&RadixIndex) -> T) -> T {
@@ -617,16 +676,25 @@ enum LocalSource {
     Ingestor(Rc<RefCell<Ingestor>>),
 }
 
-#[napi]
+#[napi(custom_finalize)]
 pub struct RawLocalIndexer {
     inner: LocalSource,
+    /// updated only by calls through this handle (an ingestor applying to its own indexer reports nothing)
+    memory: MemoryReport,
+}
+
+impl ObjectFinalize for RawLocalIndexer {
+    fn finalize(mut self, env: Env) -> Result<()> {
+        self.memory.release(&env);
+        Ok(())
+    }
 }
 
 #[napi]
 impl RawLocalIndexer {
     #[napi(constructor)]
     pub fn new(buffer_size: u32) -> Self {
-        RawLocalIndexer { inner: LocalSource::Own(LocalIndexer::new(buffer_size.max(1) as usize)) }
+        RawLocalIndexer { inner: LocalSource::Own(LocalIndexer::new(buffer_size.max(1) as usize)), memory: MemoryReport::default() }
     }
 
     fn with<T>(&self, f: impl FnOnce(&LocalIndexer) -> T) -> T {
