@@ -53,7 +53,7 @@ test.serial(`[${impl}] JetStream: nats-server killed and restarted under 20,000 
     let accepted = 0
     let killed = false
     const killer = (async () => {
-      await waitFor(() => accepted >= 6000, 60_000, '6000 accepted events')
+      await waitFor(() => accepted >= 6000, '6000 accepted events', 60_000)
       await nats.kill('SIGKILL')
       killed = true
       await sleep(300)
@@ -104,7 +104,7 @@ test.serial(`[${impl}] JetStream: a retried publish that lands after later event
         if (victims.has(eventId) && !held.has(o.msgID) && o.msgID.split('.')[2]!.indexOf('r') < 0) {
           held.add(o.msgID)
           const target = acked + 5
-          await waitFor(() => acked >= target, 10_000, 'later acks')
+          await waitFor(() => acked >= target, 'later acks', 10_000)
           await real(subject, data, o)
           throw new Error('simulated lost ack')
         }
@@ -169,7 +169,7 @@ test.serial(`[${impl}] event plane: nats-server killed and restarted under 20,00
     let accepted = 0
     let restarted = false
     const killer = (async () => {
-      await waitFor(() => accepted >= 6000, 60_000, '6000 accepted events')
+      await waitFor(() => accepted >= 6000, '6000 accepted events', 60_000)
       await nats.kill('SIGKILL')
       await sleep(500)
       await nats.restart()

@@ -3,29 +3,18 @@
 // configuration and contents, deduplication, backpressure, auth, and option errors.
 import test from 'ava'
 import { jetstreamManager } from '@nats-io/jetstream'
-import { connect, type NatsConnection, type Msg } from '@nats-io/transport-node'
+import { connect, type Msg } from '@nats-io/transport-node'
 import * as kv from '../ts/index.js'
 import { engine, hex, NOW, readEnvelope, rev, toEvent, wire } from './helpers/fixtures.js'
-import { startNatsServer, type NatsServer } from './helpers/nats-server.js'
-import { capture, quiet, readStream, sleep, waitFor } from './helpers/publishing.js'
+import { startNatsServer } from './helpers/nats-server.js'
+import { capture, quiet, readStream, sleep, waitFor, withNats } from './helpers/publishing.js'
 
 const impl = kv.implementation
-let server: NatsServer
-let nc: NatsConnection
-
-test.before(async () => {
-  server = await startNatsServer()
-  nc = await connect({ servers: server.url })
-})
-
-test.after.always(async () => {
-  await nc?.close()
-  await server?.stop()
-})
+const shared = withNats(test)
 
 /** Collects the messages of a subject (wildcards allowed) on the shared connection. */
 function collect(subject: string): { msgs: Msg[]; stop: () => void } {
-  const sub = nc.subscribe(subject)
+  const sub = shared.nc.subscribe(subject)
   const msgs: Msg[] = []
   void (async () => {
     for await (const m of sub) msgs.push(m)
@@ -42,13 +31,13 @@ const name = (prefix: string) => `${prefix}${++unique}`
 test(`[${impl}] event plane: every fixture batch reaches the subject as the expected envelopes`, async (t) => {
   const ns = name('fx')
   const got = collect(`namespace.${ns}.component.*.kv-events`)
-  await nc.flush()
+  await shared.nc.flush()
   let expectedMessages = 0
   const cases = engine.filter((c) => !('error' in c.expect))
   const publishers: kv.KvEventPublisher[] = []
   for (const [i, c] of cases.entries()) {
     // a fresh publisher per batch on the shared connection: it saw only this rank, so a clear is `cleared`
-    const p = await kv.KvEventPublisher.create({ namespace: ns, component: `c${i}`, kvBlockSize: c.kv_block_size, workerId: 7n, nats: nc, now: () => NOW, logger: quiet })
+    const p = await kv.KvEventPublisher.create({ namespace: ns, component: `c${i}`, kvBlockSize: c.kv_block_size, workerId: 7n, nats: shared.nc, now: () => NOW, logger: quiet })
     publishers.push(p)
     const res = await p.ingest(hex(c.hex))
     t.is(res.payloads.length, 'error' in c.expect ? 0 : c.expect.events.length, c.name)
@@ -56,7 +45,7 @@ test(`[${impl}] event plane: every fixture batch reaches the subject as the expe
   }
   await Promise.all(publishers.map((p) => p.close()))
   t.false(publishers.some((p) => p.stats().sink.publishErrors > 0))
-  await waitFor(() => got.msgs.length >= expectedMessages, 10_000, `${expectedMessages} messages`)
+  await waitFor(() => got.msgs.length >= expectedMessages, `${expectedMessages} messages`, 10_000)
   got.stop()
   t.is(got.msgs.length, expectedMessages)
 
@@ -80,9 +69,9 @@ test(`[${impl}] event plane: every fixture batch reaches the subject as the expe
 test(`[${impl}] event plane: one publisher over all block-size-4 batches sends exactly what its Ingestor emits, ids consecutive per rank`, async (t) => {
   const ns = name('seq')
   const got = collect(`namespace.${ns}.component.c.kv-events`)
-  await nc.flush()
+  await shared.nc.flush()
   let clock = NOW
-  const p = await kv.KvEventPublisher.create({ namespace: ns, component: 'c', kvBlockSize: 4, workerId: 0xfedcba9876543210n, nats: nc, now: () => ++clock, logger: quiet })
+  const p = await kv.KvEventPublisher.create({ namespace: ns, component: 'c', kvBlockSize: 4, workerId: 0xfedcba9876543210n, nats: shared.nc, now: () => ++clock, logger: quiet })
   const reference = new kv.Ingestor({ kvBlockSize: 4, workerId: 0xfedcba9876543210n })
   const want: Buffer[] = []
   let refClock = NOW
@@ -91,7 +80,7 @@ test(`[${impl}] event plane: one publisher over all block-size-4 batches sends e
     want.push(...reference.ingest(hex(c.hex), ++refClock).payloads.map((b) => Buffer.from(b)))
   }
   await p.close()
-  await waitFor(() => got.msgs.length >= want.length, 10_000, 'messages')
+  await waitFor(() => got.msgs.length >= want.length, 'messages', 10_000)
   got.stop()
   t.true(want.length >= 40, `${want.length} events`)
   t.is(got.msgs.length, want.length)
@@ -111,8 +100,8 @@ test(`[${impl}] event plane: one publisher over all block-size-4 batches sends e
 test(`[${impl}] event plane: manual API shares the ingest id counters and the local indexer sees every event`, async (t) => {
   const ns = name('man')
   const got = collect(`namespace.${ns}.component.c.kv-events`)
-  await nc.flush()
-  const p = await kv.KvEventPublisher.create({ namespace: ns, component: 'c', kvBlockSize: 4, workerId: 9n, nats: nc, logger: quiet })
+  await shared.nc.flush()
+  const p = await kv.KvEventPublisher.create({ namespace: ns, component: 'c', kvBlockSize: 4, workerId: 9n, nats: shared.nc, logger: quiet })
   t.not(p.localIndexer, null, 'event-plane mode keeps a local indexer by default')
   const a = await p.publishStored({ tokenIds: [1, 2, 3, 4, 5, 6, 7, 8], blockHashes: [11n, 12n] })
   t.is(a.firstEventId, 0n)
@@ -126,7 +115,7 @@ test(`[${impl}] event plane: manual API shares the ingest id counters and the lo
   t.is(d.firstEventId, 3n)
   await t.throwsAsync(p.publishRemoved([1] as unknown as bigint[]), { instanceOf: TypeError, message: /blockHashes\[0\]/ })
   await p.close()
-  await waitFor(() => got.msgs.length >= 4)
+  await waitFor(() => got.msgs.length >= 4, 'messages')
   got.stop()
   const types = got.msgs.map((m) => kv.decodeRouterEvent(readEnvelope(m.data).payload).event.data.type)
   t.deepEqual(types, ['stored', 'stored', 'removed', 'cleared'])
@@ -139,8 +128,8 @@ test(`[${impl}] event plane: manual API shares the ingest id counters and the lo
 test(`[${impl}] close() is idempotent, flushes what was accepted, and later calls reject`, async (t) => {
   const ns = name('close')
   const got = collect(`namespace.${ns}.component.c.kv-events`)
-  await nc.flush()
-  const own = await kv.KvEventPublisher.create({ namespace: ns, component: 'c', kvBlockSize: 2, nats: { servers: server.url }, logger: quiet })
+  await shared.nc.flush()
+  const own = await kv.KvEventPublisher.create({ namespace: ns, component: 'c', kvBlockSize: 2, nats: { servers: shared.server.url }, logger: quiet })
   t.true(own.workerId >= 0n && own.workerId < 1n << 63n, 'default worker id is a random 63-bit id')
   for (let i = 0; i < 500; i++) void own.publishStored({ tokenIds: [i, i + 1], blockHashes: [BigInt(i) + (1n << 60n)] })
   const first = own.close()
@@ -148,7 +137,7 @@ test(`[${impl}] close() is idempotent, flushes what was accepted, and later call
   t.is(first, second)
   await first
   t.true(own.closed)
-  await waitFor(() => got.msgs.length >= 500)
+  await waitFor(() => got.msgs.length >= 500, 'messages')
   got.stop()
   t.is(got.msgs.length, 500)
   await t.throwsAsync(own.publishCleared(), { message: /closed/ })
@@ -180,7 +169,7 @@ test.serial(`[${impl}] backpressure: with the server stopped, calls wait (never 
     t.deepEqual(settled, [...settled].sort((a, b) => a - b), 'calls are accepted in call order')
     t.deepEqual(results.map((r) => r.firstEventId), results.map((_, i) => BigInt(i)))
     await p.close()
-    await waitFor(() => got.length >= 40)
+    await waitFor(() => got.length >= 40, 'messages')
     t.is(got.length, 40)
     await sub.close()
   } finally {
@@ -197,12 +186,12 @@ test(`[${impl}] JetStream: the stream is created as specified and holds the JSON
   const stream = kv.jetstreamStreamName(ns, 'Backend')
   const log = capture()
   const workerId = 0xfedcba9876543210n
-  const p = await kv.KvEventPublisher.create({ namespace: ns, component: 'Backend', kvBlockSize: 2, workerId, mode: 'jetstream', nats: nc, logger: log })
+  const p = await kv.KvEventPublisher.create({ namespace: ns, component: 'Backend', kvBlockSize: 2, workerId, mode: 'jetstream', nats: shared.nc, logger: log })
   t.is(p.streamName, stream)
   t.is(p.subject, `${stream}.kv-events`)
   t.is(p.localIndexer, null, 'JetStream mode has no local indexer by default')
   t.true(log.lines.some((l) => l.level === 'warn' && /shared/.test(l.msg ?? '')), 'warns that folded names share the stream')
-  const jsm = await jetstreamManager(nc)
+  const jsm = await jetstreamManager(shared.nc)
   const info = await jsm.streams.info(stream)
   t.deepEqual(info.config.subjects, [`${stream}.*`])
   t.is(info.config.max_age, 3600 * 1e9)
@@ -213,7 +202,7 @@ test(`[${impl}] JetStream: the stream is created as specified and holds the JSON
   const r2 = await p.publishRemoved([big[2]!])
   const r3 = await p.publishCleared()
   t.true(await p.flush(5000))
-  const msgs = await readStream(nc, stream)
+  const msgs = await readStream(shared.nc, stream)
   t.is(msgs.length, 3)
   const payloads = [...r1.payloads, ...r2.payloads, ...r3.payloads]
   msgs.forEach((m, i) => {
@@ -234,25 +223,25 @@ test(`[${impl}] JetStream: the stream is created as specified and holds the JSON
 
 test(`[${impl}] JetStream: DYN_NATS_STREAM_MAX_AGE sets max age and duplicate window; an existing stream is used as is`, async (t) => {
   const ns = name('age')
-  const p = await kv.KvEventPublisher.create({ namespace: ns, component: 'c', kvBlockSize: 2, mode: 'jetstream', nats: nc, logger: quiet }, { DYN_NATS_STREAM_MAX_AGE: '60' })
-  const jsm = await jetstreamManager(nc)
+  const p = await kv.KvEventPublisher.create({ namespace: ns, component: 'c', kvBlockSize: 2, mode: 'jetstream', nats: shared.nc, logger: quiet }, { DYN_NATS_STREAM_MAX_AGE: '60' })
+  const jsm = await jetstreamManager(shared.nc)
   const info = await jsm.streams.info(p.streamName!)
   t.is(info.config.max_age, 60 * 1e9)
   t.is(info.config.duplicate_window, 60 * 1e9)
   await p.close()
   // a second publisher with another max age leaves the stream alone
-  const q = await kv.KvEventPublisher.create({ namespace: ns, component: 'c', kvBlockSize: 2, mode: 'jetstream', nats: nc, logger: quiet }, { DYN_NATS_STREAM_MAX_AGE: '7200' })
+  const q = await kv.KvEventPublisher.create({ namespace: ns, component: 'c', kvBlockSize: 2, mode: 'jetstream', nats: shared.nc, logger: quiet }, { DYN_NATS_STREAM_MAX_AGE: '7200' })
   t.is((await jsm.streams.info(p.streamName!)).config.max_age, 60 * 1e9)
   await q.close()
   await t.throwsAsync(
-    kv.KvEventPublisher.create({ namespace: ns, component: 'c', kvBlockSize: 2, mode: 'jetstream', nats: nc, logger: quiet }, { DYN_NATS_STREAM_MAX_AGE: '1h' }),
+    kv.KvEventPublisher.create({ namespace: ns, component: 'c', kvBlockSize: 2, mode: 'jetstream', nats: shared.nc, logger: quiet }, { DYN_NATS_STREAM_MAX_AGE: '1h' }),
     { instanceOf: RangeError, message: /DYN_NATS_STREAM_MAX_AGE/ },
   )
 })
 
 test(`[${impl}] JetStream: the same event published twice is stored once; a restarted publisher's new events are stored`, async (t) => {
   const ns = name('dup')
-  const opts = { namespace: ns, component: 'c', kvBlockSize: 2, workerId: 42n, mode: 'jetstream' as const, nats: nc, logger: quiet }
+  const opts = { namespace: ns, component: 'c', kvBlockSize: 2, workerId: 42n, mode: 'jetstream' as const, nats: shared.nc, logger: quiet }
   const call = { tokenIds: [1, 2, 3, 4], blockHashes: [100n, 101n] }
   const a = await kv.KvEventPublisher.create({ ...opts, jetstream: { epoch: 'fixed' } })
   await a.publishStored(call)
@@ -271,7 +260,7 @@ test(`[${impl}] JetStream: the same event published twice is stored once; a rest
   await c.close()
   t.is(c.stats().sink.duplicates, 0)
   t.is(c.stats().sink.published, 1)
-  const msgs = await readStream(nc, a.streamName!)
+  const msgs = await readStream(shared.nc, a.streamName!)
   t.is(msgs.length, 3)
   t.deepEqual(msgs.map((m) => kv.decodeRouterEvent(m.data, 'json').event.eventId), [0n, 1n, 0n])
 })
@@ -282,27 +271,27 @@ test(`[${impl}] JetStream: the same event published twice is stored once; a rest
 test(`[${impl}] metrics: the latest value per rank after 1 ms, repeats skipped, bytes as the fixture`, async (t) => {
   const ns = name('m')
   const got = collect(`namespace.${ns}.kv_metrics`)
-  await nc.flush()
+  await shared.nc.flush()
   const fx = wire.envelopes.find((e) => e.name === 'active_load_envelope')!
-  const m = await kv.WorkerMetricsPublisher.create({ namespace: ns, workerId: 7n, nats: nc, now: () => Number(fx.published_at), logger: quiet })
+  const m = await kv.WorkerMetricsPublisher.create({ namespace: ns, workerId: 7n, nats: shared.nc, now: () => Number(fx.published_at), logger: quiet })
   t.is(m.subject, `namespace.${ns}.kv_metrics`)
   // 10 changes within 1 ms: one message, with the last value (12, the fixture's)
   for (let v = 3; v <= 12; v++) m.publish(0, v)
   await sleep(30)
-  await nc.flush()
-  await waitFor(() => got.msgs.length >= 1)
+  await shared.nc.flush()
+  await waitFor(() => got.msgs.length >= 1, 'messages')
   await sleep(20)
   t.is(got.msgs.length, 1)
   t.is(Buffer.from(got.msgs[0]!.data).toString('hex'), fx.envelope_msgpack_hex)
   // the same value again: nothing
   m.publish(0, 12n)
   await sleep(30)
-  await nc.flush()
+  await shared.nc.flush()
   t.is(got.msgs.length, 1)
   // two ranks at once: one message each, sequence continuing
   m.publish(0, 5)
   m.publish(1, 5)
-  await waitFor(() => got.msgs.length >= 3)
+  await waitFor(() => got.msgs.length >= 3, 'messages')
   await sleep(20)
   t.is(got.msgs.length, 3)
   const loads = got.msgs.slice(1).map((x) => readEnvelope(x.data))
@@ -355,7 +344,7 @@ test.serial(`[${impl}] auth: token and user/password, by options and by environm
 // options
 
 test(`[${impl}] invalid options fail create with an error naming the option`, async (t) => {
-  const base = { namespace: 'ns', component: 'c', kvBlockSize: 4, nats: nc, logger: quiet }
+  const base = { namespace: 'ns', component: 'c', kvBlockSize: 4, nats: shared.nc, logger: quiet }
   const cases: [object, RegExp, object?][] = [
     [{ ...base, namespace: 'has space' }, /namespace/],
     [{ ...base, component: 'a*' }, /component/],
@@ -378,7 +367,7 @@ test(`[${impl}] invalid options fail create with an error naming the option`, as
     [{ ...base, nats: undefined }, /NATS_AUTH_USERNAME and \$NATS_AUTH_PASSWORD/, { NATS_AUTH_PASSWORD: 'x' }],
   ]
   for (const [opts, message, env] of cases) {
-    await t.throwsAsync(kv.KvEventPublisher.create(opts as kv.KvEventPublisherOptions, (env ?? {}) as Record<string, string>), { message }, JSON.stringify(opts, (_k, v) => (typeof v === 'bigint' ? String(v) : v === nc ? 'nc' : v)))
+    await t.throwsAsync(kv.KvEventPublisher.create(opts as kv.KvEventPublisherOptions, (env ?? {}) as Record<string, string>), { message }, JSON.stringify(opts, (_k, v) => (typeof v === 'bigint' ? String(v) : v === shared.nc ? 'nc' : v)))
   }
   const log = capture()
   const p = await kv.KvEventPublisher.create({ ...base, logger: log }, { DYN_EVENT_PLANE: 'zmq' })

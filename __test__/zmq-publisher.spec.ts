@@ -3,33 +3,20 @@
 // RadixIndex fed from NATS (the subject, or the JetStream stream applied in order) must end equal to the
 // engines' ground truth: the blocks each engine holds.
 import test from 'ava'
-import { connect, type NatsConnection } from '@nats-io/transport-node'
 import * as kv from '../ts/index.js'
 import { EngineSimulator } from '../ts/sim/engine.js'
 import { readEnvelope } from './helpers/fixtures.js'
-import { startNatsServer, type NatsServer } from './helpers/nats-server.js'
-import { quiet, readStream, waitFor } from './helpers/publishing.js'
+import { quiet, readStream, waitFor, withNats } from './helpers/publishing.js'
 import { freePorts, settle, sorted } from './helpers/zmq.js'
 
 const impl = kv.implementation
-let server: NatsServer
-let nc: NatsConnection
-
-test.before(async () => {
-  server = await startNatsServer()
-  nc = await connect({ servers: server.url })
-})
-
-test.after.always(async () => {
-  await nc?.close()
-  await server?.stop()
-})
+const shared = withNats(test)
 
 /** A router's view: every envelope on the subject applied to a RadixIndex, in arrival order. */
 function router(subject: string) {
   const index = new kv.RadixIndex()
   const events: kv.RouterEventValue[] = []
-  const sub = nc.subscribe(subject, {
+  const sub = shared.nc.subscribe(subject, {
     callback: (_err, m) => {
       events.push(kv.decodeRouterEvent(readEnvelope(m.data).payload))
       index.applyEncoded(m.data, 'envelope')
@@ -50,9 +37,9 @@ function blocksOf(index: kv.RadixIndex, workerId: bigint, dpRank: number): bigin
 
 async function delivered(p: kv.KvEventPublisher, r: { events: unknown[] }): Promise<void> {
   t_assert(await p.flush(10_000), 'publisher flushed')
-  await nc.flush()
+  await shared.nc.flush()
   const total = () => Number(p.stats().sink.published)
-  await waitFor(() => r.events.length >= total(), 10_000, `${total()} events at the router`)
+  await waitFor(() => r.events.length >= total(), `${total()} events at the router`, 10_000)
 }
 
 function t_assert(ok: boolean, what: string): void {
@@ -62,13 +49,13 @@ function t_assert(ok: boolean, what: string): void {
 test.serial(`[${impl}] normal flow: the engine's batches reach the router's index over the event plane, equal to ground truth`, async (t) => {
   const sim = await EngineSimulator.create({ replayEndpoint: 'tcp://127.0.0.1:0', seed: 21, encoding: 'mixed' })
   const r = router('namespace.zmq.component.flow.kv-events')
-  await nc.flush()
+  await shared.nc.flush()
   const p = await kv.KvEventPublisher.create({
     namespace: 'zmq',
     component: 'flow',
     kvBlockSize: sim.kvBlockSize,
     workerId: 11n,
-    nats: nc,
+    nats: shared.nc,
     logger: quiet,
     zmq: { endpoint: sim.endpoint, replayEndpoint: sim.replayEndpoint! },
   })
@@ -98,7 +85,7 @@ test.serial(`[${impl}] normal flow into JetStream: the stream applied in order e
     kvBlockSize: sim.kvBlockSize,
     workerId: 12n,
     mode: 'jetstream',
-    nats: nc,
+    nats: shared.nc,
     logger: quiet,
     zmq: { endpoint: sim.endpoint, replayEndpoint: sim.replayEndpoint! },
   })
@@ -107,7 +94,7 @@ test.serial(`[${impl}] normal flow into JetStream: the stream applied in order e
     await settle(p.source!, sim)
     t.true(await p.flush(10_000))
     const index = new kv.RadixIndex()
-    for (const m of await readStream(nc, p.streamName!)) index.applyEncoded(m.data, 'json')
+    for (const m of await readStream(shared.nc, p.streamName!)) index.applyEncoded(m.data, 'json')
     const truth = sorted(sim.held())
     t.true(truth.length > 50)
     t.deepEqual(blocksOf(index, 12n, 0), truth)
@@ -131,13 +118,13 @@ test.serial(`[${impl}] two dp ranks on port and port + 1: ids per rank without g
     ),
   )
   const r = router('namespace.zmq.component.ranks.kv-events')
-  await nc.flush()
+  await shared.nc.flush()
   const p = await kv.KvEventPublisher.create({
     namespace: 'zmq',
     component: 'ranks',
     kvBlockSize: 16,
     workerId: 13n,
-    nats: nc,
+    nats: shared.nc,
     logger: quiet,
     zmq: { endpoint: `tcp://127.0.0.1:${live}`, replayEndpoint: `tcp://127.0.0.1:${replay}`, dpRanks: 2 },
   })
@@ -178,9 +165,9 @@ test.serial(`[${impl}] two dp ranks on port and port + 1: ids per rank without g
 })
 
 test(`[${impl}] zmq option errors name the option, and nothing is left open`, async (t) => {
-  const base = { namespace: 'zmq', component: 'bad', kvBlockSize: 16, nats: nc, logger: quiet }
+  const base = { namespace: 'zmq', component: 'bad', kvBlockSize: 16, nats: shared.nc, logger: quiet }
   await t.throwsAsync(kv.KvEventPublisher.create({ ...base, zmq: 5 as never }), { instanceOf: TypeError, message: /zmq/ })
   await t.throwsAsync(kv.KvEventPublisher.create({ ...base, zmq: {} }), { message: /zmq\.|endpoint/ })
   await t.throwsAsync(kv.KvEventPublisher.create({ ...base, zmq: { endpoint: 'tcp://127.0.0.1:5557', onLoss: 'drop' as never } }), { message: /onLoss/ })
-  t.false(nc.isClosed(), 'a connection the caller passed stays open')
+  t.false(shared.nc.isClosed(), 'a connection the caller passed stays open')
 })

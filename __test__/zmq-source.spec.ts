@@ -9,7 +9,8 @@ import { Subscriber } from 'zeromq'
 import * as kv from '../ts/index.js'
 import { EngineSimulator, type EngineSimulatorOptions, type ReplayLayout } from '../ts/sim/engine.js'
 import { RECEIVE_BACKOFF_MS, ZmqSource, type ZmqSourceOptions, type ZmqSourceStop } from '../ts/sources/zmq.js'
-import { IngestorConsumer, captureLogger, driveCaughtUp, freePorts, settle, sorted, waitCaughtUp, waitFor, warmUp } from './helpers/zmq.js'
+import { capture as captureLogger, waitFor } from './helpers/publishing.js'
+import { IngestorConsumer, driveCaughtUp, freePorts, settle, sorted, waitCaughtUp, warmUp } from './helpers/zmq.js'
 
 const impl = kv.implementation
 const REPLAY = 'tcp://127.0.0.1:0'

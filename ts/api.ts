@@ -205,6 +205,18 @@ export interface IngestorOptions {
   localIndexer?: { bufferSize?: number } | boolean
 }
 
+/** The manual API's store (SPEC 3): what an engine without ZMQ events reports. */
+export interface StoredArgs {
+  tokenIds: Uint32Array | number[]
+  blockHashes: BigUint64Array | bigint[]
+  /** Default the publisher's kvBlockSize. */
+  blockSize?: number
+  parentHash?: bigint | null
+  loraName?: string | null
+  blockMmInfos?: (BlockExtraInfo | null)[] | null
+  dpRank?: number
+}
+
 export interface IngestResult {
   /** Outgoing payloads, ready to publish, in order; payload i carries event id firstEventId + i. */
   payloads: Buffer[]
@@ -332,18 +344,7 @@ export class Ingestor {
   }
 
   /** Manual API: a store, as an engine without ZMQ events would report it (checks 5-7 of SPEC 3). */
-  stored(
-    args: {
-      tokenIds: Uint32Array | number[]
-      blockHashes: BigUint64Array | bigint[]
-      blockSize?: number
-      parentHash?: bigint | null
-      loraName?: string | null
-      blockMmInfos?: (BlockExtraInfo | null)[] | null
-      dpRank?: number
-    },
-    nowMs?: number,
-  ): IngestResult {
+  stored(args: StoredArgs, nowMs?: number): IngestResult {
     if (typeof args !== 'object' || args === null) throw new TypeError('stored() takes an object')
     const tokenIds = tokensArg('tokenIds', args.tokenIds)
     const blockHashes = hashesArg('blockHashes', args.blockHashes)

@@ -3,8 +3,8 @@
 // payloads to a sink, applies backpressure and owns the connection's lifecycle.
 import { randomBytes } from 'node:crypto'
 import { describe, positiveInt, u64 } from './args.js'
-import { checkName, Ingestor, jetstreamStreamName, type IngestMode, type IngestResult, type LocalIndexer } from './api.js'
-import { REJECT_REASONS, type BlockExtraInfo, type CounterName, type RejectReason } from './binding.js'
+import { checkName, Ingestor, jetstreamStreamName, type IngestMode, type IngestResult, type LocalIndexer, type StoredArgs } from './api.js'
+import { REJECT_REASONS, type CounterName, type RejectReason } from './binding.js'
 import { loggerOption, RateLimitedLog, type Logger } from './log.js'
 import { connectNats, isNatsConnection, resolveNatsOptions, type NatsConnection, type NatsOption } from './nats.js'
 import { EventPlaneSink } from './sinks/event-plane.js'
@@ -270,15 +270,7 @@ export class KvEventPublisher {
   }
 
   /** Manual API (engines without ZMQ events): the Ingestor's stored(), queued like ingest(). */
-  publishStored(args: {
-    tokenIds: Uint32Array | number[]
-    blockHashes: BigUint64Array | bigint[]
-    blockSize?: number
-    parentHash?: bigint | null
-    loraName?: string | null
-    blockMmInfos?: (BlockExtraInfo | null)[] | null
-    dpRank?: number
-  }): Promise<IngestResult> {
+  publishStored(args: StoredArgs): Promise<IngestResult> {
     return this.#accept(() => this.#ingestor.stored(args, this.#clock()))
   }
 

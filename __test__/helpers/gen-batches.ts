@@ -2,36 +2,10 @@
 // in one batch, unsigned / signed / bin hashes, LoRA names, extra_keys and block_mm_infos, tiers and
 // localities, KV groups and kinds, several dp ranks, engine clears, short token lists, and bad events
 // of every rejection reason. Deterministic for a given seed.
+import { Rng } from '../../ts/sim/rng.js'
 import { arr, bin, encode, f64, i, map, nil, s, u, type Mp } from './mp.js'
 
-export class Rng {
-  #s: number
-  constructor(seed: number) {
-    this.#s = seed >>> 0 || 0x9e3779b9
-  }
-  /** mulberry32 */
-  next(): number {
-    let t = (this.#s = (this.#s + 0x6d2b79f5) >>> 0)
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-  int(n: number): number {
-    return Math.floor(this.next() * n)
-  }
-  chance(p: number): boolean {
-    return this.next() < p
-  }
-  pick<T>(xs: readonly T[]): T {
-    return xs[this.int(xs.length)]!
-  }
-  u32(): number {
-    return (this.next() * 4294967296) >>> 0
-  }
-  u64(): bigint {
-    return (BigInt(this.u32()) << 32n) | BigInt(this.u32())
-  }
-}
+export { Rng }
 
 const HEX = '0123456789abcdef'
 

@@ -1,10 +1,25 @@
 // Helpers for the publishing tests: loggers, waiting for conditions, reading a JetStream stream, and a
 // seeded stream of manual-API calls (stores chained to earlier stores, removes, clears).
-import type { ExecutionContext } from 'ava'
+import type { ExecutionContext, TestFn } from 'ava'
 import { jetstream, jetstreamManager } from '@nats-io/jetstream'
-import type { NatsConnection } from '@nats-io/transport-node'
+import { connect, type NatsConnection } from '@nats-io/transport-node'
 import type { Logger } from '../../ts/index.js'
 import { Rng } from './gen-batches.js'
+import { startNatsServer, type NatsServer } from './nats-server.js'
+
+/** One private nats-server and a connection to it for a whole test file (started before, stopped after). */
+export function withNats(test: TestFn): { readonly server: NatsServer; readonly nc: NatsConnection } {
+  const shared = {} as { server: NatsServer; nc: NatsConnection }
+  test.before(async () => {
+    shared.server = await startNatsServer()
+    shared.nc = await connect({ servers: shared.server.url })
+  })
+  test.after.always(async () => {
+    await shared.nc?.close()
+    await shared.server?.stop()
+  })
+  return shared
+}
 
 export const quiet: Logger = { error() {}, warn() {}, info() {}, debug() {} }
 
@@ -15,12 +30,12 @@ export function capture(): Logger & { lines: { level: string; obj: object; msg?:
   return { lines, error: at('error'), warn: at('warn'), info: at('info'), debug: at('debug') }
 }
 
-/** Polls `cond` every 10 ms until it holds, or fails after timeoutMs. */
-export async function waitFor(cond: () => boolean, timeoutMs = 10_000, what = 'condition'): Promise<void> {
+/** Polls `cond` every 5 ms until it holds; throws with `what` after `timeoutMs`. */
+export async function waitFor(cond: () => boolean, what: string, timeoutMs = 20_000): Promise<void> {
   const deadline = Date.now() + timeoutMs
   while (!cond()) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 10))
+    await new Promise((r) => setTimeout(r, 5))
   }
 }
 

@@ -1,10 +1,10 @@
 // Helpers for the ZeroMQ tests: a consumer that is a real Ingestor (with its local indexer) recording what it
-// emitted, the index's blocks per dp rank, polling with a deadline, free port pairs, a capturing logger.
+// emitted, the index's blocks per dp rank, waiting for a source to catch up with engines, free port ranges.
 import { createServer } from 'node:net'
 import * as kv from '../../ts/index.js'
-import type { Logger } from '../../ts/log.js'
 import type { EngineSimulator } from '../../ts/sim/engine.js'
 import type { BatchConsumer, ZmqSource } from '../../ts/sources/zmq.js'
+import { waitFor } from './publishing.js'
 
 export interface Emitted {
   dpRank: number
@@ -57,15 +57,6 @@ export class IngestorConsumer implements BatchConsumer {
 
 export function sorted(xs: Iterable<bigint>): bigint[] {
   return [...xs].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))
-}
-
-/** Polls `cond` until it holds; throws with `what` after `timeoutMs`. */
-export async function waitFor(cond: () => boolean, what: string, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 5))
-  }
 }
 
 /** Whether the source has applied everything `sim` published (its tracker is idle at the last seq). */
@@ -146,11 +137,4 @@ export async function freePorts(n: number): Promise<number> {
     if (ok) return base
   }
   throw new Error('no free port range found')
-}
-
-/** A pino-compatible logger that keeps what was logged. */
-export function captureLogger(): Logger & { lines: { level: string; obj: object; msg?: string }[] } {
-  const lines: { level: string; obj: object; msg?: string }[] = []
-  const at = (level: string) => (obj: object, msg?: string) => void lines.push({ level, obj, msg })
-  return { lines, error: at('error'), warn: at('warn'), info: at('info'), debug: at('debug') }
 }

@@ -8,6 +8,7 @@
 import type { Publisher, Router } from 'zeromq'
 import { loadZeromq, zeromq } from '../zeromq.js'
 import { ByteWriter } from '../fallback/msgpack.js'
+import { Rng } from './rng.js'
 
 export type ReplayLayout = 'legacy' | 'topic'
 export type EventEncoding = 'map' | 'array' | 'mixed'
@@ -92,29 +93,6 @@ const K_BS = KEY('block_size')
 const K_LORA_ID = KEY('lora_id')
 const K_MEDIUM = KEY('medium')
 const K_LORA_NAME = KEY('lora_name')
-
-/** mulberry32: small, seedable, good enough for a workload. */
-class Rng {
-  #s: number
-  constructor(seed: number) {
-    this.#s = seed >>> 0 || 0x9e3779b9
-  }
-  next(): number {
-    let t = (this.#s = (this.#s + 0x6d2b79f5) >>> 0)
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-  int(n: number): number {
-    return Math.floor(this.next() * n)
-  }
-  u32(): number {
-    return (this.next() * 4294967296) >>> 0
-  }
-  u64(): bigint {
-    return (BigInt(this.u32()) << 32n) | BigInt(this.u32())
-  }
-}
 
 function seqBytes(seq: bigint): Buffer {
   const b = Buffer.allocUnsafe(8)

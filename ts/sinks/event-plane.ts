@@ -10,7 +10,7 @@
 // dropped and counted as undelivered, so a NATS outage never stalls the engine.
 import type { NatsConnection } from '@nats-io/transport-node'
 import type { RateLimitedLog } from '../log.js'
-import { emptySinkStats, type Sink, type SinkStats } from './types.js'
+import { emptySinkStats, IdleWaiters, type Sink, type SinkStats } from './types.js'
 
 export interface EventPlaneSinkOptions {
   /** Bytes the client may buffer while disconnected (default 8 MiB, as the Go client). */
@@ -39,7 +39,7 @@ export class EventPlaneSink implements Sink {
   #flushing = false
   /** Bumped on disconnect, so a flush that straddled it confirms nothing. */
   #generation = 0
-  #idleWaiters: (() => void)[] = []
+  readonly #idle = new IdleWaiters()
   #closed = false
 
   constructor(nc: NatsConnection, subject: string, log: RateLimitedLog, opts: EventPlaneSinkOptions = {}) {
@@ -106,13 +106,7 @@ export class EventPlaneSink implements Sink {
     this.#drain()
     if (this.#unflushed > 0) this.#startFlush()
     if (this.pending === 0) return true
-    return await new Promise<boolean>((resolve) => {
-      const timer = setTimeout(() => resolve(false), timeoutMs)
-      this.#idleWaiters.push(() => {
-        clearTimeout(timer)
-        resolve(true)
-      })
-    })
+    return await this.#idle.wait(timeoutMs)
   }
 
   async close(timeoutMs: number): Promise<void> {
@@ -143,7 +137,7 @@ export class EventPlaneSink implements Sink {
   }
 
   #progress(): void {
-    if (this.pending === 0) for (const w of this.#idleWaiters.splice(0)) w()
+    this.#idle.notify(this.pending)
     this.onProgress()
   }
 

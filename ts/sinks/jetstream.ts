@@ -15,7 +15,7 @@
 import { createInbox, headers, InvalidArgumentError, nanos, type Msg, type NatsConnection } from '@nats-io/transport-node'
 import { jetstreamManager, type JetStreamManager, type PubAck, type StreamConfig } from '@nats-io/jetstream'
 import type { Logger, RateLimitedLog } from '../log.js'
-import { emptySinkStats, type Sink, type SinkStats } from './types.js'
+import { emptySinkStats, IdleWaiters, type Sink, type SinkStats } from './types.js'
 
 export interface JetStreamSinkOptions {
   /** Events sent and not yet examined (in flight, failed and waiting for a retry, or acked after a slower one); default 1024. */
@@ -178,7 +178,7 @@ export class JetStreamSink implements Sink {
   #round = 0
   #failures = 0
   #retryTimer: NodeJS.Timeout | null = null
-  #idleWaiters: (() => void)[] = []
+  readonly #idle = new IdleWaiters()
   #closed = false
 
   constructor(
@@ -227,13 +227,7 @@ export class JetStreamSink implements Sink {
 
   async flush(timeoutMs: number): Promise<boolean> {
     if (this.pending === 0) return true
-    return await new Promise<boolean>((resolve) => {
-      const timer = setTimeout(() => resolve(false), timeoutMs)
-      this.#idleWaiters.push(() => {
-        clearTimeout(timer)
-        resolve(true)
-      })
-    })
+    return await this.#idle.wait(timeoutMs)
   }
 
   async close(timeoutMs: number): Promise<void> {
@@ -341,7 +335,7 @@ export class JetStreamSink implements Sink {
       this.#next -= this.#head
       this.#head = 0
     }
-    if (this.pending === 0) for (const w of this.#idleWaiters.splice(0)) w()
+    this.#idle.notify(this.pending)
     this.onProgress()
   }
 

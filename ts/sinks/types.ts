@@ -37,3 +37,24 @@ export interface Sink {
 export function emptySinkStats(): SinkStats {
   return { published: 0, publishErrors: 0, undelivered: 0, retries: 0, duplicates: 0, republished: 0, repairs: 0, queueDepth: 0 }
 }
+
+/** Callers of flush() waiting for a sink to have nothing unconfirmed. */
+export class IdleWaiters {
+  #waiters: (() => void)[] = []
+
+  /** Resolves true once notify() finds the sink idle, or false after timeoutMs. */
+  wait(timeoutMs: number): Promise<boolean> {
+    return new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => resolve(false), timeoutMs)
+      this.#waiters.push(() => {
+        clearTimeout(timer)
+        resolve(true)
+      })
+    })
+  }
+
+  /** Call whenever pending went down: wakes everyone if the sink is idle. */
+  notify(pending: number): void {
+    if (pending === 0) for (const w of this.#waiters.splice(0)) w()
+  }
+}
