@@ -8,7 +8,7 @@
 // server slows the engine's source instead of growing the client's buffer); while disconnected, the
 // client buffers up to reconnectBufferBytes (nats.js would otherwise grow without limit) and the rest is
 // dropped and counted as undelivered, so a NATS outage never stalls the engine.
-import type { NatsConnection } from '@nats-io/transport-node'
+import type { NatsConnection, Status } from '@nats-io/transport-node'
 import type { RateLimitedLog } from '../log.js'
 import { emptySinkStats, IdleWaiters, type Sink, type SinkStats } from './types.js'
 
@@ -41,12 +41,14 @@ export class EventPlaneSink implements Sink {
   #generation = 0
   readonly #idle = new IdleWaiters()
   #closed = false
+  #status: AsyncIterable<Status>
 
   constructor(nc: NatsConnection, subject: string, log: RateLimitedLog, opts: EventPlaneSinkOptions = {}) {
     this.#nc = nc
     this.#subject = subject
     this.#log = log
     this.#reconnectBufferBytes = opts.reconnectBufferBytes ?? 8 << 20
+    this.#status = nc.status()
     void this.#watchStatus()
   }
 
@@ -113,6 +115,8 @@ export class EventPlaneSink implements Sink {
     if (this.#closed) return
     const done = await this.flush(timeoutMs)
     this.#closed = true
+    // the connection may be the caller's and outlive this sink (nats.js status iterators have stop())
+    ;(this.#status as { stop?: () => void }).stop?.()
     if (!done) this.#log.log('warn', 'close-unconfirmed', { unconfirmed: this.pending }, 'closing with events the server has not confirmed')
   }
 
@@ -142,7 +146,7 @@ export class EventPlaneSink implements Sink {
   }
 
   async #watchStatus(): Promise<void> {
-    for await (const s of this.#nc.status()) {
+    for await (const s of this.#status) {
       if (s.type === 'disconnect') {
         this.#connected = false
         this.#bufferedWhileDown = 0

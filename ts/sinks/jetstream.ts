@@ -12,7 +12,7 @@
 // restores the worker's state: stores are idempotent, removes of absent blocks are no-ops, and the last
 // operation on each block is again the right one. Superseded publishes are still retried until acked, so
 // where they landed is known; one landing late triggers the next repair.
-import { createInbox, headers, InvalidArgumentError, nanos, type Msg, type NatsConnection } from '@nats-io/transport-node'
+import { createInbox, headers, InvalidArgumentError, nanos, type Msg, type NatsConnection, type Subscription } from '@nats-io/transport-node'
 import { jetstreamManager, type JetStreamManager, type PubAck, type StreamConfig } from '@nats-io/jetstream'
 import type { Logger, RateLimitedLog } from '../log.js'
 import { emptySinkStats, IdleWaiters, type Sink, type SinkStats } from './types.js'
@@ -103,13 +103,14 @@ class AckInbox {
   readonly #timeoutMs: number
   readonly #waiting = new Map<number, { resolve: (a: PubAck) => void; reject: (e: Error) => void; deadline: number }>()
   readonly #timer: NodeJS.Timeout
+  readonly #sub: Subscription
   #next = 0
 
   constructor(nc: NatsConnection, timeoutMs: number) {
     this.#nc = nc
     this.#prefix = `${createInbox()}.`
     this.#timeoutMs = timeoutMs
-    nc.subscribe(`${this.#prefix}*`, { callback: (err, msg) => (err ? undefined : this.#onAck(msg)) })
+    this.#sub = nc.subscribe(`${this.#prefix}*`, { callback: (err, msg) => (err ? undefined : this.#onAck(msg)) })
     this.#timer = setInterval(() => this.#expire(), Math.max(10, Math.min(250, timeoutMs / 4)))
     this.#timer.unref()
   }
@@ -126,6 +127,8 @@ class AckInbox {
 
   close(): void {
     clearInterval(this.#timer)
+    // the connection may be the caller's and outlive this sink
+    if (!this.#nc.isClosed()) this.#sub.unsubscribe()
     for (const w of this.#waiting.values()) w.reject(new Error('closed'))
     this.#waiting.clear()
   }
