@@ -3,7 +3,11 @@
 // configuration and contents, deduplication, backpressure, auth, and option errors.
 import test from 'ava'
 import { jetstreamManager } from '@nats-io/jetstream'
-import { connect, type Msg } from '@nats-io/transport-node'
+import { connect, nkeys, type Msg } from '@nats-io/transport-node'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
 import * as kv from '../ts/index.js'
 import { engine, hex, NOW, readEnvelope, rev, toEvent, wire } from './helpers/fixtures.js'
 import { startNatsServer } from './helpers/nats-server.js'
@@ -337,6 +341,43 @@ test.serial(`[${impl}] auth: token and user/password, by options and by environm
   } finally {
     await tokenServer.stop()
     await userServer.stop()
+  }
+})
+
+test.serial(`[${impl}] auth: an nkey seed from the environment, a credentials file that does not exist, and TLS by options`, async (t) => {
+  const user = nkeys.createUser()
+  const dir = mkdtempSync(path.join(tmpdir(), 'dynamo-kv-nkey-'))
+  const conf = path.join(dir, 'nkey.conf')
+  writeFileSync(conf, `authorization { users = [ { nkey: "${user.getPublicKey()}" } ] }\n`)
+  const tls = (f: string) => fileURLToPath(new URL(`./fixtures/tls/${f}`, import.meta.url))
+  const nkeyServer = await startNatsServer({ args: ['-c', conf] })
+  const tlsServer = await startNatsServer({ args: ['--tls', '--tlscert', tls('server.pem'), '--tlskey', tls('server-key.pem')] })
+  try {
+    const base = { namespace: 'auth', component: 'c', kvBlockSize: 4, logger: quiet }
+    const seed = new TextDecoder().decode(user.getSeed())
+    const viaNkey = await kv.KvEventPublisher.create(base, { NATS_SERVER: nkeyServer.url, NATS_AUTH_NKEY: seed })
+    await viaNkey.publishCleared()
+    t.true(await viaNkey.flush(5000))
+    await viaNkey.close()
+    const other = new TextDecoder().decode(nkeys.createUser().getSeed())
+    const wrongKey = await t.throwsAsync(kv.KvEventPublisher.create(base, { NATS_SERVER: nkeyServer.url, NATS_AUTH_NKEY: other }), { instanceOf: kv.NatsConnectError })
+    t.regex(wrongKey!.message, /nkey auth from environment/)
+    await t.throwsAsync(kv.KvEventPublisher.create(base, { NATS_SERVER: nkeyServer.url, NATS_AUTH_CREDENTIALS_FILE: path.join(dir, 'missing.creds') }), {
+      instanceOf: kv.NatsConnectError,
+      message: /credentials file .*missing\.creds.*NATS_AUTH_CREDENTIALS_FILE/,
+    })
+
+    const viaTls = await kv.KvEventPublisher.create({ ...base, nats: { servers: tlsServer.url, tls: { caFile: tls('ca.pem') } } }, {})
+    await viaTls.publishCleared()
+    t.true(await viaTls.flush(5000))
+    await viaTls.close()
+    // without the CA the server's certificate is not trusted
+    const untrusted = await t.throwsAsync(kv.KvEventPublisher.create({ ...base, nats: { servers: tlsServer.url, tls: true, timeoutMs: 3000 } }, {}), { instanceOf: kv.NatsConnectError })
+    t.regex(untrusted!.message, /certificate|self.signed|TLS|tls/i)
+  } finally {
+    await nkeyServer.stop()
+    await tlsServer.stop()
+    rmSync(dir, { recursive: true, force: true })
   }
 })
 
