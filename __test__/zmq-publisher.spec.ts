@@ -164,6 +164,81 @@ test.serial(`[${impl}] two dp ranks on port and port + 1: ids per rank without g
   }
 })
 
+for (const replayLayout of ['legacy', 'topic'] as const) {
+  test.serial(`[${impl}] gap (${replayLayout} replay layout): the skipped batch is replayed and the router's index equals ground truth`, async (t) => {
+    const sim = await EngineSimulator.create({ replayEndpoint: 'tcp://127.0.0.1:0', seed: 40, replayLayout })
+    const component = `gap-${replayLayout}`
+    const r = router(`namespace.zmq.component.${component}.kv-events`)
+    await shared.nc.flush()
+    const p = await kv.KvEventPublisher.create({ namespace: 'zmq', component, kvBlockSize: 16, workerId: 14n, nats: shared.nc, logger: quiet, zmq: { endpoint: sim.endpoint, replayEndpoint: sim.replayEndpoint! } })
+    try {
+      await sim.run(30)
+      await settle(p.source!, sim)
+      const k = sim.nextSeq
+      sim.drop([k, k + 5n])
+      await sim.run(20)
+      await settle(p.source!, sim)
+      await delivered(p, r)
+      const s = p.stats().source!
+      t.true(s.gaps >= 1n && s.replays >= 2n, JSON.stringify(s, (_k, v) => (typeof v === 'bigint' ? String(v) : v)))
+      t.is(s.lost, 0n)
+      t.deepEqual(blocksOf(r.index, 14n, 0), sorted(sim.held()))
+    } finally {
+      await p.close()
+      r.stop()
+      sim.close()
+    }
+  })
+}
+
+for (const onLoss of ['keep', 'reset'] as const) {
+  test.serial(`[${impl}] replay buffer rolled over, onLoss '${onLoss}': the loss is counted and the router's index is as promised`, async (t) => {
+    const sim = await EngineSimulator.create({ replayEndpoint: 'tcp://127.0.0.1:0', seed: 41, replayBufferSize: 20, capacityBlocks: 96 })
+    const component = `loss-${onLoss}`
+    const r = router(`namespace.zmq.component.${component}.kv-events`)
+    await shared.nc.flush()
+    const p = await kv.KvEventPublisher.create({
+      namespace: 'zmq',
+      component,
+      kvBlockSize: 16,
+      workerId: 15n,
+      nats: shared.nc,
+      logger: quiet,
+      zmq: { endpoint: sim.endpoint, replayEndpoint: sim.replayEndpoint!, onLoss, replayTimeoutMs: 30_000 },
+    })
+    try {
+      await sim.heartbeat()
+      await settle(p.source!, sim)
+      await sim.run(30)
+      await settle(p.source!, sim)
+      const k = sim.nextSeq
+      sim.drop([k, k + 1n, k + 2n])
+      sim.pauseReplay()
+      await sim.run(4) // k + 3 reveals the gap; the replay request waits at the engine
+      await waitFor(() => p.source!.trackers()[0]!.replaying, 'the gap replay to start')
+      await sim.run(25) // more than the engine's buffer holds: k .. k + 2 roll out of it
+      await waitFor(() => p.source!.trackers()[0]!.lastLive === sim.nextSeq - 1n, 'the live messages to be held')
+      sim.resumeReplay()
+      await settle(p.source!, sim)
+      await delivered(p, r)
+      t.is(p.stats().source!.lost, 3n)
+      const index = new Set(blocksOf(r.index, 15n, 0))
+      const held = sim.held()
+      if (onLoss === 'keep') {
+        t.deepEqual([...held].filter((h) => sim.announced().has(h) && !index.has(h)), [], 'every held block that was announced is indexed')
+      } else {
+        t.is(p.stats().source!.resets, 1n)
+        t.deepEqual([...index].filter((h) => !held.has(h)), [], 'the router holds no block the engine does not hold')
+      }
+      t.true(index.size > 0)
+    } finally {
+      await p.close()
+      r.stop()
+      sim.close()
+    }
+  })
+}
+
 test(`[${impl}] zmq option errors name the option, and nothing is left open`, async (t) => {
   const base = { namespace: 'zmq', component: 'bad', kvBlockSize: 16, nats: shared.nc, logger: quiet }
   await t.throwsAsync(kv.KvEventPublisher.create({ ...base, zmq: 5 as never }), { instanceOf: TypeError, message: /zmq/ })
