@@ -34,10 +34,19 @@ test.after.always(() => {
 
 // Prints what a consumer sees: which implementation, and the type of each key export.
 const probe = (load: string) => `
-  const m = ${load}
-  const out = { implementation: m.implementation, loadError: m.nativeLoadError ? String(m.nativeLoadError) : null }
-  for (const k of ['computeBlockHashes', 'decodeEngineBatch', 'Ingestor', 'KvDecodeError']) out[k] = typeof m[k]
-  console.log(JSON.stringify(out))
+  ;(async () => {
+    const m = ${load}
+    const out = { implementation: m.implementation, loadError: m.nativeLoadError ? String(m.nativeLoadError) : null }
+    for (const k of ['computeBlockHashes', 'decodeEngineBatch', 'Ingestor', 'KvDecodeError', 'KvEventPublisher', 'WorkerMetricsPublisher', 'ZmqSource']) out[k] = typeof m[k]
+    // zeromq (a native addon) is loaded on first use only, and then works from either build
+    const { createRequire } = await import('node:module')
+    const loaded = () => Object.keys(createRequire(process.cwd() + '/').cache).some((k) => k.includes('/zeromq/'))
+    out.zeromqAtImport = loaded()
+    const sim = await m.EngineSimulator.create()
+    out.simulator = sim.endpoint.startsWith('tcp://127.0.0.1:') && loaded()
+    sim.close()
+    console.log(JSON.stringify(out))
+  })().catch((err) => { console.error(err); process.exit(1) })
 `
 
 function run(args: string[]): Record<string, unknown> {
@@ -55,6 +64,11 @@ function check(t: import('ava').ExecutionContext, got: Record<string, unknown>) 
   t.is(got.decodeEngineBatch, 'function')
   t.is(got.Ingestor, 'function')
   t.is(got.KvDecodeError, 'function')
+  t.is(got.KvEventPublisher, 'function')
+  t.is(got.WorkerMetricsPublisher, 'function')
+  t.is(got.ZmqSource, 'function')
+  t.false(got.zeromqAtImport, 'zeromq is not loaded by importing the package')
+  t.true(got.simulator)
 }
 
 test('require("dynamo-kv") gives the public API (CommonJS build)', (t) => {
@@ -74,6 +88,8 @@ test('the published types resolve for ESM and CommonJS consumers', (t) => {
     export const hashes: BigUint64Array = ${ns}computeBlockHashes([1, 2, 3, 4], 2)
     export const ingestor: ${ns}Ingestor = new ${ns}Ingestor({ kvBlockSize: 16, workerId: 1n })
     export const which: 'native' | 'js' = ${ns}implementation
+    export const options: ${ns}KvEventPublisherOptions = { namespace: 'ns', component: 'c', kvBlockSize: 16, zmq: { endpoint: 'tcp://127.0.0.1:5557' } }
+    export const create: Promise<${ns}KvEventPublisher> = ${ns}KvEventPublisher.create(options).catch(() => { throw new Error('not run') })
   `
   writeFileSync(path.join(consumer, 'esm.mts'), `import * as dk from 'dynamo-kv'\n${use('dk.')}`)
   writeFileSync(path.join(consumer, 'cjs.cts'), `import dk = require('dynamo-kv')\n${use('dk.')}`)
