@@ -209,9 +209,15 @@ export class JetStreamSink implements Sink {
   }
 
   static async create(nc: NatsConnection, stream: string, maxAgeSeconds: number, workerId: bigint, log: RateLimitedLog, opts?: JetStreamSinkOptions): Promise<JetStreamSink> {
-    const jsm = await jetstreamManager(nc)
-    const ensure = () => ensureStream(jsm, stream, maxAgeSeconds, log.logger)
-    await ensure()
+    let ensure: () => Promise<unknown>
+    try {
+      const jsm = await jetstreamManager(nc)
+      ensure = () => ensureStream(jsm, stream, maxAgeSeconds, log.logger)
+      await ensure()
+    } catch (err) {
+      const why = (err as Error)?.message ?? String(err)
+      throw new Error(`could not set up the JetStream stream ${stream} (does the server run with JetStream, -js?): ${why}`, { cause: err })
+    }
     return new JetStreamSink(nc, stream, workerId, log, ensure, opts)
   }
 
