@@ -8,6 +8,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { decode as mpDecode } from '@msgpack/msgpack'
+import { Registry } from 'prom-client'
 import * as kv from '../ts/index.js'
 import { engine, hex, NOW, readEnvelope, rev, toEvent, wire } from './helpers/fixtures.js'
 import { startNatsServer } from './helpers/nats-server.js'
@@ -182,6 +184,41 @@ test.serial(`[${impl}] backpressure: with the server stopped, calls wait (never 
   }
 })
 
+test(`[${impl}] Prometheus: every publisher's counters on one registry, read at scrape time`, async (t) => {
+  const registry = new Registry()
+  const ns = name('prom')
+  const a = await kv.KvEventPublisher.create({ namespace: ns, component: 'a', kvBlockSize: 2, workerId: 0xfedcba9876543210n, nats: shared.nc, logger: quiet })
+  const b = await kv.KvEventPublisher.create({ namespace: ns, component: 'b', kvBlockSize: 2, workerId: 2n, nats: shared.nc, logger: quiet })
+  const offA = kv.registerPublisherMetrics(a, { registry })
+  kv.registerPublisherMetrics(b, { registry })
+  await a.publishStored({ tokenIds: [1, 2, 3, 4], blockHashes: [1n, 2n] })
+  await a.publishRemoved([2n])
+  await a.ingest(Uint8Array.of(0xc1)) // malformed
+  await b.publishCleared()
+  t.true(await a.flush(5000))
+  const text = await registry.metrics()
+  const value = (metric: string, labels: string) => {
+    const line = text.split('\n').find((l) => l.startsWith(`${metric}{`) && l.includes(labels))
+    return line === undefined ? null : Number(line.slice(line.lastIndexOf(' ') + 1))
+  }
+  const la = `worker_id="${0xfedcba9876543210n}",namespace="${ns}",component="a"`
+  const lb = `worker_id="2",namespace="${ns}",component="b"`
+  t.is(value('dynamo_kv_events_emitted_total', `${la},type="stored"`), 1)
+  t.is(value('dynamo_kv_events_emitted_total', `${la},type="removed"`), 1)
+  t.is(value('dynamo_kv_events_emitted_total', `${lb},type="cleared"`), 1)
+  t.is(value('dynamo_kv_events_rejected_total', `${la},reason="malformed"`), 1)
+  t.is(value('dynamo_kv_engine_batches_total', la), 1)
+  t.is(value('dynamo_kv_published_total', la), 2)
+  t.is(value('dynamo_kv_queue_depth', la), 0)
+  t.is(value('dynamo_kv_zmq_gaps_total', la), null, 'no ZMQ series without a source')
+  offA()
+  const after = await registry.metrics()
+  t.false(after.includes(la), 'an unregistered publisher disappears')
+  t.true(after.includes(lb))
+  t.throws(() => kv.registerPublisherMetrics(b, { registry, prefix: 'bad prefix' }), { instanceOf: RangeError, message: /prefix/ })
+  await Promise.all([a.close(), b.close()])
+})
+
 // ---------------------------------------------------------------------------------------------------
 // JetStream (issue 4, item 2)
 
@@ -310,6 +347,32 @@ test(`[${impl}] metrics: the latest value per rank after 1 ms, repeats skipped, 
   await m.close()
   t.is(m.stats().published, 3)
   got.stop()
+})
+
+test(`[${impl}] metrics: a value that keeps changing is still published at least every 50 ms`, async (t) => {
+  const ns = name('m')
+  const got = collect(`namespace.${ns}.kv_metrics`)
+  await shared.nc.flush()
+  const m = await kv.WorkerMetricsPublisher.create({ namespace: ns, workerId: 8n, nats: shared.nc, logger: quiet })
+  // a change every ~0.3 ms for 300 ms: a pure debounce would never publish
+  const until = Date.now() + 300
+  let calls = 0
+  while (Date.now() < until) {
+    m.publish(0, ++calls)
+    await new Promise((r) => setImmediate(r))
+  }
+  await m.close()
+  await shared.nc.flush()
+  await waitFor(() => got.msgs.length >= 3, 'messages')
+  got.stop()
+  t.log(`${calls} changes, ${got.msgs.length} messages`)
+  t.true(got.msgs.length >= 300 / 50 - 1, `${got.msgs.length} messages`)
+  // published_at (the default clock): no two consecutive messages further apart than the 50 ms cap (+ timer slack)
+  const at = got.msgs.map((x) => Number(readEnvelope(x.data).publishedAt))
+  const gaps = at.slice(1).map((v, i) => v - at[i]!)
+  t.true(Math.max(...gaps) <= 75, `gaps between messages: ${gaps.join(', ')} ms`)
+  const last = mpDecode(readEnvelope(got.msgs.at(-1)!.data).payload, { useBigInt64: true }) as Record<string, unknown>
+  t.is(BigInt(last.active_decode_blocks as number), BigInt(calls), 'close() publishes the latest value')
 })
 
 // ---------------------------------------------------------------------------------------------------

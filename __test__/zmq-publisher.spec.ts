@@ -3,6 +3,7 @@
 // RadixIndex fed from NATS (the subject, or the JetStream stream applied in order) must end equal to the
 // engines' ground truth: the blocks each engine holds.
 import test from 'ava'
+import { Registry } from 'prom-client'
 import * as kv from '../ts/index.js'
 import { EngineSimulator } from '../ts/sim/engine.js'
 import { readEnvelope } from './helpers/fixtures.js'
@@ -69,6 +70,11 @@ test.serial(`[${impl}] normal flow: the engine's batches reach the router's inde
     t.deepEqual(blocksOf(p.localIndexer!, 11n, 0), truth)
     t.deepEqual(r.events.map((e) => (e as kv.RouterEventValue).event.eventId), r.events.map((_, i) => BigInt(i)), 'ids 0, 1, 2, ... without gaps')
     t.is(p.stats().source!.ingested, sim.nextSeq, 'every seq ingested once')
+    const registry = new Registry()
+    kv.registerPublisherMetrics(p, { registry })
+    const scraped = await registry.metrics()
+    t.true(scraped.includes(`dynamo_kv_zmq_ingested_total{worker_id="11",namespace="zmq",component="flow"} ${sim.nextSeq}`), 'the source counters are exported')
+    t.true(scraped.includes('dynamo_kv_zmq_queue_depth{worker_id="11",namespace="zmq",component="flow"} 0'))
   } finally {
     await p.close()
     r.stop()

@@ -27,3 +27,4 @@ export {
   type EventEncoding,
   type MalformedKind,
 } from './sim/engine.js'
+export { registerPublisherMetrics } from './prometheus.js'

@@ -34,7 +34,9 @@ interface RankState {
   latest: bigint
   lastPublished: bigint | null
   timer: NodeJS.Timeout | null
+  /** When the pending value first changed, and last changed (performance.now()). */
   since: number
+  changed: number
 }
 
 export class WorkerMetricsPublisher {
@@ -83,21 +85,34 @@ export class WorkerMetricsPublisher {
       value = BigInt(activeDecodeBlocks)
     } else value = u64('activeDecodeBlocks', activeDecodeBlocks)
 
+    const now = performance.now()
     let s = this.#ranks.get(rank)
     if (!s) {
-      s = { latest: value, lastPublished: null, timer: null, since: 0 }
+      s = { latest: value, lastPublished: null, timer: null, since: now, changed: now }
       this.#ranks.set(rank, s)
-    } else if (s.timer !== null && s.latest === value) {
-      return
     } else if (s.timer !== null) {
+      if (s.latest === value) return
       this.#stats.coalesced++
-      clearTimeout(s.timer)
-    }
-    const t = Date.now()
-    if (s.timer === null) s.since = t
+    } else s.since = now
     s.latest = value
-    const state = s
-    state.timer = setTimeout(() => this.#fire(rank, state), Math.max(0, Math.min(DEBOUNCE_MS, state.since + MAX_DELAY_MS - t)))
+    s.changed = now
+    // One timer per pending value: a change only moves `changed`, and the timer, when it fires, waits
+    // out the rest of the quiet period (so a busy caller costs no timer churn).
+    if (s.timer === null) {
+      const state = s
+      state.timer = setTimeout(() => this.#due(rank, state), DEBOUNCE_MS)
+    }
+  }
+
+  /** The timer of a pending value: publish once it has been unchanged for 1 ms, or pending for 50 ms. */
+  #due(rank: number, s: RankState): void {
+    const now = performance.now()
+    const quietFor = DEBOUNCE_MS - (now - s.changed)
+    if (quietFor > 0 && now - s.since < MAX_DELAY_MS) {
+      s.timer = setTimeout(() => this.#due(rank, s), Math.min(quietFor, s.since + MAX_DELAY_MS - now))
+      return
+    }
+    this.#fire(rank, s)
   }
 
   stats(): MetricsPublisherStats {

@@ -1,0 +1,126 @@
+// Prometheus metrics (prom-client) for publishers: every counter of stats(), read when the registry is
+// scraped, labelled by worker, namespace and component, so several publishers can share one registry.
+// Prometheus values are doubles: counts above 2^53 lose precision there, as they would in any exporter.
+import { Counter, Gauge, register as globalRegistry, type Registry } from 'prom-client'
+import type { KvEventPublisher } from './publisher.js'
+import { ZMQ_SOURCE_COUNTERS } from './sources/zmq.js'
+
+const ZMQ_GAUGES = new Set(['queue_depth', 'queue_bytes', 'held', 'replays_active'])
+const LABELS = ['worker_id', 'namespace', 'component'] as const
+
+interface Registered {
+  publishers: Set<KvEventPublisher>
+}
+
+/** Per registry and prefix: the metrics exist once and read every publisher registered there. */
+const byRegistry = new WeakMap<Registry, Map<string, Registered>>()
+
+function labelsOf(p: KvEventPublisher) {
+  return { worker_id: p.workerId.toString(), namespace: p.namespace, component: p.component }
+}
+
+/** The metrics, created once per registry; each collect() reads every publisher registered on it. */
+function createMetrics(registry: Registry, prefix: string, state: Registered): void {
+  const each = (f: (p: KvEventPublisher, s: ReturnType<KvEventPublisher['stats']>) => void) => {
+    for (const p of state.publishers) f(p, p.stats())
+  }
+  const counter = (name: string, help: string, read: (s: ReturnType<KvEventPublisher['stats']>) => number | bigint) =>
+    new Counter({
+      name: `${prefix}${name}`,
+      help,
+      labelNames: LABELS,
+      registers: [registry],
+      collect() {
+        this.reset()
+        each((p, s) => this.inc(labelsOf(p), Number(read(s))))
+      },
+    })
+  new Counter({
+    name: `${prefix}events_emitted_total`,
+    help: 'Router events emitted, by type',
+    labelNames: [...LABELS, 'type'],
+    registers: [registry],
+    collect() {
+      this.reset()
+      each((p, s) => {
+        for (const [type, n] of Object.entries(s.emitted)) this.inc({ ...labelsOf(p), type }, Number(n))
+      })
+    },
+  })
+  new Counter({
+    name: `${prefix}events_rejected_total`,
+    help: 'Engine events (or batches: malformed, dp_rank) rejected, by reason',
+    labelNames: [...LABELS, 'reason'],
+    registers: [registry],
+    collect() {
+      this.reset()
+      each((p, s) => {
+        for (const [reason, n] of Object.entries(s.rejected)) this.inc({ ...labelsOf(p), reason }, Number(n))
+      })
+    },
+  })
+  counter('engine_batches_total', 'Engine batches ingested (ZMQ messages or ingest() calls)', (s) => s.ingest.batches)
+  counter('published_total', 'Events handed to NATS (event plane) or acknowledged by the stream (JetStream)', (s) => s.sink.published)
+  counter('publish_errors_total', 'Publishes that failed and were not retried, or were still unconfirmed at close', (s) => s.sink.publishErrors)
+  counter('undelivered_total', 'Event-plane events dropped while NATS was disconnected and the reconnect buffer was full', (s) => s.sink.undelivered)
+  counter('publish_retries_total', 'JetStream publishes retried with the same message id', (s) => s.sink.retries)
+  counter('publish_duplicates_total', 'JetStream acks saying the stream already had the message', (s) => s.sink.duplicates)
+  counter('republished_total', 'JetStream events re-published under new ids to repair an out-of-order landing', (s) => s.sink.republished)
+  new Gauge({
+    name: `${prefix}queue_depth`,
+    help: 'Events accepted and not yet confirmed by the server',
+    labelNames: LABELS,
+    registers: [registry],
+    collect() {
+      this.reset()
+      each((p, s) => this.set(labelsOf(p), s.sink.queueDepth))
+    },
+  })
+  for (const name of ZMQ_SOURCE_COUNTERS) {
+    const gauge = ZMQ_GAUGES.has(name)
+    const config = {
+      name: `${prefix}zmq_${name}${gauge ? '' : '_total'}`,
+      help: `ZMQ source: ${name.replaceAll('_', ' ')}`,
+      labelNames: LABELS,
+      registers: [registry],
+    }
+    if (gauge)
+      new Gauge({
+        ...config,
+        collect() {
+          this.reset()
+          each((p, s) => s.source && this.set(labelsOf(p), Number(s.source[name])))
+        },
+      })
+    else
+      new Counter({
+        ...config,
+        collect() {
+          this.reset()
+          each((p, s) => s.source && this.inc(labelsOf(p), Number(s.source[name])))
+        },
+      })
+  }
+}
+
+/**
+ * Exposes a publisher's counters on a prom-client registry (default: prom-client's global one, which
+ * `register.metrics()` serves). Metric names start with `prefix` (default `dynamo_kv_`). Returns a
+ * function that removes the publisher again (its series disappear at the next scrape).
+ */
+export function registerPublisherMetrics(publisher: KvEventPublisher, opts: { registry?: Registry; prefix?: string } = {}): () => void {
+  const registry = opts.registry ?? globalRegistry
+  const prefix = opts.prefix ?? 'dynamo_kv_'
+  if (!/^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(prefix)) throw new RangeError(`prefix must be a Prometheus metric name prefix, got ${JSON.stringify(prefix)}`)
+  let prefixes = byRegistry.get(registry)
+  if (!prefixes) byRegistry.set(registry, (prefixes = new Map()))
+  let state = prefixes.get(prefix)
+  if (!state) {
+    state = { publishers: new Set() }
+    createMetrics(registry, prefix, state)
+    prefixes.set(prefix, state)
+  }
+  state.publishers.add(publisher)
+  const registered = state
+  return () => void registered.publishers.delete(publisher)
+}
