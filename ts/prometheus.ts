@@ -35,30 +35,21 @@ function createMetrics(registry: Registry, prefix: string, state: Registered): v
         each((p, s) => this.inc(labelsOf(p), Number(read(s))))
       },
     })
-  new Counter({
-    name: `${prefix}events_emitted_total`,
-    help: 'Router events emitted, by type',
-    labelNames: [...LABELS, 'type'],
-    registers: [registry],
-    collect() {
-      this.reset()
-      each((p, s) => {
-        for (const [type, n] of Object.entries(s.emitted)) this.inc({ ...labelsOf(p), type }, Number(n))
-      })
-    },
-  })
-  new Counter({
-    name: `${prefix}events_rejected_total`,
-    help: 'Engine events (or batches: malformed, dp_rank) rejected, by reason',
-    labelNames: [...LABELS, 'reason'],
-    registers: [registry],
-    collect() {
-      this.reset()
-      each((p, s) => {
-        for (const [reason, n] of Object.entries(s.rejected)) this.inc({ ...labelsOf(p), reason }, Number(n))
-      })
-    },
-  })
+  const byKey = (name: string, help: string, key: string, read: (s: ReturnType<KvEventPublisher['stats']>) => Record<string, bigint>) =>
+    new Counter({
+      name: `${prefix}${name}`,
+      help,
+      labelNames: [...LABELS, key],
+      registers: [registry],
+      collect() {
+        this.reset()
+        each((p, s) => {
+          for (const [k, n] of Object.entries(read(s))) this.inc({ ...labelsOf(p), [key]: k }, Number(n))
+        })
+      },
+    })
+  byKey('events_emitted_total', 'Router events emitted, by type', 'type', (s) => s.emitted)
+  byKey('events_rejected_total', 'Engine events (or batches: malformed, dp_rank) rejected, by reason', 'reason', (s) => s.rejected)
   counter('engine_batches_total', 'Engine batches ingested (ZMQ messages or ingest() calls)', (s) => s.ingest.batches)
   counter('published_total', 'Events handed to NATS (event plane) or acknowledged by the stream (JetStream)', (s) => s.sink.published)
   counter('publish_errors_total', 'Publishes that failed and were not retried, or were still unconfirmed at close', (s) => s.sink.publishErrors)
