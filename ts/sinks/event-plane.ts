@@ -49,7 +49,8 @@ export class EventPlaneSink implements Sink {
     this.#log = log
     this.#reconnectBufferBytes = opts.reconnectBufferBytes ?? 8 << 20
     this.#status = nc.status()
-    void this.#watchStatus()
+    // a rejection here must never become an unhandled one (Node would exit)
+    this.#watchStatus().catch((err: unknown) => this.#log.log('warn', 'status', { err: String(err) }, 'NATS status watch ended'))
   }
 
   get pending(): number {
