@@ -29,20 +29,25 @@ function rates(units: number, elapsedMs: number, cpu: NodeJS.CpuUsage, threadNs:
   return { wall: units / (elapsedMs / 1000), cpu: units / ((cpu.user + cpu.system) / 1e6), thread: threadNs > 0 ? units / (threadNs / 1e9) : 0 }
 }
 
+/** A clock over the timed passes: wall, process CPU and thread CPU from the moment it starts. */
+function stopwatch(): { elapsedMs: () => number; rate: (units: number) => Rate } {
+  const start = process.hrtime.bigint()
+  const cpu0 = process.cpuUsage()
+  const thread0 = threadCpuNs()
+  const elapsedMs = () => Number(process.hrtime.bigint() - start) / 1e6
+  return { elapsedMs, rate: (units) => rates(units, elapsedMs(), process.cpuUsage(cpu0), threadCpuNs() - thread0) }
+}
+
 /** Units (blocks) per second over repeated passes, after one warm-up pass; at least 2 passes. */
 export function rate(unitsPerPass: number, pass: () => void): Rate {
   pass()
   let passes = 0
-  const start = process.hrtime.bigint()
-  const cpu0 = process.cpuUsage()
-  const thread0 = threadCpuNs()
-  let elapsed = 0
-  while (elapsed < MS || passes < 2) {
+  const clock = stopwatch()
+  while (clock.elapsedMs() < MS || passes < 2) {
     pass()
     passes++
-    elapsed = Number(process.hrtime.bigint() - start) / 1e6
   }
-  return rates(unitsPerPass * passes, elapsed, process.cpuUsage(cpu0), threadCpuNs() - thread0)
+  return clock.rate(unitsPerPass * passes)
 }
 
 /**
@@ -56,17 +61,13 @@ export async function rateAsync(unitsPerPass: number, pass: () => void): Promise
   pass()
   await turn()
   let passes = 0
-  const start = process.hrtime.bigint()
-  const cpu0 = process.cpuUsage()
-  const thread0 = threadCpuNs()
-  let elapsed = 0
-  while (elapsed < MS || passes < 2) {
+  const clock = stopwatch()
+  while (clock.elapsedMs() < MS || passes < 2) {
     pass()
     await turn()
     passes++
-    elapsed = Number(process.hrtime.bigint() - start) / 1e6
   }
-  return rates(unitsPerPass * passes, elapsed, process.cpuUsage(cpu0), threadCpuNs() - thread0)
+  return clock.rate(unitsPerPass * passes)
 }
 
 /** The better of two rounds, per clock. */
