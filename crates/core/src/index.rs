@@ -940,43 +940,42 @@ impl EdgeTable {
         (z ^ (z >> 32)) as usize & (self.slots.len() - 1)
     }
 
+    /// The slot holding (parent, key), or the empty slot ending its probe run. The table is never
+    /// full (grown at 3/4), so the run ends.
     #[inline]
-    fn get(&self, parent: u32, key: u64) -> Option<u32> {
-        if self.slots.is_empty() {
-            return None;
-        }
+    fn probe(&self, parent: u32, key: u64) -> Result<usize, usize> {
         let mask = self.slots.len() - 1;
         let mut i = self.home(parent, key);
         loop {
             let e = &self.slots[i];
             if e.child == NIL {
-                return None;
+                return Err(i);
             }
             if e.key == key && e.parent == parent {
-                return Some(e.child);
+                return Ok(i);
             }
             i = (i + 1) & mask;
         }
+    }
+
+    #[inline]
+    fn get(&self, parent: u32, key: u64) -> Option<u32> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        self.probe(parent, key).ok().map(|i| self.slots[i].child)
     }
 
     fn insert(&mut self, parent: u32, key: u64, child: u32) {
         if (self.len + 1) * 4 > self.slots.len() * 3 {
             self.grow();
         }
-        let mask = self.slots.len() - 1;
-        let mut i = self.home(parent, key);
-        loop {
-            let e = &mut self.slots[i];
-            if e.child == NIL {
-                *e = Edge { key, parent, child };
+        match self.probe(parent, key) {
+            Ok(i) => self.slots[i].child = child,
+            Err(i) => {
+                self.slots[i] = Edge { key, parent, child };
                 self.len += 1;
-                return;
             }
-            if e.key == key && e.parent == parent {
-                e.child = child;
-                return;
-            }
-            i = (i + 1) & mask;
         }
     }
 
@@ -985,17 +984,7 @@ impl EdgeTable {
             return None;
         }
         let mask = self.slots.len() - 1;
-        let mut i = self.home(parent, key);
-        loop {
-            let e = self.slots[i];
-            if e.child == NIL {
-                return None;
-            }
-            if e.key == key && e.parent == parent {
-                break;
-            }
-            i = (i + 1) & mask;
-        }
+        let i = self.probe(parent, key).ok()?;
         let removed = self.slots[i].child;
         // backward shift: later entries of the run move into the hole when their home allows
         let mut hole = i;
