@@ -7,7 +7,7 @@ import { Registry } from 'prom-client'
 import * as kv from '../ts/index.js'
 import { EngineSimulator } from '../ts/sim/engine.js'
 import { readEnvelope } from './helpers/fixtures.js'
-import { quiet, readStream, waitFor, withNats } from './helpers/publishing.js'
+import { blocksOf, quiet, readStream, waitFor, withNats } from './helpers/publishing.js'
 import { freePorts, settle, sorted } from './helpers/zmq.js'
 
 const impl = kv.implementation
@@ -24,16 +24,6 @@ function router(subject: string) {
     },
   })
   return { index, events, stop: () => sub.unsubscribe() }
-}
-
-/** The block hashes an index holds for (worker, rank). */
-function blocksOf(index: kv.RadixIndex, workerId: bigint, dpRank: number): bigint[] {
-  return sorted(
-    index
-      .dump()
-      .filter((e) => e.workerId === workerId && e.event.dpRank === dpRank)
-      .flatMap((e) => (e.event.data.type === 'stored' ? e.event.data.blocks.map((b) => b.blockHash) : [])),
-  )
 }
 
 async function delivered(p: kv.KvEventPublisher, r: { events: unknown[] }): Promise<void> {

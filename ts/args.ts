@@ -18,10 +18,15 @@ export function u32(name: string, v: unknown): number {
   return v
 }
 
-export function positiveInt(name: string, v: unknown, max = U32_MAX): number {
+/** An integer within min..max: TypeError for a non-number, RangeError otherwise. */
+export function intInRange(name: string, v: unknown, min: number, max: number): number {
   if (typeof v !== 'number') throw new TypeError(`${name} must be a number, got ${describe(v)}`)
-  if (!Number.isInteger(v) || v < 1 || v > max) throw new RangeError(`${name} must be an integer within 1..${max}, got ${v}`)
+  if (!Number.isInteger(v) || v < min || v > max) throw new RangeError(`${name} must be an integer within ${min}..${max}, got ${v}`)
   return v
+}
+
+export function positiveInt(name: string, v: unknown, max = U32_MAX): number {
+  return intInRange(name, v, 1, max)
 }
 
 export function nowArg(v: unknown): number {

@@ -3,7 +3,8 @@
 import type { ExecutionContext, TestFn } from 'ava'
 import { jetstream, jetstreamManager } from '@nats-io/jetstream'
 import { connect, type NatsConnection } from '@nats-io/transport-node'
-import type { Logger } from '../../ts/index.js'
+import type { Logger, RouterEventValue } from '../../ts/index.js'
+import { sortU64 } from './fixtures.js'
 import { Rng } from './gen-batches.js'
 import { startNatsServer, type NatsServer } from './nats-server.js'
 
@@ -100,6 +101,16 @@ export function* manualOps(seed: number, count: number, kvBlockSize: number, ran
   }
 }
 
+/** The block hashes an index holds for one dp rank (of one worker, or of all when workerId is null), ascending. */
+export function blocksOf(index: { dump(): RouterEventValue[] }, workerId: bigint | null, dpRank: number): bigint[] {
+  return sortU64(
+    index
+      .dump()
+      .filter((e) => (workerId === null || e.workerId === workerId) && e.event.dpRank === dpRank)
+      .flatMap((e) => (e.event.data.type === 'stored' ? e.event.data.blocks.map((b) => b.blockHash) : [])),
+  )
+}
+
 /** A comparable form of an index dump: per (worker, rank), the sorted block hashes it holds. */
 export function holdings(dump: { workerId: bigint; event: { dpRank: number; data: { type: string; blocks?: { blockHash: bigint }[] } } }[]): Record<string, string[]> {
   const out: Record<string, Set<bigint>> = {}
@@ -110,7 +121,7 @@ export function holdings(dump: { workerId: bigint; event: { dpRank: number; data
     for (const b of ev.event.data.blocks!) set.add(b.blockHash)
   }
   const sorted: Record<string, string[]> = {}
-  for (const [k, set] of Object.entries(out)) sorted[k] = [...set].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0)).map(String)
+  for (const [k, set] of Object.entries(out)) sorted[k] = sortU64(set).map(String)
   return sorted
 }
 

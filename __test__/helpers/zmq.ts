@@ -4,7 +4,8 @@ import { createServer } from 'node:net'
 import * as kv from '../../ts/index.js'
 import type { EngineSimulator } from '../../ts/sim/engine.js'
 import type { BatchConsumer, ZmqSource } from '../../ts/sources/zmq.js'
-import { waitFor } from './publishing.js'
+import { sortU64 } from './fixtures.js'
+import { blocksOf, waitFor } from './publishing.js'
 
 export interface Emitted {
   dpRank: number
@@ -46,18 +47,12 @@ export class IngestorConsumer implements BatchConsumer {
 
   /** Block hashes the local index holds for the dp rank. */
   blocks(dpRank = 0): bigint[] {
-    return sorted(
-      this.ingestor
-        .localIndexer!.dump()
-        .filter((e) => e.event.dpRank === dpRank && e.event.data.type === 'stored')
-        .flatMap((e) => (e.event.data.type === 'stored' ? e.event.data.blocks.map((b) => b.blockHash) : [])),
-    )
+    return blocksOf(this.ingestor.localIndexer!, null, dpRank)
   }
 }
 
-export function sorted(xs: Iterable<bigint>): bigint[] {
-  return [...xs].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))
-}
+/** Ascending u64 order (the fixtures' helper, under the name these tests use). */
+export const sorted = sortU64
 
 /** Whether the source has applied everything `sim` published (its tracker is idle at the last seq). */
 export function caughtUp(source: ZmqSource, sim: EngineSimulator): boolean {

@@ -7,6 +7,7 @@
 // Shipped code (tests, benchmarks and the demo use it); no test-only dependencies.
 import type { Publisher, Router } from 'zeromq'
 import { loadZeromq, zeromq } from '../zeromq.js'
+import { intInRange } from '../args.js'
 import { ByteWriter } from '../fallback/msgpack.js'
 import { Rng } from './rng.js'
 
@@ -100,12 +101,6 @@ function seqBytes(seq: bigint): Buffer {
   return b
 }
 
-function checkInt(name: string, v: unknown, min: number, max: number): number {
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max)
-    throw new RangeError(`${name} must be an integer within ${min}..${max}, got ${String(v)}`)
-  return v
-}
-
 /**
  * One engine (one dp rank). Create with `EngineSimulator.create(opts)`; `step()` publishes one batch;
  * `close()` releases the sockets.
@@ -158,17 +153,17 @@ export class EngineSimulator {
       topic: opts.topic ?? '',
       topicEpoch: opts.topicEpoch ?? false,
       replayLayout: opts.replayLayout ?? 'topic',
-      replayBufferSize: checkInt('replayBufferSize', opts.replayBufferSize ?? 10000, 1, 1 << 24),
-      dpRank: checkInt('dpRank', opts.dpRank ?? 0, 0, 0xffff_ffff),
-      kvBlockSize: checkInt('kvBlockSize', opts.kvBlockSize ?? 16, 1, 1 << 16),
+      replayBufferSize: intInRange('replayBufferSize', opts.replayBufferSize ?? 10000, 1, 1 << 24),
+      dpRank: intInRange('dpRank', opts.dpRank ?? 0, 0, 0xffff_ffff),
+      kvBlockSize: intInRange('kvBlockSize', opts.kvBlockSize ?? 16, 1, 1 << 16),
       seed: opts.seed ?? 1,
       encoding: opts.encoding ?? 'map',
       publisherId: opts.publisherId ?? false,
-      capacityBlocks: checkInt('capacityBlocks', opts.capacityBlocks ?? 512, 1, 1 << 24),
-      prefixes: checkInt('prefixes', opts.prefixes ?? 32, 1, 1 << 16),
-      maxPrefixBlocks: checkInt('maxPrefixBlocks', opts.maxPrefixBlocks ?? 16, 1, 1024),
-      maxUniqueBlocks: checkInt('maxUniqueBlocks', opts.maxUniqueBlocks ?? 8, 0, 1024),
-      maxRequestsPerStep: checkInt('maxRequestsPerStep', opts.maxRequestsPerStep ?? 4, 1, 1024),
+      capacityBlocks: intInRange('capacityBlocks', opts.capacityBlocks ?? 512, 1, 1 << 24),
+      prefixes: intInRange('prefixes', opts.prefixes ?? 32, 1, 1 << 16),
+      maxPrefixBlocks: intInRange('maxPrefixBlocks', opts.maxPrefixBlocks ?? 16, 1, 1024),
+      maxUniqueBlocks: intInRange('maxUniqueBlocks', opts.maxUniqueBlocks ?? 8, 0, 1024),
+      maxRequestsPerStep: intInRange('maxRequestsPerStep', opts.maxRequestsPerStep ?? 4, 1, 1024),
       clearRate: opts.clearRate ?? 0.002,
       sendHighWaterMark: opts.sendHighWaterMark,
     }

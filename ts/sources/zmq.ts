@@ -9,6 +9,7 @@
 import { EventEmitter } from 'node:events'
 import type { Dealer, Subscriber } from 'zeromq'
 import { peekBatch } from '../api.js'
+import { intInRange } from '../args.js'
 import { loggerOption, RateLimitedLog, type Logger } from '../log.js'
 import { loadZeromq, zeromq } from '../zeromq.js'
 
@@ -894,10 +895,7 @@ function endpointArg(name: string, v: unknown): string {
 }
 
 function intArg(name: string, v: unknown, dflt: number, min: number, max: number): number {
-  if (v === undefined) return dflt
-  if (typeof v !== 'number') throw new TypeError(`${name} must be a number, got ${typeof v}`)
-  if (!Number.isInteger(v) || v < min || v > max) throw new RangeError(`${name} must be an integer within ${min}..${max}, got ${v}`)
-  return v
+  return v === undefined ? dflt : intInRange(name, v, min, max)
 }
 
 /** `tcp://host:port` for rank r: `tcp://host:(port + r)` (vLLM's DP layout). */
