@@ -5,12 +5,11 @@
 import { jetstream } from '@nats-io/jetstream'
 import { connect } from '@nats-io/transport-node'
 import { cpuUsage } from 'node:process'
-import { Ingestor, KvEventPublisher, type IngestMode, type Logger } from '../ts/index.js'
+import { Ingestor, KvEventPublisher, silentLogger, type IngestMode } from '../ts/index.js'
 import { startNatsServer } from '../__test__/helpers/nats-server.js'
 import { BLOCK_SIZE, standardWorkload, type Workload } from './workload.js'
 import { MS, ROUNDS, fmtRate } from './measure.js'
 
-const quiet: Logger = { error() {}, warn() {}, info() {}, debug() {} }
 
 interface Result {
   events: number
@@ -25,7 +24,7 @@ function finish(events: number, t0: bigint, c0: NodeJS.CpuUsage): Result {
 }
 
 async function throughPublisher(url: string, w: Workload, mode: IngestMode, component: string): Promise<Result> {
-  const p = await KvEventPublisher.create({ namespace: 'bench', component, kvBlockSize: BLOCK_SIZE, workerId: 7n, mode, nats: { servers: url }, logger: quiet })
+  const p = await KvEventPublisher.create({ namespace: 'bench', component, kvBlockSize: BLOCK_SIZE, workerId: 7n, mode, nats: { servers: url }, logger: silentLogger })
   const t0 = process.hrtime.bigint()
   const c0 = cpuUsage()
   const until = Date.now() + MS

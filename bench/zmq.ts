@@ -4,11 +4,10 @@
 // server, and checked: nothing lost, every gap repaired, the local index equal to the engine's blocks.
 import { fork } from 'node:child_process'
 import { cpuUsage } from 'node:process'
-import { KvEventPublisher, type Logger } from '../ts/index.js'
+import { KvEventPublisher, silentLogger } from '../ts/index.js'
 import { startNatsServer } from '../__test__/helpers/nats-server.js'
 import { fmtRate } from './measure.js'
 
-const quiet: Logger = { error() {}, warn() {}, info() {}, debug() {} }
 const STEPS = Number(process.env.BENCH_ZMQ_STEPS ?? 20_000)
 
 type FromEngine =
@@ -40,7 +39,7 @@ export async function benchZmq(): Promise<void> {
       kvBlockSize: 16,
       workerId: 7n,
       nats: { servers: nats.url },
-      logger: quiet,
+      logger: silentLogger,
       zmq: { endpoint: ready.endpoint, replayEndpoint: ready.replayEndpoint, receiveHighWaterMark: 100_000 },
     })
     const source = p.source!

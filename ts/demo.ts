@@ -15,14 +15,13 @@ import {
   KvEventPublisher,
   ZmqSource,
   type IngestMode,
-  type Logger,
+  silentLogger,
 } from './index.js'
 
 const SAMPLE_BATCH_HEX =
   '93cb41da4a7b201000009388a474797065ab426c6f636b53746f726564ac626c6f636b5f68617368657392cf1f2e3d4c5b6a7988cf8899aabbccddeeffb1706172656e745f626c6f636b5f68617368c0a9746f6b656e5f696473dc0020cd03e8cd03e9cd03eacd03ebcd03eccd03edcd03eecd03efcd03f0cd03f1cd03f2cd03f3cd03f4cd03f5cd03f6cd03f7cd03f8cd03f9cd03facd03fbcd03fccd03fdcd03fecd03ffcd0400cd0401cd0402cd0403cd0404cd0405cd0406cd0407aa626c6f636b5f73697a6510a76c6f72615f6964c0a66d656469756da3475055a96c6f72615f6e616d65c088a474797065ab426c6f636b53746f726564ac626c6f636b5f68617368657391cf0123456789abcdefb1706172656e745f626c6f636b5f68617368cf8899aabbccddeeffa9746f6b656e5f696473dc0010cd07d0cd07d1cd07d2cd07d3cd07d4cd07d5cd07d6cd07d7cd07d8cd07d9cd07dacd07dbcd07dccd07ddcd07decd07dfaa626c6f636b5f73697a6510a76c6f72615f6964c0a66d656469756da3475055a96c6f72615f6e616d65ab73716c2d6164617074657283a474797065ac426c6f636b52656d6f766564ac626c6f636b5f68617368657391cf0123456789abcdefa66d656469756da347505500'
 
 const KV_BLOCK_SIZE = 16
-const quiet: Logger = { error() {}, warn() {}, info() {}, debug() {} }
 const show = (v: unknown) => JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? x.toString() : x), 2)
 
 function oneBatch(hex: string): void {
@@ -49,13 +48,13 @@ function oneBatch(hex: string): void {
 async function engineOverZmq(natsUrl: string | null): Promise<void> {
   console.log(`\n2. a simulated engine over ZeroMQ${natsUrl ? `, published to ${natsUrl}` : ' (no NATS: into a local Ingestor)'}`)
   const sim = await EngineSimulator.create({ replayEndpoint: 'tcp://127.0.0.1:0', seed: 7, kvBlockSize: KV_BLOCK_SIZE, publisherId: true })
-  const zmq = { endpoint: sim.endpoint, replayEndpoint: sim.replayEndpoint!, logger: quiet }
+  const zmq = { endpoint: sim.endpoint, replayEndpoint: sim.replayEndpoint!, logger: silentLogger }
   console.log(`engine: PUB ${sim.endpoint}, replay ROUTER ${sim.replayEndpoint}`)
   let publisher: KvEventPublisher | null = null
   let ingestor: Ingestor | null = null
   let source: ZmqSource
   if (natsUrl) {
-    publisher = await KvEventPublisher.create({ namespace: 'demo', component: 'backend', kvBlockSize: KV_BLOCK_SIZE, workerId: 7n, nats: { servers: natsUrl }, logger: quiet, zmq })
+    publisher = await KvEventPublisher.create({ namespace: 'demo', component: 'backend', kvBlockSize: KV_BLOCK_SIZE, workerId: 7n, nats: { servers: natsUrl }, logger: silentLogger, zmq })
     source = publisher.source!
   } else {
     const ing = new Ingestor({ kvBlockSize: KV_BLOCK_SIZE, workerId: 7n, localIndexer: true })

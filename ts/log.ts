@@ -9,6 +9,9 @@ export interface Logger {
   debug(obj: object, msg?: string): void
 }
 
+/** A logger that drops everything (for tests, benchmarks and the demo's inner parts). */
+export const silentLogger: Logger = { error() {}, warn() {}, info() {}, debug() {} }
+
 let defaultLogger: Logger | null = null
 
 export function getDefaultLogger(): Logger {
