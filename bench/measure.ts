@@ -30,7 +30,7 @@ function rates(units: number, elapsedMs: number, cpu: NodeJS.CpuUsage, threadNs:
 }
 
 /** A clock over the timed passes: wall, process CPU and thread CPU from the moment it starts. */
-function stopwatch(): { elapsedMs: () => number; rate: (units: number) => Rate } {
+export function stopwatch(): { elapsedMs: () => number; rate: (units: number) => Rate } {
   const start = process.hrtime.bigint()
   const cpu0 = process.cpuUsage()
   const thread0 = threadCpuNs()

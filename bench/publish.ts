@@ -4,36 +4,27 @@
 // Rates are wall-clock: the server shares the machine, and the time until the last ack is what counts.
 import { jetstream } from '@nats-io/jetstream'
 import { connect } from '@nats-io/transport-node'
-import { cpuUsage } from 'node:process'
 import { Ingestor, KvEventPublisher, silentLogger, type IngestMode } from '../ts/index.js'
 import { startNatsServer } from '../__test__/helpers/nats-server.js'
 import { BLOCK_SIZE, standardWorkload, type Workload } from './workload.js'
-import { MS, ROUNDS, fmtRate } from './measure.js'
+import { MS, ROUNDS, fmtRate, stopwatch, type Rate } from './measure.js'
 
 
 interface Result {
   events: number
-  perSec: number
-  cpuPerSec: number
-}
-
-function finish(events: number, t0: bigint, c0: NodeJS.CpuUsage): Result {
-  const secs = Number(process.hrtime.bigint() - t0) / 1e9
-  const c = cpuUsage(c0)
-  return { events, perSec: events / secs, cpuPerSec: events / ((c.user + c.system) / 1e6) }
+  rate: Rate
 }
 
 async function throughPublisher(url: string, w: Workload, mode: IngestMode, component: string): Promise<Result> {
   const p = await KvEventPublisher.create({ namespace: 'bench', component, kvBlockSize: BLOCK_SIZE, workerId: 7n, mode, nats: { servers: url }, logger: silentLogger })
-  const t0 = process.hrtime.bigint()
-  const c0 = cpuUsage()
+  const clock = stopwatch()
   const until = Date.now() + MS
   let events = 0
   while (Date.now() < until) {
     for (const b of w.batches) events += (await p.ingest(b)).payloads.length
   }
   if (!(await p.flush(120_000))) throw new Error(`${mode}: not everything was confirmed`)
-  const r = finish(events, t0, c0)
+  const r = { events, rate: clock.rate(events) }
   const s = p.stats().sink
   if (s.publishErrors + s.undelivered > 0) throw new Error(`${mode}: ${s.publishErrors} publish errors, ${s.undelivered} undelivered`)
   await p.close()
@@ -51,8 +42,7 @@ async function oneAtATime(url: string, w: Workload, stream: string): Promise<Res
   const nc = await connect({ servers: url })
   const js = jetstream(nc)
   const subject = `${stream}.kv-events`
-  const t0 = process.hrtime.bigint()
-  const c0 = cpuUsage()
+  const clock = stopwatch()
   const until = Date.now() + MS
   let events = 0
   let pass = 0
@@ -64,7 +54,7 @@ async function oneAtATime(url: string, w: Workload, stream: string): Promise<Res
       if ((events & 255) === 0 && Date.now() >= until) break
     }
   }
-  const r = finish(events, t0, c0)
+  const r = { events, rate: clock.rate(events) }
   await nc.close()
   return r
 }
@@ -75,14 +65,14 @@ export async function benchPublish(): Promise<void> {
   try {
     console.log(`\n## Publishing (issue 4): ${w.batches.length} batches, ${w.events} engine events per pass, private nats-server ${nats.url}`)
     const best = { core: null as Result | null, js: null as Result | null, naive: null as Result | null }
-    const better = (a: Result | null, b: Result) => (a === null || b.perSec > a.perSec ? b : a)
+    const better = (a: Result | null, b: Result) => (a === null || b.rate.wall > a.rate.wall ? b : a)
     for (let r = 0; r < ROUNDS; r++) {
       best.core = better(best.core, await throughPublisher(nats.url, w, 'event-plane', `core${r}`))
       const js = await throughPublisher(nats.url, w, 'jetstream', `js${r}`)
       best.js = better(best.js, js)
       best.naive = better(best.naive, await oneAtATime(nats.url, w, `namespace-bench-component-js${r}-kv-events`))
     }
-    const row = (name: string, x: Result) => console.log(`| ${name} | ${fmtRate(x.perSec)} | ${fmtRate(x.cpuPerSec)} | ${x.events} |`)
+    const row = (name: string, x: Result) => console.log(`| ${name} | ${fmtRate(x.rate.wall)} | ${fmtRate(x.rate.cpu)} | ${x.events} |`)
     console.log('\n| publishing from raw engine batches | events/s (wall) | events/s (CPU of this process) | events |')
     console.log('|---|---|---|---|')
     row('KvEventPublisher, event plane (core NATS, local indexer on)', best.core!)
@@ -90,9 +80,9 @@ export async function benchPublish(): Promise<void> {
     row('JetStream one at a time, each ack awaited', best.naive!)
     console.log('\n| target (wall) | value | target |')
     console.log('|---|---|---|')
-    console.log(`| core NATS events/s | ${fmtRate(best.core!.perSec)} | >= 100 k |`)
-    console.log(`| JetStream events/s | ${fmtRate(best.js!.perSec)} | >= 30 k |`)
-    console.log(`| JetStream / one at a time | ${(best.js!.perSec / best.naive!.perSec).toFixed(1)} | >= 5 |`)
+    console.log(`| core NATS events/s | ${fmtRate(best.core!.rate.wall)} | >= 100 k |`)
+    console.log(`| JetStream events/s | ${fmtRate(best.js!.rate.wall)} | >= 30 k |`)
+    console.log(`| JetStream / one at a time | ${(best.js!.rate.wall / best.naive!.rate.wall).toFixed(1)} | >= 5 |`)
   } finally {
     await nats.stop()
   }

@@ -3,10 +3,9 @@
 // core NATS (a private nats-server). Measured from the first batch sent to the last event confirmed by the
 // server, and checked: nothing lost, every gap repaired, the local index equal to the engine's blocks.
 import { fork } from 'node:child_process'
-import { cpuUsage } from 'node:process'
 import { KvEventPublisher, silentLogger } from '../ts/index.js'
 import { startNatsServer } from '../__test__/helpers/nats-server.js'
-import { fmtRate } from './measure.js'
+import { fmtRate, stopwatch } from './measure.js'
 
 const STEPS = Number(process.env.BENCH_ZMQ_STEPS ?? 20_000)
 
@@ -50,8 +49,7 @@ export async function benchZmq(): Promise<void> {
       await new Promise((r) => setTimeout(r, 20))
     }
     const before = p.stats()
-    const t0 = process.hrtime.bigint()
-    const c0 = cpuUsage()
+    const clock = stopwatch()
     engine.send({ kind: 'go' })
     const done = await next('done')
     const last = BigInt(done.nextSeq) - 1n
@@ -62,10 +60,9 @@ export async function benchZmq(): Promise<void> {
       await new Promise((r) => setTimeout(r, 5))
     }
     if (!(await p.flush(60_000))) throw new Error('not everything was confirmed by the server')
-    const secs = Number(process.hrtime.bigint() - t0) / 1e9
-    const cpu = cpuUsage(c0)
     const after = p.stats()
     const eventsIn = Number(after.ingest.events_in - before.ingest.events_in)
+    const rate = clock.rate(eventsIn)
     const emitted = Number(after.emitted.stored + after.emitted.removed + after.emitted.cleared - before.emitted.stored - before.emitted.removed - before.emitted.cleared)
     const s = after.source!
     const held = new Set(done.held)
@@ -78,8 +75,8 @@ export async function benchZmq(): Promise<void> {
     console.log(`engine: ${STEPS} batches, ${done.events} engine events, sent in ${done.secs.toFixed(2)} s (${fmtRate(done.events / done.secs)} events/s)`)
     console.log('\n| ZMQ -> ingest -> core NATS | value |')
     console.log('|---|---|')
-    console.log(`| engine events/s (wall, first batch sent to last event confirmed) | ${fmtRate(eventsIn / secs)} |`)
-    console.log(`| engine events/s per CPU second of this process | ${fmtRate(eventsIn / ((cpu.user + cpu.system) / 1e6))} |`)
+    console.log(`| engine events/s (wall, first batch sent to last event confirmed) | ${fmtRate(rate.wall)} |`)
+    console.log(`| engine events/s per CPU second of this process | ${fmtRate(rate.cpu)} |`)
     console.log(`| router events published | ${emitted} |`)
     console.log(`| gaps / replays / recovered / lost | ${s.gaps} / ${s.replays} / ${s.recovered} / ${s.lost} |`)
     console.log(`| local index equals the engine's blocks | ${equal ? 'yes' : 'NO'} (${held.size} blocks) |`)
