@@ -6,7 +6,7 @@
 import { describe, u32, u64 } from './args.js'
 import { checkName, encodeActiveLoad, encodeEnvelope } from './api.js'
 import { loggerOption, RateLimitedLog, type Logger } from './log.js'
-import { connectNats, isNatsConnection, resolveNatsOptions, type NatsConnection, type NatsOption } from './nats.js'
+import { openNats, type NatsConnection, type NatsOption } from './nats.js'
 
 type Env = Record<string, string | undefined>
 
@@ -69,8 +69,7 @@ export class WorkerMetricsPublisher {
     const now = options.now ?? Date.now
     if (typeof now !== 'function') throw new TypeError(`now must be a function returning unix ms, got ${describe(now)}`)
     const logger = loggerOption(options.logger)
-    const owns = !isNatsConnection(options.nats)
-    const nc = isNatsConnection(options.nats) ? options.nats : await connectNats(resolveNatsOptions(options.nats, env))
+    const { nc, owned: owns } = await openNats(options.nats, env)
     return new WorkerMetricsPublisher(workerId, `namespace.${namespace}.kv_metrics`, nc, owns, now, logger)
   }
 

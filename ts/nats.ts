@@ -149,3 +149,9 @@ export async function connectNats(resolved: ResolvedNats): Promise<NatsConnectio
     throw new NatsConnectError(`could not connect to NATS at ${resolved.servers.join(', ')} (${auth}): ${why}`, { cause: err })
   }
 }
+
+/** The connection a publisher uses: the caller's (left open at close), or a new one from options and env. */
+export async function openNats(option: NatsOption | undefined, env: Env): Promise<{ nc: NatsConnection; owned: boolean }> {
+  if (isNatsConnection(option)) return { nc: option, owned: false }
+  return { nc: await connectNats(resolveNatsOptions(option, env)), owned: true }
+}

@@ -6,7 +6,7 @@ import { describe, positiveInt, u64 } from './args.js'
 import { checkName, Ingestor, jetstreamStreamName, type IngestMode, type IngestResult, type LocalIndexer, type StoredArgs } from './api.js'
 import { REJECT_REASONS, type CounterName, type RejectReason } from './binding.js'
 import { loggerOption, RateLimitedLog, type Logger } from './log.js'
-import { connectNats, isNatsConnection, resolveNatsOptions, type NatsConnection, type NatsOption } from './nats.js'
+import { openNats, type NatsConnection, type NatsOption } from './nats.js'
 import { EventPlaneSink } from './sinks/event-plane.js'
 import { JetStreamSink } from './sinks/jetstream.js'
 import type { Sink, SinkStats } from './sinks/types.js'
@@ -197,15 +197,7 @@ export class KvEventPublisher {
     if (streamName !== null && /[^a-z0-9-]/.test(namespace + component))
       logger.warn({ namespace, component, stream: streamName }, 'this JetStream stream name is shared by every namespace/component that maps to it (case, "_", "." and other characters are folded)')
 
-    let nc: NatsConnection
-    let ownsConnection: boolean
-    if (isNatsConnection(options.nats)) {
-      nc = options.nats
-      ownsConnection = false
-    } else {
-      nc = await connectNats(resolveNatsOptions(options.nats, env))
-      ownsConnection = true
-    }
+    const { nc, owned: ownsConnection } = await openNats(options.nats, env)
     const log = new RateLimitedLog(logger)
     let sink: Sink
     let subject: string
