@@ -397,6 +397,8 @@ test(`[${impl}] dp rank limit: a further rank is rejected dp_rank, per batch`, (
   t.deepEqual(only.ingest(batch([store(1)], 0), NOW).rejected, rejectedRecord({ dp_rank: 1 }))
   t.is(only.ingest(batch([store(1)], 5), NOW).payloads.length, 1)
   t.throws(() => only.stored({ tokenIds: tokensFor(1), blockHashes: [1n] }), { instanceOf: RangeError, message: /dpRank 0/ })
+  t.true(only.allowsRank(5))
+  t.false(only.allowsRank(0))
 })
 
 test(`[${impl}] nextEventId is a peek; ids are per rank and shared by ingest and the manual API`, (t) => {

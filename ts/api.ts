@@ -379,6 +379,11 @@ export class Ingestor {
     return out
   }
 
+  /** Whether events of this dp rank are accepted (within maxDpRanks, or one of dpRanks). */
+  allowsRank(dpRank: number): boolean {
+    return this.#raw.rankAllowed(u32('dpRank', dpRank))
+  }
+
   #rank(dpRank: unknown): number {
     const rank = dpRank === undefined ? 0 : u32('dpRank', dpRank)
     if (!this.#raw.rankAllowed(rank)) throw new RangeError(`dpRank ${rank} is not one of this publisher's allowed dp ranks`)

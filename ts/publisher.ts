@@ -244,12 +244,9 @@ export class KvEventPublisher {
   #sourceConsumer() {
     return {
       ingest: (payload: Uint8Array) => this.#accept(() => this.#ingestor.ingest(payload, this.#clock()), true),
+      // a rank outside dpRanks had all its batches rejected `dp_rank`: there is nothing to reset
       resetRank: (dpRank: number) =>
-        this.#accept(() => this.#ingestor.cleared(dpRank, this.#clock()), true).catch((err: unknown) => {
-          // a rank outside dpRanks: its batches were all rejected `dp_rank`, so there is nothing to reset
-          if (err instanceof RangeError) return null
-          throw err
-        }),
+        this.#ingestor.allowsRank(dpRank) ? this.#accept(() => this.#ingestor.cleared(dpRank, this.#clock()), true) : Promise.resolve(null),
     }
   }
 
