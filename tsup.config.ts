@@ -1,11 +1,12 @@
-// Builds the public entry (ts/index.ts) into dist/: index.js (ESM), index.cjs (CJS), index.d.ts and
-// index.d.cts. dist/ sits one level below the package root, like ts/, so ts/native.ts's
-// `createRequire(import.meta.url)('../binding.cjs')` finds the napi loader from both. `shims: true`
-// gives the CJS output a working `import.meta.url`.
+// Builds the package's entries into dist/, each as ESM (.js) and CJS (.cjs) with its declarations:
+// index (the public API, `dynamo-kv`), raw (`dynamo-kv/raw`) and sim (`dynamo-kv/sim`). Code the entries
+// share goes into shared chunks in both formats, so the loaded implementation and the classes are one
+// copy whichever entries a program imports. `shims: true` gives the CJS output a working
+// `import.meta.url` (ts/core/native.ts finds binding.cjs from it).
 import { defineConfig } from 'tsup'
 
 export default defineConfig({
-  entry: { index: 'ts/index.ts' },
+  entry: { index: 'ts/index.ts', raw: 'ts/raw.ts', sim: 'ts/sim/index.ts' },
   format: ['esm', 'cjs'],
   outDir: 'dist',
   platform: 'node',
@@ -14,6 +15,6 @@ export default defineConfig({
   shims: true,
   sourcemap: true,
   clean: true,
-  splitting: false,
+  splitting: true,
   treeshake: false,
 })

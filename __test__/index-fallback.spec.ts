@@ -3,7 +3,7 @@
 // order and parents, eventsInRange outcomes, the ingestor's local indexer; plus a randomized comparison
 // with a naive model written straight from SPEC 6.
 import test from 'ava'
-import { INDEX_COUNTER_NAMES, MATCH_RECORD_BYTES, type RawLocalIndexer, type RawRadixIndex, type RouterEventValue } from '../ts/binding.js'
+import { INDEX_COUNTER_NAMES, MATCH_RECORD_BYTES, type RawLocalIndexer, type RawRadixIndex, type RouterEventValue } from '../ts/core/binding.js'
 import { fallback } from '../ts/fallback/index.js'
 import { FallbackRadixIndex, FastEvent } from '../ts/fallback/index-tree.js'
 

@@ -4,7 +4,7 @@
 import test, { type ExecutionContext } from 'ava'
 import { isDeepStrictEqual } from 'node:util'
 import * as kv from '../ts/index.js'
-import type { RawBinding } from '../ts/binding.js'
+import type { RawBinding } from '../ts/core/binding.js'
 import { fallback, needNative } from './helpers/impls.js'
 import { BatchGenerator } from './helpers/gen-batches.js'
 import { EventGenerator, applyOp, type IndexOp } from './helpers/gen-events.js'

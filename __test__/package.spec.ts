@@ -33,16 +33,24 @@ test.after.always(() => {
 })
 
 // Prints what a consumer sees: which implementation, and the type of each key export.
-const probe = (load: string) => `
+// `sub(name)` loads a subpath export the same way (dynamo-kv/raw, dynamo-kv/sim).
+const probe = (load: string, sub: (name: string) => string) => `
   ;(async () => {
     const m = ${load}
+    const rawEntry = ${sub('raw')}
+    const simEntry = ${sub('sim')}
     const out = { implementation: m.implementation, loadError: m.nativeLoadError ? String(m.nativeLoadError) : null }
     for (const k of ['computeBlockHashes', 'decodeEngineBatch', 'Ingestor', 'KvDecodeError', 'KvEventPublisher', 'WorkerMetricsPublisher', 'ZmqSource']) out[k] = typeof m[k]
+    // internals are not at the root, but behind their subpaths
+    out.internalsAtRoot = ['raw', 'fallback', 'checkName', 'RECEIVE_BACKOFF_MS', 'EngineSimulator', 'Rng'].filter((k) => k in m)
+    out.rawImplementation = rawEntry.implementation
+    out.rawHashes = Array.from(rawEntry.raw.computeBlockHashes(new Uint32Array([1, 2, 3, 4]), 2, null, null), String)
+    out.rootHashes = Array.from(m.computeBlockHashes([1, 2, 3, 4], 2), String)
     // zeromq (a native addon) is loaded on first use only, and then works from either build
     const { createRequire } = await import('node:module')
     const loaded = () => Object.keys(createRequire(process.cwd() + '/').cache).some((k) => k.includes('/zeromq/'))
     out.zeromqAtImport = loaded()
-    const sim = await m.EngineSimulator.create()
+    const sim = await simEntry.EngineSimulator.create()
     out.simulator = sim.endpoint.startsWith('tcp://127.0.0.1:') && loaded()
     sim.close()
     console.log(JSON.stringify(out))
@@ -67,20 +75,23 @@ function check(t: import('ava').ExecutionContext, got: Record<string, unknown>) 
   t.is(got.KvEventPublisher, 'function')
   t.is(got.WorkerMetricsPublisher, 'function')
   t.is(got.ZmqSource, 'function')
+  t.deepEqual(got.internalsAtRoot, [])
+  t.is(got.rawImplementation, got.implementation, 'dynamo-kv/raw uses the implementation the root uses')
+  t.deepEqual(got.rawHashes, got.rootHashes)
   t.false(got.zeromqAtImport, 'zeromq is not loaded by importing the package')
   t.true(got.simulator)
 }
 
 test('require("dynamo-kv") gives the public API (CommonJS build)', (t) => {
-  check(t, run(['-e', probe(`require('dynamo-kv')`)]))
+  check(t, run(['-e', probe(`require('dynamo-kv')`, (n) => `require('dynamo-kv/${n}')`)]))
 })
 
 test('require() of the repo folder gives the public API', (t) => {
-  check(t, run(['-e', probe(`require(${JSON.stringify(root)})`)]))
+  check(t, run(['-e', probe(`require(${JSON.stringify(root)})`, (n) => `require(${JSON.stringify(`${root}/dist/${n}.cjs`)})`)]))
 })
 
 test('import("dynamo-kv") gives the public API (ESM build)', (t) => {
-  check(t, run(['--input-type=module', '-e', probe(`await import('dynamo-kv')`)]))
+  check(t, run(['--input-type=module', '-e', probe(`await import('dynamo-kv')`, (n) => `await import('dynamo-kv/${n}')`)]))
 })
 
 test('the published types resolve for ESM and CommonJS consumers', (t) => {
@@ -89,10 +100,12 @@ test('the published types resolve for ESM and CommonJS consumers', (t) => {
     export const ingestor: ${ns}Ingestor = new ${ns}Ingestor({ kvBlockSize: 16, workerId: 1n })
     export const which: 'native' | 'js' = ${ns}implementation
     export const options: ${ns}KvEventPublisherOptions = { namespace: 'ns', component: 'c', kvBlockSize: 16, zmq: { endpoint: 'tcp://127.0.0.1:5557' } }
+    export const sim: Promise<EngineSimulator> = EngineSimulator.create()
+    export const rawHashes: BigUint64Array = raw.computeBlockHashes(new Uint32Array([1, 2]), 2, null, null)
     export const create: Promise<${ns}KvEventPublisher> = ${ns}KvEventPublisher.create(options).catch(() => { throw new Error('not run') })
   `
-  writeFileSync(path.join(consumer, 'esm.mts'), `import * as dk from 'dynamo-kv'\n${use('dk.')}`)
-  writeFileSync(path.join(consumer, 'cjs.cts'), `import dk = require('dynamo-kv')\n${use('dk.')}`)
+  writeFileSync(path.join(consumer, 'esm.mts'), `import * as dk from 'dynamo-kv'\nimport { raw } from 'dynamo-kv/raw'\nimport { EngineSimulator } from 'dynamo-kv/sim'\n${use('dk.')}`)
+  writeFileSync(path.join(consumer, 'cjs.cts'), `import dk = require('dynamo-kv')\nimport { raw } from 'dynamo-kv/raw'\nimport { EngineSimulator } from 'dynamo-kv/sim'\n${use('dk.')}`)
   writeFileSync(
     path.join(consumer, 'tsconfig.json'),
     JSON.stringify({

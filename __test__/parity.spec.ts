@@ -3,7 +3,7 @@
 import test from 'ava'
 import { readFileSync } from 'node:fs'
 import { isDeepStrictEqual } from 'node:util'
-import type { RawBinding, RawIngestor } from '../ts/binding.js'
+import type { RawBinding, RawIngestor } from '../ts/core/binding.js'
 import { fallback, needNative } from './helpers/impls.js'
 import { BatchGenerator } from './helpers/gen-batches.js'
 

@@ -8,7 +8,7 @@ import test, { type ExecutionContext } from 'ava'
 import { Subscriber } from 'zeromq'
 import * as kv from '../ts/index.js'
 import { EngineSimulator, type EngineSimulatorOptions, type ReplayLayout } from '../ts/sim/engine.js'
-import { RECEIVE_BACKOFF_MS, ZmqSource, type ZmqSourceOptions, type ZmqSourceStop } from '../ts/sources/zmq.js'
+import { RECEIVE_BACKOFF_MS, ZmqSource, type ZmqSourceOptions, type ZmqSourceStop } from '../ts/transport/sources/zmq.js'
 import { capture as captureLogger, waitFor } from './helpers/publishing.js'
 import { IngestorConsumer, driveCaughtUp, freePorts, settle, sorted, waitCaughtUp, warmUp } from './helpers/zmq.js'
 

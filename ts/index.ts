@@ -1,16 +1,59 @@
-// dynamo-kv: NVIDIA Dynamo KV-aware routing for TypeScript. See README.md.
-export * from './api.js'
-export { KvEventPublisher, type KvEventPublisherOptions, type PublisherStats } from './publisher.js'
-export { NatsConnectError, type NatsOptions, type NatsOption } from './nats.js'
-export { silentLogger, type Logger } from './log.js'
-export type { SinkStats } from './sinks/types.js'
-export { WorkerMetricsPublisher, type WorkerMetricsPublisherOptions, type MetricsPublisherStats } from './metrics-publisher.js'
+// dynamo-kv: NVIDIA Dynamo KV-aware routing for TypeScript. The public API; see README.md.
+// Internals live behind subpaths: `dynamo-kv/raw` (the raw interface both implementations provide) and
+// `dynamo-kv/sim` (a simulated engine, for demos, tests and benchmarks).
 
-// --- ZeroMQ engine source and engine simulator (issue 5) ---
+// The core: decoding, hashing, router-wire encoding, the Ingestor and the indexes (ts/core/api.ts).
+export {
+  implementation,
+  nativeLoadError,
+  REJECT_REASONS,
+  COUNTER_NAMES,
+  APPLY_OUTCOMES,
+  INDEX_COUNTER_NAMES,
+  KvDecodeError,
+  computeBlockHashes,
+  decodeEngineBatch,
+  peekBatch,
+  encodeRouterEvent,
+  decodeRouterEvent,
+  encodeEnvelope,
+  encodeActiveLoad,
+  jetstreamStreamName,
+  Ingestor,
+  RadixIndex,
+  LocalIndexer,
+  type ApplyOutcome,
+  type IndexCounterName,
+  type BlockExtraInfo,
+  type ConvertedEvent,
+  type CounterName,
+  type MmObject,
+  type RejectReason,
+  type RouterEventValue,
+  type StoredBlock,
+  type DecodedBatch,
+  type IngestMode,
+  type IngestorOptions,
+  type StoredArgs,
+  type IngestResult,
+  type WorkerScore,
+  type WorkerTreeSize,
+  type OverlapScores,
+  type RangeResult,
+} from './core/api.js'
+export { silentLogger, type Logger } from './util/log.js'
+
+// The worker side: publishing router events and load metrics.
+export { KvEventPublisher, type KvEventPublisherOptions, type PublisherStats } from './worker/publisher.js'
+export { WorkerMetricsPublisher, type WorkerMetricsPublisherOptions, type MetricsPublisherStats } from './worker/metrics-publisher.js'
+export { registerPublisherMetrics } from './worker/prometheus.js'
+
+// Transports: the NATS connection, the sinks' statistics, the engine's ZeroMQ source.
+export { NatsConnectError, type NatsOptions, type NatsOption } from './transport/nats.js'
+export type { SinkStats } from './transport/sinks/types.js'
 export {
   ZmqSource,
   ZMQ_SOURCE_COUNTERS,
-  RECEIVE_BACKOFF_MS,
   type BatchConsumer,
   type ZmqEndpoint,
   type ZmqSourceOptions,
@@ -18,13 +61,4 @@ export {
   type ZmqSourceStop,
   type ZmqSourceEvents,
   type ZmqTrackerState,
-} from './sources/zmq.js'
-export {
-  EngineSimulator,
-  type EngineSimulatorOptions,
-  type StepResult,
-  type ReplayLayout,
-  type EventEncoding,
-  type MalformedKind,
-} from './sim/engine.js'
-export { registerPublisherMetrics } from './prometheus.js'
+} from './transport/sources/zmq.js'

@@ -15,7 +15,7 @@
 // capacity evictions. Occasional clears (all dp ranks of the worker) and removeWorker /
 // removeWorkerDpRank calls. Queries: prefixes of live chains extended by continuations or random
 // hashes, walks of the shared tree, and random hashes.
-import type { ConvertedEvent, RouterEventValue, StoredBlock } from '../../ts/binding.js'
+import type { ConvertedEvent, RouterEventValue, StoredBlock } from '../../ts/core/binding.js'
 import { Rng } from './gen-batches.js'
 
 export { Rng }

@@ -1,7 +1,7 @@
 // Both implementations side by side, for the parity tests: the native binding (null when it did not
 // load, with the reason) and the fallback.
 import { createRequire } from 'node:module'
-import type { RawBinding } from '../../ts/binding.js'
+import type { RawBinding } from '../../ts/core/binding.js'
 
 export { fallback } from '../../ts/fallback/index.js'
 

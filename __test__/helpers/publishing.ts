@@ -22,7 +22,7 @@ export function withNats(test: TestFn): { readonly server: NatsServer; readonly 
   return shared
 }
 
-export { silentLogger as quiet } from '../../ts/log.js'
+export { silentLogger as quiet } from '../../ts/util/log.js'
 
 /** A logger that keeps every line, for asserting on warnings. */
 export function capture(): Logger & { lines: { level: string; obj: object; msg?: string }[] } {

@@ -3,7 +3,7 @@
 import { createServer } from 'node:net'
 import * as kv from '../../ts/index.js'
 import type { EngineSimulator } from '../../ts/sim/engine.js'
-import type { BatchConsumer, ZmqSource } from '../../ts/sources/zmq.js'
+import type { BatchConsumer, ZmqSource } from '../../ts/transport/sources/zmq.js'
 import { sortU64 } from './fixtures.js'
 import { blocksOf, waitFor } from './publishing.js'
 

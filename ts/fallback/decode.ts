@@ -6,7 +6,7 @@
 // halves), string fields are compared as bytes, and nothing is allocated per block unless the event
 // carries multimodal info. `convertEvent` applies the checks of SPEC 3 in order; `hashKept` computes the
 // tokens hashes of the kept blocks.
-import type { BlockExtraInfo, ConvertedEvent, MmObject, RawDecoded, RawPeek, StoredBlock } from '../binding.js'
+import type { BlockExtraInfo, ConvertedEvent, MmObject, RawDecoded, RawPeek, StoredBlock } from '../core/binding.js'
 import {
   arrayAt,
   ascii,

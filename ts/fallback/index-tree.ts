@@ -16,8 +16,8 @@
 //   still held below it become unreachable (stale) but stay in their workers' maps until removed;
 // - a block hash stored at a new place leaves its old node first;
 // - `cleared` applies to every dp rank of the worker id (Dynamo semantics).
-import type { BlockExtraInfo, RawRadixIndex, RouterEventValue } from '../binding.js'
-import { INDEX_COUNTER_NAMES, MATCH_RECORD_BYTES } from '../binding.js'
+import type { BlockExtraInfo, RawRadixIndex, RouterEventValue } from '../core/binding.js'
+import { INDEX_COUNTER_NAMES, MATCH_RECORD_BYTES } from '../core/binding.js'
 import { hashBlocks, loraSeed, tokenBytesLE, u64Pairs } from './decode.js'
 import { arrayAt, ascii, binAt, bytesEq, HI, INT_NONNEG, intAt, LO, mapAt, R, skip, strAt, validate } from './msgpack.js'
 import { decodeRouterEvent } from './wire.js'
@@ -1022,7 +1022,7 @@ export class FallbackRadixIndex implements RawRadixIndex {
   }
 
   /**
-   * SPEC 6 find_matches over a query given as u64 pairs, written into `out` (ts/binding.ts layout):
+   * SPEC 6 find_matches over a query given as u64 pairs, written into `out` (ts/core/binding.ts layout):
    * returns the bytes written, or minus the bytes needed (nothing written) when `out` is too small.
    */
   private matchPairs(q: Uint32Array, qn: number, earlyExit: boolean, out: Uint8Array): number {

@@ -1,6 +1,6 @@
-// The pure-TypeScript implementation of the raw interface (ts/binding.ts). It gives byte-identical output
+// The pure-TypeScript implementation of the raw interface (ts/core/binding.ts). It gives byte-identical output
 // to the native core for the same inputs and clock.
-import type { RawBinding } from '../binding.js'
+import type { RawBinding } from '../core/binding.js'
 import { computeBlockHashes, decodeEngineBatch, peekBatch } from './decode.js'
 import { FallbackRadixIndex } from './index-tree.js'
 import { FallbackIngestor } from './ingestor.js'

@@ -1,10 +1,10 @@
 // The per-publisher conversion state (SPEC 3) for the fallback: per-rank event ids, learned KV groups and
 // live blocks, the envelope sequence, counters and rate-limited warnings. One call converts one engine
-// batch (or one manual event) into the packed output described in ts/binding.ts.
+// batch (or one manual event) into the packed output described in ts/core/binding.ts.
 //
 // Hot path: the batch is read straight from its bytes (decode.ts), every RouterEvent is written into one
 // reused ByteWriter, and the output is one Buffer allocation per call.
-import { COUNTER_NAMES, OUT_HEADER_BYTES, type BlockExtraInfo, type RawIngestor, type RawIngestorOptions, type RawLocalIndexer, type RawIngestOutput } from '../binding.js'
+import { COUNTER_NAMES, OUT_HEADER_BYTES, type BlockExtraInfo, type RawIngestor, type RawIngestorOptions, type RawLocalIndexer, type RawIngestOutput } from '../core/binding.js'
 import {
   BatchHead,
   convertEvent,
@@ -243,7 +243,7 @@ export class FallbackIngestor implements RawIngestor {
     this.begin(nowMs)
     const rs = this.rank(dpRank)
     if (rs === null) {
-      // not reachable through ts/api.ts, which checks rankAllowed first
+      // not reachable through ts/core/api.ts, which checks rankAllowed first
       this.reject(REJ_DP_RANK)
       return this.finishBuffer(dpRank)
     }
@@ -482,7 +482,7 @@ export class FallbackIngestor implements RawIngestor {
   }
 
   /**
-   * Ends a call: fixes its header and returns the length of its packed output (ts/binding.ts), which stays
+   * Ends a call: fixes its header and returns the length of its packed output (ts/core/binding.ts), which stays
    * pending (for writeOutput / takeOutput) until the next call. Flag bit 1: warnings are pending.
    */
   private finish(dpRank: number): number {

@@ -4,7 +4,7 @@
 // The ring keeps each event encoded (msgpack RouterEvent bytes, or the JSON an ingestor in jetstream
 // mode emitted) with its id as u32 halves: compact, never shared with a caller, and decoded into fresh
 // objects only when a range is asked for.
-import type { RawLocalIndexer, RawRangeResult, RouterEventValue } from '../binding.js'
+import type { RawLocalIndexer, RawRangeResult, RouterEventValue } from '../core/binding.js'
 import { decodeEncoded, FallbackRadixIndex } from './index-tree.js'
 import { ByteWriter } from './msgpack.js'
 import { decodeRouterEvent, msgpackEncoder, writeRouterEvent } from './wire.js'

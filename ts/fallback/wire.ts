@@ -5,7 +5,7 @@
 // RouterEvents are written through `EventEncoder`, a set of primitive steps over a ByteWriter, so that
 // the ingest hot path writes straight from its scratch arrays (u64 as u32 halves) and the public
 // encodeRouterEvent writes from JS objects through the same code.
-import type { BlockExtraInfo, ConvertedEvent, MmObject, RouterEventValue } from '../binding.js'
+import type { BlockExtraInfo, ConvertedEvent, MmObject, RouterEventValue } from '../core/binding.js'
 import { asciiBytes, get, JsonError, NULL, OTHER, parseJson, writeBigDec, writeSafeDec, writeU64Dec, type Val } from './json.js'
 import { arrayAt, ByteWriter, intAt, INT_NONNEG, keyBytes, mapAt, MAX_DEPTH, R, rBig, skip, strAt, validate } from './msgpack.js'
 

@@ -6,8 +6,8 @@
 // sent live would index. Knobs drop seqs, restart the engine, pause replies and send malformed messages.
 // Shipped code (tests, benchmarks and the demo use it); no test-only dependencies.
 import type { Publisher, Router } from 'zeromq'
-import { loadZeromq, zeromq } from '../zeromq.js'
-import { intInRange } from '../args.js'
+import { loadZeromq, zeromq } from '../transport/zeromq.js'
+import { intInRange } from '../util/args.js'
 import { ByteWriter } from '../fallback/msgpack.js'
 import { Rng } from './rng.js'
 

@@ -43,7 +43,7 @@ pub enum ApplyOutcome {
     InvalidBlockSequence = 3,
 }
 
-/// Counter indices (the same order as INDEX_COUNTER_NAMES in ts/binding.ts).
+/// Counter indices (the same order as INDEX_COUNTER_NAMES in ts/core/binding.ts).
 pub const INDEX_COUNTER_NAMES: [&str; 8] = [
     "applied_stored",
     "applied_removed",

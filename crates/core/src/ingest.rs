@@ -140,7 +140,7 @@ impl RankState {
     }
 }
 
-/// The packed result of one call being built (layout documented in ts/binding.ts): `body` starts
+/// The packed result of one call being built (layout documented in ts/core/binding.ts): `body` starts
 /// with the 60-byte header, filled in at the end, followed by the payloads; the payload lengths are
 /// appended after them.
 struct Out {

@@ -1,4 +1,4 @@
-//! napi bindings over dynamo-kv-core: the raw interface of ts/binding.ts, no logic of its own.
+//! napi bindings over dynamo-kv-core: the raw interface of ts/core/binding.ts, no logic of its own.
 //! Arguments are validated by the TypeScript wrappers first; what still arrives malformed here is
 //! turned into a JS error, and `catch_unwind` turns a would-be panic into a JS error, never an abort.
 
@@ -76,7 +76,7 @@ fn mm_list_in(list: Option<Vec<Option<JsBlockExtraInfo>>>) -> Result<Option<Vec<
 }
 
 // ------------------------------------------------------------------------------------------------
-// JS objects out (shapes of ts/binding.ts; built by hand so absent values are null, never undefined)
+// JS objects out (shapes of ts/core/binding.ts; built by hand so absent values are null, never undefined)
 
 fn mm_out<'e>(env: &'e Env, info: &BlockExtraInfo) -> Result<Object<'e>> {
     let mut o = Object::new(env)?;
@@ -438,7 +438,7 @@ fn outcome_code(o: ApplyOutcome) -> u32 {
     o as u32
 }
 
-/// Writes matches (layout in ts/binding.ts) into `out`: bytes written, or minus the bytes needed.
+/// Writes matches (layout in ts/core/binding.ts) into `out`: bytes written, or minus the bytes needed.
 fn matches_out(matches: &[Match], out: &mut [u8]) -> i64 {
     let need = 4 + 24 * matches.len();
     let Some(dst) = out.get_mut(..need) else {

@@ -1,7 +1,7 @@
 // The raw interface that both implementations provide: the napi binding (crates/node) and the
-// pure-TypeScript fallback (ts/fallback). Everything above ts/native.ts talks to this interface only.
+// pure-TypeScript fallback (ts/fallback). Everything above ts/core/native.ts talks to this interface only.
 //
-// Arguments arrive already validated by the public wrappers in ts/api.ts (types, ranges, dp-rank
+// Arguments arrive already validated by the public wrappers in ts/core/api.ts (types, ranges, dp-rank
 // limits), so an implementation may assume well-typed input, but it must still never crash or panic on
 // any byte sequence: every payload argument is untrusted.
 //

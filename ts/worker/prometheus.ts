@@ -3,7 +3,7 @@
 // Prometheus values are doubles: counts above 2^53 lose precision there, as they would in any exporter.
 import { Counter, Gauge, register as globalRegistry, type Registry } from 'prom-client'
 import type { KvEventPublisher } from './publisher.js'
-import { ZMQ_SOURCE_COUNTERS } from './sources/zmq.js'
+import { ZMQ_SOURCE_COUNTERS } from '../transport/sources/zmq.js'
 
 const ZMQ_GAUGES = new Set(['queue_depth', 'queue_bytes', 'held', 'replays_active'])
 const LABELS = ['worker_id', 'namespace', 'component'] as const

@@ -3,10 +3,10 @@
 // 1 ms timer, and when it fires the value is published unless it equals the last one published for that
 // rank. (Dynamo keeps one value for all ranks; here two ranks changing at once each get their message.)
 // A rank whose value keeps changing is still published at least every 50 ms.
-import { describe, u32, u64 } from './args.js'
-import { checkName, encodeActiveLoad, encodeEnvelope } from './api.js'
-import { loggerOption, RateLimitedLog, type Logger } from './log.js'
-import { openNats, type NatsConnection, type NatsOption } from './nats.js'
+import { checkName, describe, u32, u64 } from '../util/args.js'
+import { encodeActiveLoad, encodeEnvelope } from '../core/api.js'
+import { loggerOption, RateLimitedLog, type Logger } from '../util/log.js'
+import { openNats, type NatsConnection, type NatsOption } from '../transport/nats.js'
 
 type Env = Record<string, string | undefined>
 

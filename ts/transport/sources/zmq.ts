@@ -8,9 +8,9 @@
 // call happens inside one lock, so consumer calls never overlap and each rank's batches arrive in order.
 import { EventEmitter } from 'node:events'
 import type { Dealer, Subscriber } from 'zeromq'
-import { peekBatch } from '../api.js'
-import { intInRange } from '../args.js'
-import { loggerOption, RateLimitedLog, type Logger } from '../log.js'
+import { peekBatch } from '../../core/api.js'
+import { intInRange } from '../../util/args.js'
+import { loggerOption, RateLimitedLog, type Logger } from '../../util/log.js'
 import { loadZeromq, zeromq } from '../zeromq.js'
 
 /** What the source feeds: the publisher's ingest path. */

@@ -9,7 +9,7 @@
 // client buffers up to reconnectBufferBytes (nats.js would otherwise grow without limit) and the rest is
 // dropped and counted as undelivered, so a NATS outage never stalls the engine.
 import type { NatsConnection, Status } from '@nats-io/transport-node'
-import type { RateLimitedLog } from '../log.js'
+import type { RateLimitedLog } from '../../util/log.js'
 import { emptySinkStats, IdleWaiters, type Sink, type SinkStats } from './types.js'
 
 export interface EventPlaneSinkOptions {

@@ -2,15 +2,15 @@
 // The Ingestor assigns every event its id and encodes it in the native call; this file only moves the
 // payloads to a sink, applies backpressure and owns the connection's lifecycle.
 import { randomBytes } from 'node:crypto'
-import { describe, positiveInt, u64 } from './args.js'
-import { checkName, Ingestor, jetstreamStreamName, type IngestMode, type IngestResult, type LocalIndexer, type StoredArgs } from './api.js'
-import { REJECT_REASONS, type CounterName, type RejectReason } from './binding.js'
-import { loggerOption, RateLimitedLog, type Logger } from './log.js'
-import { openNats, type NatsConnection, type NatsOption } from './nats.js'
-import { EventPlaneSink } from './sinks/event-plane.js'
-import { JetStreamSink } from './sinks/jetstream.js'
-import type { Sink, SinkStats } from './sinks/types.js'
-import { ZmqSource, type ZmqSourceCounter, type ZmqSourceOptions } from './sources/zmq.js'
+import { checkName, describe, positiveInt, u64 } from '../util/args.js'
+import { Ingestor, jetstreamStreamName, type IngestMode, type IngestResult, type LocalIndexer, type StoredArgs } from '../core/api.js'
+import { REJECT_REASONS, type CounterName, type RejectReason } from '../core/binding.js'
+import { loggerOption, RateLimitedLog, type Logger } from '../util/log.js'
+import { openNats, type NatsConnection, type NatsOption } from '../transport/nats.js'
+import { EventPlaneSink } from '../transport/sinks/event-plane.js'
+import { JetStreamSink } from '../transport/sinks/jetstream.js'
+import type { Sink, SinkStats } from '../transport/sinks/types.js'
+import { ZmqSource, type ZmqSourceCounter, type ZmqSourceOptions } from '../transport/sources/zmq.js'
 
 type Env = Record<string, string | undefined>
 

@@ -9,7 +9,7 @@ import {
   type NatsConnection,
   type TlsOptions,
 } from '@nats-io/transport-node'
-import { describe, positiveInt } from './args.js'
+import { describe, positiveInt } from '../util/args.js'
 
 export type { NatsConnection } from '@nats-io/transport-node'
 

@@ -26,6 +26,7 @@ import {
 import { implementation, raw } from './native.js'
 import {
   bytesArg,
+  checkName,
   describe,
   hashesArg,
   loraArg,
@@ -35,7 +36,7 @@ import {
   tokensArg,
   u32,
   u64,
-} from './args.js'
+} from '../util/args.js'
 
 export { implementation, nativeLoadError } from './native.js'
 export { REJECT_REASONS, COUNTER_NAMES, APPLY_OUTCOMES, INDEX_COUNTER_NAMES } from './binding.js'
@@ -46,7 +47,6 @@ export type {
   ConvertedEvent,
   CounterName,
   MmObject,
-  RawBinding,
   RejectReason,
   RouterEventValue,
   StoredBlock,
@@ -168,13 +168,6 @@ export function encodeActiveLoad(load: {
 }): Buffer {
   const prefill = load.activePrefillTokens == null ? null : u64('activePrefillTokens', load.activePrefillTokens)
   return raw.encodeActiveLoad(u64('workerId', load.workerId), u32('dpRank', load.dpRank), u64('activeDecodeBlocks', load.activeDecodeBlocks), prefill)
-}
-
-/** Checks a Dynamo namespace or component name (SPEC 5); throws a RangeError naming the option. */
-export function checkName(option: string, v: unknown): string {
-  if (typeof v !== 'string') throw new TypeError(`${option} must be a string, got ${describe(v)}`)
-  if (v.length === 0 || /[\s*>]/u.test(v)) throw new RangeError(`${option} must be non-empty without whitespace, '*' or '>', got ${JSON.stringify(v)}`)
-  return v
 }
 
 /** The JetStream stream a Dynamo 1.0 router reads for this namespace and component. */
@@ -390,7 +383,7 @@ export class Ingestor {
     return rank
   }
 
-  /** Reads a packed output (layout in ts/binding.ts) at `at`; payloads are views into `out`. */
+  /** Reads a packed output (layout in ts/core/binding.ts) at `at`; payloads are views into `out`. */
   #unpack(out: Buffer, at = 0, len: number = out.length - at, view?: DataView): IngestResult {
     const v = view ?? new DataView(out.buffer, out.byteOffset, out.byteLength)
     const n = v.getUint32(at, true)

@@ -1,6 +1,6 @@
 // Argument checks shared by the public classes: each throws a TypeError or RangeError that names the
 // argument (or option), so both implementations fail the same way before the raw layer sees a value.
-import type { BlockExtraInfo } from './binding.js'
+import type { BlockExtraInfo } from '../core/binding.js'
 
 export const U64_MAX = (1n << 64n) - 1n
 export const U32_MAX = 0xffff_ffff
@@ -96,3 +96,9 @@ export function describe(v: unknown): string {
   return `${typeof v} ${String(v).slice(0, 40)}`
 }
 
+/** Checks a Dynamo namespace or component name (SPEC 5); throws a RangeError naming the option. */
+export function checkName(option: string, v: unknown): string {
+  if (typeof v !== 'string') throw new TypeError(`${option} must be a string, got ${describe(v)}`)
+  if (v.length === 0 || /[\s*>]/u.test(v)) throw new RangeError(`${option} must be non-empty without whitespace, '*' or '>', got ${JSON.stringify(v)}`)
+  return v
+}

@@ -14,7 +14,7 @@
 // where they landed is known; one landing late triggers the next repair.
 import { createInbox, headers, InvalidArgumentError, nanos, type Msg, type NatsConnection, type Subscription } from '@nats-io/transport-node'
 import { jetstreamManager, type JetStreamManager, type PubAck, type StreamConfig } from '@nats-io/jetstream'
-import type { Logger, RateLimitedLog } from '../log.js'
+import type { Logger, RateLimitedLog } from '../../util/log.js'
 import { emptySinkStats, IdleWaiters, type Sink, type SinkStats } from './types.js'
 
 export interface JetStreamSinkOptions {
