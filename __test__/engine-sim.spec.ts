@@ -87,41 +87,58 @@ test(`${impl}: live messages are [topic, seq u64 BE, batch] with seq from 0, the
 
 for (const layout of ['legacy', 'topic'] as ReplayLayout[]) {
   test(`${impl}: replay in the ${layout} layout, byte for byte, and the ground truth equals an index fed with everything`, async (t) => {
-    await withSim({ replayEndpoint: 'tcp://127.0.0.1:0', replayLayout: layout, topic: 'kv', capacityBlocks: 64, clearRate: 0.01, encoding: 'mixed', seed: 11 }, async (sim) => {
-      let cleared = 0
-      let removed = 0
-      for (let i = 0; i < 300; i++) {
-        const r = await sim.step()
-        cleared += Number(r.cleared)
-        removed += r.removedBlocks
-      }
-      t.true(removed > 0, 'the workload evicts')
-      t.true(cleared > 0, 'the workload clears now and then')
-      const replies = await rawReplay(sim, 0n)
-      const end = replies.pop()!
-      t.deepEqual(end, layout === 'legacy' ? [Buffer.alloc(0), END, Buffer.alloc(0)] : [Buffer.alloc(0), Buffer.alloc(0), END, Buffer.alloc(0)])
-      t.is(replies.length, 300)
-      const consumer = new IngestorConsumer()
-      for (const [i, frames] of replies.entries()) {
-        t.is(frames.length, layout === 'legacy' ? 3 : 4)
-        t.is(frames[0]!.length, 0)
-        if (layout === 'topic') t.deepEqual(frames[1], Buffer.from('kv'))
-        const [seq, payload] = frames.slice(-2) as [Buffer, Buffer]
-        t.deepEqual(seq, seq8(BigInt(i)))
-        await consumer.ingest(payload)
-      }
-      const c = consumer.ingestor.counters()
-      t.is(c.blocks_stored > 0n, true)
-      // every store chains on a block the engine holds: the index never misses a parent
-      t.is(consumer.ingestor.localIndexer!.counters().parent_not_found, 0n)
-      t.deepEqual(consumer.blocks(0), sorted(sim.held()))
-      // nothing was dropped: what a live consumer would index is what the engine holds
-      t.deepEqual(sorted(sim.announced()), sorted(sim.held()))
+    await withSim(
+      {
+        replayEndpoint: 'tcp://127.0.0.1:0',
+        replayLayout: layout,
+        topic: 'kv',
+        capacityBlocks: 64,
+        clearRate: 0.01,
+        encoding: 'mixed',
+        seed: 11,
+      },
+      async (sim) => {
+        let cleared = 0
+        let removed = 0
+        for (let i = 0; i < 300; i++) {
+          const r = await sim.step()
+          cleared += Number(r.cleared)
+          removed += r.removedBlocks
+        }
+        t.true(removed > 0, 'the workload evicts')
+        t.true(cleared > 0, 'the workload clears now and then')
+        const replies = await rawReplay(sim, 0n)
+        const end = replies.pop()!
+        t.deepEqual(
+          end,
+          layout === 'legacy' ? [Buffer.alloc(0), END, Buffer.alloc(0)] : [Buffer.alloc(0), Buffer.alloc(0), END, Buffer.alloc(0)],
+        )
+        t.is(replies.length, 300)
+        const consumer = new IngestorConsumer()
+        for (const [i, frames] of replies.entries()) {
+          t.is(frames.length, layout === 'legacy' ? 3 : 4)
+          t.is(frames[0]!.length, 0)
+          if (layout === 'topic') t.deepEqual(frames[1], Buffer.from('kv'))
+          const [seq, payload] = frames.slice(-2) as [Buffer, Buffer]
+          t.deepEqual(seq, seq8(BigInt(i)))
+          await consumer.ingest(payload)
+        }
+        const c = consumer.ingestor.counters()
+        t.is(c.blocks_stored > 0n, true)
+        // every store chains on a block the engine holds: the index never misses a parent
+        t.is(consumer.ingestor.localIndexer!.counters().parent_not_found, 0n)
+        t.deepEqual(consumer.blocks(0), sorted(sim.held()))
+        // nothing was dropped: what a live consumer would index is what the engine holds
+        t.deepEqual(sorted(sim.announced()), sorted(sim.held()))
 
-      // a request within the buffer starts there
-      const tail = await rawReplay(sim, 295n)
-      t.deepEqual(tail.slice(0, -1).map((f) => f.at(-2)!.readBigUInt64BE(0)), [295n, 296n, 297n, 298n, 299n])
-    })
+        // a request within the buffer starts there
+        const tail = await rawReplay(sim, 295n)
+        t.deepEqual(
+          tail.slice(0, -1).map((f) => f.at(-2)!.readBigUInt64BE(0)),
+          [295n, 296n, 297n, 298n, 299n],
+        )
+      },
+    )
   })
 }
 

@@ -9,7 +9,20 @@ import test from 'ava'
 import { decode as mpDecode, encode as mpEncode } from '@msgpack/msgpack'
 import * as kv from '../ts/index.js'
 import type { BlockExtraInfo, ConvertedEvent } from '../ts/index.js'
-import { engine, hashes, hex, mmInfo, NOW, readEnvelope, rejectedRecord, rev, routerEvents, sortU64, toEvent, wire } from './helpers/fixtures.js'
+import {
+  engine,
+  hashes,
+  hex,
+  mmInfo,
+  NOW,
+  readEnvelope,
+  rejectedRecord,
+  rev,
+  routerEvents,
+  sortU64,
+  toEvent,
+  wire,
+} from './helpers/fixtures.js'
 
 const impl = kv.implementation
 
@@ -138,7 +151,11 @@ for (const mode of ['event-plane', 'jetstream'] as const) {
       nextId.set(rank, first + BigInt(want.length))
       t.is(res.dpRank, rank, c.name)
       t.deepEqual(res.rejected, rejectedRecord(c.expect.rejected), c.name)
-      t.deepEqual(routerEvents(res, mode), want.map((e, i) => rev(7n, first + BigInt(i), rank, e)), c.name)
+      t.deepEqual(
+        routerEvents(res, mode),
+        want.map((e, i) => rev(7n, first + BigInt(i), rank, e)),
+        c.name,
+      )
       t.is(res.firstEventId, want.length > 0 ? first : null, c.name)
       if (mode === 'event-plane') {
         for (const p of res.payloads) {
@@ -160,9 +177,20 @@ for (const mode of ['event-plane', 'jetstream'] as const) {
 
 for (const v of hashes.vectors) {
   test(`[${impl}] computeBlockHashes ${v.name}`, (t) => {
-    const got = kv.computeBlockHashes(v.tokens, v.kv_block_size, { loraName: v.lora_name, blockMmInfos: v.block_mm_infos?.map(mmInfo) ?? null })
+    const got = kv.computeBlockHashes(v.tokens, v.kv_block_size, {
+      loraName: v.lora_name,
+      blockMmInfos: v.block_mm_infos?.map(mmInfo) ?? null,
+    })
     t.deepEqual(Array.from(got), v.expected.map(BigInt))
-    t.deepEqual(Array.from(kv.computeBlockHashes(Uint32Array.from(v.tokens), v.kv_block_size, { loraName: v.lora_name, blockMmInfos: v.block_mm_infos?.map(mmInfo) ?? null })), v.expected.map(BigInt))
+    t.deepEqual(
+      Array.from(
+        kv.computeBlockHashes(Uint32Array.from(v.tokens), v.kv_block_size, {
+          loraName: v.lora_name,
+          blockMmInfos: v.block_mm_infos?.map(mmInfo) ?? null,
+        }),
+      ),
+      v.expected.map(BigInt),
+    )
   })
 }
 // raw_hash (xxh3_64("test data", 1337)) is not reachable through the public API (9 bytes are not whole
@@ -205,13 +233,25 @@ test(`[${impl}] decodeRouterEvent: any key order, unknown keys, wider integers; 
     mpEncode({ worker_id: 7, event: { event_id: 1.5, data: 'cleared', dp_rank: 0 } }),
   ]
   for (const b of bad) t.throws(() => kv.decodeRouterEvent(b), { message: /^invalid router event/ })
-  for (const j of ['', '{', '{"worker_id":7.0,"event":{"event_id":1,"data":"cleared","dp_rank":0}}', '{"worker_id":-0,"event":{"event_id":1,"data":"cleared","dp_rank":0}}', '[1]']) {
+  for (const j of [
+    '',
+    '{',
+    '{"worker_id":7.0,"event":{"event_id":1,"data":"cleared","dp_rank":0}}',
+    '{"worker_id":-0,"event":{"event_id":1,"data":"cleared","dp_rank":0}}',
+    '[1]',
+  ]) {
     t.throws(() => kv.decodeRouterEvent(Buffer.from(j), 'json'), { message: /^invalid router event/ }, j)
   }
-  t.deepEqual(kv.decodeRouterEvent(Buffer.from('{"worker_id":18446744073709551615,"event":{"event_id":9007199254740993,"data":"cleared","dp_rank":4294967295}}'), 'json'), {
-    workerId: 18446744073709551615n,
-    event: { eventId: 9007199254740993n, dpRank: 4294967295, data: { type: 'cleared' } },
-  })
+  t.deepEqual(
+    kv.decodeRouterEvent(
+      Buffer.from('{"worker_id":18446744073709551615,"event":{"event_id":9007199254740993,"data":"cleared","dp_rank":4294967295}}'),
+      'json',
+    ),
+    {
+      workerId: 18446744073709551615n,
+      event: { eventId: 9007199254740993n, dpRank: 4294967295, data: { type: 'cleared' } },
+    },
+  )
 })
 
 for (const e of wire.envelopes) {
@@ -225,7 +265,18 @@ for (const e of wire.envelopes) {
     })
     t.is(got.toString('hex'), e.envelope_msgpack_hex)
     // publishedAt may also be a number of ms
-    t.is(kv.encodeEnvelope({ publisherId: BigInt(e.publisher_id), sequence: BigInt(e.sequence), publishedAt: Number(e.published_at), topic: e.topic, payload: hex(e.payload_hex) }).toString('hex'), e.envelope_msgpack_hex)
+    t.is(
+      kv
+        .encodeEnvelope({
+          publisherId: BigInt(e.publisher_id),
+          sequence: BigInt(e.sequence),
+          publishedAt: Number(e.published_at),
+          topic: e.topic,
+          payload: hex(e.payload_hex),
+        })
+        .toString('hex'),
+      e.envelope_msgpack_hex,
+    )
   })
 }
 
@@ -288,7 +339,10 @@ test(`[${impl}] reset rule: with two ranks a clear lists the rank's live blocks 
       { type: 'removed', blockHashes: expectLive.slice(4096) },
     ],
   )
-  t.deepEqual(evs.map((e) => e.event.eventId), [before, before + 1n])
+  t.deepEqual(
+    evs.map((e) => e.event.eventId),
+    [before, before + 1n],
+  )
   t.is(r.firstEventId, before)
   // nothing live any more: a second clear emits nothing and takes no id
   r = ing.cleared(0, NOW)
@@ -297,7 +351,10 @@ test(`[${impl}] reset rule: with two ranks a clear lists the rank's live blocks 
   t.is(ing.nextEventId(0), before + 2n)
   // rank 1 was not touched
   r = ing.cleared(1, NOW)
-  t.deepEqual(routerEvents(r, 'event-plane').map((e) => e.event.data), [{ type: 'removed', blockHashes: [1n, 2n] }])
+  t.deepEqual(
+    routerEvents(r, 'event-plane').map((e) => e.event.data),
+    [{ type: 'removed', blockHashes: [1n, 2n] }],
+  )
   const c = ing.counters()
   t.is(c.resets, 3n)
   t.is(c.emitted_cleared, 0n)
@@ -317,7 +374,10 @@ test(`[${impl}] reset rule: a publisher that only saw one rank emits cleared, ev
   // configured ranks count even before they are seen: with dpRanks [0, 1] a clear of rank 0 is removes
   const two = new kv.Ingestor({ kvBlockSize: 4, workerId: 7n, dpRanks: [0, 1] })
   two.stored({ tokenIds: tokensFor(2), blockHashes: [6n, 5n] }, NOW)
-  t.deepEqual(routerEvents(two.cleared(0, NOW), 'event-plane').map((e) => e.event.data), [{ type: 'removed', blockHashes: [5n, 6n] }])
+  t.deepEqual(
+    routerEvents(two.cleared(0, NOW), 'event-plane').map((e) => e.event.data),
+    [{ type: 'removed', blockHashes: [5n, 6n] }],
+  )
   t.is(two.cleared(0, NOW).payloads.length, 0)
 })
 
@@ -362,18 +422,30 @@ test(`[${impl}] an ingest output larger than the shared scratch arrives whole`, 
   // 6000 blocks of 64-bit hashes: about 450 KB of envelopes, more than the API's 256 KiB scratch
   const n = 6000
   const ing = new kv.Ingestor({ kvBlockSize: 1, workerId: 0xfedcba9876543210n })
-  const hs = Array.from({ length: n }, (_, i) => (0x8000_0000_0000_0000n | BigInt(i)) * 3n % (1n << 64n))
+  const hs = Array.from({ length: n }, (_, i) => ((0x8000_0000_0000_0000n | BigInt(i)) * 3n) % (1n << 64n))
   const tokens = tokensFor(n, 1)
   const r = ing.ingest(batch([storedEv(hs, tokens, 1)]), NOW)
   t.is(r.payloads.length, 6)
   t.true(r.payloads.reduce((s, p) => s + p.length, 0) > 1 << 18)
   const blocks = routerEvents(r, 'event-plane').flatMap((e) => (e.event.data.type === 'stored' ? e.event.data.blocks : []))
-  t.deepEqual(blocks.map((b) => b.blockHash), hs)
-  t.deepEqual(blocks.map((b) => b.tokensHash), Array.from(kv.computeBlockHashes(tokens, 1)))
-  t.deepEqual(r.payloads.map((p) => readEnvelope(p).sequence), [0n, 1n, 2n, 3n, 4n, 5n])
+  t.deepEqual(
+    blocks.map((b) => b.blockHash),
+    hs,
+  )
+  t.deepEqual(
+    blocks.map((b) => b.tokensHash),
+    Array.from(kv.computeBlockHashes(tokens, 1)),
+  )
+  t.deepEqual(
+    r.payloads.map((p) => readEnvelope(p).sequence),
+    [0n, 1n, 2n, 3n, 4n, 5n],
+  )
   // and the next (small) call is whole too
   const next = ing.ingest(batch([['BlockRemoved', [hs[0]!]]]), NOW)
-  t.deepEqual(routerEvents(next, 'event-plane').map((e) => e.event), [{ eventId: 6n, dpRank: 0, data: { type: 'removed', blockHashes: [hs[0]!] } }])
+  t.deepEqual(
+    routerEvents(next, 'event-plane').map((e) => e.event),
+    [{ eventId: 6n, dpRank: 0, data: { type: 'removed', blockHashes: [hs[0]!] } }],
+  )
 })
 
 test(`[${impl}] dp rank limit: a further rank is rejected dp_rank, per batch`, (t) => {
@@ -417,7 +489,10 @@ test(`[${impl}] nextEventId is a peek; ids are per rank and shared by ingest and
   // rejections take no id
   t.deepEqual(ing.removed([], 0, NOW).rejected, rejectedRecord({ empty: 1 }))
   t.deepEqual(ing.stored({ tokenIds: tokensFor(2), blockHashes: [4n, 4n] }, NOW).rejected, rejectedRecord({ self_reference: 1 }))
-  t.deepEqual(ing.stored({ tokenIds: tokensFor(2), blockHashes: [4n, 5n], parentHash: 5n }, NOW).rejected, rejectedRecord({ self_reference: 1 }))
+  t.deepEqual(
+    ing.stored({ tokenIds: tokensFor(2), blockHashes: [4n, 5n], parentHash: 5n }, NOW).rejected,
+    rejectedRecord({ self_reference: 1 }),
+  )
   t.deepEqual(ing.stored({ tokenIds: tokensFor(2), blockHashes: [4n], blockSize: 16 }, NOW).rejected, rejectedRecord({ block_size: 1 }))
   t.deepEqual(ing.stored({ tokenIds: [1, 2, 3], blockHashes: [4n] }, NOW).rejected, rejectedRecord({ block_size: 1 }))
   t.is(ing.nextEventId(0), 3n)
@@ -425,19 +500,30 @@ test(`[${impl}] nextEventId is a peek; ids are per rank and shared by ingest and
 
 test(`[${impl}] manual stored: LoRA, explicit mm infos, truncation warnings (at most 3)`, (t) => {
   const ing = new kv.Ingestor({ kvBlockSize: 4, workerId: 7n })
-  const mm: BlockExtraInfo = { mmObjects: [{ mmHash: 2459565876494606882n, offsets: [[0, 4]] }, { mmHash: 1229782938247303441n, offsets: [] }] }
-  const r = ing.stored({ tokenIds: [0, 1, 2, 3, 4, 5, 6, 7], blockHashes: [1n, 2n], loraName: 'adapter-a', blockMmInfos: [null, mm, null] }, NOW)
+  const mm: BlockExtraInfo = {
+    mmObjects: [
+      { mmHash: 2459565876494606882n, offsets: [[0, 4]] },
+      { mmHash: 1229782938247303441n, offsets: [] },
+    ],
+  }
+  const r = ing.stored(
+    { tokenIds: [0, 1, 2, 3, 4, 5, 6, 7], blockHashes: [1n, 2n], loraName: 'adapter-a', blockMmInfos: [null, mm, null] },
+    NOW,
+  )
   const want = kv.computeBlockHashes([0, 1, 2, 3, 4, 5, 6, 7], 4, { loraName: 'adapter-a', blockMmInfos: [null, mm] })
-  t.deepEqual(routerEvents(r, 'event-plane').map((e) => e.event.data), [
-    {
-      type: 'stored',
-      parentHash: null,
-      blocks: [
-        { blockHash: 1n, tokensHash: want[0]!, mmExtraInfo: null },
-        { blockHash: 2n, tokensHash: want[1]!, mmExtraInfo: mm },
-      ],
-    },
-  ])
+  t.deepEqual(
+    routerEvents(r, 'event-plane').map((e) => e.event.data),
+    [
+      {
+        type: 'stored',
+        parentHash: null,
+        blocks: [
+          { blockHash: 1n, tokensHash: want[0]!, mmExtraInfo: null },
+          { blockHash: 2n, tokensHash: want[1]!, mmExtraInfo: mm },
+        ],
+      },
+    ],
+  )
   t.is(r.warnings, undefined)
   for (let k = 0; k < 4; k++) {
     const tr = ing.stored({ tokenIds: tokensFor(2), blockHashes: [10n + BigInt(k), 20n + BigInt(k), 30n + BigInt(k)], dpRank: 0 }, NOW)
@@ -487,9 +573,15 @@ test(`[${impl}] manual API and constructor argument errors name the argument`, (
   t.throws(() => ing.stored({ tokenIds: [1, 2, 3, -4], blockHashes: [1n] }), { instanceOf: RangeError, message: /tokenIds\[3\]/ })
   t.throws(() => ing.stored({ tokenIds: [1, 2, 3, 4.5], blockHashes: [1n] }), { instanceOf: RangeError, message: /tokenIds\[3\]/ })
   t.throws(() => ing.stored({ tokenIds: 'abcd' as unknown as number[], blockHashes: [1n] }), { instanceOf: TypeError, message: /tokenIds/ })
-  t.throws(() => ing.stored({ tokenIds: [1, 2, 3, 4], blockHashes: [1] as unknown as bigint[] }), { instanceOf: TypeError, message: /blockHashes\[0\]/ })
+  t.throws(() => ing.stored({ tokenIds: [1, 2, 3, 4], blockHashes: [1] as unknown as bigint[] }), {
+    instanceOf: TypeError,
+    message: /blockHashes\[0\]/,
+  })
   t.throws(() => ing.stored({ tokenIds: [1, 2, 3, 4], blockHashes: [1n << 64n] }), { instanceOf: RangeError, message: /blockHashes\[0\]/ })
-  t.throws(() => ing.stored({ tokenIds: [1, 2, 3, 4], blockHashes: [1n], parentHash: 1 as unknown as bigint }), { instanceOf: TypeError, message: /parentHash/ })
+  t.throws(() => ing.stored({ tokenIds: [1, 2, 3, 4], blockHashes: [1n], parentHash: 1 as unknown as bigint }), {
+    instanceOf: TypeError,
+    message: /parentHash/,
+  })
   t.throws(() => ing.stored({ tokenIds: [1, 2, 3, 4], blockHashes: [1n], dpRank: -1 }), { instanceOf: RangeError, message: /dpRank/ })
   t.throws(() => ing.removed('x' as unknown as bigint[]), { instanceOf: TypeError, message: /blockHashes/ })
   t.throws(() => ing.cleared(1.5), { instanceOf: RangeError, message: /dpRank/ })
@@ -516,7 +608,8 @@ test(`[${impl}] ingest and peekBatch never throw, and agree on what is malformed
     for (const v of variants) {
       const peek = kv.peekBatch(v)
       const r = ing.ingest(v, NOW)
-      if ((peek === null) !== (r.rejected.malformed === 1)) t.fail(`${c.name}: peekBatch and ingest disagree on ${Buffer.from(v).toString('hex')}`)
+      if ((peek === null) !== (r.rejected.malformed === 1))
+        t.fail(`${c.name}: peekBatch and ingest disagree on ${Buffer.from(v).toString('hex')}`)
       if (peek !== null && r.dpRank !== peek.dpRank) t.fail(`${c.name}: dp rank differs`)
       n++
     }

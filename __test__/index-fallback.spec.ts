@@ -3,9 +3,15 @@
 // order and parents, eventsInRange outcomes, the ingestor's local indexer; plus a randomized comparison
 // with a naive model written straight from SPEC 6.
 import test from 'ava'
-import { INDEX_COUNTER_NAMES, MATCH_RECORD_BYTES, type RawLocalIndexer, type RawRadixIndex, type RouterEventValue } from '../ts/core/binding.js'
+import {
+  INDEX_COUNTER_NAMES,
+  MATCH_RECORD_BYTES,
+  type RawLocalIndexer,
+  type RawRadixIndex,
+  type RouterEventValue,
+} from '../ts/core/binding.js'
 import { fallback } from '../ts/fallback/index.js'
-import { FallbackRadixIndex, FastEvent } from '../ts/fallback/index-tree.js'
+import { type FallbackRadixIndex, FastEvent } from '../ts/fallback/index-tree.js'
 
 const W1 = 1n
 const W2 = 2n
@@ -13,7 +19,11 @@ const W2 = 2n
 function stored(workerId: bigint, eventId: bigint, parentHash: bigint | null, blocks: [bigint, bigint][], dpRank = 0): RouterEventValue {
   return {
     workerId,
-    event: { eventId, dpRank, data: { type: 'stored', parentHash, blocks: blocks.map(([blockHash, tokensHash]) => ({ blockHash, tokensHash, mmExtraInfo: null })) } },
+    event: {
+      eventId,
+      dpRank,
+      data: { type: 'stored', parentHash, blocks: blocks.map(([blockHash, tokensHash]) => ({ blockHash, tokensHash, mmExtraInfo: null })) },
+    },
   }
 }
 function removed(workerId: bigint, eventId: bigint, blockHashes: bigint[], dpRank = 0): RouterEventValue {
@@ -41,12 +51,18 @@ function matches(run: (out: Uint8Array) => number): Match[] {
   const n = buf.readUInt32LE(0)
   const out: Match[] = []
   for (let i = 0, at = 4; i < n; i++, at += MATCH_RECORD_BYTES) {
-    out.push({ workerId: buf.readBigUInt64LE(at), dpRank: buf.readUInt32LE(at + 8), score: buf.readUInt32LE(at + 12), treeSize: buf.readBigUInt64LE(at + 16) })
+    out.push({
+      workerId: buf.readBigUInt64LE(at),
+      dpRank: buf.readUInt32LE(at + 8),
+      score: buf.readUInt32LE(at + 12),
+      treeSize: buf.readBigUInt64LE(at + 16),
+    })
   }
   if (len !== 4 + n * MATCH_RECORD_BYTES) throw new Error('bad packed length')
   return out
 }
-const find = (ix: RawRadixIndex, q: bigint[], earlyExit = false): Match[] => matches((out) => ix.findMatches(BigUint64Array.from(q), earlyExit, out))
+const find = (ix: RawRadixIndex, q: bigint[], earlyExit = false): Match[] =>
+  matches((out) => ix.findMatches(BigUint64Array.from(q), earlyExit, out))
 const scores = (ix: RawRadixIndex, q: bigint[], earlyExit = false): [bigint, number, number][] =>
   find(ix, q, earlyExit).map((m) => [m.workerId, m.dpRank, m.score])
 function counters(ix: RawRadixIndex): Record<string, number> {
@@ -57,15 +73,33 @@ function counters(ix: RawRadixIndex): Record<string, number> {
 function dumpRows(events: RouterEventValue[]): [bigint, number, bigint, bigint | null, bigint, bigint][] {
   return events.map((e) => {
     const d = e.event.data
-    if (d.type !== 'stored' || d.blocks.length !== 1 || d.blocks[0]!.mmExtraInfo !== null) throw new Error('dump must give one-block stored events')
+    if (d.type !== 'stored' || d.blocks.length !== 1 || d.blocks[0]!.mmExtraInfo !== null)
+      throw new Error('dump must give one-block stored events')
     return [e.workerId, e.event.dpRank, e.event.eventId, d.parentHash, d.blocks[0]!.blockHash, d.blocks[0]!.tokensHash]
   })
 }
 
 test('store, findMatches scores, tree sizes and the packed layout', (t) => {
   const ix = new fallback.RawRadixIndex()
-  t.is(ix.applyEvent(stored(W1, 0n, null, [[101n, 1n], [102n, 2n], [103n, 3n]])), 0)
-  t.is(ix.applyEvent(stored(W2, 0n, null, [[201n, 1n], [202n, 2n]])), 0)
+  t.is(
+    ix.applyEvent(
+      stored(W1, 0n, null, [
+        [101n, 1n],
+        [102n, 2n],
+        [103n, 3n],
+      ]),
+    ),
+    0,
+  )
+  t.is(
+    ix.applyEvent(
+      stored(W2, 0n, null, [
+        [201n, 1n],
+        [202n, 2n],
+      ]),
+    ),
+    0,
+  )
   t.is(ix.applyEvent(stored(W2, 1n, null, [[301n, 9n]], 3)), 0)
   t.deepEqual(find(ix, [1n, 2n, 3n, 4n]), [
     { workerId: W1, dpRank: 0, score: 3, treeSize: 3n },
@@ -88,21 +122,49 @@ test('store, findMatches scores, tree sizes and the packed layout', (t) => {
   t.is(ix.size(), 5)
   // re-storing the same chain is idempotent
   const before = counters(ix)
-  ix.applyEvent(stored(W1, 5n, null, [[101n, 1n], [102n, 2n], [103n, 3n]]))
+  ix.applyEvent(
+    stored(W1, 5n, null, [
+      [101n, 1n],
+      [102n, 2n],
+      [103n, 3n],
+    ]),
+  )
   t.is(ix.size(), 5)
   t.deepEqual(counters(ix), { ...before, applied_stored: before.applied_stored! + 1, blocks_stored: before.blocks_stored! + 3 })
   // findMatchesForTokens hashes the tokens like computeBlockHashes
   const tokens = Uint32Array.from({ length: 12 }, (_, i) => i + 1)
   const h = fallback.computeBlockHashes(tokens, 4, null, null)
-  ix.applyEvent(stored(7n, 0n, null, [[1n, h[0]!], [2n, h[1]!]]))
-  t.deepEqual(matches((out) => ix.findMatchesForTokens(tokens, 4, null, null, false, out)), [{ workerId: 7n, dpRank: 0, score: 2, treeSize: 2n }])
-  t.deepEqual(matches((out) => ix.findMatchesForTokens(tokens, 4, 'lora', null, false, out)), [])
+  ix.applyEvent(
+    stored(7n, 0n, null, [
+      [1n, h[0]!],
+      [2n, h[1]!],
+    ]),
+  )
+  t.deepEqual(
+    matches((out) => ix.findMatchesForTokens(tokens, 4, null, null, false, out)),
+    [{ workerId: 7n, dpRank: 0, score: 2, treeSize: 2n }],
+  )
+  t.deepEqual(
+    matches((out) => ix.findMatchesForTokens(tokens, 4, 'lora', null, false, out)),
+    [],
+  )
 })
 
 test('a node that loses its last holder detaches its children: a stale subtree never scores or dumps', (t) => {
   const ix = new fallback.RawRadixIndex()
-  ix.applyEvent(stored(W1, 0n, null, [[11n, 1n], [12n, 2n]]))
-  ix.applyEvent(stored(W2, 0n, null, [[21n, 1n], [22n, 2n], [23n, 3n]]))
+  ix.applyEvent(
+    stored(W1, 0n, null, [
+      [11n, 1n],
+      [12n, 2n],
+    ]),
+  )
+  ix.applyEvent(
+    stored(W2, 0n, null, [
+      [21n, 1n],
+      [22n, 2n],
+      [23n, 3n],
+    ]),
+  )
   // node 1 loses both holders: node 2 (held by both) becomes stale with its child 3
   t.is(ix.applyEvent(removed(W1, 1n, [11n])), 0)
   t.is(ix.applyEvent(removed(W2, 1n, [21n])), 0)
@@ -127,7 +189,12 @@ test('a node that loses its last holder detaches its children: a stale subtree n
 
 test('workers on a node that were not active on its parent are ignored', (t) => {
   const ix = new fallback.RawRadixIndex()
-  ix.applyEvent(stored(W1, 0n, null, [[11n, 1n], [12n, 2n]]))
+  ix.applyEvent(
+    stored(W1, 0n, null, [
+      [11n, 1n],
+      [12n, 2n],
+    ]),
+  )
   ix.applyEvent(stored(W2, 0n, null, [[21n, 1n]]))
   ix.applyEvent(stored(W2, 1n, 21n, [[22n, 2n]]))
   // W1 leaves node 1 but node 1 keeps W2, so node 2 stays attached with W1 on it
@@ -143,7 +210,12 @@ test('workers on a node that were not active on its parent are ignored', (t) => 
 
 test('a hash stored elsewhere moves; a move can leave the current path stale', (t) => {
   const ix = new fallback.RawRadixIndex()
-  ix.applyEvent(stored(W1, 0n, null, [[11n, 1n], [12n, 2n]]))
+  ix.applyEvent(
+    stored(W1, 0n, null, [
+      [11n, 1n],
+      [12n, 2n],
+    ]),
+  )
   // 12 moves under the root at key 3: node 2 empties and goes
   t.is(ix.applyEvent(stored(W1, 1n, null, [[12n, 3n]])), 0)
   t.is(ix.size(), 2)
@@ -164,7 +236,12 @@ test('a hash stored elsewhere moves; a move can leave the current path stale', (
   // several hashes of one worker on one node: dumped in insertion order, the first is the children's parent
   const iy = new fallback.RawRadixIndex()
   iy.applyEvent(stored(W1, 0n, null, [[31n, 1n]]))
-  iy.applyEvent(stored(W1, 1n, null, [[30n, 1n], [40n, 2n]]))
+  iy.applyEvent(
+    stored(W1, 1n, null, [
+      [30n, 1n],
+      [40n, 2n],
+    ]),
+  )
   t.deepEqual(dumpRows(iy.dump()), [
     [W1, 0, 1n, null, 31n, 1n],
     [W1, 0, 1n, null, 30n, 1n],
@@ -176,8 +253,25 @@ test('a hash stored elsewhere moves; a move can leave the current path stale', (
 test('failed events: nothing applied, but the worker is known and its event id recorded', (t) => {
   const ix = new fallback.RawRadixIndex()
   t.is(ix.applyEvent(stored(5n, 7n, 99n, [[1n, 1n]])), 1)
-  t.is(ix.applyEvent(stored(4n, 8n, null, [[1n, 1n], [2n, 2n], [1n, 3n]])), 3)
-  t.is(ix.applyEvent(stored(4n, 9n, 2n, [[1n, 1n], [2n, 2n]])), 3)
+  t.is(
+    ix.applyEvent(
+      stored(4n, 8n, null, [
+        [1n, 1n],
+        [2n, 2n],
+        [1n, 3n],
+      ]),
+    ),
+    3,
+  )
+  t.is(
+    ix.applyEvent(
+      stored(4n, 9n, 2n, [
+        [1n, 1n],
+        [2n, 2n],
+      ]),
+    ),
+    3,
+  )
   const many: [bigint, bigint][] = Array.from({ length: 40 }, (_, i) => [BigInt(i + 1), BigInt(i + 1)])
   many.push([17n, 99n])
   t.is(ix.applyEvent(stored(4n, 10n, null, many)), 3)
@@ -205,10 +299,32 @@ test('dump: workers ascending, children in ascending u64 key order, eventId per 
   const big = (1n << 63n) + 5n
   ix.applyEvent(stored(W2, 4n, null, [[1n, 7n]], 1))
   ix.applyEvent(stored(W1 << 40n, 1n, null, [[1n, 7n]], 0))
-  ix.applyEvent(stored(W2, 6n, null, [[10n, big], [11n, 3n]], 0))
+  ix.applyEvent(
+    stored(
+      W2,
+      6n,
+      null,
+      [
+        [10n, big],
+        [11n, 3n],
+      ],
+      0,
+    ),
+  )
   ix.applyEvent(stored(W2, 7n, null, [[20n, 2n]], 0))
   ix.applyEvent(stored(W2, 8n, 10n, [[12n, 1n]], 0))
-  ix.applyEvent(stored(W2, 9n, 20n, [[21n, 1n << 32n], [22n, 1n]], 0))
+  ix.applyEvent(
+    stored(
+      W2,
+      9n,
+      20n,
+      [
+        [21n, 1n << 32n],
+        [22n, 1n],
+      ],
+      0,
+    ),
+  )
   ix.applyEvent(stored(W2, 10n, 20n, [[23n, 5n]], 0))
   t.deepEqual(dumpRows(ix.dump()), [
     [W2, 0, 10n, null, 20n, 2n],
@@ -260,7 +376,10 @@ test('applyEncoded: envelope, msgpack and JSON; undecodable bytes throw', (t) =>
   const mp = fallback.encodeRouterEvent(ev, false)
   t.is(ix.applyEncoded(mp, 1), 0)
   t.is(ix.applyEncoded(fallback.encodeRouterEvent(stored(W1, 0n, null, [[1n, 1n]]), true), 2), 0)
-  t.is(ix.applyEncoded(fallback.encodeEnvelope(9n, 1n, 2n, 'kv-events', fallback.encodeRouterEvent(stored(W2, 0n, 5n, [[1n, 1n]]), false)), 0), 1)
+  t.is(
+    ix.applyEncoded(fallback.encodeEnvelope(9n, 1n, 2n, 'kv-events', fallback.encodeRouterEvent(stored(W2, 0n, 5n, [[1n, 1n]]), false)), 0),
+    1,
+  )
   t.deepEqual(dumpRows(ix.dump()), [
     [W1, 0, 0n, null, 1n, 1n],
     [(1n << 64n) - 1n, 4294967295, (1n << 64n) - 2n, null, (1n << 64n) - 3n, 1n],
@@ -302,30 +421,54 @@ test('eventsInRange: Error, InvalidRange, TreeDump, TooNew, Events, eviction', (
   t.deepEqual(li.eventsInRange(0, 11n, 100n), r)
   // fresh objects every time
   if (r.kind === 'Events') (r.events[0]!.event.data as { blocks: unknown[] }).blocks.length = 0
-  t.deepEqual(li.eventsInRange(0, 11n, null), { kind: 'Events', events: [stored(W1, 11n, 1n, [[2n, 2n]]), stored(W1, 12n, 77n, [[3n, 3n]])] })
+  t.deepEqual(li.eventsInRange(0, 11n, null), {
+    kind: 'Events',
+    events: [stored(W1, 11n, 1n, [[2n, 2n]]), stored(W1, 12n, 77n, [[3n, 3n]])],
+  })
   // the ring keeps the last 3: 10 is evicted
   const fourth = removed(W1, 13n, [1n])
   li.applyEvent(fourth)
   fourth.event.eventId = 99n // the caller's object is not the ring's
   t.is(li.eventsInRange(0, 10n, null).kind, 'TreeDump')
-  t.deepEqual(li.eventsInRange(0, 11n, 12n), { kind: 'Events', events: [stored(W1, 11n, 1n, [[2n, 2n]]), stored(W1, 12n, 77n, [[3n, 3n]])] })
+  t.deepEqual(li.eventsInRange(0, 11n, 12n), {
+    kind: 'Events',
+    events: [stored(W1, 11n, 1n, [[2n, 2n]]), stored(W1, 12n, 77n, [[3n, 3n]])],
+  })
   t.deepEqual(li.eventsInRange(0, 13n, null), { kind: 'Events', events: [removed(W1, 13n, [1n])] })
   // rank 2's dump only
   t.deepEqual(li.eventsInRange(2, null, null), { kind: 'TreeDump', events: [stored(W1, 0n, null, [[9n, 9n]], 2)] })
   // ids out of order: the range filter keeps ring order
   const lj = new fallback.RawLocalIndexer(8)
   for (const id of [5n, 3n, 7n, 4n]) lj.applyEvent(removed(W2, id, [id]))
-  const ids = (x: ReturnType<RawLocalIndexer['eventsInRange']>): bigint[] => (x.kind === 'Events' ? x.events.map((e) => e.event.eventId) : [])
+  const ids = (x: ReturnType<RawLocalIndexer['eventsInRange']>): bigint[] =>
+    x.kind === 'Events' ? x.events.map((e) => e.event.eventId) : []
   t.deepEqual(ids(lj.eventsInRange(0, 4n, 6n)), [5n, 4n])
   t.is(lj.eventsInRange(0, 2n, null).kind, 'TreeDump')
 })
 
 test('the ingestor applies and buffers every emitted event in its local indexer', (t) => {
   for (const jetstream of [false, true]) {
-    const ing = new fallback.RawIngestor({ kvBlockSize: 2, workerId: 42n, jetstream, maxDpRanks: 4, dpRanks: Uint32Array.from([0, 3]), localIndexerBufferSize: 16 })
+    const ing = new fallback.RawIngestor({
+      kvBlockSize: 2,
+      workerId: 42n,
+      jetstream,
+      maxDpRanks: 4,
+      dpRanks: Uint32Array.from([0, 3]),
+      localIndexerBufferSize: 16,
+    })
     const li = ing.localIndexer()!
     t.truthy(li)
-    t.is(new fallback.RawIngestor({ kvBlockSize: 2, workerId: 42n, jetstream, maxDpRanks: 4, dpRanks: null, localIndexerBufferSize: 0 }).localIndexer(), null)
+    t.is(
+      new fallback.RawIngestor({
+        kvBlockSize: 2,
+        workerId: 42n,
+        jetstream,
+        maxDpRanks: 4,
+        dpRanks: null,
+        localIndexerBufferSize: 0,
+      }).localIndexer(),
+      null,
+    )
     // configured ranks are known from the start
     t.deepEqual(li.eventsInRange(3, null, null), { kind: 'TreeDump', events: [] })
     t.is(li.eventsInRange(1, null, null).kind, 'Error')
@@ -333,7 +476,10 @@ test('the ingestor applies and buffers every emitted event in its local indexer'
     const th = fallback.computeBlockHashes(tokens, 2, null, null)
     ing.stored(tokens, BigUint64Array.from([100n, 101n, 102n]), 2, null, null, null, 0, 0)
     ing.removed(BigUint64Array.from([102n, 555n]), 0, 0)
-    t.deepEqual(matches((out) => li.findMatches(th, false, out)), [{ workerId: 42n, dpRank: 0, score: 2, treeSize: 2n }])
+    t.deepEqual(
+      matches((out) => li.findMatches(th, false, out)),
+      [{ workerId: 42n, dpRank: 0, score: 2, treeSize: 2n }],
+    )
     t.like(counters(li), { applied_stored: 1, applied_removed: 1, block_not_found: 1, blocks_removed: 1 })
     const r = li.eventsInRange(0, 0n, null)
     t.is(r.kind, 'Events')
@@ -358,7 +504,14 @@ test('the ingestor applies and buffers every emitted event in its local indexer'
     t.deepEqual(after.kind === 'Events' ? after.events.map((e) => e.event.data.type) : [], ['removed'])
   }
   // the only known rank: cleared, applied to the index for every rank of the worker id
-  const ing = new fallback.RawIngestor({ kvBlockSize: 2, workerId: 42n, jetstream: false, maxDpRanks: 1, dpRanks: null, localIndexerBufferSize: 2 })
+  const ing = new fallback.RawIngestor({
+    kvBlockSize: 2,
+    workerId: 42n,
+    jetstream: false,
+    maxDpRanks: 1,
+    dpRanks: null,
+    localIndexerBufferSize: 2,
+  })
   const li = ing.localIndexer()!
   t.is(li.eventsInRange(0, null, null).kind, 'Error')
   ing.stored(Uint32Array.from([1, 2]), BigUint64Array.from([7n]), 2, null, null, null, 0, 0)
@@ -368,7 +521,11 @@ test('the ingestor applies and buffers every emitted event in its local indexer'
   t.like(counters(li), { applied_cleared: 1 })
   const r = li.eventsInRange(0, 0n, null)
   t.deepEqual(r.kind === 'Events' ? r.events.map((e) => e.event.data) : null, [
-    { type: 'stored', parentHash: null, blocks: [{ blockHash: 7n, tokensHash: fallback.computeBlockHashes(Uint32Array.from([1, 2]), 2, null, null)[0]!, mmExtraInfo: null }] },
+    {
+      type: 'stored',
+      parentHash: null,
+      blocks: [{ blockHash: 7n, tokensHash: fallback.computeBlockHashes(Uint32Array.from([1, 2]), 2, null, null)[0]!, mmExtraInfo: null }],
+    },
     { type: 'cleared' },
   ])
 })
@@ -548,69 +705,71 @@ const configs = [
 
 test('randomized: the fallback index agrees with a naive model of SPEC 6', (t) => {
   for (const cfg of configs)
-  for (let seed = 1; seed <= cfg.seeds; seed++) {
-    const r = rng(seed)
-    const pick = <T>(a: readonly T[]): T => a[Math.floor(r() * a.length)]!
-    const ix = new fallback.RawRadixIndex()
-    const m = new Model()
-    const ids = [1n, 2n, 3n, (1n << 63n) + 1n]
-    const hashOf = () => BigInt(1 + Math.floor(r() * cfg.hashes)) + (r() < 0.2 ? 1n << 40n : 0n)
-    const tokOf = () => BigInt(1 + Math.floor(r() * cfg.toks)) + (r() < 0.1 ? 1n << 63n : 0n)
-    let eventId = 0n
-    const recent: bigint[] = []
-    let maxSize = 0
-    for (let step = 0; step < cfg.steps; step++) {
-      const workerId = pick(ids)
-      const dpRank = pick([0, 0, 1])
-      const x = r()
-      let ev: RouterEventValue
-      if (x < cfg.p[0]!) {
-        const n = 1 + Math.floor(r() * (r() < 0.1 ? 30 : cfg.hashes > 100 ? 12 : 5))
-        const blocks: [bigint, bigint][] = Array.from({ length: n }, () => [hashOf(), tokOf()])
-        const parent = r() < 0.4 ? null : recent.length > 0 && r() < 0.7 ? pick(recent) : hashOf()
-        ev = stored(workerId, eventId++, parent, blocks, dpRank)
-        for (const [h] of blocks) recent.push(h)
-        if (recent.length > 256) recent.splice(0, 128)
-      } else if (x < cfg.p[1]!) {
-        const h = () => (recent.length > 0 && r() < 0.5 ? pick(recent) : hashOf())
-        ev = removed(workerId, eventId++, Array.from({ length: 1 + Math.floor(r() * 4) }, h), dpRank)
-      } else if (x < cfg.p[2]!) {
-        ev = cleared(workerId, eventId++, dpRank)
-      } else if (x < cfg.p[3]!) {
-        ix.removeWorker(workerId)
-        m.removeWorker(workerId)
-        continue
-      } else {
-        ix.removeWorkerDpRank(workerId, dpRank)
-        m.removeWorker(workerId, dpRank)
-        continue
-      }
-      const fmt = step % 3
-      const got =
-        fmt === 0
-          ? ix.applyEvent(ev)
-          : ix.applyEncoded(fmt === 1 ? fallback.encodeRouterEvent(ev, false) : fallback.encodeEnvelope(1n, 2n, 3n, 'kv-events', fallback.encodeRouterEvent(ev, false)), fmt === 1 ? 1 : 0)
-      t.is(got, m.apply(ev), `seed ${seed} step ${step}`)
-      if (step % cfg.check === 0) {
-        for (let k = 0; k < 5; k++) {
-          const q = Array.from({ length: 1 + Math.floor(r() * 6) }, tokOf)
-          const ee = r() < 0.5
-          t.deepEqual(find(ix, q, ee), m.find(q, ee), `seed ${seed} step ${step} query`)
+    for (let seed = 1; seed <= cfg.seeds; seed++) {
+      const r = rng(seed)
+      const pick = <T>(a: readonly T[]): T => a[Math.floor(r() * a.length)]!
+      const ix = new fallback.RawRadixIndex()
+      const m = new Model()
+      const ids = [1n, 2n, 3n, (1n << 63n) + 1n]
+      const hashOf = () => BigInt(1 + Math.floor(r() * cfg.hashes)) + (r() < 0.2 ? 1n << 40n : 0n)
+      const tokOf = () => BigInt(1 + Math.floor(r() * cfg.toks)) + (r() < 0.1 ? 1n << 63n : 0n)
+      let eventId = 0n
+      const recent: bigint[] = []
+      let maxSize = 0
+      for (let step = 0; step < cfg.steps; step++) {
+        const workerId = pick(ids)
+        const dpRank = pick([0, 0, 1])
+        const x = r()
+        let ev: RouterEventValue
+        if (x < cfg.p[0]!) {
+          const n = 1 + Math.floor(r() * (r() < 0.1 ? 30 : cfg.hashes > 100 ? 12 : 5))
+          const blocks: [bigint, bigint][] = Array.from({ length: n }, () => [hashOf(), tokOf()])
+          const parent = r() < 0.4 ? null : recent.length > 0 && r() < 0.7 ? pick(recent) : hashOf()
+          ev = stored(workerId, eventId++, parent, blocks, dpRank)
+          for (const [h] of blocks) recent.push(h)
+          if (recent.length > 256) recent.splice(0, 128)
+        } else if (x < cfg.p[1]!) {
+          const h = () => (recent.length > 0 && r() < 0.5 ? pick(recent) : hashOf())
+          ev = removed(workerId, eventId++, Array.from({ length: 1 + Math.floor(r() * 4) }, h), dpRank)
+        } else if (x < cfg.p[2]!) {
+          ev = cleared(workerId, eventId++, dpRank)
+        } else if (x < cfg.p[3]!) {
+          ix.removeWorker(workerId)
+          m.removeWorker(workerId)
+          continue
+        } else {
+          ix.removeWorkerDpRank(workerId, dpRank)
+          m.removeWorker(workerId, dpRank)
+          continue
         }
-        t.deepEqual(ix.dump(), m.dump(), `seed ${seed} step ${step} dump`)
-        t.is(ix.size(), m.size())
-        ;(ix as FallbackRadixIndex).selfCheck()
-        maxSize = Math.max(maxSize, ix.size())
+        const fmt = step % 3
+        const got =
+          fmt === 0
+            ? ix.applyEvent(ev)
+            : ix.applyEncoded(
+                fmt === 1
+                  ? fallback.encodeRouterEvent(ev, false)
+                  : fallback.encodeEnvelope(1n, 2n, 3n, 'kv-events', fallback.encodeRouterEvent(ev, false)),
+                fmt === 1 ? 1 : 0,
+              )
+        t.is(got, m.apply(ev), `seed ${seed} step ${step}`)
+        if (step % cfg.check === 0) {
+          for (let k = 0; k < 5; k++) {
+            const q = Array.from({ length: 1 + Math.floor(r() * 6) }, tokOf)
+            const ee = r() < 0.5
+            t.deepEqual(find(ix, q, ee), m.find(q, ee), `seed ${seed} step ${step} query`)
+          }
+          t.deepEqual(ix.dump(), m.dump(), `seed ${seed} step ${step} dump`)
+          t.is(ix.size(), m.size())
+          ;(ix as FallbackRadixIndex).selfCheck()
+          maxSize = Math.max(maxSize, ix.size())
+        }
       }
+      t.deepEqual(counters(ix), m.c)
+      if (seed === 1 && cfg.hashes > 10000) t.true(maxSize > 2000, 'the large run grows the tables')
+      t.deepEqual(Array.from(ix.workers()), [...new Set(m.sortedKeys().map(([, w]) => w.id))])
+      t.deepEqual(ix.dump(), m.dump())
     }
-    t.deepEqual(counters(ix), m.c)
-    if (seed === 1 && cfg.hashes > 10000) t.true(maxSize > 2000, 'the large run grows the tables')
-    t.deepEqual(
-      Array.from(ix.workers()),
-      [...new Set(m.sortedKeys().map(([, w]) => w.id))],
-    )
-    t.deepEqual(ix.dump(), m.dump())
-  }
 })
 
 test('applyEncoded: the fast msgpack reader agrees with the generic decoder, on canonical and mutated bytes', (t) => {
@@ -618,8 +777,29 @@ test('applyEncoded: the fast msgpack reader agrees with the generic decoder, on 
   const fe = new FastEvent()
   const samples: RouterEventValue[] = [
     stored(1n, 2n, null, [[3n, 4n]]),
-    stored((1n << 64n) - 1n, 1n << 40n, 5n, [[1n << 63n, 0n], [6n, 255n], [7n, 65536n]], 4294967295),
-    { workerId: 3n, event: { eventId: 9n, dpRank: 1, data: { type: 'stored', parentHash: null, blocks: [{ blockHash: 1n, tokensHash: 2n, mmExtraInfo: { mmObjects: [{ mmHash: 3n, offsets: [[0, 1]] }] } }] } } },
+    stored(
+      (1n << 64n) - 1n,
+      1n << 40n,
+      5n,
+      [
+        [1n << 63n, 0n],
+        [6n, 255n],
+        [7n, 65536n],
+      ],
+      4294967295,
+    ),
+    {
+      workerId: 3n,
+      event: {
+        eventId: 9n,
+        dpRank: 1,
+        data: {
+          type: 'stored',
+          parentHash: null,
+          blocks: [{ blockHash: 1n, tokensHash: 2n, mmExtraInfo: { mmObjects: [{ mmHash: 3n, offsets: [[0, 1]] }] } }],
+        },
+      },
+    },
     removed(4n, 5n, [1n, 2n, 1n << 50n]),
     removed(4n, 5n, []),
     stored(4n, 6n, 1n, []),
@@ -636,7 +816,12 @@ test('applyEncoded: the fast msgpack reader agrees with the generic decoder, on 
         for (let m = 1 + Math.floor(r() * 2); m > 0; m--) {
           const at = Math.floor(r() * b.length)
           const x = r()
-          b[at] = x < 0.3 ? b[at]! ^ (1 << Math.floor(r() * 8)) : x < 0.5 ? [0xc0, 0xd0, 0xd3, 0xcf, 0xff, 0x00][Math.floor(r() * 6)]! : Math.floor(r() * 256)
+          b[at] =
+            x < 0.3
+              ? b[at]! ^ (1 << Math.floor(r() * 8))
+              : x < 0.5
+                ? [0xc0, 0xd0, 0xd3, 0xcf, 0xff, 0x00][Math.floor(r() * 6)]!
+                : Math.floor(r() * 256)
         }
         mutants++
       }
@@ -644,8 +829,18 @@ test('applyEncoded: the fast msgpack reader agrees with the generic decoder, on 
         const fmt = bytes === b ? 1 : 0
         const a = new fallback.RawLocalIndexer(4)
         const g = new fallback.RawLocalIndexer(4)
-        a.applyEvent(stored(4n, 0n, null, [[1n, 1n], [2n, 2n]]))
-        g.applyEvent(stored(4n, 0n, null, [[1n, 1n], [2n, 2n]]))
+        a.applyEvent(
+          stored(4n, 0n, null, [
+            [1n, 1n],
+            [2n, 2n],
+          ]),
+        )
+        g.applyEvent(
+          stored(4n, 0n, null, [
+            [1n, 1n],
+            [2n, 2n],
+          ]),
+        )
         let ra: unknown
         let rg: unknown
         try {

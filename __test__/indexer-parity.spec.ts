@@ -4,7 +4,6 @@
 import test, { type ExecutionContext } from 'ava'
 import { isDeepStrictEqual } from 'node:util'
 import * as kv from '../ts/index.js'
-import type { RawBinding } from '../ts/core/binding.js'
 import { fallback, needNative } from './helpers/impls.js'
 import { BatchGenerator } from './helpers/gen-batches.js'
 import { EventGenerator, applyOp, type IndexOp } from './helpers/gen-events.js'
@@ -72,7 +71,13 @@ test('200,000 random events over 32 workers x 2 dp ranks with 10,000 interleaved
   // the stream is what it claims to be
   t.is(queries, 10_000)
   t.true(matched > 5_000, `${matched} queries matched`)
-  t.true((outcomes.applied ?? 0) > 150_000 && (outcomes.parent_not_found ?? 0) > 100 && (outcomes.block_not_found ?? 0) > 100 && (outcomes.invalid_block_sequence ?? 0) > 100, JSON.stringify(outcomes))
+  t.true(
+    (outcomes.applied ?? 0) > 150_000 &&
+      (outcomes.parent_not_found ?? 0) > 100 &&
+      (outcomes.block_not_found ?? 0) > 100 &&
+      (outcomes.invalid_block_sequence ?? 0) > 100,
+    JSON.stringify(outcomes),
+  )
   t.true(a.workers().length === 32 || a.workers().length > 24)
   t.log(`outcomes ${JSON.stringify(outcomes)}; generated ${JSON.stringify(gen.stats)}; final size ${a.size()}, dump ${a.dump().length}`)
   t.is(c.mismatches, 0)
@@ -105,7 +110,13 @@ test('local indexers answer eventsInRange identically at checkpoints (one worker
   const bufferSize = 200
   const a = new kv.LocalIndexer({ bufferSize }, n)
   const b = new kv.LocalIndexer({ bufferSize }, fallback)
-  const gen = new EventGenerator(7_001, { workerIds: [0xfedcba9876543210n], dpRanks: [0, 1], maxLivePerKey: 2000, removeWorkerRate: 0, removeWorkerDpRankRate: 0 })
+  const gen = new EventGenerator(7_001, {
+    workerIds: [0xfedcba9876543210n],
+    dpRanks: [0, 1],
+    maxLivePerKey: 2000,
+    removeWorkerRate: 0,
+    removeWorkerDpRankRate: 0,
+  })
   const c = new Checker(t)
   let probes = 0
   for (let k = 0; k < 40_000; k++) {
@@ -150,7 +161,11 @@ for (const [vi, mode] of (['event-plane', 'jetstream'] as const).entries()) {
       const ra = ia.ingest(batch, now)
       const rb = ib.ingest(batch, now)
       payloads += ra.payloads.length
-      c.same(ra.payloads.map((p) => Buffer.from(p).toString('hex')), rb.payloads.map((p) => Buffer.from(p).toString('hex')), `batch ${k}: payloads`)
+      c.same(
+        ra.payloads.map((p) => Buffer.from(p).toString('hex')),
+        rb.payloads.map((p) => Buffer.from(p).toString('hex')),
+        `batch ${k}: payloads`,
+      )
       if (k % 2_500 === 2_499) {
         compareState(c, la, lb, `batch ${k}`)
         for (const rank of [0, 1, 2, 3]) {

@@ -9,7 +9,7 @@ import * as kv from '../ts/index.js'
 import type { ConvertedEvent, RouterEventValue } from '../ts/index.js'
 import { BatchGenerator } from './helpers/gen-batches.js'
 import { EventGenerator, ReferenceIndex, Rng, applyOp } from './helpers/gen-events.js'
-import { arr, encode, map, nil, s, u, type Mp } from './helpers/mp.js'
+import { arr, encode, nil, s, u, type Mp } from './helpers/mp.js'
 
 const impl = kv.implementation
 
@@ -57,7 +57,10 @@ type DumpRow = [workerId: bigint, dpRank: number, eventId: bigint, parentHash: b
 function dumpRows(t: { true(v: boolean, m?: string): void }, events: RouterEventValue[]): DumpRow[] {
   return events.map((e) => {
     const d = e.event.data
-    t.true(d.type === 'stored' && d.blocks.length === 1 && d.blocks[0]!.mmExtraInfo === null, 'a dumped event stores one block, mmExtraInfo null')
+    t.true(
+      d.type === 'stored' && d.blocks.length === 1 && d.blocks[0]!.mmExtraInfo === null,
+      'a dumped event stores one block, mmExtraInfo null',
+    )
     if (d.type !== 'stored') throw new Error('not a stored event')
     return [e.workerId, e.event.dpRank, e.event.eventId, d.parentHash, d.blocks[0]!.blockHash, d.blocks[0]!.tokensHash]
   })
@@ -150,7 +153,13 @@ test(`${impl}: invalid sequences longer than 16 blocks, and long valid ones`, (t
     t.is(s.apply(8n, st(null, ...chain(n, 1000n * BigInt(n)))), 'applied')
   }
   t.is(s.idx.size(), 16 + 17 + 40 + 1500, 'only the valid chains (distinct hashes on shared nodes)')
-  t.deepEqual(scores(s.idx, Array.from({ length: 1600 }, (_, i) => 100n + BigInt(i))), [[8n, 0, 1500]])
+  t.deepEqual(
+    scores(
+      s.idx,
+      Array.from({ length: 1600 }, (_, i) => 100n + BigInt(i)),
+    ),
+    [[8n, 0, 1500]],
+  )
   t.deepEqual(counters(s.idx).invalid_block_sequence, 24)
 })
 
@@ -530,8 +539,24 @@ test(`${impl}: two workers with different block hashes for the same tokens each 
   // under the worker's first hash on the parent node (0x10, stored first and also the smaller)
   const w1 = rows.filter((r) => r[0] === 1n)
   const node = (tk: bigint) => w1.filter((r) => r[5] === tk).map((r) => [r[3], r[4]])
-  t.deepEqual(new Set(node(100n).map(String)), new Set([[null, 0x10n], [null, 0x30n]].map(String)))
-  t.deepEqual(new Set(node(101n).map(String)), new Set([[0x10n, 0x11n], [0x10n, 0x31n]].map(String)))
+  t.deepEqual(
+    new Set(node(100n).map(String)),
+    new Set(
+      [
+        [null, 0x10n],
+        [null, 0x30n],
+      ].map(String),
+    ),
+  )
+  t.deepEqual(
+    new Set(node(101n).map(String)),
+    new Set(
+      [
+        [0x10n, 0x11n],
+        [0x10n, 0x31n],
+      ].map(String),
+    ),
+  )
   t.deepEqual(node(102n), [[0x11n, 0x32n]])
   t.deepEqual(
     w1.map((r) => r[5]),
@@ -578,7 +603,22 @@ test(`${impl}: dump() order: worker keys ascending, depth-first, children by asc
 test(`${impl}: dump() skips stale blocks, keeps mmExtraInfo out, and carries the last event id (failing events count)`, (t) => {
   const idx = new kv.RadixIndex()
   const mm = { mmObjects: [{ mmHash: 5n, offsets: [[0, 1]] as [number, number][] }] }
-  idx.applyEvent({ workerId: 1n, event: { eventId: 10n, dpRank: 0, data: { type: 'stored', parentHash: null, blocks: [{ blockHash: 1n, tokensHash: 100n, mmExtraInfo: mm }, { blockHash: 2n, tokensHash: 101n, mmExtraInfo: null }, { blockHash: 3n, tokensHash: 102n, mmExtraInfo: mm }] } } })
+  idx.applyEvent({
+    workerId: 1n,
+    event: {
+      eventId: 10n,
+      dpRank: 0,
+      data: {
+        type: 'stored',
+        parentHash: null,
+        blocks: [
+          { blockHash: 1n, tokensHash: 100n, mmExtraInfo: mm },
+          { blockHash: 2n, tokensHash: 101n, mmExtraInfo: null },
+          { blockHash: 3n, tokensHash: 102n, mmExtraInfo: mm },
+        ],
+      },
+    },
+  })
   idx.applyEvent(ev(1n, 11n, rm(2n)))
   t.deepEqual(dumpRows(t, idx.dump()), [[1n, 0, 11n, null, 1n, 100n]], 'block 3 is stale (its worker is not on 101)')
   t.is(idx.size(), 2)
@@ -663,7 +703,8 @@ test(`${impl}: applyEncoded throws on bytes it cannot decode and leaves the inde
     [Buffer.from('{"worker_id":1,"event":{"event_id":3,"data":"cleared","dp_rank":0}'), 'json'],
     [kv.encodeEnvelope({ publisherId: 1n, sequence: 0n, publishedAt: 0, topic: 'kv-events', payload: good.subarray(0, 9) }), 'envelope'],
   ]
-  for (const [bytes, format] of bad) t.throws(() => idx.applyEncoded(bytes, format), { instanceOf: Error }, `${format} ${Buffer.from(bytes).toString('hex').slice(0, 40)}`)
+  for (const [bytes, format] of bad)
+    t.throws(() => idx.applyEncoded(bytes, format), { instanceOf: Error }, `${format} ${Buffer.from(bytes).toString('hex').slice(0, 40)}`)
   t.is(idx.size(), 1)
   t.deepEqual(idx.workers(), [1n])
   t.is(idx.applyEncoded(good, 'msgpack'), 'applied')
@@ -707,7 +748,19 @@ function mpVariant(r: Rng, e: RouterEventValue): Mp {
                           'mm_extra_info',
                           b.mmExtraInfo === null
                             ? nil
-                            : m([['mm_objects', a(b.mmExtraInfo.mmObjects.map((o) => m([['mm_hash', uint(o.mmHash)], ['offsets', a(o.offsets.map(([x, y]) => arr(uint(x), uint(y))))]])))]]),
+                            : m([
+                                [
+                                  'mm_objects',
+                                  a(
+                                    b.mmExtraInfo.mmObjects.map((o) =>
+                                      m([
+                                        ['mm_hash', uint(o.mmHash)],
+                                        ['offsets', a(o.offsets.map(([x, y]) => arr(uint(x), uint(y))))],
+                                      ]),
+                                    ),
+                                  ),
+                                ],
+                              ]),
                         ],
                       ]),
                     ),
@@ -718,7 +771,14 @@ function mpVariant(r: Rng, e: RouterEventValue): Mp {
           ])
   return m([
     ['worker_id', uint(e.workerId)],
-    ['event', m([['event_id', uint(e.event.eventId)], ['data', data], ['dp_rank', uint(e.event.dpRank)]])],
+    [
+      'event',
+      m([
+        ['event_id', uint(e.event.eventId)],
+        ['data', data],
+        ['dp_rank', uint(e.event.dpRank)],
+      ]),
+    ],
   ])
 }
 
@@ -741,13 +801,31 @@ function jsonVariant(r: Rng, e: RouterEventValue): string {
               'stored',
               obj([
                 ['parent_hash', d.parentHash === null ? 'null' : String(d.parentHash)],
-                ['blocks', list(d.blocks.map((b) => obj([['block_hash', String(b.blockHash)], ['tokens_hash', String(b.tokensHash)], ['mm_extra_info', 'null']])))],
+                [
+                  'blocks',
+                  list(
+                    d.blocks.map((b) =>
+                      obj([
+                        ['block_hash', String(b.blockHash)],
+                        ['tokens_hash', String(b.tokensHash)],
+                        ['mm_extra_info', 'null'],
+                      ]),
+                    ),
+                  ),
+                ],
               ]),
             ],
           ])
   return obj([
     ['worker_id', String(e.workerId)],
-    ['event', obj([['event_id', String(e.event.eventId)], ['data', data], ['dp_rank', String(e.event.dpRank)]])],
+    [
+      'event',
+      obj([
+        ['event_id', String(e.event.eventId)],
+        ['data', data],
+        ['dp_rank', String(e.event.dpRank)],
+      ]),
+    ],
   ])
 }
 
@@ -776,7 +854,8 @@ test(`${impl}: applyEncoded(bytes) is applyEvent(decodeRouterEvent(bytes)) for n
     } catch (err) {
       want = err as Error
     }
-    if (format === 'envelope') bytes = kv.encodeEnvelope({ publisherId: e.workerId, sequence: BigInt(k), publishedAt: 1, topic: 'kv-events', payload: bytes })
+    if (format === 'envelope')
+      bytes = kv.encodeEnvelope({ publisherId: e.workerId, sequence: BigInt(k), publishedAt: 1, topic: 'kv-events', payload: bytes })
     let got: kv.ApplyOutcome | Error
     try {
       got = byBytes.applyEncoded(bytes, format)
@@ -786,7 +865,9 @@ test(`${impl}: applyEncoded(bytes) is applyEvent(decodeRouterEvent(bytes)) for n
     if (want instanceof Error || got instanceof Error) {
       kinds.threw++
       if (!(want instanceof Error && got instanceof Error) && bad++ < 5)
-        t.fail(`${format} ${Buffer.from(bytes).toString('hex')}: decodeRouterEvent ${want instanceof Error ? 'threw ' + want.message : 'decoded'}, applyEncoded ${got instanceof Error ? 'threw ' + got.message : 'gave ' + got}`)
+        t.fail(
+          `${format} ${Buffer.from(bytes).toString('hex')}: decodeRouterEvent ${want instanceof Error ? `threw ${want.message}` : 'decoded'}, applyEncoded ${got instanceof Error ? `threw ${got.message}` : `gave ${got}`}`,
+        )
       continue
     }
     kinds.applied++
@@ -851,7 +932,9 @@ test(`${impl}: eventsInRange over buffered ids with gaps gives the ids within th
 })
 
 test(`${impl}: the recovery_json fixtures' semantics (TooNew with no end reports the defaulted end)`, (t) => {
-  const fx = JSON.parse(readFileSync(new URL('./fixtures/router-wire.json', import.meta.url), 'utf8')) as { recovery_json: { name: string; json: string }[] }
+  const fx = JSON.parse(readFileSync(new URL('./fixtures/router-wire.json', import.meta.url), 'utf8')) as {
+    recovery_json: { name: string; json: string }[]
+  }
   const get = (name: string) => JSON.parse(fx.recovery_json.find((c) => c.name === name)!.json)
   // a buffer holding ids 0..9, request start 15 with no end
   const li = new kv.LocalIndexer()
@@ -959,7 +1042,10 @@ test(`${impl}: an Ingestor's local indexer: option forms, and every emitted even
   t.is(new kv.Ingestor({ kvBlockSize: 4, workerId: 1n }).localIndexer, null)
   t.is(new kv.Ingestor({ kvBlockSize: 4, workerId: 1n, localIndexer: false }).localIndexer, null)
   t.true(new kv.Ingestor({ kvBlockSize: 4, workerId: 1n, localIndexer: true }).localIndexer instanceof kv.LocalIndexer)
-  t.throws(() => new kv.Ingestor({ kvBlockSize: 4, workerId: 1n, localIndexer: { bufferSize: 0 } }), { instanceOf: RangeError, message: /bufferSize/ })
+  t.throws(() => new kv.Ingestor({ kvBlockSize: 4, workerId: 1n, localIndexer: { bufferSize: 0 } }), {
+    instanceOf: RangeError,
+    message: /bufferSize/,
+  })
   for (const mode of ['event-plane', 'jetstream'] as const) {
     const ing = new kv.Ingestor({ kvBlockSize: 1, workerId: 3n, mode, localIndexer: true })
     const li = ing.localIndexer!
@@ -975,7 +1061,12 @@ test(`${impl}: an Ingestor's local indexer: option forms, and every emitted even
     }
     // a store of 2,500 blocks is split into chunks of 1024, 1024 and 452 blocks, each with its own id
     const n = 2500
-    const big = take(ing.stored({ tokenIds: Uint32Array.from({ length: n }, (_, i) => i), blockHashes: BigUint64Array.from({ length: n }, (_, i) => BigInt(i + 1)) }))
+    const big = take(
+      ing.stored({
+        tokenIds: Uint32Array.from({ length: n }, (_, i) => i),
+        blockHashes: BigUint64Array.from({ length: n }, (_, i) => BigInt(i + 1)),
+      }),
+    )
     t.is(big.payloads.length, 3)
     take(ing.stored({ tokenIds: [1, 2], blockHashes: [9001n, 9002n], dpRank: 1 }))
     // an emitted store the local index rejects (unknown parent) is still buffered
@@ -1024,7 +1115,12 @@ test(`${impl}: an Ingestor's local indexer equals a RadixIndex fed every emitted
       t.deepEqual(li.eventsInRange(rank, newest - 63n), { kind: 'Events', events: list.slice(-64) }, `${mode} rank ${rank}`)
       t.deepEqual(li.eventsInRange(rank, newest - 10n, newest - 5n), { kind: 'Events', events: list.slice(-11, -5) })
       t.deepEqual(li.eventsInRange(rank, newest - 64n), { kind: 'TreeDump', events: mirror.dump().filter((e) => e.event.dpRank === rank) })
-      t.deepEqual(li.eventsInRange(rank, newest + 1n), { kind: 'TooNew', requestedStart: newest + 1n, requestedEnd: newest, newestAvailable: newest })
+      t.deepEqual(li.eventsInRange(rank, newest + 1n), {
+        kind: 'TooNew',
+        requestedStart: newest + 1n,
+        requestedEnd: newest,
+        newestAvailable: newest,
+      })
     }
   }
 })
@@ -1072,11 +1168,22 @@ for (const [name, opts] of [
 }
 
 function isEq(a: unknown, b: unknown): boolean {
-  return JSON.stringify(a, (_, v) => (typeof v === 'bigint' ? `${v}n` : v)) === JSON.stringify(b, (_, v) => (typeof v === 'bigint' ? `${v}n` : v))
+  return (
+    JSON.stringify(a, (_, v) => (typeof v === 'bigint' ? `${v}n` : v)) ===
+    JSON.stringify(b, (_, v) => (typeof v === 'bigint' ? `${v}n` : v))
+  )
 }
 
 test(`${impl}: a random stream agrees with a naive reference model of the rules (outcomes, scores, treeSizes, dump, counters)`, (t) => {
-  const gen = new EventGenerator(2024, { workers: 12, dpRanks: [0, 3], moveRate: 0.03, saltRate: 0.15, clearRate: 0.003, removeWorkerRate: 0.001, removeWorkerDpRankRate: 0.001 })
+  const gen = new EventGenerator(2024, {
+    workers: 12,
+    dpRanks: [0, 3],
+    moveRate: 0.03,
+    saltRate: 0.15,
+    clearRate: 0.003,
+    removeWorkerRate: 0.001,
+    removeWorkerDpRankRate: 0.001,
+  })
   const idx = new kv.RadixIndex()
   const model = new ReferenceIndex()
   let bad = 0

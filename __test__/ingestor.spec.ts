@@ -10,7 +10,15 @@ function store(hashes: bigint[], tokens: number[], rank: number | bigint, bs = 4
   return encode(
     arr(
       f64(1.5),
-      arr(map({ type: s('BlockStored'), block_hashes: arr(...hashes.map((h) => u(h))), parent_block_hash: nil, token_ids: arr(...tokens.map((t) => u(t))), block_size: u(bs) })),
+      arr(
+        map({
+          type: s('BlockStored'),
+          block_hashes: arr(...hashes.map((h) => u(h))),
+          parent_block_hash: nil,
+          token_ids: arr(...tokens.map((t) => u(t))),
+          block_size: u(bs),
+        }),
+      ),
       u(rank),
     ),
   )
@@ -33,7 +41,10 @@ test(`${impl}: options are checked at construction, naming the option`, (t) => {
   t.throws(() => new kv.Ingestor({ kvBlockSize: 4, workerId: 1 as unknown as bigint }), { instanceOf: TypeError, message: /workerId/ })
   t.throws(() => new kv.Ingestor({ kvBlockSize: 4, workerId: -1n }), { instanceOf: RangeError, message: /workerId/ })
   t.throws(() => new kv.Ingestor({ kvBlockSize: 4, workerId: 1n << 64n }), { instanceOf: RangeError, message: /workerId/ })
-  t.throws(() => new kv.Ingestor({ kvBlockSize: 4, workerId: 1n, mode: 'nats' as kv.IngestMode }), { instanceOf: RangeError, message: /mode/ })
+  t.throws(() => new kv.Ingestor({ kvBlockSize: 4, workerId: 1n, mode: 'nats' as kv.IngestMode }), {
+    instanceOf: RangeError,
+    message: /mode/,
+  })
   t.throws(() => new kv.Ingestor({ kvBlockSize: 4, workerId: 1n, maxDpRanks: 0 }), { instanceOf: RangeError, message: /maxDpRanks/ })
   t.throws(() => new kv.Ingestor({ kvBlockSize: 4, workerId: 1n, dpRanks: [] }), { instanceOf: TypeError, message: /dpRanks/ })
   t.throws(() => new kv.Ingestor({ kvBlockSize: 4, workerId: 1n, dpRanks: [0, 0] }), { instanceOf: RangeError, message: /dpRanks/ })
@@ -77,8 +88,16 @@ test(`${impl}: results own their bytes (the output scratch is reused)`, (t) => {
 test(`${impl}: a batch larger than the output scratch comes out whole`, (t) => {
   const ing = new kv.Ingestor({ kvBlockSize: 1, workerId: 1n, mode: 'jetstream' })
   const n = 10_000 // ~90 bytes of JSON per block: ~0.9 MB of output, over the 256 KiB scratch
-  const hashes = Array.from({ length: n }, (_, i) => BigInt(i + 1) * 0x9e3779b97f4a7c15n % (1n << 64n))
-  const r = ing.ingest(store(hashes, Array.from({ length: n }, (_, i) => i), 0, 1), 1)
+  const hashes = Array.from({ length: n }, (_, i) => (BigInt(i + 1) * 0x9e3779b97f4a7c15n) % (1n << 64n))
+  const r = ing.ingest(
+    store(
+      hashes,
+      Array.from({ length: n }, (_, i) => i),
+      0,
+      1,
+    ),
+    1,
+  )
   t.is(r.payloads.length, Math.ceil(n / 1024))
   const blocks = r.payloads.map((p) => kv.decodeRouterEvent(p, 'json').event.data).flatMap((d) => (d.type === 'stored' ? d.blocks : []))
   t.deepEqual(

@@ -104,8 +104,14 @@ test('the published types resolve for ESM and CommonJS consumers', (t) => {
     export const rawHashes: BigUint64Array = raw.computeBlockHashes(new Uint32Array([1, 2]), 2, null, null)
     export const create: Promise<${ns}KvEventPublisher> = ${ns}KvEventPublisher.create(options).catch(() => { throw new Error('not run') })
   `
-  writeFileSync(path.join(consumer, 'esm.mts'), `import * as dk from 'dynamo-kv'\nimport { raw } from 'dynamo-kv/raw'\nimport { EngineSimulator } from 'dynamo-kv/sim'\n${use('dk.')}`)
-  writeFileSync(path.join(consumer, 'cjs.cts'), `import dk = require('dynamo-kv')\nimport { raw } from 'dynamo-kv/raw'\nimport { EngineSimulator } from 'dynamo-kv/sim'\n${use('dk.')}`)
+  writeFileSync(
+    path.join(consumer, 'esm.mts'),
+    `import * as dk from 'dynamo-kv'\nimport { raw } from 'dynamo-kv/raw'\nimport { EngineSimulator } from 'dynamo-kv/sim'\n${use('dk.')}`,
+  )
+  writeFileSync(
+    path.join(consumer, 'cjs.cts'),
+    `import dk = require('dynamo-kv')\nimport { raw } from 'dynamo-kv/raw'\nimport { EngineSimulator } from 'dynamo-kv/sim'\n${use('dk.')}`,
+  )
   writeFileSync(
     path.join(consumer, 'tsconfig.json'),
     JSON.stringify({

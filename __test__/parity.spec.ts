@@ -3,7 +3,7 @@
 import test from 'ava'
 import { readFileSync } from 'node:fs'
 import { isDeepStrictEqual } from 'node:util'
-import type { RawBinding, RawIngestor } from '../ts/core/binding.js'
+import type { RawIngestor } from '../ts/core/binding.js'
 import { fallback, needNative } from './helpers/impls.js'
 import { BatchGenerator } from './helpers/gen-batches.js'
 
@@ -43,7 +43,14 @@ const variants: Variant[] = [
 for (const [vi, v] of variants.entries()) {
   test(`10,000 generated batches give identical output (${v.name})`, (t) => {
     const n = need()
-    const opts = { kvBlockSize: v.kvBlockSize, workerId: 0xfedcba9876543210n, jetstream: v.jetstream, maxDpRanks: v.maxDpRanks, dpRanks: v.dpRanks as Uint32Array, localIndexerBufferSize: 0 }
+    const opts = {
+      kvBlockSize: v.kvBlockSize,
+      workerId: 0xfedcba9876543210n,
+      jetstream: v.jetstream,
+      maxDpRanks: v.maxDpRanks,
+      dpRanks: v.dpRanks as Uint32Array,
+      localIndexerBufferSize: 0,
+    }
     const a: RawIngestor = new n.RawIngestor(opts)
     const b: RawIngestor = new fallback.RawIngestor(opts)
     const gen = new BatchGenerator(1000 + vi, { kvBlockSize: v.kvBlockSize, ranks: [0, 1, 2] })
@@ -90,7 +97,10 @@ for (const [vi, v] of variants.entries()) {
         const hashes = BigUint64Array.of(gen.rng.u64(), gen.rng.u64())
         const tokens = Uint32Array.from({ length: 2 * v.kvBlockSize }, () => gen.rng.u32())
         const calls: [Buffer, Buffer][] = [
-          [a.stored(tokens, hashes, v.kvBlockSize, null, k % 2 ? 'adapter-a' : null, null, rank, now), b.stored(tokens, hashes, v.kvBlockSize, null, k % 2 ? 'adapter-a' : null, null, rank, now)],
+          [
+            a.stored(tokens, hashes, v.kvBlockSize, null, k % 2 ? 'adapter-a' : null, null, rank, now),
+            b.stored(tokens, hashes, v.kvBlockSize, null, k % 2 ? 'adapter-a' : null, null, rank, now),
+          ],
           [a.removed(hashes.subarray(0, 1), rank, now), b.removed(hashes.subarray(0, 1), rank, now)],
         ]
         if (k % 5 === 0) calls.push([a.cleared(rank, now), b.cleared(rank, now)])

@@ -33,58 +33,61 @@ function applyInOrder(messages: { data: Uint8Array }[]): kv.RadixIndex {
   return index
 }
 
-test.serial(`[${impl}] JetStream: nats-server killed and restarted under 20,000 events; the stream applied in order equals the local index`, async (t) => {
-  const nats = await startNatsServer()
-  let observer: NatsConnection | null = null
-  try {
-    const p = await kv.KvEventPublisher.create({
-      namespace: 'fault',
-      component: 'js',
-      kvBlockSize: 2,
-      workerId: 0xabcdef0123456789n,
-      mode: 'jetstream',
-      localIndexer: true,
-      maxPending: 4000,
-      nats: { servers: nats.url, reconnectTimeWaitMs: 100 },
-      jetstream: { ackTimeoutMs: 1000 },
-      closeTimeoutMs: 60_000,
-      logger: quiet,
-    })
-    let accepted = 0
-    let killed = false
-    const killer = (async () => {
-      await waitFor(() => accepted >= 6000, '6000 accepted events', 60_000)
-      await nats.kill('SIGKILL')
-      killed = true
-      await sleep(300)
-      await nats.restart()
-    })()
-    // two ranks, stores chained to earlier stores, removes, and a clear every 5000 calls
-    for (const op of manualOps(7, EVENTS, 2, 2, 5000)) {
-      await call(p, op)
-      accepted++
-    }
-    await killer
-    t.true(killed)
-    t.true(await p.flush(60_000), 'every accepted event is acknowledged after the restart')
-    const stats = p.stats()
-    await p.close()
+test.serial(
+  `[${impl}] JetStream: nats-server killed and restarted under 20,000 events; the stream applied in order equals the local index`,
+  async (t) => {
+    const nats = await startNatsServer()
+    let observer: NatsConnection | null = null
+    try {
+      const p = await kv.KvEventPublisher.create({
+        namespace: 'fault',
+        component: 'js',
+        kvBlockSize: 2,
+        workerId: 0xabcdef0123456789n,
+        mode: 'jetstream',
+        localIndexer: true,
+        maxPending: 4000,
+        nats: { servers: nats.url, reconnectTimeWaitMs: 100 },
+        jetstream: { ackTimeoutMs: 1000 },
+        closeTimeoutMs: 60_000,
+        logger: quiet,
+      })
+      let accepted = 0
+      let killed = false
+      const killer = (async () => {
+        await waitFor(() => accepted >= 6000, '6000 accepted events', 60_000)
+        await nats.kill('SIGKILL')
+        killed = true
+        await sleep(300)
+        await nats.restart()
+      })()
+      // two ranks, stores chained to earlier stores, removes, and a clear every 5000 calls
+      for (const op of manualOps(7, EVENTS, 2, 2, 5000)) {
+        await call(p, op)
+        accepted++
+      }
+      await killer
+      t.true(killed)
+      t.true(await p.flush(60_000), 'every accepted event is acknowledged after the restart')
+      const stats = p.stats()
+      await p.close()
 
-    observer = await connect({ servers: nats.url })
-    const messages = await readStream(observer, p.streamName!)
-    const emitted = Number(stats.emitted.stored + stats.emitted.removed + stats.emitted.cleared)
-    t.log(`emitted ${emitted}, stream holds ${messages.length}; sink`, JSON.stringify(stats.sink))
-    // every stored message is accounted for: a fresh ack, or the duplicate ack of a retry whose first try had landed
-    t.is(messages.length, stats.sink.published + stats.sink.duplicates)
-    t.is(messages.length, emitted + stats.sink.republished)
-    t.true(stats.sink.retries > 0, 'the outage caused retries')
-    t.is(stats.sink.publishErrors, 0)
-    assertHoldingsEqual(t, holdings(applyInOrder(messages).dump()), holdings(p.localIndexer!.dump()), 'router index vs local index')
-  } finally {
-    await observer?.close()
-    await nats.stop()
-  }
-})
+      observer = await connect({ servers: nats.url })
+      const messages = await readStream(observer, p.streamName!)
+      const emitted = Number(stats.emitted.stored + stats.emitted.removed + stats.emitted.cleared)
+      t.log(`emitted ${emitted}, stream holds ${messages.length}; sink`, JSON.stringify(stats.sink))
+      // every stored message is accounted for: a fresh ack, or the duplicate ack of a retry whose first try had landed
+      t.is(messages.length, stats.sink.published + stats.sink.duplicates)
+      t.is(messages.length, emitted + stats.sink.republished)
+      t.true(stats.sink.retries > 0, 'the outage caused retries')
+      t.is(stats.sink.publishErrors, 0)
+      assertHoldingsEqual(t, holdings(applyInOrder(messages).dump()), holdings(p.localIndexer!.dump()), 'router index vs local index')
+    } finally {
+      await observer?.close()
+      await nats.stop()
+    }
+  },
+)
 
 test.serial(`[${impl}] JetStream: a retried publish that lands after later events is detected from the acks and repaired`, async (t) => {
   const nats = await startNatsServer()
@@ -114,7 +117,10 @@ test.serial(`[${impl}] JetStream: a retried publish that lands after later event
       }
     const stream = kv.jetstreamStreamName('repair', 'c')
     const ing = new kv.Ingestor({ kvBlockSize: 2, workerId: 5n, mode: 'jetstream', localIndexer: true })
-    const sink = await JetStreamSink.create(nc, stream, 3600, 5n, new RateLimitedLog(quiet), { publish: faulty(new Set([3n])), ackTimeoutMs: 2000 })
+    const sink = await JetStreamSink.create(nc, stream, 3600, 5n, new RateLimitedLog(quiet), {
+      publish: faulty(new Set([3n])),
+      ackTimeoutMs: 2000,
+    })
     const send = (r: kv.IngestResult) => r.payloads.length > 0 && sink.send(r.payloads, r.dpRank!, r.firstEventId!)
     // Event 3 stores X and event 4 removes it: landing out of order would leave X on a router.
     for (let i = 0; i < 3; i++) send(ing.stored({ tokenIds: [i, i], blockHashes: [BigInt(100 + i)] }))
@@ -147,71 +153,74 @@ test.serial(`[${impl}] JetStream: a retried publish that lands after later event
   }
 })
 
-test.serial(`[${impl}] event plane: nats-server killed and restarted under 20,000 events; the publisher survives, counts, resumes`, async (t) => {
-  const nats = await startNatsServer()
-  const sub = await connect({ servers: nats.url, reconnectTimeWait: 100, maxReconnectAttempts: -1 })
-  try {
-    const received: Uint8Array[] = []
-    const s = sub.subscribe('namespace.fault.component.ep.kv-events')
-    void (async () => {
-      for await (const m of s) received.push(m.data)
-    })()
-    await sub.flush()
-    const p = await kv.KvEventPublisher.create({
-      namespace: 'fault',
-      component: 'ep',
-      kvBlockSize: 2,
-      workerId: 3n,
-      nats: { servers: nats.url, reconnectTimeWaitMs: 100 },
-      reconnectBufferBytes: 64 * 1024,
-      logger: quiet,
-    })
-    let accepted = 0
-    let restarted = false
-    const killer = (async () => {
-      await waitFor(() => accepted >= 6000, '6000 accepted events', 60_000)
-      await nats.kill('SIGKILL')
-      await sleep(500)
-      await nats.restart()
-      restarted = true
-    })()
-    let afterRestart = 0
-    for (const op of manualOps(3, EVENTS, 2, 1)) {
-      // the last 2,000 events go out after the restart, however slow the machine
-      if (accepted === EVENTS - 2000) await waitFor(() => restarted, 'the restart', 60_000)
-      await call(p, op)
-      accepted++
-      if (restarted) afterRestart++
-      // keep publishing through the outage at a pace the reconnect buffer cannot absorb
-      if (accepted % 200 === 0) await sleep(accepted > 6000 && !restarted ? 5 : 0)
+test.serial(
+  `[${impl}] event plane: nats-server killed and restarted under 20,000 events; the publisher survives, counts, resumes`,
+  async (t) => {
+    const nats = await startNatsServer()
+    const sub = await connect({ servers: nats.url, reconnectTimeWait: 100, maxReconnectAttempts: -1 })
+    try {
+      const received: Uint8Array[] = []
+      const s = sub.subscribe('namespace.fault.component.ep.kv-events')
+      void (async () => {
+        for await (const m of s) received.push(m.data)
+      })()
+      await sub.flush()
+      const p = await kv.KvEventPublisher.create({
+        namespace: 'fault',
+        component: 'ep',
+        kvBlockSize: 2,
+        workerId: 3n,
+        nats: { servers: nats.url, reconnectTimeWaitMs: 100 },
+        reconnectBufferBytes: 64 * 1024,
+        logger: quiet,
+      })
+      let accepted = 0
+      let restarted = false
+      const killer = (async () => {
+        await waitFor(() => accepted >= 6000, '6000 accepted events', 60_000)
+        await nats.kill('SIGKILL')
+        await sleep(500)
+        await nats.restart()
+        restarted = true
+      })()
+      let afterRestart = 0
+      for (const op of manualOps(3, EVENTS, 2, 1)) {
+        // the last 2,000 events go out after the restart, however slow the machine
+        if (accepted === EVENTS - 2000) await waitFor(() => restarted, 'the restart', 60_000)
+        await call(p, op)
+        accepted++
+        if (restarted) afterRestart++
+        // keep publishing through the outage at a pace the reconnect buffer cannot absorb
+        if (accepted % 200 === 0) await sleep(accepted > 6000 && !restarted ? 5 : 0)
+      }
+      await killer
+      // Resumes: once both connections are back, new events arrive (a marker is sent until one does).
+      const lastId = () => (received.length > 0 ? kv.decodeRouterEvent(readEnvelope(received.at(-1)!).payload).event.eventId : -1n)
+      let markers = 0
+      const deadline = Date.now() + 20_000
+      let marker: bigint | null = null
+      while (Date.now() < deadline) {
+        marker = (await p.publishStored({ tokenIds: [1, 2], blockHashes: [0xfeed00n + BigInt(markers)] })).firstEventId
+        markers++
+        await sleep(100)
+        if (lastId() >= marker!) break
+      }
+      await p.close()
+      t.true(lastId() >= marker!, 'events published after the restart arrive')
+      const stats = p.stats().sink
+      const total = accepted + markers
+      t.log(`accepted ${total}, received ${received.length}, after restart ${afterRestart}`, JSON.stringify(stats))
+      t.true(stats.undelivered > 0, 'what exceeded the reconnect buffer is counted')
+      t.is(stats.published + stats.undelivered + stats.publishErrors, total, 'every event is published or counted')
+      t.true(received.length <= stats.published)
+      t.true(received.length < total, 'core NATS lost events in the outage')
+      // ids as received are increasing: nothing was retried out of order
+      const ids = received.map((d) => kv.decodeRouterEvent(readEnvelope(d).payload).event.eventId)
+      t.true(ids.every((id, i) => i === 0 || id > ids[i - 1]!))
+      t.true(afterRestart >= 2000)
+    } finally {
+      await sub.close()
+      await nats.stop()
     }
-    await killer
-    // Resumes: once both connections are back, new events arrive (a marker is sent until one does).
-    const lastId = () => (received.length > 0 ? kv.decodeRouterEvent(readEnvelope(received.at(-1)!).payload).event.eventId : -1n)
-    let markers = 0
-    const deadline = Date.now() + 20_000
-    let marker: bigint | null = null
-    while (Date.now() < deadline) {
-      marker = (await p.publishStored({ tokenIds: [1, 2], blockHashes: [0xfeed00n + BigInt(markers)] })).firstEventId
-      markers++
-      await sleep(100)
-      if (lastId() >= marker!) break
-    }
-    await p.close()
-    t.true(lastId() >= marker!, 'events published after the restart arrive')
-    const stats = p.stats().sink
-    const total = accepted + markers
-    t.log(`accepted ${total}, received ${received.length}, after restart ${afterRestart}`, JSON.stringify(stats))
-    t.true(stats.undelivered > 0, 'what exceeded the reconnect buffer is counted')
-    t.is(stats.published + stats.undelivered + stats.publishErrors, total, 'every event is published or counted')
-    t.true(received.length <= stats.published)
-    t.true(received.length < total, 'core NATS lost events in the outage')
-    // ids as received are increasing: nothing was retried out of order
-    const ids = received.map((d) => kv.decodeRouterEvent(readEnvelope(d).payload).event.eventId)
-    t.true(ids.every((id, i) => i === 0 || id > ids[i - 1]!))
-    t.true(afterRestart >= 2000)
-  } finally {
-    await sub.close()
-    await nats.stop()
-  }
-})
+  },
+)

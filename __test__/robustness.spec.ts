@@ -85,7 +85,11 @@ test(`${kv.implementation}: 100,000 random and mutated payloads give a result or
     const peek = kv.peekBatch(p)
     const r = ingestor.ingest(p, 1)
     const r2 = js.ingest(p, 1)
-    if ((peek === null) !== decodeMalformed || (r.dpRank === null) !== decodeMalformed || r.rejected.malformed !== (decodeMalformed ? 1 : 0)) {
+    if (
+      (peek === null) !== decodeMalformed ||
+      (r.dpRank === null) !== decodeMalformed ||
+      r.rejected.malformed !== (decodeMalformed ? 1 : 0)
+    ) {
       if (wrong++ < 3) t.fail(`inconsistent outcome for ${p.toString('hex')}`)
     }
     if (r2.rejected.malformed !== (decodeMalformed ? 1 : 0)) wrong++

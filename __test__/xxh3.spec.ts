@@ -25,9 +25,7 @@ interface Fixture {
   vectors: Vector[]
 }
 
-const fixture = JSON.parse(
-  readFileSync(new URL('./fixtures/block-hashes.json', import.meta.url), 'utf8'),
-) as Fixture
+const fixture = JSON.parse(readFileSync(new URL('./fixtures/block-hashes.json', import.meta.url), 'utf8')) as Fixture
 
 /** Deterministic 64-bit generator (splitmix64) so failures reproduce. */
 function splitmix64(state: bigint): () => bigint {

@@ -20,7 +20,12 @@ async function setup<T>(
   sims: EngineSimulatorOptions[],
   source: (sims: EngineSimulator[]) => ZmqSourceOptions,
   consumerOpts: ConstructorParameters<typeof IngestorConsumer>[0],
-  fn: (ctx: { sims: EngineSimulator[]; source: ZmqSource; consumer: IngestorConsumer; log: ReturnType<typeof captureLogger> }) => Promise<T>,
+  fn: (ctx: {
+    sims: EngineSimulator[]
+    source: ZmqSource
+    consumer: IngestorConsumer
+    log: ReturnType<typeof captureLogger>
+  }) => Promise<T>,
 ): Promise<T> {
   const open: EngineSimulator[] = []
   let src: ZmqSource | null = null
@@ -53,40 +58,50 @@ function tracker(source: ZmqSource, dpRank = 0) {
 }
 
 test(`${impl}: normal flow: the index equals the engine's blocks (first contact replays from 0)`, async (t) => {
-  await setup([{ replayEndpoint: REPLAY, encoding: 'mixed', publisherId: true, capacityBlocks: 128, clearRate: 0.005 }], ([sim]) => one(sim!), {}, async ({ sims: [sim], source, consumer }) => {
-    // no warm-up: what the PUB dropped before the subscription arrived comes back by replay from 0
-    await sim!.run(300)
-    await warmUp(source, sim!)
-    await waitCaughtUp(source, sim!)
-    const st = source.stats()
-    t.deepEqual(consumer.blocks(0), sorted(sim!.held()))
-    t.true(consumer.blocks(0).length > 0)
-    t.is(st.lost, 0n)
-    t.is(st.restarts, 0n)
-    t.is(st.resets, 0n)
-    t.is(st.ingested, sim!.nextSeq, 'every batch applied exactly once')
-    t.true(st.replays >= 1n)
-  })
+  await setup(
+    [{ replayEndpoint: REPLAY, encoding: 'mixed', publisherId: true, capacityBlocks: 128, clearRate: 0.005 }],
+    ([sim]) => one(sim!),
+    {},
+    async ({ sims: [sim], source, consumer }) => {
+      // no warm-up: what the PUB dropped before the subscription arrived comes back by replay from 0
+      await sim!.run(300)
+      await warmUp(source, sim!)
+      await waitCaughtUp(source, sim!)
+      const st = source.stats()
+      t.deepEqual(consumer.blocks(0), sorted(sim!.held()))
+      t.true(consumer.blocks(0).length > 0)
+      t.is(st.lost, 0n)
+      t.is(st.restarts, 0n)
+      t.is(st.resets, 0n)
+      t.is(st.ingested, sim!.nextSeq, 'every batch applied exactly once')
+      t.true(st.replays >= 1n)
+    },
+  )
 })
 
 for (const layout of ['legacy', 'topic'] as ReplayLayout[]) {
   test(`${impl}: gap: dropped seqs are replayed (${layout} layout) and the index equals ground truth`, async (t) => {
-    await setup([{ replayEndpoint: REPLAY, replayLayout: layout, topic: 'kv@engine' }], ([sim]) => one(sim!, { topic: 'kv@' }), {}, async ({ sims: [sim], source, consumer }) => {
-      await warmUp(source, sim!)
-      await sim!.run(40)
-      await waitCaughtUp(source, sim!)
-      const before = source.stats()
-      const k = sim!.nextSeq
-      sim!.drop([k + 2n, k + 3n, k + 7n])
-      await sim!.run(40)
-      await waitCaughtUp(source, sim!)
-      const st = source.stats()
-      t.deepEqual(consumer.blocks(0), sorted(sim!.held()))
-      t.true(st.gaps - before.gaps >= 1n)
-      t.true(st.recovered - before.recovered >= 3n)
-      t.is(st.lost, 0n)
-      t.is(st.ingested, sim!.nextSeq, 'every batch applied exactly once')
-    })
+    await setup(
+      [{ replayEndpoint: REPLAY, replayLayout: layout, topic: 'kv@engine' }],
+      ([sim]) => one(sim!, { topic: 'kv@' }),
+      {},
+      async ({ sims: [sim], source, consumer }) => {
+        await warmUp(source, sim!)
+        await sim!.run(40)
+        await waitCaughtUp(source, sim!)
+        const before = source.stats()
+        const k = sim!.nextSeq
+        sim!.drop([k + 2n, k + 3n, k + 7n])
+        await sim!.run(40)
+        await waitCaughtUp(source, sim!)
+        const st = source.stats()
+        t.deepEqual(consumer.blocks(0), sorted(sim!.held()))
+        t.true(st.gaps - before.gaps >= 1n)
+        t.true(st.recovered - before.recovered >= 3n)
+        t.is(st.lost, 0n)
+        t.is(st.ingested, sim!.nextSeq, 'every batch applied exactly once')
+      },
+    )
   })
 }
 
@@ -124,7 +139,11 @@ for (const onLoss of ['keep', 'reset'] as const) {
           t.deepEqual(missing, [], 'every held block that was announced live is indexed')
         } else {
           t.is(st.resets, 1n)
-          t.deepEqual([...index].filter((h) => !held.has(h)), [], 'the index holds no block the engine does not hold')
+          t.deepEqual(
+            [...index].filter((h) => !held.has(h)),
+            [],
+            'the index holds no block the engine does not hold',
+          )
         }
         t.true(index.size > 0)
       },
@@ -133,53 +152,66 @@ for (const onLoss of ['keep', 'reset'] as const) {
 }
 
 test(`${impl}: a replayed batch that also arrives live afterwards is applied once (duplicate)`, async (t) => {
-  await setup([{ replayEndpoint: REPLAY }], ([sim]) => one(sim!), {}, async ({ sims: [sim], source, consumer }) => {
-    await warmUp(source, sim!)
-    await sim!.run(20)
-    // live copies of what the first-contact replay applied are duplicates too: let them arrive first
-    await settle(source, sim!)
-    const dup0 = source.stats().duplicates
-    const k = sim!.nextSeq
-    sim!.drop(k + 1n)
-    sim!.delay([k + 3n, k + 4n, k + 5n])
-    await sim!.run(6) // k .. k + 5: live k, k + 2; the replay from k + 1 brings k + 1 .. k + 5
-    await waitCaughtUp(source, sim!)
-    await sim!.sendDelayed() // k + 3 .. k + 5 arrive live after they were applied from the replay
-    await waitFor(() => source.stats().duplicates - dup0 >= 4n, 'four duplicates (k + 2 held, k + 3 .. k + 5 late)')
-    await sim!.run(10)
-    await waitCaughtUp(source, sim!)
-    const st = source.stats()
-    t.is(st.duplicates - dup0, 4n)
-    t.is(st.restarts, 0n, 'a late live seq above lastLive is a duplicate, not a restart')
-    t.is(st.ingested, sim!.nextSeq, 'every batch applied exactly once')
-    t.deepEqual(consumer.blocks(0), sorted(sim!.held()))
-  })
+  await setup(
+    [{ replayEndpoint: REPLAY }],
+    ([sim]) => one(sim!),
+    {},
+    async ({ sims: [sim], source, consumer }) => {
+      await warmUp(source, sim!)
+      await sim!.run(20)
+      // live copies of what the first-contact replay applied are duplicates too: let them arrive first
+      await settle(source, sim!)
+      const dup0 = source.stats().duplicates
+      const k = sim!.nextSeq
+      sim!.drop(k + 1n)
+      sim!.delay([k + 3n, k + 4n, k + 5n])
+      await sim!.run(6) // k .. k + 5: live k, k + 2; the replay from k + 1 brings k + 1 .. k + 5
+      await waitCaughtUp(source, sim!)
+      await sim!.sendDelayed() // k + 3 .. k + 5 arrive live after they were applied from the replay
+      await waitFor(() => source.stats().duplicates - dup0 >= 4n, 'four duplicates (k + 2 held, k + 3 .. k + 5 late)')
+      await sim!.run(10)
+      await waitCaughtUp(source, sim!)
+      const st = source.stats()
+      t.is(st.duplicates - dup0, 4n)
+      t.is(st.restarts, 0n, 'a late live seq above lastLive is a duplicate, not a restart')
+      t.is(st.ingested, sim!.nextSeq, 'every batch applied exactly once')
+      t.deepEqual(consumer.blocks(0), sorted(sim!.held()))
+    },
+  )
 })
 
 for (const replay of [true, false]) {
   test(`${impl}: restart (seq back to 0) resets the rank, then the new stream: ground truth (${replay ? 'with' : 'without'} replay)`, async (t) => {
-    await setup([{ replayEndpoint: replay ? REPLAY : null, replayLayout: 'legacy' }], ([sim]) => one(sim!), {}, async ({ sims: [sim], source, consumer }) => {
-      await warmUp(source, sim!)
-      await sim!.run(40)
-      await waitCaughtUp(source, sim!)
-      const old = sorted(sim!.held())
-      t.deepEqual(consumer.blocks(0), old)
-      await sim!.restart()
-      await sim!.run(25)
-      await waitCaughtUp(source, sim!)
-      const st = source.stats()
-      t.is(st.restarts, 1n)
-      t.is(st.resets, 1n)
-      t.deepEqual(consumer.resets, [0])
-      t.deepEqual(consumer.blocks(0), sorted(sim!.held()))
-      t.is(st.lost, 0n)
-    })
+    await setup(
+      [{ replayEndpoint: replay ? REPLAY : null, replayLayout: 'legacy' }],
+      ([sim]) => one(sim!),
+      {},
+      async ({ sims: [sim], source, consumer }) => {
+        await warmUp(source, sim!)
+        await sim!.run(40)
+        await waitCaughtUp(source, sim!)
+        const old = sorted(sim!.held())
+        t.deepEqual(consumer.blocks(0), old)
+        await sim!.restart()
+        await sim!.run(25)
+        await waitCaughtUp(source, sim!)
+        const st = source.stats()
+        t.is(st.restarts, 1n)
+        t.is(st.resets, 1n)
+        t.deepEqual(consumer.resets, [0])
+        t.deepEqual(consumer.blocks(0), sorted(sim!.held()))
+        t.is(st.lost, 0n)
+      },
+    )
   })
 }
 
 test(`${impl}: with two ranks, restarting one leaves the other's blocks`, async (t) => {
   await setup(
-    [{ replayEndpoint: REPLAY, dpRank: 0 }, { replayEndpoint: REPLAY, dpRank: 1 }],
+    [
+      { replayEndpoint: REPLAY, dpRank: 0 },
+      { replayEndpoint: REPLAY, dpRank: 1 },
+    ],
     (sims) => ({ endpoints: sims.map((s) => ({ endpoint: s.endpoint, replayEndpoint: s.replayEndpoint! })) }),
     { dpRanks: [0, 1] },
     async ({ sims: [a, b], source, consumer }) => {
@@ -201,69 +233,92 @@ test(`${impl}: with two ranks, restarting one leaves the other's blocks`, async 
 
 for (const signal of ['publisher_id', 'topic_epoch', 'reconnect'] as const) {
   test(`${impl}: a restart whose seqs overtake the old ones is detected by ${signal}`, async (t) => {
-    const simOpts: EngineSimulatorOptions = { replayEndpoint: REPLAY, publisherId: signal === 'publisher_id', topicEpoch: signal === 'topic_epoch', topic: 'kv' }
-    await setup([simOpts], ([sim]) => one(sim!, { topic: 'kv' }), {}, async ({ sims: [sim], source, consumer, log }) => {
-      await warmUp(source, sim!)
-      await sim!.run(10)
-      await waitCaughtUp(source, sim!)
-      const last = sim!.nextSeq - 1n
-      await sim!.restart({ sockets: signal === 'reconnect' })
-      // the new incarnation's first seqs never arrive live: by seq alone this would look like a gap
-      sim!.drop(Array.from({ length: Number(last) + 3 }, (_, i) => i))
-      await sim!.run(Number(last) + 15)
-      await waitCaughtUp(source, sim!)
-      t.true(source.stats().restarts >= 1n)
-      t.true(log.lines.some((l) => l.msg?.includes('restart') && (l.obj as { why?: string }).why === signal))
-      t.deepEqual(consumer.blocks(0), sorted(sim!.held()))
-    })
+    const simOpts: EngineSimulatorOptions = {
+      replayEndpoint: REPLAY,
+      publisherId: signal === 'publisher_id',
+      topicEpoch: signal === 'topic_epoch',
+      topic: 'kv',
+    }
+    await setup(
+      [simOpts],
+      ([sim]) => one(sim!, { topic: 'kv' }),
+      {},
+      async ({ sims: [sim], source, consumer, log }) => {
+        await warmUp(source, sim!)
+        await sim!.run(10)
+        await waitCaughtUp(source, sim!)
+        const last = sim!.nextSeq - 1n
+        await sim!.restart({ sockets: signal === 'reconnect' })
+        // the new incarnation's first seqs never arrive live: by seq alone this would look like a gap
+        sim!.drop(Array.from({ length: Number(last) + 3 }, (_, i) => i))
+        await sim!.run(Number(last) + 15)
+        await waitCaughtUp(source, sim!)
+        t.true(source.stats().restarts >= 1n)
+        t.true(log.lines.some((l) => l.msg?.includes('restart') && (l.obj as { why?: string }).why === signal))
+        t.deepEqual(consumer.blocks(0), sorted(sim!.held()))
+      },
+    )
   })
 }
 
 test(`${impl}: a silent replay endpoint times out: the loss is counted and the stream goes on`, async (t) => {
-  await setup([{ replayEndpoint: REPLAY }], ([sim]) => one(sim!, { replayTimeoutMs: 300 }), {}, async ({ sims: [sim], source, consumer }) => {
-    sim!.pauseReplay() // the engine never answers
-    await warmUp(source, sim!) // first contact: the replay from 0 times out, the first live message is the start
-    await sim!.run(10)
-    await waitCaughtUp(source, sim!)
-    const k = sim!.nextSeq
-    sim!.drop(k + 1n)
-    await sim!.run(10)
-    await waitCaughtUp(source, sim!)
-    const st = source.stats()
-    t.is(st.replay_timeouts, 2n)
-    t.is(st.lost, 1n)
-    const index = new Set(consumer.blocks(0))
-    t.deepEqual([...sim!.held()].filter((h) => sim!.announced().has(h) && !index.has(h)), [])
-  })
+  await setup(
+    [{ replayEndpoint: REPLAY }],
+    ([sim]) => one(sim!, { replayTimeoutMs: 300 }),
+    {},
+    async ({ sims: [sim], source, consumer }) => {
+      sim!.pauseReplay() // the engine never answers
+      await warmUp(source, sim!) // first contact: the replay from 0 times out, the first live message is the start
+      await sim!.run(10)
+      await waitCaughtUp(source, sim!)
+      const k = sim!.nextSeq
+      sim!.drop(k + 1n)
+      await sim!.run(10)
+      await waitCaughtUp(source, sim!)
+      const st = source.stats()
+      t.is(st.replay_timeouts, 2n)
+      t.is(st.lost, 1n)
+      const index = new Set(consumer.blocks(0))
+      t.deepEqual(
+        [...sim!.held()].filter((h) => sim!.announced().has(h) && !index.has(h)),
+        [],
+      )
+    },
+  )
 })
 
 test(`${impl}: bad messages are counted by reason and the listener keeps running`, async (t) => {
-  await setup([{}], ([sim]) => one(sim!), {}, async ({ sims: [sim], source, consumer, log }) => {
-    await warmUp(source, sim!)
-    await sim!.run(20)
-    for (let i = 0; i < 3; i++) {
-      await sim!.sendMalformed('frames')
-      await sim!.sendMalformed('seq_length')
-      await sim!.sendMalformed('garbage')
-      await sim!.run(2)
-    }
-    await sim!.sendMalformed('junk') // 10 MiB
-    await sim!.sendMalformed('junk')
-    await sim!.run(20)
-    await waitCaughtUp(source, sim!)
-    const st = source.stats()
-    t.is(st.dropped_frames, 3n)
-    t.is(st.dropped_seq_length, 3n)
-    t.is(st.dropped_malformed, 5n)
-    // a malformed batch still takes its seq: no false gap, no restart
-    t.is(st.gaps, 0n)
-    t.is(st.restarts, 0n)
-    t.is(st.lost, 0n)
-    t.deepEqual(consumer.blocks(0), sorted(sim!.held()))
-    t.true(log.lines.some((l) => l.level === 'warn' && /3 frames/u.test(l.msg ?? '')))
-    // rate-limited: one line per reason here, not one per message
-    t.is(log.lines.filter((l) => /malformed/u.test(l.msg ?? '')).length, 1)
-  })
+  await setup(
+    [{}],
+    ([sim]) => one(sim!),
+    {},
+    async ({ sims: [sim], source, consumer, log }) => {
+      await warmUp(source, sim!)
+      await sim!.run(20)
+      for (let i = 0; i < 3; i++) {
+        await sim!.sendMalformed('frames')
+        await sim!.sendMalformed('seq_length')
+        await sim!.sendMalformed('garbage')
+        await sim!.run(2)
+      }
+      await sim!.sendMalformed('junk') // 10 MiB
+      await sim!.sendMalformed('junk')
+      await sim!.run(20)
+      await waitCaughtUp(source, sim!)
+      const st = source.stats()
+      t.is(st.dropped_frames, 3n)
+      t.is(st.dropped_seq_length, 3n)
+      t.is(st.dropped_malformed, 5n)
+      // a malformed batch still takes its seq: no false gap, no restart
+      t.is(st.gaps, 0n)
+      t.is(st.restarts, 0n)
+      t.is(st.lost, 0n)
+      t.deepEqual(consumer.blocks(0), sorted(sim!.held()))
+      t.true(log.lines.some((l) => l.level === 'warn' && /3 frames/u.test(l.msg ?? '')))
+      // rate-limited: one line per reason here, not one per message
+      t.is(log.lines.filter((l) => /malformed/u.test(l.msg ?? '')).length, 1)
+    },
+  )
 })
 
 // serial: alone in this process, so the heap is this test's
@@ -277,34 +332,39 @@ test.serial(`${impl}: memory stays flat over many bad messages, 10 MiB junk amon
     const m = process.memoryUsage()
     return { js: m.heapUsed + m.external, rss: m.rss }
   }
-  await setup([{}], ([sim]) => one(sim!), {}, async ({ sims: [sim], source }) => {
-    await warmUp(source, sim!)
-    const bad = async (n: number) => {
-      for (let i = 0; i < n; i++) {
-        await sim!.sendMalformed('junk')
-        for (let j = 0; j < 50; j++) {
-          await sim!.sendMalformed('frames')
-          await sim!.sendMalformed('seq_length')
-          await sim!.sendMalformed('garbage')
+  await setup(
+    [{}],
+    ([sim]) => one(sim!),
+    {},
+    async ({ sims: [sim], source }) => {
+      await warmUp(source, sim!)
+      const bad = async (n: number) => {
+        for (let i = 0; i < n; i++) {
+          await sim!.sendMalformed('junk')
+          for (let j = 0; j < 50; j++) {
+            await sim!.sendMalformed('frames')
+            await sim!.sendMalformed('seq_length')
+            await sim!.sendMalformed('garbage')
+          }
+          await sim!.heartbeat()
+          await waitCaughtUp(source, sim!)
         }
-        await sim!.heartbeat()
-        await waitCaughtUp(source, sim!)
       }
-    }
-    await bad(10) // the allocators reach their working size
-    const before = await mem()
-    await bad(40) // 400 MiB of junk, 6000 small bad messages
-    const after = await mem()
-    const st = source.stats()
-    t.is(st.dropped_malformed, 50n * 51n)
-    t.is(st.dropped_frames, 50n * 50n)
-    t.is(st.dropped_seq_length, 50n * 50n)
-    const mib = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`
-    t.log(`JS heap + external ${mib(before.js)} -> ${mib(after.js)}, rss ${mib(before.rss)} -> ${mib(after.rss)}`)
-    // nothing of a 10 MiB payload may stay referenced; rss only loosely (allocators keep freed pages)
-    t.true(after.js - before.js < 16 * 2 ** 20, `heap + external grew by ${mib(after.js - before.js)}`)
-    t.true(after.rss - before.rss < 128 * 2 ** 20, `rss grew by ${mib(after.rss - before.rss)}`)
-  })
+      await bad(10) // the allocators reach their working size
+      const before = await mem()
+      await bad(40) // 400 MiB of junk, 6000 small bad messages
+      const after = await mem()
+      const st = source.stats()
+      t.is(st.dropped_malformed, 50n * 51n)
+      t.is(st.dropped_frames, 50n * 50n)
+      t.is(st.dropped_seq_length, 50n * 50n)
+      const mib = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`
+      t.log(`JS heap + external ${mib(before.js)} -> ${mib(after.js)}, rss ${mib(before.rss)} -> ${mib(after.rss)}`)
+      // nothing of a 10 MiB payload may stay referenced; rss only loosely (allocators keep freed pages)
+      t.true(after.js - before.js < 16 * 2 ** 20, `heap + external grew by ${mib(after.js - before.js)}`)
+      t.true(after.rss - before.rss < 128 * 2 ** 20, `rss grew by ${mib(after.rss - before.rss)}`)
+    },
+  )
 })
 
 test(`${impl}: two dp ranks on port and port + 1 feed one consumer; each rank's event ids run 0, 1, 2, ...`, async (t) => {
@@ -341,7 +401,8 @@ test(`${impl}: bind mode: two engines connecting to one bound endpoint cause no 
   const source = await ZmqSource.create({ endpoint: 'tcp://127.0.0.1:0', bind: true, logger: captureLogger() }, consumer)
   try {
     t.regex(source.endpoints[0]!, /^tcp:\/\/127\.0\.0\.1:\d+$/u)
-    for (const r of [0, 1]) sims.push(await EngineSimulator.create({ endpoint: source.endpoints[0]!, connect: true, dpRank: r, seed: 5 + r }))
+    for (const r of [0, 1])
+      sims.push(await EngineSimulator.create({ endpoint: source.endpoints[0]!, connect: true, dpRank: r, seed: 5 + r }))
     const [a, b] = sims as [EngineSimulator, EngineSimulator]
     await warmUp(source, a, b)
     for (let i = 0; i < 60; i++) await Promise.all([a.step(), b.step()])
@@ -375,29 +436,34 @@ class FaultySubscriber extends Subscriber {
 
 test(`${impl}: receive errors back off 20, 40, ..., 2560 ms; a good message resets the count; the 10th stops the source`, async (t) => {
   fault.failures = 3
-  await setup([{}], ([sim]) => one(sim!, { createSubscriber: () => new FaultySubscriber() }), {}, async ({ sims: [sim], source, log }) => {
-    const stops: ZmqSourceStop[] = []
-    source.on('stopped', (w) => stops.push(w))
-    await warmUp(source, sim!) // after 3 failures (20 + 40 + 80 ms), a good message
-    t.is(source.stats().receive_errors, 3n)
-    fault.failures = 10
-    fault.failedAt.length = 0
-    const stopped = once(source, 'stopped')
-    await sim!.heartbeat() // ends the receive in progress; the next 10 fail
-    const [why] = (await stopped) as [ZmqSourceStop]
-    t.is(why.reason, 'receive_errors')
-    t.is(fault.failedAt.length, 10, 'seven more errors would have stopped it had the count not been reset')
-    const gaps = fault.failedAt.slice(1).map((at, i) => at - fault.failedAt[i]!)
-    gaps.forEach((ms, i) => {
-      t.true(ms >= RECEIVE_BACKOFF_MS[i]! - 2, `backoff ${i + 1}: ${ms.toFixed(1)} ms >= ${RECEIVE_BACKOFF_MS[i]}`)
-      t.true(ms < RECEIVE_BACKOFF_MS[i]! + 1000, `backoff ${i + 1}: ${ms.toFixed(1)} ms`)
-    })
-    t.deepEqual([...RECEIVE_BACKOFF_MS], [20, 40, 80, 160, 320, 640, 1280, 2560, 2560])
-    t.is(source.stats().receive_errors, 13n)
-    t.true(log.lines.some((l) => l.level === 'error' && /stopped/u.test(l.msg ?? '')))
-    await source.close()
-    t.is(stops.length, 1, 'stopped is emitted once')
-  })
+  await setup(
+    [{}],
+    ([sim]) => one(sim!, { createSubscriber: () => new FaultySubscriber() }),
+    {},
+    async ({ sims: [sim], source, log }) => {
+      const stops: ZmqSourceStop[] = []
+      source.on('stopped', (w) => stops.push(w))
+      await warmUp(source, sim!) // after 3 failures (20 + 40 + 80 ms), a good message
+      t.is(source.stats().receive_errors, 3n)
+      fault.failures = 10
+      fault.failedAt.length = 0
+      const stopped = once(source, 'stopped')
+      await sim!.heartbeat() // ends the receive in progress; the next 10 fail
+      const [why] = (await stopped) as [ZmqSourceStop]
+      t.is(why.reason, 'receive_errors')
+      t.is(fault.failedAt.length, 10, 'seven more errors would have stopped it had the count not been reset')
+      const gaps = fault.failedAt.slice(1).map((at, i) => at - fault.failedAt[i]!)
+      gaps.forEach((ms, i) => {
+        t.true(ms >= RECEIVE_BACKOFF_MS[i]! - 2, `backoff ${i + 1}: ${ms.toFixed(1)} ms >= ${RECEIVE_BACKOFF_MS[i]}`)
+        t.true(ms < RECEIVE_BACKOFF_MS[i]! + 1000, `backoff ${i + 1}: ${ms.toFixed(1)} ms`)
+      })
+      t.deepEqual([...RECEIVE_BACKOFF_MS], [20, 40, 80, 160, 320, 640, 1280, 2560, 2560])
+      t.is(source.stats().receive_errors, 13n)
+      t.true(log.lines.some((l) => l.level === 'error' && /stopped/u.test(l.msg ?? '')))
+      await source.close()
+      t.is(stops.length, 1, 'stopped is emitted once')
+    },
+  )
 })
 
 test(`${impl}: a slow consumer: the bounded queue stops reading, ZMQ drops at the engine, replay repairs it`, async (t) => {
@@ -445,26 +511,31 @@ test(`${impl}: a slow consumer: the bounded queue stops reading, ZMQ drops at th
 })
 
 test(`${impl}: close() is idempotent and waits for the consumer call in flight`, async (t) => {
-  await setup([{}], ([sim]) => one(sim!), {}, async ({ sims: [sim], source, consumer }) => {
-    await warmUp(source, sim!)
-    let release!: () => void
-    consumer.gate = new Promise<void>((r) => (release = r))
-    await sim!.step()
-    await waitFor(() => consumer.inFlight === 1, 'a consumer call in flight')
-    const stops: ZmqSourceStop[] = []
-    source.on('stopped', (w) => stops.push(w))
-    let closed = false
-    const c1 = source.close().then(() => (closed = true))
-    const c2 = source.close()
-    await new Promise((r) => setImmediate(r))
-    t.false(closed)
-    release()
-    await Promise.all([c1, c2])
-    t.is(consumer.inFlight, 0)
-    t.deepEqual(stops, [{ reason: 'closed' }])
-    await source.close()
-    t.is(stops.length, 1)
-  })
+  await setup(
+    [{}],
+    ([sim]) => one(sim!),
+    {},
+    async ({ sims: [sim], source, consumer }) => {
+      await warmUp(source, sim!)
+      let release!: () => void
+      consumer.gate = new Promise<void>((r) => (release = r))
+      await sim!.step()
+      await waitFor(() => consumer.inFlight === 1, 'a consumer call in flight')
+      const stops: ZmqSourceStop[] = []
+      source.on('stopped', (w) => stops.push(w))
+      let closed = false
+      const c1 = source.close().then(() => (closed = true))
+      const c2 = source.close()
+      await new Promise((r) => setImmediate(r))
+      t.false(closed)
+      release()
+      await Promise.all([c1, c2])
+      t.is(consumer.inFlight, 0)
+      t.deepEqual(stops, [{ reason: 'closed' }])
+      await source.close()
+      t.is(stops.length, 1)
+    },
+  )
 })
 
 test(`${impl}: invalid options are rejected, naming the option`, async (t) => {

@@ -79,10 +79,21 @@ function applyStream(nEvents: number): Stream {
   for (let k = 0; k < nEvents; k++) {
     const ev = gen.nextEvent()
     events.push(ev)
-    blocks += ev.event.data.type === 'stored' ? ev.event.data.blocks.length : ev.event.data.type === 'removed' ? ev.event.data.blockHashes.length : 0
+    blocks +=
+      ev.event.data.type === 'stored'
+        ? ev.event.data.blocks.length
+        : ev.event.data.type === 'removed'
+          ? ev.event.data.blockHashes.length
+          : 0
   }
   const envelopes = events.map((ev, i) =>
-    encodeEnvelope({ publisherId: ev.workerId, sequence: BigInt(i), publishedAt: 1_700_000_000_000, topic: 'kv-events', payload: encodeRouterEvent(ev) }),
+    encodeEnvelope({
+      publisherId: ev.workerId,
+      sequence: BigInt(i),
+      publishedAt: 1_700_000_000_000,
+      topic: 'kv-events',
+      payload: encodeRouterEvent(ev),
+    }),
   )
   return { events, envelopes, blocks }
 }
@@ -142,7 +153,10 @@ interface RustFigures {
 function rustFigures(): RustFigures | null {
   if (!existsSync(join(ROOT, 'crates/core/examples/bench_index.rs'))) return null
   try {
-    execFileSync('cargo', ['build', '--quiet', '--release', '--example', 'bench_index', '-p', 'dynamo-kv-core'], { cwd: ROOT, stdio: 'inherit' })
+    execFileSync('cargo', ['build', '--quiet', '--release', '--example', 'bench_index', '-p', 'dynamo-kv-core'], {
+      cwd: ROOT,
+      stdio: 'inherit',
+    })
     let best: RustFigures | null = null
     for (let r = 0; r < ROUNDS; r++) {
       const out = execFileSync('cargo', ['run', '--quiet', '--release', '--example', 'bench_index', '-p', 'dynamo-kv-core'], {
@@ -254,11 +268,15 @@ async function memoryChild(impl: 'native' | 'js'): Promise<MemoryFigures> {
 }
 
 async function memory(impl: 'native' | 'js'): Promise<MemoryFigures> {
-  const { stdout } = await promisify(execFile)(process.execPath, ['--import', 'tsx', '--expose-gc', fileURLToPath(import.meta.url), '--memory-child', impl], {
-    cwd: ROOT,
-    maxBuffer: 1 << 20,
-    env: { ...process.env, DYNAMO_KV_FORCE_JS: impl === 'js' ? '1' : '' },
-  })
+  const { stdout } = await promisify(execFile)(
+    process.execPath,
+    ['--import', 'tsx', '--expose-gc', fileURLToPath(import.meta.url), '--memory-child', impl],
+    {
+      cwd: ROOT,
+      maxBuffer: 1 << 20,
+      env: { ...process.env, DYNAMO_KV_FORCE_JS: impl === 'js' ? '1' : '' },
+    },
+  )
   return JSON.parse(stdout.trim().split('\n').pop()!) as MemoryFigures
 }
 
@@ -269,7 +287,11 @@ const us = (x: number) => `${x.toFixed(2)} µs`
 export async function benchIndexer(): Promise<void> {
   const native = loadNative()
   console.log('\n## Indexer (issue 3)\n')
-  console.log(`load average at start: ${loadavg().map((x) => x.toFixed(2)).join(', ')} (${cpus().length} cores)`)
+  console.log(
+    `load average at start: ${loadavg()
+      .map((x) => x.toFixed(2))
+      .join(', ')} (${cpus().length} cores)`,
+  )
 
   // (a)
   const s = applyStream(Number(process.env.BENCH_INDEX_EVENTS ?? 60_000))
@@ -336,11 +358,16 @@ export async function benchIndexer(): Promise<void> {
   const memN = await memory('native')
   const memJ = await memory('js')
 
-  console.log('\n| apply, 64 workers, 1-32-block stores, 20% removes | blocks/s (wall) | blocks/s (process CPU time) | blocks/s (main-thread CPU time) |')
+  console.log(
+    '\n| apply, 64 workers, 1-32-block stores, 20% removes | blocks/s (wall) | blocks/s (process CPU time) | blocks/s (main-thread CPU time) |',
+  )
   console.log('|---|---|---|---|')
   const thr = (x: number) => (x > 0 ? fmtRate(x) : 'n/a')
   const row = (name: string, r: Rate) => console.log(`| ${name} | ${fmtRate(r.wall)} | ${fmtRate(r.cpu)} | ${thr(r.thread)} |`)
-  if (rust) console.log(`| pure Rust core (bench_index.rs, its own stream: root stores, no removes) | ${fmtRate(rust.apply_blocks_per_s)} | - | - |`)
+  if (rust)
+    console.log(
+      `| pure Rust core (bench_index.rs, its own stream: root stores, no removes) | ${fmtRate(rust.apply_blocks_per_s)} | - | - |`,
+    )
   row('native, raw applyEvent (RouterEventValue objects)', best.nRaw)
   row('native, RadixIndex.applyEvent', best.nApi)
   row('native, RadixIndex.applyEncoded (envelope bytes)', best.nEnc)
@@ -350,19 +377,33 @@ export async function benchIndexer(): Promise<void> {
 
   console.log(`\n| findMatches, 64-block queries, ${(built.index.size() / 1e6).toFixed(2)} M entries, 64 workers | p50 | p99 | mean |`)
   console.log('|---|---|---|---|')
-  if (rust) console.log(`| pure Rust core (bench_index.rs, its own index of ${rust.entries} entries) | ${us(rust.find_p50_ns / 1000)} | ${us(rust.find_p99_ns / 1000)} | - |`)
-  console.log(`| native, RadixIndex.findMatches from JavaScript (result objects included) | ${us(latN.p50)} | ${us(latN.p99)} | ${us(latN.mean)} |`)
+  if (rust)
+    console.log(
+      `| pure Rust core (bench_index.rs, its own index of ${rust.entries} entries) | ${us(rust.find_p50_ns / 1000)} | ${us(rust.find_p99_ns / 1000)} | - |`,
+    )
+  console.log(
+    `| native, RadixIndex.findMatches from JavaScript (result objects included) | ${us(latN.p50)} | ${us(latN.p99)} | ${us(latN.mean)} |`,
+  )
   console.log(`| native, raw findMatches into a reused buffer | ${us(rawN.p50)} | ${us(rawN.p99)} | ${us(rawN.mean)} |`)
   console.log(`| fallback, RadixIndex.findMatches | ${us(latJ.p50)} | ${us(latJ.p99)} | ${us(latJ.mean)} |`)
   console.log(`| fallback, raw findMatches into a reused buffer | ${us(rawJ.p50)} | ${us(rawJ.p99)} | ${us(rawJ.mean)} |`)
 
   console.log('\n| memory per (worker, block) entry | entries | bytes | bytes/entry |')
   console.log('|---|---|---|---|')
-  if (rust) console.log(`| pure Rust core, exact accounting (heap_bytes, bench_index.rs index) | ${rust.entries} | ${rust.heap_bytes} | ${(rust.heap_bytes / rust.entries).toFixed(1)} |`)
+  if (rust)
+    console.log(
+      `| pure Rust core, exact accounting (heap_bytes, bench_index.rs index) | ${rust.entries} | ${rust.heap_bytes} | ${(rust.heap_bytes / rust.entries).toFixed(1)} |`,
+    )
   console.log(`| native, RSS growth | ${memN.entries} | ${memN.rssBytes} | ${(memN.rssBytes / memN.entries).toFixed(1)} |`)
-  console.log(`| native, JS heapUsed + arrayBuffers growth (part of the RSS growth) | ${memN.entries} | ${memN.heapBytes} | ${(memN.heapBytes / memN.entries).toFixed(1)} |`)
-  console.log(`| fallback, heapUsed + arrayBuffers growth | ${memJ.entries} | ${memJ.heapBytes} | ${(memJ.heapBytes / memJ.entries).toFixed(1)} |`)
-  console.log(`| fallback, RSS growth (for reference) | ${memJ.entries} | ${memJ.rssBytes} | ${(memJ.rssBytes / memJ.entries).toFixed(1)} |`)
+  console.log(
+    `| native, JS heapUsed + arrayBuffers growth (part of the RSS growth) | ${memN.entries} | ${memN.heapBytes} | ${(memN.heapBytes / memN.entries).toFixed(1)} |`,
+  )
+  console.log(
+    `| fallback, heapUsed + arrayBuffers growth | ${memJ.entries} | ${memJ.heapBytes} | ${(memJ.heapBytes / memJ.entries).toFixed(1)} |`,
+  )
+  console.log(
+    `| fallback, RSS growth (for reference) | ${memJ.entries} | ${memJ.rssBytes} | ${(memJ.rssBytes / memJ.entries).toFixed(1)} |`,
+  )
 
   const bestNative = Math.max(best.nRaw.cpu, best.nApi.cpu, best.nEnc.cpu)
   const bestNativeThread = Math.max(best.nRaw.thread, best.nApi.thread, best.nEnc.thread)
@@ -374,9 +415,14 @@ export async function benchIndexer(): Promise<void> {
   console.log(`| bytes per entry, native (RSS) | ${(memN.rssBytes / memN.entries).toFixed(1)} | <= 100 |`)
   console.log(`| native / fallback, apply raw applyEvent (CPU time) | ${(best.nRaw.cpu / best.jRaw.cpu).toFixed(1)} | >= 10 |`)
   console.log(`| native / fallback, apply applyEncoded (CPU time) | ${(best.nEnc.cpu / best.jEnc.cpu).toFixed(1)} | >= 10 |`)
-  if (best.nEnc.thread > 0) console.log(`| native / fallback, apply applyEncoded (main-thread CPU time) | ${(best.nEnc.thread / best.jEnc.thread).toFixed(1)} | >= 10 |`)
+  if (best.nEnc.thread > 0)
+    console.log(
+      `| native / fallback, apply applyEncoded (main-thread CPU time) | ${(best.nEnc.thread / best.jEnc.thread).toFixed(1)} | >= 10 |`,
+    )
   console.log(`| native / fallback, findMatches mean latency | ${(latJ.mean / latN.mean).toFixed(1)} | >= 10 |`)
-  console.log(`\nbest of ${ROUNDS} rounds of ${MS} ms each for throughput; latency: ${QUERIES} timed queries after 2,000 warm-up ones, the round with the lowest p99 of ${ROUNDS}`)
+  console.log(
+    `\nbest of ${ROUNDS} rounds of ${MS} ms each for throughput; latency: ${QUERIES} timed queries after 2,000 warm-up ones, the round with the lowest p99 of ${ROUNDS}`,
+  )
 }
 
 if (process.argv.includes('--memory-child')) {

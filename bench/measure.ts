@@ -26,7 +26,11 @@ function threadCpuNs(): number {
 }
 
 function rates(units: number, elapsedMs: number, cpu: NodeJS.CpuUsage, threadNs: number): Rate {
-  return { wall: units / (elapsedMs / 1000), cpu: units / ((cpu.user + cpu.system) / 1e6), thread: threadNs > 0 ? units / (threadNs / 1e9) : 0 }
+  return {
+    wall: units / (elapsedMs / 1000),
+    cpu: units / ((cpu.user + cpu.system) / 1e6),
+    thread: threadNs > 0 ? units / (threadNs / 1e9) : 0,
+  }
 }
 
 /** A clock over the timed passes: wall, process CPU and thread CPU from the moment it starts. */
@@ -71,7 +75,11 @@ export async function rateAsync(unitsPerPass: number, pass: () => void): Promise
 }
 
 /** The better of two rounds, per clock. */
-export const best = (a: Rate, b: Rate): Rate => ({ wall: Math.max(a.wall, b.wall), cpu: Math.max(a.cpu, b.cpu), thread: Math.max(a.thread, b.thread) })
+export const best = (a: Rate, b: Rate): Rate => ({
+  wall: Math.max(a.wall, b.wall),
+  cpu: Math.max(a.cpu, b.cpu),
+  thread: Math.max(a.thread, b.thread),
+})
 
 /** 1.23 M / 456 k */
 export const fmtRate = (x: number): string => (x >= 1e6 ? `${(x / 1e6).toFixed(2)} M` : `${(x / 1e3).toFixed(0)} k`)

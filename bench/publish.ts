@@ -9,14 +9,21 @@ import { startNatsServer } from '../__test__/helpers/nats-server.js'
 import { BLOCK_SIZE, standardWorkload, type Workload } from './workload.js'
 import { MS, ROUNDS, fmtRate, stopwatch, type Rate } from './measure.js'
 
-
 interface Result {
   events: number
   rate: Rate
 }
 
 async function throughPublisher(url: string, w: Workload, mode: IngestMode, component: string): Promise<Result> {
-  const p = await KvEventPublisher.create({ namespace: 'bench', component, kvBlockSize: BLOCK_SIZE, workerId: 7n, mode, nats: { servers: url }, logger: silentLogger })
+  const p = await KvEventPublisher.create({
+    namespace: 'bench',
+    component,
+    kvBlockSize: BLOCK_SIZE,
+    workerId: 7n,
+    mode,
+    nats: { servers: url },
+    logger: silentLogger,
+  })
   const clock = stopwatch()
   const until = Date.now() + MS
   let events = 0
@@ -63,7 +70,9 @@ export async function benchPublish(): Promise<void> {
   const w = standardWorkload(4000)
   const nats = await startNatsServer()
   try {
-    console.log(`\n## Publishing (issue 4): ${w.batches.length} batches, ${w.events} engine events per pass, private nats-server ${nats.url}`)
+    console.log(
+      `\n## Publishing (issue 4): ${w.batches.length} batches, ${w.events} engine events per pass, private nats-server ${nats.url}`,
+    )
     const best = { core: null as Result | null, js: null as Result | null, naive: null as Result | null }
     const better = (a: Result | null, b: Result) => (a === null || b.rate.wall > a.rate.wall ? b : a)
     for (let r = 0; r < ROUNDS; r++) {

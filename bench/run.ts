@@ -26,7 +26,14 @@ function nodeRate(w: Workload, impl: RawBinding, api: boolean): Rate {
       for (const b of w.batches) ing.ingest(b, 1_700_000_000_000)
     })
   }
-  const ing = new impl.RawIngestor({ kvBlockSize: BLOCK_SIZE, workerId: 7n, jetstream: false, maxDpRanks: 64, dpRanks: null as unknown as Uint32Array, localIndexerBufferSize: 0 })
+  const ing = new impl.RawIngestor({
+    kvBlockSize: BLOCK_SIZE,
+    workerId: 7n,
+    jetstream: false,
+    maxDpRanks: 64,
+    dpRanks: null as unknown as Uint32Array,
+    localIndexerBufferSize: 0,
+  })
   const out = Buffer.allocUnsafeSlow(1 << 20)
   return rate(w.blocks, () => {
     for (const b of w.batches) ing.ingestInto(b, 1_700_000_000_000, out, 0)
@@ -71,7 +78,8 @@ function benchIngest(): void {
   }
   // The Rust example measures its own thread (schedstat); for Node both the process (GC helper threads
   // included) and the main thread alone are shown, the latter being the like-for-like comparison.
-  const row = (name: string, r: Rate) => console.log(`| ${name} | ${fmtRate(r.wall)} | ${fmtRate(r.cpu)} | ${r.thread ? fmtRate(r.thread) : '-'} |`)
+  const row = (name: string, r: Rate) =>
+    console.log(`| ${name} | ${fmtRate(r.wall)} | ${fmtRate(r.cpu)} | ${r.thread ? fmtRate(r.thread) : '-'} |`)
   console.log('\n| ingest, standard workload (event plane) | blocks/s (wall) | blocks/s (process CPU) | blocks/s (main-thread CPU) |')
   console.log('|---|---|---|---|')
   row('pure Rust core (Ingestor::ingest)', top.rust)
@@ -81,8 +89,12 @@ function benchIngest(): void {
   row('fallback, public Ingestor.ingest', top.jsApi)
   console.log('\n| ratio (main-thread CPU time; process CPU time in brackets) | value | target |')
   console.log('|---|---|---|')
-  console.log(`| native (public API) / pure Rust | ${(top.nativeApi.thread / top.rust.thread).toFixed(2)} (${(top.nativeApi.cpu / top.rust.cpu).toFixed(2)}) | >= 0.7 |`)
-  console.log(`| native (public API) / fallback (public API) | ${(top.nativeApi.thread / top.jsApi.thread).toFixed(1)} (${(top.nativeApi.cpu / top.jsApi.cpu).toFixed(1)}) | >= 20 |`)
+  console.log(
+    `| native (public API) / pure Rust | ${(top.nativeApi.thread / top.rust.thread).toFixed(2)} (${(top.nativeApi.cpu / top.rust.cpu).toFixed(2)}) | >= 0.7 |`,
+  )
+  console.log(
+    `| native (public API) / fallback (public API) | ${(top.nativeApi.thread / top.jsApi.thread).toFixed(1)} (${(top.nativeApi.cpu / top.jsApi.cpu).toFixed(1)}) | >= 20 |`,
+  )
   console.log(`\nbest of ${ROUNDS} rounds of ${MS} ms each`)
 }
 

@@ -47,7 +47,7 @@ export function standardWorkload(nBatches: number, seed = 1): Workload {
           block_size: u(BLOCK_SIZE),
           lora_id: nil,
           medium: s('GPU'),
-          lora_name: rng.chance(0.1) ? s('adapter-' + rng.int(4)) : nil,
+          lora_name: rng.chance(0.1) ? s(`adapter-${rng.int(4)}`) : nil,
         }),
       )
       live.push(...hashes)

@@ -63,7 +63,14 @@ export async function benchZmq(): Promise<void> {
     const after = p.stats()
     const eventsIn = Number(after.ingest.events_in - before.ingest.events_in)
     const rate = clock.rate(eventsIn)
-    const emitted = Number(after.emitted.stored + after.emitted.removed + after.emitted.cleared - before.emitted.stored - before.emitted.removed - before.emitted.cleared)
+    const emitted = Number(
+      after.emitted.stored +
+        after.emitted.removed +
+        after.emitted.cleared -
+        before.emitted.stored -
+        before.emitted.removed -
+        before.emitted.cleared,
+    )
     const s = after.source!
     const held = new Set(done.held)
     const indexed = new Set(
@@ -72,7 +79,9 @@ export async function benchZmq(): Promise<void> {
     const equal = held.size === indexed.size && [...held].every((h) => indexed.has(h))
     await p.close()
     console.log(`\n## ZMQ source (issue 5): simulated engine in a child process -> ZeroMQ -> KvEventPublisher -> core NATS`)
-    console.log(`engine: ${STEPS} batches, ${done.events} engine events, sent in ${done.secs.toFixed(2)} s (${fmtRate(done.events / done.secs)} events/s)`)
+    console.log(
+      `engine: ${STEPS} batches, ${done.events} engine events, sent in ${done.secs.toFixed(2)} s (${fmtRate(done.events / done.secs)} events/s)`,
+    )
     console.log('\n| ZMQ -> ingest -> core NATS | value |')
     console.log('|---|---|')
     console.log(`| engine events/s (wall, first batch sent to last event confirmed) | ${fmtRate(rate.wall)} |`)

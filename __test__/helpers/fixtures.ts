@@ -29,12 +29,30 @@ export interface EngineCase {
 export const engine = fixture<{ cases: EngineCase[] }>('engine-batches.json').cases
 export const hashes = fixture<{
   raw_hash: { input_utf8: string; seed: number; xxh3_64: string }
-  vectors: { name: string; tokens: number[]; kv_block_size: number; lora_name: string | null; block_mm_infos: (JsonMm | null)[] | null; expected: string[] }[]
+  vectors: {
+    name: string
+    tokens: number[]
+    kv_block_size: number
+    lora_name: string | null
+    block_mm_infos: (JsonMm | null)[] | null
+    expected: string[]
+  }[]
 }>('block-hashes.json')
 export const wire = fixture<{
   router_events: { name: string; router_event_json: string; router_event_msgpack_hex: string }[]
-  envelopes: { name: string; publisher_id: string; sequence: string; published_at: string; topic: string; payload_hex: string; envelope_msgpack_hex: string }[]
-  active_load: { value: { worker_id: string; dp_rank: number; active_decode_blocks: string; active_prefill_tokens: string | null }; msgpack_hex: string }
+  envelopes: {
+    name: string
+    publisher_id: string
+    sequence: string
+    published_at: string
+    topic: string
+    payload_hex: string
+    envelope_msgpack_hex: string
+  }[]
+  active_load: {
+    value: { worker_id: string; dp_rank: number; active_decode_blocks: string; active_prefill_tokens: string | null }
+    msgpack_hex: string
+  }
   jetstream_stream_names: { namespace: string; component: string; stream: string }[]
 }>('router-wire.json')
 
@@ -47,7 +65,11 @@ export function toEvent(e: JsonEvent): ConvertedEvent {
       return {
         type: 'stored',
         parentHash: e.parent_hash === null ? null : BigInt(e.parent_hash),
-        blocks: e.blocks.map((b) => ({ blockHash: BigInt(b.block_hash), tokensHash: BigInt(b.tokens_hash), mmExtraInfo: mmInfo(b.mm_extra_info) })),
+        blocks: e.blocks.map((b) => ({
+          blockHash: BigInt(b.block_hash),
+          tokensHash: BigInt(b.tokens_hash),
+          mmExtraInfo: mmInfo(b.mm_extra_info),
+        })),
       }
     case 'removed':
       return { type: 'removed', blockHashes: e.block_hashes.map(BigInt) }
@@ -96,4 +118,3 @@ export const rev = (workerId: bigint, eventId: bigint, dpRank: number, data: Con
 })
 
 export const sortU64 = (xs: Iterable<bigint>): bigint[] => [...xs].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))
-

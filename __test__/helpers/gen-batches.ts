@@ -85,7 +85,9 @@ export class BatchGenerator {
     if (r.chance(0.1)) {
       extraKeys = arr(
         ...hashes.map(() =>
-          r.chance(0.5) ? nil : arr(...[0, 1].map(() => (r.chance(0.5) ? s(this.#mmHex()) : r.chance(0.5) ? arr(s(this.#mmHex()), u(r.int(9))) : s('salt')))),
+          r.chance(0.5)
+            ? nil
+            : arr(...[0, 1].map(() => (r.chance(0.5) ? s(this.#mmHex()) : r.chance(0.5) ? arr(s(this.#mmHex()), u(r.int(9))) : s('salt')))),
         ),
       )
     } else if (r.chance(0.08)) {
@@ -93,7 +95,13 @@ export class BatchGenerator {
         ...hashes.map(() =>
           r.chance(0.4)
             ? nil
-            : map({ mm_objects: arr(...[0, 1].slice(0, 1 + r.int(2)).map(() => map({ mm_hash: u(r.u64()), offsets: r.chance(0.3) ? nil : arr(arr(u(r.int(9)), u(9 + r.int(9)))) }))) }),
+            : map({
+                mm_objects: arr(
+                  ...[0, 1]
+                    .slice(0, 1 + r.int(2))
+                    .map(() => map({ mm_hash: u(r.u64()), offsets: r.chance(0.3) ? nil : arr(arr(u(r.int(9)), u(9 + r.int(9)))) })),
+                ),
+              }),
         ),
       )
     }
@@ -214,7 +222,8 @@ export class BatchGenerator {
     const ts = f64(1700000000 + r.next())
     let batch: Mp
     const shape = r.int(20)
-    if (shape === 0) batch = map({ ts, events: arr(...events), data_parallel_rank: rank === 0 && r.chance(0.5) ? nil : u(rank), dp_rank: u(rank) })
+    if (shape === 0)
+      batch = map({ ts, events: arr(...events), data_parallel_rank: rank === 0 && r.chance(0.5) ? nil : u(rank), dp_rank: u(rank) })
     else if (shape === 1 && rank === 0) batch = arr(ts, arr(...events))
     else if (shape === 2) batch = arr(ts, arr(...events), u(rank), bin(Buffer.alloc(16, 7)))
     else batch = arr(ts, arr(...events), rank === 0 && r.chance(0.2) ? nil : u(rank))

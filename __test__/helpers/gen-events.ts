@@ -308,7 +308,8 @@ export class EventGenerator {
     if (x < (cut += o.invalidRate)) {
       const data = this.#chain(k, null, null, r.chance(0.3) ? 17 + r.int(30) : 2 + r.int(3)) // long ones too
       const blocks = data.blocks
-      if (r.chance(0.5)) blocks.push({ ...blocks[r.int(blocks.length)]! }) // a repeated hash
+      if (r.chance(0.5))
+        blocks.push({ ...blocks[r.int(blocks.length)]! }) // a repeated hash
       else data.parentHash = blocks[r.int(blocks.length)]!.blockHash // a hash equal to the parent
       return this.#countStore(k, data)
     }
@@ -346,7 +347,12 @@ export class EventGenerator {
   }
 
   /** A chain of new blocks under `parent` (null: a root store). */
-  #chain(k: KeyState, parent: bigint | null, parentPath: PathNode | null, n = 1 + this.rng.int(this.opts.maxBlocks)): Extract<ConvertedEvent, { type: 'stored' }> {
+  #chain(
+    k: KeyState,
+    parent: bigint | null,
+    parentPath: PathNode | null,
+    n = 1 + this.rng.int(this.opts.maxBlocks),
+  ): Extract<ConvertedEvent, { type: 'stored' }> {
     const salt = this.#saltOf(k)
     const blocks: StoredBlock[] = []
     let prevBlock = parent
@@ -562,7 +568,10 @@ export class ReferenceIndex {
     return [...this.workersByKey.values()].sort(byKey)
   }
 
-  findMatches(q: ArrayLike<bigint>, earlyExit = false): { scores: ModelScore[]; treeSizes: { workerId: bigint; dpRank: number; size: number }[] } {
+  findMatches(
+    q: ArrayLike<bigint>,
+    earlyExit = false,
+  ): { scores: ModelScore[]; treeSizes: { workerId: bigint; dpRank: number; size: number }[] } {
     const scores = new Map<MWorker, number>()
     const first: MNode | undefined = q.length > 0 ? this.root.children.get(q[0]!) : undefined
     if (first) {

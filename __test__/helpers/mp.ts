@@ -61,7 +61,8 @@ function write(o: Out, m: Mp): void {
     }
     case 'int': {
       if (m.w === 0 || (m.w === undefined && m.v >= -32n && m.v < 0n)) return o.push(Number(BigInt.asUintN(8, m.v)))
-      const w = m.w ?? (m.v >= -128n && m.v < 128n ? 1 : m.v >= -32768n && m.v < 32768n ? 2 : m.v >= -(2n ** 31n) && m.v < 2n ** 31n ? 4 : 8)
+      const w =
+        m.w ?? (m.v >= -128n && m.v < 128n ? 1 : m.v >= -32768n && m.v < 32768n ? 2 : m.v >= -(2n ** 31n) && m.v < 2n ** 31n ? 4 : 8)
       o.push({ 1: 0xd0, 2: 0xd1, 4: 0xd2, 8: 0xd3 }[w])
       return o.be(BigInt.asUintN(w * 8, m.v), w)
     }
@@ -82,15 +83,15 @@ function write(o: Out, m: Mp): void {
       const w = m.w ?? (b.length < 32 ? 'fix' : b.length < 256 ? 8 : b.length < 65536 ? 16 : 32)
       if (w === 'fix') o.push(0xa0 | b.length)
       else if (w === 8) o.push(0xd9, b.length)
-      else if (w === 16) (o.push(0xda), o.be(BigInt(b.length), 2))
-      else (o.push(0xdb), o.be(BigInt(b.length), 4))
+      else if (w === 16) o.push(0xda), o.be(BigInt(b.length), 2)
+      else o.push(0xdb), o.be(BigInt(b.length), 4)
       return o.raw(b)
     }
     case 'bin': {
       const n = m.v.length
       if (n < 256) o.push(0xc4, n)
-      else if (n < 65536) (o.push(0xc5), o.be(BigInt(n), 2))
-      else (o.push(0xc6), o.be(BigInt(n), 4))
+      else if (n < 65536) o.push(0xc5), o.be(BigInt(n), 2)
+      else o.push(0xc6), o.be(BigInt(n), 4)
       return o.raw(m.v)
     }
     case 'arr':
@@ -99,8 +100,8 @@ function write(o: Out, m: Mp): void {
       const w = m.w ?? (n < 16 ? 'fix' : n < 65536 ? 16 : 32)
       const [fix, m16, m32] = m.t === 'arr' ? [0x90, 0xdc, 0xdd] : [0x80, 0xde, 0xdf]
       if (w === 'fix') o.push(fix | n)
-      else if (w === 16) (o.push(m16), o.be(BigInt(n), 2))
-      else (o.push(m32), o.be(BigInt(n), 4))
+      else if (w === 16) o.push(m16), o.be(BigInt(n), 2)
+      else o.push(m32), o.be(BigInt(n), 4)
       if (m.t === 'arr') for (const x of m.v) write(o, x)
       else
         for (const [k, x] of m.v) {

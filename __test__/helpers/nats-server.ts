@@ -56,7 +56,10 @@ export function findNatsServer(binary = process.env.NATS_SERVER_BIN): string {
   const candidates = binary
     ? [binary]
     : [
-        ...(process.env.PATH ?? '').split(path.delimiter).filter(Boolean).map((dir) => path.join(dir, 'nats-server')),
+        ...(process.env.PATH ?? '')
+          .split(path.delimiter)
+          .filter(Boolean)
+          .map((dir) => path.join(dir, 'nats-server')),
         '/usr/sbin/nats-server',
         '/usr/local/bin/nats-server',
         '/usr/local/sbin/nats-server',

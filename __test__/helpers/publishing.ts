@@ -112,7 +112,9 @@ export function blocksOf(index: { dump(): RouterEventValue[] }, workerId: bigint
 }
 
 /** A comparable form of an index dump: per (worker, rank), the sorted block hashes it holds. */
-export function holdings(dump: { workerId: bigint; event: { dpRank: number; data: { type: string; blocks?: { blockHash: bigint }[] } } }[]): Record<string, string[]> {
+export function holdings(
+  dump: { workerId: bigint; event: { dpRank: number; data: { type: string; blocks?: { blockHash: bigint }[] } } }[],
+): Record<string, string[]> {
   const out: Record<string, Set<bigint>> = {}
   for (const ev of dump) {
     if (ev.event.data.type !== 'stored') continue
@@ -125,7 +127,12 @@ export function holdings(dump: { workerId: bigint; event: { dpRank: number; data
   return sorted
 }
 
-export function assertHoldingsEqual(t: ExecutionContext, got: Record<string, string[]>, want: Record<string, string[]>, what: string): void {
+export function assertHoldingsEqual(
+  t: ExecutionContext,
+  got: Record<string, string[]>,
+  want: Record<string, string[]>,
+  what: string,
+): void {
   const keys = new Set([...Object.keys(got), ...Object.keys(want)])
   let blocks = 0
   for (const k of keys) {

@@ -42,7 +42,8 @@ export class IngestorConsumer implements BatchConsumer {
   }
 
   #record(r: kv.IngestResult): void {
-    if (r.firstEventId !== null && r.dpRank !== null) this.emitted.push({ dpRank: r.dpRank, firstEventId: r.firstEventId, count: r.payloads.length })
+    if (r.firstEventId !== null && r.dpRank !== null)
+      this.emitted.push({ dpRank: r.dpRank, firstEventId: r.firstEventId, count: r.payloads.length })
   }
 
   /** Block hashes the local index holds for the dp rank. */
@@ -90,7 +91,10 @@ export async function settle(source: ZmqSource, sim: EngineSimulator): Promise<v
   await sim.heartbeat()
   await driveCaughtUp(source, sim)
   const last = sim.nextSeq - 1n
-  await waitFor(() => source.trackers().some((t) => t.dpRank === sim.dpRank && t.lastLive === last) && caughtUp(source, sim), 'the live stream to settle')
+  await waitFor(
+    () => source.trackers().some((t) => t.dpRank === sim.dpRank && t.lastLive === last) && caughtUp(source, sim),
+    'the live stream to settle',
+  )
 }
 
 /** An error saying where the source stood. */

@@ -54,7 +54,15 @@ async function engineOverZmq(natsUrl: string | null): Promise<void> {
   let ingestor: Ingestor | null = null
   let source: ZmqSource
   if (natsUrl) {
-    publisher = await KvEventPublisher.create({ namespace: 'demo', component: 'backend', kvBlockSize: KV_BLOCK_SIZE, workerId: 7n, nats: { servers: natsUrl }, logger: silentLogger, zmq })
+    publisher = await KvEventPublisher.create({
+      namespace: 'demo',
+      component: 'backend',
+      kvBlockSize: KV_BLOCK_SIZE,
+      workerId: 7n,
+      nats: { servers: natsUrl },
+      logger: silentLogger,
+      zmq,
+    })
     source = publisher.source!
   } else {
     const ing = new Ingestor({ kvBlockSize: KV_BLOCK_SIZE, workerId: 7n, localIndexer: true })
@@ -77,7 +85,9 @@ async function engineOverZmq(natsUrl: string | null): Promise<void> {
   const indexed = new Set(index.dump().flatMap((e) => (e.event.data.type === 'stored' ? e.event.data.blocks.map((b) => b.blockHash) : [])))
   const held = sim.held()
   const equal = held.size === indexed.size && [...held].every((h) => indexed.has(h))
-  console.log(`batches received ${s.received}, ingested ${s.ingested}; gaps ${s.gaps}, replays ${s.replays}, recovered ${s.recovered}, lost ${s.lost}`)
+  console.log(
+    `batches received ${s.received}, ingested ${s.ingested}; gaps ${s.gaps}, replays ${s.replays}, recovered ${s.recovered}, lost ${s.lost}`,
+  )
   const emitted = publisher ? publisher.stats().emitted : null
   if (emitted) console.log(`published: ${emitted.stored} stored, ${emitted.removed} removed, ${emitted.cleared} cleared events`)
   console.log(`local index: ${indexed.size} blocks; engine holds ${held.size}; equal: ${equal ? 'yes' : 'NO'}`)

@@ -23,20 +23,8 @@ import {
   type RejectReason,
   type RouterEventValue,
 } from './binding.js'
-import { implementation, raw } from './native.js'
-import {
-  bytesArg,
-  checkName,
-  describe,
-  hashesArg,
-  loraArg,
-  mmInfosArg,
-  nowArg,
-  positiveInt,
-  tokensArg,
-  u32,
-  u64,
-} from '../util/args.js'
+import { raw } from './native.js'
+import { bytesArg, checkName, describe, hashesArg, loraArg, mmInfosArg, nowArg, positiveInt, tokensArg, u32, u64 } from '../util/args.js'
 
 export { implementation, nativeLoadError } from './native.js'
 export { REJECT_REASONS, COUNTER_NAMES, APPLY_OUTCOMES, INDEX_COUNTER_NAMES } from './binding.js'
@@ -156,7 +144,13 @@ export function encodeEnvelope(env: {
 }): Buffer {
   const publishedAt = typeof env.publishedAt === 'number' ? BigInt(nowArg(env.publishedAt)) : u64('publishedAt', env.publishedAt)
   if (typeof env.topic !== 'string') throw new TypeError(`topic must be a string, got ${describe(env.topic)}`)
-  return raw.encodeEnvelope(u64('publisherId', env.publisherId), u64('sequence', env.sequence), publishedAt, env.topic, bytesArg('payload', env.payload))
+  return raw.encodeEnvelope(
+    u64('publisherId', env.publisherId),
+    u64('sequence', env.sequence),
+    publishedAt,
+    env.topic,
+    bytesArg('payload', env.payload),
+  )
 }
 
 /** Dynamo's ActiveLoad message (the payload of a kv_metrics envelope). */
@@ -167,7 +161,12 @@ export function encodeActiveLoad(load: {
   activePrefillTokens?: bigint | null
 }): Buffer {
   const prefill = load.activePrefillTokens == null ? null : u64('activePrefillTokens', load.activePrefillTokens)
-  return raw.encodeActiveLoad(u64('workerId', load.workerId), u32('dpRank', load.dpRank), u64('activeDecodeBlocks', load.activeDecodeBlocks), prefill)
+  return raw.encodeActiveLoad(
+    u64('workerId', load.workerId),
+    u32('dpRank', load.dpRank),
+    u64('activeDecodeBlocks', load.activeDecodeBlocks),
+    prefill,
+  )
 }
 
 /** The JetStream stream a Dynamo 1.0 router reads for this namespace and component. */

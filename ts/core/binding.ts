@@ -234,5 +234,7 @@ export interface RawBinding {
   RawIngestor: new (options: RawIngestorOptions) => RawIngestor
   RawRadixIndex: new () => RawRadixIndex
   /** bufferSize: events kept per dp rank (>= 1). */
-  RawLocalIndexer: new (bufferSize: number) => RawLocalIndexer
+  RawLocalIndexer: new (
+    bufferSize: number,
+  ) => RawLocalIndexer
 }

@@ -129,7 +129,8 @@ function envelopePayload(b: Uint8Array): void {
   let p = end < 0 ? -1 : mapAt(b, 0)
   if (p < 0) {
     // a well-formed non-map, or malformed bytes: distinguish like the core's first header read
-    if (end >= 0 || !((b[0]! & 0xf0) === 0x80 || b[0] === 0xde || b[0] === 0xdf)) throw new Error('invalid router event: envelope is not a map')
+    if (end >= 0 || !((b[0]! & 0xf0) === 0x80 || b[0] === 0xde || b[0] === 0xdf))
+      throw new Error('invalid router event: envelope is not a map')
     throw new Error('invalid router event: malformed envelope')
   }
   const n = R.count
@@ -823,7 +824,16 @@ export class FallbackRadixIndex implements RawRadixIndex {
   }
 
   /** A removed event: hashes [start, start + n) of `hashes` (u64 pairs). */
-  applyRemovedParts(wHi: number, wLo: number, rank: number, idHi: number, idLo: number, hashes: Uint32Array, start: number, n: number): number {
+  applyRemovedParts(
+    wHi: number,
+    wLo: number,
+    rank: number,
+    idHi: number,
+    idLo: number,
+    hashes: Uint32Array,
+    start: number,
+    n: number,
+  ): number {
     const wk = this.workerKey(wHi, wLo, rank)
     wk.hasLast = true
     wk.lastHi = idHi
@@ -1155,7 +1165,8 @@ export class FallbackRadixIndex implements RawRadixIndex {
     const out: RouterEventValue[] = []
     const N = this.N
     const H = this.H
-    const byKeyDesc = (a: number, b: number): number => cmp64(N[b * NS + N_KHI]!, N[b * NS + N_KLO]!, N[a * NS + N_KHI]!, N[a * NS + N_KLO]!)
+    const byKeyDesc = (a: number, b: number): number =>
+      cmp64(N[b * NS + N_KHI]!, N[b * NS + N_KLO]!, N[a * NS + N_KHI]!, N[a * NS + N_KLO]!)
     for (const wk of keys) {
       const eventId = wk.hasLast ? big(wk.lastHi, wk.lastLo) : 0n
       // the worker's nodes, grouped by parent: a DFS from the root through them reaches exactly the
@@ -1197,7 +1208,11 @@ export class FallbackRadixIndex implements RawRadixIndex {
           if (first === null) first = blockHash
           out.push({
             workerId: wk.workerId,
-            event: { eventId, dpRank: wk.rank, data: { type: 'stored', parentHash, blocks: [{ blockHash, tokensHash, mmExtraInfo: null }] } },
+            event: {
+              eventId,
+              dpRank: wk.rank,
+              data: { type: 'stored', parentHash, blocks: [{ blockHash, tokensHash, mmExtraInfo: null }] },
+            },
           })
         }
         pushKids(node, first)

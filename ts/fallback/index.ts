@@ -6,7 +6,15 @@ import { FallbackRadixIndex } from './index-tree.js'
 import { FallbackIngestor } from './ingestor.js'
 import { FallbackLocalIndexer } from './local-indexer.js'
 import { ByteWriter } from './msgpack.js'
-import { decodeRouterEvent, jetstreamStreamName, jsonEncoder, msgpackEncoder, writeActiveLoad, writeEnvelope, writeRouterEvent } from './wire.js'
+import {
+  decodeRouterEvent,
+  jetstreamStreamName,
+  jsonEncoder,
+  msgpackEncoder,
+  writeActiveLoad,
+  writeEnvelope,
+  writeRouterEvent,
+} from './wire.js'
 
 const scratch = new ByteWriter(1 << 14)
 

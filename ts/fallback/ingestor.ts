@@ -4,7 +4,15 @@
 //
 // Hot path: the batch is read straight from its bytes (decode.ts), every RouterEvent is written into one
 // reused ByteWriter, and the output is one Buffer allocation per call.
-import { COUNTER_NAMES, OUT_HEADER_BYTES, type BlockExtraInfo, type RawIngestor, type RawIngestorOptions, type RawLocalIndexer, type RawIngestOutput } from '../core/binding.js'
+import {
+  COUNTER_NAMES,
+  OUT_HEADER_BYTES,
+  type BlockExtraInfo,
+  type RawIngestor,
+  type RawIngestorOptions,
+  type RawLocalIndexer,
+  type RawIngestOutput,
+} from '../core/binding.js'
 import {
   BatchHead,
   convertEvent,
@@ -225,7 +233,17 @@ export class FallbackIngestor implements RawIngestor {
       }
       if (parser.kept < parser.nHashes) this.truncated(dpRank, parser.nTokens, parser.kept, parser.nHashes)
       hashKept(parser, kvbs)
-      this.emitStored(dpRank, rs, parser.hashes, parser.tokHashes, parser.kept, parser.hasParent, parser.parentHi, parser.parentLo, parser.mm)
+      this.emitStored(
+        dpRank,
+        rs,
+        parser.hashes,
+        parser.tokHashes,
+        parser.kept,
+        parser.hasParent,
+        parser.parentHi,
+        parser.parentLo,
+        parser.mm,
+      )
     }
     return this.finish(dpRank)
   }
@@ -387,7 +405,20 @@ export class FallbackIngestor implements RawIngestor {
       enc.storedEnd(w)
       this.endEvent(dpRank)
       if (this.li !== null) {
-        this.li.applyStoredParts(this.workerHi, this.workerLo, dpRank, this.curIdHi, this.curIdLo, hasParent, parentHi, parentLo, hashes, tokHashes, start, m)
+        this.li.applyStoredParts(
+          this.workerHi,
+          this.workerLo,
+          dpRank,
+          this.curIdHi,
+          this.curIdLo,
+          hasParent,
+          parentHi,
+          parentLo,
+          hashes,
+          tokHashes,
+          start,
+          m,
+        )
       }
       // the next chunk chains to the last block of this one
       hasParent = true
@@ -513,7 +544,7 @@ export class FallbackIngestor implements RawIngestor {
     const n = this.n
     const body = this.out.pos
     put32(target, offset + 0, n)
-    put32(target, offset + 4, this.outRank < 0 ? 0 : this.outRank) // u32; flag bit 2 says whether there is one
+    put32(target, offset + 4, Math.max(this.outRank , 0)) // u32; flag bit 2 says whether there is one
     put32(target, offset + 8, this.outFlags)
     put32(target, offset + 12, 0)
     put32(target, offset + 16, n > 0 ? this.firstLo : 0)

@@ -81,7 +81,11 @@ function normalized(ev: RouterEventValue): RouterEventValue {
     event: {
       eventId: ev.event.eventId,
       dpRank: ev.event.dpRank,
-      data: { type: 'stored', parentHash: d.parentHash ?? null, blocks: d.blocks.map((b) => ({ ...b, mmExtraInfo: b.mmExtraInfo ?? null })) },
+      data: {
+        type: 'stored',
+        parentHash: d.parentHash ?? null,
+        blocks: d.blocks.map((b) => ({ ...b, mmExtraInfo: b.mmExtraInfo ?? null })),
+      },
     },
   }
 }
@@ -160,7 +164,7 @@ export class FallbackLocalIndexer extends FallbackRadixIndex implements RawLocal
     const requestedEnd = end ?? newest
     if (start > newest) return { kind: 'TooNew', requestedStart: start, requestedEnd, newestAvailable: newest }
     if (start < big(oldHi, oldLo)) return { kind: 'TreeDump', events: this.dumpRank(dpRank) }
-    const last = requestedEnd < newest ? requestedEnd : newest
+    const last = Math.min(requestedEnd , newest)
     const sHi = Number(start >> 32n)
     const sLo = Number(start & 0xffffffffn)
     const eHi = Number(last >> 32n)

@@ -7,7 +7,7 @@
 // encodeRouterEvent writes from JS objects through the same code.
 import type { BlockExtraInfo, ConvertedEvent, MmObject, RouterEventValue } from '../core/binding.js'
 import { asciiBytes, get, JsonError, NULL, OTHER, parseJson, writeBigDec, writeSafeDec, writeU64Dec, type Val } from './json.js'
-import { arrayAt, ByteWriter, intAt, INT_NONNEG, keyBytes, mapAt, MAX_DEPTH, R, rBig, skip, strAt, validate } from './msgpack.js'
+import { arrayAt, type ByteWriter, intAt, INT_NONNEG, keyBytes, mapAt, MAX_DEPTH, R, rBig, skip, strAt, validate } from './msgpack.js'
 
 // ---------------------------------------------------------------------------------------------------
 // RouterEvent encoders
@@ -241,7 +241,15 @@ const ENV_PAYLOAD = keyBytes('payload')
 export const ENV_TOPIC_KV_EVENTS = concat(ENV_TOPIC, keyBytes('kv-events'))
 
 /** The envelope up to (not including) the topic key: publisher_id, sequence, published_at. */
-export function writeEnvelopeHead(w: ByteWriter, pubHi: number, pubLo: number, seqHi: number, seqLo: number, atHi: number, atLo: number): void {
+export function writeEnvelopeHead(
+  w: ByteWriter,
+  pubHi: number,
+  pubLo: number,
+  seqHi: number,
+  seqLo: number,
+  atHi: number,
+  atLo: number,
+): void {
   w.bytes(ENV_PUBLISHER_ID)
   w.uint(pubHi, pubLo)
   w.bytes(ENV_SEQUENCE)
@@ -250,7 +258,14 @@ export function writeEnvelopeHead(w: ByteWriter, pubHi: number, pubLo: number, s
   w.uint(atHi, atLo)
 }
 
-export function writeEnvelope(w: ByteWriter, publisherId: bigint, sequence: bigint, publishedAt: bigint, topic: string, payload: Uint8Array): void {
+export function writeEnvelope(
+  w: ByteWriter,
+  publisherId: bigint,
+  sequence: bigint,
+  publishedAt: bigint,
+  topic: string,
+  payload: Uint8Array,
+): void {
   writeEnvelopeHead(w, hi32(publisherId), lo32(publisherId), hi32(sequence), lo32(sequence), hi32(publishedAt), lo32(publishedAt))
   w.bytes(ENV_TOPIC)
   w.str(topic)
@@ -266,7 +281,13 @@ const AL_DP_RANK = keyBytes('dp_rank')
 const AL_DECODE = keyBytes('active_decode_blocks')
 const AL_PREFILL = keyBytes('active_prefill_tokens')
 
-export function writeActiveLoad(w: ByteWriter, workerId: bigint, dpRank: number, activeDecodeBlocks: bigint, activePrefillTokens: bigint | null): void {
+export function writeActiveLoad(
+  w: ByteWriter,
+  workerId: bigint,
+  dpRank: number,
+  activeDecodeBlocks: bigint,
+  activePrefillTokens: bigint | null,
+): void {
   w.bytes(AL_WORKER_ID)
   w.uintBig(workerId)
   w.bytes(AL_DP_RANK)
@@ -442,4 +463,3 @@ export function decodeRouterEvent(bytes: Uint8Array, json: boolean): RouterEvent
   }
   return routerEventOf(v)
 }
-

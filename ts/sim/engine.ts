@@ -78,10 +78,7 @@ interface Doc {
 }
 
 type StoredEvent = { t: 'stored'; parent: bigint | null; hashes: bigint[]; tokens: Uint32Array }
-type SimEvent =
-  | StoredEvent
-  | { t: 'removed'; hashes: bigint[] }
-  | { t: 'cleared' }
+type SimEvent = StoredEvent | { t: 'removed'; hashes: bigint[] } | { t: 'cleared' }
 
 const END_SEQ = Buffer.alloc(8, 0xff)
 const EMPTY = Buffer.alloc(0)

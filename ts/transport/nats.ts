@@ -48,7 +48,13 @@ export class NatsConnectError extends Error {
 
 export function isNatsConnection(v: unknown): v is NatsConnection {
   const c = v as NatsConnection
-  return typeof c === 'object' && c !== null && typeof c.publish === 'function' && typeof c.close === 'function' && typeof c.status === 'function'
+  return (
+    typeof c === 'object' &&
+    c !== null &&
+    typeof c.publish === 'function' &&
+    typeof c.close === 'function' &&
+    typeof c.status === 'function'
+  )
 }
 
 type Env = Record<string, string | undefined>
@@ -69,7 +75,18 @@ export interface ResolvedNats {
 
 export function resolveNatsOptions(opts: NatsOptions = {}, env: Env = process.env): ResolvedNats {
   if (typeof opts !== 'object' || opts === null) throw new TypeError(`nats must be an object or a NatsConnection, got ${describe(opts)}`)
-  const known = new Set(['servers', 'token', 'user', 'pass', 'nkeySeed', 'credentialsFile', 'tls', 'name', 'timeoutMs', 'reconnectTimeWaitMs'])
+  const known = new Set([
+    'servers',
+    'token',
+    'user',
+    'pass',
+    'nkeySeed',
+    'credentialsFile',
+    'tls',
+    'name',
+    'timeoutMs',
+    'reconnectTimeWaitMs',
+  ])
   for (const k of Object.keys(opts)) if (!known.has(k)) throw new TypeError(`nats.${k} is not an option (known: ${[...known].join(', ')})`)
 
   let servers: string[]
@@ -78,7 +95,10 @@ export function resolveNatsOptions(opts: NatsOptions = {}, env: Env = process.en
     if (list.length === 0) throw new TypeError('nats.servers must not be empty')
     servers = list.map((s, i) => str(`nats.servers${Array.isArray(opts.servers) ? `[${i}]` : ''}`, s)!)
   } else {
-    servers = (env.NATS_SERVER || 'nats://localhost:4222').split(',').map((s) => s.trim()).filter(Boolean)
+    servers = (env.NATS_SERVER || 'nats://localhost:4222')
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean)
   }
 
   const explicit = {
@@ -87,7 +107,9 @@ export function resolveNatsOptions(opts: NatsOptions = {}, env: Env = process.en
     nkey: opts.nkeySeed !== undefined,
     creds: opts.credentialsFile !== undefined,
   }
-  const kinds = Object.entries(explicit).filter(([, on]) => on).map(([k]) => k)
+  const kinds = Object.entries(explicit)
+    .filter(([, on]) => on)
+    .map(([k]) => k)
   if (kinds.length > 1) throw new TypeError(`nats: give one kind of auth, got ${kinds.join(' and ')}`)
 
   const options: ConnectionOptions = {
@@ -102,14 +124,22 @@ export function resolveNatsOptions(opts: NatsOptions = {}, env: Env = process.en
     reconnectTimeWait: opts.reconnectTimeWaitMs === undefined ? 250 : positiveInt('nats.reconnectTimeWaitMs', opts.reconnectTimeWaitMs),
   }
   if (opts.tls !== undefined && opts.tls !== false) {
-    if (opts.tls !== true && (typeof opts.tls !== 'object' || opts.tls === null)) throw new TypeError('nats.tls must be a boolean or TLS options')
+    if (opts.tls !== true && (typeof opts.tls !== 'object' || opts.tls === null))
+      throw new TypeError('nats.tls must be a boolean or TLS options')
     options.tls = opts.tls === true ? {} : opts.tls
   }
 
   const from = kinds.length > 0 ? 'options' : 'environment'
-  const src = kinds.length > 0
-    ? { user: opts.user, pass: opts.pass, token: opts.token, nkey: opts.nkeySeed, creds: opts.credentialsFile }
-    : { user: env.NATS_AUTH_USERNAME, pass: env.NATS_AUTH_PASSWORD, token: env.NATS_AUTH_TOKEN, nkey: env.NATS_AUTH_NKEY, creds: env.NATS_AUTH_CREDENTIALS_FILE }
+  const src =
+    kinds.length > 0
+      ? { user: opts.user, pass: opts.pass, token: opts.token, nkey: opts.nkeySeed, creds: opts.credentialsFile }
+      : {
+          user: env.NATS_AUTH_USERNAME,
+          pass: env.NATS_AUTH_PASSWORD,
+          token: env.NATS_AUTH_TOKEN,
+          nkey: env.NATS_AUTH_NKEY,
+          creds: env.NATS_AUTH_CREDENTIALS_FILE,
+        }
   const name = (opt: string, envName: string) => (from === 'options' ? `nats.${opt}` : `$NATS_AUTH_${envName}`)
   let auth: ResolvedNats['auth'] = 'none'
   // Dynamo's order of precedence: user+password, token, nkey, credentials file.
@@ -131,7 +161,10 @@ export function resolveNatsOptions(opts: NatsOptions = {}, env: Env = process.en
     try {
       bytes = readFileSync(file)
     } catch (err) {
-      throw new NatsConnectError(`cannot read the NATS credentials file ${file} (${name('credentialsFile', 'CREDENTIALS_FILE')}): ${(err as Error).message}`, { cause: err })
+      throw new NatsConnectError(
+        `cannot read the NATS credentials file ${file} (${name('credentialsFile', 'CREDENTIALS_FILE')}): ${(err as Error).message}`,
+        { cause: err },
+      )
     }
     options.authenticator = credsAuthenticator(bytes)
     auth = 'credentials'

@@ -9,7 +9,10 @@ export async function loadZeromq(): Promise<typeof Zmq> {
     try {
       loaded = await import('zeromq')
     } catch (err) {
-      throw new Error(`the ZMQ source and the engine simulator need the zeromq package (6.8.0) and its native addon: ${(err as Error).message}`, { cause: err })
+      throw new Error(
+        `the ZMQ source and the engine simulator need the zeromq package (6.8.0) and its native addon: ${(err as Error).message}`,
+        { cause: err },
+      )
     }
   }
   return loaded

@@ -13,8 +13,7 @@ export function u64(name: string, v: unknown): bigint {
 
 export function u32(name: string, v: unknown): number {
   if (typeof v !== 'number') throw new TypeError(`${name} must be a number, got ${describe(v)}`)
-  if (!Number.isInteger(v) || v < 0 || v > U32_MAX)
-    throw new RangeError(`${name} must be an integer within 0..2^32-1, got ${v}`)
+  if (!Number.isInteger(v) || v < 0 || v > U32_MAX) throw new RangeError(`${name} must be an integer within 0..2^32-1, got ${v}`)
   return v
 }
 
@@ -99,6 +98,7 @@ export function describe(v: unknown): string {
 /** Checks a Dynamo namespace or component name (SPEC 5); throws a RangeError naming the option. */
 export function checkName(option: string, v: unknown): string {
   if (typeof v !== 'string') throw new TypeError(`${option} must be a string, got ${describe(v)}`)
-  if (v.length === 0 || /[\s*>]/u.test(v)) throw new RangeError(`${option} must be non-empty without whitespace, '*' or '>', got ${JSON.stringify(v)}`)
+  if (v.length === 0 || /[\s*>]/u.test(v))
+    throw new RangeError(`${option} must be non-empty without whitespace, '*' or '>', got ${JSON.stringify(v)}`)
   return v
 }

@@ -61,9 +61,11 @@ export class WorkerMetricsPublisher {
   }
 
   static async create(options: WorkerMetricsPublisherOptions, env: Env = process.env): Promise<WorkerMetricsPublisher> {
-    if (typeof options !== 'object' || options === null) throw new TypeError(`WorkerMetricsPublisher options must be an object, got ${describe(options)}`)
+    if (typeof options !== 'object' || options === null)
+      throw new TypeError(`WorkerMetricsPublisher options must be an object, got ${describe(options)}`)
     for (const k of Object.keys(options))
-      if (!['namespace', 'workerId', 'nats', 'now', 'logger'].includes(k)) throw new TypeError(`${k} is not a WorkerMetricsPublisher option`)
+      if (!['namespace', 'workerId', 'nats', 'now', 'logger'].includes(k))
+        throw new TypeError(`${k} is not a WorkerMetricsPublisher option`)
     const namespace = checkName('namespace', options.namespace)
     const workerId = u64('workerId', options.workerId)
     const now = options.now ?? Date.now
@@ -141,7 +143,13 @@ export class WorkerMetricsPublisher {
     }
     const payload = encodeActiveLoad({ workerId: this.workerId, dpRank: rank, activeDecodeBlocks: s.latest })
     try {
-      const envelope = encodeEnvelope({ publisherId: this.workerId, sequence: this.#sequence, publishedAt: this.#now(), topic: 'kv_metrics', payload })
+      const envelope = encodeEnvelope({
+        publisherId: this.workerId,
+        sequence: this.#sequence,
+        publishedAt: this.#now(),
+        topic: 'kv_metrics',
+        payload,
+      })
       this.#nc.publish(this.subject, envelope)
       this.#sequence++
       this.#stats.published++

@@ -52,8 +52,16 @@ function createMetrics(registry: Registry, prefix: string, state: Registered): v
   byKey('events_rejected_total', 'Engine events (or batches: malformed, dp_rank) rejected, by reason', 'reason', (s) => s.rejected)
   counter('engine_batches_total', 'Engine batches ingested (ZMQ messages or ingest() calls)', (s) => s.ingest.batches)
   counter('published_total', 'Events handed to NATS (event plane) or acknowledged by the stream (JetStream)', (s) => s.sink.published)
-  counter('publish_errors_total', 'Publishes that failed and were not retried, or were still unconfirmed at close', (s) => s.sink.publishErrors)
-  counter('undelivered_total', 'Event-plane events dropped while NATS was disconnected and the reconnect buffer was full', (s) => s.sink.undelivered)
+  counter(
+    'publish_errors_total',
+    'Publishes that failed and were not retried, or were still unconfirmed at close',
+    (s) => s.sink.publishErrors,
+  )
+  counter(
+    'undelivered_total',
+    'Event-plane events dropped while NATS was disconnected and the reconnect buffer was full',
+    (s) => s.sink.undelivered,
+  )
   counter('publish_retries_total', 'JetStream publishes retried with the same message id', (s) => s.sink.retries)
   counter('publish_duplicates_total', 'JetStream acks saying the stream already had the message', (s) => s.sink.duplicates)
   counter('republished_total', 'JetStream events re-published under new ids to repair an out-of-order landing', (s) => s.sink.republished)
@@ -102,7 +110,8 @@ function createMetrics(registry: Registry, prefix: string, state: Registered): v
 export function registerPublisherMetrics(publisher: KvEventPublisher, opts: { registry?: Registry; prefix?: string } = {}): () => void {
   const registry = opts.registry ?? globalRegistry
   const prefix = opts.prefix ?? 'dynamo_kv_'
-  if (!/^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(prefix)) throw new RangeError(`prefix must be a Prometheus metric name prefix, got ${JSON.stringify(prefix)}`)
+  if (!/^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(prefix))
+    throw new RangeError(`prefix must be a Prometheus metric name prefix, got ${JSON.stringify(prefix)}`)
   let prefixes = byRegistry.get(registry)
   if (!prefixes) byRegistry.set(registry, (prefixes = new Map()))
   let state = prefixes.get(prefix)

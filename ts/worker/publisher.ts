@@ -77,8 +77,22 @@ export interface PublisherStats {
 }
 
 const KNOWN_OPTIONS = new Set([
-  'namespace', 'component', 'kvBlockSize', 'workerId', 'mode', 'localIndexer', 'nats', 'logger', 'maxPending', 'now',
-  'maxDpRanks', 'dpRanks', 'jetstream', 'reconnectBufferBytes', 'closeTimeoutMs', 'zmq',
+  'namespace',
+  'component',
+  'kvBlockSize',
+  'workerId',
+  'mode',
+  'localIndexer',
+  'nats',
+  'logger',
+  'maxPending',
+  'now',
+  'maxDpRanks',
+  'dpRanks',
+  'jetstream',
+  'reconnectBufferBytes',
+  'closeTimeoutMs',
+  'zmq',
 ])
 
 /** A random worker id below 2^63 (Dynamo's instance ids are i64-safe). */
@@ -90,7 +104,8 @@ function maxAgeFromEnv(env: Env): number {
   const v = env.DYN_NATS_STREAM_MAX_AGE
   if (v === undefined || v === '') return 3600
   const n = Number(v)
-  if (!/^\d+$/.test(v.trim()) || !Number.isSafeInteger(n) || n < 1) throw new RangeError(`DYN_NATS_STREAM_MAX_AGE must be a positive number of seconds, got ${JSON.stringify(v)}`)
+  if (!/^\d+$/.test(v.trim()) || !Number.isSafeInteger(n) || n < 1)
+    throw new RangeError(`DYN_NATS_STREAM_MAX_AGE must be a positive number of seconds, got ${JSON.stringify(v)}`)
   return n
 }
 
@@ -157,24 +172,33 @@ export class KvEventPublisher {
    * `env` defaults to process.env (tests pass their own).
    */
   static async create(options: KvEventPublisherOptions, env: Env = process.env): Promise<KvEventPublisher> {
-    if (typeof options !== 'object' || options === null) throw new TypeError(`KvEventPublisher options must be an object, got ${describe(options)}`)
+    if (typeof options !== 'object' || options === null)
+      throw new TypeError(`KvEventPublisher options must be an object, got ${describe(options)}`)
     for (const k of Object.keys(options)) if (!KNOWN_OPTIONS.has(k)) throw new TypeError(`${k} is not a KvEventPublisher option`)
     const namespace = checkName('namespace', options.namespace)
     const component = checkName('component', options.component)
     const logger = loggerOption(options.logger)
     const mode = options.mode ?? 'event-plane'
-    if (mode !== 'event-plane' && mode !== 'jetstream') throw new RangeError(`mode must be 'event-plane' or 'jetstream', got ${describe(mode)}`)
+    if (mode !== 'event-plane' && mode !== 'jetstream')
+      throw new RangeError(`mode must be 'event-plane' or 'jetstream', got ${describe(mode)}`)
     const workerId = options.workerId === undefined ? randomWorkerId() : u64('workerId', options.workerId)
     const maxPending = positiveInt('maxPending', options.maxPending ?? 10_000, 1 << 24)
     const closeTimeoutMs = positiveInt('closeTimeoutMs', options.closeTimeoutMs ?? 10_000)
     const now = options.now ?? Date.now
     if (typeof now !== 'function') throw new TypeError(`now must be a function returning unix ms, got ${describe(now)}`)
     if (mode === 'event-plane' && options.jetstream !== undefined) throw new TypeError("jetstream options need mode: 'jetstream'")
-    if (mode === 'jetstream' && options.reconnectBufferBytes !== undefined) throw new TypeError("reconnectBufferBytes applies to mode: 'event-plane' only")
-    const reconnectBufferBytes = options.reconnectBufferBytes === undefined ? undefined : positiveInt('reconnectBufferBytes', options.reconnectBufferBytes, 2 ** 31)
+    if (mode === 'jetstream' && options.reconnectBufferBytes !== undefined)
+      throw new TypeError("reconnectBufferBytes applies to mode: 'event-plane' only")
+    const reconnectBufferBytes =
+      options.reconnectBufferBytes === undefined ? undefined : positiveInt('reconnectBufferBytes', options.reconnectBufferBytes, 2 ** 31)
     const js = options.jetstream ?? {}
     if (typeof js !== 'object' || js === null) throw new TypeError('jetstream must be an object')
-    const maxAgeSeconds = js.maxAgeSeconds === undefined ? (mode === 'jetstream' ? maxAgeFromEnv(env) : 3600) : positiveInt('jetstream.maxAgeSeconds', js.maxAgeSeconds, 2 ** 31)
+    const maxAgeSeconds =
+      js.maxAgeSeconds === undefined
+        ? mode === 'jetstream'
+          ? maxAgeFromEnv(env)
+          : 3600
+        : positiveInt('jetstream.maxAgeSeconds', js.maxAgeSeconds, 2 ** 31)
     const window = js.window === undefined ? undefined : positiveInt('jetstream.window', js.window, 1 << 16)
     const ackTimeoutMs = js.ackTimeoutMs === undefined ? undefined : positiveInt('jetstream.ackTimeoutMs', js.ackTimeoutMs)
     if (js.epoch !== undefined && (typeof js.epoch !== 'string' || !/^[A-Za-z0-9_-]+$/.test(js.epoch)))
@@ -191,11 +215,17 @@ export class KvEventPublisher {
     })
 
     if (env.DYN_EVENT_PLANE !== undefined && env.DYN_EVENT_PLANE !== '' && env.DYN_EVENT_PLANE.toLowerCase() !== 'nats')
-      logger.warn({ DYN_EVENT_PLANE: env.DYN_EVENT_PLANE }, 'DYN_EVENT_PLANE is not nats: Dynamo routers in this deployment may not listen on NATS, where this package publishes')
+      logger.warn(
+        { DYN_EVENT_PLANE: env.DYN_EVENT_PLANE },
+        'DYN_EVENT_PLANE is not nats: Dynamo routers in this deployment may not listen on NATS, where this package publishes',
+      )
 
     const streamName = mode === 'jetstream' ? jetstreamStreamName(namespace, component) : null
     if (streamName !== null && /[^a-z0-9-]/.test(namespace + component))
-      logger.warn({ namespace, component, stream: streamName }, 'this JetStream stream name is shared by every namespace/component that maps to it (case, "_", "." and other characters are folded)')
+      logger.warn(
+        { namespace, component, stream: streamName },
+        'this JetStream stream name is shared by every namespace/component that maps to it (case, "_", "." and other characters are folded)',
+      )
 
     const { nc, owned: ownsConnection } = await openNats(options.nats, env)
     const log = new RateLimitedLog(logger)
@@ -214,7 +244,19 @@ export class KvEventPublisher {
       if (ownsConnection) await nc.close().catch(() => {})
       throw err
     }
-    const publisher = new KvEventPublisher({ options, ingestor, sink, nc, ownsConnection, subject, streamName, maxPending, now, closeTimeoutMs, logger })
+    const publisher = new KvEventPublisher({
+      options,
+      ingestor,
+      sink,
+      nc,
+      ownsConnection,
+      subject,
+      streamName,
+      maxPending,
+      now,
+      closeTimeoutMs,
+      logger,
+    })
     if (options.zmq !== undefined) {
       if (typeof options.zmq !== 'object' || options.zmq === null) {
         await publisher.close()
@@ -228,10 +270,23 @@ export class KvEventPublisher {
         throw err
       }
       publisher.#source.on('stopped', (why) => {
-        if (why.reason !== 'closed') logger.error({ ...why, error: String((why as { error?: unknown }).error) }, 'the ZMQ source stopped: no more engine events will be published')
+        if (why.reason !== 'closed')
+          logger.error(
+            { ...why, error: String((why as { error?: unknown }).error) },
+            'the ZMQ source stopped: no more engine events will be published',
+          )
       })
     }
-    logger.info({ workerId: workerId.toString(), mode, subject, localIndexer: ingestor.localIndexer !== null, zmq: publisher.#source?.endpoints ?? null }, 'KV event publisher ready')
+    logger.info(
+      {
+        workerId: workerId.toString(),
+        mode,
+        subject,
+        localIndexer: ingestor.localIndexer !== null,
+        zmq: publisher.#source?.endpoints ?? null,
+      },
+      'KV event publisher ready',
+    )
     return publisher
   }
 
@@ -324,13 +379,15 @@ export class KvEventPublisher {
     this.#draining = true
     this.#admitWaiting()
     await this.#sink.close(this.#closeTimeoutMs)
-    if (this.#ownsConnection) await this.#nc.close().catch((err: unknown) => this.#logger.warn({ err: String(err) }, 'closing the NATS connection failed'))
+    if (this.#ownsConnection)
+      await this.#nc.close().catch((err: unknown) => this.#logger.warn({ err: String(err) }, 'closing the NATS connection failed'))
     this.#logger.info({ workerId: this.workerId.toString(), ...this.#sink.stats() }, 'KV event publisher closed')
   }
 
   #clock(): number {
     const t = this.#now()
-    if (!Number.isSafeInteger(t) || t < 0) throw new RangeError(`now() must return unix ms as a non-negative safe integer, got ${describe(t)}`)
+    if (!Number.isSafeInteger(t) || t < 0)
+      throw new RangeError(`now() must return unix ms as a non-negative safe integer, got ${describe(t)}`)
     return t
   }
 

@@ -88,7 +88,12 @@ export class EventPlaneSink implements Sink {
       if (!this.#connected) {
         if (this.#bufferedWhileDown + p.length > this.#reconnectBufferBytes) {
           this.#stats.undelivered++
-          this.#log.log('warn', 'undelivered', { subject: this.#subject }, 'NATS is disconnected and the reconnect buffer is full: dropping events (routers recover them from the local indexer, or keep a gap)')
+          this.#log.log(
+            'warn',
+            'undelivered',
+            { subject: this.#subject },
+            'NATS is disconnected and the reconnect buffer is full: dropping events (routers recover them from the local indexer, or keep a gap)',
+          )
           continue
         }
         this.#bufferedWhileDown += p.length
@@ -99,7 +104,12 @@ export class EventPlaneSink implements Sink {
         if (this.#connected) this.#unflushed++
       } catch (err) {
         this.#stats.publishErrors++
-        this.#log.log('error', 'publish-error', { subject: this.#subject, err: (err as Error).message }, 'core NATS publish failed: event counted, not retried')
+        this.#log.log(
+          'error',
+          'publish-error',
+          { subject: this.#subject, err: (err as Error).message },
+          'core NATS publish failed: event counted, not retried',
+        )
       }
     }
     this.#startFlush()
@@ -156,7 +166,12 @@ export class EventPlaneSink implements Sink {
         this.#flushing = false
         this.#inFlush = 0
         this.#unflushed = 0
-        this.#log.log('warn', 'disconnect', { server: s.server }, 'NATS disconnected: event-plane publishes are buffered up to the reconnect buffer, then dropped and counted')
+        this.#log.log(
+          'warn',
+          'disconnect',
+          { server: s.server },
+          'NATS disconnected: event-plane publishes are buffered up to the reconnect buffer, then dropped and counted',
+        )
         this.#progress()
       } else if (s.type === 'reconnect') {
         this.#connected = true

@@ -12,7 +12,15 @@
 // restores the worker's state: stores are idempotent, removes of absent blocks are no-ops, and the last
 // operation on each block is again the right one. Superseded publishes are still retried until acked, so
 // where they landed is known; one landing late triggers the next repair.
-import { createInbox, headers, InvalidArgumentError, nanos, type Msg, type NatsConnection, type Subscription } from '@nats-io/transport-node'
+import {
+  createInbox,
+  headers,
+  InvalidArgumentError,
+  nanos,
+  type Msg,
+  type NatsConnection,
+  type Subscription,
+} from '@nats-io/transport-node'
 import { jetstreamManager, type JetStreamManager, type PubAck, type StreamConfig } from '@nats-io/jetstream'
 import type { Logger, RateLimitedLog } from '../../util/log.js'
 import { emptySinkStats, IdleWaiters, type Sink, type SinkStats } from './types.js'
@@ -52,7 +60,12 @@ const RETRY_MIN_MS = 50
 const RETRY_MAX_MS = 2000
 
 /** Creates the stream when absent (SPEC 5); an existing one is used as it is. */
-export async function ensureStream(jsm: JetStreamManager, name: string, maxAgeSeconds: number, logger: Logger): Promise<'created' | 'existing'> {
+export async function ensureStream(
+  jsm: JetStreamManager,
+  name: string,
+  maxAgeSeconds: number,
+  logger: Logger,
+): Promise<'created' | 'existing'> {
   const wanted: Partial<StreamConfig> & { name: string } = {
     name,
     subjects: [`${name}.*`],
@@ -140,7 +153,9 @@ class AckInbox {
     this.#waiting.delete(token)
     if (msg.data.length === 0) {
       const code = msg.headers?.code ?? 0
-      return w.reject(new JetStreamAckError(code === 503 ? 'no responders: JetStream or the stream is not available' : `status ${code}`, code))
+      return w.reject(
+        new JetStreamAckError(code === 503 ? 'no responders: JetStream or the stream is not available' : `status ${code}`, code),
+      )
     }
     const text = Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength).toString('latin1')
     const seq = /"seq":(\d+)/.exec(text)
@@ -205,10 +220,21 @@ export class JetStreamSink implements Sink {
     this.#log = log
     this.#ensure = ensure
     this.#window = opts.window ?? 1024
-    this.epoch = opts.epoch ?? Math.floor(Math.random() * 2 ** 32).toString(16).padStart(8, '0')
+    this.epoch =
+      opts.epoch ??
+      Math.floor(Math.random() * 2 ** 32)
+        .toString(16)
+        .padStart(8, '0')
   }
 
-  static async create(nc: NatsConnection, stream: string, maxAgeSeconds: number, workerId: bigint, log: RateLimitedLog, opts?: JetStreamSinkOptions): Promise<JetStreamSink> {
+  static async create(
+    nc: NatsConnection,
+    stream: string,
+    maxAgeSeconds: number,
+    workerId: bigint,
+    log: RateLimitedLog,
+    opts?: JetStreamSinkOptions,
+  ): Promise<JetStreamSink> {
     let ensure: () => Promise<unknown>
     try {
       const jsm = await jetstreamManager(nc)
@@ -298,7 +324,12 @@ export class JetStreamSink implements Sink {
         }
         e.state = FAILED
         this.#failures++
-        this.#log.log('warn', 'js-publish-failed', { err: (err as Error)?.message ?? String(err) }, 'JetStream publish failed: retrying with the same message id')
+        this.#log.log(
+          'warn',
+          'js-publish-failed',
+          { err: (err as Error)?.message ?? String(err) },
+          'JetStream publish failed: retrying with the same message id',
+        )
         this.#scheduleRetry()
       },
     )

@@ -164,9 +164,7 @@ interface Replay {
   cancelled: boolean
 }
 
-type Item =
-  | { kind: 'live'; ep: Endpoint; topic: Buffer; seq: bigint; payload: Buffer }
-  | { kind: 'disconnect' | 'reconnect'; ep: Endpoint }
+type Item = { kind: 'live'; ep: Endpoint; topic: Buffer; seq: bigint; payload: Buffer } | { kind: 'disconnect' | 'reconnect'; ep: Endpoint }
 
 /**
  * Reads engine KV events from ZeroMQ and feeds them to a consumer. `await ZmqSource.create(opts, consumer)`
@@ -201,14 +199,27 @@ export class ZmqSource extends EventEmitter<ZmqSourceEvents> {
     this.#log = new RateLimitedLog(opts.logger)
     for (const e of opts.endpoints) {
       const sock = this.#opts.createSubscriber()
-      this.#endpoints.push({ address: e.endpoint, replay: e.replayEndpoint ?? null, sock, last: null, trackers: new Set(), connected: false, disconnected: false })
+      this.#endpoints.push({
+        address: e.endpoint,
+        replay: e.replayEndpoint ?? null,
+        sock,
+        last: null,
+        trackers: new Set(),
+        connected: false,
+        disconnected: false,
+      })
     }
   }
 
   static async create(opts: ZmqSourceOptions, consumer: BatchConsumer): Promise<ZmqSource> {
     const parsed = parseOptions(opts)
     await loadZeromq()
-    if (typeof consumer !== 'object' || consumer === null || typeof consumer.ingest !== 'function' || typeof consumer.resetRank !== 'function')
+    if (
+      typeof consumer !== 'object' ||
+      consumer === null ||
+      typeof consumer.ingest !== 'function' ||
+      typeof consumer.resetRank !== 'function'
+    )
       throw new TypeError('consumer must have ingest(payload) and resetRank(dpRank) methods')
     const source = new ZmqSource(parsed, consumer)
     try {
@@ -404,7 +415,18 @@ export class ZmqSource extends EventEmitter<ZmqSourceEvents> {
     let t = this.#trackers.get(key)
     if (!t) {
       if (this.#trackers.size >= MAX_TRACKERS) return null
-      t = { ep, dpRank, lastLive: null, lastApplied: null, publisherId: null, epoch: null, replay: null, held: [], heldBytes: 0, restartedSinceDisconnect: false }
+      t = {
+        ep,
+        dpRank,
+        lastLive: null,
+        lastApplied: null,
+        publisherId: null,
+        epoch: null,
+        replay: null,
+        held: [],
+        heldBytes: 0,
+        restartedSinceDisconnect: false,
+      }
       this.#trackers.set(key, t)
       ep.trackers.add(t)
     }
@@ -473,7 +495,12 @@ export class ZmqSource extends EventEmitter<ZmqSourceEvents> {
     if (m.seq === last + 1n) return this.#apply(t, msg)
     this.#counts.gaps++
     if (t.ep.replay !== null) {
-      this.#log.log('info', `gap:${t.ep.address}:${t.dpRank}`, this.#where(t, { from: String(last + 1n), to: String(m.seq - 1n) }), 'seq gap: replaying')
+      this.#log.log(
+        'info',
+        `gap:${t.ep.address}:${t.dpRank}`,
+        this.#where(t, { from: String(last + 1n), to: String(m.seq - 1n) }),
+        'seq gap: replaying',
+      )
       this.#hold(t, msg)
       return this.#startReplay(t, 'gap', last + 1n)
     }
@@ -522,7 +549,12 @@ export class ZmqSource extends EventEmitter<ZmqSourceEvents> {
     if (t.held.length >= this.#opts.maxHeld || t.heldBytes + size > this.#opts.maxHeldBytes) {
       // not held: the replay rounds after this one fetch it again, or count it lost
       this.#counts.held_overflow++
-      this.#log.log('warn', `held:${t.ep.address}:${t.dpRank}`, this.#where(t, { seq: String(msg.seq) }), 'too many live messages held during a replay')
+      this.#log.log(
+        'warn',
+        `held:${t.ep.address}:${t.dpRank}`,
+        this.#where(t, { seq: String(msg.seq) }),
+        'too many live messages held during a replay',
+      )
       return
     }
     t.held.push(msg)
@@ -596,7 +628,11 @@ export class ZmqSource extends EventEmitter<ZmqSourceEvents> {
     const replayEndpoint = t.ep.replay!
     try {
       for (;;) {
-        const dealer = new (zeromq().Dealer)({ linger: 0, receiveTimeout: this.#opts.replayTimeoutMs, sendTimeout: this.#opts.replayTimeoutMs })
+        const dealer = new (zeromq().Dealer)({
+          linger: 0,
+          receiveTimeout: this.#opts.replayTimeoutMs,
+          sendTimeout: this.#opts.replayTimeoutMs,
+        })
         rep.dealer = dealer
         if (rep.cancelled) return dealer.close()
         dealer.connect(replayEndpoint)
@@ -646,7 +682,12 @@ export class ZmqSource extends EventEmitter<ZmqSourceEvents> {
           if (rep.cancelled) return
           if (outcome === 'timeout' && progress === 0) {
             this.#counts.replay_timeouts++
-            this.#log.log('warn', `replay_timeout:${replayEndpoint}`, this.#where(t, { replayEndpoint, from: String(from) }), 'replay timed out')
+            this.#log.log(
+              'warn',
+              `replay_timeout:${replayEndpoint}`,
+              this.#where(t, { replayEndpoint, from: String(from) }),
+              'replay timed out',
+            )
           } else if (outcome === 'timeout') this.#counts.replay_stalls++
           again = await this.#drainHeld(t, progress > 0)
           // the engine has holeAt: go on from what is still missing before it
@@ -718,7 +759,8 @@ export class ZmqSource extends EventEmitter<ZmqSourceEvents> {
       // the replay started late (the engine's buffer rolled over) or skipped seqs: what neither it nor
       // the held live messages have is lost
       await this.#applyHeld(t, seq, false, true)
-      if (seq > t.lastApplied + 1n) await this.#lose(t, seq - t.lastApplied - 1n, firstReply ? 'replay started after the requested seq' : 'replay skipped seqs')
+      if (seq > t.lastApplied + 1n)
+        await this.#lose(t, seq - t.lastApplied - 1n, firstReply ? 'replay started after the requested seq' : 'replay skipped seqs')
     }
     if (seq <= t.lastApplied) return 'skipped' // already applied (a live copy, or an earlier round)
     await this.#apply(t, msg, true)
@@ -922,7 +964,8 @@ function parseOptions(opts: ZmqSourceOptions): ParsedOptions {
       endpoints.push(e)
     }
   } else {
-    if (opts.replayEndpoint !== undefined) throw new TypeError('replayEndpoint goes with endpoint; with endpoints, give each its replayEndpoint')
+    if (opts.replayEndpoint !== undefined)
+      throw new TypeError('replayEndpoint goes with endpoint; with endpoints, give each its replayEndpoint')
     if (opts.dpRanks !== undefined) throw new TypeError('dpRanks goes with endpoint, not endpoints')
     if (!Array.isArray(opts.endpoints) || opts.endpoints.length === 0) throw new TypeError('endpoints must be a non-empty array')
     opts.endpoints.forEach((e, i) => {
@@ -956,7 +999,8 @@ function parseOptions(opts: ZmqSourceOptions): ParsedOptions {
       maxHeldBytes: intArg('maxHeldBytes', opts.maxHeldBytes, 64 << 20, 1, 2 ** 40),
       queueSize: intArg('queueSize', opts.queueSize, 1024, 1, 1 << 24),
       queueBytes: intArg('queueBytes', opts.queueBytes, 64 << 20, 1, 2 ** 40),
-      receiveHighWaterMark: opts.receiveHighWaterMark === undefined ? undefined : intArg('receiveHighWaterMark', opts.receiveHighWaterMark, 0, 0, 1 << 30),
+      receiveHighWaterMark:
+        opts.receiveHighWaterMark === undefined ? undefined : intArg('receiveHighWaterMark', opts.receiveHighWaterMark, 0, 0, 1 << 30),
     },
   }
 }
