@@ -18,7 +18,9 @@ fn main() {
     let n_events: usize = args.get(1).map_or(200_000, |s| s.parse().unwrap());
     let n_queries: usize = args.get(2).map_or(20_000, |s| s.parse().unwrap());
     let mut rng = Rng(7);
-    let prefixes: Vec<Vec<u64>> = (0..50).map(|_| (0..8).map(|_| rng.next()).collect()).collect();
+    let prefixes: Vec<Vec<u64>> = (0..50)
+        .map(|_| (0..8).map(|_| rng.next()).collect())
+        .collect();
     let mut events = Vec::with_capacity(n_events);
     let mut blocks_total = 0u64;
     for i in 0..n_events {
@@ -29,12 +31,26 @@ fn main() {
         let blocks: Vec<StoredBlock> = (0..n)
             .map(|k| {
                 let t = if k < p.len() { p[k] } else { rng.next() };
-                acc = (acc ^ t).wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(1);
-                StoredBlock { block_hash: acc, tokens_hash: t, mm_extra_info: None }
+                acc = (acc ^ t)
+                    .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                    .wrapping_add(1);
+                StoredBlock {
+                    block_hash: acc,
+                    tokens_hash: t,
+                    mm_extra_info: None,
+                }
             })
             .collect();
         blocks_total += n as u64;
-        events.push(RouterEvent { worker_id: w, event_id: i as u64, dp_rank: 0, data: EventData::Stored { parent_hash: None, blocks } });
+        events.push(RouterEvent {
+            worker_id: w,
+            event_id: i as u64,
+            dp_rank: 0,
+            data: EventData::Stored {
+                parent_hash: None,
+                blocks,
+            },
+        });
     }
     let mut idx = RadixIndex::new();
     let t = Instant::now();
@@ -46,7 +62,11 @@ fn main() {
     let mut found = 0usize;
     for _ in 0..n_queries {
         let p = &prefixes[rng.below(50) as usize];
-        let q: Vec<u64> = p.iter().copied().chain((0..56).map(|_| rng.next())).collect();
+        let q: Vec<u64> = p
+            .iter()
+            .copied()
+            .chain((0..56).map(|_| rng.next()))
+            .collect();
         let t = Instant::now();
         found += idx.find_matches(&q, false).len();
         lat.push(t.elapsed().as_nanos() as u64);

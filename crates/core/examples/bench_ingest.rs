@@ -11,7 +11,11 @@ use std::time::Instant;
 fn cpu_seconds() -> f64 {
     std::fs::read_to_string("/proc/self/schedstat")
         .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|x| x.parse::<f64>().ok())
+        })
         .map_or(f64::NAN, |ns| ns / 1e9)
 }
 
@@ -26,7 +30,11 @@ fn main() {
     let data = std::fs::read(&args[1]).expect("read batches");
     let blocks_per_pass: u64 = args[2].parse().expect("blocks");
     let min_ms: u128 = args.get(3).map_or(2000, |s| s.parse().expect("ms"));
-    let mode = if args.get(4).map(String::as_str) == Some("jetstream") { Mode::JetStream } else { Mode::EventPlane };
+    let mode = if args.get(4).map(String::as_str) == Some("jetstream") {
+        Mode::JetStream
+    } else {
+        Mode::EventPlane
+    };
     let mut batches = Vec::new();
     let mut at = 0;
     while at + 4 <= data.len() {
@@ -34,7 +42,15 @@ fn main() {
         batches.push(&data[at + 4..at + 4 + len]);
         at += 4 + len;
     }
-    let mut ing = Ingestor::new(IngestorConfig { kv_block_size: 16, worker_id: 7, mode, max_dp_ranks: 64, dp_ranks: None, local_indexer: None }).unwrap();
+    let mut ing = Ingestor::new(IngestorConfig {
+        kv_block_size: 16,
+        worker_id: 7,
+        mode,
+        max_dp_ranks: 64,
+        dp_ranks: None,
+        local_indexer: None,
+    })
+    .unwrap();
     // warm-up pass
     let mut sink = 0usize;
     for b in &batches {

@@ -68,7 +68,8 @@ const MAIN_KINDS: [&[u8]; 3] = [b"full_attention", b"mla_attention", b"sink_full
 
 impl GroupTable {
     fn learn(&mut self, group: u32, main: bool) {
-        if self.main_by_group.len() < MAX_GROUPS_PER_RANK || self.main_by_group.contains_key(&group) {
+        if self.main_by_group.len() < MAX_GROUPS_PER_RANK || self.main_by_group.contains_key(&group)
+        {
             self.main_by_group.insert(group, main);
         }
     }
@@ -99,7 +100,8 @@ impl GroupTable {
 
 /// SPEC 3 step 3: the index describes what this worker holds in its own GPU memory.
 fn tier_ok(f: &Filters) -> bool {
-    f.medium.is_none_or(|m| m.eq_ignore_ascii_case(b"GPU")) && f.locality.is_none_or(|l| l.eq_ignore_ascii_case(b"LOCAL"))
+    f.medium.is_none_or(|m| m.eq_ignore_ascii_case(b"GPU"))
+        && f.locality.is_none_or(|l| l.eq_ignore_ascii_case(b"LOCAL"))
 }
 
 /// A converted store before splitting: what a router should learn.
@@ -120,12 +122,20 @@ pub enum Converted {
 }
 
 /// SPEC 3 checks 1-7 for one decoded event.
-pub fn convert_event(ev: EngineEvent, kv_block_size: u32, groups: &mut GroupTable, scratch: &mut Vec<u8>) -> Result<Converted, Reason> {
+pub fn convert_event(
+    ev: EngineEvent,
+    kv_block_size: u32,
+    groups: &mut GroupTable,
+    scratch: &mut Vec<u8>,
+) -> Result<Converted, Reason> {
     match ev {
         EngineEvent::Invalid => Err(Reason::Invalid),
         EngineEvent::UnknownType => Err(Reason::UnknownType),
         EngineEvent::Cleared => Ok(Converted::Cleared),
-        EngineEvent::Removed { block_hashes, filters } => {
+        EngineEvent::Removed {
+            block_hashes,
+            filters,
+        } => {
             if !tier_ok(&filters) {
                 return Err(Reason::FilteredTier);
             }
@@ -144,8 +154,26 @@ pub fn convert_event(ev: EngineEvent, kv_block_size: u32, groups: &mut GroupTabl
             if !groups.keep(&s.filters) {
                 return Err(Reason::FilteredGroup);
             }
-            let StoreEvent { block_hashes, parent_hash, tokens_le, block_size, lora_name, mm, .. } = s;
-            check_store(&block_hashes, parent_hash, &tokens_le, block_size, kv_block_size, lora_name, mm, scratch).map(Converted::Stored)
+            let StoreEvent {
+                block_hashes,
+                parent_hash,
+                tokens_le,
+                block_size,
+                lora_name,
+                mm,
+                ..
+            } = s;
+            check_store(
+                &block_hashes,
+                parent_hash,
+                &tokens_le,
+                block_size,
+                kv_block_size,
+                lora_name,
+                mm,
+                scratch,
+            )
+            .map(Converted::Stored)
         }
     }
 }
@@ -156,7 +184,10 @@ fn self_referencing(hashes: &[u64], parent: Option<u64>) -> bool {
         return true;
     }
     if hashes.len() <= 16 {
-        return hashes.iter().enumerate().any(|(i, h)| hashes[..i].contains(h));
+        return hashes
+            .iter()
+            .enumerate()
+            .any(|(i, h)| hashes[..i].contains(h));
     }
     let mut sorted = hashes.to_vec();
     sorted.sort_unstable();
@@ -197,11 +228,24 @@ pub fn check_store(
         .enumerate()
         .map(|(i, &block_hash)| {
             let info = mm_iter.as_mut().and_then(|it| it.next()).flatten();
-            let tokens_hash = crate::hash::block_hash(&tokens_le[i * stride..(i + 1) * stride], info.as_ref(), seed, scratch);
-            StoredBlock { block_hash, tokens_hash, mm_extra_info: info }
+            let tokens_hash = crate::hash::block_hash(
+                &tokens_le[i * stride..(i + 1) * stride],
+                info.as_ref(),
+                seed,
+                scratch,
+            );
+            StoredBlock {
+                block_hash,
+                tokens_hash,
+                mm_extra_info: info,
+            }
         })
         .collect();
-    Ok(Store { parent_hash, blocks, truncated })
+    Ok(Store {
+        parent_hash,
+        blocks,
+        truncated,
+    })
 }
 
 /// What `decodeEngineBatch` returns: events without publisher state (nothing learned beforehand).
@@ -227,5 +271,9 @@ pub fn decode_engine_batch(payload: &[u8], kv_block_size: u32) -> Option<Decoded
             Err(r) => rejected[r as usize] += 1,
         }
     }
-    Some(DecodedBatch { dp_rank: batch.dp_rank, events, rejected })
+    Some(DecodedBatch {
+        dp_rank: batch.dp_rank,
+        events,
+        rejected,
+    })
 }

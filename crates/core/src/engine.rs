@@ -41,7 +41,10 @@ pub struct StoreEvent<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum EngineEvent<'a> {
     Stored(StoreEvent<'a>),
-    Removed { block_hashes: Vec<u64>, filters: Filters<'a> },
+    Removed {
+        block_hashes: Vec<u64>,
+        filters: Filters<'a>,
+    },
     Cleared,
     /// Not a tagged map or non-empty tagged array, a tag that is not a string, or a bad field.
     Invalid,
@@ -132,7 +135,13 @@ fn read_batch(payload: &[u8], decode_events: bool) -> Res<Batch<'_>> {
     if !r.at_end() {
         return Err(Malformed);
     }
-    Ok(Batch { dp_rank, publisher_id, events: events.kept, invalid: events.invalid, unknown_type: events.unknown_type })
+    Ok(Batch {
+        dp_rank,
+        publisher_id,
+        events: events.kept,
+        invalid: events.invalid,
+        unknown_type: events.unknown_type,
+    })
 }
 
 /// The rank of a positional batch: nil → 0, an integer within u32, else malformed.
@@ -316,7 +325,12 @@ fn read_event<'a>(r: &mut Reader<'a>, level: u32) -> Res<EngineEvent<'a>> {
 }
 
 /// BlockStored positions 1.. (SPEC 2.3 table); `rest` values follow the tag.
-fn read_store_positions<'a>(r: &mut Reader<'a>, rest: u64, level: u32, f: &mut Fields<'a>) -> Res<()> {
+fn read_store_positions<'a>(
+    r: &mut Reader<'a>,
+    rest: u64,
+    level: u32,
+    f: &mut Fields<'a>,
+) -> Res<()> {
     let mut kind_at_10 = false;
     for i in 1..=rest {
         let h = r.head(level)?;
@@ -346,7 +360,13 @@ fn read_store_positions<'a>(r: &mut Reader<'a>, rest: u64, level: u32, f: &mut F
 }
 
 /// Map keys (the same names for stores and removes; each event type reads the ones it uses).
-fn read_named_field<'a>(r: &mut Reader<'a>, key: &[u8], h: Head<'a>, level: u32, f: &mut Fields<'a>) -> Res<()> {
+fn read_named_field<'a>(
+    r: &mut Reader<'a>,
+    key: &[u8],
+    h: Head<'a>,
+    level: u32,
+    f: &mut Fields<'a>,
+) -> Res<()> {
     match key {
         b"block_hashes" => f.block_hashes = hashes(r, h, level)?,
         b"parent_block_hash" => f.parent = parent(r, h, level)?,
@@ -365,7 +385,9 @@ fn read_named_field<'a>(r: &mut Reader<'a>, key: &[u8], h: Head<'a>, level: u32,
 }
 
 fn finish_store(f: Fields) -> EngineEvent {
-    let (Field::Ok(block_hashes), Field::Ok(tokens_le), Field::Ok(block_size)) = (f.block_hashes, f.tokens, f.block_size) else {
+    let (Field::Ok(block_hashes), Field::Ok(tokens_le), Field::Ok(block_size)) =
+        (f.block_hashes, f.tokens, f.block_size)
+    else {
         return EngineEvent::Invalid;
     };
     let parent_hash = match f.parent {
@@ -384,19 +406,36 @@ fn finish_store(f: Fields) -> EngineEvent {
                 keys.into_iter()
                     .map(|k| {
                         (!k.is_empty()).then(|| BlockExtraInfo {
-                            mm_objects: k.into_iter().map(|mm_hash| MmObject { mm_hash, offsets: Vec::new() }).collect(),
+                            mm_objects: k
+                                .into_iter()
+                                .map(|mm_hash| MmObject {
+                                    mm_hash,
+                                    offsets: Vec::new(),
+                                })
+                                .collect(),
                         })
                     })
                     .collect(),
             )
         }),
     };
-    EngineEvent::Stored(StoreEvent { block_hashes, parent_hash, tokens_le, block_size, lora_name: f.lora_name, mm, filters: f.filters })
+    EngineEvent::Stored(StoreEvent {
+        block_hashes,
+        parent_hash,
+        tokens_le,
+        block_size,
+        lora_name: f.lora_name,
+        mm,
+        filters: f.filters,
+    })
 }
 
 fn finish_remove(f: Fields) -> EngineEvent {
     match f.block_hashes {
-        Field::Ok(block_hashes) => EngineEvent::Removed { block_hashes, filters: f.filters },
+        Field::Ok(block_hashes) => EngineEvent::Removed {
+            block_hashes,
+            filters: f.filters,
+        },
         _ => EngineEvent::Invalid,
     }
 }
@@ -475,7 +514,11 @@ fn tokens(r: &mut Reader, h: Head, level: u32) -> Res<Field<Vec<u8>>> {
     let mut ok = true;
     // the fast path skips the per-value depth check, which can only fail past the limit
     let fast = level < crate::msgpack::MAX_DEPTH;
-    let done = if fast { r.small_uints_le(n as usize, &mut out) } else { 0 };
+    let done = if fast {
+        r.small_uints_le(n as usize, &mut out)
+    } else {
+        0
+    };
     for _ in done..n as usize {
         if fast {
             if let Some(v) = r.small_uint() {
@@ -484,7 +527,9 @@ fn tokens(r: &mut Reader, h: Head, level: u32) -> Res<Field<Vec<u8>>> {
             }
         }
         match r.head(level + 1)? {
-            Head::Uint(v) if v <= u32::MAX as u64 => out.extend_from_slice(&(v as u32).to_le_bytes()),
+            Head::Uint(v) if v <= u32::MAX as u64 => {
+                out.extend_from_slice(&(v as u32).to_le_bytes())
+            }
             e => {
                 ok = false;
                 skip_children(r, e, level + 1)?;
@@ -533,7 +578,9 @@ fn mm_hex(s: &[u8]) -> Option<u64> {
     if s.len() != 64 || !s.iter().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
-    Some(s[..16].iter().fold(0u64, |acc, &c| (acc << 4) | (c as char).to_digit(16).unwrap_or(0) as u64))
+    Some(s[..16].iter().fold(0u64, |acc, &c| {
+        (acc << 4) | (c as char).to_digit(16).unwrap_or(0) as u64
+    }))
 }
 
 /// extra_keys: per block nil or a list of keys; malformed parts are ignored (never invalid).
@@ -571,7 +618,11 @@ fn extra_keys(r: &mut Reader, h: Head, level: u32) -> Res<Option<Vec<Vec<u64>>>>
 }
 
 /// block_mm_infos (Dynamo format). Nil = absent; anything not matching the format is invalid.
-fn mm_infos<'a>(r: &mut Reader<'a>, h: Head<'a>, level: u32) -> Res<Field<Option<Vec<Option<BlockExtraInfo>>>>> {
+fn mm_infos<'a>(
+    r: &mut Reader<'a>,
+    h: Head<'a>,
+    level: u32,
+) -> Res<Field<Option<Vec<Option<BlockExtraInfo>>>>> {
     if h == Head::Nil {
         return Ok(Field::Ok(None));
     }
@@ -656,7 +707,9 @@ fn offset_pairs<'a>(r: &mut Reader<'a>, h: Head<'a>, level: u32) -> Res<Field<Ve
         let b = r.head(level + 2)?;
         skip_children(r, b, level + 2)?;
         Ok(match (a, b) {
-            (Head::Uint(a), Head::Uint(b)) if a <= u32::MAX as u64 && b <= u32::MAX as u64 => Some((a as u32, b as u32)),
+            (Head::Uint(a), Head::Uint(b)) if a <= u32::MAX as u64 && b <= u32::MAX as u64 => {
+                Some((a as u32, b as u32))
+            }
             _ => None,
         })
     })

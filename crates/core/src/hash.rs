@@ -20,7 +20,12 @@ pub fn xxh3_seeded(data: &[u8], seed: u64) -> u64 {
 
 /// Hashes one block given its tokens already as u32 LE bytes. `scratch` is reused for the mm case.
 #[inline]
-pub fn block_hash(token_bytes: &[u8], mm: Option<&BlockExtraInfo>, seed: u64, scratch: &mut Vec<u8>) -> u64 {
+pub fn block_hash(
+    token_bytes: &[u8],
+    mm: Option<&BlockExtraInfo>,
+    seed: u64,
+    scratch: &mut Vec<u8>,
+) -> u64 {
     match mm {
         Some(info) if !info.mm_objects.is_empty() => {
             scratch.clear();
@@ -63,7 +68,12 @@ pub fn compute_block_hashes(
     (0..tokens.len() / block_size)
         .map(|i| {
             let info = mm.and_then(|m| m.get(i)).and_then(|o| o.as_ref());
-            block_hash(&bytes[i * stride..(i + 1) * stride], info, seed, &mut scratch)
+            block_hash(
+                &bytes[i * stride..(i + 1) * stride],
+                info,
+                seed,
+                &mut scratch,
+            )
         })
         .collect()
 }
@@ -77,7 +87,11 @@ mod tests {
         let tokens: Vec<u32> = (1..=12).collect();
         assert_eq!(
             compute_block_hashes(&tokens, 4, None, None),
-            vec![14643705804678351452, 16777012769546811212, 483935686894639516]
+            vec![
+                14643705804678351452,
+                16777012769546811212,
+                483935686894639516
+            ]
         );
         assert_eq!(xxh3_seeded(b"test data", 1337), 13226331709069118873);
     }

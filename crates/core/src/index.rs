@@ -86,7 +86,14 @@ struct Node {
     pos: u32,
 }
 
-const EMPTY_NODE: Node = Node { key: 0, hash: 0, parent: NIL, kids: NIL, worker: NOBODY, pos: NIL };
+const EMPTY_NODE: Node = Node {
+    key: 0,
+    hash: 0,
+    parent: NIL,
+    kids: NIL,
+    worker: NOBODY,
+    pos: NIL,
+};
 const _: () = assert!(std::mem::size_of::<Node>() == 32);
 
 /// The holders of a node with more than one (worker, block hash) pair.
@@ -229,7 +236,11 @@ impl RadixIndex {
 
     /// Total (worker key, block hash) entries.
     pub fn size(&self) -> u64 {
-        self.workers.iter().flatten().map(|w| w.blocks.len() as u64).sum()
+        self.workers
+            .iter()
+            .flatten()
+            .map(|w| w.blocks.len() as u64)
+            .sum()
     }
 
     /// Distinct known worker ids, ascending.
@@ -263,7 +274,11 @@ impl RadixIndex {
     }
 
     fn alloc_node(&mut self, key: u64, parent: u32) -> u32 {
-        let node = Node { key, parent, ..EMPTY_NODE };
+        let node = Node {
+            key,
+            parent,
+            ..EMPTY_NODE
+        };
         match self.free_nodes.pop() {
             Some(id) => {
                 self.nodes[id as usize] = node;
@@ -293,7 +308,8 @@ impl RadixIndex {
                     (self.kid_lists.len() - 1) as u32
                 }
             };
-            self.edges.insert(parent, self.nodes[kids as usize].key, kids);
+            self.edges
+                .insert(parent, self.nodes[kids as usize].key, kids);
             self.nodes[kids as usize].pos = 0;
             self.kid_lists[list as usize].push(kids);
             self.nodes[parent as usize].kids = MANY | list;
@@ -431,7 +447,10 @@ impl RadixIndex {
             w if w & SPILLED != 0 => {
                 let s = &mut self.sets[(w & !SPILLED) as usize];
                 if s.has_worker(worker) {
-                    if s.items.iter().any(|h| h.worker == worker && h.block_hash == block_hash) {
+                    if s.items
+                        .iter()
+                        .any(|h| h.worker == worker && h.block_hash == block_hash)
+                    {
                         return;
                     }
                 } else {
@@ -444,7 +463,10 @@ impl RadixIndex {
                 if w == worker && n.hash == block_hash {
                     return;
                 }
-                let first = Holder { block_hash: n.hash, worker: w };
+                let first = Holder {
+                    block_hash: n.hash,
+                    worker: w,
+                };
                 let set = match self.free_sets.pop() {
                     Some(s) => s,
                     None => {
@@ -472,7 +494,11 @@ impl RadixIndex {
             w if w & SPILLED != 0 => {
                 let set = w & !SPILLED;
                 let s = &mut self.sets[set as usize];
-                if let Some(i) = s.items.iter().position(|h| h.worker == worker && h.block_hash == block_hash) {
+                if let Some(i) = s
+                    .items
+                    .iter()
+                    .position(|h| h.worker == worker && h.block_hash == block_hash)
+                {
                     s.items.remove(i);
                     if !s.items.iter().any(|h| h.worker == worker) {
                         s.count(worker, false);
@@ -508,7 +534,12 @@ impl RadixIndex {
         if let Some(&w) = self.worker_index.get(&(worker_id, dp_rank)) {
             return w;
         }
-        let worker = Worker { worker_id, dp_rank, blocks: HashMap::default(), last_event_id: None };
+        let worker = Worker {
+            worker_id,
+            dp_rank,
+            blocks: HashMap::default(),
+            last_event_id: None,
+        };
         let slot = match self.free_workers.pop() {
             Some(s) => {
                 self.workers[s as usize] = Some(worker);
@@ -525,7 +556,9 @@ impl RadixIndex {
     }
 
     fn worker(&mut self, slot: u32) -> &mut Worker {
-        self.workers[slot as usize].as_mut().expect("live worker slot")
+        self.workers[slot as usize]
+            .as_mut()
+            .expect("live worker slot")
     }
 
     /// Drops every block of a worker slot (it stays known).
@@ -575,11 +608,20 @@ impl RadixIndex {
     }
 
     /// Applies one event given by parts (the ingest path applies its chunks without copying them).
-    pub fn apply(&mut self, worker_id: u64, event_id: u64, dp_rank: u32, data: DataRef) -> ApplyOutcome {
+    pub fn apply(
+        &mut self,
+        worker_id: u64,
+        event_id: u64,
+        dp_rank: u32,
+        data: DataRef,
+    ) -> ApplyOutcome {
         let slot = self.worker_slot(worker_id, dp_rank);
         self.worker(slot).last_event_id = Some(event_id);
         match data {
-            DataRef::Stored { parent_hash, blocks } => self.store(slot, parent_hash, blocks),
+            DataRef::Stored {
+                parent_hash,
+                blocks,
+            } => self.store(slot, parent_hash, blocks),
             DataRef::Removed(hashes) => self.remove(slot, hashes),
             DataRef::Cleared => {
                 for s in self.slots_of(worker_id) {
@@ -591,7 +633,12 @@ impl RadixIndex {
         }
     }
 
-    fn store(&mut self, slot: u32, parent_hash: Option<u64>, blocks: &[StoredBlock]) -> ApplyOutcome {
+    fn store(
+        &mut self,
+        slot: u32,
+        parent_hash: Option<u64>,
+        blocks: &[StoredBlock],
+    ) -> ApplyOutcome {
         if repeats(blocks, parent_hash) {
             self.counters[C_INVALID_SEQUENCE] += 1;
             return ApplyOutcome::InvalidBlockSequence;
@@ -737,7 +784,9 @@ impl RadixIndex {
                 scored.push(w);
             }
             if !high.is_empty() {
-                let same = c_worker != NOBODY && c_worker & SPILLED != 0 && self.sets[(c_worker & !SPILLED) as usize].high_sum == high_sum;
+                let same = c_worker != NOBODY
+                    && c_worker & SPILLED != 0
+                    && self.sets[(c_worker & !SPILLED) as usize].high_sum == high_sum;
                 if !same {
                     let g = self.next_generation();
                     for h in holders_of(&self.nodes[child as usize], &self.sets) {
@@ -753,7 +802,9 @@ impl RadixIndex {
                         }
                     }
                     std::mem::swap(&mut high, &mut kept);
-                    high_sum = high.iter().fold(0u64, |acc, &w| acc.wrapping_add(worker_mix(w)));
+                    high_sum = high
+                        .iter()
+                        .fold(0u64, |acc, &w| acc.wrapping_add(worker_mix(w)));
                 }
             }
             if low == 0 && high.is_empty() {
@@ -783,9 +834,19 @@ impl RadixIndex {
     fn emit_in_order(&mut self, scored: &[u32], out: &mut Vec<Match>) {
         if self.order_stale {
             self.order.clear();
-            self.order.extend(self.workers.iter().enumerate().filter(|(_, w)| w.is_some()).map(|(i, _)| i as u32));
+            self.order.extend(
+                self.workers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, w)| w.is_some())
+                    .map(|(i, _)| i as u32),
+            );
             let workers = &self.workers;
-            let key = |s: &u32| workers[*s as usize].as_ref().map(|w| (w.worker_id, w.dp_rank));
+            let key = |s: &u32| {
+                workers[*s as usize]
+                    .as_ref()
+                    .map(|w| (w.worker_id, w.dp_rank))
+            };
             self.order.sort_unstable_by_key(key);
             self.rank.resize(self.workers.len(), 0);
             for (i, &s) in self.order.iter().enumerate() {
@@ -805,7 +866,11 @@ impl RadixIndex {
         } else {
             let mut keys = std::mem::take(&mut self.keys);
             keys.clear();
-            keys.extend(scored.iter().map(|&s| (self.rank[s as usize] as u64) << 32 | s as u64));
+            keys.extend(
+                scored
+                    .iter()
+                    .map(|&s| (self.rank[s as usize] as u64) << 32 | s as u64),
+            );
             keys.sort_unstable();
             for &k in &keys {
                 let s = k as u32;
@@ -827,8 +892,15 @@ impl RadixIndex {
     }
 
     fn match_of(&self, slot: u32, score: u32) -> Match {
-        let w = self.workers[slot as usize].as_ref().expect("live worker slot");
-        Match { worker_id: w.worker_id, dp_rank: w.dp_rank, score, tree_size: w.blocks.len() as u64 }
+        let w = self.workers[slot as usize]
+            .as_ref()
+            .expect("live worker slot");
+        Match {
+            worker_id: w.worker_id,
+            dp_rank: w.dp_rank,
+            score,
+            tree_size: w.blocks.len() as u64,
+        }
     }
 
     /// The index as stored events of one block each: per worker key in ascending (worker_id,
@@ -846,7 +918,10 @@ impl RadixIndex {
         keys.sort_unstable();
         let mut out = Vec::new();
         for (worker_id, dp_rank, slot) in keys {
-            let event_id = self.workers[slot as usize].as_ref().and_then(|w| w.last_event_id).unwrap_or(0);
+            let event_id = self.workers[slot as usize]
+                .as_ref()
+                .and_then(|w| w.last_event_id)
+                .unwrap_or(0);
             // (node, the worker's first hash on the parent node)
             let mut stack: Vec<(u32, Option<u64>)> = Vec::new();
             self.push_kids_holding(ROOT, slot, None, &mut stack);
@@ -860,7 +935,11 @@ impl RadixIndex {
                         dp_rank,
                         data: EventData::Stored {
                             parent_hash,
-                            blocks: vec![StoredBlock { block_hash: h.block_hash, tokens_hash: self.nodes[node as usize].key, mm_extra_info: None }],
+                            blocks: vec![StoredBlock {
+                                block_hash: h.block_hash,
+                                tokens_hash: self.nodes[node as usize].key,
+                                mm_extra_info: None,
+                            }],
                         },
                     });
                 }
@@ -871,7 +950,13 @@ impl RadixIndex {
     }
 
     /// Pushes the children of `node` held by `slot` so that they pop in ascending key order.
-    fn push_kids_holding(&self, node: u32, slot: u32, parent_hash: Option<u64>, stack: &mut Vec<(u32, Option<u64>)>) {
+    fn push_kids_holding(
+        &self,
+        node: u32,
+        slot: u32,
+        parent_hash: Option<u64>,
+        stack: &mut Vec<(u32, Option<u64>)>,
+    ) {
         let mut kids: Vec<u32> = self
             .kid_ids(node)
             .into_iter()
@@ -885,9 +970,15 @@ impl RadixIndex {
     /// binding reports to the JavaScript GC.
     pub fn approx_bytes(&self) -> usize {
         // per worker map bucket: 16 bytes + 1 control byte
-        let entries: usize = self.workers.iter().flatten().map(|w| w.blocks.capacity()).sum();
+        let entries: usize = self
+            .workers
+            .iter()
+            .flatten()
+            .map(|w| w.blocks.capacity())
+            .sum();
         self.nodes.capacity() * std::mem::size_of::<Node>()
-            + self.sets.capacity() * (std::mem::size_of::<HolderSet>() + 4 * std::mem::size_of::<Holder>())
+            + self.sets.capacity()
+                * (std::mem::size_of::<HolderSet>() + 4 * std::mem::size_of::<Holder>())
             + self.edges.slots.capacity() * std::mem::size_of::<Edge>()
             + self.kid_lists.capacity() * 40
             + entries * 17
@@ -898,10 +989,23 @@ impl RadixIndex {
         let map_bytes = |cap: usize, entry: usize| cap * (entry + 1);
         let nodes = self.nodes.capacity() * std::mem::size_of::<Node>()
             + self.sets.capacity() * std::mem::size_of::<HolderSet>()
-            + self.sets.iter().map(|s| s.items.capacity() * std::mem::size_of::<Holder>()).sum::<usize>();
+            + self
+                .sets
+                .iter()
+                .map(|s| s.items.capacity() * std::mem::size_of::<Holder>())
+                .sum::<usize>();
         let kid_maps = self.edges.slots.capacity() * std::mem::size_of::<Edge>()
-            + self.kid_lists.iter().map(|l| 24 + l.capacity() * 4).sum::<usize>();
-        let workers: usize = self.workers.iter().flatten().map(|w| map_bytes(w.blocks.capacity(), 12)).sum();
+            + self
+                .kid_lists
+                .iter()
+                .map(|l| 24 + l.capacity() * 4)
+                .sum::<usize>();
+        let workers: usize = self
+            .workers
+            .iter()
+            .flatten()
+            .map(|w| map_bytes(w.blocks.capacity(), 12))
+            .sum();
         nodes + kid_maps + workers + self.free_nodes.capacity() * 4
     }
 }
@@ -914,7 +1018,11 @@ struct Edge {
     child: u32,
 }
 
-const NO_EDGE: Edge = Edge { key: 0, parent: NIL, child: NIL };
+const NO_EDGE: Edge = Edge {
+    key: 0,
+    parent: NIL,
+    child: NIL,
+};
 
 /// (parent, tokens hash) → child, open addressing with linear probing (a lookup usually reads one
 /// cache line, where a SwissTable reads a control group, then a bucket) and backward-shift deletion;
@@ -929,12 +1037,20 @@ struct EdgeTable {
 
 impl EdgeTable {
     fn new() -> Self {
-        EdgeTable { slots: Vec::new(), len: 0, seed: std::collections::hash_map::RandomState::new().build_hasher().finish() | 1 }
+        EdgeTable {
+            slots: Vec::new(),
+            len: 0,
+            seed: std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+                | 1,
+        }
     }
 
     #[inline]
     fn home(&self, parent: u32, key: u64) -> usize {
-        let mut z = (key ^ self.seed).wrapping_add((parent as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut z =
+            (key ^ self.seed).wrapping_add((parent as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         z = (z ^ (z >> 32)).wrapping_mul(0xd6e8_feb8_6659_fd93);
         z = (z ^ (z >> 29)).wrapping_mul(0x94d0_49bb_1331_11eb);
         (z ^ (z >> 32)) as usize & (self.slots.len() - 1)
@@ -1026,7 +1142,13 @@ fn holders_of<'a>(n: &Node, sets: &'a [HolderSet]) -> impl Iterator<Item = Holde
     let (one, many): (Option<Holder>, &[Holder]) = match n.worker {
         NOBODY => (None, &[]),
         w if w & SPILLED != 0 => (None, &sets[(w & !SPILLED) as usize].items),
-        w => (Some(Holder { block_hash: n.hash, worker: w }), &[]),
+        w => (
+            Some(Holder {
+                block_hash: n.hash,
+                worker: w,
+            }),
+            &[],
+        ),
     };
     one.into_iter().chain(many.iter().copied())
 }
@@ -1037,7 +1159,10 @@ fn repeats(blocks: &[StoredBlock], parent: Option<u64>) -> bool {
         return true;
     }
     if blocks.len() <= 16 {
-        return blocks.iter().enumerate().any(|(i, b)| blocks[..i].iter().any(|c| c.block_hash == b.block_hash));
+        return blocks
+            .iter()
+            .enumerate()
+            .any(|(i, b)| blocks[..i].iter().any(|c| c.block_hash == b.block_hash));
     }
     let mut hashes: Vec<u64> = blocks.iter().map(|b| b.block_hash).collect();
     hashes.sort_unstable();

@@ -6,10 +6,14 @@ use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 
-use crate::convert::{check_store, convert_event, Converted, GroupTable, Reason, Store, REASON_COUNT};
+use crate::convert::{
+    check_store, convert_event, Converted, GroupTable, Reason, Store, REASON_COUNT,
+};
 use crate::engine::decode_batch;
 use crate::local::LocalIndexer;
-use crate::wire::{write_envelope, write_event_json, write_event_msgpack, BlockExtraInfo, DataRef, KV_EVENTS_TOPIC};
+use crate::wire::{
+    write_envelope, write_event_json, write_event_msgpack, BlockExtraInfo, DataRef, KV_EVENTS_TOPIC,
+};
 
 /// A store of more blocks is emitted as chained events of at most this many blocks.
 pub const MAX_BLOCKS_PER_STORED: usize = 1024;
@@ -136,7 +140,12 @@ struct RankState {
 
 impl RankState {
     fn new(rank: u32) -> Self {
-        RankState { rank, next_id: 0, live: LiveSet::default(), groups: GroupTable::default() }
+        RankState {
+            rank,
+            next_id: 0,
+            live: LiveSet::default(),
+            groups: GroupTable::default(),
+        }
     }
 }
 
@@ -186,7 +195,8 @@ pub fn unpack(out: &[u8]) -> Unpacked {
         .collect();
     Unpacked {
         dp_rank: (flags & 4 != 0).then_some(rank),
-        first_event_id: (flags & 1 != 0).then(|| u64::from_le_bytes(out[16..24].try_into().unwrap())),
+        first_event_id: (flags & 1 != 0)
+            .then(|| u64::from_le_bytes(out[16..24].try_into().unwrap())),
         warnings_pending: flags & 2 != 0,
         rejected,
         payloads,
@@ -273,7 +283,8 @@ impl Ingestor {
 
     /// Whether `rank` may be used: seen, configured, or room for one more.
     pub fn rank_allowed(&self, rank: u32) -> bool {
-        self.rank_index.contains_key(&rank) || (self.configured.is_none() && self.ranks.len() < self.max_dp_ranks)
+        self.rank_index.contains_key(&rank)
+            || (self.configured.is_none() && self.ranks.len() < self.max_dp_ranks)
     }
 
     fn ensure_rank(&mut self, rank: u32) -> Option<usize> {
@@ -289,7 +300,9 @@ impl Ingestor {
     }
 
     pub fn next_event_id(&self, rank: u32) -> u64 {
-        self.rank_index.get(&rank).map_or(0, |&i| self.ranks[i].next_id)
+        self.rank_index
+            .get(&rank)
+            .map_or(0, |&i| self.ranks[i].next_id)
     }
 
     pub fn counters(&self) -> &[u64; COUNTER_NAMES.len()] {
@@ -324,7 +337,8 @@ impl Ingestor {
             self.reject(&mut out, Reason::DpRank);
             return out;
         };
-        self.counters[C_EVENTS_IN] += batch.events.len() as u64 + batch.invalid as u64 + batch.unknown_type as u64;
+        self.counters[C_EVENTS_IN] +=
+            batch.events.len() as u64 + batch.invalid as u64 + batch.unknown_type as u64;
         for _ in 0..batch.invalid {
             self.reject(&mut out, Reason::Invalid);
         }
@@ -333,7 +347,12 @@ impl Ingestor {
         }
         for ev in batch.events {
             let rank = &mut self.ranks[idx];
-            match convert_event(ev, self.kv_block_size, &mut rank.groups, &mut self.hash_scratch) {
+            match convert_event(
+                ev,
+                self.kv_block_size,
+                &mut rank.groups,
+                &mut self.hash_scratch,
+            ) {
                 Err(reason) => self.reject(&mut out, reason),
                 Ok(Converted::Stored(store)) => self.emit_store(&mut out, idx, store),
                 Ok(Converted::Removed(hashes)) => self.emit_removed(&mut out, idx, &hashes),
@@ -363,7 +382,16 @@ impl Ingestor {
             return self.end(out);
         };
         let tokens_le = crate::hash::tokens_le(token_ids);
-        match check_store(block_hashes, parent_hash, &tokens_le, block_size, self.kv_block_size, lora_name, mm, &mut self.hash_scratch) {
+        match check_store(
+            block_hashes,
+            parent_hash,
+            &tokens_le,
+            block_size,
+            self.kv_block_size,
+            lora_name,
+            mm,
+            &mut self.hash_scratch,
+        ) {
             Ok(store) => self.emit_store(&mut out, idx, store),
             Err(reason) => self.reject(&mut out, reason),
         }
@@ -400,11 +428,25 @@ impl Ingestor {
         body.resize(OUT_HEADER_BYTES, 0);
         let mut lens = std::mem::take(&mut self.spare_lens);
         lens.clear();
-        Out { dp_rank, now_ms, first_id: None, rejected: [0; REASON_COUNT], lens, body }
+        Out {
+            dp_rank,
+            now_ms,
+            first_id: None,
+            rejected: [0; REASON_COUNT],
+            lens,
+            body,
+        }
     }
 
     fn end(&mut self, out: Out) -> Vec<u8> {
-        let Out { dp_rank, first_id, rejected, lens, mut body, .. } = out;
+        let Out {
+            dp_rank,
+            first_id,
+            rejected,
+            lens,
+            mut body,
+            ..
+        } = out;
         let mut h = [0u8; OUT_HEADER_BYTES];
         h[0..4].copy_from_slice(&(lens.len() as u32).to_le_bytes());
         h[4..8].copy_from_slice(&dp_rank.unwrap_or(0).to_le_bytes());
@@ -440,7 +482,11 @@ impl Ingestor {
     }
 
     fn emit_store(&mut self, out: &mut Out, idx: usize, store: Store) {
-        let Store { parent_hash, blocks, truncated } = store;
+        let Store {
+            parent_hash,
+            blocks,
+            truncated,
+        } = store;
         if let Some((tokens, kept, hashes)) = truncated {
             self.counters[C_TRUNCATED] += 1;
             if self.warnings_given < MAX_TRUNCATION_WARNINGS {
@@ -453,7 +499,14 @@ impl Ingestor {
         }
         let mut parent = parent_hash;
         for chunk in blocks.chunks(MAX_BLOCKS_PER_STORED) {
-            self.emit(out, idx, DataRef::Stored { parent_hash: parent, blocks: chunk });
+            self.emit(
+                out,
+                idx,
+                DataRef::Stored {
+                    parent_hash: parent,
+                    blocks: chunk,
+                },
+            );
             let live = &mut self.ranks[idx].live;
             let mut untracked = 0;
             for b in chunk {
@@ -517,11 +570,26 @@ impl Ingestor {
         out.first_id.get_or_insert(event_id);
         let start = out.body.len();
         match self.mode {
-            Mode::JetStream => write_event_json(&mut out.body, self.worker_id, event_id, dp_rank, data),
+            Mode::JetStream => {
+                write_event_json(&mut out.body, self.worker_id, event_id, dp_rank, data)
+            }
             Mode::EventPlane => {
                 self.event_scratch.clear();
-                write_event_msgpack(&mut self.event_scratch, self.worker_id, event_id, dp_rank, data);
-                write_envelope(&mut out.body, self.worker_id, self.sequence, out.now_ms, KV_EVENTS_TOPIC, &self.event_scratch);
+                write_event_msgpack(
+                    &mut self.event_scratch,
+                    self.worker_id,
+                    event_id,
+                    dp_rank,
+                    data,
+                );
+                write_envelope(
+                    &mut out.body,
+                    self.worker_id,
+                    self.sequence,
+                    out.now_ms,
+                    KV_EVENTS_TOPIC,
+                    &self.event_scratch,
+                );
                 self.sequence += 1;
             }
         }

@@ -14,6 +14,6 @@ pub mod wire;
 pub use convert::{decode_engine_batch, Converted, DecodedBatch, Reason, Store};
 pub use hash::compute_block_hashes;
 pub use index::{ApplyOutcome, Match, RadixIndex};
-pub use local::{LocalIndexer, RangeResult};
 pub use ingest::{unpack, Ingestor, IngestorConfig, Mode, Unpacked, COUNTER_NAMES};
+pub use local::{LocalIndexer, RangeResult};
 pub use wire::{BlockExtraInfo, EventData, MmObject, RouterEvent, StoredBlock};

@@ -13,8 +13,15 @@ pub const DEFAULT_BUFFER_SIZE: usize = 1024;
 pub enum RangeResult {
     Events(Vec<RouterEvent>),
     TreeDump(Vec<RouterEvent>),
-    TooNew { requested_start: u64, requested_end: u64, newest_available: u64 },
-    InvalidRange { start_id: u64, end_id: u64 },
+    TooNew {
+        requested_start: u64,
+        requested_end: u64,
+        newest_available: u64,
+    },
+    InvalidRange {
+        start_id: u64,
+        end_id: u64,
+    },
     Error(String),
 }
 
@@ -28,7 +35,11 @@ pub struct LocalIndexer {
 impl LocalIndexer {
     /// `capacity` (events kept per dp rank) is at least 1.
     pub fn new(capacity: usize) -> Self {
-        LocalIndexer { index: RadixIndex::new(), capacity: capacity.max(1), rings: HashMap::new() }
+        LocalIndexer {
+            index: RadixIndex::new(),
+            capacity: capacity.max(1),
+            rings: HashMap::new(),
+        }
     }
 
     /// Makes a dp rank known (it then answers range queries, with an empty dump at first).
@@ -42,8 +53,19 @@ impl LocalIndexer {
     }
 
     /// Applies and buffers an event given by parts (the ingest path).
-    pub fn apply(&mut self, worker_id: u64, event_id: u64, dp_rank: u32, data: DataRef) -> ApplyOutcome {
-        self.buffer(RouterEvent { worker_id, event_id, dp_rank, data: data.to_owned() });
+    pub fn apply(
+        &mut self,
+        worker_id: u64,
+        event_id: u64,
+        dp_rank: u32,
+        data: DataRef,
+    ) -> ApplyOutcome {
+        self.buffer(RouterEvent {
+            worker_id,
+            event_id,
+            dp_rank,
+            data: data.to_owned(),
+        });
         self.index.apply(worker_id, event_id, dp_rank, data)
     }
 
@@ -56,13 +78,21 @@ impl LocalIndexer {
     }
 
     /// SPEC 6 `eventsInRange`, checks in order.
-    pub fn events_in_range(&self, dp_rank: u32, start: Option<u64>, end: Option<u64>) -> RangeResult {
+    pub fn events_in_range(
+        &self,
+        dp_rank: u32,
+        start: Option<u64>,
+        end: Option<u64>,
+    ) -> RangeResult {
         let Some(ring) = self.rings.get(&dp_rank) else {
             return RangeResult::Error(format!("no events for dp rank {dp_rank}"));
         };
         if let (Some(s), Some(e)) = (start, end) {
             if e < s {
-                return RangeResult::InvalidRange { start_id: s, end_id: e };
+                return RangeResult::InvalidRange {
+                    start_id: s,
+                    end_id: e,
+                };
             }
         }
         let dump = || RangeResult::TreeDump(self.index.dump(Some(dp_rank)));
@@ -76,13 +106,22 @@ impl LocalIndexer {
         let oldest = ring.iter().map(|e| e.event_id).min().unwrap_or(0);
         let end = end.unwrap_or(newest);
         if start > newest {
-            return RangeResult::TooNew { requested_start: start, requested_end: end, newest_available: newest };
+            return RangeResult::TooNew {
+                requested_start: start,
+                requested_end: end,
+                newest_available: newest,
+            };
         }
         if start < oldest {
             return dump();
         }
         let last = end.min(newest);
-        RangeResult::Events(ring.iter().filter(|e| e.event_id >= start && e.event_id <= last).cloned().collect())
+        RangeResult::Events(
+            ring.iter()
+                .filter(|e| e.event_id >= start && e.event_id <= last)
+                .cloned()
+                .collect(),
+        )
     }
 }
 
@@ -102,7 +141,11 @@ pub fn write_range_result_json(out: &mut Vec<u8>, r: &RangeResult) {
     match r {
         RangeResult::Events(evs) => events(out, b"{\"Events\":", evs),
         RangeResult::TreeDump(evs) => events(out, b"{\"TreeDump\":", evs),
-        RangeResult::TooNew { requested_start, requested_end, newest_available } => {
+        RangeResult::TooNew {
+            requested_start,
+            requested_end,
+            newest_available,
+        } => {
             out.extend_from_slice(b"{\"TooNew\":{\"requested_start\":");
             write_u64_dec(out, *requested_start);
             out.extend_from_slice(b",\"requested_end\":");
@@ -138,7 +181,9 @@ fn write_json_string(out: &mut Vec<u8>, s: &str) {
             '\t' => out.extend_from_slice(b"\\t"),
             '\u{08}' => out.extend_from_slice(b"\\b"),
             '\u{0c}' => out.extend_from_slice(b"\\f"),
-            c if (c as u32) < 0x20 => out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes()),
+            c if (c as u32) < 0x20 => {
+                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes())
+            }
             c => {
                 let mut buf = [0u8; 4];
                 out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());

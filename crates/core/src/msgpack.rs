@@ -120,7 +120,11 @@ impl<'a> Reader<'a> {
             }
             let w = if small { 0 } else { 1u32 << (m & 3) };
             let raw = u32::from_be_bytes([buf[p + 1], buf[p + 2], buf[p + 3], buf[p + 4]]) as u64;
-            let v = if small { m as u32 } else { (raw >> (32 - 8 * w)) as u32 };
+            let v = if small {
+                m as u32
+            } else {
+                (raw >> (32 - 8 * w)) as u32
+            };
             out.extend_from_slice(&v.to_le_bytes());
             p += 1 + w as usize;
             k += 1;
@@ -135,7 +139,9 @@ impl<'a> Reader<'a> {
     pub fn fixstr_key<const N: usize>(&mut self, key: &[u8; N]) -> bool {
         const { assert!(N < 32) };
         let p = self.pos;
-        if self.buf.get(p) == Some(&(0xa0 | N as u8)) && self.buf.get(p + 1..p + 1 + N) == Some(&key[..]) {
+        if self.buf.get(p) == Some(&(0xa0 | N as u8))
+            && self.buf.get(p + 1..p + 1 + N) == Some(&key[..])
+        {
             self.pos = p + 1 + N;
             true
         } else {
@@ -151,8 +157,15 @@ impl<'a> Reader<'a> {
         let (v, n) = match m {
             0x00..=0x7f => (m as u32, 1),
             0xcc => (*self.buf.get(self.pos + 1)? as u32, 2),
-            0xcd => (u16::from_be_bytes(self.buf.get(self.pos + 1..self.pos + 3)?.try_into().ok()?) as u32, 3),
-            0xce => (u32::from_be_bytes(self.buf.get(self.pos + 1..self.pos + 5)?.try_into().ok()?), 5),
+            0xcd => (
+                u16::from_be_bytes(self.buf.get(self.pos + 1..self.pos + 3)?.try_into().ok()?)
+                    as u32,
+                3,
+            ),
+            0xce => (
+                u32::from_be_bytes(self.buf.get(self.pos + 1..self.pos + 5)?.try_into().ok()?),
+                5,
+            ),
             _ => return None,
         };
         self.pos += n;
@@ -426,9 +439,15 @@ mod tests {
     #[test]
     fn header_claims_are_checked_before_use() {
         // array32 claiming 4 billion elements with nothing after it
-        assert_eq!(Reader::new(&[0xdd, 0xff, 0xff, 0xff, 0xff]).head(1), Err(Malformed));
+        assert_eq!(
+            Reader::new(&[0xdd, 0xff, 0xff, 0xff, 0xff]).head(1),
+            Err(Malformed)
+        );
         // str32 claiming more bytes than remain
-        assert_eq!(Reader::new(&[0xdb, 0, 0, 1, 0, b'a']).head(1), Err(Malformed));
+        assert_eq!(
+            Reader::new(&[0xdb, 0, 0, 1, 0, b'a']).head(1),
+            Err(Malformed)
+        );
         // map16 of 2 pairs needs at least 4 bytes
         assert_eq!(Reader::new(&[0xde, 0, 2, 1, 2, 3]).head(1), Err(Malformed));
         assert_eq!(Reader::new(&[0xc1]).head(1), Err(Malformed));

@@ -24,8 +24,13 @@ pub struct StoredBlock {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventData {
-    Stored { parent_hash: Option<u64>, blocks: Vec<StoredBlock> },
-    Removed { block_hashes: Vec<u64> },
+    Stored {
+        parent_hash: Option<u64>,
+        blocks: Vec<StoredBlock>,
+    },
+    Removed {
+        block_hashes: Vec<u64>,
+    },
     Cleared,
 }
 
@@ -46,7 +51,10 @@ pub const KV_METRICS_TOPIC: &str = "kv_metrics";
 /// Event data borrowed from wherever it lives (the ingest hot path writes split chunks this way).
 #[derive(Debug, Clone, Copy)]
 pub enum DataRef<'a> {
-    Stored { parent_hash: Option<u64>, blocks: &'a [StoredBlock] },
+    Stored {
+        parent_hash: Option<u64>,
+        blocks: &'a [StoredBlock],
+    },
     Removed(&'a [u64]),
     Cleared,
 }
@@ -54,7 +62,13 @@ pub enum DataRef<'a> {
 impl EventData {
     pub fn as_data_ref(&self) -> DataRef<'_> {
         match self {
-            EventData::Stored { parent_hash, blocks } => DataRef::Stored { parent_hash: *parent_hash, blocks },
+            EventData::Stored {
+                parent_hash,
+                blocks,
+            } => DataRef::Stored {
+                parent_hash: *parent_hash,
+                blocks,
+            },
             EventData::Removed { block_hashes } => DataRef::Removed(block_hashes),
             EventData::Cleared => DataRef::Cleared,
         }
@@ -64,18 +78,38 @@ impl EventData {
 impl DataRef<'_> {
     pub fn to_owned(self) -> EventData {
         match self {
-            DataRef::Stored { parent_hash, blocks } => EventData::Stored { parent_hash, blocks: blocks.to_vec() },
-            DataRef::Removed(hashes) => EventData::Removed { block_hashes: hashes.to_vec() },
+            DataRef::Stored {
+                parent_hash,
+                blocks,
+            } => EventData::Stored {
+                parent_hash,
+                blocks: blocks.to_vec(),
+            },
+            DataRef::Removed(hashes) => EventData::Removed {
+                block_hashes: hashes.to_vec(),
+            },
             DataRef::Cleared => EventData::Cleared,
         }
     }
 }
 
 pub fn write_router_event_msgpack(out: &mut Vec<u8>, ev: &RouterEvent) {
-    write_event_msgpack(out, ev.worker_id, ev.event_id, ev.dp_rank, ev.data.as_data_ref());
+    write_event_msgpack(
+        out,
+        ev.worker_id,
+        ev.event_id,
+        ev.dp_rank,
+        ev.data.as_data_ref(),
+    );
 }
 
-pub fn write_event_msgpack(out: &mut Vec<u8>, worker_id: u64, event_id: u64, dp_rank: u32, data: DataRef) {
+pub fn write_event_msgpack(
+    out: &mut Vec<u8>,
+    worker_id: u64,
+    event_id: u64,
+    dp_rank: u32,
+    data: DataRef,
+) {
     let mut w = Writer::new(out);
     w.map(2);
     w.str("worker_id");
@@ -86,7 +120,10 @@ pub fn write_event_msgpack(out: &mut Vec<u8>, worker_id: u64, event_id: u64, dp_
     w.uint(event_id);
     w.str("data");
     match data {
-        DataRef::Stored { parent_hash, blocks } => write_stored_msgpack(&mut w, parent_hash, blocks),
+        DataRef::Stored {
+            parent_hash,
+            blocks,
+        } => write_stored_msgpack(&mut w, parent_hash, blocks),
         DataRef::Removed(hashes) => write_removed_msgpack(&mut w, hashes),
         DataRef::Cleared => w.str("cleared"),
     }
@@ -144,7 +181,14 @@ pub fn write_removed_msgpack(w: &mut Writer, hashes: &[u64]) {
 }
 
 /// The event-plane envelope: `{publisher_id, sequence, published_at, topic, payload: bin}`.
-pub fn write_envelope(out: &mut Vec<u8>, publisher_id: u64, sequence: u64, published_at: u64, topic: &str, payload: &[u8]) {
+pub fn write_envelope(
+    out: &mut Vec<u8>,
+    publisher_id: u64,
+    sequence: u64,
+    published_at: u64,
+    topic: &str,
+    payload: &[u8],
+) {
     let mut w = Writer::new(out);
     w.map(5);
     w.str("publisher_id");
@@ -160,7 +204,13 @@ pub fn write_envelope(out: &mut Vec<u8>, publisher_id: u64, sequence: u64, publi
 }
 
 /// Dynamo's `ActiveLoad {worker_id, dp_rank, active_decode_blocks, active_prefill_tokens}`.
-pub fn write_active_load(out: &mut Vec<u8>, worker_id: u64, dp_rank: u32, active_decode_blocks: Option<u64>, active_prefill_tokens: Option<u64>) {
+pub fn write_active_load(
+    out: &mut Vec<u8>,
+    worker_id: u64,
+    dp_rank: u32,
+    active_decode_blocks: Option<u64>,
+    active_prefill_tokens: Option<u64>,
+) {
     let mut w = Writer::new(out);
     w.map(4);
     w.str("worker_id");
@@ -199,17 +249,32 @@ fn write_opt_u64_dec(out: &mut Vec<u8>, v: Option<u64>) {
 }
 
 pub fn write_router_event_json(out: &mut Vec<u8>, ev: &RouterEvent) {
-    write_event_json(out, ev.worker_id, ev.event_id, ev.dp_rank, ev.data.as_data_ref());
+    write_event_json(
+        out,
+        ev.worker_id,
+        ev.event_id,
+        ev.dp_rank,
+        ev.data.as_data_ref(),
+    );
 }
 
-pub fn write_event_json(out: &mut Vec<u8>, worker_id: u64, event_id: u64, dp_rank: u32, data: DataRef) {
+pub fn write_event_json(
+    out: &mut Vec<u8>,
+    worker_id: u64,
+    event_id: u64,
+    dp_rank: u32,
+    data: DataRef,
+) {
     out.extend_from_slice(b"{\"worker_id\":");
     write_u64_dec(out, worker_id);
     out.extend_from_slice(b",\"event\":{\"event_id\":");
     write_u64_dec(out, event_id);
     out.extend_from_slice(b",\"data\":");
     match data {
-        DataRef::Stored { parent_hash, blocks } => write_stored_json(out, parent_hash, blocks),
+        DataRef::Stored {
+            parent_hash,
+            blocks,
+        } => write_stored_json(out, parent_hash, blocks),
         DataRef::Removed(hashes) => write_removed_json(out, hashes),
         DataRef::Cleared => out.extend_from_slice(b"\"cleared\""),
     }
@@ -340,10 +405,16 @@ fn json_val(v: &serde_json::Value, level: u32) -> Result<Val, WireError> {
         serde_json::Value::Null => Val::Null,
         serde_json::Value::Number(n) => n.as_u64().map(Val::U64).unwrap_or(Val::Other),
         serde_json::Value::String(s) => Val::Str(s.clone()),
-        serde_json::Value::Array(a) => Val::Arr(a.iter().map(|x| json_val(x, level + 1)).collect::<Result<_, _>>()?),
-        serde_json::Value::Object(o) => {
-            Val::Obj(o.iter().map(|(k, x)| Ok((k.clone(), json_val(x, level + 1)?))).collect::<Result<_, _>>()?)
-        }
+        serde_json::Value::Array(a) => Val::Arr(
+            a.iter()
+                .map(|x| json_val(x, level + 1))
+                .collect::<Result<_, _>>()?,
+        ),
+        serde_json::Value::Object(o) => Val::Obj(
+            o.iter()
+                .map(|(k, x)| Ok((k.clone(), json_val(x, level + 1)?)))
+                .collect::<Result<_, _>>()?,
+        ),
         serde_json::Value::Bool(_) => Val::Other,
     })
 }
@@ -403,9 +474,16 @@ fn canonical_router_event(bytes: &[u8]) -> Option<RouterEvent> {
                     let tokens_hash = uint(&mut r, 7)?;
                     r.fixstr_key(b"mm_extra_info").then_some(())?;
                     matches!(r.head(7).ok()?, Head::Nil).then_some(())?;
-                    blocks.push(StoredBlock { block_hash, tokens_hash, mm_extra_info: None });
+                    blocks.push(StoredBlock {
+                        block_hash,
+                        tokens_hash,
+                        mm_extra_info: None,
+                    });
                 }
-                EventData::Stored { parent_hash, blocks }
+                EventData::Stored {
+                    parent_hash,
+                    blocks,
+                }
             }
             Head::Str(b"removed") => {
                 matches!(r.head(4).ok()?, Head::Map(1)).then_some(())?;
@@ -425,7 +503,12 @@ fn canonical_router_event(bytes: &[u8]) -> Option<RouterEvent> {
     };
     r.fixstr_key(b"dp_rank").then_some(())?;
     let dp_rank = u32::try_from(uint(&mut r, 3)?).ok()?;
-    r.at_end().then_some(RouterEvent { worker_id, event_id, dp_rank, data })
+    r.at_end().then_some(RouterEvent {
+        worker_id,
+        event_id,
+        dp_rank,
+        data,
+    })
 }
 
 /// The RouterEvent inside an event-plane envelope (`{publisher_id, sequence, published_at, topic,
@@ -440,7 +523,9 @@ pub fn decode_router_event_envelope(bytes: &[u8]) -> Result<RouterEvent, WireErr
         let key = r.head(2).or_else(|_| werr("malformed envelope"))?;
         let value = r.head(2).or_else(|_| werr("malformed envelope"))?;
         // the envelope's values are scalars; a container here is not an envelope
-        if matches!(key, Head::Array(_) | Head::Map(_)) || matches!(value, Head::Array(_) | Head::Map(_)) {
+        if matches!(key, Head::Array(_) | Head::Map(_))
+            || matches!(value, Head::Array(_) | Head::Map(_))
+        {
             return werr("malformed envelope");
         }
         if let (Head::Str(b"payload"), Head::Bin(b)) = (key, value) {
@@ -525,10 +610,15 @@ fn router_event_from_val(v: &Val) -> Result<RouterEvent, WireError> {
                         })
                     })
                     .collect::<Result<_, WireError>>()?;
-                EventData::Stored { parent_hash, blocks }
+                EventData::Stored {
+                    parent_hash,
+                    blocks,
+                }
             } else if let Some(r) = d.get("removed") {
-                let block_hashes =
-                    arr(r.get("block_hashes"), "block_hashes")?.iter().map(|h| u64_of(h, "block hash")).collect::<Result<_, _>>()?;
+                let block_hashes = arr(r.get("block_hashes"), "block_hashes")?
+                    .iter()
+                    .map(|h| u64_of(h, "block hash"))
+                    .collect::<Result<_, _>>()?;
                 EventData::Removed { block_hashes }
             } else {
                 return werr("data must be stored, removed or cleared");
@@ -536,7 +626,12 @@ fn router_event_from_val(v: &Val) -> Result<RouterEvent, WireError> {
         }
         _ => return werr("data must be stored, removed or cleared"),
     };
-    Ok(RouterEvent { worker_id, event_id, dp_rank, data })
+    Ok(RouterEvent {
+        worker_id,
+        event_id,
+        dp_rank,
+        data,
+    })
 }
 
 fn extra_info_from_val(v: &Val) -> Result<BlockExtraInfo, WireError> {
@@ -548,13 +643,18 @@ fn extra_info_from_val(v: &Val) -> Result<BlockExtraInfo, WireError> {
                 Some(Val::Arr(pairs)) => pairs
                     .iter()
                     .map(|p| match p {
-                        Val::Arr(ab) if ab.len() == 2 => Ok((u32_of(&ab[0], "offset")?, u32_of(&ab[1], "offset")?)),
+                        Val::Arr(ab) if ab.len() == 2 => {
+                            Ok((u32_of(&ab[0], "offset")?, u32_of(&ab[1], "offset")?))
+                        }
                         _ => werr("offsets must be [start, end] pairs"),
                     })
                     .collect::<Result<_, _>>()?,
                 _ => return werr("offsets must be an array"),
             };
-            Ok(MmObject { mm_hash: u64_field(o, "mm_hash")?, offsets })
+            Ok(MmObject {
+                mm_hash: u64_field(o, "mm_hash")?,
+                offsets,
+            })
         })
         .collect::<Result<_, WireError>>()?;
     Ok(BlockExtraInfo { mm_objects })
@@ -575,7 +675,13 @@ pub fn jetstream_stream_name(namespace: &str, component: &str) -> String {
     let lowered = kv_events_subject(namespace, component).to_lowercase();
     let slug: String = lowered
         .chars()
-        .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     slug.trim_start_matches('_').replace('_', "-")
 }

@@ -4,18 +4,25 @@
 use dynamo_kv_core::convert::{decode_engine_batch, Converted, Reason};
 use dynamo_kv_core::hash::{compute_block_hashes, xxh3_seeded};
 use dynamo_kv_core::wire::{
-    decode_router_event_json, decode_router_event_msgpack, jetstream_stream_name, write_active_load, write_envelope,
-    write_router_event_json, write_router_event_msgpack, BlockExtraInfo, MmObject,
+    decode_router_event_json, decode_router_event_msgpack, jetstream_stream_name,
+    write_active_load, write_envelope, write_router_event_json, write_router_event_msgpack,
+    BlockExtraInfo, MmObject,
 };
 use serde_json::Value;
 
 fn fixture(name: &str) -> Value {
-    let path = format!("{}/../../__test__/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/../../__test__/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
     serde_json::from_str(&std::fs::read_to_string(&path).expect(&path)).unwrap()
 }
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 fn u64s(v: &Value) -> u64 {
@@ -63,11 +70,30 @@ fn expected_events(v: &Value) -> Vec<String> {
                     .as_array()
                     .unwrap()
                     .iter()
-                    .map(|b| format!("{}/{}/{:?}", u64s(&b["block_hash"]), u64s(&b["tokens_hash"]), mm_from(&b["mm_extra_info"])))
+                    .map(|b| {
+                        format!(
+                            "{}/{}/{:?}",
+                            u64s(&b["block_hash"]),
+                            u64s(&b["tokens_hash"]),
+                            mm_from(&b["mm_extra_info"])
+                        )
+                    })
                     .collect();
-                format!("stored parent={:?} {:?}", opt_u64s(&e["parent_hash"]), blocks)
+                format!(
+                    "stored parent={:?} {:?}",
+                    opt_u64s(&e["parent_hash"]),
+                    blocks
+                )
             }
-            "removed" => format!("removed {:?}", e["block_hashes"].as_array().unwrap().iter().map(u64s).collect::<Vec<_>>()),
+            "removed" => format!(
+                "removed {:?}",
+                e["block_hashes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(u64s)
+                    .collect::<Vec<_>>()
+            ),
             "cleared" => "cleared".to_string(),
             t => panic!("unknown type {t}"),
         })
@@ -79,8 +105,11 @@ fn rendered(events: &[Converted]) -> Vec<String> {
         .iter()
         .map(|e| match e {
             Converted::Stored(s) => {
-                let blocks: Vec<String> =
-                    s.blocks.iter().map(|b| format!("{}/{}/{:?}", b.block_hash, b.tokens_hash, b.mm_extra_info)).collect();
+                let blocks: Vec<String> = s
+                    .blocks
+                    .iter()
+                    .map(|b| format!("{}/{}/{:?}", b.block_hash, b.tokens_hash, b.mm_extra_info))
+                    .collect();
                 format!("stored parent={:?} {:?}", s.parent_hash, blocks)
             }
             Converted::Removed(h) => format!("removed {h:?}"),
@@ -103,17 +132,39 @@ fn engine_batches_convert_as_expected() {
         if expect.get("error").is_some() {
             assert_eq!(expect["error"], "malformed");
             assert!(got.is_none(), "{name}: expected malformed, got {got:?}");
-            assert!(dynamo_kv_core::engine::peek_batch(&bytes).is_err(), "{name}: peek should fail");
+            assert!(
+                dynamo_kv_core::engine::peek_batch(&bytes).is_err(),
+                "{name}: peek should fail"
+            );
             continue;
         }
         let got = got.unwrap_or_else(|| panic!("{name}: unexpectedly malformed"));
-        assert_eq!(got.dp_rank as u64, expect["dp_rank"].as_u64().unwrap(), "{name}: dp_rank");
-        assert_eq!(rendered(&got.events), expected_events(&expect["events"]), "{name}: events");
+        assert_eq!(
+            got.dp_rank as u64,
+            expect["dp_rank"].as_u64().unwrap(),
+            "{name}: dp_rank"
+        );
+        assert_eq!(
+            rendered(&got.events),
+            expected_events(&expect["events"]),
+            "{name}: events"
+        );
         for reason in Reason::ALL {
-            let want = expect["rejected"].get(reason.name()).map_or(0, |v| v.as_u64().unwrap());
-            assert_eq!(got.rejected[reason as usize] as u64, want, "{name}: rejected {}", reason.name());
+            let want = expect["rejected"]
+                .get(reason.name())
+                .map_or(0, |v| v.as_u64().unwrap());
+            assert_eq!(
+                got.rejected[reason as usize] as u64,
+                want,
+                "{name}: rejected {}",
+                reason.name()
+            );
         }
-        assert_eq!(dynamo_kv_core::engine::peek_batch(&bytes).map(|p| p.0), Ok(got.dp_rank), "{name}: peek");
+        assert_eq!(
+            dynamo_kv_core::engine::peek_batch(&bytes).map(|p| p.0),
+            Ok(got.dp_rank),
+            "{name}: peek"
+        );
     }
 }
 
@@ -121,11 +172,29 @@ fn engine_batches_convert_as_expected() {
 fn block_hash_vectors() {
     let f = fixture("block-hashes.json");
     let raw = &f["raw_hash"];
-    assert_eq!(xxh3_seeded(raw["input_utf8"].as_str().unwrap().as_bytes(), u64s(&raw["seed"])), u64s(&raw["xxh3_64"]));
+    assert_eq!(
+        xxh3_seeded(
+            raw["input_utf8"].as_str().unwrap().as_bytes(),
+            u64s(&raw["seed"])
+        ),
+        u64s(&raw["xxh3_64"])
+    );
     for v in f["vectors"].as_array().unwrap() {
-        let tokens: Vec<u32> = v["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
-        let mm: Option<Vec<Option<BlockExtraInfo>>> = v["block_mm_infos"].as_array().map(|a| a.iter().map(mm_from).collect());
-        let got = compute_block_hashes(&tokens, v["kv_block_size"].as_u64().unwrap() as usize, v["lora_name"].as_str(), mm.as_deref());
+        let tokens: Vec<u32> = v["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap() as u32)
+            .collect();
+        let mm: Option<Vec<Option<BlockExtraInfo>>> = v["block_mm_infos"]
+            .as_array()
+            .map(|a| a.iter().map(mm_from).collect());
+        let got = compute_block_hashes(
+            &tokens,
+            v["kv_block_size"].as_u64().unwrap() as usize,
+            v["lora_name"].as_str(),
+            mm.as_deref(),
+        );
         let want: Vec<u64> = v["expected"].as_array().unwrap().iter().map(u64s).collect();
         assert_eq!(got, want, "{}", v["name"]);
     }
@@ -163,7 +232,12 @@ fn envelopes_active_load_and_stream_names() {
             e["topic"].as_str().unwrap(),
             &hex(e["payload_hex"].as_str().unwrap()),
         );
-        assert_eq!(out, hex(e["envelope_msgpack_hex"].as_str().unwrap()), "{}", e["name"]);
+        assert_eq!(
+            out,
+            hex(e["envelope_msgpack_hex"].as_str().unwrap()),
+            "{}",
+            e["name"]
+        );
     }
     let al = &f["active_load"];
     let mut out = Vec::new();
@@ -176,7 +250,13 @@ fn envelopes_active_load_and_stream_names() {
     );
     assert_eq!(out, hex(al["msgpack_hex"].as_str().unwrap()));
     for s in f["jetstream_stream_names"].as_array().unwrap() {
-        assert_eq!(jetstream_stream_name(s["namespace"].as_str().unwrap(), s["component"].as_str().unwrap()), s["stream"].as_str().unwrap());
+        assert_eq!(
+            jetstream_stream_name(
+                s["namespace"].as_str().unwrap(),
+                s["component"].as_str().unwrap()
+            ),
+            s["stream"].as_str().unwrap()
+        );
     }
 }
 
@@ -185,7 +265,15 @@ fn recovery_responses_match_dynamo_json() {
     use dynamo_kv_core::local::{write_range_result_json, LocalIndexer, RangeResult};
     let f = fixture("router-wire.json");
     let body = |name: &str| -> String {
-        f["recovery_json"].as_array().unwrap().iter().find(|r| r["name"] == name).unwrap()["json"].as_str().unwrap().to_string()
+        f["recovery_json"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap()["json"]
+            .as_str()
+            .unwrap()
+            .to_string()
     };
     let json = |r: &RangeResult| {
         let mut out = Vec::new();
@@ -197,14 +285,31 @@ fn recovery_responses_match_dynamo_json() {
     let inner = &events["{\"Events\":[".len()..events.len() - 2];
     let ev = decode_router_event_json(inner.as_bytes()).unwrap();
     assert_eq!(json(&RangeResult::Events(vec![ev])), events);
-    assert_eq!(json(&RangeResult::TreeDump(vec![])), body("tree_dump_empty"));
-    assert_eq!(json(&RangeResult::InvalidRange { start_id: 5, end_id: 3 }), body("invalid_range"));
-    assert_eq!(json(&RangeResult::Error("worker_id mismatch: asked 8, this is 7".into())), body("error"));
+    assert_eq!(
+        json(&RangeResult::TreeDump(vec![])),
+        body("tree_dump_empty")
+    );
+    assert_eq!(
+        json(&RangeResult::InvalidRange {
+            start_id: 5,
+            end_id: 3
+        }),
+        body("invalid_range")
+    );
+    assert_eq!(
+        json(&RangeResult::Error(
+            "worker_id mismatch: asked 8, this is 7".into()
+        )),
+        body("error")
+    );
     // "buffer holds ids 0..9, request start 15 with no end: end defaults to the newest id"
     let mut local = LocalIndexer::new(1024);
     for id in 0..10u64 {
         let removed = format!("{{\"worker_id\":7,\"event\":{{\"event_id\":{id},\"data\":{{\"removed\":{{\"block_hashes\":[1]}}}},\"dp_rank\":0}}}}");
         local.apply_event(&decode_router_event_json(removed.as_bytes()).unwrap());
     }
-    assert_eq!(json(&local.events_in_range(0, Some(15), None)), body("too_new_end_defaulted"));
+    assert_eq!(
+        json(&local.events_in_range(0, Some(15), None)),
+        body("too_new_end_defaulted")
+    );
 }

@@ -29,7 +29,9 @@ use dynamo_kv_core::convert::{decode_engine_batch, Converted, DecodedBatch, Reas
 use dynamo_kv_core::engine::{peek_batch, EngineEvent};
 use dynamo_kv_core::ingest::{unpack, Ingestor, IngestorConfig, Mode, COUNTER_NAMES};
 use dynamo_kv_core::msgpack::{Head, Reader, Writer, MAX_DEPTH};
-use dynamo_kv_core::wire::{decode_router_event_json, decode_router_event_msgpack, EventData, RouterEvent};
+use dynamo_kv_core::wire::{
+    decode_router_event_json, decode_router_event_msgpack, EventData, RouterEvent,
+};
 
 // ================================================================================================
 // the counting allocator: the largest single request per thread since the last reset
@@ -90,14 +92,20 @@ use common::Rng;
 
 /// A generator for one test's stream; DYNAMO_KV_FUZZ_SEED changes every stream at once.
 fn seeded(stream: u64) -> Rng {
-    let base = std::env::var("DYNAMO_KV_FUZZ_SEED").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0x5eed_d1a0_0c0f_fee5);
+    let base = std::env::var("DYNAMO_KV_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(0x5eed_d1a0_0c0f_fee5);
     let mut r = Rng(base ^ stream.wrapping_mul(0xa076_1d64_78bd_642f));
     r.next();
     r
 }
 
 fn scale(n: usize) -> usize {
-    let s = std::env::var("DYNAMO_KV_FUZZ_SCALE").ok().and_then(|s| s.parse::<f64>().ok()).unwrap_or(1.0);
+    let s = std::env::var("DYNAMO_KV_FUZZ_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .unwrap_or(1.0);
     ((n as f64) * s).max(1.0) as usize
 }
 
@@ -127,7 +135,9 @@ fn take<'b>(b: &'b [u8], p: &mut usize, n: usize) -> Result<&'b [u8], ()> {
 }
 
 fn be(b: &[u8], p: &mut usize, n: usize) -> Result<u64, ()> {
-    Ok(take(b, p, n)?.iter().fold(0u64, |a, &x| (a << 8) | x as u64))
+    Ok(take(b, p, n)?
+        .iter()
+        .fold(0u64, |a, &x| (a << 8) | x as u64))
 }
 
 /// One value at `level` (the batch is level 1); a value deeper than level 64 is an error. Containers
@@ -276,7 +286,13 @@ impl Enc<'_> {
         }
         assert!(!forms.is_empty(), "integer out of msgpack range: {v}");
         // minimal: the first fitting form in the order fixint, negfixint, unsigned, signed
-        let f = if self.any { *self.r.pick(&forms) } else if v >= 0 { forms[0] } else { *forms.iter().find(|&&m| m >= 0xd0 || m == 0xe0).unwrap() };
+        let f = if self.any {
+            *self.r.pick(&forms)
+        } else if v >= 0 {
+            forms[0]
+        } else {
+            *forms.iter().find(|&&m| m >= 0xd0 || m == 0xe0).unwrap()
+        };
         match f {
             0x00 | 0xe0 => out.push(v as i8 as u8),
             0xcc..=0xcf => {
@@ -293,7 +309,16 @@ impl Enc<'_> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn len_form(&mut self, n: usize, fix_max: usize, fix_base: u8, m8: Option<u8>, m16: u8, m32: u8, out: &mut Vec<u8>) {
+    fn len_form(
+        &mut self,
+        n: usize,
+        fix_max: usize,
+        fix_base: u8,
+        m8: Option<u8>,
+        m16: u8,
+        m32: u8,
+        out: &mut Vec<u8>,
+    ) {
         let mut forms: Vec<u8> = Vec::with_capacity(4);
         if n <= fix_max {
             forms.push(fix_base);
@@ -307,7 +332,11 @@ impl Enc<'_> {
             forms.push(m16);
         }
         forms.push(m32);
-        let f = if self.any { *self.r.pick(&forms) } else { forms[0] };
+        let f = if self.any {
+            *self.r.pick(&forms)
+        } else {
+            forms[0]
+        };
         if f == fix_base {
             out.push(fix_base | n as u8);
         } else if Some(f) == m8 {
@@ -336,7 +365,11 @@ impl Enc<'_> {
             forms.push(0xc5);
         }
         forms.push(0xc6);
-        let f = if self.any { *self.r.pick(&forms) } else { forms[0] };
+        let f = if self.any {
+            *self.r.pick(&forms)
+        } else {
+            forms[0]
+        };
         out.push(f);
         let n = 1usize << (f - 0xc4);
         out.extend_from_slice(&(s.len() as u32).to_be_bytes()[4 - n..]);
@@ -355,7 +388,13 @@ impl Enc<'_> {
         match fix {
             Some(m) if !self.any || self.r.chance(50) => out.push(m),
             _ => {
-                let f = if data.len() <= 0xff { 0xc7 } else if data.len() <= 0xffff { 0xc8 } else { 0xc9 };
+                let f = if data.len() <= 0xff {
+                    0xc7
+                } else if data.len() <= 0xffff {
+                    0xc8
+                } else {
+                    0xc9
+                };
                 out.push(f);
                 let n = 1usize << (f - 0xc7);
                 out.extend_from_slice(&(data.len() as u32).to_be_bytes()[4 - n..]);
@@ -420,7 +459,10 @@ const NOW: u64 = 1_700_000_000_123;
 
 /// The index of a counter by name (the list grows over time; never hard-code positions).
 fn ci(name: &str) -> usize {
-    COUNTER_NAMES.iter().position(|&n| n == name).unwrap_or_else(|| panic!("no counter {name}"))
+    COUNTER_NAMES
+        .iter()
+        .position(|&n| n == name)
+        .unwrap_or_else(|| panic!("no counter {name}"))
 }
 
 fn reject_counter(r: Reason) -> usize {
@@ -454,7 +496,15 @@ struct Harness {
 }
 
 fn new_stateful() -> Ingestor {
-    Ingestor::new(IngestorConfig { kv_block_size: 4, worker_id: WORKER, mode: Mode::EventPlane, max_dp_ranks: 8, dp_ranks: None, local_indexer: Some(64) }).unwrap()
+    Ingestor::new(IngestorConfig {
+        kv_block_size: 4,
+        worker_id: WORKER,
+        mode: Mode::EventPlane,
+        max_dp_ranks: 8,
+        dp_ranks: None,
+        local_indexer: Some(64),
+    })
+    .unwrap()
 }
 
 fn hex(b: &[u8]) -> String {
@@ -472,12 +522,31 @@ struct Envelope {
 
 fn envelope(b: &[u8]) -> Result<Envelope, String> {
     let mut r = Reader::new(b);
-    let Ok(Head::Map(5)) = r.head(1) else { return Err("envelope is not a map of 5".into()) };
-    let mut e = Envelope { publisher_id: 0, sequence: 0, published_at: 0, topic: vec![], payload: vec![] };
-    for want in ["publisher_id", "sequence", "published_at", "topic", "payload"] {
-        let Ok(Head::Str(k)) = r.head(2) else { return Err("envelope key is not a string".into()) };
+    let Ok(Head::Map(5)) = r.head(1) else {
+        return Err("envelope is not a map of 5".into());
+    };
+    let mut e = Envelope {
+        publisher_id: 0,
+        sequence: 0,
+        published_at: 0,
+        topic: vec![],
+        payload: vec![],
+    };
+    for want in [
+        "publisher_id",
+        "sequence",
+        "published_at",
+        "topic",
+        "payload",
+    ] {
+        let Ok(Head::Str(k)) = r.head(2) else {
+            return Err("envelope key is not a string".into());
+        };
         if k != want.as_bytes() {
-            return Err(format!("envelope key {:?} where {want} was expected", String::from_utf8_lossy(k)));
+            return Err(format!(
+                "envelope key {:?} where {want} was expected",
+                String::from_utf8_lossy(k)
+            ));
         }
         match (want, r.head(2)) {
             ("publisher_id", Ok(Head::Uint(v))) => e.publisher_id = v,
@@ -502,11 +571,16 @@ fn expected_data(dec: &DecodedBatch) -> Vec<EventData> {
             Converted::Stored(s) => {
                 let mut parent = s.parent_hash;
                 for chunk in s.blocks.chunks(1024) {
-                    v.push(EventData::Stored { parent_hash: parent, blocks: chunk.to_vec() });
+                    v.push(EventData::Stored {
+                        parent_hash: parent,
+                        blocks: chunk.to_vec(),
+                    });
                     parent = chunk.last().map(|b| b.block_hash);
                 }
             }
-            Converted::Removed(h) => v.extend(h.chunks(4096).map(|c| EventData::Removed { block_hashes: c.to_vec() })),
+            Converted::Removed(h) => v.extend(h.chunks(4096).map(|c| EventData::Removed {
+                block_hashes: c.to_vec(),
+            })),
             Converted::Cleared => v.push(EventData::Cleared),
         }
     }
@@ -518,8 +592,15 @@ fn decode_payload(mode: Mode, bytes: &[u8], sequence: u64) -> Result<RouterEvent
         Mode::JetStream => decode_router_event_json(bytes).map_err(|e| e.0),
         Mode::EventPlane => {
             let e = envelope(bytes)?;
-            if e.publisher_id != WORKER || e.sequence != sequence || e.published_at != NOW || e.topic != b"kv-events" {
-                return Err(format!("envelope header: publisher {} seq {} (want {sequence}) at {} topic {:?}", e.publisher_id, e.sequence, e.published_at, e.topic));
+            if e.publisher_id != WORKER
+                || e.sequence != sequence
+                || e.published_at != NOW
+                || e.topic != b"kv-events"
+            {
+                return Err(format!(
+                    "envelope header: publisher {} seq {} (want {sequence}) at {} topic {:?}",
+                    e.publisher_id, e.sequence, e.published_at, e.topic
+                ));
             }
             decode_router_event_msgpack(&e.payload).map_err(|e| e.0)
         }
@@ -547,7 +628,11 @@ impl Harness {
     }
 
     fn fail(&mut self, category: &'static str, input: &[u8], detail: String) {
-        let f = self.failures.entry(category).or_insert(Failure { count: 0, input: input.to_vec(), detail: detail.clone() });
+        let f = self.failures.entry(category).or_insert(Failure {
+            count: 0,
+            input: input.to_vec(),
+            detail: detail.clone(),
+        });
         f.count += 1;
         if input.len() < f.input.len() {
             f.input = input.to_vec();
@@ -560,8 +645,20 @@ impl Harness {
         self.inputs += 1;
         let len = input.len();
         let want = oracle(input);
-        let mode = if self.inputs.is_multiple_of(2) { Mode::EventPlane } else { Mode::JetStream };
-        let mut ing = Ingestor::new(IngestorConfig { kv_block_size: bs, worker_id: WORKER, mode, max_dp_ranks: 64, dp_ranks: None, local_indexer: Some(16) }).unwrap();
+        let mode = if self.inputs.is_multiple_of(2) {
+            Mode::EventPlane
+        } else {
+            Mode::JetStream
+        };
+        let mut ing = Ingestor::new(IngestorConfig {
+            kv_block_size: bs,
+            worker_id: WORKER,
+            mode,
+            max_dp_ranks: 64,
+            dp_ranks: None,
+            local_indexer: Some(16),
+        })
+        .unwrap();
 
         // ---- the measured window: only the core's own work on this input
         let res = catch_unwind(AssertUnwindSafe(|| {
@@ -577,7 +674,11 @@ impl Harness {
             (peek, dec, out, pk_core, peak())
         }));
         let Ok((peek, dec, out, pk, pk_router)) = res else {
-            self.fail("panic", input, "the core panicked (message above in the captured output)".into());
+            self.fail(
+                "panic",
+                input,
+                "the core panicked (message above in the captured output)".into(),
+            );
             return false;
         };
 
@@ -595,33 +696,76 @@ impl Harness {
             self.worst_ratio = self.worst_ratio.max(pk as f64 / len as f64);
         }
         if pk > alloc_budget(len) {
-            self.fail("alloc_budget", input, format!("largest single allocation {pk} B for a {len}-byte input (budget {})", alloc_budget(len)));
+            self.fail(
+                "alloc_budget",
+                input,
+                format!(
+                    "largest single allocation {pk} B for a {len}-byte input (budget {})",
+                    alloc_budget(len)
+                ),
+            );
         }
         if pk_router > alloc_budget(len) {
-            self.fail("alloc_budget_router_decode", input, format!("decode_router_event_*: {pk_router} B for {len} B"));
+            self.fail(
+                "alloc_budget_router_decode",
+                input,
+                format!("decode_router_event_*: {pk_router} B for {len} B"),
+            );
         }
 
         // ---- outcome shape and agreement
         let u = unpack(&out);
         let malformed = u.rejected[Reason::Malformed as usize];
         match u.dp_rank {
-            None if malformed != 1 => {
-                self.fail("outcome_no_rank_but_not_malformed", input, format!("dp_rank None with rejected {:?} (peek {:?})", u.rejected, peek.map(|p| p.0)))
-            }
-            None if !u.payloads.is_empty() || u.first_event_id.is_some() || u.rejected.iter().sum::<u32>() != 1 => {
+            None if malformed != 1 => self.fail(
+                "outcome_no_rank_but_not_malformed",
+                input,
+                format!(
+                    "dp_rank None with rejected {:?} (peek {:?})",
+                    u.rejected,
+                    peek.map(|p| p.0)
+                ),
+            ),
+            None if !u.payloads.is_empty()
+                || u.first_event_id.is_some()
+                || u.rejected.iter().sum::<u32>() != 1 =>
+            {
                 self.fail("outcome_malformed_shape", input, format!("{u:?}"))
             }
-            Some(_) if malformed != 0 => self.fail("outcome_rank_and_malformed", input, format!("{u:?}")),
+            Some(_) if malformed != 0 => {
+                self.fail("outcome_rank_and_malformed", input, format!("{u:?}"))
+            }
             _ => {}
         }
         let ingest_ok = malformed == 0;
         if peek.is_ok() != dec.is_some() || dec.is_some() != ingest_ok {
-            self.fail("disagreement", input, format!("peek {:?} decode {} ingest {}", peek.map(|p| p.0), dec.is_some(), ingest_ok));
+            self.fail(
+                "disagreement",
+                input,
+                format!(
+                    "peek {:?} decode {} ingest {}",
+                    peek.map(|p| p.0),
+                    dec.is_some(),
+                    ingest_ok
+                ),
+            );
         }
         match (&want, &peek) {
-            (Ok(a), Ok((b, _))) if a != b => self.fail("oracle_rank", input, format!("reference rank {a}, peek rank {b}")),
-            (Ok(_), Err(_)) => self.fail("oracle_says_valid", input, "the reference accepts the batch, peek_batch says malformed".into()),
-            (Err(_), Ok(_)) => self.fail("oracle_says_malformed", input, "the reference rejects the batch, peek_batch accepts it".into()),
+            (Ok(a), Ok((b, _))) if a != b => self.fail(
+                "oracle_rank",
+                input,
+                format!("reference rank {a}, peek rank {b}"),
+            ),
+            (Ok(_), Err(_)) => self.fail(
+                "oracle_says_valid",
+                input,
+                "the reference accepts the batch, peek_batch says malformed".into(),
+            ),
+            (Err(_), Ok(_)) => self.fail(
+                "oracle_says_malformed",
+                input,
+                "the reference rejects the batch, peek_batch accepts it".into(),
+            ),
             _ => {}
         }
 
@@ -630,18 +774,34 @@ impl Harness {
             self.accepted += 1;
             let rank = *rank;
             if dec.dp_rank != rank {
-                self.fail("decode_rank", input, format!("decode {} peek {rank}", dec.dp_rank));
+                self.fail(
+                    "decode_rank",
+                    input,
+                    format!("decode {} peek {rank}", dec.dp_rank),
+                );
             }
             if u.dp_rank != Some(rank) {
-                self.fail("packed_dp_rank", input, format!("batch rank {rank}, packed output says {:?}", u.dp_rank));
+                self.fail(
+                    "packed_dp_rank",
+                    input,
+                    format!("batch rank {rank}, packed output says {:?}", u.dp_rank),
+                );
             }
             if u.rejected != dec.rejected {
-                self.fail("rejections_differ", input, format!("ingest {:?} decode {:?}", u.rejected, dec.rejected));
+                self.fail(
+                    "rejections_differ",
+                    input,
+                    format!("ingest {:?} decode {:?}", u.rejected, dec.rejected),
+                );
             }
             let expect = expected_data(dec);
             self.payloads += u.payloads.len() as u64;
             if expect.len() != u.payloads.len() {
-                self.fail("payload_count", input, format!("{} payloads, {} expected", u.payloads.len(), expect.len()));
+                self.fail(
+                    "payload_count",
+                    input,
+                    format!("{} payloads, {} expected", u.payloads.len(), expect.len()),
+                );
             } else {
                 if !expect.is_empty() && u.first_event_id != Some(0) {
                     self.fail("first_event_id", input, format!("{:?}", u.first_event_id));
@@ -650,7 +810,11 @@ impl Harness {
                     match decode_payload(mode, p, i as u64) {
                         Err(e) => self.fail("payload_undecodable", input, e),
                         Ok(ev) => {
-                            if ev.worker_id != WORKER || ev.dp_rank != rank || ev.event_id != i as u64 || ev.data != *want {
+                            if ev.worker_id != WORKER
+                                || ev.dp_rank != rank
+                                || ev.event_id != i as u64
+                                || ev.data != *want
+                            {
                                 self.fail("payload_content", input, format!("payload {i}: {ev:?}, expected {want:?} with id {i} rank {rank}"));
                             }
                         }
@@ -678,7 +842,9 @@ impl Harness {
             }
             for e in &dec.events {
                 match e {
-                    Converted::Stored(s) if s.truncated.is_some() => want_c[ci("truncated_stores")] += 1,
+                    Converted::Stored(s) if s.truncated.is_some() => {
+                        want_c[ci("truncated_stores")] += 1
+                    }
                     Converted::Cleared => want_c[ci("resets")] += 1,
                     _ => {}
                 }
@@ -697,7 +863,10 @@ impl Harness {
         } else {
             let c = ing.counters();
             let nonzero: Vec<usize> = (0..COUNTER_NAMES.len()).filter(|&i| c[i] != 0).collect();
-            if nonzero != [ci("batches"), reject_counter(Reason::Malformed)] || c[ci("batches")] != 1 || c[reject_counter(Reason::Malformed)] != 1 {
+            if nonzero != [ci("batches"), reject_counter(Reason::Malformed)]
+                || c[ci("batches")] != 1
+                || c[reject_counter(Reason::Malformed)] != 1
+            {
                 self.fail("counters_malformed", input, format!("{c:?}"));
             }
         }
@@ -712,10 +881,24 @@ impl Harness {
         ingest_ok
     }
 
-    fn run_stateful(&mut self, input: &[u8], peek: Result<u32, dynamo_kv_core::msgpack::Malformed>) {
+    fn run_stateful(
+        &mut self,
+        input: &[u8],
+        peek: Result<u32, dynamo_kv_core::msgpack::Malformed>,
+    ) {
         let packed = self.inputs.is_multiple_of(3);
-        let Ok(out) = catch_unwind(AssertUnwindSafe(|| if packed { self.st.ingest_packed(input, NOW).to_vec() } else { self.st.ingest(input, NOW) })) else {
-            self.fail("panic_stateful", input, "the long-lived ingestor panicked".into());
+        let Ok(out) = catch_unwind(AssertUnwindSafe(|| {
+            if packed {
+                self.st.ingest_packed(input, NOW).to_vec()
+            } else {
+                self.st.ingest(input, NOW)
+            }
+        })) else {
+            self.fail(
+                "panic_stateful",
+                input,
+                "the long-lived ingestor panicked".into(),
+            );
             self.st = new_stateful();
             self.st_next.clear();
             self.st_seq = 0;
@@ -731,7 +914,11 @@ impl Harness {
         let known = self.st_next.contains_key(&rank);
         if !known && self.st_next.len() >= 8 {
             // the rank limit: rejected whole, nothing emitted, no state for the rank
-            if u.rejected[Reason::DpRank as usize] != 1 || u.rejected.iter().sum::<u32>() != 1 || !u.payloads.is_empty() || self.st.rank_allowed(rank) {
+            if u.rejected[Reason::DpRank as usize] != 1
+                || u.rejected.iter().sum::<u32>() != 1
+                || !u.payloads.is_empty()
+                || self.st.rank_allowed(rank)
+            {
                 self.fail("stateful_rank_limit", input, format!("rank {rank}: {u:?}"));
             }
             if self.st.next_event_id(rank) != 0 {
@@ -741,23 +928,53 @@ impl Harness {
         }
         let first = *self.st_next.entry(rank).or_insert(0);
         if u.rejected[Reason::DpRank as usize] != 0 {
-            self.fail("stateful_rank_rejected", input, format!("rank {rank} rejected (known {known}, {} ranks seen)", self.st_next.len()));
+            self.fail(
+                "stateful_rank_rejected",
+                input,
+                format!(
+                    "rank {rank} rejected (known {known}, {} ranks seen)",
+                    self.st_next.len()
+                ),
+            );
             return;
         }
         if !u.payloads.is_empty() && u.first_event_id != Some(first) {
-            self.fail("stateful_ids", input, format!("rank {rank}: first id {:?}, expected {first}", u.first_event_id));
+            self.fail(
+                "stateful_ids",
+                input,
+                format!(
+                    "rank {rank}: first id {:?}, expected {first}",
+                    u.first_event_id
+                ),
+            );
         }
         let next = first + u.payloads.len() as u64;
         self.st_next.insert(rank, next);
         if self.st.next_event_id(rank) != next {
-            self.fail("stateful_next_event_id", input, format!("rank {rank}: next_event_id {} expected {next}", self.st.next_event_id(rank)));
+            self.fail(
+                "stateful_next_event_id",
+                input,
+                format!(
+                    "rank {rank}: next_event_id {} expected {next}",
+                    self.st.next_event_id(rank)
+                ),
+            );
         }
         for (i, p) in u.payloads.iter().enumerate() {
             let seq = self.st_seq;
             self.st_seq += 1;
             match decode_payload(Mode::EventPlane, p, seq) {
                 Ok(ev) if ev.event_id == first + i as u64 && ev.dp_rank == rank => {}
-                Ok(ev) => self.fail("stateful_payload", input, format!("payload {i}: id {} rank {}, expected {} rank {rank}", ev.event_id, ev.dp_rank, first + i as u64)),
+                Ok(ev) => self.fail(
+                    "stateful_payload",
+                    input,
+                    format!(
+                        "payload {i}: id {} rank {}, expected {} rank {rank}",
+                        ev.event_id,
+                        ev.dp_rank,
+                        first + i as u64
+                    ),
+                ),
                 Err(e) => self.fail("stateful_payload", input, e),
             }
         }
@@ -780,10 +997,21 @@ impl Harness {
             self.worst_ratio
         );
         if !self.failures.is_empty() {
-            let mut msg = format!("[{}] {} violation categories:\n", self.name, self.failures.len());
+            let mut msg = format!(
+                "[{}] {} violation categories:\n",
+                self.name,
+                self.failures.len()
+            );
             for (cat, f) in &self.failures {
-                let shown = if f.input.len() > 600 { format!("{}... ({} bytes)", hex(&f.input[..600]), f.input.len()) } else { hex(&f.input) };
-                msg += &format!("  {cat}: {} inputs; smallest: {}\n    input: {shown}\n", f.count, f.detail);
+                let shown = if f.input.len() > 600 {
+                    format!("{}... ({} bytes)", hex(&f.input[..600]), f.input.len())
+                } else {
+                    hex(&f.input)
+                };
+                msg += &format!(
+                    "  {cat}: {} inputs; smallest: {}\n    input: {shown}\n",
+                    f.count, f.detail
+                );
             }
             panic!("{msg}");
         }
@@ -801,8 +1029,12 @@ struct Fixture {
 }
 
 fn fixtures() -> Vec<Fixture> {
-    let path = format!("{}/../../__test__/fixtures/engine-batches.json", env!("CARGO_MANIFEST_DIR"));
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).expect(&path)).unwrap();
+    let path = format!(
+        "{}/../../__test__/fixtures/engine-batches.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect(&path)).unwrap();
     v["cases"]
         .as_array()
         .unwrap()
@@ -811,7 +1043,10 @@ fn fixtures() -> Vec<Fixture> {
             let h = c["hex"].as_str().unwrap();
             Fixture {
                 name: c["name"].as_str().unwrap().to_string(),
-                bytes: (0..h.len()).step_by(2).map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap()).collect(),
+                bytes: (0..h.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+                    .collect(),
                 bs: c["kv_block_size"].as_u64().unwrap() as u32,
                 malformed: c["expect"].get("error").is_some(),
             }
@@ -820,7 +1055,9 @@ fn fixtures() -> Vec<Fixture> {
 }
 
 /// Markers worth writing over a byte: every family, the reserved 0xc1 and the 32-bit headers.
-const INTERESTING: [u8; 12] = [0x00, 0x7f, 0x80, 0x90, 0xa0, 0xc0, 0xc1, 0xca, 0xcb, 0xdd, 0xdf, 0xff];
+const INTERESTING: [u8; 12] = [
+    0x00, 0x7f, 0x80, 0x90, 0xa0, 0xc0, 0xc1, 0xca, 0xcb, 0xdd, 0xdf, 0xff,
+];
 
 /// Length headers claiming about 4 billion elements or bytes, and some 16/8-bit ones.
 const HUGE: [&[u8]; 16] = [
@@ -859,7 +1096,11 @@ fn mutate(r: &mut Rng, b: &mut Vec<u8>, donors: &[Fixture]) {
         }
         1 if !b.is_empty() => {
             let i = r.upto(b.len());
-            b[i] = if r.chance(50) { r.byte() } else { *r.pick(&INTERESTING) };
+            b[i] = if r.chance(50) {
+                r.byte()
+            } else {
+                *r.pick(&INTERESTING)
+            };
         }
         2 => {
             let i = pos(r, b);
@@ -928,7 +1169,16 @@ fn mutate(r: &mut Rng, b: &mut Vec<u8>, donors: &[Fixture]) {
 // ================================================================================================
 // the grammar: structured random msgpack, mostly batch-shaped
 
-const TAGS: [&[u8]; 8] = [b"BlockStored", b"BlockRemoved", b"AllBlocksCleared", b"blockstored", b"", b"Foo", b"BlockStored\0", b"\xff\xfe"];
+const TAGS: [&[u8]; 8] = [
+    b"BlockStored",
+    b"BlockRemoved",
+    b"AllBlocksCleared",
+    b"blockstored",
+    b"",
+    b"Foo",
+    b"BlockStored\0",
+    b"\xff\xfe",
+];
 const KEYS: [&[u8]; 24] = [
     b"type",
     b"block_hashes",
@@ -1006,7 +1256,10 @@ struct Gen {
 
 impl Gen {
     fn enc(&mut self) -> Enc<'_> {
-        Enc { r: &mut self.r, any: self.any }
+        Enc {
+            r: &mut self.r,
+            any: self.any,
+        }
     }
 
     fn int(&mut self, out: &mut Vec<u8>, v: i128) {
@@ -1030,7 +1283,9 @@ impl Gen {
     }
 
     fn hex64(&mut self) -> Vec<u8> {
-        (0..64).map(|_| *self.r.pick(b"0123456789abcdefABCDEF")).collect()
+        (0..64)
+            .map(|_| *self.r.pick(b"0123456789abcdefABCDEF"))
+            .collect()
     }
 
     fn scalar(&mut self, out: &mut Vec<u8>) {
@@ -1052,11 +1307,19 @@ impl Gen {
             6 => {
                 if self.r.chance(50) {
                     out.push(0xca);
-                    let bits = if self.r.chance(50) { 4.0f32.to_bits() } else { self.r.next() as u32 };
+                    let bits = if self.r.chance(50) {
+                        4.0f32.to_bits()
+                    } else {
+                        self.r.next() as u32
+                    };
                     out.extend_from_slice(&bits.to_be_bytes());
                 } else {
                     out.push(0xcb);
-                    let bits = if self.r.chance(50) { 4.0f64.to_bits() } else { self.r.next() };
+                    let bits = if self.r.chance(50) {
+                        4.0f64.to_bits()
+                    } else {
+                        self.r.next()
+                    };
                     out.extend_from_slice(&bits.to_be_bytes());
                 }
             }
@@ -1074,7 +1337,11 @@ impl Gen {
                 self.str(out, &s)
             }
             10 => {
-                let n = if self.r.chance(30) { 16 } else { self.r.upto(20) };
+                let n = if self.r.chance(30) {
+                    16
+                } else {
+                    self.r.upto(20)
+                };
                 let s = self.r.bytes(n);
                 self.enc().bin(out, &s)
             }
@@ -1092,7 +1359,11 @@ impl Gen {
         if depth == 0 || self.r.chance(45) {
             return self.scalar(out);
         }
-        let k = if self.r.chance(5) { self.r.upto(40) } else { self.r.upto(5) };
+        let k = if self.r.chance(5) {
+            self.r.upto(40)
+        } else {
+            self.r.upto(5)
+        };
         if self.r.chance(55) {
             self.arr(out, k);
             for _ in 0..k {
@@ -1184,7 +1455,11 @@ impl Gen {
                 let n = self.r.range(1, 12) as usize;
                 let b = self.r.bytes(n);
                 self.enc().bin(out, &b);
-                Some(b[n.saturating_sub(8)..].iter().fold(0, |a, &x| (a << 8) | x as u64))
+                Some(
+                    b[n.saturating_sub(8)..]
+                        .iter()
+                        .fold(0, |a, &x| (a << 8) | x as u64),
+                )
             }
             85..=89 if !prev.is_empty() => {
                 let v = *self.r.pick(prev);
@@ -1236,7 +1511,9 @@ impl Gen {
                 };
                 self.int(out, v)
             } else {
-                let v = *self.r.pick(&[u32::MAX as i128 + 1, -1, -200, u64::MAX as i128]);
+                let v = *self
+                    .r
+                    .pick(&[u32::MAX as i128 + 1, -1, -200, u64::MAX as i128]);
                 if self.r.chance(70) {
                     self.int(out, v)
                 } else {
@@ -1273,7 +1550,11 @@ impl Gen {
     }
 
     fn extra_keys(&mut self, out: &mut Vec<u8>, blocks: usize) {
-        let n = if self.r.chance(80) { blocks } else { self.r.upto(blocks + 2) };
+        let n = if self.r.chance(80) {
+            blocks
+        } else {
+            self.r.upto(blocks + 2)
+        };
         self.arr(out, n);
         for _ in 0..n {
             match self.r.below(4) {
@@ -1305,7 +1586,11 @@ impl Gen {
     }
 
     fn mm_infos(&mut self, out: &mut Vec<u8>, blocks: usize) {
-        let n = if self.r.chance(80) { blocks } else { self.r.upto(blocks + 2) };
+        let n = if self.r.chance(80) {
+            blocks
+        } else {
+            self.r.upto(blocks + 2)
+        };
         self.arr(out, n);
         for _ in 0..n {
             match self.r.below(10) {
@@ -1360,14 +1645,33 @@ impl Gen {
 
     /// A BlockStored as a tagged map (vLLM map era) or a tagged array (older vLLM, SGLang).
     fn store(&mut self, out: &mut Vec<u8>) {
-        let bs = if self.r.chance(90) { self.bs as usize } else { self.r.range(1, 20) as usize };
+        let bs = if self.r.chance(90) {
+            self.bs as usize
+        } else {
+            self.r.range(1, 20) as usize
+        };
         let blocks = self.block_count();
         let big = blocks >= 1000;
-        let tokens = if big { blocks * bs - self.r.upto(2) * bs } else { self.token_count(blocks, bs) };
+        let tokens = if big {
+            blocks * bs - self.r.upto(2) * bs
+        } else {
+            self.token_count(blocks, bs)
+        };
         if self.r.chance(65) {
             // map form: fields in random order, some missing, some repeated, unknown keys mixed in
             let mut fields: Vec<u8> = vec![0, 1, 2, 3, 4];
-            for (f, pct) in [(5u8, 40u64), (6, 50), (7, 40), (8, 15), (9, 15), (10, 20), (11, 15), (12, 10), (13, 10), (14, 5)] {
+            for (f, pct) in [
+                (5u8, 40u64),
+                (6, 50),
+                (7, 40),
+                (8, 15),
+                (9, 15),
+                (10, 20),
+                (11, 15),
+                (12, 10),
+                (13, 10),
+                (14, 5),
+            ] {
                 if self.r.chance(pct) {
                     fields.push(f)
                 }
@@ -1400,7 +1704,11 @@ impl Gen {
                     }
                     1 => {
                         self.str(out, b"block_hashes");
-                        hashes = if big { self.clean_hashes(out, blocks) } else { self.hashes(out, blocks) };
+                        hashes = if big {
+                            self.clean_hashes(out, blocks)
+                        } else {
+                            self.hashes(out, blocks)
+                        };
                     }
                     2 => {
                         self.str(out, b"parent_block_hash");
@@ -1488,13 +1796,25 @@ impl Gen {
         } else {
             // array form: [tag, hashes, parent, tokens, block_size, lora_id, medium, lora_name,
             // extra_keys, mm_infos | group_idx, kind, ...]
-            let n = if big { 5 } else { *self.r.pick(&[1usize, 2, 4, 5, 6, 6, 7, 8, 9, 10, 11, 11, 12, 13]) };
+            let n = if big {
+                5
+            } else {
+                *self
+                    .r
+                    .pick(&[1usize, 2, 4, 5, 6, 6, 7, 8, 9, 10, 11, 11, 12, 13])
+            };
             self.arr(out, n);
             self.str(out, b"BlockStored");
             let mut hashes = Vec::new();
             for i in 1..n {
                 match i {
-                    1 => hashes = if big { self.clean_hashes(out, blocks) } else { self.hashes(out, blocks) },
+                    1 => {
+                        hashes = if big {
+                            self.clean_hashes(out, blocks)
+                        } else {
+                            self.hashes(out, blocks)
+                        }
+                    }
                     2 => {
                         if self.r.chance(50) {
                             out.push(0xc0)
@@ -1550,7 +1870,13 @@ impl Gen {
             _ => self.r.range(1, 8) as usize,
         };
         if self.r.chance(50) {
-            let extra = [b"medium".as_slice(), b"group_idx", b"kv_cache_spec_kind", b"locality", b"zz"];
+            let extra = [
+                b"medium".as_slice(),
+                b"group_idx",
+                b"kv_cache_spec_kind",
+                b"locality",
+                b"zz",
+            ];
             let k = self.r.upto(3);
             self.map(out, 2 + k);
             self.str(out, b"type");
@@ -1648,7 +1974,13 @@ impl Gen {
                 self.uint_small(out, v)
             }
             82..=86 => {
-                let v = *self.r.pick(&[u32::MAX as i128 + 1, u64::MAX as i128, -1, -129, i64::MIN as i128]);
+                let v = *self.r.pick(&[
+                    u32::MAX as i128 + 1,
+                    u64::MAX as i128,
+                    -1,
+                    -129,
+                    i64::MIN as i128,
+                ]);
                 self.int(out, v)
             }
             _ => self.junk(out),
@@ -1668,7 +2000,11 @@ impl Gen {
             }
             2..=6 => self.junk(out),
             _ => {
-                let n = if self.r.chance(10) { self.r.range(6, 20) as usize } else { self.r.upto(6) };
+                let n = if self.r.chance(10) {
+                    self.r.range(6, 20) as usize
+                } else {
+                    self.r.upto(6)
+                };
                 self.arr(out, n);
                 for _ in 0..n {
                     self.event(out)
@@ -1764,7 +2100,11 @@ impl Gen {
 }
 
 fn gen(stream: u64) -> Gen {
-    Gen { r: seeded(stream), any: false, bs: 4 }
+    Gen {
+        r: seeded(stream),
+        any: false,
+        bs: 4,
+    }
 }
 
 /// Re-rolls the per-input knobs of a generator.
@@ -1947,7 +2287,10 @@ fn fixtures_randomly_mutated() {
 /// widths, types, elements, keys) and the tree is re-encoded, often with non-minimal headers.
 #[test]
 fn fixtures_tree_mutated() {
-    let fx: Vec<(Node, u32)> = fixtures().into_iter().filter_map(|f| parse_all(&f.bytes).ok().map(|n| (n, f.bs))).collect();
+    let fx: Vec<(Node, u32)> = fixtures()
+        .into_iter()
+        .filter_map(|f| parse_all(&f.bytes).ok().map(|n| (n, f.bs)))
+        .collect();
     assert!(fx.len() >= 60);
     let mut g = gen(2);
     let mut h = Harness::new("fixtures_tree");
@@ -1979,7 +2322,10 @@ fn random_bytes() {
             2 => (0..len)
                 .map(|_| match r.below(10) {
                     0..=3 => r.below(0x10) as u8,
-                    4..=6 => *r.pick(&[0x90u8, 0x91, 0x92, 0x93, 0x81, 0x82, 0xa1, 0xa5, 0xc0, 0xc4, 0xcc, 0xcd, 0xce, 0xcf, 0xd0, 0xd4, 0xdc, 0xde, 0xff]),
+                    4..=6 => *r.pick(&[
+                        0x90u8, 0x91, 0x92, 0x93, 0x81, 0x82, 0xa1, 0xa5, 0xc0, 0xc4, 0xcc, 0xcd,
+                        0xce, 0xcf, 0xd0, 0xd4, 0xdc, 0xde, 0xff,
+                    ]),
                     7 => *r.pick(&INTERESTING),
                     _ => r.byte(),
                 })
@@ -2155,37 +2501,139 @@ fn sites() -> Vec<Site> {
     let k = |s: &str| raw_str(s);
     let hex64 = raw_str("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
     vec![
-        ("ts", 2, Box::new(|h: &[u8]| [&[0x93][..], h, &[0x90, 0x00]].concat()), Expect::Nothing),
-        ("event", 3, Box::new(|h: &[u8]| in_batch(&[h])), Expect::Rejects(Reason::Invalid)),
-        ("4th batch element", 2, Box::new(|h: &[u8]| [&[0x94, 0x00, 0x90, 0x00][..], h].concat()), Expect::Nothing),
-        ("5th batch element", 2, Box::new(|h: &[u8]| [&[0x95, 0x00, 0x90, 0x00, 0xc0][..], h].concat()), Expect::Nothing),
-        ("map batch unknown key", 2, Box::new(move |h: &[u8]| [&[0x82][..], &k("events"), &[0x90], &k("x"), h].concat()), Expect::Nothing),
-        ("map batch non-string key", 2, Box::new(move |h: &[u8]| [&[0x82][..], h, &[0x00], &k("events"), &[0x90]].concat()), Expect::Nothing),
-        ("map batch events element", 3, Box::new(move |h: &[u8]| [&[0x81][..], &k("events"), &[0x91], h].concat()), Expect::Rejects(Reason::Invalid)),
-        ("store unknown key", 4, Box::new(move |h: &[u8]| in_batch(&[&store_map(&[(&k("zz"), h)])])), Expect::Stores),
-        ("store non-string key", 4, Box::new(|h: &[u8]| in_batch(&[&store_map(&[(h, &[0xc0])])])), Expect::Stores),
-        ("store lora_name", 4, Box::new(move |h: &[u8]| in_batch(&[&store_map(&[(&k("lora_name"), h)])])), Expect::Stores),
-        ("store medium", 4, Box::new(move |h: &[u8]| in_batch(&[&store_map(&[(&k("medium"), h)])])), Expect::Stores),
-        ("store group_idx", 4, Box::new(move |h: &[u8]| in_batch(&[&store_map(&[(&k("group_idx"), h)])])), Expect::Stores),
-        ("store extra_keys block", 5, Box::new(move |h: &[u8]| in_batch(&[&store_map(&[(&k("extra_keys"), &[&[0x91][..], h].concat())])])), Expect::Stores),
-        ("store extra_keys key", 6, Box::new(move |h: &[u8]| in_batch(&[&store_map(&[(&k("extra_keys"), &[&[0x91, 0x91][..], h].concat())])])), Expect::Stores),
+        (
+            "ts",
+            2,
+            Box::new(|h: &[u8]| [&[0x93][..], h, &[0x90, 0x00]].concat()),
+            Expect::Nothing,
+        ),
+        (
+            "event",
+            3,
+            Box::new(|h: &[u8]| in_batch(&[h])),
+            Expect::Rejects(Reason::Invalid),
+        ),
+        (
+            "4th batch element",
+            2,
+            Box::new(|h: &[u8]| [&[0x94, 0x00, 0x90, 0x00][..], h].concat()),
+            Expect::Nothing,
+        ),
+        (
+            "5th batch element",
+            2,
+            Box::new(|h: &[u8]| [&[0x95, 0x00, 0x90, 0x00, 0xc0][..], h].concat()),
+            Expect::Nothing,
+        ),
+        (
+            "map batch unknown key",
+            2,
+            Box::new(move |h: &[u8]| [&[0x82][..], &k("events"), &[0x90], &k("x"), h].concat()),
+            Expect::Nothing,
+        ),
+        (
+            "map batch non-string key",
+            2,
+            Box::new(move |h: &[u8]| [&[0x82][..], h, &[0x00], &k("events"), &[0x90]].concat()),
+            Expect::Nothing,
+        ),
+        (
+            "map batch events element",
+            3,
+            Box::new(move |h: &[u8]| [&[0x81][..], &k("events"), &[0x91], h].concat()),
+            Expect::Rejects(Reason::Invalid),
+        ),
+        (
+            "store unknown key",
+            4,
+            Box::new(move |h: &[u8]| in_batch(&[&store_map(&[(&k("zz"), h)])])),
+            Expect::Stores,
+        ),
+        (
+            "store non-string key",
+            4,
+            Box::new(|h: &[u8]| in_batch(&[&store_map(&[(h, &[0xc0])])])),
+            Expect::Stores,
+        ),
+        (
+            "store lora_name",
+            4,
+            Box::new(move |h: &[u8]| in_batch(&[&store_map(&[(&k("lora_name"), h)])])),
+            Expect::Stores,
+        ),
+        (
+            "store medium",
+            4,
+            Box::new(move |h: &[u8]| in_batch(&[&store_map(&[(&k("medium"), h)])])),
+            Expect::Stores,
+        ),
+        (
+            "store group_idx",
+            4,
+            Box::new(move |h: &[u8]| in_batch(&[&store_map(&[(&k("group_idx"), h)])])),
+            Expect::Stores,
+        ),
+        (
+            "store extra_keys block",
+            5,
+            Box::new(move |h: &[u8]| {
+                in_batch(&[&store_map(&[(
+                    &k("extra_keys"),
+                    &[&[0x91][..], h].concat(),
+                )])])
+            }),
+            Expect::Stores,
+        ),
+        (
+            "store extra_keys key",
+            6,
+            Box::new(move |h: &[u8]| {
+                in_batch(&[&store_map(&[(
+                    &k("extra_keys"),
+                    &[&[0x91, 0x91][..], h].concat(),
+                )])])
+            }),
+            Expect::Stores,
+        ),
         (
             "store extra_keys tuple tail",
             7,
-            Box::new(move |h: &[u8]| in_batch(&[&store_map(&[(&k("extra_keys"), &[&[0x91, 0x91, 0x92][..], &hex64, h].concat())])])),
+            Box::new(move |h: &[u8]| {
+                in_batch(&[&store_map(&[(
+                    &k("extra_keys"),
+                    &[&[0x91, 0x91, 0x92][..], &hex64, h].concat(),
+                )])])
+            }),
             Expect::Stores,
         ),
         (
             "mm entry unknown key",
             6,
-            Box::new(move |h: &[u8]| in_batch(&[&store_map(&[(&k("block_mm_infos"), &[&[0x91, 0x82][..], &k("mm_objects"), &[0x90], &k("zz"), h].concat())])])),
+            Box::new(move |h: &[u8]| {
+                in_batch(&[&store_map(&[(
+                    &k("block_mm_infos"),
+                    &[&[0x91, 0x82][..], &k("mm_objects"), &[0x90], &k("zz"), h].concat(),
+                )])])
+            }),
             Expect::Stores,
         ),
         (
             "mm object unknown key",
             8,
             Box::new(move |h: &[u8]| {
-                in_batch(&[&store_map(&[(&k("block_mm_infos"), &[&[0x91, 0x81][..], &k("mm_objects"), &[0x91, 0x82], &k("mm_hash"), &[0x01], &k("zz"), h].concat())])])
+                in_batch(&[&store_map(&[(
+                    &k("block_mm_infos"),
+                    &[
+                        &[0x91, 0x81][..],
+                        &k("mm_objects"),
+                        &[0x91, 0x82],
+                        &k("mm_hash"),
+                        &[0x01],
+                        &k("zz"),
+                        h,
+                    ]
+                    .concat(),
+                )])])
             }),
             Expect::Stores,
         ),
@@ -2195,30 +2643,139 @@ fn sites() -> Vec<Site> {
             Box::new(move |h: &[u8]| {
                 in_batch(&[&store_map(&[(
                     &k("block_mm_infos"),
-                    &[&[0x91, 0x81][..], &k("mm_objects"), &[0x91, 0x82], &k("mm_hash"), &[0x01], &k("offsets"), &[0x91, 0x92], h, &[0x01]].concat(),
+                    &[
+                        &[0x91, 0x81][..],
+                        &k("mm_objects"),
+                        &[0x91, 0x82],
+                        &k("mm_hash"),
+                        &[0x01],
+                        &k("offsets"),
+                        &[0x91, 0x92],
+                        h,
+                        &[0x01],
+                    ]
+                    .concat(),
                 )])])
             }),
             Expect::Rejects(Reason::Invalid),
         ),
-        ("store array lora_id", 4, Box::new(move |h: &[u8]| {
-            in_batch(&[&[&[0x96][..], &k("BlockStored"), &[0x92, 11, 22, 0xc0, 0x98, 1, 2, 3, 4, 5, 6, 7, 8, 0x04], h].concat()])
-        }), Expect::Stores),
-        ("store array position 11", 4, Box::new(move |h: &[u8]| {
-            in_batch(&[&[&[0x9c][..], &k("BlockStored"), &[0x92, 11, 22, 0xc0, 0x98, 1, 2, 3, 4, 5, 6, 7, 8, 0x04, 0xc0, 0xc0, 0xc0, 0xc0, 0xc0, 0xc0], h].concat()])
-        }), Expect::Stores),
-        ("array event tag", 4, Box::new(|h: &[u8]| in_batch(&[&[&[0x92][..], h, &[0x01]].concat()])), Expect::Rejects(Reason::Invalid)),
-        ("map event type", 4, Box::new(move |h: &[u8]| in_batch(&[&[&[0x81][..], &k("type"), h].concat()])), Expect::Rejects(Reason::Invalid)),
-        ("remove medium", 4, Box::new(move |h: &[u8]| in_batch(&[&[&[0x93][..], &k("BlockRemoved"), &[0x91, 0x05], h].concat()])), Expect::Removes),
-        ("cleared extra", 4, Box::new(move |h: &[u8]| in_batch(&[&[&[0x92][..], &k("AllBlocksCleared"), h].concat()])), Expect::Clears),
-        ("unknown tag extra", 4, Box::new(move |h: &[u8]| in_batch(&[&[&[0x92][..], &k("Foo"), h].concat()])), Expect::Rejects(Reason::UnknownType)),
-        ("token element", 5, Box::new(move |h: &[u8]| {
-            in_batch(&[&[&[0x84][..], &k("type"), &k("BlockStored"), &k("block_hashes"), &[0x91, 0x01], &k("token_ids"), &[0x95, 1, 2, 3, 4], h, &k("block_size"), &[0x04]].concat()])
-        }), Expect::Rejects(Reason::Invalid)),
-        ("block_hashes element", 5, Box::new(move |h: &[u8]| {
-            in_batch(&[&[&[0x84][..], &k("type"), &k("BlockStored"), &k("block_hashes"), &[0x92, 0x01], h, &k("token_ids"), &[0x94, 1, 2, 3, 4], &k("block_size"), &[0x04]].concat()])
-        }), Expect::Rejects(Reason::Invalid)),
-        ("parent", 4, Box::new(move |h: &[u8]| in_batch(&[&store_map(&[(&k("parent_block_hash"), h)])])), Expect::Rejects(Reason::Invalid)),
-        ("block_size", 4, Box::new(move |h: &[u8]| in_batch(&[&store_map(&[(&k("block_size"), h)])])), Expect::Rejects(Reason::Invalid)),
+        (
+            "store array lora_id",
+            4,
+            Box::new(move |h: &[u8]| {
+                in_batch(&[&[
+                    &[0x96][..],
+                    &k("BlockStored"),
+                    &[0x92, 11, 22, 0xc0, 0x98, 1, 2, 3, 4, 5, 6, 7, 8, 0x04],
+                    h,
+                ]
+                .concat()])
+            }),
+            Expect::Stores,
+        ),
+        (
+            "store array position 11",
+            4,
+            Box::new(move |h: &[u8]| {
+                in_batch(&[&[
+                    &[0x9c][..],
+                    &k("BlockStored"),
+                    &[
+                        0x92, 11, 22, 0xc0, 0x98, 1, 2, 3, 4, 5, 6, 7, 8, 0x04, 0xc0, 0xc0, 0xc0,
+                        0xc0, 0xc0, 0xc0,
+                    ],
+                    h,
+                ]
+                .concat()])
+            }),
+            Expect::Stores,
+        ),
+        (
+            "array event tag",
+            4,
+            Box::new(|h: &[u8]| in_batch(&[&[&[0x92][..], h, &[0x01]].concat()])),
+            Expect::Rejects(Reason::Invalid),
+        ),
+        (
+            "map event type",
+            4,
+            Box::new(move |h: &[u8]| in_batch(&[&[&[0x81][..], &k("type"), h].concat()])),
+            Expect::Rejects(Reason::Invalid),
+        ),
+        (
+            "remove medium",
+            4,
+            Box::new(move |h: &[u8]| {
+                in_batch(&[&[&[0x93][..], &k("BlockRemoved"), &[0x91, 0x05], h].concat()])
+            }),
+            Expect::Removes,
+        ),
+        (
+            "cleared extra",
+            4,
+            Box::new(move |h: &[u8]| {
+                in_batch(&[&[&[0x92][..], &k("AllBlocksCleared"), h].concat()])
+            }),
+            Expect::Clears,
+        ),
+        (
+            "unknown tag extra",
+            4,
+            Box::new(move |h: &[u8]| in_batch(&[&[&[0x92][..], &k("Foo"), h].concat()])),
+            Expect::Rejects(Reason::UnknownType),
+        ),
+        (
+            "token element",
+            5,
+            Box::new(move |h: &[u8]| {
+                in_batch(&[&[
+                    &[0x84][..],
+                    &k("type"),
+                    &k("BlockStored"),
+                    &k("block_hashes"),
+                    &[0x91, 0x01],
+                    &k("token_ids"),
+                    &[0x95, 1, 2, 3, 4],
+                    h,
+                    &k("block_size"),
+                    &[0x04],
+                ]
+                .concat()])
+            }),
+            Expect::Rejects(Reason::Invalid),
+        ),
+        (
+            "block_hashes element",
+            5,
+            Box::new(move |h: &[u8]| {
+                in_batch(&[&[
+                    &[0x84][..],
+                    &k("type"),
+                    &k("BlockStored"),
+                    &k("block_hashes"),
+                    &[0x92, 0x01],
+                    h,
+                    &k("token_ids"),
+                    &[0x94, 1, 2, 3, 4],
+                    &k("block_size"),
+                    &[0x04],
+                ]
+                .concat()])
+            }),
+            Expect::Rejects(Reason::Invalid),
+        ),
+        (
+            "parent",
+            4,
+            Box::new(move |h: &[u8]| in_batch(&[&store_map(&[(&k("parent_block_hash"), h)])])),
+            Expect::Rejects(Reason::Invalid),
+        ),
+        (
+            "block_size",
+            4,
+            Box::new(move |h: &[u8]| in_batch(&[&store_map(&[(&k("block_size"), h)])])),
+            Expect::Rejects(Reason::Invalid),
+        ),
     ]
 }
 
@@ -2229,7 +2786,10 @@ fn outcome(d: &DecodedBatch) -> Option<Expect> {
         ([Converted::Stored(_)], 0) => Some(Expect::Stores),
         ([Converted::Removed(_)], 0) => Some(Expect::Removes),
         ([Converted::Cleared], 0) => Some(Expect::Clears),
-        ([], 1) => Reason::ALL.into_iter().find(|&r| d.rejected[r as usize] == 1).map(Expect::Rejects),
+        ([], 1) => Reason::ALL
+            .into_iter()
+            .find(|&r| d.rejected[r as usize] == 1)
+            .map(Expect::Rejects),
         _ => None,
     }
 }
@@ -2249,19 +2809,44 @@ fn nesting_at_and_over_the_limit() {
         assert_eq!(ok, leaf_level <= 64, "nil at level {leaf_level}");
         if ok {
             // the single event is an array whose tag is not a string (or a nil): invalid
-            assert_eq!(decode_engine_batch(&b, 4).unwrap().rejected[Reason::Invalid as usize], 1);
+            assert_eq!(
+                decode_engine_batch(&b, 4).unwrap().rejected[Reason::Invalid as usize],
+                1
+            );
         }
     }
 
     // every site where the decoder reads or skips a value, with the deepest value at 60..=66
-    let leaves: [&[u8]; 8] = [&[0xc0], &[0x90], &[0x80], &[0x05], &[0xa1, b'x'], &[0xc4, 0x01, 0xff], &[0xd4, 0x01, 0x00], &[0xcb, 0x40, 0x10, 0, 0, 0, 0, 0, 0]];
-    let styles = [Wrap::Array, Wrap::MapValue, Wrap::MapKey, Wrap::Alternate, Wrap::Random(7), Wrap::Random(8)];
+    let leaves: [&[u8]; 8] = [
+        &[0xc0],
+        &[0x90],
+        &[0x80],
+        &[0x05],
+        &[0xa1, b'x'],
+        &[0xc4, 0x01, 0xff],
+        &[0xd4, 0x01, 0x00],
+        &[0xcb, 0x40, 0x10, 0, 0, 0, 0, 0, 0],
+    ];
+    let styles = [
+        Wrap::Array,
+        Wrap::MapValue,
+        Wrap::MapKey,
+        Wrap::Alternate,
+        Wrap::Random(7),
+        Wrap::Random(8),
+    ];
     let mut checked = 0;
     for (name, hole, build, expect) in sites() {
         // sanity: with a shallow filler the site behaves as described
         let shallow = build(&[0x91, 0x90]);
-        let d = decode_engine_batch(&shallow, 4).unwrap_or_else(|| panic!("{name}: shallow case malformed: {}", hex(&shallow)));
-        assert_eq!(outcome(&d), Some(expect), "{name}: shallow case {}", hex(&shallow));
+        let d = decode_engine_batch(&shallow, 4)
+            .unwrap_or_else(|| panic!("{name}: shallow case malformed: {}", hex(&shallow)));
+        assert_eq!(
+            outcome(&d),
+            Some(expect),
+            "{name}: shallow case {}",
+            hex(&shallow)
+        );
         for deepest in 60..=66u32 {
             for leaf in leaves {
                 for style in styles {
@@ -2270,9 +2855,24 @@ fn nesting_at_and_over_the_limit() {
                     assert_eq!(ok, deepest <= 64, "{name}: deepest value at level {deepest} ({style:?}, leaf {leaf:02x?}): {}", hex(&b));
                     if ok {
                         let d = decode_engine_batch(&b, 4).unwrap();
-                        assert_eq!(outcome(&d), Some(expect), "{name} at level {deepest}: {d:?}");
+                        assert_eq!(
+                            outcome(&d),
+                            Some(expect),
+                            "{name} at level {deepest}: {d:?}"
+                        );
                         if expect == Expect::Stores {
-                            let u = unpack(&Ingestor::new(IngestorConfig { kv_block_size: 4, worker_id: 1, mode: Mode::EventPlane, max_dp_ranks: 64, dp_ranks: None, local_indexer: None }).unwrap().ingest(&b, 0));
+                            let u = unpack(
+                                &Ingestor::new(IngestorConfig {
+                                    kv_block_size: 4,
+                                    worker_id: 1,
+                                    mode: Mode::EventPlane,
+                                    max_dp_ranks: 64,
+                                    dp_ranks: None,
+                                    local_indexer: None,
+                                })
+                                .unwrap()
+                                .ingest(&b, 0),
+                            );
                             assert_eq!(u.payloads.len(), 1, "{name}");
                         }
                     }
@@ -2338,8 +2938,19 @@ fn one_byte_events_are_not_amplified_in_memory() {
     let mut b = vec![0x93, 0x00, 0xdc, 0x10, 0x01];
     b.extend(std::iter::repeat_n(0xc0u8, 4097));
     b.push(0x00);
-    println!("size_of::<EngineEvent>() = {} bytes", std::mem::size_of::<EngineEvent>());
-    let mut ing = Ingestor::new(IngestorConfig { kv_block_size: 4, worker_id: 1, mode: Mode::EventPlane, max_dp_ranks: 64, dp_ranks: None, local_indexer: None }).unwrap();
+    println!(
+        "size_of::<EngineEvent>() = {} bytes",
+        std::mem::size_of::<EngineEvent>()
+    );
+    let mut ing = Ingestor::new(IngestorConfig {
+        kv_block_size: 4,
+        worker_id: 1,
+        mode: Mode::EventPlane,
+        max_dp_ranks: 64,
+        dp_ranks: None,
+        local_indexer: None,
+    })
+    .unwrap();
     reset_peak();
     let d = decode_engine_batch(&b, 4);
     let pk_decode = peak();
@@ -2389,7 +3000,11 @@ fn input_budget_is_at_least_a_million() {
         .iter()
         .map(|f| {
             let n = f.bytes.len();
-            let overwrites: usize = f.bytes.iter().map(|&b| INTERESTING.iter().filter(|&&v| v != b).count()).sum();
+            let overwrites: usize = f
+                .bytes
+                .iter()
+                .map(|&b| INTERESTING.iter().filter(|&&v| v != b).count())
+                .sum();
             1 + n * 2 + overwrites + n * 4 + (n + 1) * 8 + 4
         })
         .sum();

@@ -18,13 +18,19 @@ use napi_derive::napi;
 fn u64_arg(name: &str, b: &BigInt) -> Result<u64> {
     let (signed, v, lossless) = b.get_u64();
     if signed || !lossless {
-        return Err(Error::new(Status::InvalidArg, format!("{name} must be within 0..2^64-1")));
+        return Err(Error::new(
+            Status::InvalidArg,
+            format!("{name} must be within 0..2^64-1"),
+        ));
     }
     Ok(v)
 }
 
 fn copy_out(packed: &[u8], out: &mut [u8], offset: usize) -> i64 {
-    match out.get_mut(offset..).and_then(|o| o.get_mut(..packed.len())) {
+    match out
+        .get_mut(offset..)
+        .and_then(|o| o.get_mut(..packed.len()))
+    {
         Some(dst) => {
             dst.copy_from_slice(packed);
             packed.len() as i64
@@ -62,17 +68,30 @@ fn mm_in(info: &JsBlockExtraInfo) -> Result<BlockExtraInfo> {
                 .iter()
                 .map(|p| match p.as_slice() {
                     [a, b] => Ok((*a, *b)),
-                    _ => Err(Error::new(Status::InvalidArg, "offsets must be [start, end] pairs")),
+                    _ => Err(Error::new(
+                        Status::InvalidArg,
+                        "offsets must be [start, end] pairs",
+                    )),
                 })
                 .collect::<Result<_>>()?;
-            Ok(MmObject { mm_hash: u64_arg("mmHash", &o.mm_hash)?, offsets })
+            Ok(MmObject {
+                mm_hash: u64_arg("mmHash", &o.mm_hash)?,
+                offsets,
+            })
         })
         .collect::<Result<_>>()?;
     Ok(BlockExtraInfo { mm_objects })
 }
 
-fn mm_list_in(list: Option<Vec<Option<JsBlockExtraInfo>>>) -> Result<Option<Vec<Option<BlockExtraInfo>>>> {
-    list.map(|l| l.iter().map(|e| e.as_ref().map(mm_in).transpose()).collect()).transpose()
+fn mm_list_in(
+    list: Option<Vec<Option<JsBlockExtraInfo>>>,
+) -> Result<Option<Vec<Option<BlockExtraInfo>>>> {
+    list.map(|l| {
+        l.iter()
+            .map(|e| e.as_ref().map(mm_in).transpose())
+            .collect()
+    })
+    .transpose()
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -86,7 +105,13 @@ fn mm_out<'e>(env: &'e Env, info: &BlockExtraInfo) -> Result<Object<'e>> {
         .map(|m| {
             let mut x = Object::new(env)?;
             x.set("mmHash", BigInt::from(m.mm_hash))?;
-            x.set("offsets", m.offsets.iter().map(|&(a, b)| vec![a, b]).collect::<Vec<_>>())?;
+            x.set(
+                "offsets",
+                m.offsets
+                    .iter()
+                    .map(|&(a, b)| vec![a, b])
+                    .collect::<Vec<_>>(),
+            )?;
             Ok(x)
         })
         .collect::<Result<Vec<_>>>()?;
@@ -110,7 +135,11 @@ fn blocks_out<'e>(env: &'e Env, blocks: &[StoredBlock]) -> Result<Vec<Object<'e>
         .collect()
 }
 
-fn data_out<'e>(env: &'e Env, parent_and_blocks: Option<(Option<u64>, &[StoredBlock])>, removed: Option<&[u64]>) -> Result<Object<'e>> {
+fn data_out<'e>(
+    env: &'e Env,
+    parent_and_blocks: Option<(Option<u64>, &[StoredBlock])>,
+    removed: Option<&[u64]>,
+) -> Result<Object<'e>> {
     let mut o = Object::new(env)?;
     if let Some((parent, blocks)) = parent_and_blocks {
         o.set("type", "stored")?;
@@ -118,7 +147,10 @@ fn data_out<'e>(env: &'e Env, parent_and_blocks: Option<(Option<u64>, &[StoredBl
         o.set("blocks", blocks_out(env, blocks)?)?;
     } else if let Some(hashes) = removed {
         o.set("type", "removed")?;
-        o.set("blockHashes", hashes.iter().map(|&h| BigInt::from(h)).collect::<Vec<_>>())?;
+        o.set(
+            "blockHashes",
+            hashes.iter().map(|&h| BigInt::from(h)).collect::<Vec<_>>(),
+        )?;
     } else {
         o.set("type", "cleared")?;
     }
@@ -127,7 +159,10 @@ fn data_out<'e>(env: &'e Env, parent_and_blocks: Option<(Option<u64>, &[StoredBl
 
 fn event_data_out<'e>(env: &'e Env, data: &EventData) -> Result<Object<'e>> {
     match data {
-        EventData::Stored { parent_hash, blocks } => data_out(env, Some((*parent_hash, blocks)), None),
+        EventData::Stored {
+            parent_hash,
+            blocks,
+        } => data_out(env, Some((*parent_hash, blocks)), None),
         EventData::Removed { block_hashes } => data_out(env, None, Some(block_hashes)),
         EventData::Cleared => data_out(env, None, None),
     }
@@ -170,7 +205,12 @@ fn router_event_in(ev: &JsRouterEvent) -> Result<RouterEvent> {
     let d = &ev.event.data;
     let data = match d.kind.as_str() {
         "stored" => EventData::Stored {
-            parent_hash: d.parent_hash.as_ref().and_then(|p| p.as_ref()).map(|p| u64_arg("parentHash", p)).transpose()?,
+            parent_hash: d
+                .parent_hash
+                .as_ref()
+                .and_then(|p| p.as_ref())
+                .map(|p| u64_arg("parentHash", p))
+                .transpose()?,
             blocks: d
                 .blocks
                 .as_ref()
@@ -181,18 +221,40 @@ fn router_event_in(ev: &JsRouterEvent) -> Result<RouterEvent> {
                     Ok(StoredBlock {
                         block_hash: u64_arg("blockHash", &b.block_hash)?,
                         tokens_hash: u64_arg("tokensHash", &b.tokens_hash)?,
-                        mm_extra_info: b.mm_extra_info.as_ref().and_then(|m| m.as_ref()).map(mm_in).transpose()?,
+                        mm_extra_info: b
+                            .mm_extra_info
+                            .as_ref()
+                            .and_then(|m| m.as_ref())
+                            .map(mm_in)
+                            .transpose()?,
                     })
                 })
                 .collect::<Result<_>>()?,
         },
         "removed" => EventData::Removed {
-            block_hashes: d.block_hashes.as_ref().and_then(|b| b.as_deref()).unwrap_or_default().iter().map(|h| u64_arg("blockHashes", h)).collect::<Result<_>>()?,
+            block_hashes: d
+                .block_hashes
+                .as_ref()
+                .and_then(|b| b.as_deref())
+                .unwrap_or_default()
+                .iter()
+                .map(|h| u64_arg("blockHashes", h))
+                .collect::<Result<_>>()?,
         },
         "cleared" => EventData::Cleared,
-        other => return Err(Error::new(Status::InvalidArg, format!("unknown event type {other}"))),
+        other => {
+            return Err(Error::new(
+                Status::InvalidArg,
+                format!("unknown event type {other}"),
+            ))
+        }
     };
-    Ok(RouterEvent { worker_id: u64_arg("workerId", &ev.worker_id)?, event_id: u64_arg("eventId", &ev.event.event_id)?, dp_rank: ev.event.dp_rank, data })
+    Ok(RouterEvent {
+        worker_id: u64_arg("workerId", &ev.worker_id)?,
+        event_id: u64_arg("eventId", &ev.event.event_id)?,
+        dp_rank: ev.event.dp_rank,
+        data,
+    })
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -206,11 +268,20 @@ pub fn compute_block_hashes(
     block_mm_infos: Option<Vec<Option<JsBlockExtraInfo>>>,
 ) -> Result<BigUint64Array> {
     let mm = mm_list_in(block_mm_infos)?;
-    Ok(BigUint64Array::new(core_hashes(tokens, kv_block_size as usize, lora_name.as_deref(), mm.as_deref())))
+    Ok(BigUint64Array::new(core_hashes(
+        tokens,
+        kv_block_size as usize,
+        lora_name.as_deref(),
+        mm.as_deref(),
+    )))
 }
 
 #[napi(catch_unwind)]
-pub fn decode_engine_batch<'e>(env: &'e Env, payload: &[u8], kv_block_size: u32) -> Result<Option<Object<'e>>> {
+pub fn decode_engine_batch<'e>(
+    env: &'e Env,
+    payload: &[u8],
+    kv_block_size: u32,
+) -> Result<Option<Object<'e>>> {
     if kv_block_size == 0 {
         return Err(Error::new(Status::InvalidArg, "kvBlockSize must be >= 1"));
     }
@@ -240,7 +311,10 @@ pub fn peek_batch<'e>(env: &'e Env, payload: &[u8]) -> Result<Option<Object<'e>>
     };
     let mut o = Object::new(env)?;
     o.set("dpRank", dp_rank)?;
-    o.set("publisherId", publisher_id.map(|p| Uint8Array::new(p.to_vec())))?;
+    o.set(
+        "publisherId",
+        publisher_id.map(|p| Uint8Array::new(p.to_vec())),
+    )?;
     Ok(Some(o))
 }
 
@@ -258,7 +332,11 @@ pub fn encode_router_event(ev: JsRouterEvent, json: bool) -> Result<Buffer> {
 
 #[napi(catch_unwind)]
 pub fn decode_router_event<'e>(env: &'e Env, bytes: &[u8], json: bool) -> Result<Object<'e>> {
-    let decoded = if json { wire::decode_router_event_json(bytes) } else { wire::decode_router_event_msgpack(bytes) };
+    let decoded = if json {
+        wire::decode_router_event_json(bytes)
+    } else {
+        wire::decode_router_event_msgpack(bytes)
+    };
     let ev = decoded.map_err(|e| Error::new(Status::InvalidArg, e.0))?;
     router_event_out(env, &ev)
 }
@@ -279,7 +357,13 @@ fn events_out<'e>(env: &'e Env, evs: &[RouterEvent]) -> Result<Vec<Object<'e>>> 
 }
 
 #[napi(catch_unwind)]
-pub fn encode_envelope(publisher_id: BigInt, sequence: BigInt, published_at: BigInt, topic: String, payload: &[u8]) -> Result<Buffer> {
+pub fn encode_envelope(
+    publisher_id: BigInt,
+    sequence: BigInt,
+    published_at: BigInt,
+    topic: String,
+    payload: &[u8],
+) -> Result<Buffer> {
     let mut out = Vec::with_capacity(payload.len() + 64);
     wire::write_envelope(
         &mut out,
@@ -293,14 +377,22 @@ pub fn encode_envelope(publisher_id: BigInt, sequence: BigInt, published_at: Big
 }
 
 #[napi(catch_unwind)]
-pub fn encode_active_load(worker_id: BigInt, dp_rank: u32, active_decode_blocks: BigInt, active_prefill_tokens: Option<BigInt>) -> Result<Buffer> {
+pub fn encode_active_load(
+    worker_id: BigInt,
+    dp_rank: u32,
+    active_decode_blocks: BigInt,
+    active_prefill_tokens: Option<BigInt>,
+) -> Result<Buffer> {
     let mut out = Vec::new();
     wire::write_active_load(
         &mut out,
         u64_arg("workerId", &worker_id)?,
         dp_rank,
         Some(u64_arg("activeDecodeBlocks", &active_decode_blocks)?),
-        active_prefill_tokens.as_ref().map(|p| u64_arg("activePrefillTokens", p)).transpose()?,
+        active_prefill_tokens
+            .as_ref()
+            .map(|p| u64_arg("activePrefillTokens", p))
+            .transpose()?,
     );
     Ok(out.into())
 }
@@ -336,25 +428,46 @@ impl RawIngestor {
         let cfg = IngestorConfig {
             kv_block_size: options.kv_block_size,
             worker_id: u64_arg("workerId", &options.worker_id)?,
-            mode: if options.jetstream { Mode::JetStream } else { Mode::EventPlane },
+            mode: if options.jetstream {
+                Mode::JetStream
+            } else {
+                Mode::EventPlane
+            },
             max_dp_ranks: options.max_dp_ranks,
             dp_ranks: options.dp_ranks.flatten().map(|r| r.to_vec()),
-            local_indexer: (options.local_indexer_buffer_size > 0).then_some(options.local_indexer_buffer_size as usize),
+            local_indexer: (options.local_indexer_buffer_size > 0)
+                .then_some(options.local_indexer_buffer_size as usize),
         };
-        let inner = Ingestor::new(cfg).map_err(|e| Error::new(Status::InvalidArg, format!("invalid ingestor option: {e:?}")))?;
-        Ok(RawIngestor { inner: Rc::new(RefCell::new(inner)) })
+        let inner = Ingestor::new(cfg).map_err(|e| {
+            Error::new(
+                Status::InvalidArg,
+                format!("invalid ingestor option: {e:?}"),
+            )
+        })?;
+        Ok(RawIngestor {
+            inner: Rc::new(RefCell::new(inner)),
+        })
     }
 
     #[napi(catch_unwind)]
     pub fn ingest(&mut self, payload: &[u8], now_ms: f64) -> Buffer {
-        self.inner.borrow_mut().ingest(payload, now_arg(now_ms)).into()
+        self.inner
+            .borrow_mut()
+            .ingest(payload, now_arg(now_ms))
+            .into()
     }
 
     /// The hot path: the packed output copied into `out` at `offset` (the caller's reusable
     /// arena). Returns its length, or minus the length needed when it does not fit; then
     /// `takeOutput` hands over the same output (until the next call).
     #[napi(catch_unwind)]
-    pub fn ingest_into(&mut self, payload: &[u8], now_ms: f64, mut out: Uint8ArraySlice, offset: u32) -> i64 {
+    pub fn ingest_into(
+        &mut self,
+        payload: &[u8],
+        now_ms: f64,
+        mut out: Uint8ArraySlice,
+        offset: u32,
+    ) -> i64 {
         let mut inner = self.inner.borrow_mut();
         let packed = inner.ingest_packed(payload, now_arg(now_ms));
         // SAFETY: JavaScript is blocked in this call, and `out` is the TS layer's own arena, never
@@ -365,7 +478,11 @@ impl RawIngestor {
     #[napi(catch_unwind)]
     pub fn take_output(&mut self, mut out: Uint8ArraySlice, offset: u32) -> i64 {
         // SAFETY: as in ingest_into
-        copy_out(self.inner.borrow().last_packed(), unsafe { out.as_mut() }, offset as usize)
+        copy_out(
+            self.inner.borrow().last_packed(),
+            unsafe { out.as_mut() },
+            offset as usize,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -381,23 +498,41 @@ impl RawIngestor {
         dp_rank: u32,
         now_ms: f64,
     ) -> Result<Buffer> {
-        let parent = parent_hash.as_ref().map(|p| u64_arg("parentHash", p)).transpose()?;
+        let parent = parent_hash
+            .as_ref()
+            .map(|p| u64_arg("parentHash", p))
+            .transpose()?;
         let mm = mm_list_in(block_mm_infos)?;
         Ok(self
             .inner
             .borrow_mut()
-            .stored(token_ids, block_hashes, block_size as u64, parent, lora_name.as_deref(), mm, dp_rank, now_arg(now_ms))
+            .stored(
+                token_ids,
+                block_hashes,
+                block_size as u64,
+                parent,
+                lora_name.as_deref(),
+                mm,
+                dp_rank,
+                now_arg(now_ms),
+            )
             .into())
     }
 
     #[napi(catch_unwind)]
     pub fn removed(&mut self, block_hashes: &[u64], dp_rank: u32, now_ms: f64) -> Buffer {
-        self.inner.borrow_mut().removed(block_hashes, dp_rank, now_arg(now_ms)).into()
+        self.inner
+            .borrow_mut()
+            .removed(block_hashes, dp_rank, now_arg(now_ms))
+            .into()
     }
 
     #[napi(catch_unwind)]
     pub fn cleared(&mut self, dp_rank: u32, now_ms: f64) -> Buffer {
-        self.inner.borrow_mut().cleared(dp_rank, now_arg(now_ms)).into()
+        self.inner
+            .borrow_mut()
+            .cleared(dp_rank, now_arg(now_ms))
+            .into()
     }
 
     #[napi]
@@ -427,7 +562,10 @@ impl RawIngestor {
             .borrow()
             .local_indexer()
             .is_some()
-            .then(|| RawLocalIndexer { inner: LocalSource::Ingestor(self.inner.clone()), memory: MemoryReport::default() })
+            .then(|| RawLocalIndexer {
+                inner: LocalSource::Ingestor(self.inner.clone()),
+                memory: MemoryReport::default(),
+            })
     }
 }
 
@@ -468,8 +606,16 @@ fn matches_for_tokens(
         return Err(Error::new(Status::InvalidArg, "kvBlockSize must be >= 1"));
     }
     let mm = mm_list_in(block_mm_infos)?;
-    let hashes = core_hashes(tokens, kv_block_size as usize, lora_name.as_deref(), mm.as_deref());
-    Ok(matches_out(index.find_matches_ref(&hashes, early_exit), out))
+    let hashes = core_hashes(
+        tokens,
+        kv_block_size as usize,
+        lora_name.as_deref(),
+        mm.as_deref(),
+    );
+    Ok(matches_out(
+        index.find_matches_ref(&hashes, early_exit),
+        out,
+    ))
 }
 
 /// The native memory an index holds, reported to V8 (napi_adjust_external_memory) so that the GC
@@ -491,7 +637,9 @@ impl MemoryReport {
     fn set(&mut self, env: &Env, bytes: usize) {
         let now = bytes.min(i64::MAX as usize) as i64;
         // changes under 1 MB are not worth a call
-        if (now - self.reported).abs() >= 1 << 20 && env.adjust_external_memory(now - self.reported).is_ok() {
+        if (now - self.reported).abs() >= 1 << 20
+            && env.adjust_external_memory(now - self.reported).is_ok()
+        {
             self.reported = now;
         }
     }
@@ -548,10 +696,20 @@ macro_rules! index_methods {
 
             /// Matches written into `out` (a buffer the caller reuses): no allocation per query.
             #[napi(catch_unwind)]
-            pub fn find_matches(&mut self, tokens_hashes: &[u64], early_exit: bool, mut out: Uint8ArraySlice) -> i64 {
+            pub fn find_matches(
+                &mut self,
+                tokens_hashes: &[u64],
+                early_exit: bool,
+                mut out: Uint8ArraySlice,
+            ) -> i64 {
                 // SAFETY: JavaScript is blocked in this call and `out` is the caller's scratch.
                 let out = unsafe { out.as_mut() };
-                self.$get_mut(|i| matches_out(i.index_mut().find_matches_ref(tokens_hashes, early_exit), out))
+                self.$get_mut(|i| {
+                    matches_out(
+                        i.index_mut().find_matches_ref(tokens_hashes, early_exit),
+                        out,
+                    )
+                })
             }
 
             #[allow(clippy::too_many_arguments)]
@@ -567,7 +725,17 @@ macro_rules! index_methods {
             ) -> Result<i64> {
                 // SAFETY: as in find_matches
                 let out = unsafe { out.as_mut() };
-                self.$get_mut(|i| matches_for_tokens(i.index_mut(), tokens, kv_block_size, lora_name, block_mm_infos, early_exit, out))
+                self.$get_mut(|i| {
+                    matches_for_tokens(
+                        i.index_mut(),
+                        tokens,
+                        kv_block_size,
+                        lora_name,
+                        block_mm_infos,
+                        early_exit,
+                        out,
+                    )
+                })
             }
 
             #[napi(catch_unwind)]
@@ -579,7 +747,12 @@ macro_rules! index_methods {
             }
 
             #[napi(catch_unwind)]
-            pub fn remove_worker_dp_rank(&mut self, env: &Env, worker_id: BigInt, dp_rank: u32) -> Result<()> {
+            pub fn remove_worker_dp_rank(
+                &mut self,
+                env: &Env,
+                worker_id: BigInt,
+                dp_rank: u32,
+            ) -> Result<()> {
                 let id = u64_arg("workerId", &worker_id)?;
                 self.$get_mut(|i| i.index_mut().remove_worker_dp_rank(id, dp_rank));
                 self.report_memory(env);
@@ -647,7 +820,12 @@ fn apply_encoded_any<I: IndexAccess>(index: &mut I, payload: &[u8], format: u32)
         0 => wire::decode_router_event_envelope(payload),
         1 => wire::decode_router_event_msgpack(payload),
         2 => wire::decode_router_event_json(payload),
-        _ => return Err(Error::new(Status::InvalidArg, "format must be 0 (envelope), 1 (msgpack) or 2 (json)")),
+        _ => {
+            return Err(Error::new(
+                Status::InvalidArg,
+                "format must be 0 (envelope), 1 (msgpack) or 2 (json)",
+            ))
+        }
     }
     .map_err(|e| Error::new(Status::InvalidArg, e.0))?;
     Ok(outcome_code(index.apply_event(&ev)))
@@ -657,7 +835,10 @@ fn apply_encoded_any<I: IndexAccess>(index: &mut I, payload: &[u8], format: u32)
 impl RawRadixIndex {
     #[napi(constructor)]
     pub fn new() -> Self {
-        RawRadixIndex { inner: RadixIndex::new(), memory: MemoryReport::default() }
+        RawRadixIndex {
+            inner: RadixIndex::new(),
+            memory: MemoryReport::default(),
+        }
     }
 
     fn with<T>(&self, f: impl FnOnce(&RadixIndex) -> T) -> T {
@@ -694,25 +875,40 @@ impl ObjectFinalize for RawLocalIndexer {
 impl RawLocalIndexer {
     #[napi(constructor)]
     pub fn new(buffer_size: u32) -> Self {
-        RawLocalIndexer { inner: LocalSource::Own(LocalIndexer::new(buffer_size.max(1) as usize)), memory: MemoryReport::default() }
+        RawLocalIndexer {
+            inner: LocalSource::Own(LocalIndexer::new(buffer_size.max(1) as usize)),
+            memory: MemoryReport::default(),
+        }
     }
 
     fn with<T>(&self, f: impl FnOnce(&LocalIndexer) -> T) -> T {
         match &self.inner {
             LocalSource::Own(l) => f(l),
-            LocalSource::Ingestor(ing) => f(ing.borrow().local_indexer().expect("ingestor has a local indexer")),
+            LocalSource::Ingestor(ing) => f(ing
+                .borrow()
+                .local_indexer()
+                .expect("ingestor has a local indexer")),
         }
     }
 
     fn with_mut<T>(&mut self, f: impl FnOnce(&mut LocalIndexer) -> T) -> T {
         match &mut self.inner {
             LocalSource::Own(l) => f(l),
-            LocalSource::Ingestor(ing) => f(ing.borrow_mut().local_indexer_mut().expect("ingestor has a local indexer")),
+            LocalSource::Ingestor(ing) => f(ing
+                .borrow_mut()
+                .local_indexer_mut()
+                .expect("ingestor has a local indexer")),
         }
     }
 
     #[napi(catch_unwind)]
-    pub fn events_in_range<'e>(&self, env: &'e Env, dp_rank: u32, start: Option<BigInt>, end: Option<BigInt>) -> Result<Object<'e>> {
+    pub fn events_in_range<'e>(
+        &self,
+        env: &'e Env,
+        dp_rank: u32,
+        start: Option<BigInt>,
+        end: Option<BigInt>,
+    ) -> Result<Object<'e>> {
         let start = start.as_ref().map(|s| u64_arg("start", s)).transpose()?;
         let end = end.as_ref().map(|e| u64_arg("end", e)).transpose()?;
         let result = self.with(|l| l.events_in_range(dp_rank, start, end));
@@ -726,7 +922,11 @@ impl RawLocalIndexer {
                 o.set("kind", "TreeDump")?;
                 o.set("events", events_out(env, &evs)?)?;
             }
-            RangeResult::TooNew { requested_start, requested_end, newest_available } => {
+            RangeResult::TooNew {
+                requested_start,
+                requested_end,
+                newest_available,
+            } => {
                 o.set("kind", "TooNew")?;
                 o.set("requestedStart", BigInt::from(requested_start))?;
                 o.set("requestedEnd", BigInt::from(requested_end))?;
