@@ -544,7 +544,7 @@ export class FallbackIngestor implements RawIngestor {
     const n = this.n
     const body = this.out.pos
     put32(target, offset + 0, n)
-    put32(target, offset + 4, Math.max(this.outRank , 0)) // u32; flag bit 2 says whether there is one
+    put32(target, offset + 4, Math.max(this.outRank, 0)) // u32; flag bit 2 says whether there is one
     put32(target, offset + 8, this.outFlags)
     put32(target, offset + 12, 0)
     put32(target, offset + 16, n > 0 ? this.firstLo : 0)

@@ -164,7 +164,7 @@ export class FallbackLocalIndexer extends FallbackRadixIndex implements RawLocal
     const requestedEnd = end ?? newest
     if (start > newest) return { kind: 'TooNew', requestedStart: start, requestedEnd, newestAvailable: newest }
     if (start < big(oldHi, oldLo)) return { kind: 'TreeDump', events: this.dumpRank(dpRank) }
-    const last = Math.min(requestedEnd , newest)
+    const last = requestedEnd < newest ? requestedEnd : newest
     const sHi = Number(start >> 32n)
     const sLo = Number(start & 0xffffffffn)
     const eHi = Number(last >> 32n)
