@@ -104,7 +104,7 @@ for (const mode of ['event-plane', 'jetstream'] as const) {
           t.true(p.equals(kv.encodeEnvelope(env)))
         })
       } else {
-        res.payloads.forEach((p, i) => t.true(p.equals(kv.encodeRouterEvent(want[i]!, 'json'))))
+        for (const [i, p] of res.payloads.entries()) t.true(p.equals(kv.encodeRouterEvent(want[i]!, 'json')))
       }
     })
   }
@@ -391,10 +391,13 @@ test(`[${impl}] a store of more than 1024 blocks becomes chained events of at mo
   const tokensHashes = kv.computeBlockHashes(tokensFor(n), 4)
   const sizes = [1024, 1024, 452]
   let at = 0
-  evs.forEach((e, k) => {
+  for (const [k, e] of evs.entries()) {
     t.is(e.event.eventId, BigInt(k))
     const d = e.event.data
-    if (d.type !== 'stored') return t.fail()
+    if (d.type !== 'stored') {
+      t.fail()
+      continue
+    }
     t.is(d.blocks.length, sizes[k]!)
     t.is(d.parentHash, k === 0 ? 42n : BigInt(hs[at - 1]!))
     d.blocks.forEach((b, i) => {
@@ -402,7 +405,7 @@ test(`[${impl}] a store of more than 1024 blocks becomes chained events of at mo
       t.is(b.tokensHash, tokensHashes[at + i]!)
     })
     at += d.blocks.length
-  })
+  }
   t.is(r.firstEventId, 0n)
   const c = ing.counters()
   t.is(c.emitted_stored, 3n)

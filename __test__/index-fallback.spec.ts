@@ -551,7 +551,10 @@ class Model {
   wk(id: bigint, rank: number, eventId: bigint) {
     const k = `${id}/${rank}`
     let w = this.workers.get(k)
-    if (!w) this.workers.set(k, (w = { id, rank, map: new Map(), last: 0n }))
+    if (!w) {
+      w = { id, rank, map: new Map(), last: 0n }
+      this.workers.set(k, w)
+    }
     w.last = eventId
     return [k, w] as const
   }
@@ -594,7 +597,10 @@ class Model {
           this.leave(old, k, b.blockHash)
         }
         let child = cur.kids.get(b.tokensHash)
-        if (!child) cur.kids.set(b.tokensHash, (child = new MNode(b.tokensHash, cur)))
+        if (!child) {
+          child = new MNode(b.tokensHash, cur)
+          cur.kids.set(b.tokensHash, child)
+        }
         if (!child.holders.some((x) => x.w === k && x.h === b.blockHash)) child.holders.push({ w: k, h: b.blockHash })
         w.map.set(b.blockHash, child)
         cur = child

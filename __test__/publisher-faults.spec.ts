@@ -1,4 +1,4 @@
-// Faults (SPEC 8, issue 4 item 3), each against its own real nats-server: the server is killed and
+// Faults (SPEC 8), each against its own real nats-server: the server is killed and
 // restarted on the same port and store while 20,000 events are in flight; and, deterministically, a
 // JetStream publish whose ack is lost lands after later events (a fault-injecting wrapper around the real
 // client's publish), which the sink must detect from the acks and repair.

@@ -32,7 +32,7 @@ let unique = 0
 const name = (prefix: string) => `${prefix}${++unique}`
 
 // ---------------------------------------------------------------------------------------------------
-// event plane (issue 4, item 1)
+// event plane
 
 test(`[${impl}] event plane: every fixture batch reaches the subject as the expected envelopes`, async (t) => {
   const ns = name('fx')
@@ -278,7 +278,7 @@ test(`[${impl}] Prometheus: every publisher's counters on one registry, read at 
 })
 
 // ---------------------------------------------------------------------------------------------------
-// JetStream (issue 4, item 2)
+// JetStream
 
 test(`[${impl}] JetStream: the stream is created as specified and holds the JSON events in order, u64 exact`, async (t) => {
   const ns = name('Js_NS.')
@@ -391,7 +391,7 @@ test(`[${impl}] JetStream: the same event published twice is stored once; a rest
 })
 
 // ---------------------------------------------------------------------------------------------------
-// worker metrics (issue 4, item 4)
+// worker metrics
 
 test(`[${impl}] metrics: the latest value per rank after 1 ms, repeats skipped, bytes as the fixture`, async (t) => {
   const ns = name('m')
@@ -469,7 +469,7 @@ test(`[${impl}] metrics: a value that keeps changing is still published (at most
 })
 
 // ---------------------------------------------------------------------------------------------------
-// auth (issue 4, item 5)
+// auth
 
 test.serial(`[${impl}] auth: token and user/password, by options and by environment; a wrong password fails create clearly`, async (t) => {
   const tokenServer = await startNatsServer({ args: ['--auth', 's3cret-token'] })

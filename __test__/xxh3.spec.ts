@@ -53,9 +53,9 @@ function intoAsBigint(data: Uint8Array, offset: number, length: number, seed: bi
 function blockBytes(tokens: number[], mmHashes: bigint[]): Uint8Array {
   const bytes = new Uint8Array(tokens.length * 4 + mmHashes.length * 8)
   const view = new DataView(bytes.buffer)
-  tokens.forEach((token, i) => view.setUint32(i * 4, token, true))
+  for (const [i, token] of tokens.entries()) view.setUint32(i * 4, token, true)
   const sorted = [...mmHashes].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))
-  sorted.forEach((h, i) => view.setBigUint64(tokens.length * 4 + i * 8, h, true))
+  for (const [i, h] of sorted.entries()) view.setBigUint64(tokens.length * 4 + i * 8, h, true)
   return bytes
 }
 

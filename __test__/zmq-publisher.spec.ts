@@ -1,4 +1,4 @@
-// The whole worker side (issue 5, items 1, 4 and 6): engine simulators publish over real ZeroMQ sockets,
+// The whole worker side: engine simulators publish over real ZeroMQ sockets,
 // a KvEventPublisher with the zmq option ingests and publishes to a real nats-server, and a router-side
 // RadixIndex fed from NATS (the subject, or the JetStream stream applied in order) must end equal to the
 // engines' ground truth: the blocks each engine holds.

@@ -31,7 +31,10 @@ export class BatchGenerator {
 
   #pool(rank: number): bigint[] {
     let p = this.#recent.get(rank)
-    if (!p) this.#recent.set(rank, (p = []))
+    if (!p) {
+      p = []
+      this.#recent.set(rank, p)
+    }
     return p
   }
 

@@ -300,12 +300,15 @@ export class EventGenerator {
       if (data.parentHash === null || k.live.has(data.parentHash)) this.#believeStored(k, data)
       return this.#countStore(k, data)
     }
-    if (x < (cut += o.moveRate) && k.live.size >= 2) return this.#move(k)
-    if (x < (cut += o.unknownParentRate)) {
+    cut += o.moveRate
+    if (x < cut && k.live.size >= 2) return this.#move(k)
+    cut += o.unknownParentRate
+    if (x < cut) {
       const data = this.#chain(k, r.u64(), null)
       return this.#countStore(k, data)
     }
-    if (x < (cut += o.invalidRate)) {
+    cut += o.invalidRate
+    if (x < cut) {
       const data = this.#chain(k, null, null, r.chance(0.3) ? 17 + r.int(30) : 2 + r.int(3)) // long ones too
       const blocks = data.blocks
       if (r.chance(0.5))
@@ -428,7 +431,7 @@ export class EventGenerator {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Reference model: the rules of SPEC 6 as written in issue 3, as plainly as possible (nodes are JS
+// Reference model: the rules of SPEC 6, as plainly as possible (nodes are JS
 // objects that are never freed; a node that loses its last holder clears its children map).
 
 type Key = string
@@ -473,7 +476,10 @@ export class ReferenceIndex {
   #worker(workerId: bigint, dpRank: number): MWorker {
     const key = keyOf(workerId, dpRank)
     let w = this.workersByKey.get(key)
-    if (!w) this.workersByKey.set(key, (w = { workerId, dpRank, lookup: new Map(), lastEventId: 0n }))
+    if (!w) {
+      w = { workerId, dpRank, lookup: new Map(), lastEventId: 0n }
+      this.workersByKey.set(key, w)
+    }
     return w
   }
 
@@ -535,7 +541,10 @@ export class ReferenceIndex {
       const old = w.lookup.get(b.blockHash)
       if (old && old !== current.children.get(b.tokensHash)) this.#leave(w, b.blockHash)
       let child = current.children.get(b.tokensHash)
-      if (!child) current.children.set(b.tokensHash, (child = { tokensHash: b.tokensHash, children: new Map(), holders: new Map() }))
+      if (!child) {
+        child = { tokensHash: b.tokensHash, children: new Map(), holders: new Map() }
+        current.children.set(b.tokensHash, child)
+      }
       if (w.lookup.get(b.blockHash) !== child) {
         w.lookup.set(b.blockHash, child)
         const hs = child.holders.get(w)
@@ -600,7 +609,7 @@ export class ReferenceIndex {
     }
   }
 
-  /** dump() as described in issue 3; `order` of the hashes of one worker on one node: as put there. */
+  /** dump() as SPEC 6 describes it; `order` of the hashes of one worker on one node: as put there. */
   dump(filter?: (w: { workerId: bigint; dpRank: number }) => boolean): RouterEventValue[] {
     const out: RouterEventValue[] = []
     for (const w of this.#sortedWorkers()) {

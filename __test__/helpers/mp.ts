@@ -50,49 +50,73 @@ function minUintWidth(v: bigint): 0 | 1 | 2 | 4 | 8 {
 function write(o: Out, m: Mp): void {
   switch (m.t) {
     case 'nil':
-      return o.push(0xc0)
+      o.push(0xc0)
+      return
     case 'bool':
-      return o.push(m.v ? 0xc3 : 0xc2)
+      o.push(m.v ? 0xc3 : 0xc2)
+      return
     case 'uint': {
       const w = m.w ?? minUintWidth(m.v)
-      if (w === 0) return o.push(Number(m.v))
+      if (w === 0) {
+        o.push(Number(m.v))
+        return
+      }
       o.push({ 1: 0xcc, 2: 0xcd, 4: 0xce, 8: 0xcf }[w])
-      return o.be(BigInt.asUintN(w * 8, m.v), w)
+      o.be(BigInt.asUintN(w * 8, m.v), w)
+      return
     }
     case 'int': {
-      if (m.w === 0 || (m.w === undefined && m.v >= -32n && m.v < 0n)) return o.push(Number(BigInt.asUintN(8, m.v)))
+      if (m.w === 0 || (m.w === undefined && m.v >= -32n && m.v < 0n)) {
+        o.push(Number(BigInt.asUintN(8, m.v)))
+        return
+      }
       const w =
         m.w ?? (m.v >= -128n && m.v < 128n ? 1 : m.v >= -32768n && m.v < 32768n ? 2 : m.v >= -(2n ** 31n) && m.v < 2n ** 31n ? 4 : 8)
       o.push({ 1: 0xd0, 2: 0xd1, 4: 0xd2, 8: 0xd3 }[w])
-      return o.be(BigInt.asUintN(w * 8, m.v), w)
+      o.be(BigInt.asUintN(w * 8, m.v), w)
+      return
     }
     case 'f64': {
       const b = Buffer.alloc(8)
       b.writeDoubleBE(m.v)
       o.push(0xcb)
-      return o.raw(b)
+      o.raw(b)
+      return
     }
     case 'f32': {
       const b = Buffer.alloc(4)
       b.writeFloatBE(m.v)
       o.push(0xca)
-      return o.raw(b)
+      o.raw(b)
+      return
     }
     case 'str': {
       const b = typeof m.v === 'string' ? Buffer.from(m.v, 'utf8') : m.v
       const w = m.w ?? (b.length < 32 ? 'fix' : b.length < 256 ? 8 : b.length < 65536 ? 16 : 32)
       if (w === 'fix') o.push(0xa0 | b.length)
       else if (w === 8) o.push(0xd9, b.length)
-      else if (w === 16) o.push(0xda), o.be(BigInt(b.length), 2)
-      else o.push(0xdb), o.be(BigInt(b.length), 4)
-      return o.raw(b)
+      else if (w === 16) {
+        o.push(0xda)
+        o.be(BigInt(b.length), 2)
+      } else {
+        o.push(0xdb)
+        o.be(BigInt(b.length), 4)
+      }
+      o.raw(b)
+      return
     }
     case 'bin': {
       const n = m.v.length
       if (n < 256) o.push(0xc4, n)
-      else if (n < 65536) o.push(0xc5), o.be(BigInt(n), 2)
-      else o.push(0xc6), o.be(BigInt(n), 4)
-      return o.raw(m.v)
+      else if (n < 65536) {
+        o.push(0xc5)
+        o.be(BigInt(n), 2)
+      } else {
+        o.push(0xc6)
+        o.be(BigInt(n), 4)
+      }
+      o.raw(m.v)
+      return
     }
     case 'arr':
     case 'map': {
@@ -100,8 +124,13 @@ function write(o: Out, m: Mp): void {
       const w = m.w ?? (n < 16 ? 'fix' : n < 65536 ? 16 : 32)
       const [fix, m16, m32] = m.t === 'arr' ? [0x90, 0xdc, 0xdd] : [0x80, 0xde, 0xdf]
       if (w === 'fix') o.push(fix | n)
-      else if (w === 16) o.push(m16), o.be(BigInt(n), 2)
-      else o.push(m32), o.be(BigInt(n), 4)
+      else if (w === 16) {
+        o.push(m16)
+        o.be(BigInt(n), 2)
+      } else {
+        o.push(m32)
+        o.be(BigInt(n), 4)
+      }
       if (m.t === 'arr') for (const x of m.v) write(o, x)
       else
         for (const [k, x] of m.v) {
@@ -112,10 +141,12 @@ function write(o: Out, m: Mp): void {
     }
     case 'ext': {
       o.push(0xc7, m.v.length, m.type)
-      return o.raw(m.v)
+      o.raw(m.v)
+      return
     }
     case 'raw':
-      return o.raw(m.v)
+      o.raw(m.v)
+      return
   }
 }
 

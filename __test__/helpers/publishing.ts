@@ -119,7 +119,8 @@ export function holdings(
   for (const ev of dump) {
     if (ev.event.data.type !== 'stored') continue
     const key = `${ev.workerId}/${ev.event.dpRank}`
-    const set = (out[key] ??= new Set())
+    out[key] ??= new Set()
+    const set = out[key]
     for (const b of ev.event.data.blocks!) set.add(b.blockHash)
   }
   const sorted: Record<string, string[]> = {}

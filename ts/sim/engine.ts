@@ -567,7 +567,10 @@ export class EngineSimulator {
 
   #applyView(e: SimEvent): void {
     const view = this.#view
-    if (e.t === 'cleared') return view.clear()
+    if (e.t === 'cleared') {
+      view.clear()
+      return
+    }
     if (e.t === 'removed') {
       for (const h of e.hashes) this.#unview(h)
       return

@@ -153,13 +153,15 @@ class AckInbox {
     this.#waiting.delete(token)
     if (msg.data.length === 0) {
       const code = msg.headers?.code ?? 0
-      return w.reject(
-        new JetStreamAckError(code === 503 ? 'no responders: JetStream or the stream is not available' : `status ${code}`, code),
-      )
+      w.reject(new JetStreamAckError(code === 503 ? 'no responders: JetStream or the stream is not available' : `status ${code}`, code))
+      return
     }
     const text = Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength).toString('latin1')
     const seq = /"seq":(\d+)/.exec(text)
-    if (!seq || text.includes('"error"')) return w.reject(new JetStreamAckError(`JetStream refused the message: ${text.slice(0, 200)}`, 0))
+    if (!seq || text.includes('"error"')) {
+      w.reject(new JetStreamAckError(`JetStream refused the message: ${text.slice(0, 200)}`, 0))
+      return
+    }
     w.resolve({ stream: '', seq: Number(seq[1]), duplicate: /"duplicate":\s*true/.test(text) })
   }
 
