@@ -17,6 +17,18 @@ export const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 
 export const LO = LITTLE_ENDIAN ? 0 : 1
 export const HI = LITTLE_ENDIAN ? 1 : 0
 
+/** A Uint32Array view of a BigUint64Array (element i = pair [2i + LO], [2i + HI]). */
+export function u64Pairs(a: BigUint64Array): Uint32Array {
+  return new Uint32Array(a.buffer, a.byteOffset, a.length * 2)
+}
+
+/** The capacity a reused scratch array grows to when it must hold `need` elements: doubling, at least 16. */
+export function grownCapacity(cur: number, need: number): number {
+  let n = Math.max(cur, 16)
+  while (n < need) n *= 2
+  return n
+}
+
 const TWO32 = 4294967296
 
 // ---------------------------------------------------------------------------------------------------
@@ -431,9 +443,14 @@ export function intAt(b: Uint8Array, p: number): number {
   }
 }
 
+/** The u64 hi * 2^32 + lo as a bigint. */
+export function bigFromHalves(hi: number, lo: number): bigint {
+  return hi === 0 ? BigInt(lo) : (BigInt(hi) << 32n) | BigInt(lo)
+}
+
 /** The integer value of R.hi/R.lo as a bigint (u64 bits). */
 export function rBig(): bigint {
-  return R.hi === 0 ? BigInt(R.lo) : (BigInt(R.hi) << 32n) | BigInt(R.lo)
+  return bigFromHalves(R.hi, R.lo)
 }
 
 /** Whether b[p, p+len) equals the ASCII string `s`. */

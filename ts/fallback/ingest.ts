@@ -2,7 +2,7 @@
 // live blocks, the envelope sequence, counters and rate-limited warnings. One call converts one engine
 // batch (or one manual event) into the packed output described in ts/core/binding.ts.
 //
-// Hot path: the batch is read straight from its bytes (decode.ts), every RouterEvent is written into one
+// Hot path: the batch is read straight from its bytes (engine.ts, convert.ts), every RouterEvent is written into one
 // reused ByteWriter, and the output is one Buffer allocation per call.
 import {
   COUNTER_NAMES,
@@ -13,28 +13,11 @@ import {
   type RawLocalIndexer,
   type RawIngestOutput,
 } from '../core/binding.js'
-import {
-  BatchHead,
-  convertEvent,
-  EventParser,
-  EV_CLEARED,
-  EV_REMOVED,
-  hashBlocks,
-  hashKept,
-  loraSeed,
-  OK,
-  readBatchHead,
-  REJECT_COUNT,
-  REJ_DP_RANK,
-  REJ_EMPTY,
-  REJ_MALFORMED,
-  storeChecks,
-  tokenBytesLE,
-  truncationWarning,
-  u64Pairs,
-} from './decode.js'
-import { FallbackLocalIndexer, RING_JSON, RING_MSGPACK } from './local-indexer.js'
-import { ByteWriter, HI, LO } from './msgpack.js'
+import { convertEvent, hashKept, OK, REJ_DP_RANK, REJ_EMPTY, REJ_MALFORMED, REJECT_COUNT, storeChecks } from './convert.js'
+import { BatchHead, EV_CLEARED, EV_REMOVED, EventParser, readBatchHead } from './engine.js'
+import { hashBlocks, loraSeed, tokenBytesLE } from './hash.js'
+import { FallbackLocalIndexer, RING_JSON, RING_MSGPACK } from './local.js'
+import { ByteWriter, HI, LO, u64Pairs } from './msgpack.js'
 import { U64Set } from './u64set.js'
 import { ENV_PAYLOAD_KEY, ENV_TOPIC_KV_EVENTS, jsonEncoder, msgpackEncoder, writeEnvelopeHead, type EventEncoder } from './wire.js'
 
@@ -62,6 +45,11 @@ const C_REJECTED = 11 // + reason
 
 /** The live set of a rank stops growing here (SPEC 8: bounded memory); mirrors the core. */
 const MAX_LIVE_BLOCKS_PER_RANK = 1 << 22
+
+/** The exact text of the truncation warning (both implementations give the same). */
+function truncationWarning(dpRank: number, tokens: number, kept: number, hashes: number, blockSize: number): string {
+  return `store truncated on dp rank ${dpRank}: ${tokens} token_ids cover ${kept} of ${hashes} blocks of ${blockSize}`
+}
 
 function put32(b: Uint8Array, at: number, v: number): void {
   b[at] = v & 0xff
