@@ -22,10 +22,10 @@ import {
   LO,
   mapAt,
   NOT_INT,
-  R,
+  lastRead,
   skip,
   strAt,
-  TOP,
+  topChildAt,
   validate,
 } from './msgpack.js'
 
@@ -63,8 +63,8 @@ function rankAt(b: Uint8Array, p: number, head: BatchHead): boolean {
     head.dpRank = 0
     return true
   }
-  if (intAt(b, p) !== INT_NONNEG || R.hi !== 0) return false
-  head.dpRank = R.lo
+  if (intAt(b, p) !== INT_NONNEG || lastRead.hi !== 0) return false
+  head.dpRank = lastRead.lo
   return true
 }
 
@@ -77,27 +77,27 @@ export function readBatchHead(b: Uint8Array, head: BatchHead): boolean {
   head.publisherIdPos = -1
   let q = arrayAt(b, 0)
   if (q >= 0) {
-    // [ts (not validated), events, dp_rank?, publisher_id?, ...]; TOP holds where they start
-    const n = R.count
+    // [ts (not validated), events, dp_rank?, publisher_id?, ...]; topChildAt holds where they start
+    const n = lastRead.count
     if (n < 2) return false
-    const ev = arrayAt(b, TOP[1]!)
+    const ev = arrayAt(b, topChildAt[1]!)
     if (ev < 0) return false
     head.eventsPos = ev
-    head.eventsCount = R.count
+    head.eventsCount = lastRead.count
     if (n < 3) {
       head.dpRank = 0
       return true
     }
-    if (!rankAt(b, TOP[2]!, head)) return false
+    if (!rankAt(b, topChildAt[2]!, head)) return false
     if (n >= 4) {
-      const s = binAt(b, TOP[3]!)
-      if (s >= 0 && R.len === 16) head.publisherIdPos = s
+      const s = binAt(b, topChildAt[3]!)
+      if (s >= 0 && lastRead.len === 16) head.publisherIdPos = s
     }
     return true
   }
   q = mapAt(b, 0)
   if (q < 0) return false
-  const n = R.count
+  const n = lastRead.count
   let events = -1
   let dpr = -1
   let rank = -1
@@ -107,7 +107,7 @@ export function readBatchHead(b: Uint8Array, head: BatchHead): boolean {
       q = skip(b, skip(b, q))
       continue
     }
-    const len = R.len
+    const len = lastRead.len
     const v = s + len
     if (bytesEq(b, s, len, K_EVENTS)) events = v
     else if (bytesEq(b, s, len, K_DATA_PARALLEL_RANK)) dpr = v
@@ -119,7 +119,7 @@ export function readBatchHead(b: Uint8Array, head: BatchHead): boolean {
   const ev = arrayAt(b, events)
   if (ev < 0) return false
   head.eventsPos = ev
-  head.eventsCount = R.count
+  head.eventsCount = lastRead.count
   const at = dpr >= 0 && b[dpr] !== 0xc0 ? dpr : rank
   if (at < 0) {
     head.dpRank = 0
@@ -191,17 +191,17 @@ function hexVal(c: number): number {
   return c <= 0x39 ? c - 0x30 : (c | 0x20) - 0x57
 }
 
-/** If the value at p is a string of exactly 64 ASCII hex digits: its first 16 digits as a u64 (R.hi/R.lo). */
+/** If the value at p is a string of exactly 64 ASCII hex digits: its first 16 digits as a u64 (lastRead.hi/lastRead.lo). */
 function mmIdAt(b: Uint8Array, p: number): boolean {
   const s = strAt(b, p)
-  if (s < 0 || R.len !== 64) return false
+  if (s < 0 || lastRead.len !== 64) return false
   for (let i = 0; i < 64; i++) if (!isHexDigit(b[s + i]!)) return false
   let hi = 0
   let lo = 0
   for (let i = 0; i < 8; i++) hi = hi * 16 + hexVal(b[s + i]!)
   for (let i = 8; i < 16; i++) lo = lo * 16 + hexVal(b[s + i]!)
-  R.hi = hi
-  R.lo = lo
+  lastRead.hi = hi
+  lastRead.lo = lo
   return true
 }
 
@@ -261,15 +261,15 @@ export class EventParser {
     let tokState = 0
     let q = mapAt(b, p)
     if (q >= 0) {
-      const n = R.count
+      const n = lastRead.count
       for (let i = 0; i < n; i++) {
         const s = strAt(b, q)
         if (s < 0) {
           q = skip(b, skip(b, q)) // a non-string key is skipped with its value
           continue
         }
-        const v = s + R.len
-        const slot = fieldSlot(b, s, R.len)
+        const v = s + lastRead.len
+        const slot = fieldSlot(b, s, lastRead.len)
         if (slot === F_HASHES) {
           const e = this.readHashes(v)
           hashState = e >= 0 ? 1 : 2
@@ -294,11 +294,11 @@ export class EventParser {
       }
     } else {
       q = arrayAt(b, p)
-      if (q < 0 || R.count === 0) {
+      if (q < 0 || lastRead.count === 0) {
         this.end = skip(b, p)
         return PARSE_INVALID
       }
-      const n = R.count
+      const n = lastRead.count
       const r = this.tag(q)
       let at = skip(b, q)
       if (r !== PARSED || this.kind === EV_CLEARED) {
@@ -368,7 +368,7 @@ export class EventParser {
     const b = this.b
     const s = strAt(b, p)
     if (s < 0) return PARSE_INVALID
-    const len = R.len
+    const len = lastRead.len
     if (bytesEq(b, s, len, TAG_STORED)) this.kind = EV_STORED
     else if (bytesEq(b, s, len, TAG_REMOVED)) this.kind = EV_REMOVED
     else if (bytesEq(b, s, len, TAG_CLEARED)) this.kind = EV_CLEARED
@@ -386,12 +386,12 @@ export class EventParser {
       if (parent >= 0 && b[parent] !== 0xc0) {
         if (!hashAt(b, parent)) return PARSE_INVALID
         this.hasParent = true
-        this.parentHi = R.hi
-        this.parentLo = R.lo
+        this.parentHi = lastRead.hi
+        this.parentLo = lastRead.lo
       }
       const bs = slots[F_BLOCK_SIZE]!
       if (bs < 0 || intAt(b, bs) !== INT_NONNEG) return PARSE_INVALID
-      this.blockSize = R.hi === 0 ? R.lo : R.hi * TWO32 + R.lo
+      this.blockSize = lastRead.hi === 0 ? lastRead.lo : lastRead.hi * TWO32 + lastRead.lo
       this.mmExplicit = null
       const mm = slots[F_MM_INFOS]!
       if (mm >= 0 && b[mm] !== 0xc0) {
@@ -407,25 +407,25 @@ export class EventParser {
       const lora = slots[F_LORA]!
       if (lora >= 0) {
         const s = strAt(b, lora)
-        if (s >= 0 && R.len > 0 && isUtf8(b, s, s + R.len)) {
+        if (s >= 0 && lastRead.len > 0 && isUtf8(b, s, s + lastRead.len)) {
           this.loraAt = s
-          this.loraLen = R.len
+          this.loraLen = lastRead.len
         }
       }
     }
     // the filters (SPEC 3 steps 3-4): strings else absent; group_idx an integer 0..2^32-1 else absent
     const medium = slots[F_MEDIUM]!
     this.mediumAt = medium >= 0 ? strAt(b, medium) : -1
-    this.mediumLen = this.mediumAt >= 0 ? R.len : 0
+    this.mediumLen = this.mediumAt >= 0 ? lastRead.len : 0
     const locality = slots[F_LOCALITY]!
     this.localityAt = locality >= 0 ? strAt(b, locality) : -1
-    this.localityLen = this.localityAt >= 0 ? R.len : 0
+    this.localityLen = this.localityAt >= 0 ? lastRead.len : 0
     const kind = slots[F_KIND]!
     this.specKindAt = kind >= 0 ? strAt(b, kind) : -1
-    this.specKindLen = this.specKindAt >= 0 ? R.len : 0
+    this.specKindLen = this.specKindAt >= 0 ? lastRead.len : 0
     this.groupIdx = -1
     const group = slots[F_GROUP]!
-    if (group >= 0 && intAt(b, group) === INT_NONNEG && R.hi === 0) this.groupIdx = R.lo
+    if (group >= 0 && intAt(b, group) === INT_NONNEG && lastRead.hi === 0) this.groupIdx = lastRead.lo
     return PARSED
   }
 
@@ -434,7 +434,7 @@ export class EventParser {
     const b = this.b
     let q = arrayAt(b, p)
     if (q < 0) return -1
-    const n = R.count
+    const n = lastRead.count
     if (this.hashes.length < 2 * n) this.hashes = new Uint32Array(grownCapacity(this.hashes.length, 2 * n))
     const h = this.hashes
     for (let i = 0; i < n; i++) {
@@ -453,9 +453,9 @@ export class EventParser {
         continue
       }
       if (!hashAt(b, q)) return -1
-      h[2 * i + HI] = R.hi
-      h[2 * i + LO] = R.lo
-      q = R.next
+      h[2 * i + HI] = lastRead.hi
+      h[2 * i + LO] = lastRead.lo
+      q = lastRead.next
     }
     this.nHashes = n
     return q
@@ -466,7 +466,7 @@ export class EventParser {
     const b = this.b
     let q = arrayAt(b, p)
     if (q < 0) return -1
-    const n = R.count
+    const n = lastRead.count
     if (this.tokens.length < n) this.tokens = new Uint32Array(grownCapacity(this.tokens.length, n))
     const tok = this.tokens
     for (let i = 0; i < n; i++) {
@@ -484,9 +484,9 @@ export class EventParser {
         tok[i] = b[q + 1]!
         q += 2
       } else {
-        if (intAt(b, q) !== INT_NONNEG || R.hi !== 0) return -1
-        tok[i] = R.lo
-        q = R.next
+        if (intAt(b, q) !== INT_NONNEG || lastRead.hi !== 0) return -1
+        tok[i] = lastRead.lo
+        q = lastRead.next
       }
     }
     this.nTokens = n
@@ -510,13 +510,13 @@ export class EventParser {
     if (this.extraKeysPos < 0) return
     const b = this.b
     let q = arrayAt(b, this.extraKeysPos)
-    const count = Math.min(R.count, n)
+    const count = Math.min(lastRead.count, n)
     let out: (BlockExtraInfo | null)[] | null = null
     for (let i = 0; i < count; i++) {
       const next = skip(b, q)
       let kq = arrayAt(b, q)
       if (kq >= 0) {
-        const keys = R.count
+        const keys = lastRead.count
         let objs: MmObject[] | null = null
         for (let k = 0; k < keys; k++) {
           const knext = skip(b, kq)
@@ -524,11 +524,11 @@ export class EventParser {
           if (!id) {
             // vLLM >= 0.18: an (identifier, offset) tuple
             const first = arrayAt(b, kq)
-            if (first >= 0 && R.count > 0) id = mmIdAt(b, first)
+            if (first >= 0 && lastRead.count > 0) id = mmIdAt(b, first)
           }
           if (id) {
             objs ??= []
-            objs.push({ mmHash: bigFromHalves(R.hi, R.lo), offsets: [] })
+            objs.push({ mmHash: bigFromHalves(lastRead.hi, lastRead.lo), offsets: [] })
           }
           kq = knext
         }
@@ -543,15 +543,15 @@ export class EventParser {
   }
 }
 
-/** A hash (SPEC 2.3) at p into R.hi/R.lo, R.next = the position after it. */
+/** A hash (SPEC 2.3) at p into lastRead.hi/lastRead.lo, lastRead.next = the position after it. */
 function hashAt(b: Uint8Array, p: number): boolean {
   if (intAt(b, p) !== NOT_INT) return true // uint as is; negative int as its two's complement bits
   const s = binAt(b, p)
-  if (s < 0 || R.len === 0) return false
-  const len = R.len
+  if (s < 0 || lastRead.len === 0) return false
+  const len = lastRead.len
   if (len >= 8) {
-    R.hi = be32(b, s + len - 8)
-    R.lo = be32(b, s + len - 4)
+    lastRead.hi = be32(b, s + len - 8)
+    lastRead.lo = be32(b, s + len - 4)
   } else {
     let hi = 0
     let lo = 0
@@ -559,10 +559,10 @@ function hashAt(b: Uint8Array, p: number): boolean {
       hi = ((hi << 8) | (lo >>> 24)) >>> 0
       lo = ((lo << 8) | b[s + i]!) >>> 0
     }
-    R.hi = hi
-    R.lo = lo
+    lastRead.hi = hi
+    lastRead.lo = lo
   }
-  R.next = s + len
+  lastRead.next = s + len
   return true
 }
 
@@ -570,7 +570,7 @@ function hashAt(b: Uint8Array, p: number): boolean {
 function readMmInfos(b: Uint8Array, p: number): (BlockExtraInfo | null)[] | null {
   let q = arrayAt(b, p)
   if (q < 0) return null
-  const n = R.count
+  const n = lastRead.count
   const out: (BlockExtraInfo | null)[] = []
   for (let i = 0; i < n; i++) {
     const next = skip(b, q)
@@ -581,7 +581,7 @@ function readMmInfos(b: Uint8Array, p: number): (BlockExtraInfo | null)[] | null
       if (objsPos === -2 || objsPos === -1) return null // not a map, or no mm_objects
       let oq = arrayAt(b, objsPos)
       if (oq < 0) return null
-      const m = R.count
+      const m = lastRead.count
       const objs: MmObject[] = []
       for (let k = 0; k < m; k++) {
         const onext = skip(b, oq)
@@ -600,7 +600,7 @@ function readMmInfos(b: Uint8Array, p: number): (BlockExtraInfo | null)[] | null
 function readMmObject(b: Uint8Array, p: number): MmObject | null {
   let q = mapAt(b, p)
   if (q < 0) return null
-  const n = R.count
+  const n = lastRead.count
   let hashPos = -1
   let offPos = -1
   for (let i = 0; i < n; i++) {
@@ -609,26 +609,26 @@ function readMmObject(b: Uint8Array, p: number): MmObject | null {
       q = skip(b, skip(b, q))
       continue
     }
-    const v = s + R.len
-    if (bytesEq(b, s, R.len, K_MM_HASH)) hashPos = v
-    else if (bytesEq(b, s, R.len, K_OFFSETS)) offPos = v
+    const v = s + lastRead.len
+    if (bytesEq(b, s, lastRead.len, K_MM_HASH)) hashPos = v
+    else if (bytesEq(b, s, lastRead.len, K_OFFSETS)) offPos = v
     q = skip(b, v)
   }
   if (hashPos < 0 || intAt(b, hashPos) !== INT_NONNEG) return null
-  const mmHash = bigFromHalves(R.hi, R.lo)
+  const mmHash = bigFromHalves(lastRead.hi, lastRead.lo)
   const offsets: [number, number][] = []
   if (offPos >= 0 && b[offPos] !== 0xc0) {
     let aq = arrayAt(b, offPos)
     if (aq < 0) return null
-    const m = R.count
+    const m = lastRead.count
     for (let k = 0; k < m; k++) {
       const pq = arrayAt(b, aq)
-      if (pq < 0 || R.count !== 2) return null
-      if (intAt(b, pq) !== INT_NONNEG || R.hi !== 0) return null
-      const start = R.lo
-      if (intAt(b, R.next) !== INT_NONNEG || R.hi !== 0) return null
-      offsets.push([start, R.lo])
-      aq = R.next
+      if (pq < 0 || lastRead.count !== 2) return null
+      if (intAt(b, pq) !== INT_NONNEG || lastRead.hi !== 0) return null
+      const start = lastRead.lo
+      if (intAt(b, lastRead.next) !== INT_NONNEG || lastRead.hi !== 0) return null
+      offsets.push([start, lastRead.lo])
+      aq = lastRead.next
     }
   }
   return { mmHash, offsets }
@@ -638,7 +638,7 @@ function readMmObject(b: Uint8Array, p: number): MmObject | null {
 function mapValue(b: Uint8Array, p: number, key: Uint8Array): number {
   let q = mapAt(b, p)
   if (q < 0) return -2
-  const n = R.count
+  const n = lastRead.count
   let found = -1
   for (let i = 0; i < n; i++) {
     const s = strAt(b, q)
@@ -646,8 +646,8 @@ function mapValue(b: Uint8Array, p: number, key: Uint8Array): number {
       q = skip(b, skip(b, q))
       continue
     }
-    const v = s + R.len
-    if (bytesEq(b, s, R.len, key)) found = v
+    const v = s + lastRead.len
+    if (bytesEq(b, s, lastRead.len, key)) found = v
     q = skip(b, v)
   }
   return found

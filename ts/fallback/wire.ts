@@ -21,8 +21,8 @@ import {
   LO,
   MAX_DEPTH,
   mapAt,
-  R,
-  rBig,
+  lastRead,
+  lastReadBig,
   skip,
   strAt,
   validate,
@@ -336,14 +336,14 @@ const lossy = new TextDecoder('utf-8')
 /** A validated msgpack value as a Val (string-keyed map entries in order, repeats kept). */
 function msgpackVal(b: Uint8Array, p: number): [Val, number] {
   const ia = intAt(b, p)
-  if (ia !== 0) return [ia === INT_NONNEG ? { k: 'u64', v: rBig() } : OTHER, R.next]
+  if (ia !== 0) return [ia === INT_NONNEG ? { k: 'u64', v: lastReadBig() } : OTHER, lastRead.next]
   const t = b[p]!
   if (t === 0xc0) return [NULL, p + 1]
   let q = strAt(b, p)
-  if (q >= 0) return [{ k: 'str', v: lossy.decode(b.subarray(q, q + R.len)) }, q + R.len]
+  if (q >= 0) return [{ k: 'str', v: lossy.decode(b.subarray(q, q + lastRead.len)) }, q + lastRead.len]
   q = arrayAt(b, p)
   if (q >= 0) {
-    const n = R.count
+    const n = lastRead.count
     const items: Val[] = []
     for (let i = 0; i < n; i++) {
       const [v, next] = msgpackVal(b, q)
@@ -354,13 +354,13 @@ function msgpackVal(b: Uint8Array, p: number): [Val, number] {
   }
   q = mapAt(b, p)
   if (q >= 0) {
-    const n = R.count
+    const n = lastRead.count
     const entries: [string, Val][] = []
     for (let i = 0; i < n; i++) {
       const s = strAt(b, q)
       if (s >= 0) {
-        const key = lossy.decode(b.subarray(s, s + R.len))
-        const [v, next] = msgpackVal(b, s + R.len)
+        const key = lossy.decode(b.subarray(s, s + lastRead.len))
+        const [v, next] = msgpackVal(b, s + lastRead.len)
         entries.push([key, v])
         q = next
       } else {
@@ -493,17 +493,17 @@ const K_BLOCK_HASHES = ascii('block_hashes')
 function mapOf(b: Uint8Array, p: number, n: number): number {
   if (p < 0) return -1
   const q = mapAt(b, p)
-  return q >= 0 && R.count === n ? q : -1
+  return q >= 0 && lastRead.count === n ? q : -1
 }
 
 /** The position of the value after the string key `key` at p, else -1. */
 function valueOfKey(b: Uint8Array, p: number, key: Uint8Array): number {
   if (p < 0) return -1
   const s = strAt(b, p)
-  return s >= 0 && bytesEq(b, s, R.len, key) ? s + R.len : -1
+  return s >= 0 && bytesEq(b, s, lastRead.len, key) ? s + lastRead.len : -1
 }
 
-/** The position of the unsigned integer after the key `key` at p (its value in R.hi/R.lo), else -1. */
+/** The position of the unsigned integer after the key `key` at p (its value in lastRead.hi/lastRead.lo), else -1. */
 function uintOfKey(b: Uint8Array, p: number, key: Uint8Array): number {
   const v = valueOfKey(b, p, key)
   return v >= 0 && intAt(b, v) === INT_NONNEG ? v : -1
@@ -542,21 +542,21 @@ export class CanonicalRouterEvent {
     if (q < 0) return false
     q = uintOfKey(b, q, K_WORKER_ID)
     if (q < 0) return false
-    this.workerHi = R.hi
-    this.workerLo = R.lo
-    q = mapOf(b, valueOfKey(b, R.next, K_EVENT), 3)
+    this.workerHi = lastRead.hi
+    this.workerLo = lastRead.lo
+    q = mapOf(b, valueOfKey(b, lastRead.next, K_EVENT), 3)
     if (q < 0) return false
     q = uintOfKey(b, q, K_EVENT_ID)
     if (q < 0) return false
-    this.eventIdHi = R.hi
-    this.eventIdLo = R.lo
-    q = valueOfKey(b, R.next, K_DATA)
+    this.eventIdHi = lastRead.hi
+    this.eventIdLo = lastRead.lo
+    q = valueOfKey(b, lastRead.next, K_DATA)
     if (q < 0) return false
     const s = strAt(b, q)
     if (s >= 0) {
-      if (!bytesEq(b, s, R.len, K_CLEARED)) return false
+      if (!bytesEq(b, s, lastRead.len, K_CLEARED)) return false
       this.kind = KIND_CLEARED
-      q = s + R.len
+      q = s + lastRead.len
     } else {
       q = mapOf(b, q, 1)
       if (q < 0) return false
@@ -565,9 +565,9 @@ export class CanonicalRouterEvent {
       if (q < 0) return false
     }
     q = uintOfKey(b, q, K_DP_RANK)
-    if (q < 0 || R.hi !== 0) return false
-    this.dpRank = R.lo
-    return R.next === end
+    if (q < 0 || lastRead.hi !== 0) return false
+    this.dpRank = lastRead.lo
+    return lastRead.next === end
   }
 
   /** `{parent_hash, blocks}` at p (-1 = not this layout); returns the position after it. */
@@ -582,28 +582,28 @@ export class CanonicalRouterEvent {
     } else {
       if (intAt(b, q) !== INT_NONNEG) return -1
       this.hasParent = true
-      this.parentHi = R.hi
-      this.parentLo = R.lo
-      q = R.next
+      this.parentHi = lastRead.hi
+      this.parentLo = lastRead.lo
+      q = lastRead.next
     }
     q = valueOfKey(b, q, K_BLOCKS)
     if (q < 0) return -1
     q = arrayAt(b, q)
     if (q < 0) return -1
-    const n = R.count
+    const n = lastRead.count
     this.room(n)
     const hashes = this.blockHashes
     const tokens = this.tokensHashes
     for (let i = 0; i < n; i++) {
       q = uintOfKey(b, mapOf(b, q, 3), K_BLOCK_HASH)
       if (q < 0) return -1
-      hashes[2 * i + HI] = R.hi
-      hashes[2 * i + LO] = R.lo
-      q = uintOfKey(b, R.next, K_TOKENS_HASH)
+      hashes[2 * i + HI] = lastRead.hi
+      hashes[2 * i + LO] = lastRead.lo
+      q = uintOfKey(b, lastRead.next, K_TOKENS_HASH)
       if (q < 0) return -1
-      tokens[2 * i + HI] = R.hi
-      tokens[2 * i + LO] = R.lo
-      q = valueOfKey(b, R.next, K_MM_EXTRA_INFO)
+      tokens[2 * i + HI] = lastRead.hi
+      tokens[2 * i + LO] = lastRead.lo
+      q = valueOfKey(b, lastRead.next, K_MM_EXTRA_INFO)
       if (q < 0 || b[q] !== 0xc0) return -1
       q++
     }
@@ -618,14 +618,14 @@ export class CanonicalRouterEvent {
     if (q < 0) return -1
     q = arrayAt(b, q)
     if (q < 0) return -1
-    const n = R.count
+    const n = lastRead.count
     this.room(n)
     const hashes = this.blockHashes
     for (let i = 0; i < n; i++) {
       if (intAt(b, q) !== INT_NONNEG) return -1
-      hashes[2 * i + HI] = R.hi
-      hashes[2 * i + LO] = R.lo
-      q = R.next
+      hashes[2 * i + HI] = lastRead.hi
+      hashes[2 * i + LO] = lastRead.lo
+      q = lastRead.next
     }
     this.count = n
     this.kind = KIND_REMOVED
@@ -661,14 +661,14 @@ export function envelopePayload(b: Uint8Array): void {
       throw new Error('invalid router event: envelope is not a map')
     throw new Error('invalid router event: malformed envelope')
   }
-  const n = R.count
+  const n = lastRead.count
   let payloadAt = -1
   let payloadLen = 0
   for (let i = 0; i < n; i++) {
     const kt = b[p]!
     const keyIsContainer = (kt & 0xe0) === 0x80 || kt === 0xdc || kt === 0xdd || kt === 0xde || kt === 0xdf
     const ks = strAt(b, p)
-    const isPayloadKey = ks >= 0 && bytesEq(b, ks, R.len, K_PAYLOAD)
+    const isPayloadKey = ks >= 0 && bytesEq(b, ks, lastRead.len, K_PAYLOAD)
     const v = skip(b, p)
     const vt = b[v]!
     const valueIsContainer = (vt & 0xe0) === 0x80 || vt === 0xdc || vt === 0xdd || vt === 0xde || vt === 0xdf
@@ -677,7 +677,7 @@ export function envelopePayload(b: Uint8Array): void {
       const q = binAt(b, v)
       if (q >= 0) {
         payloadAt = q
-        payloadLen = R.len
+        payloadLen = lastRead.len
       }
     }
     p = skip(b, v)
