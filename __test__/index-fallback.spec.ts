@@ -1,4 +1,4 @@
-// Direct unit tests of the fallback indexer classes (ts/fallback/index-tree.ts, local-indexer.ts) on the
+// Direct unit tests of the fallback indexer classes (ts/fallback/index.ts, local.ts) on the
 // rules that are easy to get wrong: the empty-node procedure with a stale subtree, moving a hash, dump
 // order and parents, eventsInRange outcomes, the ingestor's local indexer; plus a randomized comparison
 // with a naive model written straight from SPEC 6.
@@ -10,8 +10,10 @@ import {
   type RawRadixIndex,
   type RouterEventValue,
 } from '../ts/core/binding.js'
-import { fallback } from '../ts/fallback/index.js'
-import { type FallbackRadixIndex, FastEvent } from '../ts/fallback/index-tree.js'
+import type { FallbackRadixIndex } from '../ts/fallback/index.js'
+import { fallback } from '../ts/fallback/lib.js'
+import { checkIndexInvariants } from './helpers/index-invariants.js'
+import { CanonicalRouterEvent as FastEvent } from '../ts/fallback/wire.js'
 
 const W1 = 1n
 const W2 = 2n
@@ -767,7 +769,7 @@ test('randomized: the fallback index agrees with a naive model of SPEC 6', (t) =
           }
           t.deepEqual(ix.dump(), m.dump(), `seed ${seed} step ${step} dump`)
           t.is(ix.size(), m.size())
-          ;(ix as FallbackRadixIndex).selfCheck()
+          checkIndexInvariants(ix as FallbackRadixIndex)
           maxSize = Math.max(maxSize, ix.size())
         }
       }

@@ -18,7 +18,7 @@ import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import type { RawBinding, RawRadixIndex, RouterEventValue } from '../ts/core/binding.js'
 import { RadixIndex, encodeEnvelope, encodeRouterEvent } from '../ts/core/api.js'
-import { fallback } from '../ts/fallback/index.js'
+import { fallback } from '../ts/fallback/lib.js'
 import { EventGenerator, type EventGenOptions } from '../__test__/helpers/gen-events.js'
 import { MS, NO_RATE, ROUNDS, best as keep, fmtRate, rateAsync, type Rate } from './measure.js'
 

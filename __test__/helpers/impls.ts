@@ -3,7 +3,7 @@
 import { createRequire } from 'node:module'
 import type { RawBinding } from '../../ts/core/binding.js'
 
-export { fallback } from '../../ts/fallback/index.js'
+export { fallback } from '../../ts/fallback/lib.js'
 
 let loaded: RawBinding | null = null
 let error: unknown = null

@@ -5,7 +5,7 @@ import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { RawBinding } from './binding.js'
-import { fallback } from '../fallback/index.js'
+import { fallback } from '../fallback/lib.js'
 
 function loadNative(): { binding: RawBinding | null; error: unknown } {
   if (process.env.DYNAMO_KV_FORCE_JS === '1') return { binding: null, error: new Error('DYNAMO_KV_FORCE_JS=1') }

@@ -94,6 +94,7 @@ export function get(v: Val, key: string): Val | undefined {
 export class JsonError extends Error {}
 
 const U64_MAX = (1n << 64n) - 1n
+const U64_MAX_DIGITS = 20
 
 /** Parses JSON text into a Val. `maxDepth` bounds nesting (the top value is level 1). Throws JsonError. */
 export function parseJson(text: string, maxDepth: number): Val {
@@ -228,6 +229,8 @@ export function parseJson(text: string, maxDepth: number): Val {
       integer = false
     }
     if (!integer || neg) return OTHER // negative integers (and -0) are not u64
+    // without leading zeros, more digits than u64::MAX's 20 cannot fit: no BigInt of an untrusted length
+    if (nd > U64_MAX_DIGITS) return OTHER
     const v = BigInt(text.slice(s, i))
     return v > U64_MAX ? OTHER : { k: 'u64', v }
   }

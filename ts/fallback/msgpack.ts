@@ -3,7 +3,7 @@
 // Reader: the input is untrusted, so `validate` walks a whole value once, checking every header against
 // the bytes that remain (never allocating from a claim), the reserved marker 0xc1 and the nesting depth.
 // After a successful `validate` the other readers run over known-good bytes: they look at one value at a
-// position and report through the shared `R` registers, so nothing is allocated per value.
+// position and report through the shared `lastRead` object, so nothing is allocated per value.
 //
 // Writer: `ByteWriter` appends into one growing buffer that callers reuse across calls. u64 values are
 // passed as two u32 halves (hi, lo) so the hot path never touches BigInt.
@@ -17,34 +17,46 @@ export const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 
 export const LO = LITTLE_ENDIAN ? 0 : 1
 export const HI = LITTLE_ENDIAN ? 1 : 0
 
+/** A Uint32Array view of a BigUint64Array (element i = pair [2i + LO], [2i + HI]). */
+export function u64Pairs(a: BigUint64Array): Uint32Array {
+  return new Uint32Array(a.buffer, a.byteOffset, a.length * 2)
+}
+
+/** The capacity a reused scratch array grows to when it must hold `need` elements: doubling, at least 16. */
+export function grownCapacity(cur: number, need: number): number {
+  let n = Math.max(cur, 16)
+  while (n < need) n *= 2
+  return n
+}
+
 const TWO32 = 4294967296
 
 // ---------------------------------------------------------------------------------------------------
 // validation
 
-const STACK = new Float64Array(MAX_DEPTH + 2)
+const pendingChildren = new Float64Array(MAX_DEPTH + 2)
 
 /**
  * After `validate`: where the first 4 child values of the top-level container start (-1 past its end), so
  * that a batch's dp rank is found without walking the events again.
  */
-export const TOP = new Int32Array(4)
+export const topChildAt = new Int32Array(4)
 
 /**
  * Checks the value starting at `pos` whole: every header fits in `end`, no 0xc1, no value deeper than
  * MAX_DEPTH (the value at `pos` is level `level`). Returns the position after the value, or -1.
  */
 export function validate(b: Uint8Array, pos: number, end: number, level = 1): number {
-  // STACK[k] = values still to read in the k-th open container; the next value is at level sp + level.
+  // pendingChildren[k] = values still to read in the k-th open container; the next value is at level sp + level.
   let sp = 0
   let topTotal = 0
-  TOP.fill(-1)
+  topChildAt.fill(-1)
   if (level > MAX_DEPTH) return -1
   for (;;) {
     if (pos >= end) return -1
     if (sp === 1) {
-      const k = topTotal - STACK[0]!
-      if (k < 4) TOP[k] = pos
+      const k = topTotal - pendingChildren[0]!
+      if (k < 4) topChildAt[k] = pos
     }
     const t = b[pos++]!
     let count = -1 // >= 0: a container with this many child values
@@ -154,14 +166,14 @@ export function validate(b: Uint8Array, pos: number, end: number, level = 1): nu
       if (count > end - pos) return -1
       if (sp + level + 1 > MAX_DEPTH) return -1
       if (sp === 0) topTotal = count
-      STACK[sp++] = count
+      pendingChildren[sp++] = count
       continue
     }
     // a complete value: close every container it completes
     while (sp > 0) {
-      const left = STACK[sp - 1]! - 1
+      const left = pendingChildren[sp - 1]! - 1
       if (left > 0) {
-        STACK[sp - 1] = left
+        pendingChildren[sp - 1] = left
         break
       }
       sp--
@@ -173,8 +185,8 @@ export function validate(b: Uint8Array, pos: number, end: number, level = 1): nu
 // ---------------------------------------------------------------------------------------------------
 // readers over validated bytes
 
-/** Registers filled by the readers below (one shared object: no allocation per value). */
-export const R = { count: 0, len: 0, hi: 0, lo: 0, next: 0 }
+/** What the readers below found, filled in place (one shared object: no allocation per value). */
+export const lastRead = { count: 0, len: 0, hi: 0, lo: 0, next: 0 }
 
 export function be32(b: Uint8Array, p: number): number {
   return ((b[p]! << 24) | (b[p + 1]! << 16) | (b[p + 2]! << 8) | b[p + 3]!) >>> 0
@@ -278,77 +290,77 @@ export function skip(b: Uint8Array, p: number): number {
   return p
 }
 
-/** If the value at p is an array: R.count = its length; returns the position of its first element. Else -1. */
+/** If the value at p is an array: lastRead.count = its length; returns the position of its first element. Else -1. */
 export function arrayAt(b: Uint8Array, p: number): number {
   const t = b[p]!
   if ((t & 0xf0) === 0x90) {
-    R.count = t & 0x0f
+    lastRead.count = t & 0x0f
     return p + 1
   }
   if (t === 0xdc) {
-    R.count = (b[p + 1]! << 8) | b[p + 2]!
+    lastRead.count = (b[p + 1]! << 8) | b[p + 2]!
     return p + 3
   }
   if (t === 0xdd) {
-    R.count = be32(b, p + 1)
+    lastRead.count = be32(b, p + 1)
     return p + 5
   }
   return -1
 }
 
-/** If the value at p is a map: R.count = its number of pairs; returns the position of its first key. Else -1. */
+/** If the value at p is a map: lastRead.count = its number of pairs; returns the position of its first key. Else -1. */
 export function mapAt(b: Uint8Array, p: number): number {
   const t = b[p]!
   if ((t & 0xf0) === 0x80) {
-    R.count = t & 0x0f
+    lastRead.count = t & 0x0f
     return p + 1
   }
   if (t === 0xde) {
-    R.count = (b[p + 1]! << 8) | b[p + 2]!
+    lastRead.count = (b[p + 1]! << 8) | b[p + 2]!
     return p + 3
   }
   if (t === 0xdf) {
-    R.count = be32(b, p + 1)
+    lastRead.count = be32(b, p + 1)
     return p + 5
   }
   return -1
 }
 
-/** If the value at p is a str: R.len = its byte length; returns the position of its bytes. Else -1. */
+/** If the value at p is a str: lastRead.len = its byte length; returns the position of its bytes. Else -1. */
 export function strAt(b: Uint8Array, p: number): number {
   const t = b[p]!
   if ((t & 0xe0) === 0xa0) {
-    R.len = t & 0x1f
+    lastRead.len = t & 0x1f
     return p + 1
   }
   if (t === 0xd9) {
-    R.len = b[p + 1]!
+    lastRead.len = b[p + 1]!
     return p + 2
   }
   if (t === 0xda) {
-    R.len = (b[p + 1]! << 8) | b[p + 2]!
+    lastRead.len = (b[p + 1]! << 8) | b[p + 2]!
     return p + 3
   }
   if (t === 0xdb) {
-    R.len = be32(b, p + 1)
+    lastRead.len = be32(b, p + 1)
     return p + 5
   }
   return -1
 }
 
-/** If the value at p is a bin: R.len = its byte length; returns the position of its bytes. Else -1. */
+/** If the value at p is a bin: lastRead.len = its byte length; returns the position of its bytes. Else -1. */
 export function binAt(b: Uint8Array, p: number): number {
   const t = b[p]!
   if (t === 0xc4) {
-    R.len = b[p + 1]!
+    lastRead.len = b[p + 1]!
     return p + 2
   }
   if (t === 0xc5) {
-    R.len = (b[p + 1]! << 8) | b[p + 2]!
+    lastRead.len = (b[p + 1]! << 8) | b[p + 2]!
     return p + 3
   }
   if (t === 0xc6) {
-    R.len = be32(b, p + 1)
+    lastRead.len = be32(b, p + 1)
     return p + 5
   }
   return -1
@@ -360,70 +372,70 @@ export const INT_NEG = 2
 
 /**
  * If the value at p is a msgpack integer (any width or signedness; floats are never integers): returns
- * INT_NONNEG or INT_NEG with R.hi/R.lo = its u64 bits (two's complement for negatives) and R.next = the
+ * INT_NONNEG or INT_NEG with lastRead.hi/lastRead.lo = its u64 bits (two's complement for negatives) and lastRead.next = the
  * position after it. Else NOT_INT.
  */
 export function intAt(b: Uint8Array, p: number): number {
   const t = b[p]!
   if (t < 0x80) {
-    R.hi = 0
-    R.lo = t
-    R.next = p + 1
+    lastRead.hi = 0
+    lastRead.lo = t
+    lastRead.next = p + 1
     return INT_NONNEG
   }
   if (t >= 0xe0) {
-    R.hi = 0xffffffff
-    R.lo = (t | 0xffffff00) >>> 0
-    R.next = p + 1
+    lastRead.hi = 0xffffffff
+    lastRead.lo = (t | 0xffffff00) >>> 0
+    lastRead.next = p + 1
     return INT_NEG
   }
   switch (t) {
     case 0xcc:
-      R.hi = 0
-      R.lo = b[p + 1]!
-      R.next = p + 2
+      lastRead.hi = 0
+      lastRead.lo = b[p + 1]!
+      lastRead.next = p + 2
       return INT_NONNEG
     case 0xcd:
-      R.hi = 0
-      R.lo = (b[p + 1]! << 8) | b[p + 2]!
-      R.next = p + 3
+      lastRead.hi = 0
+      lastRead.lo = (b[p + 1]! << 8) | b[p + 2]!
+      lastRead.next = p + 3
       return INT_NONNEG
     case 0xce:
-      R.hi = 0
-      R.lo = be32(b, p + 1)
-      R.next = p + 5
+      lastRead.hi = 0
+      lastRead.lo = be32(b, p + 1)
+      lastRead.next = p + 5
       return INT_NONNEG
     case 0xcf:
-      R.hi = be32(b, p + 1)
-      R.lo = be32(b, p + 5)
-      R.next = p + 9
+      lastRead.hi = be32(b, p + 1)
+      lastRead.lo = be32(b, p + 5)
+      lastRead.next = p + 9
       return INT_NONNEG
     case 0xd0: {
       const v = (b[p + 1]! << 24) >> 24
-      R.lo = v >>> 0
-      R.hi = v < 0 ? 0xffffffff : 0
-      R.next = p + 2
+      lastRead.lo = v >>> 0
+      lastRead.hi = v < 0 ? 0xffffffff : 0
+      lastRead.next = p + 2
       return v < 0 ? INT_NEG : INT_NONNEG
     }
     case 0xd1: {
       const v = (((b[p + 1]! << 8) | b[p + 2]!) << 16) >> 16
-      R.lo = v >>> 0
-      R.hi = v < 0 ? 0xffffffff : 0
-      R.next = p + 3
+      lastRead.lo = v >>> 0
+      lastRead.hi = v < 0 ? 0xffffffff : 0
+      lastRead.next = p + 3
       return v < 0 ? INT_NEG : INT_NONNEG
     }
     case 0xd2: {
       const v = be32(b, p + 1) | 0
-      R.lo = v >>> 0
-      R.hi = v < 0 ? 0xffffffff : 0
-      R.next = p + 5
+      lastRead.lo = v >>> 0
+      lastRead.hi = v < 0 ? 0xffffffff : 0
+      lastRead.next = p + 5
       return v < 0 ? INT_NEG : INT_NONNEG
     }
     case 0xd3: {
       const hi = be32(b, p + 1)
-      R.hi = hi
-      R.lo = be32(b, p + 5)
-      R.next = p + 9
+      lastRead.hi = hi
+      lastRead.lo = be32(b, p + 5)
+      lastRead.next = p + 9
       return hi >= 0x80000000 ? INT_NEG : INT_NONNEG
     }
     default:
@@ -431,9 +443,14 @@ export function intAt(b: Uint8Array, p: number): number {
   }
 }
 
-/** The integer value of R.hi/R.lo as a bigint (u64 bits). */
-export function rBig(): bigint {
-  return R.hi === 0 ? BigInt(R.lo) : (BigInt(R.hi) << 32n) | BigInt(R.lo)
+/** The u64 hi * 2^32 + lo as a bigint. */
+export function bigFromHalves(hi: number, lo: number): bigint {
+  return hi === 0 ? BigInt(lo) : (BigInt(hi) << 32n) | BigInt(lo)
+}
+
+/** The integer last read (lastRead.hi/lastRead.lo) as a bigint (u64 bits). */
+export function lastReadBig(): bigint {
+  return bigFromHalves(lastRead.hi, lastRead.lo)
 }
 
 /** Whether b[p, p+len) equals the ASCII string `s`. */

@@ -1,13 +1,32 @@
-// Dynamo 1.0 router-side wire formats (SPEC 5) for the fallback: the RouterEvent as rmp-serde named
-// msgpack and as compact JSON with exact u64, the event-plane envelope, ActiveLoad, RouterEvent decoding
-// and the JetStream stream name.
+// Dynamo 1.0 router-side wire types and their exact encodings (SPEC 5) for the fallback: the RouterEvent as
+// rmp-serde named msgpack and as compact JSON with exact u64, the event-plane envelope, ActiveLoad,
+// RouterEvent decoding (generic, and the canonical layout read in place for the router's hot path), and
+// the JetStream stream name.
 //
 // RouterEvents are written through `EventEncoder`, a set of primitive steps over a ByteWriter, so that
 // the ingest hot path writes straight from its scratch arrays (u64 as u32 halves) and the public
 // encodeRouterEvent writes from JS objects through the same code.
 import type { BlockExtraInfo, ConvertedEvent, MmObject, RouterEventValue } from '../core/binding.js'
 import { asciiBytes, get, JsonError, NULL, OTHER, parseJson, writeBigDec, writeSafeDec, writeU64Dec, type Val } from './json.js'
-import { arrayAt, type ByteWriter, intAt, INT_NONNEG, keyBytes, mapAt, MAX_DEPTH, R, rBig, skip, strAt, validate } from './msgpack.js'
+import {
+  arrayAt,
+  ascii,
+  binAt,
+  type ByteWriter,
+  bytesEq,
+  HI,
+  INT_NONNEG,
+  intAt,
+  keyBytes,
+  LO,
+  MAX_DEPTH,
+  mapAt,
+  lastRead,
+  lastReadBig,
+  skip,
+  strAt,
+  validate,
+} from './msgpack.js'
 
 // ---------------------------------------------------------------------------------------------------
 // RouterEvent encoders
@@ -211,15 +230,19 @@ export function writeRouterEvent(w: ByteWriter, enc: EventEncoder, ev: RouterEve
     case 'stored': {
       const p = data.parentHash
       enc.storedStart(w, p !== null, p === null ? 0 : hi32(p), p === null ? 0 : lo32(p), data.blocks.length)
-      data.blocks.forEach((b, i) =>
-        enc.block(w, i, hi32(b.blockHash), lo32(b.blockHash), hi32(b.tokensHash), lo32(b.tokensHash), b.mmExtraInfo),
-      )
+      for (let i = 0; i < data.blocks.length; i++) {
+        const b = data.blocks[i]!
+        enc.block(w, i, hi32(b.blockHash), lo32(b.blockHash), hi32(b.tokensHash), lo32(b.tokensHash), b.mmExtraInfo)
+      }
       enc.storedEnd(w)
       break
     }
     case 'removed':
       enc.removedStart(w, data.blockHashes.length)
-      data.blockHashes.forEach((h, i) => enc.hash(w, i, hi32(h), lo32(h)))
+      for (let i = 0; i < data.blockHashes.length; i++) {
+        const h = data.blockHashes[i]!
+        enc.hash(w, i, hi32(h), lo32(h))
+      }
       enc.removedEnd(w)
       break
     case 'cleared':
@@ -300,23 +323,6 @@ export function writeActiveLoad(
 }
 
 // ---------------------------------------------------------------------------------------------------
-// JetStream stream name (SPEC 5)
-
-export function jetstreamStreamName(namespace: string, component: string): string {
-  const lowered = `namespace.${namespace}.component.${component}.kv-events`.toLowerCase()
-  let slug = ''
-  for (const ch of lowered) {
-    // iterating a string yields code points: an astral character becomes ONE '_'
-    const c = ch.length === 1 ? ch.charCodeAt(0) : -1
-    const keep = (c >= 0x61 && c <= 0x7a) || (c >= 0x30 && c <= 0x39) || c === 0x2d || c === 0x5f
-    slug += keep ? ch : '_'
-  }
-  let start = 0
-  while (start < slug.length && slug.charCodeAt(start) === 0x5f) start++
-  return slug.slice(start).replaceAll('_', '-')
-}
-
-// ---------------------------------------------------------------------------------------------------
 // decoding RouterEvents: by key name, unknown keys ignored, any key order
 
 class RouterEventError extends Error {}
@@ -330,14 +336,14 @@ const lossy = new TextDecoder('utf-8')
 /** A validated msgpack value as a Val (string-keyed map entries in order, repeats kept). */
 function msgpackVal(b: Uint8Array, p: number): [Val, number] {
   const ia = intAt(b, p)
-  if (ia !== 0) return [ia === INT_NONNEG ? { k: 'u64', v: rBig() } : OTHER, R.next]
+  if (ia !== 0) return [ia === INT_NONNEG ? { k: 'u64', v: lastReadBig() } : OTHER, lastRead.next]
   const t = b[p]!
   if (t === 0xc0) return [NULL, p + 1]
   let q = strAt(b, p)
-  if (q >= 0) return [{ k: 'str', v: lossy.decode(b.subarray(q, q + R.len)) }, q + R.len]
+  if (q >= 0) return [{ k: 'str', v: lossy.decode(b.subarray(q, q + lastRead.len)) }, q + lastRead.len]
   q = arrayAt(b, p)
   if (q >= 0) {
-    const n = R.count
+    const n = lastRead.count
     const items: Val[] = []
     for (let i = 0; i < n; i++) {
       const [v, next] = msgpackVal(b, q)
@@ -348,13 +354,13 @@ function msgpackVal(b: Uint8Array, p: number): [Val, number] {
   }
   q = mapAt(b, p)
   if (q >= 0) {
-    const n = R.count
+    const n = lastRead.count
     const entries: [string, Val][] = []
     for (let i = 0; i < n; i++) {
       const s = strAt(b, q)
       if (s >= 0) {
-        const key = lossy.decode(b.subarray(s, s + R.len))
-        const [v, next] = msgpackVal(b, s + R.len)
+        const key = lossy.decode(b.subarray(s, s + lastRead.len))
+        const [v, next] = msgpackVal(b, s + lastRead.len)
         entries.push([key, v])
         q = next
       } else {
@@ -462,4 +468,251 @@ export function decodeRouterEvent(bytes: Uint8Array, json: boolean): RouterEvent
     v = msgpackVal(bytes, 0)[0]
   }
   return routerEventOf(v)
+}
+
+// ---------------------------------------------------------------------------------------------------
+// the router's hot path: the canonical msgpack RouterEvent read in place
+
+const K_PAYLOAD = ascii('payload')
+const K_WORKER_ID = ascii('worker_id')
+const K_EVENT = ascii('event')
+const K_EVENT_ID = ascii('event_id')
+const K_DATA = ascii('data')
+const K_DP_RANK = ascii('dp_rank')
+const K_CLEARED = ascii('cleared')
+const K_STORED = ascii('stored')
+const K_REMOVED = ascii('removed')
+const K_PARENT_HASH = ascii('parent_hash')
+const K_BLOCKS = ascii('blocks')
+const K_BLOCK_HASH = ascii('block_hash')
+const K_TOKENS_HASH = ascii('tokens_hash')
+const K_MM_EXTRA_INFO = ascii('mm_extra_info')
+const K_BLOCK_HASHES = ascii('block_hashes')
+
+/** The position of the first key of the map at p when it has exactly n pairs, else -1. */
+function mapOf(b: Uint8Array, p: number, n: number): number {
+  if (p < 0) return -1
+  const q = mapAt(b, p)
+  return q >= 0 && lastRead.count === n ? q : -1
+}
+
+/** The position of the value after the string key `key` at p, else -1. */
+function valueOfKey(b: Uint8Array, p: number, key: Uint8Array): number {
+  if (p < 0) return -1
+  const s = strAt(b, p)
+  return s >= 0 && bytesEq(b, s, lastRead.len, key) ? s + lastRead.len : -1
+}
+
+/** The position of the unsigned integer after the key `key` at p (its value in lastRead.hi/lastRead.lo), else -1. */
+function uintOfKey(b: Uint8Array, p: number, key: Uint8Array): number {
+  const v = valueOfKey(b, p, key)
+  return v >= 0 && intAt(b, v) === INT_NONNEG ? v : -1
+}
+
+export const KIND_STORED = 1
+export const KIND_REMOVED = 2
+export const KIND_CLEARED = 3
+
+/**
+ * A msgpack RouterEvent read straight into u32 halves, without objects or BigInt: only the exact layout
+ * the encoders write (rmp-serde named maps, keys in declaration order, no extra keys, no mm_extra_info).
+ * Anything else is left to the generic decoder (decodeRouterEvent), which gives the same values for
+ * this layout, so the fast path never changes a result.
+ */
+export class CanonicalRouterEvent {
+  workerHi = 0
+  workerLo = 0
+  eventIdHi = 0
+  eventIdLo = 0
+  dpRank = 0
+  kind = 0
+  hasParent = false
+  parentHi = 0
+  parentLo = 0
+  /** Blocks (stored) or hashes (removed) read. */
+  count = 0
+  /** u64 pairs (element i at [2i + HI], [2i + LO]): block hashes, and for a store the tokens hashes. */
+  blockHashes = new Uint32Array(128)
+  tokensHashes = new Uint32Array(128)
+
+  /** Parses b[p, end); false when the bytes are not exactly the canonical layout. */
+  parse(b: Uint8Array, p: number, end: number): boolean {
+    if (validate(b, p, end) !== end) return false
+    let q = mapOf(b, p, 2)
+    if (q < 0) return false
+    q = uintOfKey(b, q, K_WORKER_ID)
+    if (q < 0) return false
+    this.workerHi = lastRead.hi
+    this.workerLo = lastRead.lo
+    q = mapOf(b, valueOfKey(b, lastRead.next, K_EVENT), 3)
+    if (q < 0) return false
+    q = uintOfKey(b, q, K_EVENT_ID)
+    if (q < 0) return false
+    this.eventIdHi = lastRead.hi
+    this.eventIdLo = lastRead.lo
+    q = valueOfKey(b, lastRead.next, K_DATA)
+    if (q < 0) return false
+    const s = strAt(b, q)
+    if (s >= 0) {
+      if (!bytesEq(b, s, lastRead.len, K_CLEARED)) return false
+      this.kind = KIND_CLEARED
+      q = s + lastRead.len
+    } else {
+      q = mapOf(b, q, 1)
+      if (q < 0) return false
+      const stored = valueOfKey(b, q, K_STORED)
+      q = stored >= 0 ? this.readStored(b, stored) : this.readRemoved(b, valueOfKey(b, q, K_REMOVED))
+      if (q < 0) return false
+    }
+    q = uintOfKey(b, q, K_DP_RANK)
+    if (q < 0 || lastRead.hi !== 0) return false
+    this.dpRank = lastRead.lo
+    return lastRead.next === end
+  }
+
+  /** `{parent_hash, blocks}` at p (-1 = not this layout); returns the position after it. */
+  private readStored(b: Uint8Array, p: number): number {
+    let q = valueOfKey(b, mapOf(b, p, 2), K_PARENT_HASH)
+    if (q < 0) return -1
+    if (b[q] === 0xc0) {
+      this.hasParent = false
+      this.parentHi = 0
+      this.parentLo = 0
+      q++
+    } else {
+      if (intAt(b, q) !== INT_NONNEG) return -1
+      this.hasParent = true
+      this.parentHi = lastRead.hi
+      this.parentLo = lastRead.lo
+      q = lastRead.next
+    }
+    q = valueOfKey(b, q, K_BLOCKS)
+    if (q < 0) return -1
+    q = arrayAt(b, q)
+    if (q < 0) return -1
+    const n = lastRead.count
+    this.room(n)
+    const hashes = this.blockHashes
+    const tokens = this.tokensHashes
+    for (let i = 0; i < n; i++) {
+      q = uintOfKey(b, mapOf(b, q, 3), K_BLOCK_HASH)
+      if (q < 0) return -1
+      hashes[2 * i + HI] = lastRead.hi
+      hashes[2 * i + LO] = lastRead.lo
+      q = uintOfKey(b, lastRead.next, K_TOKENS_HASH)
+      if (q < 0) return -1
+      tokens[2 * i + HI] = lastRead.hi
+      tokens[2 * i + LO] = lastRead.lo
+      q = valueOfKey(b, lastRead.next, K_MM_EXTRA_INFO)
+      if (q < 0 || b[q] !== 0xc0) return -1
+      q++
+    }
+    this.count = n
+    this.kind = KIND_STORED
+    return q
+  }
+
+  /** `{block_hashes}` at p (-1 = not this layout); returns the position after it. */
+  private readRemoved(b: Uint8Array, p: number): number {
+    let q = valueOfKey(b, mapOf(b, p, 1), K_BLOCK_HASHES)
+    if (q < 0) return -1
+    q = arrayAt(b, q)
+    if (q < 0) return -1
+    const n = lastRead.count
+    this.room(n)
+    const hashes = this.blockHashes
+    for (let i = 0; i < n; i++) {
+      if (intAt(b, q) !== INT_NONNEG) return -1
+      hashes[2 * i + HI] = lastRead.hi
+      hashes[2 * i + LO] = lastRead.lo
+      q = lastRead.next
+    }
+    this.count = n
+    this.kind = KIND_REMOVED
+    return q
+  }
+
+  private room(n: number): void {
+    if (this.blockHashes.length < 2 * n) {
+      this.blockHashes = new Uint32Array(4 * n)
+      this.tokensHashes = new Uint32Array(4 * n)
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// the event-plane envelope, read (router side)
+
+/** Where envelopePayload found the payload: bytes [at, at + len) of the envelope. */
+export const PAYLOAD_AT = { at: 0, len: 0 }
+
+/**
+ * Finds the RouterEvent bytes inside an event-plane envelope (a map of scalars whose `payload` is a bin)
+ * into PAYLOAD_AT; throws on anything else. Mirrors wire.rs decode_router_event_envelope: the top value
+ * must be a map of scalar keys and values with nothing after it; the last `"payload": bin` pair wins.
+ */
+export function envelopePayload(b: Uint8Array): void {
+  if (b.length === 0) throw new Error('invalid router event: envelope is not a map')
+  const end = validate(b, 0, b.length)
+  let p = end < 0 ? -1 : mapAt(b, 0)
+  if (p < 0) {
+    // a well-formed non-map, or malformed bytes: distinguish like the core's first header read
+    if (end >= 0 || !((b[0]! & 0xf0) === 0x80 || b[0] === 0xde || b[0] === 0xdf))
+      throw new Error('invalid router event: envelope is not a map')
+    throw new Error('invalid router event: malformed envelope')
+  }
+  const n = lastRead.count
+  let payloadAt = -1
+  let payloadLen = 0
+  for (let i = 0; i < n; i++) {
+    const kt = b[p]!
+    const keyIsContainer = (kt & 0xe0) === 0x80 || kt === 0xdc || kt === 0xdd || kt === 0xde || kt === 0xdf
+    const ks = strAt(b, p)
+    const isPayloadKey = ks >= 0 && bytesEq(b, ks, lastRead.len, K_PAYLOAD)
+    const v = skip(b, p)
+    const vt = b[v]!
+    const valueIsContainer = (vt & 0xe0) === 0x80 || vt === 0xdc || vt === 0xdd || vt === 0xde || vt === 0xdf
+    if (keyIsContainer || valueIsContainer) throw new Error('invalid router event: malformed envelope')
+    if (isPayloadKey) {
+      const q = binAt(b, v)
+      if (q >= 0) {
+        payloadAt = q
+        payloadLen = lastRead.len
+      }
+    }
+    p = skip(b, v)
+  }
+  if (p !== b.length) throw new Error('invalid router event: trailing bytes after the envelope')
+  if (payloadAt < 0) throw new Error('invalid router event: envelope without a bin payload')
+  PAYLOAD_AT.at = payloadAt
+  PAYLOAD_AT.len = payloadLen
+}
+
+/** The RouterEvent inside an event-plane envelope. */
+export function decodeEnvelope(b: Uint8Array): RouterEventValue {
+  envelopePayload(b)
+  return decodeRouterEvent(b.subarray(PAYLOAD_AT.at, PAYLOAD_AT.at + PAYLOAD_AT.len), false)
+}
+
+/** format: 0 envelope, 1 msgpack RouterEvent, 2 JSON RouterEvent. */
+export function decodeEncoded(payload: Uint8Array, format: number): RouterEventValue {
+  if (format === 0) return decodeEnvelope(payload)
+  return decodeRouterEvent(payload, format === 2)
+}
+
+// ---------------------------------------------------------------------------------------------------
+// names: the JetStream stream name (SPEC 5)
+
+export function jetstreamStreamName(namespace: string, component: string): string {
+  const lowered = `namespace.${namespace}.component.${component}.kv-events`.toLowerCase()
+  let slug = ''
+  for (const ch of lowered) {
+    // iterating a string yields code points: an astral character becomes ONE '_'
+    const c = ch.length === 1 ? ch.charCodeAt(0) : -1
+    const keep = (c >= 0x61 && c <= 0x7a) || (c >= 0x30 && c <= 0x39) || c === 0x2d || c === 0x5f
+    slug += keep ? ch : '_'
+  }
+  let start = 0
+  while (start < slug.length && slug.charCodeAt(start) === 0x5f) start++
+  return slug.slice(start).replaceAll('_', '-')
 }

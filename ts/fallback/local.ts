@@ -5,16 +5,12 @@
 // mode emitted) with its id as u32 halves: compact, never shared with a caller, and decoded into fresh
 // objects only when a range is asked for.
 import type { RawLocalIndexer, RawRangeResult, RouterEventValue } from '../core/binding.js'
-import { decodeEncoded, FallbackRadixIndex } from './index-tree.js'
-import { ByteWriter } from './msgpack.js'
-import { decodeRouterEvent, msgpackEncoder, writeRouterEvent } from './wire.js'
+import { FallbackRadixIndex } from './index.js'
+import { bigFromHalves, ByteWriter } from './msgpack.js'
+import { decodeEncoded, decodeRouterEvent, msgpackEncoder, writeRouterEvent } from './wire.js'
 
 export const RING_MSGPACK = 1
 export const RING_JSON = 2
-
-function big(hi: number, lo: number): bigint {
-  return hi === 0 ? BigInt(lo) : (BigInt(hi) << 32n) | BigInt(lo)
-}
 
 /** The last `cap` events of one dp rank, oldest first from `head`. */
 class Ring {
@@ -117,7 +113,10 @@ export class FallbackLocalIndexer extends FallbackRadixIndex implements RawLocal
   /** Buffers one event already encoded (RING_MSGPACK or RING_JSON); the bytes must not be shared. */
   bufferEncoded(dpRank: number, idHi: number, idLo: number, bytes: Uint8Array, fmt: number): void {
     let ring = this.rings.get(dpRank)
-    if (ring === undefined) this.rings.set(dpRank, (ring = new Ring(this.bufferSize)))
+    if (ring === undefined) {
+      ring = new Ring(this.bufferSize)
+      this.rings.set(dpRank, ring)
+    }
     ring.push(idHi, idLo, bytes, fmt)
   }
 
@@ -132,10 +131,10 @@ export class FallbackLocalIndexer extends FallbackRadixIndex implements RawLocal
   }
 
   override applyEncoded(payload: Uint8Array, format: number): number {
-    const r = this.applyEncodedFast(payload, format)
+    const r = this.applyCanonical(payload, format)
     if (r < 0) return this.applyEvent(decodeEncoded(payload, format)) // applyEvent above buffers it
-    const f = this.fast
-    this.bufferEncoded(f.rank, f.idHi, f.idLo, payload.slice(this.fastAt, this.fastEnd), RING_MSGPACK)
+    const ev = this.canonical
+    this.bufferEncoded(ev.dpRank, ev.eventIdHi, ev.eventIdLo, payload.slice(this.canonicalAt, this.canonicalEnd), RING_MSGPACK)
     return r
   }
 
@@ -160,11 +159,13 @@ export class FallbackLocalIndexer extends FallbackRadixIndex implements RawLocal
         oldLo = lo
       }
     }
-    const newest = big(newHi, newLo)
+    const newest = bigFromHalves(newHi, newLo)
     const requestedEnd = end ?? newest
     if (start > newest) return { kind: 'TooNew', requestedStart: start, requestedEnd, newestAvailable: newest }
-    if (start < big(oldHi, oldLo)) return { kind: 'TreeDump', events: this.dumpRank(dpRank) }
-    const last = requestedEnd < newest ? requestedEnd : newest
+    if (start < bigFromHalves(oldHi, oldLo)) return { kind: 'TreeDump', events: this.dumpRank(dpRank) }
+    // the earlier of the two (bigints: no Math.min)
+    let last = newest
+    if (requestedEnd < newest) last = requestedEnd
     const sHi = Number(start >> 32n)
     const sLo = Number(start & 0xffffffffn)
     const eHi = Number(last >> 32n)

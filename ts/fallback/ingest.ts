@@ -2,7 +2,7 @@
 // live blocks, the envelope sequence, counters and rate-limited warnings. One call converts one engine
 // batch (or one manual event) into the packed output described in ts/core/binding.ts.
 //
-// Hot path: the batch is read straight from its bytes (decode.ts), every RouterEvent is written into one
+// Hot path: the batch is read straight from its bytes (engine.ts, convert.ts), every RouterEvent is written into one
 // reused ByteWriter, and the output is one Buffer allocation per call.
 import {
   COUNTER_NAMES,
@@ -13,36 +13,19 @@ import {
   type RawLocalIndexer,
   type RawIngestOutput,
 } from '../core/binding.js'
-import {
-  BatchHead,
-  convertEvent,
-  EventParser,
-  EV_CLEARED,
-  EV_REMOVED,
-  hashBlocks,
-  hashKept,
-  loraSeed,
-  OK,
-  readBatchHead,
-  REJECT_COUNT,
-  REJ_DP_RANK,
-  REJ_EMPTY,
-  REJ_MALFORMED,
-  storeChecks,
-  tokenBytesLE,
-  truncationWarning,
-  u64Pairs,
-} from './decode.js'
-import { FallbackLocalIndexer, RING_JSON, RING_MSGPACK } from './local-indexer.js'
-import { ByteWriter, HI, LO } from './msgpack.js'
+import { convertEvent, hashKept, OK, REJ_DP_RANK, REJ_EMPTY, REJ_MALFORMED, REJECT_COUNT, storeChecks } from './convert.js'
+import { BatchHead, EV_CLEARED, EV_REMOVED, EventParser, readBatchHead } from './engine.js'
+import { hashBlocks, loraSeed, tokenBytesLE } from './hash.js'
+import { FallbackLocalIndexer, RING_JSON, RING_MSGPACK } from './local.js'
+import { ByteWriter, HI, LO, u64Pairs } from './msgpack.js'
 import { U64Set } from './u64set.js'
 import { ENV_PAYLOAD_KEY, ENV_TOPIC_KV_EVENTS, jsonEncoder, msgpackEncoder, writeEnvelopeHead, type EventEncoder } from './wire.js'
 
 /** Largest stored event (blocks) and removed event (hashes) emitted; bigger ones are split. */
-export const MAX_STORED_BLOCKS = 1024
-export const MAX_REMOVED_HASHES = 4096
+export const MAX_BLOCKS_PER_STORED = 1024
+export const MAX_HASHES_PER_REMOVED = 4096
 /** Truncation warnings given per ingestor. */
-const MAX_WARNINGS = 3
+const MAX_TRUNCATION_WARNINGS = 3
 
 const TWO32 = 4294967296
 
@@ -62,6 +45,11 @@ const C_REJECTED = 11 // + reason
 
 /** The live set of a rank stops growing here (SPEC 8: bounded memory); mirrors the core. */
 const MAX_LIVE_BLOCKS_PER_RANK = 1 << 22
+
+/** The exact text of the truncation warning (both implementations give the same). */
+function truncationWarning(dpRank: number, tokens: number, kept: number, hashes: number, blockSize: number): string {
+  return `store truncated on dp rank ${dpRank}: ${tokens} token_ids cover ${kept} of ${hashes} blocks of ${blockSize}`
+}
 
 function put32(b: Uint8Array, at: number, v: number): void {
   b[at] = v & 0xff
@@ -91,17 +79,17 @@ export class FallbackIngestor implements RawIngestor {
   private readonly counts = new Float64Array(COUNTER_NAMES.length)
   private warnings: string[] = []
   private liveOverflowWarned = false
-  private warned = 0
+  private truncationWarnings = 0
 
-  private readonly enc: EventEncoder
+  private readonly encoder: EventEncoder
   private readonly head = new BatchHead()
   private readonly parser = new EventParser()
   /** The payloads of the current call, concatenated. */
   private readonly out = new ByteWriter(1 << 16)
   /** One msgpack RouterEvent (event-plane mode wraps it in an envelope in `out`). */
-  private readonly ev = new ByteWriter(1 << 14)
-  private lens = new Uint32Array(64)
-  private n = 0
+  private readonly eventWriter = new ByteWriter(1 << 14)
+  private payloadLens = new Uint32Array(64)
+  private payloadCount = 0
   private firstHi = 0
   private firstLo = 0
   private readonly rejected = new Uint32Array(REJECT_COUNT)
@@ -116,7 +104,7 @@ export class FallbackIngestor implements RawIngestor {
   private outFlags = 0
   private outLen = OUT_HEADER_BYTES
   /** The local indexer every emitted event is applied to and buffered in (SPEC 6), or null. */
-  private readonly li: FallbackLocalIndexer | null
+  private readonly local: FallbackLocalIndexer | null
   /** Id of the event being written. */
   private curIdHi = 0
   private curIdLo = 0
@@ -129,14 +117,14 @@ export class FallbackIngestor implements RawIngestor {
     this.maxDpRanks = o.maxDpRanks
     // undefined is tolerated like null (the contract says null)
     this.configured = o.dpRanks == null ? null : new Set(o.dpRanks)
-    this.enc = o.jetstream ? jsonEncoder : msgpackEncoder
+    this.encoder = o.jetstream ? jsonEncoder : msgpackEncoder
     const bufferSize = o.localIndexerBufferSize ?? 0
-    this.li = bufferSize > 0 ? new FallbackLocalIndexer(bufferSize) : null
-    if (this.li !== null && this.configured !== null) for (const r of this.configured) this.li.registerRank(r)
+    this.local = bufferSize > 0 ? new FallbackLocalIndexer(bufferSize) : null
+    if (this.local !== null && this.configured !== null) for (const r of this.configured) this.local.registerRank(r)
   }
 
   localIndexer(): RawLocalIndexer | null {
-    return this.li
+    return this.local
   }
 
   // --- ranks ---
@@ -326,9 +314,9 @@ export class FallbackIngestor implements RawIngestor {
     const known = this.configured ?? this.ranks
     if (known.size === 1 && known.has(dpRank)) {
       this.beginEvent(rs)
-      this.enc.cleared(this.w())
+      this.encoder.cleared(this.eventOut())
       this.endEvent(dpRank)
-      if (this.li !== null) this.li.applyClearedParts(this.workerHi, this.workerLo, dpRank, this.curIdHi, this.curIdLo)
+      if (this.local !== null) this.local.applyClearedParts(this.workerHi, this.workerLo, dpRank, this.curIdHi, this.curIdLo)
       this.counts[C_EMITTED_CLEARED]!++
     } else {
       const n = rs.live.size
@@ -358,8 +346,8 @@ export class FallbackIngestor implements RawIngestor {
 
   private truncated(dpRank: number, tokens: number, kept: number, hashes: number): void {
     this.counts[C_TRUNCATED]!++
-    if (this.warned < MAX_WARNINGS) {
-      this.warned++
+    if (this.truncationWarnings < MAX_TRUNCATION_WARNINGS) {
+      this.truncationWarnings++
       this.warnings.push(truncationWarning(dpRank, tokens, kept, hashes, this.kvBlockSize))
     }
   }
@@ -372,8 +360,8 @@ export class FallbackIngestor implements RawIngestor {
   // --- emission ---
 
   /** The writer the current RouterEvent goes to. */
-  private w(): ByteWriter {
-    return this.jetstream ? this.out : this.ev
+  private eventOut(): ByteWriter {
+    return this.jetstream ? this.out : this.eventWriter
   }
 
   private emitStored(
@@ -387,12 +375,12 @@ export class FallbackIngestor implements RawIngestor {
     parentLo: number,
     mm: (BlockExtraInfo | null)[] | null,
   ): void {
-    const enc = this.enc
+    const enc = this.encoder
     const live = rs.live
-    for (let start = 0; start < n; start += MAX_STORED_BLOCKS) {
-      const m = Math.min(MAX_STORED_BLOCKS, n - start)
+    for (let start = 0; start < n; start += MAX_BLOCKS_PER_STORED) {
+      const m = Math.min(MAX_BLOCKS_PER_STORED, n - start)
       this.beginEvent(rs)
-      const w = this.w()
+      const w = this.eventOut()
       enc.storedStart(w, hasParent, parentHi, parentLo, m)
       for (let i = 0; i < m; i++) {
         const k = start + i
@@ -404,8 +392,8 @@ export class FallbackIngestor implements RawIngestor {
       }
       enc.storedEnd(w)
       this.endEvent(dpRank)
-      if (this.li !== null) {
-        this.li.applyStoredParts(
+      if (this.local !== null) {
+        this.local.applyStoredParts(
           this.workerHi,
           this.workerLo,
           dpRank,
@@ -430,12 +418,12 @@ export class FallbackIngestor implements RawIngestor {
   }
 
   private emitRemoved(dpRank: number, rs: RankState, hashes: Uint32Array, n: number, untrack: boolean): void {
-    const enc = this.enc
+    const enc = this.encoder
     const live = rs.live
-    for (let start = 0; start < n; start += MAX_REMOVED_HASHES) {
-      const m = Math.min(MAX_REMOVED_HASHES, n - start)
+    for (let start = 0; start < n; start += MAX_HASHES_PER_REMOVED) {
+      const m = Math.min(MAX_HASHES_PER_REMOVED, n - start)
       this.beginEvent(rs)
-      const w = this.w()
+      const w = this.eventOut()
       enc.removedStart(w, m)
       for (let i = 0; i < m; i++) {
         const k = start + i
@@ -446,7 +434,8 @@ export class FallbackIngestor implements RawIngestor {
       }
       enc.removedEnd(w)
       this.endEvent(dpRank)
-      if (this.li !== null) this.li.applyRemovedParts(this.workerHi, this.workerLo, dpRank, this.curIdHi, this.curIdLo, hashes, start, m)
+      if (this.local !== null)
+        this.local.applyRemovedParts(this.workerHi, this.workerLo, dpRank, this.curIdHi, this.curIdLo, hashes, start, m)
       this.counts[C_EMITTED_REMOVED]!++
       this.counts[C_BLOCKS_REMOVED]! += m
     }
@@ -454,7 +443,7 @@ export class FallbackIngestor implements RawIngestor {
 
   private begin(nowMs: number): void {
     this.out.reset()
-    this.n = 0
+    this.payloadCount = 0
     this.rejected.fill(0)
     this.nowHi = Math.floor(nowMs / TWO32)
     this.nowLo = nowMs >>> 0
@@ -462,16 +451,16 @@ export class FallbackIngestor implements RawIngestor {
 
   /** Takes the next id of the rank and writes the RouterEvent up to its data. */
   private beginEvent(rs: RankState): void {
-    if (this.n === 0) {
+    if (this.payloadCount === 0) {
       this.firstHi = rs.idHi
       this.firstLo = rs.idLo
     }
-    const w = this.w()
+    const w = this.eventOut()
     if (this.jetstream) this.payloadStart = w.pos
     else w.reset()
     this.curIdHi = rs.idHi
     this.curIdLo = rs.idLo
-    this.enc.start(w, this.workerHi, this.workerLo, rs.idHi, rs.idLo)
+    this.encoder.start(w, this.workerHi, this.workerLo, rs.idHi, rs.idLo)
     if (rs.idLo === 0xffffffff) {
       rs.idLo = 0
       rs.idHi = (rs.idHi + 1) >>> 0
@@ -484,12 +473,13 @@ export class FallbackIngestor implements RawIngestor {
   private endEvent(dpRank: number): void {
     const out = this.out
     if (this.jetstream) {
-      this.enc.end(out, dpRank)
-      if (this.li !== null) this.li.bufferEncoded(dpRank, this.curIdHi, this.curIdLo, out.buf.slice(this.payloadStart, out.pos), RING_JSON)
+      this.encoder.end(out, dpRank)
+      if (this.local !== null)
+        this.local.bufferEncoded(dpRank, this.curIdHi, this.curIdLo, out.buf.slice(this.payloadStart, out.pos), RING_JSON)
     } else {
-      const ev = this.ev
-      this.enc.end(ev, dpRank)
-      if (this.li !== null) this.li.bufferEncoded(dpRank, this.curIdHi, this.curIdLo, ev.buf.slice(0, ev.pos), RING_MSGPACK)
+      const ev = this.eventWriter
+      this.encoder.end(ev, dpRank)
+      if (this.local !== null) this.local.bufferEncoded(dpRank, this.curIdHi, this.curIdLo, ev.buf.slice(0, ev.pos), RING_MSGPACK)
       this.payloadStart = out.pos
       writeEnvelopeHead(out, this.workerHi, this.workerLo, this.seqHi, this.seqLo, this.nowHi, this.nowLo)
       out.bytes(ENV_TOPIC_KV_EVENTS)
@@ -503,12 +493,12 @@ export class FallbackIngestor implements RawIngestor {
       }
     }
     const len = out.pos - this.payloadStart
-    if (this.n === this.lens.length) {
-      const lens = new Uint32Array(this.lens.length * 2)
-      lens.set(this.lens)
-      this.lens = lens
+    if (this.payloadCount === this.payloadLens.length) {
+      const lens = new Uint32Array(this.payloadLens.length * 2)
+      lens.set(this.payloadLens)
+      this.payloadLens = lens
     }
-    this.lens[this.n++] = len
+    this.payloadLens[this.payloadCount++] = len
     this.counts[C_PAYLOAD_BYTES]! += len
   }
 
@@ -517,7 +507,7 @@ export class FallbackIngestor implements RawIngestor {
    * pending (for writeOutput / takeOutput) until the next call. Flag bit 1: warnings are pending.
    */
   private finish(dpRank: number): number {
-    const n = this.n
+    const n = this.payloadCount
     this.outRank = dpRank
     // bit 0: first event id present; bit 1: warnings pending; bit 2: the batch had a dp rank
     let anyRejected = 0
@@ -541,7 +531,7 @@ export class FallbackIngestor implements RawIngestor {
 
   /** Writes the pending output (outLen bytes) into `target`: header, payloads, then their lengths. */
   private writeOutput(target: Uint8Array, offset = 0): void {
-    const n = this.n
+    const n = this.payloadCount
     const body = this.out.pos
     put32(target, offset + 0, n)
     put32(target, offset + 4, Math.max(this.outRank, 0)) // u32; flag bit 2 says whether there is one
@@ -552,7 +542,7 @@ export class FallbackIngestor implements RawIngestor {
     const rejected = this.rejected
     for (let i = 0; i < REJECT_COUNT; i++) put32(target, offset + 24 + 4 * i, rejected[i]!)
     if (body > 0) target.set(this.out.buf.subarray(0, body), offset + OUT_HEADER_BYTES)
-    const lens = this.lens
+    const lens = this.payloadLens
     const at = offset + OUT_HEADER_BYTES + body
     for (let i = 0; i < n; i++) put32(target, at + 4 * i, lens[i]!)
   }

@@ -1,0 +1,204 @@
+// Conversion of parsed engine events into router events (SPEC 3) for the fallback: the checks in their
+// order, the rejection reasons, KV-group learning, and the tokens hashes of the kept blocks.
+//
+// What happens to a BlockStored: `convertEvent` -> tier (`tierOk`) -> group (`groupKept`) -> `storeChecks`
+// (empty, self_reference, block_size, truncation) -> `hashKept` computes the blocks' tokens hashes.
+import type { ConvertedEvent, RawDecoded, StoredBlock } from '../core/binding.js'
+import { BatchHead, EV_CLEARED, EV_REMOVED, EventParser, PARSE_INVALID, PARSE_UNKNOWN_TYPE, PARSED, readBatchHead } from './engine.js'
+import { BASE_SEED, hashBlocks, loraSeedFromBytes, tokenBytesLE } from './hash.js'
+import { ascii, bigFromHalves, bytesEq, grownCapacity, HI, LO, u64Pairs } from './msgpack.js'
+
+// rejection reasons, indexed like REJECT_REASONS
+export const OK = PARSED
+export const REJ_MALFORMED = 0
+// an event the parser could not read is counted under what the parser said
+export const REJ_INVALID = PARSE_INVALID
+export const REJ_UNKNOWN_TYPE = PARSE_UNKNOWN_TYPE
+export const REJ_FILTERED_TIER = 3
+export const REJ_FILTERED_GROUP = 4
+export const REJ_EMPTY = 5
+export const REJ_SELF_REFERENCE = 6
+export const REJ_BLOCK_SIZE = 7
+export const REJ_DP_RANK = 8
+export const REJECT_COUNT = 9
+
+/** Learned KV groups per rank: at most this many. */
+export const MAX_GROUPS_PER_RANK = 1024
+
+// ---------------------------------------------------------------------------------------------------
+// the checks of SPEC 3
+
+const MAIN_KINDS = [ascii('full_attention'), ascii('mla_attention'), ascii('sink_full_attention')]
+const GPU = ascii('gpu')
+const LOCAL = ascii('local')
+
+/** ASCII case-insensitive comparison of b[s, s+len) with a lowercase ASCII word. */
+function eqIgnoreCase(b: Uint8Array, s: number, len: number, lower: Uint8Array): boolean {
+  if (len !== lower.length) return false
+  for (let i = 0; i < len; i++) {
+    const c = b[s + i]!
+    const l = lower[i]!
+    if (c !== l && !(l >= 0x61 && l <= 0x7a && c === l - 0x20)) return false
+  }
+  return true
+}
+
+/** Check 3: the index describes what this worker holds in its own GPU memory. */
+export function tierOk(ev: EventParser): boolean {
+  return (
+    (ev.mediumAt < 0 || eqIgnoreCase(ev.b, ev.mediumAt, ev.mediumLen, GPU)) &&
+    (ev.localityAt < 0 || eqIgnoreCase(ev.b, ev.localityAt, ev.localityLen, LOCAL))
+  )
+}
+
+function isMainKind(b: Uint8Array, s: number, len: number): boolean {
+  for (const k of MAIN_KINDS) if (bytesEq(b, s, len, k)) return true
+  return false
+}
+
+/** Check 4: whether an event with this group information is kept; learns (rank, group) -> kind. */
+export function groupKept(groups: Map<number, boolean>, ev: EventParser): boolean {
+  const groupIdx = ev.groupIdx
+  if (ev.specKindAt >= 0) {
+    const main = isMainKind(ev.b, ev.specKindAt, ev.specKindLen)
+    if (groupIdx >= 0 && (groups.size < MAX_GROUPS_PER_RANK || groups.has(groupIdx))) groups.set(groupIdx, main)
+    return main
+  }
+  if (groupIdx >= 0) {
+    const learned = groups.get(groupIdx)
+    return learned === undefined ? groupIdx === 0 : learned
+  }
+  return true
+}
+
+let sortScratch = new BigUint64Array(64)
+
+/** Check 6: a hash repeated among hashes[0, n), or equal to the parent. */
+export function selfReference(hashes: Uint32Array, n: number, hasParent: boolean, parentHi: number, parentLo: number): boolean {
+  if (hasParent) {
+    for (let i = 0; i < n; i++) if (hashes[2 * i + LO] === parentLo && hashes[2 * i + HI] === parentHi) return true
+  }
+  if (n <= 24) {
+    for (let i = 1; i < n; i++) {
+      const lo = hashes[2 * i + LO]
+      const hi = hashes[2 * i + HI]
+      for (let j = 0; j < i; j++) if (hashes[2 * j + LO] === lo && hashes[2 * j + HI] === hi) return true
+    }
+    return false
+  }
+  if (sortScratch.length < n) sortScratch = new BigUint64Array(grownCapacity(sortScratch.length, n))
+  const pairs = u64Pairs(sortScratch)
+  pairs.set(hashes.subarray(0, 2 * n))
+  const sorted = sortScratch.subarray(0, n).sort() // native numeric sort of the u64 values
+  const sp = new Uint32Array(sorted.buffer, sorted.byteOffset, 2 * n)
+  for (let i = 1; i < n; i++) if (sp[2 * i] === sp[2 * i - 2] && sp[2 * i + 1] === sp[2 * i - 1]) return true
+  return false
+}
+
+/**
+ * Checks 5-7 for a store: returns the number of blocks kept (>= 1), or -1 - reason.
+ */
+export function storeChecks(
+  hashes: Uint32Array,
+  nHashes: number,
+  hasParent: boolean,
+  parentHi: number,
+  parentLo: number,
+  blockSize: number,
+  nTokens: number,
+  kvBlockSize: number,
+): number {
+  if (nHashes === 0) return -1 - REJ_EMPTY
+  if (selfReference(hashes, nHashes, hasParent, parentHi, parentLo)) return -1 - REJ_SELF_REFERENCE
+  if (blockSize !== kvBlockSize || nTokens < kvBlockSize) return -1 - REJ_BLOCK_SIZE
+  return Math.min(nHashes, Math.floor(nTokens / kvBlockSize))
+}
+
+/**
+ * Checks 3-7 for a parsed stored or removed event (checks 1-2 are `parse`). Returns OK or a reason; for a
+ * store that passes, `parser.kept` is the number of blocks kept.
+ */
+export function convertEvent(parser: EventParser, groups: Map<number, boolean>, kvBlockSize: number): number {
+  if (!tierOk(parser)) return REJ_FILTERED_TIER
+  if (!groupKept(groups, parser)) return REJ_FILTERED_GROUP
+  if (parser.kind === EV_REMOVED) return parser.nHashes === 0 ? REJ_EMPTY : OK
+  const n = storeChecks(
+    parser.hashes,
+    parser.nHashes,
+    parser.hasParent,
+    parser.parentHi,
+    parser.parentLo,
+    parser.blockSize,
+    parser.nTokens,
+    kvBlockSize,
+  )
+  if (n < 0) return -1 - n
+  parser.kept = n
+  return OK
+}
+
+const seed = { seedHi: 0, seedLo: BASE_SEED }
+
+/** Resolves the mm info and computes the tokens hashes of the kept blocks of a converted store. */
+export function hashKept(parser: EventParser, kvBlockSize: number): void {
+  const n = parser.kept
+  parser.resolveMm(n)
+  if (parser.tokHashes.length < 2 * n) parser.tokHashes = new Uint32Array(grownCapacity(parser.tokHashes.length, 2 * n))
+  seed.seedHi = 0
+  seed.seedLo = BASE_SEED
+  if (parser.loraAt >= 0) loraSeedFromBytes(parser.b, parser.loraAt, parser.loraLen, seed)
+  hashBlocks(tokenBytesLE(parser.tokens, n * kvBlockSize), kvBlockSize, n, seed.seedHi, seed.seedLo, parser.mm, parser.tokHashes)
+}
+
+// ---------------------------------------------------------------------------------------------------
+// decodeEngineBatch (inspection: builds objects, keeps no state)
+
+const decodeHead = new BatchHead()
+const decodeParser = new EventParser()
+
+export function decodeEngineBatch(payload: Uint8Array, kvBlockSize: number): RawDecoded | null {
+  const b = payload
+  if (!readBatchHead(b, decodeHead)) return null
+  const parser = decodeParser
+  const groups = new Map<number, boolean>()
+  const rejected = new Uint32Array(REJECT_COUNT)
+  const events: ConvertedEvent[] = []
+  let q = decodeHead.eventsPos
+  for (let e = 0; e < decodeHead.eventsCount; e++) {
+    let r = parser.parse(b, q)
+    q = parser.end
+    if (r === OK && parser.kind === EV_CLEARED) {
+      events.push({ type: 'cleared' })
+      continue
+    }
+    if (r === OK) r = convertEvent(parser, groups, kvBlockSize)
+    if (r !== OK) {
+      rejected[r]!++
+      continue
+    }
+    if (parser.kind === EV_REMOVED) {
+      const h = parser.hashes
+      const blockHashes: bigint[] = new Array(parser.nHashes)
+      for (let i = 0; i < parser.nHashes; i++) blockHashes[i] = bigFromHalves(h[2 * i + HI]!, h[2 * i + LO]!)
+      events.push({ type: 'removed', blockHashes })
+      continue
+    }
+    hashKept(parser, kvBlockSize)
+    const h = parser.hashes
+    const t = parser.tokHashes
+    const blocks: StoredBlock[] = new Array(parser.kept)
+    for (let i = 0; i < parser.kept; i++) {
+      blocks[i] = {
+        blockHash: bigFromHalves(h[2 * i + HI]!, h[2 * i + LO]!),
+        tokensHash: bigFromHalves(t[2 * i + HI]!, t[2 * i + LO]!),
+        mmExtraInfo: parser.mm === null ? null : parser.mm[i]!,
+      }
+    }
+    events.push({
+      type: 'stored',
+      parentHash: parser.hasParent ? bigFromHalves(parser.parentHi, parser.parentLo) : null,
+      blocks,
+    })
+  }
+  return { dpRank: decodeHead.dpRank, events, rejected }
+}

@@ -1,0 +1,100 @@
+// Dynamo's LocalBlockHash (SPEC 4) for the fallback: XXH3-64 over a block's tokens as u32 little-endian,
+// followed by the block's multimodal object hashes sorted ascending as u64 little-endian. Hashes are
+// written as u64 pairs (u32 halves) into caller-owned arrays, so the hot path allocates nothing.
+import type { BlockExtraInfo } from '../core/binding.js'
+import { grownCapacity, HI, LITTLE_ENDIAN, LO, u64Pairs } from './msgpack.js'
+import { xxh3_64_into } from './xxh3.js'
+
+export const BASE_SEED = 1337
+const TWO32 = 4294967296
+
+const HASH_OUT = new Uint32Array(2)
+
+/** seed = 1337 + xxh3_64(name bytes, 0), wrapping; into target.seedHi/seedLo. */
+export function loraSeedFromBytes(b: Uint8Array, s: number, len: number, target: { seedHi: number; seedLo: number }): void {
+  xxh3_64_into(b, s, len, 0, 0, HASH_OUT)
+  const lo = HASH_OUT[0]! + BASE_SEED
+  target.seedLo = lo >>> 0
+  target.seedHi = (HASH_OUT[1]! + (lo >= TWO32 ? 1 : 0)) >>> 0
+}
+
+const utf8 = new TextEncoder()
+
+/** The seed for a LoRA name given as a string (null or "" = base model). */
+export function loraSeed(name: string | null, target: { seedHi: number; seedLo: number }): void {
+  target.seedHi = 0
+  target.seedLo = BASE_SEED
+  if (name === null || name.length === 0) return
+  const bytes = utf8.encode(name)
+  loraSeedFromBytes(bytes, 0, bytes.length, target)
+}
+
+let leScratch = new Uint8Array(1024)
+let mmScratch = new Uint8Array(1024)
+
+/** The bytes of tokens[0, n) as u32 little-endian (a view on little-endian hosts). */
+export function tokenBytesLE(tokens: Uint32Array, n: number): Uint8Array {
+  if (LITTLE_ENDIAN) return new Uint8Array(tokens.buffer, tokens.byteOffset, n * 4)
+  if (leScratch.length < n * 4) leScratch = new Uint8Array(grownCapacity(leScratch.length, n * 4))
+  for (let i = 0; i < n; i++) {
+    const v = tokens[i]!
+    leScratch[4 * i] = v & 0xff
+    leScratch[4 * i + 1] = (v >>> 8) & 0xff
+    leScratch[4 * i + 2] = (v >>> 16) & 0xff
+    leScratch[4 * i + 3] = v >>> 24
+  }
+  return leScratch
+}
+
+/**
+ * The tokens hash of blocks 0..n-1 (block i = bytes [i*bs*4, (i+1)*bs*4) of `tokBytes`, then its mm
+ * hashes sorted ascending as u64 LE) into `out` as u64 pairs.
+ */
+export function hashBlocks(
+  tokBytes: Uint8Array,
+  bs: number,
+  n: number,
+  seedHi: number,
+  seedLo: number,
+  mm: (BlockExtraInfo | null)[] | null,
+  out: Uint32Array,
+): void {
+  const stride = bs * 4
+  for (let i = 0; i < n; i++) {
+    const info = mm === null ? null : (mm[i] ?? null)
+    if (info === null || info.mmObjects.length === 0) {
+      xxh3_64_into(tokBytes, i * stride, stride, seedLo, seedHi, HASH_OUT)
+    } else {
+      const hashes = info.mmObjects.map((o) => o.mmHash).sort((a, c) => (a < c ? -1 : a > c ? 1 : 0))
+      const len = stride + 8 * hashes.length
+      if (mmScratch.length < len) mmScratch = new Uint8Array(grownCapacity(mmScratch.length, len))
+      mmScratch.set(tokBytes.subarray(i * stride, (i + 1) * stride))
+      let at = stride
+      for (const h of hashes) {
+        let lo = Number(h & 0xffffffffn)
+        let hi = Number(h >> 32n)
+        for (let k = 0; k < 4; k++, lo >>>= 8) mmScratch[at++] = lo & 0xff
+        for (let k = 0; k < 4; k++, hi >>>= 8) mmScratch[at++] = hi & 0xff
+      }
+      xxh3_64_into(mmScratch, 0, len, seedLo, seedHi, HASH_OUT)
+    }
+    out[2 * i + LO] = HASH_OUT[0]!
+    out[2 * i + HI] = HASH_OUT[1]!
+  }
+}
+
+const seedCell = { seedHi: 0, seedLo: BASE_SEED }
+
+export function computeBlockHashes(
+  tokens: Uint32Array,
+  kvBlockSize: number,
+  loraName: string | null,
+  blockMmInfos: (BlockExtraInfo | null)[] | null,
+): BigUint64Array {
+  const n = Math.floor(tokens.length / kvBlockSize)
+  const out = new BigUint64Array(n)
+  if (n === 0) return out
+  loraSeed(loraName, seedCell)
+  hashBlocks(tokenBytesLE(tokens, n * kvBlockSize), kvBlockSize, n, seedCell.seedHi, seedCell.seedLo, blockMmInfos, u64Pairs(out))
+  return out
+}
