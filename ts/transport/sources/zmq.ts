@@ -286,6 +286,8 @@ export class ZmqSource extends EventEmitter<ZmqSourceEvents> {
 
   /** One replay round, as its own task: its replies and its end go back to the sequencer under the lock. */
   #startRound(a: Extract<SequencerAction, { type: 'replay' }>): void {
+    // a consumer call in flight when close() came may still ask for one: its replies could never be applied
+    if (this.#stopping) return
     const replayEndpoint = this.#replayEndpoints[a.endpoint]!
     const where = { endpoint: this.#reader.addresses[a.endpoint]!, dpRank: a.dpRank }
     const round = new ReplayRound(replayEndpoint, a.from, this.#opts.replayTimeoutMs)
