@@ -8,7 +8,7 @@
 // batches arrive in order.
 import { EventEmitter } from 'node:events'
 // the batch header is read in TypeScript, so the consumer's ingest is the only native call per message
-import { fallback } from '../../fallback/index.js'
+import { peekBatch } from '../../fallback/engine.js'
 import { RateLimitedLog } from '../../util/log.js'
 import { loadZeromq } from '../zeromq.js'
 import { type ParsedOptions, parseOptions, type SourceSettings, type ZmqEndpoint, type ZmqSourceOptions } from './options.js'
@@ -350,7 +350,11 @@ export class ZmqSource extends EventEmitter<ZmqSourceEvents> {
   }
 }
 
-/** The batch header (dp rank, vLLM publisher id), read in TypeScript; null for a malformed batch. */
+/**
+ * The batch header (dp rank, vLLM publisher id), read by the TypeScript engine decoder, which walks the
+ * msgpack structure without decoding the events (SPEC 1): the consumer's ingest stays the only native call
+ * per engine message. null for a malformed batch.
+ */
 function peekHeader(payload: Uint8Array): BatchHeader | null {
-  return fallback.peekBatch(payload)
+  return peekBatch(payload)
 }
