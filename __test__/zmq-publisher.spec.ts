@@ -134,6 +134,9 @@ test.serial(
       workerId: 13n,
       nats: shared.nc,
       logger: quiet,
+      // both ranks configured, so a reset of one is never published as `cleared`, even when that rank's
+      // engine clears before the other rank's first batch has been ingested (SPEC 3, reset rule)
+      dpRanks: [0, 1],
       zmq: { endpoint: `tcp://127.0.0.1:${live}`, replayEndpoint: `tcp://127.0.0.1:${replay}`, dpRanks: 2 },
     })
     try {
@@ -169,7 +172,7 @@ test.serial(
         )
         t.is(p.nextEventId(rank), BigInt(ids.length))
       }
-      // with two ranks seen, the reset is published as removes, never as `cleared` (which wipes every rank)
+      // with two ranks configured, the reset is published as removes, never as `cleared` (which wipes every rank)
       t.false(
         r.events.some((e) => (e as kv.RouterEventValue).event.data.type === 'cleared' && (e as kv.RouterEventValue).event.dpRank === 1),
       )
