@@ -4,7 +4,7 @@
 // Runs after `npm run build` (the examples load dist/ through the package's "exports").
 import test from 'ava'
 import { type ChildProcess, spawn } from 'node:child_process'
-import { existsSync, readdirSync } from 'node:fs'
+import { existsSync, readFileSync, readdirSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { connect, type NatsConnection } from '@nats-io/transport-node'
@@ -168,4 +168,19 @@ test.serial('manual-publish.cjs (CommonJS): stored, removed and cleared are publ
   t.is(out.published, 3)
   t.deepEqual(out.emitted, { stored: 1, removed: 1, cleared: 1 })
   t.deepEqual(followed.sizes, [2, 1, 0], 'a router applying them holds 2 blocks, then 1, then none')
+})
+
+test('the README’s snippets marked `<!-- from examples/FILE -->` are excerpts of those files', (t) => {
+  const readme = readFileSync(path.join(root, 'README.md'), 'utf8')
+  const blocks = [...readme.matchAll(/<!-- from examples\/(\S+) -->\n```js\n([\s\S]*?)```/g)]
+  t.deepEqual([...new Set(blocks.map((m) => m[1]))].sort(), COVERED)
+  for (const [, file, body] of blocks) {
+    const source = readFileSync(path.join(examples, file!), 'utf8')
+      .split('\n')
+      .map((l) => l.trim())
+    for (const line of body!.split('\n').map((l) => l.trim())) {
+      if (line === '' || line.startsWith('// ...')) continue
+      t.true(source.includes(line), `README line not in examples/${file}: ${line}`)
+    }
+  }
 })
