@@ -1,10 +1,9 @@
 // Native and fallback give identical bytes and counters: every fixture batch, and 10,000 generated
 // batches fed to both Ingestors in the same order with the same clock (SPEC 1).
-import test from 'ava'
 import { readFileSync } from 'node:fs'
 import { isDeepStrictEqual } from 'node:util'
 import type { RawIngestor } from '../ts/core/binding.js'
-import { fallback, needNative } from './helpers/impls.js'
+import { fallback, needNative, parityTest as test } from './helpers/impls.js'
 import { BatchGenerator } from './helpers/gen-batches.js'
 
 // Both implementations are loaded explicitly, so these tests mean the same in either pass of the
