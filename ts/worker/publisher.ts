@@ -160,6 +160,8 @@ export class KvEventPublisher {
   #admitScheduled = false
   #waitingRejected = 0
   #droppedAtClose = 0
+  /** Set once close() ran out of closeTimeoutMs: no call is accepted any more. */
+  #closeExpired = false
   /** Set by close() while it waits for the waiting calls to be admitted or rejected. */
   #waitersGone: (() => void) | null = null
   #closing: Promise<void> | null = null
@@ -389,7 +391,7 @@ export class KvEventPublisher {
   }
 
   /**
-   * Idempotent, and done within closeTimeoutMs (plus the time to close the source and the connection):
+   * Idempotent, and done within closeTimeoutMs (plus the time to close the connection):
    * stops the ZMQ source (it finishes the batch in hand), lets waiting calls in as room frees, flushes what
    * was accepted, then closes the connection if it owns it. Calls still waiting when the time runs out are
    * rejected and counted (droppedAtClose); events still unconfirmed are counted by the sink (SPEC 8).
@@ -409,24 +411,25 @@ export class KvEventPublisher {
 
   async #close(): Promise<void> {
     const deadline = performance.now() + this.#closeTimeoutMs
+    // Calls already waiting were made before close(): they are accepted as room frees, in order, until the
+    // deadline; then the rest are rejected. Admitting them all at once past maxPending could take longer
+    // than closeTimeoutMs (each runs the Ingestor) and hold every one of their events in memory. The
+    // deadline also covers the source's call in flight, which may be waiting for room.
+    const timer = setTimeout(() => this.#dropWaiting(), this.#closeTimeoutMs)
     if (this.#source) {
       // the source's calls are still accepted while it stops, within the bound
       this.#sourceOpen = true
       await this.#source.close()
       this.#sourceOpen = false
     }
-    // Calls already waiting were made before close(): they are accepted as room frees, in order, until the
-    // deadline; then the rest are rejected. Admitting them all at once past maxPending could take longer
-    // than closeTimeoutMs (each runs the Ingestor) and hold every one of their events in memory.
     if (this.#waiting > 0) {
       const gone = new Promise<void>((resolve) => {
         this.#waitersGone = resolve
       })
-      const timer = setTimeout(() => this.#dropWaiting(), Math.max(0, deadline - performance.now()))
       this.#admitWaiting()
       await gone
-      clearTimeout(timer)
     }
+    clearTimeout(timer)
     await this.#sink.close(Math.max(0, deadline - performance.now()))
     if (this.#ownsConnection)
       await this.#nc.close().catch((err: unknown) => this.#logger.warn({ err: String(err) }, 'closing the NATS connection failed'))
@@ -449,7 +452,8 @@ export class KvEventPublisher {
    * once when maxWaiting calls already wait.
    */
   #accept(work: () => IngestResult, fromSource = false): Promise<IngestResult> {
-    if (this.#closing !== null && !(fromSource && this.#sourceOpen)) return Promise.reject(new Error('KvEventPublisher is closed'))
+    if (this.#closing !== null && !(fromSource && this.#sourceOpen && !this.#closeExpired))
+      return Promise.reject(new Error('KvEventPublisher is closed'))
     if (this.#waiting === 0 && this.#sink.pending < this.#maxPending) {
       try {
         return Promise.resolve(this.#run(work))
@@ -521,6 +525,7 @@ export class KvEventPublisher {
 
   /** close() ran out of closeTimeoutMs: the calls still waiting are rejected, oldest first. */
   #dropWaiting(): void {
+    this.#closeExpired = true
     const left = this.#waiters.slice(this.#waitHead)
     this.#waiters = []
     this.#waitHead = 0
