@@ -1,9 +1,11 @@
 // The publisher's waiting calls and close() (SPEC 8), each test against its own nats-server, stopped with
 // SIGSTOP so that nothing is ever confirmed and room never frees: calls beyond maxWaiting reject naming the
 // option; close() with 100,000 waiting calls keeps closeTimeoutMs (the calls it could not accept are
-// rejected in order and counted); and close() still accepts waiting calls as room frees before its deadline.
+// rejected in order and counted), also when the waiting call is the ZMQ source's; and close() still accepts
+// waiting calls as room frees before its deadline.
 import test from 'ava'
 import * as kv from '../ts/index.js'
+import { EngineSimulator } from '../ts/sim/engine.js'
 import { engine, hex } from './helpers/fixtures.js'
 import { startNatsServer, type NatsServer } from './helpers/nats-server.js'
 import { quiet, sleep, waitFor } from './helpers/publishing.js'
@@ -244,3 +246,40 @@ test.serial(
     }
   },
 )
+
+test.serial(`[${impl}] close() with the ZMQ source's call waiting for room and a stopped server still keeps closeTimeoutMs`, async (t) => {
+  const { nats, stop, resume } = await stoppableServer()
+  const sim = await EngineSimulator.create({ replayEndpoint: 'tcp://127.0.0.1:0', seed: 5 })
+  try {
+    const p = await kv.KvEventPublisher.create({
+      namespace: 'close',
+      component: 'zmq',
+      kvBlockSize: sim.kvBlockSize,
+      workerId: 5n,
+      maxPending: 8,
+      closeTimeoutMs: 1000,
+      nats: { servers: nats.url },
+      logger: quiet,
+      zmq: { endpoint: sim.endpoint, replayEndpoint: sim.replayEndpoint! },
+    })
+    stop()
+    await sim.run(200)
+    // the source's call waits for room that never frees (nothing is confirmed while the server is stopped)
+    await waitFor(() => p.stats().waiting === 1, "the source's call to wait")
+    let atClose: kv.PublisherStats | null = null
+    await p.close().then(() => {
+      atClose = p.stats()
+    })
+    const s = atClose! as kv.PublisherStats
+    t.log(JSON.stringify({ droppedAtClose: s.droppedAtClose, sink: s.sink }))
+    t.is(s.waiting, 0)
+    t.is(s.droppedAtClose, 1, "the source's call was rejected when the deadline passed")
+    const emitted = Number(s.emitted.stored + s.emitted.removed + s.emitted.cleared)
+    t.is(s.sink.queueDepth, 0)
+    t.is(s.sink.published + s.sink.undelivered, emitted)
+  } finally {
+    resume()
+    sim.close()
+    await nats.stop()
+  }
+})
