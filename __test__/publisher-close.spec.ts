@@ -1,5 +1,5 @@
 // The publisher's waiting calls and close() (SPEC 8), each test against its own nats-server, stopped with
-// SIGSTOP so that nothing is ever confirmed and room never frees: calls beyond maxWaiting reject naming the
+// SIGSTOP (nothing is ever confirmed, room never frees) or killed: calls beyond maxWaiting reject naming the
 // option; close() with 100,000 waiting calls keeps closeTimeoutMs (the calls it could not accept are
 // rejected in order and counted), also when the waiting call is the ZMQ source's; and close() still accepts
 // waiting calls as room frees before its deadline.
