@@ -268,6 +268,12 @@ test(`[${impl}] Prometheus: every publisher's counters on one registry, read at 
   t.is(value('dynamo_kv_engine_batches_total', la), 1)
   t.is(value('dynamo_kv_published_total', la), 2)
   t.is(value('dynamo_kv_queue_depth', la), 0)
+  t.is(value('dynamo_kv_undelivered_total', la), 0)
+  for (const reason of ['unconfirmed', 'dropped', 'refused'])
+    t.is(value('dynamo_kv_undelivered_by_reason_total', `${la},reason="${reason}"`), 0)
+  t.is(value('dynamo_kv_calls_rejected_total', `${la},reason="max_waiting"`), 0)
+  t.is(value('dynamo_kv_calls_rejected_total', `${la},reason="close_timeout"`), 0)
+  t.is(value('dynamo_kv_calls_waiting', la), 0)
   t.is(value('dynamo_kv_zmq_gaps_total', la), null, 'no ZMQ series without a source')
   offA()
   const after = await registry.metrics()
@@ -580,6 +586,8 @@ test(`[${impl}] invalid options fail create with an error naming the option`, as
     [{ ...base, workerId: 5 }, /workerId/],
     [{ ...base, mode: 'zmq' }, /mode/],
     [{ ...base, maxPending: 0 }, /maxPending/],
+    [{ ...base, maxWaiting: 0 }, /maxWaiting/],
+    [{ ...base, maxWaiting: 1.5 }, /maxWaiting/],
     [{ ...base, dpRanks: [0, 0] }, /dpRanks/],
     [{ ...base, localIndexer: { bufferSize: -1 } }, /localIndexer\.bufferSize/],
     [{ ...base, now: 5 }, /now/],

@@ -281,7 +281,7 @@ export class JetStreamSink implements Sink {
   }
 
   stats(): SinkStats {
-    return { ...this.#stats, queueDepth: this.pending }
+    return { ...this.#stats, undeliveredByReason: { ...this.#stats.undeliveredByReason }, queueDepth: this.pending }
   }
 
   #pump(): void {
