@@ -12,7 +12,14 @@ const native = require('../binding.cjs') as RawBinding
 const w = standardWorkload(4000)
 const perBatch = (blocksPerSec: number) => ((w.blocks / w.batches.length / blocksPerSec) * 1e9).toFixed(0)
 
-const raw = new native.RawIngestor({ kvBlockSize: BLOCK_SIZE, workerId: 7n, jetstream: false, maxDpRanks: 64, dpRanks: null, localIndexerBufferSize: 0 })
+const raw = new native.RawIngestor({
+  kvBlockSize: BLOCK_SIZE,
+  workerId: 7n,
+  jetstream: false,
+  maxDpRanks: 64,
+  dpRanks: null,
+  localIndexerBufferSize: 0,
+})
 const out = Buffer.allocUnsafeSlow(1 << 20)
 const api = new Ingestor({ kvBlockSize: BLOCK_SIZE, workerId: 7n }, native)
 for (let round = 0; round < 2; round++) {
