@@ -3,8 +3,18 @@
 // payloads to a sink, applies backpressure and owns the connection's lifecycle.
 import { randomBytes } from 'node:crypto'
 import { checkName, describe, positiveInt, u64 } from '../util/args.js'
-import { Ingestor, jetstreamStreamName, type IngestMode, type IngestResult, type LocalIndexer, type StoredArgs } from '../core/api.js'
-import { REJECT_REASONS, type CounterName, type RejectReason } from '../core/binding.js'
+import {
+  Ingestor,
+  REJECT_REASONS,
+  jetstreamStreamName,
+  jetstreamSubject,
+  kvEventsSubject,
+  type IngestMode,
+  type IngestResult,
+  type LocalIndexer,
+  type StoredArgs,
+} from '../core/api.js'
+import type { CounterName, RejectReason } from '../core/binding.js'
 import { loggerOption, RateLimitedLog, type Logger } from '../util/log.js'
 import { openNats, type NatsConnection, type NatsOption } from '../transport/nats.js'
 import { EventPlaneSink } from '../transport/sinks/event-plane.js'
@@ -271,9 +281,9 @@ export class KvEventPublisher {
       if (streamName !== null) {
         const jsSink = await JetStreamSink.create(nc, streamName, maxAgeSeconds, workerId, log, { window, ackTimeoutMs, epoch: js.epoch })
         sink = jsSink
-        subject = `${streamName}.kv-events`
+        subject = jetstreamSubject(streamName)
       } else {
-        subject = `namespace.${namespace}.component.${component}.kv-events`
+        subject = kvEventsSubject(namespace, component)
         sink = new EventPlaneSink(nc, subject, log, { reconnectBufferBytes })
       }
     } catch (err) {
@@ -487,6 +497,8 @@ export class KvEventPublisher {
   #run(work: () => IngestResult): IngestResult {
     const result = work()
     if (result.payloads.length > 0) this.#sink.send(result.payloads, result.dpRank!, result.firstEventId!)
+    // the core rate-limits its warnings (a few per publisher), so each is logged
+    if (result.warnings !== undefined) for (const w of result.warnings) this.#logger.warn({ workerId: this.workerId.toString() }, w)
     return result
   }
 
