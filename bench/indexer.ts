@@ -1,4 +1,4 @@
-// The indexer section of `npm run bench` (issue 3; called at the end of bench/run.ts main()):
+// The indexer section of `npm run bench` (called at the end of bench/run.ts main()):
 //  (a) apply throughput in blocks/s (stored blocks + removed hashes), single thread, per second of wall,
 //      process CPU and main-thread CPU time: the native raw binding, the public RadixIndex (values, and
 //      encoded bytes through applyEncoded), the fallback, and the pure Rust core
@@ -286,7 +286,7 @@ const us = (x: number) => `${x.toFixed(2)} µs`
 
 export async function benchIndexer(): Promise<void> {
   const native = loadNative()
-  console.log('\n## Indexer (issue 3)\n')
+  console.log('\n## Indexer\n')
   console.log(
     `load average at start: ${loadavg()
       .map((x) => x.toFixed(2))

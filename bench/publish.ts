@@ -1,4 +1,4 @@
-// Publishing throughput (issue 4): events/s from raw engine batches (the standard workload) through a
+// Publishing throughput: events/s from raw engine batches (the standard workload) through a
 // KvEventPublisher into core NATS and into JetStream, and the same JetStream payloads published the naive
 // way, one at a time with each ack awaited, all against one private nats-server started for the run.
 // Rates are wall-clock: the server shares the machine, and the time until the last ack is what counts.
@@ -45,7 +45,8 @@ async function oneAtATime(url: string, w: Workload, stream: string): Promise<Res
   const payloads: { data: Buffer; msgID: string }[] = []
   for (const b of w.batches) {
     const r = ing.ingest(b)
-    r.payloads.forEach((data, i) => payloads.push({ data: Buffer.from(data), msgID: `8.${r.dpRank}.naive.${r.firstEventId! + BigInt(i)}` }))
+    for (const [i, data] of r.payloads.entries())
+      payloads.push({ data: Buffer.from(data), msgID: `8.${r.dpRank}.naive.${r.firstEventId! + BigInt(i)}` })
   }
   const nc = await connect({ servers: url })
   const js = jetstream(nc)
@@ -71,9 +72,7 @@ export async function benchPublish(): Promise<void> {
   const w = standardWorkload(4000)
   const nats = await startNatsServer()
   try {
-    console.log(
-      `\n## Publishing (issue 4): ${w.batches.length} batches, ${w.events} engine events per pass, private nats-server ${nats.url}`,
-    )
+    console.log(`\n## Publishing: ${w.batches.length} batches, ${w.events} engine events per pass, private nats-server ${nats.url}`)
     const best = { core: null as Result | null, js: null as Result | null, naive: null as Result | null }
     const better = (a: Result | null, b: Result) => (a === null || b.rate.wall > a.rate.wall ? b : a)
     for (let r = 0; r < ROUNDS; r++) {

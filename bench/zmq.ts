@@ -1,4 +1,4 @@
-// ZMQ source throughput (issue 5): a simulated engine in a child process publishes as fast as it can over
+// ZMQ source throughput: a simulated engine in a child process publishes as fast as it can over
 // ZeroMQ (PUB on loopback, ROUTER replay); this process runs a KvEventPublisher with the zmq option into
 // core NATS (a private nats-server). Measured from the first batch sent to the last event confirmed by the
 // server, and checked: nothing lost, every gap repaired, the local index equal to the engine's blocks.
@@ -78,7 +78,7 @@ export async function benchZmq(): Promise<void> {
     )
     const equal = held.size === indexed.size && [...held].every((h) => indexed.has(h))
     await p.close()
-    console.log(`\n## ZMQ source (issue 5): simulated engine in a child process -> ZeroMQ -> KvEventPublisher -> core NATS`)
+    console.log(`\n## ZMQ source: simulated engine in a child process -> ZeroMQ -> KvEventPublisher -> core NATS`)
     console.log(
       `engine: ${STEPS} batches, ${done.events} engine events, sent in ${done.secs.toFixed(2)} s (${fmtRate(done.events / done.secs)} events/s)`,
     )

@@ -144,7 +144,10 @@ export function registerPublisherMetrics(publisher: KvEventPublisher, opts: { re
   if (!/^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(prefix))
     throw new RangeError(`prefix must be a Prometheus metric name prefix, got ${JSON.stringify(prefix)}`)
   let prefixes = byRegistry.get(registry)
-  if (!prefixes) byRegistry.set(registry, (prefixes = new Map()))
+  if (!prefixes) {
+    prefixes = new Map()
+    byRegistry.set(registry, prefixes)
+  }
   let state = prefixes.get(prefix)
   if (!state) {
     state = { publishers: new Set() }
