@@ -3,6 +3,7 @@
 //! per-publisher ingest state. Nothing here panics on input: every failure is a value.
 
 pub mod convert;
+pub mod discovery;
 pub mod engine;
 pub mod hash;
 pub mod index;
