@@ -96,7 +96,7 @@ export class EtcdDiscovery implements DiscoveryBackend {
     if (this.closed) throw new DiscoveryError('register() after close()')
     for (const rec of records) {
       const res = await this.client
-        .if(rec.etcdKey, 'Create', '==', 0)
+        .if(rec.etcdKey, 'Version', '==', 0)
         .then(this.client.put(rec.etcdKey).value(rec.value).lease(this.leaseId))
         .commit()
       if (!res.succeeded) {
