@@ -126,7 +126,7 @@ function scopeJson(e: RawEndpoint): string {
 }
 
 function u64(v: bigint, what: string): string {
-  if (typeof v !== 'bigint' || v < 0n || v > U64_MAX) throw new Error(`${what} must be a u64 bigint`)
+  if (typeof v !== 'bigint' || v < 0n || v > U64_MAX) throw new Error(`${what} must be within 0..2^64-1`)
   return v.toString()
 }
 
@@ -151,13 +151,13 @@ function checkEndpoint(e: RawEndpoint): void {
 }
 
 function recoveryTargetJson(t: RawRecoveryTarget): string {
-  return `{"component":${str(t.component)},"endpoint":${str(t.endpoint)},"namespace":${str(t.namespace)},"instance_id":${u64(t.instanceId, 'instance_id')},"transport":{"tcp":${str(t.tcp)}},"request_plane_codec":"msgpack"}`
+  return `{"component":${str(t.component)},"endpoint":${str(t.endpoint)},"namespace":${str(t.namespace)},"instance_id":${u64(t.instanceId, 'instanceId')},"transport":{"tcp":${str(t.tcp)}},"request_plane_codec":"msgpack"}`
 }
 
 /** The KvEventSource metadata of an EventSource record. */
 export function eventSourceMetadataJson(s: RawEventSourceSpec): string {
   const target = s.recoveryTarget ? `,"recovery_target":${recoveryTargetJson(s.recoveryTarget)}` : ''
-  return `{"kv_state_endpoint":${endpointJson(s.endpoint)},"worker":{"worker_id":${u64(s.workerId, 'worker_id')},"dp_rank":${s.dpRank}},"publisher_id":${s.publisherId}${target}}`
+  return `{"kv_state_endpoint":${endpointJson(s.endpoint)},"worker":{"worker_id":${u64(s.workerId, 'workerId')},"dp_rank":${s.dpRank}},"publisher_id":${s.publisherId}${target}}`
 }
 
 function record(bucket: string, key: string, json: string): RawDiscoveryRecord {

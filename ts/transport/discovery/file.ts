@@ -11,7 +11,7 @@
 //   - close() deletes the files this backend wrote.
 import { type ChildProcess, spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { promises as fs } from 'node:fs'
+import { constants, promises as fs } from 'node:fs'
 import path from 'node:path'
 import { type DiscoveryBackend, DiscoveryError, type DiscoveryErrorHandler, type DiscoveryRecordBytes } from './backend.js'
 
@@ -89,7 +89,7 @@ export class FileDiscovery implements DiscoveryBackend {
   static async open(opts: FileDiscoveryOptions): Promise<FileDiscovery> {
     try {
       await fs.mkdir(opts.root, { recursive: true })
-      await fs.access(opts.root, fs.constants?.W_OK ?? 2)
+      await fs.access(opts.root, constants.W_OK)
     } catch (err) {
       throw new DiscoveryError(
         `the file store root ${opts.root} (DYN_FILE_KV, option fileRoot) is not a writable directory: ${(err as Error).message}`,
