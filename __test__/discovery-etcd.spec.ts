@@ -160,3 +160,20 @@ test.serial("a SIGKILLed publisher's records expire with its lease", async (t) =
   }
   t.true(await eventually(async () => Object.keys(await listPrefix('v1/')).length === 0), 'records outlived the lease')
 })
+
+test.serial('a lease lost while running is reported through onError', async (t) => {
+  const errors: Error[] = []
+  const discovery = (await openDiscovery(
+    { backend: 'etcd', etcdEndpoints: etcd.url, etcdLeaseTtlSeconds: 2, onError: (e) => errors.push(e) },
+    {},
+  )) as EtcdDiscovery
+  await discovery.register(records(91n))
+  t.is(Object.keys(await listPrefix('v1/')).length, 2)
+  // An operator (or etcd itself, after a partition longer than the TTL) revokes the lease.
+  await reader.leaseClient.leaseRevoke({ ID: discovery.leaseId })
+  t.deepEqual(await listPrefix('v1/'), {})
+  t.true(await eventually(async () => errors.length > 0), 'no error reported')
+  t.true(errors[0] instanceof DiscoveryError)
+  t.regex(errors[0]?.message ?? '', /lease .* was lost/)
+  await discovery.close()
+})
