@@ -13,26 +13,26 @@ export declare class RawIngestor {
   constructor(options: RawIngestorOptions)
   ingest(payload: Uint8Array, nowMs: number): Buffer
   /**
-   * The hot path: the packed output copied into `out` at `offset` (the caller's reusable
-   * arena). Returns its length, or minus the length needed when it does not fit; then
-   * `takeOutput` hands over the same output (until the next call).
+   * The hot path: the packed output copied into `out` at `offset` (the caller's reusable arena)
+   * and its length returned, or, when it does not fit there, the output itself as a new Buffer.
    */
-  ingestInto(payload: Uint8Array, nowMs: number, out: Uint8Array, offset: number): number
-  takeOutput(out: Uint8Array, offset: number): number
+  ingestInto(payload: Uint8Array, nowMs: number, out: Uint8Array, offset: number): number | Buffer
   stored(tokenIds: Uint32Array, blockHashes: BigUint64Array, blockSize: number, parentHash: bigint | undefined | null, loraName: string | undefined | null, blockMmInfos: Array<JsBlockExtraInfo | undefined | null> | undefined | null, dpRank: number, nowMs: number): Buffer
   removed(blockHashes: BigUint64Array, dpRank: number, nowMs: number): Buffer
   cleared(dpRank: number, nowMs: number): Buffer
   rankAllowed(dpRank: number): boolean
   nextEventId(dpRank: number): bigint
   counters(): BigUint64Array
-  takeWarnings(): Array<string>
   /** A handle on the ingestor's local indexer (null when it has none). */
   localIndexer(): RawLocalIndexer | null
 }
 
 export declare class RawLocalIndexer {
   constructor(bufferSize: number)
-  eventsInRange(dpRank: number, start?: bigint | undefined | null, end?: bigint | undefined | null): object
+  applyStored(head: BigUint64Array, dpRank: number, hasParent: boolean, blockHashes: BigUint64Array, tokensHashes: BigUint64Array, n: number, blockMmInfos?: Array<JsBlockExtraInfo | undefined | null> | undefined | null): number
+  applyRemoved(head: BigUint64Array, dpRank: number, blockHashes: BigUint64Array, n: number): number
+  applyCleared(head: BigUint64Array, dpRank: number): number
+  /** The object form (tests and tools; the TS layer flattens events for apply_stored & co). */
   applyEvent(ev: JsRouterEvent): number
   applyEncoded(payload: Uint8Array, format: number): number
   /** Matches written into `out` (a buffer the caller reuses): no allocation per query. */
@@ -44,10 +44,15 @@ export declare class RawLocalIndexer {
   workers(): BigUint64Array
   size(): number
   counters(): BigUint64Array
+  eventsInRange(dpRank: number, start?: bigint | undefined | null, end?: bigint | undefined | null): object
 }
 
 export declare class RawRadixIndex {
   constructor()
+  applyStored(head: BigUint64Array, dpRank: number, hasParent: boolean, blockHashes: BigUint64Array, tokensHashes: BigUint64Array, n: number, blockMmInfos?: Array<JsBlockExtraInfo | undefined | null> | undefined | null): number
+  applyRemoved(head: BigUint64Array, dpRank: number, blockHashes: BigUint64Array, n: number): number
+  applyCleared(head: BigUint64Array, dpRank: number): number
+  /** The object form (tests and tools; the TS layer flattens events for apply_stored & co). */
   applyEvent(ev: JsRouterEvent): number
   applyEncoded(payload: Uint8Array, format: number): number
   /** Matches written into `out` (a buffer the caller reuses): no allocation per query. */
@@ -74,6 +79,8 @@ export declare function encodeEnvelope(publisherId: bigint, sequence: bigint, pu
 export declare function encodeRouterEvent(ev: JsRouterEvent, json: boolean): Buffer
 
 export declare function jetstreamStreamName(namespace: string, component: string): string
+
+export declare function jetstreamSubject(streamName: string): string
 
 export interface JsBlockExtraInfo {
   mmObjects: Array<JsMmObject>
@@ -108,6 +115,12 @@ export interface JsStoredBlock {
   mmExtraInfo?: JsBlockExtraInfo | undefined | null
 }
 
+export declare function kvEventsSubject(namespace: string, component: string): string
+
+export declare function kvMetricsSubject(namespace: string): string
+
+export declare function names(): RawNames
+
 export declare function peekBatch(payload: Uint8Array): object | null
 
 export interface RawIngestorOptions {
@@ -117,4 +130,15 @@ export interface RawIngestorOptions {
   maxDpRanks: number
   dpRanks?: Uint32Array | undefined | null
   localIndexerBufferSize: number
+}
+
+/** The core's names (shape `RawNames` of ts/core/binding.ts). */
+export interface RawNames {
+  kvEventsTopic: string
+  kvMetricsTopic: string
+  rejectReasons: Array<string>
+  counterNames: Array<string>
+  indexCounterNames: Array<string>
+  applyOutcomes: Array<string>
+  encodedFormats: Array<string>
 }

@@ -3,17 +3,13 @@
 // order and parents, eventsInRange outcomes, the ingestor's local indexer; plus a randomized comparison
 // with a naive model written straight from SPEC 6.
 import test from 'ava'
-import {
-  INDEX_COUNTER_NAMES,
-  MATCH_RECORD_BYTES,
-  type RawLocalIndexer,
-  type RawRadixIndex,
-  type RouterEventValue,
-} from '../ts/core/binding.js'
+import { MATCH_RECORD_BYTES, type RawLocalIndexer, type RawRadixIndex, type RouterEventValue } from '../ts/core/binding.js'
 import type { FallbackRadixIndex } from '../ts/fallback/index.js'
 import { fallback } from '../ts/fallback/lib.js'
 import { checkIndexInvariants } from './helpers/index-invariants.js'
 import { CanonicalRouterEvent as FastEvent } from '../ts/fallback/wire.js'
+
+const INDEX_COUNTER_NAMES = fallback.names().indexCounterNames
 
 const W1 = 1n
 const W2 = 2n

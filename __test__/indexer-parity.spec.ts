@@ -1,10 +1,10 @@
 // Native and fallback indexers give identical answers (SPEC 1, SPEC 6): a seeded stream of 200,000
 // random router events over 32 workers x 2 dp ranks with 10,000 interleaved queries; local indexers'
 // eventsInRange at checkpoints; and Ingestors with a local indexer fed generated engine batches.
-import test, { type ExecutionContext } from 'ava'
+import type { ExecutionContext } from 'ava'
 import { isDeepStrictEqual } from 'node:util'
 import * as kv from '../ts/index.js'
-import { fallback, needNative } from './helpers/impls.js'
+import { fallback, needNative, parityTest as test } from './helpers/impls.js'
 import { BatchGenerator } from './helpers/gen-batches.js'
 import { EventGenerator, applyOp, type IndexOp } from './helpers/gen-events.js'
 

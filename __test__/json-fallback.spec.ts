@@ -4,7 +4,7 @@
 // in BENCHMARKS.md, not asserted here.)
 import test from 'ava'
 import type { RawBinding } from '../ts/core/binding.js'
-import { fallback, native } from './helpers/impls.js'
+import { fallback, needNative, parityTest } from './helpers/impls.js'
 import { Rng } from '../ts/sim/rng.js'
 
 const event = (workerId: string): Uint8Array => Buffer.from(`{"worker_id":${workerId},"event":{"event_id":1,"data":"cleared","dp_rank":0}}`)
@@ -34,8 +34,8 @@ function outcome(impl: RawBinding, bytes: Uint8Array): string {
   }
 }
 
-test('both readers agree on long digit runs, leading zeros, exponents, fractions and signs', (t) => {
-  if (!native) return t.pass('native binding not loaded: nothing to compare')
+parityTest('both readers agree on long digit runs, leading zeros, exponents, fractions and signs', (t) => {
+  const native = needNative()
   const rng = new Rng(7)
   const digits = (n: number) => Array.from({ length: n }, (_, i) => (i === 0 ? 1 + rng.int(9) : rng.int(10))).join('')
   const numbers: string[] = [

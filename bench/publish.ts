@@ -5,6 +5,7 @@
 import { jetstream } from '@nats-io/jetstream'
 import { connect } from '@nats-io/transport-node'
 import { Ingestor, KvEventPublisher, silentLogger, type IngestMode } from '../ts/index.js'
+import { jetstreamSubject } from '../ts/core/api.js'
 import { startNatsServer } from '../__test__/helpers/nats-server.js'
 import { BLOCK_SIZE, standardWorkload, type Workload } from './workload.js'
 import { MS, ROUNDS, fmtRate, stopwatch, type Rate } from './measure.js'
@@ -48,7 +49,7 @@ async function oneAtATime(url: string, w: Workload, stream: string): Promise<Res
   }
   const nc = await connect({ servers: url })
   const js = jetstream(nc)
-  const subject = `${stream}.kv-events`
+  const subject = jetstreamSubject(stream)
   const clock = stopwatch()
   const until = Date.now() + MS
   let events = 0

@@ -7,44 +7,66 @@
 //
 // u64 values are bigint (or BigUint64Array), never number.
 
-/** Rejection reasons, in the order used by the `rejected` counts of RawIngestOutput and RawDecoded. */
-export const REJECT_REASONS = [
-  'malformed',
-  'invalid',
-  'unknown_type',
-  'filtered_tier',
-  'filtered_group',
-  'empty',
-  'self_reference',
-  'block_size',
-  'dp_rank',
-] as const
-export type RejectReason = (typeof REJECT_REASONS)[number]
+// Names (rejection reasons, counters, outcomes, topics, subjects) belong to the core: they reach
+// TypeScript through RawBinding.names() and the subject functions, never rebuilt here. The types below
+// only let the compiler check their uses; __test__/names.spec.ts checks them against both cores.
 
-/** Counter names returned by `RawIngestor.counters()`, in this order; every value is a bigint. */
-export const COUNTER_NAMES = [
-  'batches', // ingest() calls
-  'events_in', // engine events seen in well-formed batches
-  'emitted_stored', // stored router events emitted (after splitting)
-  'emitted_removed',
-  'emitted_cleared',
-  'blocks_stored', // blocks in emitted stored events
-  'blocks_removed', // hashes in emitted removed events
-  'truncated_stores', // stores cut short because token_ids ran out
-  'resets', // rank resets (engine clear, cleared() call)
-  'payload_bytes', // bytes of outgoing payloads
-  'untracked_blocks', // stored blocks not added to a rank's full live set (at most 2^22 per rank)
-  'rejected_malformed',
-  'rejected_invalid',
-  'rejected_unknown_type',
-  'rejected_filtered_tier',
-  'rejected_filtered_group',
-  'rejected_empty',
-  'rejected_self_reference',
-  'rejected_block_size',
-  'rejected_dp_rank',
-] as const
-export type CounterName = (typeof COUNTER_NAMES)[number]
+/** Rejection reasons, in the order of the `rejected` counts of RawIngestOutput and RawDecoded. */
+export type RejectReason =
+  | 'malformed'
+  | 'invalid'
+  | 'unknown_type'
+  | 'filtered_tier'
+  | 'filtered_group'
+  | 'empty'
+  | 'self_reference'
+  | 'block_size'
+  | 'dp_rank'
+
+/** Counter names of `RawIngestor.counters()`: what each counts is documented in crates/core/src/ingest.rs. */
+export type CounterName =
+  | 'batches'
+  | 'events_in'
+  | 'emitted_stored'
+  | 'emitted_removed'
+  | 'emitted_cleared'
+  | 'blocks_stored'
+  | 'blocks_removed'
+  | 'truncated_stores'
+  | 'resets'
+  | 'payload_bytes'
+  | 'untracked_blocks'
+  | `rejected_${RejectReason}`
+
+/** Outcomes of the RawRadixIndex apply methods, by code. */
+export type ApplyOutcome = 'applied' | 'parent_not_found' | 'block_not_found' | 'invalid_block_sequence'
+
+/** Counter names of `RawRadixIndex.counters()` (crates/core/src/index.rs). */
+export type IndexCounterName =
+  | 'applied_stored'
+  | 'applied_removed'
+  | 'applied_cleared'
+  | 'parent_not_found'
+  | 'block_not_found'
+  | 'invalid_block_sequence'
+  | 'blocks_stored'
+  | 'blocks_removed'
+
+/** The encodings of applyEncoded, by format code. */
+export type EncodedFormat = 'envelope' | 'msgpack' | 'json'
+
+/** The core's names; every list is in the order of the codes and counter arrays it names. */
+export interface RawNames {
+  /** The envelope topic of router events (`kv-events`). */
+  kvEventsTopic: string
+  /** The envelope topic of worker load (`kv_metrics`). */
+  kvMetricsTopic: string
+  rejectReasons: RejectReason[]
+  counterNames: CounterName[]
+  indexCounterNames: IndexCounterName[]
+  applyOutcomes: ApplyOutcome[]
+  encodedFormats: EncodedFormat[]
+}
 
 export interface MmObject {
   mmHash: bigint
@@ -72,7 +94,7 @@ export interface RouterEventValue {
 export interface RawDecoded {
   dpRank: number
   events: ConvertedEvent[]
-  /** Counts indexed like REJECT_REASONS (index 0, malformed, is always 0 here). */
+  /** Counts indexed like names().rejectReasons (index 0, malformed, is always 0 here). */
   rejected: Uint32Array
 }
 
@@ -83,18 +105,19 @@ export interface RawPeek {
 }
 
 /**
- * Output of one RawIngestor call, packed into a single Buffer so that crossing the native boundary
- * costs one allocation. All integers little-endian:
+ * Output of one RawIngestor call, packed into a single Buffer so that one call hands over everything
+ * it produced (payloads, counts and warnings). All integers little-endian:
  *
  *   offset  0  u32  N, the number of payloads
  *   offset  4  u32  dp rank of the batch (0 when flag bit 2 is clear)
- *   offset  8  u32  flags: bit 0 = firstEventId present, bit 1 = warnings pending (call takeWarnings()),
+ *   offset  8  u32  flags: bit 0 = firstEventId present, bit 1 = W > 0 (the call raised warnings),
  *                   bit 2 = the dp rank is present (clear when the batch was malformed),
  *                   bit 3 = some rejected count is non-zero
- *   offset 12  u32  reserved, 0
+ *   offset 12  u32  W, the byte length of the warnings section
  *   offset 16  u64  firstEventId (0 when absent); payload i has event id firstEventId + i
- *   offset 24  u32 × 9  rejected counts, indexed like REJECT_REASONS
+ *   offset 24  u32 × 9  rejected counts, indexed like names().rejectReasons
  *   offset 60  the N payloads, concatenated
+ *   then       the warnings section (W bytes): per warning a u32 byte length and its UTF-8 text
  *   then       u32 × N  payload lengths (the last 4N bytes)
  *
  * In event-plane mode each payload is the msgpack envelope around the msgpack RouterEvent; in
@@ -116,23 +139,6 @@ export interface RawIngestorOptions {
 // ---------------------------------------------------------------------------------------------------
 // Indexer (SPEC 6)
 
-/** Outcome codes of RawRadixIndex.applyEvent / applyEncoded, indexed like APPLY_OUTCOMES. */
-export const APPLY_OUTCOMES = ['applied', 'parent_not_found', 'block_not_found', 'invalid_block_sequence'] as const
-export type ApplyOutcome = (typeof APPLY_OUTCOMES)[number]
-
-/** Counter names of RawRadixIndex.counters(), in this order; every value is a bigint. */
-export const INDEX_COUNTER_NAMES = [
-  'applied_stored', // stored events fully applied
-  'applied_removed', // removed events (counted even when some hashes were unknown)
-  'applied_cleared',
-  'parent_not_found', // stored events whose parent the worker does not hold: nothing applied
-  'block_not_found', // removed hashes the worker did not hold
-  'invalid_block_sequence', // stored events repeating a block hash or its parent: nothing applied
-  'blocks_stored', // blocks applied by stored events
-  'blocks_removed', // hashes removed
-] as const
-export type IndexCounterName = (typeof INDEX_COUNTER_NAMES)[number]
-
 /**
  * findMatches output, written into a caller's buffer (little-endian): u32 N, then N records of 24 bytes
  * { u64 workerId, u32 dpRank, u32 score, u64 treeSize }, in ascending (workerId, dpRank) order.
@@ -142,13 +148,26 @@ export type IndexCounterName = (typeof INDEX_COUNTER_NAMES)[number]
  */
 export const MATCH_RECORD_BYTES = 24
 
-/** Format codes of applyEncoded. */
-export const ENCODED_FORMATS = ['envelope', 'msgpack', 'json'] as const
-
 export interface RawRadixIndex {
-  /** Never throws for event-level outcomes; returns an APPLY_OUTCOMES index. */
+  // The apply methods take an event flattened by the caller (ts/core/api.ts) into typed arrays, so
+  // that crossing into the native core costs no per-block object conversion. `head` holds
+  // [workerId, eventId, parentHash] (parentHash read only when hasParent); the first n values of
+  // blockHashes / tokensHashes are the event's. Each returns an outcome code (names().applyOutcomes)
+  // and never throws for event-level outcomes.
+  applyStored(
+    head: BigUint64Array,
+    dpRank: number,
+    hasParent: boolean,
+    blockHashes: BigUint64Array,
+    tokensHashes: BigUint64Array,
+    n: number,
+    blockMmInfos: (BlockExtraInfo | null)[] | null,
+  ): number
+  applyRemoved(head: BigUint64Array, dpRank: number, blockHashes: BigUint64Array, n: number): number
+  applyCleared(head: BigUint64Array, dpRank: number): number
+  /** The same for an event object (tests and tools; the public RadixIndex uses the methods above). */
   applyEvent(ev: RouterEventValue): number
-  /** format: index into ENCODED_FORMATS. Throws Error('invalid router event: ...') on bytes it cannot decode. */
+  /** format: index into names().encodedFormats. Throws Error('invalid router event: ...') on bytes it cannot decode. */
   applyEncoded(payload: Uint8Array, format: number): number
   findMatches(tokensHashes: BigUint64Array, earlyExit: boolean, out: Uint8Array): number
   findMatchesForTokens(
@@ -197,19 +216,17 @@ export interface RawIngestor {
   ): RawIngestOutput
   /**
    * The hot path: writes what ingest() would return into `out` at `offset` (an arena the caller
-   * reuses) and returns its length, or minus the length needed when it does not fit; then
-   * takeOutput(out2, offset2) hands over that same output, provided no other call came in between.
+   * reuses) and returns its length; when it does not fit there, returns that output as a new Buffer
+   * instead. Either way one call hands over the whole output.
    */
-  ingestInto(payload: Uint8Array, nowMs: number, out: Uint8Array, offset: number): number
-  takeOutput(out: Uint8Array, offset: number): number
+  ingestInto(payload: Uint8Array, nowMs: number, out: Uint8Array, offset: number): number | Buffer
   removed(blockHashes: BigUint64Array, dpRank: number, nowMs: number): RawIngestOutput
   cleared(dpRank: number, nowMs: number): RawIngestOutput
   /** Whether dpRank may be used (already seen, configured, or room for one more). */
   rankAllowed(dpRank: number): boolean
   nextEventId(dpRank: number): bigint
-  /** Values in COUNTER_NAMES order. */
+  /** Values in names().counterNames order. */
   counters(): BigUint64Array
-  takeWarnings(): string[]
   /** The local indexer every emitted event is applied to and buffered in (null when not enabled). */
   localIndexer(): RawLocalIndexer | null
 }
@@ -231,6 +248,13 @@ export interface RawBinding {
   encodeEnvelope(publisherId: bigint, sequence: bigint, publishedAt: bigint, topic: string, payload: Uint8Array): Buffer
   encodeActiveLoad(workerId: bigint, dpRank: number, activeDecodeBlocks: bigint, activePrefillTokens: bigint | null): Buffer
   jetstreamStreamName(namespace: string, component: string): string
+  /** The event-plane subject a Dynamo 1.0 router subscribes to. */
+  kvEventsSubject(namespace: string, component: string): string
+  /** The subject worker load (kv_metrics envelopes) is published on. */
+  kvMetricsSubject(namespace: string): string
+  /** The subject events are published to in a JetStream stream. */
+  jetstreamSubject(streamName: string): string
+  names(): RawNames
   RawIngestor: new (options: RawIngestorOptions) => RawIngestor
   RawRadixIndex: new () => RawRadixIndex
   /** bufferSize: events kept per dp rank (>= 1). */

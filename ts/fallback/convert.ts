@@ -3,12 +3,25 @@
 //
 // What happens to a BlockStored: `convertEvent` -> tier (`tierOk`) -> group (`groupKept`) -> `storeChecks`
 // (empty, self_reference, block_size, truncation) -> `hashKept` computes the blocks' tokens hashes.
-import type { ConvertedEvent, RawDecoded, StoredBlock } from '../core/binding.js'
+import type { ConvertedEvent, RawDecoded, RejectReason, StoredBlock } from '../core/binding.js'
 import { BatchHead, EV_CLEARED, EV_REMOVED, EventParser, PARSE_INVALID, PARSE_UNKNOWN_TYPE, PARSED, readBatchHead } from './engine.js'
 import { BASE_SEED, hashBlocks, loraSeedFromBytes, tokenBytesLE } from './hash.js'
 import { ascii, bigFromHalves, bytesEq, grownCapacity, HI, LO, u64Pairs } from './msgpack.js'
 
-// rejection reasons, indexed like REJECT_REASONS
+/** Rejection reasons (the core's Reason names), indexed by the REJ_ codes below. */
+export const REJECT_REASONS: RejectReason[] = [
+  'malformed',
+  'invalid',
+  'unknown_type',
+  'filtered_tier',
+  'filtered_group',
+  'empty',
+  'self_reference',
+  'block_size',
+  'dp_rank',
+]
+
+// rejection codes, indexed like REJECT_REASONS
 export const OK = PARSED
 export const REJ_MALFORMED = 0
 // an event the parser could not read is counted under what the parser said

@@ -16,11 +16,26 @@
 //   still held below it become unreachable (stale) but stay in their workers' maps until removed;
 // - a block hash stored at a new place leaves its old node first;
 // - `cleared` applies to every dp rank of the worker id (Dynamo semantics).
-import type { BlockExtraInfo, RawRadixIndex, RouterEventValue } from '../core/binding.js'
-import { INDEX_COUNTER_NAMES, MATCH_RECORD_BYTES } from '../core/binding.js'
+import type { ApplyOutcome, BlockExtraInfo, IndexCounterName, RawRadixIndex, RouterEventValue } from '../core/binding.js'
+import { MATCH_RECORD_BYTES } from '../core/binding.js'
 import { hashBlocks, loraSeed, tokenBytesLE } from './hash.js'
 import { bigFromHalves, HI, LO, u64Pairs } from './msgpack.js'
 import { CanonicalRouterEvent, decodeEncoded, envelopePayload, KIND_REMOVED, KIND_STORED, PAYLOAD_AT } from './wire.js'
+
+/** Apply outcome names (the core's APPLY_OUTCOMES), indexed by the OUTCOME_ codes below. */
+export const APPLY_OUTCOMES: ApplyOutcome[] = ['applied', 'parent_not_found', 'block_not_found', 'invalid_block_sequence']
+
+/** Index counter names (the core's INDEX_COUNTER_NAMES), in the order of counters(). */
+export const INDEX_COUNTER_NAMES: IndexCounterName[] = [
+  'applied_stored',
+  'applied_removed',
+  'applied_cleared',
+  'parent_not_found',
+  'block_not_found',
+  'invalid_block_sequence',
+  'blocks_stored',
+  'blocks_removed',
+]
 
 // outcome codes (APPLY_OUTCOMES order)
 export const OUTCOME_APPLIED = 0
@@ -760,6 +775,43 @@ export class FallbackRadixIndex implements RawRadixIndex {
       case 'cleared':
         return this.applyClearedParts(wHi, wLo, rank, idHi, idLo)
     }
+  }
+
+  // The flat forms of the raw interface: head = [workerId, eventId, parentHash], read as 32-bit halves.
+  applyStored(
+    head: BigUint64Array,
+    dpRank: number,
+    hasParent: boolean,
+    blockHashes: BigUint64Array,
+    tokensHashes: BigUint64Array,
+    n: number,
+    _blockMmInfos: (BlockExtraInfo | null)[] | null,
+  ): number {
+    const h = u64Pairs(head)
+    return this.applyStoredParts(
+      h[HI]!,
+      h[LO]!,
+      dpRank,
+      h[2 + HI]!,
+      h[2 + LO]!,
+      hasParent,
+      hasParent ? h[4 + HI]! : 0,
+      hasParent ? h[4 + LO]! : 0,
+      u64Pairs(blockHashes),
+      u64Pairs(tokensHashes),
+      0,
+      n,
+    )
+  }
+
+  applyRemoved(head: BigUint64Array, dpRank: number, blockHashes: BigUint64Array, n: number): number {
+    const h = u64Pairs(head)
+    return this.applyRemovedParts(h[HI]!, h[LO]!, dpRank, h[2 + HI]!, h[2 + LO]!, u64Pairs(blockHashes), 0, n)
+  }
+
+  applyCleared(head: BigUint64Array, dpRank: number): number {
+    const h = u64Pairs(head)
+    return this.applyClearedParts(h[HI]!, h[LO]!, dpRank, h[2 + HI]!, h[2 + LO]!)
   }
 
   applyEncoded(payload: Uint8Array, format: number): number {

@@ -5,9 +5,9 @@
 // Hot path: the batch is read straight from its bytes (engine.ts, convert.ts), every RouterEvent is written into one
 // reused ByteWriter, and the output is one Buffer allocation per call.
 import {
-  COUNTER_NAMES,
   OUT_HEADER_BYTES,
   type BlockExtraInfo,
+  type CounterName,
   type RawIngestor,
   type RawIngestorOptions,
   type RawLocalIndexer,
@@ -28,6 +28,30 @@ export const MAX_HASHES_PER_REMOVED = 4096
 const MAX_TRUNCATION_WARNINGS = 3
 
 const TWO32 = 4294967296
+
+/** Counter names (the core's COUNTER_NAMES), in the order of counters(). */
+export const COUNTER_NAMES: CounterName[] = [
+  'batches',
+  'events_in',
+  'emitted_stored',
+  'emitted_removed',
+  'emitted_cleared',
+  'blocks_stored',
+  'blocks_removed',
+  'truncated_stores',
+  'resets',
+  'payload_bytes',
+  'untracked_blocks',
+  'rejected_malformed',
+  'rejected_invalid',
+  'rejected_unknown_type',
+  'rejected_filtered_tier',
+  'rejected_filtered_group',
+  'rejected_empty',
+  'rejected_self_reference',
+  'rejected_block_size',
+  'rejected_dp_rank',
+]
 
 // counter indices (COUNTER_NAMES order)
 const C_BATCHES = 0
@@ -78,6 +102,8 @@ export class FallbackIngestor implements RawIngestor {
   private seqLo = 0
   private readonly counts = new Float64Array(COUNTER_NAMES.length)
   private warnings: string[] = []
+  /** The warnings section of the pending output (ts/core/binding.ts). */
+  private warningBytes: Uint8Array = NO_WARNINGS
   private liveOverflowWarned = false
   private truncationWarnings = 0
 
@@ -156,28 +182,15 @@ export class FallbackIngestor implements RawIngestor {
     return out
   }
 
-  takeWarnings(): string[] {
-    const w = this.warnings
-    this.warnings = []
-    return w
-  }
-
   // --- the calls ---
 
   ingest(payload: Uint8Array, nowMs: number): RawIngestOutput {
     return this.packed(this.run(payload, nowMs))
   }
 
-  ingestInto(payload: Uint8Array, nowMs: number, out: Uint8Array, offset: number): number {
+  ingestInto(payload: Uint8Array, nowMs: number, out: Uint8Array, offset: number): number | Buffer {
     const len = this.run(payload, nowMs)
-    if (len > out.length - offset) return -len
-    this.writeOutput(out, offset)
-    return len
-  }
-
-  takeOutput(out: Uint8Array, offset: number): number {
-    const len = this.outLen
-    if (len > out.length - offset) return -len
+    if (len > out.length - offset) return this.packed(len)
     this.writeOutput(out, offset)
     return len
   }
@@ -503,18 +516,20 @@ export class FallbackIngestor implements RawIngestor {
   }
 
   /**
-   * Ends a call: fixes its header and returns the length of its packed output (ts/core/binding.ts), which stays
-   * pending (for writeOutput / takeOutput) until the next call. Flag bit 1: warnings are pending.
+   * Ends a call: fixes its header, moves the call's warnings into the output and returns the length of its
+   * packed output (ts/core/binding.ts), which stays pending (for writeOutput) until the next call.
    */
   private finish(dpRank: number): number {
     const n = this.payloadCount
     this.outRank = dpRank
-    // bit 0: first event id present; bit 1: warnings pending; bit 2: the batch had a dp rank
+    // bit 0: first event id present; bit 1: the call raised warnings; bit 2: the batch had a dp rank
     let anyRejected = 0
     for (let i = 0; i < REJECT_COUNT; i++) anyRejected |= this.rejected[i]!
     // bit 3: some event was rejected
     this.outFlags = (n > 0 ? 1 : 0) | (this.warnings.length > 0 ? 2 : 0) | (dpRank >= 0 ? 4 : 0) | (anyRejected !== 0 ? 8 : 0)
-    this.outLen = OUT_HEADER_BYTES + this.out.pos + 4 * n
+    this.warningBytes = this.warnings.length > 0 ? warningSection(this.warnings) : NO_WARNINGS
+    this.warnings = []
+    this.outLen = OUT_HEADER_BYTES + this.out.pos + this.warningBytes.length + 4 * n
     return this.outLen
   }
 
@@ -529,21 +544,38 @@ export class FallbackIngestor implements RawIngestor {
     return buf
   }
 
-  /** Writes the pending output (outLen bytes) into `target`: header, payloads, then their lengths. */
+  /** Writes the pending output (outLen bytes) into `target`: header, payloads, warnings, then the payload lengths. */
   private writeOutput(target: Uint8Array, offset = 0): void {
     const n = this.payloadCount
     const body = this.out.pos
     put32(target, offset + 0, n)
     put32(target, offset + 4, Math.max(this.outRank, 0)) // u32; flag bit 2 says whether there is one
     put32(target, offset + 8, this.outFlags)
-    put32(target, offset + 12, 0)
+    const warnings = this.warningBytes
+    put32(target, offset + 12, warnings.length)
     put32(target, offset + 16, n > 0 ? this.firstLo : 0)
     put32(target, offset + 20, n > 0 ? this.firstHi : 0)
     const rejected = this.rejected
     for (let i = 0; i < REJECT_COUNT; i++) put32(target, offset + 24 + 4 * i, rejected[i]!)
     if (body > 0) target.set(this.out.buf.subarray(0, body), offset + OUT_HEADER_BYTES)
+    if (warnings.length > 0) target.set(warnings, offset + OUT_HEADER_BYTES + body)
     const lens = this.payloadLens
-    const at = offset + OUT_HEADER_BYTES + body
+    const at = offset + OUT_HEADER_BYTES + body + warnings.length
     for (let i = 0; i < n; i++) put32(target, at + 4 * i, lens[i]!)
   }
+}
+
+const NO_WARNINGS = new Uint8Array(0)
+
+/** The warnings section of a packed output: per warning a u32 byte length (LE) and its UTF-8 text. */
+function warningSection(warnings: string[]): Uint8Array {
+  const texts = warnings.map((w) => Buffer.from(w, 'utf8'))
+  const out = Buffer.allocUnsafe(texts.reduce((n, t) => n + 4 + t.length, 0))
+  let at = 0
+  for (const t of texts) {
+    out.writeUInt32LE(t.length, at)
+    out.set(t, at + 4)
+    at += 4 + t.length
+  }
+  return out
 }

@@ -2,17 +2,23 @@
 // mirror crates/core/src one for one (engine, convert, hash, wire, index, local, ingest, msgpack). It gives
 // byte-identical output to the native core for the same inputs and clock.
 import type { RawBinding } from '../core/binding.js'
-import { decodeEngineBatch } from './convert.js'
+import { decodeEngineBatch, REJECT_REASONS } from './convert.js'
 import { peekBatch } from './engine.js'
 import { computeBlockHashes } from './hash.js'
-import { FallbackRadixIndex } from './index.js'
-import { FallbackIngestor } from './ingest.js'
+import { APPLY_OUTCOMES, FallbackRadixIndex, INDEX_COUNTER_NAMES } from './index.js'
+import { COUNTER_NAMES, FallbackIngestor } from './ingest.js'
 import { FallbackLocalIndexer } from './local.js'
 import { ByteWriter } from './msgpack.js'
 import {
   decodeRouterEvent,
+  ENCODED_FORMATS,
   jetstreamStreamName,
+  jetstreamSubject,
   jsonEncoder,
+  KV_EVENTS_TOPIC,
+  KV_METRICS_TOPIC,
+  kvEventsSubject,
+  kvMetricsSubject,
   msgpackEncoder,
   writeActiveLoad,
   writeEnvelope,
@@ -42,6 +48,20 @@ export const fallback: RawBinding = {
     return scratch.toBuffer()
   },
   jetstreamStreamName,
+  kvEventsSubject,
+  kvMetricsSubject,
+  jetstreamSubject,
+  names() {
+    return {
+      kvEventsTopic: KV_EVENTS_TOPIC,
+      kvMetricsTopic: KV_METRICS_TOPIC,
+      rejectReasons: [...REJECT_REASONS],
+      counterNames: [...COUNTER_NAMES],
+      indexCounterNames: [...INDEX_COUNTER_NAMES],
+      applyOutcomes: [...APPLY_OUTCOMES],
+      encodedFormats: [...ENCODED_FORMATS],
+    }
+  },
   RawIngestor: FallbackIngestor,
   RawRadixIndex: FallbackRadixIndex,
   RawLocalIndexer: FallbackLocalIndexer,

@@ -4,7 +4,7 @@
 // The ring keeps each event encoded (msgpack RouterEvent bytes, or the JSON an ingestor in jetstream
 // mode emitted) with its id as u32 halves: compact, never shared with a caller, and decoded into fresh
 // objects only when a range is asked for.
-import type { RawLocalIndexer, RawRangeResult, RouterEventValue } from '../core/binding.js'
+import type { BlockExtraInfo, RawLocalIndexer, RawRangeResult, RouterEventValue, StoredBlock } from '../core/binding.js'
 import { FallbackRadixIndex } from './index.js'
 import { bigFromHalves, ByteWriter } from './msgpack.js'
 import { decodeEncoded, decodeRouterEvent, msgpackEncoder, writeRouterEvent } from './wire.js'
@@ -128,6 +128,36 @@ export class FallbackLocalIndexer extends FallbackRadixIndex implements RawLocal
     const id = ev.event.eventId
     this.bufferEncoded(ev.event.dpRank, Number(id >> 32n), Number(id & 0xffffffffn), w.buf.slice(0, w.pos), RING_MSGPACK)
     return outcome
+  }
+
+  // The flat forms apply and buffer through applyEvent: the ring keeps the event's bytes either way.
+  override applyStored(
+    head: BigUint64Array,
+    dpRank: number,
+    hasParent: boolean,
+    blockHashes: BigUint64Array,
+    tokensHashes: BigUint64Array,
+    n: number,
+    blockMmInfos: (BlockExtraInfo | null)[] | null,
+  ): number {
+    const blocks: StoredBlock[] = new Array(n)
+    for (let i = 0; i < n; i++)
+      blocks[i] = { blockHash: blockHashes[i]!, tokensHash: tokensHashes[i]!, mmExtraInfo: blockMmInfos?.[i] ?? null }
+    return this.applyEvent({
+      workerId: head[0]!,
+      event: { eventId: head[1]!, dpRank, data: { type: 'stored', parentHash: hasParent ? head[2]! : null, blocks } },
+    })
+  }
+
+  override applyRemoved(head: BigUint64Array, dpRank: number, blockHashes: BigUint64Array, n: number): number {
+    return this.applyEvent({
+      workerId: head[0]!,
+      event: { eventId: head[1]!, dpRank, data: { type: 'removed', blockHashes: Array.from(blockHashes.subarray(0, n)) } },
+    })
+  }
+
+  override applyCleared(head: BigUint64Array, dpRank: number): number {
+    return this.applyEvent({ workerId: head[0]!, event: { eventId: head[1]!, dpRank, data: { type: 'cleared' } } })
   }
 
   override applyEncoded(payload: Uint8Array, format: number): number {

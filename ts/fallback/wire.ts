@@ -6,7 +6,7 @@
 // RouterEvents are written through `EventEncoder`, a set of primitive steps over a ByteWriter, so that
 // the ingest hot path writes straight from its scratch arrays (u64 as u32 halves) and the public
 // encodeRouterEvent writes from JS objects through the same code.
-import type { BlockExtraInfo, ConvertedEvent, MmObject, RouterEventValue } from '../core/binding.js'
+import type { BlockExtraInfo, ConvertedEvent, EncodedFormat, MmObject, RouterEventValue } from '../core/binding.js'
 import { asciiBytes, get, JsonError, NULL, OTHER, parseJson, writeBigDec, writeSafeDec, writeU64Dec, type Val } from './json.js'
 import {
   arrayAt,
@@ -27,6 +27,12 @@ import {
   strAt,
   validate,
 } from './msgpack.js'
+
+/** The envelope topics of router events and of worker load. */
+export const KV_EVENTS_TOPIC = 'kv-events'
+export const KV_METRICS_TOPIC = 'kv_metrics'
+/** The encodings of applyEncoded, by format code. */
+export const ENCODED_FORMATS: EncodedFormat[] = ['envelope', 'msgpack', 'json']
 
 // ---------------------------------------------------------------------------------------------------
 // RouterEvent encoders
@@ -261,7 +267,7 @@ const ENV_PUBLISHED_AT = keyBytes('published_at')
 const ENV_TOPIC = keyBytes('topic')
 const ENV_PAYLOAD = keyBytes('payload')
 /** `topic: "kv-events"` as written by every ingest envelope. */
-export const ENV_TOPIC_KV_EVENTS = concat(ENV_TOPIC, keyBytes('kv-events'))
+export const ENV_TOPIC_KV_EVENTS = concat(ENV_TOPIC, keyBytes(KV_EVENTS_TOPIC))
 
 /** The envelope up to (not including) the topic key: publisher_id, sequence, published_at. */
 export function writeEnvelopeHead(
@@ -703,8 +709,23 @@ export function decodeEncoded(payload: Uint8Array, format: number): RouterEventV
 // ---------------------------------------------------------------------------------------------------
 // names: the JetStream stream name (SPEC 5)
 
+/** The event-plane subject a Dynamo 1.0 router subscribes to. */
+export function kvEventsSubject(namespace: string, component: string): string {
+  return `namespace.${namespace}.component.${component}.${KV_EVENTS_TOPIC}`
+}
+
+/** The subject a Dynamo 1.0 router reads worker load from. */
+export function kvMetricsSubject(namespace: string): string {
+  return `namespace.${namespace}.${KV_METRICS_TOPIC}`
+}
+
+/** The subject events are published to in a JetStream stream. */
+export function jetstreamSubject(streamName: string): string {
+  return `${streamName}.${KV_EVENTS_TOPIC}`
+}
+
 export function jetstreamStreamName(namespace: string, component: string): string {
-  const lowered = `namespace.${namespace}.component.${component}.kv-events`.toLowerCase()
+  const lowered = kvEventsSubject(namespace, component).toLowerCase()
   let slug = ''
   for (const ch of lowered) {
     // iterating a string yields code points: an astral character becomes ONE '_'

@@ -123,6 +123,11 @@ export function resolveNatsOptions(opts: NatsOptions = {}, env: Env = process.en
     noAsyncTraces: true,
     reconnectTimeWait: opts.reconnectTimeWaitMs === undefined ? 250 : positiveInt('nats.reconnectTimeWaitMs', opts.reconnectTimeWaitMs),
   }
+  // nats.js writes its outbound buffer to the socket whenever it holds 32 KiB; the event-plane sink
+  // follows each coalesced write (up to 64 KiB) with a flush, which writes it too, so a larger limit lets
+  // one socket write carry a whole coalesced write and its PING. (A hidden option of nats.js: ignored if
+  // it goes away.)
+  ;(options as { pendingLimit?: number }).pendingLimit = 128 * 1024
   if (opts.tls !== undefined && opts.tls !== false) {
     if (opts.tls !== true && (typeof opts.tls !== 'object' || opts.tls === null))
       throw new TypeError('nats.tls must be a boolean or TLS options')

@@ -4,7 +4,7 @@
 // rank. (Dynamo keeps one value for all ranks; here two ranks changing at once each get their message.)
 // A rank whose value keeps changing is still published at least every 50 ms.
 import { checkName, describe, u32, u64 } from '../util/args.js'
-import { encodeActiveLoad, encodeEnvelope } from '../core/api.js'
+import { encodeActiveLoad, encodeEnvelope, KV_METRICS_TOPIC, kvMetricsSubject } from '../core/api.js'
 import { loggerOption, RateLimitedLog, type Logger } from '../util/log.js'
 import { openNats, type NatsConnection, type NatsOption } from '../transport/nats.js'
 
@@ -72,7 +72,7 @@ export class WorkerMetricsPublisher {
     if (typeof now !== 'function') throw new TypeError(`now must be a function returning unix ms, got ${describe(now)}`)
     const logger = loggerOption(options.logger)
     const { nc, owned: owns } = await openNats(options.nats, env)
-    return new WorkerMetricsPublisher(workerId, `namespace.${namespace}.kv_metrics`, nc, owns, now, logger)
+    return new WorkerMetricsPublisher(workerId, kvMetricsSubject(namespace), nc, owns, now, logger)
   }
 
   /** Reports a rank's active decode blocks (a count: a bigint, or a non-negative safe integer). */
@@ -147,7 +147,7 @@ export class WorkerMetricsPublisher {
         publisherId: this.workerId,
         sequence: this.#sequence,
         publishedAt: this.#now(),
-        topic: 'kv_metrics',
+        topic: KV_METRICS_TOPIC,
         payload,
       })
       this.#nc.publish(this.subject, envelope)

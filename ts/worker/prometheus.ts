@@ -35,7 +35,12 @@ function createMetrics(registry: Registry, prefix: string, state: Registered): v
         each((p, s) => this.inc(labelsOf(p), Number(read(s))))
       },
     })
-  const byKey = (name: string, help: string, key: string, read: (s: ReturnType<KvEventPublisher['stats']>) => Record<string, bigint>) =>
+  const byKey = (
+    name: string,
+    help: string,
+    key: string,
+    read: (s: ReturnType<KvEventPublisher['stats']>) => Record<string, bigint | number>,
+  ) =>
     new Counter({
       name: `${prefix}${name}`,
       help,
@@ -51,7 +56,11 @@ function createMetrics(registry: Registry, prefix: string, state: Registered): v
   byKey('events_emitted_total', 'Router events emitted, by type', 'type', (s) => s.emitted)
   byKey('events_rejected_total', 'Engine events (or batches: malformed, dp_rank) rejected, by reason', 'reason', (s) => s.rejected)
   counter('engine_batches_total', 'Engine batches ingested (ZMQ messages or ingest() calls)', (s) => s.ingest.batches)
-  counter('published_total', 'Events handed to NATS (event plane) or acknowledged by the stream (JetStream)', (s) => s.sink.published)
+  counter(
+    'published_total',
+    'Events the server confirmed: a flush answered after they were written (event plane), or a stream ack (JetStream)',
+    (s) => s.sink.published,
+  )
   counter(
     'publish_errors_total',
     'Publishes that failed and were not retried, or were still unconfirmed at close',
@@ -59,12 +68,34 @@ function createMetrics(registry: Registry, prefix: string, state: Registered): v
   )
   counter(
     'undelivered_total',
-    'Event-plane events dropped while NATS was disconnected and the reconnect buffer was full',
+    'Event-plane events accepted and never confirmed by the server (the sum over undelivered_by_reason_total)',
     (s) => s.sink.undelivered,
+  )
+  byKey(
+    'undelivered_by_reason_total',
+    'Event-plane undelivered events by reason: unconfirmed (written, the connection failed before the server confirmed them; may have arrived), dropped (never written: reconnect buffer full, or held at close), refused (the client refused the publish)',
+    'reason',
+    (s) => ({ ...s.sink.undeliveredByReason }),
+  )
+  byKey(
+    'calls_rejected_total',
+    'ingest()/publish calls rejected before acceptance: max_waiting (maxWaiting calls already waiting), close_timeout (still waiting when close() ran out of closeTimeoutMs)',
+    'reason',
+    (s) => ({ max_waiting: s.waitingRejected, close_timeout: s.droppedAtClose }),
   )
   counter('publish_retries_total', 'JetStream publishes retried with the same message id', (s) => s.sink.retries)
   counter('publish_duplicates_total', 'JetStream acks saying the stream already had the message', (s) => s.sink.duplicates)
   counter('republished_total', 'JetStream events re-published under new ids to repair an out-of-order landing', (s) => s.sink.republished)
+  new Gauge({
+    name: `${prefix}calls_waiting`,
+    help: 'ingest()/publish calls waiting to be accepted (bounded by maxWaiting)',
+    labelNames: LABELS,
+    registers: [registry],
+    collect() {
+      this.reset()
+      each((p, s) => this.set(labelsOf(p), s.waiting))
+    },
+  })
   new Gauge({
     name: `${prefix}queue_depth`,
     help: 'Events accepted and not yet confirmed by the server',

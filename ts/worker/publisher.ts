@@ -3,8 +3,18 @@
 // payloads to a sink, applies backpressure and owns the connection's lifecycle.
 import { randomBytes } from 'node:crypto'
 import { checkName, describe, positiveInt, u64 } from '../util/args.js'
-import { Ingestor, jetstreamStreamName, type IngestMode, type IngestResult, type LocalIndexer, type StoredArgs } from '../core/api.js'
-import { REJECT_REASONS, type CounterName, type RejectReason } from '../core/binding.js'
+import {
+  Ingestor,
+  REJECT_REASONS,
+  jetstreamStreamName,
+  jetstreamSubject,
+  kvEventsSubject,
+  type IngestMode,
+  type IngestResult,
+  type LocalIndexer,
+  type StoredArgs,
+} from '../core/api.js'
+import type { CounterName, RejectReason } from '../core/binding.js'
 import { loggerOption, RateLimitedLog, type Logger } from '../util/log.js'
 import { openNats, type NatsConnection, type NatsOption } from '../transport/nats.js'
 import { EventPlaneSink } from '../transport/sinks/event-plane.js'
@@ -13,6 +23,15 @@ import type { Sink, SinkStats } from '../transport/sinks/types.js'
 import { ZmqSource, type ZmqSourceCounter, type ZmqSourceOptions } from '../transport/sources/zmq.js'
 
 type Env = Record<string, string | undefined>
+
+/** A call waiting to be accepted. */
+interface Waiter {
+  run: () => void
+  reject: (err: Error) => void
+}
+
+/** How long one turn of the event loop admits waiting calls before yielding. */
+const ADMIT_SLICE_MS = 5
 
 export interface KvEventPublisherOptions {
   /** Dynamo namespace and component of the workers (SPEC 5 naming rules). */
@@ -32,6 +51,11 @@ export interface KvEventPublisherOptions {
   logger?: Logger
   /** Events accepted but not yet confirmed before ingest() and the publish methods wait (default 10,000). */
   maxPending?: number
+  /**
+   * Calls that may wait to be accepted (FIFO) while maxPending is reached (default 10,000); a call beyond
+   * this rejects at once with an error naming this option.
+   */
+  maxWaiting?: number
   /** Clock for the envelopes' `published_at` (unix ms; default Date.now). */
   now?: () => number
   /** At most this many distinct dp ranks (default 64). */
@@ -51,7 +75,10 @@ export interface KvEventPublisherOptions {
   }
   /** Event-plane mode only: bytes buffered by the client while disconnected before events are dropped (default 8 MiB). */
   reconnectBufferBytes?: number
-  /** How long close() waits for unconfirmed events (ms, default 10,000). */
+  /**
+   * How long close() may take (ms, default 10,000): waiting calls are accepted as room frees until then,
+   * the rest are rejected (counted in droppedAtClose), and unconfirmed events are counted undelivered.
+   */
   closeTimeoutMs?: number
   /**
    * Listen to the engine's ZMQ KV-event stream (SPEC 2.1) and ingest every batch: `endpoint` or
@@ -68,10 +95,17 @@ export interface PublisherStats {
   rejected: Record<RejectReason, bigint>
   /** All Ingestor counters (COUNTER_NAMES). */
   ingest: Record<CounterName, bigint>
-  /** Sink counters: published, publishErrors, undelivered, retries, duplicates, republished, repairs, queueDepth. */
+  /**
+   * Sink counters: published, publishErrors, undelivered (and undeliveredByReason), retries, duplicates,
+   * republished, repairs, queueDepth (SPEC 8).
+   */
   sink: SinkStats
   /** Calls waiting for room in the queue. */
   waiting: number
+  /** Calls rejected because maxWaiting calls were already waiting. */
+  waitingRejected: number
+  /** Calls still waiting when close() ran out of closeTimeoutMs: rejected, their events never emitted. */
+  droppedAtClose: number
   /** The ZMQ source's counters (null without the zmq option). */
   source: Record<ZmqSourceCounter, bigint> | null
 }
@@ -86,6 +120,7 @@ const KNOWN_OPTIONS = new Set([
   'nats',
   'logger',
   'maxPending',
+  'maxWaiting',
   'now',
   'maxDpRanks',
   'dpRanks',
@@ -125,16 +160,24 @@ export class KvEventPublisher {
   readonly #nc: NatsConnection
   readonly #ownsConnection: boolean
   readonly #maxPending: number
+  readonly #maxWaiting: number
   readonly #now: () => number
   readonly #closeTimeoutMs: number
   readonly #logger: Logger
-  readonly #waiters: (() => void)[] = []
+  /** Calls waiting to be accepted, oldest first from #waitHead (a queue without O(n) shifts). */
+  #waiters: (Waiter | undefined)[] = []
+  #waitHead = 0
+  #admitScheduled = false
+  #waitingRejected = 0
+  #droppedAtClose = 0
+  /** Set once close() ran out of closeTimeoutMs: no call is accepted any more. */
+  #closeExpired = false
+  /** Set by close() while it waits for the waiting calls to be admitted or rejected. */
+  #waitersGone: (() => void) | null = null
   #closing: Promise<void> | null = null
   #source: ZmqSource | null = null
   /** While close() stops the source, its calls still get in. */
   #sourceOpen = false
-  /** Set by close() once the source stopped: waiting calls are admitted without the bound. */
-  #draining = false
 
   private constructor(init: {
     options: KvEventPublisherOptions
@@ -145,6 +188,7 @@ export class KvEventPublisher {
     subject: string
     streamName: string | null
     maxPending: number
+    maxWaiting: number
     now: () => number
     closeTimeoutMs: number
     logger: Logger
@@ -161,6 +205,7 @@ export class KvEventPublisher {
     this.#nc = init.nc
     this.#ownsConnection = init.ownsConnection
     this.#maxPending = init.maxPending
+    this.#maxWaiting = init.maxWaiting
     this.#now = init.now
     this.#closeTimeoutMs = init.closeTimeoutMs
     this.#logger = init.logger
@@ -183,6 +228,7 @@ export class KvEventPublisher {
       throw new RangeError(`mode must be 'event-plane' or 'jetstream', got ${describe(mode)}`)
     const workerId = options.workerId === undefined ? randomWorkerId() : u64('workerId', options.workerId)
     const maxPending = positiveInt('maxPending', options.maxPending ?? 10_000, 1 << 24)
+    const maxWaiting = positiveInt('maxWaiting', options.maxWaiting ?? 10_000, 1 << 24)
     const closeTimeoutMs = positiveInt('closeTimeoutMs', options.closeTimeoutMs ?? 10_000)
     const now = options.now ?? Date.now
     if (typeof now !== 'function') throw new TypeError(`now must be a function returning unix ms, got ${describe(now)}`)
@@ -235,9 +281,9 @@ export class KvEventPublisher {
       if (streamName !== null) {
         const jsSink = await JetStreamSink.create(nc, streamName, maxAgeSeconds, workerId, log, { window, ackTimeoutMs, epoch: js.epoch })
         sink = jsSink
-        subject = `${streamName}.kv-events`
+        subject = jetstreamSubject(streamName)
       } else {
-        subject = `namespace.${namespace}.component.${component}.kv-events`
+        subject = kvEventsSubject(namespace, component)
         sink = new EventPlaneSink(nc, subject, log, { reconnectBufferBytes })
       }
     } catch (err) {
@@ -253,6 +299,7 @@ export class KvEventPublisher {
       subject,
       streamName,
       maxPending,
+      maxWaiting,
       now,
       closeTimeoutMs,
       logger,
@@ -341,7 +388,9 @@ export class KvEventPublisher {
       rejected,
       ingest,
       sink: this.#sink.stats(),
-      waiting: this.#waiters.length,
+      waiting: this.#waiting,
+      waitingRejected: this.#waitingRejected,
+      droppedAtClose: this.#droppedAtClose,
       source: this.#source?.stats() ?? null,
     }
   }
@@ -352,8 +401,10 @@ export class KvEventPublisher {
   }
 
   /**
-   * Idempotent: stops the ZMQ source (it finishes the batch in hand), lets waiting calls in, flushes what
-   * was accepted, then closes the connection if it owns it.
+   * Idempotent, and done within closeTimeoutMs (plus the time to close the connection):
+   * stops the ZMQ source (it finishes the batch in hand), lets waiting calls in as room frees, flushes what
+   * was accepted, then closes the connection if it owns it. Calls still waiting when the time runs out are
+   * rejected and counted (droppedAtClose); events still unconfirmed are counted by the sink (SPEC 8).
    */
   close(): Promise<void> {
     this.#closing ??= this.#close()
@@ -369,16 +420,27 @@ export class KvEventPublisher {
   }
 
   async #close(): Promise<void> {
+    const deadline = performance.now() + this.#closeTimeoutMs
+    // Calls already waiting were made before close(): they are accepted as room frees, in order, until the
+    // deadline; then the rest are rejected. Admitting them all at once past maxPending could take longer
+    // than closeTimeoutMs (each runs the Ingestor) and hold every one of their events in memory. The
+    // deadline also covers the source's call in flight, which may be waiting for room.
+    const timer = setTimeout(() => this.#dropWaiting(), this.#closeTimeoutMs)
     if (this.#source) {
       // the source's calls are still accepted while it stops, within the bound
       this.#sourceOpen = true
       await this.#source.close()
       this.#sourceOpen = false
     }
-    // Calls already waiting were made before close(): they are accepted, without the bound.
-    this.#draining = true
-    this.#admitWaiting()
-    await this.#sink.close(this.#closeTimeoutMs)
+    if (this.#waiting > 0) {
+      const gone = new Promise<void>((resolve) => {
+        this.#waitersGone = resolve
+      })
+      this.#admitWaiting()
+      await gone
+    }
+    clearTimeout(timer)
+    await this.#sink.close(Math.max(0, deadline - performance.now()))
     if (this.#ownsConnection)
       await this.#nc.close().catch((err: unknown) => this.#logger.warn({ err: String(err) }, 'closing the NATS connection failed'))
     this.#logger.info({ workerId: this.workerId.toString(), ...this.#sink.stats() }, 'KV event publisher closed')
@@ -391,23 +453,43 @@ export class KvEventPublisher {
     return t
   }
 
-  /** Runs `work` now if there is room and nobody waits, else after the calls before it (FIFO). */
+  get #waiting(): number {
+    return this.#waiters.length - this.#waitHead
+  }
+
+  /**
+   * Runs `work` now if there is room and nobody waits, else after the calls before it (FIFO); rejects at
+   * once when maxWaiting calls already wait.
+   */
   #accept(work: () => IngestResult, fromSource = false): Promise<IngestResult> {
-    if (this.#closing !== null && !(fromSource && this.#sourceOpen)) return Promise.reject(new Error('KvEventPublisher is closed'))
-    if (this.#waiters.length === 0 && this.#sink.pending < this.#maxPending) {
+    if (this.#closing !== null && !(fromSource && this.#sourceOpen && !this.#closeExpired))
+      return Promise.reject(new Error('KvEventPublisher is closed'))
+    if (this.#waiting === 0 && this.#sink.pending < this.#maxPending) {
       try {
         return Promise.resolve(this.#run(work))
       } catch (err) {
         return Promise.reject(err)
       }
     }
+    if (this.#waiting >= this.#maxWaiting) {
+      this.#waitingRejected++
+      return Promise.reject(
+        new Error(
+          `KvEventPublisher: ${this.#waiting} calls are already waiting to be accepted (maxWaiting = ${this.#maxWaiting}); ` +
+            'await earlier calls before making more, or raise maxWaiting',
+        ),
+      )
+    }
     return new Promise<IngestResult>((resolve, reject) => {
-      this.#waiters.push(() => {
-        try {
-          resolve(this.#run(work))
-        } catch (err) {
-          reject(err)
-        }
+      this.#waiters.push({
+        run: () => {
+          try {
+            resolve(this.#run(work))
+          } catch (err) {
+            reject(err)
+          }
+        },
+        reject,
       })
     })
   }
@@ -415,11 +497,61 @@ export class KvEventPublisher {
   #run(work: () => IngestResult): IngestResult {
     const result = work()
     if (result.payloads.length > 0) this.#sink.send(result.payloads, result.dpRank!, result.firstEventId!)
+    // the core rate-limits its warnings (a few per publisher), so each is logged
+    if (result.warnings !== undefined) for (const w of result.warnings) this.#logger.warn({ workerId: this.workerId.toString() }, w)
     return result
   }
 
+  /**
+   * Admits waiting calls while there is room. Each runs synchronously and adds to pending before the next
+   * one is considered; after ADMIT_SLICE_MS the rest continue on a later turn, so confirmations, sockets
+   * and close()'s deadline are served in between.
+   */
   #admitWaiting(): void {
-    // Each admitted call runs synchronously and adds to pending before the next one is considered.
-    while (this.#waiters.length > 0 && (this.#sink.pending < this.#maxPending || this.#draining)) this.#waiters.shift()!()
+    const sliceEnd = performance.now() + ADMIT_SLICE_MS
+    let n = 0
+    while (this.#waiting > 0 && this.#sink.pending < this.#maxPending) {
+      if ((++n & 63) === 0 && performance.now() >= sliceEnd) {
+        if (!this.#admitScheduled) {
+          this.#admitScheduled = true
+          setImmediate(() => {
+            this.#admitScheduled = false
+            this.#admitWaiting()
+          })
+        }
+        return
+      }
+      const w = this.#waiters[this.#waitHead]!
+      this.#waiters[this.#waitHead++] = undefined
+      w.run()
+    }
+    if (this.#waiting === 0) {
+      this.#waiters = []
+      this.#waitHead = 0
+      this.#waitersGone?.()
+    } else if (this.#waitHead >= 1024 && this.#waitHead * 2 >= this.#waiters.length) {
+      this.#waiters = this.#waiters.slice(this.#waitHead)
+      this.#waitHead = 0
+    }
+  }
+
+  /** close() ran out of closeTimeoutMs: the calls still waiting are rejected, oldest first. */
+  #dropWaiting(): void {
+    this.#closeExpired = true
+    const left = this.#waiters.slice(this.#waitHead)
+    this.#waiters = []
+    this.#waitHead = 0
+    this.#droppedAtClose += left.length
+    if (left.length > 0) {
+      this.#logger.warn(
+        { dropped: left.length, closeTimeoutMs: this.#closeTimeoutMs },
+        'close() ran out of closeTimeoutMs: calls still waiting to be accepted were rejected',
+      )
+      const err = new Error(
+        `KvEventPublisher closed before this call was accepted: closeTimeoutMs (${this.#closeTimeoutMs} ms) ran out with ${left.length} calls waiting`,
+      )
+      for (const w of left) w!.reject(err)
+    }
+    this.#waitersGone?.()
   }
 }

@@ -16,11 +16,15 @@
 //! - a block hash stored at a new place leaves its old node first;
 //! - `cleared` applies to every dp rank of the worker id (Dynamo semantics).
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 
-use crate::ingest::MixState;
-use crate::wire::{DataRef, EventData, RouterEvent, StoredBlock};
+use crate::hash::compute_block_hashes;
+use crate::wire::{
+    decode_router_event_encoded, BlockExtraInfo, DataRef, EventData, RouterEvent, StoredBlock,
+    WireError,
+};
 
 const NIL: u32 = u32::MAX;
 /// `Node::kids` with this bit set indexes `RadixIndex::kid_lists` (the edges are in `edges`);
@@ -34,6 +38,43 @@ const SPILLED: u32 = 1 << 31;
 /// Worker slots below this are tracked by the bitmasks (`HolderSet::low`, the query's active mask).
 const LOW: u32 = 64;
 
+/// A hasher for block hashes: they are already well mixed, so a keyed multiply-xorshift is enough;
+/// the per-process key keeps crafted inputs from choosing collisions.
+#[derive(Clone)]
+pub struct MixState(u64);
+
+impl Default for MixState {
+    fn default() -> Self {
+        MixState(RandomState::new().build_hasher().finish() | 1)
+    }
+}
+
+pub struct MixHasher(u64, u64);
+
+impl BuildHasher for MixState {
+    type Hasher = MixHasher;
+    fn build_hasher(&self) -> MixHasher {
+        MixHasher(0, self.0)
+    }
+}
+
+impl Hasher for MixHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b as u64);
+        }
+    }
+    #[inline]
+    fn write_u64(&mut self, v: u64) {
+        let mut z = (self.0 ^ v ^ self.1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 32)).wrapping_mul(0xd6e8_feb8_6659_fd93);
+        self.0 = z ^ (z >> 32);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum ApplyOutcome {
@@ -41,6 +82,180 @@ pub enum ApplyOutcome {
     ParentNotFound = 1,
     BlockNotFound = 2,
     InvalidBlockSequence = 3,
+}
+
+/// Outcome names, indexed by `ApplyOutcome as usize`.
+pub const APPLY_OUTCOMES: [&str; 4] = [
+    "applied",
+    "parent_not_found",
+    "block_not_found",
+    "invalid_block_sequence",
+];
+
+/// Bytes per record of `write_matches`.
+pub const MATCH_RECORD_BYTES: usize = 24;
+
+/// Writes matches into `out` (layout in ts/core/binding.ts: u32 N, then N records of
+/// { u64 worker_id, u32 dp_rank, u32 score, u64 tree_size }, little-endian). Returns the bytes written,
+/// or minus the bytes needed when `out` is too small (nothing is written then).
+pub fn write_matches(matches: &[Match], out: &mut [u8]) -> i64 {
+    let need = 4 + MATCH_RECORD_BYTES * matches.len();
+    let Some(dst) = out.get_mut(..need) else {
+        return -(need as i64);
+    };
+    dst[..4].copy_from_slice(&(matches.len() as u32).to_le_bytes());
+    for (m, rec) in matches
+        .iter()
+        .zip(dst[4..].chunks_exact_mut(MATCH_RECORD_BYTES))
+    {
+        rec[..8].copy_from_slice(&m.worker_id.to_le_bytes());
+        rec[8..12].copy_from_slice(&m.dp_rank.to_le_bytes());
+        rec[12..16].copy_from_slice(&m.score.to_le_bytes());
+        rec[16..].copy_from_slice(&m.tree_size.to_le_bytes());
+    }
+    need as i64
+}
+
+/// How much native memory an index has told a garbage-collected host about (napi's
+/// adjust_external_memory), so that the host collects dropped indexes: without it, a process that
+/// creates indexes keeps hundreds of MB of dead ones until its own heap fills.
+#[derive(Debug, Default)]
+pub struct MemoryReport {
+    reported: i64,
+    calls: u32,
+}
+
+impl MemoryReport {
+    /// True every 1024 applies: the estimate is O(workers), so not on every call.
+    pub fn due(&mut self) -> bool {
+        self.calls = self.calls.wrapping_add(1);
+        self.calls.is_multiple_of(1024)
+    }
+
+    /// The change to report for an index that now holds about `bytes` (None under 1 MB: not worth
+    /// a call); `reported` records it once the host took it.
+    pub fn change(&self, bytes: usize) -> Option<i64> {
+        let delta = bytes.min(i64::MAX as usize) as i64 - self.reported;
+        (delta.abs() >= 1 << 20).then_some(delta)
+    }
+
+    pub fn reported(&mut self, delta: i64) {
+        self.reported += delta;
+    }
+
+    /// What to give back when the index is dropped.
+    pub fn release(&mut self) -> i64 {
+        -std::mem::take(&mut self.reported)
+    }
+}
+
+/// What a standalone index and a local indexer (which also buffers what it applies) share: the
+/// whole query and apply surface of the raw interface, over whichever index they hold.
+pub trait IndexAccess {
+    fn index(&self) -> &RadixIndex;
+    fn index_mut(&mut self) -> &mut RadixIndex;
+    /// Applies one event given by parts.
+    fn apply_parts(
+        &mut self,
+        worker_id: u64,
+        event_id: u64,
+        dp_rank: u32,
+        data: DataRef,
+    ) -> ApplyOutcome;
+
+    fn apply_router_event(&mut self, ev: &RouterEvent) -> ApplyOutcome {
+        self.apply_parts(ev.worker_id, ev.event_id, ev.dp_rank, ev.data.as_data_ref())
+    }
+
+    /// A stored event given as parallel arrays (the shape the TypeScript layer flattens events
+    /// into); `mm` is per block, shorter or absent meaning none.
+    #[allow(clippy::too_many_arguments)]
+    fn apply_stored(
+        &mut self,
+        worker_id: u64,
+        event_id: u64,
+        dp_rank: u32,
+        parent_hash: Option<u64>,
+        block_hashes: &[u64],
+        tokens_hashes: &[u64],
+        mm: Option<Vec<Option<BlockExtraInfo>>>,
+    ) -> ApplyOutcome {
+        let mut mm = mm.unwrap_or_default().into_iter();
+        let blocks: Vec<StoredBlock> = block_hashes
+            .iter()
+            .zip(tokens_hashes)
+            .map(|(&block_hash, &tokens_hash)| StoredBlock {
+                block_hash,
+                tokens_hash,
+                mm_extra_info: mm.next().flatten(),
+            })
+            .collect();
+        self.apply_parts(
+            worker_id,
+            event_id,
+            dp_rank,
+            DataRef::Stored {
+                parent_hash,
+                blocks: &blocks,
+            },
+        )
+    }
+
+    /// An event as it travels; `format` indexes ENCODED_FORMATS.
+    fn apply_encoded(&mut self, payload: &[u8], format: u32) -> Result<ApplyOutcome, WireError> {
+        let ev = decode_router_event_encoded(payload, format)?;
+        Ok(self.apply_router_event(&ev))
+    }
+
+    /// `find_matches` written with `write_matches`.
+    fn find_matches_into(
+        &mut self,
+        tokens_hashes: &[u64],
+        early_exit: bool,
+        out: &mut [u8],
+    ) -> i64 {
+        write_matches(
+            self.index_mut().find_matches_ref(tokens_hashes, early_exit),
+            out,
+        )
+    }
+
+    /// `find_matches_into` on the block hashes of `tokens` (SPEC 4), or None when
+    /// `kv_block_size` is 0.
+    #[allow(clippy::too_many_arguments)]
+    fn find_matches_for_tokens_into(
+        &mut self,
+        tokens: &[u32],
+        kv_block_size: u32,
+        lora_name: Option<&str>,
+        mm: Option<&[Option<BlockExtraInfo>]>,
+        early_exit: bool,
+        out: &mut [u8],
+    ) -> Option<i64> {
+        if kv_block_size == 0 {
+            return None;
+        }
+        let hashes = compute_block_hashes(tokens, kv_block_size as usize, lora_name, mm);
+        Some(self.find_matches_into(&hashes, early_exit, out))
+    }
+}
+
+impl IndexAccess for RadixIndex {
+    fn index(&self) -> &RadixIndex {
+        self
+    }
+    fn index_mut(&mut self) -> &mut RadixIndex {
+        self
+    }
+    fn apply_parts(
+        &mut self,
+        worker_id: u64,
+        event_id: u64,
+        dp_rank: u32,
+        data: DataRef,
+    ) -> ApplyOutcome {
+        self.apply(worker_id, event_id, dp_rank, data)
+    }
 }
 
 /// Counter indices (the same order as INDEX_COUNTER_NAMES in ts/core/binding.ts).

@@ -2,14 +2,13 @@
 //! into the encoded outgoing payloads, assigning per-rank event ids, applying the reset rule, splitting
 //! large events, and counting every rejection.
 
-use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, Hasher};
 
 use crate::convert::{
     check_store, convert_event, Converted, GroupTable, Reason, Store, REASON_COUNT,
 };
 use crate::engine::decode_batch;
+use crate::index::MixState;
 use crate::local::LocalIndexer;
 use crate::wire::{
     write_envelope, write_event_json, write_event_msgpack, BlockExtraInfo, DataRef, KV_EVENTS_TOPIC,
@@ -91,43 +90,6 @@ const C_PAYLOAD_BYTES: usize = 9;
 const C_UNTRACKED: usize = 10;
 const C_REJECTED: usize = 11;
 
-/// A hasher for block hashes: they are already well mixed, so a keyed multiply-xorshift is enough;
-/// the per-process key keeps crafted inputs from choosing collisions.
-#[derive(Clone)]
-pub struct MixState(u64);
-
-impl Default for MixState {
-    fn default() -> Self {
-        MixState(RandomState::new().build_hasher().finish() | 1)
-    }
-}
-
-pub struct MixHasher(u64, u64);
-
-impl BuildHasher for MixState {
-    type Hasher = MixHasher;
-    fn build_hasher(&self) -> MixHasher {
-        MixHasher(0, self.0)
-    }
-}
-
-impl Hasher for MixHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(b as u64);
-        }
-    }
-    #[inline]
-    fn write_u64(&mut self, v: u64) {
-        let mut z = (self.0 ^ v ^ self.1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 32)).wrapping_mul(0xd6e8_feb8_6659_fd93);
-        self.0 = z ^ (z >> 32);
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 pub type LiveSet = HashSet<u64, MixState>;
 
 struct RankState {
@@ -170,16 +132,20 @@ pub const OUT_HEADER_BYTES: usize = 60;
 pub struct Unpacked {
     pub dp_rank: Option<u32>,
     pub first_event_id: Option<u64>,
-    pub warnings_pending: bool,
+    /// The warnings raised by the call that produced the output.
+    pub warnings: Vec<String>,
     pub rejected: [u32; REASON_COUNT],
     pub payloads: Vec<Vec<u8>>,
 }
 
+/// Reads a packed output (layout in ts/core/binding.ts). Panics on bytes that are not one: for
+/// callers holding an output of this module.
 pub fn unpack(out: &[u8]) -> Unpacked {
     let u32_at = |i: usize| u32::from_le_bytes(out[i..i + 4].try_into().unwrap());
     let n = u32_at(0) as usize;
     let rank = u32_at(4);
     let flags = u32_at(8);
+    let warnings_len = u32_at(12) as usize;
     let mut rejected = [0u32; REASON_COUNT];
     for (i, r) in rejected.iter_mut().enumerate() {
         *r = u32_at(24 + 4 * i);
@@ -193,11 +159,18 @@ pub fn unpack(out: &[u8]) -> Unpacked {
             out[at - len..at].to_vec()
         })
         .collect();
+    let mut warnings = Vec::new();
+    let warnings_end = at + warnings_len;
+    while at < warnings_end {
+        let len = u32_at(at) as usize;
+        warnings.push(String::from_utf8_lossy(&out[at + 4..at + 4 + len]).into_owned());
+        at += 4 + len;
+    }
     Unpacked {
         dp_rank: (flags & 4 != 0).then_some(rank),
         first_event_id: (flags & 1 != 0)
             .then(|| u64::from_le_bytes(out[16..24].try_into().unwrap())),
-        warnings_pending: flags & 2 != 0,
+        warnings,
         rejected,
         payloads,
     }
@@ -307,10 +280,6 @@ impl Ingestor {
 
     pub fn counters(&self) -> &[u64; COUNTER_NAMES.len()] {
         &self.counters
-    }
-
-    pub fn take_warnings(&mut self) -> Vec<String> {
-        std::mem::take(&mut self.warnings)
     }
 
     fn reject(&mut self, out: &mut Out, reason: Reason) {
@@ -438,6 +407,8 @@ impl Ingestor {
         }
     }
 
+    /// Fills in the header and appends the call's warnings (each a u32 length and UTF-8 bytes) and
+    /// the payload lengths, so that one output carries everything the call produced.
     fn end(&mut self, out: Out) -> Vec<u8> {
         let Out {
             dp_rank,
@@ -447,14 +418,21 @@ impl Ingestor {
             mut body,
             ..
         } = out;
+        let payloads_end = body.len();
+        for w in self.warnings.drain(..) {
+            body.extend_from_slice(&(w.len() as u32).to_le_bytes());
+            body.extend_from_slice(w.as_bytes());
+        }
+        let warnings_len = body.len() - payloads_end;
         let mut h = [0u8; OUT_HEADER_BYTES];
         h[0..4].copy_from_slice(&(lens.len() as u32).to_le_bytes());
         h[4..8].copy_from_slice(&dp_rank.unwrap_or(0).to_le_bytes());
         let flags = first_id.is_some() as u32
-            | (!self.warnings.is_empty() as u32) << 1
+            | ((warnings_len > 0) as u32) << 1
             | (dp_rank.is_some() as u32) << 2
             | (rejected.iter().any(|&r| r > 0) as u32) << 3;
         h[8..12].copy_from_slice(&flags.to_le_bytes());
+        h[12..16].copy_from_slice(&(warnings_len as u32).to_le_bytes());
         h[16..24].copy_from_slice(&first_id.unwrap_or(0).to_le_bytes());
         for (i, r) in rejected.iter().enumerate() {
             h[24 + 4 * i..28 + 4 * i].copy_from_slice(&r.to_le_bytes());
@@ -469,16 +447,17 @@ impl Ingestor {
     }
 
     /// Like `ingest`, but returns a view of a buffer the Ingestor reuses on its next call (no
-    /// allocation per call once warm): the binding copies it out.
+    /// allocation per call once warm): the binding copies it out, or takes it with `take_packed`.
     pub fn ingest_packed(&mut self, payload: &[u8], now_ms: u64) -> &[u8] {
         let out = self.ingest_out(payload, now_ms);
         self.spare_body = self.end(out);
         &self.spare_body
     }
 
-    /// The output of the last `ingest_packed` call (empty before the first; gone after any other call).
-    pub fn last_packed(&self) -> &[u8] {
-        &self.spare_body
+    /// Hands over the output of the last `ingest_packed` call (empty before the first); the next
+    /// call allocates a new buffer.
+    pub fn take_packed(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.spare_body)
     }
 
     fn emit_store(&mut self, out: &mut Out, idx: usize, store: Store) {

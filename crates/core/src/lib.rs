@@ -2,6 +2,8 @@
 //! Dynamo router events (SPEC 3), block hashing (SPEC 4), router-wire encodings (SPEC 5) and the
 //! per-publisher ingest state. Nothing here panics on input: every failure is a value.
 
+#![deny(clippy::all)]
+
 pub mod convert;
 pub mod discovery;
 pub mod engine;
@@ -14,7 +16,7 @@ pub mod wire;
 
 pub use convert::{decode_engine_batch, Converted, DecodedBatch, Reason, Store};
 pub use hash::compute_block_hashes;
-pub use index::{ApplyOutcome, Match, RadixIndex};
+pub use index::{ApplyOutcome, IndexAccess, Match, RadixIndex};
 pub use ingest::{unpack, Ingestor, IngestorConfig, Mode, Unpacked, COUNTER_NAMES};
 pub use local::{LocalIndexer, RangeResult};
 pub use wire::{BlockExtraInfo, EventData, MmObject, RouterEvent, StoredBlock};

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::index::{ApplyOutcome, RadixIndex};
+use crate::index::{ApplyOutcome, IndexAccess, RadixIndex};
 use crate::wire::{write_router_event_json, write_u64_dec, DataRef, RouterEvent};
 
 pub const DEFAULT_BUFFER_SIZE: usize = 1024;
@@ -191,4 +191,23 @@ fn write_json_string(out: &mut Vec<u8>, s: &str) {
         }
     }
     out.push(b'"');
+}
+
+impl IndexAccess for LocalIndexer {
+    fn index(&self) -> &RadixIndex {
+        &self.index
+    }
+    fn index_mut(&mut self) -> &mut RadixIndex {
+        &mut self.index
+    }
+    /// Applies and buffers.
+    fn apply_parts(
+        &mut self,
+        worker_id: u64,
+        event_id: u64,
+        dp_rank: u32,
+        data: DataRef,
+    ) -> ApplyOutcome {
+        self.apply(worker_id, event_id, dp_rank, data)
+    }
 }

@@ -541,6 +541,21 @@ pub fn decode_router_event_envelope(bytes: &[u8]) -> Result<RouterEvent, WireErr
     }
 }
 
+/// The encodings `decode_router_event_encoded` reads, by format code.
+pub const ENCODED_FORMATS: [&str; 3] = ["envelope", "msgpack", "json"];
+
+/// Decodes a RouterEvent in the encoding `format` names (an index into ENCODED_FORMATS).
+pub fn decode_router_event_encoded(bytes: &[u8], format: u32) -> Result<RouterEvent, WireError> {
+    match format {
+        0 => decode_router_event_envelope(bytes),
+        1 => decode_router_event_msgpack(bytes),
+        2 => decode_router_event_json(bytes),
+        _ => Err(WireError(format!(
+            "invalid router event format {format}: not one of envelope (0), msgpack (1), json (2)"
+        ))),
+    }
+}
+
 pub fn decode_router_event_json(bytes: &[u8]) -> Result<RouterEvent, WireError> {
     let v: serde_json::Value = match serde_json::from_slice(bytes) {
         Ok(v) => v,
@@ -665,7 +680,17 @@ fn extra_info_from_val(v: &Val) -> Result<BlockExtraInfo, WireError> {
 
 /// The event-plane subject a Dynamo 1.0 router subscribes to.
 pub fn kv_events_subject(namespace: &str, component: &str) -> String {
-    format!("namespace.{namespace}.component.{component}.kv-events")
+    format!("namespace.{namespace}.component.{component}.{KV_EVENTS_TOPIC}")
+}
+
+/// The subject a Dynamo 1.0 router reads worker load (ActiveLoad in a `kv_metrics` envelope) from.
+pub fn kv_metrics_subject(namespace: &str) -> String {
+    format!("namespace.{namespace}.{KV_METRICS_TOPIC}")
+}
+
+/// The subject events are published to in a JetStream stream.
+pub fn jetstream_subject(stream_name: &str) -> String {
+    format!("{stream_name}.{KV_EVENTS_TOPIC}")
 }
 
 /// The JetStream stream name: slug(`namespace.{ns}.component.{comp}.kv-events`) with `_` turned

@@ -879,6 +879,7 @@ fn dp_ranks_up_to_u32_max_are_exact() {
 fn truncation_warns_at_most_three_times() {
     let mut ing = ingestor(cfg(4));
     let t = toks(9, 1); // 2 full blocks of 4, one token over
+    let mut w = Vec::new();
     for i in 0..3u64 {
         let o = ingest(
             &mut ing,
@@ -892,19 +893,18 @@ fn truncation_warns_at_most_three_times() {
             [10 * i + 1, 10 * i + 2],
             "the store stops before the block without its tokens"
         );
-        assert!(o.u.warnings_pending);
+        assert_eq!(o.u.warnings.len(), 1, "each call carries its own warning");
+        w.extend(o.u.warnings);
     }
-    let w = ing.take_warnings();
     assert_eq!(w.len(), 3, "{w:?}");
     assert!(w.iter().all(|m| m.contains("truncated")), "{w:?}");
-    // nothing pending any more: the flag is clear
+    // a call without a truncation carries no warning
     let o = ingest(&mut ing, &batch(0, &[store(&[100], None, &toks(4, 2), 4)]));
-    assert!(!o.u.warnings_pending);
+    assert!(o.u.warnings.is_empty());
     // a 4th truncated store is counted, but warns no more
     let o = ingest(&mut ing, &batch(0, &[store(&[41, 42, 43], None, &t, 4)]));
     assert_eq!(stored_hashes(&o.data()[0]), [41, 42]);
-    assert!(!o.u.warnings_pending);
-    assert!(ing.take_warnings().is_empty());
+    assert!(o.u.warnings.is_empty());
     assert_eq!(counter(&ing, "truncated_stores"), 4);
     // extra tokens after the last hash are not a truncation
     ingest(&mut ing, &batch(0, &[store(&[50], None, &t, 4)]));
@@ -916,7 +916,7 @@ fn truncation_warns_at_most_three_times() {
     );
     assert_eq!(stored_hashes(&o.data()[0]), [61, 62]);
     assert_eq!(counter(&ing, "truncated_stores"), 5);
-    assert!(!o.u.warnings_pending);
+    assert!(o.u.warnings.is_empty());
 }
 
 // ================================================================================================
@@ -1281,7 +1281,7 @@ fn ingest_packed_gives_the_same_bytes_as_ingest() {
     for x in &batches {
         let want = a.ingest(x, NOW);
         assert_eq!(b.ingest_packed(x, NOW), &want[..]);
-        assert_eq!(b.last_packed(), &want[..]);
+        assert_eq!(b.take_packed(), want);
     }
     assert_eq!(a.counters(), b.counters());
 }

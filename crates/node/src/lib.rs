@@ -2,16 +2,23 @@
 //! Arguments are validated by the TypeScript wrappers first; what still arrives malformed here is
 //! turned into a JS error, and `catch_unwind` turns a would-be panic into a JS error, never an abort.
 
-use dynamo_kv_core::convert::{decode_engine_batch as core_decode, Converted};
-use dynamo_kv_core::engine::peek_batch as core_peek;
-use dynamo_kv_core::hash::compute_block_hashes as core_hashes;
+#![deny(clippy::all)]
+
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use dynamo_kv_core::index::{ApplyOutcome, Match, RadixIndex};
-use dynamo_kv_core::ingest::{Ingestor, IngestorConfig, Mode};
+use dynamo_kv_core::convert::{decode_engine_batch as core_decode, Converted, Reason};
+use dynamo_kv_core::engine::peek_batch as core_peek;
+use dynamo_kv_core::hash::compute_block_hashes as core_hashes;
+use dynamo_kv_core::index::{
+    IndexAccess, MemoryReport, RadixIndex, APPLY_OUTCOMES, INDEX_COUNTER_NAMES,
+};
+use dynamo_kv_core::ingest::{Ingestor, IngestorConfig, Mode, COUNTER_NAMES};
 use dynamo_kv_core::local::{LocalIndexer, RangeResult};
-use dynamo_kv_core::wire::{self, BlockExtraInfo, EventData, MmObject, RouterEvent, StoredBlock};
+use dynamo_kv_core::wire::{
+    self, BlockExtraInfo, EventData, MmObject, RouterEvent, StoredBlock, ENCODED_FORMATS,
+    KV_EVENTS_TOPIC, KV_METRICS_TOPIC,
+};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
@@ -402,6 +409,50 @@ pub fn jetstream_stream_name(namespace: String, component: String) -> String {
     wire::jetstream_stream_name(&namespace, &component)
 }
 
+#[napi(catch_unwind)]
+pub fn kv_events_subject(namespace: String, component: String) -> String {
+    wire::kv_events_subject(&namespace, &component)
+}
+
+#[napi(catch_unwind)]
+pub fn kv_metrics_subject(namespace: String) -> String {
+    wire::kv_metrics_subject(&namespace)
+}
+
+#[napi(catch_unwind)]
+pub fn jetstream_subject(stream_name: String) -> String {
+    wire::jetstream_subject(&stream_name)
+}
+
+/// The core's names (shape `RawNames` of ts/core/binding.ts).
+#[napi(object)]
+pub struct RawNames {
+    pub kv_events_topic: String,
+    pub kv_metrics_topic: String,
+    pub reject_reasons: Vec<String>,
+    pub counter_names: Vec<String>,
+    pub index_counter_names: Vec<String>,
+    pub apply_outcomes: Vec<String>,
+    pub encoded_formats: Vec<String>,
+}
+
+fn strings(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
+#[napi]
+pub fn names() -> RawNames {
+    RawNames {
+        kv_events_topic: KV_EVENTS_TOPIC.into(),
+        kv_metrics_topic: KV_METRICS_TOPIC.into(),
+        reject_reasons: Reason::ALL.iter().map(|r| r.name().into()).collect(),
+        counter_names: strings(&COUNTER_NAMES),
+        index_counter_names: strings(&INDEX_COUNTER_NAMES),
+        apply_outcomes: strings(&APPLY_OUTCOMES),
+        encoded_formats: strings(&ENCODED_FORMATS),
+    }
+}
+
 // ------------------------------------------------------------------------------------------------
 // RawIngestor
 
@@ -457,9 +508,8 @@ impl RawIngestor {
             .into()
     }
 
-    /// The hot path: the packed output copied into `out` at `offset` (the caller's reusable
-    /// arena). Returns its length, or minus the length needed when it does not fit; then
-    /// `takeOutput` hands over the same output (until the next call).
+    /// The hot path: the packed output copied into `out` at `offset` (the caller's reusable arena)
+    /// and its length returned, or, when it does not fit there, the output itself as a new Buffer.
     #[napi(catch_unwind)]
     pub fn ingest_into(
         &mut self,
@@ -467,22 +517,17 @@ impl RawIngestor {
         now_ms: f64,
         mut out: Uint8ArraySlice,
         offset: u32,
-    ) -> i64 {
+    ) -> Either<i64, Buffer> {
         let mut inner = self.inner.borrow_mut();
         let packed = inner.ingest_packed(payload, now_arg(now_ms));
         // SAFETY: JavaScript is blocked in this call, and `out` is the TS layer's own arena, never
         // the payload.
-        copy_out(packed, unsafe { out.as_mut() }, offset as usize)
-    }
-
-    #[napi(catch_unwind)]
-    pub fn take_output(&mut self, mut out: Uint8ArraySlice, offset: u32) -> i64 {
-        // SAFETY: as in ingest_into
-        copy_out(
-            self.inner.borrow().last_packed(),
-            unsafe { out.as_mut() },
-            offset as usize,
-        )
+        let written = copy_out(packed, unsafe { out.as_mut() }, offset as usize);
+        if written >= 0 {
+            Either::A(written)
+        } else {
+            Either::B(inner.take_packed().into())
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -550,11 +595,6 @@ impl RawIngestor {
         BigUint64Array::new(self.inner.borrow().counters().to_vec())
     }
 
-    #[napi]
-    pub fn take_warnings(&mut self) -> Vec<String> {
-        self.inner.borrow_mut().take_warnings()
-    }
-
     /// A handle on the ingestor's local indexer (null when it has none).
     #[napi]
     pub fn local_indexer(&self) -> Option<RawLocalIndexer> {
@@ -570,31 +610,76 @@ impl RawIngestor {
 }
 
 // ------------------------------------------------------------------------------------------------
-// RawRadixIndex and RawLocalIndexer
+// RawRadixIndex and RawLocalIndexer: the same methods, each converting its arguments and calling
+// the core's IndexAccess on the index it holds.
 
-fn outcome_code(o: ApplyOutcome) -> u32 {
-    o as u32
+fn apply_result(r: std::result::Result<u32, wire::WireError>) -> Result<u32> {
+    r.map_err(|e| Error::new(Status::InvalidArg, e.0))
 }
 
-/// Writes matches (layout in ts/core/binding.ts) into `out`: bytes written, or minus the bytes needed.
-fn matches_out(matches: &[Match], out: &mut [u8]) -> i64 {
-    let need = 4 + 24 * matches.len();
-    let Some(dst) = out.get_mut(..need) else {
-        return -(need as i64);
-    };
-    dst[..4].copy_from_slice(&(matches.len() as u32).to_le_bytes());
-    for (m, rec) in matches.iter().zip(dst[4..].chunks_exact_mut(24)) {
-        rec[..8].copy_from_slice(&m.worker_id.to_le_bytes());
-        rec[8..12].copy_from_slice(&m.dp_rank.to_le_bytes());
-        rec[12..16].copy_from_slice(&m.score.to_le_bytes());
-        rec[16..].copy_from_slice(&m.tree_size.to_le_bytes());
+fn head_args(head: &[u64]) -> Result<(u64, u64, u64)> {
+    match head {
+        [worker_id, event_id, parent, ..] => Ok((*worker_id, *event_id, *parent)),
+        _ => Err(Error::new(
+            Status::InvalidArg,
+            "head must hold [workerId, eventId, parentHash]",
+        )),
     }
-    need as i64
+}
+
+fn first<'a>(name: &str, values: &'a [u64], n: u32) -> Result<&'a [u64]> {
+    values.get(..n as usize).ok_or_else(|| {
+        Error::new(
+            Status::InvalidArg,
+            format!("{name} holds fewer than {n} values"),
+        )
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
-fn matches_for_tokens(
-    index: &mut RadixIndex,
+fn apply_stored<I: IndexAccess>(
+    index: &mut I,
+    head: &[u64],
+    dp_rank: u32,
+    has_parent: bool,
+    block_hashes: &[u64],
+    tokens_hashes: &[u64],
+    n: u32,
+    block_mm_infos: Option<Vec<Option<JsBlockExtraInfo>>>,
+) -> Result<u32> {
+    let (worker_id, event_id, parent) = head_args(head)?;
+    let mm = mm_list_in(block_mm_infos)?;
+    Ok(index.apply_stored(
+        worker_id,
+        event_id,
+        dp_rank,
+        has_parent.then_some(parent),
+        first("blockHashes", block_hashes, n)?,
+        first("tokensHashes", tokens_hashes, n)?,
+        mm,
+    ) as u32)
+}
+
+fn apply_removed<I: IndexAccess>(
+    index: &mut I,
+    head: &[u64],
+    dp_rank: u32,
+    hashes: &[u64],
+    n: u32,
+) -> Result<u32> {
+    let (worker_id, event_id, _) = head_args(head)?;
+    let hashes = first("blockHashes", hashes, n)?;
+    Ok(index.apply_parts(worker_id, event_id, dp_rank, wire::DataRef::Removed(hashes)) as u32)
+}
+
+fn apply_cleared<I: IndexAccess>(index: &mut I, head: &[u64], dp_rank: u32) -> Result<u32> {
+    let (worker_id, event_id, _) = head_args(head)?;
+    Ok(index.apply_parts(worker_id, event_id, dp_rank, wire::DataRef::Cleared) as u32)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn find_for_tokens<I: IndexAccess>(
+    index: &mut I,
     tokens: &[u32],
     kv_block_size: u32,
     lora_name: Option<String>,
@@ -602,53 +687,32 @@ fn matches_for_tokens(
     early_exit: bool,
     out: &mut [u8],
 ) -> Result<i64> {
-    if kv_block_size == 0 {
-        return Err(Error::new(Status::InvalidArg, "kvBlockSize must be >= 1"));
-    }
     let mm = mm_list_in(block_mm_infos)?;
-    let hashes = core_hashes(
-        tokens,
-        kv_block_size as usize,
-        lora_name.as_deref(),
-        mm.as_deref(),
-    );
-    Ok(matches_out(
-        index.find_matches_ref(&hashes, early_exit),
-        out,
-    ))
+    index
+        .find_matches_for_tokens_into(
+            tokens,
+            kv_block_size,
+            lora_name.as_deref(),
+            mm.as_deref(),
+            early_exit,
+            out,
+        )
+        .ok_or_else(|| Error::new(Status::InvalidArg, "kvBlockSize must be >= 1"))
 }
 
-/// The native memory an index holds, reported to V8 (napi_adjust_external_memory) so that the GC
-/// sees it: otherwise an index dropped by JavaScript is collected only when the JS heap itself
-/// fills, and a process that creates indexes keeps hundreds of MB of dead ones.
-#[derive(Default)]
-struct MemoryReport {
-    reported: i64,
-    calls: u32,
+/// Tells V8 about the native memory an index holds (see MemoryReport).
+fn report_memory(env: &Env, memory: &mut MemoryReport, bytes: usize) {
+    if let Some(delta) = memory.change(bytes) {
+        if env.adjust_external_memory(delta).is_ok() {
+            memory.reported(delta);
+        }
+    }
 }
 
-impl MemoryReport {
-    /// Every 1024 applies: the estimate is O(workers), so not on every call.
-    fn due(&mut self) -> bool {
-        self.calls = self.calls.wrapping_add(1);
-        self.calls.is_multiple_of(1024)
-    }
-
-    fn set(&mut self, env: &Env, bytes: usize) {
-        let now = bytes.min(i64::MAX as usize) as i64;
-        // changes under 1 MB are not worth a call
-        if (now - self.reported).abs() >= 1 << 20
-            && env.adjust_external_memory(now - self.reported).is_ok()
-        {
-            self.reported = now;
-        }
-    }
-
-    fn release(&mut self, env: &Env) {
-        if self.reported != 0 {
-            let _ = env.adjust_external_memory(-self.reported);
-            self.reported = 0;
-        }
+fn release_memory(env: &Env, memory: &mut MemoryReport) {
+    let delta = memory.release();
+    if delta != 0 {
+        let _ = env.adjust_external_memory(delta);
     }
 }
 
@@ -660,175 +724,15 @@ pub struct RawRadixIndex {
 
 impl ObjectFinalize for RawRadixIndex {
     fn finalize(mut self, env: Env) -> Result<()> {
-        self.memory.release(&env);
+        release_memory(&env, &mut self.memory);
         Ok(())
     }
 }
 
-/// The methods RawRadixIndex and RawLocalIndexer share, over whichever index they reach.
-macro_rules! index_methods {
-    ($ty:ident, $get:ident, $get_mut:ident) => {
-        #[napi]
-        impl $ty {
-            fn report_memory(&mut self, env: &Env) {
-                let bytes = self.$get(|i| i.index_ref().approx_bytes());
-                self.memory.set(env, bytes);
-            }
-
-            #[napi(catch_unwind)]
-            pub fn apply_event(&mut self, env: &Env, ev: JsRouterEvent) -> Result<u32> {
-                let ev = router_event_in(&ev)?;
-                let out = self.$get_mut(|i| outcome_code(i.apply_event(&ev)));
-                if self.memory.due() {
-                    self.report_memory(env);
-                }
-                Ok(out)
-            }
-
-            #[napi(catch_unwind)]
-            pub fn apply_encoded(&mut self, env: &Env, payload: &[u8], format: u32) -> Result<u32> {
-                let out = self.$get_mut(|i| apply_encoded_any(i, payload, format));
-                if self.memory.due() {
-                    self.report_memory(env);
-                }
-                out
-            }
-
-            /// Matches written into `out` (a buffer the caller reuses): no allocation per query.
-            #[napi(catch_unwind)]
-            pub fn find_matches(
-                &mut self,
-                tokens_hashes: &[u64],
-                early_exit: bool,
-                mut out: Uint8ArraySlice,
-            ) -> i64 {
-                // SAFETY: JavaScript is blocked in this call and `out` is the caller's scratch.
-                let out = unsafe { out.as_mut() };
-                self.$get_mut(|i| {
-                    matches_out(
-                        i.index_mut().find_matches_ref(tokens_hashes, early_exit),
-                        out,
-                    )
-                })
-            }
-
-            #[allow(clippy::too_many_arguments)]
-            #[napi(catch_unwind)]
-            pub fn find_matches_for_tokens(
-                &mut self,
-                tokens: &[u32],
-                kv_block_size: u32,
-                lora_name: Option<String>,
-                block_mm_infos: Option<Vec<Option<JsBlockExtraInfo>>>,
-                early_exit: bool,
-                mut out: Uint8ArraySlice,
-            ) -> Result<i64> {
-                // SAFETY: as in find_matches
-                let out = unsafe { out.as_mut() };
-                self.$get_mut(|i| {
-                    matches_for_tokens(
-                        i.index_mut(),
-                        tokens,
-                        kv_block_size,
-                        lora_name,
-                        block_mm_infos,
-                        early_exit,
-                        out,
-                    )
-                })
-            }
-
-            #[napi(catch_unwind)]
-            pub fn remove_worker(&mut self, env: &Env, worker_id: BigInt) -> Result<()> {
-                let id = u64_arg("workerId", &worker_id)?;
-                self.$get_mut(|i| i.index_mut().remove_worker(id));
-                self.report_memory(env);
-                Ok(())
-            }
-
-            #[napi(catch_unwind)]
-            pub fn remove_worker_dp_rank(
-                &mut self,
-                env: &Env,
-                worker_id: BigInt,
-                dp_rank: u32,
-            ) -> Result<()> {
-                let id = u64_arg("workerId", &worker_id)?;
-                self.$get_mut(|i| i.index_mut().remove_worker_dp_rank(id, dp_rank));
-                self.report_memory(env);
-                Ok(())
-            }
-
-            #[napi(catch_unwind)]
-            pub fn dump<'e>(&self, env: &'e Env) -> Result<Vec<Object<'e>>> {
-                let evs = self.$get(|i| i.index_ref().dump(None));
-                events_out(env, &evs)
-            }
-
-            #[napi]
-            pub fn workers(&self) -> BigUint64Array {
-                BigUint64Array::new(self.$get(|i| i.index_ref().workers()))
-            }
-
-            #[napi]
-            pub fn size(&self) -> f64 {
-                self.$get(|i| i.index_ref().size()) as f64
-            }
-
-            #[napi]
-            pub fn counters(&self) -> BigUint64Array {
-                BigUint64Array::new(self.$get(|i| i.index_ref().counters().to_vec()))
-            }
-        }
-    };
-}
-
-/// Access to a RadixIndex, whether standalone or inside a local indexer.
-trait IndexAccess {
-    fn index_ref(&self) -> &RadixIndex;
-    fn index_mut(&mut self) -> &mut RadixIndex;
-    fn apply_event(&mut self, ev: &RouterEvent) -> ApplyOutcome;
-}
-
-impl IndexAccess for RadixIndex {
-    fn index_ref(&self) -> &RadixIndex {
-        self
+impl Default for RawRadixIndex {
+    fn default() -> Self {
+        Self::new()
     }
-    fn index_mut(&mut self) -> &mut RadixIndex {
-        self
-    }
-    fn apply_event(&mut self, ev: &RouterEvent) -> ApplyOutcome {
-        RadixIndex::apply_event(self, ev)
-    }
-}
-
-impl IndexAccess for LocalIndexer {
-    fn index_ref(&self) -> &RadixIndex {
-        &self.index
-    }
-    fn index_mut(&mut self) -> &mut RadixIndex {
-        &mut self.index
-    }
-    /// Applies and buffers.
-    fn apply_event(&mut self, ev: &RouterEvent) -> ApplyOutcome {
-        LocalIndexer::apply_event(self, ev)
-    }
-}
-
-fn apply_encoded_any<I: IndexAccess>(index: &mut I, payload: &[u8], format: u32) -> Result<u32> {
-    let ev = match format {
-        0 => wire::decode_router_event_envelope(payload),
-        1 => wire::decode_router_event_msgpack(payload),
-        2 => wire::decode_router_event_json(payload),
-        _ => {
-            return Err(Error::new(
-                Status::InvalidArg,
-                "format must be 0 (envelope), 1 (msgpack) or 2 (json)",
-            ))
-        }
-    }
-    .map_err(|e| Error::new(Status::InvalidArg, e.0))?;
-    Ok(outcome_code(index.apply_event(&ev)))
 }
 
 #[napi]
@@ -841,19 +745,157 @@ impl RawRadixIndex {
         }
     }
 
-    fn with<T>(&self, f: impl FnOnce(&RadixIndex) -> T) -> T {
-        f(&self.inner)
+    fn applied(&mut self, env: &Env) {
+        if self.memory.due() {
+            report_memory(env, &mut self.memory, self.inner.approx_bytes());
+        }
     }
 
-    fn with_mut<T>(&mut self, f: impl FnOnce(&mut RadixIndex) -> T) -> T {
-        f(&mut self.inner)
+    #[allow(clippy::too_many_arguments)]
+    #[napi(catch_unwind)]
+    pub fn apply_stored(
+        &mut self,
+        env: &Env,
+        head: &[u64],
+        dp_rank: u32,
+        has_parent: bool,
+        block_hashes: &[u64],
+        tokens_hashes: &[u64],
+        n: u32,
+        block_mm_infos: Option<Vec<Option<JsBlockExtraInfo>>>,
+    ) -> Result<u32> {
+        let r = apply_stored(
+            &mut self.inner,
+            head,
+            dp_rank,
+            has_parent,
+            block_hashes,
+            tokens_hashes,
+            n,
+            block_mm_infos,
+        );
+        self.applied(env);
+        r
+    }
+
+    #[napi(catch_unwind)]
+    pub fn apply_removed(
+        &mut self,
+        env: &Env,
+        head: &[u64],
+        dp_rank: u32,
+        block_hashes: &[u64],
+        n: u32,
+    ) -> Result<u32> {
+        let r = apply_removed(&mut self.inner, head, dp_rank, block_hashes, n);
+        self.applied(env);
+        r
+    }
+
+    #[napi(catch_unwind)]
+    pub fn apply_cleared(&mut self, env: &Env, head: &[u64], dp_rank: u32) -> Result<u32> {
+        let r = apply_cleared(&mut self.inner, head, dp_rank);
+        self.applied(env);
+        r
+    }
+
+    /// The object form (tests and tools; the TS layer flattens events for apply_stored & co).
+    #[napi(catch_unwind)]
+    pub fn apply_event(&mut self, env: &Env, ev: JsRouterEvent) -> Result<u32> {
+        let ev = router_event_in(&ev)?;
+        let r = self.inner.apply_router_event(&ev) as u32;
+        self.applied(env);
+        Ok(r)
+    }
+
+    #[napi(catch_unwind)]
+    pub fn apply_encoded(&mut self, env: &Env, payload: &[u8], format: u32) -> Result<u32> {
+        let r = apply_result(self.inner.apply_encoded(payload, format).map(|o| o as u32));
+        self.applied(env);
+        r
+    }
+
+    /// Matches written into `out` (a buffer the caller reuses): no allocation per query.
+    #[napi(catch_unwind)]
+    pub fn find_matches(
+        &mut self,
+        tokens_hashes: &[u64],
+        early_exit: bool,
+        mut out: Uint8ArraySlice,
+    ) -> i64 {
+        // SAFETY: JavaScript is blocked in this call and `out` is the caller's scratch.
+        let out = unsafe { out.as_mut() };
+        self.inner.find_matches_into(tokens_hashes, early_exit, out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[napi(catch_unwind)]
+    pub fn find_matches_for_tokens(
+        &mut self,
+        tokens: &[u32],
+        kv_block_size: u32,
+        lora_name: Option<String>,
+        block_mm_infos: Option<Vec<Option<JsBlockExtraInfo>>>,
+        early_exit: bool,
+        mut out: Uint8ArraySlice,
+    ) -> Result<i64> {
+        // SAFETY: as in find_matches
+        let out = unsafe { out.as_mut() };
+        find_for_tokens(
+            &mut self.inner,
+            tokens,
+            kv_block_size,
+            lora_name,
+            block_mm_infos,
+            early_exit,
+            out,
+        )
+    }
+
+    #[napi(catch_unwind)]
+    pub fn remove_worker(&mut self, env: &Env, worker_id: BigInt) -> Result<()> {
+        self.inner.remove_worker(u64_arg("workerId", &worker_id)?);
+        report_memory(env, &mut self.memory, self.inner.approx_bytes());
+        Ok(())
+    }
+
+    #[napi(catch_unwind)]
+    pub fn remove_worker_dp_rank(
+        &mut self,
+        env: &Env,
+        worker_id: BigInt,
+        dp_rank: u32,
+    ) -> Result<()> {
+        self.inner
+            .remove_worker_dp_rank(u64_arg("workerId", &worker_id)?, dp_rank);
+        report_memory(env, &mut self.memory, self.inner.approx_bytes());
+        Ok(())
+    }
+
+    #[napi(catch_unwind)]
+    pub fn dump<'e>(&self, env: &'e Env) -> Result<Vec<Object<'e>>> {
+        events_out(env, &self.inner.dump(None))
+    }
+
+    #[napi]
+    pub fn workers(&self) -> BigUint64Array {
+        BigUint64Array::new(self.inner.workers())
+    }
+
+    #[napi]
+    pub fn size(&self) -> f64 {
+        self.inner.size() as f64
+    }
+
+    #[napi]
+    pub fn counters(&self) -> BigUint64Array {
+        BigUint64Array::new(self.inner.counters().to_vec())
     }
 }
 
-index_methods!(RawRadixIndex, with, with_mut);
-
+/// A local indexer of its own, or the one inside an ingestor (shared with its RawIngestor).
 enum LocalSource {
-    Own(LocalIndexer),
+    Own(Box<LocalIndexer>),
     Ingestor(Rc<RefCell<Ingestor>>),
 }
 
@@ -866,7 +908,7 @@ pub struct RawLocalIndexer {
 
 impl ObjectFinalize for RawLocalIndexer {
     fn finalize(mut self, env: Env) -> Result<()> {
-        self.memory.release(&env);
+        release_memory(&env, &mut self.memory);
         Ok(())
     }
 }
@@ -876,29 +918,190 @@ impl RawLocalIndexer {
     #[napi(constructor)]
     pub fn new(buffer_size: u32) -> Self {
         RawLocalIndexer {
-            inner: LocalSource::Own(LocalIndexer::new(buffer_size.max(1) as usize)),
+            inner: LocalSource::Own(Box::new(LocalIndexer::new(buffer_size as usize))),
             memory: MemoryReport::default(),
         }
     }
 
-    fn with<T>(&self, f: impl FnOnce(&LocalIndexer) -> T) -> T {
+    fn with<T>(&self, f: impl FnOnce(&LocalIndexer) -> T) -> Result<T> {
         match &self.inner {
-            LocalSource::Own(l) => f(l),
-            LocalSource::Ingestor(ing) => f(ing
-                .borrow()
-                .local_indexer()
-                .expect("ingestor has a local indexer")),
+            LocalSource::Own(l) => Ok(f(l)),
+            LocalSource::Ingestor(ing) => ing.borrow().local_indexer().map(f).ok_or_else(no_local),
         }
     }
 
-    fn with_mut<T>(&mut self, f: impl FnOnce(&mut LocalIndexer) -> T) -> T {
+    fn with_mut<T>(&mut self, f: impl FnOnce(&mut LocalIndexer) -> T) -> Result<T> {
         match &mut self.inner {
-            LocalSource::Own(l) => f(l),
-            LocalSource::Ingestor(ing) => f(ing
+            LocalSource::Own(l) => Ok(f(l)),
+            LocalSource::Ingestor(ing) => ing
                 .borrow_mut()
                 .local_indexer_mut()
-                .expect("ingestor has a local indexer")),
+                .map(f)
+                .ok_or_else(no_local),
         }
+    }
+
+    fn applied(&mut self, env: &Env) -> Result<()> {
+        if self.memory.due() {
+            let bytes = self.with(|l| l.index.approx_bytes())?;
+            report_memory(env, &mut self.memory, bytes);
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[napi(catch_unwind)]
+    pub fn apply_stored(
+        &mut self,
+        env: &Env,
+        head: &[u64],
+        dp_rank: u32,
+        has_parent: bool,
+        block_hashes: &[u64],
+        tokens_hashes: &[u64],
+        n: u32,
+        block_mm_infos: Option<Vec<Option<JsBlockExtraInfo>>>,
+    ) -> Result<u32> {
+        let r = self.with_mut(|l| {
+            apply_stored(
+                l,
+                head,
+                dp_rank,
+                has_parent,
+                block_hashes,
+                tokens_hashes,
+                n,
+                block_mm_infos,
+            )
+        })?;
+        self.applied(env)?;
+        r
+    }
+
+    #[napi(catch_unwind)]
+    pub fn apply_removed(
+        &mut self,
+        env: &Env,
+        head: &[u64],
+        dp_rank: u32,
+        block_hashes: &[u64],
+        n: u32,
+    ) -> Result<u32> {
+        let r = self.with_mut(|l| apply_removed(l, head, dp_rank, block_hashes, n))?;
+        self.applied(env)?;
+        r
+    }
+
+    #[napi(catch_unwind)]
+    pub fn apply_cleared(&mut self, env: &Env, head: &[u64], dp_rank: u32) -> Result<u32> {
+        let r = self.with_mut(|l| apply_cleared(l, head, dp_rank))?;
+        self.applied(env)?;
+        r
+    }
+
+    /// The object form (tests and tools; the TS layer flattens events for apply_stored & co).
+    #[napi(catch_unwind)]
+    pub fn apply_event(&mut self, env: &Env, ev: JsRouterEvent) -> Result<u32> {
+        let ev = router_event_in(&ev)?;
+        let r = self.with_mut(|l| l.apply_router_event(&ev) as u32)?;
+        self.applied(env)?;
+        Ok(r)
+    }
+
+    #[napi(catch_unwind)]
+    pub fn apply_encoded(&mut self, env: &Env, payload: &[u8], format: u32) -> Result<u32> {
+        let r =
+            self.with_mut(|l| apply_result(l.apply_encoded(payload, format).map(|o| o as u32)))?;
+        self.applied(env)?;
+        r
+    }
+
+    /// Matches written into `out` (a buffer the caller reuses): no allocation per query.
+    #[napi(catch_unwind)]
+    pub fn find_matches(
+        &mut self,
+        tokens_hashes: &[u64],
+        early_exit: bool,
+        mut out: Uint8ArraySlice,
+    ) -> Result<i64> {
+        // SAFETY: JavaScript is blocked in this call and `out` is the caller's scratch.
+        let out = unsafe { out.as_mut() };
+        self.with_mut(|l| l.find_matches_into(tokens_hashes, early_exit, out))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[napi(catch_unwind)]
+    pub fn find_matches_for_tokens(
+        &mut self,
+        tokens: &[u32],
+        kv_block_size: u32,
+        lora_name: Option<String>,
+        block_mm_infos: Option<Vec<Option<JsBlockExtraInfo>>>,
+        early_exit: bool,
+        mut out: Uint8ArraySlice,
+    ) -> Result<i64> {
+        // SAFETY: as in find_matches
+        let out = unsafe { out.as_mut() };
+        self.with_mut(|l| {
+            find_for_tokens(
+                l,
+                tokens,
+                kv_block_size,
+                lora_name,
+                block_mm_infos,
+                early_exit,
+                out,
+            )
+        })?
+    }
+
+    #[napi(catch_unwind)]
+    pub fn remove_worker(&mut self, env: &Env, worker_id: BigInt) -> Result<()> {
+        let id = u64_arg("workerId", &worker_id)?;
+        let bytes = self.with_mut(|l| {
+            l.index.remove_worker(id);
+            l.index.approx_bytes()
+        })?;
+        report_memory(env, &mut self.memory, bytes);
+        Ok(())
+    }
+
+    #[napi(catch_unwind)]
+    pub fn remove_worker_dp_rank(
+        &mut self,
+        env: &Env,
+        worker_id: BigInt,
+        dp_rank: u32,
+    ) -> Result<()> {
+        let id = u64_arg("workerId", &worker_id)?;
+        let bytes = self.with_mut(|l| {
+            l.index.remove_worker_dp_rank(id, dp_rank);
+            l.index.approx_bytes()
+        })?;
+        report_memory(env, &mut self.memory, bytes);
+        Ok(())
+    }
+
+    #[napi(catch_unwind)]
+    pub fn dump<'e>(&self, env: &'e Env) -> Result<Vec<Object<'e>>> {
+        events_out(env, &self.with(|l| l.index.dump(None))?)
+    }
+
+    #[napi]
+    pub fn workers(&self) -> Result<BigUint64Array> {
+        Ok(BigUint64Array::new(self.with(|l| l.index.workers())?))
+    }
+
+    #[napi]
+    pub fn size(&self) -> Result<f64> {
+        self.with(|l| l.index.size() as f64)
+    }
+
+    #[napi]
+    pub fn counters(&self) -> Result<BigUint64Array> {
+        Ok(BigUint64Array::new(
+            self.with(|l| l.index.counters().to_vec())?,
+        ))
     }
 
     #[napi(catch_unwind)]
@@ -911,39 +1114,45 @@ impl RawLocalIndexer {
     ) -> Result<Object<'e>> {
         let start = start.as_ref().map(|s| u64_arg("start", s)).transpose()?;
         let end = end.as_ref().map(|e| u64_arg("end", e)).transpose()?;
-        let result = self.with(|l| l.events_in_range(dp_rank, start, end));
-        let mut o = Object::new(env)?;
-        match result {
-            RangeResult::Events(evs) => {
-                o.set("kind", "Events")?;
-                o.set("events", events_out(env, &evs)?)?;
-            }
-            RangeResult::TreeDump(evs) => {
-                o.set("kind", "TreeDump")?;
-                o.set("events", events_out(env, &evs)?)?;
-            }
-            RangeResult::TooNew {
-                requested_start,
-                requested_end,
-                newest_available,
-            } => {
-                o.set("kind", "TooNew")?;
-                o.set("requestedStart", BigInt::from(requested_start))?;
-                o.set("requestedEnd", BigInt::from(requested_end))?;
-                o.set("newestAvailable", BigInt::from(newest_available))?;
-            }
-            RangeResult::InvalidRange { start_id, end_id } => {
-                o.set("kind", "InvalidRange")?;
-                o.set("startId", BigInt::from(start_id))?;
-                o.set("endId", BigInt::from(end_id))?;
-            }
-            RangeResult::Error(message) => {
-                o.set("kind", "Error")?;
-                o.set("message", message)?;
-            }
-        }
-        Ok(o)
+        let result = self.with(|l| l.events_in_range(dp_rank, start, end))?;
+        range_result_out(env, result)
     }
 }
 
-index_methods!(RawLocalIndexer, with, with_mut);
+fn no_local() -> Error {
+    Error::new(Status::GenericFailure, "the ingestor has no local indexer")
+}
+
+fn range_result_out(env: &Env, result: RangeResult) -> Result<Object<'_>> {
+    let mut o = Object::new(env)?;
+    match result {
+        RangeResult::Events(evs) => {
+            o.set("kind", "Events")?;
+            o.set("events", events_out(env, &evs)?)?;
+        }
+        RangeResult::TreeDump(evs) => {
+            o.set("kind", "TreeDump")?;
+            o.set("events", events_out(env, &evs)?)?;
+        }
+        RangeResult::TooNew {
+            requested_start,
+            requested_end,
+            newest_available,
+        } => {
+            o.set("kind", "TooNew")?;
+            o.set("requestedStart", BigInt::from(requested_start))?;
+            o.set("requestedEnd", BigInt::from(requested_end))?;
+            o.set("newestAvailable", BigInt::from(newest_available))?;
+        }
+        RangeResult::InvalidRange { start_id, end_id } => {
+            o.set("kind", "InvalidRange")?;
+            o.set("startId", BigInt::from(start_id))?;
+            o.set("endId", BigInt::from(end_id))?;
+        }
+        RangeResult::Error(message) => {
+            o.set("kind", "Error")?;
+            o.set("message", message)?;
+        }
+    }
+    Ok(o)
+}

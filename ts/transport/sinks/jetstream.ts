@@ -22,6 +22,7 @@ import {
   type Subscription,
 } from '@nats-io/transport-node'
 import { jetstreamManager, type JetStreamManager, type PubAck, type StreamConfig } from '@nats-io/jetstream'
+import { jetstreamSubject } from '../../core/api.js'
 import type { Logger, RateLimitedLog } from '../../util/log.js'
 import { emptySinkStats, IdleWaiters, type Sink, type SinkStats } from './types.js'
 
@@ -217,7 +218,7 @@ export class JetStreamSink implements Sink {
       this.#publishFn = acks.publish
       this.#stopAcks = () => acks.close()
     }
-    this.#subject = `${stream}.kv-events`
+    this.#subject = jetstreamSubject(stream)
     this.#workerId = workerId
     this.#log = log
     this.#ensure = ensure
@@ -281,7 +282,7 @@ export class JetStreamSink implements Sink {
   }
 
   stats(): SinkStats {
-    return { ...this.#stats, queueDepth: this.pending }
+    return { ...this.#stats, undeliveredByReason: { ...this.#stats.undeliveredByReason }, queueDepth: this.pending }
   }
 
   #pump(): void {

@@ -1,13 +1,30 @@
 // What a publisher hands its sink: one ingest result's payloads at a time, in emission order.
 
+/** Why an accepted event-plane event was not confirmed (SPEC 8). */
+export interface UndeliveredByReason {
+  /** Written to a connection that failed before the server confirmed them, or still unconfirmed at close: may have arrived. */
+  unconfirmed: number
+  /** Never written: the reconnect buffer was full while disconnected, or they were still held at close. */
+  dropped: number
+  /** The client refused the publish (also counted in publishErrors): never written. */
+  refused: number
+}
+
+export const UNDELIVERED_REASONS = ['unconfirmed', 'dropped', 'refused'] as const satisfies readonly (keyof UndeliveredByReason)[]
+
 /** Counters every sink keeps (monotonic, except queueDepth). */
 export interface SinkStats {
-  /** Payloads handed to NATS (event plane) or acknowledged by the stream (JetStream). */
+  /**
+   * Events the server confirmed: a flush (PING/PONG) answered after they were written (event plane), or
+   * an ack from the stream (JetStream).
+   */
   published: number
   /** Core publishes the client refused (event plane), or publishes given up at close (JetStream). */
   publishErrors: number
-  /** Event plane: payloads dropped while disconnected because the reconnect buffer was full. */
+  /** Event plane: accepted events that will never count as published (the sum of undeliveredByReason). */
   undelivered: number
+  /** Event plane: undelivered by reason (SPEC 8). */
+  undeliveredByReason: UndeliveredByReason
   /** JetStream: publish attempts repeated after a failure or timeout (same message id). */
   retries: number
   /** JetStream: acks saying the stream already had the message (a retry of one that had landed). */
@@ -16,26 +33,39 @@ export interface SinkStats {
   republished: number
   /** JetStream: repairs started. */
   repairs: number
-  /** Payloads accepted but not yet confirmed (flushed to the server, or acknowledged). */
+  /** Payloads accepted and neither confirmed nor counted undelivered yet. */
   queueDepth: number
 }
 
 export interface Sink {
   /** Takes the payloads of one ingest result; event `firstEventId + i` is payload i, all of `dpRank`. */
   send(payloads: Buffer[], dpRank: number, firstEventId: bigint): void
-  /** Payloads accepted and not yet confirmed; the publisher stops accepting work above its maxPending. */
+  /** Payloads accepted and not yet confirmed that count against the publisher's maxPending (it waits above it). */
   readonly pending: number
   /** Called (by the sink) whenever pending went down. */
   onProgress: () => void
   /** Resolves when everything sent so far is confirmed, or after timeoutMs (then false). */
   flush(timeoutMs: number): Promise<boolean>
-  /** Flushes (bounded by timeoutMs), then stops timers; whatever is still unconfirmed is counted in publishErrors. */
+  /**
+   * Flushes (bounded by timeoutMs), then stops timers; whatever is still unconfirmed is counted (JetStream:
+   * publishErrors; event plane: undelivered).
+   */
   close(timeoutMs: number): Promise<void>
   stats(): SinkStats
 }
 
 export function emptySinkStats(): SinkStats {
-  return { published: 0, publishErrors: 0, undelivered: 0, retries: 0, duplicates: 0, republished: 0, repairs: 0, queueDepth: 0 }
+  return {
+    published: 0,
+    publishErrors: 0,
+    undelivered: 0,
+    undeliveredByReason: { unconfirmed: 0, dropped: 0, refused: 0 },
+    retries: 0,
+    duplicates: 0,
+    republished: 0,
+    repairs: 0,
+    queueDepth: 0,
+  }
 }
 
 /** Callers of flush() waiting for a sink to have nothing unconfirmed. */
