@@ -4,61 +4,14 @@
 // compact JSON with exact u64 (bigint in, decimal digits out; never a JS number), byte for byte as Dynamo
 // 1.6.1 writes them.
 
+import type { RawDiscoveryRecord, RawEndpoint, RawEventChannelSpec, RawEventSourceSpec, RawRecoveryTarget } from '../core/binding.js'
+
 export const EVENT_SOURCES_BUCKET = 'v1/event_sources'
 export const EVENT_CHANNELS_BUCKET = 'v1/event_channels'
 /** A router applies events only from a publisher id a JSON number can hold exactly. */
 export const MAX_PUBLISHER_ID = (1n << 53n) - 1n
 const U64_MAX = (1n << 64n) - 1n
 const KV_EVENTS_TOPIC = 'kv-events'
-
-/** The serving endpoint a record is scoped to. */
-export interface RawEndpoint {
-  namespace: string
-  component: string
-  name: string
-}
-
-/** The request-plane instance serving Dynamo-native recovery for a source. */
-export interface RawRecoveryTarget {
-  namespace: string
-  component: string
-  endpoint: string
-  instanceId: bigint
-  /** The TCP request-plane address. */
-  tcp: string
-}
-
-/** One publisher incarnation of one (workerId, dpRank). */
-export interface RawEventSourceSpec {
-  endpoint: RawEndpoint
-  workerId: bigint
-  dpRank: number
-  publisherId: bigint
-  /** Absent or null: the router treats the source as live-only. */
-  recoveryTarget?: RawRecoveryTarget | null
-}
-
-/** One publisher's event-plane channel. */
-export interface RawEventChannelSpec {
-  endpoint: RawEndpoint
-  topic: string
-  publisherId: bigint
-  /** The bound ZeroMQ PUB endpoint (`tcp://host:port`); absent or null advertises the NATS event plane. */
-  zmqEndpoint?: string | null
-}
-
-/** A record ready to write. */
-export interface RawDiscoveryRecord {
-  bucket: string
-  /** `namespace/{ns}/component/{c}/endpoint/{e}/topic/{topic}/{publisher_id:x}`, segments encoded. */
-  key: string
-  /** `{bucket}/{key}`. */
-  etcdKey: string
-  /** Relative to the file store's root: `{bucket}/{key percent-encoded as a whole}`. */
-  filePath: string
-  /** Compact JSON. */
-  value: Buffer
-}
 
 const HEX = '0123456789ABCDEF'
 
