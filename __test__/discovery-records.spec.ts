@@ -1,12 +1,13 @@
 // Discovery records and configuration: the bytes against Dynamo 1.6.1's own output
 // (fixtures/dynamo-1.6/discovery-1.6.json), and every configuration error naming its option or variable.
 import test from 'ava'
+import type { RawEventChannelSpec, RawEventSourceSpec } from '../ts/core/binding.js'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import * as fallbackDiscovery from '../ts/fallback/discovery.js'
 import { DiscoveryConfigError, publisherRecords, randomPublisherId, resolveDiscoveryConfig } from '../ts/transport/discovery/index.js'
 import { keyOfFile, readEventChannel, readEventSource } from './helpers/discovery-reader.js'
 import { fixture } from './helpers/fixtures.js'
+import { fallback, needNative, parityTest } from './helpers/impls.js'
 
 interface Fixture {
   records: {
@@ -41,10 +42,21 @@ const must = <T>(v: T | undefined): T => {
   return v
 }
 
-// Both implementations of the raw interface build records; each must give Dynamo's bytes.
-const impls = [{ name: 'fallback', d: fallbackDiscovery }]
+// Both implementations of the raw interface build records; each must give Dynamo's bytes. The native
+// binding's cases are skipped only where no binding was built and none is expected.
+const impls = [
+  { name: 'fallback', d: fallback, t: test },
+  {
+    name: 'native',
+    d: {
+      eventSourceRecord: (s: RawEventSourceSpec) => needNative().eventSourceRecord(s),
+      eventChannelRecord: (c: RawEventChannelSpec) => needNative().eventChannelRecord(c),
+    },
+    t: parityTest,
+  },
+]
 
-for (const { name, d } of impls) {
+for (const { name, d, t: test } of impls) {
   test(`${name}: live-only EventSource is Dynamo's record, etcd key and file`, (t) => {
     const rec = d.eventSourceRecord({ endpoint, workerId, dpRank: inputs.dp_rank, publisherId })
     t.is(rec.value.toString('utf8'), registered('event_source_live_only'))
@@ -106,6 +118,15 @@ for (const { name, d } of impls) {
       message: /namespace/,
     })
     t.throws(() => d.eventChannelRecord({ endpoint, topic: '', publisherId }), { message: /topic/ })
+    t.throws(() => d.eventChannelRecord({ endpoint, topic: 'kv-events', publisherId, zmqEndpoint: '' }), {
+      message: /ZeroMQ endpoint/,
+    })
+    for (const dpRank of [-1, 1.5, 2 ** 32, Number.NaN]) {
+      t.throws(() => d.eventSourceRecord({ ...base, dpRank }), { message: /dp_rank .* is not a u32/ })
+    }
+    t.throws(() => d.eventSourceRecord({ ...base, workerId: -1n }), { message: /workerId must be within 0..2\^64-1/ })
+    t.throws(() => d.eventSourceRecord({ ...base, workerId: 1n << 64n }), { message: /workerId/ })
+    t.throws(() => d.eventSourceRecord({ ...base, publisherId: -5n }), { message: /publisher/i })
     const odd = d.eventSourceRecord({
       ...base,
       workerId: (1n << 64n) - 1n,

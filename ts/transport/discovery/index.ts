@@ -6,7 +6,7 @@
 //   ... publish events ...
 //   await discovery.close()                                         // records removed
 import { randomBytes } from 'node:crypto'
-import { eventChannelRecord, eventSourceRecord, MAX_PUBLISHER_ID } from '../../fallback/discovery.js'
+import { raw } from '../../core/native.js'
 import type { DiscoveryBackend, DiscoveryErrorHandler, DiscoveryRecordBytes } from './backend.js'
 import { type DiscoveryOptions, parseU64, resolveDiscoveryConfig, DiscoveryConfigError } from './config.js'
 import { EtcdDiscovery } from './etcd.js'
@@ -27,6 +27,9 @@ export {
 } from './config.js'
 export { EtcdDiscovery } from './etcd.js'
 export { FileDiscovery } from './file.js'
+
+/** The largest publisher id the core accepts: a router reads it as a JSON number (2^53-1). */
+const MAX_PUBLISHER_ID = (1n << 53n) - 1n
 
 /** A fresh publisher id for one incarnation: uniform in 1..=2^53-1 (a router reads it as a JSON number). */
 export function randomPublisherId(): bigint {
@@ -73,9 +76,9 @@ export function publisherRecords(o: PublisherRecordsOptions): DiscoveryRecordByt
       throw new DiscoveryConfigError((err as Error).message)
     }
   }
-  const records: DiscoveryRecordBytes[] = [build(() => eventSourceRecord({ endpoint, workerId, dpRank: o.dpRank, publisherId }))]
+  const records: DiscoveryRecordBytes[] = [build(() => raw.eventSourceRecord({ endpoint, workerId, dpRank: o.dpRank, publisherId }))]
   if (o.zmqEndpoint != null || o.natsEventPlane) {
-    records.push(build(() => eventChannelRecord({ endpoint, topic: 'kv-events', publisherId, zmqEndpoint: o.zmqEndpoint ?? null })))
+    records.push(build(() => raw.eventChannelRecord({ endpoint, topic: 'kv-events', publisherId, zmqEndpoint: o.zmqEndpoint ?? null })))
   }
   return records
 }
