@@ -78,6 +78,10 @@ export declare function encodeEnvelope(publisherId: bigint, sequence: bigint, pu
 
 export declare function encodeRouterEvent(ev: JsRouterEvent, json: boolean): Buffer
 
+export declare function eventChannelRecord(spec: JsEventChannelSpec): JsDiscoveryRecord
+
+export declare function eventSourceRecord(spec: JsEventSourceSpec): JsDiscoveryRecord
+
 export declare function jetstreamStreamName(namespace: string, component: string): string
 
 export declare function jetstreamSubject(streamName: string): string
@@ -86,10 +90,31 @@ export interface JsBlockExtraInfo {
   mmObjects: Array<JsMmObject>
 }
 
+export interface JsDiscoveryRecord {
+  bucket: string
+  key: string
+  etcdKey: string
+  filePath: string
+  value: Buffer
+}
+
+export interface JsEndpoint {
+  namespace: string
+  component: string
+  name: string
+}
+
 export interface JsEvent {
   eventId: bigint
   dpRank: number
   data: JsEventData
+}
+
+export interface JsEventChannelSpec {
+  endpoint: JsEndpoint
+  topic: string
+  publisherId: bigint
+  zmqEndpoint?: string | undefined | null
 }
 
 export interface JsEventData {
@@ -99,9 +124,25 @@ export interface JsEventData {
   blockHashes?: Array<bigint> | undefined | null
 }
 
+export interface JsEventSourceSpec {
+  endpoint: JsEndpoint
+  workerId: bigint
+  dpRank: number
+  publisherId: bigint
+  recoveryTarget?: JsRecoveryTarget | undefined | null
+}
+
 export interface JsMmObject {
   mmHash: bigint
   offsets: Array<Array<number>>
+}
+
+export interface JsRecoveryTarget {
+  namespace: string
+  component: string
+  endpoint: string
+  instanceId: bigint
+  tcp: string
 }
 
 export interface JsRouterEvent {

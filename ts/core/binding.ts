@@ -231,6 +231,57 @@ export interface RawIngestor {
   localIndexer(): RawLocalIndexer | null
 }
 
+// Discovery records (SPEC 5b, "Discovery"): u64 as bigint, values as compact JSON bytes.
+
+/** The serving endpoint a record is scoped to. */
+export interface RawEndpoint {
+  namespace: string
+  component: string
+  name: string
+}
+
+/** The request-plane instance serving Dynamo-native recovery for a source. */
+export interface RawRecoveryTarget {
+  namespace: string
+  component: string
+  endpoint: string
+  instanceId: bigint
+  /** The TCP request-plane address. */
+  tcp: string
+}
+
+/** One publisher incarnation of one (workerId, dpRank). */
+export interface RawEventSourceSpec {
+  endpoint: RawEndpoint
+  workerId: bigint
+  dpRank: number
+  publisherId: bigint
+  /** Absent or null: the router treats the source as live-only. */
+  recoveryTarget?: RawRecoveryTarget | null
+}
+
+/** One publisher's event-plane channel. */
+export interface RawEventChannelSpec {
+  endpoint: RawEndpoint
+  topic: string
+  publisherId: bigint
+  /** The bound ZeroMQ PUB endpoint (`tcp://host:port`); absent or null advertises the NATS event plane. */
+  zmqEndpoint?: string | null
+}
+
+/** A record ready to write. */
+export interface RawDiscoveryRecord {
+  bucket: string
+  /** `namespace/{ns}/component/{c}/endpoint/{e}/topic/{topic}/{publisher_id:x}`, segments encoded. */
+  key: string
+  /** `{bucket}/{key}`. */
+  etcdKey: string
+  /** Relative to the file store's root: `{bucket}/{key percent-encoded as a whole}`. */
+  filePath: string
+  /** Compact JSON. */
+  value: Buffer
+}
+
 export interface RawBinding {
   computeBlockHashes(
     tokens: Uint32Array,
@@ -255,6 +306,10 @@ export interface RawBinding {
   /** The subject events are published to in a JetStream stream. */
   jetstreamSubject(streamName: string): string
   names(): RawNames
+  /** The EventSource record of one (workerId, dpRank) publisher. Throws an Error naming the bad argument. */
+  eventSourceRecord(spec: RawEventSourceSpec): RawDiscoveryRecord
+  /** The EventChannel record of one publisher's event plane. Throws an Error naming the bad argument. */
+  eventChannelRecord(spec: RawEventChannelSpec): RawDiscoveryRecord
   RawIngestor: new (options: RawIngestorOptions) => RawIngestor
   RawRadixIndex: new () => RawRadixIndex
   /** bufferSize: events kept per dp rank (>= 1). */

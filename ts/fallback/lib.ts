@@ -3,6 +3,7 @@
 // byte-identical output to the native core for the same inputs and clock.
 import type { RawBinding } from '../core/binding.js'
 import { decodeEngineBatch, REJECT_REASONS } from './convert.js'
+import { eventChannelRecord, eventSourceRecord } from './discovery.js'
 import { peekBatch } from './engine.js'
 import { computeBlockHashes } from './hash.js'
 import { APPLY_OUTCOMES, FallbackRadixIndex, INDEX_COUNTER_NAMES } from './index.js'
@@ -62,6 +63,8 @@ export const fallback: RawBinding = {
       encodedFormats: [...ENCODED_FORMATS],
     }
   },
+  eventSourceRecord,
+  eventChannelRecord,
   RawIngestor: FallbackIngestor,
   RawRadixIndex: FallbackRadixIndex,
   RawLocalIndexer: FallbackLocalIndexer,

@@ -5,6 +5,7 @@
 #![deny(clippy::all)]
 
 pub mod convert;
+pub mod discovery;
 pub mod engine;
 pub mod hash;
 pub mod index;

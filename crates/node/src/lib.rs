@@ -8,6 +8,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use dynamo_kv_core::convert::{decode_engine_batch as core_decode, Converted, Reason};
+use dynamo_kv_core::discovery;
 use dynamo_kv_core::engine::peek_batch as core_peek;
 use dynamo_kv_core::hash::compute_block_hashes as core_hashes;
 use dynamo_kv_core::index::{
@@ -422,6 +423,118 @@ pub fn kv_metrics_subject(namespace: String) -> String {
 #[napi(catch_unwind)]
 pub fn jetstream_subject(stream_name: String) -> String {
     wire::jetstream_subject(&stream_name)
+}
+
+// ------------------------------------------------------------------------------------------------
+// discovery records (SPEC 5b, "Discovery")
+
+#[napi(object)]
+pub struct JsEndpoint {
+    pub namespace: String,
+    pub component: String,
+    pub name: String,
+}
+
+#[napi(object)]
+pub struct JsRecoveryTarget {
+    pub namespace: String,
+    pub component: String,
+    pub endpoint: String,
+    pub instance_id: BigInt,
+    pub tcp: String,
+}
+
+#[napi(object)]
+pub struct JsEventSourceSpec {
+    pub endpoint: JsEndpoint,
+    pub worker_id: BigInt,
+    pub dp_rank: f64,
+    pub publisher_id: BigInt,
+    pub recovery_target: Option<Option<JsRecoveryTarget>>,
+}
+
+#[napi(object)]
+pub struct JsEventChannelSpec {
+    pub endpoint: JsEndpoint,
+    pub topic: String,
+    pub publisher_id: BigInt,
+    pub zmq_endpoint: Option<Option<String>>,
+}
+
+#[napi(object)]
+pub struct JsDiscoveryRecord {
+    pub bucket: String,
+    pub key: String,
+    pub etcd_key: String,
+    pub file_path: String,
+    pub value: Buffer,
+}
+
+fn endpoint_in(e: &JsEndpoint) -> discovery::Endpoint {
+    discovery::Endpoint {
+        namespace: e.namespace.clone(),
+        component: e.component.clone(),
+        name: e.name.clone(),
+    }
+}
+
+fn dp_rank_arg(v: f64) -> Result<u32> {
+    if v.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&v) {
+        Ok(v as u32)
+    } else {
+        Err(Error::new(
+            Status::InvalidArg,
+            format!("dp_rank {v} is not a u32"),
+        ))
+    }
+}
+
+fn record_out(
+    r: std::result::Result<discovery::DiscoveryRecord, discovery::DiscoveryError>,
+) -> Result<JsDiscoveryRecord> {
+    let r = r.map_err(|e| Error::new(Status::InvalidArg, e.0))?;
+    Ok(JsDiscoveryRecord {
+        bucket: r.bucket.to_string(),
+        etcd_key: r.etcd_key(),
+        file_path: r.file_path(),
+        key: r.key,
+        value: r.value.into(),
+    })
+}
+
+#[napi(catch_unwind)]
+pub fn event_source_record(spec: JsEventSourceSpec) -> Result<JsDiscoveryRecord> {
+    let recovery_target = match spec.recovery_target.flatten() {
+        Some(t) => Some(discovery::RecoveryTarget {
+            instance_id: u64_arg("instanceId", &t.instance_id)?,
+            namespace: t.namespace,
+            component: t.component,
+            endpoint: t.endpoint,
+            tcp: t.tcp,
+        }),
+        None => None,
+    };
+    record_out(discovery::event_source_record(&discovery::EventSource {
+        endpoint: endpoint_in(&spec.endpoint),
+        worker_id: u64_arg("workerId", &spec.worker_id)?,
+        dp_rank: dp_rank_arg(spec.dp_rank)?,
+        publisher_id: u64_arg("publisherId", &spec.publisher_id)?,
+        recovery_target,
+    }))
+}
+
+#[napi(catch_unwind)]
+pub fn event_channel_record(spec: JsEventChannelSpec) -> Result<JsDiscoveryRecord> {
+    let transport = match spec.zmq_endpoint.flatten() {
+        Some(endpoint) => discovery::ChannelTransport::Zmq { endpoint },
+        None => discovery::ChannelTransport::Nats,
+    };
+    record_out(discovery::event_channel_record(&discovery::EventChannel {
+        endpoint: endpoint_in(&spec.endpoint),
+        topic: spec.topic,
+        publisher_id: u64_arg("publisherId", &spec.publisher_id)?,
+        transport,
+    }))
 }
 
 /// The core's names (shape `RawNames` of ts/core/binding.ts).
