@@ -178,21 +178,26 @@ test.serial(
         logger: quiet,
       })
       let accepted = 0
-      let restarted = false
+      let publishedInOutage = -1
       const killer = (async () => {
         await waitFor(() => accepted >= 6000, '6000 accepted events', 60_000)
         await nats.kill('SIGKILL')
         await sleep(1000)
+        // nothing can be confirmed while the server is down
+        publishedInOutage = p.stats().sink.published
         await nats.restart()
-        restarted = true
       })()
       for (const op of manualOps(3, EVENTS, 2, 1)) {
-        // the last 2,000 events go out after the restart, however slow the machine
-        if (accepted === EVENTS - 2000) await waitFor(() => restarted, 'the restart', 60_000)
+        // the last 2,000 events go out once the publisher is back (a confirmation after the restart),
+        // however slow the machine is to restart the server and reconnect
+        if (accepted === EVENTS - 2000) {
+          await waitFor(() => publishedInOutage >= 0, 'the restart', 60_000)
+          await waitFor(() => p.stats().sink.published > publishedInOutage, 'a confirmation after the restart', 60_000)
+        }
         await call(p, op)
         accepted++
         // keep publishing through the outage at a pace the reconnect buffer cannot absorb
-        if (accepted % 200 === 0) await sleep(accepted > 6000 && !restarted ? 5 : 0)
+        if (accepted % 200 === 0) await sleep(accepted > 6000 && publishedInOutage < 0 ? 5 : 0)
       }
       await killer
       t.true(await p.flush(60_000), 'everything accepted after the restart is confirmed or counted')
