@@ -1,6 +1,7 @@
 // npm run bench: ingest throughput of the standard workload (bench/workload.ts) for the pure Rust core
 // (crates/core/examples/bench_ingest.rs), the native binding from Node, and the TypeScript fallback; then
-// the indexer (bench/indexer.ts), publishing to NATS (bench/publish.ts) and the ZMQ source (bench/zmq.ts).
+// the indexer (bench/indexer.ts), publishing to NATS (bench/publish.ts), the ZMQ source (bench/zmq.ts) and
+// rejecting over-long JSON numbers (bench/long-numbers.ts).
 // One run, so the ratios are comparable on a noisy shared machine. See BENCHMARKS.md.
 import { execFileSync } from 'node:child_process'
 import { createRequire } from 'node:module'
@@ -15,6 +16,7 @@ import { MS, NO_RATE, ROUNDS, best, fmtRate, rate, type Rate } from './measure.j
 import { benchIndexer } from './indexer.js'
 import { benchPublish } from './publish.js'
 import { benchZmq } from './zmq.js'
+import { benchLongNumbers } from './long-numbers.js'
 
 const require = createRequire(import.meta.url)
 const native = require('../binding.cjs') as RawBinding
@@ -50,14 +52,19 @@ function rustRate(file: string, w: Workload): Rate {
   return { wall: r.blocks_per_s, cpu: r.blocks_per_cpu_s, thread: r.blocks_per_cpu_s }
 }
 
-/** BENCH_ONLY=ingest|indexer|publish|zmq (comma-separated) runs only those parts; default all. */
-const only = new Set((process.env.BENCH_ONLY ?? 'ingest,indexer,publish,zmq').split(',').map((x) => x.trim()))
+/** BENCH_ONLY=ingest|indexer|publish|zmq|numbers (comma-separated) runs only those parts; default all. */
+const only = new Set((process.env.BENCH_ONLY ?? 'ingest,indexer,publish,zmq,numbers').split(',').map((x) => x.trim()))
 
 async function main(): Promise<void> {
   if (only.has('ingest')) benchIngest()
   if (only.has('indexer')) await benchIndexer()
   if (only.has('publish')) await benchPublish()
   if (only.has('zmq')) await benchZmq()
+  if (only.has('numbers'))
+    benchLongNumbers([
+      { name: 'native', raw: native },
+      { name: 'fallback', raw: fallback },
+    ])
 }
 
 function benchIngest(): void {
