@@ -57,6 +57,19 @@ export class KvDecodeError extends Error {
   }
 }
 
+/**
+ * What a closed Ingestor, RadixIndex or LocalIndexer holds instead of its raw object: every call
+ * throws `<what> is closed`, close() does nothing (SPEC 8). Swapping the object keeps the check off
+ * the hot path.
+ */
+function closedRaw<T extends object>(what: string): T {
+  const fail = (): never => {
+    throw new Error(`${what} is closed`)
+  }
+  const noop = (): void => {}
+  return new Proxy({} as T, { get: (_t, key) => (key === 'close' ? noop : fail) })
+}
+
 // ---------------------------------------------------------------------------------------------------
 // stateless functions
 
@@ -294,7 +307,7 @@ export class Ingestor {
   readonly kvBlockSize: number
   readonly workerId: bigint
   readonly mode: IngestMode
-  readonly #raw: RawIngestor
+  #raw: RawIngestor
 
   /**
    * @param impl the raw implementation to use; defaults to the one loaded for the process
@@ -332,6 +345,21 @@ export class Ingestor {
     })
     const rawLocal = this.#raw.localIndexer()
     this.localIndexer = rawLocal ? new LocalIndexer({ bufferSize: localIndexerBufferSize }, impl, rawLocal) : null
+  }
+
+  /**
+   * Frees the native memory (live-block sets, local indexer) now rather than when the garbage
+   * collector gets to it; every later call, here and on `localIndexer`, throws `Ingestor is closed`
+   * (`LocalIndexer is closed`). Idempotent. Also `using ingestor = new Ingestor(...)`.
+   */
+  close(): void {
+    this.#raw.close()
+    this.#raw = closedRaw('Ingestor')
+    this.localIndexer?.close()
+  }
+
+  [Symbol.dispose](): void {
+    this.close()
   }
 
   /** The local indexer fed by this ingestor (null unless enabled with the localIndexer option). */
@@ -572,11 +600,28 @@ function applyFlat(index: RawRadixIndex, ev: RouterEventValue): number {
  * router events (as values, or encoded as they travel), then ask findMatches.
  */
 export class RadixIndex {
-  protected readonly raw: RawRadixIndex
+  protected raw: RawRadixIndex
+  /** Whether the raw object belongs to another (an Ingestor's local indexer): close() only detaches. */
+  readonly #borrowed: boolean
 
   /** @param impl the raw implementation (defaults to the one loaded for the process). */
   constructor(impl: RawBinding = raw, inner?: RawRadixIndex) {
     this.raw = inner ?? new impl.RawRadixIndex()
+    this.#borrowed = inner !== undefined
+  }
+
+  /**
+   * Frees the index's memory now rather than when the garbage collector gets to it; every later
+   * call throws `RadixIndex is closed` (`LocalIndexer is closed`). An Ingestor's local indexer is
+   * only detached: its memory goes with the Ingestor's close(). Idempotent. Also `using`.
+   */
+  close(): void {
+    if (!this.#borrowed) this.raw.close()
+    this.raw = closedRaw(this instanceof LocalIndexer ? 'LocalIndexer' : 'RadixIndex')
+  }
+
+  [Symbol.dispose](): void {
+    this.close()
   }
 
   /** Applies one router event; event-level failures are returned (and counted), never thrown. */
@@ -655,7 +700,7 @@ export class RadixIndex {
  * 1024) events applied, so a router that missed events can ask for a range (SPEC 6 and 7).
  */
 export class LocalIndexer extends RadixIndex {
-  declare protected readonly raw: RawLocalIndexer
+  declare protected raw: RawLocalIndexer
 
   constructor(opts: { bufferSize?: number } = {}, impl: RawBinding = raw, inner?: RawLocalIndexer) {
     const size = positiveInt('bufferSize', opts.bufferSize ?? 1024, 1 << 24)

@@ -187,6 +187,11 @@ export interface RawRadixIndex {
   /** Total (worker, dp rank, block hash) entries. */
   size(): number
   counters(): BigUint64Array
+  /**
+   * Frees the index now and gives back the memory reported to V8 (SPEC 8). Idempotent. The public
+   * layer refuses every later call; a raw object must only stay safe after it.
+   */
+  close(): void
 }
 
 export type RawRangeResult =
@@ -229,6 +234,8 @@ export interface RawIngestor {
   counters(): BigUint64Array
   /** The local indexer every emitted event is applied to and buffered in (null when not enabled). */
   localIndexer(): RawLocalIndexer | null
+  /** Frees the ingestor and its local indexer now (SPEC 8); later calls throw `Ingestor is closed`. Idempotent. */
+  close(): void
 }
 
 export interface RawBinding {
