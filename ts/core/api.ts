@@ -57,6 +57,42 @@ export class KvDecodeError extends Error {
   }
 }
 
+/** Why bytes are not a RouterEvent (SPEC 8). */
+export type RouterEventErrorReason = 'envelope' | 'malformed' | 'invalid'
+
+/**
+ * Bytes that cannot be decoded as a router event (`decodeRouterEvent`, `RadixIndex.applyEncoded`),
+ * with the same message and reason in both implementations. `reason`: `envelope` (not an event-plane
+ * envelope with a bin payload), `malformed` (not well-formed msgpack or JSON), `invalid` (a well-formed
+ * value that is not a RouterEvent).
+ */
+export class RouterEventError extends Error {
+  readonly reason: RouterEventErrorReason
+  constructor(reason: RouterEventErrorReason, message: string) {
+    super(message)
+    this.name = 'RouterEventError'
+    this.reason = reason
+  }
+}
+
+const ROUTER_EVENT_PREFIX = 'invalid router event: '
+
+/**
+ * The RouterEventError for a raw layer's error (ts/core/binding.ts: the detail's first words name
+ * the reason); any other error is returned as it is.
+ */
+function routerEventError(e: unknown): unknown {
+  if (!(e instanceof Error) || !e.message.startsWith(ROUTER_EVENT_PREFIX)) return e
+  const detail = e.message.slice(ROUTER_EVENT_PREFIX.length)
+  const reason: RouterEventErrorReason =
+    detail.startsWith('envelope') || detail.startsWith('malformed envelope') || detail.startsWith('trailing bytes after the envelope')
+      ? 'envelope'
+      : detail.startsWith('malformed msgpack') || detail.startsWith('trailing bytes') || detail.startsWith('bad JSON')
+        ? 'malformed'
+        : 'invalid'
+  return new RouterEventError(reason, e.message)
+}
+
 /**
  * What a closed Ingestor, RadixIndex or LocalIndexer holds instead of its raw object: every call
  * throws `<what> is closed`, close() does nothing (SPEC 8). Swapping the object keeps the check off
@@ -150,9 +186,15 @@ export function encodeRouterEvent(ev: RouterEventValue, format: 'msgpack' | 'jso
   return raw.encodeRouterEvent(eventArg(ev), formatArg(format))
 }
 
-/** Parses a RouterEvent in either encoding; throws on bytes that are not one. */
+/** Parses a RouterEvent in either encoding; throws a RouterEventError on bytes that are not one. */
 export function decodeRouterEvent(bytes: Uint8Array, format: 'msgpack' | 'json' = 'msgpack'): RouterEventValue {
-  return raw.decodeRouterEvent(bytesArg('bytes', bytes), formatArg(format))
+  const b = bytesArg('bytes', bytes)
+  const json = formatArg(format)
+  try {
+    return raw.decodeRouterEvent(b, json)
+  } catch (e) {
+    throw routerEventError(e)
+  }
 }
 
 /** The event-plane envelope around a payload (msgpack map, payload as bin). */
@@ -629,9 +671,18 @@ export class RadixIndex {
     return APPLY_OUTCOMES[applyFlat(this.raw, ev)]!
   }
 
-  /** Applies one encoded event: an event-plane envelope, a msgpack RouterEvent or its JSON. */
+  /**
+   * Applies one encoded event: an event-plane envelope, a msgpack RouterEvent or its JSON. Throws a
+   * RouterEventError on bytes that are not one (nothing is applied then).
+   */
   applyEncoded(payload: Uint8Array, format: 'envelope' | 'msgpack' | 'json'): ApplyOutcome {
-    return APPLY_OUTCOMES[this.raw.applyEncoded(bytesArg('payload', payload), formatCode(format))]!
+    const b = bytesArg('payload', payload)
+    const f = formatCode(format)
+    try {
+      return APPLY_OUTCOMES[this.raw.applyEncoded(b, f)]!
+    } catch (e) {
+      throw routerEventError(e)
+    }
   }
 
   findMatches(tokensHashes: BigUint64Array | bigint[], opts?: { earlyExit?: boolean }): OverlapScores {
