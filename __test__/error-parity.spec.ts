@@ -159,6 +159,8 @@ function attempt(f: () => unknown): Outcome {
 }
 
 function run(t: ExecutionContext, format: 'msgpack' | 'json' | 'envelope', seed: number): void {
+  // 100,000 inputs through both implementations take about a minute on a loaded 2-core machine
+  t.timeout(5 * 60_000)
   const impls: [string, RawBinding][] = [
     ['native', needNative()],
     ['fallback', fallback],
