@@ -9,6 +9,11 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
+/**
+ * Outputs are handed over as copies in buffers V8 owns: a buffer over Rust memory is freed only
+ * by a finalizer, which Node runs on a later event-loop turn, so a synchronous loop would pile
+ * them up (SPEC 8).
+ */
 export declare class RawIngestor {
   constructor(options: RawIngestorOptions)
   ingest(payload: Uint8Array, nowMs: number): Buffer
@@ -25,10 +30,21 @@ export declare class RawIngestor {
   counters(): BigUint64Array
   /** A handle on the ingestor's local indexer (null when it has none). */
   localIndexer(): RawLocalIndexer | null
+  /**
+   * Frees the ingestor and its local indexer now, and gives their memory report back; later
+   * calls (here and through the local indexer handle) fail. Idempotent.
+   */
+  close(): void
 }
 
 export declare class RawLocalIndexer {
   constructor(bufferSize: number)
+  /**
+   * Frees an indexer of its own now and gives its memory report back; one inside an ingestor
+   * is only detached from this handle (it lives until the ingestor is closed). Later calls
+   * through this handle fail. Idempotent.
+   */
+  close(): void
   applyStored(head: BigUint64Array, dpRank: number, hasParent: boolean, blockHashes: BigUint64Array, tokensHashes: BigUint64Array, n: number, blockMmInfos?: Array<JsBlockExtraInfo | undefined | null> | undefined | null): number
   applyRemoved(head: BigUint64Array, dpRank: number, blockHashes: BigUint64Array, n: number): number
   applyCleared(head: BigUint64Array, dpRank: number): number
@@ -49,6 +65,11 @@ export declare class RawLocalIndexer {
 
 export declare class RawRadixIndex {
   constructor()
+  /**
+   * Frees the index now and gives its memory report back (the public layer refuses later
+   * calls; here they see an empty index). Idempotent.
+   */
+  close(): void
   applyStored(head: BigUint64Array, dpRank: number, hasParent: boolean, blockHashes: BigUint64Array, tokensHashes: BigUint64Array, n: number, blockMmInfos?: Array<JsBlockExtraInfo | undefined | null> | undefined | null): number
   applyRemoved(head: BigUint64Array, dpRank: number, blockHashes: BigUint64Array, n: number): number
   applyCleared(head: BigUint64Array, dpRank: number): number

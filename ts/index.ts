@@ -11,6 +11,8 @@ export {
   APPLY_OUTCOMES,
   INDEX_COUNTER_NAMES,
   KvDecodeError,
+  RouterEventError,
+  type RouterEventErrorReason,
   computeBlockHashes,
   decodeEngineBatch,
   peekBatch,

@@ -57,6 +57,55 @@ export class KvDecodeError extends Error {
   }
 }
 
+/** Why bytes are not a RouterEvent (SPEC 8). */
+export type RouterEventErrorReason = 'envelope' | 'malformed' | 'invalid'
+
+/**
+ * Bytes that cannot be decoded as a router event (`decodeRouterEvent`, `RadixIndex.applyEncoded`),
+ * with the same message and reason in both implementations. `reason`: `envelope` (not an event-plane
+ * envelope with a bin payload), `malformed` (not well-formed msgpack or JSON), `invalid` (a well-formed
+ * value that is not a RouterEvent).
+ */
+export class RouterEventError extends Error {
+  readonly reason: RouterEventErrorReason
+  constructor(reason: RouterEventErrorReason, message: string) {
+    super(message)
+    this.name = 'RouterEventError'
+    this.reason = reason
+  }
+}
+
+const ROUTER_EVENT_PREFIX = 'invalid router event: '
+
+/**
+ * The RouterEventError for a raw layer's error (ts/core/binding.ts: the detail's first words name
+ * the reason); any other error is returned as it is.
+ */
+function routerEventError(e: unknown): unknown {
+  if (!(e instanceof Error) || !e.message.startsWith(ROUTER_EVENT_PREFIX)) return e
+  const detail = e.message.slice(ROUTER_EVENT_PREFIX.length)
+  const reason: RouterEventErrorReason =
+    detail.startsWith('envelope') || detail.startsWith('malformed envelope') || detail.startsWith('trailing bytes after the envelope')
+      ? 'envelope'
+      : detail.startsWith('malformed msgpack') || detail.startsWith('trailing bytes') || detail.startsWith('bad JSON')
+        ? 'malformed'
+        : 'invalid'
+  return new RouterEventError(reason, e.message)
+}
+
+/**
+ * What a closed Ingestor, RadixIndex or LocalIndexer holds instead of its raw object: every call
+ * throws `<what> is closed`, close() does nothing (SPEC 8). Swapping the object keeps the check off
+ * the hot path.
+ */
+function closedRaw<T extends object>(what: string): T {
+  const fail = (): never => {
+    throw new Error(`${what} is closed`)
+  }
+  const noop = (): void => {}
+  return new Proxy({} as T, { get: (_t, key) => (key === 'close' ? noop : fail) })
+}
+
 // ---------------------------------------------------------------------------------------------------
 // stateless functions
 
@@ -137,9 +186,15 @@ export function encodeRouterEvent(ev: RouterEventValue, format: 'msgpack' | 'jso
   return raw.encodeRouterEvent(eventArg(ev), formatArg(format))
 }
 
-/** Parses a RouterEvent in either encoding; throws on bytes that are not one. */
+/** Parses a RouterEvent in either encoding; throws a RouterEventError on bytes that are not one. */
 export function decodeRouterEvent(bytes: Uint8Array, format: 'msgpack' | 'json' = 'msgpack'): RouterEventValue {
-  return raw.decodeRouterEvent(bytesArg('bytes', bytes), formatArg(format))
+  const b = bytesArg('bytes', bytes)
+  const json = formatArg(format)
+  try {
+    return raw.decodeRouterEvent(b, json)
+  } catch (e) {
+    throw routerEventError(e)
+  }
 }
 
 /** The event-plane envelope around a payload (msgpack map, payload as bin). */
@@ -294,7 +349,7 @@ export class Ingestor {
   readonly kvBlockSize: number
   readonly workerId: bigint
   readonly mode: IngestMode
-  readonly #raw: RawIngestor
+  #raw: RawIngestor
 
   /**
    * @param impl the raw implementation to use; defaults to the one loaded for the process
@@ -332,6 +387,21 @@ export class Ingestor {
     })
     const rawLocal = this.#raw.localIndexer()
     this.localIndexer = rawLocal ? new LocalIndexer({ bufferSize: localIndexerBufferSize }, impl, rawLocal) : null
+  }
+
+  /**
+   * Frees the native memory (live-block sets, local indexer) now rather than when the garbage
+   * collector gets to it; every later call, here and on `localIndexer`, throws `Ingestor is closed`
+   * (`LocalIndexer is closed`). Idempotent. Also `using ingestor = new Ingestor(...)`.
+   */
+  close(): void {
+    this.#raw.close()
+    this.#raw = closedRaw('Ingestor')
+    this.localIndexer?.close()
+  }
+
+  [Symbol.dispose](): void {
+    this.close()
   }
 
   /** The local indexer fed by this ingestor (null unless enabled with the localIndexer option). */
@@ -572,11 +642,28 @@ function applyFlat(index: RawRadixIndex, ev: RouterEventValue): number {
  * router events (as values, or encoded as they travel), then ask findMatches.
  */
 export class RadixIndex {
-  protected readonly raw: RawRadixIndex
+  protected raw: RawRadixIndex
+  /** Whether the raw object belongs to another (an Ingestor's local indexer): close() only detaches. */
+  readonly #borrowed: boolean
 
   /** @param impl the raw implementation (defaults to the one loaded for the process). */
   constructor(impl: RawBinding = raw, inner?: RawRadixIndex) {
     this.raw = inner ?? new impl.RawRadixIndex()
+    this.#borrowed = inner !== undefined
+  }
+
+  /**
+   * Frees the index's memory now rather than when the garbage collector gets to it; every later
+   * call throws `RadixIndex is closed` (`LocalIndexer is closed`). An Ingestor's local indexer is
+   * only detached: its memory goes with the Ingestor's close(). Idempotent. Also `using`.
+   */
+  close(): void {
+    if (!this.#borrowed) this.raw.close()
+    this.raw = closedRaw(this instanceof LocalIndexer ? 'LocalIndexer' : 'RadixIndex')
+  }
+
+  [Symbol.dispose](): void {
+    this.close()
   }
 
   /** Applies one router event; event-level failures are returned (and counted), never thrown. */
@@ -584,9 +671,18 @@ export class RadixIndex {
     return APPLY_OUTCOMES[applyFlat(this.raw, ev)]!
   }
 
-  /** Applies one encoded event: an event-plane envelope, a msgpack RouterEvent or its JSON. */
+  /**
+   * Applies one encoded event: an event-plane envelope, a msgpack RouterEvent or its JSON. Throws a
+   * RouterEventError on bytes that are not one (nothing is applied then).
+   */
   applyEncoded(payload: Uint8Array, format: 'envelope' | 'msgpack' | 'json'): ApplyOutcome {
-    return APPLY_OUTCOMES[this.raw.applyEncoded(bytesArg('payload', payload), formatCode(format))]!
+    const b = bytesArg('payload', payload)
+    const f = formatCode(format)
+    try {
+      return APPLY_OUTCOMES[this.raw.applyEncoded(b, f)]!
+    } catch (e) {
+      throw routerEventError(e)
+    }
   }
 
   findMatches(tokensHashes: BigUint64Array | bigint[], opts?: { earlyExit?: boolean }): OverlapScores {
@@ -655,7 +751,7 @@ export class RadixIndex {
  * 1024) events applied, so a router that missed events can ask for a range (SPEC 6 and 7).
  */
 export class LocalIndexer extends RadixIndex {
-  declare protected readonly raw: RawLocalIndexer
+  declare protected raw: RawLocalIndexer
 
   constructor(opts: { bufferSize?: number } = {}, impl: RawBinding = raw, inner?: RawLocalIndexer) {
     const size = positiveInt('bufferSize', opts.bufferSize ?? 1024, 1 << 24)

@@ -167,7 +167,7 @@ export interface RawRadixIndex {
   applyCleared(head: BigUint64Array, dpRank: number): number
   /** The same for an event object (tests and tools; the public RadixIndex uses the methods above). */
   applyEvent(ev: RouterEventValue): number
-  /** format: index into names().encodedFormats. Throws Error('invalid router event: ...') on bytes it cannot decode. */
+  /** format: index into names().encodedFormats. Throws a router event error (see RawBinding.decodeRouterEvent) on bytes it cannot decode. */
   applyEncoded(payload: Uint8Array, format: number): number
   findMatches(tokensHashes: BigUint64Array, earlyExit: boolean, out: Uint8Array): number
   findMatchesForTokens(
@@ -187,6 +187,11 @@ export interface RawRadixIndex {
   /** Total (worker, dp rank, block hash) entries. */
   size(): number
   counters(): BigUint64Array
+  /**
+   * Frees the index now and gives back the memory reported to V8 (SPEC 8). Idempotent. The public
+   * layer refuses every later call; a raw object must only stay safe after it.
+   */
+  close(): void
 }
 
 export type RawRangeResult =
@@ -229,6 +234,8 @@ export interface RawIngestor {
   counters(): BigUint64Array
   /** The local indexer every emitted event is applied to and buffered in (null when not enabled). */
   localIndexer(): RawLocalIndexer | null
+  /** Frees the ingestor and its local indexer now (SPEC 8); later calls throw `Ingestor is closed`. Idempotent. */
+  close(): void
 }
 
 // Discovery records (SPEC 5b, "Discovery"): u64 as bigint, values as compact JSON bytes.
@@ -294,7 +301,14 @@ export interface RawBinding {
   /** null = malformed batch (the whole payload is checked for msgpack well-formedness and depth). */
   peekBatch(payload: Uint8Array): RawPeek | null
   encodeRouterEvent(ev: RouterEventValue, json: boolean): Buffer
-  /** Throws an Error whose message starts with "invalid router event" on bytes it cannot decode. */
+  /**
+   * On bytes it cannot decode, throws an Error whose message is `invalid router event: <detail>`,
+   * identical in both implementations for every input (__test__/error-parity.spec.ts). The detail's
+   * first words name the reason, which ts/core/api.ts maps to RouterEventError.reason:
+   * `envelope...`, `malformed envelope`, `trailing bytes after the envelope` → envelope;
+   * `malformed msgpack`, `trailing bytes`, `bad JSON: <what> at byte <n>` → malformed;
+   * any other detail (a field missing or of the wrong type) → invalid.
+   */
   decodeRouterEvent(bytes: Uint8Array, json: boolean): RouterEventValue
   encodeEnvelope(publisherId: bigint, sequence: bigint, publishedAt: bigint, topic: string, payload: Uint8Array): Buffer
   encodeActiveLoad(workerId: bigint, dpRank: number, activeDecodeBlocks: bigint, activePrefillTokens: bigint | null): Buffer

@@ -1123,6 +1123,16 @@ export class FallbackRadixIndex implements RawRadixIndex {
     for (let i = 0; i < this.counts.length; i++) out[i] = BigInt(this.counts[i]!)
     return out
   }
+
+  /** Drops every typed array and map for the small ones of an empty index (SPEC 8). */
+  close(): void {
+    Object.assign(this, this.fresh())
+  }
+
+  /** An empty index of this class (close() takes its fields). */
+  protected fresh(): FallbackRadixIndex {
+    return new FallbackRadixIndex()
+  }
 }
 
 /** The next length of a growing arena (about 1.5x, a multiple of the record size). */

@@ -135,7 +135,8 @@ export class FallbackIngestor implements RawIngestor {
   private curIdHi = 0
   private curIdLo = 0
 
-  constructor(o: RawIngestorOptions) {
+  constructor(private readonly options: RawIngestorOptions) {
+    const o = options
     this.kvBlockSize = o.kvBlockSize
     this.workerHi = Number(o.workerId >> 32n)
     this.workerLo = Number(o.workerId & 0xffffffffn)
@@ -151,6 +152,12 @@ export class FallbackIngestor implements RawIngestor {
 
   localIndexer(): RawLocalIndexer | null {
     return this.local
+  }
+
+  /** Frees the live sets, buffers and local indexer for those of a fresh ingestor (SPEC 8). */
+  close(): void {
+    this.local?.close()
+    Object.assign(this, new FallbackIngestor({ ...this.options, localIndexerBufferSize: 0 }))
   }
 
   // --- ranks ---

@@ -1,10 +1,8 @@
 // Compact JSON for the fallback: a writer of exact u64 integers (from u32 halves, no BigInt on the hot
 // path) and a small parser that keeps integers exact (as bigint), for decodeRouterEvent.
 //
-// The parser mirrors what serde_json accepts into a `Value`: RFC 8259 JSON, whitespace around tokens,
-// repeated object keys (the last wins), invalid \u surrogates rejected. Integers without fraction or
-// exponent that fit in u64 are exact; every other number (negative, fractional, exponent, `-0`, beyond
-// u64) is kept as a non-integer.
+// The parser mirrors crates/core/src/json.rs (what serde_json accepts into a `Value`, with the same
+// messages in both implementations).
 import type { ByteWriter } from './msgpack.js'
 
 const TWO32 = 4294967296
@@ -96,22 +94,40 @@ export class JsonError extends Error {}
 const U64_MAX = (1n << 64n) - 1n
 const U64_MAX_DIGITS = 20
 
-/** Parses JSON text into a Val. `maxDepth` bounds nesting (the top value is level 1). Throws JsonError. */
-export function parseJson(text: string, maxDepth: number): Val {
+// serde_json accepts no byte-order mark, so keep it in the text (where the parser rejects it)
+const fatalUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true })
+const utf8 = new TextDecoder('utf-8', { ignoreBOM: true })
+const WORDS: [Uint8Array, Val][] = [
+  [new Uint8Array([0x6e, 0x75, 0x6c, 0x6c]), NULL],
+  [new Uint8Array([0x74, 0x72, 0x75, 0x65]), OTHER],
+  [new Uint8Array([0x66, 0x61, 0x6c, 0x73, 0x65]), OTHER],
+]
+
+/**
+ * Parses JSON bytes into a Val, mirroring crates/core/src/json.rs (same acceptance, same messages,
+ * `<what> at byte <offset>`). `maxDepth` bounds nesting (the top value is level 1). Throws JsonError.
+ */
+export function parseJson(b: Uint8Array, maxDepth: number): Val {
+  try {
+    fatalUtf8.decode(b)
+  } catch {
+    throw new JsonError('invalid UTF-8')
+  }
   let i = 0
-  const n = text.length
+  const n = b.length
 
   const fail = (what: string): never => {
-    throw new JsonError(`${what} at offset ${i}`)
+    throw new JsonError(`${what} at byte ${i}`)
   }
   const ws = (): void => {
     while (i < n) {
-      const c = text.charCodeAt(i)
+      const c = b[i]!
       if (c === 0x20 || c === 0x09 || c === 0x0a || c === 0x0d) i++
       else break
     }
   }
 
+  // The text is valid UTF-8 and a segment ends only at an ASCII byte, so each segment is too.
   const parseString = (): string => {
     // at the opening quote
     i++
@@ -119,9 +135,9 @@ export function parseJson(text: string, maxDepth: number): Val {
     let start = i
     for (;;) {
       if (i >= n) fail('unterminated string')
-      const c = text.charCodeAt(i)
+      const c = b[i]!
       if (c === 0x22) {
-        out += text.slice(start, i)
+        out += utf8.decode(b.subarray(start, i))
         i++
         return out
       }
@@ -130,10 +146,10 @@ export function parseJson(text: string, maxDepth: number): Val {
         i++
         continue
       }
-      out += text.slice(start, i)
+      out += utf8.decode(b.subarray(start, i))
       i++
       if (i >= n) fail('unterminated escape')
-      const e = text.charCodeAt(i++)
+      const e = b[i++]!
       switch (e) {
         case 0x22:
           out += '"'
@@ -162,7 +178,7 @@ export function parseJson(text: string, maxDepth: number): Val {
         case 0x75: {
           const u = hex4()
           if (u >= 0xd800 && u <= 0xdbff) {
-            if (text.charCodeAt(i) !== 0x5c || text.charCodeAt(i + 1) !== 0x75) fail('lone leading surrogate')
+            if (b[i] !== 0x5c || b[i + 1] !== 0x75) fail('lone leading surrogate')
             i += 2
             const l = hex4()
             if (l < 0xdc00 || l > 0xdfff) fail('invalid trailing surrogate')
@@ -185,7 +201,7 @@ export function parseJson(text: string, maxDepth: number): Val {
     if (i + 4 > n) fail('short \\u escape')
     let v = 0
     for (let k = 0; k < 4; k++) {
-      const c = text.charCodeAt(i++)
+      const c = b[i++]!
       let d: number
       if (c >= 0x30 && c <= 0x39) d = c - 0x30
       else if (c >= 0x41 && c <= 0x46) d = c - 0x37
@@ -199,7 +215,7 @@ export function parseJson(text: string, maxDepth: number): Val {
   const digits = (): number => {
     const s = i
     while (i < n) {
-      const c = text.charCodeAt(i)
+      const c = b[i]!
       if (c < 0x30 || c > 0x39) break
       i++
     }
@@ -208,22 +224,22 @@ export function parseJson(text: string, maxDepth: number): Val {
 
   const parseNumber = (): Val => {
     const s = i
-    const neg = text.charCodeAt(i) === 0x2d
+    const neg = b[i] === 0x2d
     if (neg) i++
     const intStart = i
     const nd = digits()
     if (nd === 0) fail('invalid number')
-    if (nd > 1 && text.charCodeAt(intStart) === 0x30) fail('leading zero')
+    if (nd > 1 && b[intStart] === 0x30) fail('leading zero')
     let integer = true
-    if (text.charCodeAt(i) === 0x2e) {
+    if (b[i] === 0x2e) {
       i++
       if (digits() === 0) fail('invalid fraction')
       integer = false
     }
-    const c = text.charCodeAt(i)
+    const c = b[i]
     if (c === 0x65 || c === 0x45) {
       i++
-      const sgn = text.charCodeAt(i)
+      const sgn = b[i]
       if (sgn === 0x2b || sgn === 0x2d) i++
       if (digits() === 0) fail('invalid exponent')
       integer = false
@@ -231,7 +247,9 @@ export function parseJson(text: string, maxDepth: number): Val {
     if (!integer || neg) return OTHER // negative integers (and -0) are not u64
     // without leading zeros, more digits than u64::MAX's 20 cannot fit: no BigInt of an untrusted length
     if (nd > U64_MAX_DIGITS) return OTHER
-    const v = BigInt(text.slice(s, i))
+    let text = ''
+    for (let k = s; k < i; k++) text += String.fromCharCode(b[k]!)
+    const v = BigInt(text)
     return v > U64_MAX ? OTHER : { k: 'u64', v }
   }
 
@@ -239,22 +257,22 @@ export function parseJson(text: string, maxDepth: number): Val {
     if (level > maxDepth) fail('nested too deeply')
     ws()
     if (i >= n) fail('unexpected end')
-    const c = text.charCodeAt(i)
+    const c = b[i]!
     if (c === 0x7b) {
       i++
       const entries: [string, Val][] = []
       const index = new Map<string, number>()
       ws()
-      if (text.charCodeAt(i) === 0x7d) {
+      if (b[i] === 0x7d) {
         i++
         return { k: 'obj', v: entries }
       }
       for (;;) {
         ws()
-        if (text.charCodeAt(i) !== 0x22) fail('expected a key')
+        if (b[i] !== 0x22) fail('expected a key')
         const key = parseString()
         ws()
-        if (text.charCodeAt(i) !== 0x3a) fail("expected ':'")
+        if (b[i] !== 0x3a) fail("expected ':'")
         i++
         const v = value(level + 1)
         // a repeated key replaces the earlier value (serde_json's map)
@@ -266,10 +284,15 @@ export function parseJson(text: string, maxDepth: number): Val {
           entries[at] = [key, v]
         }
         ws()
-        const d = text.charCodeAt(i++)
-        if (d === 0x2c) continue
-        if (d === 0x7d) return { k: 'obj', v: entries }
-        i--
+        const d = b[i]
+        if (d === 0x2c) {
+          i++
+          continue
+        }
+        if (d === 0x7d) {
+          i++
+          return { k: 'obj', v: entries }
+        }
         fail("expected ',' or '}'")
       }
     }
@@ -277,33 +300,34 @@ export function parseJson(text: string, maxDepth: number): Val {
       i++
       const items: Val[] = []
       ws()
-      if (text.charCodeAt(i) === 0x5d) {
+      if (b[i] === 0x5d) {
         i++
         return { k: 'arr', v: items }
       }
       for (;;) {
         items.push(value(level + 1))
         ws()
-        const d = text.charCodeAt(i++)
-        if (d === 0x2c) continue
-        if (d === 0x5d) return { k: 'arr', v: items }
-        i--
+        const d = b[i]
+        if (d === 0x2c) {
+          i++
+          continue
+        }
+        if (d === 0x5d) {
+          i++
+          return { k: 'arr', v: items }
+        }
         fail("expected ',' or ']'")
       }
     }
     if (c === 0x22) return { k: 'str', v: parseString() }
     if (c === 0x2d || (c >= 0x30 && c <= 0x39)) return parseNumber()
-    if (text.startsWith('null', i)) {
-      i += 4
-      return NULL
-    }
-    if (text.startsWith('true', i)) {
-      i += 4
-      return OTHER
-    }
-    if (text.startsWith('false', i)) {
-      i += 5
-      return OTHER
+    for (const [word, v] of WORDS) {
+      let k = 0
+      while (k < word.length && b[i + k] === word[k]) k++
+      if (k === word.length) {
+        i += k
+        return v
+      }
     }
     return fail('unexpected character')
   }

@@ -168,6 +168,10 @@ export class FallbackLocalIndexer extends FallbackRadixIndex implements RawLocal
     return r
   }
 
+  protected override fresh(): FallbackLocalIndexer {
+    return new FallbackLocalIndexer(this.bufferSize)
+  }
+
   eventsInRange(dpRank: number, start: bigint | null, end: bigint | null): RawRangeResult {
     const ring = this.rings.get(dpRank)
     if (ring === undefined) return { kind: 'Error', message: `no events for dp rank ${dpRank}` }

@@ -331,10 +331,9 @@ export function writeActiveLoad(
 // ---------------------------------------------------------------------------------------------------
 // decoding RouterEvents: by key name, unknown keys ignored, any key order
 
-class RouterEventError extends Error {}
-
+/** The raw layer's error for bytes that are not a RouterEvent: a plain Error, as the binding's (wire.rs WireError). */
 function fail(msg: string): never {
-  throw new RouterEventError(`invalid router event: ${msg}`)
+  throw new Error(`invalid router event: ${msg}`)
 }
 
 const lossy = new TextDecoder('utf-8')
@@ -449,20 +448,11 @@ function routerEventOf(v: Val): RouterEventValue {
   return { workerId, event: { eventId, dpRank, data } }
 }
 
-// serde_json accepts no byte-order mark, so keep it in the text (where the parser rejects it)
-const fatalUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true })
-
 export function decodeRouterEvent(bytes: Uint8Array, json: boolean): RouterEventValue {
   let v: Val
   if (json) {
-    let text: string
     try {
-      text = fatalUtf8.decode(bytes)
-    } catch {
-      return fail('bad JSON: invalid UTF-8')
-    }
-    try {
-      v = parseJson(text, MAX_DEPTH)
+      v = parseJson(bytes, MAX_DEPTH)
     } catch (e) {
       if (e instanceof JsonError) return fail(`bad JSON: ${e.message}`)
       throw e
@@ -658,14 +648,13 @@ export const PAYLOAD_AT = { at: 0, len: 0 }
  * must be a map of scalar keys and values with nothing after it; the last `"payload": bin` pair wins.
  */
 export function envelopePayload(b: Uint8Array): void {
-  if (b.length === 0) throw new Error('invalid router event: envelope is not a map')
+  if (b.length === 0) fail('envelope is not a map')
   const end = validate(b, 0, b.length)
   let p = end < 0 ? -1 : mapAt(b, 0)
   if (p < 0) {
-    // a well-formed non-map, or malformed bytes: distinguish like the core's first header read
-    if (end >= 0 || !((b[0]! & 0xf0) === 0x80 || b[0] === 0xde || b[0] === 0xdf))
-      throw new Error('invalid router event: envelope is not a map')
-    throw new Error('invalid router event: malformed envelope')
+    // a well-formed non-map is not an envelope; malformed bytes under a map marker are a malformed one
+    if (end >= 0 || !((b[0]! & 0xf0) === 0x80 || b[0] === 0xde || b[0] === 0xdf)) fail('envelope is not a map')
+    fail('malformed envelope')
   }
   const n = lastRead.count
   let payloadAt = -1
@@ -678,7 +667,7 @@ export function envelopePayload(b: Uint8Array): void {
     const v = skip(b, p)
     const vt = b[v]!
     const valueIsContainer = (vt & 0xe0) === 0x80 || vt === 0xdc || vt === 0xdd || vt === 0xde || vt === 0xdf
-    if (keyIsContainer || valueIsContainer) throw new Error('invalid router event: malformed envelope')
+    if (keyIsContainer || valueIsContainer) fail('malformed envelope')
     if (isPayloadKey) {
       const q = binAt(b, v)
       if (q >= 0) {
@@ -688,8 +677,8 @@ export function envelopePayload(b: Uint8Array): void {
     }
     p = skip(b, v)
   }
-  if (p !== b.length) throw new Error('invalid router event: trailing bytes after the envelope')
-  if (payloadAt < 0) throw new Error('invalid router event: envelope without a bin payload')
+  if (p !== b.length) fail('trailing bytes after the envelope')
+  if (payloadAt < 0) fail('envelope without a bin payload')
   PAYLOAD_AT.at = payloadAt
   PAYLOAD_AT.len = payloadLen
 }

@@ -122,14 +122,21 @@ pub fn write_matches(matches: &[Match], out: &mut [u8]) -> i64 {
 #[derive(Debug, Default)]
 pub struct MemoryReport {
     reported: i64,
-    calls: u32,
+    /// Work (blocks applied, or calls) since the estimate was last taken.
+    pending: usize,
 }
 
 impl MemoryReport {
-    /// True every 1024 applies: the estimate is O(workers), so not on every call.
-    pub fn due(&mut self) -> bool {
-        self.calls = self.calls.wrapping_add(1);
-        self.calls.is_multiple_of(1024)
+    /// True once about 1024 blocks (or calls) of work were done since the last estimate: the
+    /// estimate is O(workers), so not on every call, yet one large event is never missed.
+    pub fn due(&mut self, work: usize) -> bool {
+        self.pending = self.pending.saturating_add(work.max(1));
+        if self.pending >= 1024 {
+            self.pending = 0;
+            true
+        } else {
+            false
+        }
     }
 
     /// The change to report for an index that now holds about `bytes` (None under 1 MB: not worth

@@ -246,6 +246,19 @@ impl Ingestor {
         self.worker_id
     }
 
+    /// A cheap estimate of the heap bytes held (live sets, reused buffers, the local indexer),
+    /// O(ranks + workers): what the binding reports to the JavaScript GC.
+    pub fn approx_bytes(&self) -> usize {
+        // a hash set bucket: the u64 and one control byte
+        let live: usize = self.ranks.iter().map(|r| r.live.capacity() * 9).sum();
+        live + self.ranks.capacity() * std::mem::size_of::<RankState>()
+            + self.spare_body.capacity()
+            + self.spare_lens.capacity() * 4
+            + self.hash_scratch.capacity()
+            + self.event_scratch.capacity()
+            + self.local.as_ref().map_or(0, LocalIndexer::approx_bytes)
+    }
+
     pub fn local_indexer(&self) -> Option<&LocalIndexer> {
         self.local.as_ref()
     }

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod hash;
 pub mod index;
 pub mod ingest;
+pub mod json;
 pub mod local;
 pub mod msgpack;
 pub mod wire;

@@ -4,7 +4,9 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::index::{ApplyOutcome, IndexAccess, RadixIndex};
-use crate::wire::{write_router_event_json, write_u64_dec, DataRef, RouterEvent};
+use crate::wire::{
+    write_router_event_json, write_u64_dec, DataRef, EventData, RouterEvent, StoredBlock,
+};
 
 pub const DEFAULT_BUFFER_SIZE: usize = 1024;
 
@@ -30,6 +32,24 @@ pub struct LocalIndexer {
     pub index: RadixIndex,
     capacity: usize,
     rings: HashMap<u32, VecDeque<RouterEvent>>,
+    /// Heap bytes of the buffered events' own vectors, kept as they come and go (approx_bytes).
+    ring_bytes: usize,
+}
+
+/// The heap bytes an event's vectors hold (the event itself is counted with its ring's slot).
+fn event_heap_bytes(ev: &RouterEvent) -> usize {
+    match &ev.data {
+        EventData::Stored { blocks, .. } => {
+            blocks.capacity() * std::mem::size_of::<StoredBlock>()
+                + blocks
+                    .iter()
+                    .filter_map(|b| b.mm_extra_info.as_ref())
+                    .map(|m| m.mm_objects.capacity() * 64)
+                    .sum::<usize>()
+        }
+        EventData::Removed { block_hashes } => block_hashes.capacity() * 8,
+        EventData::Cleared => 0,
+    }
 }
 
 impl LocalIndexer {
@@ -39,6 +59,7 @@ impl LocalIndexer {
             index: RadixIndex::new(),
             capacity: capacity.max(1),
             rings: HashMap::new(),
+            ring_bytes: 0,
         }
     }
 
@@ -72,9 +93,22 @@ impl LocalIndexer {
     fn buffer(&mut self, ev: RouterEvent) {
         let ring = self.rings.entry(ev.dp_rank).or_default();
         if ring.len() == self.capacity {
-            ring.pop_front();
+            if let Some(old) = ring.pop_front() {
+                self.ring_bytes -= event_heap_bytes(&old);
+            }
         }
+        self.ring_bytes += event_heap_bytes(&ev);
         ring.push_back(ev);
+    }
+
+    /// A cheap estimate of the heap bytes held (index and buffered events), O(ranks + workers):
+    /// what the binding reports to the JavaScript GC.
+    pub fn approx_bytes(&self) -> usize {
+        let slots: usize = self.rings.values().map(|r| r.capacity()).sum();
+        self.index.approx_bytes()
+            + self.ring_bytes
+            + slots * std::mem::size_of::<RouterEvent>()
+            + self.rings.capacity() * 48
     }
 
     /// SPEC 6 `eventsInRange`, checks in order.

@@ -2,6 +2,7 @@
 //! named msgpack and as compact JSON with exact u64, the event-plane envelope, ActiveLoad, and the
 //! JetStream stream name.
 
+use crate::json::{parse_json, JsonError, Val};
 use crate::msgpack::{Head, Reader, Writer};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -341,32 +342,16 @@ pub fn write_removed_json(out: &mut Vec<u8>, hashes: &[u64]) {
 // ------------------------------------------------------------------------------------------------
 // decoding RouterEvents (router side, tests): by key name, unknown keys ignored, any key order
 
+/// Why bytes are not a RouterEvent: `invalid router event: <detail>`, where the detail's first
+/// words name the reason (`envelope...`, `malformed envelope`, `trailing bytes after the
+/// envelope`: the envelope; `malformed msgpack`, `trailing bytes`, `bad JSON`: the encoding; any
+/// other: a well-formed value that is not a RouterEvent). ts/core/api.ts maps them to
+/// RouterEventError's reason; the fallback gives the same messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WireError(pub String);
 
 fn werr<T>(msg: impl Into<String>) -> Result<T, WireError> {
     Err(WireError(format!("invalid router event: {}", msg.into())))
-}
-
-/// A decoded generic value: enough structure to read a RouterEvent from msgpack or JSON alike.
-#[derive(Debug, Clone, PartialEq)]
-enum Val {
-    Null,
-    U64(u64),
-    Other,
-    Str(String),
-    Arr(Vec<Val>),
-    Obj(Vec<(String, Val)>),
-}
-
-impl Val {
-    fn get(&self, key: &str) -> Option<&Val> {
-        match self {
-            // the last of repeated keys wins
-            Val::Obj(kv) => kv.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v),
-            _ => None,
-        }
-    }
 }
 
 fn msgpack_val(r: &mut Reader, level: u32) -> Result<Val, WireError> {
@@ -394,28 +379,6 @@ fn msgpack_val(r: &mut Reader, level: u32) -> Result<Val, WireError> {
             Val::Obj(v)
         }
         _ => Val::Other,
-    })
-}
-
-fn json_val(v: &serde_json::Value, level: u32) -> Result<Val, WireError> {
-    if level > crate::msgpack::MAX_DEPTH {
-        return werr("nested too deeply");
-    }
-    Ok(match v {
-        serde_json::Value::Null => Val::Null,
-        serde_json::Value::Number(n) => n.as_u64().map(Val::U64).unwrap_or(Val::Other),
-        serde_json::Value::String(s) => Val::Str(s.clone()),
-        serde_json::Value::Array(a) => Val::Arr(
-            a.iter()
-                .map(|x| json_val(x, level + 1))
-                .collect::<Result<_, _>>()?,
-        ),
-        serde_json::Value::Object(o) => Val::Obj(
-            o.iter()
-                .map(|(k, x)| Ok((k.clone(), json_val(x, level + 1)?)))
-                .collect::<Result<_, _>>()?,
-        ),
-        serde_json::Value::Bool(_) => Val::Other,
     })
 }
 
@@ -515,8 +478,13 @@ fn canonical_router_event(bytes: &[u8]) -> Option<RouterEvent> {
 /// payload: bin}`).
 pub fn decode_router_event_envelope(bytes: &[u8]) -> Result<RouterEvent, WireError> {
     let mut r = Reader::new(bytes);
-    let Ok(Head::Map(n)) = r.head(1) else {
-        return werr("envelope is not a map");
+    let n = match r.head(1) {
+        Ok(Head::Map(n)) => n,
+        // a map header that cannot be read (truncated, or claiming more than follows)
+        Err(_) if matches!(bytes.first(), Some(0x80..=0x8f | 0xde | 0xdf)) => {
+            return werr("malformed envelope")
+        }
+        _ => return werr("envelope is not a map"),
     };
     let mut payload = None;
     for _ in 0..n {
@@ -557,11 +525,10 @@ pub fn decode_router_event_encoded(bytes: &[u8], format: u32) -> Result<RouterEv
 }
 
 pub fn decode_router_event_json(bytes: &[u8]) -> Result<RouterEvent, WireError> {
-    let v: serde_json::Value = match serde_json::from_slice(bytes) {
-        Ok(v) => v,
-        Err(e) => return werr(format!("bad JSON: {e}")),
-    };
-    router_event_from_val(&json_val(&v, 1)?)
+    match parse_json(bytes, crate::msgpack::MAX_DEPTH) {
+        Ok(v) => router_event_from_val(&v),
+        Err(JsonError(e)) => werr(format!("bad JSON: {e}")),
+    }
 }
 
 fn u64_field(v: &Val, key: &str) -> Result<u64, WireError> {

@@ -579,10 +579,47 @@ pub struct RawIngestorOptions {
     pub local_indexer_buffer_size: u32,
 }
 
-#[napi]
+/// An ingestor and the memory it reported, shared with the RawLocalIndexer handle that
+/// `localIndexer()` returns; `None` once closed.
+struct Shared {
+    ingestor: Option<Ingestor>,
+    memory: MemoryReport,
+}
+
+impl Shared {
+    fn get(&mut self, what: &str) -> Result<(&mut Ingestor, &mut MemoryReport)> {
+        match self.ingestor.as_mut() {
+            Some(ing) => Ok((ing, &mut self.memory)),
+            None => Err(closed(what)),
+        }
+    }
+
+    fn close(&mut self, env: &Env) {
+        self.ingestor = None;
+        release_memory(env, &mut self.memory);
+    }
+}
+
+fn closed(what: &str) -> Error {
+    Error::new(Status::GenericFailure, format!("{what} is closed"))
+}
+
+/// Outputs are handed over as copies in buffers V8 owns: a buffer over Rust memory is freed only
+/// by a finalizer, which Node runs on a later event-loop turn, so a synchronous loop would pile
+/// them up (SPEC 8).
+#[napi(custom_finalize)]
 pub struct RawIngestor {
-    /// Shared with the RawLocalIndexer handle that `localIndexer()` returns.
-    inner: Rc<RefCell<Ingestor>>,
+    shared: Rc<RefCell<Shared>>,
+}
+
+impl ObjectFinalize for RawIngestor {
+    fn finalize(self, env: Env) -> Result<()> {
+        // the last holder (this or its local indexer handle) gives the report back
+        if Rc::strong_count(&self.shared) == 1 {
+            self.shared.borrow_mut().close(&env);
+        }
+        Ok(())
+    }
 }
 
 #[napi]
@@ -609,44 +646,70 @@ impl RawIngestor {
             )
         })?;
         Ok(RawIngestor {
-            inner: Rc::new(RefCell::new(inner)),
+            shared: Rc::new(RefCell::new(Shared {
+                ingestor: Some(inner),
+                memory: MemoryReport::default(),
+            })),
         })
     }
 
+    /// Runs `f` on the ingestor, then reports its memory (the estimate is O(ranks), cheap next to
+    /// any call that changes it).
+    fn call<T>(&self, env: &Env, f: impl FnOnce(&mut Ingestor) -> T) -> Result<T> {
+        let mut shared = self.shared.borrow_mut();
+        let (ing, memory) = shared.get("Ingestor")?;
+        let r = f(ing);
+        report_memory(env, memory, ing.approx_bytes());
+        Ok(r)
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Ingestor) -> T) -> Result<T> {
+        match self.shared.borrow().ingestor.as_ref() {
+            Some(ing) => Ok(f(ing)),
+            None => Err(closed("Ingestor")),
+        }
+    }
+
     #[napi(catch_unwind)]
-    pub fn ingest(&mut self, payload: &[u8], now_ms: f64) -> Buffer {
-        self.inner
-            .borrow_mut()
-            .ingest(payload, now_arg(now_ms))
-            .into()
+    pub fn ingest<'e>(
+        &mut self,
+        env: &'e Env,
+        payload: &[u8],
+        now_ms: f64,
+    ) -> Result<BufferSlice<'e>> {
+        let out = self.call(env, |ing| ing.ingest(payload, now_arg(now_ms)))?;
+        BufferSlice::copy_from(env, out)
     }
 
     /// The hot path: the packed output copied into `out` at `offset` (the caller's reusable arena)
     /// and its length returned, or, when it does not fit there, the output itself as a new Buffer.
     #[napi(catch_unwind)]
-    pub fn ingest_into(
+    pub fn ingest_into<'e>(
         &mut self,
+        env: &'e Env,
         payload: &[u8],
         now_ms: f64,
         mut out: Uint8ArraySlice,
         offset: u32,
-    ) -> Either<i64, Buffer> {
-        let mut inner = self.inner.borrow_mut();
-        let packed = inner.ingest_packed(payload, now_arg(now_ms));
-        // SAFETY: JavaScript is blocked in this call, and `out` is the TS layer's own arena, never
-        // the payload.
-        let written = copy_out(packed, unsafe { out.as_mut() }, offset as usize);
-        if written >= 0 {
-            Either::A(written)
-        } else {
-            Either::B(inner.take_packed().into())
-        }
+    ) -> Result<Either<i64, BufferSlice<'e>>> {
+        self.call(env, |ing| {
+            let packed = ing.ingest_packed(payload, now_arg(now_ms));
+            // SAFETY: JavaScript is blocked in this call, and `out` is the TS layer's own arena,
+            // never the payload.
+            let written = copy_out(packed, unsafe { out.as_mut() }, offset as usize);
+            if written >= 0 {
+                Ok(Either::A(written))
+            } else {
+                BufferSlice::copy_from(env, packed).map(Either::B)
+            }
+        })?
     }
 
     #[allow(clippy::too_many_arguments)]
     #[napi(catch_unwind)]
-    pub fn stored(
+    pub fn stored<'e>(
         &mut self,
+        env: &'e Env,
         token_ids: &[u32],
         block_hashes: &[u64],
         block_size: u32,
@@ -655,16 +718,14 @@ impl RawIngestor {
         block_mm_infos: Option<Vec<Option<JsBlockExtraInfo>>>,
         dp_rank: u32,
         now_ms: f64,
-    ) -> Result<Buffer> {
+    ) -> Result<BufferSlice<'e>> {
         let parent = parent_hash
             .as_ref()
             .map(|p| u64_arg("parentHash", p))
             .transpose()?;
         let mm = mm_list_in(block_mm_infos)?;
-        Ok(self
-            .inner
-            .borrow_mut()
-            .stored(
+        let out = self.call(env, |ing| {
+            ing.stored(
                 token_ids,
                 block_hashes,
                 block_size as u64,
@@ -674,51 +735,65 @@ impl RawIngestor {
                 dp_rank,
                 now_arg(now_ms),
             )
-            .into())
+        })?;
+        BufferSlice::copy_from(env, out)
     }
 
     #[napi(catch_unwind)]
-    pub fn removed(&mut self, block_hashes: &[u64], dp_rank: u32, now_ms: f64) -> Buffer {
-        self.inner
-            .borrow_mut()
-            .removed(block_hashes, dp_rank, now_arg(now_ms))
-            .into()
+    pub fn removed<'e>(
+        &mut self,
+        env: &'e Env,
+        block_hashes: &[u64],
+        dp_rank: u32,
+        now_ms: f64,
+    ) -> Result<BufferSlice<'e>> {
+        let out = self.call(env, |ing| {
+            ing.removed(block_hashes, dp_rank, now_arg(now_ms))
+        })?;
+        BufferSlice::copy_from(env, out)
     }
 
     #[napi(catch_unwind)]
-    pub fn cleared(&mut self, dp_rank: u32, now_ms: f64) -> Buffer {
-        self.inner
-            .borrow_mut()
-            .cleared(dp_rank, now_arg(now_ms))
-            .into()
+    pub fn cleared<'e>(
+        &mut self,
+        env: &'e Env,
+        dp_rank: u32,
+        now_ms: f64,
+    ) -> Result<BufferSlice<'e>> {
+        let out = self.call(env, |ing| ing.cleared(dp_rank, now_arg(now_ms)))?;
+        BufferSlice::copy_from(env, out)
     }
 
     #[napi]
-    pub fn rank_allowed(&self, dp_rank: u32) -> bool {
-        self.inner.borrow().rank_allowed(dp_rank)
+    pub fn rank_allowed(&self, dp_rank: u32) -> Result<bool> {
+        self.read(|ing| ing.rank_allowed(dp_rank))
     }
 
     #[napi]
-    pub fn next_event_id(&self, dp_rank: u32) -> u64 {
-        self.inner.borrow().next_event_id(dp_rank)
+    pub fn next_event_id(&self, dp_rank: u32) -> Result<u64> {
+        self.read(|ing| ing.next_event_id(dp_rank))
     }
 
     #[napi]
-    pub fn counters(&self) -> BigUint64Array {
-        BigUint64Array::new(self.inner.borrow().counters().to_vec())
+    pub fn counters(&self) -> Result<BigUint64Array> {
+        self.read(|ing| BigUint64Array::new(ing.counters().to_vec()))
     }
 
     /// A handle on the ingestor's local indexer (null when it has none).
     #[napi]
-    pub fn local_indexer(&self) -> Option<RawLocalIndexer> {
-        self.inner
-            .borrow()
-            .local_indexer()
-            .is_some()
-            .then(|| RawLocalIndexer {
-                inner: LocalSource::Ingestor(self.inner.clone()),
-                memory: MemoryReport::default(),
-            })
+    pub fn local_indexer(&self) -> Result<Option<RawLocalIndexer>> {
+        let has = self.read(|ing| ing.local_indexer().is_some())?;
+        Ok(has.then(|| RawLocalIndexer {
+            inner: LocalSource::Ingestor(self.shared.clone()),
+            memory: MemoryReport::default(),
+        }))
+    }
+
+    /// Frees the ingestor and its local indexer now, and gives their memory report back; later
+    /// calls (here and through the local indexer handle) fail. Idempotent.
+    #[napi]
+    pub fn close(&mut self, env: &Env) {
+        self.shared.borrow_mut().close(env);
     }
 }
 
@@ -813,7 +888,21 @@ fn find_for_tokens<I: IndexAccess>(
         .ok_or_else(|| Error::new(Status::InvalidArg, "kvBlockSize must be >= 1"))
 }
 
-/// Tells V8 about the native memory an index holds (see MemoryReport).
+/// The blocks an event applies: the work MemoryReport::due counts.
+fn event_work(ev: &RouterEvent) -> usize {
+    match &ev.data {
+        EventData::Stored { blocks, .. } => blocks.len(),
+        EventData::Removed { block_hashes } => block_hashes.len(),
+        EventData::Cleared => 1,
+    }
+}
+
+/// About the blocks an encoded event applies (a block is at least 16 bytes on either wire).
+fn encoded_work(payload: &[u8]) -> usize {
+    payload.len() / 16
+}
+
+/// Tells V8 about the native memory an object holds (see MemoryReport).
 fn report_memory(env: &Env, memory: &mut MemoryReport, bytes: usize) {
     if let Some(delta) = memory.change(bytes) {
         if env.adjust_external_memory(delta).is_ok() {
@@ -858,10 +947,18 @@ impl RawRadixIndex {
         }
     }
 
-    fn applied(&mut self, env: &Env) {
-        if self.memory.due() {
+    fn applied(&mut self, env: &Env, work: usize) {
+        if self.memory.due(work) {
             report_memory(env, &mut self.memory, self.inner.approx_bytes());
         }
+    }
+
+    /// Frees the index now and gives its memory report back (the public layer refuses later
+    /// calls; here they see an empty index). Idempotent.
+    #[napi]
+    pub fn close(&mut self, env: &Env) {
+        self.inner = RadixIndex::new();
+        release_memory(env, &mut self.memory);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -887,7 +984,7 @@ impl RawRadixIndex {
             n,
             block_mm_infos,
         );
-        self.applied(env);
+        self.applied(env, n as usize);
         r
     }
 
@@ -901,14 +998,14 @@ impl RawRadixIndex {
         n: u32,
     ) -> Result<u32> {
         let r = apply_removed(&mut self.inner, head, dp_rank, block_hashes, n);
-        self.applied(env);
+        self.applied(env, n as usize);
         r
     }
 
     #[napi(catch_unwind)]
     pub fn apply_cleared(&mut self, env: &Env, head: &[u64], dp_rank: u32) -> Result<u32> {
         let r = apply_cleared(&mut self.inner, head, dp_rank);
-        self.applied(env);
+        self.applied(env, 1);
         r
     }
 
@@ -917,14 +1014,14 @@ impl RawRadixIndex {
     pub fn apply_event(&mut self, env: &Env, ev: JsRouterEvent) -> Result<u32> {
         let ev = router_event_in(&ev)?;
         let r = self.inner.apply_router_event(&ev) as u32;
-        self.applied(env);
+        self.applied(env, event_work(&ev));
         Ok(r)
     }
 
     #[napi(catch_unwind)]
     pub fn apply_encoded(&mut self, env: &Env, payload: &[u8], format: u32) -> Result<u32> {
         let r = apply_result(self.inner.apply_encoded(payload, format).map(|o| o as u32));
-        self.applied(env);
+        self.applied(env, encoded_work(payload));
         r
     }
 
@@ -1006,22 +1103,24 @@ impl RawRadixIndex {
     }
 }
 
-/// A local indexer of its own, or the one inside an ingestor (shared with its RawIngestor).
+/// A local indexer of its own, or the one inside an ingestor (shared with its RawIngestor, which
+/// reports the memory of both); Closed once this handle is closed.
 enum LocalSource {
     Own(Box<LocalIndexer>),
-    Ingestor(Rc<RefCell<Ingestor>>),
+    Ingestor(Rc<RefCell<Shared>>),
+    Closed,
 }
 
 #[napi(custom_finalize)]
 pub struct RawLocalIndexer {
     inner: LocalSource,
-    /// updated only by calls through this handle (an ingestor applying to its own indexer reports nothing)
+    /// the report of an indexer of its own (one inside an ingestor reports through Shared)
     memory: MemoryReport,
 }
 
 impl ObjectFinalize for RawLocalIndexer {
     fn finalize(mut self, env: Env) -> Result<()> {
-        release_memory(&env, &mut self.memory);
+        self.close(&env);
         Ok(())
     }
 }
@@ -1039,27 +1138,63 @@ impl RawLocalIndexer {
     fn with<T>(&self, f: impl FnOnce(&LocalIndexer) -> T) -> Result<T> {
         match &self.inner {
             LocalSource::Own(l) => Ok(f(l)),
-            LocalSource::Ingestor(ing) => ing.borrow().local_indexer().map(f).ok_or_else(no_local),
+            LocalSource::Ingestor(shared) => match shared.borrow().ingestor.as_ref() {
+                Some(ing) => ing.local_indexer().map(f).ok_or_else(no_local),
+                None => Err(closed("Ingestor")),
+            },
+            LocalSource::Closed => Err(closed("LocalIndexer")),
         }
     }
 
     fn with_mut<T>(&mut self, f: impl FnOnce(&mut LocalIndexer) -> T) -> Result<T> {
         match &mut self.inner {
             LocalSource::Own(l) => Ok(f(l)),
-            LocalSource::Ingestor(ing) => ing
-                .borrow_mut()
-                .local_indexer_mut()
-                .map(f)
-                .ok_or_else(no_local),
+            LocalSource::Ingestor(shared) => {
+                let mut shared = shared.borrow_mut();
+                let (ing, _) = shared.get("Ingestor")?;
+                ing.local_indexer_mut().map(f).ok_or_else(no_local)
+            }
+            LocalSource::Closed => Err(closed("LocalIndexer")),
         }
     }
 
-    fn applied(&mut self, env: &Env) -> Result<()> {
-        if self.memory.due() {
-            let bytes = self.with(|l| l.index.approx_bytes())?;
-            report_memory(env, &mut self.memory, bytes);
+    /// Reports the memory after `work` blocks were applied or removed through this handle.
+    fn applied(&mut self, env: &Env, work: usize) -> Result<()> {
+        match &self.inner {
+            LocalSource::Own(l) => {
+                if self.memory.due(work) {
+                    report_memory(env, &mut self.memory, l.approx_bytes());
+                }
+            }
+            LocalSource::Ingestor(shared) => {
+                let mut shared = shared.borrow_mut();
+                let (ing, memory) = shared.get("Ingestor")?;
+                if memory.due(work) {
+                    report_memory(env, memory, ing.approx_bytes());
+                }
+            }
+            LocalSource::Closed => {}
         }
         Ok(())
+    }
+
+    fn close(&mut self, env: &Env) {
+        if let LocalSource::Ingestor(shared) = &self.inner {
+            // the last holder gives the ingestor's report back
+            if Rc::strong_count(shared) == 1 {
+                shared.borrow_mut().close(env);
+            }
+        }
+        self.inner = LocalSource::Closed;
+        release_memory(env, &mut self.memory);
+    }
+
+    /// Frees an indexer of its own now and gives its memory report back; one inside an ingestor
+    /// is only detached from this handle (it lives until the ingestor is closed). Later calls
+    /// through this handle fail. Idempotent.
+    #[napi(js_name = "close")]
+    pub fn close_js(&mut self, env: &Env) {
+        self.close(env);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1087,7 +1222,7 @@ impl RawLocalIndexer {
                 block_mm_infos,
             )
         })?;
-        self.applied(env)?;
+        self.applied(env, n as usize)?;
         r
     }
 
@@ -1101,14 +1236,14 @@ impl RawLocalIndexer {
         n: u32,
     ) -> Result<u32> {
         let r = self.with_mut(|l| apply_removed(l, head, dp_rank, block_hashes, n))?;
-        self.applied(env)?;
+        self.applied(env, n as usize)?;
         r
     }
 
     #[napi(catch_unwind)]
     pub fn apply_cleared(&mut self, env: &Env, head: &[u64], dp_rank: u32) -> Result<u32> {
         let r = self.with_mut(|l| apply_cleared(l, head, dp_rank))?;
-        self.applied(env)?;
+        self.applied(env, 1)?;
         r
     }
 
@@ -1117,7 +1252,7 @@ impl RawLocalIndexer {
     pub fn apply_event(&mut self, env: &Env, ev: JsRouterEvent) -> Result<u32> {
         let ev = router_event_in(&ev)?;
         let r = self.with_mut(|l| l.apply_router_event(&ev) as u32)?;
-        self.applied(env)?;
+        self.applied(env, event_work(&ev))?;
         Ok(r)
     }
 
@@ -1125,7 +1260,7 @@ impl RawLocalIndexer {
     pub fn apply_encoded(&mut self, env: &Env, payload: &[u8], format: u32) -> Result<u32> {
         let r =
             self.with_mut(|l| apply_result(l.apply_encoded(payload, format).map(|o| o as u32)))?;
-        self.applied(env)?;
+        self.applied(env, encoded_work(payload))?;
         r
     }
 
@@ -1171,12 +1306,8 @@ impl RawLocalIndexer {
     #[napi(catch_unwind)]
     pub fn remove_worker(&mut self, env: &Env, worker_id: BigInt) -> Result<()> {
         let id = u64_arg("workerId", &worker_id)?;
-        let bytes = self.with_mut(|l| {
-            l.index.remove_worker(id);
-            l.index.approx_bytes()
-        })?;
-        report_memory(env, &mut self.memory, bytes);
-        Ok(())
+        self.with_mut(|l| l.index.remove_worker(id))?;
+        self.applied(env, usize::MAX)
     }
 
     #[napi(catch_unwind)]
@@ -1187,12 +1318,8 @@ impl RawLocalIndexer {
         dp_rank: u32,
     ) -> Result<()> {
         let id = u64_arg("workerId", &worker_id)?;
-        let bytes = self.with_mut(|l| {
-            l.index.remove_worker_dp_rank(id, dp_rank);
-            l.index.approx_bytes()
-        })?;
-        report_memory(env, &mut self.memory, bytes);
-        Ok(())
+        self.with_mut(|l| l.index.remove_worker_dp_rank(id, dp_rank))?;
+        self.applied(env, usize::MAX)
     }
 
     #[napi(catch_unwind)]
