@@ -53,7 +53,7 @@ export declare class RawLocalIndexer {
   applyEncoded(payload: Uint8Array, format: number): number
   /** Matches written into `out` (a buffer the caller reuses): no allocation per query. */
   findMatches(tokensHashes: BigUint64Array, earlyExit: boolean, out: Uint8Array): number
-  findMatchesForTokens(tokens: Uint32Array, kvBlockSize: number, loraName: string | undefined | null, blockMmInfos: Array<JsBlockExtraInfo | undefined | null> | undefined | null, earlyExit: boolean, out: Uint8Array): number
+  findMatchesForTokens(tokens: Uint32Array, kvBlockSize: number, loraName: string | undefined | null, blockMmInfos: Array<JsBlockExtraInfo | undefined | null> | undefined | null, earlyExit: boolean, out: Uint8Array, cacheSalt?: string | undefined | null, eagle?: boolean | undefined | null): number
   removeWorker(workerId: bigint): void
   removeWorkerDpRank(workerId: bigint, dpRank: number): void
   dump(): Array<object>
@@ -78,7 +78,7 @@ export declare class RawRadixIndex {
   applyEncoded(payload: Uint8Array, format: number): number
   /** Matches written into `out` (a buffer the caller reuses): no allocation per query. */
   findMatches(tokensHashes: BigUint64Array, earlyExit: boolean, out: Uint8Array): number
-  findMatchesForTokens(tokens: Uint32Array, kvBlockSize: number, loraName: string | undefined | null, blockMmInfos: Array<JsBlockExtraInfo | undefined | null> | undefined | null, earlyExit: boolean, out: Uint8Array): number
+  findMatchesForTokens(tokens: Uint32Array, kvBlockSize: number, loraName: string | undefined | null, blockMmInfos: Array<JsBlockExtraInfo | undefined | null> | undefined | null, earlyExit: boolean, out: Uint8Array, cacheSalt?: string | undefined | null, eagle?: boolean | undefined | null): number
   removeWorker(workerId: bigint): void
   removeWorkerDpRank(workerId: bigint, dpRank: number): void
   dump(): Array<object>
@@ -87,7 +87,7 @@ export declare class RawRadixIndex {
   counters(): BigUint64Array
 }
 
-export declare function computeBlockHashes(tokens: Uint32Array, kvBlockSize: number, loraName?: string | undefined | null, blockMmInfos?: Array<JsBlockExtraInfo | undefined | null> | undefined | null): BigUint64Array
+export declare function computeBlockHashes(tokens: Uint32Array, kvBlockSize: number, loraName?: string | undefined | null, blockMmInfos?: Array<JsBlockExtraInfo | undefined | null> | undefined | null, cacheSalt?: string | undefined | null, eagle?: boolean | undefined | null): BigUint64Array
 
 export declare function decodeEngineBatch(payload: Uint8Array, kvBlockSize: number): object | null
 

@@ -27,6 +27,7 @@ export {
   type ApplyOutcome,
   type IndexCounterName,
   type BlockExtraInfo,
+  type BlockHashOptions,
   type ConvertedEvent,
   type CounterName,
   type MmObject,

@@ -19,7 +19,21 @@ import {
   type RouterEventValue,
 } from './binding.js'
 import { raw } from './native.js'
-import { bytesArg, checkName, describe, hashesArg, loraArg, mmInfosArg, nowArg, positiveInt, tokensArg, u32, u64 } from '../util/args.js'
+import {
+  bytesArg,
+  checkName,
+  describe,
+  hashesArg,
+  loraArg,
+  mmInfosArg,
+  nowArg,
+  optBoolArg,
+  optStringArg,
+  positiveInt,
+  tokensArg,
+  u32,
+  u64,
+} from '../util/args.js'
 
 export { implementation, nativeLoadError } from './native.js'
 export type {
@@ -109,18 +123,33 @@ function closedRaw<T extends object>(what: string): T {
 // ---------------------------------------------------------------------------------------------------
 // stateless functions
 
+/** How Dynamo hashes a block (SPEC 4); every option absent hashes as Dynamo 1.0 with no LoRA. */
+export interface BlockHashOptions {
+  /** The LoRA adapter; "" is the base model. */
+  loraName?: string | null
+  /** Block i's multimodal objects, when present. */
+  blockMmInfos?: (BlockExtraInfo | null)[] | null
+  /** Dynamo 1.4+: the request's cache salt (cache namespace), mixed into the seed; "" is none. */
+  cacheSalt?: string | null
+  /** Dynamo 1.4+: Eagle blocks, each hashed with the next block's first token. */
+  eagle?: boolean
+}
+
+function hashOptionsArg(opts: BlockHashOptions) {
+  return {
+    lora: loraArg(opts.loraName),
+    mm: mmInfosArg('blockMmInfos', opts.blockMmInfos),
+    salt: optStringArg('cacheSalt', opts.cacheSalt),
+    eagle: optBoolArg('eagle', opts.eagle),
+  }
+}
+
 /** Dynamo's LocalBlockHash (SPEC 4) of each complete block of `tokens`. */
-export function computeBlockHashes(
-  tokens: Uint32Array | number[],
-  kvBlockSize: number,
-  opts: { loraName?: string | null; blockMmInfos?: (BlockExtraInfo | null)[] | null } = {},
-): BigUint64Array {
-  return raw.computeBlockHashes(
-    tokensArg('tokens', tokens),
-    positiveInt('kvBlockSize', kvBlockSize),
-    loraArg(opts.loraName),
-    mmInfosArg('blockMmInfos', opts.blockMmInfos),
-  )
+export function computeBlockHashes(tokens: Uint32Array | number[], kvBlockSize: number, opts: BlockHashOptions = {}): BigUint64Array {
+  const t = tokensArg('tokens', tokens)
+  const bs = positiveInt('kvBlockSize', kvBlockSize)
+  const o = hashOptionsArg(opts)
+  return raw.computeBlockHashes(t, bs, o.lora, o.mm, o.salt, o.eagle)
 }
 
 export interface DecodedBatch {
@@ -700,17 +729,16 @@ export class RadixIndex {
   findMatchesForTokens(
     tokens: Uint32Array | number[],
     kvBlockSize: number,
-    opts: { loraName?: string | null; blockMmInfos?: (BlockExtraInfo | null)[] | null; earlyExit?: boolean } = {},
+    opts: BlockHashOptions & { earlyExit?: boolean } = {},
   ): OverlapScores {
     const t = tokensArg('tokens', tokens)
     const bs = positiveInt('kvBlockSize', kvBlockSize)
-    const lora = loraArg(opts.loraName)
-    const mm = mmInfosArg('blockMmInfos', opts.blockMmInfos)
+    const o = hashOptionsArg(opts)
     const earlyExit = opts.earlyExit === true
-    const len = this.raw.findMatchesForTokens(t, bs, lora, mm, earlyExit, matchScratch)
+    const len = this.raw.findMatchesForTokens(t, bs, o.lora, o.mm, earlyExit, matchScratch, o.salt, o.eagle)
     if (len < 0) {
       growMatchScratch(-len)
-      this.raw.findMatchesForTokens(t, bs, lora, mm, earlyExit, matchScratch)
+      this.raw.findMatchesForTokens(t, bs, o.lora, o.mm, earlyExit, matchScratch, o.salt, o.eagle)
     }
     return readMatches(matchView)
   }

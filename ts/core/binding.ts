@@ -177,6 +177,9 @@ export interface RawRadixIndex {
     blockMmInfos: (BlockExtraInfo | null)[] | null,
     earlyExit: boolean,
     out: Uint8Array,
+    /** Dynamo 1.4+'s hash options, as in computeBlockHashes. */
+    cacheSalt?: string | null,
+    eagle?: boolean,
   ): number
   removeWorker(workerId: bigint): void
   removeWorkerDpRank(workerId: bigint, dpRank: number): void
@@ -290,11 +293,14 @@ export interface RawDiscoveryRecord {
 }
 
 export interface RawBinding {
+  /** cacheSalt and eagle are Dynamo 1.4+'s hash options (SPEC 4); absent, they hash as Dynamo 1.0. */
   computeBlockHashes(
     tokens: Uint32Array,
     kvBlockSize: number,
     loraName: string | null,
     blockMmInfos: (BlockExtraInfo | null)[] | null,
+    cacheSalt?: string | null,
+    eagle?: boolean,
   ): BigUint64Array
   /** null = malformed batch. */
   decodeEngineBatch(payload: Uint8Array, kvBlockSize: number): RawDecoded | null

@@ -1,6 +1,7 @@
 // Dynamo's LocalBlockHash (SPEC 4) for the fallback: XXH3-64 over a block's tokens as u32 little-endian,
-// followed by the block's multimodal object hashes sorted ascending as u64 little-endian. Hashes are
-// written as u64 pairs (u32 halves) into caller-owned arrays, so the hot path allocates nothing.
+// followed by the block's multimodal object hashes sorted ascending as u64 little-endian. The seed carries
+// the LoRA adapter and the cache salt; Eagle hashes overlapping windows of kvBlockSize + 1 tokens. Hashes
+// are written as u64 pairs (u32 halves) into caller-owned arrays, so the hot path allocates nothing.
 import type { BlockExtraInfo } from '../core/binding.js'
 import { grownCapacity, HI, LITTLE_ENDIAN, LO, u64Pairs } from './msgpack.js'
 import { xxh3_64_into } from './xxh3.js'
@@ -29,6 +30,25 @@ export function loraSeed(name: string | null, target: { seedHi: number; seedLo: 
   loraSeedFromBytes(bytes, 0, bytes.length, target)
 }
 
+/**
+ * The seed for a LoRA name and a cache salt (Dynamo 1.4+): 1337 + xxh3_64(lora, 0) + xxh3_64(salt, 1),
+ * wrapping; null or "" leaves a term out, so with no salt this is loraSeed.
+ */
+export function saltSeed(loraName: string | null, cacheSalt: string | null, target: { seedHi: number; seedLo: number }): void {
+  loraSeed(loraName, target)
+  if (cacheSalt === null || cacheSalt.length === 0) return
+  const bytes = utf8.encode(cacheSalt)
+  xxh3_64_into(bytes, 0, bytes.length, 1, 0, HASH_OUT)
+  const lo = HASH_OUT[0]! + target.seedLo
+  target.seedLo = lo >>> 0
+  target.seedHi = (HASH_OUT[1]! + target.seedHi + (lo >= TWO32 ? 1 : 0)) >>> 0
+}
+
+/** How many blocks `tokensLen` tokens make (an Eagle block needs kvBlockSize + 1 tokens). */
+export function blockCount(tokensLen: number, kvBlockSize: number, eagle: boolean): number {
+  return Math.floor((eagle ? Math.max(tokensLen - 1, 0) : tokensLen) / kvBlockSize)
+}
+
 let leScratch = new Uint8Array(1024)
 let mmScratch = new Uint8Array(1024)
 
@@ -47,8 +67,8 @@ export function tokenBytesLE(tokens: Uint32Array, n: number): Uint8Array {
 }
 
 /**
- * The tokens hash of blocks 0..n-1 (block i = bytes [i*bs*4, (i+1)*bs*4) of `tokBytes`, then its mm
- * hashes sorted ascending as u64 LE) into `out` as u64 pairs.
+ * The tokens hash of blocks 0..n-1 (block i = bytes [i*bs*4, (i+1)*bs*4) of `tokBytes`, or with `eagle`
+ * [i*bs*4, (i+1)*bs*4 + 4), then its mm hashes sorted ascending as u64 LE) into `out` as u64 pairs.
  */
 export function hashBlocks(
   tokBytes: Uint8Array,
@@ -58,18 +78,20 @@ export function hashBlocks(
   seedLo: number,
   mm: (BlockExtraInfo | null)[] | null,
   out: Uint32Array,
+  eagle = false,
 ): void {
   const stride = bs * 4
+  const window = eagle ? stride + 4 : stride
   for (let i = 0; i < n; i++) {
     const info = mm === null ? null : (mm[i] ?? null)
     if (info === null || info.mmObjects.length === 0) {
-      xxh3_64_into(tokBytes, i * stride, stride, seedLo, seedHi, HASH_OUT)
+      xxh3_64_into(tokBytes, i * stride, window, seedLo, seedHi, HASH_OUT)
     } else {
       const hashes = info.mmObjects.map((o) => o.mmHash).sort((a, c) => (a < c ? -1 : a > c ? 1 : 0))
-      const len = stride + 8 * hashes.length
+      const len = window + 8 * hashes.length
       if (mmScratch.length < len) mmScratch = new Uint8Array(grownCapacity(mmScratch.length, len))
-      mmScratch.set(tokBytes.subarray(i * stride, (i + 1) * stride))
-      let at = stride
+      mmScratch.set(tokBytes.subarray(i * stride, i * stride + window))
+      let at = window
       for (const h of hashes) {
         let lo = Number(h & 0xffffffffn)
         let hi = Number(h >> 32n)
@@ -90,11 +112,14 @@ export function computeBlockHashes(
   kvBlockSize: number,
   loraName: string | null,
   blockMmInfos: (BlockExtraInfo | null)[] | null,
+  cacheSalt: string | null = null,
+  eagle = false,
 ): BigUint64Array {
-  const n = Math.floor(tokens.length / kvBlockSize)
+  const n = blockCount(tokens.length, kvBlockSize, eagle)
   const out = new BigUint64Array(n)
   if (n === 0) return out
-  loraSeed(loraName, seedCell)
-  hashBlocks(tokenBytesLE(tokens, n * kvBlockSize), kvBlockSize, n, seedCell.seedHi, seedCell.seedLo, blockMmInfos, u64Pairs(out))
+  saltSeed(loraName, cacheSalt, seedCell)
+  const used = n * kvBlockSize + (eagle ? 1 : 0)
+  hashBlocks(tokenBytesLE(tokens, used), kvBlockSize, n, seedCell.seedHi, seedCell.seedLo, blockMmInfos, u64Pairs(out), eagle)
   return out
 }

@@ -18,7 +18,7 @@
 // - `cleared` applies to every dp rank of the worker id (Dynamo semantics).
 import type { ApplyOutcome, BlockExtraInfo, IndexCounterName, RawRadixIndex, RouterEventValue } from '../core/binding.js'
 import { MATCH_RECORD_BYTES } from '../core/binding.js'
-import { hashBlocks, loraSeed, tokenBytesLE } from './hash.js'
+import { blockCount, hashBlocks, saltSeed, tokenBytesLE } from './hash.js'
 import { bigFromHalves, HI, LO, u64Pairs } from './msgpack.js'
 import { CanonicalRouterEvent, decodeEncoded, envelopePayload, KIND_REMOVED, KIND_STORED, PAYLOAD_AT } from './wire.js'
 
@@ -877,12 +877,15 @@ export class FallbackRadixIndex implements RawRadixIndex {
     blockMmInfos: (BlockExtraInfo | null)[] | null,
     earlyExit: boolean,
     out: Uint8Array,
+    cacheSalt: string | null = null,
+    eagle = false,
   ): number {
-    const n = Math.floor(tokens.length / kvBlockSize)
+    const n = blockCount(tokens.length, kvBlockSize, eagle)
     if (n === 0) return this.matchQuery(this.queryScratch, 0, earlyExit, out)
     if (this.queryScratch.length < 2 * n) this.queryScratch = new Uint32Array(4 * n)
-    loraSeed(loraName, this.seed)
-    hashBlocks(tokenBytesLE(tokens, n * kvBlockSize), kvBlockSize, n, this.seed.seedHi, this.seed.seedLo, blockMmInfos, this.queryScratch)
+    saltSeed(loraName, cacheSalt, this.seed)
+    const used = n * kvBlockSize + (eagle ? 1 : 0)
+    hashBlocks(tokenBytesLE(tokens, used), kvBlockSize, n, this.seed.seedHi, this.seed.seedLo, blockMmInfos, this.queryScratch, eagle)
     return this.matchQuery(this.queryScratch, n, earlyExit, out)
   }
 

@@ -88,6 +88,20 @@ export function loraArg(v: unknown): string | null {
   return v
 }
 
+/** An optional string option (undefined or null = absent). */
+export function optStringArg(name: string, v: unknown): string | null {
+  if (v === undefined || v === null) return null
+  if (typeof v !== 'string') throw new TypeError(`${name} must be a string, got ${describe(v)}`)
+  return v
+}
+
+/** An optional boolean option (undefined = false). */
+export function optBoolArg(name: string, v: unknown): boolean {
+  if (v === undefined) return false
+  if (typeof v !== 'boolean') throw new TypeError(`${name} must be a boolean, got ${describe(v)}`)
+  return v
+}
+
 export function describe(v: unknown): string {
   if (v === null) return 'null'
   if (Array.isArray(v)) return 'an array'

@@ -1,5 +1,6 @@
 //! Dynamo's LocalBlockHash (SPEC 4): XXH3-64 over a block's tokens as u32 little-endian, followed by
-//! the block's multimodal object hashes sorted ascending as u64 little-endian.
+//! the block's multimodal object hashes sorted ascending as u64 little-endian. The seed carries the
+//! LoRA adapter and the cache salt; Eagle hashes overlapping windows of `block_size + 1` tokens.
 
 use crate::wire::BlockExtraInfo;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
@@ -11,6 +12,40 @@ pub fn lora_seed(lora_name: Option<&str>) -> u64 {
     match lora_name {
         Some(name) if !name.is_empty() => BASE_SEED.wrapping_add(xxh3_64(name.as_bytes())),
         _ => BASE_SEED,
+    }
+}
+
+/// The seed for a LoRA adapter and a cache salt (Dynamo 1.4+):
+/// 1337 + xxh3_64(lora, 0) + xxh3_64(salt, 1), wrapping; `""` (or none) leaves a term out, so with
+/// no salt this is `lora_seed`.
+pub fn salt_seed(lora_name: Option<&str>, cache_salt: Option<&str>) -> u64 {
+    let seed = lora_seed(lora_name);
+    match cache_salt {
+        Some(salt) if !salt.is_empty() => seed.wrapping_add(xxh3_64_with_seed(salt.as_bytes(), 1)),
+        _ => seed,
+    }
+}
+
+/// How `compute_block_hashes_with` hashes: every field's default is Dynamo 1.0's plain text hash.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BlockHashOptions<'a> {
+    pub lora_name: Option<&'a str>,
+    /// Dynamo 1.4+'s cache salt (cache namespace); `""` is none.
+    pub cache_salt: Option<&'a str>,
+    /// `block_mm_infos[i]`, when present, is block i's multimodal info.
+    pub block_mm_infos: Option<&'a [Option<BlockExtraInfo>]>,
+    /// Eagle: block i hashes tokens `[i * block_size, (i + 1) * block_size + 1)`, so each block
+    /// needs one token of the next.
+    pub eagle: bool,
+}
+
+/// How many blocks `tokens_len` tokens make (a trailing partial block is dropped; an Eagle block
+/// needs `block_size + 1` tokens). `block_size` must be > 0.
+pub fn block_count(tokens_len: usize, block_size: usize, eagle: bool) -> usize {
+    if eagle {
+        tokens_len.saturating_sub(1) / block_size
+    } else {
+        tokens_len / block_size
     }
 }
 
@@ -58,22 +93,46 @@ pub fn compute_block_hashes(
     lora_name: Option<&str>,
     mm: Option<&[Option<BlockExtraInfo>]>,
 ) -> Vec<u64> {
+    compute_block_hashes_with(
+        tokens,
+        block_size,
+        &BlockHashOptions {
+            lora_name,
+            block_mm_infos: mm,
+            ..BlockHashOptions::default()
+        },
+    )
+}
+
+/// The hash of every complete block of `tokens` under `opts`; empty when `block_size` is 0.
+pub fn compute_block_hashes_with(
+    tokens: &[u32],
+    block_size: usize,
+    opts: &BlockHashOptions,
+) -> Vec<u64> {
     if block_size == 0 {
         return Vec::new();
     }
-    let seed = lora_seed(lora_name);
-    let bytes = tokens_le(tokens);
-    let stride = block_size * 4;
+    let n = block_count(tokens.len(), block_size, opts.eagle);
+    if n == 0 {
+        return Vec::new();
+    }
+    let seed = salt_seed(opts.lora_name, opts.cache_salt);
+    let window = if opts.eagle {
+        block_size + 1
+    } else {
+        block_size
+    };
+    let bytes = tokens_le(&tokens[..(n - 1) * block_size + window]);
     let mut scratch = Vec::new();
-    (0..tokens.len() / block_size)
+    (0..n)
         .map(|i| {
-            let info = mm.and_then(|m| m.get(i)).and_then(|o| o.as_ref());
-            block_hash(
-                &bytes[i * stride..(i + 1) * stride],
-                info,
-                seed,
-                &mut scratch,
-            )
+            let info = opts
+                .block_mm_infos
+                .and_then(|m| m.get(i))
+                .and_then(|o| o.as_ref());
+            let start = i * block_size * 4;
+            block_hash(&bytes[start..start + window * 4], info, seed, &mut scratch)
         })
         .collect()
 }

@@ -20,7 +20,7 @@ use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 
-use crate::hash::compute_block_hashes;
+use crate::hash::{compute_block_hashes_with, BlockHashOptions};
 use crate::wire::{
     decode_router_event_encoded, BlockExtraInfo, DataRef, EventData, RouterEvent, StoredBlock,
     WireError,
@@ -227,22 +227,20 @@ pub trait IndexAccess {
         )
     }
 
-    /// `find_matches_into` on the block hashes of `tokens` (SPEC 4), or None when
+    /// `find_matches_into` on the block hashes of `tokens` under `opts` (SPEC 4), or None when
     /// `kv_block_size` is 0.
-    #[allow(clippy::too_many_arguments)]
     fn find_matches_for_tokens_into(
         &mut self,
         tokens: &[u32],
         kv_block_size: u32,
-        lora_name: Option<&str>,
-        mm: Option<&[Option<BlockExtraInfo>]>,
+        opts: &BlockHashOptions,
         early_exit: bool,
         out: &mut [u8],
     ) -> Option<i64> {
         if kv_block_size == 0 {
             return None;
         }
-        let hashes = compute_block_hashes(tokens, kv_block_size as usize, lora_name, mm);
+        let hashes = compute_block_hashes_with(tokens, kv_block_size as usize, opts);
         Some(self.find_matches_into(&hashes, early_exit, out))
     }
 }

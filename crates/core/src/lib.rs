@@ -16,7 +16,7 @@ pub mod msgpack;
 pub mod wire;
 
 pub use convert::{decode_engine_batch, Converted, DecodedBatch, Reason, Store};
-pub use hash::compute_block_hashes;
+pub use hash::{compute_block_hashes, compute_block_hashes_with, BlockHashOptions};
 pub use index::{ApplyOutcome, IndexAccess, Match, RadixIndex};
 pub use ingest::{unpack, Ingestor, IngestorConfig, Mode, Unpacked, COUNTER_NAMES};
 pub use local::{LocalIndexer, RangeResult};

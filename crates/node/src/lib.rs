@@ -10,7 +10,7 @@ use std::rc::Rc;
 use dynamo_kv_core::convert::{decode_engine_batch as core_decode, Converted, Reason};
 use dynamo_kv_core::discovery;
 use dynamo_kv_core::engine::peek_batch as core_peek;
-use dynamo_kv_core::hash::compute_block_hashes as core_hashes;
+use dynamo_kv_core::hash::{compute_block_hashes_with as core_hashes, BlockHashOptions};
 use dynamo_kv_core::index::{
     IndexAccess, MemoryReport, RadixIndex, APPLY_OUTCOMES, INDEX_COUNTER_NAMES,
 };
@@ -89,6 +89,20 @@ fn mm_in(info: &JsBlockExtraInfo) -> Result<BlockExtraInfo> {
         })
         .collect::<Result<_>>()?;
     Ok(BlockExtraInfo { mm_objects })
+}
+
+fn hash_options<'a>(
+    lora_name: &'a Option<String>,
+    mm: &'a Option<Vec<Option<BlockExtraInfo>>>,
+    cache_salt: &'a Option<String>,
+    eagle: Option<bool>,
+) -> BlockHashOptions<'a> {
+    BlockHashOptions {
+        lora_name: lora_name.as_deref(),
+        cache_salt: cache_salt.as_deref(),
+        block_mm_infos: mm.as_deref(),
+        eagle: eagle.unwrap_or(false),
+    }
 }
 
 fn mm_list_in(
@@ -274,13 +288,14 @@ pub fn compute_block_hashes(
     kv_block_size: u32,
     lora_name: Option<String>,
     block_mm_infos: Option<Vec<Option<JsBlockExtraInfo>>>,
+    cache_salt: Option<String>,
+    eagle: Option<bool>,
 ) -> Result<BigUint64Array> {
     let mm = mm_list_in(block_mm_infos)?;
     Ok(BigUint64Array::new(core_hashes(
         tokens,
         kv_block_size as usize,
-        lora_name.as_deref(),
-        mm.as_deref(),
+        &hash_options(&lora_name, &mm, &cache_salt, eagle),
     )))
 }
 
@@ -872,6 +887,8 @@ fn find_for_tokens<I: IndexAccess>(
     kv_block_size: u32,
     lora_name: Option<String>,
     block_mm_infos: Option<Vec<Option<JsBlockExtraInfo>>>,
+    cache_salt: Option<String>,
+    eagle: Option<bool>,
     early_exit: bool,
     out: &mut [u8],
 ) -> Result<i64> {
@@ -880,8 +897,7 @@ fn find_for_tokens<I: IndexAccess>(
         .find_matches_for_tokens_into(
             tokens,
             kv_block_size,
-            lora_name.as_deref(),
-            mm.as_deref(),
+            &hash_options(&lora_name, &mm, &cache_salt, eagle),
             early_exit,
             out,
         )
@@ -1048,6 +1064,8 @@ impl RawRadixIndex {
         block_mm_infos: Option<Vec<Option<JsBlockExtraInfo>>>,
         early_exit: bool,
         mut out: Uint8ArraySlice,
+        cache_salt: Option<String>,
+        eagle: Option<bool>,
     ) -> Result<i64> {
         // SAFETY: as in find_matches
         let out = unsafe { out.as_mut() };
@@ -1057,6 +1075,8 @@ impl RawRadixIndex {
             kv_block_size,
             lora_name,
             block_mm_infos,
+            cache_salt,
+            eagle,
             early_exit,
             out,
         )
@@ -1287,6 +1307,8 @@ impl RawLocalIndexer {
         block_mm_infos: Option<Vec<Option<JsBlockExtraInfo>>>,
         early_exit: bool,
         mut out: Uint8ArraySlice,
+        cache_salt: Option<String>,
+        eagle: Option<bool>,
     ) -> Result<i64> {
         // SAFETY: as in find_matches
         let out = unsafe { out.as_mut() };
@@ -1297,6 +1319,8 @@ impl RawLocalIndexer {
                 kv_block_size,
                 lora_name,
                 block_mm_infos,
+                cache_salt,
+                eagle,
                 early_exit,
                 out,
             )
