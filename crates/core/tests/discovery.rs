@@ -6,16 +6,11 @@ use dynamo_kv_core::discovery::{
 };
 use serde_json::Value;
 
-fn fixture() -> Value {
-    let path = format!(
-        "{}/../../__test__/fixtures/dynamo-1.6/discovery-1.6.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    serde_json::from_str(&std::fs::read_to_string(&path).expect(&path)).unwrap()
-}
+mod fixture_json;
+use fixture_json::u64s;
 
-fn u64s(v: &Value) -> u64 {
-    v.as_str().unwrap().parse().unwrap()
+fn fixture() -> Value {
+    fixture_json::fixture("dynamo-1.6/discovery-1.6.json")
 }
 
 fn endpoint(v: &Value) -> Endpoint {

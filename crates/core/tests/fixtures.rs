@@ -6,17 +6,12 @@ use dynamo_kv_core::hash::{compute_block_hashes, xxh3_seeded};
 use dynamo_kv_core::wire::{
     decode_router_event_json, decode_router_event_msgpack, jetstream_stream_name,
     write_active_load, write_envelope, write_router_event_json, write_router_event_msgpack,
-    BlockExtraInfo, MmObject,
+    BlockExtraInfo,
 };
 use serde_json::Value;
 
-fn fixture(name: &str) -> Value {
-    let path = format!(
-        "{}/../../__test__/fixtures/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    serde_json::from_str(&std::fs::read_to_string(&path).expect(&path)).unwrap()
-}
+mod fixture_json;
+use fixture_json::{fixture, mm_from, u64s};
 
 fn hex(s: &str) -> Vec<u8> {
     (0..s.len())
@@ -25,38 +20,8 @@ fn hex(s: &str) -> Vec<u8> {
         .collect()
 }
 
-fn u64s(v: &Value) -> u64 {
-    match v {
-        Value::String(s) => s.parse().unwrap(),
-        Value::Number(n) => n.as_u64().unwrap(),
-        _ => panic!("not a u64: {v}"),
-    }
-}
-
 fn opt_u64s(v: &Value) -> Option<u64> {
     (!v.is_null()).then(|| u64s(v))
-}
-
-fn mm_from(v: &Value) -> Option<BlockExtraInfo> {
-    if v.is_null() {
-        return None;
-    }
-    Some(BlockExtraInfo {
-        mm_objects: v["mm_objects"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|o| MmObject {
-                mm_hash: u64s(&o["mm_hash"]),
-                offsets: o["offsets"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|p| (p[0].as_u64().unwrap() as u32, p[1].as_u64().unwrap() as u32))
-                    .collect(),
-            })
-            .collect(),
-    })
 }
 
 /// The expected events as the fixture writes them, rendered for comparison.

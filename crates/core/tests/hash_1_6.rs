@@ -5,42 +5,14 @@ use dynamo_kv_core::hash::{
     compute_block_hashes, compute_block_hashes_with, salt_seed, tokens_le, xxh3_seeded,
     BlockHashOptions,
 };
-use dynamo_kv_core::wire::{BlockExtraInfo, MmObject};
+use dynamo_kv_core::wire::BlockExtraInfo;
 use serde_json::Value;
 
+mod fixture_json;
+use fixture_json::{mm_from, u64s};
+
 fn fixture() -> Value {
-    let path = format!(
-        "{}/../../__test__/fixtures/dynamo-1.6/block-hashes-1.6.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    serde_json::from_str(&std::fs::read_to_string(&path).expect(&path)).unwrap()
-}
-
-fn u64s(v: &Value) -> u64 {
-    match v {
-        Value::String(s) => s.parse().unwrap(),
-        Value::Number(n) => n.as_u64().unwrap(),
-        _ => panic!("not a u64: {v}"),
-    }
-}
-
-fn mm_from(v: &Value) -> Option<BlockExtraInfo> {
-    v.get("mm_objects").map(|objs| BlockExtraInfo {
-        mm_objects: objs
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|o| MmObject {
-                mm_hash: u64s(&o["mm_hash"]),
-                offsets: o["offsets"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|p| (p[0].as_u64().unwrap() as u32, p[1].as_u64().unwrap() as u32))
-                    .collect(),
-            })
-            .collect(),
-    })
+    fixture_json::fixture("dynamo-1.6/block-hashes-1.6.json")
 }
 
 #[test]
