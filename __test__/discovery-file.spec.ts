@@ -2,24 +2,16 @@
 // appear (Dynamo's paths and bytes) as soon as register() resolves, are touched while running past
 // several TTLs, vanish on close(), and are swept after the registering process is SIGKILLed.
 import test from 'ava'
-import { type ChildProcess, spawn } from 'node:child_process'
 import { mkdtempSync, promises as fs, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
+import { spawn } from 'node:child_process'
 import path from 'node:path'
 import { DiscoveryError, type FileDiscovery, openDiscovery, publisherRecords } from '../ts/transport/discovery/index.js'
 import { keyOfFile, readEventChannel, readEventSource } from './helpers/discovery-reader.js'
+import { eventually, spawnRegisteringChild } from './helpers/discovery-process.js'
 import { fixture } from './helpers/fixtures.js'
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
-
-async function eventually(cond: () => Promise<boolean>, limitMs = 20_000): Promise<boolean> {
-  const deadline = Date.now() + limitMs
-  for (;;) {
-    if (await cond()) return true
-    if (Date.now() > deadline) return false
-    await sleep(100)
-  }
-}
 
 const fx = fixture<{
   records: {
@@ -152,32 +144,13 @@ test('an unwritable root fails naming DYN_FILE_KV', async (t) => {
 
 test("a SIGKILLed publisher's files stop being touched and are swept after the TTL", async (t) => {
   const root = newRoot()
-  const child: ChildProcess = spawn(process.execPath, ['--import=tsx', 'helpers/discovery-child.ts'], {
-    cwd: new URL('.', import.meta.url).pathname,
-    env: {
-      ...process.env,
-      DYN_DISCOVERY_BACKEND: 'file',
-      DYN_FILE_KV: root,
-      TEST_FILE_TTL_MS: '3000',
-      TEST_WORKER_ID: '18446744073709551615',
-      TEST_PUBLISHER_ID: '9007199254740991',
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
-  let out = ''
-  child.stdout?.on('data', (d: Buffer) => {
-    out += d.toString()
-  })
-  child.stderr?.on('data', (d: Buffer) => {
-    out += d.toString()
-  })
-  const exited = new Promise((r) => child.once('exit', r))
+  const child = spawnRegisteringChild({ DYN_DISCOVERY_BACKEND: 'file', DYN_FILE_KV: root, TEST_FILE_TTL_MS: '3000' })
   // Another publisher on the same store: like every Dynamo process, it sweeps expired files.
   const neighbour = await openDiscovery({ backend: 'file', fileRoot: root, fileTtlMs: 3000 }, {})
   await neighbour.register(records(6n))
   let childFile = ''
   try {
-    t.true(await eventually(async () => out.includes('registered'), 30_000), out)
+    t.true(await child.registered(), child.output())
     const sources = await listBucket(root, 'v1/event_sources')
     const entry = Object.entries(sources).find(([p]) => p.endsWith('%2F1fffffffffffff'))
     t.truthy(entry, Object.keys(sources).join(','))
@@ -190,8 +163,7 @@ test("a SIGKILLed publisher's files stop being touched and are swept after the T
     await sleep(6500)
     await t.notThrowsAsync(fs.stat(childFile))
   } finally {
-    child.kill('SIGKILL')
-    await exited
+    await child.kill()
   }
   t.true(
     await eventually(
