@@ -1202,8 +1202,9 @@ impl RawRadixIndex {
     /// The object form (tests and tools; the TS layer flattens events for apply_stored & co).
     #[napi(catch_unwind)]
     pub fn apply_event(&mut self, env: &Env, ev: JsRouterEvent) -> Result<u32> {
+        let meta = meta_in(&ev)?;
         let ev = router_event_in(&ev)?;
-        let r = self.inner.apply_router_event(&ev) as u32;
+        let r = self.inner.apply_with_meta(&ev, meta) as u32;
         self.applied(env, event_work(&ev));
         Ok(r)
     }
@@ -1444,8 +1445,9 @@ impl RawLocalIndexer {
     /// The object form (tests and tools; the TS layer flattens events for apply_stored & co).
     #[napi(catch_unwind)]
     pub fn apply_event(&mut self, env: &Env, ev: JsRouterEvent) -> Result<u32> {
+        let meta = meta_in(&ev)?;
         let ev = router_event_in(&ev)?;
-        let r = self.with_mut(|l| l.apply_router_event(&ev) as u32)?;
+        let r = self.with_mut(|l| l.apply_with_meta(&ev, meta) as u32)?;
         self.applied(env, event_work(&ev))?;
         Ok(r)
     }
