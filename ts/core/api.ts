@@ -17,7 +17,6 @@ import {
   type RawBinding,
   type RawIngestor,
   type RejectReason,
-  type ResidencyDomain,
   type RouterEventValue,
   type StorageTier,
 } from './binding.js'

@@ -30,7 +30,7 @@ import {
   TIER_DEVICE,
 } from './convert.js'
 import { BatchHead, EV_CLEARED, EV_REMOVED, EventParser, readBatchHead } from './engine.js'
-import { hashBlocks, loraSeed, saltSeed, tokenBytesLE } from './hash.js'
+import { hashBlocks, saltSeed, tokenBytesLE } from './hash.js'
 import { FallbackLocalIndexer, RING_JSON, RING_MSGPACK } from './local.js'
 import { ByteWriter, HI, LO, u64Pairs } from './msgpack.js'
 import { U64Set } from './u64set.js'
@@ -221,7 +221,7 @@ export class FallbackIngestor implements RawIngestor {
     this.encoder = o.jetstream ? jsonEncoder : msgpackEncoder
     this.wire14 = o.wire14 === true
     const ranks = o.publisherIdRanks ?? []
-    ranks.forEach((r, i) => this.publisherIds.set(r, o.publisherIdValues![i]!))
+    for (let i = 0; i < ranks.length; i++) this.publisherIds.set(ranks[i]!, o.publisherIdValues![i]!)
     this.publisherSeed = o.publisherSeed ?? 0n
     const bufferSize = o.localIndexerBufferSize ?? 0
     this.local = bufferSize > 0 ? new FallbackLocalIndexer(bufferSize) : null
