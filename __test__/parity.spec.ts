@@ -30,6 +30,8 @@ interface Variant {
   maxDpRanks: number
   dpRanks: Uint32Array | undefined
   kvBlockSize: number
+  /** The dynamo-1.4 wire profile (SPEC 5b). */
+  wire14?: boolean
 }
 
 const variants: Variant[] = [
@@ -37,6 +39,8 @@ const variants: Variant[] = [
   { name: 'jetstream', jetstream: true, maxDpRanks: 64, dpRanks: undefined, kvBlockSize: 4 },
   { name: 'event-plane, maxDpRanks 2', jetstream: false, maxDpRanks: 2, dpRanks: undefined, kvBlockSize: 4 },
   { name: 'jetstream, dpRanks [0]', jetstream: true, maxDpRanks: 64, dpRanks: Uint32Array.of(0), kvBlockSize: 4 },
+  { name: 'dynamo-1.4', jetstream: false, maxDpRanks: 64, dpRanks: undefined, kvBlockSize: 4, wire14: true },
+  { name: 'dynamo-1.4, maxDpRanks 2, local indexer', jetstream: false, maxDpRanks: 2, dpRanks: undefined, kvBlockSize: 4, wire14: true },
 ]
 
 for (const [vi, v] of variants.entries()) {
@@ -48,7 +52,11 @@ for (const [vi, v] of variants.entries()) {
       jetstream: v.jetstream,
       maxDpRanks: v.maxDpRanks,
       dpRanks: v.dpRanks as Uint32Array,
-      localIndexerBufferSize: 0,
+      localIndexerBufferSize: v.name.includes('local indexer') ? 16 : 0,
+      wire14: v.wire14 === true,
+      publisherIdRanks: [1],
+      publisherIdValues: [77n],
+      publisherSeed: 0x1234_5678_9abc_def0n,
     }
     const a: RawIngestor = new n.RawIngestor(opts)
     const b: RawIngestor = new fallback.RawIngestor(opts)
@@ -87,10 +95,13 @@ for (const [vi, v] of variants.entries()) {
         if (!a.rankAllowed(rank)) continue
         const hashes = BigUint64Array.of(gen.rng.u64(), gen.rng.u64())
         const tokens = Uint32Array.from({ length: 2 * v.kvBlockSize }, () => gen.rng.u32())
+        // dynamo-1.4 also takes a cache salt and Eagle tokens
+        const salt = v.wire14 && k % 3 === 0 ? 'tenant-x' : null
+        const eagle = v.wire14 === true && k % 4 === 0
         const calls: [Buffer, Buffer][] = [
           [
-            a.stored(tokens, hashes, v.kvBlockSize, null, k % 2 ? 'adapter-a' : null, null, rank, now),
-            b.stored(tokens, hashes, v.kvBlockSize, null, k % 2 ? 'adapter-a' : null, null, rank, now),
+            a.stored(tokens, hashes, v.kvBlockSize, null, k % 2 ? 'adapter-a' : null, null, rank, now, salt, eagle),
+            b.stored(tokens, hashes, v.kvBlockSize, null, k % 2 ? 'adapter-a' : null, null, rank, now, salt, eagle),
           ],
           [a.removed(hashes.subarray(0, 1), rank, now), b.removed(hashes.subarray(0, 1), rank, now)],
         ]
@@ -100,10 +111,63 @@ for (const [vi, v] of variants.entries()) {
     }
     t.is(mismatches, 0)
     t.deepEqual(b.counters(), a.counters())
-    for (const r of [0, 1, 2, 3]) t.is(b.nextEventId(r), a.nextEventId(r))
-    t.true(payloads > 5_000, `the stream emitted ${payloads} payloads`)
+    for (const r of [0, 1, 2, 3]) {
+      t.is(b.nextEventId(r), a.nextEventId(r))
+      t.is(b.publisherId(r), a.publisherId(r))
+    }
+    const la = a.localIndexer()
+    const lb = b.localIndexer()
+    if (la !== null && lb !== null) {
+      t.is(lb.size(), la.size())
+      t.deepEqual(lb.dump(), la.dump())
+    }
+    // dynamo-1.4 packs a batch's events into one envelope where 1.0 writes one payload per event
+    t.true(payloads > (v.wire14 ? 2_000 : 5_000), `the stream emitted ${payloads} payloads`)
   })
 }
+
+test('dynamo-1.4: the Dynamo 1.6 conversion fixtures and 30,000 mutations of them give identical output', (t) => {
+  const n = need()
+  const cases = (
+    JSON.parse(readFileSync(new URL('./fixtures/dynamo-1.6/engine-conversions-1.6.json', import.meta.url), 'utf8')) as {
+      cases: { payload_hex: string }[]
+    }
+  ).cases.map((c) => Buffer.from(c.payload_hex, 'hex'))
+  const opts = {
+    kvBlockSize: 4,
+    workerId: 7n,
+    jetstream: false,
+    maxDpRanks: 8,
+    dpRanks: null,
+    localIndexerBufferSize: 8,
+    wire14: true,
+    publisherSeed: 3n,
+  }
+  const a: RawIngestor = new n.RawIngestor(opts)
+  const b: RawIngestor = new fallback.RawIngestor(opts)
+  const rng = new BatchGenerator(77, { kvBlockSize: 4 }).rng
+  let mismatches = 0
+  for (let k = 0; k < 30_000 + cases.length; k++) {
+    let input = cases[k % cases.length]!
+    if (k >= cases.length) {
+      input = Buffer.from(input)
+      for (let m = 0, times = 1 + rng.int(3); m < times; m++) {
+        const at = rng.int(input.length + 1)
+        const op = rng.int(4)
+        if (op === 0 && at < input.length) input[at] = rng.int(256)
+        else if (op === 1) input = Buffer.concat([input.subarray(0, at), Buffer.from([rng.int(256)]), input.subarray(at)])
+        else if (op === 2) input = Buffer.concat([input.subarray(0, at), input.subarray(at + 1)])
+        else input = input.subarray(0, at)
+      }
+    }
+    const x = a.ingest(input, 1_700_000_000_000 + k)
+    const y = b.ingest(input, 1_700_000_000_000 + k)
+    if (!x.equals(y) && mismatches++ < 3) t.fail(`${input.toString('hex')}: native ${x.toString('hex')} != fallback ${y.toString('hex')}`)
+  }
+  t.is(mismatches, 0)
+  t.deepEqual(b.counters(), a.counters())
+  t.deepEqual(b.localIndexer()!.dump(), a.localIndexer()!.dump())
+})
 
 test('decodeEngineBatch and peekBatch agree on 10,000 generated batches', (t) => {
   const n = need()
