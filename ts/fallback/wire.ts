@@ -594,9 +594,11 @@ function routerEventOf(v: Val): RouterEventValue {
   } else {
     fail('data must be stored, removed or cleared')
   }
-  const out: RouterEventValue = { workerId, event: { eventId, dpRank, data } }
+  // keys in the native binding's order: workerId, storageTier?, residencyDomain?, event
+  const out = { workerId } as RouterEventValue
   if (storageTier !== undefined) out.storageTier = storageTier
   if (residencyDomain !== undefined) out.residencyDomain = residencyDomain
+  out.event = { eventId, dpRank, data }
   return out
 }
 
