@@ -1,4 +1,4 @@
-// Dynamo 1.0 router-side wire types and their exact encodings (SPEC 5) for the fallback: the RouterEvent as
+// Router-side wire types and their exact encodings (SPEC 5, and 5b for Dynamo 1.4+) for the fallback: the RouterEvent as
 // rmp-serde named msgpack and as compact JSON with exact u64, the event-plane envelope, ActiveLoad,
 // RouterEvent decoding (generic, and the canonical layout read in place for the router's hot path), and
 // the JetStream stream name.

@@ -1,4 +1,4 @@
-//! Dynamo 1.0 router-side wire types and their exact encodings (SPEC 5): the RouterEvent as rmp-serde
+//! Router-side wire types and their exact encodings (SPEC 5, and 5b for Dynamo 1.4+): the RouterEvent as rmp-serde
 //! named msgpack and as compact JSON with exact u64, the event-plane envelope, ActiveLoad, and the
 //! JetStream stream name.
 
