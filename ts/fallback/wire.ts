@@ -604,6 +604,7 @@ function routerEventOf(v: Val): RouterEventValue {
 
 /** The events of a value: one map (Dynamo 1.0's payload) or an array of them (Dynamo 1.4+'s). */
 function routerEventsOf(v: Val): RouterEventValue[] {
+  if (v.k === 'arr' && v.v.length === 0) fail('an empty batch') // a publisher never sends one
   return v.k === 'arr' ? v.v.map(routerEventOf) : [routerEventOf(v)]
 }
 

@@ -614,6 +614,8 @@ pub fn decode_router_events_msgpack(bytes: &[u8]) -> Result<Vec<MetaEvent>, Wire
 
 fn router_events_from_val(v: &Val) -> Result<Vec<MetaEvent>, WireError> {
     match v {
+        // a publisher never sends an empty batch
+        Val::Arr(items) if items.is_empty() => werr("an empty batch"),
         Val::Arr(items) => items.iter().map(router_event_from_val).collect(),
         v => Ok(vec![router_event_from_val(v)?]),
     }
