@@ -126,13 +126,20 @@ for (const [vi, v] of variants.entries()) {
   })
 }
 
-test('dynamo-1.4: the Dynamo 1.6 conversion fixtures and 30,000 mutations of them give identical output', (t) => {
+test('dynamo-1.4: the Dynamo 1.6 conversion and extra-key fixtures and 30,000 mutations of them give identical output', (t) => {
   const n = need()
   const cases = (
     JSON.parse(readFileSync(new URL('./fixtures/dynamo-1.6/engine-conversions-1.6.json', import.meta.url), 'utf8')) as {
       cases: { payload_hex: string }[]
     }
   ).cases.map((c) => Buffer.from(c.payload_hex, 'hex'))
+  // vLLM extra keys with markers and dynamo-cache-salt: tags (block-hashes-1.6.json)
+  const extraKeys = (
+    JSON.parse(readFileSync(new URL('./fixtures/dynamo-1.6/block-hashes-1.6.json', import.meta.url), 'utf8')) as {
+      vllm_extra_keys_through_1_6_converter: { cases: { payload_hex: string }[] }
+    }
+  ).vllm_extra_keys_through_1_6_converter.cases
+  for (const c of extraKeys) cases.push(Buffer.from(c.payload_hex, 'hex'))
   const opts = {
     kvBlockSize: 4,
     workerId: 7n,
