@@ -1304,7 +1304,7 @@ const TAGS: [&[u8]; 8] = [
     b"BlockStored\0",
     b"\xff\xfe",
 ];
-const KEYS: [&[u8]; 24] = [
+const KEYS: [&[u8]; 25] = [
     b"type",
     b"block_hashes",
     b"parent_block_hash",
@@ -1327,11 +1327,16 @@ const KEYS: [&[u8]; 24] = [
     b"data_parallel_rank",
     b"__proto__",
     b"cache_salt",
+    b"ownership",
     b"",
     b"\xc3\x28",
 ];
-const WORDS: [&[u8]; 16] = [
+const WORDS: [&[u8]; 20] = [
     b"GPU",
+    b"DEVICE",
+    b"CPU_PINNED",
+    b"NVME",
+    b"dynamo-cache-salt:tenant",
     b"gpu",
     b"CPU",
     b"DISK",
@@ -1407,9 +1412,17 @@ impl Gen {
         self.enc().map(out, n);
     }
 
+    /// 64 hex digits; a quarter of them Dynamo 1.5+ markers (16 digits, then 48 '0').
     fn hex64(&mut self) -> Vec<u8> {
+        let marker = self.r.chance(25);
         (0..64)
-            .map(|_| *self.r.pick(b"0123456789abcdefABCDEF"))
+            .map(|i| {
+                if marker && i >= 16 {
+                    b'0'
+                } else {
+                    *self.r.pick(b"0123456789abcdefABCDEF")
+                }
+            })
             .collect()
     }
 
@@ -1626,7 +1639,16 @@ impl Gen {
 
     fn tokens(&mut self, out: &mut Vec<u8>, n: usize, clean: bool) {
         self.arr(out, n);
+        // Eagle bigram pairs [[a, b], [b, c], ...] (Dynamo 1.4+), now and then mixed with plain ids
+        let pairs = self.r.chance(8);
         for _ in 0..n {
+            if pairs && self.r.chance(98) {
+                let (a, b) = (self.r.below(1 << 17) as i128, self.r.below(1 << 17) as i128);
+                self.arr(out, 2);
+                self.int(out, a);
+                self.int(out, b);
+                continue;
+            }
             if clean || self.r.chance(97) {
                 let v = match self.r.below(10) {
                     0..=5 => self.r.below(1 << 17) as i128,
