@@ -269,6 +269,7 @@ export function writeRouterEvent(w: ByteWriter, enc: EventEncoder, ev: RouterEve
   enc.end(w, dpRank)
 }
 
+const K_WORKER_ID_KEY = keyBytes('worker_id')
 const K_STORAGE_TIER = keyBytes('storage_tier')
 const K_RESIDENCY = keyBytes('residency_domain')
 const MP_EVENT_MAP = concat(keyBytes('event'), new Uint8Array([0x83]), keyBytes('event_id'))
@@ -302,7 +303,7 @@ export function writeRouterEventValue(w: ByteWriter, json: boolean, ev: RouterEv
     w.bytes(J_DATA)
   } else {
     w.mapHeader(2 + (tier !== undefined ? 1 : 0) + (domain !== undefined ? 1 : 0))
-    w.bytes(keyBytes('worker_id'))
+    w.bytes(K_WORKER_ID_KEY)
     w.uintBig(ev.workerId)
     if (tier !== undefined) {
       w.bytes(K_STORAGE_TIER)
