@@ -1,0 +1,248 @@
+//! The `dynamo-1.0` wire profile against Dynamo 1.0.2's own router crate (`dynamo-kv-router =1.0.2`):
+//! every payload the core's Ingestor emits is decoded with Dynamo's serde types exactly as a 1.0.2
+//! router decodes it (a msgpack envelope whose payload is one msgpack RouterEvent), applied to
+//! Dynamo's `RadixTree` and to the core's `RadixIndex`, and both answer the same queries.
+
+#[path = "../../compat-dynamo-common/workload.rs"]
+mod workload;
+
+use std::collections::HashMap;
+
+use dynamo_kv_core::hash::{compute_block_hashes_with, BlockHashOptions};
+use dynamo_kv_core::wire::{decode_router_event_envelope, write_envelope, write_router_event_msgpack};
+use dynamo_kv_core::{
+    unpack, ApplyOutcome, EventData, Ingestor, IngestorConfig, Mode, RadixIndex, RouterEvent, StoredBlock,
+};
+use dynamo_kv_router::protocols::{
+    compute_block_hash_for_seq, KvCacheEventData, KvCacheEventError, LocalBlockHash,
+    RouterEvent as DynEvent,
+};
+use dynamo_kv_router::radix_tree::RadixTree;
+use serde::Deserialize;
+use workload::{Rng, Sequence, Workload, WorkloadConfig};
+
+/// The event-plane envelope as Dynamo 1.0.2's runtime deserializes it (`EventEnvelope` in
+/// dynamo-runtime: the payload is `bytes::Bytes`, a msgpack bin).
+#[derive(Debug, Deserialize)]
+struct EventEnvelope {
+    publisher_id: u64,
+    sequence: u64,
+    published_at: u64,
+    topic: String,
+    payload: serde_bytes::ByteBuf,
+}
+
+const BLOCK_SIZE: u32 = 8;
+
+fn config(seed: u64, batches: usize) -> WorkloadConfig {
+    WorkloadConfig {
+        seed,
+        batches,
+        block_size: BLOCK_SIZE,
+        workers: vec![
+            (1, vec![0]),
+            (7_000_000_000_123, vec![0, 1]),
+            (u64::MAX - 5, vec![0, 1, 2]),
+        ],
+        loras: vec![None, None, None, Some("adapter-a".into()), Some("lörä-日本".into())],
+        // Dynamo 1.0 has no cache salt: a salted request hashes like an unsalted one there.
+        salts: vec![None],
+        // The dynamo-1.0 profile filters offload tiers (a 1.0.2 router would index them as GPU).
+        lower_tiers: true,
+    }
+}
+
+fn ingestor(worker_id: u64) -> Ingestor {
+    Ingestor::new(IngestorConfig {
+        kv_block_size: BLOCK_SIZE,
+        worker_id,
+        mode: Mode::EventPlane,
+        max_dp_ranks: 64,
+        dp_ranks: None,
+        local_indexer: None,
+    })
+    .unwrap()
+}
+
+/// Dynamo's decoded event in the core's terms, to compare the two decoders field by field.
+fn from_dynamo(ev: &DynEvent) -> RouterEvent {
+    let data = match &ev.event.data {
+        KvCacheEventData::Stored(s) => EventData::Stored {
+            parent_hash: s.parent_hash.map(|h| h.0),
+            blocks: s
+                .blocks
+                .iter()
+                .map(|b| StoredBlock {
+                    block_hash: b.block_hash.0,
+                    tokens_hash: b.tokens_hash.0,
+                    mm_extra_info: None,
+                })
+                .collect(),
+        },
+        KvCacheEventData::Removed(r) => EventData::Removed {
+            block_hashes: r.block_hashes.iter().map(|h| h.0).collect(),
+        },
+        KvCacheEventData::Cleared => EventData::Cleared,
+    };
+    RouterEvent {
+        worker_id: ev.worker_id,
+        event_id: ev.event.event_id,
+        dp_rank: ev.event.dp_rank,
+        data,
+    }
+}
+
+fn same_outcome(dynamo: &Result<(), KvCacheEventError>, core: ApplyOutcome) -> bool {
+    matches!(
+        (dynamo, core),
+        (Ok(()), ApplyOutcome::Applied)
+            | (Err(KvCacheEventError::ParentBlockNotFound), ApplyOutcome::ParentNotFound)
+            | (Err(KvCacheEventError::BlockNotFound), ApplyOutcome::BlockNotFound)
+            | (Err(KvCacheEventError::InvalidBlockSequence), ApplyOutcome::InvalidBlockSequence)
+    )
+}
+
+/// Both sides' block hashes for a query; they must be equal.
+fn hashes(seq: &Sequence) -> Vec<u64> {
+    let core = compute_block_hashes_with(
+        &seq.tokens,
+        BLOCK_SIZE as usize,
+        &BlockHashOptions { lora_name: seq.lora.as_deref(), ..Default::default() },
+    );
+    let dynamo: Vec<u64> = compute_block_hash_for_seq(&seq.tokens, BLOCK_SIZE, None, seq.lora.as_deref())
+        .into_iter()
+        .map(|h| h.0)
+        .collect();
+    assert_eq!(core, dynamo, "block hashes differ for {seq:?}");
+    core
+}
+
+/// `(worker_id, dp_rank, score, tree_size)` with a non-zero score, sorted.
+type Scores = Vec<(u64, u32, u32, u64)>;
+
+fn dynamo_scores(tree: &RadixTree, q: &[u64]) -> Scores {
+    let m = tree.find_matches(q.iter().map(|&h| LocalBlockHash(h)).collect(), false);
+    let mut v: Scores = m
+        .scores
+        .iter()
+        .filter(|(_, &s)| s > 0)
+        .map(|(w, &s)| (w.worker_id, w.dp_rank, s, m.tree_sizes[w] as u64))
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+fn core_scores(index: &mut RadixIndex, q: &[u64]) -> Scores {
+    index
+        .find_matches(q, false)
+        .into_iter()
+        .filter(|m| m.score > 0)
+        .map(|m| (m.worker_id, m.dp_rank, m.score, m.tree_size))
+        .collect()
+}
+
+/// Queries: prefixes of stored requests (some with a diverging tail), random tokens, and stored
+/// requests under another LoRA adapter.
+fn queries(rng: &mut Rng, w: &Workload) -> Vec<Sequence> {
+    let bs = BLOCK_SIZE as usize;
+    let mut out = Vec::new();
+    for _ in 0..150 {
+        let s = rng.pick(&w.sequences);
+        let n = s.tokens.len() / bs;
+        let mut q = s.clone();
+        q.tokens.truncate(bs * (1 + rng.below(n)));
+        if rng.chance(0.3) {
+            q.tokens.extend((0..bs * (1 + rng.below(3))).map(|_| rng.token()));
+        }
+        if rng.chance(0.2) {
+            q.tokens.extend((0..rng.below(bs)).map(|_| rng.token())); // a partial block hashes nothing
+        }
+        out.push(q);
+    }
+    for _ in 0..30 {
+        let tokens = (0..bs * (1 + rng.below(8))).map(|_| rng.token()).collect();
+        out.push(Sequence { tokens, lora: None, salt: None });
+    }
+    for _ in 0..40 {
+        let mut q = rng.pick(&w.sequences).clone();
+        q.lora = rng.pick(&w.cfg.loras).clone();
+        out.push(q);
+    }
+    out
+}
+
+#[test]
+fn ten_thousand_batches_decode_apply_and_match_as_in_dynamo_1_0_2() {
+    let w = Workload::generate(config(0x00d1_0102, 10_000));
+    assert!(w.batches.len() > 9_000, "{} batches", w.batches.len());
+    let mut ingestors: Vec<Ingestor> = w.cfg.workers.iter().map(|(id, _)| ingestor(*id)).collect();
+    let mut sequence: Vec<u64> = vec![0; ingestors.len()];
+    let mut tree = RadixTree::new();
+    let mut index = RadixIndex::new();
+    let mut rng = Rng::new(42);
+    let mut payloads = 0usize;
+    let mut stored_blocks = 0usize;
+    let mut outcomes: HashMap<String, usize> = HashMap::new();
+    let (mut compared, mut nonzero) = (0usize, 0usize);
+
+    for (i, batch) in w.batches.iter().enumerate() {
+        let worker_id = w.cfg.workers[batch.worker].0;
+        let out = unpack(&ingestors[batch.worker].ingest(&batch.bytes, 1_700_000_000_000 + i as u64));
+        // the workload is all valid engine input; only the offload tiers are filtered
+        for (reason, &n) in out.rejected.iter().enumerate() {
+            if reason != dynamo_kv_core::Reason::FilteredTier as usize {
+                assert_eq!(n, 0, "batch {i}: rejected reason {reason}");
+            }
+        }
+        for p in &out.payloads {
+            payloads += 1;
+            let env: EventEnvelope = rmp_serde::from_slice(p).expect("Dynamo 1.0.2 decodes the envelope");
+            assert_eq!(env.topic, "kv-events");
+            assert_eq!(env.publisher_id, worker_id);
+            assert_eq!(env.sequence, sequence[batch.worker], "envelope sequence");
+            assert_eq!(env.published_at, 1_700_000_000_000 + i as u64);
+            sequence[batch.worker] += 1;
+            let ev: DynEvent = rmp_serde::from_slice(&env.payload).expect("Dynamo 1.0.2 decodes the RouterEvent");
+            let core_ev = decode_router_event_envelope(p).expect("the core decodes its own payload");
+            assert_eq!(from_dynamo(&ev), core_ev, "the two decoders disagree");
+            assert_eq!(ev.worker_id, worker_id);
+            assert_eq!(ev.event.dp_rank, batch.dp_rank);
+            if let KvCacheEventData::Stored(s) = &ev.event.data {
+                for b in &s.blocks {
+                    let info = &w.blocks[&b.block_hash.0];
+                    let expect = compute_block_hash_for_seq(&info.tokens, BLOCK_SIZE, None, info.lora.as_deref());
+                    assert_eq!(vec![b.tokens_hash], expect, "tokens_hash of block {}", b.block_hash.0);
+                    stored_blocks += 1;
+                }
+            }
+            let dyn_out = tree.apply_event(ev);
+            let core_out = index.apply_event(&core_ev);
+            assert!(same_outcome(&dyn_out, core_out), "batch {i}: Dynamo {dyn_out:?}, core {core_out:?}");
+            *outcomes.entry(format!("{core_out:?}")).or_default() += 1;
+        }
+        if (i + 1) % 1000 == 0 {
+            for q in queries(&mut rng, &w) {
+                let h = hashes(&q);
+                let d = dynamo_scores(&tree, &h);
+                let c = core_scores(&mut index, &h);
+                assert_eq!(d, c, "after batch {i}: scores differ for {q:?}");
+                compared += 1;
+                nonzero += !c.is_empty() as usize;
+            }
+        }
+    }
+    let filtered: u64 = ingestors.iter().map(|g| g.counters()[14]).sum();
+    assert_eq!(dynamo_kv_core::COUNTER_NAMES[14], "rejected_filtered_tier");
+    let lower = w.stats.get("lower_stored").unwrap_or(&0) + w.stats.get("lower_removed").unwrap_or(&0);
+    assert_eq!(filtered as usize, lower, "every offload-tier event is filtered, and nothing else");
+    assert_eq!(tree.current_size(), index.size() as usize, "total blocks");
+    eprintln!(
+        "dynamo 1.0.2: {} batches, {payloads} payloads, {stored_blocks} stored blocks, outcomes {outcomes:?}, \
+         {compared} queries ({nonzero} with a match), workload {:?}",
+        w.batches.len(),
+        w.stats
+    );
+    assert!(payloads > 15_000 && stored_blocks > 20_000);
+    assert!(nonzero * 2 > compared, "most queries must hit something to mean anything");
+    assert!(w.stats["cleared"] > 10 && w.stats["removed_blocks"] > 5_000);
+}
