@@ -165,7 +165,12 @@ pub struct Workload {
 
 /// The engine's (vLLM-like) chained block hash: a function of the parent's hash, the block's tokens
 /// and the request identity, identical on every worker.
-pub fn engine_block_hash(parent: Option<u64>, tokens: &[u32], lora: Option<&str>, salt: Option<&str>) -> u64 {
+pub fn engine_block_hash(
+    parent: Option<u64>,
+    tokens: &[u32],
+    lora: Option<&str>,
+    salt: Option<&str>,
+) -> u64 {
     let mut bytes = Vec::with_capacity(8 + tokens.len() * 4 + 32);
     bytes.extend_from_slice(&parent.unwrap_or(0x5eed).to_le_bytes());
     for t in tokens {
@@ -218,12 +223,18 @@ impl Workload {
                     if !leaves.is_empty() && rng.chance(0.4) {
                         let h = *rng.pick(&leaves);
                         t.remove_leaf(h);
-                        events.push(Ev::Removed { hashes: vec![h], medium: Some(medium) });
+                        events.push(Ev::Removed {
+                            hashes: vec![h],
+                            medium: Some(medium),
+                        });
                         *stats.entry("lower_removed").or_default() += 1;
                     } else if let Some(seq) = pick_stored(&mut rng, &sequences) {
                         let seq: Sequence = seq.clone();
                         let chain = chain_of(&seq, bs);
-                        let start = chain.iter().take_while(|(h, _)| t.live.contains_key(h)).count();
+                        let start = chain
+                            .iter()
+                            .take_while(|(h, _)| t.live.contains_key(h))
+                            .count();
                         if start < chain.len() {
                             let parent = (start > 0).then(|| chain[start - 1].0);
                             for (i, (h, _)) in chain.iter().enumerate().skip(start) {
@@ -289,7 +300,10 @@ impl Workload {
                 if seen_sequences.insert(seq.clone()) {
                     sequences.push(seq.clone());
                 }
-                let start = chain.iter().take_while(|(h, _)| g.live.contains_key(h)).count();
+                let start = chain
+                    .iter()
+                    .take_while(|(h, _)| g.live.contains_key(h))
+                    .count();
                 let (start, dup) = if start == chain.len() {
                     // already cached: sometimes the engine re-announces the last block
                     if !rng.chance(0.2) {
@@ -299,7 +313,9 @@ impl Workload {
                 } else {
                     (start, false)
                 };
-                *stats.entry(if dup { "duplicate_stores" } else { "stores" }).or_default() += 1;
+                *stats
+                    .entry(if dup { "duplicate_stores" } else { "stores" })
+                    .or_default() += 1;
                 // one store, or two chained stores (a prefill split over two steps)
                 let split = if chain.len() - start >= 2 && rng.chance(0.3) {
                     start + 1 + rng.below(chain.len() - start - 1)
@@ -332,10 +348,27 @@ impl Workload {
                 continue;
             }
             buf.clear();
-            encode_batch(&mut buf, &mut rng, b as f64, &events, dp_rank, cfg.block_size);
-            batches.push(Batch { worker, dp_rank, bytes: buf.clone() });
+            encode_batch(
+                &mut buf,
+                &mut rng,
+                b as f64,
+                &events,
+                dp_rank,
+                cfg.block_size,
+            );
+            batches.push(Batch {
+                worker,
+                dp_rank,
+                bytes: buf.clone(),
+            });
         }
-        Workload { cfg, batches, blocks, sequences, stats }
+        Workload {
+            cfg,
+            batches,
+            blocks,
+            sequences,
+            stats,
+        }
     }
 }
 
@@ -356,14 +389,26 @@ pub fn chain_of(seq: &Sequence, bs: usize) -> Vec<(u64, std::ops::Range<usize>)>
     (0..seq.tokens.len() / bs)
         .map(|i| {
             let r = i * bs..(i + 1) * bs;
-            let h = engine_block_hash(parent, &seq.tokens[r.clone()], seq.lora.as_deref(), seq.salt.as_deref());
+            let h = engine_block_hash(
+                parent,
+                &seq.tokens[r.clone()],
+                seq.lora.as_deref(),
+                seq.salt.as_deref(),
+            );
             parent = Some(h);
             (h, r)
         })
         .collect()
 }
 
-fn encode_batch(buf: &mut Vec<u8>, rng: &mut Rng, ts: f64, events: &[Ev], dp_rank: u32, block_size: u32) {
+fn encode_batch(
+    buf: &mut Vec<u8>,
+    rng: &mut Rng,
+    ts: f64,
+    events: &[Ev],
+    dp_rank: u32,
+    block_size: u32,
+) {
     let mut w = Writer::new(buf);
     w.array(3);
     w.buf.push(0xcb);
@@ -403,7 +448,14 @@ fn encode_batch(buf: &mut Vec<u8>, rng: &mut Rng, ts: f64, events: &[Ev], dp_ran
                     None => w.nil(),
                 }
             }
-            Ev::Stored { parent, hashes, tokens, lora, salt, medium } => {
+            Ev::Stored {
+                parent,
+                hashes,
+                tokens,
+                lora,
+                salt,
+                medium,
+            } => {
                 let as_map = as_map || salt.is_some();
                 if as_map {
                     w.map(if salt.is_some() { 9 } else { 8 });

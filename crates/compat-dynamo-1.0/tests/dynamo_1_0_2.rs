@@ -9,9 +9,12 @@ mod workload;
 use std::collections::HashMap;
 
 use dynamo_kv_core::hash::{compute_block_hashes_with, BlockHashOptions};
-use dynamo_kv_core::wire::{decode_router_event_envelope, write_envelope, write_router_event_msgpack};
+use dynamo_kv_core::wire::{
+    decode_router_event_envelope, write_envelope, write_router_event_msgpack,
+};
 use dynamo_kv_core::{
-    unpack, ApplyOutcome, EventData, Ingestor, IngestorConfig, Mode, RadixIndex, RouterEvent, StoredBlock,
+    unpack, ApplyOutcome, EventData, Ingestor, IngestorConfig, Mode, RadixIndex, RouterEvent,
+    StoredBlock,
 };
 use dynamo_kv_router::protocols::{
     compute_block_hash_for_seq, KvCacheEventData, KvCacheEventError, LocalBlockHash,
@@ -44,7 +47,13 @@ fn config(seed: u64, batches: usize) -> WorkloadConfig {
             (7_000_000_000_123, vec![0, 1]),
             (u64::MAX - 5, vec![0, 1, 2]),
         ],
-        loras: vec![None, None, None, Some("adapter-a".into()), Some("lörä-日本".into())],
+        loras: vec![
+            None,
+            None,
+            None,
+            Some("adapter-a".into()),
+            Some("lörä-日本".into()),
+        ],
         // Dynamo 1.0 has no cache salt: a salted request hashes like an unsalted one there.
         salts: vec![None],
         // The dynamo-1.0 profile filters offload tiers (a 1.0.2 router would index them as GPU).
@@ -96,9 +105,18 @@ fn same_outcome(dynamo: &Result<(), KvCacheEventError>, core: ApplyOutcome) -> b
     matches!(
         (dynamo, core),
         (Ok(()), ApplyOutcome::Applied)
-            | (Err(KvCacheEventError::ParentBlockNotFound), ApplyOutcome::ParentNotFound)
-            | (Err(KvCacheEventError::BlockNotFound), ApplyOutcome::BlockNotFound)
-            | (Err(KvCacheEventError::InvalidBlockSequence), ApplyOutcome::InvalidBlockSequence)
+            | (
+                Err(KvCacheEventError::ParentBlockNotFound),
+                ApplyOutcome::ParentNotFound
+            )
+            | (
+                Err(KvCacheEventError::BlockNotFound),
+                ApplyOutcome::BlockNotFound
+            )
+            | (
+                Err(KvCacheEventError::InvalidBlockSequence),
+                ApplyOutcome::InvalidBlockSequence
+            )
     )
 }
 
@@ -107,12 +125,16 @@ fn hashes(seq: &Sequence) -> Vec<u64> {
     let core = compute_block_hashes_with(
         &seq.tokens,
         BLOCK_SIZE as usize,
-        &BlockHashOptions { lora_name: seq.lora.as_deref(), ..Default::default() },
+        &BlockHashOptions {
+            lora_name: seq.lora.as_deref(),
+            ..Default::default()
+        },
     );
-    let dynamo: Vec<u64> = compute_block_hash_for_seq(&seq.tokens, BLOCK_SIZE, None, seq.lora.as_deref())
-        .into_iter()
-        .map(|h| h.0)
-        .collect();
+    let dynamo: Vec<u64> =
+        compute_block_hash_for_seq(&seq.tokens, BLOCK_SIZE, None, seq.lora.as_deref())
+            .into_iter()
+            .map(|h| h.0)
+            .collect();
     assert_eq!(core, dynamo, "block hashes differ for {seq:?}");
     core
 }
@@ -152,7 +174,8 @@ fn queries(rng: &mut Rng, w: &Workload) -> Vec<Sequence> {
         let mut q = s.clone();
         q.tokens.truncate(bs * (1 + rng.below(n)));
         if rng.chance(0.3) {
-            q.tokens.extend((0..bs * (1 + rng.below(3))).map(|_| rng.token()));
+            q.tokens
+                .extend((0..bs * (1 + rng.below(3))).map(|_| rng.token()));
         }
         if rng.chance(0.2) {
             q.tokens.extend((0..rng.below(bs)).map(|_| rng.token())); // a partial block hashes nothing
@@ -161,7 +184,11 @@ fn queries(rng: &mut Rng, w: &Workload) -> Vec<Sequence> {
     }
     for _ in 0..30 {
         let tokens = (0..bs * (1 + rng.below(8))).map(|_| rng.token()).collect();
-        out.push(Sequence { tokens, lora: None, salt: None });
+        out.push(Sequence {
+            tokens,
+            lora: None,
+            salt: None,
+        });
     }
     for _ in 0..40 {
         let mut q = rng.pick(&w.sequences).clone();
@@ -187,7 +214,8 @@ fn ten_thousand_batches_decode_apply_and_match_as_in_dynamo_1_0_2() {
 
     for (i, batch) in w.batches.iter().enumerate() {
         let worker_id = w.cfg.workers[batch.worker].0;
-        let out = unpack(&ingestors[batch.worker].ingest(&batch.bytes, 1_700_000_000_000 + i as u64));
+        let out =
+            unpack(&ingestors[batch.worker].ingest(&batch.bytes, 1_700_000_000_000 + i as u64));
         // the workload is all valid engine input; only the offload tiers are filtered
         for (reason, &n) in out.rejected.iter().enumerate() {
             if reason != dynamo_kv_core::Reason::FilteredTier as usize {
@@ -196,28 +224,44 @@ fn ten_thousand_batches_decode_apply_and_match_as_in_dynamo_1_0_2() {
         }
         for p in &out.payloads {
             payloads += 1;
-            let env: EventEnvelope = rmp_serde::from_slice(p).expect("Dynamo 1.0.2 decodes the envelope");
+            let env: EventEnvelope =
+                rmp_serde::from_slice(p).expect("Dynamo 1.0.2 decodes the envelope");
             assert_eq!(env.topic, "kv-events");
             assert_eq!(env.publisher_id, worker_id);
             assert_eq!(env.sequence, sequence[batch.worker], "envelope sequence");
             assert_eq!(env.published_at, 1_700_000_000_000 + i as u64);
             sequence[batch.worker] += 1;
-            let ev: DynEvent = rmp_serde::from_slice(&env.payload).expect("Dynamo 1.0.2 decodes the RouterEvent");
-            let core_ev = decode_router_event_envelope(p).expect("the core decodes its own payload");
+            let ev: DynEvent =
+                rmp_serde::from_slice(&env.payload).expect("Dynamo 1.0.2 decodes the RouterEvent");
+            let core_ev =
+                decode_router_event_envelope(p).expect("the core decodes its own payload");
             assert_eq!(from_dynamo(&ev), core_ev, "the two decoders disagree");
             assert_eq!(ev.worker_id, worker_id);
             assert_eq!(ev.event.dp_rank, batch.dp_rank);
             if let KvCacheEventData::Stored(s) = &ev.event.data {
                 for b in &s.blocks {
                     let info = &w.blocks[&b.block_hash.0];
-                    let expect = compute_block_hash_for_seq(&info.tokens, BLOCK_SIZE, None, info.lora.as_deref());
-                    assert_eq!(vec![b.tokens_hash], expect, "tokens_hash of block {}", b.block_hash.0);
+                    let expect = compute_block_hash_for_seq(
+                        &info.tokens,
+                        BLOCK_SIZE,
+                        None,
+                        info.lora.as_deref(),
+                    );
+                    assert_eq!(
+                        vec![b.tokens_hash],
+                        expect,
+                        "tokens_hash of block {}",
+                        b.block_hash.0
+                    );
                     stored_blocks += 1;
                 }
             }
             let dyn_out = tree.apply_event(ev);
             let core_out = index.apply_event(&core_ev);
-            assert!(same_outcome(&dyn_out, core_out), "batch {i}: Dynamo {dyn_out:?}, core {core_out:?}");
+            assert!(
+                same_outcome(&dyn_out, core_out),
+                "batch {i}: Dynamo {dyn_out:?}, core {core_out:?}"
+            );
             *outcomes.entry(format!("{core_out:?}")).or_default() += 1;
         }
         if (i + 1) % 1000 == 0 {
@@ -233,8 +277,12 @@ fn ten_thousand_batches_decode_apply_and_match_as_in_dynamo_1_0_2() {
     }
     let filtered: u64 = ingestors.iter().map(|g| g.counters()[14]).sum();
     assert_eq!(dynamo_kv_core::COUNTER_NAMES[14], "rejected_filtered_tier");
-    let lower = w.stats.get("lower_stored").unwrap_or(&0) + w.stats.get("lower_removed").unwrap_or(&0);
-    assert_eq!(filtered as usize, lower, "every offload-tier event is filtered, and nothing else");
+    let lower =
+        w.stats.get("lower_stored").unwrap_or(&0) + w.stats.get("lower_removed").unwrap_or(&0);
+    assert_eq!(
+        filtered as usize, lower,
+        "every offload-tier event is filtered, and nothing else"
+    );
     assert_eq!(tree.current_size(), index.size() as usize, "total blocks");
     eprintln!(
         "dynamo 1.0.2: {} batches, {payloads} payloads, {stored_blocks} stored blocks, outcomes {outcomes:?}, \
@@ -243,6 +291,181 @@ fn ten_thousand_batches_decode_apply_and_match_as_in_dynamo_1_0_2() {
         w.stats
     );
     assert!(payloads > 15_000 && stored_blocks > 20_000);
-    assert!(nonzero * 2 > compared, "most queries must hit something to mean anything");
+    assert!(
+        nonzero * 2 > compared,
+        "most queries must hit something to mean anything"
+    );
     assert!(w.stats["cleared"] > 10 && w.stats["removed_blocks"] > 5_000);
+}
+
+// --- Where a Dynamo 1.0.2 router and the core's index answer differently, and why ---------------
+
+/// Encodes a core event as the dynamo-1.0 profile does, decodes it with Dynamo 1.0.2's types and
+/// applies it to both sides.
+fn apply_both(tree: &mut RadixTree, index: &mut RadixIndex, ev: RouterEvent) {
+    let mut msg = Vec::new();
+    write_router_event_msgpack(&mut msg, &ev);
+    let mut env = Vec::new();
+    write_envelope(&mut env, ev.worker_id, 0, 0, "kv-events", &msg);
+    let decoded: EventEnvelope = rmp_serde::from_slice(&env).unwrap();
+    let dyn_ev: DynEvent = rmp_serde::from_slice(&decoded.payload).unwrap();
+    assert_eq!(from_dynamo(&dyn_ev), ev);
+    let d = tree.apply_event(dyn_ev);
+    let c = index.apply_event(&ev);
+    assert!(same_outcome(&d, c), "Dynamo {d:?}, core {c:?}");
+}
+
+fn stored(
+    worker_id: u64,
+    event_id: u64,
+    parent: Option<u64>,
+    blocks: &[(u64, u64)],
+) -> RouterEvent {
+    RouterEvent {
+        worker_id,
+        event_id,
+        dp_rank: 0,
+        data: EventData::Stored {
+            parent_hash: parent,
+            blocks: blocks
+                .iter()
+                .map(|&(block_hash, tokens_hash)| StoredBlock {
+                    block_hash,
+                    tokens_hash,
+                    mm_extra_info: None,
+                })
+                .collect(),
+        },
+    }
+}
+
+fn removed(worker_id: u64, event_id: u64, hashes: &[u64]) -> RouterEvent {
+    RouterEvent {
+        worker_id,
+        event_id,
+        dp_rank: 0,
+        data: EventData::Removed {
+            block_hashes: hashes.to_vec(),
+        },
+    }
+}
+
+/// Class 1: a removed inner block. Engines do not evict strictly leaf-first, and a remove does not
+/// cascade to descendants in either index. Dynamo 1.0.2's walk keeps its active set when a node has
+/// as many workers as are active, so a worker can be credited for a node it left while a stale
+/// holder of that node is still there; the core drops every worker not on a node (later Dynamo
+/// releases do the same).
+#[test]
+fn an_inner_remove_lets_dynamo_1_0_2_credit_a_stale_node() {
+    let (mut tree, mut index) = (RadixTree::new(), RadixIndex::new());
+    let chain = [(101, 11), (102, 12), (103, 13)];
+    apply_both(&mut tree, &mut index, stored(1, 0, None, &chain));
+    apply_both(&mut tree, &mut index, stored(2, 0, None, &chain));
+    apply_both(&mut tree, &mut index, removed(1, 1, &[102])); // worker 1 keeps 103, now stale
+    apply_both(&mut tree, &mut index, removed(2, 1, &[103]));
+    let q = [11, 12, 13];
+    assert_eq!(
+        dynamo_scores(&tree, &q),
+        vec![(1, 0, 1, 2), (2, 0, 3, 2)],
+        "1.0.2 credits worker 2 with 103"
+    );
+    assert_eq!(
+        core_scores(&mut index, &q),
+        vec![(1, 0, 1, 2), (2, 0, 2, 2)]
+    );
+    // with leaf-first eviction (the workload above) both agree
+    let (mut tree, mut index) = (RadixTree::new(), RadixIndex::new());
+    apply_both(&mut tree, &mut index, stored(1, 0, None, &chain));
+    apply_both(&mut tree, &mut index, stored(2, 0, None, &chain));
+    apply_both(&mut tree, &mut index, removed(1, 1, &[103, 102]));
+    apply_both(&mut tree, &mut index, removed(2, 1, &[103]));
+    assert_eq!(dynamo_scores(&tree, &q), core_scores(&mut index, &q));
+}
+
+/// Class 2: one worker holding the same tokens under two block hashes (an engine whose hash covers
+/// something Dynamo 1.0's tokens hash does not, such as a cache salt). Dynamo 1.0.2 keeps one
+/// worker flag per node, so removing either hash takes the worker off the node; the core keeps the
+/// worker on the node while it holds another of its hashes there.
+#[test]
+fn one_worker_with_two_hashes_for_one_block_leaves_dynamo_1_0_2_on_the_first_remove() {
+    let (mut tree, mut index) = (RadixTree::new(), RadixIndex::new());
+    apply_both(&mut tree, &mut index, stored(1, 0, None, &[(101, 11)]));
+    apply_both(&mut tree, &mut index, stored(1, 1, None, &[(201, 11)])); // same tokens, salted engine hash
+    apply_both(&mut tree, &mut index, removed(1, 2, &[101]));
+    assert_eq!(
+        dynamo_scores(&tree, &[11]),
+        vec![],
+        "1.0.2 forgot that worker 1 still holds 201"
+    );
+    assert_eq!(core_scores(&mut index, &[11]), vec![(1, 0, 1, 1)]);
+}
+
+/// Why the dynamo-1.0 profile never publishes `cleared` for one rank of a multi-rank publisher:
+/// Dynamo 1.0.2 applies `cleared` to every dp rank of the worker. The core emits the rank's live
+/// blocks as removes instead, which leaves the other ranks matched on a 1.0.2 router.
+#[test]
+fn an_engine_clear_on_one_rank_leaves_the_other_ranks_on_dynamo_1_0_2() {
+    let mut ing = ingestor(9);
+    let (mut tree, mut index) = (RadixTree::new(), RadixIndex::new());
+    let seq = Sequence {
+        tokens: (0..16).collect(),
+        lora: None,
+        salt: None,
+    };
+    let h = hashes(&seq);
+    let engine: Vec<u64> = vec![501, 502];
+    let feed = |ing_out: Vec<u8>, tree: &mut RadixTree, index: &mut RadixIndex| {
+        for p in unpack(&ing_out).payloads {
+            let env: EventEnvelope = rmp_serde::from_slice(&p).unwrap();
+            let ev: DynEvent = rmp_serde::from_slice(&env.payload).unwrap();
+            let core_ev = decode_router_event_envelope(&p).unwrap();
+            assert!(same_outcome(
+                &tree.apply_event(ev),
+                index.apply_event(&core_ev)
+            ));
+        }
+    };
+    for rank in [0, 1] {
+        let out = ing.stored(
+            &seq.tokens,
+            &engine,
+            BLOCK_SIZE as u64,
+            None,
+            None,
+            None,
+            rank,
+            0,
+        );
+        feed(out, &mut tree, &mut index);
+    }
+    let clear = ing.cleared(0, 0);
+    let payloads = unpack(&clear).payloads;
+    assert_eq!(payloads.len(), 1);
+    let ev: DynEvent = rmp_serde::from_slice(
+        &rmp_serde::from_slice::<EventEnvelope>(&payloads[0])
+            .unwrap()
+            .payload,
+    )
+    .unwrap();
+    assert!(
+        matches!(ev.event.data, KvCacheEventData::Removed(_)),
+        "a removed event, not cleared"
+    );
+    feed(clear, &mut tree, &mut index);
+    assert_eq!(dynamo_scores(&tree, &h), vec![(9, 1, 2, 2)]);
+    assert_eq!(core_scores(&mut index, &h), vec![(9, 1, 2, 2)]);
+    // what a raw `cleared` for rank 0 would have done on 1.0.2: rank 1 is gone as well
+    let mut raw = stored(9, 5, None, &[(501, h[0])]);
+    raw.data = EventData::Cleared;
+    apply_both(&mut tree, &mut index, raw);
+    assert_eq!(
+        dynamo_scores(&tree, &h),
+        vec![],
+        "1.0.2 cleared every rank of worker 9"
+    );
+    assert_eq!(
+        core_scores(&mut index, &h),
+        vec![],
+        "the core's index applies `cleared` as Dynamo does"
+    );
 }
