@@ -1,7 +1,8 @@
 //! The `dynamo-1.0` wire profile against Dynamo 1.0.2's own router crate (`dynamo-kv-router =1.0.2`):
 //! every payload the core's Ingestor emits is decoded with Dynamo's serde types exactly as a 1.0.2
-//! router decodes it (a msgpack envelope whose payload is one msgpack RouterEvent), applied to
-//! Dynamo's `RadixTree` and to the core's `RadixIndex`, and both answer the same queries.
+//! router decodes it (a msgpack envelope whose payload is one msgpack RouterEvent; JetStream JSON
+//! with serde_json), applied to Dynamo's `RadixTree` and to the core's `RadixIndex`, and both
+//! answer the same queries.
 
 #[path = "../../compat-dynamo-common/workload.rs"]
 mod workload;
@@ -61,16 +62,19 @@ fn config(seed: u64, batches: usize) -> WorkloadConfig {
     }
 }
 
-fn ingestor(worker_id: u64) -> Ingestor {
-    Ingestor::new(IngestorConfig {
+fn config_for(worker_id: u64) -> IngestorConfig {
+    IngestorConfig {
         kv_block_size: BLOCK_SIZE,
         worker_id,
         mode: Mode::EventPlane,
         max_dp_ranks: 64,
         dp_ranks: None,
         local_indexer: None,
-    })
-    .unwrap()
+    }
+}
+
+fn ingestor(worker_id: u64) -> Ingestor {
+    Ingestor::new(config_for(worker_id)).unwrap()
 }
 
 /// Dynamo's decoded event in the core's terms, to compare the two decoders field by field.
@@ -203,6 +207,17 @@ fn ten_thousand_batches_decode_apply_and_match_as_in_dynamo_1_0_2() {
     let w = Workload::generate(config(0x00d1_0102, 10_000));
     assert!(w.batches.len() > 9_000, "{} batches", w.batches.len());
     let mut ingestors: Vec<Ingestor> = w.cfg.workers.iter().map(|(id, _)| ingestor(*id)).collect();
+    // The same batches through JetStream-mode Ingestors: RouterEvent JSON, as 1.0.2 reads it with serde_json.
+    let mut jetstream: Vec<Ingestor> = w
+        .cfg
+        .workers
+        .iter()
+        .map(|(id, _)| {
+            let mut cfg = config_for(*id);
+            cfg.mode = Mode::JetStream;
+            Ingestor::new(cfg).unwrap()
+        })
+        .collect();
     let mut sequence: Vec<u64> = vec![0; ingestors.len()];
     let mut tree = RadixTree::new();
     let mut index = RadixIndex::new();
@@ -216,13 +231,16 @@ fn ten_thousand_batches_decode_apply_and_match_as_in_dynamo_1_0_2() {
         let worker_id = w.cfg.workers[batch.worker].0;
         let out =
             unpack(&ingestors[batch.worker].ingest(&batch.bytes, 1_700_000_000_000 + i as u64));
+        let json =
+            unpack(&jetstream[batch.worker].ingest(&batch.bytes, 1_700_000_000_000 + i as u64));
+        assert_eq!(json.payloads.len(), out.payloads.len());
         // the workload is all valid engine input; only the offload tiers are filtered
         for (reason, &n) in out.rejected.iter().enumerate() {
             if reason != dynamo_kv_core::Reason::FilteredTier as usize {
                 assert_eq!(n, 0, "batch {i}: rejected reason {reason}");
             }
         }
-        for p in &out.payloads {
+        for (p, j) in out.payloads.iter().zip(&json.payloads) {
             payloads += 1;
             let env: EventEnvelope =
                 rmp_serde::from_slice(p).expect("Dynamo 1.0.2 decodes the envelope");
@@ -236,6 +254,12 @@ fn ten_thousand_batches_decode_apply_and_match_as_in_dynamo_1_0_2() {
             let core_ev =
                 decode_router_event_envelope(p).expect("the core decodes its own payload");
             assert_eq!(from_dynamo(&ev), core_ev, "the two decoders disagree");
+            let from_json: DynEvent =
+                serde_json::from_slice(j).expect("Dynamo 1.0.2 decodes the JetStream JSON");
+            assert_eq!(
+                from_json, ev,
+                "JetStream JSON and event-plane msgpack carry the same event"
+            );
             assert_eq!(ev.worker_id, worker_id);
             assert_eq!(ev.event.dp_rank, batch.dp_rank);
             if let KvCacheEventData::Stored(s) = &ev.event.data {
