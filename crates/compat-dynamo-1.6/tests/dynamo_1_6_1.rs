@@ -9,17 +9,19 @@ mod workload;
 
 use std::collections::HashMap;
 
+use dynamo_kv_core::convert::Wire;
 use dynamo_kv_core::hash::{compute_block_hashes_with, BlockHashOptions};
 use dynamo_kv_core::wire::{
-    decode_router_event_envelope, write_envelope, write_router_event_msgpack,
+    decode_router_event_envelope, decode_router_events_envelope, write_envelope,
+    write_router_event_msgpack,
 };
 use dynamo_kv_core::{
-    unpack, ApplyOutcome, EventData, Ingestor, IngestorConfig, Mode, RadixIndex, RouterEvent,
-    StoredBlock,
+    unpack, ApplyOutcome, EventData, IndexAccess, Ingestor, IngestorConfig, RadixIndex,
+    RouterEvent, StoredBlock,
 };
 use dynamo_kv_router::protocols::{
     compute_block_hash_for_seq, BlockHashOptions as DynHashOptions, KvCacheEventData,
-    KvCacheEventError, LocalBlockHash, RouterEvent as DynEvent,
+    KvCacheEventError, LocalBlockHash, RouterEvent as DynEvent, StorageTier,
 };
 use dynamo_kv_router::RadixTree;
 use serde::Deserialize;
@@ -64,16 +66,11 @@ fn config(seed: u64, batches: usize, salts: bool) -> WorkloadConfig {
     }
 }
 
-fn ingestor(worker_id: u64) -> Ingestor {
-    Ingestor::new(IngestorConfig {
-        kv_block_size: BLOCK_SIZE,
-        worker_id,
-        mode: Mode::EventPlane,
-        max_dp_ranks: 64,
-        dp_ranks: None,
-        local_indexer: None,
-    })
-    .unwrap()
+fn ingestor(worker_id: u64, wire: Wire) -> Ingestor {
+    let mut cfg = IngestorConfig::new(BLOCK_SIZE, worker_id);
+    cfg.wire = wire;
+    cfg.publisher_seed = worker_id ^ 0x5eed;
+    Ingestor::new(cfg).unwrap()
 }
 
 /// Dynamo's decoded event in the core's terms, to compare the two decoders field by field.
@@ -253,8 +250,15 @@ struct Run {
     outcomes: HashMap<String, usize>,
 }
 
-fn run(w: &Workload, wrap: fn(&[u8]) -> Vec<u8>) -> Run {
-    let mut ingestors: Vec<Ingestor> = w.cfg.workers.iter().map(|(id, _)| ingestor(*id)).collect();
+/// Feeds the workload through one Ingestor per worker with `wire`, decodes every payload (after
+/// `wrap`) as Dynamo 1.6.1 does and with the core's decoder, applies both, and compares queries.
+fn run(w: &Workload, wire: Wire, wrap: fn(&[u8]) -> Vec<u8>) -> Run {
+    let mut ingestors: Vec<Ingestor> = w
+        .cfg
+        .workers
+        .iter()
+        .map(|(id, _)| ingestor(*id, wire))
+        .collect();
     let mut tree = RadixTree::new();
     let mut index = RadixIndex::new();
     let mut rng = Rng::new(42);
@@ -267,43 +271,81 @@ fn run(w: &Workload, wrap: fn(&[u8]) -> Vec<u8>) -> Run {
         nonzero: 0,
         outcomes: HashMap::new(),
     };
+    // per (worker, rank): the last event id and envelope sequence seen
+    let mut last_id: HashMap<(u64, u32), u64> = HashMap::new();
+    let mut next_seq: HashMap<(u64, u64), u64> = HashMap::new();
     for (i, batch) in w.batches.iter().enumerate() {
         let worker_id = w.cfg.workers[batch.worker].0;
-        let out =
-            unpack(&ingestors[batch.worker].ingest(&batch.bytes, 1_700_000_000_000 + i as u64));
+        let now = 1_700_000_000_000 + i as u64;
+        let out = unpack(&ingestors[batch.worker].ingest(&batch.bytes, now));
         for (reason, &n) in out.rejected.iter().enumerate() {
             if reason != dynamo_kv_core::Reason::FilteredTier as usize {
                 assert_eq!(n, 0, "batch {i}: rejected reason {reason}");
             }
         }
-        for p in &out.payloads {
+        for (k, p) in out.payloads.iter().enumerate() {
             r.payloads += 1;
             let p = wrap(p);
             let (env, events) = decode_1_6(&p);
             assert_eq!(env.topic, "kv-events");
-            assert_eq!(env.published_at, 1_700_000_000_000 + i as u64);
-            let core_events =
-                vec![decode_router_event_envelope(&one_element_array_inverse(&p)).unwrap()];
+            assert_eq!(env.published_at, now);
+            assert_eq!(Some(env.sequence), out.first_sequence.map(|s| s + k as u64));
+            let publisher = ingestors[batch.worker].publisher_id(batch.dp_rank);
+            assert_eq!(env.publisher_id, publisher);
+            let seq = next_seq.entry((worker_id, publisher)).or_default();
+            assert_eq!(
+                env.sequence, *seq,
+                "envelope sequences count per publisher from 0"
+            );
+            *seq += 1;
+            let blocks: usize = events
+                .iter()
+                .map(|e| match &e.event.data {
+                    KvCacheEventData::Stored(s) => s.blocks.len(),
+                    KvCacheEventData::Removed(x) => x.block_hashes.len(),
+                    KvCacheEventData::Cleared => 0,
+                })
+                .sum();
+            assert!(!events.is_empty() && events.len() <= 128);
+            assert!(
+                events.len() == 1 || blocks <= 8192,
+                "{} events, {blocks} blocks",
+                events.len()
+            );
+            let core_events = decode_router_events_envelope(&p).expect("the core decodes it");
             assert_eq!(events.len(), core_events.len());
-            for (ev, core_ev) in events.into_iter().zip(core_events) {
+            for (ev, (core_ev, meta)) in events.into_iter().zip(core_events) {
                 r.events += 1;
                 assert_eq!(from_dynamo(&ev), core_ev, "the two decoders disagree");
+                assert_eq!(
+                    meta.storage_tier.map_or("device", |t| t.name()),
+                    tier_name(&ev)
+                );
                 assert_eq!(ev.worker_id, worker_id);
-                assert_eq!(ev.event.dp_rank, batch.dp_rank);
-                if !ev.targets_primary().unwrap() {
-                    // a lower-tier event: a 1.6.1 router indexes it apart from the GPU tree
-                    r.lower_tier_events += 1;
-                    continue;
-                }
+                assert_eq!(ev.event.dp_rank, batch.dp_rank, "one envelope, one dp rank");
+                let last = last_id
+                    .entry((worker_id, batch.dp_rank))
+                    .or_insert(match wire {
+                        Wire::Dynamo10 => u64::MAX, // ids from 0
+                        Wire::Dynamo14 => 0,        // ids from 1, as Dynamo's publishers number
+                    });
+                assert_eq!(
+                    ev.event.event_id,
+                    last.wrapping_add(1),
+                    "ids of a rank never skip"
+                );
+                *last = ev.event.event_id;
+                let primary = ev.targets_primary().unwrap();
+                assert_eq!(primary, meta.targets_gpu_index(), "both route tiers alike");
                 if let KvCacheEventData::Stored(s) = &ev.event.data {
                     for b in &s.blocks {
                         let info = &w.blocks[&b.block_hash.0];
-                        let expect = dyn_hashes(
-                            &info.tokens,
-                            info.lora.as_deref(),
-                            info.salt.as_deref(),
-                            false,
-                        );
+                        let salt = if wire == Wire::Dynamo14 {
+                            info.salt.as_deref()
+                        } else {
+                            None
+                        };
+                        let expect = dyn_hashes(&info.tokens, info.lora.as_deref(), salt, false);
                         assert_eq!(
                             vec![b.tokens_hash.0],
                             expect,
@@ -313,8 +355,14 @@ fn run(w: &Workload, wrap: fn(&[u8]) -> Vec<u8>) -> Run {
                         r.stored_blocks += 1;
                     }
                 }
+                let core_out = index.apply_with_meta(&core_ev, meta);
+                if !primary {
+                    // a lower-tier event: a 1.6.1 router indexes it apart from the GPU tree
+                    r.lower_tier_events += 1;
+                    assert_eq!(core_out, ApplyOutcome::Ignored);
+                    continue;
+                }
                 let dyn_out = tree.apply_event(ev);
-                let core_out = index.apply_event(&core_ev);
                 assert!(
                     same_outcome(&dyn_out, core_out),
                     "batch {i}: Dynamo {dyn_out:?}, core {core_out:?}"
@@ -324,8 +372,7 @@ fn run(w: &Workload, wrap: fn(&[u8]) -> Vec<u8>) -> Run {
         }
         if (i + 1) % 1000 == 0 || i + 1 == w.batches.len() {
             for q in queries(&mut rng, w) {
-                let eagle = hashes(&q, true); // Eagle windows hash alike on both sides too
-                let _ = eagle;
+                hashes(&q, true); // Eagle windows hash alike on both sides too
                 let h = hashes(&q, false);
                 let d = dynamo_scores(&tree, &h);
                 let c = core_scores(&mut index, &h);
@@ -352,27 +399,52 @@ fn run(w: &Workload, wrap: fn(&[u8]) -> Vec<u8>) -> Run {
     r
 }
 
-/// Until the core speaks the 1.4 wire, a dynamo-1.0 payload's event inside a one-element array is
-/// what a 1.6.1 router accepts (the fields 1.6 added all have defaults).
-fn one_element_array_inverse(p: &[u8]) -> Vec<u8> {
-    let env: EventEnvelope = rmp_serde::from_slice(p).unwrap();
-    assert_eq!(env.payload[0], 0x91);
-    let mut out = Vec::new();
-    write_envelope(
-        &mut out,
-        env.publisher_id,
-        env.sequence,
-        env.published_at,
-        &env.topic,
-        &env.payload[1..],
-    );
-    out
+/// Dynamo's storage tier of an event as the wire names it.
+fn tier_name(ev: &DynEvent) -> &'static str {
+    match ev.storage_tier {
+        StorageTier::Device => "device",
+        StorageTier::HostPinned => "host_pinned",
+        StorageTier::Disk => "disk",
+        StorageTier::External => "external",
+    }
 }
 
 #[test]
+fn ten_thousand_batches_of_the_dynamo_1_4_profile_decode_apply_and_match_as_in_dynamo_1_6_1() {
+    let w = Workload::generate(config(0x00d1_0161, 10_000, true));
+    let r = run(&w, Wire::Dynamo14, |p| p.to_vec());
+    eprintln!(
+        "dynamo 1.6.1 (dynamo-1.4 profile): {} batches, {} payloads, {} events ({} lower tier), \
+         {} stored blocks, outcomes {:?}, {} queries ({} with a match), workload {:?}",
+        w.batches.len(),
+        r.payloads,
+        r.events,
+        r.lower_tier_events,
+        r.stored_blocks,
+        r.outcomes,
+        r.compared,
+        r.nonzero,
+        w.stats
+    );
+    assert!(r.payloads > 9_000 && r.stored_blocks > 20_000);
+    assert!(r.events > r.payloads, "some envelopes carry several events");
+    assert!(
+        r.lower_tier_events > 1_000,
+        "offload tiers are published, beside the GPU tree"
+    );
+    assert!(
+        r.nonzero * 2 > r.compared,
+        "most queries must hit something to mean anything"
+    );
+}
+
+/// Before the dynamo-1.4 profile existed, this is how far a 1.6.1 router could read the core's
+/// events: a dynamo-1.0 event inside a one-element array decodes (every field 1.6 added has a
+/// default), and GPU-only 1.0 events index alike.
+#[test]
 fn dynamo_1_0_events_in_a_one_element_array_decode_apply_and_match_as_in_dynamo_1_6_1() {
     let w = Workload::generate(config(0x00d1_0161, 10_000, false));
-    let r = run(&w, one_element_array);
+    let r = run(&w, Wire::Dynamo10, one_element_array);
     eprintln!(
         "dynamo 1.6.1 (1.0 events in arrays): {} batches, {} payloads, {} events ({} lower tier), {} stored blocks, \
          outcomes {:?}, {} queries ({} with a match), workload {:?}",
@@ -399,7 +471,7 @@ fn dynamo_1_0_events_in_a_one_element_array_decode_apply_and_match_as_in_dynamo_
 /// reads the envelope payload as an array of events.
 #[test]
 fn dynamo_1_6_1_rejects_a_dynamo_1_0_payload() {
-    let mut ing = ingestor(3);
+    let mut ing = ingestor(3, Wire::Dynamo10);
     let tokens: Vec<u32> = (0..16).collect();
     let out = unpack(&ing.stored(
         &tokens,
