@@ -63,14 +63,7 @@ fn config(seed: u64, batches: usize) -> WorkloadConfig {
 }
 
 fn config_for(worker_id: u64) -> IngestorConfig {
-    IngestorConfig {
-        kv_block_size: BLOCK_SIZE,
-        worker_id,
-        mode: Mode::EventPlane,
-        max_dp_ranks: 64,
-        dp_ranks: None,
-        local_indexer: None,
-    }
+    IngestorConfig::new(BLOCK_SIZE, worker_id)
 }
 
 fn ingestor(worker_id: u64) -> Ingestor {
@@ -491,5 +484,128 @@ fn an_engine_clear_on_one_rank_leaves_the_other_ranks_on_dynamo_1_0_2() {
         core_scores(&mut index, &h),
         vec![],
         "the core's index applies `cleared` as Dynamo does"
+    );
+}
+
+// --- Why both wire profiles exist -----------------------------------------------------------------
+
+/// A dynamo-1.4 Ingestor for worker 9 (ranks get their own publisher ids).
+fn ingestor_14() -> Ingestor {
+    let mut cfg = config_for(9);
+    cfg.wire = dynamo_kv_core::convert::Wire::Dynamo14;
+    cfg.publisher_seed = 7;
+    Ingestor::new(cfg).unwrap()
+}
+
+/// The engine batch `[ts, [BlockStored], rank]` of two blocks of tokens 0..16 under `medium`.
+fn store_batch(medium: &str, rank: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut w = dynamo_kv_core::msgpack::Writer::new(&mut out);
+    w.array(3);
+    w.uint(0);
+    w.array(1);
+    w.array(7);
+    w.str("BlockStored");
+    w.array(2);
+    w.uint(501);
+    w.uint(502);
+    w.nil();
+    w.array(16);
+    for t in 0..16 {
+        w.uint(t);
+    }
+    w.uint(BLOCK_SIZE as u64);
+    w.nil();
+    w.str(medium);
+    w.uint(rank as u64);
+    out
+}
+
+/// The payloads of one call, each the envelope's payload bytes (for 1.4: an array of events).
+fn envelope_payloads(out: &[u8]) -> Vec<Vec<u8>> {
+    unpack(out)
+        .payloads
+        .iter()
+        .map(|p| {
+            rmp_serde::from_slice::<EventEnvelope>(p)
+                .unwrap()
+                .payload
+                .into_vec()
+        })
+        .collect()
+}
+
+/// A dynamo-1.4 payload (an array of RouterEvents in the envelope) is rejected by a 1.0.2 router,
+/// which reads the envelope payload as one RouterEvent.
+#[test]
+fn dynamo_1_0_2_rejects_a_dynamo_1_4_payload() {
+    let mut ing = ingestor_14();
+    let payloads = envelope_payloads(&ing.ingest(&store_batch("GPU", 0), 0));
+    assert_eq!(payloads.len(), 1);
+    assert_eq!(payloads[0][0], 0x91, "an array of one event");
+    assert!(rmp_serde::from_slice::<DynEvent>(&payloads[0]).is_err());
+    // the 1.0 profile of the same batch is read
+    let mut ing = ingestor(9);
+    let payloads = envelope_payloads(&ing.ingest(&store_batch("GPU", 0), 0));
+    let ev: DynEvent = rmp_serde::from_slice(&payloads[0]).unwrap();
+    assert_eq!(ev.worker_id, 9);
+}
+
+/// Even taken out of its array, a dynamo-1.4 event misleads a 1.0.2 router: serde skips the
+/// `storage_tier` and `residency_domain` it does not know, so a host_pinned (CPU offload) store
+/// is indexed as GPU and a rank's `cleared` wipes every rank of the worker. The dynamo-1.0 profile
+/// therefore filters offload tiers and turns a one-rank reset into removes.
+#[test]
+fn dynamo_1_0_2_reads_a_lone_dynamo_1_4_event_as_gpu_and_worker_wide() {
+    let seq = Sequence {
+        tokens: (0..16).collect(),
+        lora: None,
+        salt: None,
+    };
+    let h = hashes(&seq);
+    let mut ing = ingestor_14();
+    let mut tree = RadixTree::new();
+    let cpu = envelope_payloads(&ing.ingest(&store_batch("CPU", 0), 0));
+    let event = &cpu[0][1..]; // the one event of the array
+    let core = dynamo_kv_core::wire::decode_router_events_msgpack(&cpu[0]).unwrap();
+    assert_eq!(
+        core[0].1.storage_tier.map(|t| t.name()),
+        Some("host_pinned")
+    );
+    let ev: DynEvent =
+        rmp_serde::from_slice(event).expect("1.0.2 skips the fields it does not know");
+    tree.apply_event(ev).unwrap();
+    assert_eq!(
+        dynamo_scores(&tree, &h),
+        vec![(9, 0, 2, 2)],
+        "a CPU copy counted as a GPU hit"
+    );
+    // the dynamo-1.0 profile does not publish the offload event at all
+    let mut ing10 = ingestor(9);
+    let out = unpack(&ing10.ingest(&store_batch("CPU", 0), 0));
+    assert!(out.payloads.is_empty());
+    assert_eq!(
+        out.rejected[dynamo_kv_core::Reason::FilteredTier as usize],
+        1
+    );
+
+    // a rank's reset: GPU stores on ranks 0 and 1, then the 1.4 `cleared` of rank 0 alone
+    let mut tree = RadixTree::new();
+    for rank in [0, 1] {
+        for p in envelope_payloads(&ing.ingest(&store_batch("GPU", rank), 0)) {
+            tree.apply_event(rmp_serde::from_slice(&p[1..]).unwrap())
+                .unwrap();
+        }
+    }
+    assert_eq!(dynamo_scores(&tree, &h), vec![(9, 0, 2, 2), (9, 1, 2, 2)]);
+    let clear = envelope_payloads(&ing.cleared(0, 0));
+    let core = dynamo_kv_core::wire::decode_router_events_msgpack(&clear[0]).unwrap();
+    assert!(matches!(core[0].0.data, EventData::Cleared) && core[0].1.rank_scoped());
+    tree.apply_event(rmp_serde::from_slice(&clear[0][1..]).unwrap())
+        .unwrap();
+    assert_eq!(
+        dynamo_scores(&tree, &h),
+        vec![],
+        "1.0.2 cleared rank 1 as well"
     );
 }

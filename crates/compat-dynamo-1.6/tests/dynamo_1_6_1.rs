@@ -620,3 +620,54 @@ fn per_worker_block_hashes_do_not_fit_dynamo_1_6_1_compressed_edges() {
     assert_eq!(dynamo_scores(&tree, &[11]), vec![(1, 0, 1), (2, 0, 1)]);
     assert_eq!(core_scores(&mut index, &[11]), vec![(1, 0, 1)]);
 }
+
+/// In the dynamo-1.4 profile an engine clear of one rank of a multi-rank worker is one `cleared`
+/// event naming its residency domain, and both Dynamo 1.6.1 and the core clear only that rank
+/// (1.0.2 would clear them all, which is why the 1.0 profile sends removes instead).
+#[test]
+fn a_one_rank_clear_of_the_dynamo_1_4_profile_clears_one_rank_in_dynamo_1_6_1() {
+    let mut ing = ingestor(9, Wire::Dynamo14);
+    let (mut tree, mut index) = (RadixTree::new(), RadixIndex::new());
+    let tokens: Vec<u32> = (0..16).collect();
+    let h = hashes(
+        &Sequence {
+            tokens: tokens.clone(),
+            lora: None,
+            salt: None,
+        },
+        false,
+    );
+    let feed = |out: Vec<u8>, tree: &mut RadixTree, index: &mut RadixIndex| {
+        let out = unpack(&out);
+        assert_eq!(out.payloads.len(), 1);
+        let (_, events) = decode_1_6(&out.payloads[0]);
+        let core = decode_router_events_envelope(&out.payloads[0]).unwrap();
+        for (ev, (core_ev, meta)) in events.into_iter().zip(core) {
+            let d = tree.apply_event(ev);
+            let c = index.apply_with_meta(&core_ev, meta);
+            assert!(same_outcome(&d, c), "Dynamo {d:?}, core {c:?}");
+        }
+    };
+    for rank in [0, 1] {
+        feed(
+            ing.stored(
+                &tokens,
+                &[501, 502],
+                BLOCK_SIZE as u64,
+                None,
+                None,
+                None,
+                rank,
+                0,
+            ),
+            &mut tree,
+            &mut index,
+        );
+    }
+    let clear = ing.cleared(0, 0);
+    let (_, events) = decode_1_6(&unpack(&clear).payloads[0]);
+    assert!(matches!(events[0].event.data, KvCacheEventData::Cleared));
+    feed(clear, &mut tree, &mut index);
+    assert_eq!(dynamo_scores(&tree, &h), vec![(9, 1, 2)]);
+    assert_eq!(core_scores(&mut index, &h), vec![(9, 1, 2)]);
+}
