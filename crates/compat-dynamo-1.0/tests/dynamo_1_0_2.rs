@@ -292,6 +292,21 @@ fn ten_thousand_batches_decode_apply_and_match_as_in_dynamo_1_0_2() {
             }
         }
     }
+    assert_eq!(tree.current_size(), index.size() as usize, "total blocks");
+    // a worker leaving, on both sides (1.0.2 has no per-rank removal)
+    let (gone, _) = w.cfg.workers[1];
+    tree.remove_worker(gone);
+    index.remove_worker(gone);
+    for q in queries(&mut rng, &w) {
+        let h = hashes(&q);
+        let c = core_scores(&mut index, &h);
+        assert!(c.iter().all(|m| m.0 != gone));
+        assert_eq!(
+            dynamo_scores(&tree, &h),
+            c,
+            "after remove_worker: scores differ for {q:?}"
+        );
+    }
     let filtered: u64 = ingestors.iter().map(|g| g.counters()[14]).sum();
     assert_eq!(dynamo_kv_core::COUNTER_NAMES[14], "rejected_filtered_tier");
     let lower =
