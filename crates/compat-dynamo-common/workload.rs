@@ -65,6 +65,8 @@ pub struct WorkloadConfig {
     pub salts: Vec<Option<String>>,
     /// Also publish CPU / disk offload tier events.
     pub lower_tiers: bool,
+    /// Sometimes re-announce an already cached block (a store the engine repeats).
+    pub duplicate_stores: bool,
 }
 
 /// What a request hashed: its tokens and the hash identity.
@@ -306,7 +308,7 @@ impl Workload {
                     .count();
                 let (start, dup) = if start == chain.len() {
                     // already cached: sometimes the engine re-announces the last block
-                    if !rng.chance(0.2) {
+                    if !cfg.duplicate_stores || !rng.chance(0.2) {
                         continue;
                     }
                     (chain.len() - 1, true)

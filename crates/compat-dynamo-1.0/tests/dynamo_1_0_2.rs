@@ -59,6 +59,7 @@ fn config(seed: u64, batches: usize) -> WorkloadConfig {
         salts: vec![None],
         // The dynamo-1.0 profile filters offload tiers (a 1.0.2 router would index them as GPU).
         lower_tiers: true,
+        duplicate_stores: true,
     }
 }
 
