@@ -1,8 +1,10 @@
 //! The core's router events against Dynamo 1.6.1's own router crate (`dynamo-kv-router =1.6.1`):
 //! every payload the core's Ingestor emits is decoded with Dynamo's serde types exactly as a 1.6.1
 //! router decodes it (a msgpack envelope whose payload is a msgpack array of RouterEvents), routed by
-//! Dynamo's own tier rule (`RouterEvent::targets_primary`), applied to Dynamo's `RadixTree` and to
-//! the core's `RadixIndex`, and both answer the same queries.
+//! Dynamo's own tier rule (`RouterEvent::targets_primary`), applied to Dynamo's `RadixTree` (and to
+//! the router's default indexer, `ThreadPoolIndexer` over `ConcurrentRadixTreeCompressed`) and to the
+//! core's `RadixIndex`, and all answer the same queries. Where they must differ, a small test shows
+//! each case and why.
 
 #[path = "../../compat-dynamo-common/workload.rs"]
 mod workload;
