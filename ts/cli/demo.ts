@@ -1,112 +1,443 @@
-// The demo: the worker-side job on an embedded default, no engine and no NATS needed.
-//  1. A built-in vLLM engine batch (two stores, one with a LoRA adapter, then an eviction) decoded into the
-//     Dynamo router events it becomes, and the bytes an Ingestor publishes for it in each mode.
-//  2. A simulated engine publishing over real ZeroMQ sockets (PUB + ROUTER replay, as vLLM does), with one
-//     batch lost on the live socket and the first ones lost to ZMQ's slow joiner: the ZMQ source replays
-//     what it missed, and the local index ends equal to the blocks the engine holds. With `--nats nats://host:4222` the same run goes through a
-//     KvEventPublisher to that server (event plane).
-// Run: npm run demo [-- --nats URL] [-- <hex batch>]
+// `dynamo-kv demo`: the whole job on an embedded default, with no engine and no NATS server.
+//
+// Several simulated vLLM engines (the same shared documents, different request streams) publish KV-cache
+// events over real ZeroMQ sockets; dynamo-kv reads each stream (with gap replay), turns the batches into
+// Dynamo router events and publishes them; a router follows them into a RadixIndex and picks workers by
+// prefix overlap. Without --nats the events travel through an in-process event plane (the exact bytes a
+// publisher sends to NATS); with --nats URL they go through KvEventPublishers and that server. One batch
+// is dropped on purpose halfway and must come back through the engine's replay buffer; at the end the
+// router's index must equal what every engine holds.
+import { connect, type NatsConnection, type Subscription } from '@nats-io/transport-node'
+import type { Command } from 'commander'
 import {
-  decodeEngineBatch,
-  decodeRouterEvent,
+  type CounterName,
+  computeBlockHashes,
   implementation,
   Ingestor,
-  KvEventPublisher,
-  ZmqSource,
-  type IngestMode,
-  silentLogger,
-} from '../index.js'
-import { EngineSimulator } from '../sim/index.js'
-
-const SAMPLE_BATCH_HEX =
-  '93cb41da4a7b201000009388a474797065ab426c6f636b53746f726564ac626c6f636b5f68617368657392cf1f2e3d4c5b6a7988cf8899aabbccddeeffb1706172656e745f626c6f636b5f68617368c0a9746f6b656e5f696473dc0020cd03e8cd03e9cd03eacd03ebcd03eccd03edcd03eecd03efcd03f0cd03f1cd03f2cd03f3cd03f4cd03f5cd03f6cd03f7cd03f8cd03f9cd03facd03fbcd03fccd03fdcd03fecd03ffcd0400cd0401cd0402cd0403cd0404cd0405cd0406cd0407aa626c6f636b5f73697a6510a76c6f72615f6964c0a66d656469756da3475055a96c6f72615f6e616d65c088a474797065ab426c6f636b53746f726564ac626c6f636b5f68617368657391cf0123456789abcdefb1706172656e745f626c6f636b5f68617368cf8899aabbccddeeffa9746f6b656e5f696473dc0010cd07d0cd07d1cd07d2cd07d3cd07d4cd07d5cd07d6cd07d7cd07d8cd07d9cd07dacd07dbcd07dccd07ddcd07decd07dfaa626c6f636b5f73697a6510a76c6f72615f6964c0a66d656469756da3475055a96c6f72615f6e616d65ab73716c2d6164617074657283a474797065ac426c6f636b52656d6f766564ac626c6f636b5f68617368657391cf0123456789abcdefa66d656469756da347505500'
+  type IngestResult,
+  RadixIndex,
+  type WorkerScore,
+} from '../core/api.js'
+import { EngineSimulator } from '../sim/engine.js'
+import { ZmqSource } from '../transport/sources/zmq.js'
+import type { Logger } from '../util/log.js'
+import { KvEventPublisher } from '../worker/publisher.js'
+import type { CliCommand } from './commands.js'
+import {
+  addLogOptions,
+  configuring,
+  EXIT_FAILURE,
+  EXIT_OK,
+  flagOpt,
+  flagValue,
+  intArg,
+  type LogOptions,
+  loggerFrom,
+  nonEmptyArg,
+  opt,
+  secondsArg,
+  sleep,
+  toJson,
+  untilSignal,
+} from './common.js'
 
 const KV_BLOCK_SIZE = 16
-const show = (v: unknown) => JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? x.toString() : x), 2)
+const NAMESPACE = 'demo'
+const COMPONENT = 'backend'
 
-function oneBatch(hex: string): void {
-  const batch = Buffer.from(hex, 'hex')
-  console.log(`1. one engine batch: ${batch.length} bytes of msgpack, kv block size ${KV_BLOCK_SIZE}\n`)
-  console.log('router events (decodeEngineBatch):')
-  console.log(show(decodeEngineBatch(batch, KV_BLOCK_SIZE)))
-  const modes: IngestMode[] = ['event-plane', 'jetstream']
-  for (const mode of modes) {
-    const ingestor = new Ingestor({ kvBlockSize: KV_BLOCK_SIZE, workerId: 7n, mode })
-    const result = ingestor.ingest(batch, Date.UTC(2026, 0, 1))
-    console.log(`\n${mode}: ${result.payloads.length} payloads, first event id ${result.firstEventId}`)
-    for (const p of result.payloads) {
-      if (mode === 'jetstream') console.log(`  ${p.toString('utf8')}`)
-      else console.log(`  envelope, ${p.length} bytes: ${p.toString('hex').slice(0, 72)}...`)
-    }
-    if (mode === 'jetstream' && result.payloads[0]) {
-      const ev = decodeRouterEvent(result.payloads[0], 'json')
-      console.log(`  (decoded back: worker ${ev.workerId}, event ${ev.event.eventId}, ${ev.event.data.type})`)
-    }
-  }
+interface DemoFlags extends LogOptions {
+  duration: number
+  workers: number
+  seed: number
+  nats?: string
 }
 
-async function engineOverZmq(natsUrl: string | null): Promise<void> {
-  console.log(`\n2. a simulated engine over ZeroMQ${natsUrl ? `, published to ${natsUrl}` : ' (no NATS: into a local Ingestor)'}`)
-  const sim = await EngineSimulator.create({ replayEndpoint: 'tcp://127.0.0.1:0', seed: 7, kvBlockSize: KV_BLOCK_SIZE, publisherId: true })
-  const zmq = { endpoint: sim.endpoint, replayEndpoint: sim.replayEndpoint!, logger: silentLogger }
-  console.log(`engine: PUB ${sim.endpoint}, replay ROUTER ${sim.replayEndpoint}`)
-  let publisher: KvEventPublisher | null = null
-  let ingestor: Ingestor | null = null
-  let source: ZmqSource
-  if (natsUrl) {
-    publisher = await KvEventPublisher.create({
-      namespace: 'demo',
-      component: 'backend',
-      kvBlockSize: KV_BLOCK_SIZE,
-      workerId: 7n,
-      nats: { servers: natsUrl },
-      logger: silentLogger,
-      zmq,
-    })
-    source = publisher.source!
-  } else {
-    const ing = new Ingestor({ kvBlockSize: KV_BLOCK_SIZE, workerId: 7n, localIndexer: true })
-    ingestor = ing
-    source = await ZmqSource.create(zmq, { ingest: async (p) => ing.ingest(p), resetRank: async (r) => ing.cleared(r) })
+/** A simulated engine and the dynamo-kv pipeline reading it. */
+interface DemoWorker {
+  id: bigint
+  sim: EngineSimulator
+  source: ZmqSource
+  counters(): Record<CounterName, bigint>
+  flush(): Promise<void>
+  close(): Promise<void>
+}
+
+/** The router's side of the event plane: every payload published reaches `deliver`, in order. */
+type Deliver = (payload: Uint8Array) => void
+
+function define(program: Command): Command {
+  const cmd = program
+    .command('demo')
+    .summary('see it work: simulated engines → dynamo-kv → a router choosing workers (no engine, no NATS needed)')
+    .description(
+      'Runs simulated vLLM engines publishing KV-cache events over real ZeroMQ sockets, dynamo-kv turning them into ' +
+        "Dynamo router events, and a router following them to pick the worker that holds a request's prefix. One engine " +
+        'batch is dropped on purpose and repaired by replay. Without --nats, events travel through an in-process event ' +
+        'plane; with --nats URL, through that NATS server. Every option can also be set by the environment variable shown.',
+    )
+    .addOption(opt('--duration <seconds>', 'how long the engines run', 'DYNAMO_KV_DEMO_DURATION', secondsArg(0.5, 3600)).default(5))
+    .addOption(opt('--workers <n>', 'simulated engines (one worker each)', 'DYNAMO_KV_DEMO_WORKERS', intArg(2, 8)).default(3))
+    .addOption(opt('--seed <n>', 'workload seed', 'DYNAMO_KV_DEMO_SEED', intArg(1, 2 ** 31)).default(7))
+    .addOption(flagOpt('--json', 'print one machine-readable JSON summary on stdout instead of text', 'DYNAMO_KV_DEMO_JSON'))
+    .addOption(opt('--nats <url>', 'publish through this NATS server (e.g. nats://127.0.0.1:4222)', 'DYNAMO_KV_DEMO_NATS', nonEmptyArg))
+  addLogOptions(cmd, 'warn')
+  return cmd
+}
+
+/** An engine simulator: every worker draws from the same documents (same seed), with its own request stream. */
+function engine(i: number, seed: number): Promise<EngineSimulator> {
+  return EngineSimulator.create({
+    replayEndpoint: 'tcp://127.0.0.1:0',
+    seed,
+    kvBlockSize: KV_BLOCK_SIZE,
+    publisherId: true,
+    capacityBlocks: 192 + 96 * i,
+    maxRequestsPerStep: 2 + i,
+    prefixes: 12,
+    maxPrefixBlocks: 12,
+    maxUniqueBlocks: 4,
+  })
+}
+
+/** In-process: each worker's Ingestor output goes straight to the router (the bytes NATS would carry). */
+async function inProcessWorker(i: number, seed: number, deliver: Deliver, logger: Logger): Promise<DemoWorker> {
+  const sim = await engine(i, seed)
+  const id = BigInt(i + 1)
+  const ingestor = new Ingestor({ kvBlockSize: KV_BLOCK_SIZE, workerId: id })
+  const publish = (r: IngestResult) => {
+    for (const p of r.payloads) deliver(p)
+    return r
   }
-  sim.drop(100) // lost on the live socket; still in the engine's replay buffer
-  await sim.run(300)
-  // a live engine keeps publishing; the gap after the last batch shows with the next one
-  const last = sim.nextSeq
-  for (let i = 0; i < 400; i++) {
-    await sim.heartbeat()
-    const t = source.trackers()[0]
-    if (t && t.lastApplied !== null && t.lastApplied >= last && !t.replaying) break
-    await new Promise((r) => setTimeout(r, 10))
-  }
-  await publisher?.flush()
-  const s = source.stats()
-  const index = publisher ? publisher.localIndexer! : ingestor!.localIndexer!
-  const indexed = new Set(index.dump().flatMap((e) => (e.event.data.type === 'stored' ? e.event.data.blocks.map((b) => b.blockHash) : [])))
-  const held = sim.held()
-  const equal = held.size === indexed.size && [...held].every((h) => indexed.has(h))
-  console.log(
-    `batches received ${s.received}, ingested ${s.ingested}; gaps ${s.gaps}, replays ${s.replays}, recovered ${s.recovered}, lost ${s.lost}`,
+  const source = await ZmqSource.create(
+    { endpoint: sim.endpoint, replayEndpoint: sim.replayEndpoint!, logger },
+    {
+      ingest: async (payload) => publish(ingestor.ingest(payload)),
+      resetRank: async (rank) => publish(ingestor.cleared(rank)),
+    },
   )
-  const emitted = publisher ? publisher.stats().emitted : null
-  if (emitted) console.log(`published: ${emitted.stored} stored, ${emitted.removed} removed, ${emitted.cleared} cleared events`)
-  console.log(`local index: ${indexed.size} blocks; engine holds ${held.size}; equal: ${equal ? 'yes' : 'NO'}`)
-  if (publisher) await publisher.close()
-  else await source.close()
-  sim.close()
-  if (!equal) process.exitCode = 1
+  return {
+    id,
+    sim,
+    source,
+    counters: () => ingestor.counters(),
+    flush: async () => {},
+    close: async () => {
+      await source.close()
+      ingestor.close()
+      sim.close()
+    },
+  }
 }
 
-async function main(): Promise<void> {
-  const args = process.argv.slice(2)
-  const natsAt = args.indexOf('--nats')
-  const natsUrl = natsAt >= 0 ? (args.splice(natsAt, 2)[1] ?? null) : null
-  console.log(`dynamo-kv demo (implementation: ${implementation})\n`)
-  oneBatch(args[0] ?? SAMPLE_BATCH_HEX)
-  await engineOverZmq(natsUrl)
+/** Through NATS: a KvEventPublisher per worker, reading its engine. */
+async function natsWorker(i: number, seed: number, url: string, logger: Logger): Promise<DemoWorker> {
+  const sim = await engine(i, seed)
+  const id = BigInt(i + 1)
+  let publisher: KvEventPublisher
+  try {
+    publisher = await KvEventPublisher.create({
+      namespace: NAMESPACE,
+      component: COMPONENT,
+      kvBlockSize: KV_BLOCK_SIZE,
+      workerId: id,
+      nats: { servers: url },
+      logger,
+      zmq: { endpoint: sim.endpoint, replayEndpoint: sim.replayEndpoint! },
+    })
+  } catch (err) {
+    sim.close()
+    throw err
+  }
+  return {
+    id,
+    sim,
+    source: publisher.source!,
+    counters: () => publisher.stats().ingest,
+    flush: async () => {
+      await publisher.flush()
+    },
+    close: async () => {
+      await publisher.close()
+      sim.close()
+    },
+  }
 }
 
-main().catch((err) => {
-  console.error(err)
-  process.exitCode = 1
-})
+interface Gap {
+  worker: bigint
+  seq: bigint
+  gapsBefore: bigint
+  detected: boolean
+  repaired: boolean
+}
+
+interface Routing {
+  promptBlocks: number
+  scores: WorkerScore[]
+  chosen: bigint | null
+  note: string
+}
+
+/** Per worker, the blocks the router's index holds (block hash → parent, tokens hash). */
+function routerView(index: RadixIndex): Map<bigint, Map<bigint, { parent: bigint | null; tokensHash: bigint }>> {
+  const out = new Map<bigint, Map<bigint, { parent: bigint | null; tokensHash: bigint }>>()
+  for (const e of index.dump()) {
+    if (e.event.data.type !== 'stored') continue
+    let blocks = out.get(e.workerId)
+    if (!blocks) out.set(e.workerId, (blocks = new Map()))
+    let parent = e.event.data.parentHash
+    for (const b of e.event.data.blocks) {
+      blocks.set(b.blockHash, { parent, tokensHash: b.tokensHash })
+      parent = b.blockHash
+    }
+  }
+  return out
+}
+
+/**
+ * Example requests: the longest prompts the workers served (their chains of block hashes in the router's
+ * index, one per distinct first block), and a prompt nobody has seen.
+ */
+function routingExamples(index: RadixIndex, workers: bigint[], seed: number): Routing[] {
+  const view = routerView(index)
+  const prompts: bigint[][] = []
+  const roots = new Set<bigint>()
+  for (const w of workers) {
+    const blocks = view.get(w)
+    if (!blocks) continue
+    const chain = (h: bigint): bigint[] => {
+      const out: bigint[] = []
+      for (let b = blocks.get(h); b; b = b.parent === null ? undefined : blocks.get(b.parent)) out.push(b.tokensHash)
+      return out.reverse()
+    }
+    const leaves = [...blocks.keys()].map(chain).sort((a, b) => b.length - a.length)
+    const pick = leaves.find((c) => c.length > 0 && !roots.has(c[0]!))
+    if (pick) {
+      roots.add(pick[0]!)
+      prompts.push(pick)
+    }
+    if (prompts.length === 3) break
+  }
+  const out: Routing[] = prompts.map((p) => decide(index.findMatches(p).scores, p.length))
+  const fresh = Uint32Array.from({ length: 6 * KV_BLOCK_SIZE }, (_, i) => (seed * 7919 + i * 104729) % 150_000)
+  out.push(decide(index.findMatches(computeBlockHashes(fresh, KV_BLOCK_SIZE)).scores, 6, 'a prompt no worker has seen'))
+  return out
+}
+
+function decide(scores: WorkerScore[], promptBlocks: number, note = ''): Routing {
+  const best = scores.reduce<WorkerScore | null>((a, b) => (a === null || b.score > a.score ? b : a), null)
+  return { promptBlocks, scores, chosen: best && best.score > 0 ? best.workerId : null, note }
+}
+
+const fmt = (n: bigint | number) => Number(n).toLocaleString('en-US')
+const rate = (n: number) => (n >= 10_000 ? `${(n / 1000).toFixed(1)}k` : `${Math.round(n)}`)
+
+async function run(cmd: Command): Promise<number> {
+  const o = cmd.opts<DemoFlags>()
+  const json = flagValue(cmd, 'json', 'DYNAMO_KV_DEMO_JSON')
+  const log = loggerFrom(o, 'demo')
+  const tty = !json && process.stdout.isTTY === true
+  const say = (line: string) => {
+    if (json) return
+    if (tty) process.stdout.write('\r\x1b[K')
+    process.stdout.write(`${line}\n`)
+  }
+  const transport = o.nats ? `NATS at ${o.nats}` : 'an in-process event plane'
+  const impl = implementation === 'native' ? 'native Rust core' : 'TypeScript fallback'
+
+  // the router: a RadixIndex following every worker's events
+  const index = new RadixIndex()
+  let delivered = 0
+  const deliver: Deliver = (payload) => {
+    delivered++
+    index.applyEncoded(payload, 'envelope') // failures are counted by the index, never thrown
+  }
+  let routerNc: NatsConnection | null = null
+  let routerSub: Subscription | null = null
+  const workers: DemoWorker[] = []
+  const closeAll = async () => {
+    for (const w of workers) await w.close()
+    routerSub?.unsubscribe()
+    await routerNc?.close()
+  }
+  try {
+    if (o.nats) {
+      const url = o.nats
+      routerNc = await configuring('--nats', () =>
+        connect({ servers: url, timeout: 5000 }).catch((err: unknown) => {
+          throw new RangeError(`could not connect to NATS at ${url}: ${(err as Error).message}`)
+        }),
+      )
+      routerSub = routerNc.subscribe(`namespace.${NAMESPACE}.component.${COMPONENT}.kv-events`, {
+        callback: (err, msg) => {
+          if (!err) deliver(msg.data)
+        },
+      })
+      await routerNc.flush()
+    }
+    for (let i = 0; i < o.workers; i++)
+      workers.push(
+        await configuring('demo', () => (o.nats ? natsWorker(i, o.seed, o.nats, log) : inProcessWorker(i, o.seed, deliver, log))),
+      )
+  } catch (err) {
+    await closeAll()
+    throw err
+  }
+
+  say(`dynamo-kv demo: ${o.workers} simulated vLLM engines → ZeroMQ → dynamo-kv (${impl}) → ${transport} → a router`)
+  const total = (name: CounterName) => workers.reduce((a, w) => a + w.counters()[name], 0n)
+  const emitted = () => total('emitted_stored') + total('emitted_removed') + total('emitted_cleared')
+  const rejected = () => {
+    let n = 0n
+    for (const w of workers) for (const [k, v] of Object.entries(w.counters())) if (k.startsWith('rejected_')) n += v
+    return n
+  }
+
+  const signals = untilSignal(log)
+  let interrupted = false
+  void signals.stopped.then(() => {
+    interrupted = true
+  })
+  const started = performance.now()
+  const durationMs = o.duration * 1000
+  const gapWorker = workers[1]!
+  let gap: Gap | null = null
+
+  const status = () => {
+    const elapsed = (performance.now() - started) / 1000
+    const line =
+      `${implementation} · ${fmt(total('batches'))} batches · ${fmt(emitted())} events · ${fmt(total('blocks_stored'))} blocks stored · ` +
+      `${fmt(rejected())} rejected · ${rate(Number(emitted()) / Math.max(elapsed, 0.001))} events/s · ${elapsed.toFixed(1)} s`
+    if (tty) process.stdout.write(`\r\x1b[K${line}`)
+    if (gap && !gap.detected && gapWorker.source.stats().gaps > gap.gapsBefore) {
+      gap.detected = true
+      say(`  ↳ worker ${gap.worker}: batch seq ${gap.seq} never arrived: gap seen, asking the engine to replay it`)
+    }
+    const t = gapWorker.source.trackers()[0]
+    if (gap?.detected && !gap.repaired && t && t.lastApplied !== null && t.lastApplied >= gap.seq && !t.replaying) {
+      gap.repaired = true
+      say(`  ↳ worker ${gap.worker}: seq ${gap.seq} replayed from the engine's buffer and applied: nothing lost`)
+    }
+  }
+  const ticker = setInterval(status, tty ? 200 : 50)
+
+  // drive the engines, keeping each at most a few hundred batches ahead of its reader
+  while (!interrupted && performance.now() - started < durationMs) {
+    for (const w of workers) {
+      const applied = w.source.trackers()[0]?.lastApplied ?? -1n
+      if (w.sim.nextSeq - 1n - applied < 256n) for (let k = 0; k < 4; k++) await w.sim.step()
+    }
+    if (!gap && performance.now() - started >= durationMs * 0.4) {
+      const seq = gapWorker.sim.nextSeq
+      gapWorker.sim.drop(seq) // not sent live; still in the engine's replay buffer
+      gap = { worker: gapWorker.id, seq, gapsBefore: gapWorker.source.stats().gaps, detected: false, repaired: false }
+      say(`  ↳ dropping worker ${gap.worker}'s batch seq ${seq} on the way, on purpose`)
+    }
+    await sleep(1)
+  }
+  const elapsedS = (performance.now() - started) / 1000
+
+  // let every reader catch up (a live engine keeps publishing: a lost last batch shows with the next one)
+  const caughtUp = (w: DemoWorker) => {
+    const t = w.source.trackers()[0]
+    return t !== undefined && t.lastApplied !== null && t.lastApplied >= w.sim.nextSeq - 1n && !t.replaying
+  }
+  for (let i = 0; i < 300 && !workers.every(caughtUp); i++) {
+    for (const w of workers) if (!caughtUp(w)) await w.sim.heartbeat()
+    await sleep(10)
+  }
+  for (const w of workers) await w.flush()
+  for (let i = 0; i < 300 && BigInt(delivered) < emitted(); i++) await sleep(10)
+  clearInterval(ticker)
+  status()
+  if (tty) process.stdout.write('\r\x1b[K')
+
+  // compare the router's view with each engine's ground truth
+  const view = routerView(index)
+  const perWorker = workers.map((w) => {
+    const held = w.sim.held()
+    const seen = view.get(w.id) ?? new Map()
+    const equal = held.size === seen.size && [...held].every((h) => seen.has(h))
+    return { workerId: w.id, engineBlocks: held.size, routerBlocks: seen.size, equal }
+  })
+  const routing = routingExamples(
+    index,
+    workers.map((w) => w.id),
+    o.seed,
+  )
+  const src = workers.map((w) => w.source.stats())
+  const lost = src.reduce((a, s) => a + s.lost, 0n)
+  const gapStats = gapWorker.source.stats()
+  const matches = perWorker.every((w) => w.equal)
+  const summary = {
+    implementation,
+    transport: o.nats ? 'nats' : 'in-process',
+    durationSeconds: Math.round(elapsedS * 100) / 100,
+    workers: workers.length,
+    batches: total('batches'),
+    engineEvents: total('events_in'),
+    events: emitted(),
+    emitted: { stored: total('emitted_stored'), removed: total('emitted_removed'), cleared: total('emitted_cleared') },
+    blocks: { stored: total('blocks_stored'), removed: total('blocks_removed') },
+    rejected: rejected(),
+    eventsPerSecond: Math.round(Number(emitted()) / Math.max(elapsedS, 0.001)),
+    routerEvents: delivered,
+    gap: gap && {
+      worker: gap.worker,
+      seq: gap.seq,
+      detected: gapStats.gaps > gap.gapsBefore,
+      repaired: gap.repaired || caughtUp(gapWorker),
+      replays: gapStats.replays,
+      recovered: gapStats.recovered,
+    },
+    lost,
+    index: { matchesEngines: matches, workers: perWorker },
+    routing: routing.map((r) => ({ promptBlocks: r.promptBlocks, scores: r.scores, chosen: r.chosen })),
+  }
+  await closeAll()
+  index.close()
+  signals.dispose()
+
+  if (json) process.stdout.write(`${toJson(summary)}\n`)
+  else {
+    const byType = summary.emitted
+    say('')
+    say(`What happened in ${elapsedS.toFixed(1)} s:`)
+    say(`  • The engines published ${fmt(summary.batches)} batches holding ${fmt(summary.engineEvents)} KV-cache events.`)
+    say(
+      `  • dynamo-kv turned them into ${fmt(summary.events)} Dynamo router events (${fmt(byType.stored)} stores of ` +
+        `${fmt(summary.blocks.stored)} blocks, ${fmt(byType.removed)} evictions, ${fmt(byType.cleared)} cache clears); ` +
+        `${fmt(summary.rejected)} rejected.`,
+    )
+    say(`  • About ${fmt(summary.eventsPerSecond)} events/s, paced by the simulated engines (a demo, not a benchmark: see BENCHMARKS.md).`)
+    if (gap)
+      say(
+        summary.gap?.detected && summary.gap.repaired
+          ? `  • Worker ${gap.worker}'s batch seq ${gap.seq} was dropped on purpose: dynamo-kv saw the hole in the sequence numbers, fetched the batch again from the engine's replay buffer, and lost nothing.`
+          : `  • Worker ${gap.worker}'s batch seq ${gap.seq} was dropped on purpose, and was NOT repaired.`,
+      )
+    say(
+      matches
+        ? `  • The router's index matches what every engine holds (${perWorker.map((w) => `worker ${w.workerId}: ${fmt(w.routerBlocks)} blocks`).join(', ')}).`
+        : `  • The router's index does NOT match the engines: ${perWorker.map((w) => `worker ${w.workerId}: router ${w.routerBlocks}, engine ${w.engineBlocks}`).join('; ')}.`,
+    )
+    say('')
+    say('Routing a few requests (overlap = the leading blocks of the prompt a worker already holds in its KV cache):')
+    for (const r of routing) {
+      const scores = workers.map((w) => `worker ${w.id}: ${r.scores.find((s) => s.workerId === w.id)?.score ?? 0}`).join(', ')
+      const what = r.note || `a prompt of ${r.promptBlocks} blocks`
+      const choice =
+        r.chosen === null
+          ? 'no worker holds any of it: any worker (choose by load)'
+          : `worker ${r.chosen}, which skips prefill for ${r.scores.find((s) => s.workerId === r.chosen)!.score} of ${r.promptBlocks} blocks`
+      say(`  ${what}: ${scores} → ${choice}`)
+    }
+    say('')
+    say('Next: `dynamo-kv publish --help` runs this next to a real engine; `dynamo-kv demo --nats nats://HOST:4222` goes through NATS.')
+  }
+  const ok = matches && lost === 0n && (summary.gap === null || (summary.gap.detected && summary.gap.repaired))
+  if (!ok) log.error({ matches, lost: lost.toString() }, 'the router did not end with what the engines hold')
+  return ok ? EXIT_OK : EXIT_FAILURE
+}
+
+export const demoCommand: CliCommand = { name: 'demo', define, run }
