@@ -184,7 +184,10 @@ function routerView(index: RadixIndex): Map<bigint, Map<bigint, { parent: bigint
   for (const e of index.dump()) {
     if (e.event.data.type !== 'stored') continue
     let blocks = out.get(e.workerId)
-    if (!blocks) out.set(e.workerId, (blocks = new Map()))
+    if (!blocks) {
+      blocks = new Map()
+      out.set(e.workerId, blocks)
+    }
     let parent = e.event.data.parentHash
     for (const b of e.event.data.blocks) {
       blocks.set(b.blockHash, { parent, tokensHash: b.tokensHash })

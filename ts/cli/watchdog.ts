@@ -46,8 +46,8 @@ export class EngineWatchdog {
       this.#quiet = false
       return
     }
-    const silentS = Math.round((now - this.#lastChange) / 100) / 10
     if (now - this.#lastChange < this.#opts.silenceMs) return
+    const silentS = this.#opts.silenceMs / 1000
     if (!this.#ever && !this.#warnedStart) {
       this.#warnedStart = true
       this.#opts.logger.warn(
