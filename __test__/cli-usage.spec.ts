@@ -2,6 +2,7 @@
 // process): every --help prints help and exits 0; bad usage or configuration exits 2 with one line on
 // stderr naming the flag or variable at fault.
 import test from 'ava'
+import { readFileSync } from 'node:fs'
 import { freePort } from './helpers/nats-server.js'
 import { needCli, runCli } from './helpers/cli.js'
 import { AVAILABLE_WIRES } from '../ts/cli/wire.js'
@@ -132,4 +133,17 @@ test('demo --nats without a URL, unknown options and commands, and no command at
   const bare = await runCli([])
   t.is(bare.code, 2)
   t.regex(bare.stderr, /Usage: dynamo-kv/)
+})
+
+test("the README's command-line examples use only options their command has", async (t) => {
+  const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8')
+  const section = readme.slice(readme.indexOf('## Command line'), readme.indexOf('\n## ', readme.indexOf('## Command line') + 5))
+  const commands = section.replace(/\\\n\s*/g, ' ').match(/npx dynamo-kv \w+[^\n]*/g) ?? []
+  t.true(commands.length >= 3)
+  for (const line of commands) {
+    const [, name] = /npx dynamo-kv (\w+)/.exec(line)!
+    if (name === undefined || name.startsWith('-')) continue
+    const help = (await runCli([name, '--help'])).stdout
+    for (const flag of line.match(/--[a-z][a-z0-9-]*/g) ?? []) t.true(help.includes(`${flag} `), `${name} ${flag}`)
+  }
 })
