@@ -4,7 +4,8 @@
 // a port where no engine listens it says so.
 import test from 'ava'
 import { connect, type NatsConnection } from '@nats-io/transport-node'
-import { RadixIndex } from '../ts/index.js'
+import { jetstreamManager } from '@nats-io/jetstream'
+import { jetstreamStreamName, RadixIndex } from '../ts/index.js'
 import { EngineSimulator } from '../ts/sim/index.js'
 import { needCli, startCli } from './helpers/cli.js'
 import { freePort, type NatsServer, startNatsServer } from './helpers/nats-server.js'
@@ -74,12 +75,7 @@ test('publish: engine → NATS until SIGTERM, exit 0, every accepted event publi
     await run.waitForLog((r) => typeof r.msg === 'string' && r.msg.startsWith('publishing'))
     await sim.run(200)
     // a live engine keeps publishing; the reader has everything once its batch count reaches the engine's seq
-    let text = await scrape(port)
-    while (metric(text, 'dynamo_kv_engine_batches_total') !== Number(sim.nextSeq)) {
-      await sim.heartbeat()
-      await sleep(20)
-      text = await scrape(port)
-    }
+    const text = await caughtUp(sim, port)
     t.true(metric(text, 'dynamo_kv_events_emitted_total', 'type="stored"')! > 0)
     t.true(metric(text, 'dynamo_kv_zmq_received_total')! > 0)
     t.not(metric(text, 'dynamo_kv_queue_depth'), null)
@@ -133,5 +129,91 @@ test('publish pointed at a port with no engine warns, naming the endpoint, then 
     t.is(run.logs().filter((r) => r.level === 40).length, 1, 'warned once')
   } finally {
     run.child.kill('SIGKILL')
+  }
+})
+
+/** Scrapes until the publisher has ingested every batch the engine sent (heartbeats keep it live). */
+async function caughtUp(sim: EngineSimulator, port: number): Promise<string> {
+  let text = await scrape(port)
+  while (metric(text, 'dynamo_kv_engine_batches_total') !== Number(sim.nextSeq)) {
+    await sim.heartbeat()
+    await sleep(20)
+    text = await scrape(port)
+  }
+  return text
+}
+
+test('publish --mode jetstream: every event lands in the stream, exit 0 on SIGINT', async (t) => {
+  const sim = await EngineSimulator.create({ replayEndpoint: 'tcp://127.0.0.1:0', kvBlockSize: 16, seed: 5 })
+  const run = startCli([
+    'publish',
+    '--engine-endpoint',
+    sim.endpoint,
+    '--replay-endpoint',
+    sim.replayEndpoint!,
+    '--block-size',
+    '16',
+    '--mode',
+    'jetstream',
+    '--component',
+    'cli-js',
+    '--nats-server',
+    nats.url,
+    '--metrics-port',
+    '0',
+    '--metrics-host',
+    '127.0.0.1',
+  ])
+  try {
+    const { port } = (await run.waitForLog((r) => r.msg === 'serving Prometheus metrics')) as { port: number }
+    await sim.run(50)
+    await caughtUp(sim, port)
+    run.child.kill('SIGINT')
+    t.is(await run.exit, 0, run.stderr())
+    const stopped = run.logs().find((r) => r.msg === 'stopped') as { events: string; published: number; publishErrors: number }
+    t.true(Number(stopped.events) > 0)
+    t.is(String(stopped.published), stopped.events)
+    t.is(stopped.publishErrors, 0)
+    const jsm = await jetstreamManager(nc)
+    t.is(String((await jsm.streams.info(jetstreamStreamName('dynamo', 'cli-js'))).state.messages), stopped.events)
+  } finally {
+    run.child.kill('SIGKILL')
+    sim.close()
+  }
+})
+
+test('publish warns once when the engine goes quiet, and says when it is back', async (t) => {
+  const sim = await EngineSimulator.create({ kvBlockSize: 16 })
+  const run = startCli([
+    'publish',
+    '--engine-endpoint',
+    sim.endpoint,
+    '--block-size',
+    '16',
+    '--nats-server',
+    nats.url,
+    '--engine-silence',
+    '0.5',
+    '--metrics-port',
+    '0',
+    '--metrics-host',
+    '127.0.0.1',
+  ])
+  try {
+    const { port } = (await run.waitForLog((r) => r.msg === 'serving Prometheus metrics')) as { port: number }
+    while (!metric(await scrape(port), 'dynamo_kv_zmq_received_total')) {
+      await sim.heartbeat()
+      await sleep(20)
+    }
+    const quiet = await run.waitForLog((r) => r.level === 40 && /went quiet/.test(String(r.msg)))
+    t.regex(String(quiet.msg), new RegExp(`the engine at ${sim.endpoint.replaceAll('.', '\\.')} went quiet: no message for 0\\.5 s`))
+    await sim.heartbeat()
+    await run.waitForLog((r) => r.level === 30 && r.msg === 'the engine is sending again')
+    run.child.kill('SIGTERM')
+    t.is(await run.exit, 0, run.stderr())
+    t.is(run.logs().filter((r) => r.level === 40 && /went quiet/.test(String(r.msg))).length, 1)
+  } finally {
+    run.child.kill('SIGKILL')
+    sim.close()
   }
 })

@@ -309,9 +309,10 @@ async function run(cmd: Command): Promise<number> {
   const status = () => {
     const elapsed = (performance.now() - started) / 1000
     const line =
-      `${implementation} · ${fmt(total('batches'))} batches · ${fmt(emitted())} events · ${fmt(total('blocks_stored'))} blocks stored · ` +
+      `${implementation} · ${fmt(total('batches'))} batches · ${fmt(emitted())} events · ${fmt(total('blocks_stored'))} blocks · ` +
       `${fmt(rejected())} rejected · ${rate(Number(emitted()) / Math.max(elapsed, 0.001))} events/s · ${elapsed.toFixed(1)} s`
-    if (tty) process.stdout.write(`\r\x1b[K${line}`)
+    // one terminal line, or the carriage return could not rewrite it
+    if (tty) process.stdout.write(`\r\x1b[K${line.slice(0, Math.max(20, (process.stdout.columns || 80) - 1))}`)
     if (gap && !gap.detected && gapWorker.source.stats().gaps > gap.gapsBefore) {
       gap.detected = true
       say(`  ↳ worker ${gap.worker}: batch seq ${gap.seq} never arrived: gap seen, asking the engine to replay it`)
