@@ -5,7 +5,7 @@ import test from 'ava'
 import { readFileSync } from 'node:fs'
 import { freePort } from './helpers/nats-server.js'
 import { needCli, runCli } from './helpers/cli.js'
-import { AVAILABLE_WIRES } from '../ts/cli/wire.js'
+import { AVAILABLE_WIRES, wireOptions } from '../ts/cli/wire.js'
 
 test.before(() => needCli())
 
@@ -89,11 +89,35 @@ test('an unknown wire or mode is refused, listing the choices', async (t) => {
 })
 
 test('--wire dynamo-1.4 is accepted where this build publishes it, and refused in one line where it does not', async (t) => {
-  if (AVAILABLE_WIRES.includes('dynamo-1.4')) {
-    // a valid wire: the run goes on to connect (and fails on the unreachable server, still in one line)
-    await usageError(t, [...PUBLISH, '--wire', 'dynamo-1.4', '--nats-server', `nats://127.0.0.1:${await freePort()}`], /NATS/)
-  } else await usageError(t, [...PUBLISH, '--wire', 'dynamo-1.4'], /--wire dynamo-1\.4 is not available in this build/)
-  await usageError(t, [...PUBLISH, '--endpoint', 'generate'], /--endpoint applies to --wire dynamo-1\.4 only/)
+  if (AVAILABLE_WIRES.includes('dynamo-1.4'))
+    await usageError(t, [...PUBLISH, '--wire', 'dynamo-1.4', '--mode', 'jetstream'], /--wire dynamo-1\.4 .*cannot go with --mode jetstream/)
+  else await usageError(t, [...PUBLISH, '--wire', 'dynamo-1.4'], /--wire dynamo-1\.4 is not available in this build/)
+  await usageError(t, [...PUBLISH, '--endpoint', 'generate', '--zmq-port', '7000'], /--endpoint, --zmq-port: for --wire dynamo-1\.4 only/)
+})
+
+test('the dynamo-1.4 publisher options: endpoint, event plane, discovery; NATS options only on a NATS event plane', (t) => {
+  const both = ['dynamo-1.0', 'dynamo-1.4'] as const
+  const nats = { servers: ['nats://127.0.0.1:4222'] }
+  const flags = { endpoint: 'generate', discovery: { backend: 'file', fileRoot: '/tmp/d', etcdEndpoints: undefined } }
+  t.deepEqual(wireOptions('dynamo-1.0', 'event-plane', nats, true, flags, both), { nats })
+  t.deepEqual(wireOptions('dynamo-1.4', 'event-plane', nats, false, { ...flags, zmqPort: 7000 }, both), {
+    wire: 'dynamo-1.4',
+    endpoint: 'generate',
+    zmqPort: 7000,
+    discovery: { backend: 'file', fileRoot: '/tmp/d' },
+  } as never)
+  t.deepEqual(wireOptions('dynamo-1.4', 'event-plane', nats, true, { ...flags, eventPlane: 'nats', zmqPort: 7000 }, both), {
+    wire: 'dynamo-1.4',
+    endpoint: 'generate',
+    eventPlane: 'nats',
+    nats,
+    discovery: { backend: 'file', fileRoot: '/tmp/d' },
+  } as never)
+  t.throws(() => wireOptions('dynamo-1.4', 'event-plane', nats, true, flags, both), {
+    message: /--nats-\* options apply to --event-plane nats/,
+  })
+  t.throws(() => wireOptions('dynamo-1.4', 'jetstream', nats, false, flags, both), { message: /cannot go with --mode jetstream/ })
+  t.throws(() => wireOptions('dynamo-1.4', 'event-plane', nats, false, flags, ['dynamo-1.0']), { message: /not available in this build/ })
 })
 
 test('a malformed engine endpoint is refused', async (t) => {

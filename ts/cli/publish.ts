@@ -29,7 +29,7 @@ import {
 } from './common.js'
 import { LatencyTracker, publisherRegistry, serveMetrics, type MetricsServer, type MetricsSubject } from './metrics.js'
 import { EngineWatchdog } from './watchdog.js'
-import { type Wire, WIRES, wireOptions } from './wire.js'
+import { EVENT_PLANES, type Wire, WIRES, wireOptions } from './wire.js'
 
 interface EngineFlags {
   engineEndpoint?: string[]
@@ -60,6 +60,10 @@ interface PublishFlags extends EngineFlags, NatsFlags, LogOptions {
   workerId?: bigint
   wire: Wire
   mode: 'event-plane' | 'jetstream'
+  eventPlane?: 'zmq' | 'nats'
+  eventPlaneHost?: string
+  zmqBindHost?: string
+  zmqPort?: number
   discoveryBackend?: string
   etcdEndpoints?: string
   discoveryDir?: string
@@ -69,6 +73,20 @@ interface PublishFlags extends EngineFlags, NatsFlags, LogOptions {
   metricsPort?: number
   metricsHost: string
 }
+
+/** The flags that only `--wire dynamo-1.4` takes: [option key, flag]. */
+const WIRE14_FLAGS = [
+  ['endpoint', '--endpoint'],
+  ['eventPlane', '--event-plane'],
+  ['eventPlaneHost', '--event-plane-host'],
+  ['zmqBindHost', '--zmq-bind-host'],
+  ['zmqPort', '--zmq-port'],
+  ['discoveryBackend', '--discovery-backend'],
+  ['etcdEndpoints', '--etcd-endpoints'],
+  ['discoveryDir', '--discovery-dir'],
+] as const
+
+const NATS_FLAGS = ['natsServer', 'natsUser', 'natsPassword', 'natsToken', 'natsNkeySeed', 'natsCreds', 'natsTls', 'natsTlsCa'] as const
 
 /** The engine options (publish and inspect share them). */
 export function addEngineOptions(cmd: Command): Command {
@@ -205,6 +223,23 @@ function define(program: Command): Command {
         'event-plane',
       ),
     )
+    .addOption(
+      choiceOpt('--event-plane <plane>', 'direct ZeroMQ sockets (default) or NATS (--wire dynamo-1.4)', 'DYN_EVENT_PLANE', EVENT_PLANES),
+    )
+    .addOption(
+      opt(
+        '--event-plane-host <host>',
+        'address routers connect to, written in discovery (--wire dynamo-1.4)',
+        'DYN_EVENT_PLANE_HOST',
+        nonEmptyArg,
+      ),
+    )
+    .addOption(
+      opt('--zmq-bind-host <host>', 'address the ZeroMQ event sockets bind (--wire dynamo-1.4)', 'DYNAMO_KV_ZMQ_BIND_HOST', nonEmptyArg),
+    )
+    .addOption(
+      opt('--zmq-port <port>', 'dp rank r binds port + r (default: free ports; --wire dynamo-1.4)', 'DYNAMO_KV_ZMQ_PORT', intArg(1, 65535)),
+    )
     .addOption(choiceOpt('--discovery-backend <backend>', 'discovery store (--wire dynamo-1.4)', 'DYN_DISCOVERY_BACKEND', ['etcd', 'file']))
     .addOption(opt('--etcd-endpoints <urls>', 'etcd URL(s), comma-separated (--wire dynamo-1.4)', 'ETCD_ENDPOINTS', nonEmptyArg))
     .addOption(opt('--discovery-dir <dir>', 'file-store discovery directory (--wire dynamo-1.4)', 'DYN_FILE_KV', nonEmptyArg))
@@ -274,27 +309,44 @@ async function run(cmd: Command): Promise<number> {
   const zmq = zmqOptions(o, bind)
   if (o.blockSize === undefined)
     throw new UsageError("--block-size (or DYNAMO_KV_BLOCK_SIZE) is required: the engine's tokens per KV block (vLLM's --block-size)")
-  if (o.wire === 'dynamo-1.0' && fromCli(cmd, 'endpoint')) throw new UsageError('--endpoint applies to --wire dynamo-1.4 only')
-  const discovery = {
-    backend: fromCli(cmd, 'discoveryBackend') ? o.discoveryBackend : undefined,
-    etcdEndpoints: fromCli(cmd, 'etcdEndpoints') ? o.etcdEndpoints!.split(',').map((s) => s.trim()) : undefined,
-    fileRoot: fromCli(cmd, 'discoveryDir') ? o.discoveryDir : undefined,
+  if (o.wire === 'dynamo-1.0') {
+    const only14 = WIRE14_FLAGS.filter(([key]) => fromCli(cmd, key)).map(([, flag]) => flag)
+    if (only14.length > 0) throw new UsageError(`${only14.join(', ')}: for --wire dynamo-1.4 only`)
   }
-  if (o.wire === 'dynamo-1.0' && Object.values(discovery).some((v) => v !== undefined))
-    throw new UsageError('--discovery-backend, --etcd-endpoints and --discovery-dir apply to --wire dynamo-1.4 only')
   if (o.mode !== 'jetstream' && fromCli(cmd, 'streamMaxAge')) throw new UsageError('--stream-max-age applies to --mode jetstream only')
+  // Dynamo's own variables (DYN_*, ETCD_ENDPOINTS) are read by the library; only flags are passed on
+  const cli = <K extends keyof PublishFlags>(key: K) => (fromCli(cmd, key) ? o[key] : undefined)
+  const wire = wireOptions(
+    o.wire,
+    o.mode,
+    natsOptions(cmd, o),
+    NATS_FLAGS.some((k) => fromCli(cmd, k)),
+    {
+      endpoint: o.endpoint,
+      eventPlane: o.eventPlane,
+      eventPlaneHost: cli('eventPlaneHost'),
+      zmqBindHost: o.zmqBindHost,
+      zmqPort: o.zmqPort,
+      discovery: {
+        backend: cli('discoveryBackend'),
+        etcdEndpoints: cli('etcdEndpoints')
+          ?.split(',')
+          .map((s) => s.trim()),
+        fileRoot: cli('discoveryDir'),
+      },
+    },
+  )
   const options: KvEventPublisherOptions = {
     namespace: o.namespace,
     component: o.component,
     kvBlockSize: o.blockSize,
     mode: o.mode,
-    nats: natsOptions(cmd, o),
     logger: log,
     closeTimeoutMs: o.closeTimeout,
     ...(o.workerId !== undefined ? { workerId: o.workerId } : {}),
     ...(o.maxPending !== undefined ? { maxPending: o.maxPending } : {}),
     ...(o.streamMaxAge !== undefined && fromCli(cmd, 'streamMaxAge') ? { jetstream: { maxAgeSeconds: o.streamMaxAge } } : {}),
-    ...(wireOptions(o.wire, o.mode, o.endpoint, discovery) as Partial<KvEventPublisherOptions>),
+    ...wire,
   }
 
   const publisher = await configuring('NATS publisher', () => KvEventPublisher.create(options))
