@@ -49,7 +49,8 @@ export function startCli(args: string[], env: Record<string, string | undefined>
     err += d
     for (const w of watchers) w()
   })
-  const exit = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
+  // 'close', not 'exit': by then stdout and stderr have been read to their end
+  const exit = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)))
   const logs = () =>
     err
       .split('\n')

@@ -166,7 +166,9 @@ async function natsWorker(i: number, seed: number, url: string, logger: Logger):
 interface Gap {
   worker: bigint
   seq: bigint
+  /** The source's gap and replay counts when the batch was dropped. */
   gapsBefore: bigint
+  replaysBefore: bigint
   detected: boolean
   repaired: boolean
 }
@@ -306,6 +308,12 @@ async function run(cmd: Command): Promise<number> {
   const gapWorker = workers[1]!
   let gap: Gap | null = null
 
+  // the dropped batch can only come back through a replay: a gap seen live, or a replay already running
+  // (after a gap of the engine's own making: the high-water mark) that covers it
+  const detected = (g: Gap) => {
+    const s = gapWorker.source.stats()
+    return s.gaps > g.gapsBefore || s.replays > g.replaysBefore
+  }
   const status = () => {
     const elapsed = (performance.now() - started) / 1000
     const line =
@@ -313,7 +321,7 @@ async function run(cmd: Command): Promise<number> {
       `${fmt(rejected())} rejected · ${rate(Number(emitted()) / Math.max(elapsed, 0.001))} events/s · ${elapsed.toFixed(1)} s`
     // one terminal line, or the carriage return could not rewrite it
     if (tty) process.stdout.write(`\r\x1b[K${line.slice(0, Math.max(20, (process.stdout.columns || 80) - 1))}`)
-    if (gap && !gap.detected && gapWorker.source.stats().gaps > gap.gapsBefore) {
+    if (gap && !gap.detected && detected(gap)) {
       gap.detected = true
       say(`  ↳ worker ${gap.worker}: batch seq ${gap.seq} never arrived: gap seen, asking the engine to replay it`)
     }
@@ -334,7 +342,8 @@ async function run(cmd: Command): Promise<number> {
     if (!gap && performance.now() - started >= durationMs * 0.4) {
       const seq = gapWorker.sim.nextSeq
       gapWorker.sim.drop(seq) // not sent live; still in the engine's replay buffer
-      gap = { worker: gapWorker.id, seq, gapsBefore: gapWorker.source.stats().gaps, detected: false, repaired: false }
+      const before = gapWorker.source.stats()
+      gap = { worker: gapWorker.id, seq, gapsBefore: before.gaps, replaysBefore: before.replays, detected: false, repaired: false }
       say(`  ↳ dropping worker ${gap.worker}'s batch seq ${seq} on the way, on purpose`)
     }
     await sleep(1)
@@ -373,6 +382,8 @@ async function run(cmd: Command): Promise<number> {
   const lost = src.reduce((a, s) => a + s.lost, 0n)
   const gapStats = gapWorker.source.stats()
   const matches = perWorker.every((w) => w.equal)
+  // every seq up to the last applied one was applied, except those counted lost
+  const repaired = gap !== null && caughtUp(gapWorker) && gapStats.lost === 0n
   const summary = {
     implementation,
     transport: o.nats ? 'nats' : 'in-process',
@@ -389,8 +400,8 @@ async function run(cmd: Command): Promise<number> {
     gap: gap && {
       worker: gap.worker,
       seq: gap.seq,
-      detected: gapStats.gaps > gap.gapsBefore,
-      repaired: gap.repaired || caughtUp(gapWorker),
+      detected: detected(gap),
+      repaired,
       replays: gapStats.replays,
       recovered: gapStats.recovered,
     },
@@ -416,7 +427,7 @@ async function run(cmd: Command): Promise<number> {
     say(`  • About ${fmt(summary.eventsPerSecond)} events/s, paced by the simulated engines (a demo, not a benchmark: see BENCHMARKS.md).`)
     if (gap)
       say(
-        summary.gap?.detected && summary.gap.repaired
+        summary.gap?.repaired
           ? `  • Worker ${gap.worker}'s batch seq ${gap.seq} was dropped on purpose: dynamo-kv saw the hole in the sequence numbers, fetched the batch again from the engine's replay buffer, and lost nothing.`
           : `  • Worker ${gap.worker}'s batch seq ${gap.seq} was dropped on purpose, and was NOT repaired.`,
       )
@@ -439,7 +450,7 @@ async function run(cmd: Command): Promise<number> {
     say('')
     say('Next: `dynamo-kv publish --help` runs this next to a real engine; `dynamo-kv demo --nats nats://HOST:4222` goes through NATS.')
   }
-  const ok = matches && lost === 0n && (summary.gap === null || (summary.gap.detected && summary.gap.repaired))
+  const ok = matches && lost === 0n && (summary.gap === null || summary.gap.repaired)
   if (!ok) log.error({ matches, lost: lost.toString() }, 'the router did not end with what the engines hold')
   return ok ? EXIT_OK : EXIT_FAILURE
 }
