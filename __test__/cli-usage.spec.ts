@@ -2,9 +2,9 @@
 // process): every --help prints help and exits 0; bad usage or configuration exits 2 with one line on
 // stderr naming the flag or variable at fault.
 import test from 'ava'
-import { readFileSync } from 'node:fs'
+import { readFileSync, statSync } from 'node:fs'
 import { freePort } from './helpers/nats-server.js'
-import { needCli, runCli } from './helpers/cli.js'
+import { CLI, needCli, runCli } from './helpers/cli.js'
 import { AVAILABLE_WIRES, wireOptions } from '../ts/cli/wire.js'
 
 test.before(() => needCli())
@@ -170,4 +170,21 @@ test("the README's command-line examples use only options their command has", as
     const help = (await runCli([name, '--help'])).stdout
     for (const flag of line.match(/--[a-z][a-z0-9-]*/g) ?? []) t.true(help.includes(`${flag} `), `${name} ${flag}`)
   }
+})
+
+test('the package ships the command as its bin: dist/cli.js, ESM, executable, with a shebang; npm run demo runs it', (t) => {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as {
+    type: string
+    bin: Record<string, string>
+    files: string[]
+    scripts: Record<string, string>
+    dependencies: Record<string, string>
+  }
+  t.deepEqual(pkg.bin, { 'dynamo-kv': './dist/cli.js' })
+  t.is(pkg.type, 'module')
+  t.true(pkg.files.includes('dist'))
+  t.is(pkg.scripts.demo, 'node dist/cli.js demo')
+  t.regex(pkg.dependencies.commander!, /^\d+\.\d+\.\d+$/, 'the argument parser is pinned')
+  t.true(readFileSync(CLI, 'utf8').startsWith('#!/usr/bin/env node\n'))
+  t.truthy(statSync(CLI).mode & 0o111, 'executable')
 })
