@@ -13,7 +13,10 @@ import { registerPublisherMetrics } from '../worker/prometheus.js'
 
 const BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
 
-/** What the metrics read from a publisher (its stats may come with the source's counters added). */
+/**
+ * What the metrics read from a publisher: registerPublisherMetrics uses its labels and stats() only. The
+ * command owns the ZMQ source (to time each batch), so its stats() adds the source's counters.
+ */
 export type MetricsSubject = Pick<KvEventPublisher, 'workerId' | 'namespace' | 'component'> & { stats(): PublisherStats }
 
 /**
