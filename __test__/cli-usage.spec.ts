@@ -1,6 +1,6 @@
 // The `dynamo-kv` command's usage contract, run as a user runs it (the built dist/cli.js in a child
 // process): every --help prints help and exits 0; bad usage or configuration exits 2 with one line on
-// stderr naming the flag or variable at fault.
+// stderr naming the flag or variable at fault. Serial: each spawns several short-lived processes.
 import test from 'ava'
 import { readFileSync, statSync } from 'node:fs'
 import { freePort } from './helpers/nats-server.js'
@@ -20,7 +20,7 @@ const HELP: [string[], string][] = [
 ]
 
 for (const [args, usage] of HELP) {
-  test(`\`dynamo-kv ${args.join(' ')}\` prints help and exits 0`, async (t) => {
+  test.serial(`\`dynamo-kv ${args.join(' ')}\` prints help and exits 0`, async (t) => {
     const r = await runCli(args)
     t.is(r.code, 0, r.stderr)
     t.true(r.stdout.startsWith(usage), r.stdout.slice(0, 200))
@@ -28,7 +28,7 @@ for (const [args, usage] of HELP) {
   })
 }
 
-test('every command lists its options with their environment variables, and the program lists every command', async (t) => {
+test.serial('every command lists its options with their environment variables, and the program lists every command', async (t) => {
   const top = await runCli(['--help'])
   for (const c of ['publish', 'inspect', 'demo']) t.regex(top.stdout, new RegExp(`^  ${c} \\[options\\]`, 'm'))
   const publish = (await runCli(['publish', '--help'])).stdout
@@ -51,7 +51,7 @@ test('every command lists its options with their environment variables, and the 
   }
 })
 
-test('`dynamo-kv --version` prints the package version', async (t) => {
+test.serial('`dynamo-kv --version` prints the package version', async (t) => {
   const r = await runCli(['--version'])
   t.is(r.code, 0)
   t.regex(r.stdout.trim(), /^\d+\.\d+\.\d+/)
@@ -69,7 +69,7 @@ async function usageError(t: import('ava').ExecutionContext, args: string[], nam
 
 const PUBLISH = ['publish', '--engine-endpoint', 'tcp://127.0.0.1:5557', '--block-size', '16']
 
-test('a block size of 0 is refused, naming the flag or the variable', async (t) => {
+test.serial('a block size of 0 is refused, naming the flag or the variable', async (t) => {
   await usageError(t, ['publish', '--engine-endpoint', 'tcp://127.0.0.1:5557', '--block-size', '0'], /--block-size.*'0' is invalid/)
   await usageError(t, ['publish', '--engine-endpoint', 'tcp://127.0.0.1:5557'], /DYNAMO_KV_BLOCK_SIZE.*is invalid/, {
     DYNAMO_KV_BLOCK_SIZE: '0',
@@ -77,25 +77,25 @@ test('a block size of 0 is refused, naming the flag or the variable', async (t) 
   await usageError(t, ['inspect', '--engine-endpoint', 'tcp://127.0.0.1:5557', '--block-size', '0'], /--block-size.*'0' is invalid/)
 })
 
-test('a missing block size or engine endpoint is refused, saying what it is', async (t) => {
+test.serial('a missing block size or engine endpoint is refused, saying what it is', async (t) => {
   await usageError(t, ['publish', '--engine-endpoint', 'tcp://127.0.0.1:5557'], /--block-size \(or DYNAMO_KV_BLOCK_SIZE\) is required/)
   await usageError(t, ['publish', '--block-size', '16'], /--engine-endpoint \(or DYNAMO_KV_ENGINE_ENDPOINT\) is required/)
 })
 
-test('an unknown wire or mode is refused, listing the choices', async (t) => {
+test.serial('an unknown wire or mode is refused, listing the choices', async (t) => {
   await usageError(t, [...PUBLISH, '--wire', 'dynamo-2.0'], /--wire.*'dynamo-2\.0' is invalid.*dynamo-1\.0, dynamo-1\.4/)
   await usageError(t, [...PUBLISH, '--mode', 'kafka'], /--mode.*'kafka' is invalid.*event-plane, jetstream/)
   await usageError(t, PUBLISH, /DYNAMO_KV_MODE.*is invalid/, { DYNAMO_KV_MODE: 'kafka' })
 })
 
-test('--wire dynamo-1.4 is accepted where this build publishes it, and refused in one line where it does not', async (t) => {
+test.serial('--wire dynamo-1.4 is accepted where this build publishes it, and refused in one line where it does not', async (t) => {
   if (AVAILABLE_WIRES.includes('dynamo-1.4'))
     await usageError(t, [...PUBLISH, '--wire', 'dynamo-1.4', '--mode', 'jetstream'], /--wire dynamo-1\.4 .*cannot go with --mode jetstream/)
   else await usageError(t, [...PUBLISH, '--wire', 'dynamo-1.4'], /--wire dynamo-1\.4 is not available in this build/)
   await usageError(t, [...PUBLISH, '--endpoint', 'generate', '--zmq-port', '7000'], /--endpoint, --zmq-port: for --wire dynamo-1\.4 only/)
 })
 
-test('the dynamo-1.4 publisher options: endpoint, event plane, discovery; NATS options only on a NATS event plane', (t) => {
+test.serial('the dynamo-1.4 publisher options: endpoint, event plane, discovery; NATS options only on a NATS event plane', (t) => {
   const both = ['dynamo-1.0', 'dynamo-1.4'] as const
   const nats = { servers: ['nats://127.0.0.1:4222'] }
   const flags = { endpoint: 'generate', discovery: { backend: 'file', fileRoot: '/tmp/d', etcdEndpoints: undefined } }
@@ -120,7 +120,7 @@ test('the dynamo-1.4 publisher options: endpoint, event plane, discovery; NATS o
   t.throws(() => wireOptions('dynamo-1.4', 'event-plane', nats, false, flags, ['dynamo-1.0']), { message: /not available in this build/ })
 })
 
-test('a malformed engine endpoint is refused', async (t) => {
+test.serial('a malformed engine endpoint is refused', async (t) => {
   await usageError(
     t,
     ['publish', '--engine-endpoint', '127.0.0.1:5557', '--block-size', '16'],
@@ -135,21 +135,21 @@ test('a malformed engine endpoint is refused', async (t) => {
   )
 })
 
-test('an unreachable NATS server is a configuration error naming the server', async (t) => {
+test.serial('an unreachable NATS server is a configuration error naming the server', async (t) => {
   const url = `nats://127.0.0.1:${await freePort()}`
   await usageError(t, [...PUBLISH, '--nats-server', url], new RegExp(`could not connect to NATS at ${url.replaceAll('.', '\\.')}`))
   await usageError(t, PUBLISH, new RegExp(`could not connect to NATS at ${url.replaceAll('.', '\\.')}`), { NATS_SERVER: url })
   await usageError(t, ['demo', '--nats', url], /could not connect to NATS/)
 })
 
-test('an unknown log level is refused, from the flag or from DYNAMO_KV_LOG_LEVEL', async (t) => {
+test.serial('an unknown log level is refused, from the flag or from DYNAMO_KV_LOG_LEVEL', async (t) => {
   await usageError(t, [...PUBLISH, '--log-level', 'loud'], /--log-level.*'loud' is invalid/)
   await usageError(t, ['demo'], /'loud' from env 'DYNAMO_KV_LOG_LEVEL' is invalid.*fatal, error, warn, info, debug, trace, silent/, {
     DYNAMO_KV_LOG_LEVEL: 'loud',
   })
 })
 
-test('demo --nats without a URL, unknown options and commands, and no command at all are usage errors', async (t) => {
+test.serial('demo --nats without a URL, unknown options and commands, and no command at all are usage errors', async (t) => {
   await usageError(t, ['demo', '--nats'], /--nats <url>' argument missing/)
   await usageError(t, ['demo', '--durration', '3'], /unknown option '--durration' \(Did you mean --duration\?\)/)
   await usageError(t, ['publsh'], /unknown command 'publsh'/)
@@ -159,7 +159,7 @@ test('demo --nats without a URL, unknown options and commands, and no command at
   t.regex(bare.stderr, /Usage: dynamo-kv/)
 })
 
-test("the README's command-line examples use only options their command has", async (t) => {
+test.serial("the README's command-line examples use only options their command has", async (t) => {
   const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8')
   const section = readme.slice(readme.indexOf('## Command line'), readme.indexOf('\n## ', readme.indexOf('## Command line') + 5))
   const commands = section.replace(/\\\n\s*/g, ' ').match(/npx dynamo-kv \w+[^\n]*/g) ?? []
@@ -172,7 +172,7 @@ test("the README's command-line examples use only options their command has", as
   }
 })
 
-test('the package ships the command as its bin: dist/cli.js, ESM, executable, with a shebang; npm run demo runs it', (t) => {
+test.serial('the package ships the command as its bin: dist/cli.js, ESM, executable, with a shebang; npm run demo runs it', (t) => {
   const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as {
     type: string
     bin: Record<string, string>
