@@ -227,3 +227,52 @@ test('publish warns once when the engine goes quiet, and says when it is back', 
     sim.close()
   }
 })
+
+test('publish reads several engines (one per dp rank), listed in DYNAMO_KV_ENGINE_ENDPOINT, each with its replay endpoint', async (t) => {
+  const sims = [
+    await EngineSimulator.create({ replayEndpoint: 'tcp://127.0.0.1:0', kvBlockSize: 16, seed: 11, dpRank: 0 }),
+    await EngineSimulator.create({ replayEndpoint: 'tcp://127.0.0.1:0', kvBlockSize: 16, seed: 12, dpRank: 1 }),
+  ]
+  let received = 0
+  const sub = nc.subscribe('namespace.dynamo.component.multi.kv-events', { callback: (err) => void (err || received++) })
+  await nc.flush()
+  const run = startCli(
+    [
+      'publish',
+      ...sims.flatMap((s) => ['--replay-endpoint', s.replayEndpoint!]),
+      '--block-size',
+      '16',
+      '--component',
+      'multi',
+      '--nats-server',
+      nats.url,
+      '--metrics-port',
+      '0',
+      '--metrics-host',
+      '127.0.0.1',
+    ],
+    { DYNAMO_KV_ENGINE_ENDPOINT: sims.map((s) => s.endpoint).join(',') },
+  )
+  try {
+    const { port } = (await run.waitForLog((r) => r.msg === 'serving Prometheus metrics')) as { port: number }
+    for (const s of sims) await s.run(40)
+    let text = await scrape(port)
+    while (metric(text, 'dynamo_kv_engine_batches_total') !== Number(sims[0]!.nextSeq + sims[1]!.nextSeq)) {
+      for (const s of sims) await s.heartbeat()
+      await sleep(20)
+      text = await scrape(port)
+    }
+    run.child.kill('SIGTERM')
+    t.is(await run.exit, 0, run.stderr())
+    const stopped = run.logs().find((r) => r.msg === 'stopped') as { events: string; published: number; lost: string }
+    await nc.flush()
+    t.true(Number(stopped.events) > 0)
+    t.is(String(stopped.published), stopped.events)
+    t.is(String(received), stopped.events)
+    t.is(stopped.lost, '0')
+  } finally {
+    run.child.kill('SIGKILL')
+    sub.unsubscribe()
+    for (const s of sims) s.close()
+  }
+})
