@@ -7,7 +7,7 @@ import { connect, type NatsConnection } from '@nats-io/transport-node'
 import { jetstreamManager } from '@nats-io/jetstream'
 import { jetstreamStreamName, RadixIndex } from '../ts/index.js'
 import { EngineSimulator } from '../ts/sim/index.js'
-import { needCli, startCli } from './helpers/cli.js'
+import { needCli, runCli, startCli } from './helpers/cli.js'
 import { freePort, type NatsServer, startNatsServer } from './helpers/nats-server.js'
 
 const SUBJECT = 'namespace.dynamo.component.backend.kv-events'
@@ -274,5 +274,27 @@ test('publish reads several engines (one per dp rank), listed in DYNAMO_KV_ENGIN
     run.child.kill('SIGKILL')
     sub.unsubscribe()
     for (const s of sims) s.close()
+  }
+})
+
+test('publish --bind on an address already in use exits 2 with one line naming the endpoint', async (t) => {
+  const sim = await EngineSimulator.create({ kvBlockSize: 16 }) // its PUB holds the port
+  try {
+    const r = await runCli([
+      'publish',
+      '--engine-endpoint',
+      sim.endpoint,
+      '--bind',
+      '--block-size',
+      '16',
+      '--nats-server',
+      nats.url,
+      '--log-level',
+      'warn',
+    ])
+    t.is(r.code, 2, r.stderr)
+    t.deepEqual(r.stderr.split('\n').filter(Boolean), [`dynamo-kv publish: error: engine endpoint ${sim.endpoint}: Address already in use`])
+  } finally {
+    sim.close()
   }
 })

@@ -18,13 +18,14 @@ export class UsageError extends Error {
 /**
  * Runs a step that validates configuration or connects (creating a publisher, opening sockets): the
  * library's TypeError/RangeError (a bad option, named) and NatsConnectError (a server that cannot be
- * reached) become UsageErrors; anything else stays a runtime failure.
+ * reached) become UsageErrors; anything else stays a runtime failure, unless `allErrors` (a step that
+ * only opens sockets, where any failure is the address's: in use, not permitted...).
  */
-export async function configuring<T>(what: string, step: () => Promise<T>): Promise<T> {
+export async function configuring<T>(what: string, step: () => Promise<T>, allErrors = false): Promise<T> {
   try {
     return await step()
   } catch (err) {
-    if (err instanceof TypeError || err instanceof RangeError || err instanceof NatsConnectError)
+    if (err instanceof TypeError || err instanceof RangeError || err instanceof NatsConnectError || (allErrors && err instanceof Error))
       throw new UsageError(`${what}: ${oneLine(err.message)}`, { cause: err })
     throw err
   }

@@ -353,19 +353,22 @@ async function run(cmd: Command): Promise<number> {
   const tracker = new LatencyTracker(null, () => publisher.stats().sink.queueDepth)
   let source: ZmqSource
   try {
-    source = await configuring('engine source', () =>
-      ZmqSource.create(
-        { ...zmq, logger: log },
-        {
-          ingest: (payload) => tracker.time(() => publisher.ingest(payload)),
-          // a rank outside the allowed ones had every batch rejected (dp_rank): there is nothing to reset
-          resetRank: (dpRank) =>
-            tracker.time(
-              () => publisher.publishCleared(dpRank).catch((err: unknown) => (err instanceof RangeError ? null : Promise.reject(err))),
-              false,
-            ),
-        },
-      ),
+    source = await configuring(
+      `engine endpoint ${(o.engineEndpoint ?? []).join(', ')}`,
+      () =>
+        ZmqSource.create(
+          { ...zmq, logger: log },
+          {
+            ingest: (payload) => tracker.time(() => publisher.ingest(payload)),
+            // a rank outside the allowed ones had every batch rejected (dp_rank): there is nothing to reset
+            resetRank: (dpRank) =>
+              tracker.time(
+                () => publisher.publishCleared(dpRank).catch((err: unknown) => (err instanceof RangeError ? null : Promise.reject(err))),
+                false,
+              ),
+          },
+        ),
+      true,
     )
   } catch (err) {
     await publisher.close()
