@@ -4,7 +4,7 @@
 import test from 'ava'
 import { readFileSync, statSync } from 'node:fs'
 import { freePort } from './helpers/nats-server.js'
-import { CLI, needCli, runCli } from './helpers/cli.js'
+import { CLI, needCli, runCli, startCli } from './helpers/cli.js'
 import { AVAILABLE_WIRES, wireOptions } from '../ts/cli/wire.js'
 
 test.before(() => needCli())
@@ -187,4 +187,20 @@ test.serial('the package ships the command as its bin: dist/cli.js, ESM, executa
   t.regex(pkg.dependencies.commander!, /^\d+\.\d+\.\d+$/, 'the argument parser is pinned')
   t.true(readFileSync(CLI, 'utf8').startsWith('#!/usr/bin/env node\n'))
   t.truthy(statSync(CLI).mode & 0o111, 'executable')
+})
+
+test('help and usage errors do not load the core: no word about a missing native binary until a command runs', async (t) => {
+  // a native binary that cannot load: the core says so in one line when it is loaded
+  const env = { DYNAMO_KV_FORCE_JS: undefined, NAPI_RS_NATIVE_LIBRARY_PATH: '/nonexistent/dynamo-kv.node' }
+  const raw = async (args: string[]) => {
+    const run = startCli(args, env)
+    return { code: await run.exit, stderr: run.stderr() }
+  }
+  t.deepEqual(await raw(['publish', '--help']), { code: 0, stderr: '' })
+  const bad = await raw(['inspect', '--engine-endpoint', 'tcp://127.0.0.1:5557', '--block-size', '0'])
+  t.is(bad.code, 2)
+  t.notRegex(bad.stderr, /native core not loaded/)
+  const ran = await raw(['inspect', '--engine-endpoint', 'tcp://127.0.0.1:9', '--block-size', '16', '--timeout', '0.1'])
+  t.is(ran.code, 0)
+  t.regex(ran.stderr, /native core not loaded/)
 })

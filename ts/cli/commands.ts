@@ -1,6 +1,7 @@
 // The command registry. A command adds itself (options and help) to the program, and runs with the parsed
-// options, resolving to its exit status. Commands that need the router side (an indexer service, a query
-// tool) are added here the same way.
+// options, resolving to its exit status; its running part is a module of its own (<command>-run.ts),
+// imported only then, so help and usage errors load neither the core nor sockets. Commands that need the
+// router side (an indexer service, a query tool) are added here the same way.
 import type { Command } from 'commander'
 import { demoCommand } from './demo.js'
 import { inspectCommand } from './inspect.js'

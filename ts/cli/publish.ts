@@ -1,37 +1,27 @@
-// `dynamo-kv publish`: the sidecar next to an engine. Reads the engine's ZeroMQ KV-event stream and
-// publishes Dynamo router events to NATS until SIGINT/SIGTERM, then stops reading, publishes what it
-// accepted, closes and exits 0.
+// `dynamo-kv publish`: the sidecar next to an engine (publish-run.ts runs it). Its options and help, and
+// the mapping of the engine and NATS flags to the library's options, which inspect shares.
 import type { Command } from 'commander'
 import type { NatsOptions } from '../transport/nats.js'
-import { ZmqSource } from '../transport/sources/zmq.js'
-import { KvEventPublisher, type KvEventPublisherOptions } from '../worker/publisher.js'
 import type { CliCommand } from './commands.js'
 import {
   addLogOptions,
   choiceOpt,
-  configuring,
-  EXIT_FAILURE,
-  EXIT_OK,
   endpointsArg,
   flagOpt,
   flagValue,
   fromCli,
   intArg,
   type LogOptions,
-  loggerFrom,
   nameArg,
   nonEmptyArg,
   opt,
   secondsArg,
   u64Arg,
-  untilSignal,
   UsageError,
 } from './common.js'
-import { LatencyTracker, publisherRegistry, serveMetrics, type MetricsServer, type MetricsSubject } from './metrics.js'
-import { EngineWatchdog } from './watchdog.js'
-import { EVENT_PLANES, type Wire, WIRES, wireOptions } from './wire.js'
+import { EVENT_PLANES, type Wire, WIRES } from './wire.js'
 
-interface EngineFlags {
+export interface EngineFlags {
   engineEndpoint?: string[]
   replayEndpoint?: string[]
   topic: string
@@ -41,7 +31,7 @@ interface EngineFlags {
   engineSilence: number
 }
 
-interface NatsFlags {
+export interface NatsFlags {
   natsServer?: string
   natsUser?: string
   natsPassword?: string
@@ -52,7 +42,7 @@ interface NatsFlags {
   natsConnectTimeout: number
 }
 
-interface PublishFlags extends EngineFlags, NatsFlags, LogOptions {
+export interface PublishFlags extends EngineFlags, NatsFlags, LogOptions {
   blockSize?: number
   namespace: string
   component: string
@@ -75,7 +65,7 @@ interface PublishFlags extends EngineFlags, NatsFlags, LogOptions {
 }
 
 /** The flags that only `--wire dynamo-1.4` takes: [option key, flag]. */
-const WIRE14_FLAGS = [
+export const WIRE14_FLAGS = [
   ['endpoint', '--endpoint'],
   ['eventPlane', '--event-plane'],
   ['eventPlaneHost', '--event-plane-host'],
@@ -86,7 +76,16 @@ const WIRE14_FLAGS = [
   ['discoveryDir', '--discovery-dir'],
 ] as const
 
-const NATS_FLAGS = ['natsServer', 'natsUser', 'natsPassword', 'natsToken', 'natsNkeySeed', 'natsCreds', 'natsTls', 'natsTlsCa'] as const
+export const NATS_FLAGS = [
+  'natsServer',
+  'natsUser',
+  'natsPassword',
+  'natsToken',
+  'natsNkeySeed',
+  'natsCreds',
+  'natsTls',
+  'natsTlsCa',
+] as const
 
 /** The engine options (publish and inspect share them). */
 export function addEngineOptions(cmd: Command): Command {
@@ -111,7 +110,7 @@ export function addEngineOptions(cmd: Command): Command {
     )
 }
 
-function addNatsOptions(cmd: Command): Command {
+export function addNatsOptions(cmd: Command): Command {
   return cmd
     .addOption(
       opt('--nats-server <urls>', 'NATS server URL(s), comma-separated (default nats://localhost:4222)', 'NATS_SERVER', nonEmptyArg),
@@ -156,7 +155,7 @@ export function natsOptions(cmd: Command, o: NatsFlags): NatsOptions {
   return nats
 }
 
-function define(program: Command): Command {
+export function define(program: Command): Command {
   const cmd = program
     .command('publish')
     .summary('the sidecar next to an engine: its ZeroMQ KV events to Dynamo router events on NATS')
@@ -302,145 +301,8 @@ export function zmqOptions(o: EngineFlags, bind: boolean) {
   return { endpoints: engines.map((endpoint, i) => (replays[i] ? { endpoint, replayEndpoint: replays[i] } : endpoint)), ...common }
 }
 
-async function run(cmd: Command): Promise<number> {
-  const o = cmd.opts<PublishFlags>()
-  const log = loggerFrom(o, 'publish')
-  const bind = flagValue(cmd, 'bind', 'DYNAMO_KV_BIND')
-  const zmq = zmqOptions(o, bind)
-  if (o.blockSize === undefined)
-    throw new UsageError("--block-size (or DYNAMO_KV_BLOCK_SIZE) is required: the engine's tokens per KV block (vLLM's --block-size)")
-  if (o.wire === 'dynamo-1.0') {
-    const only14 = WIRE14_FLAGS.filter(([key]) => fromCli(cmd, key)).map(([, flag]) => flag)
-    if (only14.length > 0) throw new UsageError(`${only14.join(', ')}: for --wire dynamo-1.4 only`)
-  }
-  if (o.mode !== 'jetstream' && fromCli(cmd, 'streamMaxAge')) throw new UsageError('--stream-max-age applies to --mode jetstream only')
-  // Dynamo's own variables (DYN_*, ETCD_ENDPOINTS) are read by the library; only flags are passed on
-  const cli = <K extends keyof PublishFlags>(key: K) => (fromCli(cmd, key) ? o[key] : undefined)
-  const wire = wireOptions(
-    o.wire,
-    o.mode,
-    natsOptions(cmd, o),
-    NATS_FLAGS.some((k) => fromCli(cmd, k)),
-    {
-      endpoint: o.endpoint,
-      eventPlane: o.eventPlane,
-      eventPlaneHost: cli('eventPlaneHost'),
-      zmqBindHost: o.zmqBindHost,
-      zmqPort: o.zmqPort,
-      discovery: {
-        backend: cli('discoveryBackend'),
-        etcdEndpoints: cli('etcdEndpoints')
-          ?.split(',')
-          .map((s) => s.trim()),
-        fileRoot: cli('discoveryDir'),
-      },
-    },
-  )
-  const options: KvEventPublisherOptions = {
-    namespace: o.namespace,
-    component: o.component,
-    kvBlockSize: o.blockSize,
-    mode: o.mode,
-    logger: log,
-    closeTimeoutMs: o.closeTimeout,
-    ...(o.workerId !== undefined ? { workerId: o.workerId } : {}),
-    ...(o.maxPending !== undefined ? { maxPending: o.maxPending } : {}),
-    ...(o.streamMaxAge !== undefined && fromCli(cmd, 'streamMaxAge') ? { jetstream: { maxAgeSeconds: o.streamMaxAge } } : {}),
-    ...wire,
-  }
-
-  const publisher = await configuring('NATS publisher', () => KvEventPublisher.create(options))
-  const tracker = new LatencyTracker(null, () => publisher.stats().sink.queueDepth)
-  let source: ZmqSource
-  try {
-    source = await configuring(
-      `engine endpoint ${(o.engineEndpoint ?? []).join(', ')}`,
-      () =>
-        ZmqSource.create(
-          { ...zmq, logger: log },
-          {
-            ingest: (payload) => tracker.time(() => publisher.ingest(payload)),
-            // a rank outside the allowed ones had every batch rejected (dp_rank): there is nothing to reset
-            resetRank: (dpRank) =>
-              tracker.time(
-                () => publisher.publishCleared(dpRank).catch((err: unknown) => (err instanceof RangeError ? null : Promise.reject(err))),
-                false,
-              ),
-          },
-        ),
-      true,
-    )
-  } catch (err) {
-    await publisher.close()
-    throw err
-  }
-
-  const subject: MetricsSubject = {
-    workerId: publisher.workerId,
-    namespace: publisher.namespace,
-    component: publisher.component,
-    stats: () => ({ ...publisher.stats(), source: source.stats() }),
-  }
-  let metrics: MetricsServer | null = null
-  if (o.metricsPort !== undefined) {
-    const registry = publisherRegistry(subject)
-    registry.registerMetric(tracker.ingest)
-    registry.registerMetric(tracker.publish)
-    try {
-      metrics = await serveMetrics(registry, o.metricsHost, o.metricsPort)
-    } catch (err) {
-      await source.close()
-      await publisher.close()
-      throw new UsageError(`--metrics-port ${o.metricsPort}: cannot listen on ${o.metricsHost}: ${(err as Error).message}`)
-    }
-    log.info({ url: `http://${o.metricsHost}:${metrics.port}/metrics`, port: metrics.port }, 'serving Prometheus metrics')
-  }
-
-  const signals = untilSignal(log)
-  let status = EXIT_OK
-  source.on('stopped', (why) => {
-    if (why.reason === 'closed') return
-    status = EXIT_FAILURE
-    signals.stop(`engine source stopped (${why.reason})`)
-  })
-  const watchdog = new EngineWatchdog({
-    received: () => source.stats().received,
-    endpoints: () => source.endpoints,
-    silenceMs: o.engineSilence * 1000,
-    logger: log,
-  })
-  log.info(
-    { workerId: publisher.workerId.toString(), subject: publisher.subject, engine: source.endpoints, wire: o.wire, mode: o.mode },
-    'publishing: stop with SIGINT or SIGTERM',
-  )
-
-  const why = await signals.stopped
-  log.info({ why }, 'stopping: no more engine messages are read; publishing what was accepted')
-  watchdog.stop()
-  await source.close()
-  await publisher.close()
-  tracker.stop()
-  await metrics?.close()
-  signals.dispose()
-  const s = publisher.stats()
-  const src = source.stats()
-  log.info(
-    {
-      batches: s.ingest.batches.toString(),
-      events: (s.emitted.stored + s.emitted.removed + s.emitted.cleared).toString(),
-      rejected: Object.values(s.rejected)
-        .reduce((a, b) => a + b, 0n)
-        .toString(),
-      published: s.sink.published,
-      undelivered: s.sink.undelivered,
-      publishErrors: s.sink.publishErrors,
-      gaps: src.gaps.toString(),
-      recovered: src.recovered.toString(),
-      lost: src.lost.toString(),
-    },
-    'stopped',
-  )
-  return status
+export const publishCommand: CliCommand = {
+  name: 'publish',
+  define,
+  run: async (cmd) => (await import('./publish-run.js')).run(cmd),
 }
-
-export const publishCommand: CliCommand = { name: 'publish', define, run }
