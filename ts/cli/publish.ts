@@ -110,7 +110,7 @@ export function addEngineOptions(cmd: Command): Command {
     )
 }
 
-export function addNatsOptions(cmd: Command): Command {
+function addNatsOptions(cmd: Command): Command {
   return cmd
     .addOption(
       opt('--nats-server <urls>', 'NATS server URL(s), comma-separated (default nats://localhost:4222)', 'NATS_SERVER', nonEmptyArg),
@@ -155,7 +155,7 @@ export function natsOptions(cmd: Command, o: NatsFlags): NatsOptions {
   return nats
 }
 
-export function define(program: Command): Command {
+function define(program: Command): Command {
   const cmd = program
     .command('publish')
     .summary('the sidecar next to an engine: its ZeroMQ KV events to Dynamo router events on NATS')
