@@ -9,7 +9,6 @@ import { randomBytes } from 'node:crypto'
 import { raw } from '../../core/native.js'
 import type { DiscoveryBackend, DiscoveryErrorHandler, DiscoveryRecordBytes } from './backend.js'
 import { type DiscoveryOptions, parseU64, resolveDiscoveryConfig, DiscoveryConfigError } from './config.js'
-import { EtcdDiscovery } from './etcd.js'
 import { FileDiscovery } from './file.js'
 
 export type { DiscoveryBackend, DiscoveryErrorHandler, DiscoveryRecordBytes } from './backend.js'
@@ -25,7 +24,8 @@ export {
   type ResolvedDiscoveryConfig,
   resolveDiscoveryConfig,
 } from './config.js'
-export { EtcdDiscovery } from './etcd.js'
+// etcd3 (and its gRPC stack) loads only when the etcd backend is opened.
+export type { EtcdDiscovery } from './etcd.js'
 export { FileDiscovery } from './file.js'
 
 /** The largest publisher id the core accepts: a router reads it as a JSON number (2^53-1). */
@@ -92,6 +92,7 @@ export interface OpenDiscoveryOptions extends DiscoveryOptions {
 export async function openDiscovery(options: OpenDiscoveryOptions = {}, env: NodeJS.ProcessEnv = process.env): Promise<DiscoveryBackend> {
   const config = resolveDiscoveryConfig(options, env)
   if (config.backend === 'etcd') {
+    const { EtcdDiscovery } = await import('./etcd.js')
     return EtcdDiscovery.open({
       endpoints: config.endpoints,
       leaseTtlSeconds: config.leaseTtlSeconds,
