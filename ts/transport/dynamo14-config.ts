@@ -24,6 +24,7 @@ export const DEFAULT_ZMQ_SETTLE_MS = 1000
 /** Default bound on writing one rank's discovery records. */
 export const DEFAULT_REGISTER_TIMEOUT_MS = 30_000
 
+/** A bad `dynamo-1.4` transport configuration; the message names the option and the environment variable. */
 export class ConfigError extends RangeError {
   override name = 'ConfigError'
 }

@@ -83,6 +83,34 @@ export function publisherRecords(o: PublisherRecordsOptions): DiscoveryRecordByt
   return records
 }
 
+export interface ChannelRecordOptions {
+  namespace: string
+  component: string
+  /** The serving endpoint the channel is scoped to (e.g. `generate`). */
+  endpoint: string
+  /** The channel's topic, e.g. `kv_metrics`. */
+  topic: string
+  /** u64 in 1..=2^53-1: the channel's publisher id (its records' instance id). */
+  publisherId: bigint | string
+  /** The bound ZeroMQ PUB endpoint; null: the NATS event plane. */
+  zmqEndpoint: string | null
+}
+
+/** The EventChannel record of a publisher on another topic than `kv-events` (no EventSource: e.g. `kv_metrics`). */
+export function channelRecord(o: ChannelRecordOptions): DiscoveryRecordBytes {
+  const publisherId = parseU64(o.publisherId, 'publisherId')
+  try {
+    return raw.eventChannelRecord({
+      endpoint: { namespace: o.namespace, component: o.component, name: o.endpoint },
+      topic: o.topic,
+      publisherId,
+      zmqEndpoint: o.zmqEndpoint,
+    })
+  } catch (err) {
+    throw new DiscoveryConfigError((err as Error).message)
+  }
+}
+
 export interface OpenDiscoveryOptions extends DiscoveryOptions {
   /** Errors after start-up (a lost etcd lease, a failed file touch). Default: ignored. */
   onError?: DiscoveryErrorHandler
