@@ -1,0 +1,248 @@
+// KvEventPublisher with wire 'dynamo-1.4' end to end, against real stores and sockets: a dp rank's records
+// are in the discovery store (file store, etcd) before its first event, stay while the publisher runs
+// (past several TTLs), disappear on close() and expire after the publisher process is SIGKILLed. A router
+// built only from the fixtures' rules (helpers/router14.ts) finds each rank's EventChannel, subscribes to
+// the advertised ZeroMQ endpoint (or the percent-encoded NATS subject) and receives payloads equal, byte
+// for byte, to what a reference Ingestor emits for the same calls; decodeRouterEvent reads them.
+import test from 'ava'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { spawn } from 'node:child_process'
+import path from 'node:path'
+import { connect } from '@nats-io/transport-node'
+import { Etcd3 } from 'etcd3'
+import { decodeRouterEvent, Ingestor, KvEventPublisher, type KvEventPublisherOptions } from '../ts/index.js'
+import { eventually } from './helpers/discovery-process.js'
+import { type EtcdServer, startEtcd } from './helpers/etcd-server.js'
+import { fixture } from './helpers/fixtures.js'
+import { startNatsServer } from './helpers/nats-server.js'
+import { type ManualOp, manualOps, quiet, sleep, waitFor } from './helpers/publishing.js'
+import { ChannelSubscriber, type Discovered, decodeEnvelope, hex, listEtcd, listFileStore } from './helpers/router14.js'
+
+const WORKER = 8468889610773921793n
+const BS = 4
+
+const subjects = fixture<{
+  subjects: { examples: { namespace: string; component: string; endpoint: string; kv_events_subject: string }[] }
+}>('dynamo-1.6/router-wire-1.6.json').subjects.examples
+
+const roots: string[] = []
+function newRoot(): string {
+  const root = mkdtempSync(path.join(tmpdir(), 'dynamo-kv-pub14-'))
+  roots.push(root)
+  return root
+}
+let etcd: EtcdServer
+test.before(async () => {
+  etcd = await startEtcd()
+})
+test.after.always(async () => {
+  await etcd?.stop()
+  for (const r of roots) rmSync(r, { recursive: true, force: true })
+})
+
+type Target = Pick<KvEventPublisher, 'publishStored' | 'publishRemoved' | 'publishCleared'>
+
+async function apply(p: Target, op: ManualOp): Promise<void> {
+  if (op.kind === 'stored')
+    await p.publishStored({ tokenIds: op.tokenIds, blockHashes: op.blockHashes, parentHash: op.parentHash, dpRank: op.dpRank })
+  else if (op.kind === 'removed') await p.publishRemoved(op.blockHashes, op.dpRank)
+  else await p.publishCleared(op.dpRank)
+}
+
+/** The payloads (msgpack arrays of RouterEvents) a reference Ingestor emits per dp rank for the same calls. */
+function reference(ops: ManualOp[]): Map<number, string[]> {
+  const ing = new Ingestor({ kvBlockSize: BS, workerId: WORKER, wire: 'dynamo-1.4' })
+  const out = new Map<number, string[]>()
+  for (const op of ops) {
+    const r =
+      op.kind === 'stored'
+        ? ing.stored({ tokenIds: op.tokenIds, blockHashes: op.blockHashes, parentHash: op.parentHash, dpRank: op.dpRank })
+        : op.kind === 'removed'
+          ? ing.removed(op.blockHashes, op.dpRank)
+          : ing.cleared(op.dpRank)
+    for (const env of r.payloads) {
+      const list = out.get(r.dpRank!) ?? []
+      list.push(hex(decodeEnvelope(env).payload))
+      out.set(r.dpRank!, list)
+    }
+  }
+  ing.close()
+  return out
+}
+
+/** Checks the records as a 1.6 router reads them: one source and one ZeroMQ channel per rank, same ids. */
+function checkRecords(t: import('ava').ExecutionContext, found: Discovered, ranks: number[], kind: 'Zmq' | 'Nats'): void {
+  t.deepEqual(found.sources.map((s) => s.dpRank).sort(), ranks)
+  for (const s of found.sources) {
+    t.is(s.workerId, WORKER)
+    t.false(s.recoverable, 'live only: no recovery_target')
+    const ch = found.channels.find((c) => c.instanceId === s.publisherId)
+    t.truthy(ch, `rank ${s.dpRank} has its EventChannel`)
+    t.is(ch?.transport.kind, kind)
+  }
+  t.is(found.channels.length, ranks.length)
+}
+
+/** Receives every payload of the ranks from their discovered ZeroMQ channels, checking each message. */
+async function receiveAll(found: Discovered, want: Map<number, string[]>): Promise<Map<number, string[]>> {
+  const got = new Map<number, string[]>()
+  await Promise.all(
+    found.sources.map(async (s) => {
+      const sub = new ChannelSubscriber(found.channels.find((c) => c.instanceId === s.publisherId)!)
+      const list: string[] = []
+      try {
+        let seq = 0n
+        while (list.length < (want.get(s.dpRank)?.length ?? 0)) {
+          const m = await sub.receive()
+          if (m.sequence !== seq++) throw new Error(`rank ${s.dpRank}: sequence ${m.sequence}, expected ${seq - 1n}`)
+          const events = decodeRouterEvent(m.payload) as unknown as { worker_id: bigint; event: { dp_rank: number } }[]
+          if (!Array.isArray(events) || events.some((e) => e.worker_id !== WORKER || e.event.dp_rank !== s.dpRank))
+            throw new Error(`rank ${s.dpRank}: an event of another worker or rank`)
+          list.push(hex(m.payload))
+        }
+      } finally {
+        sub.close()
+      }
+      got.set(s.dpRank, list)
+    }),
+  )
+  return got
+}
+
+const opts = (o: Partial<KvEventPublisherOptions>): KvEventPublisherOptions => ({
+  wire: 'dynamo-1.4',
+  namespace: 'dynamo',
+  component: 'backend',
+  kvBlockSize: BS,
+  workerId: WORKER,
+  eventPlaneHost: '127.0.0.1',
+  zmqSettleMs: 60_000,
+  logger: quiet,
+  ...o,
+})
+
+test('ZeroMQ + file store: records before the first event, kept past several TTLs, frames equal a reference Ingestor, removed on close', async (t) => {
+  const root = newRoot()
+  const ops = [...manualOps(11, 40, BS, 2)]
+  const want = reference(ops)
+  const p = await KvEventPublisher.create(opts({ discovery: { backend: 'file', fileRoot: root, fileTtlMs: 1500 } }), {})
+  t.deepEqual(await listFileStore(root), { sources: [], channels: [] }, 'nothing is registered before a rank has an event')
+  for (const op of ops) await apply(p, op)
+  t.true(await eventually(async () => (await listFileStore(root)).channels.length === 2))
+  const found = await listFileStore(root)
+  checkRecords(t, found, [0, 1], 'Zmq')
+  // held until a router subscribes: nothing was sent yet
+  t.is(p.stats().sink.published, 0)
+  const got = await receiveAll(found, want)
+  t.deepEqual(got, want)
+  t.deepEqual(
+    p
+      .eventChannels()
+      .map((c) => c.publisherId)
+      .sort(),
+    found.sources.map((s) => s.publisherId).sort(),
+  )
+  await sleep(4000)
+  t.is((await listFileStore(root)).sources.length, 2, 'kept past several TTLs')
+  t.like(p.stats().discovery, { ranksRegistered: 2, held: 0, droppedUnregistered: 0 })
+  await p.close()
+  t.deepEqual(await listFileStore(root), { sources: [], channels: [] })
+})
+
+test('ZeroMQ + etcd: records under the lease, kept past several TTLs, revoked on close', async (t) => {
+  const reader = new Etcd3({ hosts: [etcd.url] })
+  try {
+    const ops = [...manualOps(12, 25, BS, 1)]
+    const want = reference(ops)
+    const p = await KvEventPublisher.create(opts({}), {
+      DYN_DISCOVERY_BACKEND: 'etcd',
+      ETCD_ENDPOINTS: etcd.url,
+      ETCD_LEASE_TTL: '1',
+    })
+    for (const op of ops) await apply(p, op)
+    t.true(await eventually(async () => (await listEtcd(reader)).channels.length === 1))
+    const found = await listEtcd(reader)
+    checkRecords(t, found, [0], 'Zmq')
+    t.deepEqual(await receiveAll(found, want), want)
+    await sleep(3500)
+    t.is((await listEtcd(reader)).sources.length, 1, 'kept alive past 3 TTLs')
+    await p.close()
+    t.deepEqual(await listEtcd(reader), { sources: [], channels: [] })
+  } finally {
+    reader.close()
+  }
+})
+
+test('NATS event plane: the envelopes on the percent-encoded endpoint subject equal a reference Ingestor', async (t) => {
+  const server = await startNatsServer()
+  const nc = await connect({ servers: server.url })
+  const root = newRoot()
+  const e = subjects.find((x) => x.kv_events_subject.includes('%20'))!
+  try {
+    const ops = [...manualOps(13, 30, BS, 2)]
+    const want = reference(ops)
+    const sub = nc.subscribe(e.kv_events_subject)
+    await nc.flush()
+    const p = await KvEventPublisher.create(
+      opts({ namespace: e.namespace, component: e.component, endpoint: e.endpoint, eventPlaneHost: undefined, zmqSettleMs: undefined }),
+      { DYN_EVENT_PLANE: 'nats', NATS_SERVER: server.url, DYN_DISCOVERY_BACKEND: 'file', DYN_FILE_KV: root },
+    )
+    t.is(p.subject, e.kv_events_subject)
+    for (const op of ops) await apply(p, op)
+    const total = [...want.values()].reduce((n, l) => n + l.length, 0)
+    const got = new Map<number, string[]>()
+    const publishers = new Map<bigint, number>()
+    let n = 0
+    for await (const m of sub) {
+      if (n === 0) checkRecords(t, await listFileStore(root), [0, 1], 'Nats')
+      const env = decodeEnvelope(m.data)
+      const events = decodeRouterEvent(env.payload) as unknown as { event: { dp_rank: number } }[]
+      const rank = events[0]!.event.dp_rank
+      t.is(publishers.get(env.publisherId) ?? rank, rank, 'one publisher id per rank')
+      publishers.set(env.publisherId, rank)
+      got.set(rank, [...(got.get(rank) ?? []), hex(env.payload)])
+      if (++n === total) break
+    }
+    t.deepEqual(got, want)
+    await p.close()
+    t.deepEqual(await listFileStore(root), { sources: [], channels: [] })
+  } finally {
+    await nc.close()
+    await server.stop()
+  }
+})
+
+test('a SIGKILLed publisher leaves its records to expire with its etcd lease', async (t) => {
+  const reader = new Etcd3({ hosts: [etcd.url] })
+  const child = spawn(process.execPath, ['--import=tsx', 'helpers/publisher14-child.ts'], {
+    cwd: new URL('.', import.meta.url).pathname,
+    env: { ...process.env, DYNAMO_KV_WORKER_ID: '42', DYN_DISCOVERY_BACKEND: 'etcd', ETCD_ENDPOINTS: etcd.url, ETCD_LEASE_TTL: '2' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  let out = ''
+  child.stdout.on('data', (d: Buffer) => {
+    out += d.toString()
+  })
+  child.stderr.on('data', (d: Buffer) => {
+    out += d.toString()
+  })
+  const exited = new Promise((r) => child.once('exit', r))
+  try {
+    await waitFor(() => out.includes('published'), 'the child to publish', 60_000).catch((err: Error) => {
+      throw new Error(`${err.message}: ${out}`)
+    })
+    const found = await listEtcd(reader)
+    t.deepEqual(
+      found.sources.filter((s) => s.workerId === 42n).map((s) => s.dpRank),
+      [0],
+    )
+    child.kill('SIGKILL')
+    await exited
+    t.true(await eventually(async () => (await listEtcd(reader)).sources.every((s) => s.workerId !== 42n), 20_000))
+    t.is((await listEtcd(reader)).channels.length, 0)
+  } finally {
+    child.kill('SIGKILL')
+    reader.close()
+  }
+})
