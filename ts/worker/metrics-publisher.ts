@@ -22,10 +22,12 @@ import {
 } from '../transport/discovery/index.js'
 import {
   DEFAULT_ENDPOINT,
+  DEFAULT_ZMQ_SETTLE_MS,
   type EventPlaneKind,
   resolveAdvertiseHost,
   resolveBindHost,
   resolveEventPlane,
+  resolveMs,
   resolveName14,
   resolvePort,
   resolveWorkerId,
@@ -54,6 +56,11 @@ export interface WorkerMetricsPublisherOptions {
   eventPlaneHost?: string
   zmqBindHost?: string
   zmqPort?: number
+  /**
+   * `dynamo-1.4`, ZeroMQ: values wait (the latest per rank) until a first router subscribed to the socket,
+   * for at most this long after create() (ms, default 1000; 0: no wait).
+   */
+  zmqSettleMs?: number
   /** `dynamo-1.4`: the discovery store (default: Dynamo's variables). */
   discovery?: DiscoveryOptions
   /** `dynamo-1.4`: the publisher id of this publisher's `kv_metrics` channel (default random in 1..=2^53-1). */
@@ -84,7 +91,17 @@ interface RankState {
   changed: number
 }
 
-const OPTIONS_14 = ['component', 'endpoint', 'eventPlane', 'eventPlaneHost', 'zmqBindHost', 'zmqPort', 'discovery', 'publisherId']
+const OPTIONS_14 = [
+  'component',
+  'endpoint',
+  'eventPlane',
+  'eventPlaneHost',
+  'zmqBindHost',
+  'zmqPort',
+  'zmqSettleMs',
+  'discovery',
+  'publisherId',
+]
 
 /** Where a `dynamo-1.4` metrics publisher sends its envelopes. */
 interface Wire14 {
@@ -93,6 +110,8 @@ interface Wire14 {
   discovery: DiscoveryBackend
   /** The advertised ZeroMQ endpoint, or the NATS subject. */
   eventChannel: string
+  /** False until a first router subscribed (or zmqSettleMs passed): values wait, the latest one per rank. */
+  ready: boolean
 }
 
 export class WorkerMetricsPublisher {
@@ -161,6 +180,7 @@ export class WorkerMetricsPublisher {
     const advertiseHost = eventPlane === 'zmq' ? resolveAdvertiseHost(options.eventPlaneHost, env) : ''
     const bindHost = resolveBindHost(options.zmqBindHost)
     const port = resolvePort(options.zmqPort)
+    const settleMs = resolveMs(options.zmqSettleMs, 'zmqSettleMs', DEFAULT_ZMQ_SETTLE_MS, 0)
     const publisherId = options.publisherId === undefined ? randomPublisherId() : u64('publisherId', options.publisherId)
     if (publisherId < 1n || publisherId > (1n << 53n) - 1n) throw new RangeError(`publisherId must be within 1..2^53-1, got ${publisherId}`)
     if (options.discovery !== undefined && (typeof options.discovery !== 'object' || options.discovery === null))
@@ -204,12 +224,28 @@ export class WorkerMetricsPublisher {
       await discovery.close()
       throw err
     }
-    const w14: Wire14 = { publisherId, channel, discovery, eventChannel: channel?.advertisedEndpoint ?? subject }
+    const w14: Wire14 = {
+      publisherId,
+      channel,
+      discovery,
+      eventChannel: channel?.advertisedEndpoint ?? subject,
+      ready: channel === null || settleMs === 0,
+    }
     logger.info(
       { wire: 'dynamo-1.4', workerId: workerId.toString(), publisherId: publisherId.toString(), eventChannel: w14.eventChannel },
       'worker metrics publisher ready',
     )
-    return new WorkerMetricsPublisher(workerId, subject, nc, owns, now, logger, w14)
+    const publisher = new WorkerMetricsPublisher(workerId, subject, nc, owns, now, logger, w14)
+    if (!w14.ready && channel !== null) {
+      let timer: NodeJS.Timeout | undefined
+      void Promise.race([channel.subscribed(), new Promise<void>((r) => (timer = setTimeout(r, settleMs)))]).then(() => {
+        clearTimeout(timer)
+        w14.ready = true
+        if (publisher.#closing === null)
+          for (const [rank, st] of publisher.#ranks) if (st.timer === null && st.latest !== st.lastPublished) publisher.#fire(rank, st)
+      })
+    }
+    return publisher
   }
 
   /** `dynamo-1.4`: this publisher's `kv_metrics` publisher id and event channel (endpoint or subject); null for `dynamo-1.0`. */
@@ -286,6 +322,8 @@ export class WorkerMetricsPublisher {
   #fire(rank: number, s: RankState): void {
     if (s.timer !== null) clearTimeout(s.timer)
     s.timer = null
+    // held until a first router subscribed (or zmqSettleMs passed); then the latest value goes out
+    if (this.#w14 !== null && !this.#w14.ready && this.#closing === null) return
     if (s.latest === s.lastPublished) {
       this.#stats.coalesced++
       return
