@@ -61,7 +61,9 @@ test('ZeroMQ: the kv_metrics channel is registered by create(); the ActiveLoad e
   t.is(found.sources.length, 0, 'a metrics channel has no EventSource')
   t.is(found.channels.length, 1)
   const ch = found.channels[0]!
-  t.is(ch.key, `v1/event_channels/${plain.kv_metrics_event_channel_key_path}`)
+  // the fixture's key path, with this channel's publisher id as its last segment
+  const prefix = plain.kv_metrics_event_channel_key_path.replace(/[0-9a-f]+$/, '')
+  t.is(ch.key, `v1/event_channels/${prefix}${PUBLISHER.toString(16)}`)
   t.is(ch.topic, 'kv_metrics')
   t.is(ch.transport.config.endpoint, m.eventChannel?.eventChannel)
   // the value waits for a first subscriber (zmqSettleMs), so the router gets it with sequence 0

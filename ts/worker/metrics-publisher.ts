@@ -329,11 +329,12 @@ export class WorkerMetricsPublisher {
       return
     }
     const w14 = this.#w14
-    const payload =
-      w14 === null
-        ? encodeActiveLoad({ workerId: this.workerId, dpRank: rank, activeDecodeBlocks: s.latest })
-        : encodeActiveLoad({ workerId: this.workerId, dpRank: rank, activeDecodeBlocks: null, kvUsedBlocks: s.latest })
+    // runs in a timer: nothing here may throw (it would end the process)
     try {
+      const payload =
+        w14 === null
+          ? encodeActiveLoad({ workerId: this.workerId, dpRank: rank, activeDecodeBlocks: s.latest })
+          : encodeActiveLoad({ workerId: this.workerId, dpRank: rank, activeDecodeBlocks: null, kvUsedBlocks: s.latest })
       const envelope = encodeEnvelope({
         publisherId: w14?.publisherId ?? this.workerId,
         sequence: this.#sequence,
