@@ -12,6 +12,7 @@ import path from 'node:path'
 import { connect } from '@nats-io/transport-node'
 import { Etcd3 } from 'etcd3'
 import { decodeRouterEvent, Ingestor, KvEventPublisher, type KvEventPublisherOptions } from '../ts/index.js'
+import { openDiscovery, publisherRecords } from '../ts/transport/discovery/index.js'
 import { eventually } from './helpers/discovery-process.js'
 import { type EtcdServer, startEtcd } from './helpers/etcd-server.js'
 import { fixture } from './helpers/fixtures.js'
@@ -213,36 +214,75 @@ test('NATS event plane: the envelopes on the percent-encoded endpoint subject eq
   }
 })
 
-test('a SIGKILLed publisher leaves its records to expire with its etcd lease', async (t) => {
-  const reader = new Etcd3({ hosts: [etcd.url] })
+/** Starts helpers/publisher14-child.ts with `env`; resolves once it has published its first event. */
+async function publishingChild(env: Record<string, string>): Promise<{ kill: () => Promise<void> }> {
   const child = spawn(process.execPath, ['--import=tsx', 'helpers/publisher14-child.ts'], {
     cwd: new URL('.', import.meta.url).pathname,
-    env: { ...process.env, DYNAMO_KV_WORKER_ID: '42', DYN_DISCOVERY_BACKEND: 'etcd', ETCD_ENDPOINTS: etcd.url, ETCD_LEASE_TTL: '2' },
+    env: { ...process.env, DYNAMO_KV_WORKER_ID: '42', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   })
   let out = ''
-  child.stdout.on('data', (d: Buffer) => {
+  const collect = (d: Buffer) => {
     out += d.toString()
-  })
-  child.stderr.on('data', (d: Buffer) => {
-    out += d.toString()
-  })
+  }
+  child.stdout.on('data', collect)
+  child.stderr.on('data', collect)
   const exited = new Promise((r) => child.once('exit', r))
+  const kill = async () => {
+    child.kill('SIGKILL')
+    await exited
+  }
   try {
-    await waitFor(() => out.includes('published'), 'the child to publish', 60_000).catch((err: Error) => {
-      throw new Error(`${err.message}: ${out}`)
-    })
+    await waitFor(() => out.includes('published'), 'the child to publish', 60_000)
+  } catch (err) {
+    await kill()
+    throw new Error(`${(err as Error).message}: ${out}`)
+  }
+  return { kill }
+}
+
+test('a SIGKILLed publisher leaves its records to expire with its etcd lease', async (t) => {
+  const reader = new Etcd3({ hosts: [etcd.url] })
+  const child = await publishingChild({ DYN_DISCOVERY_BACKEND: 'etcd', ETCD_ENDPOINTS: etcd.url, ETCD_LEASE_TTL: '2' })
+  try {
     const found = await listEtcd(reader)
     t.deepEqual(
       found.sources.filter((s) => s.workerId === 42n).map((s) => s.dpRank),
       [0],
     )
-    child.kill('SIGKILL')
-    await exited
+    await child.kill()
     t.true(await eventually(async () => (await listEtcd(reader)).sources.every((s) => s.workerId !== 42n), 20_000))
-    t.is((await listEtcd(reader)).channels.length, 0)
+    t.true((await listEtcd(reader)).channels.every((c) => !found.sources.some((s) => s.publisherId === c.instanceId)))
   } finally {
-    child.kill('SIGKILL')
+    await child.kill()
     reader.close()
+  }
+})
+
+test('a SIGKILLed publisher leaves its file-store records to the sweep of another process', async (t) => {
+  const root = newRoot()
+  const child = await publishingChild({ DYN_DISCOVERY_BACKEND: 'file', DYN_FILE_KV: root })
+  const found = await listFileStore(root)
+  t.is(found.sources.length, 1)
+  t.is(found.channels.length, 1)
+  await child.kill()
+  // any other process using the store sweeps files not touched within its TTL (here 1.5 s)
+  const other = await openDiscovery({ backend: 'file', fileRoot: root, fileTtlMs: 1500 }, {})
+  await other.register(
+    publisherRecords({
+      namespace: 'dynamo',
+      component: 'backend',
+      endpoint: 'generate',
+      workerId: 1n,
+      dpRank: 0,
+      publisherId: 1n,
+      zmqEndpoint: 'tcp://127.0.0.1:1',
+    }),
+  )
+  try {
+    t.true(await eventually(async () => (await listFileStore(root)).sources.every((s) => s.workerId !== 42n), 30_000))
+    t.is((await listFileStore(root)).channels.length, 1, "only the sweeper's own channel is left")
+  } finally {
+    await other.close()
   }
 })
