@@ -11,7 +11,7 @@ import { spawn } from 'node:child_process'
 import path from 'node:path'
 import { connect } from '@nats-io/transport-node'
 import { Etcd3 } from 'etcd3'
-import { decodeRouterEvent, Ingestor, KvEventPublisher, type KvEventPublisherOptions } from '../ts/index.js'
+import { decodeRouterEvents, Ingestor, KvEventPublisher, type KvEventPublisherOptions } from '../ts/index.js'
 import { openDiscovery, publisherRecords } from '../ts/transport/discovery/index.js'
 import { eventually } from './helpers/discovery-process.js'
 import { type EtcdServer, startEtcd } from './helpers/etcd-server.js'
@@ -97,8 +97,8 @@ async function receiveAll(found: Discovered, want: Map<number, string[]>): Promi
         while (list.length < (want.get(s.dpRank)?.length ?? 0)) {
           const m = await sub.receive()
           if (m.sequence !== seq++) throw new Error(`rank ${s.dpRank}: sequence ${m.sequence}, expected ${seq - 1n}`)
-          const events = decodeRouterEvent(m.payload) as unknown as { worker_id: bigint; event: { dp_rank: number } }[]
-          if (!Array.isArray(events) || events.some((e) => e.worker_id !== WORKER || e.event.dp_rank !== s.dpRank))
+          const events = decodeRouterEvents(m.payload)
+          if (events.length === 0 || events.some((e) => e.workerId !== WORKER || e.event.dpRank !== s.dpRank))
             throw new Error(`rank ${s.dpRank}: an event of another worker or rank`)
           list.push(hex(m.payload))
         }
@@ -198,8 +198,9 @@ test('NATS event plane: the envelopes on the percent-encoded endpoint subject eq
     for await (const m of sub) {
       if (n === 0) checkRecords(t, await listFileStore(root), [0, 1], 'Nats')
       const env = decodeEnvelope(m.data)
-      const events = decodeRouterEvent(env.payload) as unknown as { event: { dp_rank: number } }[]
-      const rank = events[0]!.event.dp_rank
+      const events = decodeRouterEvents(env.payload)
+      const rank = events[0]!.event.dpRank
+      t.true(events.every((ev) => ev.workerId === WORKER && ev.event.dpRank === rank))
       t.is(publishers.get(env.publisherId) ?? rank, rank, 'one publisher id per rank')
       publishers.set(env.publisherId, rank)
       got.set(rank, [...(got.get(rank) ?? []), hex(env.payload)])
