@@ -17,6 +17,7 @@ import { eventually } from './helpers/discovery-process.js'
 import { type EtcdServer, startEtcd } from './helpers/etcd-server.js'
 import { fixture } from './helpers/fixtures.js'
 import { startNatsServer } from './helpers/nats-server.js'
+import { BatchGenerator } from './helpers/gen-batches.js'
 import { type ManualOp, manualOps, quiet, sleep, waitFor } from './helpers/publishing.js'
 import { ChannelSubscriber, type Discovered, decodeEnvelope, hex, listEtcd, listFileStore } from './helpers/router14.js'
 
@@ -42,26 +43,37 @@ test.after.always(async () => {
   for (const r of roots) rmSync(r, { recursive: true, force: true })
 })
 
-type Target = Pick<KvEventPublisher, 'publishStored' | 'publishRemoved' | 'publishCleared'>
+type Op = ManualOp | { kind: 'ingest'; payload: Buffer }
+type Target = Pick<KvEventPublisher, 'publishStored' | 'publishRemoved' | 'publishCleared' | 'ingest'>
 
-async function apply(p: Target, op: ManualOp): Promise<void> {
-  if (op.kind === 'stored')
+/** Manual calls, then engine batches (some events bad, some batches malformed) over the same ranks. */
+function steps(seed: number, n: number, ranks: number): Op[] {
+  const gen = new BatchGenerator(seed, { kvBlockSize: BS, ranks: Array.from({ length: ranks }, (_, i) => i) })
+  return [...manualOps(seed, n, BS, ranks), ...Array.from({ length: n }, () => ({ kind: 'ingest' as const, payload: gen.next() }))]
+}
+
+async function apply(p: Target, op: Op): Promise<void> {
+  if (op.kind === 'ingest') await p.ingest(op.payload)
+  else if (op.kind === 'stored')
     await p.publishStored({ tokenIds: op.tokenIds, blockHashes: op.blockHashes, parentHash: op.parentHash, dpRank: op.dpRank })
   else if (op.kind === 'removed') await p.publishRemoved(op.blockHashes, op.dpRank)
   else await p.publishCleared(op.dpRank)
 }
 
 /** The payloads (msgpack arrays of RouterEvents) a reference Ingestor emits per dp rank for the same calls. */
-function reference(ops: ManualOp[]): Map<number, string[]> {
+function reference(ops: Op[]): Map<number, string[]> {
   const ing = new Ingestor({ kvBlockSize: BS, workerId: WORKER, wire: 'dynamo-1.4' })
   const out = new Map<number, string[]>()
   for (const op of ops) {
     const r =
-      op.kind === 'stored'
-        ? ing.stored({ tokenIds: op.tokenIds, blockHashes: op.blockHashes, parentHash: op.parentHash, dpRank: op.dpRank })
-        : op.kind === 'removed'
-          ? ing.removed(op.blockHashes, op.dpRank)
-          : ing.cleared(op.dpRank)
+      op.kind === 'ingest'
+        ? ing.ingest(op.payload)
+        : op.kind === 'stored'
+          ? ing.stored({ tokenIds: op.tokenIds, blockHashes: op.blockHashes, parentHash: op.parentHash, dpRank: op.dpRank })
+          : op.kind === 'removed'
+            ? ing.removed(op.blockHashes, op.dpRank)
+            : ing.cleared(op.dpRank)
+    if (r.dpRank === null) continue
     for (const env of r.payloads) {
       const list = out.get(r.dpRank!) ?? []
       list.push(hex(decodeEnvelope(env).payload))
@@ -125,7 +137,7 @@ const opts = (o: Partial<KvEventPublisherOptions>): KvEventPublisherOptions => (
 
 test('ZeroMQ + file store: records before the first event, kept past several TTLs, frames equal a reference Ingestor, removed on close', async (t) => {
   const root = newRoot()
-  const ops = [...manualOps(11, 40, BS, 2)]
+  const ops = steps(11, 40, 2)
   const want = reference(ops)
   const p = await KvEventPublisher.create(opts({ discovery: { backend: 'file', fileRoot: root, fileTtlMs: 1500 } }), {})
   t.deepEqual(await listFileStore(root), { sources: [], channels: [] }, 'nothing is registered before a rank has an event')
@@ -154,7 +166,7 @@ test('ZeroMQ + file store: records before the first event, kept past several TTL
 test('ZeroMQ + etcd: records under the lease, kept past several TTLs, revoked on close', async (t) => {
   const reader = new Etcd3({ hosts: [etcd.url] })
   try {
-    const ops = [...manualOps(12, 25, BS, 1)]
+    const ops = steps(12, 25, 1)
     const want = reference(ops)
     const p = await KvEventPublisher.create(opts({}), {
       DYN_DISCOVERY_BACKEND: 'etcd',
@@ -181,7 +193,7 @@ test('NATS event plane: the envelopes on the percent-encoded endpoint subject eq
   const root = newRoot()
   const e = subjects.find((x) => x.kv_events_subject.includes('%20'))!
   try {
-    const ops = [...manualOps(13, 30, BS, 2)]
+    const ops = steps(13, 30, 2)
     const want = reference(ops)
     const sub = nc.subscribe(e.kv_events_subject)
     await nc.flush()
