@@ -503,6 +503,7 @@ fn new_stateful() -> Ingestor {
         max_dp_ranks: 8,
         dp_ranks: None,
         local_indexer: Some(64),
+        ..IngestorConfig::new(1, 0)
     })
     .unwrap()
 }
@@ -657,6 +658,7 @@ impl Harness {
             max_dp_ranks: 64,
             dp_ranks: None,
             local_indexer: Some(16),
+            ..IngestorConfig::new(1, 0)
         })
         .unwrap();
 
@@ -2869,6 +2871,7 @@ fn nesting_at_and_over_the_limit() {
                                     max_dp_ranks: 64,
                                     dp_ranks: None,
                                     local_indexer: None,
+                                    ..IngestorConfig::new(1, 0)
                                 })
                                 .unwrap()
                                 .ingest(&b, 0),
@@ -2949,6 +2952,7 @@ fn one_byte_events_are_not_amplified_in_memory() {
         max_dp_ranks: 64,
         dp_ranks: None,
         local_indexer: None,
+        ..IngestorConfig::new(1, 0)
     })
     .unwrap();
     reset_peak();
