@@ -32,7 +32,7 @@ import {
   resolvePort,
   resolveWorkerId,
 } from '../transport/dynamo14-config.js'
-import { endpointSubject } from '../transport/dynamo14-names.js'
+import { endpointSubject } from '../core/api.js'
 import { ZmqPubChannel } from '../transport/zmq-pub.js'
 import type { DynamoWire } from './publisher.js'
 

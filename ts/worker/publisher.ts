@@ -32,7 +32,7 @@ import {
   resolvePort,
   resolveWorkerId,
 } from '../transport/dynamo14-config.js'
-import { endpointSubject } from '../transport/dynamo14-names.js'
+import { endpointSubject } from '../core/api.js'
 import { Dynamo14Sink, type DiscoveryStats } from '../transport/sinks/dynamo14.js'
 import { EventPlaneSink } from '../transport/sinks/event-plane.js'
 import { JetStreamSink } from '../transport/sinks/jetstream.js'
