@@ -169,6 +169,16 @@ test.serial('an unreachable NATS server is a configuration error naming the serv
   await usageError(t, ['demo', '--nats', url], /could not connect to NATS/)
 })
 
+test.serial('--wire dynamo-1.4 with an unreachable etcd is a configuration error naming the variables', async (t) => {
+  const url = `http://127.0.0.1:${await freePort()}`
+  await usageError(
+    t,
+    [...PUBLISH, '--wire', 'dynamo-1.4', '--worker-id', '42'],
+    new RegExp(`dynamo-1\\.4 publisher: etcd is not reachable at ${url.replaceAll('.', '\\.')} \\(ETCD_ENDPOINTS.*within 1000 ms`),
+    { DYN_DISCOVERY_BACKEND: 'etcd', ETCD_ENDPOINTS: url, ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS: '1' },
+  )
+})
+
 test.serial('an unknown log level is refused, from the flag or from DYNAMO_KV_LOG_LEVEL', async (t) => {
   await usageError(t, [...PUBLISH, '--log-level', 'loud'], /--log-level.*'loud' is invalid/)
   await usageError(t, ['demo'], /'loud' from env 'DYNAMO_KV_LOG_LEVEL' is invalid.*fatal, error, warn, info, debug, trace, silent/, {
