@@ -174,7 +174,7 @@ test('publish --wire dynamo-1.4, direct ZeroMQ + file store: records while it ru
   try {
     const { port } = (await run.waitForLog((r) => r.msg === 'serving Prometheus metrics')) as { port: number }
     await run.waitForLog((r) => typeof r.msg === 'string' && r.msg.startsWith('publishing'))
-    await caughtUp(sim, port)
+    t.is(metric(await caughtUp(sim, port), 'dynamo_kv_discovery_ranks_registered'), 0)
     t.deepEqual(await listFileStore(root), { sources: [], channels: [] }, 'nothing is registered before the rank has an event')
 
     await sim.run(100)
@@ -186,7 +186,9 @@ test('publish --wire dynamo-1.4, direct ZeroMQ + file store: records while it ru
     checkRecords(t, found, 'Zmq')
     const channel = found.channels[0]!
     t.regex(String(channel.transport.config.endpoint), /^tcp:\/\/127\.0\.0\.1:\d+$/)
-    // held for the first router: none sent, all of them waiting
+    // records written, the rank waits for its first router (not counted registered until then): none sent
+    text = await scrape(port)
+    t.is(metric(text, 'dynamo_kv_discovery_ranks_registered'), 0)
     t.is(metric(text, 'dynamo_kv_published_total'), 0)
     t.is(metric(text, 'dynamo_kv_discovery_held'), want.payloads.length)
 
@@ -207,6 +209,7 @@ test('publish --wire dynamo-1.4, direct ZeroMQ + file store: records while it ru
     checkIndex(t, index, sim)
 
     text = await scrape(port)
+    t.is(metric(text, 'dynamo_kv_discovery_ranks_registered'), 1)
     t.is(metric(text, 'dynamo_kv_discovery_held'), 0)
     t.is(metric(text, 'dynamo_kv_discovery_register_failures_total'), 0)
     t.is(metric(text, 'dynamo_kv_discovery_dropped_unregistered_total'), 0)
@@ -264,6 +267,7 @@ test('publish --wire dynamo-1.4 on a NATS event plane: every payload on the endp
     t.true(await eventually(async () => got.length >= want.payloads.length))
     checkRecords(t, await listFileStore(root), 'Nats')
     const text = await scrape(port)
+    t.is(metric(text, 'dynamo_kv_discovery_ranks_registered'), 1)
     t.is(metric(text, 'dynamo_kv_discovery_held'), 0)
     t.is(metric(text, 'dynamo_kv_discovery_register_failures_total'), 0)
 
