@@ -8,7 +8,7 @@
 //   await nats.kill('SIGKILL')  // a crash; restart() brings it back
 //   await nats.stop()           // also removes the store dir if this helper created it
 import { spawn, type ChildProcess } from 'node:child_process'
-import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs'
+import { accessSync, constants, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import net from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
@@ -215,5 +215,26 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
       await terminate('SIGTERM')
       await launch()
     },
+  }
+}
+
+/**
+ * SIGSTOPs a process and returns once the kernel reports it stopped (state `T` in /proc/PID/stat), so a test
+ * never races a server that is still answering: kill() only queues the signal, and on a busy machine the
+ * target may run on another core for a while before it stops.
+ */
+export function stopProcess(pid: number, timeoutMs = 5000): void {
+  process.kill(pid, 'SIGSTOP')
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    let state = ''
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+      state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3)
+    } catch {
+      return // no procfs: the signal was sent, nothing more to wait for
+    }
+    if (state === 'T' || state === 't') return
+    if (Date.now() > deadline) throw new Error(`process ${pid} did not stop within ${timeoutMs} ms (state ${state})`)
   }
 }
