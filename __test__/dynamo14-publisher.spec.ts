@@ -309,3 +309,31 @@ test('a SIGKILLed publisher leaves its file-store records to the sweep of anothe
     await other.close()
   }
 })
+
+test('events held for their rank count against maxPending: calls wait (in order) until a router subscribed', async (t) => {
+  const root = newRoot()
+  const p = await KvEventPublisher.create(opts({ maxPending: 4, discovery: { backend: 'file', fileRoot: root } }), {})
+  t.teardown(() => p.close())
+  const calls = Array.from({ length: 10 }, (_, i) => p.publishStored({ tokenIds: [1, 2, 3, 4], blockHashes: [BigInt(i + 1)] }))
+  const settled: number[] = []
+  for (const [i, c] of calls.entries()) void c.then(() => settled.push(i))
+  t.true(await eventually(async () => (await listFileStore(root)).channels.length === 1))
+  // registered, no router yet: 4 events held, the other calls wait
+  await waitFor(() => p.stats().discovery?.held === 4 && p.stats().waiting === 6, 'held events and waiting calls')
+  t.deepEqual(settled, [0, 1, 2, 3])
+  const sub = new ChannelSubscriber((await listFileStore(root)).channels[0]!)
+  try {
+    const ids: bigint[] = []
+    while (ids.length < 10) for (const ev of decodeRouterEvents((await sub.receive()).payload)) ids.push(ev.event.eventId)
+    t.deepEqual(
+      ids,
+      Array.from({ length: 10 }, (_, i) => BigInt(i + 1)),
+      'ids from 1, in call order',
+    )
+    await Promise.all(calls)
+    t.deepEqual(settled, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    t.like(p.stats().discovery, { held: 0, heldTotal: 4, ranksRegistered: 1 })
+  } finally {
+    sub.close()
+  }
+})

@@ -175,6 +175,20 @@ test('file store: a rank is registered before its envelopes go out, held until a
   t.deepEqual(await listFileStore(root), { sources: [], channels: [] })
 })
 
+test('without a subscriber, a registered rank sends after zmqSettleMs (frames nobody receives)', async (t) => {
+  const root = newRoot()
+  const discovery = await openDiscovery({ backend: 'file', fileRoot: root }, {})
+  const sink = zmqSink(discovery, 200)
+  try {
+    sink.send([SEQ0, SEQ1], 0)
+    await waitFor(() => sink.stats().published === 2, 'the settle time to pass')
+    t.like(sink.discoveryStats(), { ranksRegistered: 1, held: 0, heldTotal: 2 })
+    t.is(sink.pending, 0)
+  } finally {
+    await sink.close(2000)
+  }
+})
+
 test('a rank that cannot register drops what it held, counted, and publishes nothing', async (t) => {
   const root = newRoot()
   // another descriptor already holds this publisher id's EventSource key

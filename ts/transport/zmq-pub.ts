@@ -112,7 +112,10 @@ export interface ZmqPubChannelStats {
   sent: number
   /** Envelopes not sent: the socket failed, or the envelope's ids did not match the channel. */
   failed: number
-  /** Subscriptions seen (each subscriber of this topic, and each re-subscription after a reconnect). */
+  /**
+   * Subscriptions the socket reported: an XPUB reports a topic when its first subscriber subscribes, and
+   * again after every subscriber had left (a router that reconnects alone).
+   */
   subscriptions: number
 }
 

@@ -126,7 +126,7 @@ export class Dynamo14Sink implements Sink {
   send(payloads: Buffer[], dpRank: number): void {
     if (payloads.length === 0) return
     let rank = this.#ranks.get(dpRank)
-    if (rank === undefined || (rank.state === 'failed' && performance.now() >= rank.retryAt)) rank = this.#open(dpRank)
+    if (rank === undefined || (rank.state === 'failed' && performance.now() >= rank.retryAt)) rank = this.#open(dpRank, rank?.channel ?? null)
     if (rank.state === 'ready') this.#deliver(rank, payloads)
     else if (rank.state === 'registering') {
       for (const p of payloads) rank.held.push(p)
@@ -136,13 +136,14 @@ export class Dynamo14Sink implements Sink {
   }
 
   /** Starts registering a rank (its channel, then its records); its envelopes are held meanwhile. */
-  #open(dpRank: number): RankState {
+  #open(dpRank: number, channel: ZmqPubChannel | null): RankState {
     const rank: RankState = {
       dpRank,
       publisherId: this.#o.publisherId(dpRank),
       state: 'registering',
       held: [],
-      channel: null,
+      // a retry keeps the socket (and port) of the failed attempt
+      channel,
       retryAt: 0,
       where: '',
       opened: Promise.resolve(),
