@@ -19,7 +19,7 @@ import { computeBlockHashes, Ingestor, KvEventPublisher, type KvEventPublisherOp
 import { EngineSimulator } from '../ts/sim/engine.js'
 import { Rng } from '../ts/sim/rng.js'
 import { DynamoRouter, dynamoPython, type Query, type RouterAnswer } from './helpers/dynamo-router.js'
-import { arr, encode, f64, map, nil, s, u } from './helpers/mp.js'
+import { arr, encode, f64, type Mp, map, nil, s, u } from './helpers/mp.js'
 import { startNatsServer } from './helpers/nats-server.js'
 import { quiet } from './helpers/publishing.js'
 import { warmUp } from './helpers/zmq.js'
@@ -102,8 +102,8 @@ const prompts: (Query & { name: string })[] = [
 ]
 
 /** The vLLM-format BlockStored event (map form) for a chain. */
-function storedEvent(c: Chain, parent: bigint | null): ReturnType<typeof map> {
-  const entries: Record<string, ReturnType<typeof nil>> = {
+function storedEvent(c: Chain, parent: bigint | null): Mp {
+  const entries: Record<string, Mp> = {
     type: s('BlockStored'),
     block_hashes: arr(...c.hashes.map((h) => u(h))),
     parent_block_hash: parent === null ? nil : u(parent),
@@ -118,7 +118,7 @@ function storedEvent(c: Chain, parent: bigint | null): ReturnType<typeof map> {
 }
 
 /** One engine batch `[ts, events, dp_rank]`. */
-const batch = (dpRank: number, events: ReturnType<typeof map>[]) => encode(arr(f64(1_700_000_000.5), arr(...events), u(dpRank)))
+const batch = (dpRank: number, events: Mp[]) => encode(arr(f64(1_700_000_000.5), arr(...events), u(dpRank)))
 
 const removedEvent = (hashes: bigint[]) => map({ type: s('BlockRemoved'), block_hashes: arr(...hashes.map((h) => u(h))), medium: s('GPU') })
 const clearedEvent = () => map({ type: s('AllBlocksCleared') })
@@ -165,7 +165,9 @@ async function converge(router: DynamoRouter, qs: (Query & { name: string })[], 
     // best_worker and get_overlap_scores are two queries: both must have seen the last events
     const same = got.every((g, k) => {
       const w = want(qs[k]!)
-      return g.answer !== null && JSON.stringify(g.answer.ranks) === JSON.stringify(w) && g.answer.best.overlap === Math.max(...Object.values(w))
+      return (
+        g.answer !== null && JSON.stringify(g.answer.ranks) === JSON.stringify(w) && g.answer.best.overlap === Math.max(...Object.values(w))
+      )
     })
     if (same || Date.now() > deadline) return got
     await new Promise((r) => setTimeout(r, 200))
@@ -227,91 +229,109 @@ async function startRouter(t: ExecutionContext, root: string, eventPlane: 'zmq' 
   return router
 }
 
-dynamoTest('ZeroMQ event plane: engine batches through ZeroMQ engine sockets reach a Dynamo 1.6.1 router, per rank, with LoRA and salt', async (t) => {
-  const root = newRoot()
-  const router = await startRouter(t, root, 'zmq')
-  const sims = await Promise.all(RANKS.map((dpRank) => EngineSimulator.create({ dpRank, kvBlockSize: BS })))
-  t.teardown(() => {
-    for (const sim of sims) sim.close()
-  })
-  const publisher = await KvEventPublisher.create(
-    publisherOptions(router.workerId, {
-      eventPlane: 'zmq',
-      eventPlaneHost: '127.0.0.1',
-      zmqBindHost: '127.0.0.1',
-      // a rank's first events wait for the router's subscription (ZeroMQ drops what is sent before it)
-      zmqSettleMs: CONVERGE_MS,
-      discovery: { backend: 'file', fileRoot: root },
-      zmq: { endpoints: sims.map((sim) => sim.endpoint) },
-    }),
-    {},
-  )
-  t.teardown(() => publisher.close())
-  await warmUp(publisher.source!, ...sims)
-  const want = new Expectation(router.workerId)
-  t.teardown(() => want.close())
-  const send = async (dpRank: number, events: ReturnType<typeof map>[]) => {
-    const b = batch(dpRank, events)
-    want.ingest(b)
-    await sims[dpRank]!.sendPayload(b)
-  }
+dynamoTest(
+  'ZeroMQ event plane: engine batches through ZeroMQ engine sockets reach a Dynamo 1.6.1 router, per rank, with LoRA and salt',
+  async (t) => {
+    const root = newRoot()
+    const router = await startRouter(t, root, 'zmq')
+    const sims = await Promise.all(RANKS.map((dpRank) => EngineSimulator.create({ dpRank, kvBlockSize: BS })))
+    t.teardown(() => {
+      for (const sim of sims) sim.close()
+    })
+    const publisher = await KvEventPublisher.create(
+      publisherOptions(router.workerId, {
+        eventPlane: 'zmq',
+        eventPlaneHost: '127.0.0.1',
+        zmqBindHost: '127.0.0.1',
+        // a rank's first events wait for the router's subscription (ZeroMQ drops what is sent before it)
+        zmqSettleMs: CONVERGE_MS,
+        discovery: { backend: 'file', fileRoot: root },
+        zmq: { endpoints: sims.map((sim) => sim.endpoint) },
+      }),
+      {},
+    )
+    t.teardown(() => publisher.close())
+    await warmUp(publisher.source!, ...sims)
+    const want = new Expectation(router.workerId)
+    t.teardown(() => want.close())
+    const send = async (dpRank: number, events: Mp[]) => {
+      const b = batch(dpRank, events)
+      want.ingest(b)
+      await sims[dpRank]!.sendPayload(b)
+    }
 
-  for (const c of chains) await send(c.dpRank, [storedEvent(c, null)])
-  await send(tail.dpRank, [storedEvent(tail, tail.parent)])
-  const ranks = (q: Query) => want.ranks(q)
-  check(t, router, await converge(router, prompts, ranks), prompts, ranks)
-  t.deepEqual(ranks({ tokens: A }), { 0: 6, 1: 2 }, 'the package itself implies the prefix overlaps the input was built for')
+    for (const c of chains) await send(c.dpRank, [storedEvent(c, null)])
+    await send(tail.dpRank, [storedEvent(tail, tail.parent)])
+    const ranks = (q: Query) => want.ranks(q)
+    check(t, router, await converge(router, prompts, ranks), prompts, ranks)
+    t.deepEqual(ranks({ tokens: A }), { 0: 6, 1: 2 }, 'the package itself implies the prefix overlaps the input was built for')
 
-  // removes on rank 1 (D's last two blocks), then an engine clear of rank 0 only
-  await send(1, [removedEvent(chains[4]!.hashes.slice(2))])
-  await send(0, [clearedEvent()])
-  check(t, router, await converge(router, prompts, ranks), prompts, ranks)
-  t.deepEqual(ranks({ tokens: A }), { 0: 0, 1: 2 }, 'the clear emptied rank 0 only')
-  t.is(publisher.stats().discovery?.ranksRegistered, 2)
-})
+    // removes on rank 1 (D's last two blocks), then an engine clear of rank 0 only
+    await send(1, [removedEvent(chains[4]!.hashes.slice(2))])
+    await send(0, [clearedEvent()])
+    check(t, router, await converge(router, prompts, ranks), prompts, ranks)
+    t.deepEqual(ranks({ tokens: A }), { 0: 0, 1: 2 }, 'the clear emptied rank 0 only')
+    t.is(publisher.stats().discovery?.ranksRegistered, 2)
+  },
+)
 
-dynamoTest('NATS event plane: the manual API reaches a Dynamo 1.6.1 router; a dynamo-1.0 publisher on the same NATS server is not seen', async (t) => {
-  const root = newRoot()
-  const nats = await startNatsServer()
-  t.teardown(() => nats.stop())
-  const router = await startRouter(t, root, 'nats', nats.url)
-  const publisher = await KvEventPublisher.create(
-    publisherOptions(router.workerId, { eventPlane: 'nats', nats: { servers: nats.url }, discovery: { backend: 'file', fileRoot: root } }),
-    {},
-  )
-  t.teardown(() => publisher.close())
-  const want = new Expectation(router.workerId)
-  t.teardown(() => want.close())
-  const store = async (p: KvEventPublisher, c: Chain, parentHash: bigint | null = null) => {
-    const args: StoredArgs = { tokenIds: c.tokens, blockHashes: c.hashes, parentHash, dpRank: c.dpRank, loraName: c.lora ?? null }
-    if (c.salt) args.cacheSalt = c.salt
-    if (p === publisher) want.stored(args)
-    await p.publishStored(args)
-  }
-  for (const c of chains) await store(publisher, c)
-  await store(publisher, tail, tail.parent)
-  const ranks = (q: Query) => want.ranks(q)
-  check(t, router, await converge(router, prompts, ranks), prompts, ranks)
+dynamoTest(
+  'NATS event plane: the manual API reaches a Dynamo 1.6.1 router; a dynamo-1.0 publisher on the same NATS server is not seen',
+  async (t) => {
+    const root = newRoot()
+    const nats = await startNatsServer()
+    t.teardown(() => nats.stop())
+    const router = await startRouter(t, root, 'nats', nats.url)
+    const publisher = await KvEventPublisher.create(
+      publisherOptions(router.workerId, {
+        eventPlane: 'nats',
+        nats: { servers: nats.url },
+        discovery: { backend: 'file', fileRoot: root },
+      }),
+      {},
+    )
+    t.teardown(() => publisher.close())
+    const want = new Expectation(router.workerId)
+    t.teardown(() => want.close())
+    const store = async (p: KvEventPublisher, c: Chain, parentHash: bigint | null = null) => {
+      const args: StoredArgs = { tokenIds: c.tokens, blockHashes: c.hashes, parentHash, dpRank: c.dpRank, loraName: c.lora ?? null }
+      if (c.salt) args.cacheSalt = c.salt
+      if (p === publisher) want.stored(args)
+      await p.publishStored(args)
+    }
+    for (const c of chains) await store(publisher, c)
+    await store(publisher, tail, tail.parent)
+    const ranks = (q: Query) => want.ranks(q)
+    check(t, router, await converge(router, prompts, ranks), prompts, ranks)
 
-  // A dynamo-1.0 publisher with the same worker id, namespace and component publishes F on rank 0. A 1.6
-  // router cannot see it: it publishes on `namespace.{ns}.component.{c}.kv-events` (the 1.4+ subject adds
-  // `.endpoint.{e}`), writes no EventSource record (a 1.6 router drops envelopes of a publisher id it has
-  // not discovered), and its payload is one RouterEvent map where 1.6 reads an array of them.
-  const old = await KvEventPublisher.create(
-    { wire: 'dynamo-1.0', namespace: NAMESPACE, component: COMPONENT, kvBlockSize: BS, workerId: router.workerId, nats: { servers: nats.url }, logger: quiet },
-    {},
-  )
-  t.teardown(() => old.close())
-  const f: Chain = { dpRank: 0, tokens: F, hashes: engineHashes(3) }
-  await store(old, f)
-  t.true(await old.flush(10_000), 'the dynamo-1.0 publisher confirmed its events')
-  // Then the 1.4 publisher publishes G on the same rank: once the router sees G, it has had F's chance.
-  await store(publisher, { dpRank: 0, tokens: G, hashes: engineHashes(2) })
-  const withG = [...prompts, { name: 'G (1.4)', tokens: G }, { name: 'F (1.0)', tokens: F }]
-  check(t, router, await converge(router, withG, ranks), withG, ranks)
-  t.deepEqual(ranks({ tokens: F }), { 0: 0, 1: 0 })
-  // The same store through the 1.4 publisher is seen.
-  await store(publisher, f)
-  check(t, router, await converge(router, withG, ranks), withG, ranks)
-  t.deepEqual(ranks({ tokens: F }), { 0: 3, 1: 0 })
-})
+    // A dynamo-1.0 publisher with the same worker id, namespace and component publishes F on rank 0. A 1.6
+    // router cannot see it: it publishes on `namespace.{ns}.component.{c}.kv-events` (the 1.4+ subject adds
+    // `.endpoint.{e}`), writes no EventSource record (a 1.6 router drops envelopes of a publisher id it has
+    // not discovered), and its payload is one RouterEvent map where 1.6 reads an array of them.
+    const old = await KvEventPublisher.create(
+      {
+        wire: 'dynamo-1.0',
+        namespace: NAMESPACE,
+        component: COMPONENT,
+        kvBlockSize: BS,
+        workerId: router.workerId,
+        nats: { servers: nats.url },
+        logger: quiet,
+      },
+      {},
+    )
+    t.teardown(() => old.close())
+    const f: Chain = { dpRank: 0, tokens: F, hashes: engineHashes(3) }
+    await store(old, f)
+    t.true(await old.flush(10_000), 'the dynamo-1.0 publisher confirmed its events')
+    // Then the 1.4 publisher publishes G on the same rank: once the router sees G, it has had F's chance.
+    await store(publisher, { dpRank: 0, tokens: G, hashes: engineHashes(2) })
+    const withG = [...prompts, { name: 'G (1.4)', tokens: G }, { name: 'F (1.0)', tokens: F }]
+    check(t, router, await converge(router, withG, ranks), withG, ranks)
+    t.deepEqual(ranks({ tokens: F }), { 0: 0, 1: 0 })
+    // The same store through the 1.4 publisher is seen.
+    await store(publisher, f)
+    check(t, router, await converge(router, withG, ranks), withG, ranks)
+    t.deepEqual(ranks({ tokens: F }), { 0: 3, 1: 0 })
+  },
+)

@@ -112,7 +112,7 @@ export class DynamoRouter {
       lines.on('line', (line) => {
         const msg = JSON.parse(line) as { ready?: boolean; workerId?: string } & RawAnswer
         if (msg.ready) resolve(BigInt(msg.workerId!))
-        else router?.#answered(msg)
+        else if (router !== null) router.#answered(msg)
       })
     })
     try {

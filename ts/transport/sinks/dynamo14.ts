@@ -126,7 +126,8 @@ export class Dynamo14Sink implements Sink {
   send(payloads: Buffer[], dpRank: number): void {
     if (payloads.length === 0) return
     let rank = this.#ranks.get(dpRank)
-    if (rank === undefined || (rank.state === 'failed' && performance.now() >= rank.retryAt)) rank = this.#open(dpRank, rank?.channel ?? null)
+    if (rank === undefined || (rank.state === 'failed' && performance.now() >= rank.retryAt))
+      rank = this.#open(dpRank, rank?.channel ?? null)
     if (rank.state === 'ready') this.#deliver(rank, payloads)
     else if (rank.state === 'registering') {
       for (const p of payloads) rank.held.push(p)
@@ -309,7 +310,7 @@ export class Dynamo14Sink implements Sink {
     this.#zmqPending = 0
     if (this.#nats !== null) await this.#nats.close(left())
     // Registrations still in flight finish (or fail) before the records are removed.
-    await Promise.race([Promise.all([...this.#ranks.values()].map((r) => r.opened)), new Promise((r) => setTimeout(r, left()))])
+    await Promise.race([Promise.all([...this.#ranks.values()].map((r) => r.opened)), new Promise((r) => setTimeout(r, left()).unref())])
     await this.#o.discovery.close()
     this.#progress()
   }
