@@ -8,6 +8,12 @@
 // sockets) and NATS (the manual API, with a private nats-server). A `dynamo-1.0` publisher on the same
 // NATS server is not seen (see that test).
 //
+// Each step waits until the router agrees before the next one is sent. Dynamo 1.6.1's default indexer
+// (router_event_threads 4: ConcurrentRadixTreeCompressed, dp ranks on different threads) can lose blocks
+// of one rank when another rank's store splitting the same compressed edge is applied at the same time:
+// sent back to back, rank 0 here lost A's blocks 2-3 in about a third of runs (never with one indexer
+// thread, never with the stores paced). That race is the router's; pacing keeps it out of what is tested.
+//
 // Needs an interpreter with ai-dynamo-runtime==1.6.1: `bash .ci/dynamo-venv` creates one where this spec
 // looks ($DYNAMO_KV_DYNAMO_PYTHON overrides). Without it the tests are skipped, saying so, unless
 // DYNAMO_KV_EXPECT_DYNAMO=1 (CI), which makes a missing interpreter a failure.
@@ -15,7 +21,15 @@ import test, { type ExecutionContext } from 'ava'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import { computeBlockHashes, Ingestor, KvEventPublisher, type KvEventPublisherOptions, RadixIndex, type StoredArgs } from '../ts/index.js'
+import {
+  computeBlockHashes,
+  implementation,
+  Ingestor,
+  KvEventPublisher,
+  type KvEventPublisherOptions,
+  RadixIndex,
+  type StoredArgs,
+} from '../ts/index.js'
 import { EngineSimulator } from '../ts/sim/engine.js'
 import { Rng } from '../ts/sim/rng.js'
 import { DynamoRouter, dynamoPython, type Query, type RouterAnswer } from './helpers/dynamo-router.js'
@@ -54,6 +68,7 @@ function newRoot(): string {
 // --- input: stored chains, some under a LoRA adapter or a cache salt ---------------------------------
 
 interface Chain {
+  name: string
   dpRank: number
   tokens: Uint32Array
   /** The engine's own block hashes (any u64: the router indexes the tokens hashes). */
@@ -76,14 +91,20 @@ const MISS = tokens(4)
 
 /** Rank 0 holds A (stored as 4 + 2 chained blocks) and C under a salt; rank 1 A's first two blocks, B under a LoRA, D. */
 const chains: Chain[] = [
-  { dpRank: 0, tokens: A.subarray(0, 4 * BS), hashes: engineHashes(4) },
-  { dpRank: 1, tokens: A.subarray(0, 2 * BS), hashes: engineHashes(2) },
-  { dpRank: 1, tokens: B, hashes: engineHashes(5), lora: 'adapter-x' },
-  { dpRank: 0, tokens: C, hashes: engineHashes(3), salt: 'tenant-x' },
-  { dpRank: 1, tokens: D, hashes: engineHashes(4) },
+  { name: "rank 0's A[0..4]", dpRank: 0, tokens: A.subarray(0, 4 * BS), hashes: engineHashes(4) },
+  { name: "rank 1's A[0..2]", dpRank: 1, tokens: A.subarray(0, 2 * BS), hashes: engineHashes(2) },
+  { name: "rank 1's B under a LoRA", dpRank: 1, tokens: B, hashes: engineHashes(5), lora: 'adapter-x' },
+  { name: "rank 0's C under a salt", dpRank: 0, tokens: C, hashes: engineHashes(3), salt: 'tenant-x' },
+  { name: "rank 1's D", dpRank: 1, tokens: D, hashes: engineHashes(4) },
 ]
 /** A's last two blocks, chained to its fourth on rank 0. */
-const tail: Chain & { parent: bigint } = { dpRank: 0, tokens: A.subarray(4 * BS), hashes: engineHashes(2), parent: chains[0]!.hashes[3]! }
+const tail: Chain & { parent: bigint } = {
+  name: "rank 0's A[4..6] chained to A[3]",
+  dpRank: 0,
+  tokens: A.subarray(4 * BS),
+  hashes: engineHashes(2),
+  parent: chains[0]!.hashes[3]!,
+}
 
 const prompts: (Query & { name: string })[] = [
   { name: 'A', tokens: A },
@@ -169,37 +190,46 @@ async function converge(router: DynamoRouter, qs: (Query & { name: string })[], 
         g.answer !== null && JSON.stringify(g.answer.ranks) === JSON.stringify(w) && g.answer.best.overlap === Math.max(...Object.values(w))
       )
     })
-    if (same || Date.now() > deadline) return got
-    await new Promise((r) => setTimeout(r, 200))
+    if (same) return got
+    if (Date.now() > deadline) {
+      // what the router holds and said, for the failure that follows
+      console.error(`Dynamo router's indexer:\n${await router.dump()}\nits log:\n${router.output()}`)
+      return got
+    }
+    await new Promise((r) => setTimeout(r, 50))
   }
 }
 
-/** The router's answers equal the expectation, its best worker is the most overlapping rank, its hashes ours. */
-function check(
+/**
+ * After a step: the router's answers for every prompt equal the expectation, its best worker is the most
+ * overlapping rank, and its block hashes are computeBlockHashes'. Returns how many prompts matched a block.
+ */
+async function agree(
   t: ExecutionContext,
   router: DynamoRouter,
-  got: { name: string; answer: RouterAnswer | null }[],
+  step: string,
   qs: (Query & { name: string })[],
   want: (q: Query) => Record<number, number>,
-): void {
+): Promise<number> {
+  const got = await converge(router, qs, want)
   for (const [k, g] of got.entries()) {
     const q = qs[k]!
     const w = want(q)
-    t.not(g.answer, null, `${g.name}: the router answered`)
+    const what = `after ${step}, ${g.name}`
+    t.not(g.answer, null, `${what}: the router answered`)
     if (g.answer === null) continue
-    t.deepEqual(g.answer.ranks, w, `${g.name}: device overlap per dp rank`)
+    t.deepEqual(g.answer.ranks, w, `${what}: device overlap per dp rank`)
     const best = Math.max(...Object.values(w))
-    t.is(g.answer.best.overlap, best, `${g.name}: best_worker's overlap`)
-    t.is(g.answer.best.workerId, router.workerId, `${g.name}: best_worker's worker`)
-    t.is(w[g.answer.best.dpRank], best, `${g.name}: best_worker picked a rank with the longest match`)
+    t.is(g.answer.best.overlap, best, `${what}: best_worker's overlap`)
+    t.is(g.answer.best.workerId, router.workerId, `${what}: best_worker's worker`)
+    t.is(w[g.answer.best.dpRank], best, `${what}: best_worker picked a rank with the longest match`)
     t.deepEqual(
       g.answer.hashes,
       [...computeBlockHashes(q.tokens, BS, { loraName: q.lora ?? null, cacheSalt: q.salt ?? null })],
-      `${g.name}: Dynamo's block hashes equal computeBlockHashes`,
+      `${what}: Dynamo's block hashes equal computeBlockHashes`,
     )
   }
-  const hits = qs.filter((q) => Object.values(want(q)).some((v) => v > 0)).length
-  t.log(`${qs.length} prompts, ${hits} with a match; Dynamo's router agrees on every rank`)
+  return qs.filter((q) => Object.values(want(q)).some((v) => v > 0)).length
 }
 
 const publisherOptions = (workerId: bigint, o: Partial<KvEventPublisherOptions>): KvEventPublisherOptions => ({
@@ -260,18 +290,23 @@ dynamoTest(
       await sims[dpRank]!.sendPayload(b)
     }
 
-    for (const c of chains) await send(c.dpRank, [storedEvent(c, null)])
-    await send(tail.dpRank, [storedEvent(tail, tail.parent)])
     const ranks = (q: Query) => want.ranks(q)
-    check(t, router, await converge(router, prompts, ranks), prompts, ranks)
+    for (const c of chains) {
+      await send(c.dpRank, [storedEvent(c, null)])
+      await agree(t, router, c.name, prompts, ranks)
+    }
+    await send(tail.dpRank, [storedEvent(tail, tail.parent)])
+    const hits = await agree(t, router, tail.name, prompts, ranks)
     t.deepEqual(ranks({ tokens: A }), { 0: 6, 1: 2 }, 'the package itself implies the prefix overlaps the input was built for')
 
     // removes on rank 1 (D's last two blocks), then an engine clear of rank 0 only
     await send(1, [removedEvent(chains[4]!.hashes.slice(2))])
+    await agree(t, router, "rank 1's remove of D[2..4]", prompts, ranks)
     await send(0, [clearedEvent()])
-    check(t, router, await converge(router, prompts, ranks), prompts, ranks)
+    const left = await agree(t, router, "rank 0's engine clear", prompts, ranks)
     t.deepEqual(ranks({ tokens: A }), { 0: 0, 1: 2 }, 'the clear emptied rank 0 only')
     t.is(publisher.stats().discovery?.ranksRegistered, 2)
+    t.log(`${prompts.length} prompts agreed after each of 8 steps (${hits} matched before the removes, ${left} after; ${implementation})`)
   },
 )
 
@@ -299,10 +334,13 @@ dynamoTest(
       if (p === publisher) want.stored(args)
       await p.publishStored(args)
     }
-    for (const c of chains) await store(publisher, c)
-    await store(publisher, tail, tail.parent)
     const ranks = (q: Query) => want.ranks(q)
-    check(t, router, await converge(router, prompts, ranks), prompts, ranks)
+    for (const c of chains) {
+      await store(publisher, c)
+      await agree(t, router, c.name, prompts, ranks)
+    }
+    await store(publisher, tail, tail.parent)
+    const hits = await agree(t, router, tail.name, prompts, ranks)
 
     // A dynamo-1.0 publisher with the same worker id, namespace and component publishes F on rank 0. A 1.6
     // router cannot see it: it publishes on `namespace.{ns}.component.{c}.kv-events` (the 1.4+ subject adds
@@ -321,17 +359,18 @@ dynamoTest(
       {},
     )
     t.teardown(() => old.close())
-    const f: Chain = { dpRank: 0, tokens: F, hashes: engineHashes(3) }
+    const f: Chain = { name: "rank 0's F", dpRank: 0, tokens: F, hashes: engineHashes(3) }
     await store(old, f)
     t.true(await old.flush(10_000), 'the dynamo-1.0 publisher confirmed its events')
     // Then the 1.4 publisher publishes G on the same rank: once the router sees G, it has had F's chance.
-    await store(publisher, { dpRank: 0, tokens: G, hashes: engineHashes(2) })
+    await store(publisher, { name: "rank 0's G", dpRank: 0, tokens: G, hashes: engineHashes(2) })
     const withG = [...prompts, { name: 'G (1.4)', tokens: G }, { name: 'F (1.0)', tokens: F }]
-    check(t, router, await converge(router, withG, ranks), withG, ranks)
-    t.deepEqual(ranks({ tokens: F }), { 0: 0, 1: 0 })
+    await agree(t, router, 'F through dynamo-1.0, then G through dynamo-1.4', withG, ranks)
+    t.deepEqual(ranks({ tokens: F }), { 0: 0, 1: 0 }, 'the router must not hold F')
     // The same store through the 1.4 publisher is seen.
     await store(publisher, f)
-    check(t, router, await converge(router, withG, ranks), withG, ranks)
+    await agree(t, router, 'F through dynamo-1.4', withG, ranks)
     t.deepEqual(ranks({ tokens: F }), { 0: 3, 1: 0 })
+    t.log(`${prompts.length}-${withG.length} prompts agreed after each of 9 steps (${hits} matched after the stores; ${implementation})`)
   },
 )

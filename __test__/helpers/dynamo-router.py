@@ -12,6 +12,7 @@ Protocol (JSON lines; u64 values are decimal strings, since a JSON number loses 
   stdout, once ready: {"ready": true, "workerId": "<u64>", "namespace", "component", "endpoint",
                        "blockSize", "dpStart", "dpSize", "eventPlane"}
   stdin, one query per line: {"id": n, "tokens": [int...], "lora": str|null, "salt": str|null}
+                             or {"id": n, "op": "dump"} -> {"id": n, "dump": "<the router's dump_events() JSON>"}
   stdout, one answer per query: {"id": n, "best": {"workerId", "dpRank", "overlap"},
                                  "ranks": {"<dpRank>": device overlap blocks of this worker's rank},
                                  "hashes": ["<u64>" ...] (Dynamo's own block hashes of the tokens)}
@@ -69,6 +70,7 @@ async def main():
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--dp-start", type=int, default=0)
     ap.add_argument("--dp-size", type=int, default=1)
+    ap.add_argument("--event-threads", type=int, default=4)
     args = ap.parse_args()
     if not os.environ.get("DYN_FILE_KV"):
         sys.exit("DYN_FILE_KV must name the file discovery store's directory")
@@ -100,7 +102,7 @@ async def main():
         skip_model_assets=True,
     )
     serving = asyncio.ensure_future(ep.serve_endpoint(handler))
-    router = dyn.KvRouter(ep, args.block_size, dyn.KvRouterConfig())
+    router = dyn.KvRouter(ep, args.block_size, dyn.KvRouterConfig(router_event_threads=args.event_threads))
     args.worker_id = ep.connection_id()
     emit(
         {
@@ -125,7 +127,10 @@ async def main():
                 continue
             q = json.loads(line)
             try:
-                out = await answer(router, dyn, q, args)
+                if q.get("op") == "dump":
+                    out = {"dump": await router.dump_events()}
+                else:
+                    out = await answer(router, dyn, q, args)
             except Exception as e:  # a router that cannot answer yet (no worker discovered) reports it
                 out = {"error": f"{type(e).__name__}: {e}"}
             out["id"] = q.get("id")

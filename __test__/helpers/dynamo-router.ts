@@ -33,6 +33,8 @@ export interface DynamoRouterOptions {
   kvBlockSize: number
   /** Data-parallel ranks 0..dpSize-1 are registered with the model. */
   dpSize: number
+  /** The router's KV indexer threads (KvRouterConfig router_event_threads; Dynamo's default 4). */
+  eventThreads?: number
 }
 
 export interface RouterAnswer {
@@ -53,6 +55,7 @@ export interface Query {
 interface RawAnswer {
   id: number
   error?: string
+  dump?: string
   best?: { workerId: string; dpRank: number; overlap: number }
   ranks?: Record<string, number>
   hashes?: string[]
@@ -63,19 +66,20 @@ export class DynamoRouter {
   /** The served instance id: the worker id a publisher's events and EventSource records must carry. */
   readonly workerId: bigint
   readonly #child: ChildProcessWithoutNullStreams
-  #output = ''
+  readonly #log: { text: string }
   #nextId = 1
   readonly #waiting = new Map<number, { resolve: (a: RawAnswer) => void; reject: (e: Error) => void }>()
   #exited: Error | null = null
 
-  private constructor(child: ChildProcessWithoutNullStreams, workerId: bigint) {
+  private constructor(child: ChildProcessWithoutNullStreams, workerId: bigint, log: { text: string }) {
     this.#child = child
     this.workerId = workerId
+    this.#log = log
   }
 
   /** Everything the router printed on stderr (last 64 KiB), for a failure message. */
   output(): string {
-    return this.#output
+    return this.#log.text
   }
 
   static async start(o: DynamoRouterOptions): Promise<DynamoRouter> {
@@ -83,7 +87,7 @@ export class DynamoRouter {
       PATH: process.env.PATH ?? '/usr/bin:/bin',
       HOME: process.env.HOME ?? '/tmp',
       DYN_FILE_KV: o.fileKv,
-      DYN_LOG: 'warn',
+      DYN_LOG: process.env.DYNAMO_KV_DYNAMO_LOG || 'warn',
       NO_COLOR: '1',
     }
     if (o.natsUrl) env.NATS_SERVER = o.natsUrl
@@ -97,37 +101,43 @@ export class DynamoRouter {
         `--endpoint=${o.endpoint}`,
         `--block-size=${o.kvBlockSize}`,
         `--dp-size=${o.dpSize}`,
+        `--event-threads=${o.eventThreads ?? 4}`,
       ],
       { env, stdio: ['pipe', 'pipe', 'pipe'] },
     )
-    let output = ''
-    child.stderr.on('data', (d: Buffer) => {
-      output = (output + d.toString()).slice(-OUTPUT_LIMIT)
-    })
+    const log = { text: '' }
+    const append = (text: string) => {
+      log.text = (log.text + text).slice(-OUTPUT_LIMIT)
+    }
+    child.stderr.on('data', (d: Buffer) => append(d.toString()))
     const lines = createInterface({ input: child.stdout })
     let router: DynamoRouter | null = null
     const ready = new Promise<bigint>((resolve, reject) => {
       child.once('error', reject)
-      child.once('exit', (code, signal) => reject(new Error(`dynamo-router.py exited (${code ?? signal}) before it was ready:\n${output}`)))
+      child.once('exit', (code, signal) =>
+        reject(new Error(`dynamo-router.py exited (${code ?? signal}) before it was ready:\n${log.text}`)),
+      )
       lines.on('line', (line) => {
-        const msg = JSON.parse(line) as { ready?: boolean; workerId?: string } & RawAnswer
+        let msg: { ready?: boolean; workerId?: string } & RawAnswer
+        try {
+          msg = JSON.parse(line)
+        } catch {
+          append(`${line}\n`) // not ours: a library printing to stdout
+          return
+        }
         if (msg.ready) resolve(BigInt(msg.workerId!))
         else if (router !== null) router.#answered(msg)
       })
     })
     try {
-      router = new DynamoRouter(child, await ready)
+      router = new DynamoRouter(child, await ready, log)
     } catch (e) {
       child.kill('SIGKILL')
       throw e
     }
     const r = router
-    r.#output = output
-    child.stderr.on('data', (d: Buffer) => {
-      r.#output = (r.#output + d.toString()).slice(-OUTPUT_LIMIT)
-    })
     child.on('exit', (code, signal) => {
-      r.#exited = new Error(`dynamo-router.py exited (${code ?? signal}):\n${r.#output}`)
+      r.#exited = new Error(`dynamo-router.py exited (${code ?? signal}):\n${log.text}`)
       for (const w of r.#waiting.values()) w.reject(r.#exited)
       r.#waiting.clear()
     })
@@ -140,14 +150,24 @@ export class DynamoRouter {
     w?.resolve(msg)
   }
 
+  #ask(msg: object): Promise<RawAnswer> {
+    if (this.#exited) return Promise.reject(this.#exited)
+    const id = this.#nextId++
+    return new Promise<RawAnswer>((resolve, reject) => {
+      this.#waiting.set(id, { resolve, reject })
+      this.#child.stdin.write(`${JSON.stringify({ id, ...msg })}\n`)
+    })
+  }
+
+  /** The router indexer's events (its dump_events()), for a failure message. */
+  async dump(): Promise<string> {
+    const raw = await this.#ask({ op: 'dump' })
+    return raw.dump ?? `error: ${raw.error}`
+  }
+
   /** Asks the router; null while it cannot answer yet (e.g. the worker is not discovered). */
   async query(q: Query): Promise<RouterAnswer | null> {
-    if (this.#exited) throw this.#exited
-    const id = this.#nextId++
-    const raw = await new Promise<RawAnswer>((resolve, reject) => {
-      this.#waiting.set(id, { resolve, reject })
-      this.#child.stdin.write(`${JSON.stringify({ id, tokens: Array.from(q.tokens), lora: q.lora ?? null, salt: q.salt ?? null })}\n`)
-    })
+    const raw = await this.#ask({ tokens: Array.from(q.tokens), lora: q.lora ?? null, salt: q.salt ?? null })
     if (raw.error !== undefined) return null
     const ranks: Record<number, number> = {}
     for (const [k, v] of Object.entries(raw.ranks!)) ranks[Number(k)] = v
