@@ -212,9 +212,38 @@ test('a rank that cannot register drops what it held, counted, and publishes not
   // within the retry pause, later envelopes of the rank are dropped at once
   sink.send([SEQ0], 0)
   t.is(sink.discoveryStats().droppedUnregistered, 3)
+  // once the conflict is gone, a later event (after the retry pause) registers the rank
+  await fs.rm(path.join(root, source!.filePath))
+  await waitFor(() => {
+    if (sink.discoveryStats().ranksRegistering === 0) sink.send([SEQ1], 0)
+    return sink.discoveryStats().ranksRegistered === 1
+  }, 'the retry to register')
+  const found = await listFileStore(root)
+  t.like(found.sources[0], { workerId: 7n, publisherId: PUBLISHER })
+  t.is(found.channels.length, 1)
   await sink.close(2000)
-  // the foreign record stays: only what this sink wrote is removed
-  t.is((await listFileStore(root)).sources.length, 1)
+  t.deepEqual(await listFileStore(root), { sources: [], channels: [] })
+})
+
+test('a record of another descriptor is never removed by close()', async (t) => {
+  const root = newRoot()
+  const [source] = publisherRecords({
+    namespace: 'dynamo',
+    component: 'backend',
+    endpoint: 'generate',
+    workerId: 8n,
+    dpRank: 0,
+    publisherId: PUBLISHER,
+  })
+  await fs.mkdir(path.dirname(path.join(root, source!.filePath)), { recursive: true })
+  await fs.writeFile(path.join(root, source!.filePath), source!.value)
+  const sink = zmqSink(await openDiscovery({ backend: 'file', fileRoot: root }, {}), 0)
+  sink.send([SEQ0], 0)
+  await waitFor(() => sink.discoveryStats().registerFailures === 1, 'the registration to fail')
+  await sink.close(2000)
+  const left = await listFileStore(root)
+  t.is(left.sources.length, 1)
+  t.is(left.sources[0]?.workerId, 8n)
 })
 
 test.serial('etcd: records are written under the lease before the first envelope, kept past several TTLs, revoked on close', async (t) => {

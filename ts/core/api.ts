@@ -874,8 +874,8 @@ export class RadixIndex {
   /**
    * Applies encoded events: an event-plane envelope, msgpack or JSON, holding one RouterEvent (Dynamo
    * 1.0) or an array of them (Dynamo 1.4+; each applied as applyEvent does). The outcome of an array is
-   * the first that is not `applied` or `ignored`, else `applied` if any event was (or the array is
-   * empty), else `ignored`. Throws a RouterEventError on bytes that are not that (nothing is applied then).
+   * the first that is not `applied` or `ignored`, else `applied` if any event was, else `ignored` (an
+   * empty array is refused). Throws a RouterEventError on bytes that are not that (nothing is applied then).
    */
   applyEncoded(payload: Uint8Array, format: 'envelope' | 'msgpack' | 'json'): ApplyOutcome {
     const b = bytesArg('payload', payload)

@@ -847,11 +847,11 @@ export class FallbackRadixIndex implements RawRadixIndex {
 
   /**
    * Applies decoded events in order: the first outcome that is neither applied nor ignored, else applied
-   * when any event was applied (or there were none), else ignored (index.rs apply_encoded).
+   * when any event was applied, else ignored (index.rs apply_encoded).
    */
   protected applyList(evs: RouterEventValue[]): number {
     let problem = -1
-    let applied = evs.length === 0
+    let applied = false
     for (const ev of evs) {
       const o = this.applyEvent(ev)
       if (o === OUTCOME_IGNORED) continue

@@ -1,4 +1,4 @@
-// Dynamo 1.0 router-side wire types and their exact encodings (SPEC 5) for the fallback: the RouterEvent as
+// Router-side wire types and their exact encodings (SPEC 5, and 5b for Dynamo 1.4+) for the fallback: the RouterEvent as
 // rmp-serde named msgpack and as compact JSON with exact u64, the event-plane envelope, ActiveLoad,
 // RouterEvent decoding (generic, and the canonical layout read in place for the router's hot path), and
 // the JetStream stream name.
@@ -269,6 +269,7 @@ export function writeRouterEvent(w: ByteWriter, enc: EventEncoder, ev: RouterEve
   enc.end(w, dpRank)
 }
 
+const K_WORKER_ID_KEY = keyBytes('worker_id')
 const K_STORAGE_TIER = keyBytes('storage_tier')
 const K_RESIDENCY = keyBytes('residency_domain')
 const MP_EVENT_MAP = concat(keyBytes('event'), new Uint8Array([0x83]), keyBytes('event_id'))
@@ -302,7 +303,7 @@ export function writeRouterEventValue(w: ByteWriter, json: boolean, ev: RouterEv
     w.bytes(J_DATA)
   } else {
     w.mapHeader(2 + (tier !== undefined ? 1 : 0) + (domain !== undefined ? 1 : 0))
-    w.bytes(keyBytes('worker_id'))
+    w.bytes(K_WORKER_ID_KEY)
     w.uintBig(ev.workerId)
     if (tier !== undefined) {
       w.bytes(K_STORAGE_TIER)
@@ -594,14 +595,17 @@ function routerEventOf(v: Val): RouterEventValue {
   } else {
     fail('data must be stored, removed or cleared')
   }
-  const out: RouterEventValue = { workerId, event: { eventId, dpRank, data } }
+  // keys in the native binding's order: workerId, storageTier?, residencyDomain?, event
+  const out = { workerId } as RouterEventValue
   if (storageTier !== undefined) out.storageTier = storageTier
   if (residencyDomain !== undefined) out.residencyDomain = residencyDomain
+  out.event = { eventId, dpRank, data }
   return out
 }
 
 /** The events of a value: one map (Dynamo 1.0's payload) or an array of them (Dynamo 1.4+'s). */
 function routerEventsOf(v: Val): RouterEventValue[] {
+  if (v.k === 'arr' && v.v.length === 0) fail('an empty batch') // a publisher never sends one
   return v.k === 'arr' ? v.v.map(routerEventOf) : [routerEventOf(v)]
 }
 

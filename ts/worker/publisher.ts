@@ -374,7 +374,7 @@ export class KvEventPublisher {
     if (env.DYN_EVENT_PLANE !== undefined && env.DYN_EVENT_PLANE !== '' && env.DYN_EVENT_PLANE.toLowerCase() !== 'nats')
       logger.warn(
         { DYN_EVENT_PLANE: env.DYN_EVENT_PLANE },
-        'DYN_EVENT_PLANE is not nats: Dynamo routers in this deployment may not listen on NATS, where this package publishes',
+        "DYN_EVENT_PLANE is not nats: Dynamo routers in this deployment may not listen on NATS, where this package publishes (Dynamo 1.4+ routers need wire: 'dynamo-1.4')",
       )
 
     const streamName = mode === 'jetstream' ? jetstreamStreamName(namespace, component) : null

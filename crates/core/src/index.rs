@@ -216,7 +216,7 @@ pub trait IndexAccess {
     fn apply_encoded(&mut self, payload: &[u8], format: u32) -> Result<ApplyOutcome, WireError> {
         let events = decode_router_events_encoded(payload, format)?;
         let mut first_problem = None;
-        let mut applied = events.is_empty();
+        let mut applied = false;
         for (ev, meta) in &events {
             match self.apply_with_meta(ev, *meta) {
                 ApplyOutcome::Applied => applied = true,

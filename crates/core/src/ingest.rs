@@ -678,7 +678,6 @@ impl Ingestor {
         }
         if self.wire == Wire::Dynamo14 {
             self.push14(
-                out,
                 idx,
                 tier,
                 Ev14::Stored {
@@ -725,7 +724,7 @@ impl Ingestor {
 
     fn emit_removed(&mut self, out: &mut Out, idx: usize, hashes: Vec<u64>, tier: StorageTier) {
         if self.wire == Wire::Dynamo14 {
-            self.push14(out, idx, tier, Ev14::Removed(hashes));
+            self.push14(idx, tier, Ev14::Removed(hashes));
             return;
         }
         for chunk in hashes.chunks(MAX_HASHES_PER_REMOVED) {
@@ -746,7 +745,7 @@ impl Ingestor {
         self.counters[C_RESETS] += 1;
         if self.wire == Wire::Dynamo14 {
             // Dynamo 1.4+ routers clear only the event's dp rank
-            self.push14(out, idx, StorageTier::Device, Ev14::Cleared);
+            self.push14(idx, StorageTier::Device, Ev14::Cleared);
             return;
         }
         // `ranks` holds exactly the configured ranks, or the seen ones
@@ -768,10 +767,10 @@ impl Ingestor {
     /// Coalesces `ev` with the pending event when it continues it: a store whose parent is the
     /// pending store's last block, or a remove after a remove, of the same tier, up to
     /// MAX_COALESCED_BLOCKS. A `cleared` flushes the pending event and passes as it is.
-    fn push14(&mut self, out: &mut Out, idx: usize, tier: StorageTier, ev: Ev14) {
+    fn push14(&mut self, idx: usize, tier: StorageTier, ev: Ev14) {
         if matches!(ev, Ev14::Cleared) {
-            self.flush14(out, idx);
-            self.ready14(out, idx, tier, ev);
+            self.flush14(idx);
+            self.ready14(idx, tier, ev);
             return;
         }
         if let Some((ptier, pending)) = self.pending.as_mut() {
@@ -801,27 +800,27 @@ impl Ingestor {
                     .as_ref()
                     .is_some_and(|(_, p)| p.blocks() >= MAX_COALESCED_BLOCKS)
                 {
-                    self.flush14(out, idx);
+                    self.flush14(idx);
                 }
                 return;
             }
         }
-        self.flush14(out, idx);
+        self.flush14(idx);
         if ev.blocks() >= MAX_COALESCED_BLOCKS {
-            self.ready14(out, idx, tier, ev);
+            self.ready14(idx, tier, ev);
         } else {
             self.pending = Some((tier, ev));
         }
     }
 
-    fn flush14(&mut self, out: &mut Out, idx: usize) {
+    fn flush14(&mut self, idx: usize) {
         if let Some((tier, ev)) = self.pending.take() {
-            self.ready14(out, idx, tier, ev);
+            self.ready14(idx, tier, ev);
         }
     }
 
     /// The refcount dedup, then the event's id.
-    fn ready14(&mut self, _out: &mut Out, idx: usize, tier: StorageTier, ev: Ev14) {
+    fn ready14(&mut self, idx: usize, tier: StorageTier, ev: Ev14) {
         let rank = &mut self.ranks[idx];
         let ev = match ev {
             Ev14::Stored {
@@ -893,7 +892,7 @@ impl Ingestor {
         if self.wire != Wire::Dynamo14 {
             return;
         }
-        self.flush14(out, idx);
+        self.flush14(idx);
         if self.emitted.is_empty() {
             return;
         }

@@ -1,4 +1,4 @@
-//! Dynamo 1.0 router-side wire types and their exact encodings (SPEC 5): the RouterEvent as rmp-serde
+//! Router-side wire types and their exact encodings (SPEC 5, and 5b for Dynamo 1.4+): the RouterEvent as rmp-serde
 //! named msgpack and as compact JSON with exact u64, the event-plane envelope, ActiveLoad, and the
 //! JetStream stream name.
 
@@ -614,6 +614,8 @@ pub fn decode_router_events_msgpack(bytes: &[u8]) -> Result<Vec<MetaEvent>, Wire
 
 fn router_events_from_val(v: &Val) -> Result<Vec<MetaEvent>, WireError> {
     match v {
+        // a publisher never sends an empty batch
+        Val::Arr(items) if items.is_empty() => werr("an empty batch"),
         Val::Arr(items) => items.iter().map(router_event_from_val).collect(),
         v => Ok(vec![router_event_from_val(v)?]),
     }
