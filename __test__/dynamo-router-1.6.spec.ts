@@ -1,12 +1,13 @@
 // The package's `dynamo-1.4` KvEventPublisher consumed by a real Dynamo 1.6.1 KV router: the PyPI wheel
 // ai-dynamo-runtime==1.6.1 (helpers/dynamo-router.py) serves an endpoint with a registered model (two data-
-// parallel ranks) and runs a KvRouter on it, with file discovery in a temporary DYN_FILE_KV directory that
-// the publisher registers its ranks in. For a set of prompts (plain, LoRA, cache salt, partial tails,
-// misses) the router's per-rank device overlaps must equal what the package's own RadixIndex holds after
-// applying the payloads a reference Ingestor emits for the same input; Dynamo's own block hashes must equal
-// computeBlockHashes. Both event planes: direct ZeroMQ (engine batches arriving through real ZeroMQ engine
-// sockets) and NATS (the manual API, with a private nats-server). A `dynamo-1.0` publisher on the same
-// NATS server is not seen (see that test).
+// parallel ranks) and runs a KvRouter on it, discovering through the same store the publisher registers its
+// ranks in (a temporary DYN_FILE_KV directory, or a private etcd). For a set of prompts (plain, LoRA, cache
+// salt, partial tails, misses) the router's per-rank device overlaps must equal what the package's own
+// RadixIndex holds after applying the payloads a reference Ingestor emits for the same input, after every
+// step (stores, removes, rank clears); Dynamo's own block hashes must equal computeBlockHashes. Three
+// set-ups: direct ZeroMQ + file store (engine batches arriving through real ZeroMQ engine sockets), NATS +
+// file store (the manual API, a private nats-server; a `dynamo-1.0` publisher on the same server is not
+// seen, see that test), direct ZeroMQ + etcd (the manual API).
 //
 // Each step waits until the router agrees before the next one is sent. Dynamo 1.6.1's default indexer
 // (router_event_threads 4: ConcurrentRadixTreeCompressed, dp ranks on different threads) can lose blocks
@@ -34,6 +35,7 @@ import { EngineSimulator } from '../ts/sim/engine.js'
 import { Rng } from '../ts/sim/rng.js'
 import { DynamoRouter, dynamoPython, type Query, type RouterAnswer } from './helpers/dynamo-router.js'
 import { arr, encode, f64, type Mp, map, nil, s, u } from './helpers/mp.js'
+import { startEtcd } from './helpers/etcd-server.js'
 import { startNatsServer } from './helpers/nats-server.js'
 import { quiet } from './helpers/publishing.js'
 import { warmUp } from './helpers/zmq.js'
@@ -165,6 +167,12 @@ class Expectation {
   stored(args: StoredArgs): void {
     this.#apply(this.#ing.stored(args).payloads)
   }
+  removed(hashes: bigint[], dpRank: number): void {
+    this.#apply(this.#ing.removed(hashes, dpRank).payloads)
+  }
+  cleared(dpRank: number): void {
+    this.#apply(this.#ing.cleared(dpRank).payloads)
+  }
   ranks(q: Query): Record<number, number> {
     const out: Record<number, number> = Object.fromEntries(RANKS.map((r) => [r, 0]))
     const m = this.#index.findMatchesForTokens(q.tokens, BS, { loraName: q.lora ?? null, cacheSalt: q.salt ?? null })
@@ -243,10 +251,15 @@ const publisherOptions = (workerId: bigint, o: Partial<KvEventPublisherOptions>)
   ...o,
 })
 
-async function startRouter(t: ExecutionContext, root: string, eventPlane: 'zmq' | 'nats', natsUrl?: string): Promise<DynamoRouter> {
+async function startRouter(
+  t: ExecutionContext,
+  discovery: { backend: 'file'; fileKv: string } | { backend: 'etcd'; etcdUrl: string },
+  eventPlane: 'zmq' | 'nats',
+  natsUrl?: string,
+): Promise<DynamoRouter> {
   const router = await DynamoRouter.start({
     python,
-    fileKv: root,
+    discovery,
     eventPlane,
     natsUrl,
     namespace: NAMESPACE,
@@ -259,11 +272,32 @@ async function startRouter(t: ExecutionContext, root: string, eventPlane: 'zmq' 
   return router
 }
 
+/** Publishes a chain through the manual API (and into the expectation when `want` is given). */
+async function store(p: KvEventPublisher, want: Expectation | null, c: Chain, parentHash: bigint | null = null): Promise<void> {
+  const args: StoredArgs = { tokenIds: c.tokens, blockHashes: c.hashes, parentHash, dpRank: c.dpRank, loraName: c.lora ?? null }
+  if (c.salt) args.cacheSalt = c.salt
+  want?.stored(args)
+  await p.publishStored(args)
+}
+
+/** Every chain then the tail through the manual API, the router agreeing after each; prompts matched at the end. */
+async function storeChains(t: ExecutionContext, router: DynamoRouter, p: KvEventPublisher, want: Expectation): Promise<number> {
+  const ranks = (q: Query) => want.ranks(q)
+  for (const c of chains) {
+    await store(p, want, c)
+    await agree(t, router, c.name, prompts, ranks)
+  }
+  await store(p, want, tail, tail.parent)
+  const hits = await agree(t, router, tail.name, prompts, ranks)
+  t.deepEqual(ranks({ tokens: A }), { 0: 6, 1: 2 }, 'the package itself implies the prefix overlaps the input was built for')
+  return hits
+}
+
 dynamoTest(
   'ZeroMQ event plane: engine batches through ZeroMQ engine sockets reach a Dynamo 1.6.1 router, per rank, with LoRA and salt',
   async (t) => {
     const root = newRoot()
-    const router = await startRouter(t, root, 'zmq')
+    const router = await startRouter(t, { backend: 'file', fileKv: root }, 'zmq')
     const sims = await Promise.all(RANKS.map((dpRank) => EngineSimulator.create({ dpRank, kvBlockSize: BS })))
     t.teardown(() => {
       for (const sim of sims) sim.close()
@@ -316,7 +350,7 @@ dynamoTest(
     const root = newRoot()
     const nats = await startNatsServer()
     t.teardown(() => nats.stop())
-    const router = await startRouter(t, root, 'nats', nats.url)
+    const router = await startRouter(t, { backend: 'file', fileKv: root }, 'nats', nats.url)
     const publisher = await KvEventPublisher.create(
       publisherOptions(router.workerId, {
         eventPlane: 'nats',
@@ -328,19 +362,8 @@ dynamoTest(
     t.teardown(() => publisher.close())
     const want = new Expectation(router.workerId)
     t.teardown(() => want.close())
-    const store = async (p: KvEventPublisher, c: Chain, parentHash: bigint | null = null) => {
-      const args: StoredArgs = { tokenIds: c.tokens, blockHashes: c.hashes, parentHash, dpRank: c.dpRank, loraName: c.lora ?? null }
-      if (c.salt) args.cacheSalt = c.salt
-      if (p === publisher) want.stored(args)
-      await p.publishStored(args)
-    }
     const ranks = (q: Query) => want.ranks(q)
-    for (const c of chains) {
-      await store(publisher, c)
-      await agree(t, router, c.name, prompts, ranks)
-    }
-    await store(publisher, tail, tail.parent)
-    const hits = await agree(t, router, tail.name, prompts, ranks)
+    const hits = await storeChains(t, router, publisher, want)
 
     // A dynamo-1.0 publisher with the same worker id, namespace and component publishes F on rank 0. A 1.6
     // router cannot see it: it publishes on `namespace.{ns}.component.{c}.kv-events` (the 1.4+ subject adds
@@ -360,17 +383,49 @@ dynamoTest(
     )
     t.teardown(() => old.close())
     const f: Chain = { name: "rank 0's F", dpRank: 0, tokens: F, hashes: engineHashes(3) }
-    await store(old, f)
+    await store(old, null, f)
     t.true(await old.flush(10_000), 'the dynamo-1.0 publisher confirmed its events')
     // Then the 1.4 publisher publishes G on the same rank: once the router sees G, it has had F's chance.
-    await store(publisher, { name: "rank 0's G", dpRank: 0, tokens: G, hashes: engineHashes(2) })
+    await store(publisher, want, { name: "rank 0's G", dpRank: 0, tokens: G, hashes: engineHashes(2) })
     const withG = [...prompts, { name: 'G (1.4)', tokens: G }, { name: 'F (1.0)', tokens: F }]
     await agree(t, router, 'F through dynamo-1.0, then G through dynamo-1.4', withG, ranks)
     t.deepEqual(ranks({ tokens: F }), { 0: 0, 1: 0 }, 'the router must not hold F')
     // The same store through the 1.4 publisher is seen.
-    await store(publisher, f)
+    await store(publisher, want, f)
     await agree(t, router, 'F through dynamo-1.4', withG, ranks)
     t.deepEqual(ranks({ tokens: F }), { 0: 3, 1: 0 })
     t.log(`${prompts.length}-${withG.length} prompts agreed after each of 9 steps (${hits} matched after the stores; ${implementation})`)
+  },
+)
+
+dynamoTest(
+  'ZeroMQ event plane, etcd discovery: the manual API reaches a Dynamo 1.6.1 router; a cleared rank empties only itself',
+  async (t) => {
+    const etcd = await startEtcd()
+    t.teardown(() => etcd.stop())
+    const router = await startRouter(t, { backend: 'etcd', etcdUrl: etcd.url }, 'zmq')
+    const publisher = await KvEventPublisher.create(
+      publisherOptions(router.workerId, {
+        eventPlane: 'zmq',
+        eventPlaneHost: '127.0.0.1',
+        zmqBindHost: '127.0.0.1',
+        zmqSettleMs: CONVERGE_MS,
+        discovery: { backend: 'etcd', etcdEndpoints: etcd.url },
+      }),
+      {},
+    )
+    t.teardown(() => publisher.close())
+    const want = new Expectation(router.workerId)
+    t.teardown(() => want.close())
+    const ranks = (q: Query) => want.ranks(q)
+    const hits = await storeChains(t, router, publisher, want)
+    await publisher.publishRemoved(tail.hashes, 0)
+    want.removed(tail.hashes, 0)
+    await agree(t, router, "rank 0's remove of A[4..6]", prompts, ranks)
+    await publisher.publishCleared(1)
+    want.cleared(1)
+    const left = await agree(t, router, 'a clear of rank 1', prompts, ranks)
+    t.deepEqual(ranks({ tokens: A }), { 0: 4, 1: 0 })
+    t.log(`${prompts.length} prompts agreed after each of 8 steps (${hits} matched before the removes, ${left} after; ${implementation})`)
   },
 )

@@ -1,7 +1,8 @@
 """A real Dynamo 1.6.1 KV router (the PyPI wheel ai-dynamo-runtime==1.6.1) for the end-to-end specs.
 
 It plays both Dynamo roles a worker-side publisher meets:
-  - the worker's serving side: a DistributedRuntime with file discovery (DYN_FILE_KV) serves
+  - the worker's serving side: a DistributedRuntime with file discovery (DYN_FILE_KV) or etcd discovery
+    (ETCD_ENDPOINTS; argument --discovery) serves
     {namespace}.{component}.{endpoint} and registers a model on it (register_model, a minimal card, the
     given KV block size and data-parallel range), so the router has a worker to route to; the served
     instance id is the worker id a publisher must put in its events and EventSource records;
@@ -10,7 +11,7 @@ It plays both Dynamo roles a worker-side publisher meets:
 
 Protocol (JSON lines; u64 values are decimal strings, since a JSON number loses them in JavaScript):
   stdout, once ready: {"ready": true, "workerId": "<u64>", "namespace", "component", "endpoint",
-                       "blockSize", "dpStart", "dpSize", "eventPlane"}
+                       "blockSize", "dpStart", "dpSize", "eventPlane", "discovery"}
   stdin, one query per line: {"id": n, "tokens": [int...], "lora": str|null, "salt": str|null}
                              or {"id": n, "op": "dump"} -> {"id": n, "dump": "<the router's dump_events() JSON>"}
   stdout, one answer per query: {"id": n, "best": {"workerId", "dpRank", "overlap"},
@@ -63,6 +64,7 @@ async def answer(router, dyn, q, args):
 async def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--event-plane", choices=["zmq", "nats"], default="zmq")
+    ap.add_argument("--discovery", choices=["file", "etcd"], default="file")
     ap.add_argument("--namespace", default="dynamo")
     ap.add_argument("--component", default="backend")
     ap.add_argument("--endpoint", default="generate")
@@ -72,8 +74,10 @@ async def main():
     ap.add_argument("--dp-size", type=int, default=1)
     ap.add_argument("--event-threads", type=int, default=4)
     args = ap.parse_args()
-    if not os.environ.get("DYN_FILE_KV"):
+    if args.discovery == "file" and not os.environ.get("DYN_FILE_KV"):
         sys.exit("DYN_FILE_KV must name the file discovery store's directory")
+    if args.discovery == "etcd" and not os.environ.get("ETCD_ENDPOINTS"):
+        sys.exit("ETCD_ENDPOINTS must name the etcd server")
     for v in LOOPBACK_VARS:
         os.environ.setdefault(v, "127.0.0.1")
 
@@ -84,7 +88,7 @@ async def main():
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    rt = dyn.DistributedRuntime(loop, "file", "tcp", event_plane=args.event_plane)
+    rt = dyn.DistributedRuntime(loop, args.discovery, "tcp", event_plane=args.event_plane)
     ep = rt.endpoint(f"{args.namespace}.{args.component}.{args.endpoint}")
     rc = dyn.ModelRuntimeConfig()
     rc.data_parallel_start_rank = args.dp_start
@@ -115,6 +119,7 @@ async def main():
             "dpStart": args.dp_start,
             "dpSize": args.dp_size,
             "eventPlane": args.event_plane,
+            "discovery": args.discovery,
         }
     )
 

@@ -22,8 +22,8 @@ export function dynamoPython(env = process.env): { python: string; found: boolea
 
 export interface DynamoRouterOptions {
   python: string
-  /** The file discovery store's root (DYN_FILE_KV), shared with the publisher. */
-  fileKv: string
+  /** The discovery store shared with the publisher: a file store's root (DYN_FILE_KV) or etcd's URL. */
+  discovery: { backend: 'file'; fileKv: string } | { backend: 'etcd'; etcdUrl: string }
   eventPlane: 'zmq' | 'nats'
   /** nats://127.0.0.1:PORT, for the nats event plane. */
   natsUrl?: string
@@ -86,16 +86,18 @@ export class DynamoRouter {
     const env: Record<string, string> = {
       PATH: process.env.PATH ?? '/usr/bin:/bin',
       HOME: process.env.HOME ?? '/tmp',
-      DYN_FILE_KV: o.fileKv,
       DYN_LOG: process.env.DYNAMO_KV_DYNAMO_LOG || 'warn',
       NO_COLOR: '1',
     }
     if (o.natsUrl) env.NATS_SERVER = o.natsUrl
+    if (o.discovery.backend === 'file') env.DYN_FILE_KV = o.discovery.fileKv
+    else env.ETCD_ENDPOINTS = o.discovery.etcdUrl
     const child = spawn(
       o.python,
       [
         SCRIPT,
         `--event-plane=${o.eventPlane}`,
+        `--discovery=${o.discovery.backend}`,
         `--namespace=${o.namespace}`,
         `--component=${o.component}`,
         `--endpoint=${o.endpoint}`,
