@@ -2,10 +2,10 @@
 
 It plays both Dynamo roles a worker-side publisher meets:
   - the worker's serving side: a DistributedRuntime with file discovery (DYN_FILE_KV) or etcd discovery
-    (ETCD_ENDPOINTS; argument --discovery) serves
-    {namespace}.{component}.{endpoint} and registers a model on it (register_model, a minimal card, the
-    given KV block size and data-parallel range), so the router has a worker to route to; the served
-    instance id is the worker id a publisher must put in its events and EventSource records;
+    (ETCD_ENDPOINTS; argument --discovery) serves {namespace}.{component}.{endpoint} and registers a model
+    on it (register_model, a minimal card, the given KV block size and data-parallel range), so the router
+    has a worker to route to; the served instance id (endpoint.connection_id()) is the worker id a
+    publisher must put in its events and EventSource records;
   - the router: a KvRouter on that endpoint, which discovers EventSource/EventChannel records and
     consumes KV events from the event plane (zmq or nats, argument --event-plane).
 
@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -147,6 +148,7 @@ async def main():
     for f in (queries, stopped, serving):
         f.cancel()
     rt.shutdown()
+    shutil.rmtree(model_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
