@@ -6,8 +6,8 @@
 // RadixIndex holds after applying the payloads a reference Ingestor emits for the same input, after every
 // step (stores, removes, rank clears); Dynamo's own block hashes must equal computeBlockHashes. Three
 // set-ups: direct ZeroMQ + file store (engine batches arriving through real ZeroMQ engine sockets), NATS +
-// file store (the manual API, a private nats-server; a `dynamo-1.0` publisher on the same server is not
-// seen, see that test), direct ZeroMQ + etcd (the manual API).
+// file store (the manual API, a private nats-server; a `dynamo-1.0` publisher and a publisher of another
+// worker on the same server are not seen, see that test), direct ZeroMQ + etcd (the manual API).
 //
 // Each step waits until the router agrees before the next one is sent. Dynamo 1.6.1's default indexer
 // (router_event_threads 4: ConcurrentRadixTreeCompressed, dp ranks on different threads) can lose blocks
@@ -90,6 +90,7 @@ const D = tokens(4)
 const F = tokens(3)
 const G = tokens(2)
 const MISS = tokens(4)
+const H = tokens(3)
 
 /** Rank 0 holds A (stored as 4 + 2 chained blocks) and C under a salt; rank 1 A's first two blocks, B under a LoRA, D. */
 const chains: Chain[] = [
@@ -345,7 +346,7 @@ dynamoTest(
 )
 
 dynamoTest(
-  'NATS event plane: the manual API reaches a Dynamo 1.6.1 router; a dynamo-1.0 publisher on the same NATS server is not seen',
+  'NATS event plane: the manual API reaches a Dynamo 1.6.1 router; a dynamo-1.0 publisher and another worker on the same NATS server are not seen',
   async (t) => {
     const root = newRoot()
     const nats = await startNatsServer()
@@ -385,11 +386,26 @@ dynamoTest(
     const f: Chain = { name: "rank 0's F", dpRank: 0, tokens: F, hashes: engineHashes(3) }
     await store(old, null, f)
     t.true(await old.flush(10_000), 'the dynamo-1.0 publisher confirmed its events')
-    // Then the 1.4 publisher publishes G on the same rank: once the router sees G, it has had F's chance.
+    // A dynamo-1.4 publisher with another worker id publishes H on rank 0: its records are written, but the
+    // router binds sources only to the instances of its endpoint.
+    const stranger = await KvEventPublisher.create(
+      publisherOptions(router.workerId ^ 1n, {
+        eventPlane: 'nats',
+        nats: { servers: nats.url },
+        discovery: { backend: 'file', fileRoot: root },
+      }),
+      {},
+    )
+    t.teardown(() => stranger.close())
+    await store(stranger, null, { name: "another worker's H", dpRank: 0, tokens: H, hashes: engineHashes(3) })
+    t.true(await stranger.flush(10_000), 'the other worker published H')
+    t.is(stranger.stats().discovery?.ranksRegistered, 1, "the other worker's rank is registered")
+    // Then the 1.4 publisher publishes G on the same rank: once the router sees G, it has had F's and H's chance.
     await store(publisher, want, { name: "rank 0's G", dpRank: 0, tokens: G, hashes: engineHashes(2) })
-    const withG = [...prompts, { name: 'G (1.4)', tokens: G }, { name: 'F (1.0)', tokens: F }]
-    await agree(t, router, 'F through dynamo-1.0, then G through dynamo-1.4', withG, ranks)
+    const withG = [...prompts, { name: 'G (1.4)', tokens: G }, { name: 'F (1.0)', tokens: F }, { name: 'H (another worker)', tokens: H }]
+    await agree(t, router, 'F through dynamo-1.0, H from another worker, then G', withG, ranks)
     t.deepEqual(ranks({ tokens: F }), { 0: 0, 1: 0 }, 'the router must not hold F')
+    t.deepEqual(ranks({ tokens: H }), { 0: 0, 1: 0 }, 'the router must not hold H')
     // The same store through the 1.4 publisher is seen.
     await store(publisher, want, f)
     await agree(t, router, 'F through dynamo-1.4', withG, ranks)
