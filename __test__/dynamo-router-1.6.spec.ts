@@ -270,6 +270,7 @@ async function startRouter(
     dpSize: RANKS.length,
   })
   t.teardown(() => router.stop())
+  t.is(router.dynamoVersion, '1.6.1', `${python} runs ai-dynamo-runtime 1.6.1`)
   return router
 }
 

@@ -10,7 +10,7 @@ It plays both Dynamo roles a worker-side publisher meets:
     consumes KV events from the event plane (zmq or nats, argument --event-plane).
 
 Protocol (JSON lines; u64 values are decimal strings, since a JSON number loses them in JavaScript):
-  stdout, once ready: {"ready": true, "workerId": "<u64>", "namespace", "component", "endpoint",
+  stdout, once ready: {"ready": true, "dynamoVersion", "workerId": "<u64>", "namespace", "component", "endpoint",
                        "blockSize", "dpStart", "dpSize", "eventPlane", "discovery"}
   stdin, one query per line: {"id": n, "tokens": [int...], "lora": str|null, "salt": str|null}
                              or {"id": n, "op": "dump"} -> {"id": n, "dump": "<the router's dump_events() JSON>"}
@@ -82,7 +82,14 @@ async def main():
     for v in LOOPBACK_VARS:
         os.environ.setdefault(v, "127.0.0.1")
 
-    import dynamo._core as dyn
+    try:
+        import importlib.metadata
+
+        import dynamo._core as dyn
+
+        version = importlib.metadata.version("ai-dynamo-runtime")
+    except ImportError as e:
+        sys.exit(f"{sys.executable} cannot import Dynamo ({e}): it needs ai-dynamo-runtime==1.6.1 (bash .ci/dynamo-venv)")
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -112,6 +119,7 @@ async def main():
     emit(
         {
             "ready": True,
+            "dynamoVersion": version,
             "workerId": str(args.worker_id),
             "namespace": args.namespace,
             "component": args.component,

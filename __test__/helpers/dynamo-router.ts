@@ -65,15 +65,18 @@ interface RawAnswer {
 export class DynamoRouter {
   /** The served instance id: the worker id a publisher's events and EventSource records must carry. */
   readonly workerId: bigint
+  /** The installed ai-dynamo-runtime version. */
+  readonly dynamoVersion: string
   readonly #child: ChildProcessWithoutNullStreams
   readonly #log: { text: string }
   #nextId = 1
   readonly #waiting = new Map<number, { resolve: (a: RawAnswer) => void; reject: (e: Error) => void }>()
   #exited: Error | null = null
 
-  private constructor(child: ChildProcessWithoutNullStreams, workerId: bigint, log: { text: string }) {
+  private constructor(child: ChildProcessWithoutNullStreams, ready: { workerId: bigint; dynamoVersion: string }, log: { text: string }) {
     this.#child = child
-    this.workerId = workerId
+    this.workerId = ready.workerId
+    this.dynamoVersion = ready.dynamoVersion
     this.#log = log
   }
 
@@ -114,20 +117,20 @@ export class DynamoRouter {
     child.stderr.on('data', (d: Buffer) => append(d.toString()))
     const lines = createInterface({ input: child.stdout })
     let router: DynamoRouter | null = null
-    const ready = new Promise<bigint>((resolve, reject) => {
+    const ready = new Promise<{ workerId: bigint; dynamoVersion: string }>((resolve, reject) => {
       child.once('error', reject)
       child.once('exit', (code, signal) =>
         reject(new Error(`dynamo-router.py exited (${code ?? signal}) before it was ready:\n${log.text}`)),
       )
       lines.on('line', (line) => {
-        let msg: { ready?: boolean; workerId?: string } & RawAnswer
+        let msg: { ready?: boolean; workerId?: string; dynamoVersion?: string } & RawAnswer
         try {
           msg = JSON.parse(line)
         } catch {
           append(`${line}\n`) // not ours: a library printing to stdout
           return
         }
-        if (msg.ready) resolve(BigInt(msg.workerId!))
+        if (msg.ready) resolve({ workerId: BigInt(msg.workerId!), dynamoVersion: msg.dynamoVersion! })
         else if (router !== null) router.#answered(msg)
       })
     })
