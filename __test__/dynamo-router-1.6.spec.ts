@@ -416,20 +416,29 @@ dynamoTest(
 )
 
 dynamoTest(
-  'ZeroMQ event plane, etcd discovery: the manual API reaches a Dynamo 1.6.1 router; a cleared rank empties only itself',
+  "ZeroMQ event plane, etcd discovery, configured from Dynamo's variables: the manual API reaches a Dynamo 1.6.1 router; a cleared rank empties only itself",
   async (t) => {
     const etcd = await startEtcd()
     t.teardown(() => etcd.stop())
     const router = await startRouter(t, { backend: 'etcd', etcdUrl: etcd.url }, 'zmq')
+    // configured as a worker next to Dynamo is: from Dynamo's variables (the router got the same ones)
     const publisher = await KvEventPublisher.create(
-      publisherOptions(router.workerId, {
-        eventPlane: 'zmq',
-        eventPlaneHost: '127.0.0.1',
+      {
+        wire: 'dynamo-1.4',
+        namespace: NAMESPACE,
+        component: COMPONENT,
+        kvBlockSize: BS,
         zmqBindHost: '127.0.0.1',
         zmqSettleMs: CONVERGE_MS,
-        discovery: { backend: 'etcd', etcdEndpoints: etcd.url },
-      }),
-      {},
+        logger: quiet,
+      },
+      {
+        DYN_DISCOVERY_BACKEND: 'etcd',
+        ETCD_ENDPOINTS: etcd.url,
+        DYN_EVENT_PLANE: 'zmq',
+        DYN_EVENT_PLANE_HOST: '127.0.0.1',
+        DYNAMO_KV_WORKER_ID: String(router.workerId),
+      },
     )
     t.teardown(() => publisher.close())
     const want = new Expectation(router.workerId)
