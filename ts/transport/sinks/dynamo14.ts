@@ -310,7 +310,7 @@ export class Dynamo14Sink implements Sink {
     this.#zmqPending = 0
     if (this.#nats !== null) await this.#nats.close(left())
     // Registrations still in flight finish (or fail) before the records are removed.
-    await Promise.race([Promise.all([...this.#ranks.values()].map((r) => r.opened)), new Promise((r) => setTimeout(r, left()))])
+    await Promise.race([Promise.all([...this.#ranks.values()].map((r) => r.opened)), new Promise((r) => setTimeout(r, left()).unref())])
     await this.#o.discovery.close()
     this.#progress()
   }
