@@ -57,8 +57,8 @@ function prompts(locals: Local[], n: number, seed: number): BigUint64Array[] {
     for (const ev of l.index.dump()) {
       if (ev.event.data.type !== 'stored') continue
       const k = `${ev.workerId}:${ev.event.dpRank}`
-      let m = nodes.get(k)
-      if (!m) nodes.set(k, (m = new Map()))
+      const m = nodes.get(k) ?? new Map<bigint, { tokens: bigint; parent: bigint | null }>()
+      nodes.set(k, m)
       for (const b of ev.event.data.blocks) {
         m.set(b.blockHash, { tokens: b.tokensHash, parent: ev.event.data.parentHash })
         all.push({ k, hash: b.blockHash })
