@@ -4,6 +4,7 @@
 // through the event plane (with first-sight dumps, gap recovery and dumps past the ring buffer), through
 // the engines' own ZMQ streams (with drops, restarts, engines added and removed), and through JetStream.
 import test, { type ExecutionContext } from 'ava'
+import { Registry } from 'prom-client'
 import * as kv from '../ts/index.js'
 import { EngineSimulator } from '../ts/sim/engine.js'
 import { Rng } from './helpers/gen-batches.js'
@@ -344,38 +345,54 @@ test.serial(`[${impl}] outage longer than the ring buffer: the rank is rebuilt f
   t.true(st.recoveries.tree_dump > 4, `${st.recoveries.tree_dump} dumps`)
 })
 
-test.serial(
-  `[${impl}] a worker without a recovery endpoint: recoveries fail after bounded retries and the router follows live`,
-  async (t) => {
-    const p = await kv.KvEventPublisher.create({
-      namespace: 'rt',
-      component: 'noendpoint',
-      kvBlockSize: BS,
-      workerId: 5n,
-      nats: { servers: shared.server.url },
-      logger: quiet,
-    })
-    const router = await kv.KvRouter.create({
-      kvBlockSize: BS,
-      source: { kind: 'event-plane', namespace: 'rt', component: 'noendpoint' },
-      nats: { servers: shared.server.url },
-      logger: quiet,
-      recovery: { attempts: 3, backoffMs: 10, timeoutMs: 200 },
-    })
-    try {
-      const ops = manualOps(9, 1_000_000, BS, 2)
-      for (let i = 0; i < 50; i++) await apply(p, ops.next().value as ManualOp)
-      await p.flush()
-      await converged(router, localsOf([p]), 'live only')
-      const st = router.stats()
-      t.is(st.recoveries.failed, 2, 'first sight of each rank')
-      t.is(st.recoveryRetries, 4, 'attempts - 1 retries each')
-    } finally {
-      await router.close()
-      await p.close()
-    }
-  },
-)
+test.serial(`[${impl}] no recovery endpoint: asked once per rank; a silent one: bounded retries; then followed live`, async (t) => {
+  // worker 5 serves no endpoint (the server answers "no responders"); worker 6's endpoint never answers
+  const pubs = await Promise.all(
+    [5n, 6n].map((workerId) =>
+      kv.KvEventPublisher.create({
+        namespace: 'rt',
+        component: 'noendpoint',
+        kvBlockSize: BS,
+        workerId,
+        dpRanks: [0, 1],
+        nats: { servers: shared.server.url },
+        logger: quiet,
+      }),
+    ),
+  )
+  const silent = shared.nc.subscribe('namespace.rt.component.noendpoint.*.6')
+  await shared.nc.flush()
+  const registry = new Registry()
+  const router = await kv.KvRouter.create({
+    kvBlockSize: BS,
+    source: { kind: 'event-plane', namespace: 'rt', component: 'noendpoint' },
+    nats: { servers: shared.server.url },
+    logger: quiet,
+    recovery: { attempts: 3, backoffMs: 10, timeoutMs: 200 },
+    registry,
+  })
+  try {
+    const ops = pubs.map((_, i) => manualOps(9 + i, 1_000_000, BS, 2))
+    for (let k = 0; k < 50; k++) for (let i = 0; i < pubs.length; i++) await apply(pubs[i]!, ops[i]!.next().value as ManualOp)
+    for (const p of pubs) await p.flush()
+    await converged(router, localsOf(pubs), 'live only')
+    const st = router.stats()
+    t.is(st.recoveries.unavailable, 2, 'worker 5: one query per rank, answered "no responders"')
+    t.is(st.recoveries.failed, 2, 'worker 6: every attempt timed out')
+    t.is(st.recoveryRetries, 4, 'worker 6: attempts - 1 retries per rank; none for worker 5')
+    const scraped = await registry.metrics()
+    t.true(scraped.includes('dynamo_kv_router_recoveries_total{outcome="unavailable"} 2'))
+    t.true(scraped.includes('dynamo_kv_router_recoveries_total{outcome="failed"} 2'))
+    t.true(scraped.includes('dynamo_kv_router_recovery_duration_seconds_count{outcome="failed"} 2'))
+    t.true(scraped.includes(`dynamo_kv_router_index_blocks ${router.index.size()}`))
+    t.true(st.events.stored.applied > 0)
+    t.true(scraped.includes(`dynamo_kv_router_events_applied_total{type="stored",outcome="applied"} ${st.events.stored.applied}`))
+  } finally {
+    silent.unsubscribe()
+    await router.close()
+    for (const p of pubs) await p.close()
+  }
+})
 
 // ---------------------------------------------------------------------------------------------------
 // engines: drops, restarts, engines added and removed

@@ -100,8 +100,12 @@ export interface KvRouterOptions {
   metricsPrefix?: string
 }
 
-/** How one recovery ended. */
-export type RecoveryOutcome = 'events' | 'tree_dump' | 'failed'
+/**
+ * How one recovery ended: `events` (a range applied), `tree_dump` (the rank rebuilt from a dump),
+ * `unavailable` (nothing serves the worker's recovery subject, e.g. a worker without the endpoint: asked
+ * once, never retried), `failed` (no usable answer after every attempt, or a definite refusal).
+ */
+export type RecoveryOutcome = 'events' | 'tree_dump' | 'unavailable' | 'failed'
 
 export interface KvRouterStats {
   /** Events applied, by type and by the index's outcome. */
@@ -185,7 +189,15 @@ const STALE_RESTART_RUN = 8
 
 const key = (workerId: bigint, dpRank: number) => `${workerId}:${dpRank}`
 
-class RecoveryError extends Error {}
+class RecoveryError extends Error {
+  constructor(
+    message: string,
+    /** The server said nothing subscribes to the subject (503 no responders). */
+    readonly noResponders = false,
+  ) {
+    super(message)
+  }
+}
 
 /**
  * Follows the workers' KV events into one radix index and routes requests by prefix overlap and load
@@ -227,7 +239,7 @@ export class KvRouter {
     invalid: 0,
     stale: 0,
     gaps: 0,
-    recoveries: { events: 0, tree_dump: 0, failed: 0 } as Record<RecoveryOutcome, number>,
+    recoveries: { events: 0, tree_dump: 0, unavailable: 0, failed: 0 } as Record<RecoveryOutcome, number>,
     recoveryRetries: 0,
     restarts: 0,
     loads: 0,
@@ -596,6 +608,16 @@ export class KvRouter {
       try {
         body = await this.#query(st.workerId, st.dpRank, start, end)
       } catch (e) {
+        if (e instanceof RecoveryError && e.noResponders) {
+          outcome = 'unavailable'
+          this.#log.log(
+            'info',
+            `recovery-none-${st.workerId}`,
+            { workerId: st.workerId.toString(), dpRank: st.dpRank },
+            'the worker serves no recovery endpoint: following it live only',
+          )
+          break
+        }
         this.#log.log(
           'warn',
           `recovery-${st.workerId}`,
@@ -645,7 +667,7 @@ export class KvRouter {
     }
     this.#stats.recoveries[outcome]++
     this.#latency?.observe({ outcome }, (performance.now() - t0) / 1000)
-    if (outcome === 'failed') {
+    if (outcome === 'failed' || outcome === 'unavailable') {
       // accept the loss: continue from the events held
       st.last = null
     }
@@ -689,7 +711,7 @@ export class KvRouter {
         callback: (err, msg: Msg) => {
           if (err) return reject(err)
           const h = msg.headers
-          if (h?.hasError) return reject(new RecoveryError(`${h.code} ${h.description}`))
+          if (h?.hasError) return reject(new RecoveryError(`${h.code} ${h.description}`, h.code === 503))
           const idx = h?.get(CHUNK_HEADER)
           const total = h?.get(CHUNKS_HEADER)
           if (idx) {
