@@ -107,7 +107,7 @@ export class RecoveryEndpoint {
     } else {
       body = this.#answer(Number(m[1]), msg.data)
     }
-    this.#reply(msg.reply, body)
+    void this.#reply(msg.reply, body)
   }
 
   #answer(dpRank: number, data: Uint8Array): Iterable<Buffer> {
@@ -134,7 +134,8 @@ export class RecoveryEndpoint {
     return rangeResultPieces(result)
   }
 
-  #reply(reply: string, body: Iterable<Buffer>): void {
+  /** Sends the chunks, yielding to the event loop after each one, so that a large dump does not stall the worker. */
+  async #reply(reply: string, body: Iterable<Buffer>): Promise<void> {
     const maxPayload = this.#nc.info?.max_payload ?? 1 << 20
     const max = Math.max(64, Math.min(this.#maxChunk ?? Number.POSITIVE_INFINITY, maxPayload - HEADER_ROOM))
     let n = 0
@@ -146,6 +147,8 @@ export class RecoveryEndpoint {
         n++
         this.#stats.chunks++
         this.#stats.bytes += chunk.length
+        await new Promise((r) => setImmediate(r))
+        if (this.#closed) return
       }
       const h = natsHeaders()
       h.set(CHUNKS_HEADER, String(n))

@@ -35,6 +35,8 @@ import {
   eventIdOfJson,
   parseRangeResponse,
   peekEnvelope,
+  responseArray,
+  ArraySplitter,
   peeked,
   recoverySubject,
 } from './wire.js'
@@ -186,6 +188,10 @@ const KINDS: EventKind[] = ['stored', 'removed', 'cleared']
 const MAX_HELD = 100_000
 /** This many events in a row older than the cursor: the publisher restarted with the same worker id. */
 const STALE_RESTART_RUN = 8
+/** A recovery's events are applied in slices of this many milliseconds, lookups served in between. */
+const APPLY_SLICE_MS = 5
+/** Bytes of a recovery body split per slice (a few milliseconds). */
+const SPLIT_SLICE_BYTES = 1 << 20
 
 const key = (workerId: bigint, dpRank: number) => `${workerId}:${dpRank}`
 
@@ -629,24 +635,35 @@ export class KvRouter {
       if (this.#closing !== null || this.#ranks.get(key(st.workerId, st.dpRank)) !== st) return
       let answer: ReturnType<typeof parseRangeResponse>
       try {
-        answer = parseRangeResponse(body)
+        const arr = responseArray(body)
+        if (arr !== null) {
+          // a large body is split in slices too
+          const splitter = new ArraySplitter(body, arr.open)
+          while (!splitter.step(SPLIT_SLICE_BYTES)) {
+            await new Promise((r) => setImmediate(r))
+            if (this.#closing !== null || this.#ranks.get(key(st.workerId, st.dpRank)) !== st) return
+          }
+          if (body.toString('latin1', splitter.end) !== '}') throw new Error('bad response: trailing bytes')
+          answer = { kind: arr.kind, events: splitter.items }
+        } else answer = parseRangeResponse(body)
       } catch (e) {
         this.#log.log('warn', 'recovery-body', { err: (e as Error).message }, 'a recovery reply could not be read')
         continue
       }
       if (answer.kind === 'Events') {
-        for (const ev of answer.events) {
+        const done = await this.#sliced(st, answer.events, (ev) => {
           const id = eventIdOfJson(ev)
-          if (id === null || (st.last !== null && id <= st.last)) continue
+          if (id === null || (st.last !== null && id <= st.last)) return
           st.last = id
           this.#apply(ev, 'json', jsonKind(ev))
-        }
+        })
+        if (!done) return
         outcome = 'events'
         break
       }
       if (answer.kind === 'TreeDump') {
         this.#index.removeWorkerDpRank(st.workerId, st.dpRank)
-        for (const ev of answer.events) this.#apply(ev, 'json', 'stored')
+        if (!(await this.#sliced(st, answer.events, (ev) => this.#apply(ev, 'json', 'stored')))) return
         st.last = answer.events.length > 0 ? eventIdOfJson(answer.events[0]!) : null
         outcome = 'tree_dump'
         break
@@ -672,6 +689,24 @@ export class KvRouter {
       st.last = null
     }
     this.#drain(st)
+  }
+
+  /**
+   * Applies a recovery's events in slices of APPLY_SLICE_MS, yielding to the event loop between them so
+   * that lookups are served while a large dump is applied (the rank's live events stay held meanwhile).
+   * false when the router closed or the rank was removed in between.
+   */
+  async #sliced(st: RankState, events: Buffer[], each: (ev: Buffer) => void): Promise<boolean> {
+    let sliceEnd = performance.now() + APPLY_SLICE_MS
+    for (let i = 0; i < events.length; i++) {
+      if ((i & 255) === 255 && performance.now() > sliceEnd) {
+        await new Promise((r) => setImmediate(r))
+        if (this.#closing !== null || this.#ranks.get(key(st.workerId, st.dpRank)) !== st) return false
+        sliceEnd = performance.now() + APPLY_SLICE_MS
+      }
+      each(events[i]!)
+    }
+    return true
   }
 
   /** Applies the events held during a recovery, in order; stops if one of them starts another. */

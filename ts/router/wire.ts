@@ -132,13 +132,11 @@ export type ParsedResponse =
 
 /** Parses a whole response body; throws an Error on a body that is not a WorkerKvQueryResponse. */
 export function parseRangeResponse(body: Buffer): ParsedResponse {
-  for (const kind of ['Events', 'TreeDump'] as const) {
-    const head = `{"${kind}":[`
-    if (body.length >= head.length && body.toString('latin1', 0, head.length) === head) {
-      const { items, end } = splitArray(body, head.length - 1)
-      if (body.toString('latin1', end) !== '}') throw new Error('bad response: trailing bytes')
-      return { kind, events: items }
-    }
+  const arr = responseArray(body)
+  if (arr !== null) {
+    const { items, end } = splitArray(body, arr.open)
+    if (body.toString('latin1', end) !== '}') throw new Error('bad response: trailing bytes')
+    return { kind: arr.kind, events: items }
   }
   const v = parseSmallJson(body)
   if (typeof v !== 'object' || v === null || typeof v === 'bigint' || Array.isArray(v)) throw new Error('bad response: not an object')
@@ -178,38 +176,78 @@ export function parseRangeResponse(body: Buffer): ParsedResponse {
 
 /**
  * Splits the JSON array starting at `open` (a `[`) into its elements' byte slices (strings and nesting
- * respected). The elements themselves are checked by whoever parses them (the core). Returns the
- * position after the closing `]`.
+ * respected), resumably: step() scans a bounded number of bytes, so a caller can yield between steps.
+ * The elements themselves are checked by whoever parses them (the core).
  */
-export function splitArray(b: Buffer, open: number): { items: Buffer[]; end: number } {
-  const items: Buffer[] = []
-  let p = open + 1
-  let depth = 0
-  let inString = false
-  let start = p
-  if (b[p] === 0x5d) return { items, end: p + 1 }
-  for (; p < b.length; p++) {
-    const c = b[p]!
-    if (inString) {
-      if (c === 0x5c) p++
-      else if (c === 0x22) inString = false
-      continue
-    }
-    if (c === 0x22) inString = true
-    else if (c === 0x7b || c === 0x5b) depth++
-    else if (c === 0x7d || c === 0x5d) {
-      if (depth === 0) {
-        if (c !== 0x5d) throw new Error('bad response: unbalanced array')
-        items.push(b.subarray(start, p))
-        return { items, end: p + 1 }
-      }
-      depth--
-    } else if (c === 0x2c && depth === 0) {
-      items.push(b.subarray(start, p))
-      start = p + 1
-    }
+export class ArraySplitter {
+  readonly items: Buffer[] = []
+  /** The position after the closing `]`, once done. */
+  end = -1
+  readonly #b: Buffer
+  #p: number
+  #start: number
+  #depth = 0
+  #inString = false
+
+  constructor(b: Buffer, open: number) {
+    this.#b = b
+    this.#p = open + 1
+    this.#start = this.#p
+    if (b[this.#p] === 0x5d) this.end = this.#p + 1
   }
-  throw new Error('bad response: truncated array')
+
+  /** Scans up to `budget` bytes; true once the array is complete. Throws on an unbalanced or truncated array. */
+  step(budget: number): boolean {
+    if (this.end >= 0) return true
+    const b = this.#b
+    const stop = Math.min(b.length, this.#p + budget)
+    let p = this.#p
+    let depth = this.#depth
+    let inString = this.#inString
+    for (; p < stop; p++) {
+      const c = b[p]!
+      if (inString) {
+        if (c === 0x5c) p++
+        else if (c === 0x22) inString = false
+        continue
+      }
+      if (c === 0x22) inString = true
+      else if (c === 0x7b || c === 0x5b) depth++
+      else if (c === 0x7d || c === 0x5d) {
+        if (depth === 0) {
+          if (c !== 0x5d) throw new Error('bad response: unbalanced array')
+          this.items.push(b.subarray(this.#start, p))
+          this.end = p + 1
+          return true
+        }
+        depth--
+      } else if (c === 0x2c && depth === 0) {
+        this.items.push(b.subarray(this.#start, p))
+        this.#start = p + 1
+      }
+    }
+    this.#p = p
+    this.#depth = depth
+    this.#inString = inString
+    if (p >= b.length) throw new Error('bad response: truncated array')
+    return false
+  }
+}
+
+/** The array variant of a response body (`Events` / `TreeDump`) and the position of its `[`, else null. */
+export function responseArray(body: Buffer): { kind: 'Events' | 'TreeDump'; open: number } | null {
+  for (const kind of ['Events', 'TreeDump'] as const) {
+    const head = `{"${kind}":[`
+    if (body.length >= head.length && body.toString('latin1', 0, head.length) === head) return { kind, open: head.length - 1 }
+  }
+  return null
+}
+
+/** The whole array at `open`, split at once. */
+export function splitArray(b: Buffer, open: number): { items: Buffer[]; end: number } {
+  const s = new ArraySplitter(b, open)
+  s.step(Number.POSITIVE_INFINITY)
+  return { items: s.items, end: s.end }
 }
 
 const EVENT_ID_KEY = Buffer.from('"event_id":')
