@@ -8,7 +8,9 @@ import { fileURLToPath } from 'node:url'
 import { createInbox, headers as natsHeaders, type Msg } from '@nats-io/transport-node'
 import * as kv from '../ts/index.js'
 import { encodeRecoveryRequest, parseRangeResponse, parseRecoveryRequest, recoverySubject } from '../ts/router/wire.js'
-import { quiet, withNats } from './helpers/publishing.js'
+import { Rng } from './helpers/gen-batches.js'
+import { fallback, needNative, parityTest } from './helpers/impls.js'
+import { manualOps, quiet, withNats } from './helpers/publishing.js'
 
 const impl = kv.implementation
 const shared = withNats(test)
@@ -222,3 +224,39 @@ test.serial(`[${impl}] the publisher's recoveryEndpoint option serves its local 
     { message: /recoveryEndpoint needs the local indexer/ },
   )
 })
+
+parityTest(
+  'eventsInRangeJson: native and fallback write the same bytes, equal to the answer of eventsInRange encoded event by event',
+  (t) => {
+    const impls = [needNative(), fallback]
+    const ingestors = impls.map(
+      (impl) => new kv.Ingestor({ kvBlockSize: 4, workerId: 2n ** 63n + 9n, localIndexer: { bufferSize: 40 } }, impl),
+    )
+    let i = 0
+    for (const op of manualOps(77, 300, 4, 3, 97)) {
+      for (const ing of ingestors) {
+        if (op.kind === 'stored')
+          ing.stored({ tokenIds: op.tokenIds, blockHashes: op.blockHashes, parentHash: op.parentHash, dpRank: op.dpRank }, 1000 + i)
+        else if (op.kind === 'removed') ing.removed(op.blockHashes, op.dpRank, 1000 + i)
+        else ing.cleared(op.dpRank, 1000 + i)
+      }
+      i++
+    }
+    const rng = new Rng(5)
+    const kinds = new Set<string>()
+    for (let q = 0; q < 400; q++) {
+      const rank = rng.int(4) // rank 3 was never seen: Error
+      const start = rng.chance(0.2) ? null : BigInt(rng.int(140))
+      const end = rng.chance(0.5) ? null : BigInt(rng.int(140))
+      const [a, b] = ingestors.map((ing) => ing.localIndexer!.eventsInRangeJson(rank, start, end))
+      t.true(a!.equals(b!), `rank ${rank} [${start}, ${end}]`)
+      const r = ingestors[0]!.localIndexer!.eventsInRange(rank, start, end)
+      kinds.add(r.kind)
+      if (r.kind === 'Events' || r.kind === 'TreeDump')
+        t.is(a!.toString(), `{"${r.kind}":[${r.events.map((e) => kv.encodeRouterEvent(e, 'json').toString()).join(',')}]}`)
+      else t.deepEqual(parseRangeResponse(a!), r.kind === 'Error' ? { kind: 'Error', message: r.message } : { ...r })
+    }
+    t.deepEqual([...kinds].sort(), ['Error', 'Events', 'InvalidRange', 'TooNew', 'TreeDump'])
+    for (const ing of ingestors) ing.close()
+  },
+)

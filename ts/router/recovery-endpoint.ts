@@ -4,16 +4,7 @@ import { headers as natsHeaders, type Msg, type NatsConnection, type Subscriptio
 import type { LocalIndexer } from '../core/api.js'
 import { checkName, describe, positiveInt, u64 } from '../util/args.js'
 import { type Logger, loggerOption, RateLimitedLog } from '../util/log.js'
-import {
-  CHUNK_HEADER,
-  CHUNKS_HEADER,
-  chunked,
-  componentPrefix,
-  errorBody,
-  parseRecoveryRequest,
-  RECOVERY_TOKEN,
-  rangeResultPieces,
-} from './wire.js'
+import { CHUNK_HEADER, CHUNKS_HEADER, componentPrefix, errorBody, parseRecoveryRequest, RECOVERY_TOKEN } from './wire.js'
 
 export interface RecoveryEndpointOptions {
   /** A connection the caller owns (close() does not close it). */
@@ -43,6 +34,7 @@ export interface RecoveryEndpointStats {
 const RANK_RE = new RegExp(`^${RECOVERY_TOKEN}(0|[1-9][0-9]{0,9})$`)
 /** Headers and subject take far less than this. */
 const HEADER_ROOM = 1024
+const ERROR_HEAD = Buffer.from('{"Error":')
 
 /**
  * Serves `namespace.{ns}.component.{comp}.worker_kv_indexer_query_dp{rank}.{worker_id}` for every rank
@@ -100,47 +92,49 @@ export class RecoveryEndpoint {
     if (!msg.reply || this.#closed) return
     const tokens = msg.subject.split('.')
     const m = RANK_RE.exec(tokens[tokens.length - 2] ?? '')
-    let body: Iterable<Buffer>
+    let body: Buffer
     if (m === null || Number(m[1]) > 0xffffffff) {
       this.#stats.errors++
-      body = [errorBody(`not a recovery subject: ${msg.subject}`)]
+      body = errorBody(`not a recovery subject: ${msg.subject}`)
     } else {
       body = this.#answer(Number(m[1]), msg.data)
     }
     void this.#reply(msg.reply, body)
   }
 
-  #answer(dpRank: number, data: Uint8Array): Iterable<Buffer> {
+  /** The response body: the local indexer's answer, written as JSON by the core in one call. */
+  #answer(dpRank: number, data: Uint8Array): Buffer {
     let req: ReturnType<typeof parseRecoveryRequest>
     try {
       req = parseRecoveryRequest(data)
     } catch (e) {
       this.#stats.errors++
-      return [errorBody(`malformed request: ${(e as Error).message}`)]
+      return errorBody(`malformed request: ${(e as Error).message}`)
     }
     if (req.workerId !== this.workerId) {
       this.#stats.errors++
-      return [errorBody(`worker_id mismatch: asked ${req.workerId}, this is ${this.workerId}`)]
+      return errorBody(`worker_id mismatch: asked ${req.workerId}, this is ${this.workerId}`)
     }
-    let result: ReturnType<LocalIndexer['eventsInRange']>
+    let body: Buffer
     try {
-      result = this.#local.eventsInRange(dpRank, req.startEventId, req.endEventId)
+      body = this.#local.eventsInRangeJson(dpRank, req.startEventId, req.endEventId)
     } catch (e) {
       this.#stats.errors++
-      return [errorBody(`query failed: ${(e as Error).message}`)]
+      return errorBody(`query failed: ${(e as Error).message}`)
     }
-    if (result.kind === 'Error') this.#stats.errors++
+    if (body.subarray(0, ERROR_HEAD.length).equals(ERROR_HEAD)) this.#stats.errors++
     else this.#stats.answered++
-    return rangeResultPieces(result)
+    return body
   }
 
   /** Sends the chunks, yielding to the event loop after each one, so that a large dump does not stall the worker. */
-  async #reply(reply: string, body: Iterable<Buffer>): Promise<void> {
+  async #reply(reply: string, body: Buffer): Promise<void> {
     const maxPayload = this.#nc.info?.max_payload ?? 1 << 20
     const max = Math.max(64, Math.min(this.#maxChunk ?? Number.POSITIVE_INFINITY, maxPayload - HEADER_ROOM))
     let n = 0
     try {
-      for (const chunk of chunked(body, max)) {
+      for (let at = 0; at < body.length; at += max) {
+        const chunk = body.subarray(at, at + max)
         const h = natsHeaders()
         h.set(CHUNK_HEADER, String(n))
         this.#nc.publish(reply, chunk, { headers: h })

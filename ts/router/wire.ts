@@ -2,7 +2,7 @@
 // event-plane peeks the router needs before it applies an event (worker, rank, event id) or a load.
 // u64 values never pass through a JS number: integers are read from the bytes into bigints, and the
 // events inside a response are handed to the core's own JSON parser one by one (applyEncoded).
-import { encodeRouterEvent, kvEventsSubject, type RangeResult, type RouterEventValue } from '../core/api.js'
+import { kvEventsSubject, type RouterEventValue } from '../core/api.js'
 import { ascii, binAt, bytesEq, INT_NONNEG, intAt, lastRead, lastReadBig, mapAt, skip, strAt, validate } from '../fallback/msgpack.js'
 
 /** The subject token of a rank's recovery endpoint, before the rank's decimal number. */
@@ -64,63 +64,9 @@ export function parseRecoveryRequest(bytes: Uint8Array): RecoveryRequest {
 // ---------------------------------------------------------------------------------------------------
 // the response
 
-/**
- * The response body as a sequence of byte pieces (WorkerKvQueryResponse JSON, exact u64): events are
- * encoded one at a time by the core's JSON encoder, so a large dump is written piece by piece.
- */
-export function* rangeResultPieces(r: RangeResult): Generator<Buffer> {
-  switch (r.kind) {
-    case 'Events':
-    case 'TreeDump': {
-      yield Buffer.from(`{"${r.kind}":[`)
-      let first = true
-      for (const ev of r.events) {
-        if (!first) yield COMMA
-        first = false
-        yield encodeRouterEvent(ev, 'json')
-      }
-      yield CLOSE_ARRAY
-      return
-    }
-    case 'TooNew':
-      yield Buffer.from(
-        `{"TooNew":{"requested_start":${r.requestedStart},"requested_end":${r.requestedEnd},"newest_available":${r.newestAvailable}}}`,
-      )
-      return
-    case 'InvalidRange':
-      yield Buffer.from(`{"InvalidRange":{"start_id":${r.startId},"end_id":${r.endId}}}`)
-      return
-    case 'Error':
-      yield errorBody(r.message)
-  }
-}
-const COMMA = Buffer.from(',')
-const CLOSE_ARRAY = Buffer.from(']}')
-
 /** `{"Error":"..."}` */
 export function errorBody(message: string): Buffer {
   return Buffer.from(`{"Error":${JSON.stringify(message)}}`)
-}
-
-/** Cuts a stream of pieces into chunks of at most `max` bytes (the last one may be shorter). */
-export function* chunked(pieces: Iterable<Buffer>, max: number): Generator<Buffer> {
-  let buf = Buffer.allocUnsafe(max)
-  let used = 0
-  for (const piece of pieces) {
-    let at = 0
-    while (at < piece.length) {
-      const n = Math.min(max - used, piece.length - at)
-      piece.copy(buf, used, at, at + n)
-      used += n
-      at += n
-      if (used === max) {
-        yield buf
-        buf = Buffer.allocUnsafe(max)
-        used = 0
-      }
-    }
-  }
-  if (used > 0) yield buf.subarray(0, used)
 }
 
 /** A parsed response: event arrays stay as byte slices of the body, one per event, for applyEncoded. */
