@@ -2,7 +2,7 @@
 // child process) already holding N blocks: its first sight asks for a dump, which the router splits and
 // applies in slices. A timer asks findBestWorker every millisecond meanwhile; the longest wait between
 // two lookups is the stall the router's lookups see. The worker's own cost of answering (its local
-// indexer's dump, then encoding) is timed in the child. Also: the live path's cost per event (the
+// indexer's dump as JSON, which its endpoint sends, and as objects) is timed in the child. Also: the live path's cost per event (the
 // envelope peek, and the core's apply).
 //
 //   npx tsx bench/router-stall.ts            (BLOCKS=20000,100000 to choose the sizes)
@@ -36,10 +36,13 @@ async function worker(servers: string, ns: string, blocks: number): Promise<void
     await p.publishStored({ tokenIds: t, blockHashes: computeBlockHashes(t, BS) })
   }
   await p.flush()
-  const t0 = performance.now()
-  const dump = p.localIndexer!.eventsInRange(0, null, null)
-  const dumpMs = performance.now() - t0
-  console.log(JSON.stringify({ ready: true, size: p.localIndexer!.size(), workerDumpMs: dumpMs, kind: dump.kind }))
+  let t0 = performance.now()
+  p.localIndexer!.eventsInRange(0, null, null)
+  const objectsMs = performance.now() - t0
+  t0 = performance.now()
+  const json = p.localIndexer!.eventsInRangeJson(0, null, null)
+  const jsonMs = performance.now() - t0
+  console.log(JSON.stringify({ ready: true, size: p.localIndexer!.size(), objectsMs, jsonMs, bytes: json.length }))
   for await (const _ of createInterface({ input: process.stdin })) {
     const t = doc(blocks / 16 + 1)
     await p.publishStored({ tokenIds: t, blockHashes: computeBlockHashes(t, BS) })
@@ -54,7 +57,7 @@ async function stall(servers: string, blocks: number) {
     stdio: ['pipe', 'pipe', 'inherit'],
   })
   const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]()
-  const ready = JSON.parse((await lines.next()).value as string) as { size: number; workerDumpMs: number }
+  const ready = JSON.parse((await lines.next()).value as string) as { size: number; objectsMs: number; jsonMs: number; bytes: number }
   const router = await KvRouter.create({
     kvBlockSize: BS,
     source: { kind: 'event-plane', namespace: ns, component: 'w' },
@@ -83,7 +86,9 @@ async function stall(servers: string, blocks: number) {
   await router.close()
   return {
     blocks,
-    workerDumpMs: Math.round(ready.workerDumpMs),
+    workerDumpObjectsMs: Math.round(ready.objectsMs),
+    workerDumpJsonMs: Math.round(ready.jsonMs),
+    replyBytes: ready.bytes,
     recoveryMs: Math.round(recoveryMs),
     routerMaxLookupGapMs: Math.round(maxGap),
     lookupsDuringRecovery: lookups,
