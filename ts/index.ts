@@ -90,3 +90,4 @@ export {
   type DefaultSelectorOptions,
 } from './router/selector.js'
 export { RecoveryEndpoint, type RecoveryEndpointOptions, type RecoveryEndpointStats } from './router/recovery-endpoint.js'
+export type { EventKind } from './router/wire.js'

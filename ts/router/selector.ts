@@ -6,7 +6,7 @@ export interface RouteCandidate {
   dpRank: number
   /** Blocks of the request's prefix this rank already holds (the index's overlap score). */
   overlapBlocks: number
-  /** Block hashes this rank holds in the router's index. */
+  /** Block hashes this rank holds in the router's index when it scored (overlapBlocks > 0), else 0. */
   treeSize: number
   /** Blocks of the request still to prefill here: `requestBlocks − overlapBlocks`. */
   prefillBlocks: number

@@ -344,6 +344,7 @@ const K_REMOVED = ascii('removed')
 const K_CLEARED = ascii('cleared')
 const K_ACTIVE_DECODE = ascii('active_decode_blocks')
 
+/** The type of a router event's data. */
 export type EventKind = 'stored' | 'removed' | 'cleared'
 
 /** What peekEnvelope found (one shared object, refilled by every call). */
