@@ -537,3 +537,55 @@ test.serial(
     }
   },
 )
+
+test.serial(
+  `[${impl}] a worker restarted under the same id (event ids from 0 again) is rebuilt from a dump; bad bytes are counted`,
+  async (t) => {
+    const open = () =>
+      kv.KvEventPublisher.create({
+        namespace: 'rt',
+        component: 'restart',
+        kvBlockSize: BS,
+        workerId: 8n,
+        dpRanks: [0, 1],
+        nats: { servers: shared.server.url },
+        logger: quiet,
+        recoveryEndpoint: true,
+      })
+    const router = await kv.KvRouter.create({
+      kvBlockSize: BS,
+      source: { kind: 'event-plane', namespace: 'rt', component: 'restart' },
+      nats: { servers: shared.server.url },
+      logger: quiet,
+    })
+    let p = await open()
+    try {
+      const ops = manualOps(50, 1_000_000, BS, 2)
+      for (let i = 0; i < 80; i++) await apply(p, ops.next().value as ManualOp)
+      await p.flush()
+      await converged(router, localsOf([p]), 'first incarnation')
+      // not router events: counted, skipped, nothing else changes
+      for (const junk of [
+        Buffer.from('junk'),
+        kv.encodeEnvelope({ publisherId: 1n, sequence: 0n, publishedAt: 0, topic: 'kv-events', payload: Buffer.from([0xc0]) }),
+      ])
+        shared.nc.publish('namespace.rt.component.restart.kv-events', junk)
+      await shared.nc.flush()
+      await p.close()
+      // the restarted worker starts empty and numbers its events from 0 again
+      p = await open()
+      const again = manualOps(51, 1_000_000, BS, 2)
+      for (let i = 0; i < 40; i++) await apply(p, again.next().value as ManualOp)
+      await p.flush()
+      await converged(router, localsOf([p]), 'second incarnation')
+      assertMatches(t, router, localsOf([p]), 500, 6, false)
+      const st = router.stats()
+      t.is(st.invalid, 2)
+      t.true(st.restarts >= 1, `${st.restarts} restarts`)
+      t.is(st.recoveries.failed, 0)
+    } finally {
+      await router.close()
+      await p.close()
+    }
+  },
+)
