@@ -952,8 +952,11 @@ export class KvRouter {
       }
     }
     if (this.#jsMessages !== null) {
-      await this.#jsMessages.close().catch(() => {})
-      await this.#jsLoop
+      // bounded: a consumer whose connection is gone may never report itself closed
+      const bound = new Promise<void>((r) => setTimeout(r, 5000).unref())
+      await Promise.race([Promise.all([this.#jsMessages.close().catch(() => {}), this.#jsLoop]), bound])
+      // the last acks reach the server before the connection goes
+      if (this.#nc !== null) await Promise.race([this.#nc.flush().catch(() => {}), bound])
     }
     for (const e of this.#engines.values()) {
       await e.source.close()
