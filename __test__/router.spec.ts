@@ -598,3 +598,51 @@ test.serial(
     }
   },
 )
+
+test.serial(
+  `[${impl}] a worker without an endpoint (ids with holes, as Dynamo's own publisher numbers rejected events): gaps accepted without a query`,
+  async (t) => {
+    const router = await kv.KvRouter.create({
+      kvBlockSize: BS,
+      source: { kind: 'event-plane', namespace: 'rt', component: 'holes' },
+      nats: { servers: shared.server.url },
+      logger: quiet,
+    })
+    const index = new kv.RadixIndex()
+    try {
+      let seq = 0n
+      const send = (eventId: bigint, blockHash: bigint) => {
+        const ev: kv.RouterEventValue = {
+          workerId: 2n ** 64n - 5n,
+          event: {
+            eventId,
+            dpRank: 0,
+            data: { type: 'stored', parentHash: null, blocks: [{ blockHash, tokensHash: blockHash + 1n, mmExtraInfo: null }] },
+          },
+        }
+        index.applyEvent(ev)
+        shared.nc.publish(
+          'namespace.rt.component.holes.kv-events',
+          kv.encodeEnvelope({ publisherId: 1n, sequence: seq++, publishedAt: 0, topic: 'kv-events', payload: kv.encodeRouterEvent(ev) }),
+        )
+      }
+      send(0n, 100n) // first sight: "no responders"
+      await shared.nc.flush()
+      await waitFor(() => router.settled && router.stats().recoveries.unavailable === 1, 'the first sight')
+      send(1n, 101n)
+      send(5n, 105n) // a hole: accepted at once
+      send(6n, 106n)
+      send(9n, 109n)
+      await shared.nc.flush()
+      await waitFor(() => router.index.size() === 5, 'five blocks')
+      t.deepEqual(holdings(router.index.dump()), holdings(index.dump()))
+      const st = router.stats()
+      t.is(st.gaps, 2)
+      t.is(st.recoveries.unavailable, 3, 'the first sight, then each gap without a query')
+      t.is(st.recoveryRetries, 0)
+    } finally {
+      await router.close()
+      index.close()
+    }
+  },
+)

@@ -104,8 +104,8 @@ export interface KvRouterOptions {
 
 /**
  * How one recovery ended: `events` (a range applied), `tree_dump` (the rank rebuilt from a dump),
- * `unavailable` (nothing serves the worker's recovery subject, e.g. a worker without the endpoint: asked
- * once, never retried), `failed` (no usable answer after every attempt, or a definite refusal).
+ * `unavailable` (nothing serves the worker's recovery subject, e.g. a worker without the endpoint: not
+ * retried, and the worker's gaps are accepted without a query for a minute), `failed` (no usable answer after every attempt, or a definite refusal).
  */
 export type RecoveryOutcome = 'events' | 'tree_dump' | 'unavailable' | 'failed'
 
@@ -190,6 +190,8 @@ const MAX_HELD = 100_000
 const STALE_RESTART_RUN = 8
 /** A recovery's events are applied in slices of this many milliseconds, lookups served in between. */
 const APPLY_SLICE_MS = 5
+/** After "no responders", a worker's gaps are accepted without a query for this long. */
+const NO_ENDPOINT_RETRY_MS = 60_000
 /** Bytes of a recovery body split per slice (a few milliseconds). */
 const SPLIT_SLICE_BYTES = 1 << 20
 
@@ -223,6 +225,8 @@ export class KvRouter {
   readonly #routedBlocks = new Map<string, number>()
   readonly #requests = new Map<string, { key: string; blocks: number }>()
   readonly #lastSeen = new Map<bigint, number>()
+  /** Workers whose recovery subject had no responders, and when that was found. */
+  readonly #noEndpoint = new Map<bigint, number>()
   readonly #engines = new Map<bigint, { source: ZmqSource; ingestor: Ingestor; ranks: number }>()
   readonly #recoveryAttempts: number
   readonly #recoveryBackoffMs: number
@@ -470,6 +474,7 @@ export class KvRouter {
     for (const k of this.#routedBlocks.keys()) if (k.startsWith(`${id}:`)) this.#routedBlocks.delete(k)
     for (const [rid, r] of this.#requests) if (r.key.startsWith(`${id}:`)) this.#requests.delete(rid)
     this.#lastSeen.delete(id)
+    this.#noEndpoint.delete(id)
   }
 
   #touch(workerId: bigint, dpRank: number): void {
@@ -587,6 +592,15 @@ export class KvRouter {
       return
     }
     this.#stats.gaps++
+    const none = this.#noEndpoint.get(st.workerId)
+    if (none !== undefined && performance.now() - none < NO_ENDPOINT_RETRY_MS) {
+      // this worker serves no recovery endpoint: the loss is accepted without asking again
+      this.#stats.recoveries.unavailable++
+      st.last = id
+      st.staleRun = 0
+      this.#apply(data, 'envelope', kind)
+      return
+    }
     st.recovering = true
     st.held = [{ bytes: data, id, kind }]
     this.#startRecovery(st, st.last + 1n, id - 1n)
@@ -616,6 +630,7 @@ export class KvRouter {
       } catch (e) {
         if (e instanceof RecoveryError && e.noResponders) {
           outcome = 'unavailable'
+          this.#noEndpoint.set(st.workerId, performance.now())
           this.#log.log(
             'info',
             `recovery-none-${st.workerId}`,
