@@ -105,7 +105,8 @@ export interface KvRouterOptions {
 /**
  * How one recovery ended: `events` (a range applied), `tree_dump` (the rank rebuilt from a dump),
  * `unavailable` (nothing serves the worker's recovery subject, e.g. a worker without the endpoint: not
- * retried, and the worker's gaps are accepted without a query for a minute), `failed` (no usable answer after every attempt, or a definite refusal).
+ * retried, and the worker's gaps are accepted without a query for a minute), `failed` (no usable answer
+ * after every attempt, or a definite refusal).
  */
 export type RecoveryOutcome = 'events' | 'tree_dump' | 'unavailable' | 'failed'
 
