@@ -21,6 +21,7 @@ import { EventPlaneSink } from '../transport/sinks/event-plane.js'
 import { JetStreamSink } from '../transport/sinks/jetstream.js'
 import type { Sink, SinkStats } from '../transport/sinks/types.js'
 import { ZmqSource, type ZmqSourceCounter, type ZmqSourceOptions } from '../transport/sources/zmq.js'
+import { RecoveryEndpoint } from '../router/recovery-endpoint.js'
 
 type Env = Record<string, string | undefined>
 
@@ -86,6 +87,11 @@ export interface KvEventPublisherOptions {
    * its logger defaults to the publisher's). close() stops it first.
    */
   zmq?: Omit<ZmqSourceOptions, 'createSubscriber'>
+  /**
+   * Serve this package's router recovery queries (SPEC 7) from the local indexer, over NATS
+   * request/reply on this connection. Default false; needs the local indexer.
+   */
+  recoveryEndpoint?: boolean
 }
 
 export interface PublisherStats {
@@ -128,6 +134,7 @@ const KNOWN_OPTIONS = new Set([
   'reconnectBufferBytes',
   'closeTimeoutMs',
   'zmq',
+  'recoveryEndpoint',
 ])
 
 /** A random worker id below 2^63 (Dynamo's instance ids are i64-safe). */
@@ -178,6 +185,8 @@ export class KvEventPublisher {
   #source: ZmqSource | null = null
   /** While close() stops the source, its calls still get in. */
   #sourceOpen = false
+  /** The recovery endpoint (the recoveryEndpoint option), else null. */
+  #recovery: RecoveryEndpoint | null = null
 
   private constructor(init: {
     options: KvEventPublisherOptions
@@ -304,6 +313,24 @@ export class KvEventPublisher {
       closeTimeoutMs,
       logger,
     })
+    if (options.recoveryEndpoint !== undefined && typeof options.recoveryEndpoint !== 'boolean') {
+      await publisher.close()
+      throw new TypeError(`recoveryEndpoint must be a boolean, got ${describe(options.recoveryEndpoint)}`)
+    }
+    if (options.recoveryEndpoint === true) {
+      if (publisher.localIndexer === null) {
+        await publisher.close()
+        throw new TypeError('recoveryEndpoint needs the local indexer (localIndexer must not be false)')
+      }
+      publisher.#recovery = RecoveryEndpoint.start({
+        nats: nc,
+        namespace,
+        component,
+        workerId,
+        localIndexer: publisher.localIndexer,
+        logger,
+      })
+    }
     if (options.zmq !== undefined) {
       if (typeof options.zmq !== 'object' || options.zmq === null) {
         await publisher.close()
@@ -441,6 +468,7 @@ export class KvEventPublisher {
     }
     clearTimeout(timer)
     await this.#sink.close(Math.max(0, deadline - performance.now()))
+    await this.#recovery?.close()
     if (this.#ownsConnection)
       await this.#nc.close().catch((err: unknown) => this.#logger.warn({ err: String(err) }, 'closing the NATS connection failed'))
     this.#logger.info({ workerId: this.workerId.toString(), ...this.#sink.stats() }, 'KV event publisher closed')
