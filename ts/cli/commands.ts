@@ -4,6 +4,7 @@
 // router side (an indexer service, a query tool) are added here the same way.
 import type { Command } from 'commander'
 import { demoCommand } from './demo.js'
+import { indexerCommand } from './indexer.js'
 import { inspectCommand } from './inspect.js'
 import { publishCommand } from './publish.js'
 
@@ -18,4 +19,4 @@ export interface CliCommand {
   run(cmd: Command): Promise<number>
 }
 
-export const COMMANDS: readonly CliCommand[] = [publishCommand, inspectCommand, demoCommand]
+export const COMMANDS: readonly CliCommand[] = [publishCommand, inspectCommand, demoCommand, indexerCommand]

@@ -74,7 +74,8 @@ interface Partition {
   routers: Map<number, KvRouter>
 }
 
-class HttpError extends Error {
+/** A request the indexer refuses: the HTTP status and the message of the `{"error"}` body. */
+export class HttpError extends Error {
   constructor(
     readonly status: number,
     message: string,
