@@ -7,6 +7,7 @@ import { demoCommand } from './demo.js'
 import { indexerCommand } from './indexer.js'
 import { inspectCommand } from './inspect.js'
 import { publishCommand } from './publish.js'
+import { queryCommand } from './query.js'
 
 export interface CliCommand {
   name: string
@@ -19,4 +20,4 @@ export interface CliCommand {
   run(cmd: Command): Promise<number>
 }
 
-export const COMMANDS: readonly CliCommand[] = [publishCommand, inspectCommand, demoCommand, indexerCommand]
+export const COMMANDS: readonly CliCommand[] = [publishCommand, inspectCommand, demoCommand, indexerCommand, queryCommand]
