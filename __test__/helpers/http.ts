@@ -46,7 +46,7 @@ export function pyDumps(v: JsonNode): string {
     case 'arr':
       return `[${v.items.map(pyDumps).join(', ')}]`
     case 'obj':
-      return `{${v.entries.map(([k, x]) => `${pyDumps({ t: 'str', v: k, line: 0, col: 0 })}: ${pyDumps(x)}`).join(', ')}}`
+      return `{${v.entries.map(([k, x]) => `${pyDumps({ t: 'str', v: k, end: 0 })}: ${pyDumps(x)}`).join(', ')}}`
   }
 }
 

@@ -2,77 +2,105 @@
 // number), every value knows where it ends in the body, and errors read like the ones Dynamo's indexer
 // returns (serde_json's messages with `line L column C`), so clients see the same text from both.
 
-/** A parsed JSON value with the position (1-based line, column of its last character) where it ends. */
+/**
+ * A parsed JSON value with `end`: how many characters of the body had been read when it ended (the
+ * position serde reports). Containers also keep `open`, the same for their opening bracket.
+ */
 export type JsonNode =
-  | { t: 'null'; line: number; col: number }
-  | { t: 'bool'; v: boolean; line: number; col: number }
-  | { t: 'num'; raw: string; line: number; col: number }
-  | { t: 'str'; v: string; line: number; col: number }
-  | { t: 'arr'; items: JsonNode[]; line: number; col: number; openLine: number; openCol: number }
-  | { t: 'obj'; entries: [string, JsonNode][]; line: number; col: number; openLine: number; openCol: number }
+  | { t: 'null'; end: number }
+  | { t: 'bool'; v: boolean; end: number }
+  | { t: 'num'; raw: string; end: number }
+  | { t: 'str'; v: string; end: number }
+  | { t: 'arr'; items: JsonNode[]; end: number; open: number }
+  | { t: 'obj'; entries: [string, JsonNode][]; end: number; open: number }
+
+/** serde's `line L column C` for the position after `consumed` characters of `text`. */
+export function position(text: string, consumed: number): string {
+  let line = 1
+  let lastNl = -1
+  for (let k = text.indexOf('\n'); k >= 0 && k < consumed; k = text.indexOf('\n', k + 1)) {
+    line++
+    lastNl = k
+  }
+  return `line ${line} column ${consumed - lastNl - 1}`
+}
 
 /** A body that is not JSON: the message names the problem and where it is. */
 export class JsonSyntaxError extends Error {
   override name = 'JsonSyntaxError'
 }
 
-/** JSON that does not have the shape a route expects: `path: problem at line L column C`. */
+/**
+ * JSON that does not have the shape a route expects (`path: problem`), found where `consumed` characters
+ * had been read; {@link JsonShapeError.describe} adds serde's position.
+ */
 export class JsonShapeError extends Error {
   override name = 'JsonShapeError'
+  constructor(
+    message: string,
+    readonly consumed: number,
+  ) {
+    super(message)
+  }
+  /** The message with ` at line L column C` for the body it was found in. */
+  describe(text: string): string {
+    return `${this.message} at ${position(text, this.consumed)}`
+  }
 }
 
 const MAX_DEPTH = 128
+const C_QUOTE = 0x22
+const C_BACKSLASH = 0x5c
+const C_0 = 0x30
+const C_9 = 0x39
 
 /** Parses `text` exactly (numbers kept as text). Throws JsonSyntaxError. */
 export function parseJson(text: string): JsonNode {
   let i = 0
-  let line = 1
-  let col = 0
   const n = text.length
   const fail = (msg: string): never => {
-    throw new JsonSyntaxError(`${msg} at line ${line} column ${col}`)
+    throw new JsonSyntaxError(`${msg} at ${position(text, i)}`)
   }
-  const next = (): string => {
-    const c = text[i++]!
-    if (c === '\n') {
-      line++
-      col = 0
-    } else col++
-    return c
-  }
+  const isDigit = (c: number) => c >= C_0 && c <= C_9
   const skipWs = () => {
     while (i < n) {
-      const c = text[i]
-      if (c === ' ' || c === '\t' || c === '\n' || c === '\r') next()
+      const c = text.charCodeAt(i)
+      if (c === 0x20 || c === 0x0a || c === 0x09 || c === 0x0d) i++
       else break
     }
   }
   const ident = (word: string) => {
     for (let k = 1; k < word.length; k++) {
       if (i >= n) fail('EOF while parsing a value')
-      if (next() !== word[k]) fail('expected ident')
+      if (text[i++] !== word[k]) fail('expected ident')
     }
   }
   const hex4 = (): number => {
     let v = 0
     for (let k = 0; k < 4; k++) {
       if (i >= n) fail('EOF while parsing a string')
-      const c = next()
-      const d = Number.parseInt(c, 16)
-      if (Number.isNaN(d) || !/[0-9a-fA-F]/.test(c)) fail('invalid escape')
-      v = v * 16 + d
+      const c = text[i++]!
+      if (!/[0-9a-fA-F]/.test(c)) fail('invalid escape')
+      v = v * 16 + Number.parseInt(c, 16)
     }
     return v
   }
   const str = (): string => {
-    let out = ''
+    // fast path: no escapes
+    const start = i
+    for (; i < n; i++) {
+      const c = text.charCodeAt(i)
+      if (c === C_QUOTE) return text.slice(start, i++)
+      if (c === C_BACKSLASH || c < 0x20) break
+    }
+    let out = text.slice(start, i)
     for (;;) {
       if (i >= n) fail('EOF while parsing a string')
-      const c = next()
+      const c = text[i++]!
       if (c === '"') return out
       if (c === '\\') {
         if (i >= n) fail('EOF while parsing a string')
-        const e = next()
+        const e = text[i++]!
         switch (e) {
           case '"':
           case '\\':
@@ -98,8 +126,7 @@ export function parseJson(text: string): JsonNode {
             const u = hex4()
             if (u >= 0xd800 && u < 0xdc00) {
               if (text[i] !== '\\' || text[i + 1] !== 'u') fail('lone leading surrogate in hex escape')
-              next()
-              next()
+              i += 2
               const lo = hex4()
               if (lo < 0xdc00 || lo > 0xdfff) fail('lone leading surrogate in hex escape')
               out += String.fromCharCode(u, lo)
@@ -114,120 +141,118 @@ export function parseJson(text: string): JsonNode {
       else out += c
     }
   }
-  const num = (first: string): string => {
+  const num = (): string => {
     const start = i - 1
-    let c = first
-    if (c === '-') {
+    let c = text.charCodeAt(start)
+    if (c === 0x2d) {
       if (i >= n) fail('EOF while parsing a value')
-      c = next()
-      if (c < '0' || c > '9') fail('invalid number')
+      c = text.charCodeAt(i++)
+      if (!isDigit(c)) fail('invalid number')
     }
-    if (c === '0') {
-      if (i < n && text[i]! >= '0' && text[i]! <= '9') {
-        next()
+    if (c === C_0) {
+      if (i < n && isDigit(text.charCodeAt(i))) {
+        i++
         fail('invalid number')
       }
-    } else while (i < n && text[i]! >= '0' && text[i]! <= '9') next()
-    if (i < n && text[i] === '.') {
-      next()
+    } else while (i < n && isDigit(text.charCodeAt(i))) i++
+    if (i < n && text.charCodeAt(i) === 0x2e) {
+      i++
       if (i >= n) fail('EOF while parsing a value')
-      if (!(text[i]! >= '0' && text[i]! <= '9')) {
-        next()
+      if (!isDigit(text.charCodeAt(i))) {
+        i++
         fail('invalid number')
       }
-      while (i < n && text[i]! >= '0' && text[i]! <= '9') next()
+      while (i < n && isDigit(text.charCodeAt(i))) i++
     }
     if (i < n && (text[i] === 'e' || text[i] === 'E')) {
-      next()
-      if (i < n && (text[i] === '+' || text[i] === '-')) next()
+      i++
+      if (i < n && (text[i] === '+' || text[i] === '-')) i++
       if (i >= n) fail('EOF while parsing a value')
-      if (!(text[i]! >= '0' && text[i]! <= '9')) {
-        next()
+      if (!isDigit(text.charCodeAt(i))) {
+        i++
         fail('invalid number')
       }
-      while (i < n && text[i]! >= '0' && text[i]! <= '9') next()
+      while (i < n && isDigit(text.charCodeAt(i))) i++
     }
     return text.slice(start, i)
   }
   const value = (depth: number): JsonNode => {
     skipWs()
     if (i >= n) fail('EOF while parsing a value')
-    const c = next()
+    const c = text[i++]!
     switch (c) {
       case 'n':
         ident('null')
-        return { t: 'null', line, col }
+        return { t: 'null', end: i }
       case 't':
         ident('true')
-        return { t: 'bool', v: true, line, col }
+        return { t: 'bool', v: true, end: i }
       case 'f':
         ident('false')
-        return { t: 'bool', v: false, line, col }
+        return { t: 'bool', v: false, end: i }
       case '"': {
         const v = str()
-        return { t: 'str', v, line, col }
+        return { t: 'str', v, end: i }
       }
       case '[': {
         if (depth >= MAX_DEPTH) fail('recursion limit exceeded')
-        const openLine = line
-        const openCol = col
+        const open = i
         const items: JsonNode[] = []
         skipWs()
         if (i >= n) fail('EOF while parsing a list')
         if (text[i] === ']') {
-          next()
-          return { t: 'arr', items, line, col, openLine, openCol }
+          i++
+          return { t: 'arr', items, end: i, open }
         }
         for (;;) {
           items.push(value(depth + 1))
           skipWs()
           if (i >= n) fail('EOF while parsing a list')
-          const d = next()
-          if (d === ']') return { t: 'arr', items, line, col, openLine, openCol }
+          const d = text[i++]
+          if (d === ']') return { t: 'arr', items, end: i, open }
           if (d !== ',') fail('expected `,` or `]`')
           skipWs()
           if (text[i] === ']') {
-            next()
+            i++
             fail('trailing comma')
           }
         }
       }
       case '{': {
         if (depth >= MAX_DEPTH) fail('recursion limit exceeded')
-        const openLine = line
-        const openCol = col
+        const open = i
         const entries: [string, JsonNode][] = []
         skipWs()
         if (i >= n) fail('EOF while parsing an object')
         if (text[i] === '}') {
-          next()
-          return { t: 'obj', entries, line, col, openLine, openCol }
+          i++
+          return { t: 'obj', entries, end: i, open }
         }
         for (let first = true; ; first = false) {
           skipWs()
           if (i >= n) fail(first ? 'EOF while parsing an object' : 'EOF while parsing a value')
-          if (next() !== '"') fail('key must be a string')
+          if (text[i++] !== '"') fail('key must be a string')
           const k = str()
           skipWs()
           if (i >= n) fail('EOF while parsing an object')
-          if (next() !== ':') fail('expected `:`')
+          if (text[i++] !== ':') fail('expected `:`')
           entries.push([k, value(depth + 1)])
           skipWs()
           if (i >= n) fail('EOF while parsing an object')
-          const d = next()
-          if (d === '}') return { t: 'obj', entries, line, col, openLine, openCol }
+          const d = text[i++]
+          if (d === '}') return { t: 'obj', entries, end: i, open }
           if (d !== ',') fail('expected `,` or `}`')
           skipWs()
           if (text[i] === '}') {
-            next()
+            i++
             fail('trailing comma')
           }
         }
       }
       default:
         if (c === '-' || (c >= '0' && c <= '9')) {
-          const raw = num(c)
-          return { t: 'num', raw, line, col }
+          const raw = num()
+          return { t: 'num', raw, end: i }
         }
         return fail('expected value')
     }
@@ -235,7 +260,7 @@ export function parseJson(text: string): JsonNode {
   const v = value(0)
   skipWs()
   if (i < n) {
-    next()
+    i++
     fail('trailing characters')
   }
   return v
@@ -284,13 +309,10 @@ function unexpected(v: JsonNode): string {
 }
 
 /** Where serde reports a problem with this value: its end (the opening bracket for containers). */
-function at(v: JsonNode): string {
-  if (v.t === 'arr' || v.t === 'obj') return ` at line ${v.openLine} column ${v.openCol}`
-  return ` at line ${v.line} column ${v.col}`
-}
+const at = (v: JsonNode): number => (v.t === 'arr' || v.t === 'obj' ? v.open : v.end)
 
 function shapeError(path: string, msg: string, v: JsonNode): never {
-  throw new JsonShapeError(`${path ? `${path}: ` : ''}${msg}${at(v)}`)
+  throw new JsonShapeError(`${path ? `${path}: ` : ''}${msg}`, at(v))
 }
 
 function intOf(path: string, v: JsonNode, kind: 'u64' | 'i64' | 'u32', min: bigint, max: bigint): bigint {
@@ -304,7 +326,11 @@ function intOf(path: string, v: JsonNode, kind: 'u64' | 'i64' | 'u32', min: bigi
 
 export const readU64 = (path: string, v: JsonNode): bigint => intOf(path, v, 'u64', 0n, U64_MAX)
 export const readI64 = (path: string, v: JsonNode): bigint => intOf(path, v, 'i64', I64_MIN, I64_MAX)
-export const readU32 = (path: string, v: JsonNode): number => Number(intOf(path, v, 'u32', 0n, U32_MAX))
+export function readU32(path: string, v: JsonNode): number {
+  // the common case (a plain non-negative integer of at most 9 digits) without a bigint
+  if (v.t === 'num' && v.raw.length <= 9 && /^\d+$/.test(v.raw)) return Number(v.raw)
+  return Number(intOf(path, v, 'u32', 0n, U32_MAX))
+}
 
 export function readString(path: string, v: JsonNode): string {
   if (v.t !== 'str') return shapeError(path, `invalid type: ${unexpected(v)}, expected a string`, v)
@@ -341,19 +367,19 @@ export function readStruct(
   const count = Object.keys(fields).length
   if (v.t === 'arr') {
     // serde accepts a struct as a sequence of its fields; an empty or short one is refused by length
-    throw new JsonShapeError(`invalid length ${v.items.length}, expected struct ${name} with ${count} elements at line ${v.line} column ${v.col}`)
+    throw new JsonShapeError(`invalid length ${v.items.length}, expected struct ${name} with ${count} elements`, v.end)
   }
-  if (v.t !== 'obj') throw new JsonShapeError(`invalid type: ${unexpected(v)}, expected struct ${name} at line ${v.line} column ${v.col}`)
+  if (v.t !== 'obj') throw new JsonShapeError(`invalid type: ${unexpected(v)}, expected struct ${name}`, v.end)
   const out: Record<string, unknown> = {}
   for (const [k0, x] of v.entries) {
     const k = aliases[k0] ?? k0
     const spec = fields[k]
     if (spec === undefined) continue
-    if (Object.hasOwn(out, k)) throw new JsonShapeError(`duplicate field \`${k}\` at line ${x.line} column ${x.col}`)
+    if (Object.hasOwn(out, k)) throw new JsonShapeError(`duplicate field \`${k}\``, x.end)
     out[k] = spec.read(k, x)
   }
   for (const [k, spec] of Object.entries(fields))
-    if (!spec.optional && !Object.hasOwn(out, k)) throw new JsonShapeError(`missing field \`${k}\` at line ${v.line} column ${v.col}`)
+    if (!spec.optional && !Object.hasOwn(out, k)) throw new JsonShapeError(`missing field \`${k}\``, v.end)
   return out
 }
 

@@ -169,7 +169,7 @@ function body(raw: string, name: string, fields: Record<string, FieldSpec>, alia
     return readStruct(name, parseJson(raw), fields, aliases)
   } catch (e) {
     if (e instanceof JsonSyntaxError) throw new TextError(400, `Failed to parse the request body as JSON: ${e.message}`)
-    if (e instanceof JsonShapeError) throw new TextError(422, `Failed to deserialize the JSON body into the target type: ${e.message}`)
+    if (e instanceof JsonShapeError) throw new TextError(422, `Failed to deserialize the JSON body into the target type: ${e.describe(raw)}`)
     throw e
   }
 }
@@ -181,6 +181,37 @@ class TextError extends Error {
   ) {
     super(message)
   }
+}
+
+const QUERY_KEYS = Object.keys(QUERY)
+const U32_MAX = 0xffff_ffff
+
+/**
+ * The common /query body read with JSON.parse (it has no u64 field: token ids are u32), or null when the
+ * body is anything but plainly valid (a float or exponent, an escape, a repeated key, a wrong type): then
+ * the exact reader runs and gives serde's answer.
+ */
+function fastQuery(raw: string): Record<string, unknown> | null {
+  if (raw.includes('\\') || /\d[.eE]/.test(raw)) return null
+  let v: unknown
+  try {
+    v = JSON.parse(raw)
+  } catch {
+    return null
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return null
+  const o = v as Record<string, unknown>
+  for (const k of QUERY_KEYS) {
+    const at = raw.indexOf(`"${k}"`)
+    if (at >= 0 && raw.indexOf(`"${k}"`, at + 1) >= 0) return null
+  }
+  const t = o.token_ids
+  if (!Array.isArray(t) || typeof o.model_name !== 'string') return null
+  for (const x of t) if (typeof x !== 'number' || !Number.isInteger(x) || x < 0 || x > U32_MAX) return null
+  if (o.routing_group !== undefined && typeof o.routing_group !== 'string') return null
+  if (o.tenant_id !== undefined && typeof o.tenant_id !== 'string') return null
+  for (const k of ['lora_name', 'cache_salt']) if (o[k] !== undefined && o[k] !== null && typeof o[k] !== 'string') return null
+  return o
 }
 
 /** Parses a /register body (or one entry of an engines file); throws with the message a client would get. */
@@ -318,16 +349,14 @@ export class IndexerService {
     if (part === undefined) throw new HttpError(404, `no indexer for model=${model} routing_group=${group}`)
     const scores = new Map<bigint, Map<number, number>>()
     const bs = part.blockSize
+    // only full blocks are hashed (Dynamo ignores a trailing partial block)
+    const tokens = query.tokens === undefined ? null : Uint32Array.from(query.tokens.slice(0, query.tokens.length - (query.tokens.length % bs)))
     for (const [rank, router] of part.routers) {
       let s: ReturnType<KvRouter['findMatches']>
       if (query.hashes !== undefined) s = router.findMatchesForHashes(query.hashes)
       else {
-        const full = query.tokens!.length - (query.tokens!.length % bs)
-        if (full === 0) continue
-        s = router.findMatches(query.tokens!.slice(0, full), {
-          loraName: query.loraName || null,
-          cacheSalt: query.cacheSalt || null,
-        })
+        if (tokens!.length === 0) continue
+        s = router.findMatches(tokens!, { loraName: query.loraName || null, cacheSalt: query.cacheSalt || null })
       }
       for (const w of s.scores) {
         if (w.score <= 0) continue
@@ -453,7 +482,7 @@ export class IndexerService {
         return json(200, OK)
       }
       case '/query': {
-        const b = body(raw, 'QueryRequest', QUERY) as { token_ids: number[]; model_name: string; routing_group?: string }
+        const b = (fastQuery(raw) ?? body(raw, 'QueryRequest', QUERY)) as { token_ids: number[]; model_name: string; routing_group?: string }
         const x = b as unknown as { lora_name?: string | null; cache_salt?: string | null }
         return json(
           200,
