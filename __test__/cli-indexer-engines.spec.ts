@@ -93,7 +93,8 @@ async function dumped(port: number): Promise<Map<string, Set<bigint>>> {
       const w = raw(field(ev, 'worker_id'))
       const set = out.get(w) ?? new Set<bigint>()
       out.set(w, set)
-      for (const b of items(field(field(field(field(ev, 'event'), 'data'), 'stored'), 'blocks'))) set.add(BigInt(raw(field(b, 'block_hash'))))
+      for (const b of items(field(field(field(field(ev, 'event'), 'data'), 'stored'), 'blocks')))
+        set.add(BigInt(raw(field(b, 'block_hash'))))
     }
   return out
 }

@@ -37,7 +37,8 @@ function exchanges(): Exchange[] {
   const out: Exchange[] = []
   const all: JsonNode[] = []
   const routes = get(FIXTURE, 'routes')
-  if (routes?.t === 'arr') for (const r of routes.items) all.push(...((get(r, 'examples') as { items: JsonNode[] } | undefined)?.items ?? []))
+  if (routes?.t === 'arr')
+    for (const r of routes.items) all.push(...((get(r, 'examples') as { items: JsonNode[] } | undefined)?.items ?? []))
   const unmatched = get(FIXTURE, 'unmatched_route_examples')
   if (unmatched?.t === 'arr') all.push(...unmatched.items)
   for (const e of all) {
@@ -176,6 +177,8 @@ test('every captured exchange, replayed in order, gets Dynamo’s answer (or the
   } finally {
     for (const { svc } of services.values()) await svc.close()
   }
-  t.log(`exact: ${exact}, shape only (engine traffic): ${shaped}, deliberate: ${Object.keys(DELIBERATE).length}, not implemented: ${NOT_IMPLEMENTED.size}`)
+  t.log(
+    `exact: ${exact}, shape only (engine traffic): ${shaped}, deliberate: ${Object.keys(DELIBERATE).length}, not implemented: ${NOT_IMPLEMENTED.size}`,
+  )
   t.is(exact + shaped + Object.keys(DELIBERATE).length + NOT_IMPLEMENTED.size, 176)
 })

@@ -63,7 +63,12 @@ function malformed(k: number, r: () => number): { route: string; body: string; c
     case 7: // deep nesting
       return { route, body: `${'['.repeat(200 + Math.floor(r() * 1000))}`, contentType: 'application/json', why: 'deep' }
     case 8: // a body that is JSON but not an object
-      return { route, body: ['[]', '"s"', '7', 'null', 'true', '[1,2]'][Math.floor(r() * 6)]!, contentType: 'application/json', why: 'not object' }
+      return {
+        route,
+        body: ['[]', '"s"', '7', 'null', 'true', '[1,2]'][Math.floor(r() * 6)]!,
+        contentType: 'application/json',
+        why: 'not object',
+      }
     default: // a bad endpoint or hash out of range
       return route === '/query_by_hash'
         ? { route, body: '{"block_hashes":[9223372036854775808],"model_name":"m"}', contentType: 'application/json', why: 'i64' }
@@ -81,7 +86,11 @@ test('1,000 malformed requests: each a 4xx with a message, and the service keeps
   const { port } = await svc.listen(0)
   try {
     // one valid partition so that queries reach the index
-    t.is((await postJson(port, '/register', JSON.stringify({ instance_id: 5, endpoint: 'tcp://127.0.0.1:1', model_name: 'm', block_size: 4 }))).status, 201)
+    t.is(
+      (await postJson(port, '/register', JSON.stringify({ instance_id: 5, endpoint: 'tcp://127.0.0.1:1', model_name: 'm', block_size: 4 })))
+        .status,
+      201,
+    )
     const r = rng(7)
     let sent = 0
     const counts: Record<number, number> = {}

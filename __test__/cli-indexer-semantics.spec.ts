@@ -73,7 +73,14 @@ async function setup(): Promise<Setup> {
       const r = await postJson(
         port,
         '/register',
-        JSON.stringify({ instance_id: id, dp_rank: rank, endpoint: sim.endpoint, replay_endpoint: sim.replayEndpoint, model_name: model, block_size: 4 }),
+        JSON.stringify({
+          instance_id: id,
+          dp_rank: rank,
+          endpoint: sim.endpoint,
+          replay_endpoint: sim.replayEndpoint,
+          model_name: model,
+          block_size: 4,
+        }),
       )
       if (r.status !== 201) throw new Error(r.body)
       return sim
@@ -122,7 +129,8 @@ test('stores, removes and clears per dp rank score as Dynamo scores them (#43-#5
     const theirs = (dynamo(49) as Record<string, { events: unknown[] }>)['llama:default']!.events.map(
       (e) => (e as { event: { data: { stored: { blocks: { block_hash: string; tokens_hash: string }[] } } } }).event.data.stored.blocks,
     )
-    for (const blocks of theirs) for (const b of blocks) t.true(ours.includes(`"tokens_hash":"${b.tokens_hash}"`), `tokens_hash of block ${b.block_hash}`)
+    for (const blocks of theirs)
+      for (const b of blocks) t.true(ours.includes(`"tokens_hash":"${b.tokens_hash}"`), `tokens_hash of block ${b.block_hash}`)
     await w1.sendPayload(batch(removed([1003])))
     t.deepEqual(await answers(x.port, exchange(73).body, dynamo(73), all), dynamo(73), '#73')
     await w1.sendPayload(batch(removed([1001])))
@@ -167,7 +175,11 @@ test('an engine restart (seq back to 0) is applied at once, the old blocks dropp
     const old = JSON.stringify({ token_ids: range(1100, 8), model_name: 'llama' })
     await w11.sendPayload(batch(stored([1050, 1051], range(1100, 8))))
     for (let k = 0; k < 5; k++) await w11.heartbeat()
-    const held = { scores: { 11: { 0: 8 } }, frequencies: [], instances: { 11: { longest_matched: 8, gpu: 8, dp: { 0: 8 }, cpu: 8, disk: 8 } } }
+    const held = {
+      scores: { 11: { 0: 8 } },
+      frequencies: [],
+      instances: { 11: { longest_matched: 8, gpu: 8, dp: { 0: 8 }, cpu: 8, disk: 8 } },
+    }
     t.deepEqual(await answers(x.port, old, canonical(parseJson(JSON.stringify(held))), [w11]), canonical(parseJson(JSON.stringify(held))))
     await w11.restart()
     await w11.sendPayload(batch(stored([1058, 1059], range(1240, 8))))

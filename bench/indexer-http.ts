@@ -3,7 +3,7 @@
 // vLLM batches over real ZeroMQ, with replay) registered over HTTP; each worker stores 256 chains of 64
 // blocks (16 tokens a block): a shared document prefix of 8-56 blocks and a suffix of its own, so the
 // index holds 64 × 256 × 64 = 1,048,576 (worker, block) entries. Then a closed-loop HTTP load from this
-// process (keep-alive, BENCH_HTTP_CONNECTIONS connections, default 32) for BENCH_HTTP_SECONDS (default 10)
+// process (keep-alive, BENCH_HTTP_CONNECTIONS connections, default 8 then 32) for BENCH_HTTP_SECONDS (default 10)
 // of POST /query with 1,024-token prompts (half a document prefix, half one worker's own chain): queries
 // per second and latency percentiles measured by the client (request written → response read). The
 // client and the service share the machine's 2 cores.
@@ -24,7 +24,7 @@ const BLOCKS = 64
 const BS = 16
 const DOCS = 512
 const SECONDS = Number(process.env.BENCH_HTTP_SECONDS ?? 10)
-const CONNECTIONS = Number(process.env.BENCH_HTTP_CONNECTIONS ?? 32)
+const CONNECTIONS = (process.env.BENCH_HTTP_CONNECTIONS ?? '8,32').split(',').map(Number)
 
 function rng(seed: number) {
   let s = seed >>> 0 || 1
@@ -82,12 +82,19 @@ function batch(w: number, c: number): Uint8Array {
   )
 }
 
-const agent = new Agent({ keepAlive: true, maxSockets: CONNECTIONS })
+const agent = new Agent({ keepAlive: true, maxSockets: Math.max(...CONNECTIONS) })
 
 function post(port: number, path: string, body: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
     const req = request(
-      { host: '127.0.0.1', port, method: 'POST', path, agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } },
+      {
+        host: '127.0.0.1',
+        port,
+        method: 'POST',
+        path,
+        agent,
+        headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+      },
       (res) => {
         let b = ''
         res.setEncoding('utf8')
@@ -129,7 +136,13 @@ export async function benchIndexerHttp(): Promise<void> {
       const r = await post(
         port,
         '/register',
-        JSON.stringify({ instance_id: w + 1, endpoint: sim.endpoint, replay_endpoint: sim.replayEndpoint, model_name: 'bench', block_size: BS }),
+        JSON.stringify({
+          instance_id: w + 1,
+          endpoint: sim.endpoint,
+          replay_endpoint: sim.replayEndpoint,
+          model_name: 'bench',
+          block_size: BS,
+        }),
       )
       if (r.status !== 201) throw new Error(`register: ${r.status} ${r.body}`)
     }
@@ -163,7 +176,7 @@ export async function benchIndexerHttp(): Promise<void> {
       bodies.push(JSON.stringify({ token_ids: tokens, model_name: 'bench' }))
     }
     // warm up, then measure
-    const run = async (seconds: number) => {
+    const run = async (connections: number, seconds: number) => {
       const lat: number[] = []
       let errors = 0
       const end = performance.now() + seconds * 1000
@@ -178,17 +191,19 @@ export async function benchIndexerHttp(): Promise<void> {
         }
       }
       const s = performance.now()
-      await Promise.all(Array.from({ length: CONNECTIONS }, loop))
+      await Promise.all(Array.from({ length: connections }, loop))
       return { lat, errors, seconds: (performance.now() - s) / 1000 }
     }
-    await run(2)
-    const m = await run(SECONDS)
-    m.lat.sort((a, b) => a - b)
-    const pct = (p: number) => m.lat[Math.min(m.lat.length - 1, Math.floor(p * m.lat.length))]!.toFixed(2)
-    const qps = m.lat.length / m.seconds
-    console.log(
-      `| POST /query, 1,024-token prompts, ${CONNECTIONS} keep-alive connections, ${SECONDS} s | ${qps.toFixed(0)} queries/s | p50 ${pct(0.5)} ms | p99 ${pct(0.99)} ms | max ${m.lat.at(-1)!.toFixed(2)} ms | errors ${m.errors} |`,
-    )
+    await run(Math.max(...CONNECTIONS), 2)
+    console.log('| load | queries/s | p50 | p99 | max | errors |\n|---|---|---|---|---|---|')
+    for (const connections of CONNECTIONS) {
+      const m = await run(connections, SECONDS)
+      m.lat.sort((a, b) => a - b)
+      const pct = (p: number) => `${m.lat[Math.min(m.lat.length - 1, Math.floor(p * m.lat.length))]!.toFixed(2)} ms`
+      console.log(
+        `| POST /query, 1,024-token prompts, ${connections} keep-alive connections, ${SECONDS} s | ${(m.lat.length / m.seconds).toFixed(0)} | ${pct(0.5)} | ${pct(0.99)} | ${m.lat.at(-1)!.toFixed(2)} ms | ${m.errors} |`,
+      )
+    }
   } finally {
     for (const s of sims) s.close()
     child.kill('SIGTERM')

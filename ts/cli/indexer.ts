@@ -43,9 +43,12 @@ function define(program: Command): Command {
       ).default(8 * 1024 * 1024),
     )
     .addOption(
-      opt('--body-limit <bytes>', 'largest body of the other routes (413 above)', 'DYNAMO_KV_INDEXER_BODY_LIMIT', intArg(1024, 1 << 30)).default(
-        2 * 1024 * 1024,
-      ),
+      opt(
+        '--body-limit <bytes>',
+        'largest body of the other routes (413 above)',
+        'DYNAMO_KV_INDEXER_BODY_LIMIT',
+        intArg(1024, 1 << 30),
+      ).default(2 * 1024 * 1024),
     )
   addLogOptions(cmd)
   cmd.addHelpText(

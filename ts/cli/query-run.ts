@@ -4,7 +4,15 @@
 import { createInbox, headers as natsHeaders, type Msg } from '@nats-io/transport-node'
 import type { Command } from 'commander'
 import { openNats } from '../transport/nats.js'
-import { CHUNK_HEADER, CHUNKS_HEADER, encodeRecoveryRequest, parseRangeResponse, recoverySubject, responseArray, splitArray } from '../router/wire.js'
+import {
+  CHUNK_HEADER,
+  CHUNKS_HEADER,
+  encodeRecoveryRequest,
+  parseRangeResponse,
+  recoverySubject,
+  responseArray,
+  splitArray,
+} from '../router/wire.js'
 import { configuring, EXIT_FAILURE, EXIT_OK, loggerFrom, UsageError } from './common.js'
 import { natsOptions } from './publish.js'
 import type { QueryFlags } from './query.js'
@@ -31,7 +39,11 @@ export async function run(cmd: Command): Promise<number> {
           if (err) return done(err)
           const h = msg.headers
           if (h?.hasError)
-            return done(new Error(h.code === 503 ? `nothing serves ${subject} (no recovery endpoint for that worker rank)` : `${h.code} ${h.description}`))
+            return done(
+              new Error(
+                h.code === 503 ? `nothing serves ${subject} (no recovery endpoint for that worker rank)` : `${h.code} ${h.description}`,
+              ),
+            )
           const idx = h?.get(CHUNK_HEADER)
           const total = h?.get(CHUNKS_HEADER)
           if (idx) {

@@ -32,7 +32,11 @@ function define(program: Command): Command {
     .addOption(opt('--dp-rank <rank>', 'the dp rank to ask', 'DYNAMO_KV_DP_RANK', intArg(0, 0xffff_ffff)).default(0))
     .addOption(opt('--start <event-id>', 'first event id of the range (u64; none: from the oldest kept)', 'DYNAMO_KV_QUERY_START', u64Arg))
     .addOption(opt('--end <event-id>', 'last event id of the range (u64; none: to the newest)', 'DYNAMO_KV_QUERY_END', u64Arg))
-    .addOption(opt('--timeout <seconds>', 'give up when no reply chunk comes for this long', 'DYNAMO_KV_TIMEOUT', secondsArg(0.001, 3600)).default(5))
+    .addOption(
+      opt('--timeout <seconds>', 'give up when no reply chunk comes for this long', 'DYNAMO_KV_TIMEOUT', secondsArg(0.001, 3600)).default(
+        5,
+      ),
+    )
   addNatsOptions(cmd)
   addLogOptions(cmd, 'warn')
   cmd.addHelpText(

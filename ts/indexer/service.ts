@@ -169,7 +169,8 @@ function body(raw: string, name: string, fields: Record<string, FieldSpec>, alia
     return readStruct(name, parseJson(raw), fields, aliases)
   } catch (e) {
     if (e instanceof JsonSyntaxError) throw new TextError(400, `Failed to parse the request body as JSON: ${e.message}`)
-    if (e instanceof JsonShapeError) throw new TextError(422, `Failed to deserialize the JSON body into the target type: ${e.describe(raw)}`)
+    if (e instanceof JsonShapeError)
+      throw new TextError(422, `Failed to deserialize the JSON body into the target type: ${e.describe(raw)}`)
     throw e
   }
 }
@@ -344,13 +345,18 @@ export class IndexerService {
   }
 
   /** Scores of block hashes in a partition, in Dynamo's response shape (tokens per worker and rank). */
-  score(model: string, group: string, query: { tokens?: number[]; hashes?: bigint[]; loraName?: string | null; cacheSalt?: string | null }) {
+  score(
+    model: string,
+    group: string,
+    query: { tokens?: number[]; hashes?: bigint[]; loraName?: string | null; cacheSalt?: string | null },
+  ) {
     const part = this.#partitions.get(pkey(model, group))
     if (part === undefined) throw new HttpError(404, `no indexer for model=${model} routing_group=${group}`)
     const scores = new Map<bigint, Map<number, number>>()
     const bs = part.blockSize
     // only full blocks are hashed (Dynamo ignores a trailing partial block)
-    const tokens = query.tokens === undefined ? null : Uint32Array.from(query.tokens.slice(0, query.tokens.length - (query.tokens.length % bs)))
+    const tokens =
+      query.tokens === undefined ? null : Uint32Array.from(query.tokens.slice(0, query.tokens.length - (query.tokens.length % bs)))
     for (const [rank, router] of part.routers) {
       let s: ReturnType<KvRouter['findMatches']>
       if (query.hashes !== undefined) s = router.findMatchesForHashes(query.hashes)
@@ -360,8 +366,8 @@ export class IndexerService {
       }
       for (const w of s.scores) {
         if (w.score <= 0) continue
-        let m = scores.get(w.workerId)
-        if (m === undefined) scores.set(w.workerId, (m = new Map()))
+        const m = scores.get(w.workerId) ?? new Map<number, number>()
+        scores.set(w.workerId, m)
         m.set(rank, w.score * bs)
       }
     }
@@ -456,10 +462,7 @@ export class IndexerService {
           return empty(200)
         case '/workers': {
           const params = new URLSearchParams(q < 0 ? '' : url.slice(q + 1))
-          return json(
-            200,
-            this.workers({ model: params.get('model_name') ?? undefined, group: params.get('routing_group') ?? undefined }),
-          )
+          return json(200, this.workers({ model: params.get('model_name') ?? undefined, group: params.get('routing_group') ?? undefined }))
         }
         case '/dump':
           return json(200, this.dump())
@@ -482,7 +485,11 @@ export class IndexerService {
         return json(200, OK)
       }
       case '/query': {
-        const b = (fastQuery(raw) ?? body(raw, 'QueryRequest', QUERY)) as { token_ids: number[]; model_name: string; routing_group?: string }
+        const b = (fastQuery(raw) ?? body(raw, 'QueryRequest', QUERY)) as {
+          token_ids: number[]
+          model_name: string
+          routing_group?: string
+        }
         const x = b as unknown as { lora_name?: string | null; cache_salt?: string | null }
         return json(
           200,
@@ -497,7 +504,10 @@ export class IndexerService {
           cache_salt?: string | null
         }
         if (b.cache_salt != null)
-          throw new HttpError(400, 'cache_salt is not accepted by /query_by_hash; block_hashes must already include the intended cache salt')
+          throw new HttpError(
+            400,
+            'cache_salt is not accepted by /query_by_hash; block_hashes must already include the intended cache salt',
+          )
         const hashes = b.block_hashes.map((h) => BigInt.asUintN(64, h))
         return json(200, this.score(b.model_name, b.routing_group ?? 'default', { hashes }))
       }
