@@ -91,3 +91,12 @@ export {
 } from './router/selector.js'
 export { RecoveryEndpoint, type RecoveryEndpointOptions, type RecoveryEndpointStats } from './router/recovery-endpoint.js'
 export type { EventKind } from './router/wire.js'
+
+// The standalone indexer service: Dynamo 1.6's HTTP API (`dynamo-kv indexer`) over KvRouter (SPEC 11).
+export {
+  IndexerService,
+  HttpError as IndexerHttpError,
+  type IndexerServiceOptions,
+  type IndexerReply,
+  type RegisterRequest as IndexerRegisterRequest,
+} from './indexer/service.js'
