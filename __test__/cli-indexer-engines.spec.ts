@@ -185,6 +185,11 @@ test('three simulated engines registered over HTTP: /query equals the engines’
       t.deepEqual(body.scores, expected, `prompt ${q} (${tokens.length} tokens)`)
       for (const [w, per] of Object.entries(expected)) t.is(body.instances[w]?.gpu, Math.max(...Object.values(per)))
     }
+    const workers = JSON.parse((await http(port, 'GET', '/workers')).body) as { status: string }[]
+    t.deepEqual(
+      workers.map((w) => w.status),
+      ['active', 'active', 'active'],
+    )
     t.true(matchedSomewhere > 250, `prompts that some engine holds: ${matchedSomewhere}`)
     cli.child.kill('SIGTERM')
     t.is(await cli.exit, 0)

@@ -169,6 +169,10 @@ test('every captured exchange, replayed in order, gets Dynamo’s answer (or the
       }
       if (e.response === undefined || e.response.t === 'null') t.is(r.body, '', `${what}: empty body`)
       else if (e.response.t === 'str' && e.responseHeaders['content-type']?.startsWith('text/plain')) t.is(r.body, e.response.v, what)
+      else if (e.path.startsWith('/workers'))
+        // the captured engines were live; the replay's are not, and a listener that has not heard from its
+        // engine is `pending` here (deliberate: Dynamo says `active` even for an unreachable endpoint)
+        t.deepEqual(canonicalText(r.body.replaceAll('"status":"pending"', '"status":"active"'), true), canonical(e.response, true), what)
       else t.deepEqual(canonicalText(r.body, true), canonical(e.response, true), what)
       if (e.responseHeaders['content-length'] !== undefined && !e.path.startsWith('/workers'))
         t.is(r.headers['content-length'], e.responseHeaders['content-length'], `${what}: content-length`)

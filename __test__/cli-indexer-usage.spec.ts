@@ -41,6 +41,9 @@ test.serial('--engines FILE registers the engines before the service answers; SI
   t.is(w.status, 200)
   t.true(w.body.includes('"instance_id":18446744073709551615'), w.body)
   t.true(w.body.includes('"instance_id":1,'), w.body)
+  // nothing listens on those ports: the listeners have heard nothing yet
+  t.is((w.body.match(/"status":"pending"/g) ?? []).length, 4, w.body)
+  t.false(w.body.includes('"active"'), w.body)
   run.child.kill('SIGINT')
   t.is(await run.exit, 0)
 })

@@ -388,14 +388,18 @@ export class IndexerService {
       const part = this.#partitions.get(pkey(inst.model, inst.group))
       const endpoints = new Map<number, string>()
       const listeners = new Map<number, unknown>()
+      let pending = false
       for (const [r, l] of inst.ranks) {
         endpoints.set(r, l.endpoint)
-        listeners.set(r, { endpoint: l.endpoint, status: 'active' })
+        // deliberate: a listener that has not heard from its engine yet is pending (Dynamo: active at once)
+        const heard = (part?.routers.get(r)?.engineSources().get(inst.id)?.stats().received ?? 0n) > 0n
+        pending ||= !heard
+        listeners.set(r, { endpoint: l.endpoint, status: heard ? 'active' : 'pending' })
       }
       out.push({
         instance_id: inst.id,
         source: 'zmq',
-        status: 'active',
+        status: pending ? 'pending' : 'active',
         model_name: inst.model,
         routing_group: inst.group,
         block_size: part?.blockSize ?? 0,
