@@ -12,6 +12,8 @@ import test from 'ava'
 import { readFileSync } from 'node:fs'
 import { EngineSimulator } from '../ts/sim/index.js'
 import { IndexerService } from '../ts/indexer/service.js'
+import { KvRouter } from '../ts/router/router.js'
+import { silentLogger } from '../ts/util/log.js'
 import { type JsonNode, parseJson } from '../ts/indexer/json.js'
 import { arr, encode, f64, map, nil, s, u, type Mp } from './helpers/mp.js'
 import { canonical, canonicalText, http, postJson, pyDumps } from './helpers/http.js'
@@ -52,6 +54,8 @@ function stored(hashes: number[], tokens: number[], opts: { parent?: number; lor
 const removed = (hashes: number[]): Mp => map({ type: s('BlockRemoved'), block_hashes: arr(...hashes.map((h) => u(h))), medium: s('GPU') })
 const cleared = (): Mp => map({ type: s('AllBlocksCleared') })
 const batch = (...events: Mp[]) => encode(arr(f64(Date.now() / 1000), arr(...events), nil))
+/** A batch naming its dp rank (vLLM with data parallelism). */
+const rankBatch = (rank: number, ...events: Mp[]) => encode(arr(f64(Date.now() / 1000), arr(...events), u(rank)))
 
 interface Setup {
   svc: IndexerService
@@ -120,7 +124,8 @@ test('stores, removes and clears per dp rank score as Dynamo scores them (#43-#5
     const T = range(1000, 16)
     await w1.sendPayload(batch(stored(range(1001, 4), T)))
     await w2r0.sendPayload(batch(stored(range(1001, 2), T.slice(0, 8))))
-    await w2r1.sendPayload(batch(stored(range(1001, 3), T.slice(0, 12))))
+    // rank 1's engine names its rank in its batches; rank 0's batches name none
+    await w2r1.sendPayload(rankBatch(1, stored(range(1001, 3), T.slice(0, 12))))
     for (const n of [43, 44, 45, 46, 47, 48]) t.deepEqual(await answers(x.port, exchange(n).body, dynamo(n), all), dynamo(n), `#${n}`)
     for (const n of [50, 51]) t.deepEqual(await answers(x.port, exchange(n).body, dynamo(n), all, '/query_by_hash'), dynamo(n), `#${n}`)
     // the dump's tokens_hash of every block is Dynamo's (#49), so the hashing is the same
@@ -135,7 +140,7 @@ test('stores, removes and clears per dp rank score as Dynamo scores them (#43-#5
     t.deepEqual(await answers(x.port, exchange(73).body, dynamo(73), all), dynamo(73), '#73')
     await w1.sendPayload(batch(removed([1001])))
     t.deepEqual(await answers(x.port, exchange(74).body, dynamo(74), all), dynamo(74), '#74')
-    await w2r1.sendPayload(batch(cleared()))
+    await w2r1.sendPayload(rankBatch(1, cleared()))
     t.deepEqual(await answers(x.port, exchange(75).body, dynamo(75), all), dynamo(75), '#75')
     await w2r0.sendPayload(batch(cleared()))
     t.deepEqual(await answers(x.port, exchange(76).body, dynamo(76), all), dynamo(76), '#76')
@@ -211,5 +216,26 @@ test('a worker storing the same tokens under its own hashes keeps its chained st
     t.deepEqual(await answers(x.port, exchange(105).body, expected, [w1, w2]), expected)
   } finally {
     await x.close()
+  }
+})
+
+test('KvRouter engines: `ranks` (the ranks one endpoint carries) is checked, naming the option', async (t) => {
+  const router = await KvRouter.create({ kvBlockSize: 4, source: { kind: 'engines', engines: [] }, logger: silentLogger })
+  try {
+    const ep = 'tcp://127.0.0.1:1'
+    await t.throwsAsync(router.addEngine({ workerId: 1n, endpoint: ep, ranks: [1], dpRanks: 2 }), {
+      message: /ranks and dpRanks exclude each other/,
+    })
+    await t.throwsAsync(router.addEngine({ workerId: 1n, endpoint: ep, ranks: [] }), { message: /ranks must be a non-empty array/ })
+    await t.throwsAsync(router.addEngine({ workerId: 1n, endpoint: ep, ranks: [1, 1] }), { message: /must not repeat/ })
+    await t.throwsAsync(router.addEngine({ workerId: 1n, endpoint: ep, ranks: [-1] }), { message: /ranks\[0\]/ })
+    await router.addEngine({ workerId: 1n, endpoint: ep, ranks: [0, 3] })
+    // both ranks are candidates from the start
+    t.deepEqual(
+      router.findBestWorker([1, 2, 3, 4])?.candidates.map((c) => c.dpRank),
+      [0, 3],
+    )
+  } finally {
+    await router.close()
   }
 })

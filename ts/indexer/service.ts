@@ -299,6 +299,8 @@ export class IndexerService {
       await router.addEngine({
         workerId: r.instance_id,
         endpoint: r.endpoint,
+        // batches name their rank; one without (rank 0) belongs to the registered rank, as in Dynamo
+        ranks: rank === 0 ? [0] : [0, rank],
         ...(r.replay_endpoint != null ? { replayEndpoint: r.replay_endpoint } : {}),
       })
     } catch (e) {
@@ -364,11 +366,13 @@ export class IndexerService {
         if (tokens!.length === 0) continue
         s = router.findMatches(tokens!, { loraName: query.loraName || null, cacheSalt: query.cacheSalt || null })
       }
+      // the router of a registered rank holds only that rank's engines: what they index (under the
+      // batch's rank, or rank 0 for a batch without one) is that rank's
       for (const w of s.scores) {
         if (w.score <= 0) continue
         const m = scores.get(w.workerId) ?? new Map<number, number>()
         scores.set(w.workerId, m)
-        m.set(rank, w.score * bs)
+        m.set(rank, Math.max(m.get(rank) ?? 0, w.score * bs))
       }
     }
     const instances = new Map<bigint, unknown>()

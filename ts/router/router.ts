@@ -60,6 +60,11 @@ export interface RouterEngine {
   replayEndpoint?: string
   /** vLLM data parallelism: ranks 0..dpRanks-1 (default 1). */
   dpRanks?: number
+  /**
+   * Instead of dpRanks: the dp ranks this one endpoint carries (each batch names its rank; a batch
+   * without one is rank 0), for an engine rank registered on its own as Dynamo's standalone indexer does.
+   */
+  ranks?: number[]
   /** Topic prefix filter (default '' — everything). */
   topic?: string
 }
@@ -800,11 +805,8 @@ export class KvRouter {
     const e = engineArg(engine, 'engine')
     if (this.#engines.has(e.workerId)) throw new RangeError(`engine workerId ${e.workerId} is already added`)
     const ranks = e.dpRanks ?? 1
-    const ingestor = new Ingestor({
-      kvBlockSize: this.kvBlockSize,
-      workerId: e.workerId,
-      dpRanks: Array.from({ length: ranks }, (_, r) => r),
-    })
+    const rankList = e.ranks ?? Array.from({ length: ranks }, (_, r) => r)
+    const ingestor = new Ingestor({ kvBlockSize: this.kvBlockSize, workerId: e.workerId, dpRanks: rankList })
     const apply = (r: IngestResult) => {
       for (const p of r.payloads) this.#apply(p, 'envelope', peekEnvelope(p) ? peeked.kind : 'stored')
       return null
@@ -830,7 +832,7 @@ export class KvRouter {
       throw err
     }
     this.#engines.set(e.workerId, { source, ingestor, ranks })
-    for (let r = 0; r < ranks; r++) this.#known.set(key(e.workerId, r), { workerId: e.workerId, dpRank: r })
+    for (const r of rankList) this.#known.set(key(e.workerId, r), { workerId: e.workerId, dpRank: r })
   }
 
   /** Stops reading an engine and removes its blocks. false when it was not added. */
@@ -1018,8 +1020,18 @@ function engineArg(v: unknown, name: string): RouterEngine {
     endpoint: e.endpoint,
     replayEndpoint: e.replayEndpoint,
     dpRanks: e.dpRanks === undefined ? undefined : positiveInt(`${name}.dpRanks`, e.dpRanks, 1024),
+    ranks: ranksArg(e, name),
     topic: e.topic,
   }
+}
+
+function ranksArg(e: RouterEngine, name: string): number[] | undefined {
+  if (e.ranks === undefined) return undefined
+  if (e.dpRanks !== undefined) throw new TypeError(`${name}: ranks and dpRanks exclude each other`)
+  if (!Array.isArray(e.ranks) || e.ranks.length === 0) throw new TypeError(`${name}.ranks must be a non-empty array of dp ranks`)
+  const out = e.ranks.map((r, i) => intInRange(`${name}.ranks[${i}]`, r, 0, 0xffff_ffff))
+  if (new Set(out).size !== out.length) throw new RangeError(`${name}.ranks must not repeat a rank`)
+  return out
 }
 
 function sourceArg(v: unknown): RouterSource {
