@@ -161,8 +161,17 @@ test('every captured exchange, replayed in order, gets Dynamo’s answer (or the
       t.is(r.headers['content-type'], e.responseHeaders['content-type'], `${what}: content-type`)
       if (e.responseHeaders.allow !== undefined) t.is(r.headers.allow, e.responseHeaders.allow, `${what}: allow`)
       if (engineDependent(e)) {
-        if (e.path === '/metrics') t.regex(r.body, /^# HELP dynamo_kvindexer_/m, what)
-        else if (e.path === '/dump') t.is(typeof JSON.parse(r.body), 'object', what)
+        if (e.path === '/metrics') {
+          // Dynamo's indexer families (its dynamo_kvrouter_* ones are not served)
+          const families = get(FIXTURE, 'metrics_families')
+          for (const f of families?.t === 'arr' ? families.items : []) {
+            const name = s(get(f, 'name'))!
+            if (name.startsWith('dynamo_kvindexer_')) t.regex(r.body, new RegExp(`^# TYPE ${name} ${s(get(f, 'type'))}$`, 'm'), name)
+          }
+          // this replay's counts: every /register so far, and the 4xx among them
+          const registers = EX.filter((x) => x.n < e.n && x.path === '/register' && x.method === 'POST' && x.indexer === 'A')
+          t.regex(r.body, new RegExp(`^dynamo_kvindexer_requests_total\\{endpoint="/register",method="POST"\\} ${registers.length}$`, 'm'))
+        } else if (e.path === '/dump') t.is(typeof JSON.parse(r.body), 'object', what)
         else t.deepEqual(Object.keys(JSON.parse(r.body) as object).sort(), ['frequencies', 'instances', 'scores'], what)
         shaped++
         continue

@@ -6,6 +6,7 @@
 // axum extractor rejections included) are easier to keep byte-exact without a framework's own handling.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
+import { Counter, Gauge, Histogram, Registry } from 'prom-client'
 import { type Logger, silentLogger } from '../util/log.js'
 import { KvRouter } from '../router/router.js'
 import {
@@ -236,6 +237,11 @@ export class IndexerService {
   readonly queryBodyLimit: number
   readonly bodyLimit: number
   #server: Server | null = null
+  /** Dynamo's indexer metric families (GET /metrics). */
+  readonly registry = new Registry()
+  readonly #requests: Counter<'endpoint' | 'method'>
+  readonly #errors: Counter<'endpoint' | 'status_class'>
+  readonly #duration: Histogram<'endpoint'>
   /** Registrations and removals run one at a time (they open and close sockets). */
   #queue: Promise<unknown> = Promise.resolve()
 
@@ -243,6 +249,56 @@ export class IndexerService {
     this.#log = opts.logger ?? silentLogger
     this.queryBodyLimit = opts.queryBodyLimit ?? 8 * 1024 * 1024
     this.bodyLimit = opts.bodyLimit ?? 2 * 1024 * 1024
+    const registers = [this.registry]
+    this.#requests = new Counter({
+      name: 'dynamo_kvindexer_requests_total',
+      help: 'Total HTTP requests',
+      labelNames: ['endpoint', 'method'],
+      registers,
+    })
+    this.#errors = new Counter({
+      name: 'dynamo_kvindexer_errors_total',
+      help: 'HTTP error responses (4xx/5xx)',
+      labelNames: ['endpoint', 'status_class'],
+      registers,
+    })
+    this.#duration = new Histogram({
+      name: 'dynamo_kvindexer_request_duration_seconds',
+      help: 'HTTP request latency',
+      labelNames: ['endpoint'],
+      buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
+      registers,
+    })
+    const self = this
+    new Gauge({
+      name: 'dynamo_kvindexer_models',
+      help: 'Number of active model+routing-group indexers',
+      registers,
+      collect() {
+        this.set(self.#partitions.size)
+      },
+    })
+    new Gauge({
+      name: 'dynamo_kvindexer_workers',
+      help: 'Number of registered worker instances',
+      registers,
+      collect() {
+        this.set(self.#instances.size)
+      },
+    })
+    new Gauge({
+      name: 'dynamo_kvindexer_listeners',
+      help: 'Number of ZMQ listeners by status',
+      labelNames: ['status'],
+      registers,
+      collect() {
+        const counts = { active: 0, pending: 0 }
+        for (const w of self.workers() as { listeners: Map<number, { status: 'active' | 'pending' }> }[])
+          for (const l of w.listeners.values()) counts[l.status]++
+        this.reset()
+        for (const [status, n] of Object.entries(counts)) this.set({ status }, n)
+      },
+    })
   }
 
   /** The body limit of a path (bytes). */
@@ -445,8 +501,24 @@ export class IndexerService {
     return out
   }
 
-  /** Answers one HTTP request. Never throws for any input. */
+  /** Answers one HTTP request (counted in the metrics). Never throws for any input. */
   async handle(method: string, url: string, contentType: string | undefined, raw: string): Promise<IndexerReply> {
+    const start = performance.now()
+    const reply = await this.#answer(method, url, contentType, raw)
+    this.#observe(method, url, reply.status, start)
+    return reply
+  }
+
+  #observe(method: string, url: string, status: number, start: number): void {
+    const q = url.indexOf('?')
+    const endpoint = q < 0 ? url : url.slice(0, q)
+    if (!ROUTES.has(endpoint)) return
+    this.#requests.inc({ endpoint, method })
+    if (status >= 400) this.#errors.inc({ endpoint, status_class: `${Math.floor(status / 100)}xx` })
+    this.#duration.observe({ endpoint }, (performance.now() - start) / 1000)
+  }
+
+  async #answer(method: string, url: string, contentType: string | undefined, raw: string): Promise<IndexerReply> {
     try {
       return await this.#route(method, url, contentType, raw)
     } catch (e) {
@@ -477,7 +549,7 @@ export class IndexerService {
         case '/peers':
           return json(200, [...this.#peers])
         case '/metrics':
-          return { status: 200, contentType: 'text/plain; version=0.0.4', body: this.metricsText() }
+          return { status: 200, contentType: 'text/plain; version=0.0.4', body: await this.registry.metrics() }
       }
     }
     if (path === '/reopen_logs') return json(200, OK)
@@ -533,20 +605,6 @@ export class IndexerService {
     return empty(404)
   }
 
-  /** A few gauges in the Prometheus text format. */
-  metricsText(): string {
-    let listeners = 0
-    for (const i of this.#instances.values()) listeners += i.ranks.size
-    return (
-      '# HELP dynamo_kvindexer_models Partitions (model, routing group) with an index\n# TYPE dynamo_kvindexer_models gauge\n' +
-      `dynamo_kvindexer_models ${this.#partitions.size}\n` +
-      '# HELP dynamo_kvindexer_workers Registered instances\n# TYPE dynamo_kvindexer_workers gauge\n' +
-      `dynamo_kvindexer_workers ${this.#instances.size}\n` +
-      '# HELP dynamo_kvindexer_listeners Registered engine ranks\n# TYPE dynamo_kvindexer_listeners gauge\n' +
-      `dynamo_kvindexer_listeners ${listeners}\n`
-    )
-  }
-
   /** Serves the routes over HTTP on host:port (port 0: any free one); resolves with the bound address. */
   listen(port: number, host = '127.0.0.1'): Promise<AddressInfo> {
     const server = createServer((req, res) => this.#serve(req, res))
@@ -565,11 +623,17 @@ export class IndexerService {
 
   #serve(req: IncomingMessage, res: ServerResponse): void {
     const url = req.url ?? '/'
+    const start = performance.now()
     const q = url.indexOf('?')
     const limit = this.limitFor(q < 0 ? url : url.slice(0, q))
     const chunks: Buffer[] = []
     let size = 0
     let over = false
+    const tooLarge = () => {
+      over = true
+      this.#observe(req.method ?? 'GET', url, 413, start)
+      send(text(413, 'Failed to buffer the request body: length limit exceeded'))
+    }
     const send = (r: IndexerReply) => {
       const headers: Record<string, string | number> = { ...(r.headers ?? {}), 'content-length': Buffer.byteLength(r.body) }
       if (r.contentType !== null) headers['content-type'] = r.contentType
@@ -579,17 +643,15 @@ export class IndexerService {
     }
     const declared = Number(req.headers['content-length'] ?? 0)
     if (declared > limit) {
-      over = true
       req.resume()
-      send(text(413, 'Failed to buffer the request body: length limit exceeded'))
+      tooLarge()
       return
     }
     req.on('data', (c: Buffer) => {
       if (over) return
       size += c.length
       if (size > limit) {
-        over = true
-        send(text(413, 'Failed to buffer the request body: length limit exceeded'))
+        tooLarge()
         return
       }
       chunks.push(c)
