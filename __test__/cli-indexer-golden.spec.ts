@@ -5,7 +5,7 @@
 //   /dump's events, /metrics' counters): status and shape here; the scores themselves are checked against
 //   engines in cli-indexer-engines.spec.ts;
 // - the package's deliberate differences (SPEC "Standalone indexer"), asserted as the package's answer;
-// - what the package does not implement (peer recovery at start, the test-only listener routes).
+// - what the package does not implement (the test-only listener routes).
 import test from 'ava'
 import { readFileSync } from 'node:fs'
 import { IndexerService } from '../ts/indexer/service.js'
@@ -100,8 +100,8 @@ const DELIBERATE: Record<number, { status: number; body: unknown }> = {
   175: { status: 404, body: { error: 'no indexer for model=z routing_group=default' } },
 }
 
-/** Not implemented: peer recovery at start (--peers) and the test-only listener routes. */
-const NOT_IMPLEMENTED = new Set([112, 113, 114, 160, 161, 162, 163, 164, 165, 166, 167])
+/** Not implemented: the test-only listener routes. */
+const NOT_IMPLEMENTED = new Set([160, 161, 162, 163, 164, 165, 166, 167])
 
 const EX = exchanges()
 
@@ -122,6 +122,10 @@ test('every captured exchange, replayed in order, gets Dynamo’s answer (or the
       const { port } = await svc.listen(0)
       x = { svc, port }
       services.set(name, x)
+      if (name === 'B') {
+        // indexer B was started with --peers <A>: it loads A's /dump (this replay's A) before answering
+        await svc.recoverFrom(`http://127.0.0.1:${services.get('A')!.port}`)
+      }
       if (name === 'C') {
         // indexer C was started with --workers; the package's equivalent is --engines (register at start)
         const first = EX.find((e) => e.n === 157)!
@@ -150,6 +154,11 @@ test('every captured exchange, replayed in order, gets Dynamo’s answer (or the
       if (NOT_IMPLEMENTED.has(e.n)) continue
       const { port } = await serviceFor(e.indexer)
       const r = await http(port, e.method, e.path, e.body, e.headers)
+      if (e.n === 113 && e.response?.t === 'arr') {
+        // B's peer is this replay's A, at another address than the capture's
+        const theirs = s(e.response.items[0])!
+        r.body = r.body.replace(`http://127.0.0.1:${services.get('A')!.port}`, theirs)
+      }
       const what = `#${e.n} ${e.label}`
       const deliberate = DELIBERATE[e.n]
       if (deliberate !== undefined) {

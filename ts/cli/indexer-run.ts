@@ -62,6 +62,24 @@ export async function run(cmd: Command): Promise<number> {
         throw new UsageError(`--engines ${o.engines}: entry ${i}: ${oneLine((err as Error).message)}`)
       }
     }
+    const peers = (o.peers ?? '')
+      .split(',')
+      .map((x) => x.trim())
+      .filter(Boolean)
+    for (const peer of peers) {
+      if (!/^https?:\/\/\S+$/.test(peer)) throw new UsageError(`--peers: ${JSON.stringify(peer)} is not an http:// or https:// URL`)
+      svc.addPeer(peer)
+    }
+    // like Dynamo's --peers: the first peer that answers gives its index; listeners are not recovered
+    for (const peer of peers) {
+      try {
+        const events = await svc.recoverFrom(peer)
+        log.info({ peer, events }, 'index recovered from a peer')
+        break
+      } catch (err) {
+        log.warn({ peer, err: oneLine((err as Error).message) }, 'peer recovery failed; trying the next peer')
+      }
+    }
     let address: { address: string; port: number }
     try {
       address = await svc.listen(o.port, o.host)

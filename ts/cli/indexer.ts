@@ -10,6 +10,7 @@ export interface IndexerFlags extends LogOptions {
   host: string
   port: number
   engines?: string
+  peers?: string
   queryBodyLimit: number
   bodyLimit: number
 }
@@ -31,6 +32,14 @@ function define(program: Command): Command {
         '--engines <file>',
         'register these engines at start: a JSON array of /register bodies',
         'DYNAMO_KV_INDEXER_ENGINES',
+        nonEmptyArg,
+      ),
+    )
+    .addOption(
+      opt(
+        '--peers <urls>',
+        'other indexers (comma-separated http://host:port): the first that answers gives its /dump at start',
+        'DYNAMO_KV_INDEXER_PEERS',
         nonEmptyArg,
       ),
     )

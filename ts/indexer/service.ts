@@ -11,6 +11,7 @@ import { type Logger, silentLogger } from '../util/log.js'
 import { KvRouter } from '../router/router.js'
 import {
   type FieldSpec,
+  type JsonNode,
   JsonShapeError,
   JsonSyntaxError,
   nullable,
@@ -402,6 +403,76 @@ export class IndexerService {
     })
   }
 
+  /**
+   * Loads another indexer's GET /dump (Dynamo's or this package's) into this one's partitions, as
+   * Dynamo's `--peers` recovery does: the blocks are indexed, no listener is recovered (they change only
+   * when their workers register here). Adds `url` to the peers. Resolves to the number of events loaded;
+   * throws when the peer cannot be reached or its dump cannot be read.
+   */
+  recoverFrom(url: string, timeoutMs = 10_000): Promise<number> {
+    return this.#serial(async () => {
+      const res = await fetch(`${url.replace(/\/+$/, '')}/dump`, { signal: AbortSignal.timeout(timeoutMs) })
+      if (res.status !== 200) throw new Error(`GET ${url}/dump answered ${res.status}`)
+      const root = parseJson(await res.text())
+      if (root.t !== 'obj') throw new Error(`GET ${url}/dump: not an object`)
+      const field = (v: JsonNode | undefined, k: string) => (v?.t === 'obj' ? v.entries.find(([key]) => key === k)?.[1] : undefined)
+      const items = (v: JsonNode | undefined) => (v?.t === 'arr' ? v.items : [])
+      let loaded = 0
+      for (const [name, part] of root.entries) {
+        const colon = name.lastIndexOf(':')
+        const bsNode = field(part, 'block_size')
+        if (colon < 0 || bsNode === undefined) continue
+        const model = name.slice(0, colon)
+        const group = name.slice(colon + 1)
+        const blockSize = readU32('block_size', bsNode)
+        if (blockSize === 0) continue
+        let p = this.#partitions.get(pkey(model, group))
+        if (p !== undefined && p.blockSize !== blockSize) continue
+        if (p === undefined) {
+          p = { model, group, blockSize, routers: new Map() }
+          this.#partitions.set(pkey(model, group), p)
+        }
+        for (const ev of items(field(part, 'events'))) {
+          const inner = field(ev, 'event')
+          const stored = field(field(inner, 'data'), 'stored')
+          if (stored === undefined) continue
+          const rank = readU32('dp_rank', field(inner, 'dp_rank') ?? { t: 'num', raw: '0', end: 0 })
+          let router = p.routers.get(rank)
+          if (router === undefined) {
+            router = await KvRouter.create({ kvBlockSize: blockSize, source: { kind: 'engines', engines: [] }, logger: this.#log })
+            p.routers.set(rank, router)
+          }
+          const parent = field(stored, 'parent_hash')
+          router.index.applyEvent({
+            workerId: readU64('worker_id', field(ev, 'worker_id')!),
+            event: {
+              eventId: readU64('event_id', field(inner, 'event_id')!),
+              dpRank: rank,
+              data: {
+                type: 'stored',
+                parentHash: parent === undefined || parent.t === 'null' ? null : readU64('parent_hash', parent),
+                blocks: items(field(stored, 'blocks')).map((b) => ({
+                  blockHash: readU64('block_hash', field(b, 'block_hash')!),
+                  tokensHash: readU64('tokens_hash', field(b, 'tokens_hash')!),
+                  mmExtraInfo: null,
+                })),
+              },
+            },
+          })
+          loaded++
+        }
+      }
+      this.#peers.add(url)
+      this.#log.info({ peer: url, events: loaded }, 'recovered the index from a peer')
+      return loaded
+    })
+  }
+
+  /** Adds a peer URL to GET /peers (as POST /register_peer does). */
+  addPeer(url: string): void {
+    this.#peers.add(url)
+  }
+
   /** Scores of block hashes in a partition, in Dynamo's response shape (tokens per worker and rank). */
   score(
     model: string,
@@ -593,7 +664,7 @@ export class IndexerService {
       }
       case '/register_peer': {
         const b = body(raw, 'PeerRequest', PEER) as { url: string }
-        this.#peers.add(b.url)
+        this.addPeer(b.url)
         return json(201, OK)
       }
       case '/deregister_peer': {
