@@ -62,7 +62,14 @@ function malformed(k: number, r: () => number): { route: string; body: string; c
       return { route, body: valid, contentType: r() < 0.5 ? null : 'text/plain', why: 'content-type' }
     case 7: // deep nesting
       return { route, body: `${'['.repeat(200 + Math.floor(r() * 1000))}`, contentType: 'application/json', why: 'deep' }
-    case 8: // a body that is JSON but not an object
+    case 8: // a body that is JSON but not an object, or an object whose keys are Object.prototype's
+      if (r() < 0.5)
+        return {
+          route,
+          body: ['{"constructor":1}', '{"__proto__":{"model_name":"m"}}', '{"toString":"x","hasOwnProperty":[]}'][Math.floor(r() * 3)]!,
+          contentType: 'application/json',
+          why: 'prototype keys',
+        }
       return {
         route,
         body: ['[]', '"s"', '7', 'null', 'true', '[1,2]'][Math.floor(r() * 6)]!,

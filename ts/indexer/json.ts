@@ -372,9 +372,10 @@ export function readStruct(
   if (v.t !== 'obj') throw new JsonShapeError(`invalid type: ${unexpected(v)}, expected struct ${name}`, v.end)
   const out: Record<string, unknown> = {}
   for (const [k0, x] of v.entries) {
-    const k = aliases[k0] ?? k0
-    const spec = fields[k]
-    if (spec === undefined) continue
+    // own keys only: a body key such as `constructor` or `__proto__` is just an unknown field
+    const k = Object.hasOwn(aliases, k0) ? aliases[k0]! : k0
+    if (!Object.hasOwn(fields, k)) continue
+    const spec = fields[k]!
     if (Object.hasOwn(out, k)) throw new JsonShapeError(`duplicate field \`${k}\``, x.end)
     out[k] = spec.read(k, x)
   }
