@@ -2,8 +2,8 @@
 // replayed in capture order against IndexerService over real HTTP, one service per captured indexer
 // instance. Status, content type and body must be Dynamo's, except:
 // - answers that depend on engine traffic the capture does not record (the /query scores after stores,
-//   /dump's events, /metrics' counters): status and shape here; the scores themselves are checked against
-//   engines in cli-indexer-engines.spec.ts;
+//   /dump's events, /metrics' counts): status and shape here (and /metrics' families and /register count);
+//   cli-indexer-semantics.spec.ts sends that traffic again with real engines and checks the scores;
 // - the package's deliberate differences (SPEC "Standalone indexer"), asserted as the package's answer;
 // - what the package does not implement (the test-only listener routes).
 import test from 'ava'
