@@ -109,6 +109,17 @@ function post(port: number, path: string, body: string): Promise<{ status: numbe
   })
 }
 
+function get(port: number, path: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port, method: 'GET', path, agent }, (res) => {
+      res.resume()
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: '' }))
+    })
+    req.on('error', reject)
+    req.end()
+  })
+}
+
 async function startIndexer(): Promise<{ child: ChildProcess; port: number }> {
   const child = spawn(process.execPath, [CLI, 'indexer', '--port', '0', '--log-format', 'json', '--log-level', 'info'], {
     stdio: ['ignore', 'ignore', 'pipe'],
@@ -176,7 +187,7 @@ export async function benchIndexerHttp(): Promise<void> {
       bodies.push(JSON.stringify({ token_ids: tokens, model_name: 'bench' }))
     }
     // warm up, then measure
-    const run = async (connections: number, seconds: number) => {
+    const run = async (connections: number, seconds: number, path = '/query') => {
       const lat: number[] = []
       let errors = 0
       const end = performance.now() + seconds * 1000
@@ -185,7 +196,7 @@ export async function benchIndexerHttp(): Promise<void> {
         while (performance.now() < end) {
           const body = bodies[i++ % bodies.length]!
           const s = performance.now()
-          const res = await post(port, '/query', body)
+          const res = path === '/query' ? await post(port, path, body) : await get(port, path)
           lat.push(performance.now() - s)
           if (res.status !== 200) errors++
         }
@@ -196,12 +207,15 @@ export async function benchIndexerHttp(): Promise<void> {
     }
     await run(Math.max(...CONNECTIONS), 2)
     console.log('| load | queries/s | p50 | p99 | max | errors |\n|---|---|---|---|---|---|')
-    for (const connections of CONNECTIONS) {
-      const m = await run(connections, SECONDS)
+    const rows: [string, number, string][] = CONNECTIONS.map((c) => ['POST /query, 1,024-token prompts', c, '/query'])
+    // the HTTP floor: a route that does no work, at the highest load
+    rows.push(['GET /health (no work: the HTTP floor)', Math.max(...CONNECTIONS), '/health'])
+    for (const [what, connections, path] of rows) {
+      const m = await run(connections, SECONDS, path)
       m.lat.sort((a, b) => a - b)
       const pct = (p: number) => `${m.lat[Math.min(m.lat.length - 1, Math.floor(p * m.lat.length))]!.toFixed(2)} ms`
       console.log(
-        `| POST /query, 1,024-token prompts, ${connections} keep-alive connections, ${SECONDS} s | ${(m.lat.length / m.seconds).toFixed(0)} | ${pct(0.5)} | ${pct(0.99)} | ${m.lat.at(-1)!.toFixed(2)} ms | ${m.errors} |`,
+        `| ${what}, ${connections} keep-alive connections, ${SECONDS} s | ${(m.lat.length / m.seconds).toFixed(0)} | ${pct(0.5)} | ${pct(0.99)} | ${m.lat.at(-1)!.toFixed(2)} ms | ${m.errors} |`,
       )
     }
   } finally {
