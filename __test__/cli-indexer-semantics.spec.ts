@@ -72,7 +72,8 @@ async function setup(): Promise<Setup> {
     svc,
     port,
     engine: async (id, rank = 0, model = 'llama') => {
-      const sim = await EngineSimulator.create({ kvBlockSize: 4, replayEndpoint: 'tcp://127.0.0.1:0' })
+      // the simulator's own batches (heartbeats) name the engine's rank, as a vLLM rank's do
+      const sim = await EngineSimulator.create({ kvBlockSize: 4, replayEndpoint: 'tcp://127.0.0.1:0', dpRank: rank })
       sims.push(sim)
       const r = await postJson(
         port,

@@ -473,7 +473,7 @@ export class IndexerService {
     this.#peers.add(url)
   }
 
-  /** Scores of block hashes in a partition, in Dynamo's response shape (tokens per worker and rank). */
+  /** A prompt's (or block hashes') scores in a partition: the /query answer's JSON (tokens per worker and rank). */
   score(
     model: string,
     group: string,
@@ -502,12 +502,7 @@ export class IndexerService {
         m.set(rank, Math.max(m.get(rank) ?? 0, w.score * bs))
       }
     }
-    const instances = new Map<bigint, unknown>()
-    for (const [id, ranks] of scores) {
-      const gpu = Math.max(...ranks.values())
-      instances.set(id, { longest_matched: gpu, gpu, dp: ranks, cpu: gpu, disk: gpu })
-    }
-    return { scores, frequencies: [], instances }
+    return scoreBody(scores)
   }
 
   /** The /workers list. */
@@ -642,10 +637,12 @@ export class IndexerService {
           routing_group?: string
         }
         const x = b as unknown as { lora_name?: string | null; cache_salt?: string | null }
-        return json(
-          200,
-          this.score(b.model_name, b.routing_group ?? 'default', { tokens: b.token_ids, loraName: x.lora_name, cacheSalt: x.cache_salt }),
-        )
+        const scored = this.score(b.model_name, b.routing_group ?? 'default', {
+          tokens: b.token_ids,
+          loraName: x.lora_name,
+          cacheSalt: x.cache_salt,
+        })
+        return { status: 200, contentType: JSON_TYPE, body: scored }
       }
       case '/query_by_hash': {
         const b = body(raw, 'QueryByHashRequest', QUERY_BY_HASH) as {
@@ -660,7 +657,7 @@ export class IndexerService {
             'cache_salt is not accepted by /query_by_hash; block_hashes must already include the intended cache salt',
           )
         const hashes = b.block_hashes.map((h) => BigInt.asUintN(64, h))
-        return json(200, this.score(b.model_name, b.routing_group ?? 'default', { hashes }))
+        return { status: 200, contentType: JSON_TYPE, body: this.score(b.model_name, b.routing_group ?? 'default', { hashes }) }
       }
       case '/register_peer': {
         const b = body(raw, 'PeerRequest', PEER) as { url: string }
@@ -749,6 +746,27 @@ export class IndexerService {
       this.#instances.clear()
     })
   }
+}
+
+/**
+ * The /query answer (Dynamo's ScoreResponse) as JSON text, written directly: per instance, the tokens
+ * per rank, and the summary whose gpu (the best rank) is also cpu, disk and longest_matched.
+ */
+function scoreBody(scores: Map<bigint, Map<number, number>>): string {
+  const s: string[] = []
+  const inst: string[] = []
+  for (const [id, ranks] of scores) {
+    const dp: string[] = []
+    let gpu = 0
+    for (const [rank, tokens] of ranks) {
+      dp.push(`"${rank}":${tokens}`)
+      if (tokens > gpu) gpu = tokens
+    }
+    const dpText = `{${dp.join(',')}}`
+    s.push(`"${id}":${dpText}`)
+    inst.push(`"${id}":{"longest_matched":${gpu},"gpu":${gpu},"dp":${dpText},"cpu":${gpu},"disk":${gpu}}`)
+  }
+  return `{"scores":{${s.join(',')}},"frequencies":[],"instances":{${inst.join(',')}}}`
 }
 
 const ROUTES = new Map<string, string>([
