@@ -121,9 +121,23 @@ function get(port: number, path: string): Promise<{ status: number; body: string
 }
 
 async function startIndexer(): Promise<{ child: ChildProcess; port: number }> {
-  const child = spawn(process.execPath, [...(process.env.BENCH_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_PROF] : []), CLI, 'indexer', '--port', '0', '--log-format', 'json', '--log-level', 'info'], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  })
+  const child = spawn(
+    process.execPath,
+    [
+      ...(process.env.BENCH_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_PROF] : []),
+      CLI,
+      'indexer',
+      '--port',
+      '0',
+      '--log-format',
+      'json',
+      '--log-level',
+      'info',
+    ],
+    {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    },
+  )
   const port = await new Promise<number>((resolve, reject) => {
     let err = ''
     child.stderr!.on('data', (d: Buffer) => {
