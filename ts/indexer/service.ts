@@ -27,12 +27,18 @@ import {
 
 /** A /register body (also an entry of `--engines FILE`). */
 export interface RegisterRequest {
+  /** The worker id its blocks are scored under (u64). */
   instance_id: bigint
+  /** The engine's ZeroMQ PUB endpoint (`tcp://host:port`, `ipc://path`, `inproc://name`). */
   endpoint: string
   model_name: string
+  /** Tokens per KV block; the partition's first registration fixes it (at least 1). */
   block_size: number
+  /** Default `default`. */
   routing_group?: string
+  /** The dp rank this endpoint carries (default 0). */
   dp_rank?: number | null
+  /** The engine's replay ROUTER endpoint; without it, a gap is a loss. */
   replay_endpoint?: string | null
 }
 
