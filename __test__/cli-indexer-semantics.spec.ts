@@ -60,7 +60,8 @@ const rankBatch = (rank: number, ...events: Mp[]) => encode(arr(f64(Date.now() /
 interface Setup {
   svc: IndexerService
   port: number
-  engine: (id: number, rank?: number, model?: string) => Promise<EngineSimulator>
+  engine: (id: number, rank?: number, model?: string, opts?: { replay?: boolean; register?: boolean }) => Promise<EngineSimulator>
+  register: (id: number, sim: EngineSimulator, rank?: number) => Promise<void>
   close: () => Promise<void>
 }
 
@@ -68,28 +69,27 @@ async function setup(): Promise<Setup> {
   const svc = new IndexerService()
   const { port } = await svc.listen(0)
   const sims: EngineSimulator[] = []
+  const register = async (id: number, sim: EngineSimulator, rank: number, model: string) => {
+    const body: Record<string, unknown> = { instance_id: id, dp_rank: rank, endpoint: sim.endpoint, model_name: model, block_size: 4 }
+    if (sim.replayEndpoint !== null) body.replay_endpoint = sim.replayEndpoint
+    const r = await postJson(port, '/register', JSON.stringify(body))
+    if (r.status !== 201) throw new Error(r.body)
+  }
   return {
     svc,
     port,
-    engine: async (id, rank = 0, model = 'llama') => {
+    engine: async (id, rank = 0, model = 'llama', opts = {}) => {
       // the simulator's own batches (heartbeats) name the engine's rank, as a vLLM rank's do
-      const sim = await EngineSimulator.create({ kvBlockSize: 4, replayEndpoint: 'tcp://127.0.0.1:0', dpRank: rank })
+      const sim = await EngineSimulator.create({
+        kvBlockSize: 4,
+        replayEndpoint: opts.replay === false ? null : 'tcp://127.0.0.1:0',
+        dpRank: rank,
+      })
       sims.push(sim)
-      const r = await postJson(
-        port,
-        '/register',
-        JSON.stringify({
-          instance_id: id,
-          dp_rank: rank,
-          endpoint: sim.endpoint,
-          replay_endpoint: sim.replayEndpoint,
-          model_name: model,
-          block_size: 4,
-        }),
-      )
-      if (r.status !== 201) throw new Error(r.body)
+      if (opts.register !== false) await register(id, sim, rank, model)
       return sim
     },
+    register: (id, sim, rank = 0) => register(id, sim, rank, 'llama'),
     close: async () => {
       for (const x of sims) x.close()
       await svc.close()
@@ -238,5 +238,84 @@ test('KvRouter engines: `ranks` (the ranks one endpoint carries) is checked, nam
     )
   } finally {
     await router.close()
+  }
+})
+
+/** Heartbeats until the indexer's listener of `id` for the engine's rank has heard from it (/workers: active). */
+async function listening(port: number, id: number, sim: EngineSimulator): Promise<void> {
+  for (let k = 0; k < 200; k++) {
+    const workers = JSON.parse((await http(port, 'GET', '/workers')).body) as {
+      instance_id: number
+      listeners: Record<string, { status: string }>
+    }[]
+    if (workers.find((w) => w.instance_id === id)?.listeners[String(sim.dpRank)]?.status === 'active') return
+    await sim.heartbeat()
+    await new Promise((r) => setTimeout(r, 25))
+  }
+  throw new Error(`worker ${id} never connected`)
+}
+
+test('gaps with and without replay, late joiners, other LoRA names, foreign block sizes, a rank unregistered (#81-#103, #137-#139)', async (t) => {
+  const x = await setup()
+  try {
+    const w1 = await x.engine(1)
+    const w2 = await x.engine(2, 0, 'llama', { replay: false })
+    const w2r1 = await x.engine(2, 1)
+    const all = [w1, w2, w2r1]
+    await listening(x.port, 2, w2)
+    const check = async (n: number, path = '/query') =>
+      t.deepEqual(await answers(x.port, exchange(n).body, dynamo(n), all, path), dynamo(n), `#${n}`)
+    // LoRA blocks: another adapter's name matches nothing (#82)
+    await w1.sendPayload(batch(stored([1030, 1031], range(1024, 8), { lora: 'adapter-a' })))
+    t.deepEqual(await answers(x.port, exchange(81).body, dynamo(81), all), dynamo(81), '#81')
+    await check(82)
+    // an event whose block size is not the registration's stores nothing (#88)
+    await w1.sendPayload(
+      batch(
+        map({
+          type: s('BlockStored'),
+          block_hashes: arr(u(1090)),
+          parent_block_hash: nil,
+          token_ids: arr(...range(1048, 16).map((v) => u(v))),
+          block_size: u(16),
+          lora_id: nil,
+          medium: s('GPU'),
+        }),
+      ),
+    )
+    await check(88)
+    // a batch lost on the live socket comes back through the engine's replay (#96)
+    w1.drop(w1.nextSeq)
+    await w1.sendPayload(batch(stored([1100, 1101], range(1128, 8))))
+    await check(96)
+    // the foreign-size batch came before that one on the same socket: it stayed unindexed
+    await check(88)
+    // without a replay endpoint the lost batch stays lost (#98) and the next one is applied (#99)
+    w2.drop(w2.nextSeq)
+    await w2.sendPayload(batch(stored([1110, 1111], range(1160, 8))))
+    await w2.sendPayload(batch(stored([1112, 1113], range(1168, 8))))
+    await check(99)
+    await check(98)
+    // a late joiner with replay gets the batch it published before registering (#102)
+    const w6 = await x.engine(6, 0, 'llama', { register: false })
+    await w6.sendPayload(batch(stored([1120, 1121], range(1176, 8))))
+    await x.register(6, w6)
+    all.push(w6)
+    await check(102)
+    // and one without replay joins for what comes after (#103)
+    const w7 = await x.engine(7, 0, 'llama', { replay: false })
+    await listening(x.port, 7, w7)
+    await w6.sendPayload(batch(stored([1122, 1123], range(1200, 8))))
+    await w7.sendPayload(batch(stored([1124, 1125], range(1200, 8))))
+    all.push(w7)
+    await check(103)
+    // unregistering one rank drops that rank's blocks (#137, #139)
+    await w2r1.sendPayload(rankBatch(1, stored([1130, 1131], range(1152, 8))))
+    await check(137)
+    const un = await postJson(x.port, '/unregister', exchange(138).body)
+    t.is(un.status, 200)
+    await check(139)
+  } finally {
+    await x.close()
   }
 })
