@@ -34,7 +34,9 @@ test.serial('--engines FILE registers the engines before the service answers; SI
       { instance_id: 1, endpoint: 'tcp://127.0.0.1:2', model_name: 'm', block_size: 16, dp_rank: 1 },
     ]).replace('"instance_id":1,"endpoint":"tcp://127.0.0.1:2"', '"instance_id":18446744073709551615,"endpoint":"tcp://127.0.0.1:2"'),
   )
-  const run = startCli(['indexer', '--port', '0', '--log-format', 'json'], { DYNAMO_KV_INDEXER_ENGINES: engines })
+  const run = startCli(['indexer', '--port', '0', '--log-format', 'json', '--engine-silence', '0.3'], {
+    DYNAMO_KV_INDEXER_ENGINES: engines,
+  })
   const ready = await run.waitForLog((r) => r.msg === 'indexer listening')
   t.is(ready.engines, 2)
   const w = await http(ready.port as number, 'GET', '/workers')
@@ -44,6 +46,9 @@ test.serial('--engines FILE registers the engines before the service answers; SI
   // nothing listens on those ports: the listeners have heard nothing yet
   t.is((w.body.match(/"status":"pending"/g) ?? []).length, 4, w.body)
   t.false(w.body.includes('"active"'), w.body)
+  // nothing publishes there: each listener is warned about, naming its endpoint
+  for (const ep of ['tcp://127.0.0.1:1', 'tcp://127.0.0.1:2'])
+    await run.waitForLog((r) => r.level === 40 && r.endpoint === ep && /no message from the engine/.test(String(r.msg)))
   run.child.kill('SIGINT')
   t.is(await run.exit, 0)
 })

@@ -52,7 +52,12 @@ export async function run(cmd: Command): Promise<number> {
   const o = cmd.opts<IndexerFlags>()
   const log = loggerFrom(o, 'indexer')
   const engines = o.engines !== undefined ? readEngines(o.engines) : []
-  const svc = new IndexerService({ logger: log, queryBodyLimit: o.queryBodyLimit, bodyLimit: o.bodyLimit })
+  const svc = new IndexerService({
+    logger: log,
+    queryBodyLimit: o.queryBodyLimit,
+    bodyLimit: o.bodyLimit,
+    engineSilenceMs: o.engineSilence * 1000,
+  })
   const signals = untilSignal(log)
   try {
     for (const [i, e] of engines.entries()) {

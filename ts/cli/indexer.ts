@@ -4,13 +4,14 @@
 // worker (POST /query, /query_by_hash). This file holds the options; indexer-run.ts runs it.
 import type { Command } from 'commander'
 import type { CliCommand } from './commands.js'
-import { addLogOptions, intArg, type LogOptions, nonEmptyArg, opt } from './common.js'
+import { addLogOptions, intArg, type LogOptions, nonEmptyArg, opt, secondsArg } from './common.js'
 
 export interface IndexerFlags extends LogOptions {
   host: string
   port: number
   engines?: string
   peers?: string
+  engineSilence: number
   queryBodyLimit: number
   bodyLimit: number
 }
@@ -42,6 +43,14 @@ function define(program: Command): Command {
         'DYNAMO_KV_INDEXER_PEERS',
         nonEmptyArg,
       ),
+    )
+    .addOption(
+      opt(
+        '--engine-silence <seconds>',
+        'warn when a registered engine has sent nothing this long after registering (0: never)',
+        'DYNAMO_KV_ENGINE_SILENCE',
+        secondsArg(0, 86_400),
+      ).default(5),
     )
     .addOption(
       opt(

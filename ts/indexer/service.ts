@@ -56,6 +56,11 @@ export interface IndexerServiceOptions {
   queryBodyLimit?: number
   /** Largest body of the other routes in bytes (default 2 MiB, Dynamo's). */
   bodyLimit?: number
+  /**
+   * Warn (once per listener) when a registered engine has sent nothing this long after registration,
+   * in ms (default 5000; 0 never): an endpoint nothing publishes on is otherwise accepted in silence.
+   */
+  engineSilenceMs?: number
 }
 
 const JSON_TYPE = 'application/json'
@@ -65,6 +70,8 @@ const OK = { status: 'ok' }
 interface Listener {
   endpoint: string
   replayEndpoint: string | null
+  /** The silence warning's timer, until it fires or the listener goes. */
+  silence: NodeJS.Timeout | null
 }
 
 interface Instance {
@@ -243,6 +250,7 @@ export class IndexerService {
   readonly #log: Logger
   readonly queryBodyLimit: number
   readonly bodyLimit: number
+  readonly #silenceMs: number
   #server: Server | null = null
   /** Dynamo's indexer metric families (GET /metrics). */
   readonly registry = new Registry()
@@ -256,6 +264,7 @@ export class IndexerService {
     this.#log = opts.logger ?? silentLogger
     this.queryBodyLimit = opts.queryBodyLimit ?? 8 * 1024 * 1024
     this.bodyLimit = opts.bodyLimit ?? 2 * 1024 * 1024
+    this.#silenceMs = opts.engineSilenceMs ?? 5000
     const registers = [this.registry]
     this.#requests = new Counter({
       name: 'dynamo_kvindexer_requests_total',
@@ -371,7 +380,20 @@ export class IndexerService {
       throw new HttpError(400, `invalid ZMQ endpoint \`${r.endpoint}\`: ${e instanceof Error ? e.message : String(e)}`)
     }
     const i = inst ?? { id: r.instance_id, model: r.model_name, group, ranks: new Map<number, Listener>() }
-    i.ranks.set(rank, { endpoint: r.endpoint, replayEndpoint: r.replay_endpoint ?? null })
+    const listener: Listener = { endpoint: r.endpoint, replayEndpoint: r.replay_endpoint ?? null, silence: null }
+    if (this.#silenceMs > 0) {
+      const source = router.engineSources().get(r.instance_id)
+      listener.silence = setTimeout(() => {
+        listener.silence = null
+        if ((source?.stats().received ?? 0n) === 0n)
+          this.#log.warn(
+            { instance_id: r.instance_id.toString(), dp_rank: rank, endpoint: r.endpoint, seconds: this.#silenceMs / 1000 },
+            'no message from the engine since it was registered: is anything publishing on that endpoint?',
+          )
+      }, this.#silenceMs)
+      listener.silence.unref()
+    }
+    i.ranks.set(rank, listener)
     this.#instances.set(r.instance_id, i)
     this.#log.info({ instance_id: r.instance_id.toString(), dp_rank: rank, endpoint: r.endpoint, model_name: r.model_name }, 'registered')
   }
@@ -387,6 +409,8 @@ export class IndexerService {
 
   async #removeRank(inst: Instance, rank: number): Promise<void> {
     const part = this.#partitions.get(pkey(inst.model, inst.group))
+    const l = inst.ranks.get(rank)
+    if (l?.silence) clearTimeout(l.silence)
     inst.ranks.delete(rank)
     if (inst.ranks.size === 0) this.#instances.delete(inst.id)
     if (part === undefined) return
@@ -747,6 +771,7 @@ export class IndexerService {
       await new Promise<void>((r) => server.close(() => r()))
     }
     await this.#serial(async () => {
+      for (const i of this.#instances.values()) for (const l of i.ranks.values()) if (l.silence) clearTimeout(l.silence)
       for (const p of this.#partitions.values()) for (const r of p.routers.values()) await r.close()
       this.#partitions.clear()
       this.#instances.clear()
