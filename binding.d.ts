@@ -63,6 +63,11 @@ export declare class RawLocalIndexer {
   size(): number
   counters(): BigUint64Array
   eventsInRange(dpRank: number, start?: bigint | undefined | null, end?: bigint | undefined | null): object
+  /**
+   * eventsInRange's answer as the recovery response JSON (SPEC 7), written by the core in one call:
+   * no event crosses into JavaScript as an object.
+   */
+  eventsInRangeJson(dpRank: number, start?: bigint | undefined | null, end?: bigint | undefined | null): Buffer
 }
 
 export declare class RawRadixIndex {

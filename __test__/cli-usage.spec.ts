@@ -17,6 +17,8 @@ const HELP: [string[], string][] = [
   [['inspect', '--help'], 'Usage: dynamo-kv inspect [options]'],
   [['demo', '--help'], 'Usage: dynamo-kv demo [options]'],
   [['demo', '-h'], 'Usage: dynamo-kv demo [options]'],
+  [['indexer', '--help'], 'Usage: dynamo-kv indexer [options]'],
+  [['query', '--help'], 'Usage: dynamo-kv query [options]'],
 ]
 
 for (const [args, usage] of HELP) {
@@ -30,7 +32,7 @@ for (const [args, usage] of HELP) {
 
 test.serial('every command lists its options with their environment variables, and the program lists every command', async (t) => {
   const top = await runCli(['--help'])
-  for (const c of ['publish', 'inspect', 'demo']) t.regex(top.stdout, new RegExp(`^  ${c} \\[options\\]`, 'm'))
+  for (const c of ['publish', 'inspect', 'demo', 'indexer', 'query']) t.regex(top.stdout, new RegExp(`^  ${c} \\[options\\]`, 'm'))
   const publish = (await runCli(['publish', '--help'])).stdout
   for (const env of [
     'DYNAMO_KV_ENGINE_ENDPOINT',
@@ -43,7 +45,7 @@ test.serial('every command lists its options with their environment variables, a
   ])
     t.true(publish.replace(/\s+/g, ' ').includes(`env: ${env}`), env)
   // every flag has a variable: each option's help entry names one (help excepted)
-  for (const args of [['publish'], ['inspect'], ['demo']]) {
+  for (const args of [['publish'], ['inspect'], ['demo'], ['indexer'], ['query']]) {
     const help = (await runCli([...args, '--help'])).stdout
     const entries = help.split(/\n(?= {2}-)/).filter((e) => e.startsWith('  --'))
     t.true(entries.length > 3)

@@ -154,7 +154,7 @@ test.serial('sidecar.mjs: SIGINT stops it the same way', async (t) => {
 
 test.serial('router.mjs: follows both workers’ events and chooses the one holding the request’s prefix', async (t) => {
   const out = await runToEnd(t, 'router.mjs')
-  t.is(out.received, 2)
+  t.is(out.workers, 2)
   t.deepEqual(out.scores, [{ workerId: '1', dpRank: 0, score: 4 }])
   t.is(out.chosen, '1')
 })

@@ -1,37 +1,24 @@
-// The router side: follow the workers' KV events on NATS into a RadixIndex, and send a request to the
-// worker that already holds the longest prefix of its tokens.
+// The router side: a KvRouter follows the workers' KV events on NATS into one index (asking a worker's
+// recovery endpoint for anything it missed) and chooses the worker for each request by prefix overlap
+// and load.
 //
 //   NATS_SERVER=nats://127.0.0.1:4222 node examples/router.mjs
 //
 // To be complete on its own, this program also runs two workers (publishers using the manual API) that
-// store different documents; a real router only subscribes. Prints one JSON line: the scores and the
+// store different documents; a real router only listens. Prints one JSON line: the scores and the
 // worker chosen for a request that starts with document A.
-import { connect } from '@nats-io/transport-node'
-import { computeBlockHashes, KvEventPublisher, RadixIndex, silentLogger } from 'dynamo-kv'
+import { computeBlockHashes, KvEventPublisher, KvRouter, silentLogger } from 'dynamo-kv'
 
 const KV_BLOCK_SIZE = 16
 const servers = process.env.NATS_SERVER || 'nats://localhost:4222'
-const subject = 'namespace.dynamo.component.backend.kv-events' // SPEC 5: namespace.{ns}.component.{c}.kv-events
 
 // --- the router ------------------------------------------------------------------------------------
-const index = new RadixIndex()
-const nc = await connect({ servers })
-let received = 0
-const subscription = nc.subscribe(subject, {
-  callback: (err, msg) => {
-    if (err) return
-    index.applyEncoded(msg.data, 'envelope') // failures (e.g. an unknown parent) are counted, never thrown
-    received++
-  },
+const router = await KvRouter.create({
+  kvBlockSize: KV_BLOCK_SIZE,
+  source: { kind: 'event-plane', namespace: 'dynamo', component: 'backend' }, // namespace.dynamo.component.backend.kv-events
+  nats: { servers },
+  logger: silentLogger,
 })
-await nc.flush() // the subscription is registered before the workers publish
-
-/** The worker holding the longest prefix of `tokens`; null when no worker holds any of it. */
-function chooseWorker(tokens) {
-  const { scores } = index.findMatchesForTokens(tokens, KV_BLOCK_SIZE)
-  const best = scores.reduce((a, b) => (b.score > a.score ? b : a), { workerId: null, dpRank: 0, score: 0 })
-  return { best, scores }
-}
 
 // --- two workers, for the example ------------------------------------------------------------------
 const tokens = (start, n) => Array.from({ length: n }, (_, i) => start + i)
@@ -49,6 +36,7 @@ for (const [workerId, document] of [
     workerId,
     nats: { servers },
     logger: silentLogger,
+    recoveryEndpoint: true, // lets the router recover events it missed
   })
   await publisher.publishStored({ tokenIds: document, blockHashes: computeBlockHashes(document, KV_BLOCK_SIZE) })
   await publisher.flush()
@@ -57,16 +45,17 @@ for (const [workerId, document] of [
 
 // --- route a request ---------------------------------------------------------------------------------
 const request = [...documentA, ...tokens(9000, 20)] // document A, then a question about it
-for (let i = 0; i < 200 && received < workers.length; i++) await new Promise((resolve) => setTimeout(resolve, 10))
-const { best, scores } = chooseWorker(request)
+for (let i = 0; i < 200 && !(router.settled && router.workers().length === 2); i++) await new Promise((r) => setTimeout(r, 10))
+const { scores } = router.findMatches(request)
+const choice = router.findBestWorker(request, { requestId: 'request-1' }) // counted against the worker...
+router.markFinished('request-1') // ...until it finishes
 console.log(
   JSON.stringify({
-    received,
+    workers: router.workers().length,
     scores: scores.map((s) => ({ workerId: String(s.workerId), dpRank: s.dpRank, score: s.score })),
-    chosen: best.workerId === null ? null : String(best.workerId),
+    chosen: choice === null ? null : String(choice.workerId),
   }),
 )
 
 for (const publisher of workers) await publisher.close()
-subscription.unsubscribe()
-await nc.drain()
+await router.close()

@@ -85,3 +85,38 @@ export {
   type ZmqSourceEvents,
   type ZmqTrackerState,
 } from './transport/sources/zmq.js'
+
+// The router side: following the workers' events into one index and choosing a worker per request;
+// and the workers' recovery endpoint it asks after a gap (SPEC 7, 9).
+export {
+  KvRouter,
+  type KvRouterOptions,
+  type KvRouterStats,
+  type RouterSource,
+  type EventPlaneSource,
+  type EnginesSource,
+  type JetStreamSource,
+  type RouterEngine,
+  type RouteDecision,
+  type FindBestWorkerOptions,
+  type RecoveryOutcome,
+} from './router/router.js'
+export {
+  defaultSelector,
+  defaultCost,
+  type RouteCandidate,
+  type RouteRequest,
+  type WorkerSelector,
+  type DefaultSelectorOptions,
+} from './router/selector.js'
+export { RecoveryEndpoint, type RecoveryEndpointOptions, type RecoveryEndpointStats } from './router/recovery-endpoint.js'
+export type { EventKind } from './router/wire.js'
+
+// The standalone indexer service: Dynamo 1.6's HTTP API (`dynamo-kv indexer`) over KvRouter (SPEC 11).
+export {
+  IndexerService,
+  HttpError as IndexerHttpError,
+  type IndexerServiceOptions,
+  type IndexerReply,
+  type RegisterRequest as IndexerRegisterRequest,
+} from './indexer/service.js'

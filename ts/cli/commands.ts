@@ -4,8 +4,10 @@
 // router side (an indexer service, a query tool) are added here the same way.
 import type { Command } from 'commander'
 import { demoCommand } from './demo.js'
+import { indexerCommand } from './indexer.js'
 import { inspectCommand } from './inspect.js'
 import { publishCommand } from './publish.js'
+import { queryCommand } from './query.js'
 
 export interface CliCommand {
   name: string
@@ -18,4 +20,4 @@ export interface CliCommand {
   run(cmd: Command): Promise<number>
 }
 
-export const COMMANDS: readonly CliCommand[] = [publishCommand, inspectCommand, demoCommand]
+export const COMMANDS: readonly CliCommand[] = [publishCommand, inspectCommand, demoCommand, indexerCommand, queryCommand]

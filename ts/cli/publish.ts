@@ -112,7 +112,7 @@ export function addEngineOptions(cmd: Command): Command {
     )
 }
 
-function addNatsOptions(cmd: Command): Command {
+export function addNatsOptions(cmd: Command): Command {
   return cmd
     .addOption(
       opt('--nats-server <urls>', 'NATS server URL(s), comma-separated (default nats://localhost:4222)', 'NATS_SERVER', nonEmptyArg),

@@ -966,4 +966,16 @@ export class LocalIndexer extends RadixIndex {
       end === undefined || end === null ? null : u64('end', end),
     )
   }
+
+  /**
+   * eventsInRange's answer as the recovery response body (SPEC 7): Dynamo's WorkerKvQueryResponse JSON
+   * with exact u64, written by the core in one call (no event object is built).
+   */
+  eventsInRangeJson(dpRank: number, start?: bigint | null, end?: bigint | null): Buffer {
+    return this.raw.eventsInRangeJson(
+      u32('dpRank', dpRank),
+      start === undefined || start === null ? null : u64('start', start),
+      end === undefined || end === null ? null : u64('end', end),
+    )
+  }
 }

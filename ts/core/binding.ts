@@ -232,6 +232,8 @@ export type RawRangeResult =
 export interface RawLocalIndexer extends RawRadixIndex {
   /** Applies (and buffers, even when the index rejects it) one event of this worker. */
   eventsInRange(dpRank: number, start: bigint | null, end: bigint | null): RawRangeResult
+  /** The same answer as the recovery response JSON (SPEC 7, `router-wire.json`), exact u64, in one call. */
+  eventsInRangeJson(dpRank: number, start: bigint | null, end: bigint | null): Buffer
 }
 
 export interface RawIngestor {

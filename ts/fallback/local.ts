@@ -7,7 +7,7 @@
 import type { BlockExtraInfo, RawLocalIndexer, RawRangeResult, RouterEventValue, StoredBlock } from '../core/binding.js'
 import { FallbackRadixIndex, OUTCOME_IGNORED, targetsGpuIndex } from './index.js'
 import { bigFromHalves, ByteWriter } from './msgpack.js'
-import { decodeEncodedList, decodeRouterEvent, msgpackEncoder, writeRouterEvent } from './wire.js'
+import { decodeEncodedList, decodeRouterEvent, jsonEncoder, msgpackEncoder, writeRouterEvent } from './wire.js'
 
 export const RING_MSGPACK = 1
 export const RING_JSON = 2
@@ -172,6 +172,35 @@ export class FallbackLocalIndexer extends FallbackRadixIndex implements RawLocal
 
   protected override fresh(): FallbackLocalIndexer {
     return new FallbackLocalIndexer(this.bufferSize)
+  }
+
+  /** The answer as the recovery response JSON, byte for byte as the core's write_range_result_json. */
+  eventsInRangeJson(dpRank: number, start: bigint | null, end: bigint | null): Buffer {
+    const r = this.eventsInRange(dpRank, start, end)
+    const w = new ByteWriter(1024)
+    const text = (s: string) => w.bytes(Buffer.from(s, 'utf8'))
+    switch (r.kind) {
+      case 'Events':
+      case 'TreeDump':
+        text(`{"${r.kind}":[`)
+        for (let i = 0; i < r.events.length; i++) {
+          if (i > 0) text(',')
+          writeRouterEvent(w, jsonEncoder, r.events[i]!)
+        }
+        text(']}')
+        break
+      case 'TooNew':
+        text(`{"TooNew":{"requested_start":${r.requestedStart},"requested_end":${r.requestedEnd},"newest_available":${r.newestAvailable}}}`)
+        break
+      case 'InvalidRange':
+        text(`{"InvalidRange":{"start_id":${r.startId},"end_id":${r.endId}}}`)
+        break
+      case 'Error':
+        // JSON.stringify escapes a string as serde_json does (quote, backslash, \b \f \n \r \t, other controls as \u00xx)
+        text(`{"Error":${JSON.stringify(r.message)}}`)
+        break
+    }
+    return w.toBuffer()
   }
 
   eventsInRange(dpRank: number, start: bigint | null, end: bigint | null): RawRangeResult {

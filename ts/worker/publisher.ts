@@ -38,6 +38,7 @@ import { EventPlaneSink } from '../transport/sinks/event-plane.js'
 import { JetStreamSink } from '../transport/sinks/jetstream.js'
 import type { Sink, SinkStats } from '../transport/sinks/types.js'
 import { ZmqSource, type ZmqSourceCounter, type ZmqSourceOptions } from '../transport/sources/zmq.js'
+import { RecoveryEndpoint } from '../router/recovery-endpoint.js'
 
 type Env = Record<string, string | undefined>
 
@@ -143,6 +144,11 @@ export interface KvEventPublisherOptions {
    * its logger defaults to the publisher's). close() stops it first.
    */
   zmq?: Omit<ZmqSourceOptions, 'createSubscriber'>
+  /**
+   * Serve this package's router recovery queries (SPEC 7) from the local indexer, over NATS
+   * request/reply on this connection. Default false; needs the local indexer.
+   */
+  recoveryEndpoint?: boolean
 }
 
 export interface PublisherStats {
@@ -206,6 +212,7 @@ const KNOWN_OPTIONS = new Set([
   'zmqSettleMs',
   'discovery',
   'registerTimeoutMs',
+  'recoveryEndpoint',
 ])
 
 /** Options that apply only to the `dynamo-1.4` wire. */
@@ -277,6 +284,8 @@ export class KvEventPublisher {
   #source: ZmqSource | null = null
   /** While close() stops the source, its calls still get in. */
   #sourceOpen = false
+  /** The recovery endpoint (the recoveryEndpoint option), else null. */
+  #recovery: RecoveryEndpoint | null = null
 
   private constructor(init: {
     options: KvEventPublisherOptions
@@ -418,6 +427,24 @@ export class KvEventPublisher {
       endpoint: null,
       eventPlane: 'nats',
     })
+    if (options.recoveryEndpoint !== undefined && typeof options.recoveryEndpoint !== 'boolean') {
+      await publisher.close()
+      throw new TypeError(`recoveryEndpoint must be a boolean, got ${describe(options.recoveryEndpoint)}`)
+    }
+    if (options.recoveryEndpoint === true) {
+      if (publisher.localIndexer === null) {
+        await publisher.close()
+        throw new TypeError('recoveryEndpoint needs the local indexer (localIndexer must not be false)')
+      }
+      publisher.#recovery = RecoveryEndpoint.start({
+        nats: nc,
+        namespace,
+        component,
+        workerId,
+        localIndexer: publisher.localIndexer,
+        logger,
+      })
+    }
     await KvEventPublisher.#attachSource(publisher, options, logger)
     logger.info(
       {
@@ -470,6 +497,8 @@ export class KvEventPublisher {
       )
     if (mode !== 'event-plane') throw new RangeError(`mode must be 'event-plane' or 'jetstream', got ${describe(mode)}`)
     if (options.jetstream !== undefined) throw new TypeError("jetstream options need mode: 'jetstream' (wire: 'dynamo-1.0' only)")
+    if (options.recoveryEndpoint !== undefined && options.recoveryEndpoint !== false)
+      throw new TypeError("recoveryEndpoint serves this package's NATS recovery protocol of wire 'dynamo-1.0'; a 'dynamo-1.4' source is live-only")
     const workerId = resolveWorkerId(options.workerId, env)
     const eventPlane = resolveEventPlane(options.eventPlane, env)
     if (eventPlane === 'zmq') {
@@ -693,6 +722,7 @@ export class KvEventPublisher {
     }
     clearTimeout(timer)
     await this.#sink.close(Math.max(0, deadline - performance.now()))
+    await this.#recovery?.close()
     if (this.#ownsConnection && this.#nc !== null)
       await this.#nc.close().catch((err: unknown) => this.#logger.warn({ err: String(err) }, 'closing the NATS connection failed'))
     this.#logger.info({ workerId: this.workerId.toString(), ...this.#sink.stats() }, 'KV event publisher closed')

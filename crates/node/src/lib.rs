@@ -17,7 +17,7 @@ use dynamo_kv_core::index::{
     IndexAccess, MemoryReport, RadixIndex, APPLY_OUTCOMES, INDEX_COUNTER_NAMES,
 };
 use dynamo_kv_core::ingest::{Ingestor, IngestorConfig, Mode, COUNTER_NAMES};
-use dynamo_kv_core::local::{LocalIndexer, RangeResult};
+use dynamo_kv_core::local::{write_range_result_json, LocalIndexer, RangeResult};
 use dynamo_kv_core::wire::{
     self, BlockExtraInfo, EventData, EventMeta, MmObject, ResidencyDomain, RouterEvent,
     StorageTier, StoredBlock, ENCODED_FORMATS, KV_EVENTS_TOPIC, KV_METRICS_TOPIC, STORAGE_TIERS,
@@ -1556,6 +1556,22 @@ impl RawLocalIndexer {
         let end = end.as_ref().map(|e| u64_arg("end", e)).transpose()?;
         let result = self.with(|l| l.events_in_range(dp_rank, start, end))?;
         range_result_out(env, result)
+    }
+
+    /// eventsInRange's answer as the recovery response JSON (SPEC 7), written by the core in one call:
+    /// no event crosses into JavaScript as an object.
+    #[napi(catch_unwind)]
+    pub fn events_in_range_json(
+        &self,
+        dp_rank: u32,
+        start: Option<BigInt>,
+        end: Option<BigInt>,
+    ) -> Result<Buffer> {
+        let start = start.as_ref().map(|s| u64_arg("start", s)).transpose()?;
+        let end = end.as_ref().map(|e| u64_arg("end", e)).transpose()?;
+        let mut out = Vec::new();
+        self.with(|l| write_range_result_json(&mut out, &l.events_in_range(dp_rank, start, end)))?;
+        Ok(out.into())
     }
 }
 

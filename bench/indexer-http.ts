@@ -1,0 +1,243 @@
+// The standalone indexer service section of `npm run bench` (BENCH_ONLY=indexer-http): `dynamo-kv indexer`
+// (the built bin, dist/cli.js) in a child process; 64 engines (EngineSimulator sockets sending prepared
+// vLLM batches over real ZeroMQ, with replay) registered over HTTP; each worker stores 256 chains of 64
+// blocks (16 tokens a block): a shared document prefix of 8-56 blocks and a suffix of its own, so the
+// index holds 64 × 256 × 64 = 1,048,576 (worker, block) entries. Then a closed-loop HTTP load from this
+// process (keep-alive, BENCH_HTTP_CONNECTIONS connections, default 8 then 32) for BENCH_HTTP_SECONDS (default 10)
+// of POST /query with 1,024-token prompts (half a document prefix, half one worker's own chain): queries
+// per second and latency percentiles measured by the client (request written → response read). The
+// client and the service share the machine's 2 cores.
+// Run alone: `BENCH_ONLY=indexer-http npx tsx bench/run.ts` or `npx tsx bench/indexer-http.ts`.
+import { encode } from '@msgpack/msgpack'
+import { type ChildProcess, spawn } from 'node:child_process'
+import { Agent, request } from 'node:http'
+import { cpus, loadavg } from 'node:os'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { EngineSimulator } from '../ts/sim/index.js'
+
+const HERE = dirname(fileURLToPath(import.meta.url))
+const CLI = join(HERE, '..', 'dist', 'cli.js')
+const WORKERS = 64
+const CHAINS = 256
+const BLOCKS = 64
+const BS = 16
+const DOCS = 512
+const SECONDS = Number(process.env.BENCH_HTTP_SECONDS ?? 10)
+const CONNECTIONS = (process.env.BENCH_HTTP_CONNECTIONS ?? '8,32').split(',').map(Number)
+
+function rng(seed: number) {
+  let s = seed >>> 0 || 1
+  return () => {
+    s ^= s << 13
+    s >>>= 0
+    s ^= s >>> 17
+    s ^= s << 5
+    s >>>= 0
+    return s / 2 ** 32
+  }
+}
+
+const docTokens = (d: number, k: number) => Array.from({ length: BS }, (_, i) => (d * 7919 + k * 131 + i * 17) % 150_000)
+
+/** Worker w's chain c: its tokens and the engine's block hashes. */
+function chain(w: number, c: number): { tokens: number[]; hashes: bigint[] } {
+  const r = rng(w * 100_003 + c * 7 + 1)
+  const doc = Math.floor(r() * DOCS)
+  const shared = 8 + Math.floor(r() * 49)
+  const tokens: number[] = []
+  const hashes: bigint[] = []
+  for (let k = 0; k < BLOCKS; k++) {
+    if (k < shared) {
+      tokens.push(...docTokens(doc, k))
+      hashes.push(BigInt(doc) * 1000n + BigInt(k) + 1n)
+    } else {
+      for (let i = 0; i < BS; i++) tokens.push(Math.floor(r() * 150_000))
+      hashes.push((1n << 40n) + BigInt(w) * 1_000_000n + BigInt(c) * 100n + BigInt(k))
+    }
+  }
+  return { tokens, hashes }
+}
+
+function batch(w: number, c: number): Uint8Array {
+  const { tokens, hashes } = chain(w, c)
+  return encode(
+    [
+      Date.now() / 1000 + 0.5,
+      [
+        {
+          type: 'BlockStored',
+          block_hashes: hashes,
+          parent_block_hash: null,
+          token_ids: tokens,
+          block_size: BS,
+          lora_id: null,
+          medium: 'GPU',
+          lora_name: null,
+        },
+      ],
+      null,
+    ],
+    { useBigInt64: true },
+  )
+}
+
+const agent = new Agent({ keepAlive: true, maxSockets: Math.max(...CONNECTIONS) })
+
+function post(port: number, path: string, body: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      {
+        host: '127.0.0.1',
+        port,
+        method: 'POST',
+        path,
+        agent,
+        headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+      },
+      (res) => {
+        let b = ''
+        res.setEncoding('utf8')
+        res.on('data', (c: string) => {
+          b += c
+        })
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: b }))
+      },
+    )
+    req.on('error', reject)
+    req.end(body)
+  })
+}
+
+function get(port: number, path: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port, method: 'GET', path, agent }, (res) => {
+      res.resume()
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: '' }))
+    })
+    req.on('error', reject)
+    req.end()
+  })
+}
+
+async function startIndexer(): Promise<{ child: ChildProcess; port: number }> {
+  const child = spawn(
+    process.execPath,
+    [
+      ...(process.env.BENCH_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_PROF] : []),
+      CLI,
+      'indexer',
+      '--port',
+      '0',
+      '--log-format',
+      'json',
+      '--log-level',
+      'info',
+    ],
+    {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    },
+  )
+  const port = await new Promise<number>((resolve, reject) => {
+    let err = ''
+    child.stderr!.on('data', (d: Buffer) => {
+      err += d
+      const m = /"port":(\d+).*"msg":"indexer listening"/.exec(err)
+      if (m) resolve(Number(m[1]))
+    })
+    child.on('exit', (code) => reject(new Error(`indexer exited ${code}: ${err}`)))
+  })
+  return { child, port }
+}
+
+export async function benchIndexerHttp(): Promise<void> {
+  console.log(`\n## Standalone indexer service (dynamo-kv indexer), ${cpus().length} cores, load ${loadavg()[0]!.toFixed(1)}`)
+  const { child, port } = await startIndexer()
+  const sims: EngineSimulator[] = []
+  try {
+    for (let w = 0; w < WORKERS; w++) {
+      const sim = await EngineSimulator.create({ kvBlockSize: BS, replayEndpoint: 'tcp://127.0.0.1:0', replayBufferSize: CHAINS + 10 })
+      sims.push(sim)
+      const r = await post(
+        port,
+        '/register',
+        JSON.stringify({
+          instance_id: w + 1,
+          endpoint: sim.endpoint,
+          replay_endpoint: sim.replayEndpoint,
+          model_name: 'bench',
+          block_size: BS,
+        }),
+      )
+      if (r.status !== 201) throw new Error(`register: ${r.status} ${r.body}`)
+    }
+    const t0 = performance.now()
+    for (let c = 0; c < CHAINS; c++) for (let w = 0; w < WORKERS; w++) await sims[w]!.sendPayload(batch(w, c))
+    // loaded when every worker's last chain is matched whole
+    const last = (w: number) => JSON.stringify({ token_ids: chain(w, CHAINS - 1).tokens, model_name: 'bench' })
+    for (let w = 0; w < WORKERS; w++) {
+      for (let k = 0; ; k++) {
+        const r = await post(port, '/query', last(w))
+        const scores = JSON.parse(r.body) as { scores: Record<string, Record<string, number>> }
+        if (scores.scores[String(w + 1)]?.['0'] === BLOCKS * BS) break
+        if (k > 600) throw new Error(`worker ${w + 1} never finished loading`)
+        await sims[w]!.heartbeat()
+        await new Promise((res) => setTimeout(res, 100))
+      }
+    }
+    const loadS = (performance.now() - t0) / 1000
+    const entries = WORKERS * CHAINS * BLOCKS
+    console.log(`index: ${WORKERS} workers, ${entries} (worker, block) entries, loaded over ZeroMQ in ${loadS.toFixed(1)} s`)
+
+    // prompts: half a document prefix (shared by many workers), half one worker's own chain
+    const r = rng(99)
+    const bodies: string[] = []
+    for (let q = 0; q < 2000; q++) {
+      let tokens: number[]
+      if (q % 2 === 0) {
+        const d = Math.floor(r() * DOCS)
+        tokens = Array.from({ length: BLOCKS }, (_, k) => docTokens(d, k)).flat()
+      } else tokens = chain(Math.floor(r() * WORKERS), Math.floor(r() * CHAINS)).tokens
+      bodies.push(JSON.stringify({ token_ids: tokens, model_name: 'bench' }))
+    }
+    // warm up, then measure
+    const run = async (connections: number, seconds: number, path = '/query') => {
+      const lat: number[] = []
+      let errors = 0
+      const end = performance.now() + seconds * 1000
+      let i = 0
+      const loop = async () => {
+        while (performance.now() < end) {
+          const body = bodies[i++ % bodies.length]!
+          const s = performance.now()
+          const res = path === '/query' ? await post(port, path, body) : await get(port, path)
+          lat.push(performance.now() - s)
+          if (res.status !== 200) errors++
+        }
+      }
+      const s = performance.now()
+      await Promise.all(Array.from({ length: connections }, loop))
+      return { lat, errors, seconds: (performance.now() - s) / 1000 }
+    }
+    await run(Math.max(...CONNECTIONS), 2)
+    console.log('| load | queries/s | p50 | p99 | max | errors |\n|---|---|---|---|---|---|')
+    const rows: [string, number, string][] = CONNECTIONS.map((c) => ['POST /query, 1,024-token prompts', c, '/query'])
+    // the HTTP floor: a route that does no work, at the highest load
+    rows.push(['GET /health (no work: the HTTP floor)', Math.max(...CONNECTIONS), '/health'])
+    for (const [what, connections, path] of rows) {
+      const m = await run(connections, SECONDS, path)
+      m.lat.sort((a, b) => a - b)
+      const pct = (p: number) => `${m.lat[Math.min(m.lat.length - 1, Math.floor(p * m.lat.length))]!.toFixed(2)} ms`
+      console.log(
+        `| ${what}, ${connections} keep-alive connections, ${SECONDS} s | ${(m.lat.length / m.seconds).toFixed(0)} | ${pct(0.5)} | ${pct(0.99)} | ${m.lat.at(-1)!.toFixed(2)} ms | ${m.errors} |`,
+      )
+    }
+  } finally {
+    for (const s of sims) s.close()
+    child.kill('SIGTERM')
+    await new Promise((res) => child.once('exit', res))
+    agent.destroy()
+  }
+}
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) await benchIndexerHttp()

@@ -1,0 +1,136 @@
+// Does a large apply stall lookups? A KvRouter (event plane) on a private nats-server meets a worker (a
+// child process) already holding N blocks: its first sight asks for a dump, which the router splits and
+// applies in slices. A timer asks findBestWorker every millisecond meanwhile; the longest wait between
+// two lookups is the stall the router's lookups see. The worker's own cost of answering (its local
+// indexer's dump as JSON, which its endpoint sends, and as objects) is timed in the child. Also: the live path's cost per event (the
+// envelope peek, and the core's apply).
+//
+//   npx tsx bench/router-stall.ts            (BLOCKS=20000,100000 to choose the sizes)
+import { spawn } from 'node:child_process'
+import { createInterface } from 'node:readline'
+import { fileURLToPath } from 'node:url'
+import { computeBlockHashes, implementation, Ingestor, KvEventPublisher, KvRouter, RadixIndex, silentLogger } from '../ts/index.js'
+import { peekEnvelope } from '../ts/router/wire.js'
+import { startNatsServer } from '../__test__/helpers/nats-server.js'
+
+const BS = 16
+const SIZES = (process.env.BLOCKS ?? '10000,50000,200000').split(',').map(Number)
+
+/** Tokens of document d: 16 blocks of distinct tokens. */
+const doc = (d: number) => Array.from({ length: 16 * BS }, (_, i) => d * 100_000 + i)
+
+/** The child: a worker holding `blocks` blocks; on a line on stdin it publishes one more event. */
+async function worker(servers: string, ns: string, blocks: number): Promise<void> {
+  const p = await KvEventPublisher.create({
+    namespace: ns,
+    component: 'w',
+    kvBlockSize: BS,
+    workerId: 1n,
+    nats: { servers },
+    logger: silentLogger,
+    recoveryEndpoint: true,
+    localIndexer: { bufferSize: 16 },
+  })
+  for (let d = 0; d < blocks / 16; d++) {
+    const t = doc(d)
+    await p.publishStored({ tokenIds: t, blockHashes: computeBlockHashes(t, BS) })
+  }
+  await p.flush()
+  let t0 = performance.now()
+  p.localIndexer!.eventsInRange(0, null, null)
+  const objectsMs = performance.now() - t0
+  t0 = performance.now()
+  const json = p.localIndexer!.eventsInRangeJson(0, null, null)
+  const jsonMs = performance.now() - t0
+  console.log(JSON.stringify({ ready: true, size: p.localIndexer!.size(), objectsMs, jsonMs, bytes: json.length }))
+  for await (const _ of createInterface({ input: process.stdin })) {
+    const t = doc(blocks / 16 + 1)
+    await p.publishStored({ tokenIds: t, blockHashes: computeBlockHashes(t, BS) })
+    await p.flush()
+  }
+  await p.close()
+}
+
+async function stall(servers: string, blocks: number) {
+  const ns = `stall${blocks}`
+  const child = spawn(process.execPath, ['--import=tsx', fileURLToPath(import.meta.url), 'worker', servers, ns, String(blocks)], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+  })
+  const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]()
+  const ready = JSON.parse((await lines.next()).value as string) as { size: number; objectsMs: number; jsonMs: number; bytes: number }
+  const router = await KvRouter.create({
+    kvBlockSize: BS,
+    source: { kind: 'event-plane', namespace: ns, component: 'w' },
+    nats: { servers },
+    logger: silentLogger,
+  })
+  const query = doc(3)
+  let maxGap = 0
+  let lookups = 0
+  let last = performance.now()
+  const timer = setInterval(() => {
+    const now = performance.now()
+    maxGap = Math.max(maxGap, now - last)
+    last = now
+    router.findBestWorker(query)
+    lookups++
+  }, 1)
+  const t0 = performance.now()
+  child.stdin!.write('go\n')
+  const want = ready.size + 16
+  while (!(router.settled && router.index.size() === want)) await new Promise((r) => setTimeout(r, 1))
+  const recoveryMs = performance.now() - t0
+  clearInterval(timer)
+  child.stdin!.end()
+  await new Promise((r) => child.on('exit', r))
+  await router.close()
+  return {
+    blocks,
+    workerDumpObjectsMs: Math.round(ready.objectsMs),
+    workerDumpJsonMs: Math.round(ready.jsonMs),
+    replyBytes: ready.bytes,
+    recoveryMs: Math.round(recoveryMs),
+    routerMaxLookupGapMs: Math.round(maxGap),
+    lookupsDuringRecovery: lookups,
+  }
+}
+
+function livePath() {
+  const ing = new Ingestor({ kvBlockSize: BS, workerId: 5n })
+  const envs: Buffer[] = []
+  for (let d = 0; d < 2000; d++) {
+    const t = doc(d)
+    for (const pl of ing.stored({ tokenIds: t, blockHashes: computeBlockHashes(t, BS) }, 1).payloads) envs.push(Buffer.from(pl))
+  }
+  let peekNs = Number.POSITIVE_INFINITY
+  let applyNs = Number.POSITIVE_INFINITY
+  for (let round = 0; round < 4; round++) {
+    let t0 = performance.now()
+    for (const e of envs) peekEnvelope(e)
+    peekNs = Math.min(peekNs, ((performance.now() - t0) * 1e6) / envs.length)
+    const index = new RadixIndex()
+    t0 = performance.now()
+    for (const e of envs) index.applyEncoded(e, 'envelope')
+    applyNs = Math.min(applyNs, ((performance.now() - t0) * 1e6) / envs.length)
+    index.close()
+  }
+  return {
+    events: envs.length,
+    blocksPerEvent: 16,
+    bytesPerEvent: envs[0]!.length,
+    peekNs: Math.round(peekNs),
+    applyNs: Math.round(applyNs),
+  }
+}
+
+if (process.argv[2] === 'worker') {
+  await worker(process.argv[3]!, process.argv[4]!, Number(process.argv[5]))
+} else {
+  const nats = await startNatsServer()
+  try {
+    console.log(JSON.stringify({ implementation, live: livePath() }))
+    for (const n of SIZES) console.log(JSON.stringify(await stall(nats.url, n)))
+  } finally {
+    await nats.stop()
+  }
+}

@@ -1,0 +1,1062 @@
+// KvRouter (SPEC 9): follows the workers' KV events into one RadixIndex and chooses a worker per
+// request. Three sources: the NATS event plane (with gap recovery from the workers' recovery endpoints,
+// SPEC 7), the engines' own ZeroMQ streams (no Dynamo at all), or a JetStream stream (durable consumer).
+// Events are applied by the core from their bytes (applyEncoded): JavaScript only peeks at the header
+// fields it needs to order them.
+import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages } from '@nats-io/jetstream'
+import { createInbox, headers as natsHeaders, type Msg, type Subscription } from '@nats-io/transport-node'
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client'
+import {
+  type ApplyOutcome,
+  APPLY_OUTCOMES,
+  type BlockExtraInfo,
+  computeBlockHashes,
+  Ingestor,
+  type IngestResult,
+  jetstreamStreamName,
+  kvEventsSubject,
+  kvMetricsSubject,
+  type OverlapScores,
+  RadixIndex,
+  RouterEventError,
+} from '../core/api.js'
+import { checkName, describe, hashesArg, intInRange, positiveInt, tokensArg, u64 } from '../util/args.js'
+import { type Logger, loggerOption, RateLimitedLog } from '../util/log.js'
+import { openNats, type NatsConnection, type NatsOption } from '../transport/nats.js'
+import { ensureStream } from '../transport/sinks/jetstream.js'
+import { ZmqSource } from '../transport/sources/zmq.js'
+import { type DefaultSelectorOptions, defaultSelector, type RouteCandidate, type WorkerSelector } from './selector.js'
+import {
+  CHUNK_HEADER,
+  CHUNKS_HEADER,
+  decodeActiveLoadEnvelope,
+  type EventKind,
+  encodeRecoveryRequest,
+  eventIdOfJson,
+  parseRangeResponse,
+  peekEnvelope,
+  responseArray,
+  ArraySplitter,
+  peeked,
+  recoverySubject,
+} from './wire.js'
+
+type Env = Record<string, string | undefined>
+
+/** Dynamo 1.0's event plane: core NATS envelopes on `namespace.{ns}.component.{c}.kv-events`. */
+export interface EventPlaneSource {
+  kind: 'event-plane'
+  namespace: string
+  component: string
+}
+
+/** One engine whose ZeroMQ KV-event stream the router reads itself. */
+export interface RouterEngine {
+  /** The id this engine's blocks are indexed under (u64). */
+  workerId: bigint
+  /** The engine's ZMQ PUB endpoint (with dpRanks: rank r at port + r). */
+  endpoint: string
+  /** The engine's replay ROUTER endpoint (with dpRanks: rank r at port + r); without it, gaps are losses. */
+  replayEndpoint?: string
+  /** vLLM data parallelism: ranks 0..dpRanks-1 (default 1). */
+  dpRanks?: number
+  /**
+   * Instead of dpRanks: the dp ranks this one endpoint carries (each batch names its rank; a batch
+   * without one is rank 0), for an engine rank registered on its own as Dynamo's standalone indexer does.
+   */
+  ranks?: number[]
+  /** Topic prefix filter (default '' — everything). */
+  topic?: string
+}
+
+/** No Dynamo: the engines' ZeroMQ streams, read by the router (ZmqSource, Ingestor, replay). */
+export interface EnginesSource {
+  kind: 'engines'
+  engines: RouterEngine[]
+}
+
+/** A JetStream stream of RouterEvent JSON (the publishers' `jetstream` mode), read in order. */
+export interface JetStreamSource {
+  kind: 'jetstream'
+  namespace: string
+  component: string
+  /** Durable consumer name: a router restarted with the same name resumes where it acked. Default: an ordered consumer from the start. */
+  durable?: string
+}
+
+export type RouterSource = EventPlaneSource | EnginesSource | JetStreamSource
+
+export interface KvRouterOptions {
+  /** Tokens per KV block; must match the workers'. */
+  kvBlockSize: number
+  source: RouterSource
+  /** How to reach NATS (default: the environment of SPEC 5), or a connection the caller owns. Not used by the engines source unless metricsNamespace is set. */
+  nats?: NatsOption
+  logger?: Logger
+  /** The default selector's options, or a selector function. */
+  selector?: DefaultSelectorOptions | WorkerSelector
+  /** Where workers' ActiveLoad is read (`namespace.{ns}.kv_metrics`); default the source's namespace (none for engines). */
+  metricsNamespace?: string
+  /** Recovery queries (event plane): attempts (default 8), first backoff in ms, doubling (default 200), idle timeout per attempt in ms (default 5000). */
+  recovery?: { attempts?: number; backoffMs?: number; timeoutMs?: number }
+  /** A worker that sends nothing (events, loads) for this long is removed (ms; default 600,000; 0 never). Not for the engines source. */
+  workerExpiryMs?: number
+  /** Register the router's Prometheus metrics on this registry. */
+  registry?: Registry
+  /** Metric name prefix (default `dynamo_kv_router_`). */
+  metricsPrefix?: string
+}
+
+/**
+ * How one recovery ended: `events` (a range applied), `tree_dump` (the rank rebuilt from a dump),
+ * `unavailable` (nothing serves the worker's recovery subject, e.g. a worker without the endpoint: not
+ * retried, and the worker's gaps are accepted without a query for a minute), `failed` (no usable answer
+ * after every attempt, or a definite refusal).
+ */
+export type RecoveryOutcome = 'events' | 'tree_dump' | 'unavailable' | 'failed'
+
+export interface KvRouterStats {
+  /** Events applied, by type and by the index's outcome. */
+  events: Record<EventKind, Record<ApplyOutcome, number>>
+  /** Event bytes that were not a router event (counted, logged, skipped). */
+  invalid: number
+  /** Events older than the rank's cursor (already covered by a recovery), skipped. */
+  stale: number
+  /** Event-id gaps found. */
+  gaps: number
+  /** Recoveries by how they ended (a first sight's dump is one). */
+  recoveries: Record<RecoveryOutcome, number>
+  /** Recovery attempts that failed and were retried (timeouts, truncated replies, no responders). */
+  recoveryRetries: number
+  /** Publisher restarts detected (event ids starting again). */
+  restarts: number
+  /** ActiveLoad messages applied. */
+  loads: number
+  /** Workers removed for silence. */
+  expired: number
+  /** Block hashes in the index. */
+  indexSize: number
+  /** Worker ranks known (from events, loads or configured engines). */
+  workerRanks: number
+  /** Requests routed with a requestId and not yet marked finished. */
+  activeRequests: number
+}
+
+/** The choice for one request, with every candidate as the selector saw it. */
+export interface RouteDecision {
+  workerId: bigint
+  dpRank: number
+  /** The chosen rank's overlap, in blocks. */
+  overlapBlocks: number
+  /** Every known rank, ascending (workerId, dpRank). */
+  candidates: RouteCandidate[]
+}
+
+export interface FindBestWorkerOptions {
+  loraName?: string | null
+  cacheSalt?: string | null
+  blockMmInfos?: (BlockExtraInfo | null)[] | null
+  /** Count the request against the chosen rank until markFinished(requestId). */
+  requestId?: string
+}
+
+interface RankState {
+  workerId: bigint
+  dpRank: number
+  /** Newest event id applied (null: none yet). */
+  last: bigint | null
+  recovering: boolean
+  held: HeldEvent[]
+  /** Consecutive events older than the cursor (a run of them means the publisher restarted). */
+  staleRun: number
+}
+
+interface HeldEvent {
+  bytes: Uint8Array
+  id: bigint
+  kind: EventKind
+}
+
+const KNOWN_OPTIONS = new Set([
+  'kvBlockSize',
+  'source',
+  'nats',
+  'logger',
+  'selector',
+  'metricsNamespace',
+  'recovery',
+  'workerExpiryMs',
+  'registry',
+  'metricsPrefix',
+])
+const KINDS: EventKind[] = ['stored', 'removed', 'cleared']
+/** Events held per rank while its recovery runs; beyond this the rank is rebuilt from a dump. */
+const MAX_HELD = 100_000
+/** This many events in a row older than the cursor: the publisher restarted with the same worker id. */
+const STALE_RESTART_RUN = 8
+/** A recovery's events are applied in slices of this many milliseconds, lookups served in between. */
+const APPLY_SLICE_MS = 5
+/** After "no responders", a worker's gaps are accepted without a query for this long. */
+const NO_ENDPOINT_RETRY_MS = 60_000
+/** Bytes of a recovery body split per slice (a few milliseconds). */
+const SPLIT_SLICE_BYTES = 1 << 20
+
+const key = (workerId: bigint, dpRank: number) => `${workerId}:${dpRank}`
+
+class RecoveryError extends Error {
+  constructor(
+    message: string,
+    /** The server said nothing subscribes to the subject (503 no responders). */
+    readonly noResponders = false,
+  ) {
+    super(message)
+  }
+}
+
+/**
+ * Follows the workers' KV events into one radix index and routes requests by prefix overlap and load
+ * (SPEC 9). `await KvRouter.create(options)`; `findBestWorker(tokens)`; `close()`.
+ */
+export class KvRouter {
+  readonly kvBlockSize: number
+  readonly source: RouterSource
+  readonly #index = new RadixIndex()
+  readonly #log: RateLimitedLog
+  readonly #logger: Logger
+  readonly #selector: WorkerSelector
+  readonly #ranks = new Map<string, RankState>()
+  /** Every rank a request may go to (events, loads, engines), by key. */
+  readonly #known = new Map<string, { workerId: bigint; dpRank: number }>()
+  readonly #loads = new Map<string, bigint>()
+  readonly #routedBlocks = new Map<string, number>()
+  readonly #requests = new Map<string, { key: string; blocks: number }>()
+  readonly #lastSeen = new Map<bigint, number>()
+  /** Workers whose recovery subject had no responders, and when that was found. */
+  readonly #noEndpoint = new Map<bigint, number>()
+  readonly #engines = new Map<bigint, { source: ZmqSource; ingestor: Ingestor; ranks: number }>()
+  readonly #recoveryAttempts: number
+  readonly #recoveryBackoffMs: number
+  readonly #recoveryTimeoutMs: number
+  readonly #expiryMs: number
+  #nc: NatsConnection | null = null
+  #ownsConnection = false
+  #subs: Subscription[] = []
+  #jsMessages: ConsumerMessages | null = null
+  #jsLoop: Promise<void> | null = null
+  #expiryTimer: NodeJS.Timeout | null = null
+  #closing: Promise<void> | null = null
+  #tasks = new Set<Promise<void>>()
+  #latency: Histogram | null = null
+  readonly #stats = {
+    events: Object.fromEntries(KINDS.map((k) => [k, Object.fromEntries(APPLY_OUTCOMES.map((o) => [o, 0]))])) as Record<
+      EventKind,
+      Record<ApplyOutcome, number>
+    >,
+    invalid: 0,
+    stale: 0,
+    gaps: 0,
+    recoveries: { events: 0, tree_dump: 0, unavailable: 0, failed: 0 } as Record<RecoveryOutcome, number>,
+    recoveryRetries: 0,
+    restarts: 0,
+    loads: 0,
+    expired: 0,
+  }
+
+  private constructor(opts: KvRouterOptions, source: RouterSource) {
+    this.kvBlockSize = positiveInt('kvBlockSize', opts.kvBlockSize)
+    this.source = source
+    this.#logger = loggerOption(opts.logger)
+    this.#log = new RateLimitedLog(this.#logger)
+    const sel = opts.selector
+    if (typeof sel === 'function') this.#selector = sel
+    else if (sel === undefined || (typeof sel === 'object' && sel !== null)) this.#selector = defaultSelector(sel)
+    else throw new TypeError(`selector must be a function or the default selector's options, got ${describe(sel)}`)
+    const rec = opts.recovery ?? {}
+    if (typeof rec !== 'object' || rec === null) throw new TypeError('recovery must be an object')
+    this.#recoveryAttempts = positiveInt('recovery.attempts', rec.attempts ?? 8, 1000)
+    this.#recoveryBackoffMs = intInRange('recovery.backoffMs', rec.backoffMs ?? 200, 0, 3_600_000)
+    this.#recoveryTimeoutMs = positiveInt('recovery.timeoutMs', rec.timeoutMs ?? 5000, 3_600_000)
+    this.#expiryMs = intInRange('workerExpiryMs', opts.workerExpiryMs ?? 600_000, 0, 2 ** 31 - 1)
+    if (opts.registry !== undefined) this.#registerMetrics(opts.registry, opts.metricsPrefix ?? 'dynamo_kv_router_')
+  }
+
+  /**
+   * Validates the options (errors name the option), connects, subscribes (event plane, loads) or opens
+   * the engines' sockets or the JetStream consumer, and resolves once the router is listening.
+   * `env` defaults to process.env.
+   */
+  static async create(options: KvRouterOptions, env: Env = process.env): Promise<KvRouter> {
+    if (typeof options !== 'object' || options === null) throw new TypeError(`KvRouter options must be an object, got ${describe(options)}`)
+    for (const k of Object.keys(options)) if (!KNOWN_OPTIONS.has(k)) throw new TypeError(`${k} is not a KvRouter option`)
+    const source = sourceArg(options.source)
+    const router = new KvRouter(options, source)
+    const metricsNs =
+      options.metricsNamespace !== undefined
+        ? checkName('metricsNamespace', options.metricsNamespace)
+        : source.kind === 'engines'
+          ? null
+          : source.namespace
+    try {
+      if (source.kind !== 'engines' || metricsNs !== null) {
+        const { nc, owned } = await openNats(options.nats, env)
+        router.#nc = nc
+        router.#ownsConnection = owned
+      }
+      const nc = router.#nc
+      if (metricsNs !== null && nc !== null) {
+        router.#subs.push(nc.subscribe(kvMetricsSubject(metricsNs), { callback: (err, msg) => void (err || router.#onLoad(msg.data)) }))
+      }
+      if (source.kind === 'event-plane') {
+        router.#subs.push(
+          nc!.subscribe(kvEventsSubject(source.namespace, source.component), {
+            callback: (err, msg) => void (err || router.#onEvent(msg.data)),
+          }),
+        )
+      } else if (source.kind === 'jetstream') {
+        await router.#startJetStream(nc!, source)
+      } else {
+        for (const e of source.engines) await router.addEngine(e)
+      }
+      if (nc !== null) await nc.flush()
+      if (source.kind !== 'engines' && router.#expiryMs > 0) {
+        const every = Math.max(10, Math.min(router.#expiryMs / 4, 10_000))
+        router.#expiryTimer = setInterval(() => router.#expire(), every)
+        router.#expiryTimer.unref()
+      }
+    } catch (e) {
+      await router.close()
+      throw e
+    }
+    router.#logger.info({ source: source.kind }, 'KV router ready')
+    return router
+  }
+
+  // -------------------------------------------------------------------------------------------------
+  // queries
+
+  /** Overlap scores of the request's tokens (block hashes computed as the workers do, SPEC 4). */
+  findMatches(tokens: Uint32Array | number[], opts: Omit<FindBestWorkerOptions, 'requestId'> = {}): OverlapScores {
+    return this.#index.findMatches(this.#hashes(tokens, opts))
+  }
+
+  /** Overlap scores for block (tokens) hashes computed by the caller. */
+  findMatchesForHashes(blockHashes: BigUint64Array | bigint[]): OverlapScores {
+    return this.#index.findMatches(blockHashes)
+  }
+
+  /**
+   * Chooses the worker rank for a request: every known rank is a candidate, weighed by the selector
+   * (default: SPEC 9's cost rule). null when no worker is known. With `requestId`, the request's blocks
+   * count as the chosen rank's decode blocks until markFinished(requestId).
+   */
+  findBestWorker(tokens: Uint32Array | number[], opts: FindBestWorkerOptions = {}): RouteDecision | null {
+    if (typeof opts !== 'object' || opts === null) throw new TypeError('findBestWorker options must be an object')
+    const t = tokensArg('tokens', tokens)
+    const hashes = this.#hashes(t, opts)
+    return this.#route(hashes, Math.ceil(t.length / this.kvBlockSize), opts.requestId)
+  }
+
+  /** findBestWorker for block (tokens) hashes computed by the caller; `requestBlocks` defaults to their number. */
+  findBestWorkerForHashes(
+    blockHashes: BigUint64Array | bigint[],
+    opts: { requestBlocks?: number; requestId?: string } = {},
+  ): RouteDecision | null {
+    const hashes = hashesArg('blockHashes', blockHashes)
+    const blocks = opts.requestBlocks === undefined ? hashes.length : intInRange('requestBlocks', opts.requestBlocks, 0, 2 ** 31)
+    return this.#route(hashes, blocks, opts.requestId)
+  }
+
+  /** Releases a request counted by findBestWorker({ requestId }); false when it is not active. */
+  markFinished(requestId: string): boolean {
+    const r = this.#requests.get(requestId)
+    if (r === undefined) return false
+    this.#requests.delete(requestId)
+    const left = (this.#routedBlocks.get(r.key) ?? 0) - r.blocks
+    if (left > 0) this.#routedBlocks.set(r.key, left)
+    else this.#routedBlocks.delete(r.key)
+    return true
+  }
+
+  #hashes(tokens: Uint32Array | number[], opts: Omit<FindBestWorkerOptions, 'requestId'>): BigUint64Array {
+    return computeBlockHashes(tokens, this.kvBlockSize, {
+      loraName: opts.loraName,
+      cacheSalt: opts.cacheSalt,
+      blockMmInfos: opts.blockMmInfos,
+    })
+  }
+
+  #route(hashes: BigUint64Array, requestBlocks: number, requestId: string | undefined): RouteDecision | null {
+    if (requestId !== undefined) {
+      if (typeof requestId !== 'string') throw new TypeError(`requestId must be a string, got ${describe(requestId)}`)
+      if (this.#requests.has(requestId)) throw new RangeError(`requestId ${JSON.stringify(requestId)} is already active`)
+    }
+    if (this.#known.size === 0) return null
+    const m = this.#index.findMatches(hashes)
+    const scores = new Map<string, { score: number; size: number }>()
+    for (let i = 0; i < m.scores.length; i++) {
+      const s = m.scores[i]!
+      scores.set(key(s.workerId, s.dpRank), { score: s.score, size: m.treeSizes[i]!.size })
+    }
+    const ranks = [...this.#known.values()].sort((a, b) =>
+      a.workerId < b.workerId ? -1 : a.workerId > b.workerId ? 1 : a.dpRank - b.dpRank,
+    )
+    const candidates: RouteCandidate[] = ranks.map(({ workerId, dpRank }) => {
+      const k = key(workerId, dpRank)
+      const s = scores.get(k)
+      const overlap = s?.score ?? 0
+      const reported = Number(this.#loads.get(k) ?? 0n)
+      const routed = this.#routedBlocks.get(k) ?? 0
+      return {
+        workerId,
+        dpRank,
+        overlapBlocks: overlap,
+        treeSize: s?.size ?? 0,
+        prefillBlocks: Math.max(0, requestBlocks - overlap),
+        reportedDecodeBlocks: reported,
+        routedBlocks: routed,
+        decodeBlocks: reported + routed,
+      }
+    })
+    const i = this.#selector(candidates, { requestBlocks, blockHashes: hashes })
+    if (!Number.isInteger(i) || i < 0 || i >= candidates.length)
+      throw new RangeError(`the selector returned ${describe(i)}, not an index into its ${candidates.length} candidates`)
+    const chosen = candidates[i]!
+    if (requestId !== undefined) {
+      const k = key(chosen.workerId, chosen.dpRank)
+      this.#requests.set(requestId, { key: k, blocks: requestBlocks })
+      this.#routedBlocks.set(k, (this.#routedBlocks.get(k) ?? 0) + requestBlocks)
+    }
+    return { workerId: chosen.workerId, dpRank: chosen.dpRank, overlapBlocks: chosen.overlapBlocks, candidates }
+  }
+
+  /** The index (read-only use: queries, dump, size). */
+  get index(): RadixIndex {
+    return this.#index
+  }
+
+  /** Known worker ids, ascending. */
+  workers(): bigint[] {
+    return [...new Set([...this.#known.values()].map((r) => r.workerId))].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))
+  }
+
+  /** Whether no recovery is running and no event waits for one. */
+  get settled(): boolean {
+    for (const st of this.#ranks.values()) if (st.recovering) return false
+    return this.#tasks.size === 0
+  }
+
+  stats(): KvRouterStats {
+    const s = this.#stats
+    return {
+      events: Object.fromEntries(KINDS.map((k) => [k, { ...s.events[k] }])) as KvRouterStats['events'],
+      invalid: s.invalid,
+      stale: s.stale,
+      gaps: s.gaps,
+      recoveries: { ...s.recoveries },
+      recoveryRetries: s.recoveryRetries,
+      restarts: s.restarts,
+      loads: s.loads,
+      expired: s.expired,
+      indexSize: this.#closing === null ? this.#index.size() : 0,
+      workerRanks: this.#known.size,
+      activeRequests: this.#requests.size,
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------------
+  // workers
+
+  /** Drops every block of the worker (all ranks), its loads and routed requests, and forgets it. */
+  removeWorker(workerId: bigint): void {
+    const id = u64('workerId', workerId)
+    this.#index.removeWorker(id)
+    for (const [k, r] of this.#known) if (r.workerId === id) this.#known.delete(k)
+    for (const [k, st] of this.#ranks)
+      if (st.workerId === id) {
+        st.held = []
+        this.#ranks.delete(k)
+      }
+    for (const k of this.#loads.keys()) if (k.startsWith(`${id}:`)) this.#loads.delete(k)
+    for (const k of this.#routedBlocks.keys()) if (k.startsWith(`${id}:`)) this.#routedBlocks.delete(k)
+    for (const [rid, r] of this.#requests) if (r.key.startsWith(`${id}:`)) this.#requests.delete(rid)
+    this.#lastSeen.delete(id)
+    this.#noEndpoint.delete(id)
+  }
+
+  #touch(workerId: bigint, dpRank: number): void {
+    this.#lastSeen.set(workerId, performance.now())
+    const k = key(workerId, dpRank)
+    if (!this.#known.has(k)) this.#known.set(k, { workerId, dpRank })
+  }
+
+  #expire(): void {
+    const now = performance.now()
+    for (const [id, at] of this.#lastSeen)
+      if (now - at > this.#expiryMs) {
+        this.#logger.info({ workerId: id.toString(), silentMs: Math.round(now - at) }, 'removing a worker that has been silent')
+        this.removeWorker(id)
+        this.#stats.expired++
+      }
+  }
+
+  // -------------------------------------------------------------------------------------------------
+  // applying
+
+  #count(kind: EventKind, outcome: ApplyOutcome): void {
+    this.#stats.events[kind][outcome]++
+  }
+
+  /** Applies bytes the core decodes; a RouterEventError is counted and logged, never thrown. */
+  #apply(bytes: Uint8Array, format: 'envelope' | 'json', kind: EventKind): void {
+    try {
+      this.#count(kind, this.#index.applyEncoded(bytes, format))
+    } catch (e) {
+      this.#invalid(e)
+    }
+  }
+
+  #invalid(e: unknown): void {
+    if (!(e instanceof RouterEventError)) throw e
+    this.#stats.invalid++
+    this.#log.log('warn', 'invalid', { reason: e.reason, err: e.message }, 'skipped bytes that are not a router event')
+  }
+
+  #onLoad(data: Uint8Array): void {
+    const load = decodeActiveLoadEnvelope(data)
+    if (load === null) {
+      this.#log.log('warn', 'bad-load', { bytes: data.length }, 'skipped a kv_metrics message that is not an ActiveLoad')
+      return
+    }
+    this.#stats.loads++
+    this.#touch(load.workerId, load.dpRank)
+    this.#loads.set(key(load.workerId, load.dpRank), load.activeDecodeBlocks)
+  }
+
+  /** One event-plane message: in order → applied; a gap, a first sight or a restart → recovery. */
+  #onEvent(data: Uint8Array): void {
+    if (this.#closing !== null) return
+    if (!peekEnvelope(data)) {
+      // the core says why (it throws a RouterEventError for these bytes)
+      try {
+        this.#index.applyEncoded(data, 'envelope')
+        this.#stats.invalid++
+      } catch (e) {
+        this.#invalid(e)
+      }
+      return
+    }
+    const { workerId, dpRank, eventId, kind } = peeked
+    this.#touch(workerId, dpRank)
+    const k = key(workerId, dpRank)
+    let st = this.#ranks.get(k)
+    if (st === undefined) {
+      st = { workerId, dpRank, last: null, recovering: true, held: [{ bytes: data, id: eventId, kind }], staleRun: 0 }
+      this.#ranks.set(k, st)
+      this.#startRecovery(st, null, null)
+      return
+    }
+    if (st.recovering) {
+      this.#hold(st, { bytes: data, id: eventId, kind })
+      return
+    }
+    this.#live(st, data, eventId, kind)
+  }
+
+  #hold(st: RankState, ev: HeldEvent): void {
+    if (st.held.length >= MAX_HELD) {
+      // far behind: what is held is dropped; the gap this leaves is recovered once this recovery ends
+      this.#log.log(
+        'warn',
+        'held-overflow',
+        { workerId: st.workerId.toString(), dpRank: st.dpRank },
+        'too many events held during a recovery',
+      )
+      st.held = []
+    }
+    st.held.push(ev)
+  }
+
+  #live(st: RankState, data: Uint8Array, id: bigint, kind: EventKind): void {
+    if (st.last === null || id === st.last + 1n) {
+      st.last = id
+      st.staleRun = 0
+      this.#apply(data, 'envelope', kind)
+      return
+    }
+    if (id <= st.last) {
+      // core NATS delivers each message once: an old id is one a recovery already covered, unless the
+      // publisher restarted (ids from 0 again)
+      this.#stats.stale++
+      if (id === 0n || ++st.staleRun >= STALE_RESTART_RUN) {
+        this.#stats.restarts++
+        st.staleRun = 0
+        st.last = null
+        st.recovering = true
+        st.held = [{ bytes: data, id, kind }]
+        this.#startRecovery(st, null, null)
+      }
+      return
+    }
+    this.#stats.gaps++
+    const none = this.#noEndpoint.get(st.workerId)
+    if (none !== undefined && performance.now() - none < NO_ENDPOINT_RETRY_MS) {
+      // this worker serves no recovery endpoint: the loss is accepted without asking again
+      this.#stats.recoveries.unavailable++
+      st.last = id
+      st.staleRun = 0
+      this.#apply(data, 'envelope', kind)
+      return
+    }
+    st.recovering = true
+    st.held = [{ bytes: data, id, kind }]
+    this.#startRecovery(st, st.last + 1n, id - 1n)
+  }
+
+  #startRecovery(st: RankState, start: bigint | null, end: bigint | null): void {
+    const task = this.#recover(st, start, end).catch((e) => {
+      this.#logger.error({ err: String(e) }, 'recovery failed unexpectedly')
+    })
+    this.#tasks.add(task)
+    void task.finally(() => this.#tasks.delete(task))
+  }
+
+  async #recover(st: RankState, start: bigint | null, end: bigint | null): Promise<void> {
+    const t0 = performance.now()
+    let outcome: RecoveryOutcome = 'failed'
+    for (let attempt = 0; attempt < this.#recoveryAttempts; attempt++) {
+      if (this.#closing !== null || this.#ranks.get(key(st.workerId, st.dpRank)) !== st) return
+      if (attempt > 0) {
+        this.#stats.recoveryRetries++
+        await sleep(this.#recoveryBackoffMs * 2 ** (attempt - 1))
+        if (this.#closing !== null || this.#ranks.get(key(st.workerId, st.dpRank)) !== st) return
+      }
+      let body: Buffer
+      try {
+        body = await this.#query(st.workerId, st.dpRank, start, end)
+      } catch (e) {
+        if (e instanceof RecoveryError && e.noResponders) {
+          outcome = 'unavailable'
+          this.#noEndpoint.set(st.workerId, performance.now())
+          this.#log.log(
+            'info',
+            `recovery-none-${st.workerId}`,
+            { workerId: st.workerId.toString(), dpRank: st.dpRank },
+            'the worker serves no recovery endpoint: following it live only',
+          )
+          break
+        }
+        this.#log.log(
+          'warn',
+          `recovery-${st.workerId}`,
+          { workerId: st.workerId.toString(), dpRank: st.dpRank, attempt, err: (e as Error).message },
+          'a recovery query failed',
+        )
+        continue
+      }
+      if (this.#closing !== null || this.#ranks.get(key(st.workerId, st.dpRank)) !== st) return
+      let answer: ReturnType<typeof parseRangeResponse>
+      try {
+        const arr = responseArray(body)
+        if (arr !== null) {
+          // a large body is split in slices too
+          const splitter = new ArraySplitter(body, arr.open)
+          while (!splitter.step(SPLIT_SLICE_BYTES)) {
+            await new Promise((r) => setImmediate(r))
+            if (this.#closing !== null || this.#ranks.get(key(st.workerId, st.dpRank)) !== st) return
+          }
+          if (body.toString('latin1', splitter.end) !== '}') throw new Error('bad response: trailing bytes')
+          answer = { kind: arr.kind, events: splitter.items }
+        } else answer = parseRangeResponse(body)
+      } catch (e) {
+        this.#log.log('warn', 'recovery-body', { err: (e as Error).message }, 'a recovery reply could not be read')
+        continue
+      }
+      if (answer.kind === 'Events') {
+        const done = await this.#sliced(st, answer.events, (ev) => {
+          const id = eventIdOfJson(ev)
+          if (id === null || (st.last !== null && id <= st.last)) return
+          st.last = id
+          this.#apply(ev, 'json', jsonKind(ev))
+        })
+        if (!done) return
+        outcome = 'events'
+        break
+      }
+      if (answer.kind === 'TreeDump') {
+        this.#index.removeWorkerDpRank(st.workerId, st.dpRank)
+        if (!(await this.#sliced(st, answer.events, (ev) => this.#apply(ev, 'json', 'stored')))) return
+        st.last = answer.events.length > 0 ? eventIdOfJson(answer.events[0]!) : null
+        outcome = 'tree_dump'
+        break
+      }
+      // TooNew, InvalidRange, Error: a definite answer that no retry changes
+      this.#log.log(
+        'warn',
+        `recovery-answer-${st.workerId}`,
+        {
+          workerId: st.workerId.toString(),
+          dpRank: st.dpRank,
+          answer: answer.kind,
+          detail: 'message' in answer ? answer.message : undefined,
+        },
+        'the worker could not answer the recovery query',
+      )
+      break
+    }
+    this.#stats.recoveries[outcome]++
+    this.#latency?.observe({ outcome }, (performance.now() - t0) / 1000)
+    if (outcome === 'failed' || outcome === 'unavailable') {
+      // accept the loss: continue from the events held
+      st.last = null
+    }
+    this.#drain(st)
+  }
+
+  /**
+   * Applies a recovery's events in slices of APPLY_SLICE_MS, yielding to the event loop between them so
+   * that lookups are served while a large dump is applied (the rank's live events stay held meanwhile).
+   * false when the router closed or the rank was removed in between.
+   */
+  async #sliced(st: RankState, events: Buffer[], each: (ev: Buffer) => void): Promise<boolean> {
+    let sliceEnd = performance.now() + APPLY_SLICE_MS
+    for (let i = 0; i < events.length; i++) {
+      if ((i & 255) === 255 && performance.now() > sliceEnd) {
+        await new Promise((r) => setImmediate(r))
+        if (this.#closing !== null || this.#ranks.get(key(st.workerId, st.dpRank)) !== st) return false
+        sliceEnd = performance.now() + APPLY_SLICE_MS
+      }
+      each(events[i]!)
+    }
+    return true
+  }
+
+  /** Applies the events held during a recovery, in order; stops if one of them starts another. */
+  #drain(st: RankState): void {
+    const held = st.held
+    st.held = []
+    st.recovering = false
+    for (let i = 0; i < held.length; i++) {
+      const ev = held[i]!
+      if (st.recovering) {
+        st.held.push(ev)
+        continue
+      }
+      if (st.last !== null && ev.id <= st.last) {
+        this.#stats.stale++
+        continue
+      }
+      this.#live(st, ev.bytes, ev.id, ev.kind)
+    }
+  }
+
+  /** One recovery query: the reply's chunks in order, ended by the closing message. */
+  #query(workerId: bigint, dpRank: number, start: bigint | null, end: bigint | null): Promise<Buffer> {
+    const nc = this.#nc!
+    const src = this.source as EventPlaneSource
+    const subject = recoverySubject(src.namespace, src.component, dpRank, workerId)
+    const inbox = createInbox()
+    const chunks: Uint8Array[] = []
+    let sub: Subscription | null = null
+    let timer: NodeJS.Timeout | null = null
+    return new Promise<Buffer>((resolve, reject) => {
+      const arm = () => {
+        if (timer !== null) clearTimeout(timer)
+        timer = setTimeout(() => reject(new RecoveryError(`no reply within ${this.#recoveryTimeoutMs} ms`)), this.#recoveryTimeoutMs)
+      }
+      sub = nc.subscribe(inbox, {
+        callback: (err, msg: Msg) => {
+          if (err) return reject(err)
+          const h = msg.headers
+          if (h?.hasError) return reject(new RecoveryError(`${h.code} ${h.description}`, h.code === 503))
+          const idx = h?.get(CHUNK_HEADER)
+          const total = h?.get(CHUNKS_HEADER)
+          if (idx) {
+            if (Number(idx) !== chunks.length) return reject(new RecoveryError(`chunk ${idx} arrived when ${chunks.length} was due`))
+            chunks.push(msg.data)
+            arm()
+          } else if (total) {
+            if (Number(total) !== chunks.length) return reject(new RecoveryError(`reply truncated: ${chunks.length} of ${total} chunks`))
+            resolve(Buffer.concat(chunks))
+          } else reject(new RecoveryError('a reply without Kv-Chunk headers'))
+        },
+      })
+      arm()
+      nc.publish(subject, encodeRecoveryRequest({ workerId, startEventId: start, endEventId: end }), {
+        reply: inbox,
+        headers: natsHeaders(),
+      })
+    }).finally(() => {
+      if (timer !== null) clearTimeout(timer)
+      try {
+        ;(sub as Subscription | null)?.unsubscribe()
+      } catch {
+        // closed connection
+      }
+    })
+  }
+
+  // -------------------------------------------------------------------------------------------------
+  // the engines source
+
+  /** Starts reading an engine's ZeroMQ stream into the index (engines source only). */
+  async addEngine(engine: RouterEngine): Promise<void> {
+    if (this.source.kind !== 'engines') throw new Error("addEngine needs source kind 'engines'")
+    if (this.#closing !== null) throw new Error('KvRouter is closed')
+    const e = engineArg(engine, 'engine')
+    if (this.#engines.has(e.workerId)) throw new RangeError(`engine workerId ${e.workerId} is already added`)
+    const ranks = e.dpRanks ?? 1
+    const rankList = e.ranks ?? Array.from({ length: ranks }, (_, r) => r)
+    const ingestor = new Ingestor({ kvBlockSize: this.kvBlockSize, workerId: e.workerId, dpRanks: rankList })
+    const apply = (r: IngestResult) => {
+      for (const p of r.payloads) this.#apply(p, 'envelope', peekEnvelope(p) ? peeked.kind : 'stored')
+      return null
+    }
+    const consumer = {
+      ingest: async (payload: Uint8Array) => apply(ingestor.ingest(payload, Date.now())),
+      resetRank: async (dpRank: number) => (ingestor.allowsRank(dpRank) ? apply(ingestor.cleared(dpRank, Date.now())) : null),
+    }
+    let source: ZmqSource
+    try {
+      source = await ZmqSource.create(
+        {
+          endpoint: e.endpoint,
+          replayEndpoint: e.replayEndpoint,
+          dpRanks: ranks,
+          topic: e.topic,
+          logger: this.#logger,
+        },
+        consumer,
+      )
+    } catch (err) {
+      ingestor.close()
+      throw err
+    }
+    this.#engines.set(e.workerId, { source, ingestor, ranks })
+    for (const r of rankList) this.#known.set(key(e.workerId, r), { workerId: e.workerId, dpRank: r })
+  }
+
+  /** Stops reading an engine and removes its blocks. false when it was not added. */
+  async removeEngine(workerId: bigint): Promise<boolean> {
+    const id = u64('workerId', workerId)
+    const e = this.#engines.get(id)
+    if (e === undefined) return false
+    this.#engines.delete(id)
+    await e.source.close()
+    e.ingestor.close()
+    this.removeWorker(id)
+    return true
+  }
+
+  /** The engines' ZMQ sources (engines source), by worker id: counters via stats(). */
+  engineSources(): Map<bigint, ZmqSource> {
+    return new Map([...this.#engines].map(([id, e]) => [id, e.source]))
+  }
+
+  // -------------------------------------------------------------------------------------------------
+  // the JetStream source
+
+  async #startJetStream(nc: NatsConnection, src: JetStreamSource): Promise<void> {
+    const stream = jetstreamStreamName(src.namespace, src.component)
+    const jsm = await jetstreamManager(nc)
+    await ensureStream(jsm, stream, 3600, this.#logger)
+    const js = jetstream(nc)
+    let consumer: Awaited<ReturnType<typeof js.consumers.get>>
+    if (src.durable !== undefined) {
+      try {
+        await jsm.consumers.info(stream, src.durable)
+      } catch {
+        await jsm.consumers.add(stream, { durable_name: src.durable, ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.All })
+      }
+      consumer = await js.consumers.get(stream, src.durable)
+    } else consumer = await js.consumers.get(stream)
+    const messages = await consumer.consume({ max_messages: 256 })
+    this.#jsMessages = messages
+    this.#jsLoop = (async () => {
+      for await (const m of messages) {
+        if (this.#closing !== null) break
+        const ids = jsonHead(m.data)
+        if (ids !== null) this.#touch(ids.workerId, ids.dpRank)
+        this.#apply(m.data, 'json', jsonKind(Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength)))
+        m.ack()
+      }
+    })().catch((e) => {
+      if (this.#closing === null) this.#logger.error({ err: String(e) }, 'the JetStream consumer stopped')
+    })
+  }
+
+  // -------------------------------------------------------------------------------------------------
+  // metrics, close
+
+  #registerMetrics(registry: Registry, prefix: string): void {
+    const router = this
+    new Counter({
+      name: `${prefix}events_applied_total`,
+      help: 'Router events applied to the index, by type and outcome',
+      labelNames: ['type', 'outcome'],
+      registers: [registry],
+      collect() {
+        this.reset()
+        const s = router.#stats.events
+        for (const k of KINDS) for (const o of APPLY_OUTCOMES) this.inc({ type: k, outcome: o }, s[k][o])
+      },
+    })
+    const counter = (name: string, help: string, read: () => number) =>
+      new Counter({
+        name: `${prefix}${name}`,
+        help,
+        registers: [registry],
+        collect() {
+          this.reset()
+          this.inc(read())
+        },
+      })
+    counter('events_invalid_total', 'Event bytes that were not a router event', () => router.#stats.invalid)
+    counter('events_stale_total', 'Events older than their rank cursor, skipped', () => router.#stats.stale)
+    counter('gaps_total', 'Event-id gaps found', () => router.#stats.gaps)
+    counter('restarts_total', 'Publisher restarts detected', () => router.#stats.restarts)
+    counter('worker_expired_total', 'Workers removed for silence', () => router.#stats.expired)
+    new Counter({
+      name: `${prefix}recoveries_total`,
+      help: 'Recoveries by outcome',
+      labelNames: ['outcome'],
+      registers: [registry],
+      collect() {
+        this.reset()
+        for (const [o, n] of Object.entries(router.#stats.recoveries)) this.inc({ outcome: o }, n)
+      },
+    })
+    this.#latency = new Histogram({
+      name: `${prefix}recovery_duration_seconds`,
+      help: 'Time from a gap (or first sight) to its recovery applied',
+      labelNames: ['outcome'],
+      buckets: [0.001, 0.005, 0.02, 0.1, 0.5, 2, 10, 60],
+      registers: [registry],
+    })
+    new Gauge({
+      name: `${prefix}index_blocks`,
+      help: 'Block hashes in the index',
+      registers: [registry],
+      collect() {
+        this.set(router.#closing === null ? router.#index.size() : 0)
+      },
+    })
+    new Gauge({
+      name: `${prefix}worker_ranks`,
+      help: 'Worker ranks known',
+      registers: [registry],
+      collect() {
+        this.set(router.#known.size)
+      },
+    })
+  }
+
+  /** Stops every source and subscription, closes the connection if it owns it, frees the index. Idempotent. */
+  close(): Promise<void> {
+    this.#closing ??= this.#close()
+    return this.#closing
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close()
+  }
+
+  async #close(): Promise<void> {
+    if (this.#expiryTimer !== null) clearInterval(this.#expiryTimer)
+    for (const s of this.#subs) {
+      try {
+        s.unsubscribe()
+      } catch {
+        // closed connection
+      }
+    }
+    if (this.#jsMessages !== null) {
+      // bounded: a consumer whose connection is gone may never report itself closed
+      const bound = new Promise<void>((r) => setTimeout(r, 5000).unref())
+      await Promise.race([Promise.all([this.#jsMessages.close().catch(() => {}), this.#jsLoop]), bound])
+      // the last acks reach the server before the connection goes
+      if (this.#nc !== null) await Promise.race([this.#nc.flush().catch(() => {}), bound])
+    }
+    for (const e of this.#engines.values()) {
+      await e.source.close()
+      e.ingestor.close()
+    }
+    this.#engines.clear()
+    await Promise.allSettled([...this.#tasks])
+    if (this.#nc !== null && this.#ownsConnection) await this.#nc.close().catch(() => {})
+    this.#index.close()
+  }
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+/** The data kind of a RouterEvent's JSON. */
+function jsonKind(ev: Buffer): EventKind {
+  const at = ev.indexOf('"data":')
+  if (at >= 0) {
+    const c = ev.toString('latin1', at + 7, at + 16)
+    if (c.startsWith('{"removed"')) return 'removed'
+    if (c.startsWith('"cleared"')) return 'cleared'
+  }
+  return 'stored'
+}
+
+/** worker_id and dp_rank of a RouterEvent's JSON (exact), or null. */
+function jsonHead(b: Uint8Array): { workerId: bigint; dpRank: number } | null {
+  const s = Buffer.from(b.buffer, b.byteOffset, b.byteLength)
+  const w = /^\{"worker_id":(\d{1,20}),/.exec(s.toString('latin1', 0, 40))
+  const r = /"dp_rank":(\d{1,10})\}\}$/.exec(s.toString('latin1', Math.max(0, s.length - 40)))
+  if (!w || !r) return null
+  return { workerId: BigInt(w[1]!), dpRank: Number(r[1]) }
+}
+
+function engineArg(v: unknown, name: string): RouterEngine {
+  if (typeof v !== 'object' || v === null) throw new TypeError(`${name} must be an object, got ${describe(v)}`)
+  const e = v as RouterEngine
+  if (typeof e.endpoint !== 'string') throw new TypeError(`${name}.endpoint must be a string, got ${describe(e.endpoint)}`)
+  if (e.replayEndpoint !== undefined && typeof e.replayEndpoint !== 'string')
+    throw new TypeError(`${name}.replayEndpoint must be a string, got ${describe(e.replayEndpoint)}`)
+  return {
+    workerId: u64(`${name}.workerId`, e.workerId),
+    endpoint: e.endpoint,
+    replayEndpoint: e.replayEndpoint,
+    dpRanks: e.dpRanks === undefined ? undefined : positiveInt(`${name}.dpRanks`, e.dpRanks, 1024),
+    ranks: ranksArg(e, name),
+    topic: e.topic,
+  }
+}
+
+function ranksArg(e: RouterEngine, name: string): number[] | undefined {
+  if (e.ranks === undefined) return undefined
+  if (e.dpRanks !== undefined) throw new TypeError(`${name}: ranks and dpRanks exclude each other`)
+  if (!Array.isArray(e.ranks) || e.ranks.length === 0) throw new TypeError(`${name}.ranks must be a non-empty array of dp ranks`)
+  const out = e.ranks.map((r, i) => intInRange(`${name}.ranks[${i}]`, r, 0, 0xffff_ffff))
+  if (new Set(out).size !== out.length) throw new RangeError(`${name}.ranks must not repeat a rank`)
+  return out
+}
+
+function sourceArg(v: unknown): RouterSource {
+  if (typeof v !== 'object' || v === null) throw new TypeError(`source must be an object, got ${describe(v)}`)
+  const s = v as RouterSource
+  switch (s.kind) {
+    case 'event-plane':
+      return { kind: s.kind, namespace: checkName('source.namespace', s.namespace), component: checkName('source.component', s.component) }
+    case 'jetstream': {
+      if (s.durable !== undefined && (typeof s.durable !== 'string' || !/^[A-Za-z0-9_-]+$/.test(s.durable)))
+        throw new TypeError(`source.durable must be a non-empty string of letters, digits, '_' or '-', got ${describe(s.durable)}`)
+      return {
+        kind: s.kind,
+        namespace: checkName('source.namespace', s.namespace),
+        component: checkName('source.component', s.component),
+        durable: s.durable,
+      }
+    }
+    case 'engines': {
+      if (!Array.isArray(s.engines)) throw new TypeError(`source.engines must be an array, got ${describe(s.engines)}`)
+      const engines = s.engines.map((e, i) => engineArg(e, `source.engines[${i}]`))
+      if (new Set(engines.map((e) => e.workerId)).size !== engines.length) throw new RangeError('source.engines must not repeat a workerId')
+      return { kind: 'engines', engines }
+    }
+    default:
+      throw new RangeError(`source.kind must be 'event-plane', 'engines' or 'jetstream', got ${describe((s as { kind?: unknown }).kind)}`)
+  }
+}
