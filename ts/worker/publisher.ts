@@ -498,7 +498,9 @@ export class KvEventPublisher {
     if (mode !== 'event-plane') throw new RangeError(`mode must be 'event-plane' or 'jetstream', got ${describe(mode)}`)
     if (options.jetstream !== undefined) throw new TypeError("jetstream options need mode: 'jetstream' (wire: 'dynamo-1.0' only)")
     if (options.recoveryEndpoint !== undefined && options.recoveryEndpoint !== false)
-      throw new TypeError("recoveryEndpoint serves this package's NATS recovery protocol of wire 'dynamo-1.0'; a 'dynamo-1.4' source is live-only")
+      throw new TypeError(
+        "recoveryEndpoint serves this package's NATS recovery protocol of wire 'dynamo-1.0'; a 'dynamo-1.4' source is live-only",
+      )
     const workerId = resolveWorkerId(options.workerId, env)
     const eventPlane = resolveEventPlane(options.eventPlane, env)
     if (eventPlane === 'zmq') {
