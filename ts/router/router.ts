@@ -115,7 +115,7 @@ export interface KvRouterStats {
   events: Record<EventKind, Record<ApplyOutcome, number>>
   /** Event bytes that were not a router event (counted, logged, skipped). */
   invalid: number
-  /** Events older than the rank's cursor (already covered by a recovery), skipped. */
+  /** Events older than the rank's cursor (already covered by a recovery), or JetStream messages delivered again, skipped. */
   stale: number
   /** Event-id gaps found. */
   gaps: number
@@ -193,6 +193,8 @@ const STALE_RESTART_RUN = 8
 const APPLY_SLICE_MS = 5
 /** After "no responders", a worker's gaps are accepted without a query for this long. */
 const NO_ENDPOINT_RETRY_MS = 60_000
+/** Stream messages a JetStream consumer that skipped ahead is filled with, at most, from the stream. */
+const MAX_STREAM_FILL = 100_000
 /** Bytes of a recovery body split per slice (a few milliseconds). */
 const SPLIT_SLICE_BYTES = 1 << 20
 
@@ -238,6 +240,7 @@ export class KvRouter {
   #subs: Subscription[] = []
   #jsMessages: ConsumerMessages | null = null
   #jsLoop: Promise<void> | null = null
+  #jsStatus: { stop?: () => void } | null = null
   #expiryTimer: NodeJS.Timeout | null = null
   #closing: Promise<void> | null = null
   #tasks = new Set<Promise<void>>()
@@ -858,28 +861,94 @@ export class KvRouter {
     const jsm = await jetstreamManager(nc)
     await ensureStream(jsm, stream, 3600, this.#logger)
     const js = jetstream(nc)
-    let consumer: Awaited<ReturnType<typeof js.consumers.get>>
     if (src.durable !== undefined) {
       try {
         await jsm.consumers.info(stream, src.durable)
       } catch {
         await jsm.consumers.add(stream, { durable_name: src.durable, ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.All })
       }
-      consumer = await js.consumers.get(stream, src.durable)
-    } else consumer = await js.consumers.get(stream)
-    const messages = await consumer.consume({ max_messages: 256 })
-    this.#jsMessages = messages
-    this.#jsLoop = (async () => {
+    }
+    // stream sequence of the newest message applied (0: none yet)
+    let lastSeq = 0
+    const open = async (): Promise<ConsumerMessages> => {
+      const consumer =
+        src.durable !== undefined
+          ? await js.consumers.get(stream, src.durable)
+          : await js.consumers.get(stream, lastSeq > 0 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: lastSeq + 1 } : {})
+      const messages = await consumer.consume({ max_messages: 256 })
+      this.#jsMessages = messages
+      // a consumer whose server went away (a cluster node down, its leader moved) may stay silent:
+      // missed heartbeats end this iteration, and the consumer is opened again after the last message applied
+      void (async () => {
+        for await (const st of messages.status()) if (st.type === 'heartbeats_missed' && st.count >= 2) await messages.close()
+      })().catch(() => {})
+      return messages
+    }
+    const applyOne = (seq: number, data: Uint8Array) => {
+      lastSeq = seq
+      const ids = jsonHead(data)
+      if (ids !== null) this.#touch(ids.workerId, ids.dpRank)
+      this.#apply(data, 'json', jsonKind(Buffer.from(data.buffer, data.byteOffset, data.byteLength)))
+    }
+    const consume = async (messages: ConsumerMessages) => {
       for await (const m of messages) {
         if (this.#closing !== null) break
-        const ids = jsonHead(m.data)
-        if (ids !== null) this.#touch(ids.workerId, ids.dpRank)
-        this.#apply(m.data, 'json', jsonKind(Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength)))
+        if (m.seq <= lastSeq) {
+          // delivered again (an ack lost with a server that went down is redelivered after the ack wait,
+          // out of order): acknowledged, not applied
+          this.#stats.stale++
+          m.ack()
+          continue
+        }
+        if (lastSeq > 0 && m.seq > lastSeq + 1) {
+          // a durable consumer moved past messages it had delivered to a server that went down (they come
+          // back after the ack wait): they are read from the stream now, in order
+          for (let seq = lastSeq + 1; seq < m.seq && seq - lastSeq <= MAX_STREAM_FILL; seq++) {
+            let stored: Awaited<ReturnType<typeof jsm.streams.getMessage>> = null
+            try {
+              stored = await jsm.streams.getMessage(stream, { seq })
+            } catch {
+              // deleted from the stream (age limit): nothing to apply
+            }
+            if (this.#closing !== null) return
+            if (stored !== null) applyOne(seq, stored.data)
+            else this.#stats.gaps++
+          }
+        }
+        applyOne(m.seq, m.data)
         m.ack()
       }
-    })().catch((e) => {
-      if (this.#closing === null) this.#logger.error({ err: String(e) }, 'the JetStream consumer stopped')
-    })
+    }
+    let messages = await open()
+    const loop = async () => {
+      for (;;) {
+        try {
+          await consume(messages)
+        } catch (e) {
+          if (this.#closing === null)
+            this.#log.log('warn', 'jetstream', { err: String(e) }, 'the JetStream consumer stopped; opening it again')
+        }
+        if (this.#closing !== null) return
+        await sleep(250)
+        if (this.#closing !== null) return
+        try {
+          messages = await open()
+          if (this.#closing !== null) return void (await messages.close().catch(() => {}))
+        } catch (e) {
+          this.#log.log('warn', 'jetstream-open', { err: String(e) }, 'the JetStream consumer could not be opened; retrying')
+        }
+      }
+    }
+    this.#jsLoop = loop()
+    // a reconnect (to this server or another one of the cluster) ends the current iteration too
+    const status = nc.status()
+    this.#jsStatus = status as { stop?: () => void }
+    void (async () => {
+      for await (const st of status) {
+        if (this.#closing !== null) return
+        if (st.type === 'reconnect') await this.#jsMessages?.close().catch(() => {})
+      }
+    })().catch(() => {})
   }
 
   // -------------------------------------------------------------------------------------------------
@@ -967,6 +1036,7 @@ export class KvRouter {
         // closed connection
       }
     }
+    this.#jsStatus?.stop?.()
     if (this.#jsMessages !== null) {
       // bounded: a consumer whose connection is gone may never report itself closed
       const bound = new Promise<void>((r) => setTimeout(r, 5000).unref())
