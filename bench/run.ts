@@ -17,6 +17,7 @@ import { benchIndexer } from './indexer.js'
 import { benchPublish } from './publish.js'
 import { benchZmq } from './zmq.js'
 import { benchLongNumbers } from './long-numbers.js'
+import { benchRouter } from './router.js'
 
 const require = createRequire(import.meta.url)
 const native = require('../binding.cjs') as RawBinding
@@ -52,8 +53,8 @@ function rustRate(file: string, w: Workload): Rate {
   return { wall: r.blocks_per_s, cpu: r.blocks_per_cpu_s, thread: r.blocks_per_cpu_s }
 }
 
-/** BENCH_ONLY=ingest|indexer|publish|zmq|numbers (comma-separated) runs only those parts; default all. */
-const only = new Set((process.env.BENCH_ONLY ?? 'ingest,indexer,publish,zmq,numbers').split(',').map((x) => x.trim()))
+/** BENCH_ONLY=ingest|indexer|publish|zmq|numbers|router (comma-separated) runs only those parts; default all. */
+const only = new Set((process.env.BENCH_ONLY ?? 'ingest,indexer,publish,zmq,numbers,router').split(',').map((x) => x.trim()))
 
 async function main(): Promise<void> {
   if (only.has('ingest')) benchIngest()
@@ -65,6 +66,7 @@ async function main(): Promise<void> {
       { name: 'native', raw: native },
       { name: 'fallback', raw: fallback },
     ])
+  if (only.has('router')) await benchRouter()
 }
 
 function benchIngest(): void {

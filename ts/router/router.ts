@@ -166,6 +166,13 @@ interface RankState {
   staleRun: number
 }
 
+interface KnownRank {
+  workerId: bigint
+  dpRank: number
+  /** key(workerId, dpRank) */
+  key: string
+}
+
 interface HeldEvent {
   bytes: Uint8Array
   id: bigint
@@ -223,7 +230,13 @@ export class KvRouter {
   readonly #selector: WorkerSelector
   readonly #ranks = new Map<string, RankState>()
   /** Every rank a request may go to (events, loads, engines), by key. */
-  readonly #known = new Map<string, { workerId: bigint; dpRank: number }>()
+  readonly #known = new Map<string, KnownRank>()
+  /** #known sorted, and each rank's place in it by worker id and rank (null: to be rebuilt). */
+  #rankList: KnownRank[] | null = null
+  readonly #slots = new Map<bigint, number[]>()
+  /** Per-route scratch: overlap and tree size by place in the sorted ranks. */
+  #overlap = new Uint32Array(0)
+  #treeSize = new Float64Array(0)
   readonly #loads = new Map<string, bigint>()
   readonly #routedBlocks = new Map<string, number>()
   readonly #requests = new Map<string, { key: string; blocks: number }>()
@@ -389,32 +402,42 @@ export class KvRouter {
       if (this.#requests.has(requestId)) throw new RangeError(`requestId ${JSON.stringify(requestId)} is already active`)
     }
     if (this.#known.size === 0) return null
+    const ranks = this.#sortedRanks()
+    const n = ranks.length
+    if (this.#overlap.length < n) {
+      this.#overlap = new Uint32Array(2 * n)
+      this.#treeSize = new Float64Array(2 * n)
+    }
+    const overlap = this.#overlap
+    const treeSize = this.#treeSize
+    overlap.fill(0, 0, n)
+    treeSize.fill(0, 0, n)
     const m = this.#index.findMatches(hashes)
-    const scores = new Map<string, { score: number; size: number }>()
     for (let i = 0; i < m.scores.length; i++) {
       const s = m.scores[i]!
-      scores.set(key(s.workerId, s.dpRank), { score: s.score, size: m.treeSizes[i]!.size })
+      const slot = this.#slots.get(s.workerId)?.[s.dpRank]
+      if (slot === undefined) continue
+      overlap[slot] = s.score
+      treeSize[slot] = m.treeSizes[i]!.size
     }
-    const ranks = [...this.#known.values()].sort((a, b) =>
-      a.workerId < b.workerId ? -1 : a.workerId > b.workerId ? 1 : a.dpRank - b.dpRank,
-    )
-    const candidates: RouteCandidate[] = ranks.map(({ workerId, dpRank }) => {
-      const k = key(workerId, dpRank)
-      const s = scores.get(k)
-      const overlap = s?.score ?? 0
-      const reported = Number(this.#loads.get(k) ?? 0n)
-      const routed = this.#routedBlocks.get(k) ?? 0
-      return {
-        workerId,
-        dpRank,
-        overlapBlocks: overlap,
-        treeSize: s?.size ?? 0,
-        prefillBlocks: Math.max(0, requestBlocks - overlap),
+    const loads = this.#loads.size > 0 ? this.#loads : null
+    const routedBlocks = this.#routedBlocks.size > 0 ? this.#routedBlocks : null
+    const candidates: RouteCandidate[] = new Array(n)
+    for (let i = 0; i < n; i++) {
+      const r = ranks[i]!
+      const reported = loads === null ? 0 : Number(loads.get(r.key) ?? 0n)
+      const routed = routedBlocks === null ? 0 : (routedBlocks.get(r.key) ?? 0)
+      candidates[i] = {
+        workerId: r.workerId,
+        dpRank: r.dpRank,
+        overlapBlocks: overlap[i]!,
+        treeSize: treeSize[i]!,
+        prefillBlocks: Math.max(0, requestBlocks - overlap[i]!),
         reportedDecodeBlocks: reported,
         routedBlocks: routed,
         decodeBlocks: reported + routed,
       }
-    })
+    }
     const i = this.#selector(candidates, { requestBlocks, blockHashes: hashes })
     if (!Number.isInteger(i) || i < 0 || i >= candidates.length)
       throw new RangeError(`the selector returned ${describe(i)}, not an index into its ${candidates.length} candidates`)
@@ -425,6 +448,28 @@ export class KvRouter {
       this.#routedBlocks.set(k, (this.#routedBlocks.get(k) ?? 0) + requestBlocks)
     }
     return { workerId: chosen.workerId, dpRank: chosen.dpRank, overlapBlocks: chosen.overlapBlocks, candidates }
+  }
+
+  /** Every known rank, ascending (workerId, dpRank); rebuilt only after the known ranks changed. */
+  #sortedRanks(): KnownRank[] {
+    if (this.#rankList !== null) return this.#rankList
+    const list = [...this.#known.values()].sort((a, b) =>
+      a.workerId < b.workerId ? -1 : a.workerId > b.workerId ? 1 : a.dpRank - b.dpRank,
+    )
+    this.#slots.clear()
+    for (let i = 0; i < list.length; i++) {
+      const r = list[i]!
+      const bySlot = this.#slots.get(r.workerId) ?? []
+      if (bySlot.length === 0) this.#slots.set(r.workerId, bySlot)
+      bySlot[r.dpRank] = i
+    }
+    this.#rankList = list
+    return list
+  }
+
+  #addKnown(workerId: bigint, dpRank: number, k: string): void {
+    this.#known.set(k, { workerId, dpRank, key: k })
+    this.#rankList = null
   }
 
   /** The index (read-only use: queries, dump, size). */
@@ -469,6 +514,7 @@ export class KvRouter {
     const id = u64('workerId', workerId)
     this.#index.removeWorker(id)
     for (const [k, r] of this.#known) if (r.workerId === id) this.#known.delete(k)
+    this.#rankList = null
     for (const [k, st] of this.#ranks)
       if (st.workerId === id) {
         st.held = []
@@ -484,7 +530,7 @@ export class KvRouter {
   #touch(workerId: bigint, dpRank: number): void {
     this.#lastSeen.set(workerId, performance.now())
     const k = key(workerId, dpRank)
-    if (!this.#known.has(k)) this.#known.set(k, { workerId, dpRank })
+    if (!this.#known.has(k)) this.#addKnown(workerId, dpRank, k)
   }
 
   #expire(): void {
@@ -833,7 +879,7 @@ export class KvRouter {
       throw err
     }
     this.#engines.set(e.workerId, { source, ingestor, ranks })
-    for (let r = 0; r < ranks; r++) this.#known.set(key(e.workerId, r), { workerId: e.workerId, dpRank: r })
+    for (let r = 0; r < ranks; r++) this.#addKnown(e.workerId, r, key(e.workerId, r))
   }
 
   /** Stops reading an engine and removes its blocks. false when it was not added. */
