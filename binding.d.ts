@@ -22,11 +22,13 @@ export declare class RawIngestor {
    * and its length returned, or, when it does not fit there, the output itself as a new Buffer.
    */
   ingestInto(payload: Uint8Array, nowMs: number, out: Uint8Array, offset: number): number | Buffer
-  stored(tokenIds: Uint32Array, blockHashes: BigUint64Array, blockSize: number, parentHash: bigint | undefined | null, loraName: string | undefined | null, blockMmInfos: Array<JsBlockExtraInfo | undefined | null> | undefined | null, dpRank: number, nowMs: number): Buffer
+  stored(tokenIds: Uint32Array, blockHashes: BigUint64Array, blockSize: number, parentHash: bigint | undefined | null, loraName: string | undefined | null, blockMmInfos: Array<JsBlockExtraInfo | undefined | null> | undefined | null, dpRank: number, nowMs: number, cacheSalt?: string | undefined | null, eagle?: boolean | undefined | null): Buffer
   removed(blockHashes: BigUint64Array, dpRank: number, nowMs: number): Buffer
   cleared(dpRank: number, nowMs: number): Buffer
   rankAllowed(dpRank: number): boolean
   nextEventId(dpRank: number): bigint
+  /** The publisher id of the rank's envelopes. */
+  publisherId(dpRank: number): bigint
   counters(): BigUint64Array
   /** A handle on the ingestor's local indexer (null when it has none). */
   localIndexer(): RawLocalIndexer | null
@@ -98,11 +100,29 @@ export declare function decodeEngineBatch(payload: Uint8Array, kvBlockSize: numb
 
 export declare function decodeRouterEvent(bytes: Uint8Array, json: boolean): object
 
+/**
+ * Every RouterEvent of a payload (a Dynamo 1.0 event, or a Dynamo 1.4+ array), in `format`
+ * (an index into ENCODED_FORMATS).
+ */
+export declare function decodeRouterEvents(bytes: Uint8Array, format: number): Array<object>
+
 export declare function encodeActiveLoad(workerId: bigint, dpRank: number, activeDecodeBlocks: bigint, activePrefillTokens?: bigint | undefined | null): Buffer
+
+/** Dynamo 1.4+'s ActiveLoad: `kv_used_blocks` after the 1.0 fields, every field nil when absent. */
+export declare function encodeActiveLoad14(workerId: bigint, dpRank: number, activeDecodeBlocks?: bigint | undefined | null, activePrefillTokens?: bigint | undefined | null, kvUsedBlocks?: bigint | undefined | null): Buffer
 
 export declare function encodeEnvelope(publisherId: bigint, sequence: bigint, publishedAt: bigint, topic: string, payload: Uint8Array): Buffer
 
 export declare function encodeRouterEvent(ev: JsRouterEvent, json: boolean): Buffer
+
+/** A Dynamo 1.4+ payload: a msgpack array, or a JSON array, of RouterEvents. */
+export declare function encodeRouterEvents(evs: Array<JsRouterEvent>, json: boolean): Buffer
+
+/** Dynamo 1.4+'s endpoint-scoped subject of `topic`, each name segment percent-encoded. */
+export declare function endpointSubject(namespace: string, component: string, endpoint: string, topic: string): string
+
+/** Dynamo 1.4+'s `namespace.{ns}.component.{c}.endpoint.{e}`, each segment percent-encoded. */
+export declare function endpointSubjectPrefix(namespace: string, component: string, endpoint: string): string
 
 export declare function eventChannelRecord(spec: JsEventChannelSpec): JsDiscoveryRecord
 
@@ -174,6 +194,10 @@ export interface JsRecoveryTarget {
 export interface JsRouterEvent {
   workerId: bigint
   event: JsEvent
+  /** Dynamo 1.4+: `device`, `host_pinned`, `disk` or `external`. */
+  storageTier?: string
+  /** Dynamo 1.5+: `worker` or `cache_owner`. */
+  residencyDomain?: string
 }
 
 export interface JsStoredBlock {
@@ -197,6 +221,13 @@ export interface RawIngestorOptions {
   maxDpRanks: number
   dpRanks?: Uint32Array | undefined | null
   localIndexerBufferSize: number
+  /** `dynamo-1.4` instead of `dynamo-1.0`. */
+  wire14?: boolean
+  /** Fixed publisher ids: `publisher_id_ranks[i]` gets `publisher_id_values[i]`. */
+  publisherIdRanks?: Array<number>
+  publisherIdValues?: Array<bigint>
+  /** The seed of the other ranks' publisher ids. */
+  publisherSeed?: bigint
 }
 
 /** The core's names (shape `RawNames` of ts/core/binding.ts). */
@@ -208,4 +239,5 @@ export interface RawNames {
   indexCounterNames: Array<string>
   applyOutcomes: Array<string>
   encodedFormats: Array<string>
+  storageTiers: Array<string>
 }

@@ -158,7 +158,19 @@ function attempt(f: () => unknown): Outcome {
   }
 }
 
-function run(t: ExecutionContext, format: 'msgpack' | 'json' | 'envelope', seed: number): void {
+const TIERS = ['device', 'host_pinned', 'disk', 'external'] as const
+
+/** A Dynamo 1.4+ payload value: 0 to 3 events, mostly with a storage tier and the worker domain. */
+function events14(rng: Rng): RouterEventValue[] {
+  return Array.from({ length: rng.int(4) }, () => {
+    const ev = event(rng)
+    if (rng.chance(0.9)) ev.storageTier = TIERS[rng.int(4)]!
+    if (rng.chance(0.8)) ev.residencyDomain = rng.chance(0.9) ? 'worker' : 'cache_owner'
+    return ev
+  })
+}
+
+function run(t: ExecutionContext, format: 'msgpack' | 'json' | 'envelope', seed: number, wire14 = false, inputs = INPUTS): void {
   // 100,000 inputs through both implementations take about a minute on a loaded 2-core machine
   t.timeout(5 * 60_000)
   const impls: [string, RawBinding][] = [
@@ -170,9 +182,10 @@ function run(t: ExecutionContext, format: 'msgpack' | 'json' | 'envelope', seed:
   const reasons = new Map<string, number>()
   let mismatches = 0
   let unexpected = 0
-  for (let k = 0; k < INPUTS; k++) {
-    const ev = event(rng)
-    const inner = kv.encodeRouterEvent(ev, format === 'json' ? 'json' : 'msgpack')
+  for (let k = 0; k < inputs; k++) {
+    const inner = wire14
+      ? kv.encodeRouterEvents(events14(rng), format === 'json' ? 'json' : 'msgpack')
+      : kv.encodeRouterEvent(event(rng), format === 'json' ? 'json' : 'msgpack')
     let src = inner
     if (format === 'envelope') {
       const payload = rng.chance(0.3) ? mutate(rng, inner, false) : inner
@@ -181,8 +194,12 @@ function run(t: ExecutionContext, format: 'msgpack' | 'json' | 'envelope', seed:
     const bytes = rng.chance(0.9) ? mutate(rng, rng.chance(0.1) ? mutate(rng, src, format === 'json') : src, format === 'json') : src
     const applied = indexes.map((ix) => attempt(() => ix.applyEncoded(bytes, format)))
     // the raw decoders: the same message (from which the public layer takes the reason)
-    const decoded =
-      format === 'envelope' ? ['', ''] : impls.map(([, impl]) => attempt(() => impl.decodeRouterEvent(bytes, format === 'json')))
+    const code = ['envelope', 'msgpack', 'json'].indexOf(format)
+    const decoded = wire14
+      ? impls.map(([, impl]) => attempt(() => impl.decodeRouterEvents(bytes, code)))
+      : format === 'envelope'
+        ? ['', '']
+        : impls.map(([, impl]) => attempt(() => impl.decodeRouterEvent(bytes, format === 'json')))
     for (const o of [...applied, ...decoded]) if (o.startsWith('unexpected')) unexpected++
     if (applied[0] !== applied[1] || decoded[0] !== decoded[1]) {
       if (mismatches++ < 5)
@@ -194,7 +211,7 @@ function run(t: ExecutionContext, format: 'msgpack' | 'json' | 'envelope', seed:
     reasons.set(reason, (reasons.get(reason) ?? 0) + 1)
   }
   t.log(`${format}: ${[...reasons].map(([r, n]) => `${r} ${n}`).join(', ')}`)
-  t.is(mismatches, 0, `${mismatches} of ${INPUTS} inputs differ`)
+  t.is(mismatches, 0, `${mismatches} of ${inputs} inputs differ`)
   t.is(unexpected, 0)
   // the generator reaches every reason of its format
   for (const r of format === 'envelope' ? ['ok', 'envelope', 'malformed', 'invalid'] : ['ok', 'malformed', 'invalid'])
@@ -208,5 +225,8 @@ for (const [format, seed] of [
 ] as const) {
   test(`${format}: 100,000 mutated router events give the same outcome or RouterEventError (reason, message) natively and in the fallback`, (t) => {
     run(t, format, seed)
+  })
+  test(`${format}: 30,000 mutated Dynamo 1.4 event arrays give the same outcome or RouterEventError natively and in the fallback`, (t) => {
+    run(t, format, seed + 100, true, 30_000)
   })
 }

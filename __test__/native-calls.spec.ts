@@ -128,3 +128,17 @@ test.serial(`[${impl}] one call into the core per engine message, replays and wa
     sim.close()
   }
 })
+
+test.serial(`[${impl}] dynamo-1.4: one call into the core per engine message`, (t) => {
+  const ing = new kv.Ingestor({ kvBlockSize: 16, workerId: 22n, wire: 'dynamo-1.4' })
+  const counted = countCalls(raw)
+  try {
+    const batches = Array.from({ length: 50 }, (_, i) => truncatedStore([BigInt(2 * i + 1), BigInt(2 * i + 2)]))
+    let payloads = 0
+    for (const b of batches) payloads += ing.ingest(b).payloads.length
+    t.is(payloads, batches.length)
+    t.deepEqual([...counted.ingestor.entries()], [['ingestInto', batches.length]])
+  } finally {
+    counted.restore()
+  }
+})

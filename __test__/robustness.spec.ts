@@ -64,6 +64,8 @@ test(`${kv.implementation}: 100,000 random and mutated payloads give a result or
   const gen = new BatchGenerator(99, { malformedRate: 0.1 })
   const ingestor = new kv.Ingestor({ kvBlockSize: 4, workerId: 1n })
   const js = new kv.Ingestor({ kvBlockSize: 4, workerId: 1n, mode: 'jetstream', maxDpRanks: 4 })
+  const v14 = new kv.Ingestor({ kvBlockSize: 4, workerId: 1n, wire: 'dynamo-1.4', maxDpRanks: 4, localIndexer: true })
+  const next14 = new Map<number, bigint>()
   let malformed = 0
   let wrong = 0
   const inputs: Buffer[] = [deep(63), deep(64), Buffer.alloc(0), Buffer.from([0xc1])]
@@ -93,6 +95,19 @@ test(`${kv.implementation}: 100,000 random and mutated payloads give a result or
       if (wrong++ < 3) t.fail(`inconsistent outcome for ${p.toString('hex')}`)
     }
     if (r2.rejected.malformed !== (decodeMalformed ? 1 : 0)) wrong++
+    // dynamo-1.4: the same verdict; payloads are envelopes of event arrays numbered on per rank
+    const r3 = v14.ingest(p, 1)
+    if (r3.rejected.malformed !== (decodeMalformed ? 1 : 0)) wrong++
+    if (r3.dpRank !== null && r3.payloads.length > 0) {
+      let id = next14.get(r3.dpRank) ?? 1n
+      if (r3.firstEventId !== id) wrong++
+      for (const env of r3.payloads) {
+        for (const ev of kv.decodeRouterEvents(env, 'envelope')) {
+          if (ev.event.eventId !== id++ || ev.event.dpRank !== r3.dpRank || ev.storageTier === undefined) wrong++
+        }
+      }
+      next14.set(r3.dpRank, id)
+    }
     if (decodeMalformed) malformed++
   }
   t.is(wrong, 0)
@@ -108,6 +123,7 @@ test(`${kv.implementation}: 30,000 mutated router events give an outcome or 'inv
   const gen = new BatchGenerator(5, { malformedRate: 0 })
   const ing = new kv.Ingestor({ kvBlockSize: 4, workerId: 3n })
   const js = new kv.Ingestor({ kvBlockSize: 4, workerId: 3n, mode: 'jetstream' })
+  const v14 = new kv.Ingestor({ kvBlockSize: 4, workerId: 3n, wire: 'dynamo-1.4' })
   const index = new kv.RadixIndex()
   const local = new kv.LocalIndexer({ bufferSize: 8 })
   const formats = ['envelope', 'json', 'msgpack'] as const
@@ -121,6 +137,11 @@ test(`${kv.implementation}: 30,000 mutated router events give an outcome or 'inv
       payloads.push([kv.encodeRouterEvent(envelopeEvent(p)), 'msgpack'])
     }
     for (const p of js.ingest(batch, 1).payloads) payloads.push([p, 'json'])
+    // dynamo-1.4 envelopes of event arrays, and the arrays alone
+    for (const p of v14.ingest(batch, 1).payloads) {
+      payloads.push([p, 'envelope'])
+      payloads.push([kv.encodeRouterEvents(kv.decodeRouterEvents(p, 'envelope')), 'msgpack'])
+    }
   }
   payloads = payloads.slice(0, 30_000)
   for (const [p, format] of payloads) {

@@ -17,7 +17,12 @@ export {
   decodeEngineBatch,
   peekBatch,
   encodeRouterEvent,
+  encodeRouterEvents,
   decodeRouterEvent,
+  decodeRouterEvents,
+  endpointSubject,
+  endpointSubjectPrefix,
+  STORAGE_TIERS,
   encodeEnvelope,
   encodeActiveLoad,
   jetstreamStreamName,
@@ -36,6 +41,9 @@ export {
   type StoredBlock,
   type DecodedBatch,
   type IngestMode,
+  type WireProfile,
+  type StorageTier,
+  type ResidencyDomain,
   type IngestorOptions,
   type StoredArgs,
   type IngestResult,
@@ -47,13 +55,25 @@ export {
 export { silentLogger, type Logger } from './util/log.js'
 
 // The worker side: publishing router events and load metrics.
-export { KvEventPublisher, type KvEventPublisherOptions, type PublisherStats } from './worker/publisher.js'
+export {
+  KvEventPublisher,
+  type KvEventPublisherOptions,
+  type PublisherStats,
+  type DynamoWire,
+  type EventChannelInfo,
+} from './worker/publisher.js'
 export { WorkerMetricsPublisher, type WorkerMetricsPublisherOptions, type MetricsPublisherStats } from './worker/metrics-publisher.js'
 export { registerPublisherMetrics } from './worker/prometheus.js'
 
 // Transports: the NATS connection, the sinks' statistics, the engine's ZeroMQ source.
 export { NatsConnectError, type NatsOptions, type NatsOption } from './transport/nats.js'
 export type { SinkStats } from './transport/sinks/types.js'
+
+// The Dynamo 1.4+ wire's transport configuration and discovery (SPEC 5b): its errors, the discovery
+// options (Dynamo's variables as defaults) and what the publishers report about their ranks.
+export { ConfigError, type EventPlaneKind, WORKER_ID_ENV } from './transport/dynamo14-config.js'
+export { DiscoveryConfigError, DiscoveryError, type DiscoveryOptions } from './transport/discovery/index.js'
+export type { DiscoveryStats } from './transport/sinks/dynamo14.js'
 export {
   ZmqSource,
   ZMQ_SOURCE_COUNTERS,

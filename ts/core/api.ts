@@ -2,6 +2,7 @@
 // here, once, so both implementations throw the same TypeError/RangeError naming the argument; the raw
 // layer then only ever sees well-typed values. Event semantics live in the core (crates/core) and its
 // mirror (ts/fallback), never here.
+import { randomBytes } from 'node:crypto'
 import {
   MATCH_RECORD_BYTES,
   OUT_HEADER_BYTES,
@@ -17,6 +18,7 @@ import {
   type RawIngestor,
   type RejectReason,
   type RouterEventValue,
+  type StorageTier,
 } from './binding.js'
 import { raw } from './native.js'
 import {
@@ -44,7 +46,9 @@ export type {
   CounterName,
   MmObject,
   RejectReason,
+  ResidencyDomain,
   RouterEventValue,
+  StorageTier,
   StoredBlock,
 } from './binding.js'
 
@@ -58,6 +62,8 @@ export const COUNTER_NAMES: readonly CounterName[] = Object.freeze(NAMES.counter
 export const APPLY_OUTCOMES: readonly ApplyOutcome[] = Object.freeze(NAMES.applyOutcomes)
 /** Index counter names, in the order of the core's index counters. */
 export const INDEX_COUNTER_NAMES: readonly IndexCounterName[] = Object.freeze(NAMES.indexCounterNames)
+/** Dynamo 1.4+'s storage tiers. */
+export const STORAGE_TIERS: readonly StorageTier[] = Object.freeze(NAMES.storageTiers)
 /** The envelope topics of router events and of worker load. */
 export const KV_EVENTS_TOPIC: string = NAMES.kvEventsTopic
 export const KV_METRICS_TOPIC: string = NAMES.kvMetricsTopic
@@ -90,6 +96,8 @@ export class RouterEventError extends Error {
 }
 
 const ROUTER_EVENT_PREFIX = 'invalid router event: '
+/** A Dynamo publisher id is at most 2^53-1 (a router reads it as a JSON number). */
+const MAX_PUBLISHER_ID = (1n << 53n) - 1n
 
 /**
  * The RouterEventError for a raw layer's error (ts/core/binding.ts: the detail's first words name
@@ -181,10 +189,30 @@ function eventArg(ev: unknown): RouterEventValue {
   const e = ev as RouterEventValue
   const inner = e.event
   if (typeof inner !== 'object' || inner === null) throw new TypeError('event.event must be an object')
-  return {
+  const out: RouterEventValue = {
     workerId: u64('workerId', e.workerId),
     event: { eventId: u64('event.eventId', inner.eventId), dpRank: u32('event.dpRank', inner.dpRank), data: dataArg(inner.data) },
   }
+  metaArg(e, out)
+  return out
+}
+
+/** Copies a checked storageTier / residencyDomain (Dynamo 1.4+) from `e` to `out`; true when any is present. */
+function metaArg(e: RouterEventValue, out?: RouterEventValue): boolean {
+  let any = false
+  if (e.storageTier !== undefined) {
+    if (!(STORAGE_TIERS as readonly unknown[]).includes(e.storageTier))
+      throw new RangeError(`storageTier must be one of ${STORAGE_TIERS.join(', ')}, got ${describe(e.storageTier)}`)
+    if (out) out.storageTier = e.storageTier
+    any = true
+  }
+  if (e.residencyDomain !== undefined) {
+    if (e.residencyDomain !== 'worker' && e.residencyDomain !== 'cache_owner')
+      throw new RangeError(`residencyDomain must be 'worker' or 'cache_owner', got ${describe(e.residencyDomain)}`)
+    if (out) out.residencyDomain = e.residencyDomain
+    any = true
+  }
+  return any
 }
 
 function dataArg(d: unknown): ConvertedEvent {
@@ -210,17 +238,44 @@ function dataArg(d: unknown): ConvertedEvent {
   }
 }
 
-/** Dynamo 1.0 RouterEvent bytes: rmp-serde named msgpack, or compact JSON with exact u64. */
+/**
+ * RouterEvent bytes: rmp-serde named msgpack, or compact JSON with exact u64. Dynamo 1.0's shape, or
+ * Dynamo 1.4+'s when the event has a `storageTier` (SPEC 5b).
+ */
 export function encodeRouterEvent(ev: RouterEventValue, format: 'msgpack' | 'json' = 'msgpack'): Buffer {
   return raw.encodeRouterEvent(eventArg(ev), formatArg(format))
 }
 
-/** Parses a RouterEvent in either encoding; throws a RouterEventError on bytes that are not one. */
+/** A Dynamo 1.4+ event-plane payload: the events as one msgpack array (or JSON array). */
+export function encodeRouterEvents(evs: RouterEventValue[], format: 'msgpack' | 'json' = 'msgpack'): Buffer {
+  if (!Array.isArray(evs)) throw new TypeError(`events must be an array, got ${describe(evs)}`)
+  return raw.encodeRouterEvents(evs.map(eventArg), formatArg(format))
+}
+
+/**
+ * Parses one RouterEvent in either encoding (a Dynamo 1.4+ array of exactly one event is accepted);
+ * throws a RouterEventError on bytes that are not one. Batches: decodeRouterEvents.
+ */
 export function decodeRouterEvent(bytes: Uint8Array, format: 'msgpack' | 'json' = 'msgpack'): RouterEventValue {
   const b = bytesArg('bytes', bytes)
   const json = formatArg(format)
   try {
     return raw.decodeRouterEvent(b, json)
+  } catch (e) {
+    throw routerEventError(e)
+  }
+}
+
+/**
+ * Every RouterEvent of a payload, in both shapes: a Dynamo 1.0 event (one map) or a Dynamo 1.4+ array;
+ * `envelope` reads the event-plane envelope around either. Throws a RouterEventError on bytes that are
+ * not one.
+ */
+export function decodeRouterEvents(bytes: Uint8Array, format: 'envelope' | 'msgpack' | 'json' = 'msgpack'): RouterEventValue[] {
+  const b = bytesArg('bytes', bytes)
+  const f = formatCode(format)
+  try {
+    return raw.decodeRouterEvents(b, f)
   } catch (e) {
     throw routerEventError(e)
   }
@@ -245,14 +300,29 @@ export function encodeEnvelope(env: {
   )
 }
 
-/** Dynamo's ActiveLoad message (the payload of a kv_metrics envelope). */
+/**
+ * Dynamo's ActiveLoad message (the payload of a kv_metrics envelope). With `kvUsedBlocks` present (a
+ * bigint or null) it is Dynamo 1.4+'s, which adds `kv_used_blocks` and lets `activeDecodeBlocks` be
+ * null (a Dynamo 1.6 worker publishes only kv_used_blocks).
+ */
 export function encodeActiveLoad(load: {
   workerId: bigint
   dpRank: number
-  activeDecodeBlocks: bigint
+  activeDecodeBlocks: bigint | null
   activePrefillTokens?: bigint | null
+  kvUsedBlocks?: bigint | null
 }): Buffer {
+  if (typeof load !== 'object' || load === null) throw new TypeError(`load must be an object, got ${describe(load)}`)
   const prefill = load.activePrefillTokens == null ? null : u64('activePrefillTokens', load.activePrefillTokens)
+  if (load.kvUsedBlocks !== undefined) {
+    return raw.encodeActiveLoad14(
+      u64('workerId', load.workerId),
+      u32('dpRank', load.dpRank),
+      load.activeDecodeBlocks == null ? null : u64('activeDecodeBlocks', load.activeDecodeBlocks),
+      prefill,
+      load.kvUsedBlocks === null ? null : u64('kvUsedBlocks', load.kvUsedBlocks),
+    )
+  }
   return raw.encodeActiveLoad(
     u64('workerId', load.workerId),
     u32('dpRank', load.dpRank),
@@ -282,10 +352,41 @@ export function kvMetricsSubject(namespace: string): string {
   return raw.kvMetricsSubject(checkName('namespace', namespace))
 }
 
+function segmentArg(name: string, v: unknown): string {
+  if (typeof v !== 'string' || v.length === 0) throw new TypeError(`${name} must be a non-empty string, got ${describe(v)}`)
+  return v
+}
+
+/**
+ * Dynamo 1.4+'s endpoint-scoped NATS subject of `topic` (`kv-events` for router events, `kv_metrics`
+ * for worker load): `namespace.{ns}.component.{c}.endpoint.{e}.{topic}`, each name percent-encoded
+ * (bytes outside [A-Za-z0-9_-] become %XX, upper-case, per UTF-8 byte).
+ */
+export function endpointSubject(namespace: string, component: string, endpoint: string, topic = 'kv-events'): string {
+  if (typeof topic !== 'string' || topic.length === 0) throw new TypeError(`topic must be a non-empty string, got ${describe(topic)}`)
+  return raw.endpointSubject(
+    segmentArg('namespace', namespace),
+    segmentArg('component', component),
+    segmentArg('endpoint', endpoint),
+    topic,
+  )
+}
+
+/** `namespace.{ns}.component.{c}.endpoint.{e}`, each name percent-encoded (an EventChannel's NATS subject prefix). */
+export function endpointSubjectPrefix(namespace: string, component: string, endpoint: string): string {
+  return raw.endpointSubjectPrefix(segmentArg('namespace', namespace), segmentArg('component', component), segmentArg('endpoint', endpoint))
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Ingestor
 
 export type IngestMode = 'event-plane' | 'jetstream'
+
+/**
+ * The router wire an Ingestor produces: `dynamo-1.0` (Dynamo 1.0 to 1.3, SPEC 5; the default) or
+ * `dynamo-1.4` (Dynamo 1.4 to 1.6, SPEC 5b).
+ */
+export type WireProfile = 'dynamo-1.0' | 'dynamo-1.4'
 
 export interface IngestorOptions {
   /** Tokens per KV block; must match the engine's block size. */
@@ -303,6 +404,17 @@ export interface IngestorOptions {
    * `bufferSize` events, default 1024) in the same native call, for router recovery. Off by default.
    */
   localIndexer?: { bufferSize?: number } | boolean
+  /**
+   * The router wire (default `dynamo-1.0`, unchanged). `dynamo-1.4`: envelopes of RouterEvent arrays
+   * with storage tiers, one publisher per dp rank, ids from 1, per-rank `cleared`, Dynamo 1.6.1's
+   * engine conversion (SPEC 5b). Not with `mode: 'jetstream'` (Dynamo 1.4 removed JetStream).
+   */
+  wire?: WireProfile
+  /**
+   * dynamo-1.4: fixed publisher ids per dp rank (each 1..2^53-1), e.g. to reproduce bytes in tests;
+   * other ranks get a random id per Ingestor. A record or a Map from dp rank to id.
+   */
+  publisherIds?: Record<number, bigint> | Map<number, bigint>
 }
 
 /** The manual API's store (SPEC 3): what an engine without ZMQ events reports. */
@@ -315,11 +427,24 @@ export interface StoredArgs {
   loraName?: string | null
   blockMmInfos?: (BlockExtraInfo | null)[] | null
   dpRank?: number
+  /** dynamo-1.4 only: the request's cache salt, mixed into every tokens hash (SPEC 4). */
+  cacheSalt?: string | null
+  /** dynamo-1.4 only: Eagle blocks, each hashed with the next block's first token (SPEC 4). */
+  eagle?: boolean
 }
 
 export interface IngestResult {
-  /** Outgoing payloads, ready to publish, in order; payload i carries event id firstEventId + i. */
+  /**
+   * Outgoing payloads, ready to publish, in order. dynamo-1.0: payload i carries event id
+   * firstEventId + i. dynamo-1.4: each payload is one envelope holding an array of events numbered on
+   * from firstEventId.
+   */
   payloads: Buffer[]
+  /**
+   * The envelope sequence of payload 0 (payload i has firstSequence + i) under the publisher id
+   * `ingestor.publisherId(dpRank)`; null without payloads, and in jetstream mode.
+   */
+  firstSequence: bigint | null
   /** The batch's dp rank; null when the batch was malformed. */
   dpRank: number | null
   /** Id of the first emitted event; null when nothing was emitted. */
@@ -378,6 +503,7 @@ export class Ingestor {
   readonly kvBlockSize: number
   readonly workerId: bigint
   readonly mode: IngestMode
+  readonly wire: WireProfile
   #raw: RawIngestor
 
   /**
@@ -392,6 +518,28 @@ export class Ingestor {
     if (mode !== 'event-plane' && mode !== 'jetstream')
       throw new RangeError(`mode must be 'event-plane' or 'jetstream', got ${describe(mode)}`)
     this.mode = mode
+    const wire = options.wire ?? 'dynamo-1.0'
+    if (wire !== 'dynamo-1.0' && wire !== 'dynamo-1.4')
+      throw new RangeError(`wire must be 'dynamo-1.0' or 'dynamo-1.4', got ${describe(wire)}`)
+    if (wire === 'dynamo-1.4' && mode === 'jetstream')
+      throw new RangeError("wire: 'dynamo-1.4' cannot be used with mode: 'jetstream' (Dynamo 1.4 has no JetStream)")
+    this.wire = wire
+    const publisherIdRanks: number[] = []
+    const publisherIdValues: bigint[] = []
+    if (options.publisherIds !== undefined) {
+      if (wire !== 'dynamo-1.4') throw new RangeError("publisherIds needs wire: 'dynamo-1.4' (dynamo-1.0 publishes under the worker id)")
+      const ids = options.publisherIds
+      if (typeof ids !== 'object' || ids === null)
+        throw new TypeError('publisherIds must be a record or a Map from dp rank to publisher id')
+      const entries = ids instanceof Map ? [...ids.entries()] : Object.entries(ids).map(([k, v]) => [Number(k), v] as const)
+      for (const [rank, id] of entries) {
+        const r = u32('publisherIds dp rank', rank)
+        const v = u64(`publisherIds[${r}]`, id)
+        if (v === 0n || v > MAX_PUBLISHER_ID) throw new RangeError(`publisherIds[${r}] must be in 1..2^53-1, got ${v}`)
+        publisherIdRanks.push(r)
+        publisherIdValues.push(v)
+      }
+    }
     const maxDpRanks = positiveInt('maxDpRanks', options.maxDpRanks ?? 64, 65536)
     let dpRanks: Uint32Array | null = null
     if (options.dpRanks !== undefined) {
@@ -413,6 +561,10 @@ export class Ingestor {
       maxDpRanks,
       dpRanks,
       localIndexerBufferSize,
+      wire14: wire === 'dynamo-1.4',
+      publisherIdRanks,
+      publisherIdValues,
+      publisherSeed: randomBytes(8).readBigUInt64LE(0),
     })
     const rawLocal = this.#raw.localIndexer()
     this.localIndexer = rawLocal ? new LocalIndexer({ bufferSize: localIndexerBufferSize }, impl, rawLocal) : null
@@ -462,8 +614,12 @@ export class Ingestor {
     const parent = args.parentHash === undefined || args.parentHash === null ? null : u64('parentHash', args.parentHash)
     const lora = loraArg(args.loraName)
     const mm = mmInfosArg('blockMmInfos', args.blockMmInfos)
+    const salt = optStringArg('cacheSalt', args.cacheSalt)
+    const eagle = optBoolArg('eagle', args.eagle)
+    if ((salt || eagle) && this.wire !== 'dynamo-1.4')
+      throw new RangeError(`${salt ? 'cacheSalt' : 'eagle'} needs wire: 'dynamo-1.4' (a Dynamo 1.0 router hashes without it)`)
     const rank = this.#rank(args.dpRank)
-    return this.#unpack(this.#raw.stored(tokenIds, blockHashes, blockSize, parent, lora, mm, rank, nowArg(nowMs)))
+    return this.#unpack(this.#raw.stored(tokenIds, blockHashes, blockSize, parent, lora, mm, rank, nowArg(nowMs), salt, eagle))
   }
 
   /** Manual API: blocks evicted from GPU memory. */
@@ -480,6 +636,15 @@ export class Ingestor {
   /** The id the next emitted event of this rank will get. A peek: consumes nothing. */
   nextEventId(dpRank = 0): bigint {
     return this.#raw.nextEventId(u32('dpRank', dpRank))
+  }
+
+  /**
+   * The publisher id of the rank's envelopes. dynamo-1.4: one per dp rank, 1..2^53-1, random per
+   * Ingestor (unless fixed by `publisherIds`) and stable for its life; a discovery EventSource record
+   * binds it to `(workerId, dpRank)`. dynamo-1.0: the worker id, for every rank.
+   */
+  publisherId(dpRank = 0): bigint {
+    return this.#raw.publisherId(u32('dpRank', dpRank))
   }
 
   counters(): Record<CounterName, bigint> {
@@ -522,6 +687,7 @@ export class Ingestor {
       payloads,
       dpRank: flags & 4 ? v.getUint32(at + 4, true) : null,
       firstEventId: flags & 1 ? v.getBigUint64(at + 16, true) : null,
+      firstSequence: flags & 16 ? v.getBigUint64(at + 60, true) : null,
       rejected: readRejected(v, at + 24, (flags & 8) === 0),
     }
     if (flags & 2) result.warnings = readWarnings(out, v, p, p + v.getUint32(at + 12, true))
@@ -695,14 +861,21 @@ export class RadixIndex {
     this.close()
   }
 
-  /** Applies one router event; event-level failures are returned (and counted), never thrown. */
+  /**
+   * Applies one router event; event-level failures are returned (and counted), never thrown. A Dynamo
+   * 1.4+ event of another storage tier than `device` (or of the `cache_owner` domain) is `ignored`: the
+   * index holds the workers' GPU blocks. A `cleared` with a `residencyDomain` clears only its dp rank.
+   */
   applyEvent(ev: RouterEventValue): ApplyOutcome {
+    if (typeof ev === 'object' && ev !== null && metaArg(ev)) return APPLY_OUTCOMES[this.raw.applyEvent(eventArg(ev))]!
     return APPLY_OUTCOMES[applyFlat(this.raw, ev)]!
   }
 
   /**
-   * Applies one encoded event: an event-plane envelope, a msgpack RouterEvent or its JSON. Throws a
-   * RouterEventError on bytes that are not one (nothing is applied then).
+   * Applies encoded events: an event-plane envelope, msgpack or JSON, holding one RouterEvent (Dynamo
+   * 1.0) or an array of them (Dynamo 1.4+; each applied as applyEvent does). The outcome of an array is
+   * the first that is not `applied` or `ignored`, else `applied` if any event was, else `ignored` (an
+   * empty array is refused). Throws a RouterEventError on bytes that are not that (nothing is applied then).
    */
   applyEncoded(payload: Uint8Array, format: 'envelope' | 'msgpack' | 'json'): ApplyOutcome {
     const b = bytesArg('payload', payload)

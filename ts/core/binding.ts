@@ -39,7 +39,7 @@ export type CounterName =
   | `rejected_${RejectReason}`
 
 /** Outcomes of the RawRadixIndex apply methods, by code. */
-export type ApplyOutcome = 'applied' | 'parent_not_found' | 'block_not_found' | 'invalid_block_sequence'
+export type ApplyOutcome = 'applied' | 'parent_not_found' | 'block_not_found' | 'invalid_block_sequence' | 'ignored'
 
 /** Counter names of `RawRadixIndex.counters()` (crates/core/src/index.rs). */
 export type IndexCounterName =
@@ -66,7 +66,14 @@ export interface RawNames {
   indexCounterNames: IndexCounterName[]
   applyOutcomes: ApplyOutcome[]
   encodedFormats: EncodedFormat[]
+  /** Dynamo 1.4+'s storage tiers, in the order of the core's tier codes. */
+  storageTiers: StorageTier[]
 }
+
+/** Dynamo 1.4+'s `storage_tier` of a RouterEvent: where the blocks live. */
+export type StorageTier = 'device' | 'host_pinned' | 'disk' | 'external'
+/** Dynamo 1.5+'s `residency_domain` of a RouterEvent. */
+export type ResidencyDomain = 'worker' | 'cache_owner'
 
 export interface MmObject {
   mmHash: bigint
@@ -89,6 +96,13 @@ export type ConvertedEvent =
 export interface RouterEventValue {
   workerId: bigint
   event: { eventId: bigint; dpRank: number; data: ConvertedEvent }
+  /**
+   * Dynamo 1.4+ only (absent on a Dynamo 1.0 event): where the blocks live. Encoded, it adds
+   * `storage_tier` (and `start_position: null` to stores).
+   */
+  storageTier?: StorageTier
+  /** Dynamo 1.5+ only: `worker` (what this package writes) or `cache_owner`. */
+  residencyDomain?: ResidencyDomain
 }
 
 export interface RawDecoded {
@@ -112,19 +126,23 @@ export interface RawPeek {
  *   offset  4  u32  dp rank of the batch (0 when flag bit 2 is clear)
  *   offset  8  u32  flags: bit 0 = firstEventId present, bit 1 = W > 0 (the call raised warnings),
  *                   bit 2 = the dp rank is present (clear when the batch was malformed),
- *                   bit 3 = some rejected count is non-zero
+ *                   bit 3 = some rejected count is non-zero, bit 4 = firstSequence present
  *   offset 12  u32  W, the byte length of the warnings section
- *   offset 16  u64  firstEventId (0 when absent); payload i has event id firstEventId + i
+ *   offset 16  u64  firstEventId (0 when absent); in dynamo-1.0 payload i has event id firstEventId + i,
+ *                   in dynamo-1.4 the events of the payloads are numbered on from it
  *   offset 24  u32 × 9  rejected counts, indexed like names().rejectReasons
- *   offset 60  the N payloads, concatenated
+ *   offset 60  u64  firstSequence (flag bit 4; 0 when absent): payload i is the envelope of sequence
+ *                   firstSequence + i (event-plane modes)
+ *   offset 68  the N payloads, concatenated
  *   then       the warnings section (W bytes): per warning a u32 byte length and its UTF-8 text
  *   then       u32 × N  payload lengths (the last 4N bytes)
  *
- * In event-plane mode each payload is the msgpack envelope around the msgpack RouterEvent; in
- * jetstream mode it is the RouterEvent JSON. All payloads of one call share one dp rank.
+ * In event-plane mode each payload is the msgpack envelope around the msgpack RouterEvent (dynamo-1.4:
+ * around a msgpack array of RouterEvents); in jetstream mode it is the RouterEvent JSON. All payloads
+ * of one call share one dp rank.
  */
 export type RawIngestOutput = Buffer
-export const OUT_HEADER_BYTES = 60
+export const OUT_HEADER_BYTES = 68
 
 export interface RawIngestorOptions {
   kvBlockSize: number // integer >= 1
@@ -134,6 +152,13 @@ export interface RawIngestorOptions {
   dpRanks: Uint32Array | null // exactly these ranks are allowed (non-empty, distinct)
   /** 0: no local indexer; else the ring-buffer size per dp rank of the local indexer (SPEC 6). */
   localIndexerBufferSize: number
+  /** The dynamo-1.4 wire (SPEC 5b) instead of dynamo-1.0; never with jetstream. */
+  wire14?: boolean
+  /** dynamo-1.4: fixed publisher ids, publisherIdValues[i] for rank publisherIdRanks[i] (1..2^53-1). */
+  publisherIdRanks?: number[] | null
+  publisherIdValues?: bigint[] | null
+  /** dynamo-1.4: the seed the other ranks' publisher ids derive from (random per Ingestor). */
+  publisherSeed?: bigint
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -223,6 +248,9 @@ export interface RawIngestor {
     blockMmInfos: (BlockExtraInfo | null)[] | null,
     dpRank: number,
     nowMs: number,
+    /** Dynamo 1.4+'s hash inputs (SPEC 4). */
+    cacheSalt?: string | null,
+    eagle?: boolean,
   ): RawIngestOutput
   /**
    * The hot path: writes what ingest() would return into `out` at `offset` (an arena the caller
@@ -235,6 +263,8 @@ export interface RawIngestor {
   /** Whether dpRank may be used (already seen, configured, or room for one more). */
   rankAllowed(dpRank: number): boolean
   nextEventId(dpRank: number): bigint
+  /** The publisher id of the rank's envelopes (dynamo-1.0: the worker id for every rank). */
+  publisherId(dpRank: number): bigint
   /** Values in names().counterNames order. */
   counters(): BigUint64Array
   /** The local indexer every emitted event is applied to and buffered in (null when not enabled). */
@@ -318,8 +348,24 @@ export interface RawBinding {
    * any other detail (a field missing or of the wrong type) → invalid.
    */
   decodeRouterEvent(bytes: Uint8Array, json: boolean): RouterEventValue
+  /** Every RouterEvent of a payload: one (Dynamo 1.0) or an array (Dynamo 1.4+); format: names().encodedFormats. */
+  decodeRouterEvents(bytes: Uint8Array, format: number): RouterEventValue[]
+  /** A Dynamo 1.4+ payload: the events as a msgpack (or JSON) array. */
+  encodeRouterEvents(evs: RouterEventValue[], json: boolean): Buffer
   encodeEnvelope(publisherId: bigint, sequence: bigint, publishedAt: bigint, topic: string, payload: Uint8Array): Buffer
   encodeActiveLoad(workerId: bigint, dpRank: number, activeDecodeBlocks: bigint, activePrefillTokens: bigint | null): Buffer
+  /** Dynamo 1.4+'s ActiveLoad, with `kv_used_blocks`; every value nil when null. */
+  encodeActiveLoad14(
+    workerId: bigint,
+    dpRank: number,
+    activeDecodeBlocks: bigint | null,
+    activePrefillTokens: bigint | null,
+    kvUsedBlocks: bigint | null,
+  ): Buffer
+  /** Dynamo 1.4+'s endpoint-scoped subject of `topic`, each name percent-encoded. */
+  endpointSubject(namespace: string, component: string, endpoint: string, topic: string): string
+  /** `namespace.{ns}.component.{c}.endpoint.{e}`, each name percent-encoded. */
+  endpointSubjectPrefix(namespace: string, component: string, endpoint: string): string
   jetstreamStreamName(namespace: string, component: string): string
   /** The event-plane subject a Dynamo 1.0 router subscribes to. */
   kvEventsSubject(namespace: string, component: string): string

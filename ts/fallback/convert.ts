@@ -4,8 +4,18 @@
 // What happens to a BlockStored: `convertEvent` -> tier (`tierOk`) -> group (`groupKept`) -> `storeChecks`
 // (empty, self_reference, block_size, truncation) -> `hashKept` computes the blocks' tokens hashes.
 import type { ConvertedEvent, RawDecoded, RejectReason, StoredBlock } from '../core/binding.js'
-import { BatchHead, EV_CLEARED, EV_REMOVED, EventParser, PARSE_INVALID, PARSE_UNKNOWN_TYPE, PARSED, readBatchHead } from './engine.js'
-import { BASE_SEED, hashBlocks, loraSeedFromBytes, tokenBytesLE } from './hash.js'
+import {
+  BatchHead,
+  EV_CLEARED,
+  EV_REMOVED,
+  EV_STORED,
+  EventParser,
+  PARSE_INVALID,
+  PARSE_UNKNOWN_TYPE,
+  PARSED,
+  readBatchHead,
+} from './engine.js'
+import { addSaltFromBytes, BASE_SEED, blockCount, hashBlocks, loraSeedFromBytes, tokenBytesLE } from './hash.js'
 import { ascii, bigFromHalves, bytesEq, grownCapacity, HI, LO, u64Pairs } from './msgpack.js'
 
 /** Rejection reasons (the core's Reason names), indexed by the REJ_ codes below. */
@@ -54,6 +64,39 @@ function eqIgnoreCase(b: Uint8Array, s: number, len: number, lower: Uint8Array):
     if (c !== l && !(l >= 0x61 && l <= 0x7a && c === l - 0x20)) return false
   }
   return true
+}
+
+// Dynamo 1.6.1's storage tiers of an engine medium (exact case), as codes of STORAGE_TIERS
+export const TIER_DEVICE = 0
+const MEDIUM_TIERS: [Uint8Array, number][] = [
+  ['GPU', 0],
+  ['DEVICE', 0],
+  ['CPU', 1],
+  ['CPU_PINNED', 1],
+  ['CPU_TIER1', 1],
+  ['CPU_TIER2', 2],
+  ['DISK', 2],
+  ['NVME', 2],
+  ['STORAGE', 2],
+  ['EXTERNAL', 3],
+  ['NETWORK', 3],
+  ['REMOTE', 3],
+  ['SHARED', 3],
+].map(([m, t]) => [ascii(m as string), t as number])
+const LOCAL_EXACT = ascii('LOCAL')
+
+/**
+ * The tier step of the dynamo-1.4 profile (SPEC 5b): an ownership, a locality other than exactly LOCAL,
+ * or a medium Dynamo 1.6.1 does not map filters the event (-1); otherwise its storage tier code.
+ */
+export function tier14(ev: EventParser): number {
+  if (ev.ownership) return -1
+  const at = ev.localityAt >= 0 ? ev.localityAt : ev.localityPosAt
+  const len = ev.localityAt >= 0 ? ev.localityLen : ev.localityPosLen
+  if (at >= 0 && !bytesEq(ev.b, at, len, LOCAL_EXACT)) return -1
+  if (ev.mediumAt < 0 || ev.mediumLen === 0) return TIER_DEVICE
+  for (const [m, t] of MEDIUM_TIERS) if (bytesEq(ev.b, ev.mediumAt, ev.mediumLen, m)) return t
+  return -1
 }
 
 /** Check 3: the index describes what this worker holds in its own GPU memory. */
@@ -120,11 +163,12 @@ export function storeChecks(
   blockSize: number,
   nTokens: number,
   kvBlockSize: number,
+  eagle = false,
 ): number {
   if (nHashes === 0) return -1 - REJ_EMPTY
   if (selfReference(hashes, nHashes, hasParent, parentHi, parentLo)) return -1 - REJ_SELF_REFERENCE
-  if (blockSize !== kvBlockSize || nTokens < kvBlockSize) return -1 - REJ_BLOCK_SIZE
-  return Math.min(nHashes, Math.floor(nTokens / kvBlockSize))
+  if (blockSize !== kvBlockSize || nTokens < kvBlockSize + (eagle ? 1 : 0)) return -1 - REJ_BLOCK_SIZE
+  return Math.min(nHashes, blockCount(nTokens, kvBlockSize, eagle))
 }
 
 /**
@@ -132,6 +176,8 @@ export function storeChecks(
  * store that passes, `parser.kept` is the number of blocks kept.
  */
 export function convertEvent(parser: EventParser, groups: Map<number, boolean>, kvBlockSize: number): number {
+  // Eagle bigram token ids are Dynamo 1.4+ input: not a valid 1.0 store
+  if (parser.kind === EV_STORED && parser.eagle) return REJ_INVALID
   if (!tierOk(parser)) return REJ_FILTERED_TIER
   if (!groupKept(groups, parser)) return REJ_FILTERED_GROUP
   if (parser.kind === EV_REMOVED) return parser.nHashes === 0 ? REJ_EMPTY : OK
@@ -150,6 +196,32 @@ export function convertEvent(parser: EventParser, groups: Map<number, boolean>, 
   return OK
 }
 
+/**
+ * convertEvent for the dynamo-1.4 profile: Dynamo 1.6.1's tier step (the tier lands in parser.tier),
+ * then the same group and store checks, Eagle windows included.
+ */
+export function convertEvent14(parser: EventParser, groups: Map<number, boolean>, kvBlockSize: number): number {
+  const tier = tier14(parser)
+  if (tier < 0) return REJ_FILTERED_TIER
+  parser.tier = tier
+  if (!groupKept(groups, parser)) return REJ_FILTERED_GROUP
+  if (parser.kind === EV_REMOVED) return parser.nHashes === 0 ? REJ_EMPTY : OK
+  const n = storeChecks(
+    parser.hashes,
+    parser.nHashes,
+    parser.hasParent,
+    parser.parentHi,
+    parser.parentLo,
+    parser.blockSize,
+    parser.nTokens,
+    kvBlockSize,
+    parser.eagle,
+  )
+  if (n < 0) return -1 - n
+  parser.kept = n
+  return OK
+}
+
 const seed = { seedHi: 0, seedLo: BASE_SEED }
 
 /** Resolves the mm info and computes the tokens hashes of the kept blocks of a converted store. */
@@ -161,6 +233,19 @@ export function hashKept(parser: EventParser, kvBlockSize: number): void {
   seed.seedLo = BASE_SEED
   if (parser.loraAt >= 0) loraSeedFromBytes(parser.b, parser.loraAt, parser.loraLen, seed)
   hashBlocks(tokenBytesLE(parser.tokens, n * kvBlockSize), kvBlockSize, n, seed.seedHi, seed.seedLo, parser.mm, parser.tokHashes)
+}
+
+/** hashKept for the dynamo-1.4 profile: marker-only extra keys, the cache salt, Eagle windows. */
+export function hashKept14(parser: EventParser, kvBlockSize: number): void {
+  const n = parser.kept
+  parser.resolveMm(n, true)
+  if (parser.tokHashes.length < 2 * n) parser.tokHashes = new Uint32Array(grownCapacity(parser.tokHashes.length, 2 * n))
+  seed.seedHi = 0
+  seed.seedLo = BASE_SEED
+  if (parser.loraAt >= 0) loraSeedFromBytes(parser.b, parser.loraAt, parser.loraLen, seed)
+  if (parser.saltAt >= 0) addSaltFromBytes(parser.b, parser.saltAt, parser.saltLen, seed)
+  const used = n * kvBlockSize + (parser.eagle ? 1 : 0)
+  hashBlocks(tokenBytesLE(parser.tokens, used), kvBlockSize, n, seed.seedHi, seed.seedLo, parser.mm, parser.tokHashes, parser.eagle)
 }
 
 // ---------------------------------------------------------------------------------------------------

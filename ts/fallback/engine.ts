@@ -156,7 +156,12 @@ const F_MM_INFOS = 8
 const F_GROUP = 9
 const F_KIND = 10
 const F_LOCALITY = 11
-const F_COUNT = 12
+// Dynamo 1.4+ reads (the dynamo-1.4 profile): the cache_salt key, ownership (key or array position 13),
+// locality at array position 12
+const F_CACHE_SALT = 12
+const F_OWNERSHIP = 13
+const F_LOCALITY_POS = 14
+const F_COUNT = 15
 
 const FIELD_KEYS: [Uint8Array, number][] = [
   [ascii('type'), F_TYPE],
@@ -171,6 +176,8 @@ const FIELD_KEYS: [Uint8Array, number][] = [
   [ascii('group_idx'), F_GROUP],
   [ascii('kv_cache_spec_kind'), F_KIND],
   [ascii('locality'), F_LOCALITY],
+  [ascii('cache_salt'), F_CACHE_SALT],
+  [ascii('ownership'), F_OWNERSHIP],
 ]
 
 function fieldSlot(b: Uint8Array, s: number, len: number): number {
@@ -182,6 +189,11 @@ function fieldSlot(b: Uint8Array, s: number, len: number): number {
 }
 
 const K_MM_OBJECTS = ascii('mm_objects')
+const K_CACHE_SALT = ascii('cache_salt')
+/** The tag a producer puts before a cache salt in block 0's extra keys. */
+const CACHE_SALT_PREFIX = ascii('dynamo-cache-salt:')
+/** At most this many salt-tagged keys of block 0 are looked at (the first usable one wins). */
+const MAX_SALT_KEYS = 4
 const K_MM_HASH = ascii('mm_hash')
 const K_OFFSETS = ascii('offsets')
 
@@ -191,11 +203,16 @@ function hexVal(c: number): number {
   return c <= 0x39 ? c - 0x30 : (c | 0x20) - 0x57
 }
 
+/** Whether the last mmIdAt that returned true read a Dynamo 1.5+ marker: 16 hex digits, then 48 '0'. */
+let mmIdMarker = false
+
 /** If the value at p is a string of exactly 64 ASCII hex digits: its first 16 digits as a u64 (lastRead.hi/lastRead.lo). */
 function mmIdAt(b: Uint8Array, p: number): boolean {
   const s = strAt(b, p)
   if (s < 0 || lastRead.len !== 64) return false
   for (let i = 0; i < 64; i++) if (!isHexDigit(b[s + i]!)) return false
+  mmIdMarker = true
+  for (let i = 16; i < 64; i++) if (b[s + i] !== 0x30) mmIdMarker = false
   let hi = 0
   let lo = 0
   for (let i = 0; i < 8; i++) hi = hi * 16 + hexVal(b[s + i]!)
@@ -241,6 +258,20 @@ export class EventParser {
   mmExplicit: (BlockExtraInfo | null)[] | null = null
   /** Position of an extra_keys array, or -1. */
   extraKeysPos = -1
+  /** token_ids came as Eagle bigram pairs (tokens holds a, b, c, ... of [[a, b], [b, c], ...]). */
+  eagle = false
+  /**
+   * The cache salt (the cache_salt key, SGLang's position-7 {cache_salt} map, or a dynamo-cache-salt:
+   * extra key of block 0): its UTF-8 bytes in `b`, else saltAt = -1. Used by the dynamo-1.4 profile.
+   */
+  saltAt = -1
+  saltLen = 0
+  /** The storage tier code of a converted event (dynamo-1.4 profile, convert.ts convertEvent14). */
+  tier = 0
+  /** An ownership present and not nil; locality at array position 12 (dynamo-1.4 profile). */
+  ownership = false
+  localityPosAt = -1
+  localityPosLen = 0
   /** For a store that passed the checks: the number of blocks kept. */
   kept = 0
   /** Tokens hashes of the kept blocks (same pair layout as `hashes`), after `hashKept`. */
@@ -347,6 +378,12 @@ export class EventParser {
             case 10:
               if (pos9Group) slots[F_KIND] = at
               break
+            case 12:
+              slots[F_LOCALITY_POS] = at
+              break
+            case 13:
+              slots[F_OWNERSHIP] = at
+              break
           }
         } else if (i === 2) {
           slots[F_MEDIUM] = at
@@ -412,6 +449,11 @@ export class EventParser {
           this.loraLen = lastRead.len
         }
       }
+      // the cache salt: the key, or SGLang's {cache_salt} map at position 7, else a tagged extra key
+      this.saltAt = -1
+      let salt = slots[F_CACHE_SALT]!
+      if (lora >= 0 && mapAt(b, lora) >= 0) salt = mapValue(b, lora, K_CACHE_SALT)
+      if (!(salt >= 0 && this.setSalt(salt)) && ek >= 0 && arrayAt(b, ek) >= 0) this.saltFromExtraKeys(ek)
     }
     // the filters (SPEC 3 steps 3-4): strings else absent; group_idx an integer 0..2^32-1 else absent
     const medium = slots[F_MEDIUM]!
@@ -426,7 +468,57 @@ export class EventParser {
     this.groupIdx = -1
     const group = slots[F_GROUP]!
     if (group >= 0 && intAt(b, group) === INT_NONNEG && lastRead.hi === 0) this.groupIdx = lastRead.lo
+    const own = slots[F_OWNERSHIP]!
+    this.ownership = own >= 0 && b[own] !== 0xc0
+    const lp = slots[F_LOCALITY_POS]!
+    this.localityPosAt = lp >= 0 ? strAt(b, lp) : -1
+    this.localityPosLen = this.localityPosAt >= 0 ? lastRead.len : 0
     return PARSED
+  }
+
+  /** The salt at p when it is a valid UTF-8 string (even ""); false when it is not one. */
+  private setSalt(p: number): boolean {
+    const s = strAt(this.b, p)
+    if (s < 0 || !isUtf8(this.b, s, s + lastRead.len)) return false
+    this.saltAt = s
+    this.saltLen = lastRead.len
+    return true
+  }
+
+  /**
+   * The first usable `dynamo-cache-salt:<salt>` string among block 0's extra keys (the first
+   * MAX_SALT_KEYS tagged ones; one equal to the LoRA name is that name, once; an empty or invalid
+   * UTF-8 salt is skipped).
+   */
+  private saltFromExtraKeys(ek: number): void {
+    const b = this.b
+    let q = arrayAt(b, ek)
+    if (lastRead.count === 0) return
+    q = arrayAt(b, q)
+    if (q < 0) return
+    const keys = lastRead.count
+    let loraUnmatched = this.loraAt >= 0
+    let seen = 0
+    for (let k = 0; k < keys && seen < MAX_SALT_KEYS; k++) {
+      const next = skip(b, q)
+      const s = strAt(b, q)
+      const len = lastRead.len
+      if (s >= 0 && len >= CACHE_SALT_PREFIX.length && bytesEq(b, s, CACHE_SALT_PREFIX.length, CACHE_SALT_PREFIX)) {
+        seen++
+        if (loraUnmatched && len === this.loraLen && bytesEq(b, s, len, b.subarray(this.loraAt, this.loraAt + this.loraLen))) {
+          loraUnmatched = false
+        } else {
+          const ns = s + CACHE_SALT_PREFIX.length
+          const nsLen = len - CACHE_SALT_PREFIX.length
+          if (nsLen > 0 && isUtf8(b, ns, ns + nsLen)) {
+            this.saltAt = ns
+            this.saltLen = nsLen
+            return
+          }
+        }
+      }
+      q = next
+    }
   }
 
   /** Reads an array of hashes into `hashes`; the position after it, or -1 if it is not one. */
@@ -461,14 +553,20 @@ export class EventParser {
     return q
   }
 
-  /** Reads an array of u32 tokens into `tokens`; the position after it, or -1 if it is not one. */
+  /**
+   * Reads an array of u32 tokens into `tokens`, or Eagle bigram pairs [[a, b], [b, c], ...] as a, b, c, ...
+   * (setting `eagle`; a mix of both forms is invalid); the position after it, or -1 if it is not one.
+   */
   private readTokens(p: number): number {
     const b = this.b
     let q = arrayAt(b, p)
+    this.eagle = false
     if (q < 0) return -1
     const n = lastRead.count
-    if (this.tokens.length < n) this.tokens = new Uint32Array(grownCapacity(this.tokens.length, n))
+    if (this.tokens.length < n + 1) this.tokens = new Uint32Array(grownCapacity(this.tokens.length, n + 1))
     const tok = this.tokens
+    let pairs = 0
+    let last = 0
     for (let i = 0; i < n; i++) {
       const t = b[q]!
       if (t < 0x80) {
@@ -483,6 +581,15 @@ export class EventParser {
       } else if (t === 0xcc) {
         tok[i] = b[q + 1]!
         q += 2
+      } else if ((t & 0xf0) === 0x90 || t === 0xdc || t === 0xdd) {
+        // an Eagle pair [a, b]
+        const e = arrayAt(b, q)
+        if (lastRead.count !== 2 || intAt(b, e) !== INT_NONNEG || lastRead.hi !== 0) return -1
+        tok[i] = lastRead.lo
+        if (intAt(b, lastRead.next) !== INT_NONNEG || lastRead.hi !== 0) return -1
+        last = lastRead.lo
+        q = lastRead.next
+        pairs++
       } else {
         if (intAt(b, q) !== INT_NONNEG || lastRead.hi !== 0) return -1
         tok[i] = lastRead.lo
@@ -490,11 +597,20 @@ export class EventParser {
       }
     }
     this.nTokens = n
+    if (pairs > 0) {
+      if (pairs !== n) return -1
+      tok[n] = last
+      this.nTokens = n + 1
+      this.eagle = true
+    }
     return q
   }
 
-  /** mm info of the first `n` blocks (explicit block_mm_infos, else extra_keys); sets this.mm. */
-  resolveMm(n: number): void {
+  /**
+   * mm info of the first `n` blocks (explicit block_mm_infos, else extra_keys; with `markersOnly`, Dynamo
+   * 1.5+'s rule: only marker keys); sets this.mm.
+   */
+  resolveMm(n: number, markersOnly = false): void {
     this.mm = null
     if (this.mmExplicit !== null) {
       let any = false
@@ -526,7 +642,7 @@ export class EventParser {
             const first = arrayAt(b, kq)
             if (first >= 0 && lastRead.count > 0) id = mmIdAt(b, first)
           }
-          if (id) {
+          if (id && (!markersOnly || mmIdMarker)) {
             objs ??= []
             objs.push({ mmHash: bigFromHalves(lastRead.hi, lastRead.lo), offsets: [] })
           }

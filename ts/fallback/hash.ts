@@ -44,6 +44,15 @@ export function saltSeed(loraName: string | null, cacheSalt: string | null, targ
   target.seedHi = (HASH_OUT[1]! + target.seedHi + (lo >= TWO32 ? 1 : 0)) >>> 0
 }
 
+/** Adds a cache salt's term, xxh3_64(salt bytes, 1), to the seed in target (wrapping); "" adds none. */
+export function addSaltFromBytes(b: Uint8Array, s: number, len: number, target: { seedHi: number; seedLo: number }): void {
+  if (len === 0) return
+  xxh3_64_into(b, s, len, 1, 0, HASH_OUT)
+  const lo = HASH_OUT[0]! + target.seedLo
+  target.seedLo = lo >>> 0
+  target.seedHi = (HASH_OUT[1]! + target.seedHi + (lo >= TWO32 ? 1 : 0)) >>> 0
+}
+
 /** How many blocks `tokensLen` tokens make (an Eagle block needs kvBlockSize + 1 tokens). */
 export function blockCount(tokensLen: number, kvBlockSize: number, eagle: boolean): number {
   return Math.floor((eagle ? Math.max(tokensLen - 1, 0) : tokensLen) / kvBlockSize)

@@ -20,10 +20,10 @@ import type { ApplyOutcome, BlockExtraInfo, IndexCounterName, RawRadixIndex, Rou
 import { MATCH_RECORD_BYTES } from '../core/binding.js'
 import { blockCount, hashBlocks, saltSeed, tokenBytesLE } from './hash.js'
 import { bigFromHalves, HI, LO, u64Pairs } from './msgpack.js'
-import { CanonicalRouterEvent, decodeEncoded, envelopePayload, KIND_REMOVED, KIND_STORED, PAYLOAD_AT } from './wire.js'
+import { CanonicalRouterEvent, decodeEncodedList, envelopePayload, KIND_REMOVED, KIND_STORED, PAYLOAD_AT } from './wire.js'
 
 /** Apply outcome names (the core's APPLY_OUTCOMES), indexed by the OUTCOME_ codes below. */
-export const APPLY_OUTCOMES: ApplyOutcome[] = ['applied', 'parent_not_found', 'block_not_found', 'invalid_block_sequence']
+export const APPLY_OUTCOMES: ApplyOutcome[] = ['applied', 'parent_not_found', 'block_not_found', 'invalid_block_sequence', 'ignored']
 
 /** Index counter names (the core's INDEX_COUNTER_NAMES), in the order of counters(). */
 export const INDEX_COUNTER_NAMES: IndexCounterName[] = [
@@ -42,6 +42,15 @@ export const OUTCOME_APPLIED = 0
 export const OUTCOME_PARENT_NOT_FOUND = 1
 export const OUTCOME_BLOCK_NOT_FOUND = 2
 export const OUTCOME_INVALID_SEQUENCE = 3
+export const OUTCOME_IGNORED = 4
+
+/**
+ * Whether a (Dynamo 1.4+) event describes the worker's GPU memory: device tier (absent = device) and
+ * worker domain (absent = worker). wire.rs EventMeta::targets_gpu_index.
+ */
+export function targetsGpuIndex(ev: RouterEventValue): boolean {
+  return (ev.storageTier === undefined || ev.storageTier === 'device') && ev.residencyDomain !== 'cache_owner'
+}
 
 // counter indices (INDEX_COUNTER_NAMES order)
 const C_STORED = 0
@@ -666,6 +675,17 @@ export class FallbackRadixIndex implements RawRadixIndex {
     return missing > 0 ? OUTCOME_BLOCK_NOT_FOUND : OUTCOME_APPLIED
   }
 
+  /** A Dynamo 1.4+ cleared event: only this dp rank of the worker loses its blocks. */
+  applyRankClearParts(wHi: number, wLo: number, rank: number, idHi: number, idLo: number): number {
+    const wk = this.workerKey(wHi, wLo, rank)
+    wk.hasLast = true
+    wk.lastHi = idHi
+    wk.lastLo = idLo
+    this.clearKey(wk)
+    this.counts[C_CLEARED]!++
+    return OUTCOME_APPLIED
+  }
+
   /** A cleared event: every dp rank of the worker id loses its blocks. */
   applyClearedParts(wHi: number, wLo: number, rank: number, idHi: number, idLo: number): number {
     const wk = this.workerKey(wHi, wLo, rank)
@@ -726,7 +746,12 @@ export class FallbackRadixIndex implements RawRadixIndex {
     this.tokensScratch = new BigUint64Array(cap)
   }
 
+  /**
+   * SPEC 6 for an event with its Dynamo 1.4+ fields: another storage tier than the device, or the
+   * cache-owner domain, is ignored; a cleared naming its residency domain clears only its dp rank.
+   */
   applyEvent(ev: RouterEventValue): number {
+    if (!targetsGpuIndex(ev)) return OUTCOME_IGNORED
     const wid = ev.workerId
     const wHi = Number(wid >> 32n)
     const wLo = Number(wid & 0xffffffffn)
@@ -773,6 +798,7 @@ export class FallbackRadixIndex implements RawRadixIndex {
         return this.applyRemovedParts(wHi, wLo, rank, idHi, idLo, u64Pairs(hashScratch), 0, n)
       }
       case 'cleared':
+        if (ev.residencyDomain !== undefined) return this.applyRankClearParts(wHi, wLo, rank, idHi, idLo)
         return this.applyClearedParts(wHi, wLo, rank, idHi, idLo)
     }
   }
@@ -816,7 +842,23 @@ export class FallbackRadixIndex implements RawRadixIndex {
 
   applyEncoded(payload: Uint8Array, format: number): number {
     const r = this.applyCanonical(payload, format)
-    return r >= 0 ? r : this.applyEvent(decodeEncoded(payload, format))
+    return r >= 0 ? r : this.applyList(decodeEncodedList(payload, format))
+  }
+
+  /**
+   * Applies decoded events in order: the first outcome that is neither applied nor ignored, else applied
+   * when any event was applied, else ignored (index.rs apply_encoded).
+   */
+  protected applyList(evs: RouterEventValue[]): number {
+    let problem = -1
+    let applied = false
+    for (const ev of evs) {
+      const o = this.applyEvent(ev)
+      if (o === OUTCOME_IGNORED) continue
+      applied = true
+      if (o !== OUTCOME_APPLIED && problem < 0) problem = o
+    }
+    return problem >= 0 ? problem : applied ? OUTCOME_APPLIED : OUTCOME_IGNORED
   }
 
   /** What the last applyCanonical call read, and where: bytes [canonicalAt, canonicalEnd) of its payload. */

@@ -12,14 +12,72 @@ import {
   type RawIngestorOptions,
   type RawLocalIndexer,
   type RawIngestOutput,
+  type RouterEventValue,
+  type StorageTier,
+  type StoredBlock,
 } from '../core/binding.js'
-import { convertEvent, hashKept, OK, REJ_DP_RANK, REJ_EMPTY, REJ_MALFORMED, REJECT_COUNT, storeChecks } from './convert.js'
+import {
+  convertEvent,
+  convertEvent14,
+  hashKept,
+  hashKept14,
+  OK,
+  REJ_DP_RANK,
+  REJ_EMPTY,
+  REJ_MALFORMED,
+  REJECT_COUNT,
+  storeChecks,
+  TIER_DEVICE,
+} from './convert.js'
 import { BatchHead, EV_CLEARED, EV_REMOVED, EventParser, readBatchHead } from './engine.js'
-import { hashBlocks, loraSeed, tokenBytesLE } from './hash.js'
+import { hashBlocks, saltSeed, tokenBytesLE } from './hash.js'
 import { FallbackLocalIndexer, RING_JSON, RING_MSGPACK } from './local.js'
 import { ByteWriter, HI, LO, u64Pairs } from './msgpack.js'
 import { U64Set } from './u64set.js'
-import { ENV_PAYLOAD_KEY, ENV_TOPIC_KV_EVENTS, jsonEncoder, msgpackEncoder, writeEnvelopeHead, type EventEncoder } from './wire.js'
+import {
+  ENV_PAYLOAD_KEY,
+  ENV_TOPIC_KV_EVENTS,
+  jsonEncoder,
+  KV_EVENTS_TOPIC,
+  msgpackEncoder,
+  STORAGE_TIERS,
+  writeEnvelope,
+  writeEnvelopeHead,
+  writeRouterEventValue,
+  type EventEncoder,
+} from './wire.js'
+
+/** dynamo-1.4: at most this many events and blocks per envelope (one larger event goes alone). */
+export const MAX_EVENTS_PER_ENVELOPE = 128
+export const MAX_BLOCKS_PER_ENVELOPE = 8192
+/** dynamo-1.4: adjacent events are coalesced up to this many blocks (Dynamo 1.6.1's default). */
+export const MAX_COALESCED_BLOCKS = 128
+const MAX_PUBLISHER_ID = (1n << 53n) - 1n
+const M64 = (1n << 64n) - 1n
+
+/** splitmix64 (ingest.rs mix64). */
+function mix64(z: bigint): bigint {
+  z = (z + 0x9e3779b97f4a7c15n) & M64
+  z = ((z ^ (z >> 30n)) * 0xbf58476d1ce4e5b9n) & M64
+  z = ((z ^ (z >> 27n)) * 0x94d049bb133111ebn) & M64
+  return z ^ (z >> 31n)
+}
+
+/** The publisher id a seed gives a rank (ingest.rs derived_publisher_id). */
+export function derivedPublisherId(seed: bigint, rank: number): bigint {
+  const id = mix64(seed ^ mix64(BigInt(rank))) & MAX_PUBLISHER_ID
+  return id === 0n ? 1n : id
+}
+
+/** dynamo-1.4: one event on its way out (coalesced, not yet numbered). */
+type Ev14 =
+  | { kind: 'stored'; parentHash: bigint | null; blocks: StoredBlock[] }
+  | { kind: 'removed'; hashes: bigint[] }
+  | { kind: 'cleared' }
+
+function ev14Blocks(ev: Ev14): number {
+  return ev.kind === 'stored' ? ev.blocks.length : ev.kind === 'removed' ? ev.hashes.length : 0
+}
 
 /** Largest stored event (blocks) and removed event (hashes) emitted; bigger ones are split. */
 export const MAX_BLOCKS_PER_STORED = 1024
@@ -87,6 +145,13 @@ class RankState {
   idLo = 0
   readonly live = new U64Set()
   readonly groups = new Map<number, boolean>()
+  /** dynamo-1.4: the envelope sequence of the rank's publisher. */
+  sequence = 0n
+  /** dynamo-1.4: stores minus removes per block hash, per storage tier (Dynamo 1.6.1's refcount dedup). */
+  refcounts: Map<bigint, number>[] = [new Map(), new Map(), new Map(), new Map()]
+  constructor(wire14: boolean) {
+    if (wire14) this.idLo = 1
+  }
 }
 
 export class FallbackIngestor implements RawIngestor {
@@ -134,6 +199,15 @@ export class FallbackIngestor implements RawIngestor {
   /** Id of the event being written. */
   private curIdHi = 0
   private curIdLo = 0
+  /** The envelope sequence of the call's first payload. */
+  private firstSeq = -1n
+  private readonly wire14: boolean
+  private readonly publisherIds = new Map<number, bigint>()
+  private readonly publisherSeed: bigint
+  /** dynamo-1.4: the event being coalesced, and the call's numbered events. */
+  private pending: { tier: number; ev: Ev14 } | null = null
+  private emitted: { tier: number; id: bigint; ev: Ev14 }[] = []
+  private readonly payload14 = new ByteWriter(1 << 14)
 
   constructor(private readonly options: RawIngestorOptions) {
     const o = options
@@ -145,6 +219,10 @@ export class FallbackIngestor implements RawIngestor {
     // undefined is tolerated like null (the contract says null)
     this.configured = o.dpRanks == null ? null : new Set(o.dpRanks)
     this.encoder = o.jetstream ? jsonEncoder : msgpackEncoder
+    this.wire14 = o.wire14 === true
+    const ranks = o.publisherIdRanks ?? []
+    for (let i = 0; i < ranks.length; i++) this.publisherIds.set(ranks[i]!, o.publisherIdValues![i]!)
+    this.publisherSeed = o.publisherSeed ?? 0n
     const bufferSize = o.localIndexerBufferSize ?? 0
     this.local = bufferSize > 0 ? new FallbackLocalIndexer(bufferSize) : null
     if (this.local !== null && this.configured !== null) for (const r of this.configured) this.local.registerRank(r)
@@ -172,15 +250,20 @@ export class FallbackIngestor implements RawIngestor {
     let rs = this.ranks.get(dpRank)
     if (rs !== undefined) return rs
     if (!this.rankAllowed(dpRank)) return null
-    rs = new RankState()
+    rs = new RankState(this.wire14)
     this.ranks.set(dpRank, rs)
     return rs
   }
 
   nextEventId(dpRank: number): bigint {
     const rs = this.ranks.get(dpRank)
-    if (rs === undefined) return 0n
+    if (rs === undefined) return this.wire14 ? 1n : 0n
     return (BigInt(rs.idHi) << 32n) | BigInt(rs.idLo)
+  }
+
+  publisherId(dpRank: number): bigint {
+    if (!this.wire14) return (BigInt(this.workerHi) << 32n) | BigInt(this.workerLo)
+    return this.publisherIds.get(dpRank) ?? derivedPublisherId(this.publisherSeed, dpRank)
   }
 
   counters(): BigUint64Array {
@@ -223,6 +306,7 @@ export class FallbackIngestor implements RawIngestor {
     const parser = this.parser
     const kvbs = this.kvBlockSize
     let q = head.eventsPos
+    if (this.wire14) return this.run14(b, head, dpRank, rs)
     for (let e = 0; e < head.eventsCount; e++) {
       let r = parser.parse(b, q)
       q = parser.end
@@ -256,6 +340,206 @@ export class FallbackIngestor implements RawIngestor {
     return this.finish(dpRank)
   }
 
+  /** The dynamo-1.4 conversion of one validated batch (ingest.rs with Wire::Dynamo14). */
+  private run14(b: Uint8Array, head: BatchHead, dpRank: number, rs: RankState): number {
+    const parser = this.parser
+    const kvbs = this.kvBlockSize
+    let q = head.eventsPos
+    for (let e = 0; e < head.eventsCount; e++) {
+      let r = parser.parse(b, q)
+      q = parser.end
+      if (r === OK && parser.kind === EV_CLEARED) {
+        this.reset14(dpRank, rs)
+        continue
+      }
+      if (r === OK) r = convertEvent14(parser, rs.groups, kvbs)
+      if (r !== OK) {
+        this.reject(r)
+        continue
+      }
+      const h = parser.hashes
+      if (parser.kind === EV_REMOVED) {
+        const hashes: bigint[] = new Array(parser.nHashes)
+        for (let i = 0; i < parser.nHashes; i++) hashes[i] = (BigInt(h[2 * i + HI]!) << 32n) | BigInt(h[2 * i + LO]!)
+        this.push14(dpRank, rs, parser.tier, { kind: 'removed', hashes })
+        continue
+      }
+      if (parser.kept < parser.nHashes) this.truncated(dpRank, parser.nTokens, parser.kept, parser.nHashes)
+      hashKept14(parser, kvbs)
+      const t = parser.tokHashes
+      const blocks: StoredBlock[] = new Array(parser.kept)
+      for (let i = 0; i < parser.kept; i++) {
+        blocks[i] = {
+          blockHash: (BigInt(h[2 * i + HI]!) << 32n) | BigInt(h[2 * i + LO]!),
+          tokensHash: (BigInt(t[2 * i + HI]!) << 32n) | BigInt(t[2 * i + LO]!),
+          mmExtraInfo: parser.mm === null ? null : parser.mm[i]!,
+        }
+      }
+      const parentHash = parser.hasParent ? (BigInt(parser.parentHi) << 32n) | BigInt(parser.parentLo) : null
+      this.push14(dpRank, rs, parser.tier, { kind: 'stored', parentHash, blocks })
+    }
+    this.finish14(dpRank, rs)
+    return this.finish(dpRank)
+  }
+
+  private reset14(dpRank: number, rs: RankState): void {
+    this.counts[C_RESETS]!++
+    this.push14(dpRank, rs, TIER_DEVICE, { kind: 'cleared' })
+  }
+
+  /**
+   * Coalesces `ev` with the pending event when it continues it (a store whose parent is the pending store's
+   * last block, or a remove after a remove, of the same tier) up to MAX_COALESCED_BLOCKS; a cleared flushes
+   * the pending event and passes as it is (ingest.rs push14).
+   */
+  private push14(dpRank: number, rs: RankState, tier: number, ev: Ev14): void {
+    if (ev.kind === 'cleared') {
+      this.flush14(dpRank, rs)
+      this.ready14(rs, tier, ev)
+      return
+    }
+    const p = this.pending
+    if (p !== null && p.tier === tier) {
+      const pe = p.ev
+      if (
+        pe.kind === 'stored' &&
+        ev.kind === 'stored' &&
+        ev.parentHash === (pe.blocks.length > 0 ? pe.blocks[pe.blocks.length - 1]!.blockHash : null)
+      ) {
+        for (const blk of ev.blocks) pe.blocks.push(blk)
+        if (pe.blocks.length >= MAX_COALESCED_BLOCKS) this.flush14(dpRank, rs)
+        return
+      }
+      if (pe.kind === 'removed' && ev.kind === 'removed') {
+        for (const x of ev.hashes) pe.hashes.push(x)
+        if (pe.hashes.length >= MAX_COALESCED_BLOCKS) this.flush14(dpRank, rs)
+        return
+      }
+    }
+    this.flush14(dpRank, rs)
+    if (ev14Blocks(ev) >= MAX_COALESCED_BLOCKS) this.ready14(rs, tier, ev)
+    else this.pending = { tier, ev }
+  }
+
+  private flush14(_dpRank: number, rs: RankState): void {
+    const p = this.pending
+    if (p === null) return
+    this.pending = null
+    this.ready14(rs, p.tier, p.ev)
+  }
+
+  /** The refcount dedup, then the event's id (ingest.rs ready14). */
+  private ready14(rs: RankState, tier: number, ev: Ev14): void {
+    const counts = rs.refcounts[tier]!
+    if (ev.kind === 'stored') {
+      for (const blk of ev.blocks) {
+        const c = counts.get(blk.blockHash)
+        if (c !== undefined) counts.set(blk.blockHash, c + 1)
+        else if (counts.size < MAX_LIVE_BLOCKS_PER_RANK) counts.set(blk.blockHash, 1)
+        else this.counts[C_UNTRACKED]!++
+      }
+    } else if (ev.kind === 'removed') {
+      ev.hashes = ev.hashes.filter((h) => {
+        const c = counts.get(h)
+        if (c === undefined) return true
+        if (c > 1) {
+          counts.set(h, c - 1)
+          return false
+        }
+        counts.delete(h)
+        return true
+      })
+      if (ev.hashes.length === 0) return
+    } else {
+      rs.refcounts = [new Map(), new Map(), new Map(), new Map()]
+      rs.live.clear()
+    }
+    const id = (BigInt(rs.idHi) << 32n) | BigInt(rs.idLo)
+    if (rs.idLo === 0xffffffff) {
+      rs.idLo = 0
+      rs.idHi = (rs.idHi + 1) >>> 0
+    } else {
+      rs.idLo++
+    }
+    if (ev.kind === 'stored') {
+      this.counts[C_EMITTED_STORED]!++
+      this.counts[C_BLOCKS_STORED]! += ev.blocks.length
+    } else if (ev.kind === 'removed') {
+      this.counts[C_EMITTED_REMOVED]!++
+      this.counts[C_BLOCKS_REMOVED]! += ev.hashes.length
+    } else {
+      this.counts[C_EMITTED_CLEARED]!++
+    }
+    this.emitted.push({ tier, id, ev })
+  }
+
+  /** The RouterEventValue of a numbered dynamo-1.4 event. */
+  private value14(dpRank: number, tier: number, id: bigint, ev: Ev14): RouterEventValue {
+    const data =
+      ev.kind === 'stored'
+        ? { type: 'stored' as const, parentHash: ev.parentHash, blocks: ev.blocks }
+        : ev.kind === 'removed'
+          ? { type: 'removed' as const, blockHashes: ev.hashes }
+          : { type: 'cleared' as const }
+    return {
+      workerId: (BigInt(this.workerHi) << 32n) | BigInt(this.workerLo),
+      storageTier: STORAGE_TIERS[tier] as StorageTier,
+      residencyDomain: 'worker',
+      event: { eventId: id, dpRank, data },
+    }
+  }
+
+  /**
+   * Ends a dynamo-1.4 call: flushes the pending event and packs the numbered events into envelopes of at
+   * most MAX_EVENTS_PER_ENVELOPE events and MAX_BLOCKS_PER_ENVELOPE blocks (ingest.rs finish).
+   */
+  private finish14(dpRank: number, rs: RankState): void {
+    this.flush14(dpRank, rs)
+    const emitted = this.emitted
+    if (emitted.length === 0) return
+    this.emitted = []
+    const publisherId = this.publisherId(dpRank)
+    const values = emitted.map((x) => this.value14(dpRank, x.tier, x.id, x.ev))
+    this.firstHi = Number(emitted[0]!.id >> 32n)
+    this.firstLo = Number(emitted[0]!.id & 0xffffffffn)
+    const now = (BigInt(this.nowHi) << 32n) | BigInt(this.nowLo)
+    const out = this.out
+    let start = 0
+    while (start < emitted.length) {
+      let end = start
+      let blocks = 0
+      while (end < emitted.length) {
+        const n = ev14Blocks(emitted[end]!.ev)
+        if (end > start && (end - start === MAX_EVENTS_PER_ENVELOPE || blocks + n > MAX_BLOCKS_PER_ENVELOPE)) break
+        blocks += n
+        end++
+      }
+      const w = this.payload14
+      w.reset()
+      w.arrayHeader(end - start)
+      for (let i = start; i < end; i++) writeRouterEventValue(w, false, values[i]!)
+      if (this.firstSeq < 0n) this.firstSeq = rs.sequence
+      const at = out.pos
+      writeEnvelope(out, publisherId, rs.sequence, now, KV_EVENTS_TOPIC, w.buf.subarray(0, w.pos))
+      rs.sequence++
+      this.pushPayload(out.pos - at)
+      start = end
+    }
+    if (this.local !== null) {
+      for (let i = 0; i < emitted.length; i++) if (emitted[i]!.tier === TIER_DEVICE) this.local.applyEvent(values[i]!)
+    }
+  }
+
+  private pushPayload(len: number): void {
+    if (this.payloadCount === this.payloadLens.length) {
+      const lens = new Uint32Array(this.payloadLens.length * 2)
+      lens.set(this.payloadLens)
+      this.payloadLens = lens
+    }
+    this.payloadLens[this.payloadCount++] = len
+    this.counts[C_PAYLOAD_BYTES]! += len
+  }
+
   stored(
     tokenIds: Uint32Array,
     blockHashes: BigUint64Array,
@@ -265,6 +549,8 @@ export class FallbackIngestor implements RawIngestor {
     blockMmInfos: (BlockExtraInfo | null)[] | null,
     dpRank: number,
     nowMs: number,
+    cacheSalt: string | null = null,
+    eagle = false,
   ): RawIngestOutput {
     this.begin(nowMs)
     const rs = this.rank(dpRank)
@@ -279,13 +565,13 @@ export class FallbackIngestor implements RawIngestor {
     const parentHi = hasParent ? Number(parentHash >> 32n) : 0
     const parentLo = hasParent ? Number(parentHash & 0xffffffffn) : 0
     const kvbs = this.kvBlockSize
-    const n = storeChecks(hashes, nHashes, hasParent, parentHi, parentLo, blockSize, tokenIds.length, kvbs)
+    const n = storeChecks(hashes, nHashes, hasParent, parentHi, parentLo, blockSize, tokenIds.length, kvbs, eagle)
     if (n < 0) {
       this.reject(-1 - n)
       return this.finishBuffer(dpRank)
     }
     if (n < nHashes) this.truncated(dpRank, tokenIds.length, n, nHashes)
-    loraSeed(loraName, this.seed)
+    saltSeed(loraName, cacheSalt, this.seed)
     const tokHashes = new Uint32Array(2 * n)
     let mm: (BlockExtraInfo | null)[] | null = null
     if (blockMmInfos !== null) {
@@ -298,7 +584,20 @@ export class FallbackIngestor implements RawIngestor {
       }
       if (!any) mm = null
     }
-    hashBlocks(tokenBytesLE(tokenIds, n * kvbs), kvbs, n, this.seed.seedHi, this.seed.seedLo, mm, tokHashes)
+    hashBlocks(tokenBytesLE(tokenIds, n * kvbs + (eagle ? 1 : 0)), kvbs, n, this.seed.seedHi, this.seed.seedLo, mm, tokHashes, eagle)
+    if (this.wire14) {
+      const blocks: StoredBlock[] = new Array(n)
+      for (let i = 0; i < n; i++) {
+        blocks[i] = {
+          blockHash: blockHashes[i]!,
+          tokensHash: (BigInt(tokHashes[2 * i + HI]!) << 32n) | BigInt(tokHashes[2 * i + LO]!),
+          mmExtraInfo: mm === null ? null : mm[i]!,
+        }
+      }
+      this.push14(dpRank, rs, TIER_DEVICE, { kind: 'stored', parentHash, blocks })
+      this.finish14(dpRank, rs)
+      return this.finishBuffer(dpRank)
+    }
     this.emitStored(dpRank, rs, hashes, tokHashes, n, hasParent, parentHi, parentLo, mm)
     return this.finishBuffer(dpRank)
   }
@@ -311,7 +610,9 @@ export class FallbackIngestor implements RawIngestor {
       return this.finishBuffer(dpRank)
     }
     if (blockHashes.length === 0) this.reject(REJ_EMPTY)
+    else if (this.wire14) this.push14(dpRank, rs, TIER_DEVICE, { kind: 'removed', hashes: Array.from(blockHashes) })
     else this.emitRemoved(dpRank, rs, u64Pairs(blockHashes), blockHashes.length, true)
+    if (this.wire14) this.finish14(dpRank, rs)
     return this.finishBuffer(dpRank)
   }
 
@@ -322,7 +623,12 @@ export class FallbackIngestor implements RawIngestor {
       this.reject(REJ_DP_RANK)
       return this.finishBuffer(dpRank)
     }
-    this.reset(dpRank, rs)
+    if (this.wire14) {
+      this.reset14(dpRank, rs)
+      this.finish14(dpRank, rs)
+    } else {
+      this.reset(dpRank, rs)
+    }
     return this.finishBuffer(dpRank)
   }
 
@@ -464,6 +770,7 @@ export class FallbackIngestor implements RawIngestor {
   private begin(nowMs: number): void {
     this.out.reset()
     this.payloadCount = 0
+    this.firstSeq = -1n
     this.rejected.fill(0)
     this.nowHi = Math.floor(nowMs / TWO32)
     this.nowLo = nowMs >>> 0
@@ -501,6 +808,7 @@ export class FallbackIngestor implements RawIngestor {
       this.encoder.end(ev, dpRank)
       if (this.local !== null) this.local.bufferEncoded(dpRank, this.curIdHi, this.curIdLo, ev.buf.slice(0, ev.pos), RING_MSGPACK)
       this.payloadStart = out.pos
+      if (this.payloadCount === 0) this.firstSeq = (BigInt(this.seqHi) << 32n) | BigInt(this.seqLo)
       writeEnvelopeHead(out, this.workerHi, this.workerLo, this.seqHi, this.seqLo, this.nowHi, this.nowLo)
       out.bytes(ENV_TOPIC_KV_EVENTS)
       out.bytes(ENV_PAYLOAD_KEY)
@@ -533,7 +841,13 @@ export class FallbackIngestor implements RawIngestor {
     let anyRejected = 0
     for (let i = 0; i < REJECT_COUNT; i++) anyRejected |= this.rejected[i]!
     // bit 3: some event was rejected
-    this.outFlags = (n > 0 ? 1 : 0) | (this.warnings.length > 0 ? 2 : 0) | (dpRank >= 0 ? 4 : 0) | (anyRejected !== 0 ? 8 : 0)
+    // bit 4: the first payload's envelope sequence is there
+    this.outFlags =
+      (n > 0 ? 1 : 0) |
+      (this.warnings.length > 0 ? 2 : 0) |
+      (dpRank >= 0 ? 4 : 0) |
+      (anyRejected !== 0 ? 8 : 0) |
+      (this.firstSeq >= 0n ? 16 : 0)
     this.warningBytes = this.warnings.length > 0 ? warningSection(this.warnings) : NO_WARNINGS
     this.warnings = []
     this.outLen = OUT_HEADER_BYTES + this.out.pos + this.warningBytes.length + 4 * n
@@ -564,6 +878,9 @@ export class FallbackIngestor implements RawIngestor {
     put32(target, offset + 20, n > 0 ? this.firstHi : 0)
     const rejected = this.rejected
     for (let i = 0; i < REJECT_COUNT; i++) put32(target, offset + 24 + 4 * i, rejected[i]!)
+    const seq = this.firstSeq >= 0n ? this.firstSeq : 0n
+    put32(target, offset + 60, Number(seq & 0xffffffffn))
+    put32(target, offset + 64, Number(seq >> 32n))
     if (body > 0) target.set(this.out.buf.subarray(0, body), offset + OUT_HEADER_BYTES)
     if (warnings.length > 0) target.set(warnings, offset + OUT_HEADER_BYTES + body)
     const lens = this.payloadLens

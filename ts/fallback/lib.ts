@@ -11,19 +11,23 @@ import { COUNTER_NAMES, FallbackIngestor } from './ingest.js'
 import { FallbackLocalIndexer } from './local.js'
 import { ByteWriter } from './msgpack.js'
 import {
+  decodeEncodedList,
   decodeRouterEvent,
   ENCODED_FORMATS,
+  endpointSubject,
+  endpointSubjectPrefix,
+  STORAGE_TIERS,
+  writeActiveLoad14,
+  writeRouterEvents,
+  writeRouterEventValue,
   jetstreamStreamName,
   jetstreamSubject,
-  jsonEncoder,
   KV_EVENTS_TOPIC,
   KV_METRICS_TOPIC,
   kvEventsSubject,
   kvMetricsSubject,
-  msgpackEncoder,
   writeActiveLoad,
   writeEnvelope,
-  writeRouterEvent,
 } from './wire.js'
 
 const scratch = new ByteWriter(1 << 14)
@@ -34,10 +38,16 @@ export const fallback: RawBinding = {
   peekBatch,
   encodeRouterEvent(ev, json) {
     scratch.reset()
-    writeRouterEvent(scratch, json ? jsonEncoder : msgpackEncoder, ev)
+    writeRouterEventValue(scratch, json, ev)
+    return scratch.toBuffer()
+  },
+  encodeRouterEvents(evs, json) {
+    scratch.reset()
+    writeRouterEvents(scratch, json, evs)
     return scratch.toBuffer()
   },
   decodeRouterEvent,
+  decodeRouterEvents: decodeEncodedList,
   encodeEnvelope(publisherId, sequence, publishedAt, topic, payload) {
     scratch.reset()
     writeEnvelope(scratch, publisherId, sequence, publishedAt, topic, payload)
@@ -48,6 +58,13 @@ export const fallback: RawBinding = {
     writeActiveLoad(scratch, workerId, dpRank, activeDecodeBlocks, activePrefillTokens)
     return scratch.toBuffer()
   },
+  encodeActiveLoad14(workerId, dpRank, activeDecodeBlocks, activePrefillTokens, kvUsedBlocks) {
+    scratch.reset()
+    writeActiveLoad14(scratch, workerId, dpRank, activeDecodeBlocks, activePrefillTokens, kvUsedBlocks)
+    return scratch.toBuffer()
+  },
+  endpointSubject,
+  endpointSubjectPrefix,
   jetstreamStreamName,
   kvEventsSubject,
   kvMetricsSubject,
@@ -61,6 +78,7 @@ export const fallback: RawBinding = {
       indexCounterNames: [...INDEX_COUNTER_NAMES],
       applyOutcomes: [...APPLY_OUTCOMES],
       encodedFormats: [...ENCODED_FORMATS],
+      storageTiers: [...STORAGE_TIERS],
     }
   },
   eventSourceRecord,

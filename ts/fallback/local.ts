@@ -5,9 +5,9 @@
 // mode emitted) with its id as u32 halves: compact, never shared with a caller, and decoded into fresh
 // objects only when a range is asked for.
 import type { BlockExtraInfo, RawLocalIndexer, RawRangeResult, RouterEventValue, StoredBlock } from '../core/binding.js'
-import { FallbackRadixIndex } from './index.js'
+import { FallbackRadixIndex, OUTCOME_IGNORED, targetsGpuIndex } from './index.js'
 import { bigFromHalves, ByteWriter } from './msgpack.js'
-import { decodeEncoded, decodeRouterEvent, jsonEncoder, msgpackEncoder, writeRouterEvent } from './wire.js'
+import { decodeEncodedList, decodeRouterEvent, jsonEncoder, msgpackEncoder, writeRouterEvent } from './wire.js'
 
 export const RING_MSGPACK = 1
 export const RING_JSON = 2
@@ -121,6 +121,8 @@ export class FallbackLocalIndexer extends FallbackRadixIndex implements RawLocal
   }
 
   override applyEvent(ev: RouterEventValue): number {
+    // an event of another tier or domain is neither applied nor buffered (index.rs apply_with_meta)
+    if (!targetsGpuIndex(ev)) return OUTCOME_IGNORED
     const outcome = super.applyEvent(ev)
     const w = this.scratch
     w.reset()
@@ -162,7 +164,7 @@ export class FallbackLocalIndexer extends FallbackRadixIndex implements RawLocal
 
   override applyEncoded(payload: Uint8Array, format: number): number {
     const r = this.applyCanonical(payload, format)
-    if (r < 0) return this.applyEvent(decodeEncoded(payload, format)) // applyEvent above buffers it
+    if (r < 0) return this.applyList(decodeEncodedList(payload, format)) // applyEvent above buffers each
     const ev = this.canonical
     this.bufferEncoded(ev.dpRank, ev.eventIdHi, ev.eventIdLo, payload.slice(this.canonicalAt, this.canonicalEnd), RING_MSGPACK)
     return r

@@ -1,4 +1,4 @@
-// Dynamo 1.0 router-side wire types and their exact encodings (SPEC 5) for the fallback: the RouterEvent as
+// Router-side wire types and their exact encodings (SPEC 5, and 5b for Dynamo 1.4+) for the fallback: the RouterEvent as
 // rmp-serde named msgpack and as compact JSON with exact u64, the event-plane envelope, ActiveLoad,
 // RouterEvent decoding (generic, and the canonical layout read in place for the router's hot path), and
 // the JetStream stream name.
@@ -6,7 +6,16 @@
 // RouterEvents are written through `EventEncoder`, a set of primitive steps over a ByteWriter, so that
 // the ingest hot path writes straight from its scratch arrays (u64 as u32 halves) and the public
 // encodeRouterEvent writes from JS objects through the same code.
-import type { BlockExtraInfo, ConvertedEvent, EncodedFormat, MmObject, RouterEventValue } from '../core/binding.js'
+import type {
+  BlockExtraInfo,
+  ConvertedEvent,
+  EncodedFormat,
+  MmObject,
+  ResidencyDomain,
+  RouterEventValue,
+  StorageTier,
+} from '../core/binding.js'
+import { encodeSegment } from './discovery.js'
 import { asciiBytes, get, JsonError, NULL, OTHER, parseJson, writeBigDec, writeSafeDec, writeU64Dec, type Val } from './json.js'
 import {
   arrayAt,
@@ -33,6 +42,8 @@ export const KV_EVENTS_TOPIC = 'kv-events'
 export const KV_METRICS_TOPIC = 'kv_metrics'
 /** The encodings of applyEncoded, by format code. */
 export const ENCODED_FORMATS: EncodedFormat[] = ['envelope', 'msgpack', 'json']
+/** Dynamo 1.4+'s storage tiers, by code. */
+export const STORAGE_TIERS: StorageTier[] = ['device', 'host_pinned', 'disk', 'external']
 
 // ---------------------------------------------------------------------------------------------------
 // RouterEvent encoders
@@ -258,6 +269,106 @@ export function writeRouterEvent(w: ByteWriter, enc: EventEncoder, ev: RouterEve
   enc.end(w, dpRank)
 }
 
+const K_WORKER_ID_KEY = keyBytes('worker_id')
+const K_STORAGE_TIER = keyBytes('storage_tier')
+const K_RESIDENCY = keyBytes('residency_domain')
+const MP_EVENT_MAP = concat(keyBytes('event'), new Uint8Array([0x83]), keyBytes('event_id'))
+const MP_STORED3 = concat(new Uint8Array([0x81]), keyBytes('stored'), new Uint8Array([0x83]), keyBytes('parent_hash'))
+const MP_START_POSITION = concat(keyBytes('start_position'), new Uint8Array([0xc0]))
+const J_START_POSITION = asciiBytes(',"start_position":null')
+
+/**
+ * Writes a RouterEvent given as JS values, in Dynamo 1.4+'s shape when it has a storageTier or a
+ * residencyDomain (wire.rs write_event_msgpack_meta / write_event_json_meta): `storage_tier` and
+ * `residency_domain` after `worker_id`, and `start_position: null` in a store when storageTier is there.
+ */
+export function writeRouterEventValue(w: ByteWriter, json: boolean, ev: RouterEventValue): void {
+  const tier = ev.storageTier
+  const domain = ev.residencyDomain
+  if (tier === undefined && domain === undefined) {
+    writeRouterEvent(w, json ? jsonEncoder : msgpackEncoder, ev)
+    return
+  }
+  const enc = json ? jsonEncoder : msgpackEncoder
+  const { eventId, dpRank, data } = ev.event
+  if (json) {
+    w.bytes(J_START)
+    writeBigDec(w, ev.workerId)
+    if (tier !== undefined) {
+      w.bytes(asciiBytes(`,"storage_tier":"${tier}"`))
+    }
+    if (domain !== undefined) w.bytes(asciiBytes(`,"residency_domain":"${domain}"`))
+    w.bytes(J_EVENT)
+    writeBigDec(w, eventId)
+    w.bytes(J_DATA)
+  } else {
+    w.mapHeader(2 + (tier !== undefined ? 1 : 0) + (domain !== undefined ? 1 : 0))
+    w.bytes(K_WORKER_ID_KEY)
+    w.uintBig(ev.workerId)
+    if (tier !== undefined) {
+      w.bytes(K_STORAGE_TIER)
+      w.str(tier)
+    }
+    if (domain !== undefined) {
+      w.bytes(K_RESIDENCY)
+      w.str(domain)
+    }
+    w.bytes(MP_EVENT_MAP)
+    w.uintBig(eventId)
+    w.bytes(MP_DATA)
+  }
+  switch (data.type) {
+    case 'stored': {
+      const p = data.parentHash
+      if (tier === undefined) {
+        enc.storedStart(w, p !== null, p === null ? 0 : hi32(p), p === null ? 0 : lo32(p), data.blocks.length)
+      } else if (json) {
+        w.bytes(J_STORED)
+        if (p === null) w.bytes(J_NULL)
+        else writeBigDec(w, p)
+        w.bytes(J_START_POSITION)
+        w.bytes(J_BLOCKS)
+      } else {
+        w.bytes(MP_STORED3)
+        if (p === null) w.nil()
+        else w.uintBig(p)
+        w.bytes(MP_START_POSITION)
+        w.bytes(MP_BLOCKS)
+        w.arrayHeader(data.blocks.length)
+      }
+      for (let i = 0; i < data.blocks.length; i++) {
+        const b = data.blocks[i]!
+        enc.block(w, i, hi32(b.blockHash), lo32(b.blockHash), hi32(b.tokensHash), lo32(b.tokensHash), b.mmExtraInfo)
+      }
+      enc.storedEnd(w)
+      break
+    }
+    case 'removed':
+      enc.removedStart(w, data.blockHashes.length)
+      for (let i = 0; i < data.blockHashes.length; i++) {
+        const h = data.blockHashes[i]!
+        enc.hash(w, i, hi32(h), lo32(h))
+      }
+      enc.removedEnd(w)
+      break
+    case 'cleared':
+      enc.cleared(w)
+      break
+  }
+  enc.end(w, dpRank)
+}
+
+/** A Dynamo 1.4+ payload: the events as one msgpack array, or one JSON array. */
+export function writeRouterEvents(w: ByteWriter, json: boolean, evs: RouterEventValue[]): void {
+  if (json) w.byte(0x5b)
+  else w.arrayHeader(evs.length)
+  evs.forEach((ev, i) => {
+    if (json && i > 0) w.byte(0x2c)
+    writeRouterEventValue(w, json, ev)
+  })
+  if (json) w.byte(0x5d)
+}
+
 // ---------------------------------------------------------------------------------------------------
 // envelope and ActiveLoad
 
@@ -326,6 +437,31 @@ export function writeActiveLoad(
   w.bytes(AL_PREFILL)
   if (activePrefillTokens === null) w.nil()
   else w.uintBig(activePrefillTokens)
+}
+
+const AL14_WORKER_ID = concat(new Uint8Array([0x85]), keyBytes('worker_id'))
+const AL_USED = keyBytes('kv_used_blocks')
+
+/** Dynamo 1.4+'s ActiveLoad: kv_used_blocks after the 1.0 fields, each value nil when null. */
+export function writeActiveLoad14(
+  w: ByteWriter,
+  workerId: bigint,
+  dpRank: number,
+  activeDecodeBlocks: bigint | null,
+  activePrefillTokens: bigint | null,
+  kvUsedBlocks: bigint | null,
+): void {
+  const opt = (v: bigint | null): void => (v === null ? w.nil() : w.uintBig(v))
+  w.bytes(AL14_WORKER_ID)
+  w.uintBig(workerId)
+  w.bytes(AL_DP_RANK)
+  w.uint(0, dpRank)
+  w.bytes(AL_DECODE)
+  opt(activeDecodeBlocks)
+  w.bytes(AL_PREFILL)
+  opt(activePrefillTokens)
+  w.bytes(AL_USED)
+  opt(kvUsedBlocks)
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -412,6 +548,18 @@ function extraInfoOf(v: Val): BlockExtraInfo {
 function routerEventOf(v: Val): RouterEventValue {
   if (v.k !== 'obj') fail('not a map')
   const workerId = u64Of(get(v, 'worker_id'), 'worker_id')
+  const t = get(v, 'storage_tier')
+  let storageTier: StorageTier | undefined
+  if (t !== undefined) {
+    if (t.k !== 'str' || !(STORAGE_TIERS as string[]).includes(t.v)) fail('storage_tier must be device, host_pinned, disk or external')
+    storageTier = t.v as StorageTier
+  }
+  const r = get(v, 'residency_domain')
+  let residencyDomain: ResidencyDomain | undefined
+  if (r !== undefined) {
+    if (r.k !== 'str' || (r.v !== 'worker' && r.v !== 'cache_owner')) fail('residency_domain must be worker or cache_owner')
+    residencyDomain = r.v as ResidencyDomain
+  }
   const event = get(v, 'event')
   if (event === undefined || event.k !== 'obj') fail('event must be a map')
   const eventId = u64Of(get(event, 'event_id'), 'event_id')
@@ -428,6 +576,8 @@ function routerEventOf(v: Val): RouterEventValue {
     if (s !== undefined) {
       const p = get(s, 'parent_hash')
       const parentHash = p === undefined || p.k === 'null' ? null : u64Of(p, 'parent_hash')
+      const sp = get(s, 'start_position')
+      if (sp !== undefined && sp.k !== 'null') u32Of(sp, 'start_position')
       const blocks = arrOf(get(s, 'blocks'), 'blocks').map((b) => {
         const mm = get(b, 'mm_extra_info')
         return {
@@ -445,10 +595,32 @@ function routerEventOf(v: Val): RouterEventValue {
   } else {
     fail('data must be stored, removed or cleared')
   }
-  return { workerId, event: { eventId, dpRank, data } }
+  // keys in the native binding's order: workerId, storageTier?, residencyDomain?, event
+  const out = { workerId } as RouterEventValue
+  if (storageTier !== undefined) out.storageTier = storageTier
+  if (residencyDomain !== undefined) out.residencyDomain = residencyDomain
+  out.event = { eventId, dpRank, data }
+  return out
+}
+
+/** The events of a value: one map (Dynamo 1.0's payload) or an array of them (Dynamo 1.4+'s). */
+function routerEventsOf(v: Val): RouterEventValue[] {
+  if (v.k === 'arr' && v.v.length === 0) fail('an empty batch') // a publisher never sends one
+  return v.k === 'arr' ? v.v.map(routerEventOf) : [routerEventOf(v)]
+}
+
+/** The single event of a decoded payload (a Dynamo 1.0 map, or a Dynamo 1.4 array of one). */
+function one(list: RouterEventValue[]): RouterEventValue {
+  if (list.length === 1) return list[0]!
+  return fail(`a batch of ${list.length} events where one was expected (decodeRouterEvents reads batches)`)
 }
 
 export function decodeRouterEvent(bytes: Uint8Array, json: boolean): RouterEventValue {
+  return one(decodeRouterEventList(bytes, json))
+}
+
+/** The RouterEvents of msgpack or JSON bytes: one event, or a Dynamo 1.4+ array. */
+export function decodeRouterEventList(bytes: Uint8Array, json: boolean): RouterEventValue[] {
   let v: Val
   if (json) {
     try {
@@ -463,7 +635,7 @@ export function decodeRouterEvent(bytes: Uint8Array, json: boolean): RouterEvent
     if (end !== bytes.length) fail('trailing bytes')
     v = msgpackVal(bytes, 0)[0]
   }
-  return routerEventOf(v)
+  return routerEventsOf(v)
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -685,14 +857,24 @@ export function envelopePayload(b: Uint8Array): void {
 
 /** The RouterEvent inside an event-plane envelope. */
 export function decodeEnvelope(b: Uint8Array): RouterEventValue {
+  return one(decodeEnvelopeList(b))
+}
+
+/** The RouterEvents inside an event-plane envelope (one, or a Dynamo 1.4+ array). */
+export function decodeEnvelopeList(b: Uint8Array): RouterEventValue[] {
   envelopePayload(b)
-  return decodeRouterEvent(b.subarray(PAYLOAD_AT.at, PAYLOAD_AT.at + PAYLOAD_AT.len), false)
+  return decodeRouterEventList(b.subarray(PAYLOAD_AT.at, PAYLOAD_AT.at + PAYLOAD_AT.len), false)
 }
 
 /** format: 0 envelope, 1 msgpack RouterEvent, 2 JSON RouterEvent. */
 export function decodeEncoded(payload: Uint8Array, format: number): RouterEventValue {
-  if (format === 0) return decodeEnvelope(payload)
-  return decodeRouterEvent(payload, format === 2)
+  return one(decodeEncodedList(payload, format))
+}
+
+/** Every RouterEvent of a payload in `format` (0 envelope, 1 msgpack, 2 JSON): one, or a Dynamo 1.4+ array. */
+export function decodeEncodedList(payload: Uint8Array, format: number): RouterEventValue[] {
+  if (format === 0) return decodeEnvelopeList(payload)
+  return decodeRouterEventList(payload, format === 2)
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -706,6 +888,16 @@ export function kvEventsSubject(namespace: string, component: string): string {
 /** The subject a Dynamo 1.0 router reads worker load from. */
 export function kvMetricsSubject(namespace: string): string {
   return `namespace.${namespace}.${KV_METRICS_TOPIC}`
+}
+
+/** Dynamo 1.4+'s `namespace.{ns}.component.{c}.endpoint.{e}`, each segment percent-encoded. */
+export function endpointSubjectPrefix(namespace: string, component: string, endpoint: string): string {
+  return `namespace.${encodeSegment(namespace)}.component.${encodeSegment(component)}.endpoint.${encodeSegment(endpoint)}`
+}
+
+/** Dynamo 1.4+'s subject of `topic` for one serving endpoint. */
+export function endpointSubject(namespace: string, component: string, endpoint: string, topic: string): string {
+  return `${endpointSubjectPrefix(namespace, component, endpoint)}.${topic}`
 }
 
 /** The subject events are published to in a JetStream stream. */

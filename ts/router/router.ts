@@ -1,4 +1,4 @@
-// KvRouter (SPEC 9): follows the workers' KV events into one RadixIndex and chooses a worker per
+// KvRouter (SPEC 10): follows the workers' KV events into one RadixIndex and chooses a worker per
 // request. Three sources: the NATS event plane (with gap recovery from the workers' recovery endpoints,
 // SPEC 7), the engines' own ZeroMQ streams (no Dynamo at all), or a JetStream stream (durable consumer).
 // Events are applied by the core from their bytes (applyEncoded): JavaScript only peeks at the header
@@ -219,7 +219,7 @@ class RecoveryError extends Error {
 
 /**
  * Follows the workers' KV events into one radix index and routes requests by prefix overlap and load
- * (SPEC 9). `await KvRouter.create(options)`; `findBestWorker(tokens)`; `close()`.
+ * (SPEC 10). `await KvRouter.create(options)`; `findBestWorker(tokens)`; `close()`.
  */
 export class KvRouter {
   readonly kvBlockSize: number
@@ -357,7 +357,7 @@ export class KvRouter {
 
   /**
    * Chooses the worker rank for a request: every known rank is a candidate, weighed by the selector
-   * (default: SPEC 9's cost rule). null when no worker is known. With `requestId`, the request's blocks
+   * (default: SPEC 10's cost rule). null when no worker is known. With `requestId`, the request's blocks
    * count as the chosen rank's decode blocks until markFinished(requestId).
    */
   findBestWorker(tokens: Uint32Array | number[], opts: FindBestWorkerOptions = {}): RouteDecision | null {

@@ -86,6 +86,27 @@ function createMetrics(registry: Registry, prefix: string, state: Registered): v
   counter('publish_retries_total', 'JetStream publishes retried with the same message id', (s) => s.sink.retries)
   counter('publish_duplicates_total', 'JetStream acks saying the stream already had the message', (s) => s.sink.duplicates)
   counter('republished_total', 'JetStream events re-published under new ids to repair an out-of-order landing', (s) => s.sink.republished)
+  // dynamo-1.4 only (zero for dynamo-1.0): registration of the dp ranks in Dynamo's discovery store
+  counter(
+    'discovery_register_failures_total',
+    'dynamo-1.4: dp-rank registrations in discovery that failed or timed out',
+    (s) => s.discovery?.registerFailures ?? 0,
+  )
+  counter(
+    'discovery_dropped_unregistered_total',
+    'dynamo-1.4: events dropped because their dp rank could not register in discovery',
+    (s) => s.discovery?.droppedUnregistered ?? 0,
+  )
+  new Gauge({
+    name: `${prefix}discovery_held`,
+    help: 'dynamo-1.4: events waiting for their dp rank to be registered in discovery (or for a first router to subscribe)',
+    labelNames: LABELS,
+    registers: [registry],
+    collect() {
+      this.reset()
+      each((p, s) => this.set(labelsOf(p), s.discovery?.held ?? 0))
+    },
+  })
   new Gauge({
     name: `${prefix}calls_waiting`,
     help: 'ingest()/publish calls waiting to be accepted (bounded by maxWaiting)',

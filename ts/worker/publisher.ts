@@ -17,6 +17,23 @@ import {
 import type { CounterName, RejectReason } from '../core/binding.js'
 import { loggerOption, RateLimitedLog, type Logger } from '../util/log.js'
 import { openNats, type NatsConnection, type NatsOption } from '../transport/nats.js'
+import { type DiscoveryBackend, type DiscoveryOptions, openDiscovery, resolveDiscoveryConfig } from '../transport/discovery/index.js'
+import {
+  ConfigError,
+  DEFAULT_ENDPOINT,
+  DEFAULT_REGISTER_TIMEOUT_MS,
+  DEFAULT_ZMQ_SETTLE_MS,
+  type EventPlaneKind,
+  resolveAdvertiseHost,
+  resolveBindHost,
+  resolveEventPlane,
+  resolveMs,
+  resolveName14,
+  resolvePort,
+  resolveWorkerId,
+} from '../transport/dynamo14-config.js'
+import { endpointSubject } from '../core/api.js'
+import { Dynamo14Sink, type DiscoveryStats } from '../transport/sinks/dynamo14.js'
 import { EventPlaneSink } from '../transport/sinks/event-plane.js'
 import { JetStreamSink } from '../transport/sinks/jetstream.js'
 import type { Sink, SinkStats } from '../transport/sinks/types.js'
@@ -34,15 +51,55 @@ interface Waiter {
 /** How long one turn of the event loop admits waiting calls before yielding. */
 const ADMIT_SLICE_MS = 5
 
+/** Which Dynamo router wire to publish: Dynamo 1.0–1.3's (SPEC 5) or Dynamo 1.4–1.6's (SPEC 5b). */
+export type DynamoWire = 'dynamo-1.0' | 'dynamo-1.4'
+
 export interface KvEventPublisherOptions {
-  /** Dynamo namespace and component of the workers (SPEC 5 naming rules). */
+  /**
+   * Dynamo namespace and component of the workers. `dynamo-1.0`: SPEC 5 naming rules; `dynamo-1.4`: any
+   * non-empty string (subjects and discovery keys percent-encode them).
+   */
   namespace: string
   component: string
   /** Tokens per KV block; must match the engine's. */
   kvBlockSize: number
-  /** The id routers know this worker by (u64); default a random 63-bit id, exposed as `workerId`. */
-  workerId?: bigint
-  /** `event-plane` (default: core NATS, msgpack envelopes) or `jetstream` (durable stream, JSON). */
+  /**
+   * The id routers know this worker by (u64). `dynamo-1.0`: default a random 63-bit id. `dynamo-1.4`:
+   * required, the Dynamo instance id of the worker's serving endpoint (a bigint or a decimal string), else
+   * `$DYNAMO_KV_WORKER_ID`; a 1.4 router ignores the events of a worker it does not serve.
+   */
+  workerId?: bigint | string
+  /**
+   * `dynamo-1.0` (default; SPEC 5, unchanged) or `dynamo-1.4`: the wire a Dynamo 1.4–1.6 router consumes
+   * (SPEC 5b): batched envelopes per dp rank, each rank registered in Dynamo's discovery store before its
+   * first event, sent on a direct ZeroMQ socket per rank (default) or on NATS.
+   */
+  wire?: DynamoWire
+  /** `dynamo-1.4`: the serving endpoint the worker's KV state belongs to (default `generate`, as Dynamo). */
+  endpoint?: string
+  /** `dynamo-1.4`: `zmq` (direct ZeroMQ, default) or `nats`. Default `$DYN_EVENT_PLANE`, else `zmq`. */
+  eventPlane?: EventPlaneKind
+  /**
+   * `dynamo-1.4`, ZeroMQ: the address written into the EventChannel records, which routers connect to.
+   * Default `$DYN_EVENT_PLANE_HOST` (an IP address or an interface name), else this host's first
+   * non-internal IPv4 address.
+   */
+  eventPlaneHost?: string
+  /** `dynamo-1.4`, ZeroMQ: the address the sockets bind (default `0.0.0.0`, as Dynamo). */
+  zmqBindHost?: string
+  /** `dynamo-1.4`, ZeroMQ: dp rank r binds port zmqPort + r (default: a free port per rank). */
+  zmqPort?: number
+  /**
+   * `dynamo-1.4`, ZeroMQ: after a rank's records are written, its events wait until a first router has
+   * subscribed to its socket, for at most this long (ms, default 1000; 0: no wait). Frames sent before a
+   * router connected are lost (SPEC 5b).
+   */
+  zmqSettleMs?: number
+  /** `dynamo-1.4`: the discovery store (default: Dynamo's variables, SPEC 5b "Discovery"). */
+  discovery?: DiscoveryOptions
+  /** `dynamo-1.4`: bound on writing one rank's records (ms, default 30,000); its held events are then dropped, counted. */
+  registerTimeoutMs?: number
+  /** `event-plane` (default: core NATS, msgpack envelopes) or `jetstream` (durable stream, JSON; `dynamo-1.0` only). */
   mode?: IngestMode
   /** Keep a local indexer with per-rank replay buffers; default on in event-plane mode, off in JetStream mode. */
   localIndexer?: boolean | { bufferSize?: number }
@@ -114,6 +171,18 @@ export interface PublisherStats {
   droppedAtClose: number
   /** The ZMQ source's counters (null without the zmq option). */
   source: Record<ZmqSourceCounter, bigint> | null
+  /** `dynamo-1.4`: registration of the ranks in discovery, and events held until then (null for `dynamo-1.0`). */
+  discovery: DiscoveryStats | null
+}
+
+/** Where one dp rank's events go on the `dynamo-1.4` wire. */
+export interface EventChannelInfo {
+  dpRank: number
+  publisherId: bigint
+  /** The advertised ZeroMQ endpoint (`tcp://host:port`), or the NATS subject. */
+  eventChannel: string
+  /** Whether its records are written and its events flow. */
+  registered: boolean
 }
 
 const KNOWN_OPTIONS = new Set([
@@ -135,7 +204,28 @@ const KNOWN_OPTIONS = new Set([
   'closeTimeoutMs',
   'zmq',
   'recoveryEndpoint',
+  'wire',
+  'endpoint',
+  'eventPlane',
+  'eventPlaneHost',
+  'zmqBindHost',
+  'zmqPort',
+  'zmqSettleMs',
+  'discovery',
+  'registerTimeoutMs',
 ])
+
+/** Options that apply only to the `dynamo-1.4` wire. */
+const WIRE14_OPTIONS = [
+  'endpoint',
+  'eventPlane',
+  'eventPlaneHost',
+  'zmqBindHost',
+  'zmqPort',
+  'zmqSettleMs',
+  'discovery',
+  'registerTimeoutMs',
+]
 
 /** A random worker id below 2^63 (Dynamo's instance ids are i64-safe). */
 function randomWorkerId(): bigint {
@@ -156,7 +246,16 @@ export class KvEventPublisher {
   readonly namespace: string
   readonly component: string
   readonly mode: IngestMode
-  /** Core NATS subject (event plane) or JetStream publish subject. */
+  /** The router wire this publisher speaks. */
+  readonly wire: DynamoWire
+  /** `dynamo-1.4`: the serving endpoint; null for `dynamo-1.0`. */
+  readonly endpoint: string | null
+  /** `dynamo-1.4`: `zmq` or `nats`; `dynamo-1.0` publishes on NATS (`nats`). */
+  readonly eventPlane: EventPlaneKind
+  /**
+   * Core NATS subject (event plane) or JetStream publish subject. `dynamo-1.4`: the endpoint-scoped
+   * `kv-events` subject (where the events go with the NATS event plane; ZeroMQ frames carry the bare topic).
+   */
   readonly subject: string
   /** The JetStream stream (JetStream mode), else null. */
   readonly streamName: string | null
@@ -164,7 +263,7 @@ export class KvEventPublisher {
   readonly localIndexer: LocalIndexer | null
   readonly #ingestor: Ingestor
   readonly #sink: Sink
-  readonly #nc: NatsConnection
+  readonly #nc: NatsConnection | null
   readonly #ownsConnection: boolean
   readonly #maxPending: number
   readonly #maxWaiting: number
@@ -192,8 +291,11 @@ export class KvEventPublisher {
     options: KvEventPublisherOptions
     ingestor: Ingestor
     sink: Sink
-    nc: NatsConnection
+    nc: NatsConnection | null
     ownsConnection: boolean
+    wire: DynamoWire
+    endpoint: string | null
+    eventPlane: EventPlaneKind
     subject: string
     streamName: string | null
     maxPending: number
@@ -206,6 +308,9 @@ export class KvEventPublisher {
     this.namespace = init.options.namespace
     this.component = init.options.component
     this.mode = init.ingestor.mode
+    this.wire = init.wire
+    this.endpoint = init.endpoint
+    this.eventPlane = init.eventPlane
     this.subject = init.subject
     this.streamName = init.streamName
     this.#ingestor = init.ingestor
@@ -229,6 +334,12 @@ export class KvEventPublisher {
     if (typeof options !== 'object' || options === null)
       throw new TypeError(`KvEventPublisher options must be an object, got ${describe(options)}`)
     for (const k of Object.keys(options)) if (!KNOWN_OPTIONS.has(k)) throw new TypeError(`${k} is not a KvEventPublisher option`)
+    const wire = options.wire ?? 'dynamo-1.0'
+    if (wire !== 'dynamo-1.0' && wire !== 'dynamo-1.4')
+      throw new RangeError(`wire must be 'dynamo-1.0' or 'dynamo-1.4', got ${describe(wire)}`)
+    if (wire === 'dynamo-1.4') return KvEventPublisher.#create14(options, env)
+    for (const k of WIRE14_OPTIONS)
+      if ((options as unknown as Record<string, unknown>)[k] !== undefined) throw new TypeError(`${k} applies to wire: 'dynamo-1.4' only`)
     const namespace = checkName('namespace', options.namespace)
     const component = checkName('component', options.component)
     const logger = loggerOption(options.logger)
@@ -272,7 +383,7 @@ export class KvEventPublisher {
     if (env.DYN_EVENT_PLANE !== undefined && env.DYN_EVENT_PLANE !== '' && env.DYN_EVENT_PLANE.toLowerCase() !== 'nats')
       logger.warn(
         { DYN_EVENT_PLANE: env.DYN_EVENT_PLANE },
-        'DYN_EVENT_PLANE is not nats: Dynamo routers in this deployment may not listen on NATS, where this package publishes',
+        "DYN_EVENT_PLANE is not nats: Dynamo routers in this deployment may not listen on NATS, where this package publishes (Dynamo 1.4+ routers need wire: 'dynamo-1.4')",
       )
 
     const streamName = mode === 'jetstream' ? jetstreamStreamName(namespace, component) : null
@@ -312,6 +423,9 @@ export class KvEventPublisher {
       now,
       closeTimeoutMs,
       logger,
+      wire,
+      endpoint: null,
+      eventPlane: 'nats',
     })
     if (options.recoveryEndpoint !== undefined && typeof options.recoveryEndpoint !== 'boolean') {
       await publisher.close()
@@ -331,6 +445,22 @@ export class KvEventPublisher {
         logger,
       })
     }
+    await KvEventPublisher.#attachSource(publisher, options, logger)
+    logger.info(
+      {
+        workerId: workerId.toString(),
+        mode,
+        subject,
+        localIndexer: ingestor.localIndexer !== null,
+        zmq: publisher.#source?.endpoints ?? null,
+      },
+      'KV event publisher ready',
+    )
+    return publisher
+  }
+
+  /** The ZMQ source of the engine's events, when the zmq option is given. */
+  static async #attachSource(publisher: KvEventPublisher, options: KvEventPublisherOptions, logger: Logger): Promise<void> {
     if (options.zmq !== undefined) {
       if (typeof options.zmq !== 'object' || options.zmq === null) {
         await publisher.close()
@@ -351,17 +481,139 @@ export class KvEventPublisher {
           )
       })
     }
+  }
+
+  /** create() for wire 'dynamo-1.4' (SPEC 5b): Dynamo 1.6.1's configuration, discovery, then the event plane. */
+  static async #create14(options: KvEventPublisherOptions, env: Env): Promise<KvEventPublisher> {
+    const namespace = resolveName14('namespace', options.namespace)
+    const component = resolveName14('component', options.component)
+    const endpoint = resolveName14('endpoint', options.endpoint ?? DEFAULT_ENDPOINT)
+    const logger = loggerOption(options.logger)
+    const mode = options.mode ?? 'event-plane'
+    if (mode === 'jetstream')
+      throw new ConfigError(
+        "mode: 'jetstream' cannot be used with wire: 'dynamo-1.4': Dynamo 1.4+ routers read no JetStream stream; " +
+          "leave mode unset (the event plane) or use wire: 'dynamo-1.0'",
+      )
+    if (mode !== 'event-plane') throw new RangeError(`mode must be 'event-plane' or 'jetstream', got ${describe(mode)}`)
+    if (options.jetstream !== undefined) throw new TypeError("jetstream options need mode: 'jetstream' (wire: 'dynamo-1.0' only)")
+    if (options.recoveryEndpoint !== undefined) throw new TypeError("recoveryEndpoint applies to wire: 'dynamo-1.0' only")
+    const workerId = resolveWorkerId(options.workerId, env)
+    const eventPlane = resolveEventPlane(options.eventPlane, env)
+    if (eventPlane === 'zmq') {
+      if (options.nats !== undefined)
+        throw new TypeError("nats applies to eventPlane 'nats' (DYN_EVENT_PLANE=nats); this publisher uses direct ZeroMQ")
+      if (options.reconnectBufferBytes !== undefined) throw new TypeError("reconnectBufferBytes applies to eventPlane 'nats' only")
+    } else {
+      for (const k of ['eventPlaneHost', 'zmqBindHost', 'zmqPort', 'zmqSettleMs'] as const)
+        if (options[k] !== undefined) throw new TypeError(`${k} applies to eventPlane 'zmq' only (DYN_EVENT_PLANE is nats)`)
+    }
+    const advertiseHost = eventPlane === 'zmq' ? resolveAdvertiseHost(options.eventPlaneHost, env) : ''
+    const bindHost = resolveBindHost(options.zmqBindHost)
+    const basePort = resolvePort(options.zmqPort)
+    const settleMs = resolveMs(options.zmqSettleMs, 'zmqSettleMs', DEFAULT_ZMQ_SETTLE_MS, 0)
+    const registerTimeoutMs = resolveMs(options.registerTimeoutMs, 'registerTimeoutMs', DEFAULT_REGISTER_TIMEOUT_MS, 1)
+    if (options.discovery !== undefined && (typeof options.discovery !== 'object' || options.discovery === null))
+      throw new TypeError(`discovery must be an object of discovery options, got ${describe(options.discovery)}`)
+    // a bad discovery configuration fails here, before anything is bound or connected
+    resolveDiscoveryConfig(options.discovery ?? {}, env)
+    const maxPending = positiveInt('maxPending', options.maxPending ?? 10_000, 1 << 24)
+    const maxWaiting = positiveInt('maxWaiting', options.maxWaiting ?? 10_000, 1 << 24)
+    const closeTimeoutMs = positiveInt('closeTimeoutMs', options.closeTimeoutMs ?? 10_000)
+    const reconnectBufferBytes =
+      options.reconnectBufferBytes === undefined ? undefined : positiveInt('reconnectBufferBytes', options.reconnectBufferBytes, 2 ** 31)
+    const now = options.now ?? Date.now
+    if (typeof now !== 'function') throw new TypeError(`now must be a function returning unix ms, got ${describe(now)}`)
+
+    const ingestor = new Ingestor({
+      kvBlockSize: options.kvBlockSize,
+      workerId,
+      mode,
+      wire: 'dynamo-1.4',
+      maxDpRanks: options.maxDpRanks,
+      dpRanks: options.dpRanks,
+      localIndexer: options.localIndexer ?? true,
+    })
+    const subject = endpointSubject(namespace, component, endpoint, 'kv-events')
+
+    const log = new RateLimitedLog(logger)
+    const discovery: DiscoveryBackend = await openDiscovery(
+      {
+        ...options.discovery,
+        onError: (err) =>
+          log.log('error', 'discovery', { err: err.message }, 'discovery store error: routers may stop seeing this publisher'),
+      },
+      env,
+    )
+    let nc: NatsConnection | null = null
+    let ownsConnection = false
+    if (eventPlane === 'nats') {
+      try {
+        const opened = await openNats(options.nats, env)
+        nc = opened.nc
+        ownsConnection = opened.owned
+      } catch (err) {
+        await discovery.close()
+        throw err
+      }
+    }
+    const sink = new Dynamo14Sink({
+      namespace,
+      component,
+      endpoint,
+      workerId,
+      publisherId: (dpRank) => ingestor.publisherId(dpRank),
+      discovery,
+      transport:
+        eventPlane === 'nats'
+          ? { kind: 'nats', nc: nc!, subject, reconnectBufferBytes }
+          : { kind: 'zmq', bindHost, basePort, advertiseHost, settleMs },
+      registerTimeoutMs,
+      log,
+    })
+    const publisher = new KvEventPublisher({
+      options,
+      ingestor,
+      sink,
+      nc,
+      ownsConnection,
+      subject,
+      streamName: null,
+      maxPending,
+      maxWaiting,
+      now,
+      closeTimeoutMs,
+      logger,
+      wire: 'dynamo-1.4',
+      endpoint,
+      eventPlane,
+    })
+    await KvEventPublisher.#attachSource(publisher, options, logger)
     logger.info(
       {
+        wire: 'dynamo-1.4',
         workerId: workerId.toString(),
-        mode,
-        subject,
+        namespace,
+        component,
+        endpoint,
+        eventPlane,
+        subject: eventPlane === 'nats' ? subject : null,
+        advertiseHost: eventPlane === 'zmq' ? advertiseHost : null,
+        discovery: discovery.kind,
         localIndexer: ingestor.localIndexer !== null,
         zmq: publisher.#source?.endpoints ?? null,
       },
       'KV event publisher ready',
     )
     return publisher
+  }
+
+  /**
+   * `dynamo-1.4`: each dp rank seen so far, with its publisher id and its event channel (the advertised
+   * ZeroMQ endpoint or the NATS subject). Empty for `dynamo-1.0`.
+   */
+  eventChannels(): EventChannelInfo[] {
+    return this.#sink instanceof Dynamo14Sink ? this.#sink.channels() : []
   }
 
   /** The ZMQ source (null without the zmq option): its `stopped` event tells why it stopped. */
@@ -419,6 +671,7 @@ export class KvEventPublisher {
       waitingRejected: this.#waitingRejected,
       droppedAtClose: this.#droppedAtClose,
       source: this.#source?.stats() ?? null,
+      discovery: this.#sink instanceof Dynamo14Sink ? this.#sink.discoveryStats() : null,
     }
   }
 
@@ -469,7 +722,7 @@ export class KvEventPublisher {
     clearTimeout(timer)
     await this.#sink.close(Math.max(0, deadline - performance.now()))
     await this.#recovery?.close()
-    if (this.#ownsConnection)
+    if (this.#ownsConnection && this.#nc !== null)
       await this.#nc.close().catch((err: unknown) => this.#logger.warn({ err: String(err) }, 'closing the NATS connection failed'))
     this.#logger.info({ workerId: this.workerId.toString(), ...this.#sink.stats() }, 'KV event publisher closed')
   }

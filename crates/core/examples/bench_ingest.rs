@@ -49,6 +49,7 @@ fn main() {
         max_dp_ranks: 64,
         dp_ranks: None,
         local_indexer: None,
+        ..IngestorConfig::new(16, 7)
     })
     .unwrap();
     // warm-up pass

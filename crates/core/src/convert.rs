@@ -7,8 +7,19 @@
 use std::collections::HashMap;
 
 use crate::engine::{EngineEvent, Filters, StoreEvent};
-use crate::hash::lora_seed;
-use crate::wire::{BlockExtraInfo, StoredBlock};
+use crate::hash::salt_seed;
+use crate::wire::{BlockExtraInfo, StorageTier, StoredBlock};
+
+/// The router wire an Ingestor produces (SPEC 5 and 5b).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Wire {
+    /// Dynamo 1.0 to 1.3: one RouterEvent per envelope, GPU events only.
+    #[default]
+    Dynamo10,
+    /// Dynamo 1.4+: arrays of RouterEvents with `storage_tier`; the engine conversion of Dynamo
+    /// 1.6.1 (cache salt, Eagle, marker-only multimodal keys, exact-case tiers, ownership).
+    Dynamo14,
+}
 
 /// Rejection reasons; the discriminant is the index used in counts (same order as the TS binding).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -121,17 +132,42 @@ pub enum Converted {
     Cleared,
 }
 
-/// SPEC 3 checks 1-7 for one decoded event.
+/// SPEC 5b's tier step of the `dynamo-1.4` profile: an `ownership`, a locality other than exactly
+/// `LOCAL`, or a medium Dynamo 1.6.1 does not map filters the event; otherwise its storage tier.
+fn tier_14(f: &Filters) -> Option<StorageTier> {
+    if f.ownership || f.locality.or(f.locality_pos).is_some_and(|l| l != b"LOCAL") {
+        return None;
+    }
+    StorageTier::from_medium(f.medium)
+}
+
+/// SPEC 3 checks 1-7 for one decoded event (the `dynamo-1.0` profile).
 pub fn convert_event(
     ev: EngineEvent,
     kv_block_size: u32,
     groups: &mut GroupTable,
     scratch: &mut Vec<u8>,
 ) -> Result<Converted, Reason> {
+    convert_event_wire(ev, kv_block_size, groups, scratch, Wire::Dynamo10).map(|(c, _)| c)
+}
+
+/// SPEC 3 checks 1-7 for one decoded event under `wire`, with the event's storage tier (always the
+/// device for `dynamo-1.0`, whose tier step keeps GPU events only).
+pub fn convert_event_wire(
+    ev: EngineEvent,
+    kv_block_size: u32,
+    groups: &mut GroupTable,
+    scratch: &mut Vec<u8>,
+    wire: Wire,
+) -> Result<(Converted, StorageTier), Reason> {
+    if wire == Wire::Dynamo14 {
+        return convert_14(ev, kv_block_size, groups, scratch);
+    }
+    let device = StorageTier::Device;
     match ev {
         EngineEvent::Invalid => Err(Reason::Invalid),
         EngineEvent::UnknownType => Err(Reason::UnknownType),
-        EngineEvent::Cleared => Ok(Converted::Cleared),
+        EngineEvent::Cleared => Ok((Converted::Cleared, device)),
         EngineEvent::Removed {
             block_hashes,
             filters,
@@ -145,8 +181,10 @@ pub fn convert_event(
             if block_hashes.is_empty() {
                 return Err(Reason::Empty);
             }
-            Ok(Converted::Removed(block_hashes))
+            Ok((Converted::Removed(block_hashes), device))
         }
+        // Eagle bigram token ids are Dynamo 1.4+ input: not a valid 1.0 store
+        EngineEvent::Stored(s) if s.eagle => Err(Reason::Invalid),
         EngineEvent::Stored(s) => {
             if !tier_ok(&s.filters) {
                 return Err(Reason::FilteredTier);
@@ -173,9 +211,77 @@ pub fn convert_event(
                 mm,
                 scratch,
             )
-            .map(Converted::Stored)
+            .map(|s| (Converted::Stored(s), device))
         }
     }
+}
+
+fn convert_14(
+    ev: EngineEvent,
+    kv_block_size: u32,
+    groups: &mut GroupTable,
+    scratch: &mut Vec<u8>,
+) -> Result<(Converted, StorageTier), Reason> {
+    match ev {
+        EngineEvent::Invalid => Err(Reason::Invalid),
+        EngineEvent::UnknownType => Err(Reason::UnknownType),
+        EngineEvent::Cleared => Ok((Converted::Cleared, StorageTier::Device)),
+        EngineEvent::Removed {
+            block_hashes,
+            filters,
+        } => {
+            let tier = tier_14(&filters).ok_or(Reason::FilteredTier)?;
+            if !groups.keep(&filters) {
+                return Err(Reason::FilteredGroup);
+            }
+            if block_hashes.is_empty() {
+                return Err(Reason::Empty);
+            }
+            Ok((Converted::Removed(block_hashes), tier))
+        }
+        EngineEvent::Stored(s) => {
+            let tier = tier_14(&s.filters).ok_or(Reason::FilteredTier)?;
+            if !groups.keep(&s.filters) {
+                return Err(Reason::FilteredGroup);
+            }
+            let StoreEvent {
+                block_hashes,
+                parent_hash,
+                tokens_le,
+                block_size,
+                lora_name,
+                mm_markers,
+                cache_salt,
+                eagle,
+                ..
+            } = s;
+            check_store_with(
+                &block_hashes,
+                parent_hash,
+                &tokens_le,
+                block_size,
+                kv_block_size,
+                StoreHashing {
+                    lora_name,
+                    cache_salt,
+                    eagle,
+                },
+                mm_markers,
+                scratch,
+            )
+            .map(|s| (Converted::Stored(s), tier))
+        }
+    }
+}
+
+/// The hash inputs of a store besides its tokens and mm info (SPEC 4).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreHashing<'a> {
+    pub lora_name: Option<&'a str>,
+    /// Dynamo 1.4+'s cache salt; "" is none.
+    pub cache_salt: Option<&'a str>,
+    /// Eagle: block i hashes tokens `[i*bs, (i+1)*bs + 1)`.
+    pub eagle: bool,
 }
 
 /// True when a hash repeats within `hashes` or equals the parent.
@@ -207,6 +313,33 @@ pub fn check_store(
     mm: Option<Vec<Option<BlockExtraInfo>>>,
     scratch: &mut Vec<u8>,
 ) -> Result<Store, Reason> {
+    check_store_with(
+        block_hashes,
+        parent_hash,
+        tokens_le,
+        block_size,
+        kv_block_size,
+        StoreHashing {
+            lora_name,
+            ..StoreHashing::default()
+        },
+        mm,
+        scratch,
+    )
+}
+
+/// `check_store` with Dynamo 1.4+'s hash inputs. An Eagle block needs `kv_block_size + 1` tokens.
+#[allow(clippy::too_many_arguments)]
+pub fn check_store_with(
+    block_hashes: &[u64],
+    parent_hash: Option<u64>,
+    tokens_le: &[u8],
+    block_size: u64,
+    kv_block_size: u32,
+    hashing: StoreHashing,
+    mm: Option<Vec<Option<BlockExtraInfo>>>,
+    scratch: &mut Vec<u8>,
+) -> Result<Store, Reason> {
     if block_hashes.is_empty() {
         return Err(Reason::Empty);
     }
@@ -215,12 +348,15 @@ pub fn check_store(
     }
     let bs = kv_block_size as usize;
     let n_tokens = tokens_le.len() / 4;
-    if block_size != kv_block_size as u64 || n_tokens < bs {
+    let window = bs + hashing.eagle as usize;
+    if block_size != kv_block_size as u64 || n_tokens < window {
         return Err(Reason::BlockSize);
     }
-    let kept = block_hashes.len().min(n_tokens / bs);
+    let kept = block_hashes
+        .len()
+        .min(crate::hash::block_count(n_tokens, bs, hashing.eagle));
     let truncated = (kept < block_hashes.len()).then_some((n_tokens, kept, block_hashes.len()));
-    let seed = lora_seed(lora_name);
+    let seed = salt_seed(hashing.lora_name, hashing.cache_salt);
     let mut mm_iter = mm.map(|v| v.into_iter());
     let stride = bs * 4;
     let blocks = block_hashes[..kept]
@@ -229,7 +365,7 @@ pub fn check_store(
         .map(|(i, &block_hash)| {
             let info = mm_iter.as_mut().and_then(|it| it.next()).flatten();
             let tokens_hash = crate::hash::block_hash(
-                &tokens_le[i * stride..(i + 1) * stride],
+                &tokens_le[i * stride..i * stride + window * 4],
                 info.as_ref(),
                 seed,
                 scratch,

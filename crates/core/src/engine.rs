@@ -23,6 +23,10 @@ pub struct Filters<'a> {
     pub locality: Option<&'a [u8]>,
     pub group_idx: Option<u32>,
     pub kind: Option<&'a [u8]>,
+    /// Dynamo 1.4+ reads (the `dynamo-1.4` profile only): `locality` at array position 12, and
+    /// whether an `ownership` (map key, or array position 13) is present and not nil.
+    pub locality_pos: Option<&'a [u8]>,
+    pub ownership: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +39,13 @@ pub struct StoreEvent<'a> {
     pub lora_name: Option<&'a str>,
     /// Per block multimodal info (explicit block_mm_infos, or derived from extra_keys).
     pub mm: Option<Vec<Option<BlockExtraInfo>>>,
+    /// The same under Dynamo 1.5+'s rule (the `dynamo-1.4` profile): only marker extra keys.
+    pub mm_markers: Option<Vec<Option<BlockExtraInfo>>>,
+    /// The cache salt: the `cache_salt` key, SGLang's position-7 `{cache_salt}` map, or a
+    /// `dynamo-cache-salt:` extra key of block 0 (used by the `dynamo-1.4` profile only).
+    pub cache_salt: Option<&'a str>,
+    /// token_ids came as Eagle bigram pairs `[[a, b], [b, c], ...]` (tokens_le holds `a, b, c...`).
+    pub eagle: bool,
     pub filters: Filters<'a>,
 }
 
@@ -213,12 +224,27 @@ struct Fields<'a> {
     block_hashes: Field<Vec<u64>>,
     parent: Field<Option<u64>>,
     tokens: Field<Vec<u8>>,
+    eagle: bool,
     block_size: Field<u64>,
     lora_name: Option<&'a str>,
-    extra_keys: Option<Vec<Vec<u64>>>,
+    cache_salt: Option<&'a str>,
+    extra_keys: Option<ExtraKeys<'a>>,
     mm_infos: Field<Option<Vec<Option<BlockExtraInfo>>>>,
     filters: Filters<'a>,
 }
+
+/// What extra_keys hold: per block the multimodal ids (mm_hash, whether the key is a Dynamo 1.5+
+/// marker), and block 0's `dynamo-cache-salt:` strings, in order.
+#[derive(Default)]
+struct ExtraKeys<'a> {
+    blocks: Vec<Vec<(u64, bool)>>,
+    salt_keys: Vec<&'a [u8]>,
+}
+
+/// The tag a producer puts before a cache salt in block 0's extra keys.
+pub const CACHE_SALT_PREFIX: &[u8] = b"dynamo-cache-salt:";
+/// At most this many salt-tagged keys of block 0 are kept (the first usable one wins).
+const MAX_SALT_KEYS: usize = 4;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Tag {
@@ -337,10 +363,25 @@ fn read_store_positions<'a>(
         match i {
             1 => f.block_hashes = hashes(r, h, level)?,
             2 => f.parent = parent(r, h, level)?,
-            3 => f.tokens = tokens(r, h, level)?,
+            3 => f.tokens = tokens(r, h, level, &mut f.eagle)?,
             4 => f.block_size = uint(r, h, level)?,
             6 => f.filters.medium = opt_str(r, h, level)?,
-            7 => f.lora_name = lora(r, h, level)?,
+            7 => match h {
+                // SGLang's BlockStoredWithMetadata: `{cache_salt}` instead of a LoRA name
+                Head::Map(k) => {
+                    for _ in 0..k {
+                        let key = r.head(level + 1)?;
+                        let v = r.head(level + 1)?;
+                        if key == Head::Str(b"cache_salt") {
+                            f.cache_salt = utf8(r, v, level + 1)?;
+                        } else {
+                            skip_children(r, key, level + 1)?;
+                            skip_children(r, v, level + 1)?;
+                        }
+                    }
+                }
+                h => f.lora_name = lora(r, h, level)?,
+            },
             8 => f.extra_keys = extra_keys(r, h, level)?,
             9 => match h {
                 Head::Array(_) => f.mm_infos = mm_infos(r, h, level)?,
@@ -353,6 +394,9 @@ fn read_store_positions<'a>(
                 h => skip_children(r, h, level)?,
             },
             10 if kind_at_10 => f.filters.kind = opt_str(r, h, level)?,
+            // Dynamo 1.4+: 11 sliding window (ignored), 12 locality, 13 ownership
+            12 => f.filters.locality_pos = opt_str(r, h, level)?,
+            13 => f.filters.ownership = present(r, h, level)?,
             _ => skip_children(r, h, level)?, // lora_id (5) and extra positions
         }
     }
@@ -370,7 +414,7 @@ fn read_named_field<'a>(
     match key {
         b"block_hashes" => f.block_hashes = hashes(r, h, level)?,
         b"parent_block_hash" => f.parent = parent(r, h, level)?,
-        b"token_ids" => f.tokens = tokens(r, h, level)?,
+        b"token_ids" => f.tokens = tokens(r, h, level, &mut f.eagle)?,
         b"block_size" => f.block_size = uint(r, h, level)?,
         b"medium" => f.filters.medium = opt_str(r, h, level)?,
         b"lora_name" => f.lora_name = lora(r, h, level)?,
@@ -379,6 +423,8 @@ fn read_named_field<'a>(
         b"group_idx" => f.filters.group_idx = opt_u32(r, h, level)?,
         b"kv_cache_spec_kind" => f.filters.kind = opt_str(r, h, level)?,
         b"locality" => f.filters.locality = opt_str(r, h, level)?,
+        b"cache_salt" => f.cache_salt = utf8(r, h, level)?,
+        b"ownership" => f.filters.ownership = present(r, h, level)?,
         _ => skip_children(r, h, level)?,
     }
     Ok(())
@@ -395,30 +441,33 @@ fn finish_store(f: Fields) -> EngineEvent {
         Field::Absent => None,
         Field::Ok(p) => p,
     };
-    let mm = match f.mm_infos {
+    let (explicit, keys) = match f.mm_infos {
         Field::Invalid => return EngineEvent::Invalid,
-        Field::Ok(Some(explicit)) => Some(explicit),
-        Field::Absent | Field::Ok(None) => f.extra_keys.and_then(|keys| {
-            if keys.iter().all(|k| k.is_empty()) {
+        Field::Ok(Some(explicit)) => (Some(explicit), f.extra_keys),
+        Field::Absent | Field::Ok(None) => (None, f.extra_keys),
+    };
+    let (mm, mm_markers) = match explicit {
+        Some(explicit) => (Some(explicit.clone()), Some(explicit)),
+        None => match &keys {
+            Some(k) => (mm_of_keys(&k.blocks, false), mm_of_keys(&k.blocks, true)),
+            None => (None, None),
+        },
+    };
+    let cache_salt = f.cache_salt.or_else(|| {
+        let k = keys.as_ref()?;
+        // the first key equal to the LoRA name is that name, not a salt
+        let mut lora = f.lora_name.filter(|l| !l.is_empty()).map(str::as_bytes);
+        k.salt_keys.iter().find_map(|&key| {
+            if lora == Some(key) {
+                lora = None;
                 return None;
             }
-            Some(
-                keys.into_iter()
-                    .map(|k| {
-                        (!k.is_empty()).then(|| BlockExtraInfo {
-                            mm_objects: k
-                                .into_iter()
-                                .map(|mm_hash| MmObject {
-                                    mm_hash,
-                                    offsets: Vec::new(),
-                                })
-                                .collect(),
-                        })
-                    })
-                    .collect(),
-            )
-        }),
-    };
+            let ns = &key[CACHE_SALT_PREFIX.len()..];
+            (!ns.is_empty())
+                .then(|| std::str::from_utf8(ns).ok())
+                .flatten()
+        })
+    });
     EngineEvent::Stored(StoreEvent {
         block_hashes,
         parent_hash,
@@ -426,8 +475,34 @@ fn finish_store(f: Fields) -> EngineEvent {
         block_size,
         lora_name: f.lora_name,
         mm,
+        mm_markers,
+        cache_salt,
+        eagle: f.eagle,
         filters: f.filters,
     })
+}
+
+/// Per-block mm info from extra keys (`markers_only`: Dynamo 1.5+'s rule); None when no block has
+/// an object.
+fn mm_of_keys(
+    blocks: &[Vec<(u64, bool)>],
+    markers_only: bool,
+) -> Option<Vec<Option<BlockExtraInfo>>> {
+    let infos: Vec<Option<BlockExtraInfo>> = blocks
+        .iter()
+        .map(|k| {
+            let mm_objects: Vec<MmObject> = k
+                .iter()
+                .filter(|(_, marker)| *marker || !markers_only)
+                .map(|&(mm_hash, _)| MmObject {
+                    mm_hash,
+                    offsets: Vec::new(),
+                })
+                .collect();
+            (!mm_objects.is_empty()).then_some(BlockExtraInfo { mm_objects })
+        })
+        .collect();
+    infos.iter().any(Option::is_some).then_some(infos)
 }
 
 fn finish_remove(f: Fields) -> EngineEvent {
@@ -505,7 +580,11 @@ fn parent(r: &mut Reader, h: Head, level: u32) -> Res<Field<Option<u64>>> {
     }
 }
 
-fn tokens(r: &mut Reader, h: Head, level: u32) -> Res<Field<Vec<u8>>> {
+/// token_ids: integers 0..2^32-1, or Eagle bigram pairs `[[a, b], [b, c], ...]` (Dynamo 1.4+),
+/// read as `a, b, c, ...` (each pair's first token, then the last pair's second) with `eagle` set.
+/// A mix of both forms is invalid.
+fn tokens(r: &mut Reader, h: Head, level: u32, eagle: &mut bool) -> Res<Field<Vec<u8>>> {
+    *eagle = false;
     let Head::Array(n) = h else {
         skip_children(r, h, level)?;
         return Ok(Field::Invalid);
@@ -519,22 +598,52 @@ fn tokens(r: &mut Reader, h: Head, level: u32) -> Res<Field<Vec<u8>>> {
     } else {
         0
     };
+    let mut plain = done;
+    let mut pairs = 0usize;
+    let mut last_second = None;
     for _ in done..n as usize {
-        if fast {
+        if fast && pairs == 0 {
             if let Some(v) = r.small_uint() {
                 out.extend_from_slice(&v.to_le_bytes());
+                plain += 1;
                 continue;
             }
         }
         match r.head(level + 1)? {
             Head::Uint(v) if v <= u32::MAX as u64 => {
-                out.extend_from_slice(&(v as u32).to_le_bytes())
+                out.extend_from_slice(&(v as u32).to_le_bytes());
+                plain += 1;
+            }
+            Head::Array(2) => {
+                pairs += 1;
+                let a = r.head(level + 2)?;
+                skip_children(r, a, level + 2)?;
+                let b = r.head(level + 2)?;
+                skip_children(r, b, level + 2)?;
+                match (a, b) {
+                    (Head::Uint(a), Head::Uint(b))
+                        if a <= u32::MAX as u64 && b <= u32::MAX as u64 =>
+                    {
+                        out.extend_from_slice(&(a as u32).to_le_bytes());
+                        last_second = Some(b as u32);
+                    }
+                    _ => ok = false,
+                }
             }
             e => {
                 ok = false;
                 skip_children(r, e, level + 1)?;
             }
         }
+    }
+    if pairs > 0 {
+        if plain > 0 {
+            ok = false;
+        }
+        if let Some(b) = last_second {
+            out.extend_from_slice(&b.to_le_bytes());
+        }
+        *eagle = ok;
     }
     Ok(if ok { Field::Ok(out) } else { Field::Invalid })
 }
@@ -570,7 +679,23 @@ fn opt_str<'a>(r: &mut Reader<'a>, h: Head<'a>, level: u32) -> Res<Option<&'a [u
 }
 
 fn lora<'a>(r: &mut Reader<'a>, h: Head<'a>, level: u32) -> Res<Option<&'a str>> {
+    utf8(r, h, level)
+}
+
+/// A valid UTF-8 string, else absent.
+fn utf8<'a>(r: &mut Reader<'a>, h: Head<'a>, level: u32) -> Res<Option<&'a str>> {
     Ok(opt_str(r, h, level)?.and_then(|s| std::str::from_utf8(s).ok()))
+}
+
+/// Whether a value is present and not nil (consumed).
+fn present(r: &mut Reader, h: Head, level: u32) -> Res<bool> {
+    skip_children(r, h, level)?;
+    Ok(h != Head::Nil)
+}
+
+/// Dynamo 1.5+'s marker: 16 hex digits (the mm_hash) followed by 48 `'0'`.
+fn is_marker(s: &[u8]) -> bool {
+    s.len() == 64 && s[16..].iter().all(|&c| c == b'0')
 }
 
 /// A multimodal identifier: exactly 64 hex digits; its first 16 digits are the mm_hash.
@@ -584,24 +709,32 @@ fn mm_hex(s: &[u8]) -> Option<u64> {
 }
 
 /// extra_keys: per block nil or a list of keys; malformed parts are ignored (never invalid).
-fn extra_keys(r: &mut Reader, h: Head, level: u32) -> Res<Option<Vec<Vec<u64>>>> {
+fn extra_keys<'a>(r: &mut Reader<'a>, h: Head<'a>, level: u32) -> Res<Option<ExtraKeys<'a>>> {
     let Head::Array(n) = h else {
         skip_children(r, h, level)?;
         return Ok(None);
     };
-    let mut blocks = Vec::with_capacity(n as usize);
-    for _ in 0..n {
+    let mut keys = ExtraKeys::default();
+    for block in 0..n {
         let mut objs = Vec::new();
         match r.head(level + 1)? {
             Head::Array(k) => {
                 for _ in 0..k {
                     match r.head(level + 2)? {
-                        Head::Str(s) => objs.extend(mm_hex(s)),
+                        Head::Str(s) => {
+                            objs.extend(mm_hex(s).map(|h| (h, is_marker(s))));
+                            if block == 0
+                                && s.starts_with(CACHE_SALT_PREFIX)
+                                && keys.salt_keys.len() < MAX_SALT_KEYS
+                            {
+                                keys.salt_keys.push(s);
+                            }
+                        }
                         Head::Array(0) => {}
                         Head::Array(j) => {
                             // vLLM >= 0.18: (identifier, offset) tuples
                             match r.head(level + 3)? {
-                                Head::Str(s) => objs.extend(mm_hex(s)),
+                                Head::Str(s) => objs.extend(mm_hex(s).map(|h| (h, is_marker(s)))),
                                 e => skip_children(r, e, level + 3)?,
                             }
                             r.skip_n(j as u64 - 1, level + 3)?;
@@ -612,9 +745,9 @@ fn extra_keys(r: &mut Reader, h: Head, level: u32) -> Res<Option<Vec<Vec<u64>>>>
             }
             e => skip_children(r, e, level + 1)?,
         }
-        blocks.push(objs);
+        keys.blocks.push(objs);
     }
-    Ok(Some(blocks))
+    Ok(Some(keys))
 }
 
 /// block_mm_infos (Dynamo format). Nil = absent; anything not matching the format is invalid.

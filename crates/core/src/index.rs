@@ -22,8 +22,8 @@ use std::hash::{BuildHasher, Hasher};
 
 use crate::hash::{compute_block_hashes_with, BlockHashOptions};
 use crate::wire::{
-    decode_router_event_encoded, BlockExtraInfo, DataRef, EventData, RouterEvent, StoredBlock,
-    WireError,
+    decode_router_events_encoded, BlockExtraInfo, DataRef, EventData, EventMeta, RouterEvent,
+    StoredBlock, WireError,
 };
 
 const NIL: u32 = u32::MAX;
@@ -82,14 +82,18 @@ pub enum ApplyOutcome {
     ParentNotFound = 1,
     BlockNotFound = 2,
     InvalidBlockSequence = 3,
+    /// A Dynamo 1.4+ event that does not describe the worker's GPU memory (another storage tier,
+    /// or the cache-owner domain): not applied.
+    Ignored = 4,
 }
 
 /// Outcome names, indexed by `ApplyOutcome as usize`.
-pub const APPLY_OUTCOMES: [&str; 4] = [
+pub const APPLY_OUTCOMES: [&str; 5] = [
     "applied",
     "parent_not_found",
     "block_not_found",
     "invalid_block_sequence",
+    "ignored",
 ];
 
 /// Bytes per record of `write_matches`.
@@ -210,9 +214,41 @@ pub trait IndexAccess {
 
     /// An event as it travels; `format` indexes ENCODED_FORMATS.
     fn apply_encoded(&mut self, payload: &[u8], format: u32) -> Result<ApplyOutcome, WireError> {
-        let ev = decode_router_event_encoded(payload, format)?;
-        Ok(self.apply_router_event(&ev))
+        let events = decode_router_events_encoded(payload, format)?;
+        let mut first_problem = None;
+        let mut applied = false;
+        for (ev, meta) in &events {
+            match self.apply_with_meta(ev, *meta) {
+                ApplyOutcome::Applied => applied = true,
+                ApplyOutcome::Ignored => {}
+                o => {
+                    applied = true;
+                    first_problem.get_or_insert(o);
+                }
+            }
+        }
+        Ok(first_problem.unwrap_or(if applied {
+            ApplyOutcome::Applied
+        } else {
+            ApplyOutcome::Ignored
+        }))
     }
+
+    /// SPEC 6 for a decoded event with its Dynamo 1.4+ fields: an event for another storage tier
+    /// than the device, or for the cache-owner domain, is `Ignored` (the index holds the worker's
+    /// GPU blocks); a `cleared` naming its residency domain clears only its dp rank.
+    fn apply_with_meta(&mut self, ev: &RouterEvent, meta: EventMeta) -> ApplyOutcome {
+        if !meta.targets_gpu_index() {
+            return ApplyOutcome::Ignored;
+        }
+        if matches!(ev.data, EventData::Cleared) && meta.rank_scoped() {
+            return self.clear_rank_parts(ev.worker_id, ev.event_id, ev.dp_rank);
+        }
+        self.apply_router_event(ev)
+    }
+
+    /// A Dynamo 1.4+ `cleared` of one dp rank.
+    fn clear_rank_parts(&mut self, worker_id: u64, event_id: u64, dp_rank: u32) -> ApplyOutcome;
 
     /// `find_matches` written with `write_matches`.
     fn find_matches_into(
@@ -260,6 +296,9 @@ impl IndexAccess for RadixIndex {
         data: DataRef,
     ) -> ApplyOutcome {
         self.apply(worker_id, event_id, dp_rank, data)
+    }
+    fn clear_rank_parts(&mut self, worker_id: u64, event_id: u64, dp_rank: u32) -> ApplyOutcome {
+        self.clear_rank(worker_id, event_id, dp_rank)
     }
 }
 
@@ -825,6 +864,15 @@ impl RadixIndex {
 
     pub fn apply_event(&mut self, ev: &RouterEvent) -> ApplyOutcome {
         self.apply(ev.worker_id, ev.event_id, ev.dp_rank, ev.data.as_data_ref())
+    }
+
+    /// A Dynamo 1.4+ `cleared`: only `dp_rank` of the worker loses its blocks.
+    pub fn clear_rank(&mut self, worker_id: u64, event_id: u64, dp_rank: u32) -> ApplyOutcome {
+        let slot = self.worker_slot(worker_id, dp_rank);
+        self.worker(slot).last_event_id = Some(event_id);
+        self.clear_slot(slot);
+        self.counters[C_CLEARED] += 1;
+        ApplyOutcome::Applied
     }
 
     /// Applies one event given by parts (the ingest path applies its chunks without copying them).

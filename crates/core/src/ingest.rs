@@ -5,14 +5,25 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::convert::{
-    check_store, convert_event, Converted, GroupTable, Reason, Store, REASON_COUNT,
+    check_store_with, convert_event_wire, Converted, GroupTable, Reason, Store, StoreHashing, Wire,
+    REASON_COUNT,
 };
+use crate::discovery::MAX_PUBLISHER_ID;
 use crate::engine::decode_batch;
 use crate::index::MixState;
 use crate::local::LocalIndexer;
+use crate::msgpack::Writer;
 use crate::wire::{
-    write_envelope, write_event_json, write_event_msgpack, BlockExtraInfo, DataRef, KV_EVENTS_TOPIC,
+    write_envelope, write_event_json, write_event_msgpack, write_event_msgpack_meta,
+    BlockExtraInfo, DataRef, EventMeta, StorageTier, StoredBlock, KV_EVENTS_TOPIC,
 };
+
+/// `dynamo-1.4`: at most this many events per envelope (Dynamo 1.6.1's event-plane batch).
+pub const MAX_EVENTS_PER_ENVELOPE: usize = 128;
+/// `dynamo-1.4`: at most this many blocks per envelope; one larger event goes alone.
+pub const MAX_BLOCKS_PER_ENVELOPE: usize = 8192;
+/// `dynamo-1.4`: adjacent events are coalesced up to this many blocks (Dynamo 1.6.1's default).
+pub const MAX_COALESCED_BLOCKS: usize = 128;
 
 /// A store of more blocks is emitted as chained events of at most this many blocks.
 pub const MAX_BLOCKS_PER_STORED: usize = 1024;
@@ -45,6 +56,30 @@ pub struct IngestorConfig {
     pub dp_ranks: Option<Vec<u32>>,
     /// Keep a local indexer with this many events buffered per dp rank (None: no local indexer).
     pub local_indexer: Option<usize>,
+    /// The router wire (SPEC 5 / 5b).
+    pub wire: Wire,
+    /// `dynamo-1.4`: fixed publisher ids per dp rank (each 1..=2^53-1); other ranks derive theirs
+    /// from `publisher_seed`.
+    pub publisher_ids: Vec<(u32, u64)>,
+    /// `dynamo-1.4`: the seed of the ranks' publisher ids (random per Ingestor incarnation).
+    pub publisher_seed: u64,
+}
+
+impl IngestorConfig {
+    /// A `dynamo-1.0` event-plane configuration with no local indexer.
+    pub fn new(kv_block_size: u32, worker_id: u64) -> Self {
+        IngestorConfig {
+            kv_block_size,
+            worker_id,
+            mode: Mode::EventPlane,
+            max_dp_ranks: DEFAULT_MAX_DP_RANKS,
+            dp_ranks: None,
+            local_indexer: None,
+            wire: Wire::Dynamo10,
+            publisher_ids: Vec::new(),
+            publisher_seed: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +87,24 @@ pub enum ConfigError {
     KvBlockSize,
     MaxDpRanks,
     DpRanks,
+    /// `dynamo-1.4` has no JetStream mode.
+    WireMode,
+    /// A fixed publisher id outside 1..=2^53-1, or two for one rank.
+    PublisherId,
+}
+
+/// splitmix64: the publisher ids of a seed.
+fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The publisher id a seed gives a rank: 1..=2^53-1, the same for a seed and rank every time.
+pub fn derived_publisher_id(seed: u64, rank: u32) -> u64 {
+    let id = mix64(seed ^ mix64(rank as u64)) & MAX_PUBLISHER_ID;
+    id.max(1)
 }
 
 /// Counter names, in the order of `Ingestor::counters()` (the same list as the TS binding).
@@ -92,21 +145,64 @@ const C_REJECTED: usize = 11;
 
 pub type LiveSet = HashSet<u64, MixState>;
 
+type RefCounts = HashMap<u64, u32, MixState>;
+
 struct RankState {
     rank: u32,
     next_id: u64,
-    /// Block hashes published as stored and not yet removed (for the reset rule).
+    /// Block hashes published as stored and not yet removed (for the reset rule of `dynamo-1.0`).
     live: LiveSet,
     groups: GroupTable,
+    /// `dynamo-1.4`: the envelope sequence of this rank's publisher.
+    sequence: u64,
+    /// `dynamo-1.4`: stores minus removes per block hash and storage tier (Dynamo 1.6.1's
+    /// refcount dedup: a remove passes when its count reaches 0, or when the hash is not counted).
+    refcounts: [RefCounts; 4],
 }
 
 impl RankState {
-    fn new(rank: u32) -> Self {
+    fn new(rank: u32, wire: Wire) -> Self {
         RankState {
             rank,
-            next_id: 0,
+            next_id: if wire == Wire::Dynamo14 { 1 } else { 0 },
             live: LiveSet::default(),
             groups: GroupTable::default(),
+            sequence: 0,
+            refcounts: Default::default(),
+        }
+    }
+}
+
+/// `dynamo-1.4`: one event on its way out (coalesced, not yet numbered).
+enum Ev14 {
+    Stored {
+        parent_hash: Option<u64>,
+        blocks: Vec<StoredBlock>,
+    },
+    Removed(Vec<u64>),
+    Cleared,
+}
+
+impl Ev14 {
+    fn blocks(&self) -> usize {
+        match self {
+            Ev14::Stored { blocks, .. } => blocks.len(),
+            Ev14::Removed(h) => h.len(),
+            Ev14::Cleared => 0,
+        }
+    }
+
+    fn data(&self) -> DataRef<'_> {
+        match self {
+            Ev14::Stored {
+                parent_hash,
+                blocks,
+            } => DataRef::Stored {
+                parent_hash: *parent_hash,
+                blocks,
+            },
+            Ev14::Removed(h) => DataRef::Removed(h),
+            Ev14::Cleared => DataRef::Cleared,
         }
     }
 }
@@ -120,18 +216,22 @@ struct Out {
     /// The clock for the envelopes' published_at.
     now_ms: u64,
     first_id: Option<u64>,
+    /// The envelope sequence of the first payload (event-plane modes).
+    first_sequence: Option<u64>,
     rejected: [u32; REASON_COUNT],
     lens: Vec<u32>,
     body: Vec<u8>,
 }
 
-pub const OUT_HEADER_BYTES: usize = 60;
+pub const OUT_HEADER_BYTES: usize = 68;
 
 /// A decoded view of a packed output (tests, benches and Rust callers).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unpacked {
     pub dp_rank: Option<u32>,
     pub first_event_id: Option<u64>,
+    /// The envelope sequence of the first payload.
+    pub first_sequence: Option<u64>,
     /// The warnings raised by the call that produced the output.
     pub warnings: Vec<String>,
     pub rejected: [u32; REASON_COUNT],
@@ -170,6 +270,8 @@ pub fn unpack(out: &[u8]) -> Unpacked {
         dp_rank: (flags & 4 != 0).then_some(rank),
         first_event_id: (flags & 1 != 0)
             .then(|| u64::from_le_bytes(out[16..24].try_into().unwrap())),
+        first_sequence: (flags & 16 != 0)
+            .then(|| u64::from_le_bytes(out[60..68].try_into().unwrap())),
         warnings,
         rejected,
         payloads,
@@ -180,6 +282,13 @@ pub struct Ingestor {
     kv_block_size: u32,
     worker_id: u64,
     mode: Mode,
+    wire: Wire,
+    publisher_ids: HashMap<u32, u64>,
+    publisher_seed: u64,
+    /// `dynamo-1.4`: the event being coalesced.
+    pending: Option<(StorageTier, Ev14)>,
+    /// `dynamo-1.4`: the call's numbered events, encoded into envelopes at its end.
+    emitted: Vec<(StorageTier, u64, Ev14)>,
     max_dp_ranks: usize,
     configured: Option<Vec<u32>>,
     ranks: Vec<RankState>,
@@ -206,10 +315,24 @@ impl Ingestor {
         if cfg.max_dp_ranks == 0 && cfg.dp_ranks.is_none() {
             return Err(ConfigError::MaxDpRanks);
         }
+        if cfg.wire == Wire::Dynamo14 && cfg.mode == Mode::JetStream {
+            return Err(ConfigError::WireMode);
+        }
+        let mut publisher_ids = HashMap::new();
+        for &(rank, id) in &cfg.publisher_ids {
+            if id == 0 || id > MAX_PUBLISHER_ID || publisher_ids.insert(rank, id).is_some() {
+                return Err(ConfigError::PublisherId);
+            }
+        }
         let mut ing = Ingestor {
             kv_block_size: cfg.kv_block_size,
             worker_id: cfg.worker_id,
             mode: cfg.mode,
+            wire: cfg.wire,
+            publisher_ids,
+            publisher_seed: cfg.publisher_seed,
+            pending: None,
+            emitted: Vec::new(),
             max_dp_ranks: cfg.max_dp_ranks as usize,
             configured: None,
             ranks: Vec::new(),
@@ -232,7 +355,7 @@ impl Ingestor {
             }
             for &r in &ranks {
                 ing.rank_index.insert(r, ing.ranks.len());
-                ing.ranks.push(RankState::new(r));
+                ing.ranks.push(RankState::new(r, cfg.wire));
                 if let Some(local) = ing.local.as_mut() {
                     local.register_rank(r);
                 }
@@ -246,11 +369,35 @@ impl Ingestor {
         self.worker_id
     }
 
+    pub fn wire(&self) -> Wire {
+        self.wire
+    }
+
+    /// The publisher id of a rank's envelopes: `dynamo-1.4` one per rank (fixed, or derived from
+    /// the seed), `dynamo-1.0` the worker id for every rank.
+    pub fn publisher_id(&self, rank: u32) -> u64 {
+        match self.wire {
+            Wire::Dynamo10 => self.worker_id,
+            Wire::Dynamo14 => self
+                .publisher_ids
+                .get(&rank)
+                .copied()
+                .unwrap_or_else(|| derived_publisher_id(self.publisher_seed, rank)),
+        }
+    }
+
     /// A cheap estimate of the heap bytes held (live sets, reused buffers, the local indexer),
     /// O(ranks + workers): what the binding reports to the JavaScript GC.
     pub fn approx_bytes(&self) -> usize {
         // a hash set bucket: the u64 and one control byte
-        let live: usize = self.ranks.iter().map(|r| r.live.capacity() * 9).sum();
+        // a hash set bucket: the u64 and one control byte; a refcount bucket 13
+        let live: usize = self
+            .ranks
+            .iter()
+            .map(|r| {
+                r.live.capacity() * 9 + r.refcounts.iter().map(|c| c.capacity() * 13).sum::<usize>()
+            })
+            .sum();
         live + self.ranks.capacity() * std::mem::size_of::<RankState>()
             + self.spare_body.capacity()
             + self.spare_lens.capacity() * 4
@@ -281,14 +428,15 @@ impl Ingestor {
             return None;
         }
         self.rank_index.insert(rank, self.ranks.len());
-        self.ranks.push(RankState::new(rank));
+        self.ranks.push(RankState::new(rank, self.wire));
         Some(self.ranks.len() - 1)
     }
 
     pub fn next_event_id(&self, rank: u32) -> u64 {
+        let first = if self.wire == Wire::Dynamo14 { 1 } else { 0 };
         self.rank_index
             .get(&rank)
-            .map_or(0, |&i| self.ranks[i].next_id)
+            .map_or(first, |&i| self.ranks[i].next_id)
     }
 
     pub fn counters(&self) -> &[u64; COUNTER_NAMES.len()] {
@@ -329,18 +477,22 @@ impl Ingestor {
         }
         for ev in batch.events {
             let rank = &mut self.ranks[idx];
-            match convert_event(
+            match convert_event_wire(
                 ev,
                 self.kv_block_size,
                 &mut rank.groups,
                 &mut self.hash_scratch,
+                self.wire,
             ) {
                 Err(reason) => self.reject(&mut out, reason),
-                Ok(Converted::Stored(store)) => self.emit_store(&mut out, idx, store),
-                Ok(Converted::Removed(hashes)) => self.emit_removed(&mut out, idx, &hashes),
-                Ok(Converted::Cleared) => self.reset_rank(&mut out, idx),
+                Ok((Converted::Stored(store), tier)) => self.emit_store(&mut out, idx, store, tier),
+                Ok((Converted::Removed(hashes), tier)) => {
+                    self.emit_removed(&mut out, idx, hashes, tier)
+                }
+                Ok((Converted::Cleared, _)) => self.reset_rank(&mut out, idx),
             }
         }
+        self.finish(&mut out, idx);
         out
     }
 
@@ -358,25 +510,54 @@ impl Ingestor {
         rank: u32,
         now_ms: u64,
     ) -> Vec<u8> {
+        self.stored_with(
+            token_ids,
+            block_hashes,
+            block_size,
+            parent_hash,
+            StoreHashing {
+                lora_name,
+                ..StoreHashing::default()
+            },
+            mm,
+            rank,
+            now_ms,
+        )
+    }
+
+    /// `stored` with Dynamo 1.4+'s hash inputs (cache salt, Eagle); the event is a device one.
+    #[allow(clippy::too_many_arguments)]
+    pub fn stored_with(
+        &mut self,
+        token_ids: &[u32],
+        block_hashes: &[u64],
+        block_size: u64,
+        parent_hash: Option<u64>,
+        hashing: StoreHashing,
+        mm: Option<Vec<Option<BlockExtraInfo>>>,
+        rank: u32,
+        now_ms: u64,
+    ) -> Vec<u8> {
         let mut out = self.begin(Some(rank), now_ms);
         let Some(idx) = self.ensure_rank(rank) else {
             self.reject(&mut out, Reason::DpRank);
             return self.end(out);
         };
         let tokens_le = crate::hash::tokens_le(token_ids);
-        match check_store(
+        match check_store_with(
             block_hashes,
             parent_hash,
             &tokens_le,
             block_size,
             self.kv_block_size,
-            lora_name,
+            hashing,
             mm,
             &mut self.hash_scratch,
         ) {
-            Ok(store) => self.emit_store(&mut out, idx, store),
+            Ok(store) => self.emit_store(&mut out, idx, store, StorageTier::Device),
             Err(reason) => self.reject(&mut out, reason),
         }
+        self.finish(&mut out, idx);
         self.end(out)
     }
 
@@ -389,8 +570,9 @@ impl Ingestor {
         if block_hashes.is_empty() {
             self.reject(&mut out, Reason::Empty);
         } else {
-            self.emit_removed(&mut out, idx, block_hashes);
+            self.emit_removed(&mut out, idx, block_hashes.to_vec(), StorageTier::Device);
         }
+        self.finish(&mut out, idx);
         self.end(out)
     }
 
@@ -401,6 +583,7 @@ impl Ingestor {
             return self.end(out);
         };
         self.reset_rank(&mut out, idx);
+        self.finish(&mut out, idx);
         self.end(out)
     }
 
@@ -414,6 +597,7 @@ impl Ingestor {
             dp_rank,
             now_ms,
             first_id: None,
+            first_sequence: None,
             rejected: [0; REASON_COUNT],
             lens,
             body,
@@ -426,6 +610,7 @@ impl Ingestor {
         let Out {
             dp_rank,
             first_id,
+            first_sequence,
             rejected,
             lens,
             mut body,
@@ -443,13 +628,15 @@ impl Ingestor {
         let flags = first_id.is_some() as u32
             | ((warnings_len > 0) as u32) << 1
             | (dp_rank.is_some() as u32) << 2
-            | (rejected.iter().any(|&r| r > 0) as u32) << 3;
+            | (rejected.iter().any(|&r| r > 0) as u32) << 3
+            | (first_sequence.is_some() as u32) << 4;
         h[8..12].copy_from_slice(&flags.to_le_bytes());
         h[12..16].copy_from_slice(&(warnings_len as u32).to_le_bytes());
         h[16..24].copy_from_slice(&first_id.unwrap_or(0).to_le_bytes());
         for (i, r) in rejected.iter().enumerate() {
             h[24 + 4 * i..28 + 4 * i].copy_from_slice(&r.to_le_bytes());
         }
+        h[60..68].copy_from_slice(&first_sequence.unwrap_or(0).to_le_bytes());
         body[..OUT_HEADER_BYTES].copy_from_slice(&h);
         body.reserve(4 * lens.len());
         for l in &lens {
@@ -473,7 +660,7 @@ impl Ingestor {
         std::mem::take(&mut self.spare_body)
     }
 
-    fn emit_store(&mut self, out: &mut Out, idx: usize, store: Store) {
+    fn emit_store(&mut self, out: &mut Out, idx: usize, store: Store, tier: StorageTier) {
         let Store {
             parent_hash,
             blocks,
@@ -488,6 +675,17 @@ impl Ingestor {
                     self.ranks[idx].rank, tokens, kept, hashes, self.kv_block_size
                 ));
             }
+        }
+        if self.wire == Wire::Dynamo14 {
+            self.push14(
+                idx,
+                tier,
+                Ev14::Stored {
+                    parent_hash,
+                    blocks,
+                },
+            );
+            return;
         }
         let mut parent = parent_hash;
         for chunk in blocks.chunks(MAX_BLOCKS_PER_STORED) {
@@ -524,7 +722,11 @@ impl Ingestor {
         }
     }
 
-    fn emit_removed(&mut self, out: &mut Out, idx: usize, hashes: &[u64]) {
+    fn emit_removed(&mut self, out: &mut Out, idx: usize, hashes: Vec<u64>, tier: StorageTier) {
+        if self.wire == Wire::Dynamo14 {
+            self.push14(idx, tier, Ev14::Removed(hashes));
+            return;
+        }
         for chunk in hashes.chunks(MAX_HASHES_PER_REMOVED) {
             self.emit(out, idx, DataRef::Removed(chunk));
             let live = &mut self.ranks[idx].live;
@@ -541,6 +743,11 @@ impl Ingestor {
     /// applies `cleared` to every rank of the worker.
     fn reset_rank(&mut self, out: &mut Out, idx: usize) {
         self.counters[C_RESETS] += 1;
+        if self.wire == Wire::Dynamo14 {
+            // Dynamo 1.4+ routers clear only the event's dp rank
+            self.push14(idx, StorageTier::Device, Ev14::Cleared);
+            return;
+        }
         // `ranks` holds exactly the configured ranks, or the seen ones
         if self.ranks.len() == 1 {
             self.ranks[idx].live.clear();
@@ -550,7 +757,208 @@ impl Ingestor {
         }
         let mut live: Vec<u64> = self.ranks[idx].live.drain().collect();
         live.sort_unstable();
-        self.emit_removed(out, idx, &live);
+        self.emit_removed(out, idx, live, StorageTier::Device);
+    }
+
+    // --------------------------------------------------------------------------------------------
+    // dynamo-1.4 (SPEC 5b): coalesce adjacent events, refcount removes, number, then pack the call's
+    // events into envelopes, as Dynamo 1.6.1's publisher does.
+
+    /// Coalesces `ev` with the pending event when it continues it: a store whose parent is the
+    /// pending store's last block, or a remove after a remove, of the same tier, up to
+    /// MAX_COALESCED_BLOCKS. A `cleared` flushes the pending event and passes as it is.
+    fn push14(&mut self, idx: usize, tier: StorageTier, ev: Ev14) {
+        if matches!(ev, Ev14::Cleared) {
+            self.flush14(idx);
+            self.ready14(idx, tier, ev);
+            return;
+        }
+        if let Some((ptier, pending)) = self.pending.as_mut() {
+            let merged = *ptier == tier
+                && match (pending, &ev) {
+                    (
+                        Ev14::Stored { blocks, .. },
+                        Ev14::Stored {
+                            parent_hash: next_parent,
+                            ..
+                        },
+                    ) => *next_parent == blocks.last().map(|b| b.block_hash),
+                    (Ev14::Removed(_), Ev14::Removed(_)) => true,
+                    _ => false,
+                };
+            if merged {
+                let (_, pending) = self.pending.as_mut().unwrap_or_else(|| unreachable!());
+                match (pending, ev) {
+                    (Ev14::Stored { blocks, .. }, Ev14::Stored { blocks: next, .. }) => {
+                        blocks.extend(next)
+                    }
+                    (Ev14::Removed(h), Ev14::Removed(next)) => h.extend(next),
+                    _ => {}
+                }
+                if self
+                    .pending
+                    .as_ref()
+                    .is_some_and(|(_, p)| p.blocks() >= MAX_COALESCED_BLOCKS)
+                {
+                    self.flush14(idx);
+                }
+                return;
+            }
+        }
+        self.flush14(idx);
+        if ev.blocks() >= MAX_COALESCED_BLOCKS {
+            self.ready14(idx, tier, ev);
+        } else {
+            self.pending = Some((tier, ev));
+        }
+    }
+
+    fn flush14(&mut self, idx: usize) {
+        if let Some((tier, ev)) = self.pending.take() {
+            self.ready14(idx, tier, ev);
+        }
+    }
+
+    /// The refcount dedup, then the event's id.
+    fn ready14(&mut self, idx: usize, tier: StorageTier, ev: Ev14) {
+        let rank = &mut self.ranks[idx];
+        let ev = match ev {
+            Ev14::Stored {
+                parent_hash,
+                blocks,
+            } => {
+                let counts = &mut rank.refcounts[tier as usize];
+                let mut untracked = 0;
+                for b in &blocks {
+                    if counts.len() < MAX_LIVE_BLOCKS_PER_RANK || counts.contains_key(&b.block_hash)
+                    {
+                        *counts.entry(b.block_hash).or_insert(0) += 1;
+                    } else {
+                        untracked += 1;
+                    }
+                }
+                self.counters[C_UNTRACKED] += untracked;
+                Ev14::Stored {
+                    parent_hash,
+                    blocks,
+                }
+            }
+            Ev14::Removed(mut hashes) => {
+                let counts = &mut rank.refcounts[tier as usize];
+                hashes.retain(|h| match counts.get_mut(h) {
+                    Some(c) if *c > 1 => {
+                        *c -= 1;
+                        false
+                    }
+                    Some(_) => {
+                        counts.remove(h);
+                        true
+                    }
+                    None => true,
+                });
+                if hashes.is_empty() {
+                    return;
+                }
+                Ev14::Removed(hashes)
+            }
+            Ev14::Cleared => {
+                for c in rank.refcounts.iter_mut() {
+                    *c = RefCounts::default();
+                }
+                rank.live.clear();
+                Ev14::Cleared
+            }
+        };
+        let event_id = rank.next_id;
+        rank.next_id += 1;
+        match &ev {
+            Ev14::Stored { blocks, .. } => {
+                self.counters[C_EMITTED_STORED] += 1;
+                self.counters[C_BLOCKS_STORED] += blocks.len() as u64;
+            }
+            Ev14::Removed(h) => {
+                self.counters[C_EMITTED_REMOVED] += 1;
+                self.counters[C_BLOCKS_REMOVED] += h.len() as u64;
+            }
+            Ev14::Cleared => self.counters[C_EMITTED_CLEARED] += 1,
+        }
+        self.emitted.push((tier, event_id, ev));
+    }
+
+    /// Ends a call: flushes the pending event and packs the numbered events into envelopes of at
+    /// most MAX_EVENTS_PER_ENVELOPE events and MAX_BLOCKS_PER_ENVELOPE blocks (one larger event
+    /// goes alone), each with the rank's publisher id and next sequence.
+    fn finish(&mut self, out: &mut Out, idx: usize) {
+        if self.wire != Wire::Dynamo14 {
+            return;
+        }
+        self.flush14(idx);
+        if self.emitted.is_empty() {
+            return;
+        }
+        let emitted = std::mem::take(&mut self.emitted);
+        let dp_rank = self.ranks[idx].rank;
+        let publisher_id = self.publisher_id(dp_rank);
+        out.first_id.get_or_insert(emitted[0].1);
+        let mut start = 0;
+        while start < emitted.len() {
+            let mut end = start;
+            let mut blocks = 0;
+            while end < emitted.len() {
+                let b = emitted[end].2.blocks();
+                if end > start
+                    && (end - start == MAX_EVENTS_PER_ENVELOPE
+                        || blocks + b > MAX_BLOCKS_PER_ENVELOPE)
+                {
+                    break;
+                }
+                blocks += b;
+                end += 1;
+            }
+            self.event_scratch.clear();
+            Writer::new(&mut self.event_scratch).array(end - start);
+            for (tier, event_id, ev) in &emitted[start..end] {
+                write_event_msgpack_meta(
+                    &mut self.event_scratch,
+                    self.worker_id,
+                    *event_id,
+                    dp_rank,
+                    ev.data(),
+                    EventMeta::worker(*tier),
+                );
+            }
+            let rank = &mut self.ranks[idx];
+            out.first_sequence.get_or_insert(rank.sequence);
+            let at = out.body.len();
+            write_envelope(
+                &mut out.body,
+                publisher_id,
+                rank.sequence,
+                out.now_ms,
+                KV_EVENTS_TOPIC,
+                &self.event_scratch,
+            );
+            rank.sequence += 1;
+            let len = out.body.len() - at;
+            out.lens.push(len as u32);
+            self.counters[C_PAYLOAD_BYTES] += len as u64;
+            start = end;
+        }
+        if let Some(local) = self.local.as_mut() {
+            for (tier, event_id, ev) in &emitted {
+                if *tier != StorageTier::Device {
+                    continue;
+                }
+                match ev {
+                    Ev14::Cleared => local.apply_rank_clear(self.worker_id, *event_id, dp_rank),
+                    ev => local.apply(self.worker_id, *event_id, dp_rank, ev.data()),
+                };
+            }
+        }
+        // keep the allocation for the next call
+        let mut emitted = emitted;
+        emitted.clear();
+        self.emitted = emitted;
     }
 
     /// Encodes one router event with the next id of its rank and appends it to the output.
@@ -574,6 +982,7 @@ impl Ingestor {
                     dp_rank,
                     data,
                 );
+                out.first_sequence.get_or_insert(self.sequence);
                 write_envelope(
                     &mut out.body,
                     self.worker_id,

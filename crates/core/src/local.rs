@@ -90,6 +90,22 @@ impl LocalIndexer {
         self.index.apply(worker_id, event_id, dp_rank, data)
     }
 
+    /// Applies and buffers a Dynamo 1.4+ `cleared`: only `dp_rank` of the worker loses its blocks.
+    pub fn apply_rank_clear(
+        &mut self,
+        worker_id: u64,
+        event_id: u64,
+        dp_rank: u32,
+    ) -> ApplyOutcome {
+        self.buffer(RouterEvent {
+            worker_id,
+            event_id,
+            dp_rank,
+            data: crate::wire::EventData::Cleared,
+        });
+        self.index.clear_rank(worker_id, event_id, dp_rank)
+    }
+
     fn buffer(&mut self, ev: RouterEvent) {
         let ring = self.rings.entry(ev.dp_rank).or_default();
         if ring.len() == self.capacity {
@@ -243,5 +259,8 @@ impl IndexAccess for LocalIndexer {
         data: DataRef,
     ) -> ApplyOutcome {
         self.apply(worker_id, event_id, dp_rank, data)
+    }
+    fn clear_rank_parts(&mut self, worker_id: u64, event_id: u64, dp_rank: u32) -> ApplyOutcome {
+        self.apply_rank_clear(worker_id, event_id, dp_rank)
     }
 }

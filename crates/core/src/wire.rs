@@ -1,7 +1,8 @@
-//! Dynamo 1.0 router-side wire types and their exact encodings (SPEC 5): the RouterEvent as rmp-serde
+//! Router-side wire types and their exact encodings (SPEC 5, and 5b for Dynamo 1.4+): the RouterEvent as rmp-serde
 //! named msgpack and as compact JSON with exact u64, the event-plane envelope, ActiveLoad, and the
 //! JetStream stream name.
 
+use crate::discovery::encode_segment;
 use crate::json::{parse_json, JsonError, Val};
 use crate::msgpack::{Head, Reader, Writer};
 
@@ -45,6 +46,87 @@ pub struct RouterEvent {
 
 pub const KV_EVENTS_TOPIC: &str = "kv-events";
 pub const KV_METRICS_TOPIC: &str = "kv_metrics";
+
+/// Dynamo 1.4+'s `storage_tier` of a RouterEvent (SPEC 5b): where the blocks live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum StorageTier {
+    Device = 0,
+    HostPinned = 1,
+    Disk = 2,
+    External = 3,
+}
+
+/// Tier names, indexed by `StorageTier as usize`.
+pub const STORAGE_TIERS: [&str; 4] = ["device", "host_pinned", "disk", "external"];
+
+impl StorageTier {
+    pub const ALL: [StorageTier; 4] = [
+        StorageTier::Device,
+        StorageTier::HostPinned,
+        StorageTier::Disk,
+        StorageTier::External,
+    ];
+
+    pub fn name(self) -> &'static str {
+        STORAGE_TIERS[self as usize]
+    }
+
+    pub fn from_name(s: &[u8]) -> Option<StorageTier> {
+        StorageTier::ALL
+            .into_iter()
+            .find(|t| t.name().as_bytes() == s)
+    }
+
+    /// Dynamo 1.6.1's mapping of an engine `medium` (exact case): absent or empty is the device;
+    /// None is a medium it does not know (such events are filtered).
+    pub fn from_medium(medium: Option<&[u8]>) -> Option<StorageTier> {
+        match medium.unwrap_or(b"") {
+            b"" | b"GPU" | b"DEVICE" => Some(StorageTier::Device),
+            b"CPU" | b"CPU_PINNED" | b"CPU_TIER1" => Some(StorageTier::HostPinned),
+            b"CPU_TIER2" | b"DISK" | b"NVME" | b"STORAGE" => Some(StorageTier::Disk),
+            b"EXTERNAL" | b"NETWORK" | b"REMOTE" | b"SHARED" => Some(StorageTier::External),
+            _ => None,
+        }
+    }
+}
+
+/// Dynamo 1.5+'s `residency_domain` of a RouterEvent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResidencyDomain {
+    Worker,
+    CacheOwner,
+}
+
+/// The Dynamo 1.4+ fields of a decoded RouterEvent; both None for the Dynamo 1.0 shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EventMeta {
+    pub storage_tier: Option<StorageTier>,
+    pub residency_domain: Option<ResidencyDomain>,
+}
+
+impl EventMeta {
+    /// The 1.4 fields this package's `dynamo-1.4` profile writes.
+    pub fn worker(tier: StorageTier) -> Self {
+        EventMeta {
+            storage_tier: Some(tier),
+            residency_domain: Some(ResidencyDomain::Worker),
+        }
+    }
+
+    /// Whether the event describes the worker's own GPU memory (what a radix index holds): device
+    /// tier (absent = device) and worker domain (absent = worker).
+    pub fn targets_gpu_index(self) -> bool {
+        self.storage_tier.is_none_or(|t| t == StorageTier::Device)
+            && self.residency_domain != Some(ResidencyDomain::CacheOwner)
+    }
+
+    /// A `cleared` that names its residency domain is Dynamo 1.4+'s: it clears only its dp rank. A
+    /// `cleared` without one keeps Dynamo 1.0's meaning, every rank of the worker.
+    pub fn rank_scoped(self) -> bool {
+        self.residency_domain.is_some()
+    }
+}
 
 // ------------------------------------------------------------------------------------------------
 // msgpack (rmp-serde `to_vec_named`: maps with string keys, in declaration order)
@@ -111,10 +193,39 @@ pub fn write_event_msgpack(
     dp_rank: u32,
     data: DataRef,
 ) {
+    write_event_msgpack_meta(
+        out,
+        worker_id,
+        event_id,
+        dp_rank,
+        data,
+        EventMeta::default(),
+    );
+}
+
+/// A RouterEvent with the Dynamo 1.4+ fields of `meta` (SPEC 5b): `storage_tier` and
+/// `residency_domain` after `worker_id` when present, and `start_position: null` in stores when
+/// `storage_tier` is present (Dynamo 1.6.1's field order). The default meta writes Dynamo 1.0.
+pub fn write_event_msgpack_meta(
+    out: &mut Vec<u8>,
+    worker_id: u64,
+    event_id: u64,
+    dp_rank: u32,
+    data: DataRef,
+    meta: EventMeta,
+) {
     let mut w = Writer::new(out);
-    w.map(2);
+    w.map(2 + meta.storage_tier.is_some() as usize + meta.residency_domain.is_some() as usize);
     w.str("worker_id");
     w.uint(worker_id);
+    if let Some(t) = meta.storage_tier {
+        w.str("storage_tier");
+        w.str(t.name());
+    }
+    if let Some(d) = meta.residency_domain {
+        w.str("residency_domain");
+        w.str(domain_name(d));
+    }
     w.str("event");
     w.map(3);
     w.str("event_id");
@@ -124,7 +235,7 @@ pub fn write_event_msgpack(
         DataRef::Stored {
             parent_hash,
             blocks,
-        } => write_stored_msgpack(&mut w, parent_hash, blocks),
+        } => write_stored_msgpack_at(&mut w, parent_hash, blocks, meta.storage_tier.is_some()),
         DataRef::Removed(hashes) => write_removed_msgpack(&mut w, hashes),
         DataRef::Cleared => w.str("cleared"),
     }
@@ -132,12 +243,32 @@ pub fn write_event_msgpack(
     w.uint(dp_rank as u64);
 }
 
+fn domain_name(d: ResidencyDomain) -> &'static str {
+    match d {
+        ResidencyDomain::Worker => "worker",
+        ResidencyDomain::CacheOwner => "cache_owner",
+    }
+}
+
 pub fn write_stored_msgpack(w: &mut Writer, parent_hash: Option<u64>, blocks: &[StoredBlock]) {
+    write_stored_msgpack_at(w, parent_hash, blocks, false);
+}
+
+fn write_stored_msgpack_at(
+    w: &mut Writer,
+    parent_hash: Option<u64>,
+    blocks: &[StoredBlock],
+    start_position: bool,
+) {
     w.map(1);
     w.str("stored");
-    w.map(2);
+    w.map(2 + start_position as usize);
     w.str("parent_hash");
     w.opt_uint(parent_hash);
+    if start_position {
+        w.str("start_position");
+        w.nil();
+    }
     w.str("blocks");
     w.array(blocks.len());
     for b in blocks {
@@ -212,8 +343,28 @@ pub fn write_active_load(
     active_decode_blocks: Option<u64>,
     active_prefill_tokens: Option<u64>,
 ) {
+    write_active_load_fields(
+        out,
+        worker_id,
+        dp_rank,
+        active_decode_blocks,
+        active_prefill_tokens,
+        None,
+    );
+}
+
+/// `ActiveLoad` with Dynamo 1.4+'s `kv_used_blocks` (SPEC 5b; always written, nil when None) when
+/// `kv_used_blocks` is `Some(_)`; `None` writes the Dynamo 1.0 message.
+pub fn write_active_load_fields(
+    out: &mut Vec<u8>,
+    worker_id: u64,
+    dp_rank: u32,
+    active_decode_blocks: Option<u64>,
+    active_prefill_tokens: Option<u64>,
+    kv_used_blocks: Option<Option<u64>>,
+) {
     let mut w = Writer::new(out);
-    w.map(4);
+    w.map(4 + kv_used_blocks.is_some() as usize);
     w.str("worker_id");
     w.uint(worker_id);
     w.str("dp_rank");
@@ -222,6 +373,10 @@ pub fn write_active_load(
     w.opt_uint(active_decode_blocks);
     w.str("active_prefill_tokens");
     w.opt_uint(active_prefill_tokens);
+    if let Some(used) = kv_used_blocks {
+        w.str("kv_used_blocks");
+        w.opt_uint(used);
+    }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -266,8 +421,37 @@ pub fn write_event_json(
     dp_rank: u32,
     data: DataRef,
 ) {
+    write_event_json_meta(
+        out,
+        worker_id,
+        event_id,
+        dp_rank,
+        data,
+        EventMeta::default(),
+    );
+}
+
+/// The JSON twin of `write_event_msgpack_meta`.
+pub fn write_event_json_meta(
+    out: &mut Vec<u8>,
+    worker_id: u64,
+    event_id: u64,
+    dp_rank: u32,
+    data: DataRef,
+    meta: EventMeta,
+) {
     out.extend_from_slice(b"{\"worker_id\":");
     write_u64_dec(out, worker_id);
+    if let Some(t) = meta.storage_tier {
+        out.extend_from_slice(b",\"storage_tier\":\"");
+        out.extend_from_slice(t.name().as_bytes());
+        out.push(b'"');
+    }
+    if let Some(d) = meta.residency_domain {
+        out.extend_from_slice(b",\"residency_domain\":\"");
+        out.extend_from_slice(domain_name(d).as_bytes());
+        out.push(b'"');
+    }
     out.extend_from_slice(b",\"event\":{\"event_id\":");
     write_u64_dec(out, event_id);
     out.extend_from_slice(b",\"data\":");
@@ -275,7 +459,7 @@ pub fn write_event_json(
         DataRef::Stored {
             parent_hash,
             blocks,
-        } => write_stored_json(out, parent_hash, blocks),
+        } => write_stored_json_at(out, parent_hash, blocks, meta.storage_tier.is_some()),
         DataRef::Removed(hashes) => write_removed_json(out, hashes),
         DataRef::Cleared => out.extend_from_slice(b"\"cleared\""),
     }
@@ -285,8 +469,20 @@ pub fn write_event_json(
 }
 
 pub fn write_stored_json(out: &mut Vec<u8>, parent_hash: Option<u64>, blocks: &[StoredBlock]) {
+    write_stored_json_at(out, parent_hash, blocks, false);
+}
+
+fn write_stored_json_at(
+    out: &mut Vec<u8>,
+    parent_hash: Option<u64>,
+    blocks: &[StoredBlock],
+    start_position: bool,
+) {
     out.extend_from_slice(b"{\"stored\":{\"parent_hash\":");
     write_opt_u64_dec(out, parent_hash);
+    if start_position {
+        out.extend_from_slice(b",\"start_position\":null");
+    }
     out.extend_from_slice(b",\"blocks\":[");
     for (i, b) in blocks.iter().enumerate() {
         if i > 0 {
@@ -383,15 +579,46 @@ fn msgpack_val(r: &mut Reader, level: u32) -> Result<Val, WireError> {
 }
 
 pub fn decode_router_event_msgpack(bytes: &[u8]) -> Result<RouterEvent, WireError> {
+    one(decode_router_events_msgpack(bytes)?)
+}
+
+/// A decoded event with its Dynamo 1.4+ fields.
+pub type MetaEvent = (RouterEvent, EventMeta);
+
+/// The single event of a decoded payload (a Dynamo 1.0 map, or a Dynamo 1.4 array of one).
+fn one(mut list: Vec<MetaEvent>) -> Result<RouterEvent, WireError> {
+    if list.len() == 1 {
+        return Ok(list
+            .pop()
+            .map(|(ev, _)| ev)
+            .unwrap_or_else(|| unreachable!()));
+    }
+    werr(format!(
+        "a batch of {} events where one was expected (decodeRouterEvents reads batches)",
+        list.len()
+    ))
+}
+
+/// msgpack RouterEvents: one map (Dynamo 1.0's payload) or an array of them (Dynamo 1.4+'s).
+pub fn decode_router_events_msgpack(bytes: &[u8]) -> Result<Vec<MetaEvent>, WireError> {
     if let Some(ev) = canonical_router_event(bytes) {
-        return Ok(ev);
+        return Ok(vec![(ev, EventMeta::default())]);
     }
     let mut r = Reader::new(bytes);
     let v = msgpack_val(&mut r, 1)?;
     if !r.at_end() {
         return werr("trailing bytes");
     }
-    router_event_from_val(&v)
+    router_events_from_val(&v)
+}
+
+fn router_events_from_val(v: &Val) -> Result<Vec<MetaEvent>, WireError> {
+    match v {
+        // a publisher never sends an empty batch
+        Val::Arr(items) if items.is_empty() => werr("an empty batch"),
+        Val::Arr(items) => items.iter().map(router_event_from_val).collect(),
+        v => Ok(vec![router_event_from_val(v)?]),
+    }
 }
 
 /// The router's hot path: a RouterEvent exactly as rmp-serde (and this package) writes it, read
@@ -477,6 +704,12 @@ fn canonical_router_event(bytes: &[u8]) -> Option<RouterEvent> {
 /// The RouterEvent inside an event-plane envelope (`{publisher_id, sequence, published_at, topic,
 /// payload: bin}`).
 pub fn decode_router_event_envelope(bytes: &[u8]) -> Result<RouterEvent, WireError> {
+    one(decode_router_events_envelope(bytes)?)
+}
+
+/// The RouterEvents inside an event-plane envelope: a Dynamo 1.0 payload (one event) or a Dynamo
+/// 1.4+ payload (an array).
+pub fn decode_router_events_envelope(bytes: &[u8]) -> Result<Vec<MetaEvent>, WireError> {
     let mut r = Reader::new(bytes);
     let n = match r.head(1) {
         Ok(Head::Map(n)) => n,
@@ -504,7 +737,7 @@ pub fn decode_router_event_envelope(bytes: &[u8]) -> Result<RouterEvent, WireErr
         return werr("trailing bytes after the envelope");
     }
     match payload {
-        Some(p) => decode_router_event_msgpack(p),
+        Some(p) => decode_router_events_msgpack(p),
         None => werr("envelope without a bin payload"),
     }
 }
@@ -514,10 +747,18 @@ pub const ENCODED_FORMATS: [&str; 3] = ["envelope", "msgpack", "json"];
 
 /// Decodes a RouterEvent in the encoding `format` names (an index into ENCODED_FORMATS).
 pub fn decode_router_event_encoded(bytes: &[u8], format: u32) -> Result<RouterEvent, WireError> {
+    one(decode_router_events_encoded(bytes, format)?)
+}
+
+/// Decodes the RouterEvents (one, or a Dynamo 1.4+ array) in the encoding `format` names.
+pub fn decode_router_events_encoded(
+    bytes: &[u8],
+    format: u32,
+) -> Result<Vec<MetaEvent>, WireError> {
     match format {
-        0 => decode_router_event_envelope(bytes),
-        1 => decode_router_event_msgpack(bytes),
-        2 => decode_router_event_json(bytes),
+        0 => decode_router_events_envelope(bytes),
+        1 => decode_router_events_msgpack(bytes),
+        2 => decode_router_events_json(bytes),
         _ => Err(WireError(format!(
             "invalid router event format {format}: not one of envelope (0), msgpack (1), json (2)"
         ))),
@@ -525,8 +766,12 @@ pub fn decode_router_event_encoded(bytes: &[u8], format: u32) -> Result<RouterEv
 }
 
 pub fn decode_router_event_json(bytes: &[u8]) -> Result<RouterEvent, WireError> {
+    one(decode_router_events_json(bytes)?)
+}
+
+pub fn decode_router_events_json(bytes: &[u8]) -> Result<Vec<MetaEvent>, WireError> {
     match parse_json(bytes, crate::msgpack::MAX_DEPTH) {
-        Ok(v) => router_event_from_val(&v),
+        Ok(v) => router_events_from_val(&v),
         Err(JsonError(e)) => werr(format!("bad JSON: {e}")),
     }
 }
@@ -557,11 +802,24 @@ fn arr<'v>(v: Option<&'v Val>, what: &str) -> Result<&'v [Val], WireError> {
     }
 }
 
-fn router_event_from_val(v: &Val) -> Result<RouterEvent, WireError> {
+fn router_event_from_val(v: &Val) -> Result<MetaEvent, WireError> {
     if !matches!(v, Val::Obj(_)) {
         return werr("not a map");
     }
     let worker_id = u64_field(v, "worker_id")?;
+    let storage_tier = match v.get("storage_tier") {
+        None => None,
+        Some(Val::Str(s)) if StorageTier::from_name(s.as_bytes()).is_some() => {
+            StorageTier::from_name(s.as_bytes())
+        }
+        Some(_) => return werr("storage_tier must be device, host_pinned, disk or external"),
+    };
+    let residency_domain = match v.get("residency_domain") {
+        None => None,
+        Some(Val::Str(s)) if s == "worker" => Some(ResidencyDomain::Worker),
+        Some(Val::Str(s)) if s == "cache_owner" => Some(ResidencyDomain::CacheOwner),
+        Some(_) => return werr("residency_domain must be worker or cache_owner"),
+    };
     let event = match v.get("event") {
         Some(e @ Val::Obj(_)) => e,
         _ => return werr("event must be a map"),
@@ -579,6 +837,12 @@ fn router_event_from_val(v: &Val) -> Result<RouterEvent, WireError> {
                     None | Some(Val::Null) => None,
                     Some(x) => Some(u64_of(x, "parent_hash")?),
                 };
+                match s.get("start_position") {
+                    None | Some(Val::Null) => {}
+                    Some(x) => {
+                        u32_of(x, "start_position")?;
+                    }
+                }
                 let blocks = arr(s.get("blocks"), "blocks")?
                     .iter()
                     .map(|b| {
@@ -608,12 +872,18 @@ fn router_event_from_val(v: &Val) -> Result<RouterEvent, WireError> {
         }
         _ => return werr("data must be stored, removed or cleared"),
     };
-    Ok(RouterEvent {
-        worker_id,
-        event_id,
-        dp_rank,
-        data,
-    })
+    Ok((
+        RouterEvent {
+            worker_id,
+            event_id,
+            dp_rank,
+            data,
+        },
+        EventMeta {
+            storage_tier,
+            residency_domain,
+        },
+    ))
 }
 
 fn extra_info_from_val(v: &Val) -> Result<BlockExtraInfo, WireError> {
@@ -653,6 +923,25 @@ pub fn kv_events_subject(namespace: &str, component: &str) -> String {
 /// The subject a Dynamo 1.0 router reads worker load (ActiveLoad in a `kv_metrics` envelope) from.
 pub fn kv_metrics_subject(namespace: &str) -> String {
     format!("namespace.{namespace}.{KV_METRICS_TOPIC}")
+}
+
+/// Dynamo 1.4+'s endpoint-scoped subject prefix `namespace.{ns}.component.{c}.endpoint.{e}`, each
+/// segment percent-encoded.
+pub fn endpoint_subject_prefix(namespace: &str, component: &str, endpoint: &str) -> String {
+    format!(
+        "namespace.{}.component.{}.endpoint.{}",
+        encode_segment(namespace),
+        encode_segment(component),
+        encode_segment(endpoint)
+    )
+}
+
+/// Dynamo 1.4+'s subject of `topic` (`kv-events`, `kv_metrics`) for one serving endpoint.
+pub fn endpoint_subject(namespace: &str, component: &str, endpoint: &str, topic: &str) -> String {
+    format!(
+        "{}.{topic}",
+        endpoint_subject_prefix(namespace, component, endpoint)
+    )
 }
 
 /// The subject events are published to in a JetStream stream.

@@ -176,6 +176,7 @@ fn cfg(bs: u32) -> IngestorConfig {
         max_dp_ranks: 64,
         dp_ranks: None,
         local_indexer: None,
+        ..IngestorConfig::new(bs, WORKER)
     }
 }
 

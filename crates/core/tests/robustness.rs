@@ -493,6 +493,22 @@ struct Harness {
     st: Ingestor,
     st_next: HashMap<u32, u64>,
     st_seq: u64,
+    // the same for the dynamo-1.4 profile: next id and next envelope sequence per rank
+    st14: Ingestor,
+    st14_next: HashMap<u32, (u64, u64)>,
+}
+
+fn new_stateful14() -> Ingestor {
+    Ingestor::new(IngestorConfig {
+        kv_block_size: 4,
+        worker_id: WORKER,
+        max_dp_ranks: 8,
+        local_indexer: Some(64),
+        wire: dynamo_kv_core::convert::Wire::Dynamo14,
+        publisher_seed: 99,
+        ..IngestorConfig::new(1, 0)
+    })
+    .unwrap()
 }
 
 fn new_stateful() -> Ingestor {
@@ -503,6 +519,7 @@ fn new_stateful() -> Ingestor {
         max_dp_ranks: 8,
         dp_ranks: None,
         local_indexer: Some(64),
+        ..IngestorConfig::new(1, 0)
     })
     .unwrap()
 }
@@ -624,6 +641,8 @@ impl Harness {
             st: new_stateful(),
             st_next: HashMap::new(),
             st_seq: 0,
+            st14: new_stateful14(),
+            st14_next: HashMap::new(),
         }
     }
 
@@ -657,6 +676,7 @@ impl Harness {
             max_dp_ranks: 64,
             dp_ranks: None,
             local_indexer: Some(16),
+            ..IngestorConfig::new(1, 0)
         })
         .unwrap();
 
@@ -873,12 +893,117 @@ impl Harness {
 
         // ---- the long-lived ingestor: ids per rank stay consecutive, rejections consume none
         self.run_stateful(input, peek.map(|p| p.0));
+        self.run_stateful14(input, peek.map(|p| p.0));
         if self.inputs.is_multiple_of(20_000) {
             self.st = new_stateful();
             self.st_next.clear();
             self.st_seq = 0;
+            self.st14 = new_stateful14();
+            self.st14_next.clear();
         }
         ingest_ok
+    }
+
+    /// The dynamo-1.4 profile on the same input: never a panic; a malformed batch emits nothing;
+    /// otherwise every payload is an envelope of the rank's publisher with the next sequence, holding
+    /// an array of at most 128 events (8,192 blocks, or one larger event) of this worker and rank,
+    /// with storage tiers, numbered on from the rank's last id without gaps.
+    fn run_stateful14(
+        &mut self,
+        input: &[u8],
+        peek: Result<u32, dynamo_kv_core::msgpack::Malformed>,
+    ) {
+        let Ok(out) = catch_unwind(AssertUnwindSafe(|| self.st14.ingest(input, NOW))) else {
+            self.fail(
+                "panic_stateful14",
+                input,
+                "the dynamo-1.4 ingestor panicked".into(),
+            );
+            self.st14 = new_stateful14();
+            self.st14_next.clear();
+            return;
+        };
+        let u = unpack(&out);
+        let Ok(rank) = peek else {
+            if u.rejected[0] != 1 || !u.payloads.is_empty() {
+                self.fail("stateful14_malformed", input, format!("{u:?}"));
+            }
+            return;
+        };
+        if u.rejected[Reason::DpRank as usize] != 0 {
+            if !u.payloads.is_empty() || self.st14_next.contains_key(&rank) {
+                self.fail("stateful14_rank", input, format!("rank {rank}: {u:?}"));
+            }
+            return;
+        }
+        let (mut next_id, mut next_seq) = *self.st14_next.entry(rank).or_insert((1, 0));
+        if !u.payloads.is_empty()
+            && (u.first_event_id != Some(next_id) || u.first_sequence != Some(next_seq))
+        {
+            self.fail(
+                "stateful14_first",
+                input,
+                format!("rank {rank}: {u:?}, expected id {next_id} seq {next_seq}"),
+            );
+        }
+        for p in &u.payloads {
+            let env = match envelope(p) {
+                Ok(e) => e,
+                Err(e) => {
+                    self.fail("stateful14_envelope", input, e);
+                    continue;
+                }
+            };
+            if env.sequence != next_seq || env.publisher_id != self.st14.publisher_id(rank) {
+                self.fail(
+                    "stateful14_sequence",
+                    input,
+                    format!("{} {}", env.sequence, env.publisher_id),
+                );
+            }
+            next_seq += 1;
+            let evs = match dynamo_kv_core::wire::decode_router_events_encoded(p, 0) {
+                Ok(evs) => evs,
+                Err(e) => {
+                    self.fail("stateful14_payload", input, e.0);
+                    continue;
+                }
+            };
+            let blocks: usize = evs
+                .iter()
+                .map(|(e, _)| match &e.data {
+                    EventData::Stored { blocks, .. } => blocks.len(),
+                    EventData::Removed { block_hashes } => block_hashes.len(),
+                    EventData::Cleared => 0,
+                })
+                .sum();
+            if evs.is_empty() || evs.len() > 128 || (evs.len() > 1 && blocks > 8192) {
+                self.fail(
+                    "stateful14_partition",
+                    input,
+                    format!("{} events, {blocks} blocks", evs.len()),
+                );
+            }
+            for (e, meta) in &evs {
+                if e.worker_id != WORKER
+                    || e.dp_rank != rank
+                    || e.event_id != next_id
+                    || meta.storage_tier.is_none()
+                    || meta.residency_domain.is_none()
+                {
+                    self.fail(
+                        "stateful14_event",
+                        input,
+                        format!("{e:?} {meta:?}, expected id {next_id}"),
+                    );
+                }
+                next_id += 1;
+            }
+        }
+        self.st14_next.insert(rank, (next_id, next_seq));
+        if self.st14.next_event_id(rank) != next_id {
+            self.fail("stateful14_next_event_id", input, format!("rank {rank}"));
+        }
     }
 
     fn run_stateful(
@@ -1179,7 +1304,7 @@ const TAGS: [&[u8]; 8] = [
     b"BlockStored\0",
     b"\xff\xfe",
 ];
-const KEYS: [&[u8]; 24] = [
+const KEYS: [&[u8]; 25] = [
     b"type",
     b"block_hashes",
     b"parent_block_hash",
@@ -1202,11 +1327,16 @@ const KEYS: [&[u8]; 24] = [
     b"data_parallel_rank",
     b"__proto__",
     b"cache_salt",
+    b"ownership",
     b"",
     b"\xc3\x28",
 ];
-const WORDS: [&[u8]; 16] = [
+const WORDS: [&[u8]; 20] = [
     b"GPU",
+    b"DEVICE",
+    b"CPU_PINNED",
+    b"NVME",
+    b"dynamo-cache-salt:tenant",
     b"gpu",
     b"CPU",
     b"DISK",
@@ -1282,9 +1412,17 @@ impl Gen {
         self.enc().map(out, n);
     }
 
+    /// 64 hex digits; a quarter of them Dynamo 1.5+ markers (16 digits, then 48 '0').
     fn hex64(&mut self) -> Vec<u8> {
+        let marker = self.r.chance(25);
         (0..64)
-            .map(|_| *self.r.pick(b"0123456789abcdefABCDEF"))
+            .map(|i| {
+                if marker && i >= 16 {
+                    b'0'
+                } else {
+                    *self.r.pick(b"0123456789abcdefABCDEF")
+                }
+            })
             .collect()
     }
 
@@ -1501,7 +1639,16 @@ impl Gen {
 
     fn tokens(&mut self, out: &mut Vec<u8>, n: usize, clean: bool) {
         self.arr(out, n);
+        // Eagle bigram pairs [[a, b], [b, c], ...] (Dynamo 1.4+), now and then mixed with plain ids
+        let pairs = self.r.chance(8);
         for _ in 0..n {
+            if pairs && self.r.chance(98) {
+                let (a, b) = (self.r.below(1 << 17) as i128, self.r.below(1 << 17) as i128);
+                self.arr(out, 2);
+                self.int(out, a);
+                self.int(out, b);
+                continue;
+            }
             if clean || self.r.chance(97) {
                 let v = match self.r.below(10) {
                     0..=5 => self.r.below(1 << 17) as i128,
@@ -2869,6 +3016,7 @@ fn nesting_at_and_over_the_limit() {
                                     max_dp_ranks: 64,
                                     dp_ranks: None,
                                     local_indexer: None,
+                                    ..IngestorConfig::new(1, 0)
                                 })
                                 .unwrap()
                                 .ingest(&b, 0),
@@ -2949,6 +3097,7 @@ fn one_byte_events_are_not_amplified_in_memory() {
         max_dp_ranks: 64,
         dp_ranks: None,
         local_indexer: None,
+        ..IngestorConfig::new(1, 0)
     })
     .unwrap();
     reset_peak();

@@ -7,7 +7,9 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use dynamo_kv_core::convert::{decode_engine_batch as core_decode, Converted, Reason};
+use dynamo_kv_core::convert::{
+    decode_engine_batch as core_decode, Converted, Reason, StoreHashing, Wire,
+};
 use dynamo_kv_core::discovery;
 use dynamo_kv_core::engine::peek_batch as core_peek;
 use dynamo_kv_core::hash::{compute_block_hashes_with as core_hashes, BlockHashOptions};
@@ -17,8 +19,8 @@ use dynamo_kv_core::index::{
 use dynamo_kv_core::ingest::{Ingestor, IngestorConfig, Mode, COUNTER_NAMES};
 use dynamo_kv_core::local::{write_range_result_json, LocalIndexer, RangeResult};
 use dynamo_kv_core::wire::{
-    self, BlockExtraInfo, EventData, MmObject, RouterEvent, StoredBlock, ENCODED_FORMATS,
-    KV_EVENTS_TOPIC, KV_METRICS_TOPIC,
+    self, BlockExtraInfo, EventData, EventMeta, MmObject, ResidencyDomain, RouterEvent,
+    StorageTier, StoredBlock, ENCODED_FORMATS, KV_EVENTS_TOPIC, KV_METRICS_TOPIC, STORAGE_TIERS,
 };
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
@@ -221,6 +223,37 @@ pub struct JsEvent {
 pub struct JsRouterEvent {
     pub worker_id: BigInt,
     pub event: JsEvent,
+    /// Dynamo 1.4+: `device`, `host_pinned`, `disk` or `external`.
+    pub storage_tier: Option<String>,
+    /// Dynamo 1.5+: `worker` or `cache_owner`.
+    pub residency_domain: Option<String>,
+}
+
+fn meta_in(ev: &JsRouterEvent) -> Result<EventMeta> {
+    let storage_tier = match ev.storage_tier.as_deref() {
+        None => None,
+        Some(t) => Some(StorageTier::from_name(t.as_bytes()).ok_or_else(|| {
+            Error::new(
+                Status::InvalidArg,
+                format!("storageTier must be one of {STORAGE_TIERS:?}, got {t}"),
+            )
+        })?),
+    };
+    let residency_domain = match ev.residency_domain.as_deref() {
+        None => None,
+        Some("worker") => Some(ResidencyDomain::Worker),
+        Some("cache_owner") => Some(ResidencyDomain::CacheOwner),
+        Some(d) => {
+            return Err(Error::new(
+                Status::InvalidArg,
+                format!("residencyDomain must be worker or cache_owner, got {d}"),
+            ))
+        }
+    };
+    Ok(EventMeta {
+        storage_tier,
+        residency_domain,
+    })
 }
 
 fn router_event_in(ev: &JsRouterEvent) -> Result<RouterEvent> {
@@ -341,42 +374,105 @@ pub fn peek_batch<'e>(env: &'e Env, payload: &[u8]) -> Result<Option<Object<'e>>
     Ok(Some(o))
 }
 
+fn write_event(out: &mut Vec<u8>, ev: &JsRouterEvent, json: bool) -> Result<()> {
+    let meta = meta_in(ev)?;
+    let ev = router_event_in(ev)?;
+    let data = ev.data.as_data_ref();
+    if json {
+        wire::write_event_json_meta(out, ev.worker_id, ev.event_id, ev.dp_rank, data, meta);
+    } else {
+        wire::write_event_msgpack_meta(out, ev.worker_id, ev.event_id, ev.dp_rank, data, meta);
+    }
+    Ok(())
+}
+
 #[napi(catch_unwind)]
 pub fn encode_router_event(ev: JsRouterEvent, json: bool) -> Result<Buffer> {
-    let ev = router_event_in(&ev)?;
+    let mut out = Vec::new();
+    write_event(&mut out, &ev, json)?;
+    Ok(out.into())
+}
+
+/// A Dynamo 1.4+ payload: a msgpack array, or a JSON array, of RouterEvents.
+#[napi(catch_unwind)]
+pub fn encode_router_events(evs: Vec<JsRouterEvent>, json: bool) -> Result<Buffer> {
     let mut out = Vec::new();
     if json {
-        wire::write_router_event_json(&mut out, &ev);
+        out.push(b'[');
     } else {
-        wire::write_router_event_msgpack(&mut out, &ev);
+        dynamo_kv_core::msgpack::Writer::new(&mut out).array(evs.len());
+    }
+    for (i, ev) in evs.iter().enumerate() {
+        if json && i > 0 {
+            out.push(b',');
+        }
+        write_event(&mut out, ev, json)?;
+    }
+    if json {
+        out.push(b']');
     }
     Ok(out.into())
 }
 
 #[napi(catch_unwind)]
 pub fn decode_router_event<'e>(env: &'e Env, bytes: &[u8], json: bool) -> Result<Object<'e>> {
-    let decoded = if json {
-        wire::decode_router_event_json(bytes)
-    } else {
-        wire::decode_router_event_msgpack(bytes)
-    };
-    let ev = decoded.map_err(|e| Error::new(Status::InvalidArg, e.0))?;
-    router_event_out(env, &ev)
+    let list = decode_list(bytes, if json { 2 } else { 1 })?;
+    if list.len() != 1 {
+        // the core's message for a batch where one event was expected
+        let e = wire::decode_router_event_encoded(bytes, if json { 2 } else { 1 })
+            .err()
+            .map_or_else(String::new, |e| e.0);
+        return Err(Error::new(Status::InvalidArg, e));
+    }
+    router_event_out(env, &list[0].0, list[0].1)
 }
 
-fn router_event_out<'e>(env: &'e Env, ev: &RouterEvent) -> Result<Object<'e>> {
+fn decode_list(bytes: &[u8], format: u32) -> Result<Vec<wire::MetaEvent>> {
+    wire::decode_router_events_encoded(bytes, format)
+        .map_err(|e| Error::new(Status::InvalidArg, e.0))
+}
+
+/// Every RouterEvent of a payload (a Dynamo 1.0 event, or a Dynamo 1.4+ array), in `format`
+/// (an index into ENCODED_FORMATS).
+#[napi(catch_unwind)]
+pub fn decode_router_events<'e>(
+    env: &'e Env,
+    bytes: &[u8],
+    format: u32,
+) -> Result<Vec<Object<'e>>> {
+    decode_list(bytes, format)?
+        .iter()
+        .map(|(ev, meta)| router_event_out(env, ev, *meta))
+        .collect()
+}
+
+fn router_event_out<'e>(env: &'e Env, ev: &RouterEvent, meta: EventMeta) -> Result<Object<'e>> {
     let mut inner = Object::new(env)?;
     inner.set("eventId", BigInt::from(ev.event_id))?;
     inner.set("dpRank", ev.dp_rank)?;
     inner.set("data", event_data_out(env, &ev.data)?)?;
     let mut o = Object::new(env)?;
     o.set("workerId", BigInt::from(ev.worker_id))?;
+    if let Some(t) = meta.storage_tier {
+        o.set("storageTier", t.name())?;
+    }
+    if let Some(d) = meta.residency_domain {
+        o.set(
+            "residencyDomain",
+            match d {
+                ResidencyDomain::Worker => "worker",
+                ResidencyDomain::CacheOwner => "cache_owner",
+            },
+        )?;
+    }
     o.set("event", inner)?;
     Ok(o)
 }
 
 fn events_out<'e>(env: &'e Env, evs: &[RouterEvent]) -> Result<Vec<Object<'e>>> {
-    evs.iter().map(|e| router_event_out(env, e)).collect()
+    evs.iter()
+        .map(|e| router_event_out(env, e, EventMeta::default()))
+        .collect()
 }
 
 #[napi(catch_unwind)]
@@ -418,6 +514,45 @@ pub fn encode_active_load(
             .transpose()?,
     );
     Ok(out.into())
+}
+
+/// Dynamo 1.4+'s ActiveLoad: `kv_used_blocks` after the 1.0 fields, every field nil when absent.
+#[napi(catch_unwind)]
+pub fn encode_active_load14(
+    worker_id: BigInt,
+    dp_rank: u32,
+    active_decode_blocks: Option<BigInt>,
+    active_prefill_tokens: Option<BigInt>,
+    kv_used_blocks: Option<BigInt>,
+) -> Result<Buffer> {
+    let opt = |name: &str, v: &Option<BigInt>| v.as_ref().map(|x| u64_arg(name, x)).transpose();
+    let mut out = Vec::new();
+    wire::write_active_load_fields(
+        &mut out,
+        u64_arg("workerId", &worker_id)?,
+        dp_rank,
+        opt("activeDecodeBlocks", &active_decode_blocks)?,
+        opt("activePrefillTokens", &active_prefill_tokens)?,
+        Some(opt("kvUsedBlocks", &kv_used_blocks)?),
+    );
+    Ok(out.into())
+}
+
+/// Dynamo 1.4+'s endpoint-scoped subject of `topic`, each name segment percent-encoded.
+#[napi(catch_unwind)]
+pub fn endpoint_subject(
+    namespace: String,
+    component: String,
+    endpoint: String,
+    topic: String,
+) -> String {
+    wire::endpoint_subject(&namespace, &component, &endpoint, &topic)
+}
+
+/// Dynamo 1.4+'s `namespace.{ns}.component.{c}.endpoint.{e}`, each segment percent-encoded.
+#[napi(catch_unwind)]
+pub fn endpoint_subject_prefix(namespace: String, component: String, endpoint: String) -> String {
+    wire::endpoint_subject_prefix(&namespace, &component, &endpoint)
 }
 
 #[napi(catch_unwind)]
@@ -562,6 +697,7 @@ pub struct RawNames {
     pub index_counter_names: Vec<String>,
     pub apply_outcomes: Vec<String>,
     pub encoded_formats: Vec<String>,
+    pub storage_tiers: Vec<String>,
 }
 
 fn strings(names: &[&str]) -> Vec<String> {
@@ -578,6 +714,7 @@ pub fn names() -> RawNames {
         index_counter_names: strings(&INDEX_COUNTER_NAMES),
         apply_outcomes: strings(&APPLY_OUTCOMES),
         encoded_formats: strings(&ENCODED_FORMATS),
+        storage_tiers: strings(&STORAGE_TIERS),
     }
 }
 
@@ -592,6 +729,13 @@ pub struct RawIngestorOptions {
     pub max_dp_ranks: u32,
     pub dp_ranks: Option<Option<Uint32Array>>,
     pub local_indexer_buffer_size: u32,
+    /// `dynamo-1.4` instead of `dynamo-1.0`.
+    pub wire14: Option<bool>,
+    /// Fixed publisher ids: `publisher_id_ranks[i]` gets `publisher_id_values[i]`.
+    pub publisher_id_ranks: Option<Vec<u32>>,
+    pub publisher_id_values: Option<Vec<BigInt>>,
+    /// The seed of the other ranks' publisher ids.
+    pub publisher_seed: Option<BigInt>,
 }
 
 /// An ingestor and the memory it reported, shared with the RawLocalIndexer handle that
@@ -653,6 +797,24 @@ impl RawIngestor {
             dp_ranks: options.dp_ranks.flatten().map(|r| r.to_vec()),
             local_indexer: (options.local_indexer_buffer_size > 0)
                 .then_some(options.local_indexer_buffer_size as usize),
+            wire: if options.wire14.unwrap_or(false) {
+                Wire::Dynamo14
+            } else {
+                Wire::Dynamo10
+            },
+            publisher_ids: options
+                .publisher_id_ranks
+                .unwrap_or_default()
+                .into_iter()
+                .zip(options.publisher_id_values.unwrap_or_default().iter())
+                .map(|(r, v)| Ok((r, u64_arg("publisherIds", v)?)))
+                .collect::<Result<_>>()?,
+            publisher_seed: options
+                .publisher_seed
+                .as_ref()
+                .map(|s| u64_arg("publisherSeed", s))
+                .transpose()?
+                .unwrap_or(0),
         };
         let inner = Ingestor::new(cfg).map_err(|e| {
             Error::new(
@@ -733,6 +895,8 @@ impl RawIngestor {
         block_mm_infos: Option<Vec<Option<JsBlockExtraInfo>>>,
         dp_rank: u32,
         now_ms: f64,
+        cache_salt: Option<String>,
+        eagle: Option<bool>,
     ) -> Result<BufferSlice<'e>> {
         let parent = parent_hash
             .as_ref()
@@ -740,12 +904,16 @@ impl RawIngestor {
             .transpose()?;
         let mm = mm_list_in(block_mm_infos)?;
         let out = self.call(env, |ing| {
-            ing.stored(
+            ing.stored_with(
                 token_ids,
                 block_hashes,
                 block_size as u64,
                 parent,
-                lora_name.as_deref(),
+                StoreHashing {
+                    lora_name: lora_name.as_deref(),
+                    cache_salt: cache_salt.as_deref(),
+                    eagle: eagle.unwrap_or(false),
+                },
                 mm,
                 dp_rank,
                 now_arg(now_ms),
@@ -787,6 +955,12 @@ impl RawIngestor {
     #[napi]
     pub fn next_event_id(&self, dp_rank: u32) -> Result<u64> {
         self.read(|ing| ing.next_event_id(dp_rank))
+    }
+
+    /// The publisher id of the rank's envelopes.
+    #[napi]
+    pub fn publisher_id(&self, dp_rank: u32) -> Result<BigInt> {
+        self.read(|ing| BigInt::from(ing.publisher_id(dp_rank)))
     }
 
     #[napi]
@@ -1028,8 +1202,9 @@ impl RawRadixIndex {
     /// The object form (tests and tools; the TS layer flattens events for apply_stored & co).
     #[napi(catch_unwind)]
     pub fn apply_event(&mut self, env: &Env, ev: JsRouterEvent) -> Result<u32> {
+        let meta = meta_in(&ev)?;
         let ev = router_event_in(&ev)?;
-        let r = self.inner.apply_router_event(&ev) as u32;
+        let r = self.inner.apply_with_meta(&ev, meta) as u32;
         self.applied(env, event_work(&ev));
         Ok(r)
     }
@@ -1270,8 +1445,9 @@ impl RawLocalIndexer {
     /// The object form (tests and tools; the TS layer flattens events for apply_stored & co).
     #[napi(catch_unwind)]
     pub fn apply_event(&mut self, env: &Env, ev: JsRouterEvent) -> Result<u32> {
+        let meta = meta_in(&ev)?;
         let ev = router_event_in(&ev)?;
-        let r = self.with_mut(|l| l.apply_router_event(&ev) as u32)?;
+        let r = self.with_mut(|l| l.apply_with_meta(&ev, meta) as u32)?;
         self.applied(env, event_work(&ev))?;
         Ok(r)
     }

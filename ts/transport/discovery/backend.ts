@@ -25,6 +25,7 @@ export interface DiscoveryBackend {
 /** Errors that happen after register() resolved (a lost lease, a failed keep-alive). */
 export type DiscoveryErrorHandler = (err: Error) => void
 
+/** The discovery store failed: etcd unreachable, a lost lease, a record held by another descriptor, a file-store error. */
 export class DiscoveryError extends Error {
   override name = 'DiscoveryError'
 }

@@ -40,6 +40,7 @@ export type ResolvedDiscoveryConfig =
     }
   | { backend: 'file'; root: string; ttlMs: number }
 
+/** A bad discovery configuration (backend, etcd, file store); the message names the option and the variable. */
 export class DiscoveryConfigError extends Error {
   override name = 'DiscoveryConfigError'
 }

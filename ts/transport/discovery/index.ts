@@ -9,7 +9,6 @@ import { randomBytes } from 'node:crypto'
 import { raw } from '../../core/native.js'
 import type { DiscoveryBackend, DiscoveryErrorHandler, DiscoveryRecordBytes } from './backend.js'
 import { type DiscoveryOptions, parseU64, resolveDiscoveryConfig, DiscoveryConfigError } from './config.js'
-import { EtcdDiscovery } from './etcd.js'
 import { FileDiscovery } from './file.js'
 
 export type { DiscoveryBackend, DiscoveryErrorHandler, DiscoveryRecordBytes } from './backend.js'
@@ -25,7 +24,8 @@ export {
   type ResolvedDiscoveryConfig,
   resolveDiscoveryConfig,
 } from './config.js'
-export { EtcdDiscovery } from './etcd.js'
+// etcd3 (and its gRPC stack) loads only when the etcd backend is opened.
+export type { EtcdDiscovery } from './etcd.js'
 export { FileDiscovery } from './file.js'
 
 /** The largest publisher id the core accepts: a router reads it as a JSON number (2^53-1). */
@@ -83,6 +83,34 @@ export function publisherRecords(o: PublisherRecordsOptions): DiscoveryRecordByt
   return records
 }
 
+export interface ChannelRecordOptions {
+  namespace: string
+  component: string
+  /** The serving endpoint the channel is scoped to (e.g. `generate`). */
+  endpoint: string
+  /** The channel's topic, e.g. `kv_metrics`. */
+  topic: string
+  /** u64 in 1..=2^53-1: the channel's publisher id (its records' instance id). */
+  publisherId: bigint | string
+  /** The bound ZeroMQ PUB endpoint; null: the NATS event plane. */
+  zmqEndpoint: string | null
+}
+
+/** The EventChannel record of a publisher on another topic than `kv-events` (no EventSource: e.g. `kv_metrics`). */
+export function channelRecord(o: ChannelRecordOptions): DiscoveryRecordBytes {
+  const publisherId = parseU64(o.publisherId, 'publisherId')
+  try {
+    return raw.eventChannelRecord({
+      endpoint: { namespace: o.namespace, component: o.component, name: o.endpoint },
+      topic: o.topic,
+      publisherId,
+      zmqEndpoint: o.zmqEndpoint,
+    })
+  } catch (err) {
+    throw new DiscoveryConfigError((err as Error).message)
+  }
+}
+
 export interface OpenDiscoveryOptions extends DiscoveryOptions {
   /** Errors after start-up (a lost etcd lease, a failed file touch). Default: ignored. */
   onError?: DiscoveryErrorHandler
@@ -92,6 +120,7 @@ export interface OpenDiscoveryOptions extends DiscoveryOptions {
 export async function openDiscovery(options: OpenDiscoveryOptions = {}, env: NodeJS.ProcessEnv = process.env): Promise<DiscoveryBackend> {
   const config = resolveDiscoveryConfig(options, env)
   if (config.backend === 'etcd') {
+    const { EtcdDiscovery } = await import('./etcd.js')
     return EtcdDiscovery.open({
       endpoints: config.endpoints,
       leaseTtlSeconds: config.leaseTtlSeconds,

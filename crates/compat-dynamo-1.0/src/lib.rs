@@ -1,0 +1,1 @@
+//! Dev-only compatibility checks; see tests/.
