@@ -25,6 +25,8 @@ import { type Logger, loggerOption, RateLimitedLog } from '../util/log.js'
 import { openNats, type NatsConnection, type NatsOption } from '../transport/nats.js'
 import { ensureStream } from '../transport/sinks/jetstream.js'
 import { ZmqSource } from '../transport/sources/zmq.js'
+import type { DiscoveryOptions } from '../transport/discovery/config.js'
+import { Dynamo14Follower, type Dynamo14Stats } from './dynamo14-source.js'
 import { type DefaultSelectorOptions, defaultSelector, type RouteCandidate, type WorkerSelector } from './selector.js'
 import {
   CHUNK_HEADER,
@@ -79,7 +81,24 @@ export interface JetStreamSource {
   durable?: string
 }
 
-export type RouterSource = EventPlaneSource | EnginesSource | JetStreamSource
+/**
+ * Dynamo 1.4+ publishers (`wire: 'dynamo-1.4'`) of one endpoint, found through their discovery records
+ * (etcd or the file store): batches from the endpoint's NATS subject (when the router has a NATS
+ * connection: the `nats` option or NATS_SERVER) and from the ZeroMQ channels the records advertise.
+ */
+export interface Dynamo14Source {
+  kind: 'dynamo-1.4'
+  namespace: string
+  component: string
+  /** The serving endpoint (Dynamo's default 'generate'). */
+  endpoint: string
+  /** Where the records are (default: Dynamo's variables, DYN_DISCOVERY_BACKEND and the backend's own). */
+  discovery?: DiscoveryOptions
+  /** How often the records are listed, in ms (default 500). */
+  pollMs?: number
+}
+
+export type RouterSource = EventPlaneSource | EnginesSource | JetStreamSource | Dynamo14Source
 
 export interface KvRouterOptions {
   /** Tokens per KV block; must match the workers'. */
@@ -254,6 +273,7 @@ export class KvRouter {
   #jsMessages: ConsumerMessages | null = null
   #jsLoop: Promise<void> | null = null
   #jsStatus: { stop?: () => void } | null = null
+  #follower: Dynamo14Follower | null = null
   #expiryTimer: NodeJS.Timeout | null = null
   #closing: Promise<void> | null = null
   #tasks = new Set<Promise<void>>()
@@ -304,11 +324,17 @@ export class KvRouter {
     const metricsNs =
       options.metricsNamespace !== undefined
         ? checkName('metricsNamespace', options.metricsNamespace)
-        : source.kind === 'engines'
+        : source.kind === 'engines' || source.kind === 'dynamo-1.4'
           ? null
           : source.namespace
+    const wantsNats =
+      source.kind === 'engines'
+        ? metricsNs !== null
+        : source.kind === 'dynamo-1.4'
+          ? metricsNs !== null || options.nats !== undefined || (env.NATS_SERVER ?? '') !== ''
+          : true
     try {
-      if (source.kind !== 'engines' || metricsNs !== null) {
+      if (wantsNats) {
         const { nc, owned } = await openNats(options.nats, env)
         router.#nc = nc
         router.#ownsConnection = owned
@@ -325,6 +351,29 @@ export class KvRouter {
         )
       } else if (source.kind === 'jetstream') {
         await router.#startJetStream(nc!, source)
+      } else if (source.kind === 'dynamo-1.4') {
+        router.#follower = await Dynamo14Follower.start({
+          namespace: source.namespace,
+          component: source.component,
+          endpoint: source.endpoint,
+          discovery: source.discovery,
+          env,
+          nats: nc,
+          log: router.#log,
+          pollMs: source.pollMs ?? 500,
+          sink: {
+            apply: (ev) => {
+              const kind: EventKind = ev.event.data.type
+              try {
+                router.#count(kind, router.#index.applyEvent(ev))
+              } catch (e) {
+                router.#invalid(e)
+              }
+            },
+            clearRank: (workerId, dpRank) => router.#index.removeWorkerDpRank(workerId, dpRank),
+            touch: (workerId, dpRank) => router.#touch(workerId, dpRank),
+          },
+        })
       } else {
         for (const e of source.engines) await router.addEngine(e)
       }
@@ -480,6 +529,11 @@ export class KvRouter {
   /** Known worker ids, ascending. */
   workers(): bigint[] {
     return [...new Set([...this.#known.values()].map((r) => r.workerId))].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))
+  }
+
+  /** The dynamo-1.4 source's counters (null for other sources). */
+  dynamo14Stats(): Dynamo14Stats | null {
+    return this.#follower?.stats() ?? null
   }
 
   /** Whether no recovery is running and no event waits for one. */
@@ -1090,6 +1144,7 @@ export class KvRouter {
       // the last acks reach the server before the connection goes
       if (this.#nc !== null) await Promise.race([this.#nc.flush().catch(() => {}), bound])
     }
+    await this.#follower?.close()
     for (const e of this.#engines.values()) {
       await e.source.close()
       e.ingestor.close()
@@ -1160,7 +1215,18 @@ function sourceArg(v: unknown): RouterSource {
       if (new Set(engines.map((e) => e.workerId)).size !== engines.length) throw new RangeError('source.engines must not repeat a workerId')
       return { kind: 'engines', engines }
     }
+    case 'dynamo-1.4': {
+      for (const k of ['namespace', 'component', 'endpoint'] as const)
+        if (typeof s[k] !== 'string' || s[k].length === 0)
+          throw new TypeError(`source.${k} must be a non-empty string, got ${describe(s[k])}`)
+      if (s.discovery !== undefined && (typeof s.discovery !== 'object' || s.discovery === null))
+        throw new TypeError(`source.discovery must be an object of discovery options, got ${describe(s.discovery)}`)
+      const pollMs = s.pollMs === undefined ? undefined : positiveInt('source.pollMs', s.pollMs, 3_600_000)
+      return { kind: s.kind, namespace: s.namespace, component: s.component, endpoint: s.endpoint, discovery: s.discovery, pollMs }
+    }
     default:
-      throw new RangeError(`source.kind must be 'event-plane', 'engines' or 'jetstream', got ${describe((s as { kind?: unknown }).kind)}`)
+      throw new RangeError(
+        `source.kind must be 'event-plane', 'engines', 'jetstream' or 'dynamo-1.4', got ${describe((s as { kind?: unknown }).kind)}`,
+      )
   }
 }
