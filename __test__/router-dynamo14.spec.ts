@@ -6,10 +6,12 @@ import test, { type ExecutionContext } from 'ava'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
+import { connect } from '@nats-io/transport-node'
 import * as kv from '../ts/index.js'
+import { openDiscovery, publisherRecords } from '../ts/transport/discovery/index.js'
 import { type EtcdServer, startEtcd } from './helpers/etcd-server.js'
 import { type NatsServer, startNatsServer } from './helpers/nats-server.js'
-import { holdings, type ManualOp, manualOps, quiet, sleep } from './helpers/publishing.js'
+import { holdings, type ManualOp, manualOps, quiet, sleep, waitFor } from './helpers/publishing.js'
 
 const impl = kv.implementation
 const BS = 16
@@ -134,3 +136,98 @@ for (const transport of ['zmq', 'nats'] as const)
         }
       },
     )
+
+// ---------------------------------------------------------------------------------------------------
+// Dynamo 1.6.1's acceptance rules, with records registered by hand and envelopes built by hand
+
+test.serial(
+  `[${impl}] dynamo-1.4 source: only the bound publisher's batches of its own rank; ambiguous ranks dropped; live-only gaps and new incarnations clear the rank`,
+  async (t) => {
+    const root = mkdtempSync(path.join(tmpdir(), 'dynamo-kv-router14-rules-'))
+    roots.push(root)
+    const discovery = { backend: 'file', fileRoot: root } as const
+    const registrations: { close(): Promise<void> }[] = []
+    const register = async (publisherId: bigint, workerId: bigint, dpRank: number) => {
+      const d = await openDiscovery(discovery, {})
+      await d.register(
+        publisherRecords({ namespace: NS, component: COMP, endpoint: EP, workerId, dpRank, publisherId, natsEventPlane: true }),
+      )
+      registrations.push(d)
+      return d
+    }
+    const nc = await connect({ servers: nats.url })
+    const subject = kv.endpointSubject(NS, COMP, EP, 'kv-events')
+    const seqs = new Map<bigint, bigint>()
+    const send = (publisherId: bigint, workerId: bigint, dpRank: number, eventId: bigint, block: bigint, parent: bigint | null = null) => {
+      const ev: kv.RouterEventValue = {
+        workerId,
+        event: {
+          eventId,
+          dpRank,
+          data: { type: 'stored', parentHash: parent, blocks: [{ blockHash: block, tokensHash: block + 1000n, mmExtraInfo: null }] },
+        },
+      }
+      const sequence = seqs.get(publisherId) ?? 0n
+      seqs.set(publisherId, sequence + 1n)
+      nc.publish(
+        subject,
+        kv.encodeEnvelope({ publisherId, sequence, publishedAt: 0, topic: 'kv-events', payload: kv.encodeRouterEvents([ev], 'msgpack') }),
+      )
+    }
+    const r = await kv.KvRouter.create(
+      {
+        kvBlockSize: BS,
+        source: { kind: 'dynamo-1.4', namespace: NS, component: COMP, endpoint: EP, discovery, pollMs: 50 },
+        nats: { servers: nats.url },
+        logger: quiet,
+      },
+      {},
+    )
+    const held = () => holdings(r.index.dump())
+    const stats = () => r.dynamo14Stats()!
+    try {
+      await register(0x102n, 5n, 1)
+      await register(0x103n, 6n, 0)
+      await register(0x104n, 6n, 0)
+      await waitFor(() => stats().activeRanks === 1 && stats().ambiguousRanks === 1, 'the first records', LONG)
+      // a batch from a publisher not listed yet is held until its records are
+      send(0x101n, 5n, 0, 1n, 11n)
+      await nc.flush()
+      await sleep(200)
+      t.deepEqual(held(), {}, 'not applied while unbound')
+      const p1 = await register(0x101n, 5n, 0)
+      await waitFor(() => (held()['5/0'] ?? []).length === 1, 'the held batch applied once bound', LONG)
+      // another rank's event from 0x102 (bound to 5/1): the whole batch is dropped
+      send(0x102n, 5n, 0, 1n, 21n)
+      // an ambiguous rank: dropped
+      send(0x103n, 6n, 0, 1n, 31n)
+      // in order, a duplicate and an older id (ignored), then a gap: the rank is cleared, then the event applied
+      send(0x101n, 5n, 0, 2n, 12n, 11n)
+      send(0x101n, 5n, 0, 2n, 13n, 11n)
+      send(0x101n, 5n, 0, 1n, 14n)
+      await nc.flush()
+      await waitFor(() => stats().droppedBatches === 2 && stats().ignored === 2, 'drops and ignores', LONG)
+      t.deepEqual(held(), { '5/0': ['11', '12'] })
+      send(0x101n, 5n, 0, 5n, 15n)
+      await nc.flush()
+      await waitFor(() => stats().resets === 1, 'the live-only gap', LONG)
+      t.deepEqual(held(), { '5/0': ['15'] }, 'the rank was cleared, then the event applied')
+      // the rank's publisher is replaced (a new incarnation, ids from 1 again): the rank starts over
+      await p1.close()
+      await register(0x105n, 5n, 0)
+      await waitFor(() => held()['5/0'] === undefined, 'the old incarnation cleared', LONG)
+      send(0x105n, 5n, 0, 1n, 16n)
+      send(0x101n, 5n, 0, 6n, 17n) // the old publisher is no longer bound
+      await nc.flush()
+      await waitFor(() => (held()['5/0'] ?? []).length === 1, 'the new incarnation', LONG)
+      await sleep(300)
+      t.deepEqual(held(), { '5/0': ['16'] })
+      t.is(stats().ambiguousRanks, 1)
+      t.is(stats().activeRanks, 2)
+    } finally {
+      await r.close()
+      await nc.close()
+      for (const d of registrations) await d.close()
+    }
+  },
+)
