@@ -231,3 +231,85 @@ test.serial(
     }
   },
 )
+
+test(`[${impl}] dynamo-1.4 source: option errors name the option`, async (t) => {
+  const base = { kind: 'dynamo-1.4', namespace: NS, component: COMP, endpoint: EP } as const
+  const create = (source: object) => kv.KvRouter.create({ kvBlockSize: BS, source: source as kv.RouterSource, logger: quiet }, {})
+  await t.throwsAsync(create({ ...base, endpoint: '' }), { instanceOf: TypeError, message: /source\.endpoint must be a non-empty string/ })
+  await t.throwsAsync(create({ ...base, namespace: 7 }), { instanceOf: TypeError, message: /source\.namespace/ })
+  await t.throwsAsync(create({ ...base, discovery: 'etcd' }), { instanceOf: TypeError, message: /source\.discovery must be an object/ })
+  await t.throwsAsync(create({ ...base, pollMs: 0 }), { message: /source\.pollMs/ })
+  await t.throwsAsync(create({ ...base, discovery: { backend: 'zookeeper' } }), { message: /backend "zookeeper"/ })
+  await t.throwsAsync(create({ ...base, kind: 'dynamo-2' }), { instanceOf: RangeError, message: /'dynamo-1\.4'/ })
+})
+
+for (const transport of ['zmq', 'nats'] as const)
+  test.serial(
+    `[${impl}] dynamo-1.4 source, ${transport}: a worker restarted under the same id (new publishers) replaces its ranks' blocks`,
+    async (t) => {
+      t.timeout(5 * 60_000)
+      const root = mkdtempSync(path.join(tmpdir(), 'dynamo-kv-router14-restart-'))
+      roots.push(root)
+      const discovery = { backend: 'file', fileRoot: root } as const
+      const router = await kv.KvRouter.create(
+        {
+          kvBlockSize: BS,
+          source: { kind: 'dynamo-1.4', namespace: NS, component: COMP, endpoint: EP, discovery, pollMs: 100 },
+          nats: transport === 'nats' ? { servers: nats.url } : undefined,
+          logger: quiet,
+        },
+        {},
+      )
+      const open = () =>
+        kv.KvEventPublisher.create(
+          {
+            wire: 'dynamo-1.4',
+            namespace: NS,
+            component: COMP,
+            endpoint: EP,
+            kvBlockSize: BS,
+            workerId: 77n,
+            dpRanks: [0, 1],
+            localIndexer: true,
+            eventPlane: transport,
+            ...(transport === 'zmq' ? { eventPlaneHost: '127.0.0.1', zmqSettleMs: 60_000 } : { nats: { servers: nats.url } }),
+            discovery,
+            logger: quiet,
+          },
+          {},
+        )
+      const converge = async (p: kv.KvEventPublisher, what: string) => {
+        const deadline = Date.now() + LONG
+        while (!same(holdings(router.index.dump()), holdings(p.localIndexer!.dump()))) {
+          if (Date.now() > deadline) throw new Error(`${what}: ${JSON.stringify(router.dynamo14Stats())}`)
+          await sleep(100)
+        }
+      }
+      let p = await open()
+      try {
+        const first = manualOps(900, 1_000_000, BS, 2)
+        for (let k = 0; k < 150; k++) await apply(p, first.next().value as ManualOp)
+        t.true(await p.flush(LONG))
+        await converge(p, 'first incarnation')
+        const before = new Set(Object.values(holdings(router.index.dump())).flat())
+        t.true(before.size > 100)
+        await p.close()
+        p = await open()
+        const again = manualOps(901, 1_000_000, BS, 2)
+        for (let k = 0; k < 150; k++) await apply(p, again.next().value as ManualOp)
+        t.true(await p.flush(LONG))
+        await converge(p, 'second incarnation')
+        const after = Object.values(holdings(router.index.dump())).flat()
+        t.true(after.length > 100)
+        t.false(
+          after.some((h) => before.has(h)),
+          'nothing of the first incarnation is left',
+        )
+        assertMatches(t, router, [{ workerId: 77n, index: p.localIndexer! }])
+        t.is(router.dynamo14Stats()!.droppedBatches, 0)
+      } finally {
+        await router.close()
+        await p.close()
+      }
+    },
+  )
