@@ -313,3 +313,45 @@ for (const transport of ['zmq', 'nats'] as const)
       }
     },
   )
+
+test.serial(`[${impl}] dynamo-1.4 source, etcd: records are picked up by the watch (no periodic listing in the test's time)`, async (t) => {
+  t.timeout(5 * 60_000)
+  const discovery = { backend: 'etcd', etcdEndpoints: etcd.url } as const
+  const router = await kv.KvRouter.create(
+    {
+      kvBlockSize: BS,
+      source: { kind: 'dynamo-1.4', namespace: NS, component: 'watched', endpoint: EP, discovery, pollMs: 3_600_000 },
+      nats: { servers: nats.url },
+      logger: quiet,
+    },
+    {},
+  )
+  const p = await kv.KvEventPublisher.create(
+    {
+      wire: 'dynamo-1.4',
+      namespace: NS,
+      component: 'watched',
+      endpoint: EP,
+      kvBlockSize: BS,
+      workerId: 5n,
+      dpRanks: [0, 1],
+      localIndexer: true,
+      eventPlane: 'nats',
+      nats: { servers: nats.url },
+      discovery,
+      logger: quiet,
+    },
+    {},
+  )
+  try {
+    const ops = manualOps(950, 1_000_000, BS, 2)
+    for (let k = 0; k < 100; k++) await apply(p, ops.next().value as ManualOp)
+    t.true(await p.flush(LONG))
+    await waitFor(() => same(holdings(router.index.dump()), holdings(p.localIndexer!.dump())), 'the router equal to the worker', LONG)
+    t.is(router.dynamo14Stats()!.activeRanks, 2)
+    t.true(router.index.size() > 50)
+  } finally {
+    await router.close()
+    await p.close()
+  }
+})

@@ -1,12 +1,13 @@
 // The router's `dynamo-1.4` source (SPEC 10): Dynamo 1.4+ publishers found through discovery. The
-// EventSource and EventChannel records of one endpoint are listed from etcd or the file store (polled),
+// EventSource and EventChannel records of one endpoint are listed from etcd or the file store (every
+// pollMs, and with etcd at once when a watch reports a change),
 // each rank's publisher is bound by its EventSource, its batches are read from the endpoint's NATS subject
 // or from the ZeroMQ PUB socket its EventChannel advertises, and each event is ordered by a RankCursor14.
 // The rules are Dynamo 1.6.1's, as discovery-1.6.json `router_acceptance` records them.
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import type { Subscription } from '@nats-io/transport-node'
-import { Etcd3 } from 'etcd3'
+import { Etcd3, type Watcher } from 'etcd3'
 import type { Subscriber } from 'zeromq'
 import { decodeRouterEvents, endpointSubject, type RouterEventValue } from '../core/api.js'
 import { type ResolvedDiscoveryConfig, resolveDiscoveryConfig, type DiscoveryOptions } from '../transport/discovery/config.js'
@@ -106,6 +107,7 @@ export class Dynamo14Follower {
   #timer: NodeJS.Timeout | null = null
   #closed = false
   #polling: Promise<void> | null = null
+  #again = false
   #natsSub: Subscription | null = null
   /** publisher id → the rank it is bound to (exactly one advertisement). */
   readonly #bound = new Map<bigint, Binding>()
@@ -149,19 +151,41 @@ export class Dynamo14Follower {
         const res = await client.getAll().prefix(prefix).exec()
         return res.kvs.map((kv) => [kv.key.toString(), kv.value] as [string, Uint8Array])
       }
+      const watchers: Watcher[] = []
       f.#lister = {
         list: async () => ({ sources: await read(prefixes[0]), channels: await read(prefixes[1]) }),
-        close: () => client.close(),
+        close: () => {
+          for (const w of watchers) void w.cancel().catch(() => {})
+          client.close()
+        },
+      }
+      try {
+        // a change under either prefix lists at once (the periodic listing stays, should a watch fail)
+        for (const prefix of prefixes) {
+          const w = await client.watch().prefix(prefix).create()
+          watchers.push(w)
+          w.on('put', () => f.#kick())
+          w.on('delete', () => f.#kick())
+          w.on('error', () => {})
+        }
+      } catch (e) {
+        await f.close()
+        throw e
       }
     }
-    if (o.nats !== null) {
-      f.#natsSub = o.nats.subscribe(endpointSubject(o.namespace, o.component, o.endpoint, 'kv-events'), {
-        callback: (err, msg) => void (err || f.#onBatch(msg.data, null)),
-      })
-      await o.nats.flush()
+    try {
+      if (o.nats !== null) {
+        f.#natsSub = o.nats.subscribe(endpointSubject(o.namespace, o.component, o.endpoint, 'kv-events'), {
+          callback: (err, msg) => void (err || f.#onBatch(msg.data, null)),
+        })
+        await o.nats.flush()
+      }
+      await loadZeromq()
+      await f.#poll()
+    } catch (e) {
+      await f.close()
+      throw e
     }
-    await loadZeromq()
-    await f.#poll()
     f.#schedule()
     return f
   }
@@ -172,11 +196,33 @@ export class Dynamo14Follower {
 
   #schedule(): void {
     if (this.#closed) return
-    this.#timer = setTimeout(() => {
-      this.#polling = this.#poll()
-        .catch((e) => this.#log.log('warn', 'discovery14', { err: String(e) }, 'listing the discovery records failed'))
-        .finally(() => this.#schedule())
-    }, this.#pollMs)
+    this.#timer = setTimeout(() => this.#run(), this.#pollMs)
+  }
+
+  /** Lists now, then schedules the next listing (or lists again at once when kicked meanwhile). */
+  #run(): void {
+    this.#timer = null
+    if (this.#closed) return
+    this.#polling = this.#poll()
+      .catch((e) => this.#log.log('warn', 'discovery14', { err: String(e) }, 'listing the discovery records failed'))
+      .finally(() => {
+        this.#polling = null
+        if (this.#again) {
+          this.#again = false
+          this.#run()
+        } else this.#schedule()
+      })
+  }
+
+  /** A record changed (etcd watch): list as soon as possible. */
+  #kick(): void {
+    if (this.#closed) return
+    if (this.#polling !== null) {
+      this.#again = true
+      return
+    }
+    if (this.#timer !== null) clearTimeout(this.#timer)
+    this.#run()
   }
 
   async #poll(): Promise<void> {
