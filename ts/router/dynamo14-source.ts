@@ -7,7 +7,7 @@
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import type { Subscription } from '@nats-io/transport-node'
-import { Etcd3, type Watcher } from 'etcd3'
+import type { Watcher } from 'etcd3'
 import type { Subscriber } from 'zeromq'
 import { decodeRouterEvents, endpointSubject, type RouterEventValue } from '../core/api.js'
 import { type ResolvedDiscoveryConfig, resolveDiscoveryConfig, type DiscoveryOptions } from '../transport/discovery/config.js'
@@ -146,6 +146,8 @@ export class Dynamo14Follower {
     const prefixes = [`v1/event_sources/${scope}`, `v1/event_channels/${scope}`] as const
     if (config.backend === 'file') f.#lister = fileLister(config.root, prefixes)
     else {
+      // loaded only when the etcd backend is used
+      const { Etcd3 } = await import('etcd3')
       const client = new Etcd3({ hosts: [...config.endpoints], dialTimeout: Math.min(config.connectTimeoutMs, 5000) })
       const read = async (prefix: string) => {
         const res = await client.getAll().prefix(prefix).exec()
