@@ -5,7 +5,7 @@ import test from 'ava'
 import { readFileSync, statSync } from 'node:fs'
 import { freePort } from './helpers/nats-server.js'
 import { CLI, needCli, runCli, startCli } from './helpers/cli.js'
-import { AVAILABLE_WIRES, wireOptions } from '../ts/cli/wire.js'
+import { wireOptions } from '../ts/cli/wire.js'
 
 test.before(() => needCli())
 
@@ -58,7 +58,7 @@ test.serial('`dynamo-kv --version` prints the package version', async (t) => {
 })
 
 /** Runs a bad invocation: exit 2, nothing on stdout, one stderr line that matches `names`. */
-async function usageError(t: import('ava').ExecutionContext, args: string[], names: RegExp, env: Record<string, string> = {}) {
+async function usageError(t: import('ava').ExecutionContext, args: string[], names: RegExp, env: Record<string, string | undefined> = {}) {
   const r = await runCli(args, env)
   t.is(r.code, 2, `stdout: ${r.stdout}\nstderr: ${r.stderr}`)
   const lines = r.stderr.split('\n').filter(Boolean)
@@ -88,36 +88,63 @@ test.serial('an unknown wire or mode is refused, listing the choices', async (t)
   await usageError(t, PUBLISH, /DYNAMO_KV_MODE.*is invalid/, { DYNAMO_KV_MODE: 'kafka' })
 })
 
-test.serial('--wire dynamo-1.4 is accepted where this build publishes it, and refused in one line where it does not', async (t) => {
-  if (AVAILABLE_WIRES.includes('dynamo-1.4'))
+test.serial(
+  '--wire dynamo-1.4: its flags are refused with dynamo-1.0, and its configuration errors name the flag or variable',
+  async (t) => {
     await usageError(t, [...PUBLISH, '--wire', 'dynamo-1.4', '--mode', 'jetstream'], /--wire dynamo-1\.4 .*cannot go with --mode jetstream/)
-  else await usageError(t, [...PUBLISH, '--wire', 'dynamo-1.4'], /--wire dynamo-1\.4 is not available in this build/)
-  await usageError(t, [...PUBLISH, '--endpoint', 'generate', '--zmq-port', '7000'], /--endpoint, --zmq-port: for --wire dynamo-1\.4 only/)
-})
+    await usageError(
+      t,
+      [...PUBLISH, '--endpoint', 'generate', '--zmq-port', '7000', '--zmq-settle', '0'],
+      /--endpoint, --zmq-port, --zmq-settle: for --wire dynamo-1\.4 only/,
+    )
+    await usageError(
+      t,
+      [...PUBLISH, '--wire', 'dynamo-1.4', '--nats-server', 'nats://127.0.0.1:4222'],
+      /--nats-\* options apply to --event-plane nats/,
+    )
+    // the worker id is the Dynamo instance id: required on this wire, named with its variable
+    await usageError(t, [...PUBLISH, '--wire', 'dynamo-1.4'], /dynamo-1\.4 publisher: .*DYNAMO_KV_WORKER_ID/, {
+      DYNAMO_KV_WORKER_ID: undefined,
+    })
+    await usageError(
+      t,
+      [...PUBLISH, '--wire', 'dynamo-1.4', '--worker-id', '42'],
+      /'kubernetes' from env 'DYN_DISCOVERY_BACKEND' is invalid.*etcd, file/,
+      {
+        DYN_DISCOVERY_BACKEND: 'kubernetes',
+      },
+    )
+    await usageError(t, [...PUBLISH, '--wire', 'dynamo-1.4', '--worker-id', '42', '--zmq-settle', '-1'], /--zmq-settle.*'-1' is invalid/)
+    await usageError(
+      t,
+      [...PUBLISH, '--wire', 'dynamo-1.4', '--worker-id', '42', '--event-plane', 'kafka'],
+      /--event-plane.*'kafka' is invalid/,
+    )
+  },
+)
 
 test.serial('the dynamo-1.4 publisher options: endpoint, event plane, discovery; NATS options only on a NATS event plane', (t) => {
-  const both = ['dynamo-1.0', 'dynamo-1.4'] as const
   const nats = { servers: ['nats://127.0.0.1:4222'] }
   const flags = { endpoint: 'generate', discovery: { backend: 'file', fileRoot: '/tmp/d', etcdEndpoints: undefined } }
-  t.deepEqual(wireOptions('dynamo-1.0', 'event-plane', nats, true, flags, both), { nats })
-  t.deepEqual(wireOptions('dynamo-1.4', 'event-plane', nats, false, { ...flags, zmqPort: 7000 }, both), {
+  t.deepEqual(wireOptions('dynamo-1.0', 'event-plane', nats, true, flags), { nats })
+  t.deepEqual(wireOptions('dynamo-1.4', 'event-plane', nats, false, { ...flags, zmqPort: 7000, zmqSettleMs: 0 }), {
     wire: 'dynamo-1.4',
     endpoint: 'generate',
     zmqPort: 7000,
+    zmqSettleMs: 0,
     discovery: { backend: 'file', fileRoot: '/tmp/d' },
   } as never)
-  t.deepEqual(wireOptions('dynamo-1.4', 'event-plane', nats, true, { ...flags, eventPlane: 'nats', zmqPort: 7000 }, both), {
+  t.deepEqual(wireOptions('dynamo-1.4', 'event-plane', nats, true, { ...flags, eventPlane: 'nats', zmqPort: 7000 }), {
     wire: 'dynamo-1.4',
     endpoint: 'generate',
     eventPlane: 'nats',
     nats,
     discovery: { backend: 'file', fileRoot: '/tmp/d' },
   } as never)
-  t.throws(() => wireOptions('dynamo-1.4', 'event-plane', nats, true, flags, both), {
+  t.throws(() => wireOptions('dynamo-1.4', 'event-plane', nats, true, flags), {
     message: /--nats-\* options apply to --event-plane nats/,
   })
-  t.throws(() => wireOptions('dynamo-1.4', 'jetstream', nats, false, flags, both), { message: /cannot go with --mode jetstream/ })
-  t.throws(() => wireOptions('dynamo-1.4', 'event-plane', nats, false, flags, ['dynamo-1.0']), { message: /not available in this build/ })
+  t.throws(() => wireOptions('dynamo-1.4', 'jetstream', nats, false, flags), { message: /cannot go with --mode jetstream/ })
 })
 
 test.serial('a malformed engine endpoint is refused', async (t) => {
@@ -140,6 +167,16 @@ test.serial('an unreachable NATS server is a configuration error naming the serv
   await usageError(t, [...PUBLISH, '--nats-server', url], new RegExp(`could not connect to NATS at ${url.replaceAll('.', '\\.')}`))
   await usageError(t, PUBLISH, new RegExp(`could not connect to NATS at ${url.replaceAll('.', '\\.')}`), { NATS_SERVER: url })
   await usageError(t, ['demo', '--nats', url], /could not connect to NATS/)
+})
+
+test.serial('--wire dynamo-1.4 with an unreachable etcd is a configuration error naming the variables', async (t) => {
+  const url = `http://127.0.0.1:${await freePort()}`
+  await usageError(
+    t,
+    [...PUBLISH, '--wire', 'dynamo-1.4', '--worker-id', '42'],
+    new RegExp(`dynamo-1\\.4 publisher: etcd is not reachable at ${url.replaceAll('.', '\\.')} \\(ETCD_ENDPOINTS.*within 1000 ms`),
+    { DYN_DISCOVERY_BACKEND: 'etcd', ETCD_ENDPOINTS: url, ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS: '1' },
+  )
 })
 
 test.serial('an unknown log level is refused, from the flag or from DYNAMO_KV_LOG_LEVEL', async (t) => {

@@ -11,7 +11,8 @@ import { spawn } from 'node:child_process'
 import path from 'node:path'
 import { connect } from '@nats-io/transport-node'
 import { Etcd3 } from 'etcd3'
-import { decodeRouterEvents, Ingestor, KvEventPublisher, type KvEventPublisherOptions } from '../ts/index.js'
+import { Registry } from 'prom-client'
+import { decodeRouterEvents, Ingestor, KvEventPublisher, type KvEventPublisherOptions, registerPublisherMetrics } from '../ts/index.js'
 import { openDiscovery, publisherRecords } from '../ts/transport/discovery/index.js'
 import { eventually } from './helpers/discovery-process.js'
 import { type EtcdServer, startEtcd } from './helpers/etcd-server.js'
@@ -163,6 +164,17 @@ test('ZeroMQ + file store: records before the first event, kept past several TTL
   await sleep(4000)
   t.is((await listFileStore(root)).sources.length, 2, 'kept past several TTLs')
   t.like(p.stats().discovery, { ranksRegistered: 2, held: 0, droppedUnregistered: 0 })
+  const registry = new Registry()
+  registerPublisherMetrics(p, { registry })
+  const text = await registry.metrics()
+  const labels = `{worker_id="${WORKER}",namespace="dynamo",component="backend"}`
+  for (const [name, value] of [
+    ['dynamo_kv_discovery_ranks_registered', 2],
+    ['dynamo_kv_discovery_held', 0],
+    ['dynamo_kv_discovery_register_failures_total', 0],
+    ['dynamo_kv_discovery_dropped_unregistered_total', 0],
+  ] as const)
+    t.true(text.split('\n').includes(`${name}${labels} ${value}`), name)
   await p.close()
   t.deepEqual(await listFileStore(root), { sources: [], channels: [] })
 })

@@ -7,7 +7,7 @@ import test from 'ava'
 import * as kv from '../ts/index.js'
 import { EngineSimulator } from '../ts/sim/engine.js'
 import { engine, hex } from './helpers/fixtures.js'
-import { startNatsServer, type NatsServer } from './helpers/nats-server.js'
+import { startNatsServer, stopProcess, type NatsServer } from './helpers/nats-server.js'
 import { quiet, sleep, waitFor } from './helpers/publishing.js'
 
 const impl = kv.implementation
@@ -40,7 +40,7 @@ async function stoppableServer(): Promise<{ nats: NatsServer; stop: () => void; 
   return {
     nats,
     stop: () => {
-      process.kill(pid, 'SIGSTOP')
+      stopProcess(pid)
       stopped = true
     },
     resume: () => {

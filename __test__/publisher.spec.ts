@@ -12,7 +12,7 @@ import { decode as mpDecode } from '@msgpack/msgpack'
 import { Registry } from 'prom-client'
 import * as kv from '../ts/index.js'
 import { engine, hex, NOW, readEnvelope, rev, toEvent, wire } from './helpers/fixtures.js'
-import { startNatsServer } from './helpers/nats-server.js'
+import { startNatsServer, stopProcess } from './helpers/nats-server.js'
 import { capture, quiet, readStream, sleep, waitFor, withNats } from './helpers/publishing.js'
 
 const impl = kv.implementation
@@ -198,7 +198,7 @@ test.serial(`[${impl}] backpressure: with the server stopped, calls wait (never 
       nats: { servers: nats.url },
       logger: quiet,
     })
-    process.kill(nats.pid!, 'SIGSTOP')
+    stopProcess(nats.pid!)
     const calls: Promise<kv.IngestResult>[] = []
     for (let i = 0; i < 40; i++) calls.push(p.publishStored({ tokenIds: [i], blockHashes: [BigInt(i + 1)] }))
     const settled: number[] = []

@@ -9,7 +9,7 @@ import { type ChildProcess, spawn } from 'node:child_process'
 import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import { freePort } from './nats-server.js'
+import { freePort, listensOn } from './nats-server.js'
 
 export interface EtcdServer {
   /** http://127.0.0.1:PORT */
@@ -95,10 +95,12 @@ export async function startEtcd(startTimeoutMs = 20_000): Promise<EtcdServer> {
       rmSync(dataDir, { recursive: true, force: true })
     }
     const deadline = Date.now() + startTimeoutMs
-    while (!exited && Date.now() < deadline && !(await healthy(url))) {
+    // healthy on our port AND listening from our process: another test's etcd may hold a port we picked
+    const ours = async () => listensOn(proc.pid ?? 0, clientPort) && (await healthy(url))
+    while (!exited && Date.now() < deadline && !(await ours())) {
       await new Promise((r) => setTimeout(r, 100))
     }
-    if (!exited && (await healthy(url))) {
+    if (!exited && (await ours())) {
       return { url, dataDir, output: () => output, stop }
     }
     await stop()

@@ -8,7 +8,7 @@
 //   await nats.kill('SIGKILL')  // a crash; restart() brings it back
 //   await nats.stop()           // also removes the store dir if this helper created it
 import { spawn, type ChildProcess } from 'node:child_process'
-import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs'
+import { accessSync, constants, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs'
 import net from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
@@ -91,8 +91,45 @@ export function freePort(): Promise<number> {
   })
 }
 
-/** Resolves once a TCP connection to the port is answered with the server's INFO line. */
-function waitForInfo(port: number, deadline: number, exited: () => string | null): Promise<void> {
+/**
+ * Whether process `pid` holds the listening TCP socket of `port` on this machine (read from /proc; true
+ * where there is no procfs to ask). A port picked as free can be taken by another test's server before
+ * ours binds it: ours then exits with "address already in use", but a probe of the port is answered by
+ * the other server, and the test would silently use (and freeze, and stop) the wrong one.
+ */
+export function listensOn(pid: number, port: number): boolean {
+  const inodes = new Set<string>()
+  try {
+    for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
+      for (const line of readFileSync(table, 'utf8').split('\n').slice(1)) {
+        const f = line.trim().split(/\s+/)
+        // local_address is HEXIP:HEXPORT; state 0A is LISTEN; field 9 is the socket inode
+        if (f.length > 9 && f[3] === '0A' && Number.parseInt(f[1]!.split(':')[1]!, 16) === port) inodes.add(f[9]!)
+      }
+    }
+  } catch {
+    return true
+  }
+  if (inodes.size === 0) return false
+  try {
+    for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+      let target = ''
+      try {
+        target = readlinkSync(`/proc/${pid}/fd/${fd}`)
+      } catch {
+        continue
+      }
+      const m = /^socket:\[(\d+)\]$/.exec(target)
+      if (m && inodes.has(m[1]!)) return true
+    }
+  } catch {
+    return false
+  }
+  return false
+}
+
+/** Resolves once a TCP connection to the port is answered with an INFO line by the process `pid` itself. */
+function waitForInfo(port: number, pid: number, deadline: number, exited: () => string | null): Promise<void> {
   return new Promise((resolve, reject) => {
     const attempt = () => {
       const why = exited()
@@ -110,7 +147,7 @@ function waitForInfo(port: number, deadline: number, exited: () => string | null
         got += chunk.toString('latin1')
         if (got.includes('\n')) {
           socket.destroy()
-          if (got.startsWith('INFO ')) resolve()
+          if (got.startsWith('INFO ') && listensOn(pid, port)) resolve()
           else retry()
         }
       })
@@ -154,7 +191,7 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
       exitReason = `nats-server exited (${signal ?? `code ${code}`}) while starting: ${binary} ${args.join(' ')}\n${output}`
     })
     try {
-      await waitForInfo(port, Date.now() + startTimeoutMs, () =>
+      await waitForInfo(port, proc.pid ?? 0, Date.now() + startTimeoutMs, () =>
         spawnError ? `could not run ${binary}: ${spawnError.message}` : exitReason,
       )
     } catch (err) {
@@ -215,5 +252,26 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
       await terminate('SIGTERM')
       await launch()
     },
+  }
+}
+
+/**
+ * SIGSTOPs a process and returns once the kernel reports it stopped (state `T` in /proc/PID/stat), so a test
+ * never races a server that is still answering: kill() only queues the signal, and on a busy machine the
+ * target may run on another core for a while before it stops.
+ */
+export function stopProcess(pid: number, timeoutMs = 5000): void {
+  process.kill(pid, 'SIGSTOP')
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    let state = ''
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+      state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3)
+    } catch {
+      return // no procfs: the signal was sent, nothing more to wait for
+    }
+    if (state === 'T' || state === 't') return
+    if (Date.now() > deadline) throw new Error(`process ${pid} did not stop within ${timeoutMs} ms (state ${state})`)
   }
 }

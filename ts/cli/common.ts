@@ -2,6 +2,7 @@
 // argument" (so a bad flag or environment variable is one line naming it, exit 2), the logging options,
 // and the wait for SIGINT/SIGTERM.
 import { type Command, InvalidArgumentError, Option } from 'commander'
+import { DiscoveryError } from '../transport/discovery/backend.js'
 import { NatsConnectError } from '../transport/nats.js'
 import { createCliLogger, LOG_FORMATS, LOG_LEVELS, type CliLogger, type LogFormat, type LogLevel } from './log.js'
 
@@ -17,15 +18,22 @@ export class UsageError extends Error {
 
 /**
  * Runs a step that validates configuration or connects (creating a publisher, opening sockets): the
- * library's TypeError/RangeError (a bad option, named) and NatsConnectError (a server that cannot be
- * reached) become UsageErrors; anything else stays a runtime failure, unless `allErrors` (a step that
+ * library's TypeError/RangeError (a bad option, named), NatsConnectError (a server that cannot be
+ * reached) and DiscoveryError (a discovery store that cannot be opened, e.g. etcd not reachable within its
+ * start-up timeout) become UsageErrors; anything else stays a runtime failure, unless `allErrors` (a step that
  * only opens sockets, where any failure is the address's: in use, not permitted...).
  */
 export async function configuring<T>(what: string, step: () => Promise<T>, allErrors = false): Promise<T> {
   try {
     return await step()
   } catch (err) {
-    if (err instanceof TypeError || err instanceof RangeError || err instanceof NatsConnectError || (allErrors && err instanceof Error))
+    if (
+      err instanceof TypeError ||
+      err instanceof RangeError ||
+      err instanceof NatsConnectError ||
+      err instanceof DiscoveryError ||
+      (allErrors && err instanceof Error)
+    )
       throw new UsageError(`${what}: ${oneLine(err.message)}`, { cause: err })
     throw err
   }

@@ -35,6 +35,7 @@ export async function run(cmd: Command): Promise<number> {
       eventPlaneHost: cli('eventPlaneHost'),
       zmqBindHost: o.zmqBindHost,
       zmqPort: o.zmqPort,
+      zmqSettleMs: o.zmqSettle,
       discovery: {
         backend: cli('discoveryBackend'),
         etcdEndpoints: cli('etcdEndpoints')
@@ -57,7 +58,9 @@ export async function run(cmd: Command): Promise<number> {
     ...wire,
   }
 
-  const publisher = await configuring('NATS publisher', () => KvEventPublisher.create(options))
+  const publisher = await configuring(o.wire === 'dynamo-1.0' ? 'NATS publisher' : 'dynamo-1.4 publisher', () =>
+    KvEventPublisher.create(options),
+  )
   const tracker = new LatencyTracker(null, () => publisher.stats().sink.queueDepth)
   let source: ZmqSource
   try {

@@ -54,6 +54,7 @@ export interface PublishFlags extends EngineFlags, NatsFlags, LogOptions {
   eventPlaneHost?: string
   zmqBindHost?: string
   zmqPort?: number
+  zmqSettle?: number
   discoveryBackend?: string
   etcdEndpoints?: string
   discoveryDir?: string
@@ -71,6 +72,7 @@ export const WIRE14_FLAGS = [
   ['eventPlaneHost', '--event-plane-host'],
   ['zmqBindHost', '--zmq-bind-host'],
   ['zmqPort', '--zmq-port'],
+  ['zmqSettle', '--zmq-settle'],
   ['discoveryBackend', '--discovery-backend'],
   ['etcdEndpoints', '--etcd-endpoints'],
   ['discoveryDir', '--discovery-dir'],
@@ -158,10 +160,12 @@ export function natsOptions(cmd: Command, o: NatsFlags): NatsOptions {
 function define(program: Command): Command {
   const cmd = program
     .command('publish')
-    .summary('the sidecar next to an engine: its ZeroMQ KV events to Dynamo router events on NATS')
+    .summary("the sidecar next to an engine: its ZeroMQ KV events to Dynamo router events on Dynamo's event plane")
     .description(
-      "Reads an engine's ZeroMQ KV-event stream (vLLM, SGLang, TensorRT-LLM) and publishes Dynamo router events to NATS " +
-        '(event plane or JetStream) until SIGINT/SIGTERM; then stops reading, publishes what it accepted, closes and exits 0. ' +
+      "Reads an engine's ZeroMQ KV-event stream (vLLM, SGLang, TensorRT-LLM) and publishes Dynamo router events until " +
+        'SIGINT/SIGTERM: for Dynamo 1.0-1.3 (--wire dynamo-1.0) on NATS (event plane or JetStream); for Dynamo 1.4+ ' +
+        '(--wire dynamo-1.4) on a direct ZeroMQ socket per dp rank (or NATS), registered in the discovery store. ' +
+        'Then it stops reading, publishes what it accepted, closes (removing its discovery records) and exits 0. ' +
         'Every option can also be set by the environment variable shown; a flag wins over its variable.',
     )
   cmd.optionsGroup('Engine (ZeroMQ):')
@@ -239,6 +243,14 @@ function define(program: Command): Command {
     .addOption(
       opt('--zmq-port <port>', 'dp rank r binds port + r (default: free ports; --wire dynamo-1.4)', 'DYNAMO_KV_ZMQ_PORT', intArg(1, 65535)),
     )
+    .addOption(
+      opt(
+        '--zmq-settle <ms>',
+        "longest hold of a dp rank's first events until a router subscribes (0: none; default 1000; --wire dynamo-1.4)",
+        'DYNAMO_KV_ZMQ_SETTLE',
+        intArg(0, 600_000),
+      ),
+    )
     .addOption(choiceOpt('--discovery-backend <backend>', 'discovery store (--wire dynamo-1.4)', 'DYN_DISCOVERY_BACKEND', ['etcd', 'file']))
     .addOption(opt('--etcd-endpoints <urls>', 'etcd URL(s), comma-separated (--wire dynamo-1.4)', 'ETCD_ENDPOINTS', nonEmptyArg))
     .addOption(opt('--discovery-dir <dir>', 'file-store discovery directory (--wire dynamo-1.4)', 'DYN_FILE_KV', nonEmptyArg))
@@ -278,7 +290,11 @@ function define(program: Command): Command {
     '\nExample (vLLM started with --kv-events-config \'{"enable_kv_cache_events": true, "publisher": "zmq",\n' +
       '  "endpoint": "tcp://*:5557", "replay_endpoint": "tcp://*:5558"}\'):\n' +
       '  dynamo-kv publish --engine-endpoint tcp://127.0.0.1:5557 --replay-endpoint tcp://127.0.0.1:5558 \\\n' +
-      '    --block-size 16 --worker-id 42 --nats-server nats://127.0.0.1:4222 --metrics-port 9090',
+      '    --block-size 16 --worker-id 42 --nats-server nats://127.0.0.1:4222 --metrics-port 9090\n' +
+      "\nThe same for a Dynamo 1.4+ deployment, its discovery store and event-plane address in Dynamo's variables (42: the\n" +
+      "worker's instance id):\n" +
+      '  DYN_DISCOVERY_BACKEND=etcd ETCD_ENDPOINTS=http://127.0.0.1:2379 DYN_EVENT_PLANE=zmq DYN_EVENT_PLANE_HOST=10.0.0.5 \\\n' +
+      '  dynamo-kv publish --wire dynamo-1.4 --engine-endpoint tcp://127.0.0.1:5557 --block-size 16 --worker-id 42',
   )
   return cmd
 }

@@ -2,17 +2,13 @@
 //
 // `dynamo-1.0`: Dynamo 1.0-1.3 (one event per envelope on the NATS event plane, or JetStream).
 // `dynamo-1.4`: Dynamo 1.4+ (batched envelopes on endpoint subjects, discovery records, a direct ZeroMQ or
-// a NATS event plane). The command accepts and validates it; it is published only when this build's
-// KvEventPublisher takes the `wire` option, which is what AVAILABLE_WIRES says.
+// a NATS event plane).
 import type { NatsOptions } from '../transport/nats.js'
 import type { KvEventPublisherOptions } from '../worker/publisher.js'
 import { UsageError } from './common.js'
 
 export const WIRES = ['dynamo-1.0', 'dynamo-1.4'] as const
 export type Wire = (typeof WIRES)[number]
-
-/** The wires this build's KvEventPublisher publishes. */
-export const AVAILABLE_WIRES: readonly Wire[] = ['dynamo-1.0']
 
 export const EVENT_PLANES = ['zmq', 'nats'] as const
 
@@ -23,6 +19,7 @@ export interface Wire14Flags {
   eventPlaneHost?: string
   zmqBindHost?: string
   zmqPort?: number
+  zmqSettleMs?: number
   discovery: { backend?: string; etcdEndpoints?: string[]; fileRoot?: string }
 }
 
@@ -39,8 +36,8 @@ const defined = <T extends object>(o: T): Partial<T> =>
 /**
  * The publisher options that depend on the wire: for dynamo-1.0 the NATS options; for dynamo-1.4 the
  * endpoint, event plane and discovery, and the NATS options only on a NATS event plane. Throws a
- * UsageError when this build cannot publish `wire`, or a flag does not go with it (`natsFlagsGiven`: NATS
- * flags were given on the command line).
+ * UsageError when a flag does not go with the wire (`natsFlagsGiven`: NATS flags were given on the command
+ * line).
  */
 export function wireOptions(
   wire: Wire,
@@ -48,9 +45,7 @@ export function wireOptions(
   nats: NatsOptions,
   natsFlagsGiven: boolean,
   flags: Wire14Flags,
-  available: readonly Wire[] = AVAILABLE_WIRES,
 ): Partial<KvEventPublisherOptions> {
-  if (!available.includes(wire)) throw new UsageError(`--wire ${wire} is not available in this build (available: ${available.join(', ')})`)
   if (wire === 'dynamo-1.0') return { nats }
   if (mode === 'jetstream') throw new UsageError('--wire dynamo-1.4 publishes on an event plane: it cannot go with --mode jetstream')
   const plane = flags.eventPlane ?? 'zmq'
@@ -63,7 +58,12 @@ export function wireOptions(
     ...defined({ eventPlane: flags.eventPlane }),
     ...(plane === 'nats'
       ? { nats }
-      : defined({ eventPlaneHost: flags.eventPlaneHost, zmqBindHost: flags.zmqBindHost, zmqPort: flags.zmqPort })),
+      : defined({
+          eventPlaneHost: flags.eventPlaneHost,
+          zmqBindHost: flags.zmqBindHost,
+          zmqPort: flags.zmqPort,
+          zmqSettleMs: flags.zmqSettleMs,
+        })),
     ...(Object.keys(discovery).length > 0 ? { discovery } : {}),
   }
   return options as Partial<KvEventPublisherOptions>

@@ -108,6 +108,16 @@ function createMetrics(registry: Registry, prefix: string, state: Registered): v
     },
   })
   new Gauge({
+    name: `${prefix}discovery_ranks_registered`,
+    help: 'dynamo-1.4: dp ranks whose records are written in discovery (their events flow to routers)',
+    labelNames: LABELS,
+    registers: [registry],
+    collect() {
+      this.reset()
+      each((p, s) => this.set(labelsOf(p), s.discovery?.ranksRegistered ?? 0))
+    },
+  })
+  new Gauge({
     name: `${prefix}calls_waiting`,
     help: 'ingest()/publish calls waiting to be accepted (bounded by maxWaiting)',
     labelNames: LABELS,

@@ -310,7 +310,14 @@ export class Dynamo14Sink implements Sink {
     this.#zmqPending = 0
     if (this.#nats !== null) await this.#nats.close(left())
     // Registrations still in flight finish (or fail) before the records are removed.
-    await Promise.race([Promise.all([...this.#ranks.values()].map((r) => r.opened)), new Promise((r) => setTimeout(r, left()))])
+    let timer: NodeJS.Timeout | undefined
+    await Promise.race([
+      Promise.all([...this.#ranks.values()].map((r) => r.opened)),
+      new Promise((r) => {
+        timer = setTimeout(r, left())
+      }),
+    ])
+    clearTimeout(timer)
     await this.#o.discovery.close()
     this.#progress()
   }
