@@ -9,6 +9,7 @@ import { jetstreamManager } from '@nats-io/jetstream'
 import { connect, nanos, type NatsConnection } from '@nats-io/transport-node'
 import * as kv from '../ts/index.js'
 import { startNatsCluster, type NatsCluster } from './helpers/nats-cluster.js'
+import { stopProcess } from './helpers/nats-server.js'
 import { holdings, type ManualOp, manualOps, quiet, sleep, waitFor } from './helpers/publishing.js'
 
 const impl = kv.implementation
@@ -83,7 +84,7 @@ async function crashMidStream(cluster: NatsCluster, step: () => Promise<void>, l
     await waitFor(() => done >= 50, '50 steps', LONG)
     mark('node 0 hangs')
     const node = cluster.nodes[0]!
-    process.kill(node.pid!, 'SIGSTOP')
+    stopProcess(node.pid!)
     const frozenAt = done
     await waitFor(() => done >= frozenAt + 100, '100 steps while node 0 hangs', LONG)
     mark('node 0 killed')

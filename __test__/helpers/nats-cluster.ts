@@ -50,24 +50,34 @@ export async function startNatsCluster(size = 3, readyTimeoutMs = 60_000): Promi
   const name = `kv${process.pid}`
   try {
     for (let i = 0; i < size; i++) {
-      const monitorPort = await freePort()
-      const routes = clusterPorts.filter((_, j) => j !== i).map((p) => `nats://127.0.0.1:${p}`)
-      const server = await startNatsServer({
-        args: [
-          '-m',
-          String(monitorPort),
-          '--server_name',
-          `n${i}`,
-          '--cluster_name',
-          name,
-          '--cluster',
-          `nats://127.0.0.1:${clusterPorts[i]}`,
-          '--routes',
-          routes.join(','),
-        ],
-        startTimeoutMs: 30_000,
-      })
-      nodes.push(Object.assign(Object.create(server) as NatsServer, { name: `n${i}`, monitorPort }) as ClusterNode)
+      // a port picked as free may be taken before the node binds it: then new ports for this node (the
+      // nodes after it route to its new cluster port; the ones before are reached by its own routes)
+      for (let attempt = 1; ; attempt++) {
+        const monitorPort = await freePort()
+        const routes = clusterPorts.filter((_, j) => j !== i).map((p) => `nats://127.0.0.1:${p}`)
+        try {
+          const server = await startNatsServer({
+            args: [
+              '-m',
+              String(monitorPort),
+              '--server_name',
+              `n${i}`,
+              '--cluster_name',
+              name,
+              '--cluster',
+              `nats://127.0.0.1:${clusterPorts[i]}`,
+              '--routes',
+              routes.join(','),
+            ],
+            startTimeoutMs: 30_000,
+          })
+          nodes.push(Object.assign(Object.create(server) as NatsServer, { name: `n${i}`, monitorPort }) as ClusterNode)
+          break
+        } catch (err) {
+          if (attempt >= 3 || !/address already in use/i.test(String((err as Error).message))) throw err
+          clusterPorts[i] = await freePort()
+        }
+      }
     }
     const deadline = Date.now() + readyTimeoutMs
     for (;;) {
