@@ -7,10 +7,12 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { connect } from '@nats-io/transport-node'
+import { Publisher } from 'zeromq'
 import * as kv from '../ts/index.js'
 import { openDiscovery, publisherRecords } from '../ts/transport/discovery/index.js'
 import { type EtcdServer, startEtcd } from './helpers/etcd-server.js'
 import { type NatsServer, startNatsServer } from './helpers/nats-server.js'
+import { freePorts } from './helpers/zmq.js'
 import { holdings, type ManualOp, manualOps, quiet, sleep, waitFor } from './helpers/publishing.js'
 
 const impl = kv.implementation
@@ -353,5 +355,95 @@ test.serial(`[${impl}] dynamo-1.4 source, etcd: records are picked up by the wat
   } finally {
     await router.close()
     await p.close()
+  }
+})
+
+test.serial(`[${impl}] dynamo-1.4 source, ZeroMQ: frames checked as a 1.6 router does; bad ones dropped, the rest applied`, async (t) => {
+  t.timeout(5 * 60_000)
+  const root = mkdtempSync(path.join(tmpdir(), 'dynamo-kv-router14-frames-'))
+  roots.push(root)
+  const discovery = { backend: 'file', fileRoot: root } as const
+  const port = await freePorts(1)
+  const endpoint = `tcp://127.0.0.1:${port}`
+  const pub = new Publisher({ linger: 0 })
+  await pub.bind(endpoint)
+  const publisherId = 0xabcn
+  const d = await openDiscovery(discovery, {})
+  await d.register(
+    publisherRecords({ namespace: NS, component: 'frames', endpoint: EP, workerId: 9n, dpRank: 0, publisherId, zmqEndpoint: endpoint }),
+  )
+  const router = await kv.KvRouter.create(
+    {
+      kvBlockSize: BS,
+      source: { kind: 'dynamo-1.4', namespace: NS, component: 'frames', endpoint: EP, discovery, pollMs: 50 },
+      logger: quiet,
+    },
+    {},
+  )
+  const be8 = (v: bigint) => {
+    const b = Buffer.alloc(8)
+    b.writeBigUInt64BE(v)
+    return b
+  }
+  let seq = 0n
+  const envelope = (eventId: bigint, block: bigint, pid = publisherId, sequence = seq) =>
+    kv.encodeEnvelope({
+      publisherId: pid,
+      sequence,
+      publishedAt: 0,
+      topic: 'kv-events',
+      payload: kv.encodeRouterEvents(
+        [
+          {
+            workerId: 9n,
+            event: {
+              eventId,
+              dpRank: 0,
+              data: { type: 'stored', parentHash: null, blocks: [{ blockHash: block, tokensHash: block, mmExtraInfo: null }] },
+            },
+          },
+        ],
+        'msgpack',
+      ),
+    })
+  const frame3 = (env: Buffer, version = 1, len = env.length) => {
+    const h = Buffer.alloc(5)
+    h[0] = version
+    h.writeUInt32BE(len, 1)
+    return Buffer.concat([h, env])
+  }
+  const good = async (eventId: bigint, block: bigint) => {
+    const env = envelope(eventId, block)
+    await pub.send([Buffer.from('kv-events'), be8(publisherId), be8(seq), frame3(env)])
+    seq++
+  }
+  try {
+    await waitFor(() => router.dynamo14Stats()!.zmqChannels === 1, 'the channel connected', LONG)
+    // the SUB joins a moment after it connects: id 1 is sent until it arrives (repeats are ignored)
+    const deadline = Date.now() + LONG
+    while ((holdings(router.index.dump())['9/0'] ?? []).length === 0) {
+      if (Date.now() > deadline) throw new Error('nothing arrived on the channel')
+      await good(1n, 101n)
+      await sleep(50)
+    }
+    const dropped0 = router.dynamo14Stats()!.droppedBatches
+    const env = envelope(2n, 102n)
+    const bad: Buffer[][] = [
+      [Buffer.from('kv-events'), be8(publisherId), be8(seq), frame3(env), Buffer.from('extra')], // 5 frames
+      [Buffer.from('kv-events'), be8(0xdefn), be8(seq), frame3(env)], // another publisher id in the frame
+      [Buffer.from('kv-events'), be8(publisherId), be8(seq), frame3(env, 2)], // frame version 2
+      [Buffer.from('kv-events'), be8(publisherId), be8(seq), frame3(env, 1, env.length + 1)], // wrong length
+      [Buffer.from('kv-events'), be8(publisherId), be8(seq + 5n), frame3(env)], // frame and envelope sequences differ
+      [Buffer.from('kv-events'), be8(publisherId), be8(seq), frame3(envelope(2n, 102n, 0x999n))], // envelope of another publisher
+    ]
+    for (const frames of bad) await pub.send(frames)
+    await good(2n, 103n)
+    await waitFor(() => (holdings(router.index.dump())['9/0'] ?? []).length === 2, 'the good batch after the bad ones', LONG)
+    t.deepEqual(holdings(router.index.dump()), { '9/0': ['101', '103'] })
+    t.is(router.dynamo14Stats()!.droppedBatches - dropped0, bad.length)
+  } finally {
+    await router.close()
+    await d.close()
+    pub.close()
   }
 })
