@@ -178,7 +178,7 @@ export class Dynamo14Follower {
     try {
       if (o.nats !== null) {
         f.#natsSub = o.nats.subscribe(endpointSubject(o.namespace, o.component, o.endpoint, 'kv-events'), {
-          callback: (err, msg) => void (err || f.#onBatch(msg.data, null)),
+          callback: (err, msg) => void (err || f.#guard(() => f.#onBatch(msg.data, null))),
         })
         await o.nats.flush()
       }
@@ -337,7 +337,7 @@ export class Dynamo14Follower {
     void (async () => {
       for await (const frames of sub) {
         if (this.#closed) return
-        this.#onFrames(publisherId, frames as Buffer[])
+        this.#guard(() => this.#onFrames(publisherId, frames as Buffer[]))
       }
     })().catch(() => {
       // closed
@@ -355,6 +355,15 @@ export class Dynamo14Follower {
     const ids = envelopeIds(envelope)
     if (ids === null || ids.publisherId !== publisherId || ids.sequence !== seq.readBigUInt64BE()) return this.#drop('envelope ids', {})
     this.#onBatch(envelope, ids.publisherId)
+  }
+
+  /** Runs a batch's handling; an unexpected error is counted and logged, never thrown into the socket or NATS loop. */
+  #guard(f: () => void): void {
+    try {
+      f()
+    } catch (e) {
+      this.#drop('error', { err: String(e) })
+    }
   }
 
   #drop(why: string, detail: object): undefined {
