@@ -447,3 +447,24 @@ test.serial(`[${impl}] dynamo-1.4 source, ZeroMQ: frames checked as a 1.6 router
     pub.close()
   }
 })
+
+test(`[${impl}] dynamo-1.4 source: discovery that cannot be read fails create, naming source.discovery and the store`, async (t) => {
+  const port = await freePorts(1)
+  const err = await t.throwsAsync(
+    kv.KvRouter.create(
+      {
+        kvBlockSize: BS,
+        source: {
+          kind: 'dynamo-1.4',
+          namespace: NS,
+          component: COMP,
+          endpoint: EP,
+          discovery: { backend: 'etcd', etcdEndpoints: `http://127.0.0.1:${port}`, etcdConnectTimeoutMs: 1000 },
+        },
+        logger: quiet,
+      },
+      {},
+    ),
+  )
+  t.regex(err!.message, /source\.discovery: could not list the records in etcd at http:\/\/127\.0\.0\.1:\d+/)
+})

@@ -10,6 +10,7 @@ import type { Subscription } from '@nats-io/transport-node'
 import type { Watcher } from 'etcd3'
 import type { Subscriber } from 'zeromq'
 import { decodeRouterEvents, endpointSubject, type RouterEventValue } from '../core/api.js'
+import { DiscoveryError } from '../transport/discovery/backend.js'
 import { type ResolvedDiscoveryConfig, resolveDiscoveryConfig, type DiscoveryOptions } from '../transport/discovery/config.js'
 import type { NatsConnection } from '../transport/nats.js'
 import { loadZeromq, zeromq } from '../transport/zeromq.js'
@@ -144,6 +145,7 @@ export class Dynamo14Follower {
     const f = new Dynamo14Follower(o.namespace, o.component, o.endpoint, o.sink, o.log, o.pollMs)
     const scope = `namespace/${enc(o.namespace)}/component/${enc(o.component)}/endpoint/${enc(o.endpoint)}/topic/kv-events/`
     const prefixes = [`v1/event_sources/${scope}`, `v1/event_channels/${scope}`] as const
+    let watch: (() => Promise<void>) | null = null
     if (config.backend === 'file') f.#lister = fileLister(config.root, prefixes)
     else {
       // loaded only when the etcd backend is used
@@ -161,8 +163,8 @@ export class Dynamo14Follower {
           client.close()
         },
       }
-      try {
-        // a change under either prefix lists at once (the periodic listing stays, should a watch fail)
+      // a change under either prefix lists at once (the periodic listing stays, should a watch fail)
+      watch = async () => {
         for (const prefix of prefixes) {
           const w = await client.watch().prefix(prefix).create()
           watchers.push(w)
@@ -170,9 +172,6 @@ export class Dynamo14Follower {
           w.on('delete', () => f.#kick())
           w.on('error', () => {})
         }
-      } catch (e) {
-        await f.close()
-        throw e
       }
     }
     try {
@@ -183,7 +182,13 @@ export class Dynamo14Follower {
         await o.nats.flush()
       }
       await loadZeromq()
-      await f.#poll()
+      try {
+        await f.#poll()
+      } catch (e) {
+        const where = config.backend === 'file' ? `the file store at ${config.root}` : `etcd at ${config.endpoints.join(', ')}`
+        throw new DiscoveryError(`source.discovery: could not list the records in ${where}: ${(e as Error).message}`, { cause: e })
+      }
+      await watch?.()
     } catch (e) {
       await f.close()
       throw e
