@@ -1,4 +1,4 @@
-// Worker selection (SPEC 9) on a real nats-server: 3 workers × 2 dp ranks publish stores of shared
+// Worker selection (SPEC 10) on a real nats-server: 3 workers × 2 dp ranks publish stores of shared
 // documents and their load (WorkerMetricsPublisher); KvRouter.findBestWorker must equal an independent
 // computation of the documented rule — overlaps from the workers' own local indexes, loads as
 // published, the router's routed requests as this test tracks them — on 1,000 requests, and sample as

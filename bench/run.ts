@@ -18,6 +18,7 @@ import { benchPublish } from './publish.js'
 import { benchZmq } from './zmq.js'
 import { benchLongNumbers } from './long-numbers.js'
 import { benchIndexerHttp } from './indexer-http.js'
+import { benchRouter } from './router.js'
 
 const require = createRequire(import.meta.url)
 const native = require('../binding.cjs') as RawBinding
@@ -53,8 +54,8 @@ function rustRate(file: string, w: Workload): Rate {
   return { wall: r.blocks_per_s, cpu: r.blocks_per_cpu_s, thread: r.blocks_per_cpu_s }
 }
 
-/** BENCH_ONLY=ingest|indexer|publish|zmq|numbers|indexer-http (comma-separated) runs only those parts; default all. */
-const only = new Set((process.env.BENCH_ONLY ?? 'ingest,indexer,publish,zmq,numbers,indexer-http').split(',').map((x) => x.trim()))
+/** BENCH_ONLY=ingest|indexer|publish|zmq|numbers|indexer-http|router (comma-separated) runs only those parts; default all. */
+const only = new Set((process.env.BENCH_ONLY ?? 'ingest,indexer,publish,zmq,numbers,indexer-http,router').split(',').map((x) => x.trim()))
 
 async function main(): Promise<void> {
   if (only.has('ingest')) benchIngest()
@@ -67,6 +68,7 @@ async function main(): Promise<void> {
       { name: 'fallback', raw: fallback },
     ])
   if (only.has('indexer-http')) await benchIndexerHttp()
+  if (only.has('router')) await benchRouter()
 }
 
 function benchIngest(): void {

@@ -87,7 +87,7 @@ export {
 } from './transport/sources/zmq.js'
 
 // The router side: following the workers' events into one index and choosing a worker per request;
-// and the workers' recovery endpoint it asks after a gap (SPEC 7, 9).
+// and the workers' recovery endpoint it asks after a gap (SPEC 7, 10).
 export {
   KvRouter,
   type KvRouterOptions,
@@ -96,11 +96,13 @@ export {
   type EventPlaneSource,
   type EnginesSource,
   type JetStreamSource,
+  type Dynamo14Source,
   type RouterEngine,
   type RouteDecision,
   type FindBestWorkerOptions,
   type RecoveryOutcome,
 } from './router/router.js'
+export type { Dynamo14Stats } from './router/dynamo14-source.js'
 export {
   defaultSelector,
   defaultCost,

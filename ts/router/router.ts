@@ -1,4 +1,4 @@
-// KvRouter (SPEC 9): follows the workers' KV events into one RadixIndex and chooses a worker per
+// KvRouter (SPEC 10): follows the workers' KV events into one RadixIndex and chooses a worker per
 // request. Three sources: the NATS event plane (with gap recovery from the workers' recovery endpoints,
 // SPEC 7), the engines' own ZeroMQ streams (no Dynamo at all), or a JetStream stream (durable consumer).
 // Events are applied by the core from their bytes (applyEncoded): JavaScript only peeks at the header
@@ -25,6 +25,8 @@ import { type Logger, loggerOption, RateLimitedLog } from '../util/log.js'
 import { openNats, type NatsConnection, type NatsOption } from '../transport/nats.js'
 import { ensureStream } from '../transport/sinks/jetstream.js'
 import { ZmqSource } from '../transport/sources/zmq.js'
+import type { DiscoveryOptions } from '../transport/discovery/config.js'
+import { Dynamo14Follower, type Dynamo14Stats } from './dynamo14-source.js'
 import { type DefaultSelectorOptions, defaultSelector, type RouteCandidate, type WorkerSelector } from './selector.js'
 import {
   CHUNK_HEADER,
@@ -84,7 +86,24 @@ export interface JetStreamSource {
   durable?: string
 }
 
-export type RouterSource = EventPlaneSource | EnginesSource | JetStreamSource
+/**
+ * Dynamo 1.4+ publishers (`wire: 'dynamo-1.4'`) of one endpoint, found through their discovery records
+ * (etcd or the file store): batches from the endpoint's NATS subject (when the router has a NATS
+ * connection: the `nats` option or NATS_SERVER) and from the ZeroMQ channels the records advertise.
+ */
+export interface Dynamo14Source {
+  kind: 'dynamo-1.4'
+  namespace: string
+  component: string
+  /** The serving endpoint (Dynamo's default 'generate'). */
+  endpoint: string
+  /** Where the records are (default: Dynamo's variables, DYN_DISCOVERY_BACKEND and the backend's own). */
+  discovery?: DiscoveryOptions
+  /** How often the records are listed, in ms (default 500). */
+  pollMs?: number
+}
+
+export type RouterSource = EventPlaneSource | EnginesSource | JetStreamSource | Dynamo14Source
 
 export interface KvRouterOptions {
   /** Tokens per KV block; must match the workers'. */
@@ -120,7 +139,7 @@ export interface KvRouterStats {
   events: Record<EventKind, Record<ApplyOutcome, number>>
   /** Event bytes that were not a router event (counted, logged, skipped). */
   invalid: number
-  /** Events older than the rank's cursor (already covered by a recovery), skipped. */
+  /** Events older than the rank's cursor (already covered by a recovery), or JetStream messages delivered again, skipped. */
   stale: number
   /** Event-id gaps found. */
   gaps: number
@@ -171,6 +190,13 @@ interface RankState {
   staleRun: number
 }
 
+interface KnownRank {
+  workerId: bigint
+  dpRank: number
+  /** key(workerId, dpRank) */
+  key: string
+}
+
 interface HeldEvent {
   bytes: Uint8Array
   id: bigint
@@ -198,6 +224,8 @@ const STALE_RESTART_RUN = 8
 const APPLY_SLICE_MS = 5
 /** After "no responders", a worker's gaps are accepted without a query for this long. */
 const NO_ENDPOINT_RETRY_MS = 60_000
+/** Stream messages a JetStream consumer that skipped ahead is filled with, at most, from the stream. */
+const MAX_STREAM_FILL = 100_000
 /** Bytes of a recovery body split per slice (a few milliseconds). */
 const SPLIT_SLICE_BYTES = 1 << 20
 
@@ -215,7 +243,7 @@ class RecoveryError extends Error {
 
 /**
  * Follows the workers' KV events into one radix index and routes requests by prefix overlap and load
- * (SPEC 9). `await KvRouter.create(options)`; `findBestWorker(tokens)`; `close()`.
+ * (SPEC 10). `await KvRouter.create(options)`; `findBestWorker(tokens)`; `close()`.
  */
 export class KvRouter {
   readonly kvBlockSize: number
@@ -226,7 +254,13 @@ export class KvRouter {
   readonly #selector: WorkerSelector
   readonly #ranks = new Map<string, RankState>()
   /** Every rank a request may go to (events, loads, engines), by key. */
-  readonly #known = new Map<string, { workerId: bigint; dpRank: number }>()
+  readonly #known = new Map<string, KnownRank>()
+  /** #known sorted, and each rank's place in it by worker id and rank (null: to be rebuilt). */
+  #rankList: KnownRank[] | null = null
+  readonly #slots = new Map<bigint, number[]>()
+  /** Per-route scratch: overlap and tree size by place in the sorted ranks. */
+  #overlap = new Uint32Array(0)
+  #treeSize = new Float64Array(0)
   readonly #loads = new Map<string, bigint>()
   readonly #routedBlocks = new Map<string, number>()
   readonly #requests = new Map<string, { key: string; blocks: number }>()
@@ -243,6 +277,8 @@ export class KvRouter {
   #subs: Subscription[] = []
   #jsMessages: ConsumerMessages | null = null
   #jsLoop: Promise<void> | null = null
+  #jsStatus: { stop?: () => void } | null = null
+  #follower: Dynamo14Follower | null = null
   #expiryTimer: NodeJS.Timeout | null = null
   #closing: Promise<void> | null = null
   #tasks = new Set<Promise<void>>()
@@ -293,11 +329,17 @@ export class KvRouter {
     const metricsNs =
       options.metricsNamespace !== undefined
         ? checkName('metricsNamespace', options.metricsNamespace)
-        : source.kind === 'engines'
+        : source.kind === 'engines' || source.kind === 'dynamo-1.4'
           ? null
           : source.namespace
+    const wantsNats =
+      source.kind === 'engines'
+        ? metricsNs !== null
+        : source.kind === 'dynamo-1.4'
+          ? metricsNs !== null || options.nats !== undefined || (env.NATS_SERVER ?? '') !== ''
+          : true
     try {
-      if (source.kind !== 'engines' || metricsNs !== null) {
+      if (wantsNats) {
         const { nc, owned } = await openNats(options.nats, env)
         router.#nc = nc
         router.#ownsConnection = owned
@@ -314,6 +356,29 @@ export class KvRouter {
         )
       } else if (source.kind === 'jetstream') {
         await router.#startJetStream(nc!, source)
+      } else if (source.kind === 'dynamo-1.4') {
+        router.#follower = await Dynamo14Follower.start({
+          namespace: source.namespace,
+          component: source.component,
+          endpoint: source.endpoint,
+          discovery: source.discovery,
+          env,
+          nats: nc,
+          log: router.#log,
+          pollMs: source.pollMs ?? 500,
+          sink: {
+            apply: (ev) => {
+              const kind: EventKind = ev.event.data.type
+              try {
+                router.#count(kind, router.#index.applyEvent(ev))
+              } catch (e) {
+                router.#invalid(e)
+              }
+            },
+            clearRank: (workerId, dpRank) => router.#index.removeWorkerDpRank(workerId, dpRank),
+            touch: (workerId, dpRank) => router.#touch(workerId, dpRank),
+          },
+        })
       } else {
         for (const e of source.engines) await router.addEngine(e)
       }
@@ -346,7 +411,7 @@ export class KvRouter {
 
   /**
    * Chooses the worker rank for a request: every known rank is a candidate, weighed by the selector
-   * (default: SPEC 9's cost rule). null when no worker is known. With `requestId`, the request's blocks
+   * (default: SPEC 10's cost rule). null when no worker is known. With `requestId`, the request's blocks
    * count as the chosen rank's decode blocks until markFinished(requestId).
    */
   findBestWorker(tokens: Uint32Array | number[], opts: FindBestWorkerOptions = {}): RouteDecision | null {
@@ -391,32 +456,42 @@ export class KvRouter {
       if (this.#requests.has(requestId)) throw new RangeError(`requestId ${JSON.stringify(requestId)} is already active`)
     }
     if (this.#known.size === 0) return null
+    const ranks = this.#sortedRanks()
+    const n = ranks.length
+    if (this.#overlap.length < n) {
+      this.#overlap = new Uint32Array(2 * n)
+      this.#treeSize = new Float64Array(2 * n)
+    }
+    const overlap = this.#overlap
+    const treeSize = this.#treeSize
+    overlap.fill(0, 0, n)
+    treeSize.fill(0, 0, n)
     const m = this.#index.findMatches(hashes)
-    const scores = new Map<string, { score: number; size: number }>()
     for (let i = 0; i < m.scores.length; i++) {
       const s = m.scores[i]!
-      scores.set(key(s.workerId, s.dpRank), { score: s.score, size: m.treeSizes[i]!.size })
+      const slot = this.#slots.get(s.workerId)?.[s.dpRank]
+      if (slot === undefined) continue
+      overlap[slot] = s.score
+      treeSize[slot] = m.treeSizes[i]!.size
     }
-    const ranks = [...this.#known.values()].sort((a, b) =>
-      a.workerId < b.workerId ? -1 : a.workerId > b.workerId ? 1 : a.dpRank - b.dpRank,
-    )
-    const candidates: RouteCandidate[] = ranks.map(({ workerId, dpRank }) => {
-      const k = key(workerId, dpRank)
-      const s = scores.get(k)
-      const overlap = s?.score ?? 0
-      const reported = Number(this.#loads.get(k) ?? 0n)
-      const routed = this.#routedBlocks.get(k) ?? 0
-      return {
-        workerId,
-        dpRank,
-        overlapBlocks: overlap,
-        treeSize: s?.size ?? 0,
-        prefillBlocks: Math.max(0, requestBlocks - overlap),
+    const loads = this.#loads.size > 0 ? this.#loads : null
+    const routedBlocks = this.#routedBlocks.size > 0 ? this.#routedBlocks : null
+    const candidates: RouteCandidate[] = new Array(n)
+    for (let i = 0; i < n; i++) {
+      const r = ranks[i]!
+      const reported = loads === null ? 0 : Number(loads.get(r.key) ?? 0n)
+      const routed = routedBlocks === null ? 0 : (routedBlocks.get(r.key) ?? 0)
+      candidates[i] = {
+        workerId: r.workerId,
+        dpRank: r.dpRank,
+        overlapBlocks: overlap[i]!,
+        treeSize: treeSize[i]!,
+        prefillBlocks: Math.max(0, requestBlocks - overlap[i]!),
         reportedDecodeBlocks: reported,
         routedBlocks: routed,
         decodeBlocks: reported + routed,
       }
-    })
+    }
     const i = this.#selector(candidates, { requestBlocks, blockHashes: hashes })
     if (!Number.isInteger(i) || i < 0 || i >= candidates.length)
       throw new RangeError(`the selector returned ${describe(i)}, not an index into its ${candidates.length} candidates`)
@@ -429,6 +504,28 @@ export class KvRouter {
     return { workerId: chosen.workerId, dpRank: chosen.dpRank, overlapBlocks: chosen.overlapBlocks, candidates }
   }
 
+  /** Every known rank, ascending (workerId, dpRank); rebuilt only after the known ranks changed. */
+  #sortedRanks(): KnownRank[] {
+    if (this.#rankList !== null) return this.#rankList
+    const list = [...this.#known.values()].sort((a, b) =>
+      a.workerId < b.workerId ? -1 : a.workerId > b.workerId ? 1 : a.dpRank - b.dpRank,
+    )
+    this.#slots.clear()
+    for (let i = 0; i < list.length; i++) {
+      const r = list[i]!
+      const bySlot = this.#slots.get(r.workerId) ?? []
+      if (bySlot.length === 0) this.#slots.set(r.workerId, bySlot)
+      bySlot[r.dpRank] = i
+    }
+    this.#rankList = list
+    return list
+  }
+
+  #addKnown(workerId: bigint, dpRank: number, k: string): void {
+    this.#known.set(k, { workerId, dpRank, key: k })
+    this.#rankList = null
+  }
+
   /** The index (read-only use: queries, dump, size). */
   get index(): RadixIndex {
     return this.#index
@@ -437,6 +534,11 @@ export class KvRouter {
   /** Known worker ids, ascending. */
   workers(): bigint[] {
     return [...new Set([...this.#known.values()].map((r) => r.workerId))].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))
+  }
+
+  /** The dynamo-1.4 source's counters (null for other sources). */
+  dynamo14Stats(): Dynamo14Stats | null {
+    return this.#follower?.stats() ?? null
   }
 
   /** Whether no recovery is running and no event waits for one. */
@@ -471,6 +573,7 @@ export class KvRouter {
     const id = u64('workerId', workerId)
     this.#index.removeWorker(id)
     for (const [k, r] of this.#known) if (r.workerId === id) this.#known.delete(k)
+    this.#rankList = null
     for (const [k, st] of this.#ranks)
       if (st.workerId === id) {
         st.held = []
@@ -486,7 +589,7 @@ export class KvRouter {
   #touch(workerId: bigint, dpRank: number): void {
     this.#lastSeen.set(workerId, performance.now())
     const k = key(workerId, dpRank)
-    if (!this.#known.has(k)) this.#known.set(k, { workerId, dpRank })
+    if (!this.#known.has(k)) this.#addKnown(workerId, dpRank, k)
   }
 
   #expire(): void {
@@ -832,7 +935,7 @@ export class KvRouter {
       throw err
     }
     this.#engines.set(e.workerId, { source, ingestor, ranks })
-    for (const r of rankList) this.#known.set(key(e.workerId, r), { workerId: e.workerId, dpRank: r })
+    for (const r of rankList) this.#addKnown(e.workerId, r, key(e.workerId, r))
   }
 
   /** Stops reading an engine and removes its blocks. false when it was not added. */
@@ -860,28 +963,94 @@ export class KvRouter {
     const jsm = await jetstreamManager(nc)
     await ensureStream(jsm, stream, 3600, this.#logger)
     const js = jetstream(nc)
-    let consumer: Awaited<ReturnType<typeof js.consumers.get>>
     if (src.durable !== undefined) {
       try {
         await jsm.consumers.info(stream, src.durable)
       } catch {
         await jsm.consumers.add(stream, { durable_name: src.durable, ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.All })
       }
-      consumer = await js.consumers.get(stream, src.durable)
-    } else consumer = await js.consumers.get(stream)
-    const messages = await consumer.consume({ max_messages: 256 })
-    this.#jsMessages = messages
-    this.#jsLoop = (async () => {
+    }
+    // stream sequence of the newest message applied (0: none yet)
+    let lastSeq = 0
+    const open = async (): Promise<ConsumerMessages> => {
+      const consumer =
+        src.durable !== undefined
+          ? await js.consumers.get(stream, src.durable)
+          : await js.consumers.get(stream, lastSeq > 0 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: lastSeq + 1 } : {})
+      const messages = await consumer.consume({ max_messages: 256 })
+      this.#jsMessages = messages
+      // a consumer whose server went away (a cluster node down, its leader moved) may stay silent:
+      // missed heartbeats end this iteration, and the consumer is opened again after the last message applied
+      void (async () => {
+        for await (const st of messages.status()) if (st.type === 'heartbeats_missed' && st.count >= 2) await messages.close()
+      })().catch(() => {})
+      return messages
+    }
+    const applyOne = (seq: number, data: Uint8Array) => {
+      lastSeq = seq
+      const ids = jsonHead(data)
+      if (ids !== null) this.#touch(ids.workerId, ids.dpRank)
+      this.#apply(data, 'json', jsonKind(Buffer.from(data.buffer, data.byteOffset, data.byteLength)))
+    }
+    const consume = async (messages: ConsumerMessages) => {
       for await (const m of messages) {
         if (this.#closing !== null) break
-        const ids = jsonHead(m.data)
-        if (ids !== null) this.#touch(ids.workerId, ids.dpRank)
-        this.#apply(m.data, 'json', jsonKind(Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength)))
+        if (m.seq <= lastSeq) {
+          // delivered again (an ack lost with a server that went down is redelivered after the ack wait,
+          // out of order): acknowledged, not applied
+          this.#stats.stale++
+          m.ack()
+          continue
+        }
+        if (lastSeq > 0 && m.seq > lastSeq + 1) {
+          // a durable consumer moved past messages it had delivered to a server that went down (they come
+          // back after the ack wait): they are read from the stream now, in order
+          for (let seq = lastSeq + 1; seq < m.seq && seq - lastSeq <= MAX_STREAM_FILL; seq++) {
+            let stored: Awaited<ReturnType<typeof jsm.streams.getMessage>> = null
+            try {
+              stored = await jsm.streams.getMessage(stream, { seq })
+            } catch {
+              // deleted from the stream (age limit): nothing to apply
+            }
+            if (this.#closing !== null) return
+            if (stored !== null) applyOne(seq, stored.data)
+            else this.#stats.gaps++
+          }
+        }
+        applyOne(m.seq, m.data)
         m.ack()
       }
-    })().catch((e) => {
-      if (this.#closing === null) this.#logger.error({ err: String(e) }, 'the JetStream consumer stopped')
-    })
+    }
+    let messages = await open()
+    const loop = async () => {
+      for (;;) {
+        try {
+          await consume(messages)
+        } catch (e) {
+          if (this.#closing === null)
+            this.#log.log('warn', 'jetstream', { err: String(e) }, 'the JetStream consumer stopped; opening it again')
+        }
+        if (this.#closing !== null) return
+        await sleep(250)
+        if (this.#closing !== null) return
+        try {
+          messages = await open()
+          if (this.#closing !== null) return void (await messages.close().catch(() => {}))
+        } catch (e) {
+          this.#log.log('warn', 'jetstream-open', { err: String(e) }, 'the JetStream consumer could not be opened; retrying')
+        }
+      }
+    }
+    this.#jsLoop = loop()
+    // a reconnect (to this server or another one of the cluster) ends the current iteration too
+    const status = nc.status()
+    this.#jsStatus = status as { stop?: () => void }
+    void (async () => {
+      for await (const st of status) {
+        if (this.#closing !== null) return
+        if (st.type === 'reconnect') await this.#jsMessages?.close().catch(() => {})
+      }
+    })().catch(() => {})
   }
 
   // -------------------------------------------------------------------------------------------------
@@ -969,6 +1138,7 @@ export class KvRouter {
         // closed connection
       }
     }
+    this.#jsStatus?.stop?.()
     if (this.#jsMessages !== null) {
       // bounded: a consumer whose connection is gone may never report itself closed
       const bound = new Promise<void>((r) => setTimeout(r, 5000).unref())
@@ -976,6 +1146,7 @@ export class KvRouter {
       // the last acks reach the server before the connection goes
       if (this.#nc !== null) await Promise.race([this.#nc.flush().catch(() => {}), bound])
     }
+    await this.#follower?.close()
     for (const e of this.#engines.values()) {
       await e.source.close()
       e.ingestor.close()
@@ -1056,7 +1227,18 @@ function sourceArg(v: unknown): RouterSource {
       if (new Set(engines.map((e) => e.workerId)).size !== engines.length) throw new RangeError('source.engines must not repeat a workerId')
       return { kind: 'engines', engines }
     }
+    case 'dynamo-1.4': {
+      for (const k of ['namespace', 'component', 'endpoint'] as const)
+        if (typeof s[k] !== 'string' || s[k].length === 0)
+          throw new TypeError(`source.${k} must be a non-empty string, got ${describe(s[k])}`)
+      if (s.discovery !== undefined && (typeof s.discovery !== 'object' || s.discovery === null))
+        throw new TypeError(`source.discovery must be an object of discovery options, got ${describe(s.discovery)}`)
+      const pollMs = s.pollMs === undefined ? undefined : positiveInt('source.pollMs', s.pollMs, 3_600_000)
+      return { kind: s.kind, namespace: s.namespace, component: s.component, endpoint: s.endpoint, discovery: s.discovery, pollMs }
+    }
     default:
-      throw new RangeError(`source.kind must be 'event-plane', 'engines' or 'jetstream', got ${describe((s as { kind?: unknown }).kind)}`)
+      throw new RangeError(
+        `source.kind must be 'event-plane', 'engines', 'jetstream' or 'dynamo-1.4', got ${describe((s as { kind?: unknown }).kind)}`,
+      )
   }
 }

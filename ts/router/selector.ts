@@ -1,4 +1,4 @@
-// Worker selection (SPEC 9): Dynamo's default cost rule over every candidate worker rank.
+// Worker selection (SPEC 10): Dynamo's default cost rule over every candidate worker rank.
 
 /** One worker rank the router may send a request to, with what selection weighs. */
 export interface RouteCandidate {

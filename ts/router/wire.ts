@@ -214,7 +214,7 @@ export function eventIdOfJson(ev: Buffer): bigint | null {
 // a small JSON reader for requests and short responses: integers become bigints (exact), other
 // numbers are refused
 
-type JsonValue = null | boolean | bigint | string | JsonValue[] | { [k: string]: JsonValue }
+export type JsonValue = null | boolean | bigint | string | JsonValue[] | { [k: string]: JsonValue }
 
 /** Parses small JSON documents (requests, TooNew/InvalidRange/Error bodies); throws on anything else. */
 export function parseSmallJson(bytes: Uint8Array): JsonValue {
@@ -334,6 +334,8 @@ export function parseSmallJson(bytes: Uint8Array): JsonValue {
 // event-plane peeks (msgpack): what the router needs before applying, without decoding the event
 
 const K_PAYLOAD = ascii('payload')
+const K_PUBLISHER_ID = ascii('publisher_id')
+const K_SEQUENCE = ascii('sequence')
 const K_WORKER_ID = ascii('worker_id')
 const K_EVENT = ascii('event')
 const K_EVENT_ID = ascii('event_id')
@@ -369,6 +371,29 @@ function envelopePayload(b: Uint8Array): number {
     p = skip(b, v)
   }
   return -1
+}
+
+/** An envelope's publisher_id and sequence (u64), or null when the bytes are not a valid msgpack map with both. */
+export function envelopeIds(b: Uint8Array): { publisherId: bigint; sequence: bigint } | null {
+  if (validate(b, 0, b.length) !== b.length) return null
+  let p = mapAt(b, 0)
+  if (p < 0) return null
+  const n = lastRead.count
+  let publisherId: bigint | null = null
+  let sequence: bigint | null = null
+  for (let i = 0; i < n; i++) {
+    const k = strAt(b, p)
+    if (k < 0) return null
+    const klen = lastRead.len
+    const v = k + klen
+    if (bytesEq(b, k, klen, K_PUBLISHER_ID) || bytesEq(b, k, klen, K_SEQUENCE)) {
+      if (intAt(b, v) !== INT_NONNEG) return null
+      if (bytesEq(b, k, klen, K_PUBLISHER_ID)) publisherId = lastReadBig()
+      else sequence = lastReadBig()
+      p = lastRead.next
+    } else p = skip(b, v)
+  }
+  return publisherId === null || sequence === null ? null : { publisherId, sequence }
 }
 
 /**
