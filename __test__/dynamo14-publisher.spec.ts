@@ -179,7 +179,7 @@ test('ZeroMQ + file store: records before the first event, kept past several TTL
   t.deepEqual(await listFileStore(root), { sources: [], channels: [] })
 })
 
-test('ZeroMQ + etcd: records under the lease, kept past several TTLs, revoked on close', async (t) => {
+test.serial('ZeroMQ + etcd: records under the lease, kept past several TTLs, revoked on close', async (t) => {
   const reader = new Etcd3({ hosts: [etcd.url] })
   try {
     const ops = steps(12, 25, 1)
@@ -272,7 +272,7 @@ async function publishingChild(env: Record<string, string>): Promise<{ kill: () 
   return { kill }
 }
 
-test('a SIGKILLed publisher leaves its records to expire with its etcd lease', async (t) => {
+test.serial('a SIGKILLed publisher leaves its records to expire with its etcd lease', async (t) => {
   const reader = new Etcd3({ hosts: [etcd.url] })
   const child = await publishingChild({ DYN_DISCOVERY_BACKEND: 'etcd', ETCD_ENDPOINTS: etcd.url, ETCD_LEASE_TTL: '2' })
   try {

@@ -85,7 +85,7 @@ async function runToEnd(t: import('ava').ExecutionContext, file: string): Promis
   return JSON.parse(last) as Record<string, unknown>
 }
 
-async function until(cond: () => boolean, ms = 20_000): Promise<void> {
+async function until(cond: () => boolean, ms = 60_000): Promise<void> {
   const end = Date.now() + ms
   while (!cond()) {
     if (Date.now() > end) throw new Error('timed out')
