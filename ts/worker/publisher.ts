@@ -185,6 +185,18 @@ export interface EventChannelInfo {
   registered: boolean
 }
 
+/** Options that apply only to the `dynamo-1.4` wire. */
+const WIRE14_OPTIONS = [
+  'endpoint',
+  'eventPlane',
+  'eventPlaneHost',
+  'zmqBindHost',
+  'zmqPort',
+  'zmqSettleMs',
+  'discovery',
+  'registerTimeoutMs',
+]
+
 const KNOWN_OPTIONS = new Set([
   'namespace',
   'component',
@@ -204,28 +216,9 @@ const KNOWN_OPTIONS = new Set([
   'closeTimeoutMs',
   'zmq',
   'wire',
-  'endpoint',
-  'eventPlane',
-  'eventPlaneHost',
-  'zmqBindHost',
-  'zmqPort',
-  'zmqSettleMs',
-  'discovery',
-  'registerTimeoutMs',
+  ...WIRE14_OPTIONS,
   'recoveryEndpoint',
 ])
-
-/** Options that apply only to the `dynamo-1.4` wire. */
-const WIRE14_OPTIONS = [
-  'endpoint',
-  'eventPlane',
-  'eventPlaneHost',
-  'zmqBindHost',
-  'zmqPort',
-  'zmqSettleMs',
-  'discovery',
-  'registerTimeoutMs',
-]
 
 /** A random worker id below 2^63 (Dynamo's instance ids are i64-safe). */
 function randomWorkerId(): bigint {
