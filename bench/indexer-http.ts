@@ -18,7 +18,8 @@ import { fileURLToPath } from 'node:url'
 import { EngineSimulator } from '../ts/sim/index.js'
 
 const HERE = dirname(fileURLToPath(import.meta.url))
-const CLI = join(HERE, '..', 'dist', 'cli.js')
+/** The service's bin (BENCH_INDEXER_CLI: another build's, to compare builds in alternated runs). */
+const CLI = process.env.BENCH_INDEXER_CLI ?? join(HERE, '..', 'dist', 'cli.js')
 const WORKERS = 64
 const CHAINS = 256
 const BLOCKS = 64

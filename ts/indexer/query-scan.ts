@@ -103,29 +103,32 @@ export function scanQuery(b: Buffer): ScannedQuery | null {
       if (b[i] !== LBRACKET) return null
       i = skipWs(b, i + 1)
       if (b[i] === RBRACKET) i++
-      else
+      else {
+        const len = b.length
+        let out = scratch
         for (;;) {
-          if (i >= b.length) return null
-          let c = b[i]!
-          if (c < ZERO || c > NINE) return null
-          let v = c - ZERO
-          i++
-          if (v === 0) {
+          // one token id: digits without a leading zero, at most 10 of them (then exact in a double)
+          const first = i
+          let v = 0
+          let c = 0
+          for (; i < len; i++) {
             c = b[i]!
-            if (c >= ZERO && c <= NINE) return null
-          } else
-            for (; i < b.length; i++) {
-              c = b[i]!
-              if (c < ZERO || c > NINE) break
-              v = v * 10 + (c - ZERO)
-              if (v > U32_MAX) return null
-            }
-          if (n === scratch.length) {
-            const grown = new Uint32Array(scratch.length * 2)
-            grown.set(scratch)
-            scratch = grown
+            if (c < ZERO || c > NINE) break
+            v = v * 10 + (c - ZERO)
           }
-          scratch[n++] = v
+          const digits = i - first
+          if (digits === 0 || digits > 10 || v > U32_MAX || (digits > 1 && b[first] === ZERO)) return null
+          if (n === out.length) {
+            const grown = new Uint32Array(out.length * 2)
+            grown.set(out)
+            scratch = out = grown
+          }
+          out[n++] = v
+          if (c === COMMA && i < len) {
+            i++
+            if (isWs(b[i]!)) i = skipWs(b, i)
+            continue
+          }
           i = skipWs(b, i)
           c = b[i]!
           if (c === COMMA) i = skipWs(b, i + 1)
@@ -134,6 +137,7 @@ export function scanQuery(b: Buffer): ScannedQuery | null {
             break
           } else return null
         }
+      }
     } else {
       let s: string | null
       if (b[i] === QUOTE) {
