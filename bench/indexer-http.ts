@@ -3,10 +3,13 @@
 // vLLM batches over real ZeroMQ, with replay) registered over HTTP; each worker stores 256 chains of 64
 // blocks (16 tokens a block): a shared document prefix of 8-56 blocks and a suffix of its own, so the
 // index holds 64 × 256 × 64 = 1,048,576 (worker, block) entries. Then a closed-loop HTTP load from this
-// process (keep-alive, BENCH_HTTP_CONNECTIONS connections, default 8 then 32) for BENCH_HTTP_SECONDS (default 10)
-// of POST /query with 1,024-token prompts (half a document prefix, half one worker's own chain): queries
-// per second and latency percentiles measured by the client (request written → response read). The
-// client and the service share the machine's 2 cores.
+// process (keep-alive, BENCH_HTTP_CONNECTIONS connections, default 8 then 32, one request in flight on
+// each) for BENCH_HTTP_SECONDS (default 10) of POST /query with 1,024-token prompts (half a document
+// prefix, half one worker's own chain): queries per second and latency percentiles measured by the
+// client (request written → response read), and the client's own CPU time. The client and the service
+// share the machine's 2 cores, so the client is light by default (BENCH_HTTP_CLIENT=raw: requests
+// encoded once, written whole on plain sockets); BENCH_HTTP_CLIENT=node uses the node:http client.
+// BENCH_INDEXER_CLI runs another build's bin; BENCH_PROF=DIR writes a CPU profile of the service.
 // Run alone: `BENCH_ONLY=indexer-http npx tsx bench/run.ts` or `npx tsx bench/indexer-http.ts`.
 import { encode } from '@msgpack/msgpack'
 import { type ChildProcess, spawn } from 'node:child_process'

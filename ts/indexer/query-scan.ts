@@ -21,7 +21,6 @@ const RBRACKET = 0x5d
 const LBRACE = 0x7b
 const RBRACE = 0x7d
 const ZERO = 0x30
-const NINE = 0x39
 const U32_MAX = 0xffff_ffff
 
 let scratch = new Uint32Array(4096)
@@ -113,8 +112,9 @@ export function scanQuery(b: Buffer): ScannedQuery | null {
           let c = 0
           for (; i < len; i++) {
             c = b[i]!
-            if (c < ZERO || c > NINE) break
-            v = v * 10 + (c - ZERO)
+            const d = c - ZERO
+            if (d >>> 0 > 9) break
+            v = v * 10 + d
           }
           const digits = i - first
           if (digits === 0 || digits > 10 || v > U32_MAX || (digits > 1 && b[first] === ZERO)) return null

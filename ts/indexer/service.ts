@@ -858,6 +858,7 @@ const ROUTES = new Map<string, string>([
 
 function isJson(ct: string | undefined): boolean {
   if (ct === undefined) return false
+  if (ct === JSON_TYPE) return true
   const mime = ct.split(';')[0]!.trim().toLowerCase()
   return mime === 'application/json' || (mime.startsWith('application/') && mime.endsWith('+json'))
 }
