@@ -3,21 +3,26 @@
 // vLLM batches over real ZeroMQ, with replay) registered over HTTP; each worker stores 256 chains of 64
 // blocks (16 tokens a block): a shared document prefix of 8-56 blocks and a suffix of its own, so the
 // index holds 64 × 256 × 64 = 1,048,576 (worker, block) entries. Then a closed-loop HTTP load from this
-// process (keep-alive, BENCH_HTTP_CONNECTIONS connections, default 8 then 32) for BENCH_HTTP_SECONDS (default 10)
-// of POST /query with 1,024-token prompts (half a document prefix, half one worker's own chain): queries
-// per second and latency percentiles measured by the client (request written → response read). The
-// client and the service share the machine's 2 cores.
+// process (keep-alive, BENCH_HTTP_CONNECTIONS connections, default 8 then 32, one request in flight on
+// each) for BENCH_HTTP_SECONDS (default 10) of POST /query with 1,024-token prompts (half a document
+// prefix, half one worker's own chain): queries per second and latency percentiles measured by the
+// client (request written → response read), and the client's own CPU time. The client and the service
+// share the machine's 2 cores, so the client is light by default (BENCH_HTTP_CLIENT=raw: requests
+// encoded once, written whole on plain sockets); BENCH_HTTP_CLIENT=node uses the node:http client.
+// BENCH_INDEXER_CLI runs another build's bin; BENCH_PROF=DIR writes a CPU profile of the service.
 // Run alone: `BENCH_ONLY=indexer-http npx tsx bench/run.ts` or `npx tsx bench/indexer-http.ts`.
 import { encode } from '@msgpack/msgpack'
 import { type ChildProcess, spawn } from 'node:child_process'
 import { Agent, request } from 'node:http'
+import { connect, type Socket } from 'node:net'
 import { cpus, loadavg } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { EngineSimulator } from '../ts/sim/index.js'
 
 const HERE = dirname(fileURLToPath(import.meta.url))
-const CLI = join(HERE, '..', 'dist', 'cli.js')
+/** The service's bin (BENCH_INDEXER_CLI: another build's, to compare builds in alternated runs). */
+const CLI = process.env.BENCH_INDEXER_CLI ?? join(HERE, '..', 'dist', 'cli.js')
 const WORKERS = 64
 const CHAINS = 256
 const BLOCKS = 64
@@ -25,6 +30,9 @@ const BS = 16
 const DOCS = 512
 const SECONDS = Number(process.env.BENCH_HTTP_SECONDS ?? 10)
 const CONNECTIONS = (process.env.BENCH_HTTP_CONNECTIONS ?? '8,32').split(',').map(Number)
+/** The load generator: `raw` (default) pre-encoded requests on plain sockets; `node` the node:http client. */
+const CLIENT = process.env.BENCH_HTTP_CLIENT ?? 'raw'
+if (CLIENT !== 'raw' && CLIENT !== 'node') throw new Error(`BENCH_HTTP_CLIENT must be raw or node, got ${CLIENT}`)
 
 function rng(seed: number) {
   let s = seed >>> 0 || 1
@@ -120,6 +128,72 @@ function get(port: number, path: string): Promise<{ status: number; body: string
   })
 }
 
+/**
+ * One keep-alive connection of the light load generator: whole requests (head and body) encoded once,
+ * written with one call, and the response read by its status line and content-length only. One request
+ * in flight at a time, as with the node:http client.
+ */
+class RawConnection {
+  readonly #socket: Socket
+  #buf: Buffer = Buffer.alloc(0)
+  #done: ((status: number) => void) | null = null
+  #fail: ((e: Error) => void) | null = null
+
+  private constructor(socket: Socket) {
+    this.#socket = socket
+    socket.setNoDelay(true)
+    socket.on('data', (c: Buffer) => this.#read(c))
+    socket.on('error', (e) => this.#fail?.(e))
+    socket.on('close', () => this.#fail?.(new Error('connection closed')))
+  }
+
+  static open(port: number): Promise<RawConnection> {
+    return new Promise((resolve, reject) => {
+      const socket = connect(port, '127.0.0.1', () => {
+        socket.off('error', reject)
+        resolve(new RawConnection(socket))
+      })
+      socket.once('error', reject)
+    })
+  }
+
+  /** Sends one encoded request; resolves with the response's status once its whole body is read. */
+  send(request: Buffer): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.#done = resolve
+      this.#fail = reject
+      this.#socket.write(request)
+    })
+  }
+
+  #read(c: Buffer): void {
+    this.#buf = this.#buf.length === 0 ? c : Buffer.concat([this.#buf, c])
+    const head = this.#buf.indexOf('\r\n\r\n')
+    if (head < 0) return
+    const text = this.#buf.toString('latin1', 0, head)
+    const m = /\r\ncontent-length: *(\d+)/i.exec(text)
+    const total = head + 4 + (m === null ? 0 : Number(m[1]))
+    if (this.#buf.length < total) return
+    this.#buf = this.#buf.subarray(total)
+    const done = this.#done
+    this.#done = null
+    this.#fail = null
+    done?.(Number(text.slice(9, 12)))
+  }
+
+  close(): void {
+    this.#fail = null
+    this.#socket.destroy()
+  }
+}
+
+const encodeRequest = (port: number, method: string, path: string, body?: string) =>
+  Buffer.from(
+    body === undefined
+      ? `${method} ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: keep-alive\r\n\r\n`
+      : `${method} ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: keep-alive\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+  )
+
 async function startIndexer(): Promise<{ child: ChildProcess; port: number }> {
   const child = spawn(
     process.execPath,
@@ -200,13 +274,15 @@ export async function benchIndexerHttp(): Promise<void> {
       } else tokens = chain(Math.floor(r() * WORKERS), Math.floor(r() * CHAINS)).tokens
       bodies.push(JSON.stringify({ token_ids: tokens, model_name: 'bench' }))
     }
-    // warm up, then measure
+    const encoded = bodies.map((b) => encodeRequest(port, 'POST', '/query', b))
+    const health = encodeRequest(port, 'GET', '/health')
+    // warm up, then measure; the client's own CPU time is measured too (it shares the cores)
     const run = async (connections: number, seconds: number, path = '/query') => {
       const lat: number[] = []
       let errors = 0
       const end = performance.now() + seconds * 1000
       let i = 0
-      const loop = async () => {
+      const nodeLoop = async () => {
         while (performance.now() < end) {
           const body = bodies[i++ % bodies.length]!
           const s = performance.now()
@@ -215,12 +291,30 @@ export async function benchIndexerHttp(): Promise<void> {
           if (res.status !== 200) errors++
         }
       }
+      const rawLoop = async () => {
+        const conn = await RawConnection.open(port)
+        try {
+          while (performance.now() < end) {
+            const req = path === '/query' ? encoded[i++ % encoded.length]! : health
+            const s = performance.now()
+            const status = await conn.send(req)
+            lat.push(performance.now() - s)
+            if (status !== 200) errors++
+          }
+        } finally {
+          conn.close()
+        }
+      }
+      const cpu0 = process.cpuUsage()
       const s = performance.now()
-      await Promise.all(Array.from({ length: connections }, loop))
-      return { lat, errors, seconds: (performance.now() - s) / 1000 }
+      await Promise.all(Array.from({ length: connections }, CLIENT === 'raw' ? rawLoop : nodeLoop))
+      const wall = (performance.now() - s) / 1000
+      const cpu = process.cpuUsage(cpu0)
+      return { lat, errors, seconds: wall, clientCpu: (cpu.user + cpu.system) / 1e6 / wall }
     }
     await run(Math.max(...CONNECTIONS), 2)
-    console.log('| load | queries/s | p50 | p99 | max | errors |\n|---|---|---|---|---|---|')
+    console.log(`client: ${CLIENT === 'raw' ? 'raw sockets, pre-encoded requests' : 'node:http'}`)
+    console.log('| load | queries/s | p50 | p99 | max | errors | client CPU (cores) |\n|---|---|---|---|---|---|---|')
     const rows: [string, number, string][] = CONNECTIONS.map((c) => ['POST /query, 1,024-token prompts', c, '/query'])
     // the HTTP floor: a route that does no work, at the highest load
     rows.push(['GET /health (no work: the HTTP floor)', Math.max(...CONNECTIONS), '/health'])
@@ -229,7 +323,7 @@ export async function benchIndexerHttp(): Promise<void> {
       m.lat.sort((a, b) => a - b)
       const pct = (p: number) => `${m.lat[Math.min(m.lat.length - 1, Math.floor(p * m.lat.length))]!.toFixed(2)} ms`
       console.log(
-        `| ${what}, ${connections} keep-alive connections, ${SECONDS} s | ${(m.lat.length / m.seconds).toFixed(0)} | ${pct(0.5)} | ${pct(0.99)} | ${m.lat.at(-1)!.toFixed(2)} ms | ${m.errors} |`,
+        `| ${what}, ${connections} keep-alive connections, ${SECONDS} s | ${(m.lat.length / m.seconds).toFixed(0)} | ${pct(0.5)} | ${pct(0.99)} | ${m.lat.at(-1)!.toFixed(2)} ms | ${m.errors} | ${m.clientCpu.toFixed(2)} |`,
       )
     }
   } finally {

@@ -24,6 +24,7 @@ import {
   readU64,
   stringifyExact,
 } from './json.js'
+import { type ScannedQuery, scanQuery } from './query-scan.js'
 
 /** A /register body (also an entry of `--engines FILE`). */
 export interface RegisterRequest {
@@ -257,6 +258,8 @@ export class IndexerService {
   readonly #requests: Counter<'endpoint' | 'method'>
   readonly #errors: Counter<'endpoint' | 'status_class'>
   readonly #duration: Histogram<'endpoint'>
+  /** The request counter and latency histogram of each (endpoint, method), bound to their labels once. */
+  readonly #meters = new Map<string, { requests: { inc(): void }; duration: { observe(v: number): void } }>()
   /** Registrations and removals run one at a time (they open and close sockets). */
   #queue: Promise<unknown> = Promise.resolve()
 
@@ -507,29 +510,37 @@ export class IndexerService {
   score(
     model: string,
     group: string,
-    query: { tokens?: number[]; hashes?: bigint[]; loraName?: string | null; cacheSalt?: string | null },
+    query: { tokens?: Uint32Array | number[]; hashes?: bigint[]; loraName?: string | null; cacheSalt?: string | null },
   ) {
     const part = this.#partitions.get(pkey(model, group))
     if (part === undefined) throw new HttpError(404, `no indexer for model=${model} routing_group=${group}`)
     const scores = new Map<bigint, Map<number, number>>()
     const bs = part.blockSize
-    // only full blocks are hashed (Dynamo ignores a trailing partial block)
-    const tokens =
-      query.tokens === undefined ? null : Uint32Array.from(query.tokens.slice(0, query.tokens.length - (query.tokens.length % bs)))
+    // only full blocks are hashed (Dynamo ignores a trailing partial block); the hashing and the lookup
+    // are one call into the index
+    const tokens = query.tokens === undefined ? null : query.tokens instanceof Uint32Array ? query.tokens : Uint32Array.from(query.tokens)
+    const hashOpts = tokens === null ? null : { loraName: query.loraName || null, cacheSalt: query.cacheSalt || null }
     for (const [rank, router] of part.routers) {
       let s: ReturnType<KvRouter['findMatches']>
       if (query.hashes !== undefined) s = router.findMatchesForHashes(query.hashes)
       else {
-        if (tokens!.length === 0) continue
-        s = router.findMatches(tokens!, { loraName: query.loraName || null, cacheSalt: query.cacheSalt || null })
+        if (tokens!.length < bs) continue
+        s = router.index.findMatchesForTokens(tokens!, bs, hashOpts!)
       }
       // the router of a registered rank holds only that rank's engines: what they index (under the
       // batch's rank, or rank 0 for a batch without one) is that rank's
-      for (const w of s.scores) {
+      const list = s.scores
+      for (let i = 0; i < list.length; i++) {
+        const w = list[i]!
         if (w.score <= 0) continue
-        const m = scores.get(w.workerId) ?? new Map<number, number>()
-        scores.set(w.workerId, m)
-        m.set(rank, Math.max(m.get(rank) ?? 0, w.score * bs))
+        let m = scores.get(w.workerId)
+        if (m === undefined) {
+          m = new Map<number, number>()
+          scores.set(w.workerId, m)
+        }
+        const t = w.score * bs
+        const had = m.get(rank)
+        if (had === undefined || t > had) m.set(rank, t)
       }
     }
     return scoreBody(scores)
@@ -609,9 +620,27 @@ export class IndexerService {
     const q = url.indexOf('?')
     const endpoint = q < 0 ? url : url.slice(0, q)
     if (!ROUTES.has(endpoint)) return
-    this.#requests.inc({ endpoint, method })
+    const key = `${endpoint} ${method}`
+    let m = this.#meters.get(key)
+    if (m === undefined) {
+      m = { requests: this.#requests.labels({ endpoint, method }), duration: this.#duration.labels({ endpoint }) }
+      this.#meters.set(key, m)
+    }
+    m.requests.inc()
     if (status >= 400) this.#errors.inc({ endpoint, status_class: `${Math.floor(status / 100)}xx` })
-    this.#duration.observe({ endpoint }, (performance.now() - start) / 1000)
+    m.duration.observe((performance.now() - start) / 1000)
+  }
+
+  /** A /query read by scanQuery, answered without the general route's promises. */
+  #query(b: ScannedQuery): IndexerReply {
+    try {
+      const body = this.score(b.model, b.group ?? 'default', { tokens: b.tokens, loraName: b.lora, cacheSalt: b.salt })
+      return { status: 200, contentType: JSON_TYPE, body }
+    } catch (e) {
+      if (e instanceof HttpError) return json(e.status, { error: e.message })
+      this.#log.error({ err: e }, 'request failed')
+      return json(500, { error: e instanceof Error ? e.message : String(e) })
+    }
   }
 
   async #answer(method: string, url: string, contentType: string | undefined, raw: string): Promise<IndexerReply> {
@@ -757,7 +786,19 @@ export class IndexerService {
     req.on('error', () => res.destroy())
     req.on('end', () => {
       if (over) return
-      const raw = Buffer.concat(chunks).toString('utf8')
+      const bytes = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)
+      // the common /query body: read from the bytes and answered at once (the same answer as handle())
+      if (url === '/query' && req.method === 'POST' && isJson(req.headers['content-type'])) {
+        const t = performance.now()
+        const scanned = scanQuery(bytes)
+        if (scanned !== null) {
+          const reply = this.#query(scanned)
+          this.#observe('POST', url, reply.status, t)
+          send(reply)
+          return
+        }
+      }
+      const raw = bytes.toString('utf8')
       this.handle(req.method ?? 'GET', url, req.headers['content-type'], raw).then(send, () => res.destroy())
     })
   }
@@ -784,20 +825,20 @@ export class IndexerService {
  * per rank, and the summary whose gpu (the best rank) is also cpu, disk and longest_matched.
  */
 function scoreBody(scores: Map<bigint, Map<number, number>>): string {
-  const s: string[] = []
-  const inst: string[] = []
+  let s = ''
+  let inst = ''
   for (const [id, ranks] of scores) {
-    const dp: string[] = []
+    let dp = ''
     let gpu = 0
     for (const [rank, tokens] of ranks) {
-      dp.push(`"${rank}":${tokens}`)
+      dp += dp.length === 0 ? `"${rank}":${tokens}` : `,"${rank}":${tokens}`
       if (tokens > gpu) gpu = tokens
     }
-    const dpText = `{${dp.join(',')}}`
-    s.push(`"${id}":${dpText}`)
-    inst.push(`"${id}":{"longest_matched":${gpu},"gpu":${gpu},"dp":${dpText},"cpu":${gpu},"disk":${gpu}}`)
+    const sep = s.length === 0 ? '' : ','
+    s += `${sep}"${id}":{${dp}}`
+    inst += `${sep}"${id}":{"longest_matched":${gpu},"gpu":${gpu},"dp":{${dp}},"cpu":${gpu},"disk":${gpu}}`
   }
-  return `{"scores":{${s.join(',')}},"frequencies":[],"instances":{${inst.join(',')}}}`
+  return `{"scores":{${s}},"frequencies":[],"instances":{${inst}}}`
 }
 
 const ROUTES = new Map<string, string>([
@@ -817,6 +858,7 @@ const ROUTES = new Map<string, string>([
 
 function isJson(ct: string | undefined): boolean {
   if (ct === undefined) return false
+  if (ct === JSON_TYPE) return true
   const mime = ct.split(';')[0]!.trim().toLowerCase()
   return mime === 'application/json' || (mime.startsWith('application/') && mime.endsWith('+json'))
 }

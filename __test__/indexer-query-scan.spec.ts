@@ -1,0 +1,149 @@
+// The /query body scanner against the exact reader: over HTTP the service reads a plain body with
+// scanQuery, while IndexerService.handle() reads the text with the exact reader; both must give the same
+// status, content type and bytes for every body, those the scanner takes and those it leaves alone.
+import test from 'ava'
+import { EngineSimulator } from '../ts/sim/index.js'
+import { IndexerService } from '../ts/indexer/service.js'
+import { scanQuery } from '../ts/indexer/query-scan.js'
+import { parseJson } from '../ts/indexer/json.js'
+import { arr, encode, f64, map, nil, s, u, type Mp } from './helpers/mp.js'
+import { postJson, http } from './helpers/http.js'
+
+const range = (a: number, n: number) => Array.from({ length: n }, (_, k) => a + k)
+
+function stored(hashes: number[], tokens: number[], parent?: number): Mp {
+  return map({
+    type: s('BlockStored'),
+    block_hashes: arr(...hashes.map((h) => u(h))),
+    parent_block_hash: parent === undefined ? nil : u(parent),
+    token_ids: arr(...tokens.map((x) => u(x))),
+    block_size: u(4),
+    lora_id: nil,
+    medium: s('GPU'),
+    lora_name: nil,
+  })
+}
+const batch = (rank: number | null, ...events: Mp[]) => encode(arr(f64(Date.now() / 1000), arr(...events), rank === null ? nil : u(rank)))
+
+const T = range(1000, 16)
+const ids = (xs: number[]) => xs.join(',')
+
+/** Bodies the scanner reads itself. */
+const PLAIN = [
+  `{"token_ids":[${ids(T)}],"model_name":"llama"}`,
+  ` \r\n\t{ "model_name" : "llama" ,\n "token_ids" : [ ${T.join(' , ')} ] } \n`,
+  `{"token_ids":[${ids(T.slice(0, 10))}],"model_name":"llama","routing_group":"default"}`,
+  `{"token_ids":[${ids(T.slice(0, 3))}],"model_name":"llama"}`,
+  `{"token_ids":[],"model_name":"llama"}`,
+  `{"token_ids":[${ids(T)}],"model_name":"llama","lora_name":null,"cache_salt":null,"tenant_id":"t"}`,
+  `{"token_ids":[${ids(T)}],"model_name":"llama","lora_name":"","cache_salt":""}`,
+  `{"token_ids":[${ids(T)}],"model_name":"llama","lora_name":"adapter"}`,
+  `{"token_ids":[${ids(T)}],"model_name":"llama","cache_salt":"salt"}`,
+  `{"token_ids":[${ids(T)}],"model_name":"llama","routing_group":"other"}`,
+  `{"token_ids":[0,4294967295,7],"model_name":"unknown model"}`,
+  `{"token_ids":[${ids(T)}],"model_name":""}`,
+]
+
+/** Bodies left to the exact reader (errors, or shapes the scanner does not take). */
+const OTHER = [
+  `{"token_ids":[4294967296],"model_name":"llama"}`,
+  `{"token_ids":[99999999999],"model_name":"llama"}`,
+  `{"token_ids":[01],"model_name":"llama"}`,
+  `{"token_ids":[-1],"model_name":"llama"}`,
+  `{"token_ids":[1.0],"model_name":"llama"}`,
+  `{"token_ids":[1e2],"model_name":"llama"}`,
+  `{"token_ids":[1,],"model_name":"llama"}`,
+  `{"token_ids":[1 2],"model_name":"llama"}`,
+  `{"token_ids":[${ids(T)}],"model_name":"llama","token_ids":[1]}`,
+  `{"token_ids":[${ids(T)}],"model_name":"llama","extra":{"a":[1,2]}}`,
+  `{"token_ids":[${ids(T)}],"model_name":"ll\\u0061ma"}`,
+  `{"token_ids":[${ids(T)}],"model_name":"llämа"}`,
+  `{"token_ids":[${ids(T)}],"model_name":"llama",}`,
+  `{"token_ids":[${ids(T)}]}`,
+  `{"model_name":"llama"}`,
+  `{"token_ids":null,"model_name":"llama"}`,
+  `{"token_ids":[${ids(T)}],"model_name":null}`,
+  `{"token_ids":[${ids(T)}],"model_name":"llama","lora_name":5}`,
+  `{"token_ids":[${ids(T)}],"model_name":"llama","tenant_id":null}`,
+  `{"token_ids":[${ids(T)}],"model_name":"llama","routing_group":null}`,
+  `{"token_ids":[${ids(T)}],"model_name":"llama"} x`,
+  `\ufeff{"token_ids":[${ids(T)}],"model_name":"llama"}`,
+  `{"token_ids":[${ids(T)}],"model_name":"llama"`,
+  `{"token_ids":[1`,
+  '{}',
+  '[]',
+  '',
+]
+
+test('scanQuery reads the plain bodies exactly and leaves every other one', (t) => {
+  for (const body of PLAIN) {
+    const q = scanQuery(Buffer.from(body))
+    t.not(q, null, body)
+    const v = JSON.parse(body) as { token_ids: number[]; model_name: string; routing_group?: string; lora_name?: string | null }
+    t.deepEqual([...q!.tokens], v.token_ids, body)
+    t.is(q!.model, v.model_name)
+    t.is(q!.group, v.routing_group)
+    t.is(q!.lora, v.lora_name)
+  }
+  for (const body of OTHER) t.is(scanQuery(Buffer.from(body)), null, body)
+})
+
+test('/query over HTTP (scanned) answers byte for byte as the exact reader', async (t) => {
+  const svc = new IndexerService()
+  const { port } = await svc.listen(0)
+  const sims: EngineSimulator[] = []
+  try {
+    // worker 1 on rank 0, worker 2 on ranks 0 and 1: several workers and ranks in the answers
+    for (const [id, rank] of [
+      [1, 0],
+      [2, 0],
+      [2, 1],
+    ] as const) {
+      const sim = await EngineSimulator.create({ kvBlockSize: 4, replayEndpoint: 'tcp://127.0.0.1:0', dpRank: rank })
+      sims.push(sim)
+      const r = await postJson(
+        port,
+        '/register',
+        JSON.stringify({
+          instance_id: id,
+          dp_rank: rank,
+          endpoint: sim.endpoint,
+          replay_endpoint: sim.replayEndpoint,
+          model_name: 'llama',
+          block_size: 4,
+        }),
+      )
+      t.is(r.status, 201, r.body)
+    }
+    await sims[0]!.sendPayload(batch(null, stored(range(1001, 4), T)))
+    await sims[1]!.sendPayload(batch(null, stored(range(1001, 2), T.slice(0, 8))))
+    await sims[2]!.sendPayload(batch(1, stored(range(1001, 3), T.slice(0, 12))))
+    // loaded once the full prompt scores every worker and rank
+    const full = PLAIN[0]!
+    let loaded = ''
+    for (let k = 0; k < 100 && !loaded.includes('"1":12'); k++) {
+      loaded = (await postJson(port, '/query', full)).body
+      if (!loaded.includes('"1":12') || !loaded.includes('"1":16'))
+        for (const sim of sims) {
+          await sim.heartbeat()
+          await new Promise((res) => setTimeout(res, 20))
+        }
+    }
+    const scores = parseJson(loaded)
+    t.is(scores.t, 'obj')
+    t.true(loaded.includes('"1":{"0":16}') && loaded.includes('"0":8,"1":12'), loaded)
+    for (const body of [...PLAIN, ...OTHER]) {
+      const viaHttp = await postJson(port, '/query', body)
+      const exact = await svc.handle('POST', '/query', 'application/json', body)
+      t.is(viaHttp.status, exact.status, body)
+      t.is(viaHttp.headers['content-type'], exact.contentType ?? undefined, body)
+      t.is(viaHttp.body, exact.body, body)
+    }
+    // a body of another content type is refused before it is read
+    const wrongType = await http(port, 'POST', '/query', PLAIN[0]!, { 'content-type': 'text/plain' })
+    t.is(wrongType.status, 415)
+  } finally {
+    for (const sim of sims) sim.close()
+    await svc.close()
+  }
+})
