@@ -18,6 +18,7 @@ import { benchPublish } from './publish.js'
 import { benchZmq } from './zmq.js'
 import { benchLongNumbers } from './long-numbers.js'
 import { benchIndexerHttp } from './indexer-http.js'
+import { benchMultiHash } from './index-multihash.js'
 
 const require = createRequire(import.meta.url)
 const native = require('../binding.cjs') as RawBinding
@@ -53,7 +54,10 @@ function rustRate(file: string, w: Workload): Rate {
   return { wall: r.blocks_per_s, cpu: r.blocks_per_cpu_s, thread: r.blocks_per_cpu_s }
 }
 
-/** BENCH_ONLY=ingest|indexer|publish|zmq|numbers|indexer-http (comma-separated) runs only those parts; default all. */
+/**
+ * BENCH_ONLY=ingest|indexer|publish|zmq|numbers|indexer-http|multihash (comma-separated) runs only those parts; default all
+ * but multihash.
+ */
 const only = new Set((process.env.BENCH_ONLY ?? 'ingest,indexer,publish,zmq,numbers,indexer-http').split(',').map((x) => x.trim()))
 
 async function main(): Promise<void> {
@@ -67,6 +71,7 @@ async function main(): Promise<void> {
       { name: 'fallback', raw: fallback },
     ])
   if (only.has('indexer-http')) await benchIndexerHttp()
+  if (only.has('multihash')) await benchMultiHash()
 }
 
 function benchIngest(): void {
