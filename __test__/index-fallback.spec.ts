@@ -705,6 +705,8 @@ const configs = [
   // many, so that the arenas and tables grow and shrink
   { seeds: 2, steps: 8000, hashes: 4000, toks: 40, check: 500, p: [0.7, 0.97, 0.985, 0.993] },
   { seeds: 1, steps: 6000, hashes: 20000, toks: 200, check: 1000, p: [0.9, 0.997, 0.998, 0.999] },
+  // two tokens hashes and many block hashes: crowded nodes (position maps, tombs, compaction)
+  { seeds: 3, steps: 4000, hashes: 600, toks: 2, check: 250, p: [0.6, 0.97, 0.98, 0.99] },
 ]
 
 test('randomized: the fallback index agrees with a naive model of SPEC 6', (t) => {

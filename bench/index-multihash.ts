@@ -46,9 +46,20 @@ export async function benchMultiHash(): Promise<void> {
   } catch {
     console.log('native binding not built: fallback only')
   }
-  const impls: [string, RawBinding][] = native ? [['native', native], ['fallback', fallback]] : [['fallback', fallback]]
-  console.log(`machine: ${cpus().length} x ${cpus()[0]?.model}, load ${loadavg().map((x) => x.toFixed(2)).join(' ')}, node ${process.version}`)
-  console.log('\n| one worker, N hashes | impl | calls/s, one node (main-thread CPU) | calls/s, N nodes (main-thread CPU) | one node (wall) |')
+  const impls: [string, RawBinding][] = native
+    ? [
+        ['native', native],
+        ['fallback', fallback],
+      ]
+    : [['fallback', fallback]]
+  console.log(
+    `machine: ${cpus().length} x ${cpus()[0]?.model}, load ${loadavg()
+      .map((x) => x.toFixed(2))
+      .join(' ')}, node ${process.version}`,
+  )
+  console.log(
+    '\n| one worker, N hashes | impl | calls/s, one node (main-thread CPU) | calls/s, N nodes (main-thread CPU) | one node (wall) |',
+  )
   console.log('|---|---|---|---|---|')
   for (const n of SIZES) {
     for (const [name, raw] of impls) {
@@ -58,10 +69,16 @@ export async function benchMultiHash(): Promise<void> {
         same = best(same, await rateAsync(2 * n, () => pass(raw, n, true)))
         distinct = best(distinct, await rateAsync(2 * n, () => pass(raw, n, false)))
       }
-      console.log(`| N = ${n} | ${name} | ${fmtRate(same.thread || same.cpu)} | ${fmtRate(distinct.thread || distinct.cpu)} | ${fmtRate(same.wall)} |`)
+      console.log(
+        `| N = ${n} | ${name} | ${fmtRate(same.thread || same.cpu)} | ${fmtRate(distinct.thread || distinct.cpu)} | ${fmtRate(same.wall)} |`,
+      )
     }
   }
-  console.log(`\nbest of ${ROUNDS} rounds of ${MS} ms each; load after: ${loadavg().map((x) => x.toFixed(2)).join(' ')}`)
+  console.log(
+    `\nbest of ${ROUNDS} rounds of ${MS} ms each; load after: ${loadavg()
+      .map((x) => x.toFixed(2))
+      .join(' ')}`,
+  )
 }
 
 if (process.argv[1] && /index-multihash\.ts$/.test(process.argv[1])) {
