@@ -85,9 +85,9 @@ export const HOLDER_WORKER = 0
 export const HOLDER_HASH_HI = 1
 export const HOLDER_HASH_LO = 2
 /** A node with this many holders gets a `BigHolders` (below it, scanning the block is cheaper). */
-export const BIG_HOLDERS = 32
+export const BIG_HOLDERS = 128
 /** The size class of a block that can hold BIG_HOLDERS. */
-const BIG_CLASS = 5
+const BIG_CLASS = 7
 /** HOLDER_WORKER of a removed pair still in a big node's block (until compaction). */
 export const TOMB = 0xffffffff
 

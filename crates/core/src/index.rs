@@ -360,7 +360,7 @@ const EMPTY_NODE: Node = Node {
 const _: () = assert!(std::mem::size_of::<Node>() == 32);
 
 /// A set this long gets a `BigSet`: below it, scanning `items` is cheaper than hashing.
-const BIG_SET: usize = 32;
+const BIG_SET: usize = 128;
 /// `Holder::worker` of a removed pair still in a big set's `items` (until compaction).
 const TOMB: u32 = u32::MAX;
 
