@@ -873,3 +873,29 @@ test('applyEncoded: the fast msgpack reader agrees with the generic decoder, on 
   t.is(fastHits, samples.length - 1) // all but the one with mm_extra_info
   t.true(mutants > 2000)
 })
+
+test('a crowded node whose pairs all share one position-map key: found, removed and dumped in order', (t) => {
+  // (worker, hi, lo) with lo = X ^ hi * 0x9e3779b1 (mod 2^32) share their 30-bit mix: all but the first
+  // go to the position map's spill
+  const ix = new fallback.RawRadixIndex()
+  const hashes: bigint[] = []
+  for (let hi = 0; hi < 300; hi++) {
+    const lo = (0x1234567 ^ Math.imul(hi, 0x9e3779b1)) >>> 0
+    hashes.push((BigInt(hi) << 32n) | BigInt(lo))
+  }
+  let id = 0n
+  for (const h of hashes) t.is(ix.applyEvent(stored(W1, id++, null, [[h, 5n]])), 0)
+  checkIndexInvariants(ix as FallbackRadixIndex)
+  // every third removed, from the end (tombs, then a compaction), then the first re-stored: it goes last
+  const gone = hashes.filter((_, i) => i % 3 !== 1).reverse()
+  t.is(ix.applyEvent(removed(W1, id++, gone)), 0)
+  checkIndexInvariants(ix as FallbackRadixIndex)
+  const left = hashes.filter((_, i) => i % 3 === 1)
+  t.is(ix.applyEvent(stored(W1, id++, null, [[hashes[0]!, 5n]])), 0)
+  checkIndexInvariants(ix as FallbackRadixIndex)
+  const dumped = ix.dump().map((e) => (e.event.data.type === 'stored' ? e.event.data.blocks[0]!.blockHash : -1n))
+  t.deepEqual(dumped, [...left, hashes[0]!])
+  t.is(ix.applyEvent(removed(W1, id++, [...left, hashes[0]!])), 0)
+  t.is(ix.size(), 0)
+  checkIndexInvariants(ix as FallbackRadixIndex)
+})

@@ -3,6 +3,7 @@
 // shipped class.
 import {
   BIG_HOLDERS,
+  type BigHolders,
   DETACHED,
   ENTRY_WORDS,
   type FallbackRadixIndex,
@@ -30,7 +31,7 @@ interface IndexInternals {
   freeNode: number
   holderClass: Uint8Array
   holders: Uint32Array
-  bigHolders: Map<number, { at: Map<string, number>; live: number }>
+  bigHolders: Map<number, BigHolders>
   edges: Uint32Array
   edgeSize: number
   workerSlots: (WorkerKey | null)[]
@@ -73,12 +74,12 @@ export function checkIndexInvariants(index: FallbackRadixIndex): void {
         continue
       }
       live++
-      if (big !== undefined && big.at.get(`${w}:${holders[at + HOLDER_HASH_HI]}:${holders[at + HOLDER_HASH_LO]}`) !== k)
+      if (big !== undefined && big.find(holders, off, w, holders[at + HOLDER_HASH_HI]!, holders[at + HOLDER_HASH_LO]!) !== k)
         fail(`node ${c}: position map misses holder ${k}`)
     }
     if (live === 0) fail(`live node ${c} without holders`)
-    if (big !== undefined && (big.live !== live || big.at.size !== live))
-      fail(`node ${c}: ${live} holders, map says ${big.live}/${big.at.size}`)
+    if (big !== undefined && (big.live !== live || big.size() !== live))
+      fail(`node ${c}: ${live} holders, map says ${big.live}/${big.size()}`)
     if (big !== undefined && len > 2 * live) fail(`node ${c}: more tombs than holders`)
     holderCount += live
     const parent = nodes[b + NODE_PARENT]!

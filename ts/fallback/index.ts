@@ -91,14 +91,69 @@ const BIG_CLASS = 7
 /** HOLDER_WORKER of a removed pair still in a big node's block (until compaction). */
 export const TOMB = 0xffffffff
 
-/** Where each pair of a big node is: `${worker}:${hash hi}:${hash lo}` -> position in its block. */
-interface BigHolders {
-  at: Map<string, number>
-  /** Pairs in the block that are not tombs. */
-  live: number
-}
-
+/** A 30-bit mix of a (worker, block hash) pair: a small integer key, cheap for a Map. */
+const pairMix = (w: number, hi: number, lo: number): number =>
+  (Math.imul(lo ^ Math.imul(hi, 0x9e3779b1), 0x85ebca6b) ^ Math.imul(w + 1, 0xc2b2ae35)) >>> 2
 const pairKey = (w: number, hi: number, lo: number): string => `${w}:${hi}:${lo}`
+
+/**
+ * Where each pair of a big node is in its block (positions in holder units from the block's start):
+ * keyed by the pair's mix and checked against the block; the rare pair whose mix is taken by another
+ * live pair goes to `spill`, keyed by the whole pair.
+ */
+export class BigHolders {
+  private readonly at = new Map<number, number>()
+  private spill: Map<string, number> | null = null
+  /** Pairs in the block that are not tombs. */
+  live = 0
+
+  /** The position of the pair in the block at `off`, or -1. */
+  find(holders: Uint32Array, off: number, w: number, hi: number, lo: number): number {
+    const k = this.at.get(pairMix(w, hi, lo))
+    if (k !== undefined) {
+      const a = (off + k) * HOLDER_WORDS
+      if (holders[a + HOLDER_HASH_LO] === lo && holders[a + HOLDER_WORKER] === w && holders[a + HOLDER_HASH_HI] === hi) return k
+    }
+    return this.spill?.get(pairKey(w, hi, lo)) ?? -1
+  }
+
+  /** Records a pair that is not here, at position k. */
+  add(w: number, hi: number, lo: number, k: number): void {
+    const m = pairMix(w, hi, lo)
+    if (!this.at.has(m)) {
+      this.at.set(m, k)
+      return
+    }
+    if (this.spill === null) this.spill = new Map()
+    this.spill.set(pairKey(w, hi, lo), k)
+  }
+
+  /** Forgets a pair found at position k. */
+  delete(w: number, hi: number, lo: number, k: number): void {
+    const m = pairMix(w, hi, lo)
+    if (this.at.get(m) === k) this.at.delete(m)
+    else this.spill?.delete(pairKey(w, hi, lo))
+  }
+
+  /** Records the pairs of a block of `len` units (tombs skipped) and counts them. */
+  rebuild(holders: Uint32Array, off: number, len: number): void {
+    this.at.clear()
+    this.spill = null
+    this.live = 0
+    for (let k = 0; k < len; k++) {
+      const a = (off + k) * HOLDER_WORDS
+      const w = holders[a + HOLDER_WORKER]!
+      if (w === TOMB) continue
+      this.add(w, holders[a + HOLDER_HASH_HI]!, holders[a + HOLDER_HASH_LO]!, k)
+      this.live++
+    }
+  }
+
+  /** Pairs recorded. */
+  size(): number {
+    return this.at.size + (this.spill?.size ?? 0)
+  }
+}
 
 // worker tables: ENTRY_WORDS words per slot (hash hi, hash lo, node); node 0 = empty slot (the root holds nothing)
 export const ENTRY_WORDS = 3
@@ -421,28 +476,24 @@ export class FallbackRadixIndex implements RawRadixIndex {
     // a big node keeps its map (and its block class) when compaction takes it below BIG_HOLDERS
     const big = this.holderClass[node]! >= BIG_CLASS ? this.bigHolders.get(node) : undefined
     if (big !== undefined) {
-      big.at.set(pairKey(w, hi, lo), len)
+      big.add(w, hi, lo, len)
       big.live++
     } else if (len + 1 >= BIG_HOLDERS) {
-      // the node just reached BIG_HOLDERS pairs, none of them a tomb
-      const map = new Map<string, number>()
-      for (let k = 0; k <= len; k++) {
-        const h = (off + k) * HOLDER_WORDS
-        map.set(pairKey(holders[h + HOLDER_WORKER]!, holders[h + HOLDER_HASH_HI]!, holders[h + HOLDER_HASH_LO]!), k)
-      }
-      this.bigHolders.set(node, { at: map, live: len + 1 })
+      const fresh = new BigHolders()
+      fresh.rebuild(holders, off, len + 1)
+      this.bigHolders.set(node, fresh)
     }
   }
 
   /** removeHolder for a big node: the pair becomes a tomb, compacted once tombs outnumber pairs. */
   private removeBigHolder(node: number, big: BigHolders, w: number, hi: number, lo: number): void {
-    const k = big.at.get(pairKey(w, hi, lo))
-    if (k === undefined) return
-    big.at.delete(pairKey(w, hi, lo))
     const nodes = this.nodes
     const holders = this.holders
     const b = node * NODE_WORDS
     const off = nodes[b + NODE_HOLDERS_AT]!
+    const k = big.find(holders, off, w, hi, lo)
+    if (k < 0) return
+    big.delete(w, hi, lo, k)
     holders[(off + k) * HOLDER_WORDS + HOLDER_WORKER] = TOMB
     big.live--
     if (big.live === 0) {
@@ -460,10 +511,10 @@ export class FallbackRadixIndex implements RawRadixIndex {
       const hw = holders[from + HOLDER_WORKER]!
       if (hw === TOMB) continue
       if (n !== j) holders.copyWithin((off + n) * HOLDER_WORDS, from, from + HOLDER_WORDS)
-      big.at.set(pairKey(hw, holders[from + HOLDER_HASH_HI]!, holders[from + HOLDER_HASH_LO]!), n)
       n++
     }
     nodes[b + NODE_HOLDER_COUNT] = n
+    big.rebuild(holders, off, n)
   }
 
   /** Removes the holder (w, hash) from the node (keeping the order of the others); drops the node when left empty. */
