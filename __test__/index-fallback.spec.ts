@@ -705,6 +705,8 @@ const configs = [
   // many, so that the arenas and tables grow and shrink
   { seeds: 2, steps: 8000, hashes: 4000, toks: 40, check: 500, p: [0.7, 0.97, 0.985, 0.993] },
   { seeds: 1, steps: 6000, hashes: 20000, toks: 200, check: 1000, p: [0.9, 0.997, 0.998, 0.999] },
+  // one tokens hash (two with the high bit) and many block hashes: crowded nodes (position maps, tombs)
+  { seeds: 3, steps: 5000, hashes: 3000, toks: 1, check: 250, p: [0.8, 0.995, 0.997, 0.999] },
 ]
 
 test('randomized: the fallback index agrees with a naive model of SPEC 6', (t) => {
@@ -720,6 +722,7 @@ test('randomized: the fallback index agrees with a naive model of SPEC 6', (t) =
       let eventId = 0n
       const recent: bigint[] = []
       let maxSize = 0
+      let bigNodes = 0
       for (let step = 0; step < cfg.steps; step++) {
         const workerId = pick(ids)
         const dpRank = pick([0, 0, 1])
@@ -767,10 +770,12 @@ test('randomized: the fallback index agrees with a naive model of SPEC 6', (t) =
           t.is(ix.size(), m.size())
           checkIndexInvariants(ix as FallbackRadixIndex)
           maxSize = Math.max(maxSize, ix.size())
+          bigNodes = Math.max(bigNodes, (ix as unknown as { bigHolders: Map<number, unknown> }).bigHolders.size)
         }
       }
       t.deepEqual(counters(ix), m.c)
       if (seed === 1 && cfg.hashes > 10000) t.true(maxSize > 2000, 'the large run grows the tables')
+      if (cfg.toks === 1) t.true(bigNodes > 0, 'the crowded run has nodes with position maps')
       t.deepEqual(Array.from(ix.workers()), [...new Set(m.sortedKeys().map(([, w]) => w.id))])
       t.deepEqual(ix.dump(), m.dump())
     }
@@ -867,4 +872,30 @@ test('applyEncoded: the fast msgpack reader agrees with the generic decoder, on 
   }
   t.is(fastHits, samples.length - 1) // all but the one with mm_extra_info
   t.true(mutants > 2000)
+})
+
+test('a crowded node whose pairs all share one position-map key: found, removed and dumped in order', (t) => {
+  // (worker, hi, lo) with lo = X ^ hi * 0x9e3779b1 (mod 2^32) share their 30-bit mix: all but the first
+  // go to the position map's spill
+  const ix = new fallback.RawRadixIndex()
+  const hashes: bigint[] = []
+  for (let hi = 0; hi < 300; hi++) {
+    const lo = (0x1234567 ^ Math.imul(hi, 0x9e3779b1)) >>> 0
+    hashes.push((BigInt(hi) << 32n) | BigInt(lo))
+  }
+  let id = 0n
+  for (const h of hashes) t.is(ix.applyEvent(stored(W1, id++, null, [[h, 5n]])), 0)
+  checkIndexInvariants(ix as FallbackRadixIndex)
+  // every third removed, from the end (tombs, then a compaction), then the first re-stored: it goes last
+  const gone = hashes.filter((_, i) => i % 3 !== 1).reverse()
+  t.is(ix.applyEvent(removed(W1, id++, gone)), 0)
+  checkIndexInvariants(ix as FallbackRadixIndex)
+  const left = hashes.filter((_, i) => i % 3 === 1)
+  t.is(ix.applyEvent(stored(W1, id++, null, [[hashes[0]!, 5n]])), 0)
+  checkIndexInvariants(ix as FallbackRadixIndex)
+  const dumped = ix.dump().map((e) => (e.event.data.type === 'stored' ? e.event.data.blocks[0]!.blockHash : -1n))
+  t.deepEqual(dumped, [...left, hashes[0]!])
+  t.is(ix.applyEvent(removed(W1, id++, [...left, hashes[0]!])), 0)
+  t.is(ix.size(), 0)
+  checkIndexInvariants(ix as FallbackRadixIndex)
 })

@@ -19,6 +19,7 @@ import { benchZmq } from './zmq.js'
 import { benchLongNumbers } from './long-numbers.js'
 import { benchIndexerHttp } from './indexer-http.js'
 import { benchRouter } from './router.js'
+import { benchMultiHash } from './index-multihash.js'
 
 const require = createRequire(import.meta.url)
 const native = require('../binding.cjs') as RawBinding
@@ -54,7 +55,10 @@ function rustRate(file: string, w: Workload): Rate {
   return { wall: r.blocks_per_s, cpu: r.blocks_per_cpu_s, thread: r.blocks_per_cpu_s }
 }
 
-/** BENCH_ONLY=ingest|indexer|publish|zmq|numbers|indexer-http|router (comma-separated) runs only those parts; default all. */
+/**
+ * BENCH_ONLY=ingest|indexer|publish|zmq|numbers|indexer-http|router|multihash (comma-separated) runs only those
+ * parts; default all but multihash.
+ */
 const only = new Set((process.env.BENCH_ONLY ?? 'ingest,indexer,publish,zmq,numbers,indexer-http,router').split(',').map((x) => x.trim()))
 
 async function main(): Promise<void> {
@@ -69,6 +73,7 @@ async function main(): Promise<void> {
     ])
   if (only.has('indexer-http')) await benchIndexerHttp()
   if (only.has('router')) await benchRouter()
+  if (only.has('multihash')) await benchMultiHash()
 }
 
 function benchIngest(): void {

@@ -2,6 +2,8 @@
 // invariants. It reads the index's private layout, which is declared here rather than exposed by the
 // shipped class.
 import {
+  BIG_HOLDERS,
+  type BigHolders,
   DETACHED,
   ENTRY_WORDS,
   type FallbackRadixIndex,
@@ -18,6 +20,7 @@ import {
   NODE_PARENT,
   NODE_WORDS,
   ROOT,
+  TOMB,
   type WorkerKey,
 } from '../../ts/fallback/index.js'
 
@@ -28,6 +31,7 @@ interface IndexInternals {
   freeNode: number
   holderClass: Uint8Array
   holders: Uint32Array
+  bigHolders: Map<number, BigHolders>
   edges: Uint32Array
   edgeSize: number
   workerSlots: (WorkerKey | null)[]
@@ -57,9 +61,27 @@ export function checkIndexInvariants(index: FallbackRadixIndex): void {
     if (free.has(c)) continue
     const b = c * NODE_WORDS
     const len = nodes[b + NODE_HOLDER_COUNT]!
-    if (len === 0) fail(`live node ${c} without holders`)
     if (len > 1 << ix.holderClass[c]!) fail(`node ${c} holders overflow their block`)
-    holderCount += len
+    const big = ix.bigHolders.get(c)
+    if (len >= BIG_HOLDERS && big === undefined) fail(`node ${c} has ${len} holders and no position map`)
+    let live = 0
+    const off = nodes[b + NODE_HOLDERS_AT]!
+    for (let k = 0; k < len; k++) {
+      const at = (off + k) * HOLDER_WORDS
+      const w = holders[at + HOLDER_WORKER]!
+      if (w === TOMB) {
+        if (big === undefined) fail(`tomb in node ${c} without a position map`)
+        continue
+      }
+      live++
+      if (big !== undefined && big.find(holders, off, w, holders[at + HOLDER_HASH_HI]!, holders[at + HOLDER_HASH_LO]!) !== k)
+        fail(`node ${c}: position map misses holder ${k}`)
+    }
+    if (live === 0) fail(`live node ${c} without holders`)
+    if (big !== undefined && (big.live !== live || big.size() !== live))
+      fail(`node ${c}: ${live} holders, map says ${big.live}/${big.size()}`)
+    if (big !== undefined && len > 2 * live) fail(`node ${c}: more tombs than holders`)
+    holderCount += live
     const parent = nodes[b + NODE_PARENT]!
     if (parent === DETACHED) continue
     attached++
@@ -69,6 +91,7 @@ export function checkIndexInvariants(index: FallbackRadixIndex): void {
     while (k !== 0 && k !== c) k = nodes[k * NODE_WORDS + NODE_NEXT_SIBLING]!
     if (k !== c) fail(`node ${c} missing from its parent's child list`)
   }
+  for (const n of ix.bigHolders.keys()) if (n >= ix.nodeTop || free.has(n)) fail(`position map of dead node ${n}`)
   const seen = new Set<number>()
   let slots = 0
   for (let i = 0; i < ix.edges.length; i += 2) {

@@ -6,7 +6,9 @@
 // - nodes: one Uint32Array arena, NODE_WORDS words per node: tokens-hash key, parent, first child and siblings
 //   (a doubly-linked child list, for enumeration), and where its holders are;
 // - holders: the (worker slot, block hash) pairs of a node, contiguous in insertion order (3 words
-//   each) in a block of a shared pool; blocks come in power-of-two sizes with a free list per size;
+//   each) in a block of a shared pool; blocks come in power-of-two sizes with a free list per size.
+//   A node that reached BIG_HOLDERS pairs (one worker holding many hashes for the same tokens) also
+//   has a map pair -> position, and a removal leaves a tomb (worker TOMB) until tombs outnumber pairs;
 // - edges: one open-addressing table (parent, key) -> child over the whole tree, 2 words per slot: the
 //   child id and the low half of its key as a tag (the rest of the key is read from the node arena);
 // - per worker key: an open-addressing table block hash -> node (3 words per slot).
@@ -82,6 +84,76 @@ export const HOLDER_WORDS = 3
 export const HOLDER_WORKER = 0
 export const HOLDER_HASH_HI = 1
 export const HOLDER_HASH_LO = 2
+/** A node with this many holders gets a `BigHolders` (below it, scanning the block is cheaper). */
+export const BIG_HOLDERS = 128
+/** The size class of a block that can hold BIG_HOLDERS. */
+const BIG_CLASS = 7
+/** HOLDER_WORKER of a removed pair still in a big node's block (until compaction). */
+export const TOMB = 0xffffffff
+
+/** A 30-bit mix of a (worker, block hash) pair: a small integer key, cheap for a Map. */
+const pairMix = (w: number, hi: number, lo: number): number =>
+  (Math.imul(lo ^ Math.imul(hi, 0x9e3779b1), 0x85ebca6b) ^ Math.imul(w + 1, 0xc2b2ae35)) >>> 2
+const pairKey = (w: number, hi: number, lo: number): string => `${w}:${hi}:${lo}`
+
+/**
+ * Where each pair of a big node is in its block (positions in holder units from the block's start):
+ * keyed by the pair's mix and checked against the block; the rare pair whose mix is taken by another
+ * live pair goes to `spill`, keyed by the whole pair.
+ */
+export class BigHolders {
+  private readonly at = new Map<number, number>()
+  private spill: Map<string, number> | null = null
+  /** Pairs in the block that are not tombs. */
+  live = 0
+
+  /** The position of the pair in the block at `off`, or -1. */
+  find(holders: Uint32Array, off: number, w: number, hi: number, lo: number): number {
+    const k = this.at.get(pairMix(w, hi, lo))
+    if (k !== undefined) {
+      const a = (off + k) * HOLDER_WORDS
+      if (holders[a + HOLDER_HASH_LO] === lo && holders[a + HOLDER_WORKER] === w && holders[a + HOLDER_HASH_HI] === hi) return k
+    }
+    return this.spill?.get(pairKey(w, hi, lo)) ?? -1
+  }
+
+  /** Records a pair that is not here, at position k. */
+  add(w: number, hi: number, lo: number, k: number): void {
+    const m = pairMix(w, hi, lo)
+    if (!this.at.has(m)) {
+      this.at.set(m, k)
+      return
+    }
+    if (this.spill === null) this.spill = new Map()
+    this.spill.set(pairKey(w, hi, lo), k)
+  }
+
+  /** Forgets a pair found at position k. */
+  delete(w: number, hi: number, lo: number, k: number): void {
+    const m = pairMix(w, hi, lo)
+    if (this.at.get(m) === k) this.at.delete(m)
+    else this.spill?.delete(pairKey(w, hi, lo))
+  }
+
+  /** Records the pairs of a block of `len` units (tombs skipped) and counts them. */
+  rebuild(holders: Uint32Array, off: number, len: number): void {
+    this.at.clear()
+    this.spill = null
+    this.live = 0
+    for (let k = 0; k < len; k++) {
+      const a = (off + k) * HOLDER_WORDS
+      const w = holders[a + HOLDER_WORKER]!
+      if (w === TOMB) continue
+      this.add(w, holders[a + HOLDER_HASH_HI]!, holders[a + HOLDER_HASH_LO]!, k)
+      this.live++
+    }
+  }
+
+  /** Pairs recorded. */
+  size(): number {
+    return this.at.size + (this.spill?.size ?? 0)
+  }
+}
 
 // worker tables: ENTRY_WORDS words per slot (hash hi, hash lo, node); node 0 = empty slot (the root holds nothing)
 export const ENTRY_WORDS = 3
@@ -140,6 +212,8 @@ export class FallbackRadixIndex implements RawRadixIndex {
   private holders = new Uint32Array(HOLDER_WORDS * 1024)
   private holderTop = 1
   private readonly freeHolderBlocks = new Uint32Array(32)
+  /** The nodes whose holders reached BIG_HOLDERS (their class is BIG_CLASS or more). */
+  private bigHolders = new Map<number, BigHolders>()
   /** (parent, key) -> child: per slot [child id (0 = empty), low half of the key]. */
   private edges = new Uint32Array(2 * 1024)
   private edgeMask = 1023
@@ -336,6 +410,7 @@ export class FallbackRadixIndex implements RawRadixIndex {
         c = next
       }
       if (nodes[b + NODE_HOLDERS_AT] !== 0) this.freeBlock(nodes[b + NODE_HOLDERS_AT]!, this.holderClass[n]!)
+      if (this.holderClass[n]! >= BIG_CLASS) this.bigHolders.delete(n)
       nodes[b + NODE_PARENT] = DETACHED
       nodes[b + NODE_FIRST_CHILD] = 0
       nodes[b + NODE_PREV_SIBLING] = 0
@@ -398,10 +473,59 @@ export class FallbackRadixIndex implements RawRadixIndex {
     holders[at + HOLDER_HASH_HI] = hi
     holders[at + HOLDER_HASH_LO] = lo
     nodes[b + NODE_HOLDER_COUNT] = len + 1
+    // a big node keeps its map (and its block class) when compaction takes it below BIG_HOLDERS
+    const big = this.holderClass[node]! >= BIG_CLASS ? this.bigHolders.get(node) : undefined
+    if (big !== undefined) {
+      big.add(w, hi, lo, len)
+      big.live++
+    } else if (len + 1 >= BIG_HOLDERS) {
+      const fresh = new BigHolders()
+      fresh.rebuild(holders, off, len + 1)
+      this.bigHolders.set(node, fresh)
+    }
+  }
+
+  /** removeHolder for a big node: the pair becomes a tomb, compacted once tombs outnumber pairs. */
+  private removeBigHolder(node: number, big: BigHolders, w: number, hi: number, lo: number): void {
+    const nodes = this.nodes
+    const holders = this.holders
+    const b = node * NODE_WORDS
+    const off = nodes[b + NODE_HOLDERS_AT]!
+    const k = big.find(holders, off, w, hi, lo)
+    if (k < 0) return
+    big.delete(w, hi, lo, k)
+    holders[(off + k) * HOLDER_WORDS + HOLDER_WORKER] = TOMB
+    big.live--
+    if (big.live === 0) {
+      this.bigHolders.delete(node)
+      nodes[b + NODE_HOLDER_COUNT] = 0
+      if (node !== ROOT) this.dropEmpty(node)
+      return
+    }
+    const len = nodes[b + NODE_HOLDER_COUNT]!
+    if (len <= 2 * big.live) return
+    // compact in place, keeping the order; amortized O(1) per removal
+    let n = 0
+    for (let j = 0; j < len; j++) {
+      const from = (off + j) * HOLDER_WORDS
+      const hw = holders[from + HOLDER_WORKER]!
+      if (hw === TOMB) continue
+      if (n !== j) holders.copyWithin((off + n) * HOLDER_WORDS, from, from + HOLDER_WORDS)
+      n++
+    }
+    nodes[b + NODE_HOLDER_COUNT] = n
+    big.rebuild(holders, off, n)
   }
 
   /** Removes the holder (w, hash) from the node (keeping the order of the others); drops the node when left empty. */
   private removeHolder(node: number, w: number, hi: number, lo: number): void {
+    if (this.holderClass[node]! >= BIG_CLASS) {
+      const big = this.bigHolders.get(node)
+      if (big !== undefined) {
+        this.removeBigHolder(node, big, w, hi, lo)
+        return
+      }
+    }
     const nodes = this.nodes
     const holders = this.holders
     const b = node * NODE_WORDS
@@ -975,7 +1099,7 @@ export class FallbackRadixIndex implements RawRadixIndex {
       at += HOLDER_WORDS
     ) {
       const w = holders[at]!
-      if (stamps[w] !== g) {
+      if (w !== TOMB && stamps[w] !== g) {
         stamps[w] = g
         active[na++] = w
       }
@@ -992,7 +1116,7 @@ export class FallbackRadixIndex implements RawRadixIndex {
         at < end;
         at += HOLDER_WORDS
       )
-        stamps[holders[at]!] = g
+        stamps[holders[at]!] = g // a TOMB is past the end: the write does nothing
       let nk = 0
       for (let k = 0; k < na; k++) {
         const w = active[k]!

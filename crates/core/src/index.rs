@@ -65,6 +65,10 @@ impl Hasher for MixHasher {
         }
     }
     #[inline]
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(v as u64);
+    }
+    #[inline]
     fn write_u64(&mut self, v: u64) {
         let mut z = (self.0 ^ v ^ self.1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         z = (z ^ (z >> 32)).wrapping_mul(0xd6e8_feb8_6659_fd93);
@@ -355,11 +359,22 @@ const EMPTY_NODE: Node = Node {
 };
 const _: () = assert!(std::mem::size_of::<Node>() == 32);
 
+/// A set this long gets a `BigSet`: below it, scanning `items` is cheaper than hashing.
+const BIG_SET: usize = 128;
+/// `Holder::worker` of a removed pair still in a big set's `items` (until compaction).
+const TOMB: u32 = u32::MAX;
+
 /// The holders of a node with more than one (worker, block hash) pair.
 #[derive(Debug, Default)]
 struct HolderSet {
-    /// (worker, block hash) pairs in insertion order; a worker may hold several hashes here.
+    /// (worker, block hash) pairs in insertion order; a worker may hold several hashes here. In a big
+    /// set, a removed pair leaves a TOMB until more than half are tombs (order kept, O(1) removal).
     items: Vec<Holder>,
+    /// Pairs in `items` that are not tombs.
+    live: u32,
+    /// For sets that reached BIG_SET pairs (one worker holding many hashes for the same tokens):
+    /// where each pair is and how many each worker holds, so that no operation scans `items`.
+    big: Option<Box<BigSet>>,
     /// Bit s is set while worker slot s < LOW is here.
     low: u64,
     /// Distinct worker slots >= LOW here, and the wrapping sum of their `worker_mix`: a query
@@ -368,13 +383,99 @@ struct HolderSet {
     high_sum: u64,
 }
 
+#[derive(Debug, Default)]
+struct BigSet {
+    /// (worker, block hash) → its index in `items`.
+    at: HashMap<(u32, u64), u32, MixState>,
+    /// worker → how many pairs it has here.
+    per_worker: HashMap<u32, u32, MixState>,
+}
+
 impl HolderSet {
     fn has_worker(&self, worker: u32) -> bool {
         if worker < LOW {
             self.low >> worker & 1 != 0
+        } else if let Some(big) = &self.big {
+            big.per_worker.contains_key(&worker)
         } else {
             self.items.iter().any(|h| h.worker == worker)
         }
+    }
+
+    fn contains(&self, worker: u32, block_hash: u64) -> bool {
+        match &self.big {
+            Some(big) => big.at.contains_key(&(worker, block_hash)),
+            None => self
+                .items
+                .iter()
+                .any(|h| h.worker == worker && h.block_hash == block_hash),
+        }
+    }
+
+    /// Appends a pair that is not here yet.
+    fn push(&mut self, worker: u32, block_hash: u64) {
+        if !self.has_worker(worker) {
+            self.count(worker, true);
+        }
+        let i = self.items.len() as u32;
+        self.items.push(Holder { block_hash, worker });
+        self.live += 1;
+        if let Some(big) = &mut self.big {
+            big.at.insert((worker, block_hash), i);
+            *big.per_worker.entry(worker).or_insert(0) += 1;
+        } else if self.items.len() >= BIG_SET {
+            let mut big = BigSet::default();
+            for (i, h) in self.items.iter().enumerate() {
+                big.at.insert((h.worker, h.block_hash), i as u32);
+                *big.per_worker.entry(h.worker).or_insert(0) += 1;
+            }
+            self.big = Some(Box::new(big));
+        }
+    }
+
+    /// Removes a pair if it is here, keeping the order of the others.
+    fn remove(&mut self, worker: u32, block_hash: u64) {
+        let Some(mut big) = self.big.take() else {
+            if let Some(i) = self
+                .items
+                .iter()
+                .position(|h| h.worker == worker && h.block_hash == block_hash)
+            {
+                self.items.remove(i);
+                self.live -= 1;
+                if !self.items.iter().any(|h| h.worker == worker) {
+                    self.count(worker, false);
+                }
+            }
+            return;
+        };
+        let Some(i) = big.at.remove(&(worker, block_hash)) else {
+            self.big = Some(big);
+            return;
+        };
+        self.items[i as usize].worker = TOMB;
+        self.live -= 1;
+        let left = big.per_worker.get_mut(&worker).map(|c| {
+            *c -= 1;
+            *c
+        });
+        if left == Some(0) {
+            big.per_worker.remove(&worker);
+            self.count(worker, false);
+        }
+        if self.items.len() > 2 * self.live as usize {
+            // more tombs than pairs: compact, amortized O(1) per removal
+            self.items.retain(|h| h.worker != TOMB);
+            for (i, h) in self.items.iter().enumerate() {
+                big.at.insert((h.worker, h.block_hash), i as u32);
+            }
+        }
+        self.big = Some(big);
+    }
+
+    /// The first pair that is not a tomb.
+    fn first(&self) -> Option<Holder> {
+        self.items.iter().find(|h| h.worker != TOMB).copied()
     }
 
     /// Accounts for a worker that just arrived on, or left, this node.
@@ -678,7 +779,7 @@ impl RadixIndex {
         if s.items.capacity() > 64 {
             s.items = Vec::new();
         }
-        (s.low, s.high, s.high_sum) = (0, 0, 0);
+        (s.low, s.high, s.high_sum, s.live, s.big) = (0, 0, 0, 0, None);
         self.free_sets.push(set);
     }
 
@@ -705,18 +806,11 @@ impl RadixIndex {
             }
             w if w & SPILLED != 0 => {
                 let s = &mut self.sets[(w & !SPILLED) as usize];
-                if s.has_worker(worker) {
-                    if s.items
-                        .iter()
-                        .any(|h| h.worker == worker && h.block_hash == block_hash)
-                    {
-                        return;
-                    }
-                } else {
-                    s.count(worker, true);
-                    n.hash = s.low;
+                if s.contains(worker, block_hash) {
+                    return;
                 }
-                s.items.push(Holder { block_hash, worker });
+                s.push(worker, block_hash);
+                n.hash = s.low;
             }
             w => {
                 if w == worker && n.hash == block_hash {
@@ -735,11 +829,8 @@ impl RadixIndex {
                 };
                 n.worker = SPILLED | set;
                 let s = &mut self.sets[set as usize];
-                s.items.extend([first, Holder { block_hash, worker }]);
-                s.count(w, true);
-                if worker != w {
-                    s.count(worker, true);
-                }
+                s.push(first.worker, first.block_hash);
+                s.push(worker, block_hash);
                 n.hash = s.low;
             }
         }
@@ -753,20 +844,11 @@ impl RadixIndex {
             w if w & SPILLED != 0 => {
                 let set = w & !SPILLED;
                 let s = &mut self.sets[set as usize];
-                if let Some(i) = s
-                    .items
-                    .iter()
-                    .position(|h| h.worker == worker && h.block_hash == block_hash)
-                {
-                    s.items.remove(i);
-                    if !s.items.iter().any(|h| h.worker == worker) {
-                        s.count(worker, false);
-                        n.hash = s.low;
-                    }
-                }
+                s.remove(worker, block_hash);
+                n.hash = s.low;
                 // back inline when one holder is left: a set always has two or more
-                if s.items.len() <= 1 {
-                    let last = s.items.first().copied();
+                if s.live <= 1 {
+                    let last = s.first();
                     self.free_set(set);
                     let n = &mut self.nodes[node as usize];
                     (n.worker, n.hash) = match last {
@@ -1012,11 +1094,10 @@ impl RadixIndex {
                 (low, high_sum) = (self.nodes[node as usize].hash, self.sets[set].high_sum);
                 if self.sets[set].high > 0 {
                     let g = self.next_generation();
-                    let s = &self.sets[set];
-                    for h in s.items.iter().filter(|h| h.worker >= LOW) {
-                        if self.stamp[h.worker as usize] != g {
-                            self.stamp[h.worker as usize] = g;
-                            high.push(h.worker);
+                    for w in workers_of(&self.nodes[node as usize], &self.sets) {
+                        if w >= LOW && self.stamp[w as usize] != g {
+                            self.stamp[w as usize] = g;
+                            high.push(w);
                         }
                     }
                 }
@@ -1057,8 +1138,8 @@ impl RadixIndex {
                     && self.sets[(c_worker & !SPILLED) as usize].high_sum == high_sum;
                 if !same {
                     let g = self.next_generation();
-                    for h in holders_of(&self.nodes[child as usize], &self.sets) {
-                        self.stamp[h.worker as usize] = g;
+                    for w in workers_of(&self.nodes[child as usize], &self.sets) {
+                        self.stamp[w as usize] = g;
                     }
                     kept.clear();
                     for &w in &high {
@@ -1260,7 +1341,12 @@ impl RadixIndex {
             + self
                 .sets
                 .iter()
-                .map(|s| s.items.capacity() * std::mem::size_of::<Holder>())
+                .map(|s| {
+                    s.items.capacity() * std::mem::size_of::<Holder>()
+                        + s.big
+                            .as_ref()
+                            .map_or(0, |b| b.at.capacity() * 17 + b.per_worker.capacity() * 9)
+                })
                 .sum::<usize>();
         let kid_maps = self.edges.slots.capacity() * std::mem::size_of::<Edge>()
             + self
@@ -1418,7 +1504,25 @@ fn holders_of<'a>(n: &Node, sets: &'a [HolderSet]) -> impl Iterator<Item = Holde
             &[],
         ),
     };
-    one.into_iter().chain(many.iter().copied())
+    one.into_iter()
+        .chain(many.iter().filter(|h| h.worker != TOMB).copied())
+}
+
+/// The worker slots holding a node, each at least once (once each in a big set: a query reads no
+/// more than the distinct workers).
+fn workers_of<'a>(n: &Node, sets: &'a [HolderSet]) -> impl Iterator<Item = u32> + 'a {
+    let big = match n.worker {
+        w if w != NOBODY && w & SPILLED != 0 => sets[(w & !SPILLED) as usize].big.as_deref(),
+        _ => None,
+    };
+    let small = match big {
+        Some(_) => None,
+        None => Some(holders_of(n, sets).map(|h| h.worker)),
+    };
+    small
+        .into_iter()
+        .flatten()
+        .chain(big.into_iter().flat_map(|b| b.per_worker.keys().copied()))
 }
 
 /// A block hash repeated within a store, or equal to its parent.

@@ -355,3 +355,220 @@ fn matches_agree_with_the_dump_beyond_64_worker_keys() {
         }
     }
 }
+
+fn one_block(
+    worker_id: u64,
+    parent_hash: Option<u64>,
+    block_hash: u64,
+    tokens_hash: u64,
+) -> RouterEvent {
+    RouterEvent {
+        worker_id,
+        event_id: block_hash,
+        dp_rank: 0,
+        data: EventData::Stored {
+            parent_hash,
+            blocks: vec![StoredBlock {
+                block_hash,
+                tokens_hash,
+                mm_extra_info: None,
+            }],
+        },
+    }
+}
+
+fn removed(worker_id: u64, block_hashes: Vec<u64>) -> RouterEvent {
+    RouterEvent {
+        worker_id,
+        event_id: 0,
+        dp_rank: 0,
+        data: EventData::Removed { block_hashes },
+    }
+}
+
+/// The dump's (parent, block hash, tokens hash) of one worker, in order.
+fn dumped_blocks(idx: &RadixIndex, worker_id: u64) -> Vec<(Option<u64>, u64, u64)> {
+    idx.dump(None)
+        .into_iter()
+        .filter(|e| e.worker_id == worker_id)
+        .map(|e| match e.data {
+            EventData::Stored {
+                parent_hash,
+                blocks,
+            } => (parent_hash, blocks[0].block_hash, blocks[0].tokens_hash),
+            _ => unreachable!(),
+        })
+        .collect()
+}
+
+#[test]
+fn thousands_of_hashes_of_one_worker_on_one_node() {
+    const N: u64 = 5000;
+    let mut idx = RadixIndex::new();
+    // worker 1 stores hashes 1..=N, all for tokens 7 from the root: one node; worker 2 joins it
+    for h in 1..=N {
+        assert_eq!(
+            idx.apply_event(&one_block(1, None, h, 7)),
+            ApplyOutcome::Applied
+        );
+        if h == 10 {
+            assert_eq!(
+                idx.apply_event(&one_block(2, None, 1 << 40, 7)),
+                ApplyOutcome::Applied
+            );
+        }
+    }
+    // a child below worker 1's hash 5, and the same hash stored again at the same place (no change)
+    assert_eq!(
+        idx.apply_event(&one_block(1, Some(5), 1 << 41, 8)),
+        ApplyOutcome::Applied
+    );
+    assert_eq!(
+        idx.apply_event(&one_block(1, None, 4, 7)),
+        ApplyOutcome::Applied
+    );
+    assert_eq!(idx.size(), N + 2);
+    let scores = |idx: &mut RadixIndex, q: &[u64]| {
+        idx.find_matches(q, false)
+            .iter()
+            .map(|m| (m.worker_id, m.score, m.tree_size))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(scores(&mut idx, &[7, 8]), vec![(1, 2, N + 1), (2, 1, 1)]);
+    // the odd hashes go, last first (tombs, then compactions of the node's holders)
+    let odd: Vec<u64> = (1..=N).rev().filter(|h| h % 2 == 1).collect();
+    assert_eq!(idx.apply_event(&removed(1, odd)), ApplyOutcome::Applied);
+    // hash 6 moves to another node (tokens 9 from the root)
+    assert_eq!(
+        idx.apply_event(&one_block(1, None, 6, 9)),
+        ApplyOutcome::Applied
+    );
+    let left: Vec<u64> = (2..=N).filter(|h| h % 2 == 0 && *h != 6).collect();
+    let mut want: Vec<(Option<u64>, u64, u64)> = left.iter().map(|&h| (None, h, 7)).collect();
+    // children in ascending tokens hash: 8 (below the node of tokens 7, parent = its first hash), 9
+    want.push((Some(2), 1 << 41, 8));
+    want.push((None, 6, 9));
+    assert_eq!(
+        dumped_blocks(&idx, 1),
+        want,
+        "insertion order kept through removals and a move"
+    );
+    assert_eq!(dumped_blocks(&idx, 2), vec![(None, 1 << 40, 7)]);
+    assert_eq!(
+        scores(&mut idx, &[7, 8]),
+        vec![(1, 2, left.len() as u64 + 2), (2, 1, 1)]
+    );
+    assert_eq!(scores(&mut idx, &[9]), vec![(1, 1, left.len() as u64 + 2)]);
+    // worker 1 leaves the node: worker 2 keeps it, worker 1's child below it is still reachable
+    assert_eq!(
+        idx.apply_event(&removed(1, left.clone())),
+        ApplyOutcome::Applied
+    );
+    assert_eq!(scores(&mut idx, &[7, 8]), vec![(2, 1, 1)]);
+    assert_eq!(
+        dumped_blocks(&idx, 1),
+        vec![(None, 6, 9)],
+        "the child's parent is no longer held"
+    );
+    // the node's last holder goes: it is dropped and the child detached (stale, still held)
+    assert_eq!(
+        idx.apply_event(&removed(2, vec![1 << 40])),
+        ApplyOutcome::Applied
+    );
+    assert!(scores(&mut idx, &[7, 8]).is_empty());
+    assert_eq!(idx.size(), 2);
+    assert_eq!(
+        idx.apply_event(&removed(1, vec![6, 1 << 41, 3])),
+        ApplyOutcome::BlockNotFound
+    );
+    assert_eq!(idx.size(), 0);
+    assert!(idx.dump(None).is_empty());
+}
+
+#[test]
+fn many_worker_keys_with_many_hashes_on_one_node() {
+    // 80 worker ids (slots past the 64-slot mask), 40 hashes each on the node of tokens 3, and one
+    // worker in 4 also on its child of tokens 4
+    let mut idx = RadixIndex::new();
+    for round in 0..40u64 {
+        for w in 0..80u64 {
+            let h = w << 32 | round;
+            idx.apply_event(&one_block(w, None, h, 3));
+            if round == 39 && w % 4 == 0 {
+                idx.apply_event(&one_block(w, Some(h), h | 1 << 31, 4));
+            }
+        }
+    }
+    let m = idx.find_matches(&[3, 4], false);
+    assert_eq!(m.len(), 80);
+    for x in &m {
+        let below = x.worker_id % 4 == 0;
+        assert_eq!(x.score, if below { 2 } else { 1 }, "worker {}", x.worker_id);
+        assert_eq!(x.tree_size, if below { 41 } else { 40 });
+    }
+    // every worker drops its hashes but the last: the answers stay, and each dump lists one hash there
+    for w in 0..80u64 {
+        let ev = removed(w, (0..39).map(|r| w << 32 | r).collect());
+        assert_eq!(idx.apply_event(&ev), ApplyOutcome::Applied);
+    }
+    let m2 = idx.find_matches(&[3, 4], false);
+    assert_eq!(
+        m2.iter()
+            .map(|x| (x.worker_id, x.score))
+            .collect::<Vec<_>>(),
+        m.iter().map(|x| (x.worker_id, x.score)).collect::<Vec<_>>()
+    );
+    for w in [0u64, 1, 79] {
+        assert_eq!(dumped_blocks(&idx, w)[0], (None, w << 32 | 39, 3));
+    }
+    for w in 0..80u64 {
+        idx.remove_worker(w);
+    }
+    assert_eq!(idx.size(), 0);
+    assert!(idx.find_matches(&[3], false).is_empty());
+}
+
+#[test]
+fn random_streams_on_crowded_nodes_keep_the_invariants() {
+    // few tokens hashes and many block hashes per worker: nodes with dozens to hundreds of holders,
+    // removed and moved at random (big holder sets, their tombs and compactions)
+    let mut r = Rng(7);
+    for _ in 0..20 {
+        let mut idx = RadixIndex::new();
+        for id in 0..3000 {
+            let ids = if r.below(4) == 0 { 90 } else { 3 };
+            let worker_id = r.below(ids);
+            let data = match r.below(10) {
+                0..=3 => EventData::Removed {
+                    block_hashes: (0..1 + r.below(40)).map(|_| r.below(400)).collect(),
+                },
+                4 if r.below(20) == 0 => EventData::Cleared,
+                _ => EventData::Stored {
+                    parent_hash: (r.below(3) == 0).then(|| r.below(400)),
+                    blocks: (0..1 + r.below(6))
+                        .map(|_| StoredBlock {
+                            block_hash: r.below(400),
+                            tokens_hash: r.below(2),
+                            mm_extra_info: None,
+                        })
+                        .collect(),
+                },
+            };
+            idx.apply_event(&RouterEvent {
+                worker_id,
+                event_id: id,
+                dp_rank: 0,
+                data,
+            });
+            if id % 100 == 0 {
+                let mut q = Rng(id);
+                check_invariants(&mut idx, &mut q);
+            }
+        }
+        for w in idx.workers() {
+            idx.remove_worker(w);
+        }
+        assert_eq!(idx.size(), 0);
+        assert!(idx.find_matches(&[0, 1, 0], false).is_empty());
+    }
+}
