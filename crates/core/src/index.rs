@@ -1535,8 +1535,11 @@ impl RadixIndex {
             }
             if let Some((node, parent_hash)) = c.stack.pop() {
                 let slot = c.slot;
-                c.hashes
-                    .extend(self.holders(node).filter(|h| h.worker == slot).map(|h| h.block_hash));
+                c.hashes.extend(
+                    self.holders(node)
+                        .filter(|h| h.worker == slot)
+                        .map(|h| h.block_hash),
+                );
                 let first = c.hashes.first().copied();
                 c.hashes.reverse();
                 c.tokens_hash = self.nodes[node as usize].key;

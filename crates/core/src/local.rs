@@ -139,9 +139,16 @@ impl LocalIndexer {
     }
 
     /// `events_in_range` without building a dump: `None` where the answer is the rank's dump.
-    fn range_answer(&self, dp_rank: u32, start: Option<u64>, end: Option<u64>) -> Option<RangeResult> {
+    fn range_answer(
+        &self,
+        dp_rank: u32,
+        start: Option<u64>,
+        end: Option<u64>,
+    ) -> Option<RangeResult> {
         let Some(ring) = self.rings.get(&dp_rank) else {
-            return Some(RangeResult::Error(format!("no events for dp rank {dp_rank}")));
+            return Some(RangeResult::Error(format!(
+                "no events for dp rank {dp_rank}"
+            )));
         };
         if let (Some(s), Some(e)) = (start, end) {
             if e < s {
@@ -209,7 +216,11 @@ impl LocalIndexer {
     /// `max` bytes (cut anywhere, even inside an event), `Ok(None)` after the last.
     /// `Err(DumpStale)` when the body is a dump not yet fully written and the index changed since
     /// the cursor was opened (the cursor then stays stale).
-    pub fn reply_next(&self, c: &mut ReplyCursor, max: usize) -> Result<Option<Vec<u8>>, DumpStale> {
+    pub fn reply_next(
+        &self,
+        c: &mut ReplyCursor,
+        max: usize,
+    ) -> Result<Option<Vec<u8>>, DumpStale> {
         let max = max.max(1);
         if let Some((cursor, any)) = c.dump.as_mut() {
             if !self.index.dump_valid(cursor) {

@@ -108,13 +108,25 @@ fn chunks_concatenate_to_the_one_document() {
                 let one = whole(&RangeResult::TreeDump(local.index.dump(Some(rank))));
                 assert_eq!(read_all(&local, local.dump_reply(Some(rank)), max), one);
                 // a range query answered by the dump (no start) and by events, too small, invalid
-                for (s, e) in [(None, None), (Some(0), None), (Some(u64::MAX), None), (Some(5), Some(4))] {
+                for (s, e) in [
+                    (None, None),
+                    (Some(0), None),
+                    (Some(u64::MAX), None),
+                    (Some(5), Some(4)),
+                ] {
                     let one = whole(&local.events_in_range(rank, s, e));
                     assert_eq!(read_all(&local, local.range_reply(rank, s, e), max), one);
                 }
                 let newest = 600 + round as u64 * 300 - 1;
                 let one = whole(&local.events_in_range(rank, Some(newest - 10), None));
-                assert_eq!(read_all(&local, local.range_reply(rank, Some(newest - 10), None), max), one);
+                assert_eq!(
+                    read_all(
+                        &local,
+                        local.range_reply(rank, Some(newest - 10), None),
+                        max
+                    ),
+                    one
+                );
             }
             let one = whole(&RangeResult::TreeDump(all.clone()));
             assert_eq!(read_all(&local, local.dump_reply(None), max), one);
@@ -126,8 +138,14 @@ fn chunks_concatenate_to_the_one_document() {
 fn an_empty_rank_dumps_as_an_empty_list() {
     let mut local = LocalIndexer::new(4);
     local.register_rank(2);
-    assert_eq!(read_all(&local, local.range_reply(2, None, None), 3), b"{\"TreeDump\":[]}");
-    assert_eq!(read_all(&local, local.dump_reply(None), 1000), b"{\"TreeDump\":[]}");
+    assert_eq!(
+        read_all(&local, local.range_reply(2, None, None), 3),
+        b"{\"TreeDump\":[]}"
+    );
+    assert_eq!(
+        read_all(&local, local.dump_reply(None), 1000),
+        b"{\"TreeDump\":[]}"
+    );
 }
 
 #[test]
