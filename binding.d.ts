@@ -77,7 +77,8 @@ export declare class RawLocalIndexer {
   dumpReplyOpen(dpRank?: number | undefined | null): number
   /**
    * The next chunk of an open cursor (exactly `max_bytes` but the last), null after the last
-   * (the cursor is then closed). Fails when the index changed under an unfinished dump.
+   * (the cursor is then closed). Fails when the index changed under an unfinished dump. The
+   * chunk is a V8-owned copy: it goes with the next garbage collection, not a finalizer's turn.
    */
   replyNext(cursor: number, maxBytes: number): Buffer | null
   /** Forgets a cursor (unknown ids are ignored). */

@@ -1625,9 +1625,15 @@ impl RawLocalIndexer {
     }
 
     /// The next chunk of an open cursor (exactly `max_bytes` but the last), null after the last
-    /// (the cursor is then closed). Fails when the index changed under an unfinished dump.
+    /// (the cursor is then closed). Fails when the index changed under an unfinished dump. The
+    /// chunk is a V8-owned copy: it goes with the next garbage collection, not a finalizer's turn.
     #[napi(catch_unwind)]
-    pub fn reply_next(&mut self, cursor: u32, max_bytes: u32) -> Result<Option<Buffer>> {
+    pub fn reply_next<'e>(
+        &mut self,
+        env: &'e Env,
+        cursor: u32,
+        max_bytes: u32,
+    ) -> Result<Option<BufferSlice<'e>>> {
         let Some(mut c) = self.replies.remove(&cursor) else {
             return Err(Error::new(
                 Status::InvalidArg,
@@ -1637,7 +1643,7 @@ impl RawLocalIndexer {
         match self.with(|l| l.reply_next(&mut c, max_bytes as usize))? {
             Ok(Some(chunk)) => {
                 self.replies.insert(cursor, c);
-                Ok(Some(chunk.into()))
+                BufferSlice::copy_from(env, chunk).map(Some)
             }
             Ok(None) => Ok(None),
             Err(_) => Err(Error::new(
