@@ -68,6 +68,21 @@ export declare class RawLocalIndexer {
    * no event crosses into JavaScript as an object.
    */
   eventsInRangeJson(dpRank: number, start?: bigint | undefined | null, end?: bigint | undefined | null): Buffer
+  /**
+   * Opens a cursor over eventsInRangeJson's body, read by replyNext: a dump is written from the
+   * index chunk by chunk, never whole.
+   */
+  rangeReplyOpen(dpRank: number, start?: bigint | undefined | null, end?: bigint | undefined | null): number
+  /** Opens a cursor over the `{"TreeDump":[...]}` body of one dp rank's dump, or every rank's. */
+  dumpReplyOpen(dpRank?: number | undefined | null): number
+  /**
+   * The next chunk of an open cursor (exactly `max_bytes` but the last), null after the last
+   * (the cursor is then closed). Fails when the index changed under an unfinished dump. The
+   * chunk is a V8-owned copy: it goes with the next garbage collection, not a finalizer's turn.
+   */
+  replyNext(cursor: number, maxBytes: number): Buffer | null
+  /** Forgets a cursor (unknown ids are ignored). */
+  replyClose(cursor: number): void
 }
 
 export declare class RawRadixIndex {

@@ -186,6 +186,82 @@ test.serial(`[${impl}] a large dump comes in chunks of at most maxChunkBytes, in
   }
 })
 
+test.serial(`[${impl}] a dump whose index changes during a flush starts over from chunk 0 and then completes`, async (t) => {
+  const local = new kv.LocalIndexer({ bufferSize: 16 })
+  const workerId = 11n
+  for (let c = 0n; c < 1000n; c++) {
+    const h = (c << 20n) + 2n ** 62n
+    local.applyEvent({
+      workerId,
+      event: {
+        eventId: c,
+        dpRank: 0,
+        data: { type: 'stored', parentHash: null, blocks: [{ blockHash: h, tokensHash: h ^ 9n, mmExtraInfo: null }] },
+      },
+    })
+  }
+  // a flush after every chunk: the event loop runs between chunks
+  const ep = kv.RecoveryEndpoint.start({
+    nats: shared.nc,
+    namespace: 'rec',
+    component: 'restart',
+    workerId,
+    localIndexer: local,
+    maxChunkBytes: 4096,
+    flushBytes: 4096,
+    logger: quiet,
+  })
+  await shared.nc.flush()
+  try {
+    const nc = shared.nc
+    const inbox = createInbox()
+    const indexes: string[] = []
+    let chunks: Buffer[] = []
+    const count = await new Promise<string>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('no reply')), 10_000)
+      const sub = nc.subscribe(inbox, {
+        callback: (_e, m: Msg) => {
+          const idx = m.headers?.get('Kv-Chunk')
+          if (idx) {
+            indexes.push(idx)
+            if (idx === '0') chunks = []
+            chunks.push(Buffer.from(m.data))
+            // the first chunk arrives before the endpoint's flush is answered (same connection): an event
+            // applied now lands between two chunks
+            if (indexes.length === 1) local.applyEvent(removedEvent(workerId, 0, 5000n))
+            return
+          }
+          clearTimeout(timer)
+          sub.unsubscribe()
+          resolve(m.headers?.get('Kv-Chunks') ?? '')
+        },
+      })
+      nc.publish(
+        recoverySubject('rec', 'restart', 0, workerId),
+        encodeRecoveryRequest({ workerId, startEventId: null, endEventId: null }),
+        {
+          reply: inbox,
+          headers: natsHeaders(),
+        },
+      )
+    })
+    t.is(indexes[0], '0')
+    t.is(indexes[1], '0', 'started over after the first chunk')
+    t.deepEqual(
+      indexes.slice(1),
+      chunks.map((_, i) => String(i)),
+    )
+    t.is(count, String(chunks.length))
+    // the dump as of the restart: every block, with the event id of the event applied in between
+    t.true(Buffer.concat(chunks).equals(local.eventsInRangeJson(0)))
+    t.true(Buffer.concat(chunks).includes('"event_id":5000'))
+    t.is(ep.stats().restarts, 1)
+    t.is(ep.stats().answered, 1)
+  } finally {
+    await ep.close()
+  }
+})
+
 test.serial(`[${impl}] the publisher's recoveryEndpoint option serves its local indexer; it needs the local indexer`, async (t) => {
   const p = await kv.KvEventPublisher.create({
     namespace: 'rec',

@@ -29,6 +29,8 @@ export {
   Ingestor,
   RadixIndex,
   LocalIndexer,
+  IndexChangedError,
+  ReplyChunks,
   type ApplyOutcome,
   type IndexCounterName,
   type BlockExtraInfo,

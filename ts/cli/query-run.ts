@@ -47,6 +47,8 @@ export async function run(cmd: Command): Promise<number> {
           const idx = h?.get(CHUNK_HEADER)
           const total = h?.get(CHUNKS_HEADER)
           if (idx) {
+            // chunk 0 again: the worker started the reply over (its index changed during a dump)
+            if (idx === '0') chunks.length = 0
             if (Number(idx) !== chunks.length) return done(new Error(`chunk ${idx} arrived when ${chunks.length} was due`))
             chunks.push(msg.data)
             arm()

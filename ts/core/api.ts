@@ -978,4 +978,105 @@ export class LocalIndexer extends RadixIndex {
       end === undefined || end === null ? null : u64('end', end),
     )
   }
+
+  /**
+   * eventsInRangeJson's body in chunks, without building it: a dump is written from the index as the chunks are
+   * asked for (memory: about `maxBytes` plus the walk's position), any other answer (bounded by the ring buffer) at
+   * once. The concatenated chunks equal `eventsInRangeJson(dpRank, start, end)` byte for byte, as of this call.
+   * Every chunk has exactly `maxBytes` bytes except the last (cut anywhere, even inside an event).
+   *
+   * The answer is fixed when this is called; once the index changes (any event applied, worker removed), the next
+   * chunk of an unfinished dump throws {@link IndexChangedError}. Read the chunks in one synchronous run for a
+   * consistent dump, or start over on that error. Leaving a `for...of` early, `return()` and `close()` free the
+   * cursor; at most 1024 may be open per local indexer.
+   */
+  rangeReplyChunks(dpRank: number, start: bigint | null | undefined, end: bigint | null | undefined, maxBytes: number): ReplyChunks {
+    const max = positiveInt('maxBytes', maxBytes, 0xffffffff)
+    const id = this.raw.rangeReplyOpen(
+      u32('dpRank', dpRank),
+      start === undefined || start === null ? null : u64('start', start),
+      end === undefined || end === null ? null : u64('end', end),
+    )
+    return new ReplyChunks(this, id, max)
+  }
+
+  /**
+   * The `{"TreeDump":[...]}` body of the dump of one dp rank (or of every rank: `dpRank` null or absent) in chunks,
+   * as {@link rangeReplyChunks}: byte for byte `eventsInRangeJson(dpRank)` of a known rank.
+   */
+  dumpChunks(maxBytes: number, dpRank?: number | null): ReplyChunks {
+    const max = positiveInt('maxBytes', maxBytes, 0xffffffff)
+    const id = this.raw.dumpReplyOpen(dpRank === undefined || dpRank === null ? null : u32('dpRank', dpRank))
+    return new ReplyChunks(this, id, max)
+  }
+
+  /** @internal */
+  replyNext(id: number, max: number): Buffer | null {
+    return this.raw.replyNext(id, max)
+  }
+
+  /** @internal */
+  replyClose(id: number): void {
+    this.raw.replyClose(id)
+  }
+}
+
+/** The index changed while a dump was being read in chunks ({@link LocalIndexer.rangeReplyChunks}). */
+export class IndexChangedError extends Error {
+  override readonly name = 'IndexChangedError'
+}
+
+const STALE_MESSAGE = 'LocalIndexer: the index changed since the dump was opened'
+
+/** A recovery response body read chunk by chunk ({@link LocalIndexer.rangeReplyChunks}, {@link LocalIndexer.dumpChunks}). */
+export class ReplyChunks implements IterableIterator<Buffer> {
+  readonly #local: LocalIndexer
+  readonly #id: number
+  readonly #max: number
+  #done = false
+
+  /** @internal */
+  constructor(local: LocalIndexer, id: number, maxBytes: number) {
+    this.#local = local
+    this.#id = id
+    this.#max = maxBytes
+  }
+
+  /** The next chunk; throws {@link IndexChangedError} when the index changed under an unfinished dump (the cursor is then closed). */
+  next(): IteratorResult<Buffer, undefined> {
+    if (this.#done) return { done: true, value: undefined }
+    let chunk: Buffer | null
+    try {
+      chunk = this.#local.replyNext(this.#id, this.#max)
+    } catch (e) {
+      this.close()
+      if ((e as Error).message === STALE_MESSAGE) throw new IndexChangedError(STALE_MESSAGE)
+      throw e
+    }
+    if (chunk === null) {
+      this.#done = true
+      return { done: true, value: undefined }
+    }
+    return { done: false, value: chunk }
+  }
+
+  return(): IteratorResult<Buffer, undefined> {
+    this.close()
+    return { done: true, value: undefined }
+  }
+
+  [Symbol.iterator](): this {
+    return this
+  }
+
+  /** Frees the cursor. Idempotent; also after the local indexer was closed. */
+  close(): void {
+    if (this.#done) return
+    this.#done = true
+    try {
+      this.#local.replyClose(this.#id)
+    } catch {
+      // the local indexer is closed: its cursors went with it
+    }
+  }
 }

@@ -234,6 +234,18 @@ export interface RawLocalIndexer extends RawRadixIndex {
   eventsInRange(dpRank: number, start: bigint | null, end: bigint | null): RawRangeResult
   /** The same answer as the recovery response JSON (SPEC 7, `router-wire.json`), exact u64, in one call. */
   eventsInRangeJson(dpRank: number, start: bigint | null, end: bigint | null): Buffer
+  /** Opens a cursor over eventsInRangeJson's body (a dump is written as replyNext asks for it); returns its id. */
+  rangeReplyOpen(dpRank: number, start: bigint | null, end: bigint | null): number
+  /** Opens a cursor over the `{"TreeDump":[...]}` body of one dp rank's dump, or of every rank's (null). */
+  dumpReplyOpen(dpRank: number | null): number
+  /**
+   * The next chunk: exactly maxBytes (≥ 1) bytes except the last; null after the last (the cursor is then closed).
+   * Throws `LocalIndexer: the index changed since the dump was opened` (closing it) when the index changed under an
+   * unfinished dump, `LocalIndexer: no open reply cursor <id>` for an unknown id.
+   */
+  replyNext(cursor: number, maxBytes: number): Buffer | null
+  /** Forgets a cursor; unknown ids are ignored. */
+  replyClose(cursor: number): void
 }
 
 export interface RawIngestor {

@@ -179,6 +179,20 @@ function cmp64(ahi: number, alo: number, bhi: number, blo: number): number {
   return 0
 }
 
+/** A position in a dump (FallbackRadixIndex.dumpCursor / dumpNext). */
+export interface FallbackDumpCursor {
+  readonly epoch: object
+  readonly version: number
+  readonly keys: WorkerKey[]
+  nextKey: number
+  key: WorkerKey | null
+  kids: Map<number, number[]>
+  stack: number[]
+  parents: (bigint | null)[]
+  /** the current node's events still to return, last first */
+  pending: RouterEventValue[]
+}
+
 /** One worker key (workerId, dpRank): its block hash -> holder entry table and its last event id. */
 export class WorkerKey {
   /** (hash hi, hash lo, node) per slot, open addressing with linear probing. */
@@ -247,6 +261,9 @@ export class FallbackRadixIndex implements RawRadixIndex {
   private tokensScratch = new BigUint64Array(64)
   private seen = new Uint32Array(64)
   private dropStack: number[] = []
+  /** Changes with every mutation, and a new object per index (close() replaces it): a dump cursor's staleness check. */
+  private version = 0
+  private epoch: object = {}
 
   constructor() {
     this.nodes[NODE_PARENT] = DETACHED
@@ -663,10 +680,12 @@ export class FallbackRadixIndex implements RawRadixIndex {
   }
 
   removeWorker(workerId: bigint): void {
+    this.version++
     for (const wk of this.keysOf(Number(workerId >> 32n), Number(workerId & 0xffffffffn))) this.forget(wk)
   }
 
   removeWorkerDpRank(workerId: bigint, dpRank: number): void {
+    this.version++
     const wk = this.byKey.get(keyOf(Number(workerId >> 32n), Number(workerId & 0xffffffffn), dpRank))
     if (wk !== undefined) this.forget(wk)
   }
@@ -722,6 +741,7 @@ export class FallbackRadixIndex implements RawRadixIndex {
     n: number,
   ): number {
     const wk = this.workerKey(wHi, wLo, rank)
+    this.version++
     wk.hasLast = true
     wk.lastHi = idHi
     wk.lastLo = idLo
@@ -781,6 +801,7 @@ export class FallbackRadixIndex implements RawRadixIndex {
     n: number,
   ): number {
     const wk = this.workerKey(wHi, wLo, rank)
+    this.version++
     wk.hasLast = true
     wk.lastHi = idHi
     wk.lastLo = idLo
@@ -802,6 +823,7 @@ export class FallbackRadixIndex implements RawRadixIndex {
   /** A Dynamo 1.4+ cleared event: only this dp rank of the worker loses its blocks. */
   applyRankClearParts(wHi: number, wLo: number, rank: number, idHi: number, idLo: number): number {
     const wk = this.workerKey(wHi, wLo, rank)
+    this.version++
     wk.hasLast = true
     wk.lastHi = idHi
     wk.lastLo = idLo
@@ -813,6 +835,7 @@ export class FallbackRadixIndex implements RawRadixIndex {
   /** A cleared event: every dp rank of the worker id loses its blocks. */
   applyClearedParts(wHi: number, wLo: number, rank: number, idHi: number, idLo: number): number {
     const wk = this.workerKey(wHi, wLo, rank)
+    this.version++
     wk.hasLast = true
     wk.lastHi = idHi
     wk.lastLo = idLo
@@ -1274,6 +1297,105 @@ export class FallbackRadixIndex implements RawRadixIndex {
       }
     }
     return out
+  }
+
+  /** Opens a cursor over dump() (all ranks) or dumpRank(rank): see dumpNext. */
+  dumpCursor(rank: number | null): FallbackDumpCursor {
+    const keys = this.sortedKeys().filter((k) => rank === null || k.rank === rank)
+    return { epoch: this.epoch, version: this.version, keys, nextKey: 0, key: null, kids: new Map(), stack: [], parents: [], pending: [] }
+  }
+
+  /**
+   * The next event of the dump the cursor was opened on (the events of dumpKeys, in the same order), null at
+   * the end, 'stale' once this index changed since (index.rs dump_next). Memory: the current worker key's
+   * nodes grouped by parent, and the depth-first stack.
+   */
+  dumpNext(c: FallbackDumpCursor): RouterEventValue | null | 'stale' {
+    if (!this.dumpValid(c)) return 'stale'
+    const nodes = this.nodes
+    for (;;) {
+      const ev = c.pending.pop()
+      if (ev !== undefined) return ev
+      const wk = c.key
+      if (wk !== null && c.stack.length > 0) {
+        const node = c.stack.pop()!
+        const parentHash = c.parents.pop()!
+        const tokensHash = bigFromHalves(nodes[node * NODE_WORDS + NODE_KEY_HI]!, nodes[node * NODE_WORDS + NODE_KEY_LO]!)
+        const eventId = wk.hasLast ? bigFromHalves(wk.lastHi, wk.lastLo) : 0n
+        let first: bigint | null = null
+        const holders = this.holders
+        for (
+          let at = nodes[node * NODE_WORDS + NODE_HOLDERS_AT]! * HOLDER_WORDS,
+            end = at + nodes[node * NODE_WORDS + NODE_HOLDER_COUNT]! * HOLDER_WORDS;
+          at < end;
+          at += HOLDER_WORDS
+        ) {
+          if (holders[at + HOLDER_WORKER] !== wk.slot) continue
+          const blockHash = bigFromHalves(holders[at + HOLDER_HASH_HI]!, holders[at + HOLDER_HASH_LO]!)
+          if (first === null) first = blockHash
+          c.pending.push({
+            workerId: wk.workerId,
+            event: {
+              eventId,
+              dpRank: wk.rank,
+              data: { type: 'stored', parentHash, blocks: [{ blockHash, tokensHash, mmExtraInfo: null }] },
+            },
+          })
+        }
+        c.pending.reverse()
+        this.pushDumpKids(c, node, first)
+        continue
+      }
+      const next = c.keys[c.nextKey]
+      if (next === undefined) return null
+      c.nextKey++
+      c.key = next
+      c.kids = this.kidsOf(next)
+      this.pushDumpKids(c, ROOT, null)
+    }
+  }
+
+  /** Whether the cursor's index is unchanged since it was opened. */
+  dumpValid(c: FallbackDumpCursor): boolean {
+    return c.epoch === this.epoch && c.version === this.version
+  }
+
+  /** The worker key's nodes grouped by parent: a DFS from the root through them reaches exactly the nodes whose whole path holds the key. */
+  private kidsOf(wk: WorkerKey): Map<number, number[]> {
+    const nodes = this.nodes
+    const kids = new Map<number, number[]>()
+    const seen = new Set<number>()
+    const t = wk.table
+    for (let k = 0; k < t.length; k += ENTRY_WORDS) {
+      const node = t[k + 2]!
+      if (node === 0 || seen.has(node)) continue
+      seen.add(node)
+      const parent = nodes[node * NODE_WORDS + NODE_PARENT]!
+      if (parent === DETACHED) continue
+      const list = kids.get(parent)
+      if (list === undefined) kids.set(parent, [node])
+      else list.push(node)
+    }
+    return kids
+  }
+
+  /** Pushes the children of `node` so that they pop in ascending key order. */
+  private pushDumpKids(c: FallbackDumpCursor, node: number, parentHash: bigint | null): void {
+    const list = c.kids.get(node)
+    if (list === undefined) return
+    const nodes = this.nodes
+    list.sort((a, b) =>
+      cmp64(
+        nodes[b * NODE_WORDS + NODE_KEY_HI]!,
+        nodes[b * NODE_WORDS + NODE_KEY_LO]!,
+        nodes[a * NODE_WORDS + NODE_KEY_HI]!,
+        nodes[a * NODE_WORDS + NODE_KEY_LO]!,
+      ),
+    )
+    for (const k of list) {
+      c.stack.push(k)
+      c.parents.push(parentHash)
+    }
   }
 
   workers(): BigUint64Array {

@@ -5,11 +5,22 @@
 // mode emitted) with its id as u32 halves: compact, never shared with a caller, and decoded into fresh
 // objects only when a range is asked for.
 import type { BlockExtraInfo, RawLocalIndexer, RawRangeResult, RouterEventValue, StoredBlock } from '../core/binding.js'
-import { FallbackRadixIndex, OUTCOME_IGNORED, targetsGpuIndex } from './index.js'
+import { type FallbackDumpCursor, FallbackRadixIndex, OUTCOME_IGNORED, targetsGpuIndex } from './index.js'
 import { bigFromHalves, ByteWriter } from './msgpack.js'
 import { decodeEncodedList, decodeRouterEvent, jsonEncoder, msgpackEncoder, writeRouterEvent } from './wire.js'
 
 export const RING_MSGPACK = 1
+/** Open reply cursors per local indexer (lib.rs MAX_REPLIES). */
+const MAX_REPLIES = 1024
+const TREE_DUMP_HEAD = Buffer.from('{"TreeDump":[')
+
+/** A recovery body being read in chunks (local.rs ReplyCursor): the bytes not yet returned are w.buf[at, w.pos). */
+interface Reply {
+  dump: FallbackDumpCursor | null
+  any: boolean
+  w: ByteWriter
+  at: number
+}
 export const RING_JSON = 2
 
 /** The last `cap` events of one dp rank, oldest first from `head`. */
@@ -96,6 +107,8 @@ function cmp64(ahi: number, alo: number, bhi: number, blo: number): number {
 export class FallbackLocalIndexer extends FallbackRadixIndex implements RawLocalIndexer {
   private readonly rings = new Map<number, Ring>()
   private readonly scratch = new ByteWriter(1024)
+  private replies = new Map<number, Reply>()
+  private nextReply = 0
 
   readonly bufferSize: number
 
@@ -176,38 +189,89 @@ export class FallbackLocalIndexer extends FallbackRadixIndex implements RawLocal
 
   /** The answer as the recovery response JSON, byte for byte as the core's write_range_result_json. */
   eventsInRangeJson(dpRank: number, start: bigint | null, end: bigint | null): Buffer {
-    const r = this.eventsInRange(dpRank, start, end)
     const w = new ByteWriter(1024)
-    const text = (s: string) => w.bytes(Buffer.from(s, 'utf8'))
-    switch (r.kind) {
-      case 'Events':
-      case 'TreeDump':
-        text(`{"${r.kind}":[`)
-        for (let i = 0; i < r.events.length; i++) {
-          if (i > 0) text(',')
-          writeRouterEvent(w, jsonEncoder, r.events[i]!)
-        }
-        text(']}')
-        break
-      case 'TooNew':
-        text(`{"TooNew":{"requested_start":${r.requestedStart},"requested_end":${r.requestedEnd},"newest_available":${r.newestAvailable}}}`)
-        break
-      case 'InvalidRange':
-        text(`{"InvalidRange":{"start_id":${r.startId},"end_id":${r.endId}}}`)
-        break
-      case 'Error':
-        // JSON.stringify escapes a string as serde_json does (quote, backslash, \b \f \n \r \t, other controls as \u00xx)
-        text(`{"Error":${JSON.stringify(r.message)}}`)
-        break
-    }
+    writeRangeResult(w, this.eventsInRange(dpRank, start, end))
     return w.toBuffer()
   }
 
+  rangeReplyOpen(dpRank: number, start: bigint | null, end: bigint | null): number {
+    const r = this.rangeAnswer(dpRank, start, end)
+    if (r === 'dump') return this.dumpReplyOpen(dpRank)
+    const w = new ByteWriter(1024)
+    writeRangeResult(w, r)
+    return this.addReply({ dump: null, any: false, w, at: 0 })
+  }
+
+  dumpReplyOpen(dpRank: number | null): number {
+    const w = new ByteWriter(4096)
+    w.bytes(TREE_DUMP_HEAD)
+    return this.addReply({ dump: this.dumpCursor(dpRank), any: false, w, at: 0 })
+  }
+
+  replyNext(cursor: number, maxBytes: number): Buffer | null {
+    const r = this.replies.get(cursor)
+    if (r === undefined) throw new Error(`LocalIndexer: no open reply cursor ${cursor}`)
+    const max = Math.max(1, maxBytes)
+    const w = r.w
+    if (r.dump !== null) {
+      if (!this.dumpValid(r.dump)) {
+        this.replies.delete(cursor)
+        throw new Error('LocalIndexer: the index changed since the dump was opened')
+      }
+      while (w.pos - r.at < max) {
+        const ev = this.dumpNext(r.dump)
+        if (ev === 'stale') throw new Error('LocalIndexer: the index changed since the dump was opened')
+        if (ev === null) {
+          w.bytes(Buffer.from(']}'))
+          r.dump = null
+          break
+        }
+        if (r.any) w.byte(0x2c)
+        r.any = true
+        writeRouterEvent(w, jsonEncoder, ev)
+      }
+    }
+    if (r.at >= w.pos) {
+      this.replies.delete(cursor)
+      return null
+    }
+    const n = Math.min(max, w.pos - r.at)
+    const chunk = Buffer.allocUnsafe(n)
+    chunk.set(w.buf.subarray(r.at, r.at + n))
+    r.at += n
+    // keep only what is not yet returned while dumping: at most maxBytes plus one event
+    if (r.dump !== null) {
+      w.buf.copyWithin(0, r.at, w.pos)
+      w.pos -= r.at
+      r.at = 0
+    }
+    return chunk
+  }
+
+  replyClose(cursor: number): void {
+    this.replies.delete(cursor)
+  }
+
+  private addReply(r: Reply): number {
+    if (this.replies.size >= MAX_REPLIES) throw new Error(`LocalIndexer: ${MAX_REPLIES} reply cursors are open (close them)`)
+    while (this.replies.has(this.nextReply)) this.nextReply = (this.nextReply + 1) >>> 0
+    const id = this.nextReply
+    this.nextReply = (this.nextReply + 1) >>> 0
+    this.replies.set(id, r)
+    return id
+  }
+
   eventsInRange(dpRank: number, start: bigint | null, end: bigint | null): RawRangeResult {
+    const r = this.rangeAnswer(dpRank, start, end)
+    return r === 'dump' ? { kind: 'TreeDump', events: this.dumpRank(dpRank) } : r
+  }
+
+  /** eventsInRange without building a dump: 'dump' where the answer is the rank's dump (local.rs range_answer). */
+  private rangeAnswer(dpRank: number, start: bigint | null, end: bigint | null): RawRangeResult | 'dump' {
     const ring = this.rings.get(dpRank)
     if (ring === undefined) return { kind: 'Error', message: `no events for dp rank ${dpRank}` }
     if (start !== null && end !== null && end < start) return { kind: 'InvalidRange', startId: start, endId: end }
-    if (start === null || ring.count === 0) return { kind: 'TreeDump', events: this.dumpRank(dpRank) }
+    if (start === null || ring.count === 0) return 'dump'
     let newHi = 0
     let newLo = 0
     let oldHi = 0xffffffff
@@ -227,7 +291,7 @@ export class FallbackLocalIndexer extends FallbackRadixIndex implements RawLocal
     const newest = bigFromHalves(newHi, newLo)
     const requestedEnd = end ?? newest
     if (start > newest) return { kind: 'TooNew', requestedStart: start, requestedEnd, newestAvailable: newest }
-    if (start < bigFromHalves(oldHi, oldLo)) return { kind: 'TreeDump', events: this.dumpRank(dpRank) }
+    if (start < bigFromHalves(oldHi, oldLo)) return 'dump'
     // the earlier of the two (bigints: no Math.min)
     let last = newest
     if (requestedEnd < newest) last = requestedEnd
@@ -243,5 +307,31 @@ export class FallbackLocalIndexer extends FallbackRadixIndex implements RawLocal
       if (cmp64(hi, lo, sHi, sLo) >= 0 && cmp64(hi, lo, eHi, eLo) <= 0) events.push(ring.decode(s))
     }
     return { kind: 'Events', events }
+  }
+}
+
+/** The answer as the recovery response JSON, byte for byte as the core's write_range_result_json. */
+function writeRangeResult(w: ByteWriter, r: RawRangeResult): void {
+  const text = (s: string) => w.bytes(Buffer.from(s, 'utf8'))
+  switch (r.kind) {
+    case 'Events':
+    case 'TreeDump':
+      text(`{"${r.kind}":[`)
+      for (let i = 0; i < r.events.length; i++) {
+        if (i > 0) text(',')
+        writeRouterEvent(w, jsonEncoder, r.events[i]!)
+      }
+      text(']}')
+      break
+    case 'TooNew':
+      text(`{"TooNew":{"requested_start":${r.requestedStart},"requested_end":${r.requestedEnd},"newest_available":${r.newestAvailable}}}`)
+      break
+    case 'InvalidRange':
+      text(`{"InvalidRange":{"start_id":${r.startId},"end_id":${r.endId}}}`)
+      break
+    case 'Error':
+      // JSON.stringify escapes a string as serde_json does (quote, backslash, \b \f \n \r \t, other controls as \u00xx)
+      text(`{"Error":${JSON.stringify(r.message)}}`)
+      break
   }
 }

@@ -874,6 +874,8 @@ export class KvRouter {
           const idx = h?.get(CHUNK_HEADER)
           const total = h?.get(CHUNKS_HEADER)
           if (idx) {
+            // chunk 0 again: the worker started the reply over (its index changed during a dump)
+            if (idx === '0') chunks.length = 0
             if (Number(idx) !== chunks.length) return reject(new RecoveryError(`chunk ${idx} arrived when ${chunks.length} was due`))
             chunks.push(msg.data)
             arm()

@@ -552,6 +552,8 @@ pub struct RadixIndex {
     kept: Vec<u32>,
     keys: Vec<u64>,
     out: Vec<Match>,
+    /// Changes with every mutation, distinct between indexes (a dump cursor's staleness check).
+    version: u64,
 }
 
 impl Default for RadixIndex {
@@ -587,6 +589,7 @@ impl RadixIndex {
             kept: Vec::new(),
             keys: Vec::new(),
             out: Vec::new(),
+            version: next_version_base(),
         }
     }
 
@@ -930,12 +933,14 @@ impl RadixIndex {
 
     /// Drops every block of every dp rank of the worker and forgets it.
     pub fn remove_worker(&mut self, worker_id: u64) {
+        self.version += 1;
         for slot in self.slots_of(worker_id) {
             self.forget_slot(slot);
         }
     }
 
     pub fn remove_worker_dp_rank(&mut self, worker_id: u64, dp_rank: u32) {
+        self.version += 1;
         if let Some(&slot) = self.worker_index.get(&(worker_id, dp_rank)) {
             self.forget_slot(slot);
         }
@@ -950,6 +955,7 @@ impl RadixIndex {
 
     /// A Dynamo 1.4+ `cleared`: only `dp_rank` of the worker loses its blocks.
     pub fn clear_rank(&mut self, worker_id: u64, event_id: u64, dp_rank: u32) -> ApplyOutcome {
+        self.version += 1;
         let slot = self.worker_slot(worker_id, dp_rank);
         self.worker(slot).last_event_id = Some(event_id);
         self.clear_slot(slot);
@@ -965,6 +971,7 @@ impl RadixIndex {
         dp_rank: u32,
         data: DataRef,
     ) -> ApplyOutcome {
+        self.version += 1;
         let slot = self.worker_slot(worker_id, dp_rank);
         self.worker(slot).last_event_id = Some(event_id);
         match data {
@@ -1539,4 +1546,123 @@ fn repeats(blocks: &[StoredBlock], parent: Option<u64>) -> bool {
     let mut hashes: Vec<u64> = blocks.iter().map(|b| b.block_hash).collect();
     hashes.sort_unstable();
     hashes.windows(2).any(|w| w[0] == w[1])
+}
+
+// ------------------------------------------------------------------------------------------------
+// the dump, one block at a time
+
+/// Each index starts its `version` 2^40 above the previous one, so that a cursor never mistakes
+/// another index (or a later state) for the one it was opened on.
+fn next_version_base() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1 << 40, Ordering::Relaxed)
+}
+
+/// The index changed since the dump cursor was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DumpStale;
+
+/// A position in `RadixIndex::dump`'s sequence, read one event at a time by `dump_next`. It holds
+/// the worker keys still to go, the depth-first stack of the current one and the hashes of the node
+/// being written: O(keys + tree depth × fan-out) memory, never the events. It belongs to the index
+/// that opened it and is valid until that index changes.
+#[derive(Debug, Clone)]
+pub struct DumpCursor {
+    version: u64,
+    /// (worker_id, dp_rank, slot) in ascending order, and the next one to start
+    keys: Vec<(u64, u32, u32)>,
+    next_key: usize,
+    worker_id: u64,
+    dp_rank: u32,
+    slot: u32,
+    event_id: u64,
+    stack: Vec<(u32, Option<u64>)>,
+    /// the current node's hashes held by the worker, last first, with its tokens hash and parent
+    hashes: Vec<u64>,
+    tokens_hash: u64,
+    parent_hash: Option<u64>,
+}
+
+impl RadixIndex {
+    /// Opens a cursor over `dump(only_rank)`.
+    pub fn dump_cursor(&self, only_rank: Option<u32>) -> DumpCursor {
+        let mut keys: Vec<(u64, u32, u32)> = self
+            .workers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| w.as_ref().map(|w| (w.worker_id, w.dp_rank, i as u32)))
+            .filter(|&(_, rank, _)| only_rank.is_none_or(|r| r == rank))
+            .collect();
+        keys.sort_unstable();
+        DumpCursor {
+            version: self.version,
+            keys,
+            next_key: 0,
+            worker_id: 0,
+            dp_rank: 0,
+            slot: NOBODY,
+            event_id: 0,
+            stack: Vec::new(),
+            hashes: Vec::new(),
+            tokens_hash: 0,
+            parent_hash: None,
+        }
+    }
+
+    /// Whether the cursor's index is unchanged since it was opened.
+    pub fn dump_valid(&self, c: &DumpCursor) -> bool {
+        c.version == self.version
+    }
+
+    /// The next event of the dump the cursor was opened on (the same events in the same order as
+    /// `dump`), `Ok(None)` at the end, `Err(DumpStale)` once this index changed since.
+    pub fn dump_next(&self, c: &mut DumpCursor) -> Result<Option<RouterEvent>, DumpStale> {
+        if !self.dump_valid(c) {
+            return Err(DumpStale);
+        }
+        loop {
+            if let Some(block_hash) = c.hashes.pop() {
+                return Ok(Some(RouterEvent {
+                    worker_id: c.worker_id,
+                    event_id: c.event_id,
+                    dp_rank: c.dp_rank,
+                    data: EventData::Stored {
+                        parent_hash: c.parent_hash,
+                        blocks: vec![StoredBlock {
+                            block_hash,
+                            tokens_hash: c.tokens_hash,
+                            mm_extra_info: None,
+                        }],
+                    },
+                }));
+            }
+            if let Some((node, parent_hash)) = c.stack.pop() {
+                let slot = c.slot;
+                c.hashes.extend(
+                    self.holders(node)
+                        .filter(|h| h.worker == slot)
+                        .map(|h| h.block_hash),
+                );
+                let first = c.hashes.first().copied();
+                c.hashes.reverse();
+                c.tokens_hash = self.nodes[node as usize].key;
+                c.parent_hash = parent_hash;
+                self.push_kids_holding(node, slot, first, &mut c.stack);
+                continue;
+            }
+            let Some(&(worker_id, dp_rank, slot)) = c.keys.get(c.next_key) else {
+                return Ok(None);
+            };
+            c.next_key += 1;
+            (c.worker_id, c.dp_rank, c.slot) = (worker_id, dp_rank, slot);
+            c.event_id = self
+                .workers
+                .get(slot as usize)
+                .and_then(|w| w.as_ref())
+                .and_then(|w| w.last_event_id)
+                .unwrap_or(0);
+            self.push_kids_holding(ROOT, slot, None, &mut c.stack);
+        }
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::index::{ApplyOutcome, IndexAccess, RadixIndex};
+use crate::index::{ApplyOutcome, DumpCursor, DumpStale, IndexAccess, RadixIndex};
 use crate::wire::{
     write_router_event_json, write_u64_dec, DataRef, EventData, RouterEvent, StoredBlock,
 };
@@ -134,45 +134,140 @@ impl LocalIndexer {
         start: Option<u64>,
         end: Option<u64>,
     ) -> RangeResult {
+        self.range_answer(dp_rank, start, end)
+            .unwrap_or_else(|| RangeResult::TreeDump(self.index.dump(Some(dp_rank))))
+    }
+
+    /// `events_in_range` without building a dump: `None` where the answer is the rank's dump.
+    fn range_answer(
+        &self,
+        dp_rank: u32,
+        start: Option<u64>,
+        end: Option<u64>,
+    ) -> Option<RangeResult> {
         let Some(ring) = self.rings.get(&dp_rank) else {
-            return RangeResult::Error(format!("no events for dp rank {dp_rank}"));
+            return Some(RangeResult::Error(format!(
+                "no events for dp rank {dp_rank}"
+            )));
         };
         if let (Some(s), Some(e)) = (start, end) {
             if e < s {
-                return RangeResult::InvalidRange {
+                return Some(RangeResult::InvalidRange {
                     start_id: s,
                     end_id: e,
-                };
+                });
             }
         }
-        let dump = || RangeResult::TreeDump(self.index.dump(Some(dp_rank)));
-        let Some(start) = start else {
-            return dump();
-        };
+        let start = start?;
         if ring.is_empty() {
-            return dump();
+            return None;
         }
         let newest = ring.iter().map(|e| e.event_id).max().unwrap_or(0);
         let oldest = ring.iter().map(|e| e.event_id).min().unwrap_or(0);
         let end = end.unwrap_or(newest);
         if start > newest {
-            return RangeResult::TooNew {
+            return Some(RangeResult::TooNew {
                 requested_start: start,
                 requested_end: end,
                 newest_available: newest,
-            };
+            });
         }
         if start < oldest {
-            return dump();
+            return None;
         }
         let last = end.min(newest);
-        RangeResult::Events(
+        Some(RangeResult::Events(
             ring.iter()
                 .filter(|e| e.event_id >= start && e.event_id <= last)
                 .cloned()
                 .collect(),
-        )
+        ))
     }
+
+    /// A cursor over the recovery response body of `events_in_range(dp_rank, start, end)` (the
+    /// bytes `write_range_result_json` writes), read in chunks by `reply_next`. A dump is written
+    /// from the index as the chunks are asked for; any other answer (bounded by the ring buffer) is
+    /// written at once.
+    pub fn range_reply(&self, dp_rank: u32, start: Option<u64>, end: Option<u64>) -> ReplyCursor {
+        match self.range_answer(dp_rank, start, end) {
+            Some(r) => {
+                let mut buf = Vec::new();
+                write_range_result_json(&mut buf, &r);
+                ReplyCursor {
+                    dump: None,
+                    buf,
+                    at: 0,
+                }
+            }
+            None => self.dump_reply(Some(dp_rank)),
+        }
+    }
+
+    /// A cursor over the `{"TreeDump":[...]}` body of the dump of one dp rank (or all).
+    pub fn dump_reply(&self, only_rank: Option<u32>) -> ReplyCursor {
+        ReplyCursor {
+            dump: Some((self.index.dump_cursor(only_rank), false)),
+            buf: b"{\"TreeDump\":[".to_vec(),
+            at: 0,
+        }
+    }
+
+    /// The next `max` bytes (at least 1) of the cursor's body: every chunk but the last has exactly
+    /// `max` bytes (cut anywhere, even inside an event), `Ok(None)` after the last.
+    /// `Err(DumpStale)` when the body is a dump not yet fully written and the index changed since
+    /// the cursor was opened (the cursor then stays stale).
+    pub fn reply_next(
+        &self,
+        c: &mut ReplyCursor,
+        max: usize,
+    ) -> Result<Option<Vec<u8>>, DumpStale> {
+        let max = max.max(1);
+        if let Some((cursor, any)) = c.dump.as_mut() {
+            if !self.index.dump_valid(cursor) {
+                return Err(DumpStale);
+            }
+            while c.buf.len() - c.at < max {
+                match self.index.dump_next(cursor)? {
+                    Some(ev) => {
+                        if *any {
+                            c.buf.push(b',');
+                        }
+                        *any = true;
+                        write_router_event_json(&mut c.buf, &ev);
+                    }
+                    None => {
+                        c.buf.extend_from_slice(b"]}");
+                        c.dump = None;
+                        break;
+                    }
+                }
+            }
+        }
+        if c.at >= c.buf.len() {
+            c.buf = Vec::new();
+            c.at = 0;
+            return Ok(None);
+        }
+        let n = max.min(c.buf.len() - c.at);
+        let chunk = c.buf[c.at..c.at + n].to_vec();
+        c.at += n;
+        // keep the buffer to what is not yet returned: at most `max` plus one event while dumping
+        if c.dump.is_some() {
+            c.buf.drain(..c.at);
+            c.at = 0;
+        }
+        Ok(Some(chunk))
+    }
+}
+
+/// A recovery response body being read in chunks (`LocalIndexer::range_reply`, `dump_reply`).
+#[derive(Debug, Clone)]
+pub struct ReplyCursor {
+    /// while a dump is being written: its cursor, and whether an event was written yet
+    dump: Option<(DumpCursor, bool)>,
+    /// bytes written and not yet returned start at `at`
+    buf: Vec<u8>,
+    at: usize,
 }
 
 /// The JSON body of a range answer, as Dynamo's serde_json writes WorkerKvQueryResponse (exact u64).

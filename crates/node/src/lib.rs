@@ -5,6 +5,7 @@
 #![deny(clippy::all)]
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use dynamo_kv_core::convert::{
@@ -17,7 +18,7 @@ use dynamo_kv_core::index::{
     IndexAccess, MemoryReport, RadixIndex, APPLY_OUTCOMES, INDEX_COUNTER_NAMES,
 };
 use dynamo_kv_core::ingest::{Ingestor, IngestorConfig, Mode, COUNTER_NAMES};
-use dynamo_kv_core::local::{write_range_result_json, LocalIndexer, RangeResult};
+use dynamo_kv_core::local::{write_range_result_json, LocalIndexer, RangeResult, ReplyCursor};
 use dynamo_kv_core::wire::{
     self, BlockExtraInfo, EventData, EventMeta, MmObject, ResidencyDomain, RouterEvent,
     StorageTier, StoredBlock, ENCODED_FORMATS, KV_EVENTS_TOPIC, KV_METRICS_TOPIC, STORAGE_TIERS,
@@ -975,6 +976,8 @@ impl RawIngestor {
         Ok(has.then(|| RawLocalIndexer {
             inner: LocalSource::Ingestor(self.shared.clone()),
             memory: MemoryReport::default(),
+            replies: HashMap::new(),
+            next_reply: 0,
         }))
     }
 
@@ -1311,7 +1314,13 @@ pub struct RawLocalIndexer {
     inner: LocalSource,
     /// the report of an indexer of its own (one inside an ingestor reports through Shared)
     memory: MemoryReport,
+    /// open reply cursors by id (replyOpen..., replyNext, replyClose)
+    replies: HashMap<u32, ReplyCursor>,
+    next_reply: u32,
 }
+
+/// Open reply cursors per handle: beyond this, opening one fails (a caller that never closes them).
+const MAX_REPLIES: usize = 1024;
 
 impl ObjectFinalize for RawLocalIndexer {
     fn finalize(mut self, env: Env) -> Result<()> {
@@ -1327,6 +1336,8 @@ impl RawLocalIndexer {
         RawLocalIndexer {
             inner: LocalSource::Own(Box::new(LocalIndexer::new(buffer_size as usize))),
             memory: MemoryReport::default(),
+            replies: HashMap::new(),
+            next_reply: 0,
         }
     }
 
@@ -1381,7 +1392,24 @@ impl RawLocalIndexer {
             }
         }
         self.inner = LocalSource::Closed;
+        self.replies = HashMap::new();
         release_memory(env, &mut self.memory);
+    }
+
+    fn add_reply(&mut self, c: ReplyCursor) -> Result<u32> {
+        if self.replies.len() >= MAX_REPLIES {
+            return Err(Error::new(
+                Status::GenericFailure,
+                format!("LocalIndexer: {MAX_REPLIES} reply cursors are open (close them)"),
+            ));
+        }
+        while self.replies.contains_key(&self.next_reply) {
+            self.next_reply = self.next_reply.wrapping_add(1);
+        }
+        let id = self.next_reply;
+        self.next_reply = self.next_reply.wrapping_add(1);
+        self.replies.insert(id, c);
+        Ok(id)
     }
 
     /// Frees an indexer of its own now and gives its memory report back; one inside an ingestor
@@ -1572,6 +1600,63 @@ impl RawLocalIndexer {
         let mut out = Vec::new();
         self.with(|l| write_range_result_json(&mut out, &l.events_in_range(dp_rank, start, end)))?;
         Ok(out.into())
+    }
+
+    /// Opens a cursor over eventsInRangeJson's body, read by replyNext: a dump is written from the
+    /// index chunk by chunk, never whole.
+    #[napi(catch_unwind)]
+    pub fn range_reply_open(
+        &mut self,
+        dp_rank: u32,
+        start: Option<BigInt>,
+        end: Option<BigInt>,
+    ) -> Result<u32> {
+        let start = start.as_ref().map(|s| u64_arg("start", s)).transpose()?;
+        let end = end.as_ref().map(|e| u64_arg("end", e)).transpose()?;
+        let c = self.with(|l| l.range_reply(dp_rank, start, end))?;
+        self.add_reply(c)
+    }
+
+    /// Opens a cursor over the `{"TreeDump":[...]}` body of one dp rank's dump, or every rank's.
+    #[napi(catch_unwind)]
+    pub fn dump_reply_open(&mut self, dp_rank: Option<u32>) -> Result<u32> {
+        let c = self.with(|l| l.dump_reply(dp_rank))?;
+        self.add_reply(c)
+    }
+
+    /// The next chunk of an open cursor (exactly `max_bytes` but the last), null after the last
+    /// (the cursor is then closed). Fails when the index changed under an unfinished dump. The
+    /// chunk is a V8-owned copy: it goes with the next garbage collection, not a finalizer's turn.
+    #[napi(catch_unwind)]
+    pub fn reply_next<'e>(
+        &mut self,
+        env: &'e Env,
+        cursor: u32,
+        max_bytes: u32,
+    ) -> Result<Option<BufferSlice<'e>>> {
+        let Some(mut c) = self.replies.remove(&cursor) else {
+            return Err(Error::new(
+                Status::InvalidArg,
+                format!("LocalIndexer: no open reply cursor {cursor}"),
+            ));
+        };
+        match self.with(|l| l.reply_next(&mut c, max_bytes as usize))? {
+            Ok(Some(chunk)) => {
+                self.replies.insert(cursor, c);
+                BufferSlice::copy_from(env, chunk).map(Some)
+            }
+            Ok(None) => Ok(None),
+            Err(_) => Err(Error::new(
+                Status::GenericFailure,
+                "LocalIndexer: the index changed since the dump was opened",
+            )),
+        }
+    }
+
+    /// Forgets a cursor (unknown ids are ignored).
+    #[napi]
+    pub fn reply_close(&mut self, cursor: u32) {
+        self.replies.remove(&cursor);
     }
 }
 
