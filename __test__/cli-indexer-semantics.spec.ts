@@ -39,19 +39,28 @@ function exchange(n: number): { body: string; response: JsonNode } {
 
 const range = (a: number, n: number) => Array.from({ length: n }, (_, k) => a + k)
 
-function stored(hashes: number[], tokens: number[], opts: { parent?: number; lora?: string } = {}): Mp {
-  return map({
+function stored(
+  hashes: number[],
+  tokens: number[],
+  opts: { parent?: number; lora?: string; medium?: string; salt?: string; saltKey?: string } = {},
+): Mp {
+  const fields: Record<string, Mp> = {
     type: s('BlockStored'),
     block_hashes: arr(...hashes.map((h) => u(h))),
     parent_block_hash: opts.parent === undefined ? nil : u(opts.parent),
     token_ids: arr(...tokens.map((x) => u(x))),
     block_size: u(4),
     lora_id: nil,
-    medium: s('GPU'),
+    medium: s(opts.medium ?? 'GPU'),
     lora_name: opts.lora === undefined ? nil : s(opts.lora),
-  })
+  }
+  // vLLM tags the salt among the first block's extra keys; other engines send a cache_salt key
+  if (opts.salt !== undefined) fields.extra_keys = arr(arr(s(`dynamo-cache-salt:${opts.salt}`)), ...hashes.slice(1).map(() => nil))
+  if (opts.saltKey !== undefined) fields.cache_salt = s(opts.saltKey)
+  return map(fields)
 }
-const removed = (hashes: number[]): Mp => map({ type: s('BlockRemoved'), block_hashes: arr(...hashes.map((h) => u(h))), medium: s('GPU') })
+const removed = (hashes: number[], medium = 'GPU'): Mp =>
+  map({ type: s('BlockRemoved'), block_hashes: arr(...hashes.map((h) => u(h))), medium: s(medium) })
 const cleared = (): Mp => map({ type: s('AllBlocksCleared') })
 const batch = (...events: Mp[]) => encode(arr(f64(Date.now() / 1000), arr(...events), nil))
 /** A batch naming its dp rank (vLLM with data parallelism). */
@@ -315,6 +324,74 @@ test('gaps with and without replay, late joiners, other LoRA names, foreign bloc
     const un = await postJson(x.port, '/unregister', exchange(138).body)
     t.is(un.status, 200)
     await check(139)
+  } finally {
+    await x.close()
+  }
+})
+
+test('blocks on CPU and disk media extend a worker’s match as Dynamo’s lower tiers do (#89-#93)', async (t) => {
+  const x = await setup()
+  try {
+    const w1 = await x.engine(1)
+    const all = [w1]
+    const check = async (n: number) => t.deepEqual(await answers(x.port, exchange(n).body, dynamo(n), all), dynamo(n), `#${n}`)
+    // each tier from the root: 2 blocks on the GPU, 4 on the CPU, 6 on disk (#89)
+    const A = range(1064, 24)
+    await w1.sendPayload(
+      batch(
+        stored([1200, 1201], A.slice(0, 8)),
+        stored([1200, 1201, 1202, 1203], A.slice(0, 16), { medium: 'CPU' }),
+        stored(range(1200, 6), A, { medium: 'DISK' }),
+      ),
+    )
+    await check(89)
+    // each tier continuing the one before it (#90)
+    const B = range(1088, 24)
+    await w1.sendPayload(
+      batch(
+        stored([1210, 1211], B.slice(0, 8)),
+        stored([1212, 1213], B.slice(8, 16), { parent: 1211, medium: 'CPU_PINNED' }),
+        stored([1214, 1215], B.slice(16, 24), { parent: 1213, medium: 'NVME' }),
+      ),
+    )
+    await check(90)
+    // a prefix held only on the CPU: absent from scores, in instances with gpu 0 (#91)
+    await w1.sendPayload(batch(stored([1220, 1221], range(1112, 8), { medium: 'CPU' })))
+    await check(91)
+    // the CPU tier loses its 4th block: the CPU match stops at 3, the disk continues from there (#92)
+    await w1.sendPayload(batch(removed([1203], 'CPU')))
+    await check(92)
+    // a medium no tier stands for is dropped: nothing changes
+    await w1.sendPayload(batch(stored([1230, 1231], range(1112, 8), { medium: 'OBJ' })))
+    await check(91)
+    // AllBlocksCleared clears every tier (#93)
+    await w1.sendPayload(batch(cleared()))
+    await check(93)
+    t.deepEqual(canonicalText((await postJson(x.port, '/query', exchange(91).body)).body), { scores: {}, frequencies: [], instances: {} })
+  } finally {
+    await x.close()
+  }
+})
+
+test('cache salts sent by engines are hashed in: /query matches them only with the same cache_salt (#83-#87)', async (t) => {
+  const x = await setup()
+  try {
+    const w1 = await x.engine(1)
+    const all = [w1]
+    const check = async (n: number) => t.deepEqual(await answers(x.port, exchange(n).body, dynamo(n), all), dynamo(n), `#${n}`)
+    await w1.sendPayload(
+      batch(
+        stored([1240, 1241], range(1032, 8), { salt: 'tenant-x' }),
+        stored([1242, 1243], range(1040, 8), { saltKey: 'tenant-y' }),
+        // a LoRA adapter's blocks for the same tokens, unsalted
+        stored([1244, 1245], range(1032, 8), { lora: 'adapter-a' }),
+      ),
+    )
+    await check(84)
+    await check(85)
+    await check(83)
+    await check(86)
+    await check(87)
   } finally {
     await x.close()
   }

@@ -9,6 +9,7 @@ import type { AddressInfo } from 'node:net'
 import { Counter, Gauge, Histogram, Registry } from 'prom-client'
 import { type Logger, silentLogger } from '../util/log.js'
 import { KvRouter } from '../router/router.js'
+import { computeBlockHashes } from '../core/api.js'
 import {
   type FieldSpec,
   type JsonNode,
@@ -367,7 +368,12 @@ export class IndexerService {
     }
     let router = part.routers.get(rank)
     if (router === undefined) {
-      router = await KvRouter.create({ kvBlockSize: r.block_size, source: { kind: 'engines', engines: [] }, logger: this.#log })
+      router = await KvRouter.create({
+        kvBlockSize: r.block_size,
+        source: { kind: 'engines', engines: [] },
+        logger: this.#log,
+        tiers: true,
+      })
       part.routers.set(rank, router)
     }
     try {
@@ -472,7 +478,12 @@ export class IndexerService {
           const rank = readU32('dp_rank', field(inner, 'dp_rank') ?? { t: 'num', raw: '0', end: 0 })
           let router = p.routers.get(rank)
           if (router === undefined) {
-            router = await KvRouter.create({ kvBlockSize: blockSize, source: { kind: 'engines', engines: [] }, logger: this.#log })
+            router = await KvRouter.create({
+              kvBlockSize: blockSize,
+              source: { kind: 'engines', engines: [] },
+              logger: this.#log,
+              tiers: true,
+            })
             p.routers.set(rank, router)
           }
           const parent = field(stored, 'parent_hash')
@@ -515,11 +526,13 @@ export class IndexerService {
     const part = this.#partitions.get(pkey(model, group))
     if (part === undefined) throw new HttpError(404, `no indexer for model=${model} routing_group=${group}`)
     const scores = new Map<bigint, Map<number, number>>()
+    const lower = new Map<bigint, Map<number, { cpu: number; disk: number }>>()
     const bs = part.blockSize
     // only full blocks are hashed (Dynamo ignores a trailing partial block); the hashing and the lookup
     // are one call into the index
     const tokens = query.tokens === undefined ? null : query.tokens instanceof Uint32Array ? query.tokens : Uint32Array.from(query.tokens)
     const hashOpts = tokens === null ? null : { loraName: query.loraName || null, cacheSalt: query.cacheSalt || null }
+    let seq: BigUint64Array | null = null
     for (const [rank, router] of part.routers) {
       let s: ReturnType<KvRouter['findMatches']>
       if (query.hashes !== undefined) s = router.findMatchesForHashes(query.hashes)
@@ -530,9 +543,11 @@ export class IndexerService {
       // the router of a registered rank holds only that rank's engines: what they index (under the
       // batch's rank, or rank 0 for a batch without one) is that rank's
       const list = s.scores
+      const device = new Map<string, number>()
       for (let i = 0; i < list.length; i++) {
         const w = list[i]!
         if (w.score <= 0) continue
+        device.set(`${w.workerId}:${w.dpRank}`, w.score)
         let m = scores.get(w.workerId)
         if (m === undefined) {
           m = new Map<number, number>()
@@ -542,8 +557,23 @@ export class IndexerService {
         const had = m.get(rank)
         if (had === undefined || t > had) m.set(rank, t)
       }
+      // lower tiers: each rank's match continued from its last device block (section 11)
+      if (seq === null)
+        seq =
+          query.hashes !== undefined
+            ? BigUint64Array.from(query.hashes, (h) => BigInt.asUintN(64, h))
+            : computeBlockHashes(tokens!, bs, hashOpts!)
+      for (const t of router.tierMatches(seq, device) ?? []) {
+        let m = lower.get(t.workerId)
+        if (m === undefined) {
+          m = new Map()
+          lower.set(t.workerId, m)
+        }
+        const had = m.get(rank)
+        m.set(rank, { cpu: Math.max(had?.cpu ?? 0, t.cpu * bs), disk: Math.max(had?.disk ?? 0, t.disk * bs) })
+      }
     }
-    return scoreBody(scores)
+    return scoreBody(scores, lower)
   }
 
   /** The /workers list. */
@@ -821,22 +851,40 @@ export class IndexerService {
 }
 
 /**
- * The /query answer (Dynamo's ScoreResponse) as JSON text, written directly: per instance, the tokens
- * per rank, and the summary whose gpu (the best rank) is also cpu, disk and longest_matched.
+ * The /query answer (Dynamo's ScoreResponse) as JSON text, written directly: per instance, the device
+ * tokens per rank, and the summary: gpu (the best rank's device tokens), cpu and disk (the best rank's
+ * match continued on the host tier, then on disk and external; gpu without lower-tier blocks) and
+ * longest_matched (the largest). An instance matched only on lower tiers has its ranks at 0.
  */
-function scoreBody(scores: Map<bigint, Map<number, number>>): string {
+function scoreBody(scores: Map<bigint, Map<number, number>>, lower: Map<bigint, Map<number, { cpu: number; disk: number }>>): string {
   let s = ''
   let inst = ''
-  for (const [id, ranks] of scores) {
+  const ids = [...scores.keys()]
+  for (const id of lower.keys()) if (!scores.has(id)) ids.push(id)
+  for (const id of ids) {
+    const ranks = scores.get(id)
+    const low = lower.get(id)
     let dp = ''
+    let dev = ''
     let gpu = 0
-    for (const [rank, tokens] of ranks) {
-      dp += dp.length === 0 ? `"${rank}":${tokens}` : `,"${rank}":${tokens}`
-      if (tokens > gpu) gpu = tokens
-    }
-    const sep = s.length === 0 ? '' : ','
-    s += `${sep}"${id}":{${dp}}`
-    inst += `${sep}"${id}":{"longest_matched":${gpu},"gpu":${gpu},"dp":{${dp}},"cpu":${gpu},"disk":${gpu}}`
+    let cpu = 0
+    let disk = 0
+    if (ranks !== undefined)
+      for (const [rank, tokens] of ranks) {
+        dp += dp.length === 0 ? `"${rank}":${tokens}` : `,"${rank}":${tokens}`
+        if (tokens > gpu) gpu = tokens
+      }
+    dev = dp
+    if (low !== undefined)
+      for (const [rank, t] of low) {
+        if (ranks === undefined || !ranks.has(rank)) dp += dp.length === 0 ? `"${rank}":0` : `,"${rank}":0`
+        if (t.cpu > cpu) cpu = t.cpu
+        if (t.disk > disk) disk = t.disk
+      }
+    if (gpu > cpu) cpu = gpu
+    if (cpu > disk) disk = cpu
+    if (ranks !== undefined) s += `${s.length === 0 ? '' : ','}"${id}":{${dev}}`
+    inst += `${inst.length === 0 ? '' : ','}"${id}":{"longest_matched":${disk},"gpu":${gpu},"dp":{${dp}},"cpu":${cpu},"disk":${disk}}`
   }
   return `{"scores":{${s}},"frequencies":[],"instances":{${inst}}}`
 }
