@@ -11,7 +11,7 @@
 import test from 'ava'
 import { readFileSync } from 'node:fs'
 import { EngineSimulator } from '../ts/sim/index.js'
-import { IndexerService } from '../ts/indexer/service.js'
+import { IndexerService, type IndexerServiceOptions } from '../ts/indexer/service.js'
 import { KvRouter } from '../ts/router/router.js'
 import { silentLogger } from '../ts/util/log.js'
 import { type JsonNode, parseJson } from '../ts/indexer/json.js'
@@ -74,8 +74,8 @@ interface Setup {
   close: () => Promise<void>
 }
 
-async function setup(): Promise<Setup> {
-  const svc = new IndexerService()
+async function setup(opts: IndexerServiceOptions = {}): Promise<Setup> {
+  const svc = new IndexerService(opts)
   const { port } = await svc.listen(0)
   const sims: EngineSimulator[] = []
   const register = async (id: number, sim: EngineSimulator, rank: number, model: string) => {
@@ -392,6 +392,46 @@ test('cache salts sent by engines are hashed in: /query matches them only with t
     await check(83)
     await check(86)
     await check(87)
+  } finally {
+    await x.close()
+  }
+})
+
+test('the test-only routes pause a listener (blocks kept, its batches missed) and resume it (missed batches replayed from the cursor)', async (t) => {
+  const x = await setup({ testEndpoints: true })
+  try {
+    const w1 = await x.engine(1)
+    const all = [w1]
+    await listening(x.port, 1, w1)
+    const query = JSON.stringify({ token_ids: range(1300, 16), model_name: 'llama' })
+    // (keys in canonical order: answers() compares JSON text)
+    const tokens = (n: number) => ({
+      frequencies: [],
+      instances: { 1: { cpu: `#${n}`, disk: `#${n}`, dp: { 0: `#${n}` }, gpu: `#${n}`, longest_matched: `#${n}` } },
+      scores: { 1: { 0: `#${n}` } },
+    })
+    await w1.sendPayload(batch(stored([1300, 1301], range(1300, 8))))
+    t.deepEqual(await answers(x.port, query, tokens(8), all), tokens(8))
+    const pause = (b: object) => postJson(x.port, '/test/pause_listener', JSON.stringify(b))
+    const resume = (b: object) => postJson(x.port, '/test/resume_listener', JSON.stringify(b))
+    t.deepEqual(
+      [(await pause({ instance_id: 1 })).status, (await pause({ instance_id: 1 })).body],
+      [200, '{"error":"instance 1 dp_rank 0 cannot be paused from status paused"}'],
+    )
+    t.deepEqual(
+      [(await pause({ instance_id: 9 })).status, (await pause({ instance_id: 1, dp_rank: 2 })).body],
+      [404, '{"error":"instance 1 dp_rank 2 not found"}'],
+    )
+    const workers = JSON.parse((await http(x.port, 'GET', '/workers')).body) as { listeners: Record<string, { status: string }> }[]
+    t.is(workers[0]!.listeners['0']!.status, 'paused')
+    // published while paused: no SUB is connected, so the batch is not received; the blocks stay
+    await w1.sendPayload(batch(stored([1302], range(1308, 4), { parent: 1301 })))
+    t.deepEqual(canonicalText((await postJson(x.port, '/query', query)).body), tokens(8))
+    t.is((await resume({ instance_id: 1 })).status, 200)
+    t.is((await resume({ instance_id: 1 })).body, '{"error":"instance 1 dp_rank 0 cannot be resumed from status active"}')
+    // the next batch shows the gap: the missed one is replayed from the kept cursor
+    await w1.sendPayload(batch(stored([1303], range(1312, 4), { parent: 1302 })))
+    t.deepEqual(await answers(x.port, query, tokens(16), all), tokens(16))
   } finally {
     await x.close()
   }

@@ -14,6 +14,7 @@ export interface IndexerFlags extends LogOptions {
   engineSilence: number
   queryBodyLimit: number
   bodyLimit: number
+  testEndpoints?: boolean
 }
 
 function define(program: Command): Command {
@@ -67,6 +68,14 @@ function define(program: Command): Command {
         'DYNAMO_KV_INDEXER_BODY_LIMIT',
         intArg(1024, 1 << 30),
       ).default(2 * 1024 * 1024),
+    )
+    .addOption(
+      opt(
+        '--test-endpoints',
+        'serve the test-only routes /test/pause_listener and /test/resume_listener (also when ' +
+          'DYN_KV_INDEXER_TEST_ENDPOINTS is 1, true, yes or on, as Dynamo)',
+        null,
+      ),
     )
   addLogOptions(cmd)
   cmd.addHelpText(

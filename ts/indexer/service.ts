@@ -63,6 +63,11 @@ export interface IndexerServiceOptions {
    * in ms (default 5000; 0 never): an endpoint nothing publishes on is otherwise accepted in silence.
    */
   engineSilenceMs?: number
+  /**
+   * Serve the test-only routes POST /test/pause_listener and /test/resume_listener (Dynamo's with
+   * DYN_KV_INDEXER_TEST_ENDPOINTS set); default false (404).
+   */
+  testEndpoints?: boolean
 }
 
 const JSON_TYPE = 'application/json'
@@ -163,6 +168,10 @@ const UNREGISTER: Record<string, FieldSpec> = {
   dp_rank: optU32,
   tenant_id: optStr,
 }
+const LISTENER_CONTROL: Record<string, FieldSpec> = {
+  instance_id: { read: readU64 },
+  dp_rank: optU32,
+}
 const QUERY: Record<string, FieldSpec> = {
   token_ids: { read: (p, v) => readSeq(p, v, readU32) },
   model_name: str,
@@ -253,6 +262,7 @@ export class IndexerService {
   readonly queryBodyLimit: number
   readonly bodyLimit: number
   readonly #silenceMs: number
+  readonly #testEndpoints: boolean
   #server: Server | null = null
   /** Dynamo's indexer metric families (GET /metrics). */
   readonly registry = new Registry()
@@ -269,6 +279,7 @@ export class IndexerService {
     this.queryBodyLimit = opts.queryBodyLimit ?? 8 * 1024 * 1024
     this.bodyLimit = opts.bodyLimit ?? 2 * 1024 * 1024
     this.#silenceMs = opts.engineSilenceMs ?? 5000
+    this.#testEndpoints = opts.testEndpoints === true
     const registers = [this.registry]
     this.#requests = new Counter({
       name: 'dynamo_kvindexer_requests_total',
@@ -312,8 +323,8 @@ export class IndexerService {
       labelNames: ['status'],
       registers,
       collect() {
-        const counts = { active: 0, pending: 0 }
-        for (const w of self.workers() as { listeners: Map<number, { status: 'active' | 'pending' }> }[])
+        const counts = { active: 0, pending: 0, paused: 0 }
+        for (const w of self.workers() as { listeners: Map<number, { status: 'active' | 'pending' | 'paused' }> }[])
           for (const l of w.listeners.values()) counts[l.status]++
         this.reset()
         for (const [status, n] of Object.entries(counts)) this.set({ status }, n)
@@ -576,6 +587,34 @@ export class IndexerService {
     return scoreBody(scores, lower)
   }
 
+  /** A listener's /workers status: paused (test route), pending (nothing heard from the engine yet) or active. */
+  #listenerStatus(inst: Instance, rank: number): 'active' | 'pending' | 'paused' {
+    const source = this.#partitions.get(pkey(inst.model, inst.group))?.routers.get(rank)?.engineSources().get(inst.id)
+    if (source?.paused) return 'paused'
+    // deliberate: a listener that has not heard from its engine yet is pending (Dynamo: active at once)
+    return (source?.stats().received ?? 0n) > 0n ? 'active' : 'pending'
+  }
+
+  /**
+   * The test-only routes: pause (close its SUB, keeping its blocks and seq cursor) or resume (a fresh SUB)
+   * one listener. 404 for an unknown instance or rank, 409 from the wrong status.
+   */
+  listenerControl(b: { instance_id: bigint; dp_rank?: number | null }, action: 'pause' | 'resume'): Promise<void> {
+    return this.#serial(async () => {
+      const inst = this.#instances.get(b.instance_id)
+      if (inst === undefined) throw new HttpError(404, `instance ${b.instance_id} not found`)
+      const rank = b.dp_rank ?? 0
+      if (!inst.ranks.has(rank)) throw new HttpError(404, `instance ${b.instance_id} dp_rank ${rank} not found`)
+      const status = this.#listenerStatus(inst, rank)
+      if ((action === 'pause') === (status === 'paused'))
+        throw new HttpError(409, `instance ${b.instance_id} dp_rank ${rank} cannot be ${action}d from status ${status}`)
+      const router = this.#partitions.get(pkey(inst.model, inst.group))?.routers.get(rank)
+      if (action === 'pause') await router?.pauseEngine(inst.id)
+      else await router?.resumeEngine(inst.id)
+      this.#log.info({ instance_id: inst.id.toString(), dp_rank: rank }, action === 'pause' ? 'listener paused' : 'listener resumed')
+    })
+  }
+
   /** The /workers list. */
   workers(filter: { model?: string; group?: string } = {}) {
     const out: unknown[] = []
@@ -589,9 +628,9 @@ export class IndexerService {
       for (const [r, l] of inst.ranks) {
         endpoints.set(r, l.endpoint)
         // deliberate: a listener that has not heard from its engine yet is pending (Dynamo: active at once)
-        const heard = (part?.routers.get(r)?.engineSources().get(inst.id)?.stats().received ?? 0n) > 0n
-        pending ||= !heard
-        listeners.set(r, { endpoint: l.endpoint, status: heard ? 'active' : 'pending' })
+        const status = this.#listenerStatus(inst, r)
+        pending ||= status === 'pending'
+        listeners.set(r, { endpoint: l.endpoint, status })
       }
       out.push({
         instance_id: inst.id,
@@ -687,7 +726,7 @@ export class IndexerService {
   async #route(method: string, url: string, contentType: string | undefined, raw: string): Promise<IndexerReply> {
     const q = url.indexOf('?')
     const path = q < 0 ? url : url.slice(0, q)
-    const allow = ROUTES.get(path)
+    const allow = ROUTES.get(path) ?? (this.#testEndpoints ? TEST_ROUTES.get(path) : undefined)
     if (allow === undefined) return empty(404)
     const m = method === 'HEAD' && allow === 'GET' ? 'GET' : method
     if (m !== allow) return empty(405, { allow: allow === 'GET' ? 'GET,HEAD' : allow })
@@ -747,6 +786,12 @@ export class IndexerService {
           )
         const hashes = b.block_hashes.map((h) => BigInt.asUintN(64, h))
         return { status: 200, contentType: JSON_TYPE, body: this.score(b.model_name, b.routing_group ?? 'default', { hashes }) }
+      }
+      case '/test/pause_listener':
+      case '/test/resume_listener': {
+        const b = body(raw, 'ListenerControlRequest', LISTENER_CONTROL) as { instance_id: bigint; dp_rank?: number | null }
+        await this.listenerControl(b, path === '/test/pause_listener' ? 'pause' : 'resume')
+        return json(200, OK)
       }
       case '/register_peer': {
         const b = body(raw, 'PeerRequest', PEER) as { url: string }
@@ -902,6 +947,12 @@ const ROUTES = new Map<string, string>([
   ['/register_peer', 'POST'],
   ['/deregister_peer', 'POST'],
   ['/reopen_logs', 'POST'],
+])
+
+/** The test-only routes, served with `testEndpoints`. */
+const TEST_ROUTES = new Map<string, string>([
+  ['/test/pause_listener', 'POST'],
+  ['/test/resume_listener', 'POST'],
 ])
 
 function isJson(ct: string | undefined): boolean {

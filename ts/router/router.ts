@@ -977,6 +977,25 @@ export class KvRouter {
   }
 
   /**
+   * Closes an engine's ZeroMQ SUB sockets, keeping its blocks and sequence cursors (ZmqSource.pause).
+   * false when the engine was not added.
+   */
+  async pauseEngine(workerId: bigint): Promise<boolean> {
+    const e = this.#engines.get(u64('workerId', workerId))
+    if (e === undefined) return false
+    await e.source.pause()
+    return true
+  }
+
+  /** Reopens a paused engine's SUB sockets (ZmqSource.resume). false when the engine was not added. */
+  async resumeEngine(workerId: bigint): Promise<boolean> {
+    const e = this.#engines.get(u64('workerId', workerId))
+    if (e === undefined) return false
+    await e.source.resume()
+    return true
+  }
+
+  /**
    * Option `tiers`: each worker rank's match of `tokensHashes` continued on the lower tiers from its
    * device match (`device`: blocks by `${workerId}:${dpRank}`, e.g. from findMatches). Ranks with
    * nothing on any tier are left out; null without the option.
