@@ -13,6 +13,7 @@ import { readFileSync } from 'node:fs'
 import { EngineSimulator } from '../ts/sim/index.js'
 import { IndexerService, type IndexerServiceOptions } from '../ts/indexer/service.js'
 import { KvRouter } from '../ts/router/router.js'
+import { computeBlockHashes } from '../ts/core/api.js'
 import { silentLogger } from '../ts/util/log.js'
 import { type JsonNode, parseJson } from '../ts/indexer/json.js'
 import { arr, encode, f64, map, nil, s, u, type Mp } from './helpers/mp.js'
@@ -434,5 +435,46 @@ test('the test-only routes pause a listener (blocks kept, its batches missed) an
     t.deepEqual(await answers(x.port, query, tokens(16), all), tokens(16))
   } finally {
     await x.close()
+  }
+})
+
+test('KvRouter engines with `tiers`: lower-tier blocks continue the device match; the option is checked', async (t) => {
+  await t.throwsAsync(
+    KvRouter.create({ kvBlockSize: 4, source: { kind: 'engines', engines: [] }, logger: silentLogger, tiers: 1 as unknown as boolean }),
+    { message: /tiers must be a boolean, got number 1/ },
+  )
+  await t.throwsAsync(
+    KvRouter.create({ kvBlockSize: 4, source: { kind: 'event-plane', namespace: 'n', component: 'c' }, logger: silentLogger, tiers: true }),
+    { message: /tiers needs source kind 'engines'/ },
+  )
+  const plain = await KvRouter.create({ kvBlockSize: 4, source: { kind: 'engines', engines: [] }, logger: silentLogger })
+  t.is(plain.tierMatches(new BigUint64Array(1), new Map()), null)
+  await plain.close()
+  const router = await KvRouter.create({ kvBlockSize: 4, source: { kind: 'engines', engines: [] }, logger: silentLogger, tiers: true })
+  const sim = await EngineSimulator.create({ kvBlockSize: 4, replayEndpoint: 'tcp://127.0.0.1:0' })
+  try {
+    await router.addEngine({ workerId: 5n, endpoint: sim.endpoint, replayEndpoint: sim.replayEndpoint! })
+    t.false(await router.pauseEngine(6n))
+    t.false(await router.resumeEngine(6n))
+    const T = range(2000, 16)
+    await sim.sendPayload(batch(stored([1, 2], T.slice(0, 8)), stored([3], T.slice(8, 12), { parent: 2, medium: 'CPU' })))
+    await sim.sendPayload(batch(stored([4], T.slice(12, 16), { parent: 3, medium: 'EXTERNAL' })))
+    const seq = computeBlockHashes(T, 4)
+    let m: ReturnType<KvRouter['tierMatches']> = null
+    for (let k = 0; k < 200; k++) {
+      const device = new Map(router.findMatchesForHashes(seq).scores.map((w) => [`${w.workerId}:${w.dpRank}`, w.score]))
+      m = router.tierMatches(seq, device)
+      if (m?.[0]?.disk === 4) break
+      await sim.heartbeat()
+      await new Promise((r) => setTimeout(r, 25))
+    }
+    t.deepEqual(m, [{ workerId: 5n, dpRank: 0, device: 2, cpu: 3, disk: 4 }])
+    // the same blocks from another parent are another chain: nothing continues
+    t.deepEqual(router.tierMatches(computeBlockHashes(T.slice(8, 16), 4), new Map()), [])
+    t.true(await router.removeEngine(5n))
+    t.deepEqual(router.tierMatches(seq, new Map()), [])
+  } finally {
+    sim.close()
+    await router.close()
   }
 })
