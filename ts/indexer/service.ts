@@ -554,11 +554,12 @@ export class IndexerService {
       // the router of a registered rank holds only that rank's engines: what they index (under the
       // batch's rank, or rank 0 for a batch without one) is that rank's
       const list = s.scores
-      const device = new Map<string, number>()
+      // the lower tiers are walked only when some engine reported blocks there
+      const device = router.lowerTierBlocks > 0 ? new Map<string, number>() : null
       for (let i = 0; i < list.length; i++) {
         const w = list[i]!
         if (w.score <= 0) continue
-        device.set(`${w.workerId}:${w.dpRank}`, w.score)
+        device?.set(`${w.workerId}:${w.dpRank}`, w.score)
         let m = scores.get(w.workerId)
         if (m === undefined) {
           m = new Map<number, number>()
@@ -569,6 +570,7 @@ export class IndexerService {
         if (had === undefined || t > had) m.set(rank, t)
       }
       // lower tiers: each rank's match continued from its last device block (section 11)
+      if (device === null) continue
       if (seq === null)
         seq =
           query.hashes !== undefined

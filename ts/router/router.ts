@@ -995,6 +995,11 @@ export class KvRouter {
     return true
   }
 
+  /** Option `tiers`: the lower-tier blocks held over all engines (0 without the option). */
+  get lowerTierBlocks(): number {
+    return this.#tiers?.lowerBlocks ?? 0
+  }
+
   /**
    * Option `tiers`: each worker rank's match of `tokensHashes` continued on the lower tiers from its
    * device match (`device`: blocks by `${workerId}:${dpRank}`, e.g. from findMatches). Ranks with

@@ -2,18 +2,21 @@
 // (host_pinned, disk, external), as Dynamo 1.6's lower-tier indexers see it. The device tier is scored by
 // the RadixIndex; this keeps each tier's blocks per (worker, dp rank) as (parent hash, tokens hash) →
 // block hash links, so that a match can be continued on a lower tier from the last device block (the
-// continuation is anchored on that block's engine hash, as Dynamo's).
+// continuation is anchored on that block's engine hash, as Dynamo's). A link's key is one 128-bit BigInt,
+// parent << 64 | tokens hash (about 115 bytes of heap per block with its reverse entry; strings took twice that).
 
 import type { RouterEventValue, StorageTier } from '../core/api.js'
 
 const TIER_ORDER: readonly StorageTier[] = ['device', 'host_pinned', 'disk', 'external']
-const ROOT = -1n
+/** The parent of a block stored from the root (no engine hash is 2^64). */
+const ROOT = 1n << 64n
+const link = (parent: bigint, tokensHash: bigint) => (parent << 64n) | tokensHash
 
 interface Tier {
-  /** `${parent}:${tokensHash}` → block hash (parent -1 for a block from the root). */
-  children: Map<string, bigint>
+  /** link(parent, tokensHash) → block hash (parent ROOT for a block from the root). */
+  children: Map<bigint, bigint>
   /** block hash → its link key, for removal. */
-  links: Map<bigint, string>
+  links: Map<bigint, bigint>
 }
 
 /** A worker rank's continuation: blocks matched cumulatively through each tier. */
@@ -28,6 +31,8 @@ export interface TierMatch {
 
 /** Per (worker, dp rank) blocks per storage tier (engines source with `tiers`). */
 export class TierBlocks {
+  /** Lower-tier blocks held over all ranks (0: every answer is the device one, nothing to walk). */
+  #lower = 0
   readonly #ranks = new Map<string, { workerId: bigint; dpRank: number; tiers: Map<StorageTier, Tier>; lower: number }>()
 
   /** Applies one decoded router event (any tier). */
@@ -36,6 +41,7 @@ export class TierBlocks {
     const k = `${ev.workerId}:${ev.event.dpRank}`
     const d = ev.event.data
     if (d.type === 'cleared') {
+      this.#lower -= this.#ranks.get(k)?.lower ?? 0
       this.#ranks.delete(k)
       return
     }
@@ -54,28 +60,43 @@ export class TierBlocks {
     if (d.type === 'stored') {
       let parent = d.parentHash ?? ROOT
       for (const b of d.blocks) {
-        const link = `${parent}:${b.tokensHash}`
+        const k = link(parent, b.tokensHash)
         if (!t.links.has(b.blockHash)) {
-          t.children.set(link, b.blockHash)
-          t.links.set(b.blockHash, link)
-          if (tier !== 'device') r.lower++
+          t.children.set(k, b.blockHash)
+          t.links.set(b.blockHash, k)
+          if (tier !== 'device') {
+            r.lower++
+            this.#lower++
+          }
         }
         parent = b.blockHash
       }
     } else {
       for (const h of d.blockHashes) {
-        const link = t.links.get(h)
-        if (link === undefined) continue
+        const k = t.links.get(h)
+        if (k === undefined) continue
         t.links.delete(h)
-        if (t.children.get(link) === h) t.children.delete(link)
-        if (tier !== 'device') r.lower--
+        if (t.children.get(k) === h) t.children.delete(k)
+        if (tier !== 'device') {
+          r.lower--
+          this.#lower--
+        }
       }
     }
   }
 
   /** Forgets a worker (every rank, every tier). */
   removeWorker(workerId: bigint): void {
-    for (const [k, r] of this.#ranks) if (r.workerId === workerId) this.#ranks.delete(k)
+    for (const [k, r] of this.#ranks)
+      if (r.workerId === workerId) {
+        this.#lower -= r.lower
+        this.#ranks.delete(k)
+      }
+  }
+
+  /** Lower-tier blocks held (all ranks). */
+  get lowerBlocks(): number {
+    return this.#lower
   }
 
   /**
@@ -96,7 +117,7 @@ export class TierBlocks {
       let i = 0
       const dt = r.tiers.get('device')
       while (i < dev && dt !== undefined) {
-        const h = dt.children.get(`${anchor}:${seq[i]}`)
+        const h = dt.children.get(link(anchor, seq[i]!))
         if (h === undefined) break
         anchor = h
         i++
@@ -106,7 +127,7 @@ export class TierBlocks {
         const t = r.tiers.get(tier)
         if (t === undefined) return
         while (i < seq.length) {
-          const h = t.children.get(`${anchor}:${seq[i]}`)
+          const h = t.children.get(link(anchor, seq[i]!))
           if (h === undefined) return
           anchor = h
           i++
