@@ -95,6 +95,8 @@ test.serial('the test-only listener routes are served with --test-endpoints or D
     [[], { DYN_KV_INDEXER_TEST_ENDPOINTS: '0' }, false],
     [[], { DYN_KV_INDEXER_TEST_ENDPOINTS: 'true' }, true],
     [['--test-endpoints'], {}, true],
+    [['--test-endpoints', 'no'], {}, false],
+    [[], { DYN_KV_INDEXER_TEST_ENDPOINTS: 'On' }, true],
   ] as [string[], Record<string, string>, boolean][]) {
     const run = startCli(['indexer', '--port', '0', '--log-format', 'json', ...args], env)
     const ready = await run.waitForLog((r) => r.msg === 'indexer listening')

@@ -48,11 +48,6 @@ function entryText(v: ReturnType<typeof parseJson>): string {
   }
 }
 
-/** Dynamo's reading of a boolean variable: 1, true, yes or on (any case). */
-function truthy(v: string | undefined): boolean {
-  return v !== undefined && ['1', 'true', 'yes', 'on'].includes(v.trim().toLowerCase())
-}
-
 export async function run(cmd: Command): Promise<number> {
   const o = cmd.opts<IndexerFlags>()
   const log = loggerFrom(o, 'indexer')
@@ -62,7 +57,7 @@ export async function run(cmd: Command): Promise<number> {
     queryBodyLimit: o.queryBodyLimit,
     bodyLimit: o.bodyLimit,
     engineSilenceMs: o.engineSilence * 1000,
-    testEndpoints: o.testEndpoints === true || truthy(process.env.DYN_KV_INDEXER_TEST_ENDPOINTS),
+    testEndpoints: o.testEndpoints === true,
   })
   const signals = untilSignal(log)
   try {

@@ -17,6 +17,11 @@ export interface IndexerFlags extends LogOptions {
   testEndpoints?: boolean
 }
 
+/** Dynamo's reading of a boolean variable: 1, true, yes or on (any case); anything else is off. */
+function truthy(v: string): boolean {
+  return ['1', 'true', 'yes', 'on'].includes(v.trim().toLowerCase())
+}
+
 function define(program: Command): Command {
   const cmd = program
     .command('indexer')
@@ -71,10 +76,11 @@ function define(program: Command): Command {
     )
     .addOption(
       opt(
-        '--test-endpoints',
-        'serve the test-only routes /test/pause_listener and /test/resume_listener (also when ' +
-          'DYN_KV_INDEXER_TEST_ENDPOINTS is 1, true, yes or on, as Dynamo)',
-        null,
+        '--test-endpoints [on]',
+        "serve the test-only routes /test/pause_listener and /test/resume_listener (Dynamo's variable: on " +
+          'for 1, true, yes or on, any case)',
+        'DYN_KV_INDEXER_TEST_ENDPOINTS',
+        truthy,
       ),
     )
   addLogOptions(cmd)
