@@ -11,8 +11,9 @@
 import test from 'ava'
 import { readFileSync } from 'node:fs'
 import { EngineSimulator } from '../ts/sim/index.js'
-import { IndexerService } from '../ts/indexer/service.js'
+import { IndexerService, type IndexerServiceOptions } from '../ts/indexer/service.js'
 import { KvRouter } from '../ts/router/router.js'
+import { computeBlockHashes } from '../ts/core/api.js'
 import { silentLogger } from '../ts/util/log.js'
 import { type JsonNode, parseJson } from '../ts/indexer/json.js'
 import { arr, encode, f64, map, nil, s, u, type Mp } from './helpers/mp.js'
@@ -39,19 +40,28 @@ function exchange(n: number): { body: string; response: JsonNode } {
 
 const range = (a: number, n: number) => Array.from({ length: n }, (_, k) => a + k)
 
-function stored(hashes: number[], tokens: number[], opts: { parent?: number; lora?: string } = {}): Mp {
-  return map({
+function stored(
+  hashes: number[],
+  tokens: number[],
+  opts: { parent?: number; lora?: string; medium?: string; salt?: string; saltKey?: string } = {},
+): Mp {
+  const fields: Record<string, Mp> = {
     type: s('BlockStored'),
     block_hashes: arr(...hashes.map((h) => u(h))),
     parent_block_hash: opts.parent === undefined ? nil : u(opts.parent),
     token_ids: arr(...tokens.map((x) => u(x))),
     block_size: u(4),
     lora_id: nil,
-    medium: s('GPU'),
+    medium: s(opts.medium ?? 'GPU'),
     lora_name: opts.lora === undefined ? nil : s(opts.lora),
-  })
+  }
+  // vLLM tags the salt among the first block's extra keys; other engines send a cache_salt key
+  if (opts.salt !== undefined) fields.extra_keys = arr(arr(s(`dynamo-cache-salt:${opts.salt}`)), ...hashes.slice(1).map(() => nil))
+  if (opts.saltKey !== undefined) fields.cache_salt = s(opts.saltKey)
+  return map(fields)
 }
-const removed = (hashes: number[]): Mp => map({ type: s('BlockRemoved'), block_hashes: arr(...hashes.map((h) => u(h))), medium: s('GPU') })
+const removed = (hashes: number[], medium = 'GPU'): Mp =>
+  map({ type: s('BlockRemoved'), block_hashes: arr(...hashes.map((h) => u(h))), medium: s(medium) })
 const cleared = (): Mp => map({ type: s('AllBlocksCleared') })
 const batch = (...events: Mp[]) => encode(arr(f64(Date.now() / 1000), arr(...events), nil))
 /** A batch naming its dp rank (vLLM with data parallelism). */
@@ -65,8 +75,8 @@ interface Setup {
   close: () => Promise<void>
 }
 
-async function setup(): Promise<Setup> {
-  const svc = new IndexerService()
+async function setup(opts: IndexerServiceOptions = {}): Promise<Setup> {
+  const svc = new IndexerService(opts)
   const { port } = await svc.listen(0)
   const sims: EngineSimulator[] = []
   const register = async (id: number, sim: EngineSimulator, rank: number, model: string) => {
@@ -317,5 +327,154 @@ test('gaps with and without replay, late joiners, other LoRA names, foreign bloc
     await check(139)
   } finally {
     await x.close()
+  }
+})
+
+test('blocks on CPU and disk media extend a worker’s match as Dynamo’s lower tiers do (#89-#93)', async (t) => {
+  const x = await setup()
+  try {
+    const w1 = await x.engine(1)
+    const all = [w1]
+    const check = async (n: number) => t.deepEqual(await answers(x.port, exchange(n).body, dynamo(n), all), dynamo(n), `#${n}`)
+    // each tier from the root: 2 blocks on the GPU, 4 on the CPU, 6 on disk (#89)
+    const A = range(1064, 24)
+    await w1.sendPayload(
+      batch(
+        stored([1200, 1201], A.slice(0, 8)),
+        stored([1200, 1201, 1202, 1203], A.slice(0, 16), { medium: 'CPU' }),
+        stored(range(1200, 6), A, { medium: 'DISK' }),
+      ),
+    )
+    await check(89)
+    // each tier continuing the one before it (#90)
+    const B = range(1088, 24)
+    await w1.sendPayload(
+      batch(
+        stored([1210, 1211], B.slice(0, 8)),
+        stored([1212, 1213], B.slice(8, 16), { parent: 1211, medium: 'CPU_PINNED' }),
+        stored([1214, 1215], B.slice(16, 24), { parent: 1213, medium: 'NVME' }),
+      ),
+    )
+    await check(90)
+    // a prefix held only on the CPU: absent from scores, in instances with gpu 0 (#91)
+    await w1.sendPayload(batch(stored([1220, 1221], range(1112, 8), { medium: 'CPU' })))
+    await check(91)
+    // the CPU tier loses its 4th block: the CPU match stops at 3, the disk continues from there (#92)
+    await w1.sendPayload(batch(removed([1203], 'CPU')))
+    await check(92)
+    // a medium no tier stands for is dropped: nothing changes
+    await w1.sendPayload(batch(stored([1230, 1231], range(1112, 8), { medium: 'OBJ' })))
+    await check(91)
+    // AllBlocksCleared clears every tier (#93)
+    await w1.sendPayload(batch(cleared()))
+    await check(93)
+    t.deepEqual(canonicalText((await postJson(x.port, '/query', exchange(91).body)).body), { scores: {}, frequencies: [], instances: {} })
+  } finally {
+    await x.close()
+  }
+})
+
+test('cache salts sent by engines are hashed in: /query matches them only with the same cache_salt (#83-#87)', async (t) => {
+  const x = await setup()
+  try {
+    const w1 = await x.engine(1)
+    const all = [w1]
+    const check = async (n: number) => t.deepEqual(await answers(x.port, exchange(n).body, dynamo(n), all), dynamo(n), `#${n}`)
+    await w1.sendPayload(
+      batch(
+        stored([1240, 1241], range(1032, 8), { salt: 'tenant-x' }),
+        stored([1242, 1243], range(1040, 8), { saltKey: 'tenant-y' }),
+        // a LoRA adapter's blocks for the same tokens, unsalted
+        stored([1244, 1245], range(1032, 8), { lora: 'adapter-a' }),
+      ),
+    )
+    await check(84)
+    await check(85)
+    await check(83)
+    await check(86)
+    await check(87)
+  } finally {
+    await x.close()
+  }
+})
+
+test('the test-only routes pause a listener (blocks kept, its batches missed) and resume it (missed batches replayed from the cursor)', async (t) => {
+  const x = await setup({ testEndpoints: true })
+  try {
+    const w1 = await x.engine(1)
+    const all = [w1]
+    await listening(x.port, 1, w1)
+    const query = JSON.stringify({ token_ids: range(1300, 16), model_name: 'llama' })
+    // (keys in canonical order: answers() compares JSON text)
+    const tokens = (n: number) => ({
+      frequencies: [],
+      instances: { 1: { cpu: `#${n}`, disk: `#${n}`, dp: { 0: `#${n}` }, gpu: `#${n}`, longest_matched: `#${n}` } },
+      scores: { 1: { 0: `#${n}` } },
+    })
+    await w1.sendPayload(batch(stored([1300, 1301], range(1300, 8))))
+    t.deepEqual(await answers(x.port, query, tokens(8), all), tokens(8))
+    const pause = (b: object) => postJson(x.port, '/test/pause_listener', JSON.stringify(b))
+    const resume = (b: object) => postJson(x.port, '/test/resume_listener', JSON.stringify(b))
+    t.deepEqual(
+      [(await pause({ instance_id: 1 })).status, (await pause({ instance_id: 1 })).body],
+      [200, '{"error":"instance 1 dp_rank 0 cannot be paused from status paused"}'],
+    )
+    t.deepEqual(
+      [(await pause({ instance_id: 9 })).status, (await pause({ instance_id: 1, dp_rank: 2 })).body],
+      [404, '{"error":"instance 1 dp_rank 2 not found"}'],
+    )
+    const workers = JSON.parse((await http(x.port, 'GET', '/workers')).body) as { listeners: Record<string, { status: string }> }[]
+    t.is(workers[0]!.listeners['0']!.status, 'paused')
+    // published while paused: no SUB is connected, so the batch is not received; the blocks stay
+    await w1.sendPayload(batch(stored([1302], range(1308, 4), { parent: 1301 })))
+    t.deepEqual(canonicalText((await postJson(x.port, '/query', query)).body), tokens(8))
+    t.is((await resume({ instance_id: 1 })).status, 200)
+    t.is((await resume({ instance_id: 1 })).body, '{"error":"instance 1 dp_rank 0 cannot be resumed from status active"}')
+    // the next batch shows the gap: the missed one is replayed from the kept cursor
+    await w1.sendPayload(batch(stored([1303], range(1312, 4), { parent: 1302 })))
+    t.deepEqual(await answers(x.port, query, tokens(16), all), tokens(16))
+  } finally {
+    await x.close()
+  }
+})
+
+test('KvRouter engines with `tiers`: lower-tier blocks continue the device match; the option is checked', async (t) => {
+  await t.throwsAsync(
+    KvRouter.create({ kvBlockSize: 4, source: { kind: 'engines', engines: [] }, logger: silentLogger, tiers: 1 as unknown as boolean }),
+    { message: /tiers must be a boolean, got number 1/ },
+  )
+  await t.throwsAsync(
+    KvRouter.create({ kvBlockSize: 4, source: { kind: 'event-plane', namespace: 'n', component: 'c' }, logger: silentLogger, tiers: true }),
+    { message: /tiers needs source kind 'engines'/ },
+  )
+  const plain = await KvRouter.create({ kvBlockSize: 4, source: { kind: 'engines', engines: [] }, logger: silentLogger })
+  t.is(plain.tierMatches(new BigUint64Array(1), new Map()), null)
+  await plain.close()
+  const router = await KvRouter.create({ kvBlockSize: 4, source: { kind: 'engines', engines: [] }, logger: silentLogger, tiers: true })
+  const sim = await EngineSimulator.create({ kvBlockSize: 4, replayEndpoint: 'tcp://127.0.0.1:0' })
+  try {
+    await router.addEngine({ workerId: 5n, endpoint: sim.endpoint, replayEndpoint: sim.replayEndpoint! })
+    t.false(await router.pauseEngine(6n))
+    t.false(await router.resumeEngine(6n))
+    const T = range(2000, 16)
+    await sim.sendPayload(batch(stored([1, 2], T.slice(0, 8)), stored([3], T.slice(8, 12), { parent: 2, medium: 'CPU' })))
+    await sim.sendPayload(batch(stored([4], T.slice(12, 16), { parent: 3, medium: 'EXTERNAL' })))
+    const seq = computeBlockHashes(T, 4)
+    let m: ReturnType<KvRouter['tierMatches']> = null
+    for (let k = 0; k < 200; k++) {
+      const device = new Map(router.findMatchesForHashes(seq).scores.map((w) => [`${w.workerId}:${w.dpRank}`, w.score]))
+      m = router.tierMatches(seq, device)
+      if (m?.[0]?.disk === 4) break
+      await sim.heartbeat()
+      await new Promise((r) => setTimeout(r, 25))
+    }
+    t.deepEqual(m, [{ workerId: 5n, dpRank: 0, device: 2, cpu: 3, disk: 4 }])
+    // the same blocks from another parent are another chain: nothing continues
+    t.deepEqual(router.tierMatches(computeBlockHashes(T.slice(8, 16), 4), new Map()), [])
+    t.true(await router.removeEngine(5n))
+    t.deepEqual(router.tierMatches(seq, new Map()), [])
+  } finally {
+    sim.close()
+    await router.close()
   }
 })

@@ -86,3 +86,26 @@ test.serial('a port in use exits 2 naming it', async (t) => {
     busy.close()
   }
 })
+
+test.serial('the test-only listener routes are served with --test-endpoints or DYN_KV_INDEXER_TEST_ENDPOINTS, else 404', async (t) => {
+  const body = '{"instance_id":70}'
+  const headers = { 'content-type': 'application/json' }
+  for (const [args, env, mounted] of [
+    [[], {}, false],
+    [[], { DYN_KV_INDEXER_TEST_ENDPOINTS: '0' }, false],
+    [[], { DYN_KV_INDEXER_TEST_ENDPOINTS: 'true' }, true],
+    [['--test-endpoints'], {}, true],
+    [['--test-endpoints', 'no'], {}, false],
+    [[], { DYN_KV_INDEXER_TEST_ENDPOINTS: 'On' }, true],
+  ] as [string[], Record<string, string>, boolean][]) {
+    const run = startCli(['indexer', '--port', '0', '--log-format', 'json', ...args], env)
+    const ready = await run.waitForLog((r) => r.msg === 'indexer listening')
+    for (const path of ['/test/pause_listener', '/test/resume_listener']) {
+      const r = await http(ready.port as number, 'POST', path, body, headers)
+      if (mounted) t.deepEqual([r.status, r.body], [404, '{"error":"instance 70 not found"}'], `${path} ${args} ${JSON.stringify(env)}`)
+      else t.deepEqual([r.status, r.body], [404, ''], `${path} ${args} ${JSON.stringify(env)}`)
+    }
+    run.child.kill('SIGINT')
+    t.is(await run.exit, 0)
+  }
+})

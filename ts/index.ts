@@ -105,6 +105,7 @@ export {
   type RecoveryOutcome,
 } from './router/router.js'
 export type { Dynamo14Stats } from './router/dynamo14-source.js'
+export type { TierMatch } from './router/tiers.js'
 export {
   defaultSelector,
   defaultCost,

@@ -57,6 +57,7 @@ export async function run(cmd: Command): Promise<number> {
     queryBodyLimit: o.queryBodyLimit,
     bodyLimit: o.bodyLimit,
     engineSilenceMs: o.engineSilence * 1000,
+    testEndpoints: o.testEndpoints === true,
   })
   const signals = untilSignal(log)
   try {

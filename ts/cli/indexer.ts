@@ -14,6 +14,12 @@ export interface IndexerFlags extends LogOptions {
   engineSilence: number
   queryBodyLimit: number
   bodyLimit: number
+  testEndpoints?: boolean
+}
+
+/** Dynamo's reading of a boolean variable: 1, true, yes or on (any case); anything else is off. */
+function truthy(v: string): boolean {
+  return ['1', 'true', 'yes', 'on'].includes(v.trim().toLowerCase())
 }
 
 function define(program: Command): Command {
@@ -67,6 +73,15 @@ function define(program: Command): Command {
         'DYNAMO_KV_INDEXER_BODY_LIMIT',
         intArg(1024, 1 << 30),
       ).default(2 * 1024 * 1024),
+    )
+    .addOption(
+      opt(
+        '--test-endpoints [on]',
+        "serve the test-only routes /test/pause_listener and /test/resume_listener (Dynamo's variable: on " +
+          'for 1, true, yes or on, any case)',
+        'DYN_KV_INDEXER_TEST_ENDPOINTS',
+        truthy,
+      ),
     )
   addLogOptions(cmd)
   cmd.addHelpText(

@@ -9,6 +9,7 @@ import type { AddressInfo } from 'node:net'
 import { Counter, Gauge, Histogram, Registry } from 'prom-client'
 import { type Logger, silentLogger } from '../util/log.js'
 import { KvRouter } from '../router/router.js'
+import { computeBlockHashes } from '../core/api.js'
 import {
   type FieldSpec,
   type JsonNode,
@@ -62,6 +63,11 @@ export interface IndexerServiceOptions {
    * in ms (default 5000; 0 never): an endpoint nothing publishes on is otherwise accepted in silence.
    */
   engineSilenceMs?: number
+  /**
+   * Serve the test-only routes POST /test/pause_listener and /test/resume_listener (Dynamo's with
+   * DYN_KV_INDEXER_TEST_ENDPOINTS set); default false (404).
+   */
+  testEndpoints?: boolean
 }
 
 const JSON_TYPE = 'application/json'
@@ -162,6 +168,10 @@ const UNREGISTER: Record<string, FieldSpec> = {
   dp_rank: optU32,
   tenant_id: optStr,
 }
+const LISTENER_CONTROL: Record<string, FieldSpec> = {
+  instance_id: { read: readU64 },
+  dp_rank: optU32,
+}
 const QUERY: Record<string, FieldSpec> = {
   token_ids: { read: (p, v) => readSeq(p, v, readU32) },
   model_name: str,
@@ -252,6 +262,7 @@ export class IndexerService {
   readonly queryBodyLimit: number
   readonly bodyLimit: number
   readonly #silenceMs: number
+  readonly #testEndpoints: boolean
   #server: Server | null = null
   /** Dynamo's indexer metric families (GET /metrics). */
   readonly registry = new Registry()
@@ -268,6 +279,7 @@ export class IndexerService {
     this.queryBodyLimit = opts.queryBodyLimit ?? 8 * 1024 * 1024
     this.bodyLimit = opts.bodyLimit ?? 2 * 1024 * 1024
     this.#silenceMs = opts.engineSilenceMs ?? 5000
+    this.#testEndpoints = opts.testEndpoints === true
     const registers = [this.registry]
     this.#requests = new Counter({
       name: 'dynamo_kvindexer_requests_total',
@@ -311,8 +323,8 @@ export class IndexerService {
       labelNames: ['status'],
       registers,
       collect() {
-        const counts = { active: 0, pending: 0 }
-        for (const w of self.workers() as { listeners: Map<number, { status: 'active' | 'pending' }> }[])
+        const counts = { active: 0, pending: 0, paused: 0 }
+        for (const w of self.workers() as { listeners: Map<number, { status: 'active' | 'pending' | 'paused' }> }[])
           for (const l of w.listeners.values()) counts[l.status]++
         this.reset()
         for (const [status, n] of Object.entries(counts)) this.set({ status }, n)
@@ -367,7 +379,12 @@ export class IndexerService {
     }
     let router = part.routers.get(rank)
     if (router === undefined) {
-      router = await KvRouter.create({ kvBlockSize: r.block_size, source: { kind: 'engines', engines: [] }, logger: this.#log })
+      router = await KvRouter.create({
+        kvBlockSize: r.block_size,
+        source: { kind: 'engines', engines: [] },
+        logger: this.#log,
+        tiers: true,
+      })
       part.routers.set(rank, router)
     }
     try {
@@ -472,7 +489,12 @@ export class IndexerService {
           const rank = readU32('dp_rank', field(inner, 'dp_rank') ?? { t: 'num', raw: '0', end: 0 })
           let router = p.routers.get(rank)
           if (router === undefined) {
-            router = await KvRouter.create({ kvBlockSize: blockSize, source: { kind: 'engines', engines: [] }, logger: this.#log })
+            router = await KvRouter.create({
+              kvBlockSize: blockSize,
+              source: { kind: 'engines', engines: [] },
+              logger: this.#log,
+              tiers: true,
+            })
             p.routers.set(rank, router)
           }
           const parent = field(stored, 'parent_hash')
@@ -515,11 +537,13 @@ export class IndexerService {
     const part = this.#partitions.get(pkey(model, group))
     if (part === undefined) throw new HttpError(404, `no indexer for model=${model} routing_group=${group}`)
     const scores = new Map<bigint, Map<number, number>>()
+    const lower = new Map<bigint, Map<number, { cpu: number; disk: number }>>()
     const bs = part.blockSize
     // only full blocks are hashed (Dynamo ignores a trailing partial block); the hashing and the lookup
     // are one call into the index
     const tokens = query.tokens === undefined ? null : query.tokens instanceof Uint32Array ? query.tokens : Uint32Array.from(query.tokens)
     const hashOpts = tokens === null ? null : { loraName: query.loraName || null, cacheSalt: query.cacheSalt || null }
+    let seq: BigUint64Array | null = null
     for (const [rank, router] of part.routers) {
       let s: ReturnType<KvRouter['findMatches']>
       if (query.hashes !== undefined) s = router.findMatchesForHashes(query.hashes)
@@ -530,9 +554,12 @@ export class IndexerService {
       // the router of a registered rank holds only that rank's engines: what they index (under the
       // batch's rank, or rank 0 for a batch without one) is that rank's
       const list = s.scores
+      // the lower tiers are walked only when some engine reported blocks there
+      const device = router.lowerTierBlocks > 0 ? new Map<string, number>() : null
       for (let i = 0; i < list.length; i++) {
         const w = list[i]!
         if (w.score <= 0) continue
+        device?.set(`${w.workerId}:${w.dpRank}`, w.score)
         let m = scores.get(w.workerId)
         if (m === undefined) {
           m = new Map<number, number>()
@@ -542,8 +569,52 @@ export class IndexerService {
         const had = m.get(rank)
         if (had === undefined || t > had) m.set(rank, t)
       }
+      // lower tiers: each rank's match continued from its last device block (section 11)
+      if (device === null) continue
+      if (seq === null)
+        seq =
+          query.hashes !== undefined
+            ? BigUint64Array.from(query.hashes, (h) => BigInt.asUintN(64, h))
+            : computeBlockHashes(tokens!, bs, hashOpts!)
+      for (const t of router.tierMatches(seq, device) ?? []) {
+        let m = lower.get(t.workerId)
+        if (m === undefined) {
+          m = new Map()
+          lower.set(t.workerId, m)
+        }
+        const had = m.get(rank)
+        m.set(rank, { cpu: Math.max(had?.cpu ?? 0, t.cpu * bs), disk: Math.max(had?.disk ?? 0, t.disk * bs) })
+      }
     }
-    return scoreBody(scores)
+    return scoreBody(scores, lower)
+  }
+
+  /** A listener's /workers status: paused (test route), pending (nothing heard from the engine yet) or active. */
+  #listenerStatus(inst: Instance, rank: number): 'active' | 'pending' | 'paused' {
+    const source = this.#partitions.get(pkey(inst.model, inst.group))?.routers.get(rank)?.engineSources().get(inst.id)
+    if (source?.paused) return 'paused'
+    // deliberate: a listener that has not heard from its engine yet is pending (Dynamo: active at once)
+    return (source?.stats().received ?? 0n) > 0n ? 'active' : 'pending'
+  }
+
+  /**
+   * The test-only routes: pause (close its SUB, keeping its blocks and seq cursor) or resume (a fresh SUB)
+   * one listener. 404 for an unknown instance or rank, 409 from the wrong status.
+   */
+  listenerControl(b: { instance_id: bigint; dp_rank?: number | null }, action: 'pause' | 'resume'): Promise<void> {
+    return this.#serial(async () => {
+      const inst = this.#instances.get(b.instance_id)
+      if (inst === undefined) throw new HttpError(404, `instance ${b.instance_id} not found`)
+      const rank = b.dp_rank ?? 0
+      if (!inst.ranks.has(rank)) throw new HttpError(404, `instance ${b.instance_id} dp_rank ${rank} not found`)
+      const status = this.#listenerStatus(inst, rank)
+      if ((action === 'pause') === (status === 'paused'))
+        throw new HttpError(409, `instance ${b.instance_id} dp_rank ${rank} cannot be ${action}d from status ${status}`)
+      const router = this.#partitions.get(pkey(inst.model, inst.group))?.routers.get(rank)
+      if (action === 'pause') await router?.pauseEngine(inst.id)
+      else await router?.resumeEngine(inst.id)
+      this.#log.info({ instance_id: inst.id.toString(), dp_rank: rank }, action === 'pause' ? 'listener paused' : 'listener resumed')
+    })
   }
 
   /** The /workers list. */
@@ -559,9 +630,9 @@ export class IndexerService {
       for (const [r, l] of inst.ranks) {
         endpoints.set(r, l.endpoint)
         // deliberate: a listener that has not heard from its engine yet is pending (Dynamo: active at once)
-        const heard = (part?.routers.get(r)?.engineSources().get(inst.id)?.stats().received ?? 0n) > 0n
-        pending ||= !heard
-        listeners.set(r, { endpoint: l.endpoint, status: heard ? 'active' : 'pending' })
+        const status = this.#listenerStatus(inst, r)
+        pending ||= status === 'pending'
+        listeners.set(r, { endpoint: l.endpoint, status })
       }
       out.push({
         instance_id: inst.id,
@@ -657,7 +728,7 @@ export class IndexerService {
   async #route(method: string, url: string, contentType: string | undefined, raw: string): Promise<IndexerReply> {
     const q = url.indexOf('?')
     const path = q < 0 ? url : url.slice(0, q)
-    const allow = ROUTES.get(path)
+    const allow = ROUTES.get(path) ?? (this.#testEndpoints ? TEST_ROUTES.get(path) : undefined)
     if (allow === undefined) return empty(404)
     const m = method === 'HEAD' && allow === 'GET' ? 'GET' : method
     if (m !== allow) return empty(405, { allow: allow === 'GET' ? 'GET,HEAD' : allow })
@@ -717,6 +788,12 @@ export class IndexerService {
           )
         const hashes = b.block_hashes.map((h) => BigInt.asUintN(64, h))
         return { status: 200, contentType: JSON_TYPE, body: this.score(b.model_name, b.routing_group ?? 'default', { hashes }) }
+      }
+      case '/test/pause_listener':
+      case '/test/resume_listener': {
+        const b = body(raw, 'ListenerControlRequest', LISTENER_CONTROL) as { instance_id: bigint; dp_rank?: number | null }
+        await this.listenerControl(b, path === '/test/pause_listener' ? 'pause' : 'resume')
+        return json(200, OK)
       }
       case '/register_peer': {
         const b = body(raw, 'PeerRequest', PEER) as { url: string }
@@ -821,22 +898,40 @@ export class IndexerService {
 }
 
 /**
- * The /query answer (Dynamo's ScoreResponse) as JSON text, written directly: per instance, the tokens
- * per rank, and the summary whose gpu (the best rank) is also cpu, disk and longest_matched.
+ * The /query answer (Dynamo's ScoreResponse) as JSON text, written directly: per instance, the device
+ * tokens per rank, and the summary: gpu (the best rank's device tokens), cpu and disk (the best rank's
+ * match continued on the host tier, then on disk and external; gpu without lower-tier blocks) and
+ * longest_matched (the largest). An instance matched only on lower tiers has its ranks at 0.
  */
-function scoreBody(scores: Map<bigint, Map<number, number>>): string {
+function scoreBody(scores: Map<bigint, Map<number, number>>, lower: Map<bigint, Map<number, { cpu: number; disk: number }>>): string {
   let s = ''
   let inst = ''
-  for (const [id, ranks] of scores) {
+  const ids = [...scores.keys()]
+  for (const id of lower.keys()) if (!scores.has(id)) ids.push(id)
+  for (const id of ids) {
+    const ranks = scores.get(id)
+    const low = lower.get(id)
     let dp = ''
+    let dev = ''
     let gpu = 0
-    for (const [rank, tokens] of ranks) {
-      dp += dp.length === 0 ? `"${rank}":${tokens}` : `,"${rank}":${tokens}`
-      if (tokens > gpu) gpu = tokens
-    }
-    const sep = s.length === 0 ? '' : ','
-    s += `${sep}"${id}":{${dp}}`
-    inst += `${sep}"${id}":{"longest_matched":${gpu},"gpu":${gpu},"dp":{${dp}},"cpu":${gpu},"disk":${gpu}}`
+    let cpu = 0
+    let disk = 0
+    if (ranks !== undefined)
+      for (const [rank, tokens] of ranks) {
+        dp += dp.length === 0 ? `"${rank}":${tokens}` : `,"${rank}":${tokens}`
+        if (tokens > gpu) gpu = tokens
+      }
+    dev = dp
+    if (low !== undefined)
+      for (const [rank, t] of low) {
+        if (ranks === undefined || !ranks.has(rank)) dp += dp.length === 0 ? `"${rank}":0` : `,"${rank}":0`
+        if (t.cpu > cpu) cpu = t.cpu
+        if (t.disk > disk) disk = t.disk
+      }
+    if (gpu > cpu) cpu = gpu
+    if (cpu > disk) disk = cpu
+    if (ranks !== undefined) s += `${s.length === 0 ? '' : ','}"${id}":{${dev}}`
+    inst += `${inst.length === 0 ? '' : ','}"${id}":{"longest_matched":${disk},"gpu":${gpu},"dp":{${dp}},"cpu":${cpu},"disk":${disk}}`
   }
   return `{"scores":{${s}},"frequencies":[],"instances":{${inst}}}`
 }
@@ -854,6 +949,12 @@ const ROUTES = new Map<string, string>([
   ['/register_peer', 'POST'],
   ['/deregister_peer', 'POST'],
   ['/reopen_logs', 'POST'],
+])
+
+/** The test-only routes, served with `testEndpoints`. */
+const TEST_ROUTES = new Map<string, string>([
+  ['/test/pause_listener', 'POST'],
+  ['/test/resume_listener', 'POST'],
 ])
 
 function isJson(ct: string | undefined): boolean {

@@ -11,6 +11,7 @@ import {
   APPLY_OUTCOMES,
   type BlockExtraInfo,
   computeBlockHashes,
+  decodeRouterEvents,
   Ingestor,
   type IngestResult,
   jetstreamStreamName,
@@ -25,6 +26,7 @@ import { type Logger, loggerOption, RateLimitedLog } from '../util/log.js'
 import { openNats, type NatsConnection, type NatsOption } from '../transport/nats.js'
 import { ensureStream } from '../transport/sinks/jetstream.js'
 import { ZmqSource } from '../transport/sources/zmq.js'
+import { type TierMatch, TierBlocks } from './tiers.js'
 import type { DiscoveryOptions } from '../transport/discovery/config.js'
 import { Dynamo14Follower, type Dynamo14Stats } from './dynamo14-source.js'
 import { type DefaultSelectorOptions, defaultSelector, type RouteCandidate, type WorkerSelector } from './selector.js'
@@ -124,6 +126,12 @@ export interface KvRouterOptions {
   registry?: Registry
   /** Metric name prefix (default `dynamo_kv_router_`). */
   metricsPrefix?: string
+  /**
+   * Engines source: also keep the blocks engines report on lower storage tiers (CPU, disk, external
+   * media), read with Dynamo 1.6.1's engine conversion (`wire: 'dynamo-1.4'`, which also hashes the
+   * engines' cache salts), for tierMatches(). Default false (non-GPU media are dropped).
+   */
+  tiers?: boolean
 }
 
 /**
@@ -214,6 +222,7 @@ const KNOWN_OPTIONS = new Set([
   'workerExpiryMs',
   'registry',
   'metricsPrefix',
+  'tiers',
 ])
 const KINDS: EventKind[] = ['stored', 'removed', 'cleared']
 /** Events held per rank while its recovery runs; beyond this the rank is rebuilt from a dump. */
@@ -268,6 +277,8 @@ export class KvRouter {
   /** Workers whose recovery subject had no responders, and when that was found. */
   readonly #noEndpoint = new Map<bigint, number>()
   readonly #engines = new Map<bigint, { source: ZmqSource; ingestor: Ingestor; ranks: number }>()
+  /** The engines' blocks per storage tier (option `tiers`), else null. */
+  readonly #tiers: TierBlocks | null
   readonly #recoveryAttempts: number
   readonly #recoveryBackoffMs: number
   readonly #recoveryTimeoutMs: number
@@ -313,6 +324,10 @@ export class KvRouter {
     this.#recoveryBackoffMs = intInRange('recovery.backoffMs', rec.backoffMs ?? 200, 0, 3_600_000)
     this.#recoveryTimeoutMs = positiveInt('recovery.timeoutMs', rec.timeoutMs ?? 5000, 3_600_000)
     this.#expiryMs = intInRange('workerExpiryMs', opts.workerExpiryMs ?? 600_000, 0, 2 ** 31 - 1)
+    if (opts.tiers !== undefined && typeof opts.tiers !== 'boolean')
+      throw new TypeError(`tiers must be a boolean, got ${describe(opts.tiers)}`)
+    if (opts.tiers === true && source.kind !== 'engines') throw new TypeError("tiers needs source kind 'engines'")
+    this.#tiers = opts.tiers === true ? new TierBlocks() : null
     if (opts.registry !== undefined) this.#registerMetrics(opts.registry, opts.metricsPrefix ?? 'dynamo_kv_router_')
   }
 
@@ -911,9 +926,19 @@ export class KvRouter {
     if (this.#engines.has(e.workerId)) throw new RangeError(`engine workerId ${e.workerId} is already added`)
     const ranks = e.dpRanks ?? 1
     const rankList = e.ranks ?? Array.from({ length: ranks }, (_, r) => r)
-    const ingestor = new Ingestor({ kvBlockSize: this.kvBlockSize, workerId: e.workerId, dpRanks: rankList })
+    const tiers = this.#tiers
+    const ingestor = new Ingestor({
+      kvBlockSize: this.kvBlockSize,
+      workerId: e.workerId,
+      dpRanks: rankList,
+      wire: tiers === null ? 'dynamo-1.0' : 'dynamo-1.4',
+    })
     const apply = (r: IngestResult) => {
-      for (const p of r.payloads) this.#apply(p, 'envelope', peekEnvelope(p) ? peeked.kind : 'stored')
+      for (const p of r.payloads) {
+        // the index keeps the device events of a payload (the others are 'ignored'); the tiers all of them
+        this.#apply(p, 'envelope', peekEnvelope(p) ? peeked.kind : 'stored')
+        if (tiers !== null) for (const ev of decodeRouterEvents(p, 'envelope')) tiers.apply(ev)
+      }
       return null
     }
     const consumer = {
@@ -949,7 +974,41 @@ export class KvRouter {
     await e.source.close()
     e.ingestor.close()
     this.removeWorker(id)
+    this.#tiers?.removeWorker(id)
     return true
+  }
+
+  /**
+   * Closes an engine's ZeroMQ SUB sockets, keeping its blocks and sequence cursors (ZmqSource.pause).
+   * false when the engine was not added.
+   */
+  async pauseEngine(workerId: bigint): Promise<boolean> {
+    const e = this.#engines.get(u64('workerId', workerId))
+    if (e === undefined) return false
+    await e.source.pause()
+    return true
+  }
+
+  /** Reopens a paused engine's SUB sockets (ZmqSource.resume). false when the engine was not added. */
+  async resumeEngine(workerId: bigint): Promise<boolean> {
+    const e = this.#engines.get(u64('workerId', workerId))
+    if (e === undefined) return false
+    await e.source.resume()
+    return true
+  }
+
+  /** Option `tiers`: the lower-tier blocks held over all engines (0 without the option). */
+  get lowerTierBlocks(): number {
+    return this.#tiers?.lowerBlocks ?? 0
+  }
+
+  /**
+   * Option `tiers`: each worker rank's match of `tokensHashes` continued on the lower tiers from its
+   * device match (`device`: blocks by `${workerId}:${dpRank}`, e.g. from findMatches). Ranks with
+   * nothing on any tier are left out; null without the option.
+   */
+  tierMatches(tokensHashes: BigUint64Array, device: Map<string, number>): TierMatch[] | null {
+    return this.#tiers === null ? null : this.#tiers.match(tokensHashes, device)
   }
 
   /** The engines' ZMQ sources (engines source), by worker id: counters via stats(). */

@@ -88,7 +88,10 @@ export class ZmqSource extends EventEmitter<ZmqSourceEvents> {
   readonly #opts: SourceSettings
   readonly #log: RateLimitedLog
   readonly #replayEndpoints: (string | null)[]
-  readonly #reader: EngineReader
+  #reader: EngineReader
+  readonly #endpointList: ZmqEndpoint[]
+  #loopDone: Promise<void> = Promise.resolve()
+  #paused = false
   readonly #sequencer: Sequencer
   readonly #rounds = new Map<number, ReplayRound>()
   readonly #counts = Object.fromEntries(ZMQ_SOURCE_COUNTERS.map((k) => [k, 0n])) as Record<ZmqSourceCounter, bigint>
@@ -104,6 +107,7 @@ export class ZmqSource extends EventEmitter<ZmqSourceEvents> {
     this.#opts = opts.rest
     this.#log = new RateLimitedLog(opts.logger)
     this.#replayEndpoints = opts.endpoints.map((e) => e.replayEndpoint ?? null)
+    this.#endpointList = opts.endpoints
     this.#reader = new EngineReader(opts.endpoints, opts.rest, this.#log, (c) => this.#counts[c]++)
     this.#sequencer = new Sequencer({
       endpoints: this.#replayEndpoints.map((r) => ({ replay: r !== null })),
@@ -156,6 +160,34 @@ export class ZmqSource extends EventEmitter<ZmqSourceEvents> {
     return this.#sequencer.streams().map((s) => ({ ...s, endpoint: addresses[s.endpoint]! }))
   }
 
+  /** Whether pause() closed the SUB sockets (until resume()). */
+  get paused(): boolean {
+    return this.#paused
+  }
+
+  /**
+   * Closes the SUB sockets and waits until what they had queued is applied; the sequence cursors stay,
+   * so resume()'s first batch after a gap is replayed from the cursor (replays under way go on). No-op
+   * when paused or closed.
+   */
+  async pause(): Promise<void> {
+    if (this.#paused || this.#stopping) return
+    this.#paused = true
+    this.#reader.close()
+    await this.#loopDone
+    this.#reader.clear()
+  }
+
+  /** Opens fresh SUB sockets on the same endpoints after pause(). No-op when not paused or closed. */
+  async resume(): Promise<void> {
+    if (!this.#paused || this.#stopping) return
+    const addresses = this.#reader.addresses
+    const endpoints = this.#endpointList.map((e, i) => ({ ...e, endpoint: addresses[i] ?? e.endpoint }))
+    this.#reader = new EngineReader(endpoints, this.#opts, this.#log, (c) => this.#counts[c]++)
+    this.#paused = false
+    await this.#open()
+  }
+
   /** Stops reading and replaying, waits for the consumer call in flight. Idempotent. */
   close(): Promise<void> {
     return this.#stop({ reason: 'closed' })
@@ -170,12 +202,15 @@ export class ZmqSource extends EventEmitter<ZmqSourceEvents> {
         }),
       )
     })
-    this.#spawn(this.#loop())
+    const loop = this.#loop()
+    this.#loopDone = loop.catch(() => undefined)
+    this.#spawn(loop)
   }
 
   async #loop(): Promise<void> {
+    const reader = this.#reader
     for (;;) {
-      const item = await this.#reader.take()
+      const item = await reader.take()
       if (item === null) return
       await this.#locked(() => this.#perform(this.#onItem(item)))
     }
