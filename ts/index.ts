@@ -99,6 +99,7 @@ export {
   type EnginesSource,
   type JetStreamSource,
   type Dynamo14Source,
+  type ManualSource,
   type RouterEngine,
   type RouteDecision,
   type FindBestWorkerOptions,

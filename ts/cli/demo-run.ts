@@ -1,16 +1,8 @@
 // `dynamo-kv demo`, running (see demo.ts): engines, readers, the event plane, the router, the summary.
 // Loaded only when the command runs.
-import { connect, type NatsConnection, type Subscription } from '@nats-io/transport-node'
 import type { Command } from 'commander'
-import {
-  type CounterName,
-  computeBlockHashes,
-  implementation,
-  Ingestor,
-  type IngestResult,
-  RadixIndex,
-  type WorkerScore,
-} from '../core/api.js'
+import { type CounterName, implementation, Ingestor, type IngestResult, type RadixIndex, type WorkerScore } from '../core/api.js'
+import { KvRouter, type RouteDecision } from '../router/router.js'
 import { EngineSimulator } from '../sim/engine.js'
 import { ZmqSource } from '../transport/sources/zmq.js'
 import type { Logger } from '../util/log.js'
@@ -127,7 +119,10 @@ interface Gap {
 interface Routing {
   promptBlocks: number
   scores: WorkerScore[]
+  /** The worker findBestWorker chose when it holds some of the prompt, else null (chosen by load). */
   chosen: bigint | null
+  /** The worker findBestWorker chose. */
+  routedTo: bigint
   note: string
 }
 
@@ -154,8 +149,8 @@ function routerView(index: RadixIndex): Map<bigint, Map<bigint, { parent: bigint
  * Example requests: the longest prompts the workers served (their chains of block hashes in the router's
  * index, one per distinct first block), and a prompt nobody has seen.
  */
-function routingExamples(index: RadixIndex, workers: bigint[], seed: number): Routing[] {
-  const view = routerView(index)
+function routingExamples(router: KvRouter, workers: bigint[], seed: number): Routing[] {
+  const view = routerView(router.index)
   const prompts: bigint[][] = []
   const roots = new Set<bigint>()
   for (const w of workers) {
@@ -174,15 +169,19 @@ function routingExamples(index: RadixIndex, workers: bigint[], seed: number): Ro
     }
     if (prompts.length === 3) break
   }
-  const out: Routing[] = prompts.map((p) => decide(index.findMatches(p).scores, p.length))
+  const out: (Routing | null)[] = prompts.map((p) => decide(router.findBestWorkerForHashes(p), p.length))
   const fresh = Uint32Array.from({ length: 6 * KV_BLOCK_SIZE }, (_, i) => (seed * 7919 + i * 104729) % 150_000)
-  out.push(decide(index.findMatches(computeBlockHashes(fresh, KV_BLOCK_SIZE)).scores, 6, 'a prompt no worker has seen'))
-  return out
+  out.push(decide(router.findBestWorker(fresh), 6, 'a prompt no worker has seen'))
+  return out.filter((r): r is Routing => r !== null)
 }
 
-function decide(scores: WorkerScore[], promptBlocks: number, note = ''): Routing {
-  const best = scores.reduce<WorkerScore | null>((a, b) => (a === null || b.score > a.score ? b : a), null)
-  return { promptBlocks, scores, chosen: best && best.score > 0 ? best.workerId : null, note }
+/** The router's decision as the summary shows it: the candidates holding some of the prompt, and the choice. */
+function decide(d: RouteDecision | null, promptBlocks: number, note = ''): Routing | null {
+  if (d === null) return null
+  const scores = d.candidates
+    .filter((c) => c.overlapBlocks > 0)
+    .map((c) => ({ workerId: c.workerId, dpRank: c.dpRank, score: c.overlapBlocks }))
+  return { promptBlocks, scores, chosen: d.overlapBlocks > 0 ? d.workerId : null, routedTo: d.workerId, note }
 }
 
 const fmt = (n: bigint | number) => Number(n).toLocaleString('en-US')
@@ -201,36 +200,30 @@ export async function run(cmd: Command): Promise<number> {
   const transport = o.nats ? `NATS at ${o.nats}` : 'an in-process event plane'
   const impl = implementation === 'native' ? 'native Rust core' : 'TypeScript fallback'
 
-  // the router: a RadixIndex following every worker's events
-  const index = new RadixIndex()
-  let delivered = 0
-  const deliver: Deliver = (payload) => {
-    delivered++
-    index.applyEncoded(payload, 'envelope') // failures are counted by the index, never thrown
-  }
-  let routerNc: NatsConnection | null = null
-  let routerSub: Subscription | null = null
+  // the router: a KvRouter following every worker's events, fed by the in-process event plane (manual
+  // source) or subscribed to NATS (event-plane source)
+  let router: KvRouter | null = null
+  const deliver: Deliver = (payload) => router!.applyEnvelope(payload) // bad bytes are counted, never thrown
   const workers: DemoWorker[] = []
   const closeAll = async () => {
     for (const w of workers) await w.close()
-    routerSub?.unsubscribe()
-    await routerNc?.close()
+    await router?.close()
   }
   try {
-    if (o.nats) {
-      const url = o.nats
-      routerNc = await configuring('--nats', () =>
-        connect({ servers: url, timeout: 5000 }).catch((err: unknown) => {
-          throw new RangeError(`could not connect to NATS at ${url}: ${(err as Error).message}`)
-        }),
-      )
-      routerSub = routerNc.subscribe(`namespace.${NAMESPACE}.component.${COMPONENT}.kv-events`, {
-        callback: (err, msg) => {
-          if (!err) deliver(msg.data)
+    const url = o.nats
+    router = await configuring(url ? '--nats' : 'demo', () =>
+      KvRouter.create(
+        {
+          kvBlockSize: KV_BLOCK_SIZE,
+          source: url ? { kind: 'event-plane', namespace: NAMESPACE, component: COMPONENT } : { kind: 'manual' },
+          nats: url ? { servers: url } : undefined,
+          logger: log,
         },
-      })
-      await routerNc.flush()
-    }
+        {},
+      ).catch((err: unknown) => {
+        throw url ? new RangeError(`could not connect to NATS at ${url}: ${(err as Error).message}`) : err
+      }),
+    )
     for (let i = 0; i < o.workers; i++)
       workers.push(
         await configuring('demo', () => (o.nats ? natsWorker(i, o.seed, o.nats, log) : inProcessWorker(i, o.seed, deliver, log))),
@@ -311,21 +304,29 @@ export async function run(cmd: Command): Promise<number> {
     await sleep(10)
   }
   for (const w of workers) await w.flush()
-  for (let i = 0; i < 300 && BigInt(delivered) < emitted(); i++) await sleep(10)
+  // compare the router's view with each engine's ground truth (through NATS: once the router has caught up)
+  const compare = () => {
+    const view = routerView(router!.index)
+    return workers.map((w) => {
+      const held = w.sim.held()
+      const seen = view.get(w.id) ?? new Map()
+      const equal = held.size === seen.size && [...held].every((h) => seen.has(h))
+      return { workerId: w.id, engineBlocks: held.size, routerBlocks: seen.size, equal }
+    })
+  }
+  let perWorker = compare()
+  for (let i = 0; i < 300 && !(router!.settled && perWorker.every((w) => w.equal)); i++) {
+    await sleep(10)
+    perWorker = compare()
+  }
   clearInterval(ticker)
   status()
   if (tty) process.stdout.write('\r\x1b[K')
 
-  // compare the router's view with each engine's ground truth
-  const view = routerView(index)
-  const perWorker = workers.map((w) => {
-    const held = w.sim.held()
-    const seen = view.get(w.id) ?? new Map()
-    const equal = held.size === seen.size && [...held].every((h) => seen.has(h))
-    return { workerId: w.id, engineBlocks: held.size, routerBlocks: seen.size, equal }
-  })
+  const rs = router!.stats()
+  const routerEvents = Object.values(rs.events).reduce((a, byOutcome) => a + Object.values(byOutcome).reduce((b, n) => b + n, 0), 0)
   const routing = routingExamples(
-    index,
+    router!,
     workers.map((w) => w.id),
     o.seed,
   )
@@ -347,7 +348,8 @@ export async function run(cmd: Command): Promise<number> {
     blocks: { stored: total('blocks_stored'), removed: total('blocks_removed') },
     rejected: rejected(),
     eventsPerSecond: Math.round(Number(emitted()) / Math.max(elapsedS, 0.001)),
-    routerEvents: delivered,
+    routerEvents,
+    routerGaps: rs.gaps,
     gap: gap && {
       worker: gap.worker,
       seq: gap.seq,
@@ -361,7 +363,6 @@ export async function run(cmd: Command): Promise<number> {
     routing: routing.map((r) => ({ promptBlocks: r.promptBlocks, scores: r.scores, chosen: r.chosen })),
   }
   await closeAll()
-  index.close()
   signals.dispose()
 
   if (json) process.stdout.write(`${toJson(summary)}\n`)
@@ -394,7 +395,7 @@ export async function run(cmd: Command): Promise<number> {
       const what = r.note || `a prompt of ${r.promptBlocks} blocks`
       const choice =
         r.chosen === null
-          ? 'no worker holds any of it: any worker (choose by load)'
+          ? `no worker holds any of it: worker ${r.routedTo}, by load`
           : `worker ${r.chosen}, which skips prefill for ${r.scores.find((s) => s.workerId === r.chosen)!.score} of ${r.promptBlocks} blocks`
       say(`  ${what}: ${scores} → ${choice}`)
     }

@@ -1,6 +1,7 @@
 // KvRouter (SPEC 10): follows the workers' KV events into one RadixIndex and chooses a worker per
-// request. Three sources: the NATS event plane (with gap recovery from the workers' recovery endpoints,
-// SPEC 7), the engines' own ZeroMQ streams (no Dynamo at all), or a JetStream stream (durable consumer).
+// request. Sources: the NATS event plane (with gap recovery from the workers' recovery endpoints,
+// SPEC 7), the engines' own ZeroMQ streams (no Dynamo at all), a JetStream stream (durable consumer),
+// Dynamo 1.4+ publishers, or envelopes the application hands over itself (manual).
 // Events are applied by the core from their bytes (applyEncoded): JavaScript only peeks at the header
 // fields it needs to order them.
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages } from '@nats-io/jetstream'
@@ -105,7 +106,16 @@ export interface Dynamo14Source {
   pollMs?: number
 }
 
-export type RouterSource = EventPlaneSource | EnginesSource | JetStreamSource | Dynamo14Source
+/**
+ * The application carries the event-plane envelopes itself and hands each one to
+ * `router.applyEnvelope(bytes)`: ordered per (worker, rank) as the event-plane source orders them, with no
+ * recovery (a gap is counted and the loss accepted, as for a worker without a recovery endpoint).
+ */
+export interface ManualSource {
+  kind: 'manual'
+}
+
+export type RouterSource = EventPlaneSource | EnginesSource | JetStreamSource | Dynamo14Source | ManualSource
 
 export interface KvRouterOptions {
   /** Tokens per KV block; must match the workers'. */
@@ -344,11 +354,11 @@ export class KvRouter {
     const metricsNs =
       options.metricsNamespace !== undefined
         ? checkName('metricsNamespace', options.metricsNamespace)
-        : source.kind === 'engines' || source.kind === 'dynamo-1.4'
+        : source.kind === 'engines' || source.kind === 'dynamo-1.4' || source.kind === 'manual'
           ? null
           : source.namespace
     const wantsNats =
-      source.kind === 'engines'
+      source.kind === 'engines' || source.kind === 'manual'
         ? metricsNs !== null
         : source.kind === 'dynamo-1.4'
           ? metricsNs !== null || options.nats !== undefined || (env.NATS_SERVER ?? '') !== ''
@@ -394,7 +404,7 @@ export class KvRouter {
             touch: (workerId, dpRank) => router.#touch(workerId, dpRank),
           },
         })
-      } else {
+      } else if (source.kind === 'engines') {
         for (const e of source.engines) await router.addEngine(e)
       }
       if (nc !== null) await nc.flush()
@@ -620,6 +630,19 @@ export class KvRouter {
   // -------------------------------------------------------------------------------------------------
   // applying
 
+  /**
+   * Manual source: applies one event-plane envelope (SPEC 6) the application received, in the order it
+   * arrived, exactly as the event-plane source applies a NATS message (per-rank event-id order, stale and
+   * restart detection, counters). There is no recovery: a first sight, a gap or a restart is counted as an
+   * `unavailable` recovery and the events are applied from there. Bytes that are not an envelope are
+   * counted in `stats().invalid`, never thrown. Ignored once the router is closing.
+   */
+  applyEnvelope(bytes: Uint8Array): void {
+    if (this.source.kind !== 'manual') throw new Error(`applyEnvelope needs source kind 'manual', this router's is '${this.source.kind}'`)
+    if (!(bytes instanceof Uint8Array)) throw new TypeError(`bytes must be a Uint8Array, got ${describe(bytes)}`)
+    this.#onEvent(bytes)
+  }
+
   #count(kind: EventKind, outcome: ApplyOutcome): void {
     this.#stats.events[kind][outcome]++
   }
@@ -717,7 +740,7 @@ export class KvRouter {
     }
     this.#stats.gaps++
     const none = this.#noEndpoint.get(st.workerId)
-    if (none !== undefined && performance.now() - none < NO_ENDPOINT_RETRY_MS) {
+    if (this.source.kind === 'manual' || (none !== undefined && performance.now() - none < NO_ENDPOINT_RETRY_MS)) {
       // this worker serves no recovery endpoint: the loss is accepted without asking again
       this.#stats.recoveries.unavailable++
       st.last = id
@@ -731,6 +754,13 @@ export class KvRouter {
   }
 
   #startRecovery(st: RankState, start: bigint | null, end: bigint | null): void {
+    if (this.source.kind === 'manual') {
+      // nowhere to ask: the loss is accepted at once, as when a worker serves no recovery endpoint
+      this.#stats.recoveries.unavailable++
+      st.last = null
+      this.#drain(st)
+      return
+    }
     const task = this.#recover(st, start, end).catch((e) => {
       this.#logger.error({ err: String(e) }, 'recovery failed unexpectedly')
     })
@@ -1297,9 +1327,11 @@ function sourceArg(v: unknown): RouterSource {
       const pollMs = s.pollMs === undefined ? undefined : positiveInt('source.pollMs', s.pollMs, 3_600_000)
       return { kind: s.kind, namespace: s.namespace, component: s.component, endpoint: s.endpoint, discovery: s.discovery, pollMs }
     }
+    case 'manual':
+      return { kind: s.kind }
     default:
       throw new RangeError(
-        `source.kind must be 'event-plane', 'engines', 'jetstream' or 'dynamo-1.4', got ${describe((s as { kind?: unknown }).kind)}`,
+        `source.kind must be 'event-plane', 'engines', 'jetstream', 'dynamo-1.4' or 'manual', got ${describe((s as { kind?: unknown }).kind)}`,
       )
   }
 }
