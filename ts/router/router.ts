@@ -121,12 +121,12 @@ export interface KvRouterOptions {
   /** Tokens per KV block; must match the workers'. */
   kvBlockSize: number
   source: RouterSource
-  /** How to reach NATS (default: the environment of SPEC 5), or a connection the caller owns. Not used by the engines source unless metricsNamespace is set. */
+  /** How to reach NATS (default: the environment of SPEC 5), or a connection the caller owns. Not used by the engines and manual sources unless metricsNamespace is set. */
   nats?: NatsOption
   logger?: Logger
   /** The default selector's options, or a selector function. */
   selector?: DefaultSelectorOptions | WorkerSelector
-  /** Where workers' ActiveLoad is read (`namespace.{ns}.kv_metrics`); default the source's namespace (none for engines). */
+  /** Where workers' ActiveLoad is read (`namespace.{ns}.kv_metrics`); default the source's namespace (none for engines and manual). */
   metricsNamespace?: string
   /** Recovery queries (event plane): attempts (default 8), first backoff in ms, doubling (default 200), idle timeout per attempt in ms (default 5000). */
   recovery?: { attempts?: number; backoffMs?: number; timeoutMs?: number }
