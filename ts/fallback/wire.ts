@@ -243,10 +243,17 @@ const lo32 = (v: bigint): number => Number(v & 0xffffffffn)
 export function writeRouterEvent(w: ByteWriter, enc: EventEncoder, ev: RouterEventValue): void {
   const { eventId, dpRank, data } = ev.event
   enc.start(w, hi32(ev.workerId), lo32(ev.workerId), hi32(eventId), lo32(eventId))
+  if (data.type === 'stored') {
+    const p = data.parentHash
+    enc.storedStart(w, p !== null, p === null ? 0 : hi32(p), p === null ? 0 : lo32(p), data.blocks.length)
+  }
+  writeEventBody(w, enc, data, dpRank)
+}
+
+/** An event's data after its stored header (written by the caller): blocks, removed hashes or cleared; then the rank. */
+function writeEventBody(w: ByteWriter, enc: EventEncoder, data: RouterEventValue['event']['data'], dpRank: number): void {
   switch (data.type) {
     case 'stored': {
-      const p = data.parentHash
-      enc.storedStart(w, p !== null, p === null ? 0 : hi32(p), p === null ? 0 : lo32(p), data.blocks.length)
       for (let i = 0; i < data.blocks.length; i++) {
         const b = data.blocks[i]!
         enc.block(w, i, hi32(b.blockHash), lo32(b.blockHash), hi32(b.tokensHash), lo32(b.tokensHash), b.mmExtraInfo)
@@ -317,45 +324,26 @@ export function writeRouterEventValue(w: ByteWriter, json: boolean, ev: RouterEv
     w.uintBig(eventId)
     w.bytes(MP_DATA)
   }
-  switch (data.type) {
-    case 'stored': {
-      const p = data.parentHash
-      if (tier === undefined) {
-        enc.storedStart(w, p !== null, p === null ? 0 : hi32(p), p === null ? 0 : lo32(p), data.blocks.length)
-      } else if (json) {
-        w.bytes(J_STORED)
-        if (p === null) w.bytes(J_NULL)
-        else writeBigDec(w, p)
-        w.bytes(J_START_POSITION)
-        w.bytes(J_BLOCKS)
-      } else {
-        w.bytes(MP_STORED3)
-        if (p === null) w.nil()
-        else w.uintBig(p)
-        w.bytes(MP_START_POSITION)
-        w.bytes(MP_BLOCKS)
-        w.arrayHeader(data.blocks.length)
-      }
-      for (let i = 0; i < data.blocks.length; i++) {
-        const b = data.blocks[i]!
-        enc.block(w, i, hi32(b.blockHash), lo32(b.blockHash), hi32(b.tokensHash), lo32(b.tokensHash), b.mmExtraInfo)
-      }
-      enc.storedEnd(w)
-      break
+  if (data.type === 'stored') {
+    const p = data.parentHash
+    if (tier === undefined) {
+      enc.storedStart(w, p !== null, p === null ? 0 : hi32(p), p === null ? 0 : lo32(p), data.blocks.length)
+    } else if (json) {
+      w.bytes(J_STORED)
+      if (p === null) w.bytes(J_NULL)
+      else writeBigDec(w, p)
+      w.bytes(J_START_POSITION)
+      w.bytes(J_BLOCKS)
+    } else {
+      w.bytes(MP_STORED3)
+      if (p === null) w.nil()
+      else w.uintBig(p)
+      w.bytes(MP_START_POSITION)
+      w.bytes(MP_BLOCKS)
+      w.arrayHeader(data.blocks.length)
     }
-    case 'removed':
-      enc.removedStart(w, data.blockHashes.length)
-      for (let i = 0; i < data.blockHashes.length; i++) {
-        const h = data.blockHashes[i]!
-        enc.hash(w, i, hi32(h), lo32(h))
-      }
-      enc.removedEnd(w)
-      break
-    case 'cleared':
-      enc.cleared(w)
-      break
   }
-  enc.end(w, dpRank)
+  writeEventBody(w, enc, data, dpRank)
 }
 
 /** A Dynamo 1.4+ payload: the events as one msgpack array, or one JSON array. */
