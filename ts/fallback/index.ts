@@ -1244,19 +1244,7 @@ export class FallbackRadixIndex implements RawRadixIndex {
       const eventId = wk.hasLast ? bigFromHalves(wk.lastHi, wk.lastLo) : 0n
       // the worker's nodes, grouped by parent: a DFS from the root through them reaches exactly the
       // nodes whose whole path holds the worker
-      const kids = new Map<number, number[]>()
-      const seen = new Set<number>()
-      const t = wk.table
-      for (let k = 0; k < t.length; k += ENTRY_WORDS) {
-        const node = t[k + 2]!
-        if (node === 0 || seen.has(node)) continue
-        seen.add(node)
-        const parent = nodes[node * NODE_WORDS + NODE_PARENT]!
-        if (parent === DETACHED) continue
-        const list = kids.get(parent)
-        if (list === undefined) kids.set(parent, [node])
-        else list.push(node)
-      }
+      const kids = this.kidsOf(wk)
       // stack of (node, parent hash or null)
       const stack: number[] = []
       const parents: (bigint | null)[] = []
