@@ -69,7 +69,8 @@ export { registerPublisherMetrics } from './worker/prometheus.js'
 
 // Transports: the NATS connection, the sinks' statistics, the engine's ZeroMQ source.
 export { NatsConnectError, type NatsOptions, type NatsOption } from './transport/nats.js'
-export type { SinkStats } from './transport/sinks/types.js'
+export type { SinkStats, UndeliveredByReason } from './transport/sinks/types.js'
+export type { Env } from './util/env.js'
 
 // The Dynamo 1.4+ wire's transport configuration and discovery (SPEC 5b): its errors, the discovery
 // options (Dynamo's variables as defaults) and what the publishers report about their ranks.

@@ -18,7 +18,7 @@ import type { RateLimitedLog } from '../util/log.js'
 import { RankCursor14 } from './rank-cursor14.js'
 import { envelopeIds, type JsonValue, parseSmallJson } from './wire.js'
 
-type Env = Record<string, string | undefined>
+import type { Env } from '../util/env.js'
 
 /** What the follower asks of the router. */
 export interface Dynamo14Sink {

@@ -46,7 +46,7 @@ import {
   recoverySubject,
 } from './wire.js'
 
-type Env = Record<string, string | undefined>
+import type { Env } from '../util/env.js'
 
 /** Dynamo 1.0's event plane: core NATS envelopes on `namespace.{ns}.component.{c}.kv-events`. */
 export interface EventPlaneSource {

@@ -7,7 +7,7 @@ import { networkInterfaces } from 'node:os'
 import { describe } from '../util/args.js'
 import { detectAdvertiseHost } from './zmq-pub.js'
 
-type Env = Record<string, string | undefined>
+import type { Env } from '../util/env.js'
 
 /** The event planes a Dynamo 1.6.1 KV publisher can use. */
 export type EventPlaneKind = 'zmq' | 'nats'

@@ -57,7 +57,7 @@ export function isNatsConnection(v: unknown): v is NatsConnection {
   )
 }
 
-type Env = Record<string, string | undefined>
+import type { Env } from '../util/env.js'
 
 function str(option: string, v: unknown): string | undefined {
   if (v === undefined) return undefined

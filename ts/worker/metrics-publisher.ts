@@ -36,7 +36,7 @@ import { endpointSubject } from '../core/api.js'
 import { ZmqPubChannel } from '../transport/zmq-pub.js'
 import type { DynamoWire } from './publisher.js'
 
-type Env = Record<string, string | undefined>
+import type { Env } from '../util/env.js'
 
 export interface WorkerMetricsPublisherOptions {
   namespace: string

@@ -40,7 +40,7 @@ import type { Sink, SinkStats } from '../transport/sinks/types.js'
 import { ZmqSource, type ZmqSourceCounter, type ZmqSourceOptions } from '../transport/sources/zmq.js'
 import { RecoveryEndpoint } from '../router/recovery-endpoint.js'
 
-type Env = Record<string, string | undefined>
+import type { Env } from '../util/env.js'
 
 /** A call waiting to be accepted. */
 interface Waiter {
