@@ -144,3 +144,34 @@ test.serial('a lease lost while running is reported through onError', async (t) 
   t.regex(errors[0]?.message ?? '', /lease .* was lost/)
   await discovery.close()
 })
+
+test.serial(
+  'while etcd stays unreachable at start-up, the retrying is reported once after 3 s, and a start-up failing sooner reports nothing',
+  async (t) => {
+    const port = await freePort()
+    const retries: string[] = []
+    await t.throwsAsync(
+      openDiscovery(
+        { onRetry: (message) => retries.push(message) },
+        { ETCD_ENDPOINTS: `http://127.0.0.1:${port}`, ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS: '6' },
+      ),
+      { instanceOf: DiscoveryError },
+    )
+    t.is(retries.length, 1, retries.join('\n'))
+    t.regex(
+      retries[0] ?? '',
+      new RegExp(
+        `^etcd is not reachable at http://127.0.0.1:${port} after [34] s \\(.+\\); still retrying for up to [23] s \\(ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS\\)$`,
+      ),
+    )
+    const quick: string[] = []
+    await t.throwsAsync(
+      openDiscovery(
+        { onRetry: (message) => quick.push(message) },
+        { ETCD_ENDPOINTS: `http://127.0.0.1:${port}`, ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS: '2' },
+      ),
+      { instanceOf: DiscoveryError },
+    )
+    t.deepEqual(quick, [])
+  },
+)

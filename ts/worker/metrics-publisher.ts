@@ -193,7 +193,11 @@ export class WorkerMetricsPublisher {
     const subject = endpointSubject(namespace, component, endpoint, KV_METRICS_TOPIC)
 
     const discovery = await openDiscovery(
-      { ...options.discovery, onError: (err) => log.log('error', 'discovery', { err: err.message }, 'discovery store error') },
+      {
+        ...options.discovery,
+        onError: (err) => log.log('error', 'discovery', { err: err.message }, 'discovery store error'),
+        onRetry: (message) => logger.warn({ component: 'discovery' }, message),
+      },
       env,
     )
     let nc: NatsConnection | null = null

@@ -538,6 +538,7 @@ export class KvEventPublisher {
         ...options.discovery,
         onError: (err) =>
           log.log('error', 'discovery', { err: err.message }, 'discovery store error: routers may stop seeing this publisher'),
+        onRetry: (message) => logger.warn({ component: 'discovery' }, message),
       },
       env,
     )

@@ -12,7 +12,15 @@ export interface EtcdDiscoveryOptions {
   /** How long to keep trying to reach etcd before open() fails. */
   connectTimeoutMs: number
   onError?: DiscoveryErrorHandler
+  /**
+   * Called once when etcd has stayed unreachable for RETRY_NOTICE_MS while open() keeps retrying until its
+   * deadline (a start-up that fails sooner reports only its error).
+   */
+  onRetry?: (message: string) => void
 }
+
+/** How long start-up waits for etcd before saying that it is still trying. */
+export const RETRY_NOTICE_MS = 3000
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
@@ -53,6 +61,8 @@ export class EtcdDiscovery implements DiscoveryBackend {
       // reconnects by itself.
       faultHandling: { host: () => noop, global: noop },
     })
+    const started = Date.now()
+    let noticed = false
     let backoff = 100
     for (;;) {
       const remaining = deadline - Date.now()
@@ -65,6 +75,12 @@ export class EtcdDiscovery implements DiscoveryBackend {
           throw new DiscoveryError(
             `etcd is not reachable at ${opts.endpoints.join(',')} (ETCD_ENDPOINTS, option etcdEndpoints) ` +
               `within ${opts.connectTimeoutMs} ms (ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS, option etcdConnectTimeoutMs): ${(err as Error).message}`,
+          )
+        }
+        if (!noticed && Date.now() - started >= RETRY_NOTICE_MS) {
+          noticed = true
+          opts.onRetry?.(
+            `etcd is not reachable at ${opts.endpoints.join(',')} after ${Math.round((Date.now() - started) / 1000)} s (${(err as Error).message}); still retrying for up to ${Math.ceil((deadline - Date.now()) / 1000)} s (ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS)`,
           )
         }
         await sleep(backoff)

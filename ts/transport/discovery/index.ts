@@ -114,6 +114,8 @@ export function channelRecord(o: ChannelRecordOptions): DiscoveryRecordBytes {
 export interface OpenDiscoveryOptions extends DiscoveryOptions {
   /** Errors after start-up (a lost etcd lease, a failed file touch). Default: ignored. */
   onError?: DiscoveryErrorHandler
+  /** Called once when etcd has stayed unreachable for 3 s and start-up keeps retrying (etcd backend only). */
+  onRetry?: (message: string) => void
 }
 
 /** Resolves the configuration (options, else Dynamo's environment variables) and opens the backend. */
@@ -126,6 +128,7 @@ export async function openDiscovery(options: OpenDiscoveryOptions = {}, env: Nod
       leaseTtlSeconds: config.leaseTtlSeconds,
       connectTimeoutMs: config.connectTimeoutMs,
       onError: options.onError,
+      onRetry: options.onRetry,
     })
   }
   return FileDiscovery.open({ root: config.root, ttlMs: config.ttlMs, onError: options.onError })
