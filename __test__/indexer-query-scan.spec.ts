@@ -113,15 +113,30 @@ parityTest('scanQueryBody: the native core and the fallback read every body alik
       }
     }
   }
+  // long bodies: ids of 1 to 10 digits, with and without spaces, each at 8 offsets; then the same with
+  // some ids of 11 digits (refused)
+  let x = 12345
+  const longIds = Array.from({ length: 2000 }, (_, k) => {
+    x = (Math.imul(x, 1103515245) + 12345) >>> 0
+    return String(x % 10 ** ((k % 10) + 1) || x)
+  })
+  const tooLong = longIds.map((v, k) => (k % 97 === 96 && v.length === 10 ? `${v}0` : v))
+  for (const ids of [longIds, tooLong])
+    for (let pad = 0; pad < 8; pad++)
+      for (const sep of [',', ' , ', ',\n'])
+        bodies.push(Buffer.from(`{"model_name":"m",${' '.repeat(pad)}"token_ids":[${ids.join(sep)}]}`))
   let taken = 0
   for (const body of bodies)
-    for (const capacity of [0, 3, 64]) {
+    for (const capacity of [0, 3, 64, 4096]) {
       const a = scanWith(native, body, capacity)
       t.is(a, scanWith(fallback, body, capacity), Buffer.from(body).toString('latin1'))
-      if (capacity === 64 && !a.startsWith('-')) taken++
+      if (capacity === 4096 && !a.startsWith('-')) taken++
     }
   // both took the plain bodies and some mutations, and refused the rest
-  t.true(taken > PLAIN.length && taken < bodies.length / 2, `${taken} of ${bodies.length}`)
+  t.true(taken > PLAIN.length + 24 && taken < bodies.length / 2, `${taken} of ${bodies.length}`)
+  const long = Buffer.from(`{"token_ids":[${longIds.join(',')}],"model_name":"m"}`)
+  t.is(scanWith(native, long, 4096).split(' ')[1], `[${longIds.join(',')}]`)
+  t.is(scanWith(native, Buffer.from(`{"token_ids":[${tooLong.join(',')}],"model_name":"m"}`), 4096).split(' ')[0], '-1')
   // a body whose token ids do not fit: -(2 + n), the first ones written
   t.is(scanWith(native, Buffer.from(PLAIN[0]!), 3), `-18 [1000,1001,1002] ${[109, 114, ...Array(6).fill(0xffff_ffff)].join(',')}`)
 })

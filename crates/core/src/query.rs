@@ -58,6 +58,29 @@ fn string_end(b: &[u8], i: usize) -> Option<usize> {
     None
 }
 
+/// The leading digits of 8 bytes read at once: how many (1..=7) and their value; None when all 8 are
+/// digits or the first is not (the byte loop then reads them). A byte is a digit when subtracting '0'
+/// leaves it below 10: `x - 0x30..` sets the top bit of a byte below '0' or from 0xBA up, `x + 0x46..`
+/// that of a byte from ':' up to 0xB9. A borrow or carry only reaches the bytes above the first
+/// non-digit, which are shifted out before the digits are combined.
+#[inline]
+fn eight_or_fewer_digits(bytes: &[u8]) -> Option<(usize, u64)> {
+    let x = u64::from_le_bytes(bytes.try_into().ok()?);
+    let sub = x.wrapping_sub(0x3030_3030_3030_3030);
+    let add = x.wrapping_add(0x4646_4646_4646_4646);
+    let non_digit = (sub | add) & 0x8080_8080_8080_8080;
+    let digits = (non_digit.trailing_zeros() / 8) as usize;
+    if digits == 0 || digits == 8 {
+        return None;
+    }
+    // the digits' values moved to the top bytes (first digit lowest), then combined in pairs, fours, eight
+    let mut v = sub << (8 * (8 - digits));
+    v = (v & 0x0F0F_0F0F_0F0F_0F0F).wrapping_mul(2561) >> 8;
+    v = (v & 0x00FF_00FF_00FF_00FF).wrapping_mul(6_553_601) >> 16;
+    v = (v & 0x0000_FFFF_0000_FFFF).wrapping_mul(42_949_672_960_001) >> 32;
+    Some((digits, v))
+}
+
 fn field_of(key: &[u8]) -> u32 {
     match key {
         b"token_ids" => F_TOKENS,
@@ -126,6 +149,10 @@ fn scan(b: &[u8], tokens: &mut [u32], fields: &mut [u32; 2 * FIELD_COUNT]) -> Op
                     // one token id: digits without a leading zero, at most 10 of them, below 2^32
                     let first = i;
                     let mut v: u64 = 0;
+                    if let Some((digits, value)) = b.get(i..i + 8).and_then(eight_or_fewer_digits) {
+                        v = value;
+                        i += digits;
+                    }
                     while i < len {
                         let d = b[i].wrapping_sub(b'0');
                         if d > 9 {
@@ -265,6 +292,42 @@ mod tests {
             "",
         ] {
             assert_eq!(run(body), None, "{body}");
+        }
+    }
+
+    #[test]
+    fn reads_ids_of_every_length_at_every_offset() {
+        // ids of 1 to 10 digits, each at several alignments and near the body's end
+        let mut ids = Vec::new();
+        let mut x: u64 = 7;
+        for k in 0..400u64 {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let digits = 1 + (k % 10) as u32;
+            ids.push(((x >> 20) % 10u64.pow(digits)).min(u32::MAX as u64) as u32);
+        }
+        ids.extend([0, 9, 10, 99_999_999, 100_000_000, 4_294_967_295]);
+        for pad in 0..9 {
+            let list = ids.iter().map(|v| v.to_string()).collect::<Vec<_>>();
+            let body = format!(
+                r#"{{"model_name":"m","token_ids":[{}{}]}}"#,
+                " ".repeat(pad),
+                list.join(",")
+            );
+            let mut tokens = vec![0u32; ids.len()];
+            let mut fields = [0u32; 2 * FIELD_COUNT];
+            let r = scan_query(body.as_bytes(), &mut tokens, &mut fields);
+            assert_eq!(r, Scanned::Tokens(ids.len()));
+            assert_eq!(tokens, ids);
+            let tail = format!(
+                r#"{{"token_ids":[{}{}],"model_name":"m"}}"#,
+                " ".repeat(pad),
+                list.join(" , ")
+            );
+            let r = scan_query(tail.as_bytes(), &mut tokens, &mut fields);
+            assert_eq!(r, Scanned::Tokens(ids.len()));
+            assert_eq!(tokens, ids);
         }
     }
 
