@@ -225,7 +225,10 @@ fn scan(b: &[u8], tokens: &mut [u32], fields: &mut [u32; 2 * FIELD_COUNT]) -> Op
 mod tests {
     use super::*;
 
-    fn run(body: &str) -> Option<(Vec<u32>, Vec<Option<Option<String>>>)> {
+    /// A field as read: absent (None), null (Some(None)) or a string.
+    type Field = Option<Option<String>>;
+
+    fn run(body: &str) -> Option<(Vec<u32>, Vec<Field>)> {
         let mut tokens = [0u32; 64];
         let mut fields = [0u32; 2 * FIELD_COUNT];
         match scan_query(body.as_bytes(), &mut tokens, &mut fields) {
