@@ -273,6 +273,7 @@ export async function benchIndexerHttp(): Promise<void> {
     for (let w = 0; w < WORKERS; w++) {
       for (let k = 0; ; k++) {
         const r = await post(port, '/query', last(w))
+        if (r.status !== 200) throw new Error(`/query while loading: ${r.status} ${JSON.stringify(r.body)}`)
         const scores = JSON.parse(r.body) as { scores: Record<string, Record<string, number>> }
         if (scores.scores[String(w + 1)]?.['0'] === BLOCKS * BS) break
         if (k > 600) throw new Error(`worker ${w + 1} never finished loading`)
