@@ -123,8 +123,7 @@ parityTest('scanQueryBody: the native core and the fallback read every body alik
   const tooLong = longIds.map((v, k) => (k % 97 === 96 && v.length === 10 ? `${v}0` : v))
   for (const ids of [longIds, tooLong])
     for (let pad = 0; pad < 8; pad++)
-      for (const sep of [',', ' , ', ',\n'])
-        bodies.push(Buffer.from(`{"model_name":"m",${' '.repeat(pad)}"token_ids":[${ids.join(sep)}]}`))
+      for (const sep of [',', ' , ', ',\n']) bodies.push(Buffer.from(`{"model_name":"m",${' '.repeat(pad)}"token_ids":[${ids.join(sep)}]}`))
   let taken = 0
   for (const body of bodies)
     for (const capacity of [0, 3, 64, 4096]) {
