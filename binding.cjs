@@ -857,3 +857,4 @@ module.exports.kvEventsSubject = nativeBinding.kvEventsSubject
 module.exports.kvMetricsSubject = nativeBinding.kvMetricsSubject
 module.exports.names = nativeBinding.names
 module.exports.peekBatch = nativeBinding.peekBatch
+module.exports.scanQueryBody = nativeBinding.scanQueryBody

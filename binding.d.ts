@@ -256,3 +256,10 @@ export interface RawNames {
   encodedFormats: Array<string>
   storageTiers: Array<string>
 }
+
+/**
+ * The common /query body read from its bytes (dynamo_kv_core::query): the number of token ids, all
+ * written to `tokens`; -1 for any other body; -(2 + n) when its n token ids do not fit in `tokens`.
+ * `fields` (8 u32) receives the byte ranges of model_name, routing_group, lora_name and cache_salt.
+ */
+export declare function scanQueryBody(body: Uint8Array, tokens: Uint32Array, fields: Uint32Array): number

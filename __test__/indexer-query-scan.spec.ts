@@ -8,6 +8,7 @@ import { scanQuery } from '../ts/indexer/query-scan.js'
 import { parseJson } from '../ts/indexer/json.js'
 import { arr, encode, f64, map, nil, s, u, type Mp } from './helpers/mp.js'
 import { postJson, http } from './helpers/http.js'
+import { fallback, needNative, parityTest } from './helpers/impls.js'
 
 const range = (a: number, n: number) => Array.from({ length: n }, (_, k) => a + k)
 
@@ -86,6 +87,57 @@ test('scanQuery reads the plain bodies exactly and leaves every other one', (t) 
     t.is(q!.lora, v.lora_name)
   }
   for (const body of OTHER) t.is(scanQuery(Buffer.from(body)), null, body)
+})
+
+/** One implementation's scan of a body: its return value, the token ids written and the field ranges. */
+function scanWith(impl: typeof fallback, body: Uint8Array, capacity: number): string {
+  const tokens = new Uint32Array(capacity)
+  const fields = new Uint32Array(8)
+  const n = impl.scanQueryBody(body, tokens, fields)
+  return `${n} [${tokens.subarray(0, Math.max(0, Math.min(n < -1 ? capacity : n, capacity))).join(',')}] ${fields.join(',')}`
+}
+
+parityTest('scanQueryBody: the native core and the fallback read every body alike (plain, other, mutated, too many)', (t) => {
+  const native = needNative()
+  const bodies: Uint8Array[] = [...PLAIN, ...OTHER].map((b) => Buffer.from(b))
+  // mutations of the plain bodies: each byte replaced by a JSON-significant one, and every truncation
+  const swaps = Buffer.from(' 0159"\\,:[]{}n-.e\x7f\x80')
+  for (const body of PLAIN.slice(0, 6)) {
+    const b = Buffer.from(body)
+    for (let i = 0; i < b.length; i++) {
+      bodies.push(b.subarray(0, i))
+      for (const c of swaps) {
+        const m = Buffer.from(b)
+        m[i] = c
+        bodies.push(m)
+      }
+    }
+  }
+  // long bodies: ids of 1 to 10 digits, with and without spaces, each at 8 offsets; then the same with
+  // some ids of 11 digits (refused)
+  let x = 12345
+  const longIds = Array.from({ length: 2000 }, (_, k) => {
+    x = (Math.imul(x, 1103515245) + 12345) >>> 0
+    return String(x % 10 ** ((k % 10) + 1) || x)
+  })
+  const tooLong = longIds.map((v, k) => (k % 97 === 96 && v.length === 10 ? `${v}0` : v))
+  for (const ids of [longIds, tooLong])
+    for (let pad = 0; pad < 8; pad++)
+      for (const sep of [',', ' , ', ',\n']) bodies.push(Buffer.from(`{"model_name":"m",${' '.repeat(pad)}"token_ids":[${ids.join(sep)}]}`))
+  let taken = 0
+  for (const body of bodies)
+    for (const capacity of [0, 3, 64, 4096]) {
+      const a = scanWith(native, body, capacity)
+      t.is(a, scanWith(fallback, body, capacity), Buffer.from(body).toString('latin1'))
+      if (capacity === 4096 && !a.startsWith('-')) taken++
+    }
+  // both took the plain bodies and some mutations, and refused the rest
+  t.true(taken > PLAIN.length + 24 && taken < bodies.length / 2, `${taken} of ${bodies.length}`)
+  const long = Buffer.from(`{"token_ids":[${longIds.join(',')}],"model_name":"m"}`)
+  t.is(scanWith(native, long, 4096).split(' ')[1], `[${longIds.join(',')}]`)
+  t.is(scanWith(native, Buffer.from(`{"token_ids":[${tooLong.join(',')}],"model_name":"m"}`), 4096).split(' ')[0], '-1')
+  // a body whose token ids do not fit: -(2 + n), the first ones written
+  t.is(scanWith(native, Buffer.from(PLAIN[0]!), 3), `-18 [1000,1001,1002] ${[109, 114, ...Array(6).fill(0xffff_ffff)].join(',')}`)
 })
 
 test('/query over HTTP (scanned) answers byte for byte as the exact reader', async (t) => {

@@ -10,11 +10,15 @@
 // share the machine's 2 cores, so the client is light by default (BENCH_HTTP_CLIENT=raw: requests
 // encoded once, written whole on plain sockets); BENCH_HTTP_CLIENT=node uses the node:http client.
 // BENCH_INDEXER_CLI runs another build's bin; BENCH_PROF=DIR writes a CPU profile of the service.
+// The service's own CPU time is read from /proc over each row: its main (JavaScript) thread per request
+// (schedstat, ns) and the whole process in cores (stat: utime + stime). CPU per request stays comparable
+// when other work shares the machine, where the rates do not.
 // Run alone: `BENCH_ONLY=indexer-http npx tsx bench/run.ts` or `npx tsx bench/indexer-http.ts`.
 import { encode } from '@msgpack/msgpack'
 import { type ChildProcess, spawn } from 'node:child_process'
 import { Agent, request } from 'node:http'
 import { connect, type Socket } from 'node:net'
+import { readFileSync } from 'node:fs'
 import { cpus, loadavg } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -90,43 +94,60 @@ function batch(w: number, c: number): Uint8Array {
   )
 }
 
+/** A process's CPU time: its main thread's (schedstat, ns) and the whole process's (stat, clock ticks). */
+function processCpu(pid: number): { mainNs: number; ticks: number } | null {
+  try {
+    const mainNs = Number(readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ')[0])
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    // fields 14 and 15 of stat (utime, stime) are the 12th and 13th after the command
+    return { mainNs, ticks: Number(f[11]) + Number(f[12]) }
+  } catch {
+    return null
+  }
+}
+/** Clock ticks per second of /proc/PID/stat (USER_HZ, 100 on Linux). */
+const TICKS = 100
+
 const agent = new Agent({ keepAlive: true, maxSockets: Math.max(...CONNECTIONS) })
 
-function post(port: number, path: string, body: string): Promise<{ status: number; body: string }> {
+/**
+ * One request on the keep-alive agent. A request written on a reused socket that the server closed as
+ * idle meanwhile (its keep-alive timeout) fails with ECONNRESET before any answer; it is sent again once,
+ * as node:http's documentation recommends.
+ */
+function send(
+  port: number,
+  method: 'GET' | 'POST',
+  path: string,
+  body: string | undefined,
+  retried = false,
+): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const req = request(
-      {
-        host: '127.0.0.1',
-        port,
-        method: 'POST',
-        path,
-        agent,
-        headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
-      },
-      (res) => {
-        let b = ''
-        res.setEncoding('utf8')
-        res.on('data', (c: string) => {
-          b += c
-        })
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: b }))
-      },
-    )
-    req.on('error', reject)
+    const headers = body === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }
+    const req = request({ host: '127.0.0.1', port, method, path, agent, headers }, (res) => {
+      if (body === undefined) {
+        res.resume()
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: '' }))
+        return
+      }
+      let b = ''
+      res.setEncoding('utf8')
+      res.on('data', (c: string) => {
+        b += c
+      })
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: b }))
+    })
+    req.on('error', (e: NodeJS.ErrnoException) => {
+      if (!retried && req.reusedSocket && e.code === 'ECONNRESET') send(port, method, path, body, true).then(resolve, reject)
+      else reject(e)
+    })
     req.end(body)
   })
 }
 
-function get(port: number, path: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port, method: 'GET', path, agent }, (res) => {
-      res.resume()
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: '' }))
-    })
-    req.on('error', reject)
-    req.end()
-  })
-}
+const post = (port: number, path: string, body: string) => send(port, 'POST', path, body)
+const get = (port: number, path: string) => send(port, 'GET', path, undefined)
 
 /**
  * One keep-alive connection of the light load generator: whole requests (head and body) encoded once,
@@ -252,6 +273,7 @@ export async function benchIndexerHttp(): Promise<void> {
     for (let w = 0; w < WORKERS; w++) {
       for (let k = 0; ; k++) {
         const r = await post(port, '/query', last(w))
+        if (r.status !== 200) throw new Error(`/query while loading: ${r.status} ${JSON.stringify(r.body)}`)
         const scores = JSON.parse(r.body) as { scores: Record<string, Record<string, number>> }
         if (scores.scores[String(w + 1)]?.['0'] === BLOCKS * BS) break
         if (k > 600) throw new Error(`worker ${w + 1} never finished loading`)
@@ -306,15 +328,23 @@ export async function benchIndexerHttp(): Promise<void> {
         }
       }
       const cpu0 = process.cpuUsage()
+      const svc0 = processCpu(child.pid!)
       const s = performance.now()
       await Promise.all(Array.from({ length: connections }, CLIENT === 'raw' ? rawLoop : nodeLoop))
       const wall = (performance.now() - s) / 1000
       const cpu = process.cpuUsage(cpu0)
-      return { lat, errors, seconds: wall, clientCpu: (cpu.user + cpu.system) / 1e6 / wall }
+      const svc1 = processCpu(child.pid!)
+      const svc =
+        svc0 === null || svc1 === null
+          ? null
+          : { mainUsPerRequest: (svc1.mainNs - svc0.mainNs) / 1000 / lat.length, cores: (svc1.ticks - svc0.ticks) / TICKS / wall }
+      return { lat, errors, seconds: wall, clientCpu: (cpu.user + cpu.system) / 1e6 / wall, svc }
     }
     await run(Math.max(...CONNECTIONS), 2)
     console.log(`client: ${CLIENT === 'raw' ? 'raw sockets, pre-encoded requests' : 'node:http'}`)
-    console.log('| load | queries/s | p50 | p99 | max | errors | client CPU (cores) |\n|---|---|---|---|---|---|---|')
+    console.log(
+      '| load | queries/s | p50 | p99 | max | errors | client CPU (cores) | service CPU (cores) | service main thread CPU per request |\n|---|---|---|---|---|---|---|---|---|',
+    )
     const rows: [string, number, string][] = CONNECTIONS.map((c) => ['POST /query, 1,024-token prompts', c, '/query'])
     // the HTTP floor: a route that does no work, at the highest load
     rows.push(['GET /health (no work: the HTTP floor)', Math.max(...CONNECTIONS), '/health'])
@@ -323,7 +353,7 @@ export async function benchIndexerHttp(): Promise<void> {
       m.lat.sort((a, b) => a - b)
       const pct = (p: number) => `${m.lat[Math.min(m.lat.length - 1, Math.floor(p * m.lat.length))]!.toFixed(2)} ms`
       console.log(
-        `| ${what}, ${connections} keep-alive connections, ${SECONDS} s | ${(m.lat.length / m.seconds).toFixed(0)} | ${pct(0.5)} | ${pct(0.99)} | ${m.lat.at(-1)!.toFixed(2)} ms | ${m.errors} | ${m.clientCpu.toFixed(2)} |`,
+        `| ${what}, ${connections} keep-alive connections, ${SECONDS} s | ${(m.lat.length / m.seconds).toFixed(0)} | ${pct(0.5)} | ${pct(0.99)} | ${m.lat.at(-1)!.toFixed(2)} ms | ${m.errors} | ${m.clientCpu.toFixed(2)} | ${m.svc?.cores.toFixed(2) ?? '-'} | ${m.svc === null ? '-' : `${m.svc.mainUsPerRequest.toFixed(1)} µs`} |`,
       )
     }
   } finally {

@@ -390,6 +390,14 @@ export interface RawBinding {
   eventSourceRecord(spec: RawEventSourceSpec): RawDiscoveryRecord
   /** The EventChannel record of one publisher's event plane. Throws an Error naming the bad argument. */
   eventChannelRecord(spec: RawEventChannelSpec): RawDiscoveryRecord
+  /**
+   * The indexer service's common POST /query body read from its bytes (crates/core/src/query.rs): the
+   * number of token ids, all written to `tokens`; -1 for any other body (the exact reader answers it);
+   * -(2 + n) when its n token ids do not fit in `tokens`. `fields` (8 values) receives the byte ranges
+   * [start, end) of model_name, routing_group, lora_name and cache_salt: 0xffffffff twice for a field not
+   * given, 0xfffffffe for null.
+   */
+  scanQueryBody(body: Uint8Array, tokens: Uint32Array, fields: Uint32Array): number
   RawIngestor: new (options: RawIngestorOptions) => RawIngestor
   RawRadixIndex: new () => RawRadixIndex
   /** bufferSize: events kept per dp rank (>= 1). */

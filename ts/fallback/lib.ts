@@ -10,6 +10,7 @@ import { APPLY_OUTCOMES, FallbackRadixIndex, INDEX_COUNTER_NAMES } from './index
 import { COUNTER_NAMES, FallbackIngestor } from './ingest.js'
 import { FallbackLocalIndexer } from './local.js'
 import { ByteWriter } from './msgpack.js'
+import { scanQueryBody } from './query.js'
 import {
   decodeEncodedList,
   decodeRouterEvent,
@@ -83,6 +84,7 @@ export const fallback: RawBinding = {
   },
   eventSourceRecord,
   eventChannelRecord,
+  scanQueryBody,
   RawIngestor: FallbackIngestor,
   RawRadixIndex: FallbackRadixIndex,
   RawLocalIndexer: FallbackLocalIndexer,

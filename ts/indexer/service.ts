@@ -871,7 +871,13 @@ export class IndexerService {
         if (scanned !== null) {
           const reply = this.#query(scanned)
           this.#observe('POST', url, reply.status, t)
-          send(reply)
+          if (reply.status !== 200) send(reply)
+          else {
+            // the scores are ASCII JSON (its length is its byte length); the flat header list is
+            // node:http's cheapest form, and the header and body go out in one write
+            res.writeHead(200, ['content-length', reply.body.length, 'content-type', JSON_TYPE])
+            res.end(reply.body)
+          }
           return
         }
       }

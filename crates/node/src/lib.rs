@@ -19,6 +19,7 @@ use dynamo_kv_core::index::{
 };
 use dynamo_kv_core::ingest::{Ingestor, IngestorConfig, Mode, COUNTER_NAMES};
 use dynamo_kv_core::local::{write_range_result_json, LocalIndexer, RangeResult, ReplyCursor};
+use dynamo_kv_core::query;
 use dynamo_kv_core::wire::{
     self, BlockExtraInfo, EventData, EventMeta, MmObject, ResidencyDomain, RouterEvent,
     StorageTier, StoredBlock, ENCODED_FORMATS, KV_EVENTS_TOPIC, KV_METRICS_TOPIC, STORAGE_TIERS,
@@ -1696,4 +1697,29 @@ fn range_result_out(env: &Env, result: RangeResult) -> Result<Object<'_>> {
         }
     }
     Ok(o)
+}
+
+// ------------------------------------------------------------------------------------------------
+// the indexer service's /query body
+
+/// The common /query body read from its bytes (dynamo_kv_core::query): the number of token ids, all
+/// written to `tokens`; -1 for any other body; -(2 + n) when its n token ids do not fit in `tokens`.
+/// `fields` (8 u32) receives the byte ranges of model_name, routing_group, lora_name and cache_salt.
+#[napi(catch_unwind)]
+pub fn scan_query_body(
+    body: &[u8],
+    mut tokens: Uint32ArraySlice,
+    mut fields: Uint32ArraySlice,
+) -> Result<i64> {
+    // SAFETY: JavaScript is blocked in this call and both arrays are the caller's scratch.
+    let (tokens, fields) = unsafe { (tokens.as_mut(), fields.as_mut()) };
+    let fields: &mut [u32; 2 * query::FIELD_COUNT] = fields
+        .get_mut(..2 * query::FIELD_COUNT)
+        .and_then(|f| f.try_into().ok())
+        .ok_or_else(|| Error::new(Status::InvalidArg, "fields must hold 8 values"))?;
+    Ok(match query::scan_query(body, tokens, fields) {
+        query::Scanned::Tokens(n) => n as i64,
+        query::Scanned::TooMany(n) => -2 - n as i64,
+        query::Scanned::Other => -1,
+    })
 }
