@@ -6,6 +6,7 @@ import { randomBytes } from 'node:crypto'
 import {
   MATCH_RECORD_BYTES,
   OUT_HEADER_BYTES,
+  SEQUENCE_AT,
   type ApplyOutcome,
   type BlockExtraInfo,
   type IndexCounterName,
@@ -687,7 +688,7 @@ export class Ingestor {
       payloads,
       dpRank: flags & 4 ? v.getUint32(at + 4, true) : null,
       firstEventId: flags & 1 ? v.getBigUint64(at + 16, true) : null,
-      firstSequence: flags & 16 ? v.getBigUint64(at + 60, true) : null,
+      firstSequence: flags & 16 ? v.getBigUint64(at + SEQUENCE_AT, true) : null,
       rejected: readRejected(v, at + 24, (flags & 8) === 0),
     }
     if (flags & 2) result.warnings = readWarnings(out, v, p, p + v.getUint32(at + 12, true))

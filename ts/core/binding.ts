@@ -22,6 +22,7 @@ export type RejectReason =
   | 'self_reference'
   | 'block_size'
   | 'dp_rank'
+  | 'ambiguous_salt'
 
 /** Counter names of `RawIngestor.counters()`: what each counts is documented in crates/core/src/ingest.rs. */
 export type CounterName =
@@ -130,10 +131,10 @@ export interface RawPeek {
  *   offset 12  u32  W, the byte length of the warnings section
  *   offset 16  u64  firstEventId (0 when absent); in dynamo-1.0 payload i has event id firstEventId + i,
  *                   in dynamo-1.4 the events of the payloads are numbered on from it
- *   offset 24  u32 × 9  rejected counts, indexed like names().rejectReasons
- *   offset 60  u64  firstSequence (flag bit 4; 0 when absent): payload i is the envelope of sequence
+ *   offset 24  u32 × 10  rejected counts, indexed like names().rejectReasons
+ *   offset 64  u64  firstSequence (flag bit 4; 0 when absent): payload i is the envelope of sequence
  *                   firstSequence + i (event-plane modes)
- *   offset 68  the N payloads, concatenated
+ *   offset 72  the N payloads, concatenated
  *   then       the warnings section (W bytes): per warning a u32 byte length and its UTF-8 text
  *   then       u32 × N  payload lengths (the last 4N bytes)
  *
@@ -142,7 +143,9 @@ export interface RawPeek {
  * of one call share one dp rank.
  */
 export type RawIngestOutput = Buffer
-export const OUT_HEADER_BYTES = 68
+/** Where firstSequence sits in RawIngestOutput (after the rejected counts). */
+export const SEQUENCE_AT = 64
+export const OUT_HEADER_BYTES = 72
 
 export interface RawIngestorOptions {
   kvBlockSize: number // integer >= 1

@@ -29,6 +29,7 @@ export const REJECT_REASONS: RejectReason[] = [
   'self_reference',
   'block_size',
   'dp_rank',
+  'ambiguous_salt',
 ]
 
 // rejection codes, indexed like REJECT_REASONS
@@ -43,7 +44,8 @@ export const REJ_EMPTY = 5
 export const REJ_SELF_REFERENCE = 6
 export const REJ_BLOCK_SIZE = 7
 export const REJ_DP_RANK = 8
-export const REJECT_COUNT = 9
+export const REJ_AMBIGUOUS_SALT = 9
+export const REJECT_COUNT = 10
 
 /** Learned KV groups per rank: at most this many. */
 export const MAX_GROUPS_PER_RANK = 1024
@@ -68,6 +70,8 @@ function eqIgnoreCase(b: Uint8Array, s: number, len: number, lower: Uint8Array):
 
 // Dynamo 1.6.1's storage tiers of an engine medium (exact case), as codes of STORAGE_TIERS
 export const TIER_DEVICE = 0
+/** The last storage tier code that follows the cache-salt chain (device 0, host_pinned 1). */
+const TIER_HOST_PINNED = 1
 const MEDIUM_TIERS: [Uint8Array, number][] = [
   ['GPU', 0],
   ['DEVICE', 0],
@@ -200,12 +204,19 @@ export function convertEvent(parser: EventParser, groups: Map<number, boolean>, 
  * convertEvent for the dynamo-1.4 profile: Dynamo 1.6.1's tier step (the tier lands in parser.tier),
  * then the same group and store checks, Eagle windows included.
  */
-export function convertEvent14(parser: EventParser, groups: Map<number, boolean>, kvBlockSize: number): number {
+export function convertEvent14(parser: EventParser, groups: Map<number, boolean>, kvBlockSize: number, salts: SaltChain | null): number {
   const tier = tier14(parser)
   if (tier < 0) return REJ_FILTERED_TIER
   parser.tier = tier
   if (!groupKept(groups, parser)) return REJ_FILTERED_GROUP
-  if (parser.kind === EV_REMOVED) return parser.nHashes === 0 ? REJ_EMPTY : OK
+  const chained = salts !== null && tier <= TIER_HOST_PINNED
+  if (parser.kind === EV_REMOVED) {
+    if (chained) salts.removed(parser)
+    return parser.nHashes === 0 ? REJ_EMPTY : OK
+  }
+  // The chain runs before the store's own checks, as in Dynamo 1.6.1 (convert.rs convert_14).
+  parser.salt = parser.saltAt >= 0 && parser.saltLen > 0 ? parser.b.subarray(parser.saltAt, parser.saltAt + parser.saltLen) : null
+  if (chained && !salts.store(parser)) return REJ_AMBIGUOUS_SALT
   const n = storeChecks(
     parser.hashes,
     parser.nHashes,
@@ -220,6 +231,65 @@ export function convertEvent14(parser: EventParser, groups: Map<number, boolean>
   if (n < 0) return -1 - n
   parser.kept = n
   return OK
+}
+
+/**
+ * The cache-salt chain of one rank in the dynamo-1.4 profile (convert.rs SaltChain, SPEC 5b): the salt each
+ * device or host-pinned block hash was stored under (null: ambiguous), so that a store without a salt of
+ * its own takes its parent's.
+ */
+export class SaltChain {
+  private readonly byHash = new Map<bigint, Uint8Array | null>()
+
+  /**
+   * Sets parser.salt to the salt the store is hashed with and learns its blocks' salt; false when the
+   * store has no salt and its parent is ambiguous (refused).
+   */
+  store(parser: EventParser): boolean {
+    const own = parser.salt
+    if (own === null && this.byHash.size === 0) return true
+    const byHash = this.byHash
+    const parentState = parser.hasParent ? byHash.get((BigInt(parser.parentHi) << 32n) | BigInt(parser.parentLo)) : undefined
+    let salt: Uint8Array | null
+    if (own !== null) {
+      salt = parentState != null && bytesEq(parentState, 0, parentState.length, own) ? parentState : own.slice()
+    } else if (parentState === undefined) {
+      salt = null
+    } else if (parentState === null) {
+      return false
+    } else {
+      salt = parentState
+    }
+    const h = parser.hashes
+    for (let i = 0; i < parser.nHashes; i++) {
+      const key = (BigInt(h[2 * i + HI]!) << 32n) | BigInt(h[2 * i + LO]!)
+      const known = byHash.get(key)
+      if (salt === null) {
+        if (known !== undefined) byHash.set(key, null)
+      } else if (known === undefined) {
+        byHash.set(key, salt)
+      } else if (known !== null && !bytesEq(known, 0, known.length, salt)) {
+        byHash.set(key, null)
+      }
+    }
+    parser.salt = salt
+    return true
+  }
+
+  /** A removal forgets a hash's salt, unless the hash is ambiguous. */
+  removed(parser: EventParser): void {
+    if (this.byHash.size === 0) return
+    const h = parser.hashes
+    for (let i = 0; i < parser.nHashes; i++) {
+      const key = (BigInt(h[2 * i + HI]!) << 32n) | BigInt(h[2 * i + LO]!)
+      if (this.byHash.get(key)) this.byHash.delete(key)
+    }
+  }
+
+  /** AllBlocksCleared forgets every hash of the rank. */
+  clear(): void {
+    this.byHash.clear()
+  }
 }
 
 const seed = { seedHi: 0, seedLo: BASE_SEED }
@@ -243,7 +313,8 @@ export function hashKept14(parser: EventParser, kvBlockSize: number): void {
   seed.seedHi = 0
   seed.seedLo = BASE_SEED
   if (parser.loraAt >= 0) loraSeedFromBytes(parser.b, parser.loraAt, parser.loraLen, seed)
-  if (parser.saltAt >= 0) addSaltFromBytes(parser.b, parser.saltAt, parser.saltLen, seed)
+  const salt = parser.salt
+  if (salt !== null) addSaltFromBytes(salt, 0, salt.length, seed)
   const used = n * kvBlockSize + (parser.eagle ? 1 : 0)
   hashBlocks(tokenBytesLE(parser.tokens, used), kvBlockSize, n, seed.seedHi, seed.seedLo, parser.mm, parser.tokHashes, parser.eagle)
 }

@@ -266,6 +266,8 @@ export class EventParser {
    */
   saltAt = -1
   saltLen = 0
+  /** The salt a converted dynamo-1.4 store is hashed with (its own, or its parent's through the chain); null: none. */
+  salt: Uint8Array | null = null
   /** The storage tier code of a converted event (dynamo-1.4 profile, convert.ts convertEvent14). */
   tier = 0
   /** An ownership present and not nil; locality at array position 12 (dynamo-1.4 profile). */

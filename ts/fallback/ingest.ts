@@ -6,6 +6,7 @@
 // reused ByteWriter, and the output is one Buffer allocation per call.
 import {
   OUT_HEADER_BYTES,
+  SEQUENCE_AT,
   type BlockExtraInfo,
   type CounterName,
   type RawIngestor,
@@ -26,6 +27,7 @@ import {
   REJ_EMPTY,
   REJ_MALFORMED,
   REJECT_COUNT,
+  SaltChain,
   storeChecks,
   TIER_DEVICE,
 } from './convert.js'
@@ -109,6 +111,7 @@ export const COUNTER_NAMES: CounterName[] = [
   'rejected_self_reference',
   'rejected_block_size',
   'rejected_dp_rank',
+  'rejected_ambiguous_salt',
 ]
 
 // counter indices (COUNTER_NAMES order)
@@ -149,6 +152,8 @@ class RankState {
   sequence = 0n
   /** dynamo-1.4: stores minus removes per block hash, per storage tier (Dynamo 1.6.1's refcount dedup). */
   refcounts: Map<bigint, number>[] = [new Map(), new Map(), new Map(), new Map()]
+  /** dynamo-1.4: the cache salt each device or host-pinned block hash was stored under. */
+  readonly salts = new SaltChain()
   constructor(wire14: boolean) {
     if (wire14) this.idLo = 1
   }
@@ -349,10 +354,11 @@ export class FallbackIngestor implements RawIngestor {
       let r = parser.parse(b, q)
       q = parser.end
       if (r === OK && parser.kind === EV_CLEARED) {
+        rs.salts.clear()
         this.reset14(dpRank, rs)
         continue
       }
-      if (r === OK) r = convertEvent14(parser, rs.groups, kvbs)
+      if (r === OK) r = convertEvent14(parser, rs.groups, kvbs, rs.salts)
       if (r !== OK) {
         this.reject(r)
         continue
@@ -879,8 +885,8 @@ export class FallbackIngestor implements RawIngestor {
     const rejected = this.rejected
     for (let i = 0; i < REJECT_COUNT; i++) put32(target, offset + 24 + 4 * i, rejected[i]!)
     const seq = this.firstSeq >= 0n ? this.firstSeq : 0n
-    put32(target, offset + 60, Number(seq & 0xffffffffn))
-    put32(target, offset + 64, Number(seq >> 32n))
+    put32(target, offset + SEQUENCE_AT, Number(seq & 0xffffffffn))
+    put32(target, offset + SEQUENCE_AT + 4, Number(seq >> 32n))
     if (body > 0) target.set(this.out.buf.subarray(0, body), offset + OUT_HEADER_BYTES)
     if (warnings.length > 0) target.set(warnings, offset + OUT_HEADER_BYTES + body)
     const lens = this.payloadLens

@@ -5,9 +5,11 @@
 //! → `check_store` (empty, self_reference, block_size, truncation) → blocks with their hashes.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::engine::{EngineEvent, Filters, StoreEvent};
 use crate::hash::salt_seed;
+use crate::index::MixState;
 use crate::wire::{BlockExtraInfo, StorageTier, StoredBlock};
 
 /// The router wire an Ingestor produces (SPEC 5 and 5b).
@@ -34,9 +36,10 @@ pub enum Reason {
     SelfReference = 6,
     BlockSize = 7,
     DpRank = 8,
+    AmbiguousSalt = 9,
 }
 
-pub const REASON_COUNT: usize = 9;
+pub const REASON_COUNT: usize = 10;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT] = [
@@ -49,6 +52,7 @@ impl Reason {
         Reason::SelfReference,
         Reason::BlockSize,
         Reason::DpRank,
+        Reason::AmbiguousSalt,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,6 +66,7 @@ impl Reason {
             Reason::SelfReference => "self_reference",
             Reason::BlockSize => "block_size",
             Reason::DpRank => "dp_rank",
+            Reason::AmbiguousSalt => "ambiguous_salt",
         }
     }
 }
@@ -109,6 +114,86 @@ impl GroupTable {
     }
 }
 
+/// The cache-salt chain of one rank in the `dynamo-1.4` profile (SPEC 5b, Dynamo 1.6.1's rule): which
+/// salt each device or host-pinned block hash was stored under, so that a store without a salt of its
+/// own takes its parent's. Only salted (or ambiguous) hashes are kept; unsalted chains cost nothing.
+#[derive(Debug, Default, Clone)]
+pub struct SaltChain {
+    /// Block hash → its salt; `None`: ambiguous (stored under two salts, or unsalted while it had one).
+    by_hash: HashMap<u64, Option<Arc<str>>, MixState>,
+}
+
+impl SaltChain {
+    /// The salt a store is hashed with, learning its blocks' salt. A store without a salt whose parent is
+    /// ambiguous is refused; one whose parent is unknown stays unsalted.
+    fn store(
+        &mut self,
+        block_hashes: &[u64],
+        parent: Option<u64>,
+        own: Option<&str>,
+    ) -> Result<Option<Arc<str>>, Reason> {
+        let own = own.filter(|s| !s.is_empty());
+        if own.is_none() && self.by_hash.is_empty() {
+            return Ok(None);
+        }
+        let parent_state = parent.and_then(|p| self.by_hash.get(&p));
+        let salt = match own {
+            Some(own) => Some(match parent_state {
+                Some(Some(p)) if &**p == own => Arc::clone(p),
+                _ => Arc::from(own),
+            }),
+            None => match parent_state {
+                Some(Some(p)) => Some(Arc::clone(p)),
+                Some(None) => return Err(Reason::AmbiguousSalt),
+                None => None,
+            },
+        };
+        for &h in block_hashes {
+            match &salt {
+                Some(salt) => {
+                    self.by_hash
+                        .entry(h)
+                        .and_modify(|e| {
+                            if e.as_deref() != Some(&**salt) {
+                                *e = None;
+                            }
+                        })
+                        .or_insert_with(|| Some(Arc::clone(salt)));
+                }
+                None => {
+                    if let Some(e) = self.by_hash.get_mut(&h) {
+                        *e = None;
+                    }
+                }
+            }
+        }
+        Ok(salt)
+    }
+
+    /// A removal forgets a hash's salt, unless the hash is ambiguous.
+    fn removed(&mut self, block_hashes: &[u64]) {
+        for h in block_hashes {
+            if matches!(self.by_hash.get(h), Some(Some(_))) {
+                self.by_hash.remove(h);
+            }
+        }
+    }
+
+    /// AllBlocksCleared forgets every hash of the rank.
+    fn clear(&mut self) {
+        self.by_hash.clear();
+    }
+
+    /// Hashes whose salt (or ambiguity) is remembered.
+    pub fn len(&self) -> usize {
+        self.by_hash.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_hash.is_empty()
+    }
+}
+
 /// SPEC 3 step 3: the index describes what this worker holds in its own GPU memory.
 fn tier_ok(f: &Filters) -> bool {
     f.medium.is_none_or(|m| m.eq_ignore_ascii_case(b"GPU"))
@@ -148,20 +233,22 @@ pub fn convert_event(
     groups: &mut GroupTable,
     scratch: &mut Vec<u8>,
 ) -> Result<Converted, Reason> {
-    convert_event_wire(ev, kv_block_size, groups, scratch, Wire::Dynamo10).map(|(c, _)| c)
+    convert_event_wire(ev, kv_block_size, groups, scratch, Wire::Dynamo10, None).map(|(c, _)| c)
 }
 
 /// SPEC 3 checks 1-7 for one decoded event under `wire`, with the event's storage tier (always the
-/// device for `dynamo-1.0`, whose tier step keeps GPU events only).
+/// device for `dynamo-1.0`, whose tier step keeps GPU events only). `salts`: the rank's cache-salt
+/// chain for `dynamo-1.4` (none: each store is hashed with its own salt only).
 pub fn convert_event_wire(
     ev: EngineEvent,
     kv_block_size: u32,
     groups: &mut GroupTable,
     scratch: &mut Vec<u8>,
     wire: Wire,
+    salts: Option<&mut SaltChain>,
 ) -> Result<(Converted, StorageTier), Reason> {
     if wire == Wire::Dynamo14 {
-        return convert_14(ev, kv_block_size, groups, scratch);
+        return convert_14(ev, kv_block_size, groups, scratch, salts);
     }
     let device = StorageTier::Device;
     match ev {
@@ -216,16 +303,27 @@ pub fn convert_event_wire(
     }
 }
 
+/// Whether a tier's events follow the cache-salt chain (Dynamo 1.6.1: disk and external ones do not).
+fn chained(tier: StorageTier) -> bool {
+    matches!(tier, StorageTier::Device | StorageTier::HostPinned)
+}
+
 fn convert_14(
     ev: EngineEvent,
     kv_block_size: u32,
     groups: &mut GroupTable,
     scratch: &mut Vec<u8>,
+    mut salts: Option<&mut SaltChain>,
 ) -> Result<(Converted, StorageTier), Reason> {
     match ev {
         EngineEvent::Invalid => Err(Reason::Invalid),
         EngineEvent::UnknownType => Err(Reason::UnknownType),
-        EngineEvent::Cleared => Ok((Converted::Cleared, StorageTier::Device)),
+        EngineEvent::Cleared => {
+            if let Some(chain) = salts {
+                chain.clear();
+            }
+            Ok((Converted::Cleared, StorageTier::Device))
+        }
         EngineEvent::Removed {
             block_hashes,
             filters,
@@ -233,6 +331,9 @@ fn convert_14(
             let tier = tier_14(&filters).ok_or(Reason::FilteredTier)?;
             if !groups.keep(&filters) {
                 return Err(Reason::FilteredGroup);
+            }
+            if let Some(chain) = salts.filter(|_| chained(tier)) {
+                chain.removed(&block_hashes);
             }
             if block_hashes.is_empty() {
                 return Err(Reason::Empty);
@@ -255,6 +356,16 @@ fn convert_14(
                 eagle,
                 ..
             } = s;
+            // The chain runs before the store's own checks, as in Dynamo 1.6.1: a store refused later
+            // (block size, self reference) has still given its hashes their salt.
+            let chained_salt = match salts.as_deref_mut().filter(|_| chained(tier)) {
+                Some(chain) => Some(chain.store(&block_hashes, parent_hash, cache_salt)?),
+                None => None,
+            };
+            let cache_salt = match &chained_salt {
+                Some(salt) => salt.as_deref(),
+                None => cache_salt,
+            };
             check_store_with(
                 &block_hashes,
                 parent_hash,

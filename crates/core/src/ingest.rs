@@ -5,8 +5,8 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::convert::{
-    check_store_with, convert_event_wire, Converted, GroupTable, Reason, Store, StoreHashing, Wire,
-    REASON_COUNT,
+    check_store_with, convert_event_wire, Converted, GroupTable, Reason, SaltChain, Store,
+    StoreHashing, Wire, REASON_COUNT,
 };
 use crate::discovery::MAX_PUBLISHER_ID;
 use crate::engine::decode_batch;
@@ -108,7 +108,7 @@ pub fn derived_publisher_id(seed: u64, rank: u32) -> u64 {
 }
 
 /// Counter names, in the order of `Ingestor::counters()` (the same list as the TS binding).
-pub const COUNTER_NAMES: [&str; 20] = [
+pub const COUNTER_NAMES: [&str; 21] = [
     "batches",
     "events_in",
     "emitted_stored",
@@ -129,6 +129,7 @@ pub const COUNTER_NAMES: [&str; 20] = [
     "rejected_self_reference",
     "rejected_block_size",
     "rejected_dp_rank",
+    "rejected_ambiguous_salt",
 ];
 const C_BATCHES: usize = 0;
 const C_EVENTS_IN: usize = 1;
@@ -158,6 +159,8 @@ struct RankState {
     /// `dynamo-1.4`: stores minus removes per block hash and storage tier (Dynamo 1.6.1's
     /// refcount dedup: a remove passes when its count reaches 0, or when the hash is not counted).
     refcounts: [RefCounts; 4],
+    /// `dynamo-1.4`: the cache salt each device or host-pinned block hash was stored under.
+    salts: SaltChain,
 }
 
 impl RankState {
@@ -169,6 +172,7 @@ impl RankState {
             groups: GroupTable::default(),
             sequence: 0,
             refcounts: Default::default(),
+            salts: SaltChain::default(),
         }
     }
 }
@@ -208,7 +212,7 @@ impl Ev14 {
 }
 
 /// The packed result of one call being built (layout documented in ts/core/binding.ts): `body` starts
-/// with the 60-byte header, filled in at the end, followed by the payloads; the payload lengths are
+/// with the OUT_HEADER_BYTES header, filled in at the end, followed by the payloads; the payload lengths are
 /// appended after them.
 struct Out {
     /// None: the batch was malformed.
@@ -223,7 +227,9 @@ struct Out {
     body: Vec<u8>,
 }
 
-pub const OUT_HEADER_BYTES: usize = 68;
+/// Where the packed output's firstSequence sits: after the rejected counts.
+const SEQUENCE_AT: usize = 24 + 4 * REASON_COUNT;
+pub const OUT_HEADER_BYTES: usize = SEQUENCE_AT + 8;
 
 /// A decoded view of a packed output (tests, benches and Rust callers).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,7 +277,7 @@ pub fn unpack(out: &[u8]) -> Unpacked {
         first_event_id: (flags & 1 != 0)
             .then(|| u64::from_le_bytes(out[16..24].try_into().unwrap())),
         first_sequence: (flags & 16 != 0)
-            .then(|| u64::from_le_bytes(out[60..68].try_into().unwrap())),
+            .then(|| u64::from_le_bytes(out[SEQUENCE_AT..OUT_HEADER_BYTES].try_into().unwrap())),
         warnings,
         rejected,
         payloads,
@@ -483,6 +489,7 @@ impl Ingestor {
                 &mut rank.groups,
                 &mut self.hash_scratch,
                 self.wire,
+                Some(&mut rank.salts),
             ) {
                 Err(reason) => self.reject(&mut out, reason),
                 Ok((Converted::Stored(store), tier)) => self.emit_store(&mut out, idx, store, tier),
@@ -636,7 +643,8 @@ impl Ingestor {
         for (i, r) in rejected.iter().enumerate() {
             h[24 + 4 * i..28 + 4 * i].copy_from_slice(&r.to_le_bytes());
         }
-        h[60..68].copy_from_slice(&first_sequence.unwrap_or(0).to_le_bytes());
+        h[SEQUENCE_AT..OUT_HEADER_BYTES]
+            .copy_from_slice(&first_sequence.unwrap_or(0).to_le_bytes());
         body[..OUT_HEADER_BYTES].copy_from_slice(&h);
         body.reserve(4 * lens.len());
         for l in &lens {
