@@ -82,11 +82,10 @@ async function main(): Promise<void> {
  * build fetches and compiles about 110 crates, hence not in the default run). Prints markdown tables.
  */
 function benchIndexDynamo(): void {
-  execFileSync(
-    'cargo',
-    ['run', '--quiet', '--release', '--manifest-path', 'crates/bench-dynamo-1.6/Cargo.toml'],
-    { stdio: 'inherit', env: { ...process.env, CARGO_TARGET_DIR: join(process.cwd(), 'target', 'compat') } },
-  )
+  execFileSync('cargo', ['run', '--quiet', '--release', '--manifest-path', 'crates/bench-dynamo-1.6/Cargo.toml'], {
+    stdio: 'inherit',
+    env: { ...process.env, CARGO_TARGET_DIR: join(process.cwd(), 'target', 'compat') },
+  })
 }
 
 function benchIngest(): void {
