@@ -74,6 +74,30 @@ pub struct Trace {
     pub peak_entries: usize,
 }
 
+/// An event of dp rank 0.
+pub fn event(worker_id: u64, event_id: u64, data: EventData) -> RouterEvent {
+    RouterEvent {
+        worker_id,
+        event_id,
+        dp_rank: 0,
+        data,
+    }
+}
+
+/// A store of `(block hash, tokens hash)` pairs under `parent`.
+pub fn stored_data(parent: Option<u64>, blocks: impl Iterator<Item = (u64, u64)>) -> EventData {
+    EventData::Stored {
+        parent_hash: parent,
+        blocks: blocks
+            .map(|(block_hash, tokens_hash)| StoredBlock {
+                block_hash,
+                tokens_hash,
+                mm_extra_info: None,
+            })
+            .collect(),
+    }
+}
+
 /// Stored blocks plus removed hashes of an event.
 pub fn blocks_of(ev: &RouterEvent) -> u64 {
     match &ev.data {
@@ -273,22 +297,16 @@ impl Trace {
             }
             if start < chain.len() {
                 event_ids[w] += 1;
-                out.push(RouterEvent {
-                    worker_id: w as u64,
-                    event_id: event_ids[w],
-                    dp_rank: 0,
-                    data: EventData::Stored {
-                        parent_hash: (start > 0).then(|| g.hash_on(w, chain[start - 1])),
-                        blocks: chain[start..]
+                out.push(event(
+                    w as u64,
+                    event_ids[w],
+                    stored_data(
+                        (start > 0).then(|| g.hash_on(w, chain[start - 1])),
+                        chain[start..]
                             .iter()
-                            .map(|&b| StoredBlock {
-                                block_hash: g.hash_on(w, b),
-                                tokens_hash: g.tokens[b as usize],
-                                mm_extra_info: None,
-                            })
-                            .collect(),
-                    },
-                });
+                            .map(|&b| (g.hash_on(w, b), g.tokens[b as usize])),
+                    ),
+                ));
             }
             // evict least recently used leaves down to the capacity
             let mut evicted = Vec::new();
@@ -310,14 +328,13 @@ impl Trace {
             }
             if !evicted.is_empty() {
                 event_ids[w] += 1;
-                out.push(RouterEvent {
-                    worker_id: w as u64,
-                    event_id: event_ids[w],
-                    dp_rank: 0,
-                    data: EventData::Removed {
+                out.push(event(
+                    w as u64,
+                    event_ids[w],
+                    EventData::Removed {
                         block_hashes: evicted,
                     },
-                });
+                ));
             }
             t.peak_entries = t.peak_entries.max(entries);
             if building && entries >= cfg.build_entries {
@@ -359,22 +376,18 @@ pub fn to_local(q: &[u64]) -> Vec<LocalBlockHash> {
 /// `(worker_id, dp_rank, score)`, non-zero scores, sorted.
 pub type Scores = Vec<(u64, u32, u32)>;
 
-pub fn dynamo_scores(m: &OverlapScores) -> Scores {
-    let mut v: Scores = m
-        .scores
-        .iter()
-        .filter(|(_, &s)| s > 0)
-        .map(|(w, &s)| (w.worker_id, w.dp_rank, s))
-        .collect();
+fn nonzero_sorted(scores: impl Iterator<Item = (u64, u32, u32)>) -> Scores {
+    let mut v: Scores = scores.filter(|s| s.2 > 0).collect();
     v.sort_unstable();
     v
 }
 
+pub fn dynamo_scores(m: &OverlapScores) -> Scores {
+    nonzero_sorted(m.scores.iter().map(|(w, &s)| (w.worker_id, w.dp_rank, s)))
+}
+
 pub fn core_scores(m: &[dynamo_kv_core::Match]) -> Scores {
-    m.iter()
-        .filter(|m| m.score > 0)
-        .map(|m| (m.worker_id, m.dp_rank, m.score))
-        .collect()
+    nonzero_sorted(m.iter().map(|m| (m.worker_id, m.dp_rank, m.score)))
 }
 
 /// What an event did to the reference.
@@ -469,17 +482,10 @@ impl Reference {
                 None => break,
             }
         }
-        let mut v: Scores = self
-            .workers
-            .iter()
-            .map(|(&(id, rank), w)| {
-                let s = path.iter().take_while(|p| w.held.contains_key(p)).count();
-                (id, rank, s as u32)
-            })
-            .filter(|s| s.2 > 0)
-            .collect();
-        v.sort_unstable();
-        v
+        nonzero_sorted(self.workers.iter().map(|(&(id, rank), w)| {
+            let s = path.iter().take_while(|p| w.held.contains_key(p)).count();
+            (id, rank, s as u32)
+        }))
     }
 }
 

@@ -303,61 +303,28 @@ fn paced_reader(done: &AtomicBool, n: usize, mut f: impl FnMut(usize) -> usize) 
     ns
 }
 
-/// Under one writer thread: reader latencies, the writer's rate and how many queries ran.
-fn busy_core(w: &Workload, threads_ready: &mut RadixIndex) -> (f64, f64, f64, f64) {
-    let idx = Mutex::new(std::mem::take(threads_ready));
-    let done = AtomicBool::new(false);
-    let mut ns = Vec::new();
-    let mut writer_secs = 0.0;
-    std::thread::scope(|s| {
-        let h = s.spawn(|| {
-            let t = Instant::now();
-            for e in &w.trace.mixed {
-                idx.lock().unwrap().apply_event(e);
-            }
-            done.store(true, Ordering::Release);
-            t.elapsed().as_secs_f64()
-        });
-        ns = paced_reader(&done, w.trace.queries.len(), |i| {
-            idx.lock()
-                .unwrap()
-                .find_matches_ref(&w.trace.queries[i], false)
-                .len()
-        });
-        writer_secs = h.join().unwrap();
-    });
-    *threads_ready = idx.into_inner().unwrap();
-    let n = ns.len() as f64;
-    let (p50, p99) = latencies(ns);
-    (p50, p99, w.trace.mixed_blocks as f64 / writer_secs, n)
-}
-
-fn busy_crtc(
+/// Under one writer thread (`write` applies the mixed stream and returns its wall seconds), paced
+/// lookups by `read`: the reader's p50 and p99, the writer's rate and how many lookups ran, into `r`.
+fn busy(
+    r: &mut Round,
     w: &Workload,
-    ix: &ThreadPoolIndexer<ConcurrentRadixTreeCompressed>,
-) -> (f64, f64, f64, f64) {
+    n_queries: usize,
+    write: impl FnOnce() -> f64 + Send,
+    read: impl FnMut(usize) -> usize,
+) {
     let done = AtomicBool::new(false);
-    let evs = w.mixed_dyn.clone();
-    let mut ns = Vec::new();
-    let mut writer_secs = 0.0;
-    std::thread::scope(|s| {
+    let (ns, writer_secs) = std::thread::scope(|s| {
         let h = s.spawn(|| {
-            let rt = rt();
-            let span = crtc_apply(&rt, ix, evs);
+            let secs = write();
             done.store(true, Ordering::Release);
-            span.wall
+            secs
         });
-        ns = paced_reader(&done, w.queries_dyn.len(), |i| {
-            ix.backend()
-                .find_matches(&w.queries_dyn[i], false)
-                .scores
-                .len()
-        });
-        writer_secs = h.join().unwrap();
+        let ns = paced_reader(&done, n_queries, read);
+        (ns, h.join().unwrap())
     });
-    let n = ns.len() as f64;
-    let (p50, p99) = latencies(ns);
-    (p50, p99, w.trace.mixed_blocks as f64 / writer_secs, n)
+    r.busy_queries = ns.len() as f64;
+    (r.busy_p50_us, r.busy_p99_us) = latencies(ns);
+    r.busy_writer_rate = w.trace.mixed_blocks as f64 / writer_secs;
 }
 
 fn round(
@@ -410,12 +377,26 @@ fn round(
             drop(idx);
             let mut idx = RadixIndex::new();
             core_apply(&mut idx, &t.build);
-            (
-                r.busy_p50_us,
-                r.busy_p99_us,
-                r.busy_writer_rate,
-                r.busy_queries,
-            ) = busy_core(w, &mut idx);
+            // find_matches_ref takes &mut self: readers and the writer share one mutex
+            let idx = Mutex::new(idx);
+            busy(
+                &mut r,
+                w,
+                t.queries.len(),
+                || {
+                    let c = Instant::now();
+                    for e in &t.mixed {
+                        idx.lock().unwrap().apply_event(e);
+                    }
+                    c.elapsed().as_secs_f64()
+                },
+                |i| {
+                    idx.lock()
+                        .unwrap()
+                        .find_matches_ref(&t.queries[i], false)
+                        .len()
+                },
+            );
         }
         Impl::Tree => {
             let before = live();
@@ -495,12 +476,19 @@ fn round(
             drop(ix);
             let ix = new_crtc(crtc_threads);
             crtc_apply(&rt, &ix, w.build_dyn.clone());
-            (
-                r.busy_p50_us,
-                r.busy_p99_us,
-                r.busy_writer_rate,
-                r.busy_queries,
-            ) = busy_crtc(w, &ix);
+            let (ix, rt, evs) = (&ix, &rt, w.mixed_dyn.clone());
+            busy(
+                &mut r,
+                w,
+                w.queries_dyn.len(),
+                move || crtc_apply(rt, ix, evs).wall,
+                |i| {
+                    ix.backend()
+                        .find_matches(&w.queries_dyn[i], false)
+                        .scores
+                        .len()
+                },
+            );
         }
     }
     r

@@ -3,10 +3,11 @@
 //! Dynamo 1.6.1's RadixTree agrees on the first and, as known, not on the second.
 
 use bench_dynamo_1_6::{
-    core_scores, dynamo_scores, to_dynamo, to_local, RefOutcome, Reference, Trace, TraceConfig,
+    core_scores, dynamo_scores, event, stored_data, to_dynamo, to_local, RefOutcome, Reference,
+    Trace, TraceConfig,
 };
 use dynamo_kv_core::index::{ApplyOutcome, RadixIndex};
-use dynamo_kv_core::wire::{EventData, RouterEvent, StoredBlock};
+use dynamo_kv_core::wire::EventData;
 use dynamo_kv_router::protocols::KvCacheEventError;
 use dynamo_kv_router::RadixTree;
 
@@ -73,21 +74,17 @@ fn with_per_worker_hashes_the_core_agrees_and_dynamo_1_6_1_cuts_stores_short() {
 
 #[test]
 fn the_reference_scores_consecutive_held_blocks_from_the_first() {
-    let stored = |w: u64, parent: Option<u64>, blocks: &[(u64, u64)]| RouterEvent {
-        worker_id: w,
-        event_id: 0,
-        dp_rank: 0,
-        data: EventData::Stored {
-            parent_hash: parent,
-            blocks: blocks
-                .iter()
-                .map(|&(block_hash, tokens_hash)| StoredBlock {
-                    block_hash,
-                    tokens_hash,
-                    mm_extra_info: None,
-                })
-                .collect(),
-        },
+    let stored = |w: u64, parent: Option<u64>, blocks: &[(u64, u64)]| {
+        event(w, 0, stored_data(parent, blocks.iter().copied()))
+    };
+    let removed = |w: u64, hashes: &[u64]| {
+        event(
+            w,
+            0,
+            EventData::Removed {
+                block_hashes: hashes.to_vec(),
+            },
+        )
     };
     let mut r = Reference::new();
     let a = r.apply(&stored(1, None, &[(101, 11), (102, 12), (103, 13)]));
@@ -101,14 +98,6 @@ fn the_reference_scores_consecutive_held_blocks_from_the_first() {
     );
     assert_eq!(r.scores(&[11, 12, 13]), vec![(1, 0, 3), (2, 0, 2)]);
     assert_eq!(r.scores(&[12, 13]), vec![]);
-    let removed = |w: u64, hashes: &[u64]| RouterEvent {
-        worker_id: w,
-        event_id: 0,
-        dp_rank: 0,
-        data: EventData::Removed {
-            block_hashes: hashes.to_vec(),
-        },
-    };
     assert_eq!(r.apply(&removed(1, &[102, 5])), RefOutcome::BlockNotFound);
     assert_eq!(r.scores(&[11, 12, 13]), vec![(1, 0, 1), (2, 0, 2)]);
     // a hash stored again elsewhere moves
