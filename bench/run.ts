@@ -56,8 +56,8 @@ function rustRate(file: string, w: Workload): Rate {
 }
 
 /**
- * BENCH_ONLY=ingest|indexer|publish|zmq|numbers|indexer-http|router|multihash (comma-separated) runs only those
- * parts; default all but multihash.
+ * BENCH_ONLY=ingest|indexer|publish|zmq|numbers|indexer-http|router|multihash|index-dynamo (comma-separated) runs
+ * only those parts; default all but multihash and index-dynamo.
  */
 const only = new Set((process.env.BENCH_ONLY ?? 'ingest,indexer,publish,zmq,numbers,indexer-http,router').split(',').map((x) => x.trim()))
 
@@ -74,6 +74,18 @@ async function main(): Promise<void> {
   if (only.has('indexer-http')) await benchIndexerHttp()
   if (only.has('router')) await benchRouter()
   if (only.has('multihash')) await benchMultiHash()
+  if (only.has('index-dynamo')) benchIndexDynamo()
+}
+
+/**
+ * This core's index side by side with Dynamo 1.6.1's (crates/bench-dynamo-1.6, its own workspace: a cold
+ * build fetches and compiles about 110 crates, hence not in the default run). Prints markdown tables.
+ */
+function benchIndexDynamo(): void {
+  execFileSync('cargo', ['run', '--quiet', '--release', '--manifest-path', 'crates/bench-dynamo-1.6/Cargo.toml'], {
+    stdio: 'inherit',
+    env: { ...process.env, CARGO_TARGET_DIR: join(process.cwd(), 'target', 'compat') },
+  })
 }
 
 function benchIngest(): void {

@@ -768,6 +768,49 @@ function readMatches(v: DataView): OverlapScores {
   return { scores, treeSizes }
 }
 
+/** The last `outWorkers` of findMatchesInto and its 32-bit view (callers reuse one array). */
+let intoWorkers: BigUint64Array | null = null
+let intoWorkers32: Uint32Array = new Uint32Array(0)
+/** The query scratch as 32-bit words, where the platform is little-endian as the scratch's layout. */
+let intoScratch: Buffer | null = null
+let intoScratch32: Uint32Array = new Uint32Array(0)
+/** Where the low half of a u64 sits in a typed array's memory (the platform's byte order). */
+const LO_HALF = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1 ? 0 : 1
+
+/** findMatchesInto's copy: worker ids move as their two 32-bit halves (no BigInt is made). */
+function readMatchesInto(workers: BigUint64Array, ranks: Uint32Array, scores: Uint32Array): number {
+  const v = matchView
+  const n = v.getUint32(0, true)
+  if (workers.length < n || ranks.length < n || scores.length < n) return -n
+  if (workers !== intoWorkers || intoWorkers32.buffer !== workers.buffer) {
+    intoWorkers = workers
+    intoWorkers32 = new Uint32Array(workers.buffer, workers.byteOffset, 2 * workers.length)
+  }
+  const w32 = intoWorkers32
+  if (LO_HALF === 0 && matchScratch.byteOffset % 4 === 0) {
+    if (intoScratch !== matchScratch) {
+      intoScratch = matchScratch
+      intoScratch32 = new Uint32Array(matchScratch.buffer, matchScratch.byteOffset, matchScratch.byteLength >>> 2)
+    }
+    // records of 6 words after the count: worker lo, hi, dp rank, score, tree size lo, hi
+    const m = intoScratch32
+    for (let i = 0, at = 1; i < n; i++, at += 6) {
+      w32[2 * i] = m[at]!
+      w32[2 * i + 1] = m[at + 1]!
+      ranks[i] = m[at + 2]!
+      scores[i] = m[at + 3]!
+    }
+    return n
+  }
+  for (let i = 0, at = 4; i < n; i++, at += MATCH_RECORD_BYTES) {
+    w32[2 * i + LO_HALF] = v.getUint32(at, true)
+    w32[2 * i + 1 - LO_HALF] = v.getUint32(at + 4, true)
+    ranks[i] = v.getUint32(at + 8, true)
+    scores[i] = v.getUint32(at + 12, true)
+  }
+  return n
+}
+
 /**
  * RadixIndex.applyEvent checks the event while it flattens it into these arrays (shared by all
  * indexes: a call is synchronous), so the core reads the hashes without a conversion per block.
@@ -896,6 +939,32 @@ export class RadixIndex {
       this.raw.findMatches(hashes, earlyExit, matchScratch)
     }
     return readMatches(matchView)
+  }
+
+  /**
+   * findMatches into arrays the caller owns and reuses: no object per call. Entry i of `outWorkers`,
+   * `outRanks` and `outScores` is the i-th scored worker, in the order of findMatches' `scores`. Returns
+   * how many were written, or minus the length the arrays need when one is shorter (nothing is written
+   * then). Tree sizes are left out.
+   */
+  findMatchesInto(
+    tokensHashes: BigUint64Array | bigint[],
+    outWorkers: BigUint64Array,
+    outRanks: Uint32Array,
+    outScores: Uint32Array,
+    opts?: { earlyExit?: boolean },
+  ): number {
+    const hashes = hashesArg('tokensHashes', tokensHashes)
+    if (!(outWorkers instanceof BigUint64Array)) throw new TypeError(`outWorkers must be a BigUint64Array, got ${describe(outWorkers)}`)
+    if (!(outRanks instanceof Uint32Array)) throw new TypeError(`outRanks must be a Uint32Array, got ${describe(outRanks)}`)
+    if (!(outScores instanceof Uint32Array)) throw new TypeError(`outScores must be a Uint32Array, got ${describe(outScores)}`)
+    const earlyExit = opts?.earlyExit === true
+    const len = this.raw.findMatches(hashes, earlyExit, matchScratch)
+    if (len < 0) {
+      growMatchScratch(-len)
+      this.raw.findMatches(hashes, earlyExit, matchScratch)
+    }
+    return readMatchesInto(outWorkers, outRanks, outScores)
   }
 
   /** findMatches on the block hashes of `tokens` (computeBlockHashes with the same options). */
