@@ -3,7 +3,7 @@
 // and that the output equals ingestInto's on a second ingestor fed the same batches.
 import test from 'ava'
 import { raw } from '../ts/core/native.js'
-import { implementation } from '../ts/core/api.js'
+import { Ingestor, implementation } from '../ts/core/api.js'
 import type { RawIngestorOptions } from '../ts/core/binding.js'
 import { BatchGenerator } from './helpers/gen-batches.js'
 
@@ -82,4 +82,41 @@ nativeOnly('[native] ingestPacked on a closed ingestor, or with bad arguments, t
   const c = new raw.RawIngestor(opts)
   t.not(c.handle(), h)
   t.throws(() => c.ingestPacked(h, batch, 3, out, 0), { message: 'Ingestor is closed' })
+})
+
+test(`[${impl}] IngestResult: views and payloads are the same bytes, kept intact by later calls`, (t) => {
+  const ing = new Ingestor({ kvBlockSize: 4, workerId: 5n })
+  const twin = new raw.RawIngestor(opts)
+  const gen = new BatchGenerator(11, { kvBlockSize: 4, ranks: [0, 1] })
+  const kept: { views: readonly Uint8Array[]; bytes: Buffer[] }[] = []
+  const scratch = Buffer.alloc(1 << 16)
+  let withPayloads = 0
+  for (let k = 0; k < 2000; k++) {
+    const batch = gen.next()
+    const r = ing.ingest(batch, 1000 + k)
+    // the same conversion through the raw call on a twin ingestor (no local indexer: same payloads)
+    const n = twin.ingestInto(batch, 1000 + k, scratch, 0) as number
+    t.is(r.count, scratch.readUInt32LE(0))
+    t.is(r.views.length, r.count)
+    t.is(r.views, r.views, 'built once')
+    t.is(r.payloads.length, r.count)
+    let at = 68
+    for (let i = 0; i < r.count; i++) {
+      const v = r.views[i]!
+      t.false(Buffer.isBuffer(v))
+      t.true(Buffer.isBuffer(r.payloads[i]))
+      const len = scratch.readUInt32LE(n - 4 * r.count + 4 * i)
+      t.true(Buffer.from(v).equals(scratch.subarray(at, at + len)))
+      t.true(r.payloads[i]!.equals(v))
+      at += len
+    }
+    if (r.count === 0) {
+      t.true(Object.isFrozen(r.views))
+      t.is(r.firstEventId, null)
+    } else withPayloads++
+    if (!Object.values(r.rejected).some((c) => c > 0)) t.true(Object.isFrozen(r.rejected))
+    if (k % 50 === 0) kept.push({ views: r.views, bytes: r.views.map((v) => Buffer.from(v)) })
+  }
+  t.true(withPayloads > 1000)
+  for (const { views, bytes } of kept) for (let i = 0; i < views.length; i++) t.true(Buffer.from(views[i]!).equals(bytes[i]!))
 })
