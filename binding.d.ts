@@ -16,6 +16,8 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
  */
 export declare class RawIngestor {
   constructor(options: RawIngestorOptions)
+  /** The handle `ingestPacked` finds this ingestor by. */
+  handle(): number
   ingest(payload: Uint8Array, nowMs: number): Buffer
   /**
    * The hot path: the packed output copied into `out` at `offset` (the caller's reusable arena)

@@ -270,6 +270,14 @@ export interface RawIngestor {
    * instead. Either way one call hands over the whole output.
    */
   ingestInto(payload: Uint8Array, nowMs: number, out: Uint8Array, offset: number): number | Buffer
+  /**
+   * ingestInto on the ingestor `handle` names (from handle(); the receiver is not used to find it),
+   * through the cheapest native call: the public Ingestor.ingest uses it. Throws `Ingestor is closed`
+   * for a handle of a closed or collected ingestor.
+   */
+  ingestPacked(handle: number, payload: Uint8Array, nowMs: number, out: Uint8Array, offset: number): number | Buffer
+  /** This ingestor's handle for ingestPacked: an integer, never reused for another live ingestor. */
+  handle(): number
   removed(blockHashes: BigUint64Array, dpRank: number, nowMs: number): RawIngestOutput
   cleared(dpRank: number, nowMs: number): RawIngestOutput
   /** Whether dpRank may be used (already seen, configured, or room for one more). */

@@ -27,6 +27,8 @@ use dynamo_kv_core::wire::{
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
+mod ingest_fast;
+
 fn u64_arg(name: &str, b: &BigInt) -> Result<u64> {
     let (signed, v, lossless) = b.get_u64();
     if signed || !lossless {
@@ -771,10 +773,13 @@ fn closed(what: &str) -> Error {
 #[napi(custom_finalize)]
 pub struct RawIngestor {
     shared: Rc<RefCell<Shared>>,
+    /// This ingestor's handle for `ingestPacked` (src/ingest_fast.rs).
+    handle: f64,
 }
 
 impl ObjectFinalize for RawIngestor {
     fn finalize(self, env: Env) -> Result<()> {
+        ingest_fast::unregister(self.handle);
         // the last holder (this or its local indexer handle) gives the report back
         if Rc::strong_count(&self.shared) == 1 {
             self.shared.borrow_mut().close(&env);
@@ -824,12 +829,12 @@ impl RawIngestor {
                 format!("invalid ingestor option: {e:?}"),
             )
         })?;
-        Ok(RawIngestor {
-            shared: Rc::new(RefCell::new(Shared {
-                ingestor: Some(inner),
-                memory: MemoryReport::default(),
-            })),
-        })
+        let shared = Rc::new(RefCell::new(Shared {
+            ingestor: Some(inner),
+            memory: MemoryReport::default(),
+        }));
+        let handle = ingest_fast::register(&shared);
+        Ok(RawIngestor { shared, handle })
     }
 
     /// Runs `f` on the ingestor, then reports its memory (the estimate is O(ranks), cheap next to
@@ -847,6 +852,12 @@ impl RawIngestor {
             Some(ing) => Ok(f(ing)),
             None => Err(closed("Ingestor")),
         }
+    }
+
+    /// The handle `ingestPacked` finds this ingestor by.
+    #[napi]
+    pub fn handle(&self) -> f64 {
+        self.handle
     }
 
     #[napi(catch_unwind)]
