@@ -13,6 +13,7 @@ pub mod ingest;
 pub mod json;
 pub mod local;
 pub mod msgpack;
+pub mod select;
 pub mod wire;
 
 pub use convert::{decode_engine_batch, Converted, DecodedBatch, Reason, Store};
