@@ -10,14 +10,18 @@ function tooShort(name: string): never {
   throw new Error(`${name} is shorter than the candidates`)
 }
 
-/** The first candidate whose (worker, rank) is not below the key (the columns ascend). */
-function partition(ids: BigUint64Array, ranks: Uint32Array, n: number, workerId: bigint, dpRank: number): number {
+/**
+ * The first candidate whose (worker, rank) is not below the key (the columns ascend): a few steps on from
+ * `from` when the key is just ahead of it (matches and candidates both ascend), else a binary search.
+ */
+function seek(ids: BigUint64Array, ranks: Uint32Array, n: number, from: number, workerId: bigint, dpRank: number): number {
+  const below = (i: number) => ids[i]! < workerId || (ids[i] === workerId && ranks[i]! < dpRank)
+  if (from <= n && (from === 0 || below(from - 1))) for (let i = from; i < Math.min(n, from + 8); i++) if (!below(i)) return i
   let lo = 0
   let hi = n
   while (lo < hi) {
     const mid = lo + ((hi - lo) >>> 1)
-    const w = ids[mid]!
-    if (w < workerId || (w === workerId && ranks[mid]! < dpRank)) lo = mid + 1
+    if (below(mid)) lo = mid + 1
     else hi = mid
   }
   return lo
@@ -51,10 +55,12 @@ export function selectBest(
   out.fill(0, overlapAt, treeAt + n)
   const view = new DataView(matchBuf.buffer, matchBuf.byteOffset, len)
   const count = view.getUint32(0, true)
+  // matches come in ascending order: each is looked for from where the last one was found
+  let k = 0
   for (let i = 0, at = 4; i < count; i++, at += MATCH_RECORD_BYTES) {
     const workerId = view.getBigUint64(at, true)
     const dpRank = view.getUint32(at + 8, true)
-    const k = partition(workerIds, dpRanks, n, workerId, dpRank)
+    k = seek(workerIds, dpRanks, n, k, workerId, dpRank)
     if (k < n && workerIds[k] === workerId && dpRanks[k] === dpRank) {
       out[overlapAt + k] = view.getUint32(at + 12, true)
       out[treeAt + k] = Number(view.getBigUint64(at + 16, true))

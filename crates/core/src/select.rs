@@ -47,8 +47,10 @@ pub fn select_best(
     let (ids, ranks) = (&c.worker_ids[..n], &c.dp_ranks[..n]);
     out.overlap[..n].fill(0.0);
     out.tree_size[..n].fill(0.0);
+    // matches come in ascending order: each is looked for from where the last one was found
+    let mut at = 0;
     for m in matches {
-        let at = partition(ids, ranks, m.worker_id, m.dp_rank);
+        at = seek(ids, ranks, at, m.worker_id, m.dp_rank);
         if at < n && ids[at] == m.worker_id && ranks[at] == m.dp_rank {
             out.overlap[at] = f64::from(m.score);
             out.tree_size[at] = m.tree_size as f64;
@@ -66,12 +68,22 @@ pub fn select_best(
     best
 }
 
-/// The first place whose (worker, rank) is not below the key (the columns ascend).
-fn partition(ids: &[u64], ranks: &[u32], worker_id: u64, dp_rank: u32) -> usize {
-    let (mut lo, mut hi) = (0, ids.len());
+/// The first place whose (worker, rank) is not below the key (the columns ascend): a few steps on from
+/// `from` when the key is just ahead of it (matches and candidates both ascend), else a binary search.
+fn seek(ids: &[u64], ranks: &[u32], from: usize, worker_id: u64, dp_rank: u32) -> usize {
+    let below = |i: usize| (ids[i], ranks[i]) < (worker_id, dp_rank);
+    let n = ids.len();
+    if from <= n && (from == 0 || below(from - 1)) {
+        for i in from..n.min(from + 8) {
+            if !below(i) {
+                return i;
+            }
+        }
+    }
+    let (mut lo, mut hi) = (0, n);
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        if (ids[mid], ranks[mid]) < (worker_id, dp_rank) {
+        if below(mid) {
             lo = mid + 1;
         } else {
             hi = mid;
