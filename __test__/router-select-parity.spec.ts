@@ -103,57 +103,23 @@ test('selectBest: native and fallback write the same overlaps, tree sizes and co
   }
   t.true(notFirst > 300 && scored > 400, `${checked} selections, ${notFirst} not the first candidate, ${scored} with an overlap`)
   for (const s of both) {
-    t.is(
+    /** n candidates (columns of n, or of `short` for dpRanks) into `outLen` values */
+    const call = (n: number, short: number, outLen: number) =>
       s.impl.selectBest(
         s.raw,
         new BigUint64Array(0),
         3,
         1,
-        new BigUint64Array(0),
-        new Uint32Array(0),
-        new Float64Array(0),
+        new BigUint64Array(n),
+        new Uint32Array(short),
+        new Float64Array(n),
+        n,
+        new Float64Array(outLen),
         0,
-        new Float64Array(0),
-        0,
-      ),
-      -1,
-    )
-    t.throws(
-      () =>
-        s.impl.selectBest(
-          s.raw,
-          new BigUint64Array(0),
-          3,
-          1,
-          new BigUint64Array(2),
-          new Uint32Array(2),
-          new Float64Array(2),
-          2,
-          new Float64Array(5),
-          0,
-        ),
-      {
-        message: /out is shorter than the candidates/,
-      },
-    )
-    t.throws(
-      () =>
-        s.impl.selectBest(
-          s.raw,
-          new BigUint64Array(0),
-          3,
-          1,
-          new BigUint64Array(2),
-          new Uint32Array(1),
-          new Float64Array(2),
-          2,
-          new Float64Array(6),
-          0,
-        ),
-      {
-        message: /dpRanks is shorter than the candidates/,
-      },
-    )
+      )
+    t.is(call(0, 0, 0), -1)
+    t.throws(() => call(2, 2, 5), { message: /out is shorter than the candidates/ })
+    t.throws(() => call(2, 1, 6), { message: /dpRanks is shorter than the candidates/ })
     s.index.close()
     s.raw.close()
   }

@@ -417,6 +417,10 @@ export interface RawBinding {
   eventChannelRecord(spec: RawEventChannelSpec): RawDiscoveryRecord
   RawIngestor: new (options: RawIngestorOptions) => RawIngestor
   RawRadixIndex: new () => RawRadixIndex
+  /** bufferSize: events kept per dp rank (>= 1). */
+  RawLocalIndexer: new (
+    bufferSize: number,
+  ) => RawLocalIndexer
   /**
    * The default selector's pass (SPEC 10) over the first n candidates (ascending (workerIds[i], dpRanks[i])):
    * their overlaps on `tokensHashes` in `index`, and cost = overlapWeight × max(0, requestBlocks − overlap)
@@ -437,8 +441,4 @@ export interface RawBinding {
     offset: number,
   ): number
   RawRankGate: new () => RawRankGate
-  /** bufferSize: events kept per dp rank (>= 1). */
-  RawLocalIndexer: new (
-    bufferSize: number,
-  ) => RawLocalIndexer
 }

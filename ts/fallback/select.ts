@@ -1,7 +1,15 @@
 // What a router asks of the core in one call each (mirrors crates/core/src/select.rs): the default
 // selector's pass over every candidate rank, and event-plane envelopes applied when they are the next
 // event of their rank (RankGate).
-import { GATE_OTHER, GATE_PASS, MATCH_RECORD_BYTES, type RawRadixIndex, type RawRankGate, type RouterEventValue } from '../core/binding.js'
+import {
+  GATE_OTHER,
+  GATE_PASS,
+  MATCH_RECORD_BYTES,
+  type RawBinding,
+  type RawRadixIndex,
+  type RawRankGate,
+  type RouterEventValue,
+} from '../core/binding.js'
 import { decodeRouterEventList, envelopePayload, PAYLOAD_AT } from './wire.js'
 
 let matchBuf = new Uint8Array(4 + MATCH_RECORD_BYTES * 64)
@@ -28,18 +36,18 @@ function seek(ids: BigUint64Array, ranks: Uint32Array, n: number, from: number, 
 }
 
 /** RawBinding.selectBest (ts/core/binding.ts). */
-export function selectBest(
-  index: RawRadixIndex,
-  tokensHashes: BigUint64Array,
-  requestBlocks: number,
-  overlapWeight: number,
-  workerIds: BigUint64Array,
-  dpRanks: Uint32Array,
-  decodeBlocks: Float64Array,
-  n: number,
-  out: Float64Array,
-  offset: number,
-): number {
+export const selectBest: RawBinding['selectBest'] = (
+  index,
+  tokensHashes,
+  requestBlocks,
+  overlapWeight,
+  workerIds,
+  dpRanks,
+  decodeBlocks,
+  n,
+  out,
+  offset,
+) => {
   if (workerIds.length < n) tooShort('workerIds')
   if (dpRanks.length < n) tooShort('dpRanks')
   if (decodeBlocks.length < n) tooShort('decodeBlocks')

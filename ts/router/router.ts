@@ -291,6 +291,8 @@ export class KvRouter {
   /** Per rank followed live, the event id the core applies on arrival (event-plane and manual sources). */
   readonly #gate = new core.RawRankGate()
   readonly #head = new BigUint64Array(6)
+  /** The raw index was freed (close): queries throw as the closed RadixIndex does. */
+  #freed = false
   /** The default selector's rule (null: a custom selector, which gets candidate objects). */
   readonly #rule: DefaultRule | null
   readonly #log: RateLimitedLog
@@ -514,6 +516,7 @@ export class KvRouter {
       if (this.#requests.has(requestId)) throw new RangeError(`requestId ${JSON.stringify(requestId)} is already active`)
     }
     if (this.#known.size === 0) return null
+    if (this.#freed) throw new Error('RadixIndex is closed')
     const ranks = this.#sortedRanks()
     const n = ranks.length
     // this decision's snapshot: the core writes overlap, tree size and cost; the loads are copied
@@ -1349,6 +1352,7 @@ export class KvRouter {
     await Promise.allSettled([...this.#tasks])
     if (this.#nc !== null && this.#ownsConnection) await this.#nc.close().catch(() => {})
     this.#index.close()
+    this.#freed = true
     this.#raw.close()
   }
 }
