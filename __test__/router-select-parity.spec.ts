@@ -4,7 +4,21 @@
 // rule of SPEC 10, and an event applied only when it is its armed rank's due event.
 import type { RawBinding, RawRadixIndex } from '../ts/core/binding.js'
 import { GATE_OTHER, GATE_PASS } from '../ts/core/binding.js'
-import { encodeEnvelope, encodeRouterEvent, encodeRouterEvents, RadixIndex, type RouterEventValue } from '../ts/index.js'
+import avaTest from 'ava'
+import {
+  defaultCost,
+  encodeEnvelope,
+  encodeRouterEvent,
+  encodeRouterEvents,
+  implementation,
+  KvRouter,
+  RadixIndex,
+  type RouteCandidate,
+  type RouteDecision,
+  type RouterEventValue,
+  silentLogger,
+  type WorkerSelector,
+} from '../ts/index.js'
 import { applyOp, EventGenerator, ReferenceIndex, type Rng } from './helpers/gen-events.js'
 import { fallback, needNative, parityTest as test } from './helpers/impls.js'
 
@@ -223,4 +237,70 @@ test('RankGate: native and fallback apply exactly the due events of armed ranks 
     s.index.close()
     s.raw.close()
   }
+})
+
+// The default selector's decisions (chosen in the core, candidates built when read) against a custom
+// selector given the candidate objects before it chooses by the same documented rule: equal choices,
+// and every decision's candidates, read only after all requests were routed and some finished, equal
+// what the custom selector was given at the time.
+avaTest(`[${implementation}] default-selector decisions equal a custom selector's view of the same requests, read late`, async (t) => {
+  const weight = 1.5
+  const given: (readonly RouteCandidate[])[] = []
+  const byRule: WorkerSelector = (cs) => {
+    given.push(cs)
+    let best = 0
+    for (let i = 1; i < cs.length; i++) if (defaultCost(cs[i]!, weight) < defaultCost(cs[best]!, weight)) best = i
+    return best
+  }
+  const fast = await KvRouter.create({
+    kvBlockSize: 4,
+    source: { kind: 'manual' },
+    logger: silentLogger,
+    selector: { overlapWeight: weight },
+  })
+  const objects = await KvRouter.create({ kvBlockSize: 4, source: { kind: 'manual' }, logger: silentLogger, selector: byRule })
+  try {
+    const gen = new EventGenerator(8, { workers: 5, dpRanks: [0, 1], removeWorkerRate: 0, removeWorkerDpRankRate: 0 })
+    const rng = gen.rng
+    const decisions: RouteDecision[] = []
+    const active: string[] = []
+    for (let i = 0; i < 600; i++) {
+      for (let e = 0; e < 5; e++) {
+        const op = gen.next()
+        if (op.op !== 'event') continue
+        const bytes = envelope(op.ev)
+        fast.applyEnvelope(bytes)
+        objects.applyEnvelope(bytes)
+      }
+      const hashes = gen.query(24)
+      const requestId = rng.chance(0.6) ? `r${i}` : undefined
+      const requestBlocks = hashes.length + rng.int(4)
+      const d = fast.findBestWorkerForHashes(hashes, { requestId, requestBlocks })!
+      const o = objects.findBestWorkerForHashes(hashes, { requestId, requestBlocks })!
+      t.deepEqual([d.workerId, d.dpRank, d.overlapBlocks], [o.workerId, o.dpRank, o.overlapBlocks], `request ${i}`)
+      decisions.push(d)
+      if (requestId !== undefined) active.push(requestId)
+      if (active.length > 0 && rng.chance(0.4)) {
+        const id = active.splice(rng.int(active.length), 1)[0]!
+        t.true(fast.markFinished(id))
+        t.true(objects.markFinished(id))
+      }
+    }
+    t.is(given.length, decisions.length)
+    for (const [i, d] of decisions.entries()) t.deepEqual(d.candidates, given[i], `request ${i}'s candidates`)
+    t.true(
+      given.some((cs) => cs.some((c) => c.routedBlocks > 0)),
+      'some candidates carry routed blocks',
+    )
+    t.true(
+      decisions.some((d) => d.overlapBlocks > 0),
+      'some choices hold an overlap',
+    )
+    t.is(fast.stats().events.stored.applied, objects.stats().events.stored.applied)
+    t.true(fast.stats().events.stored.applied > 1000)
+  } finally {
+    await fast.close()
+    await objects.close()
+  }
+  t.throws(() => fast.findBestWorkerForHashes([1n]), { message: 'RadixIndex is closed' })
 })
