@@ -1070,7 +1070,7 @@ export class KvRouter {
       wire: tiers === null ? 'dynamo-1.0' : 'dynamo-1.4',
     })
     const apply = (r: IngestResult) => {
-      for (const p of r.payloads) {
+      for (const p of r.views) {
         // the index keeps the device events of a payload (the others are 'ignored'); the tiers all of them
         this.#apply(p, 'envelope', peekEnvelope(p) ? peeked.kind : 'stored')
         if (tiers !== null) for (const ev of decodeRouterEvents(p, 'envelope')) tiers.apply(ev)
