@@ -16,6 +16,8 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
  */
 export declare class RawIngestor {
   constructor(options: RawIngestorOptions)
+  /** The handle `ingestPacked` finds this ingestor by. */
+  handle(): number
   ingest(payload: Uint8Array, nowMs: number): Buffer
   /**
    * The hot path: the packed output copied into `out` at `offset` (the caller's reusable arena)
@@ -107,6 +109,16 @@ export declare class RawRadixIndex {
   workers(): BigUint64Array
   size(): number
   counters(): BigUint64Array
+}
+
+export declare class RawRankGate {
+  constructor()
+  arm(workerId: bigint, dpRank: number, next: bigint): void
+  disarm(workerId: bigint, dpRank: number): bigint | null
+  removeWorker(workerId: bigint): void
+  takeSeen(): BigUint64Array
+  /** RankGate::apply into `index`; `out` holds at least 6 values. */
+  apply(index: RawRadixIndex, payload: Uint8Array, out: BigUint64Array): number
 }
 
 export declare function computeBlockHashes(tokens: Uint32Array, kvBlockSize: number, loraName?: string | undefined | null, blockMmInfos?: Array<JsBlockExtraInfo | undefined | null> | undefined | null, cacheSalt?: string | undefined | null, eagle?: boolean | undefined | null): BigUint64Array
@@ -263,3 +275,10 @@ export interface RawNames {
  * `fields` (8 u32) receives the byte ranges of model_name, routing_group, lora_name and cache_salt.
  */
 export declare function scanQueryBody(body: Uint8Array, tokens: Uint32Array, fields: Uint32Array): number
+
+/**
+ * Scores the candidates (ascending (workerIds[i], dpRanks[i]), the first n) on `tokens_hashes` and
+ * applies the default cost rule; writes overlap, tree size and cost at out[offset..], out[offset + n..]
+ * and out[offset + 2n..]. Returns the lowest-cost candidate (the first of equals), -1 when n is 0.
+ */
+export declare function selectBest(index: RawRadixIndex, tokensHashes: BigUint64Array, requestBlocks: number, overlapWeight: number, workerIds: BigUint64Array, dpRanks: Uint32Array, decodeBlocks: Float64Array, n: number, out: Float64Array, offset: number): number

@@ -114,7 +114,7 @@ test.serial(`[${impl}] one call into the core per engine message, replays and wa
     const detail = JSON.stringify(Object.fromEntries(perMethod))
     const counted = messages
     t.true(calls <= counted, `${calls} RawIngestor calls for ${counted} engine messages: ${detail}`)
-    t.is(perMethod.get('ingestInto'), counted, `one ingestInto per message: ${detail}`)
+    t.is(perMethod.get('ingestPacked'), counted, `one ingestPacked per message: ${detail}`)
     // a peekBatch of the fallback costs no crossing; a native one does
     if (impl === 'native')
       t.true(
@@ -135,9 +135,9 @@ test.serial(`[${impl}] dynamo-1.4: one call into the core per engine message`, (
   try {
     const batches = Array.from({ length: 50 }, (_, i) => truncatedStore([BigInt(2 * i + 1), BigInt(2 * i + 2)]))
     let payloads = 0
-    for (const b of batches) payloads += ing.ingest(b).payloads.length
+    for (const b of batches) payloads += ing.ingest(b).count
     t.is(payloads, batches.length)
-    t.deepEqual([...counted.ingestor.entries()], [['ingestInto', batches.length]])
+    t.deepEqual([...counted.ingestor.entries()], [['ingestPacked', batches.length]])
   } finally {
     counted.restore()
   }

@@ -79,8 +79,10 @@ for (const [vi, v] of variants.entries()) {
         const arenaA = Buffer.alloc(k % 4 === 1 ? 64 : 1 << 16)
         const arenaB = Buffer.alloc(arenaA.length)
         const at = k % 7
-        const ra = a.ingestInto(batch, now, arenaA, at)
-        const rb = b.ingestInto(batch, now, arenaB, at)
+        // every fourth one through ingestPacked, the call the public Ingestor makes
+        const packed = k % 4 === 3
+        const ra = packed ? a.ingestPacked(a.handle(), batch, now, arenaA, at) : a.ingestInto(batch, now, arenaA, at)
+        const rb = packed ? b.ingestPacked(b.handle(), batch, now, arenaB, at) : b.ingestInto(batch, now, arenaB, at)
         if (typeof ra !== typeof rb) t.fail(`batch ${k}: ingestInto returned a ${typeof ra} (native) and a ${typeof rb} (fallback)`)
         x = typeof ra === 'number' ? arenaA.subarray(at, at + ra) : ra
         y = typeof rb === 'number' ? arenaB.subarray(at, at + rb) : rb

@@ -231,6 +231,21 @@ function rawLatency(index: RadixIndex, queries: BigUint64Array[]): { p50: number
   return percentiles(ns)
 }
 
+/** Per call of the public RadixIndex.findMatchesInto into reused typed arrays (no result objects). */
+function intoLatency(index: RadixIndex, queries: BigUint64Array[]): { p50: number; p99: number; mean: number } {
+  const workers = new BigUint64Array(4096)
+  const ranks = new Uint32Array(4096)
+  const scores = new Uint32Array(4096)
+  for (let k = 0; k < Math.min(2000, queries.length); k++) index.findMatchesInto(queries[k]!, workers, ranks, scores)
+  const ns = new Float64Array(queries.length)
+  for (let k = 0; k < queries.length; k++) {
+    const t0 = process.hrtime.bigint()
+    index.findMatchesInto(queries[k]!, workers, ranks, scores)
+    ns[k] = Number(process.hrtime.bigint() - t0)
+  }
+  return percentiles(ns)
+}
+
 // ---------------------------------------------------------------------------------------------------
 // (c) bytes per entry, in a child process
 
@@ -347,6 +362,8 @@ export async function benchIndexer(): Promise<void> {
   const latJ = bestOf(() => latency(builtJs, queries))
   const rawN = bestOf(() => rawLatency(built.index, queries))
   const rawJ = bestOf(() => rawLatency(builtJs, queries))
+  const intoN = bestOf(() => intoLatency(built.index, queries))
+  const intoJ = bestOf(() => intoLatency(builtJs, queries))
   console.log(
     `lookup index: ${built.index.size()} entries over ${built.index.workers().length} workers from ${built.events} stores ` +
       `(${built.blocks} blocks; the apply workload's stores without removes), ${built.index.dump().length} reachable; ` +
@@ -385,8 +402,10 @@ export async function benchIndexer(): Promise<void> {
     `| native, RadixIndex.findMatches from JavaScript (result objects included) | ${us(latN.p50)} | ${us(latN.p99)} | ${us(latN.mean)} |`,
   )
   console.log(`| native, raw findMatches into a reused buffer | ${us(rawN.p50)} | ${us(rawN.p99)} | ${us(rawN.mean)} |`)
+  console.log(`| native, RadixIndex.findMatchesInto reused typed arrays | ${us(intoN.p50)} | ${us(intoN.p99)} | ${us(intoN.mean)} |`)
   console.log(`| fallback, RadixIndex.findMatches | ${us(latJ.p50)} | ${us(latJ.p99)} | ${us(latJ.mean)} |`)
   console.log(`| fallback, raw findMatches into a reused buffer | ${us(rawJ.p50)} | ${us(rawJ.p99)} | ${us(rawJ.mean)} |`)
+  console.log(`| fallback, RadixIndex.findMatchesInto reused typed arrays | ${us(intoJ.p50)} | ${us(intoJ.p99)} | ${us(intoJ.mean)} |`)
 
   console.log('\n| memory per (worker, block) entry | entries | bytes | bytes/entry |')
   console.log('|---|---|---|---|')

@@ -20,6 +20,7 @@ import { fileURLToPath } from 'node:url'
 import { connect, type NatsConnection } from '@nats-io/transport-node'
 import {
   computeBlockHashes,
+  defaultSelector,
   encodeEnvelope,
   encodeRouterEvent,
   implementation,
@@ -373,8 +374,14 @@ async function applyAndScale(servers: string): Promise<void> {
       return best.toFixed(1)
     }
     const m = router.findMatchesForHashes(path)
+    // the work of the path with candidate objects: the decision's candidates built and the selector run in JS
+    const js = defaultSelector()
+    const objects = () => {
+      const d = router.findBestWorkerForHashes(path)!
+      js(d.candidates, { requestBlocks: path.length, blockHashes: path })
+    }
     console.log(
-      `one answer (best of 5 × 2,000, ${m.scores.length} ranks scored of ${router.stats().workerRanks}): index.findMatches ${per(() => router.findMatchesForHashes(path))} µs, findBestWorkerForHashes ${per(() => router.findBestWorkerForHashes(path))} µs`,
+      `one answer (best of 5 × 2,000, ${m.scores.length} ranks scored of ${router.stats().workerRanks}): index.findMatches ${per(() => router.findMatchesForHashes(path))} µs, findBestWorkerForHashes ${per(() => router.findBestWorkerForHashes(path))} µs, with the candidates built and the selector run over them in JS ${per(objects)} µs`,
     )
     console.log(`index: ${router.index.size()} blocks, ${router.stats().workerRanks} ranks; gaps ${router.stats().gaps}`)
   } finally {

@@ -9,7 +9,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs'
 import { cpus, tmpdir, totalmem } from 'node:os'
 import { join } from 'node:path'
 import type { RawBinding } from '../ts/core/binding.js'
-import { Ingestor } from '../ts/core/api.js'
+import { Ingestor, type IngestResult } from '../ts/core/api.js'
 import { fallback } from '../ts/fallback/lib.js'
 import { BLOCK_SIZE, packBatches, standardWorkload, type Workload } from './workload.js'
 import { MS, NO_RATE, ROUNDS, best, fmtRate, rate, type Rate } from './measure.js'
@@ -23,12 +23,12 @@ import { benchMultiHash } from './index-multihash.js'
 
 const require = createRequire(import.meta.url)
 const native = require('../binding.cjs') as RawBinding
-function nodeRate(w: Workload, impl: RawBinding, api: boolean): Rate {
+function nodeRate(w: Workload, impl: RawBinding, api: boolean, packed = false): Rate {
   // one long-lived ingestor, as in a sidecar: its per-rank state stays warm across passes
   if (api) {
     const ing = new Ingestor({ kvBlockSize: BLOCK_SIZE, workerId: 7n }, impl)
     return rate(w.blocks, () => {
-      for (const b of w.batches) ing.ingest(b, 1_700_000_000_000)
+      for (const b of w.batches) publishLike(ing.ingest(b, 1_700_000_000_000))
     })
   }
   const ing = new impl.RawIngestor({
@@ -40,9 +40,35 @@ function nodeRate(w: Workload, impl: RawBinding, api: boolean): Rate {
     localIndexerBufferSize: 0,
   })
   const out = Buffer.allocUnsafeSlow(1 << 20)
+  if (packed) {
+    // the raw call behind the public Ingestor.ingest
+    const handle = ing.handle()
+    return rate(w.blocks, () => {
+      for (const b of w.batches) ing.ingestPacked(handle, b, 1_700_000_000_000, out, 0)
+    })
+  }
   return rate(w.blocks, () => {
     for (const b of w.batches) ing.ingestInto(b, 1_700_000_000_000, out, 0)
   })
+}
+
+/** What the bench's publisher-like consumer saw (kept so that no read is optimized away). */
+const consumed = { bytes: 0, views: 0, noId: 0, ranks: 0, warnings: 0 }
+
+/**
+ * Reads a result as KvEventPublisher does with an event-plane sink (ts/worker/publisher.ts `#run`,
+ * ts/transport/sinks/event-plane.ts `send`): every payload view and its length, the dp rank, the first
+ * event id, the warnings. So the public figure includes what publishing needs of each result.
+ */
+function publishLike(r: IngestResult): void {
+  if (r.count > 0) {
+    const views = r.views
+    for (let i = 0; i < views.length; i++) consumed.bytes += views[i]!.length
+    consumed.views += views.length
+    consumed.ranks += r.dpRank!
+    if (r.firstEventId === null) consumed.noId++
+  }
+  if (r.warnings !== undefined) consumed.warnings += r.warnings.length
 }
 
 function rustRate(file: string, w: Workload): Rate {
@@ -56,8 +82,8 @@ function rustRate(file: string, w: Workload): Rate {
 }
 
 /**
- * BENCH_ONLY=ingest|indexer|publish|zmq|numbers|indexer-http|router|multihash (comma-separated) runs only those
- * parts; default all but multihash.
+ * BENCH_ONLY=ingest|indexer|publish|zmq|numbers|indexer-http|router|multihash|index-dynamo (comma-separated) runs
+ * only those parts; default all but multihash and index-dynamo.
  */
 const only = new Set((process.env.BENCH_ONLY ?? 'ingest,indexer,publish,zmq,numbers,indexer-http,router').split(',').map((x) => x.trim()))
 
@@ -74,6 +100,18 @@ async function main(): Promise<void> {
   if (only.has('indexer-http')) await benchIndexerHttp()
   if (only.has('router')) await benchRouter()
   if (only.has('multihash')) await benchMultiHash()
+  if (only.has('index-dynamo')) benchIndexDynamo()
+}
+
+/**
+ * This core's index side by side with Dynamo 1.6.1's (crates/bench-dynamo-1.6, its own workspace: a cold
+ * build fetches and compiles about 110 crates, hence not in the default run). Prints markdown tables.
+ */
+function benchIndexDynamo(): void {
+  execFileSync('cargo', ['run', '--quiet', '--release', '--manifest-path', 'crates/bench-dynamo-1.6/Cargo.toml'], {
+    stdio: 'inherit',
+    env: { ...process.env, CARGO_TARGET_DIR: join(process.cwd(), 'target', 'compat') },
+  })
 }
 
 function benchIngest(): void {
@@ -84,10 +122,11 @@ function benchIngest(): void {
   console.log(`workload: ${w.batches.length} batches, ${w.events} events, ${w.blocks} blocks, ${(w.bytes / 1e6).toFixed(2)} MB`)
   console.log(`machine: ${cpus().length} x ${cpus()[0]?.model}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, node ${process.version}`)
   execFileSync('cargo', ['build', '--quiet', '--release', '--example', 'bench_ingest', '-p', 'dynamo-kv-core'], { stdio: 'inherit' })
-  const top = { rust: NO_RATE, nativeRaw: NO_RATE, nativeApi: NO_RATE, jsRaw: NO_RATE, jsApi: NO_RATE }
+  const top = { rust: NO_RATE, nativeRaw: NO_RATE, nativePacked: NO_RATE, nativeApi: NO_RATE, jsRaw: NO_RATE, jsApi: NO_RATE }
   for (let r = 0; r < ROUNDS; r++) {
     top.rust = best(top.rust, rustRate(file, w))
     top.nativeRaw = best(top.nativeRaw, nodeRate(w, native, false))
+    top.nativePacked = best(top.nativePacked, nodeRate(w, native, false, true))
     top.nativeApi = best(top.nativeApi, nodeRate(w, native, true))
     top.jsRaw = best(top.jsRaw, nodeRate(w, fallback, false))
     top.jsApi = best(top.jsApi, nodeRate(w, fallback, true))
@@ -100,6 +139,7 @@ function benchIngest(): void {
   console.log('|---|---|---|---|')
   row('pure Rust core (Ingestor::ingest)', top.rust)
   row('native from Node, raw binding', top.nativeRaw)
+  row('native from Node, raw ingestPacked (the call behind the public API)', top.nativePacked)
   row('native from Node, public Ingestor.ingest', top.nativeApi)
   row('fallback, raw', top.jsRaw)
   row('fallback, public Ingestor.ingest', top.jsApi)

@@ -48,7 +48,7 @@ async function inProcessWorker(i: number, seed: number, deliver: Deliver, logger
   const id = BigInt(i + 1)
   const ingestor = new Ingestor({ kvBlockSize: KV_BLOCK_SIZE, workerId: id })
   const publish = (r: IngestResult) => {
-    for (const p of r.payloads) deliver(p)
+    for (const p of r.views) deliver(p)
     return r
   }
   const source = await ZmqSource.create(

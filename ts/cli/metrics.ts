@@ -56,12 +56,12 @@ export class LatencyTracker {
    * Wraps one call that queues payloads (an ingest, or a rank reset with `engineBatch` false): times its
    * acceptance, then follows its payloads until they are settled.
    */
-  async time<T extends { payloads: unknown[] } | null>(work: () => Promise<T>, engineBatch = true): Promise<T> {
+  async time<T extends { count: number } | null>(work: () => Promise<T>, engineBatch = true): Promise<T> {
     const t0 = performance.now()
     const result = await work()
     const t1 = performance.now()
     if (engineBatch) this.ingest.observe((t1 - t0) / 1000)
-    const n = result?.payloads.length ?? 0
+    const n = result?.count ?? 0
     if (n > 0) {
       this.#accepted += n
       this.#outstanding.push([this.#accepted, t1])

@@ -434,25 +434,40 @@ export interface StoredArgs {
   eagle?: boolean
 }
 
+/**
+ * What one ingest call (or one manual store / removal / clear) produced. The payloads are views into
+ * memory the result keeps alive; nothing in a result changes after the call.
+ *
+ * The cheap way to consume a result is `count` and `views` (plain `Uint8Array` views, built on first
+ * access); `payloads` gives the same bytes as `Buffer`s, built on first access too, for code that needs
+ * Buffer methods. The package's publisher uses `views`. The fields are getters over the packed output,
+ * so a spread (`{ ...result }`) or `JSON.stringify` does not list them.
+ */
 export interface IngestResult {
+  /** The number of outgoing payloads (the length of `views` and of `payloads`). */
+  readonly count: number
   /**
-   * Outgoing payloads, ready to publish, in order. dynamo-1.0: payload i carries event id
-   * firstEventId + i. dynamo-1.4: each payload is one envelope holding an array of events numbered on
-   * from firstEventId.
+   * Outgoing payloads, ready to publish, in order, as `Uint8Array` views (built on the first access, then
+   * the same array). dynamo-1.0: payload i carries event id firstEventId + i. dynamo-1.4: each payload is
+   * one envelope holding an array of events numbered on from firstEventId. An empty result gives a
+   * shared frozen empty array.
    */
-  payloads: Buffer[]
+  readonly views: readonly Uint8Array[]
+  /** The same payloads as `Buffer`s over the same bytes (built on the first access; `views` is cheaper). */
+  readonly payloads: Buffer[]
   /**
    * The envelope sequence of payload 0 (payload i has firstSequence + i) under the publisher id
    * `ingestor.publisherId(dpRank)`; null without payloads, and in jetstream mode.
    */
-  firstSequence: bigint | null
+  readonly firstSequence: bigint | null
   /** The batch's dp rank; null when the batch was malformed. */
-  dpRank: number | null
+  readonly dpRank: number | null
   /** Id of the first emitted event; null when nothing was emitted. */
-  firstEventId: bigint | null
-  rejected: Record<RejectReason, number>
-  /** Rate-limited warnings raised by this call (e.g. a store truncated for missing tokens). */
-  warnings?: string[]
+  readonly firstEventId: bigint | null
+  /** Events rejected by reason. When nothing was rejected, one shared frozen record of zeros. */
+  readonly rejected: Readonly<Record<RejectReason, number>>
+  /** Rate-limited warnings raised by this call (e.g. a store truncated for missing tokens); undefined when none. */
+  readonly warnings?: string[]
 }
 
 /**
@@ -468,31 +483,125 @@ let arena = Buffer.allocUnsafeSlow(ARENA_BYTES)
 let arenaView = new DataView(arena.buffer, arena.byteOffset, arena.byteLength)
 let arenaUsed = 0
 
-/** Every reason at 0: results copy it (a spread of one shape is a fast clone in V8). */
-const NONE_REJECTED = Object.fromEntries(REJECT_REASONS.map((r) => [r, 0])) as Record<RejectReason, number>
+/** Every reason at 0: the `rejected` of every result that rejected nothing. */
+const NONE_REJECTED: Readonly<Record<RejectReason, number>> = Object.freeze(
+  Object.fromEntries(REJECT_REASONS.map((r) => [r, 0])) as Record<RejectReason, number>,
+)
 
 /** The rejected counts of a packed output, read in the core's reason order. */
-function readRejected(v: DataView, at: number, none: boolean): Record<RejectReason, number> {
-  const out = { ...NONE_REJECTED }
-  if (!none) for (let i = 0; i < REJECT_REASONS.length; i++) out[REJECT_REASONS[i]!] = v.getUint32(at + 4 * i, true)
+function readRejected(v: DataView, at: number): Record<RejectReason, number> {
+  const out = {} as Record<RejectReason, number>
+  for (let i = 0; i < REJECT_REASONS.length; i++) out[REJECT_REASONS[i]!] = v.getUint32(at + 4 * i, true)
   return out
+}
+
+/** Reads the warnings' texts (invalid sequences become U+FFFD, as Buffer.toString did). */
+const UTF8 = new TextDecoder()
+
+/** The payload list of every result without payloads. */
+const NO_VIEWS: readonly Uint8Array[] = Object.freeze([])
+
+/**
+ * An IngestResult over one packed output (layout in ts/core/binding.ts) at `at` in `out`. The number
+ * fields are read at once; the payload views, Buffers and the bigint ids on first access, since the
+ * output is never written again (an arena only moves forward).
+ */
+class PackedResult implements IngestResult {
+  readonly count: number
+  readonly dpRank: number | null
+  readonly rejected: Readonly<Record<RejectReason, number>>
+  readonly warnings: string[] | undefined
+  #out: Uint8Array
+  #v: DataView
+  #at: number
+  #len: number
+  #flags: number
+  #views: readonly Uint8Array[] | undefined = undefined
+  #payloads: Buffer[] | undefined = undefined
+
+  constructor(out: Uint8Array, v: DataView, at: number, len: number) {
+    const flags = v.getUint32(at + 8, true)
+    this.count = v.getUint32(at, true)
+    this.dpRank = flags & 4 ? v.getUint32(at + 4, true) : null
+    this.rejected = flags & 8 ? readRejected(v, at + 24) : NONE_REJECTED
+    this.#out = out
+    this.#v = v
+    this.#at = at
+    this.#len = len
+    this.#flags = flags
+    this.warnings = flags & 2 ? this.#readWarnings() : undefined
+  }
+
+  get views(): readonly Uint8Array[] {
+    let views = this.#views
+    if (views === undefined) {
+      const n = this.count
+      if (n === 0) views = NO_VIEWS
+      else {
+        const list = new Array<Uint8Array>(n)
+        const v = this.#v
+        const ab = this.#out.buffer
+        // `new Uint8Array(arrayBuffer, offset, length)` is several times cheaper than Buffer.from or subarray on Node 20
+        let p = this.#out.byteOffset + this.#at + OUT_HEADER_BYTES
+        const lensAt = this.#at + this.#len - 4 * n
+        for (let i = 0; i < n; i++) {
+          const plen = v.getUint32(lensAt + 4 * i, true)
+          list[i] = new Uint8Array(ab, p, plen)
+          p += plen
+        }
+        views = list
+      }
+      this.#views = views
+    }
+    return views
+  }
+
+  get payloads(): Buffer[] {
+    let payloads = this.#payloads
+    if (payloads === undefined) {
+      const views = this.views
+      payloads = new Array<Buffer>(views.length)
+      for (let i = 0; i < views.length; i++) {
+        const p = views[i]!
+        payloads[i] = Buffer.from(p.buffer, p.byteOffset, p.byteLength)
+      }
+      this.#payloads = payloads
+    }
+    return payloads
+  }
+
+  get firstEventId(): bigint | null {
+    return this.#flags & 1 ? this.#v.getBigUint64(this.#at + 16, true) : null
+  }
+
+  get firstSequence(): bigint | null {
+    return this.#flags & 16 ? this.#v.getBigUint64(this.#at + SEQUENCE_AT, true) : null
+  }
+
+  /** The warnings section, after the payloads: per warning a u32 byte length and its UTF-8 text. */
+  #readWarnings(): string[] {
+    const v = this.#v
+    const n = this.count
+    let at = this.#at + OUT_HEADER_BYTES
+    const lensAt = this.#at + this.#len - 4 * n
+    for (let i = 0; i < n; i++) at += v.getUint32(lensAt + 4 * i, true)
+    const end = at + v.getUint32(this.#at + 12, true)
+    const text = UTF8
+    const base = this.#out.byteOffset
+    const warnings: string[] = []
+    while (at < end) {
+      const len = v.getUint32(at, true)
+      warnings.push(text.decode(new Uint8Array(this.#out.buffer, base + at + 4, len)))
+      at += 4 + len
+    }
+    return warnings
+  }
 }
 
 function rejectedRecord(counts: Uint32Array | ArrayLike<number>, base: number): Record<RejectReason, number> {
   const out = {} as Record<RejectReason, number>
   for (let i = 0; i < REJECT_REASONS.length; i++) out[REJECT_REASONS[i]!] = counts[base + i]!
   return out
-}
-
-/** The warnings section of a packed output: per warning a u32 byte length and its UTF-8 text. */
-function readWarnings(out: Buffer, v: DataView, at: number, end: number): string[] {
-  const warnings: string[] = []
-  while (at < end) {
-    const len = v.getUint32(at, true)
-    warnings.push(out.toString('utf8', at + 4, at + 4 + len))
-    at += 4 + len
-  }
-  return warnings
 }
 
 /**
@@ -506,6 +615,8 @@ export class Ingestor {
   readonly mode: IngestMode
   readonly wire: WireProfile
   #raw: RawIngestor
+  /** The raw ingestor's handle for ingestPacked. */
+  #handle: number
 
   /**
    * @param impl the raw implementation to use; defaults to the one loaded for the process
@@ -567,6 +678,7 @@ export class Ingestor {
       publisherIdValues,
       publisherSeed: randomBytes(8).readBigUInt64LE(0),
     })
+    this.#handle = this.#raw.handle()
     const rawLocal = this.#raw.localIndexer()
     this.localIndexer = rawLocal ? new LocalIndexer({ bufferSize: localIndexerBufferSize }, impl, rawLocal) : null
   }
@@ -600,10 +712,10 @@ export class Ingestor {
       arenaUsed = 0
     }
     const at = arenaUsed
-    const r = this.#raw.ingestInto(bytes, now, arena, at)
+    const r = this.#raw.ingestPacked(this.#handle, bytes, now, arena, at)
     if (typeof r !== 'number') return this.#unpack(r)
     arenaUsed = at + r
-    return this.#unpack(arena, at, r, arenaView)
+    return new PackedResult(arena, arenaView, at, r)
   }
 
   /** Manual API: a store, as an engine without ZMQ events would report it (checks 5-7 of SPEC 3). */
@@ -666,33 +778,9 @@ export class Ingestor {
     return rank
   }
 
-  /** Reads a packed output (layout in ts/core/binding.ts) at `at`; payloads are views into `out`. */
-  #unpack(out: Buffer, at = 0, len: number = out.length - at, view?: DataView): IngestResult {
-    const v = view ?? new DataView(out.buffer, out.byteOffset, out.byteLength)
-    const n = v.getUint32(at, true)
-    const flags = v.getUint32(at + 8, true)
-    const payloads: Buffer[] = new Array(n)
-    let p = at + OUT_HEADER_BYTES
-    if (n > 0) {
-      const lensAt = at + len - 4 * n
-      // Buffer.from(arrayBuffer, offset, length) makes the same view as subarray, a third faster on Node 20
-      const ab = out.buffer
-      const base = out.byteOffset
-      for (let i = 0; i < n; i++) {
-        const plen = v.getUint32(lensAt + 4 * i, true)
-        payloads[i] = Buffer.from(ab, base + p, plen)
-        p += plen
-      }
-    }
-    const result: IngestResult = {
-      payloads,
-      dpRank: flags & 4 ? v.getUint32(at + 4, true) : null,
-      firstEventId: flags & 1 ? v.getBigUint64(at + 16, true) : null,
-      firstSequence: flags & 16 ? v.getBigUint64(at + SEQUENCE_AT, true) : null,
-      rejected: readRejected(v, at + 24, (flags & 8) === 0),
-    }
-    if (flags & 2) result.warnings = readWarnings(out, v, p, p + v.getUint32(at + 12, true))
-    return result
+  /** A result over a packed output of its own (the manual API, or an ingest output too big for the arena). */
+  #unpack(out: Buffer): IngestResult {
+    return new PackedResult(out, new DataView(out.buffer, out.byteOffset, out.byteLength), 0, out.length)
   }
 }
 
@@ -767,6 +855,49 @@ function readMatches(v: DataView): OverlapScores {
     treeSizes[i] = { workerId, dpRank, size: v.getUint32(at + 16, true) + v.getUint32(at + 20, true) * 4294967296 }
   }
   return { scores, treeSizes }
+}
+
+/** The last `outWorkers` of findMatchesInto and its 32-bit view (callers reuse one array). */
+let intoWorkers: BigUint64Array | null = null
+let intoWorkers32: Uint32Array = new Uint32Array(0)
+/** The query scratch as 32-bit words, where the platform is little-endian as the scratch's layout. */
+let intoScratch: Buffer | null = null
+let intoScratch32: Uint32Array = new Uint32Array(0)
+/** Where the low half of a u64 sits in a typed array's memory (the platform's byte order). */
+const LO_HALF = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1 ? 0 : 1
+
+/** findMatchesInto's copy: worker ids move as their two 32-bit halves (no BigInt is made). */
+function readMatchesInto(workers: BigUint64Array, ranks: Uint32Array, scores: Uint32Array): number {
+  const v = matchView
+  const n = v.getUint32(0, true)
+  if (workers.length < n || ranks.length < n || scores.length < n) return -n
+  if (workers !== intoWorkers || intoWorkers32.buffer !== workers.buffer) {
+    intoWorkers = workers
+    intoWorkers32 = new Uint32Array(workers.buffer, workers.byteOffset, 2 * workers.length)
+  }
+  const w32 = intoWorkers32
+  if (LO_HALF === 0 && matchScratch.byteOffset % 4 === 0) {
+    if (intoScratch !== matchScratch) {
+      intoScratch = matchScratch
+      intoScratch32 = new Uint32Array(matchScratch.buffer, matchScratch.byteOffset, matchScratch.byteLength >>> 2)
+    }
+    // records of 6 words after the count: worker lo, hi, dp rank, score, tree size lo, hi
+    const m = intoScratch32
+    for (let i = 0, at = 1; i < n; i++, at += 6) {
+      w32[2 * i] = m[at]!
+      w32[2 * i + 1] = m[at + 1]!
+      ranks[i] = m[at + 2]!
+      scores[i] = m[at + 3]!
+    }
+    return n
+  }
+  for (let i = 0, at = 4; i < n; i++, at += MATCH_RECORD_BYTES) {
+    w32[2 * i + LO_HALF] = v.getUint32(at, true)
+    w32[2 * i + 1 - LO_HALF] = v.getUint32(at + 4, true)
+    ranks[i] = v.getUint32(at + 8, true)
+    scores[i] = v.getUint32(at + 12, true)
+  }
+  return n
 }
 
 /**
@@ -897,6 +1028,32 @@ export class RadixIndex {
       this.raw.findMatches(hashes, earlyExit, matchScratch)
     }
     return readMatches(matchView)
+  }
+
+  /**
+   * findMatches into arrays the caller owns and reuses: no object per call. Entry i of `outWorkers`,
+   * `outRanks` and `outScores` is the i-th scored worker, in the order of findMatches' `scores`. Returns
+   * how many were written, or minus the length the arrays need when one is shorter (nothing is written
+   * then). Tree sizes are left out.
+   */
+  findMatchesInto(
+    tokensHashes: BigUint64Array | bigint[],
+    outWorkers: BigUint64Array,
+    outRanks: Uint32Array,
+    outScores: Uint32Array,
+    opts?: { earlyExit?: boolean },
+  ): number {
+    const hashes = hashesArg('tokensHashes', tokensHashes)
+    if (!(outWorkers instanceof BigUint64Array)) throw new TypeError(`outWorkers must be a BigUint64Array, got ${describe(outWorkers)}`)
+    if (!(outRanks instanceof Uint32Array)) throw new TypeError(`outRanks must be a Uint32Array, got ${describe(outRanks)}`)
+    if (!(outScores instanceof Uint32Array)) throw new TypeError(`outScores must be a Uint32Array, got ${describe(outScores)}`)
+    const earlyExit = opts?.earlyExit === true
+    const len = this.raw.findMatches(hashes, earlyExit, matchScratch)
+    if (len < 0) {
+      growMatchScratch(-len)
+      this.raw.findMatches(hashes, earlyExit, matchScratch)
+    }
+    return readMatchesInto(outWorkers, outRanks, outScores)
   }
 
   /** findMatches on the block hashes of `tokens` (computeBlockHashes with the same options). */

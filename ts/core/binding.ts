@@ -273,6 +273,14 @@ export interface RawIngestor {
    * instead. Either way one call hands over the whole output.
    */
   ingestInto(payload: Uint8Array, nowMs: number, out: Uint8Array, offset: number): number | Buffer
+  /**
+   * ingestInto on the ingestor `handle` names (from handle(); the receiver is not used to find it),
+   * through the cheapest native call: the public Ingestor.ingest uses it. Throws `Ingestor is closed`
+   * for a handle of a closed or collected ingestor.
+   */
+  ingestPacked(handle: number, payload: Uint8Array, nowMs: number, out: Uint8Array, offset: number): number | Buffer
+  /** This ingestor's handle for ingestPacked: an integer, never reused for another live ingestor. */
+  handle(): number
   removed(blockHashes: BigUint64Array, dpRank: number, nowMs: number): RawIngestOutput
   cleared(dpRank: number, nowMs: number): RawIngestOutput
   /** Whether dpRank may be used (already seen, configured, or room for one more). */
@@ -338,6 +346,31 @@ export interface RawDiscoveryRecord {
   /** Compact JSON. */
   value: Buffer
 }
+
+/**
+ * Per (worker, dp rank), the event id due next for the ranks a router follows live (crates/core/src/select.rs):
+ * an event-plane envelope holding its rank's due event is decoded and applied in one call.
+ */
+export interface RawRankGate {
+  arm(workerId: bigint, dpRank: number, next: bigint): void
+  /** Returns the id that was due, null when the rank was not armed. */
+  disarm(workerId: bigint, dpRank: number): bigint | null
+  removeWorker(workerId: bigint): void
+  /** Workers with an event applied by apply() since the last call, ascending. */
+  takeSeen(): BigUint64Array
+  /**
+   * Decodes an event-plane envelope holding one RouterEvent map. `out` (6 values) receives [workerId,
+   * eventId, dpRank, kind (0 stored, 1 removed, 2 cleared), armed (0/1), the id due when armed]. Returns
+   * `outcome + 5 × kind` when the rank is armed and the event is the one due (applied to `index`),
+   * GATE_PASS when not applied, GATE_OTHER (nothing written) for bytes it does not read.
+   */
+  apply(index: RawRadixIndex, payload: Uint8Array, out: BigUint64Array): number
+}
+
+/** RawRankGate.apply: one event, not applied (its rank not armed, or not the id due). */
+export const GATE_PASS = 15
+/** RawRankGate.apply: not an envelope of one RouterEvent map that decodes; nothing applied. */
+export const GATE_OTHER = 16
 
 export interface RawBinding {
   /** cacheSalt and eagle are Dynamo 1.4+'s hash options (SPEC 4); absent, they hash as Dynamo 1.0. */
@@ -407,4 +440,24 @@ export interface RawBinding {
   RawLocalIndexer: new (
     bufferSize: number,
   ) => RawLocalIndexer
+  /**
+   * The default selector's pass (SPEC 10) over the first n candidates (ascending (workerIds[i], dpRanks[i])):
+   * their overlaps on `tokensHashes` in `index`, and cost = overlapWeight × max(0, requestBlocks − overlap)
+   * + decodeBlocks[i]. Writes overlap, tree size (0 when not scored) and cost at out[offset + i],
+   * out[offset + n + i], out[offset + 2n + i]; returns the lowest cost's candidate (the first of equal
+   * ones), -1 when n is 0.
+   */
+  selectBest(
+    index: RawRadixIndex,
+    tokensHashes: BigUint64Array,
+    requestBlocks: number,
+    overlapWeight: number,
+    workerIds: BigUint64Array,
+    dpRanks: Uint32Array,
+    decodeBlocks: Float64Array,
+    n: number,
+    out: Float64Array,
+    offset: number,
+  ): number
+  RawRankGate: new () => RawRankGate
 }

@@ -290,6 +290,15 @@ export class FallbackIngestor implements RawIngestor {
     return len
   }
 
+  /** The fallback needs no handle: ingestPacked runs on its receiver. */
+  handle(): number {
+    return 0
+  }
+
+  ingestPacked(_handle: number, payload: Uint8Array, nowMs: number, out: Uint8Array, offset: number): number | Buffer {
+    return this.ingestInto(payload, nowMs, out, offset)
+  }
+
   /** Converts one engine batch; the output stays pending (see finish) and its length is returned. */
   private run(payload: Uint8Array, nowMs: number): number {
     this.begin(nowMs)

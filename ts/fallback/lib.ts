@@ -9,6 +9,7 @@ import { computeBlockHashes } from './hash.js'
 import { APPLY_OUTCOMES, FallbackRadixIndex, INDEX_COUNTER_NAMES } from './index.js'
 import { COUNTER_NAMES, FallbackIngestor } from './ingest.js'
 import { FallbackLocalIndexer } from './local.js'
+import { FallbackRankGate, selectBest } from './select.js'
 import { ByteWriter } from './msgpack.js'
 import { scanQueryBody } from './query.js'
 import {
@@ -88,4 +89,6 @@ export const fallback: RawBinding = {
   RawIngestor: FallbackIngestor,
   RawRadixIndex: FallbackRadixIndex,
   RawLocalIndexer: FallbackLocalIndexer,
+  selectBest,
+  RawRankGate: FallbackRankGate,
 }

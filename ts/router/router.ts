@@ -30,7 +30,17 @@ import { ZmqSource } from '../transport/sources/zmq.js'
 import { type TierMatch, TierBlocks } from './tiers.js'
 import type { DiscoveryOptions } from '../transport/discovery/config.js'
 import { Dynamo14Follower, type Dynamo14Stats } from './dynamo14-source.js'
-import { type DefaultSelectorOptions, defaultSelector, type RouteCandidate, type WorkerSelector } from './selector.js'
+import { GATE_PASS, type RawRadixIndex } from '../core/binding.js'
+import { raw as core } from '../core/native.js'
+import {
+  type DefaultRule,
+  type DefaultSelectorOptions,
+  defaultRuleOf,
+  defaultSelector,
+  type RouteCandidate,
+  sampleByCost,
+  type WorkerSelector,
+} from './selector.js'
 import {
   CHUNK_HEADER,
   CHUNKS_HEADER,
@@ -185,7 +195,10 @@ export interface RouteDecision {
   dpRank: number
   /** The chosen rank's overlap, in blocks. */
   overlapBlocks: number
-  /** Every known rank, ascending (workerId, dpRank). */
+  /**
+   * Every known rank, ascending (workerId, dpRank), as when the choice was made. With the default
+   * selector the array is built when this is first read (the choice itself needs no candidate objects).
+   */
   candidates: RouteCandidate[]
 }
 
@@ -206,6 +219,8 @@ interface RankState {
   held: HeldEvent[]
   /** Consecutive events older than the cursor (a run of them means the publisher restarted). */
   staleRun: number
+  /** The core's gate applies this rank's next event itself (live, in order); `last` is then the gate's. */
+  armed: boolean
 }
 
 interface KnownRank {
@@ -249,6 +264,9 @@ const MAX_STREAM_FILL = 100_000
 const SPLIT_SLICE_BYTES = 1 << 20
 
 const key = (workerId: bigint, dpRank: number) => `${workerId}:${dpRank}`
+const U64_MAX = (1n << 64n) - 1n
+/** Values per slab of decision snapshots (below the allocator's mmap threshold). */
+const SLAB_VALUES = 12_288
 
 class RecoveryError extends Error {
   constructor(
@@ -267,7 +285,16 @@ class RecoveryError extends Error {
 export class KvRouter {
   readonly kvBlockSize: number
   readonly source: RouterSource
-  readonly #index = new RadixIndex()
+  /** The index's raw object: the selection and the in-order applies call the core on it directly. */
+  readonly #raw: RawRadixIndex = new core.RawRadixIndex()
+  readonly #index = new RadixIndex(core, this.#raw)
+  /** Per rank followed live, the event id the core applies on arrival (event-plane and manual sources). */
+  readonly #gate = new core.RawRankGate()
+  readonly #head = new BigUint64Array(6)
+  /** The raw index was freed (close): queries throw as the closed RadixIndex does. */
+  #freed = false
+  /** The default selector's rule (null: a custom selector, which gets candidate objects). */
+  readonly #rule: DefaultRule | null
   readonly #log: RateLimitedLog
   readonly #logger: Logger
   readonly #selector: WorkerSelector
@@ -277,12 +304,18 @@ export class KvRouter {
   /** #known sorted, and each rank's place in it by worker id and rank (null: to be rebuilt). */
   #rankList: KnownRank[] | null = null
   readonly #slots = new Map<bigint, number[]>()
-  /** Per-route scratch: overlap and tree size by place in the sorted ranks. */
-  #overlap = new Uint32Array(0)
-  #treeSize = new Float64Array(0)
+  /** By place in the sorted ranks: worker id, dp rank, reported and routed decode blocks, their sum. */
+  #slotWorker = new BigUint64Array(0)
+  #slotRank = new Uint32Array(0)
+  #reported = new Float64Array(0)
+  #routed = new Float64Array(0)
+  #decode = new Float64Array(0)
+  /** Decision snapshots, per decision 5n values at #slabAt: overlap, tree size, cost, reported, routed. */
+  #slab = new Float64Array(0)
+  #slabAt = 0
   readonly #loads = new Map<string, bigint>()
   readonly #routedBlocks = new Map<string, number>()
-  readonly #requests = new Map<string, { key: string; blocks: number }>()
+  readonly #requests = new Map<string, { key: string; blocks: number; workerId: bigint; dpRank: number }>()
   readonly #lastSeen = new Map<bigint, number>()
   /** Workers whose recovery subject had no responders, and when that was found. */
   readonly #noEndpoint = new Map<bigint, number>()
@@ -328,6 +361,7 @@ export class KvRouter {
     if (typeof sel === 'function') this.#selector = sel
     else if (sel === undefined || (typeof sel === 'object' && sel !== null)) this.#selector = defaultSelector(sel)
     else throw new TypeError(`selector must be a function or the default selector's options, got ${describe(sel)}`)
+    this.#rule = defaultRuleOf(this.#selector)
     const rec = opts.recovery ?? {}
     if (typeof rec !== 'object' || rec === null) throw new TypeError('recovery must be an object')
     this.#recoveryAttempts = positiveInt('recovery.attempts', rec.attempts ?? 8, 1000)
@@ -464,6 +498,7 @@ export class KvRouter {
     const left = (this.#routedBlocks.get(r.key) ?? 0) - r.blocks
     if (left > 0) this.#routedBlocks.set(r.key, left)
     else this.#routedBlocks.delete(r.key)
+    this.#refreshSlot(r.workerId, r.dpRank, r.key)
     return true
   }
 
@@ -481,52 +516,61 @@ export class KvRouter {
       if (this.#requests.has(requestId)) throw new RangeError(`requestId ${JSON.stringify(requestId)} is already active`)
     }
     if (this.#known.size === 0) return null
+    if (this.#freed) throw new Error('RadixIndex is closed')
     const ranks = this.#sortedRanks()
     const n = ranks.length
-    if (this.#overlap.length < n) {
-      this.#overlap = new Uint32Array(2 * n)
-      this.#treeSize = new Float64Array(2 * n)
+    // this decision's snapshot: the core writes overlap, tree size and cost; the loads are copied
+    if (this.#slabAt + 5 * n > this.#slab.length) {
+      this.#slab = new Float64Array(Math.max(SLAB_VALUES, 5 * n))
+      this.#slabAt = 0
     }
-    const overlap = this.#overlap
-    const treeSize = this.#treeSize
-    overlap.fill(0, 0, n)
-    treeSize.fill(0, 0, n)
-    const m = this.#index.findMatches(hashes)
-    for (let i = 0; i < m.scores.length; i++) {
-      const s = m.scores[i]!
-      const slot = this.#slots.get(s.workerId)?.[s.dpRank]
-      if (slot === undefined) continue
-      overlap[slot] = s.score
-      treeSize[slot] = m.treeSizes[i]!.size
+    const slab = this.#slab
+    const at = this.#slabAt
+    this.#slabAt += 5 * n
+    const rule = this.#rule
+    const best = core.selectBest(
+      this.#raw,
+      hashes,
+      requestBlocks,
+      rule?.overlapWeight ?? 1,
+      this.#slotWorker,
+      this.#slotRank,
+      this.#decode,
+      n,
+      slab,
+      at,
+    )
+    if (this.#loads.size > 0) for (let i = 0; i < n; i++) slab[at + 3 * n + i] = this.#reported[i]!
+    if (this.#routedBlocks.size > 0) for (let i = 0; i < n; i++) slab[at + 4 * n + i] = this.#routed[i]!
+    let made: RouteCandidate[] | null = null
+    let i: number
+    if (rule !== null) i = rule.temperature === 0 ? best : sampleByCost(slab, at + 2 * n, n, best, rule.temperature, rule.random)
+    else {
+      made = candidatesOf(ranks, slab, at, requestBlocks)
+      i = this.#selector(made, { requestBlocks, blockHashes: hashes })
+      if (!Number.isInteger(i) || i < 0 || i >= n)
+        throw new RangeError(`the selector returned ${describe(i)}, not an index into its ${n} candidates`)
     }
-    const loads = this.#loads.size > 0 ? this.#loads : null
-    const routedBlocks = this.#routedBlocks.size > 0 ? this.#routedBlocks : null
-    const candidates: RouteCandidate[] = new Array(n)
-    for (let i = 0; i < n; i++) {
-      const r = ranks[i]!
-      const reported = loads === null ? 0 : Number(loads.get(r.key) ?? 0n)
-      const routed = routedBlocks === null ? 0 : (routedBlocks.get(r.key) ?? 0)
-      candidates[i] = {
-        workerId: r.workerId,
-        dpRank: r.dpRank,
-        overlapBlocks: overlap[i]!,
-        treeSize: treeSize[i]!,
-        prefillBlocks: Math.max(0, requestBlocks - overlap[i]!),
-        reportedDecodeBlocks: reported,
-        routedBlocks: routed,
-        decodeBlocks: reported + routed,
-      }
-    }
-    const i = this.#selector(candidates, { requestBlocks, blockHashes: hashes })
-    if (!Number.isInteger(i) || i < 0 || i >= candidates.length)
-      throw new RangeError(`the selector returned ${describe(i)}, not an index into its ${candidates.length} candidates`)
-    const chosen = candidates[i]!
+    const chosen = ranks[i]!
     if (requestId !== undefined) {
-      const k = key(chosen.workerId, chosen.dpRank)
-      this.#requests.set(requestId, { key: k, blocks: requestBlocks })
+      const k = chosen.key
+      this.#requests.set(requestId, { key: k, blocks: requestBlocks, workerId: chosen.workerId, dpRank: chosen.dpRank })
       this.#routedBlocks.set(k, (this.#routedBlocks.get(k) ?? 0) + requestBlocks)
+      this.#refreshSlot(chosen.workerId, chosen.dpRank, k)
     }
-    return { workerId: chosen.workerId, dpRank: chosen.dpRank, overlapBlocks: chosen.overlapBlocks, candidates }
+    let list = made
+    return {
+      workerId: chosen.workerId,
+      dpRank: chosen.dpRank,
+      overlapBlocks: slab[at + i]!,
+      get candidates(): RouteCandidate[] {
+        list ??= candidatesOf(ranks, slab, at, requestBlocks)
+        return list
+      },
+      set candidates(v: RouteCandidate[]) {
+        list = v
+      },
+    }
   }
 
   /** Every known rank, ascending (workerId, dpRank); rebuilt only after the known ranks changed. */
@@ -535,15 +579,36 @@ export class KvRouter {
     const list = [...this.#known.values()].sort((a, b) =>
       a.workerId < b.workerId ? -1 : a.workerId > b.workerId ? 1 : a.dpRank - b.dpRank,
     )
+    const n = list.length
     this.#slots.clear()
-    for (let i = 0; i < list.length; i++) {
+    this.#slotWorker = new BigUint64Array(n)
+    this.#slotRank = new Uint32Array(n)
+    this.#reported = new Float64Array(n)
+    this.#routed = new Float64Array(n)
+    this.#decode = new Float64Array(n)
+    this.#rankList = list
+    for (let i = 0; i < n; i++) {
       const r = list[i]!
       const bySlot = this.#slots.get(r.workerId) ?? []
       if (bySlot.length === 0) this.#slots.set(r.workerId, bySlot)
       bySlot[r.dpRank] = i
+      this.#slotWorker[i] = r.workerId
+      this.#slotRank[i] = r.dpRank
+      this.#refreshSlot(r.workerId, r.dpRank, r.key)
     }
-    this.#rankList = list
     return list
+  }
+
+  /** A rank's decode blocks in the slot columns after its load or routed blocks changed. */
+  #refreshSlot(workerId: bigint, dpRank: number, k: string): void {
+    if (this.#rankList === null) return
+    const slot = this.#slots.get(workerId)?.[dpRank]
+    if (slot === undefined) return
+    const reported = Number(this.#loads.get(k) ?? 0n)
+    const routed = this.#routedBlocks.get(k) ?? 0
+    this.#reported[slot] = reported
+    this.#routed[slot] = routed
+    this.#decode[slot] = reported + routed
   }
 
   #addKnown(workerId: bigint, dpRank: number, k: string): void {
@@ -609,6 +674,7 @@ export class KvRouter {
     for (const [rid, r] of this.#requests) if (r.key.startsWith(`${id}:`)) this.#requests.delete(rid)
     this.#lastSeen.delete(id)
     this.#noEndpoint.delete(id)
+    this.#gate.removeWorker(id)
   }
 
   #touch(workerId: bigint, dpRank: number): void {
@@ -619,6 +685,8 @@ export class KvRouter {
 
   #expire(): void {
     const now = performance.now()
+    // the workers whose events the core's gate applied since the last sweep
+    for (const id of this.#gate.takeSeen()) if (this.#lastSeen.has(id)) this.#lastSeen.set(id, now)
     for (const [id, at] of this.#lastSeen)
       if (now - at > this.#expiryMs) {
         this.#logger.info({ workerId: id.toString(), silentMs: Math.round(now - at) }, 'removing a worker that has been silent')
@@ -670,12 +738,28 @@ export class KvRouter {
     }
     this.#stats.loads++
     this.#touch(load.workerId, load.dpRank)
-    this.#loads.set(key(load.workerId, load.dpRank), load.activeDecodeBlocks)
+    const k = key(load.workerId, load.dpRank)
+    this.#loads.set(k, load.activeDecodeBlocks)
+    this.#refreshSlot(load.workerId, load.dpRank, k)
   }
 
-  /** One event-plane message: in order → applied; a gap, a first sight or a restart → recovery. */
+  /**
+   * One event-plane message: the next event of a rank followed live is applied by the core's gate in
+   * the call that reads it; anything else (a gap, a first sight, a restart, a rank in recovery, bytes
+   * the gate does not read) comes here to be ordered.
+   */
   #onEvent(data: Uint8Array): void {
     if (this.#closing !== null) return
+    const code = this.#gate.apply(this.#raw, data, this.#head)
+    if (code < GATE_PASS) {
+      this.#stats.events[KINDS[(code / 5) | 0]!][APPLY_OUTCOMES[code % 5]!]++
+      return
+    }
+    if (code === GATE_PASS) {
+      const h = this.#head
+      this.#onPeeked(data, h[0]!, Number(h[2]!), h[1]!, KINDS[Number(h[3]!)]!)
+      return
+    }
     if (!peekEnvelope(data)) {
       // the core says why (it throws a RouterEventError for these bytes)
       try {
@@ -686,21 +770,42 @@ export class KvRouter {
       }
       return
     }
-    const { workerId, dpRank, eventId, kind } = peeked
+    this.#onPeeked(data, peeked.workerId, peeked.dpRank, peeked.eventId, peeked.kind)
+  }
+
+  #onPeeked(data: Uint8Array, workerId: bigint, dpRank: number, eventId: bigint, kind: EventKind): void {
     this.#touch(workerId, dpRank)
     const k = key(workerId, dpRank)
     let st = this.#ranks.get(k)
     if (st === undefined) {
-      st = { workerId, dpRank, last: null, recovering: true, held: [{ bytes: data, id: eventId, kind }], staleRun: 0 }
+      st = { workerId, dpRank, last: null, recovering: true, held: [{ bytes: data, id: eventId, kind }], staleRun: 0, armed: false }
       this.#ranks.set(k, st)
       this.#startRecovery(st, null, null)
       return
+    }
+    if (st.armed) {
+      // the gate applied the events since it was armed: its cursor is the rank's
+      st.armed = false
+      const due = this.#gate.disarm(workerId, dpRank)
+      if (due !== null && due - 1n !== st.last) {
+        st.last = due - 1n
+        st.staleRun = 0
+      }
     }
     if (st.recovering) {
       this.#hold(st, { bytes: data, id: eventId, kind })
       return
     }
     this.#live(st, data, eventId, kind)
+    this.#arm(st)
+  }
+
+  /** Hands a rank followed live, in order, to the core's gate (event-plane and manual sources). */
+  #arm(st: RankState): void {
+    if (st.armed || st.recovering || st.last === null || st.last === U64_MAX) return
+    if (this.#ranks.get(key(st.workerId, st.dpRank)) !== st) return
+    this.#gate.arm(st.workerId, st.dpRank, st.last + 1n)
+    st.armed = true
   }
 
   #hold(st: RankState, ev: HeldEvent): void {
@@ -895,6 +1000,7 @@ export class KvRouter {
       }
       this.#live(st, ev.bytes, ev.id, ev.kind)
     }
+    this.#arm(st)
   }
 
   /** One recovery query: the reply's chunks in order, ended by the closing message. */
@@ -964,7 +1070,7 @@ export class KvRouter {
       wire: tiers === null ? 'dynamo-1.0' : 'dynamo-1.4',
     })
     const apply = (r: IngestResult) => {
-      for (const p of r.payloads) {
+      for (const p of r.views) {
         // the index keeps the device events of a payload (the others are 'ignored'); the tiers all of them
         this.#apply(p, 'envelope', peekEnvelope(p) ? peeked.kind : 'stored')
         if (tiers !== null) for (const ev of decodeRouterEvents(p, 'envelope')) tiers.apply(ev)
@@ -1246,10 +1352,35 @@ export class KvRouter {
     await Promise.allSettled([...this.#tasks])
     if (this.#nc !== null && this.#ownsConnection) await this.#nc.close().catch(() => {})
     this.#index.close()
+    this.#freed = true
+    this.#raw.close()
   }
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+/** The candidates of a decision from its snapshot at `at` in `slab` (see KvRouter.#route). */
+function candidatesOf(ranks: KnownRank[], slab: Float64Array, at: number, requestBlocks: number): RouteCandidate[] {
+  const n = ranks.length
+  const out: RouteCandidate[] = new Array(n)
+  for (let i = 0; i < n; i++) {
+    const r = ranks[i]!
+    const overlap = slab[at + i]!
+    const reported = slab[at + 3 * n + i]!
+    const routed = slab[at + 4 * n + i]!
+    out[i] = {
+      workerId: r.workerId,
+      dpRank: r.dpRank,
+      overlapBlocks: overlap,
+      treeSize: slab[at + n + i]!,
+      prefillBlocks: Math.max(0, requestBlocks - overlap),
+      reportedDecodeBlocks: reported,
+      routedBlocks: routed,
+      decodeBlocks: reported + routed,
+    }
+  }
+  return out
+}
 
 /** The data kind of a RouterEvent's JSON. */
 function jsonKind(ev: Buffer): EventKind {

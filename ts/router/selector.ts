@@ -43,11 +43,54 @@ export function defaultCost(c: RouteCandidate, overlapWeight: number): number {
   return overlapWeight * c.prefillBlocks + c.decodeBlocks
 }
 
+/** The options of a selector made by defaultSelector, checked (the router's fast path reads them). */
+export interface DefaultRule {
+  overlapWeight: number
+  temperature: number
+  random: () => number
+}
+
+const RULE = Symbol('dynamo-kv.defaultRule')
+
+/** The rule of a selector made by defaultSelector; null for any other function. */
+export function defaultRuleOf(selector: WorkerSelector): DefaultRule | null {
+  return (selector as WorkerSelector & { [RULE]?: DefaultRule })[RULE] ?? null
+}
+
+/**
+ * The temperature draw of the default rule over `costs[from .. from + n)`, `best` (relative to `from`)
+ * being the lowest cost's index: costs normalised to [0, 1] by (cost − min) / (max − min) (all 0 when
+ * equal), index i drawn with probability ∝ exp(−normalised_i / temperature).
+ */
+export function sampleByCost(
+  costs: ArrayLike<number>,
+  from: number,
+  n: number,
+  best: number,
+  temperature: number,
+  random: () => number,
+): number {
+  const min = costs[from + best]!
+  let max = costs[from]!
+  for (let i = 1; i < n; i++) if (costs[from + i]! > max) max = costs[from + i]!
+  const range = max - min
+  const weight = (c: number) => Math.exp(-(range === 0 ? 0 : (c - min) / range) / temperature)
+  let total = 0
+  for (let i = 0; i < n; i++) total += weight(costs[from + i]!)
+  let r = random() * total
+  for (let i = 0; i < n; i++) {
+    r -= weight(costs[from + i]!)
+    if (r < 0) return i
+  }
+  return n - 1
+}
+
 /**
  * Dynamo's default selector. cost = overlapWeight × prefillBlocks + decodeBlocks. Temperature 0: the
  * lowest cost wins, ties to the lowest (workerId, dpRank) (candidates come in that order). Temperature
  * t > 0: costs are normalised to [0, 1] by (cost − min) / (max − min) (all 0 when equal), and rank i is
- * drawn with probability ∝ exp(−normalised_i / t).
+ * drawn with probability ∝ exp(−normalised_i / t). A router given this selector computes the same rule
+ * in the core without building the candidates (they are built when its decision's `candidates` is read).
  */
 export function defaultSelector(opts: DefaultSelectorOptions = {}): WorkerSelector {
   const weight = opts.overlapWeight ?? 1
@@ -58,21 +101,13 @@ export function defaultSelector(opts: DefaultSelectorOptions = {}): WorkerSelect
   if (typeof temperature !== 'number' || !Number.isFinite(temperature) || temperature < 0)
     throw new RangeError(`selector.temperature must be a finite number >= 0, got ${String(temperature)}`)
   if (typeof random !== 'function') throw new TypeError('selector.random must be a function returning numbers in [0, 1)')
-  return (candidates) => {
+  const select: WorkerSelector = (candidates) => {
     const costs = candidates.map((c) => defaultCost(c, weight))
     let best = 0
     for (let i = 1; i < costs.length; i++) if (costs[i]! < costs[best]!) best = i
     if (temperature === 0) return best
-    const min = costs[best]!
-    const max = Math.max(...costs)
-    const range = max - min
-    const weights = costs.map((c) => Math.exp(-(range === 0 ? 0 : (c - min) / range) / temperature))
-    const total = weights.reduce((a, b) => a + b, 0)
-    let r = random() * total
-    for (let i = 0; i < weights.length; i++) {
-      r -= weights[i]!
-      if (r < 0) return i
-    }
-    return weights.length - 1
+    return sampleByCost(costs, 0, costs.length, best, temperature, random)
   }
+  const rule: DefaultRule = { overlapWeight: weight, temperature, random }
+  return Object.defineProperty(select, RULE, { value: rule })
 }

@@ -774,7 +774,8 @@ export class KvEventPublisher {
 
   #run(work: () => IngestResult): IngestResult {
     const result = work()
-    if (result.payloads.length > 0) this.#sink.send(result.payloads, result.dpRank!, result.firstEventId!)
+    // the views, not the Buffers of `payloads`: one cheap view per payload, nothing built twice
+    if (result.count > 0) this.#sink.send(result.views, result.dpRank!, result.firstEventId!)
     // the core rate-limits its warnings (a few per publisher), so each is logged
     if (result.warnings !== undefined) for (const w of result.warnings) this.#logger.warn({ workerId: this.workerId.toString() }, w)
     return result

@@ -14,6 +14,7 @@ pub mod json;
 pub mod local;
 pub mod msgpack;
 pub mod query;
+pub mod select;
 pub mod wire;
 
 pub use convert::{decode_engine_batch, Converted, DecodedBatch, Reason, Store};

@@ -27,6 +27,8 @@ use dynamo_kv_core::wire::{
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
+mod ingest_fast;
+
 fn u64_arg(name: &str, b: &BigInt) -> Result<u64> {
     let (signed, v, lossless) = b.get_u64();
     if signed || !lossless {
@@ -771,10 +773,13 @@ fn closed(what: &str) -> Error {
 #[napi(custom_finalize)]
 pub struct RawIngestor {
     shared: Rc<RefCell<Shared>>,
+    /// This ingestor's handle for `ingestPacked` (src/ingest_fast.rs).
+    handle: f64,
 }
 
 impl ObjectFinalize for RawIngestor {
     fn finalize(self, env: Env) -> Result<()> {
+        ingest_fast::unregister(self.handle);
         // the last holder (this or its local indexer handle) gives the report back
         if Rc::strong_count(&self.shared) == 1 {
             self.shared.borrow_mut().close(&env);
@@ -824,12 +829,12 @@ impl RawIngestor {
                 format!("invalid ingestor option: {e:?}"),
             )
         })?;
-        Ok(RawIngestor {
-            shared: Rc::new(RefCell::new(Shared {
-                ingestor: Some(inner),
-                memory: MemoryReport::default(),
-            })),
-        })
+        let shared = Rc::new(RefCell::new(Shared {
+            ingestor: Some(inner),
+            memory: MemoryReport::default(),
+        }));
+        let handle = ingest_fast::register(&shared);
+        Ok(RawIngestor { shared, handle })
     }
 
     /// Runs `f` on the ingestor, then reports its memory (the estimate is O(ranks), cheap next to
@@ -847,6 +852,12 @@ impl RawIngestor {
             Some(ing) => Ok(f(ing)),
             None => Err(closed("Ingestor")),
         }
+    }
+
+    /// The handle `ingestPacked` finds this ingestor by.
+    #[napi]
+    pub fn handle(&self) -> f64 {
+        self.handle
     }
 
     #[napi(catch_unwind)]
@@ -1722,4 +1733,136 @@ pub fn scan_query_body(
         query::Scanned::TooMany(n) => -2 - n as i64,
         query::Scanned::Other => -1,
     })
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The router's one-call paths (core select.rs): the default selector's pass, and in-order applies.
+
+fn too_short(name: &str) -> Error {
+    Error::new(
+        Status::InvalidArg,
+        format!("{name} is shorter than the candidates"),
+    )
+}
+
+/// Scores the candidates (ascending (workerIds[i], dpRanks[i]), the first n) on `tokens_hashes` and
+/// applies the default cost rule; writes overlap, tree size and cost at out[offset..], out[offset + n..]
+/// and out[offset + 2n..]. Returns the lowest-cost candidate (the first of equals), -1 when n is 0.
+#[allow(clippy::too_many_arguments)]
+#[napi(catch_unwind)]
+pub fn select_best(
+    index: &mut RawRadixIndex,
+    tokens_hashes: &[u64],
+    request_blocks: u32,
+    overlap_weight: f64,
+    worker_ids: &[u64],
+    dp_ranks: &[u32],
+    decode_blocks: &[f64],
+    n: u32,
+    mut out: Float64ArraySlice,
+    offset: u32,
+) -> Result<i32> {
+    // SAFETY: JavaScript is blocked in this call and `out` is the caller's scratch.
+    let out = unsafe { out.as_mut() };
+    let n = n as usize;
+    let ids = worker_ids.get(..n).ok_or_else(|| too_short("workerIds"))?;
+    let ranks = dp_ranks.get(..n).ok_or_else(|| too_short("dpRanks"))?;
+    let decode = decode_blocks
+        .get(..n)
+        .ok_or_else(|| too_short("decodeBlocks"))?;
+    let region = out
+        .get_mut(offset as usize..)
+        .and_then(|o| o.get_mut(..3 * n))
+        .ok_or_else(|| too_short("out"))?;
+    let (overlap, rest) = region.split_at_mut(n);
+    let (tree_size, cost) = rest.split_at_mut(n);
+    let matches = index.inner.find_matches_ref(tokens_hashes, false);
+    let best = dynamo_kv_core::select::select_best(
+        matches,
+        request_blocks,
+        overlap_weight,
+        &dynamo_kv_core::select::Candidates {
+            worker_ids: ids,
+            dp_ranks: ranks,
+            decode_blocks: decode,
+        },
+        dynamo_kv_core::select::Scored {
+            overlap,
+            tree_size,
+            cost,
+        },
+    );
+    Ok(best.map_or(-1, |b| b as i32))
+}
+
+#[napi]
+pub struct RawRankGate {
+    inner: dynamo_kv_core::select::RankGate,
+}
+
+impl Default for RawRankGate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[napi]
+impl RawRankGate {
+    #[napi(constructor)]
+    pub fn new() -> Self {
+        RawRankGate {
+            inner: dynamo_kv_core::select::RankGate::new(),
+        }
+    }
+
+    #[napi(catch_unwind)]
+    pub fn arm(&mut self, worker_id: BigInt, dp_rank: u32, next: BigInt) -> Result<()> {
+        self.inner.arm(
+            u64_arg("workerId", &worker_id)?,
+            dp_rank,
+            u64_arg("next", &next)?,
+        );
+        Ok(())
+    }
+
+    #[napi(catch_unwind)]
+    pub fn disarm(&mut self, worker_id: BigInt, dp_rank: u32) -> Result<Option<BigInt>> {
+        Ok(self
+            .inner
+            .disarm(u64_arg("workerId", &worker_id)?, dp_rank)
+            .map(BigInt::from))
+    }
+
+    #[napi(catch_unwind)]
+    pub fn remove_worker(&mut self, worker_id: BigInt) -> Result<()> {
+        self.inner.remove_worker(u64_arg("workerId", &worker_id)?);
+        Ok(())
+    }
+
+    #[napi]
+    pub fn take_seen(&mut self) -> BigUint64Array {
+        BigUint64Array::new(self.inner.take_seen())
+    }
+
+    /// RankGate::apply into `index`; `out` holds at least 6 values.
+    #[napi(catch_unwind)]
+    pub fn apply(
+        &mut self,
+        env: &Env,
+        index: &mut RawRadixIndex,
+        payload: &[u8],
+        mut out: BigUint64ArraySlice,
+    ) -> Result<u32> {
+        // SAFETY: as in select_best
+        let out = unsafe { out.as_mut() };
+        let out: &mut [u64; dynamo_kv_core::select::GATE_OUT_LEN] = out
+            .get_mut(..dynamo_kv_core::select::GATE_OUT_LEN)
+            .and_then(|o| o.try_into().ok())
+            .ok_or_else(|| Error::new(Status::InvalidArg, "out must hold 6 values"))?;
+        let code = self.inner.apply(&mut index.inner, payload, out);
+        if code < dynamo_kv_core::select::GATE_PASS {
+            index.applied(env, encoded_work(payload));
+        }
+        Ok(code)
+    }
 }

@@ -75,7 +75,7 @@ interface RankState {
   dpRank: number
   publisherId: bigint
   state: 'registering' | 'ready' | 'failed'
-  held: Buffer[]
+  held: Uint8Array[]
   channel: ZmqPubChannel | null
   retryAt: number
   /** The advertised endpoint or subject, for logs and tests. */
@@ -123,7 +123,7 @@ export class Dynamo14Sink implements Sink {
     return this.#discoveryStats.held + this.#zmqPending + (this.#nats?.pending ?? 0)
   }
 
-  send(payloads: Buffer[], dpRank: number): void {
+  send(payloads: readonly Uint8Array[], dpRank: number): void {
     if (payloads.length === 0) return
     let rank = this.#ranks.get(dpRank)
     if (rank === undefined || (rank.state === 'failed' && performance.now() >= rank.retryAt))
@@ -240,10 +240,10 @@ export class Dynamo14Sink implements Sink {
     }
   }
 
-  #deliver(rank: RankState, payloads: Buffer[]): void {
+  #deliver(rank: RankState, payloads: readonly Uint8Array[]): void {
     if (rank.channel !== null) {
       // envelopes the channel refuses (closed, or another publisher id) are counted in its `failed`
-      const rejected = rank.channel.send(payloads)
+      const rejected = rank.channel.send(asBuffers(payloads))
       this.#zmqPending += payloads.length - rejected
       if (rejected > 0) this.#progress()
     } else this.#nats?.send(payloads)
@@ -349,4 +349,14 @@ export class Dynamo14Sink implements Sink {
     }
     return s
   }
+}
+
+/** The ZeroMQ channel reads envelopes with Buffer methods: Buffers over the same bytes (no copy). */
+function asBuffers(payloads: readonly Uint8Array[]): Buffer[] {
+  const out = new Array<Buffer>(payloads.length)
+  for (let i = 0; i < payloads.length; i++) {
+    const p = payloads[i]!
+    out[i] = Buffer.isBuffer(p) ? p : Buffer.from(p.buffer, p.byteOffset, p.byteLength)
+  }
+  return out
 }

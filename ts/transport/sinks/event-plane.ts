@@ -43,11 +43,11 @@ export class EventPlaneSink implements Sink {
   /** As the client last reported it (its status events). */
   #connected = true
   /** Payloads not handed to the client yet (see send). */
-  #queued: Buffer[] = []
+  #queued: Uint8Array[] = []
   #queuedBytes = 0
   #drainScheduled = false
   /** Payloads held while disconnected, oldest first. */
-  #held: Buffer[] = []
+  #held: Uint8Array[] = []
   #heldBytes = 0
   /** Writes whose flush has not settled; settled in write order by nats.js. */
   readonly #open = new Set<Write>()
@@ -86,7 +86,7 @@ export class EventPlaneSink implements Sink {
    * socket once per microtask checkpoint, so publishing each engine batch as it comes would cost a
    * write system call per batch, most of the publisher's time at ~3 events per batch.
    */
-  send(payloads: Buffer[]): void {
+  send(payloads: readonly Uint8Array[]): void {
     for (const p of payloads) {
       this.#queued.push(p)
       this.#queuedBytes += p.length
@@ -113,7 +113,7 @@ export class EventPlaneSink implements Sink {
     else this.#hold(queued)
   }
 
-  #hold(payloads: Buffer[]): void {
+  #hold(payloads: readonly Uint8Array[]): void {
     let dropped = 0
     for (const p of payloads) {
       if (this.#heldBytes + p.length > this.#reconnectBufferBytes) {
@@ -136,7 +136,7 @@ export class EventPlaneSink implements Sink {
   }
 
   /** Publishes in order; each 64 KiB (and the rest) is followed by one flush that confirms it. */
-  #write(payloads: Buffer[]): void {
+  #write(payloads: readonly Uint8Array[]): void {
     let count = 0
     let bytes = 0
     for (const p of payloads) {

@@ -254,7 +254,7 @@ export class JetStreamSink implements Sink {
     return this.#log_.length - this.#head
   }
 
-  send(payloads: Buffer[], dpRank: number, firstEventId: bigint): void {
+  send(payloads: readonly Uint8Array[], dpRank: number, firstEventId: bigint): void {
     const prefix = `${this.#workerId}.${dpRank}.${this.epoch}.`
     for (let i = 0; i < payloads.length; i++) {
       const eventId = firstEventId + BigInt(i)

@@ -38,8 +38,11 @@ export interface SinkStats {
 }
 
 export interface Sink {
-  /** Takes the payloads of one ingest result; event `firstEventId + i` is payload i, all of `dpRank`. */
-  send(payloads: Buffer[], dpRank: number, firstEventId: bigint): void
+  /**
+   * Takes the payloads of one ingest result (its `views`); event `firstEventId + i` is payload i, all of
+   * `dpRank`. A sink keeps the views as they are (they stay valid and unchanged) and never changes the list.
+   */
+  send(payloads: readonly Uint8Array[], dpRank: number, firstEventId: bigint): void
   /** Payloads accepted and not yet confirmed that count against the publisher's maxPending (it waits above it). */
   readonly pending: number
   /** Called (by the sink) whenever pending went down. */

@@ -1,0 +1,122 @@
+// RawIngestor.ingestPacked, the call behind the public Ingestor.ingest: it finds its ingestor by handle, so
+// these check that a handle names exactly one live ingestor, that bad arguments throw instead of crashing,
+// and that the output equals ingestInto's on a second ingestor fed the same batches.
+import test from 'ava'
+import { raw } from '../ts/core/native.js'
+import { Ingestor, implementation } from '../ts/core/api.js'
+import type { RawIngestorOptions } from '../ts/core/binding.js'
+import { BatchGenerator } from './helpers/gen-batches.js'
+
+const impl = implementation
+const opts: RawIngestorOptions = {
+  kvBlockSize: 4,
+  workerId: 5n,
+  jetstream: false,
+  maxDpRanks: 4,
+  dpRanks: null,
+  localIndexerBufferSize: 16,
+}
+
+test(`[${impl}] ingestPacked gives ingestInto's bytes and reaches only the ingestor its handle names`, (t) => {
+  const a = new raw.RawIngestor(opts)
+  const b = new raw.RawIngestor(opts)
+  const other = new raw.RawIngestor({ ...opts, workerId: 6n })
+  const gen = new BatchGenerator(5, { kvBlockSize: 4, ranks: [0, 1] })
+  const outA = Buffer.alloc(1 << 16)
+  const outB = Buffer.alloc(1 << 16)
+  let payloads = 0
+  for (let k = 0; k < 300; k++) {
+    const batch = gen.next()
+    // natively called on `other`: the handle, not the receiver, picks the ingestor (the fallback's
+    // ingestPacked runs on its receiver)
+    const ra = (impl === 'native' ? other : a).ingestPacked(a.handle(), batch, 1000 + k, outA, 3)
+    const rb = b.ingestInto(batch, 1000 + k, outB, 3)
+    t.is(typeof ra, 'number')
+    t.is(ra, rb)
+    t.true(outA.subarray(3, 3 + (ra as number)).equals(outB.subarray(3, 3 + (rb as number))), `batch ${k}`)
+    payloads += outA.readUInt32LE(3)
+  }
+  t.true(payloads > 300)
+  t.deepEqual(a.counters(), b.counters())
+  t.is(other.counters()[0], 0n, 'the receiver converted nothing')
+  // an output that does not fit comes back as a Buffer of its own
+  const batch = gen.next()
+  const small = Buffer.alloc(8)
+  const own = a.ingestPacked(a.handle(), batch, 2000, small, 0)
+  const ref = b.ingestInto(batch, 2000, small, 0)
+  t.true(Buffer.isBuffer(own) && Buffer.isBuffer(ref) && own.equals(ref))
+})
+
+// The fallback's ingestPacked runs on its receiver (there is no native memory to reach), and its raw
+// methods trust the public layer's checked arguments: these checks are of the native callback only.
+const nativeOnly = impl === 'native' ? test : test.skip
+
+nativeOnly('[native] ingestPacked on a closed ingestor, or with bad arguments, throws and changes nothing', (t) => {
+  const a = new raw.RawIngestor(opts)
+  const out = Buffer.alloc(1 << 12)
+  const batch = new BatchGenerator(9, { kvBlockSize: 4 }).next()
+  // the same slot's next generation, and values that are no handle at all
+  for (const h of [a.handle() + 2 ** 21, -1, 0.5, Number.NaN, 2 ** 60]) {
+    t.throws(() => a.ingestPacked(h, batch, 1, out, 0), { message: 'Ingestor is closed' }, `handle ${h}`)
+  }
+  t.throws(() => a.ingestPacked(a.handle(), 'x' as unknown as Uint8Array, 1, out, 0), { message: /payload must be a Uint8Array/ })
+  t.throws(() => a.ingestPacked(a.handle(), new Uint16Array(4) as unknown as Uint8Array, 1, out, 0), { message: /payload must be/ })
+  t.throws(() => a.ingestPacked(a.handle(), batch, 1, {} as Uint8Array, 0), { message: /out must be a Uint8Array/ })
+  t.throws(() => (a.ingestPacked as (...x: unknown[]) => unknown)(a.handle(), batch), { message: /takes/ })
+  t.is(a.counters()[0], 0n, 'no batch was converted')
+  // a bad offset is only "does not fit": the output comes back as a Buffer of its own
+  for (const at of [-1, 0.5, out.length + 1]) t.true(Buffer.isBuffer(a.ingestPacked(a.handle(), batch, 1, out, at)))
+  // the payload's own memory as the output: read first, then overwritten
+  const arena = Buffer.alloc(1 << 12)
+  batch.copy(arena)
+  const b = new raw.RawIngestor(opts)
+  for (let k = 0; k < 3; k++) b.ingestInto(batch, 1, out, 0)
+  const n = a.ingestPacked(a.handle(), arena.subarray(0, batch.length), 1, arena, 0)
+  const m = b.ingestInto(batch, 1, out, 0)
+  t.is(n, m)
+  t.true(arena.subarray(0, n as number).equals(out.subarray(0, m as number)))
+  const h = a.handle()
+  a.close()
+  t.throws(() => a.ingestPacked(h, batch, 3, out, 0), { message: 'Ingestor is closed' })
+  // a new ingestor never answers to the closed one's handle
+  const c = new raw.RawIngestor(opts)
+  t.not(c.handle(), h)
+  t.throws(() => c.ingestPacked(h, batch, 3, out, 0), { message: 'Ingestor is closed' })
+})
+
+test(`[${impl}] IngestResult: views and payloads are the same bytes, kept intact by later calls`, (t) => {
+  const ing = new Ingestor({ kvBlockSize: 4, workerId: 5n })
+  const twin = new raw.RawIngestor(opts)
+  const gen = new BatchGenerator(11, { kvBlockSize: 4, ranks: [0, 1] })
+  const kept: { views: readonly Uint8Array[]; bytes: Buffer[] }[] = []
+  const scratch = Buffer.alloc(1 << 16)
+  let withPayloads = 0
+  for (let k = 0; k < 2000; k++) {
+    const batch = gen.next()
+    const r = ing.ingest(batch, 1000 + k)
+    // the same conversion through the raw call on a twin ingestor (no local indexer: same payloads)
+    const n = twin.ingestInto(batch, 1000 + k, scratch, 0) as number
+    t.is(r.count, scratch.readUInt32LE(0))
+    t.is(r.views.length, r.count)
+    t.is(r.views, r.views, 'built once')
+    t.is(r.payloads.length, r.count)
+    let at = 68
+    for (let i = 0; i < r.count; i++) {
+      const v = r.views[i]!
+      t.false(Buffer.isBuffer(v))
+      t.true(Buffer.isBuffer(r.payloads[i]))
+      const len = scratch.readUInt32LE(n - 4 * r.count + 4 * i)
+      t.true(Buffer.from(v).equals(scratch.subarray(at, at + len)))
+      t.true(r.payloads[i]!.equals(v))
+      at += len
+    }
+    if (r.count === 0) {
+      t.true(Object.isFrozen(r.views))
+      t.is(r.firstEventId, null)
+    } else withPayloads++
+    if (!Object.values(r.rejected).some((c) => c > 0)) t.true(Object.isFrozen(r.rejected))
+    if (k % 50 === 0) kept.push({ views: r.views, bytes: r.views.map((v) => Buffer.from(v)) })
+  }
+  t.true(withPayloads > 1000)
+  for (const { views, bytes } of kept) for (let i = 0; i < views.length; i++) t.true(Buffer.from(views[i]!).equals(bytes[i]!))
+})

@@ -1,0 +1,259 @@
+//! `RawIngestor.prototype.ingestPacked`: `ingestInto` as a plain Node-API callback.
+//!
+//! A `#[napi]` method pays for napi-rs's generic borrow tracking on every call (a scope allocated
+//! per call, the receiver entered into a process-wide locked map and taken out again), which on
+//! the hot path of one call per engine message costs about as much as converting a small batch.
+//! This callback converts its five arguments itself and finds its ingestor by a handle (a slot and
+//! a generation, from `RawIngestor.handle()`) in a per-thread table, never by unwrapping `this`,
+//! so that no receiver, however it was obtained, can make it read memory of another type.
+//! A handle that no longer names a live ingestor fails with `Ingestor is closed`.
+
+// napi-rs registers module_exports hooks outside `cfg(test)`: in a test build nothing calls them.
+#![cfg_attr(test, allow(dead_code))]
+
+use std::cell::RefCell;
+use std::ffi::c_void;
+use std::ptr;
+use std::rc::{Rc, Weak};
+
+use napi::bindgen_prelude::*;
+use napi::sys;
+use napi_derive::napi;
+
+use super::{closed, now_arg, report_memory, Shared};
+
+/// Slots of live ingestors: (generation, ingestor). A slot is reused with the next generation.
+struct Table {
+    slots: Vec<(u32, Weak<RefCell<Shared>>)>,
+    free: Vec<u32>,
+}
+
+thread_local! {
+    static TABLE: RefCell<Table> = const { RefCell::new(Table { slots: Vec::new(), free: Vec::new() }) };
+}
+
+/// Slots below 2^21 and generations below 2^32 keep a handle an exact integer in a JS number.
+const SLOT_BITS: u32 = 21;
+
+/// Enters an ingestor; returns its handle.
+pub(crate) fn register(shared: &Rc<RefCell<Shared>>) -> f64 {
+    TABLE.with(|t| {
+        let mut t = t.borrow_mut();
+        let slot = match t.free.pop() {
+            Some(s) => {
+                let entry = &mut t.slots[s as usize];
+                entry.0 = entry.0.wrapping_add(1);
+                entry.1 = Rc::downgrade(shared);
+                s
+            }
+            None => {
+                t.slots.push((0, Rc::downgrade(shared)));
+                (t.slots.len() - 1) as u32
+            }
+        };
+        handle_of(slot, t.slots[slot as usize].0)
+    })
+}
+
+/// Frees a handle's slot (its ingestor is being finalized).
+pub(crate) fn unregister(handle: f64) {
+    TABLE.with(|t| {
+        let mut t = t.borrow_mut();
+        if let Some(slot) = slot_of(&t, handle) {
+            t.slots[slot as usize].1 = Weak::new();
+            t.free.push(slot);
+        }
+    })
+}
+
+fn handle_of(slot: u32, generation: u32) -> f64 {
+    (generation as f64) * f64::from(1u32 << SLOT_BITS) + slot as f64
+}
+
+/// The slot a handle names, when its generation is the slot's current one.
+fn slot_of(t: &Table, handle: f64) -> Option<u32> {
+    if !(handle >= 0.0 && handle.fract() == 0.0 && handle < 2f64.powi(53)) {
+        return None;
+    }
+    let h = handle as u64;
+    let slot = (h & ((1 << SLOT_BITS) - 1)) as u32;
+    let generation = (h >> SLOT_BITS) as u32;
+    match t.slots.get(slot as usize) {
+        Some((g, _)) if *g == generation && (h >> SLOT_BITS) <= u32::MAX as u64 => Some(slot),
+        _ => None,
+    }
+}
+
+fn lookup(handle: f64) -> Option<Rc<RefCell<Shared>>> {
+    TABLE.with(|t| {
+        let t = t.borrow();
+        let slot = slot_of(&t, handle)?;
+        t.slots[slot as usize].1.upgrade()
+    })
+}
+
+fn check(status: sys::napi_status, what: &str) -> Result<()> {
+    if status == sys::Status::napi_ok {
+        Ok(())
+    } else {
+        Err(Error::new(
+            Status::InvalidArg,
+            format!("ingestPacked: {what}"),
+        ))
+    }
+}
+
+unsafe fn number(env: sys::napi_env, v: sys::napi_value, what: &str) -> Result<f64> {
+    let mut x = 0f64;
+    check(unsafe { sys::napi_get_value_double(env, v, &mut x) }, what)?;
+    Ok(x)
+}
+
+/// The bytes of a Uint8Array (or Buffer) argument: pointer and length.
+unsafe fn bytes(env: sys::napi_env, v: sys::napi_value, what: &str) -> Result<(*mut u8, usize)> {
+    let mut kind = 0;
+    let mut len = 0usize;
+    let mut data: *mut c_void = ptr::null_mut();
+    let mut ab = ptr::null_mut();
+    let mut off = 0usize;
+    check(
+        unsafe {
+            sys::napi_get_typedarray_info(env, v, &mut kind, &mut len, &mut data, &mut ab, &mut off)
+        },
+        what,
+    )?;
+    if kind != sys::TypedarrayType::uint8_array {
+        return Err(Error::new(
+            Status::InvalidArg,
+            format!("ingestPacked: {what}"),
+        ));
+    }
+    Ok((data.cast(), len))
+}
+
+/// `ingestPacked(handle, payload, nowMs, out, offset)`: what `ingestInto(payload, nowMs, out,
+/// offset)` does on the ingestor `handle` names.
+unsafe fn ingest_packed(
+    env: sys::napi_env,
+    info: sys::napi_callback_info,
+) -> Result<sys::napi_value> {
+    let mut argc = 5usize;
+    let mut argv = [ptr::null_mut(); 5];
+    check(
+        unsafe {
+            sys::napi_get_cb_info(
+                env,
+                info,
+                &mut argc,
+                argv.as_mut_ptr(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+            )
+        },
+        "bad call",
+    )?;
+    if argc < 5 {
+        return Err(Error::new(
+            Status::InvalidArg,
+            "ingestPacked: takes (handle, payload, nowMs, out, offset)".to_owned(),
+        ));
+    }
+    let handle = unsafe { number(env, argv[0], "handle must be a number") }?;
+    let (payload_ptr, payload_len) =
+        unsafe { bytes(env, argv[1], "payload must be a Uint8Array") }?;
+    let now_ms = unsafe { number(env, argv[2], "nowMs must be a number") }?;
+    let (out_ptr, out_len) = unsafe { bytes(env, argv[3], "out must be a Uint8Array") }?;
+    let offset = unsafe { number(env, argv[4], "offset must be a number") }?;
+    let shared = lookup(handle).ok_or_else(|| closed("Ingestor"))?;
+    let mut shared = shared.borrow_mut();
+    let (ing, memory) = shared.get("Ingestor")?;
+    let payload: &[u8] = if payload_len == 0 {
+        &[]
+    } else {
+        // SAFETY: the typed array's bytes, alive while JavaScript is blocked in this call; only
+        // read, and no longer used once the output is written below (`out` may be the same memory).
+        unsafe { std::slice::from_raw_parts(payload_ptr, payload_len) }
+    };
+    let packed = ing.ingest_packed(payload, now_arg(now_ms));
+    let fits = offset >= 0.0
+        && offset.fract() == 0.0
+        && offset <= out_len as f64
+        && packed.len() <= out_len - offset as usize;
+    let mut result = ptr::null_mut();
+    if fits {
+        // SAFETY: in bounds (checked above); `packed` is the ingestor's own buffer, never JS
+        // memory, and `copy` allows any overlap with the payload.
+        unsafe { ptr::copy(packed.as_ptr(), out_ptr.add(offset as usize), packed.len()) };
+        check(
+            unsafe { sys::napi_create_uint32(env, packed.len() as u32, &mut result) },
+            "cannot create the result",
+        )?;
+    } else {
+        let mut data = ptr::null_mut();
+        check(
+            unsafe {
+                sys::napi_create_buffer_copy(
+                    env,
+                    packed.len(),
+                    packed.as_ptr().cast(),
+                    &mut data,
+                    &mut result,
+                )
+            },
+            "cannot allocate the output",
+        )?;
+    }
+    let bytes = ing.approx_bytes();
+    report_memory(&Env::from_raw(env), memory, bytes);
+    Ok(result)
+}
+
+unsafe extern "C" fn ingest_packed_cb(
+    env: sys::napi_env,
+    info: sys::napi_callback_info,
+) -> sys::napi_value {
+    let r = std::panic::catch_unwind(|| unsafe { ingest_packed(env, info) })
+        .map_err(|_| Error::new(Status::GenericFailure, "ingestPacked panicked".to_owned()))
+        .and_then(|r| r);
+    match r {
+        Ok(v) => v,
+        Err(e) => {
+            unsafe { JsError::from(e).throw_into(env) };
+            ptr::null_mut()
+        }
+    }
+}
+
+/// Puts `ingestPacked` on `RawIngestor.prototype` once the classes are registered.
+#[napi(module_exports)]
+pub fn install_ingest_packed(exports: Object, env: Env) -> Result<()> {
+    let env = env.raw();
+    let mut ctor = ptr::null_mut();
+    let mut proto = ptr::null_mut();
+    let mut f = ptr::null_mut();
+    unsafe {
+        check(
+            sys::napi_get_named_property(env, exports.raw(), c"RawIngestor".as_ptr(), &mut ctor),
+            "no RawIngestor class",
+        )?;
+        check(
+            sys::napi_get_named_property(env, ctor, c"prototype".as_ptr(), &mut proto),
+            "no RawIngestor prototype",
+        )?;
+        check(
+            sys::napi_create_function(
+                env,
+                c"ingestPacked".as_ptr(),
+                "ingestPacked".len() as isize,
+                Some(ingest_packed_cb),
+                ptr::null_mut(),
+                &mut f,
+            ),
+            "cannot create ingestPacked",
+        )?;
+        check(
+            sys::napi_set_named_property(env, proto, c"ingestPacked".as_ptr(), f),
+            "cannot install ingestPacked",
+        )
+    }
+}
