@@ -4,7 +4,7 @@
 import test from 'ava'
 import { raw } from '../ts/core/native.js'
 import { Ingestor, implementation } from '../ts/core/api.js'
-import type { RawIngestorOptions } from '../ts/core/binding.js'
+import { OUT_HEADER_BYTES, type RawIngestorOptions } from '../ts/core/binding.js'
 import { BatchGenerator } from './helpers/gen-batches.js'
 
 const impl = implementation
@@ -100,7 +100,7 @@ test(`[${impl}] IngestResult: views and payloads are the same bytes, kept intact
     t.is(r.views.length, r.count)
     t.is(r.views, r.views, 'built once')
     t.is(r.payloads.length, r.count)
-    let at = 68
+    let at = OUT_HEADER_BYTES
     for (let i = 0; i < r.count; i++) {
       const v = r.views[i]!
       t.false(Buffer.isBuffer(v))

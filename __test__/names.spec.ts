@@ -28,7 +28,7 @@ for (const [name, get, test] of impls) {
   test(`${name}: the name lists label the counts they go with`, (t) => {
     const b = get()
     const n = b.names()
-    t.is(n.rejectReasons.length, 9)
+    t.is(n.rejectReasons.length, 10)
     t.is(n.rejectReasons[0], 'malformed', 'code 0 is the malformed batch')
     // the ingestor's counters end with one per rejection reason, in the same order
     const ing = new b.RawIngestor({

@@ -138,7 +138,8 @@ impl Tier {
     }
 }
 
-enum Ev {
+/// One engine event to encode (see `engine_batch`).
+pub enum Ev {
     Stored {
         parent: Option<u64>,
         hashes: Vec<u64>,
@@ -401,6 +402,21 @@ pub fn chain_of(seq: &Sequence, bs: usize) -> Vec<(u64, std::ops::Range<usize>)>
             (h, r)
         })
         .collect()
+}
+
+/// One engine batch of `events` for `dp_rank`, encoded as the workload encodes its own (a salted store
+/// is a map; the others a map or an array, picked by `seed`).
+pub fn engine_batch(events: &[Ev], dp_rank: u32, block_size: u32, seed: u64) -> Vec<u8> {
+    let mut buf = Vec::new();
+    encode_batch(
+        &mut buf,
+        &mut Rng::new(seed),
+        0.0,
+        events,
+        dp_rank,
+        block_size,
+    );
+    buf
 }
 
 fn encode_batch(

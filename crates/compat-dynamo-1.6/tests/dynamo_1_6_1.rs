@@ -843,3 +843,125 @@ fn after_an_inner_remove_dynamo_1_6_1_router_indexer_credits_a_removed_block() {
     assert_eq!(dynamo_scores(&tree, &q), vec![(1, 0, 2), (2, 0, 1)]);
     assert_eq!(core_scores(&mut index, &q), vec![(1, 0, 2), (2, 0, 1)]);
 }
+
+/// The tokens hashes of a normalized store, or the removed hashes (Dynamo's types).
+fn event_hashes(data: &KvCacheEventData) -> (&'static str, Vec<u64>) {
+    match data {
+        KvCacheEventData::Stored(s) => {
+            ("stored", s.blocks.iter().map(|b| b.tokens_hash.0).collect())
+        }
+        KvCacheEventData::Removed(r) => ("removed", r.block_hashes.iter().map(|h| h.0).collect()),
+        _ => ("cleared", Vec::new()),
+    }
+}
+
+#[test]
+fn a_store_without_a_salt_takes_its_parents_salt_as_in_dynamo_1_6_1() {
+    use dynamo_kv_router::protocols::WorkerWithDpRank;
+    use dynamo_kv_router::zmq_wire::{decode_event_batch, ZmqEventNormalizer};
+    use workload::{engine_batch, Ev};
+
+    let bs = BLOCK_SIZE as usize;
+    let tokens = |n: usize, first: u32| (0..n * bs).map(|i| first + i as u32).collect::<Vec<u32>>();
+    let store =
+        |hashes: &[u64], parent: Option<u64>, salt: Option<&str>, medium: Option<&'static str>| {
+            Ev::Stored {
+                parent,
+                hashes: hashes.to_vec(),
+                tokens: tokens(hashes.len(), 100 * hashes[0] as u32),
+                lora: None,
+                salt: salt.map(str::to_string),
+                medium,
+            }
+        };
+    let removed = |hashes: &[u64]| Ev::Removed {
+        hashes: hashes.to_vec(),
+        medium: None,
+    };
+    // (what the step shows, the event)
+    let steps: Vec<(&str, Ev)> = vec![
+        ("a salted chain", store(&[1, 2], None, Some("s1"), None)),
+        (
+            "its unsalted child inherits",
+            store(&[3], Some(2), None, None),
+        ),
+        (
+            "an empty salt is none: inherits",
+            store(&[4], Some(3), Some(""), None),
+        ),
+        (
+            "an unknown parent: unsalted",
+            store(&[5], Some(99), None, None),
+        ),
+        (
+            "a salted hash stored unsalted",
+            store(&[2], None, None, None),
+        ),
+        (
+            "a child of an ambiguous parent",
+            store(&[6], Some(2), None, None),
+        ),
+        (
+            "an own salt beats the parent's",
+            store(&[7], Some(3), Some("s2"), None),
+        ),
+        ("a remove forgets the salt", removed(&[3])),
+        ("so the child is unsalted", store(&[8], Some(3), None, None)),
+        ("an ambiguous hash survives its remove", removed(&[2])),
+        ("still refused", store(&[9], Some(2), None, None)),
+        (
+            "host-pinned follows the chain",
+            store(&[10], Some(7), None, Some("CPU")),
+        ),
+        (
+            "disk bypasses it",
+            store(&[11], Some(7), None, Some("DISK")),
+        ),
+        ("a clear forgets the rank's salts", Ev::Cleared),
+        (
+            "so the child is unsalted",
+            store(&[12], Some(7), None, None),
+        ),
+    ];
+
+    let worker = WorkerWithDpRank {
+        worker_id: 7,
+        dp_rank: 0,
+    };
+    let mut normalizer = ZmqEventNormalizer::new(BLOCK_SIZE);
+    let mut ing = ingestor(7, Wire::Dynamo14);
+    let (mut inherited, mut refused) = (0, 0);
+    for (i, (what, ev)) in steps.into_iter().enumerate() {
+        let bytes = engine_batch(&[ev], 0, BLOCK_SIZE, i as u64);
+        let batch = decode_event_batch(&bytes).expect("Dynamo decodes the batch");
+        let dynamo: Vec<(&str, Vec<u64>)> = batch
+            .events
+            .into_iter()
+            .filter_map(|raw| normalizer.normalize(raw, i as u64 + 1, worker))
+            .map(|p| event_hashes(&p.event.data))
+            .collect();
+        let out = unpack(&ing.ingest(&bytes, 1_700_000_000_000));
+        let core: Vec<(&str, Vec<u64>)> = out
+            .payloads
+            .iter()
+            .flat_map(|p| decode_1_6(p).1)
+            .map(|e| event_hashes(&e.event.data))
+            .collect();
+        let ambiguous = out.rejected[dynamo_kv_core::Reason::AmbiguousSalt as usize];
+        // Stores compare one to one; a remove of a hash stored twice is held back by the Ingestor's
+        // refcount dedup, which in Dynamo runs after this normalizer.
+        if !dynamo.is_empty() && dynamo.iter().all(|(kind, _)| *kind == "removed") {
+            assert!(core.is_empty() || core == dynamo, "step {i} ({what})");
+            continue;
+        }
+        assert_eq!(core, dynamo, "step {i} ({what})");
+        assert_eq!(
+            ambiguous as usize,
+            usize::from(dynamo.is_empty()),
+            "step {i} ({what})"
+        );
+        refused += ambiguous;
+        inherited += usize::from(what.contains("inherits") || what.contains("host-pinned"));
+    }
+    assert_eq!((refused, inherited), (2, 3));
+}
