@@ -313,7 +313,7 @@ fn convert_14(
     kv_block_size: u32,
     groups: &mut GroupTable,
     scratch: &mut Vec<u8>,
-    mut salts: Option<&mut SaltChain>,
+    salts: Option<&mut SaltChain>,
 ) -> Result<(Converted, StorageTier), Reason> {
     match ev {
         EngineEvent::Invalid => Err(Reason::Invalid),
@@ -358,7 +358,7 @@ fn convert_14(
             } = s;
             // The chain runs before the store's own checks, as in Dynamo 1.6.1: a store refused later
             // (block size, self reference) has still given its hashes their salt.
-            let chained_salt = match salts.as_deref_mut().filter(|_| chained(tier)) {
+            let chained_salt = match salts.filter(|_| chained(tier)) {
                 Some(chain) => Some(chain.store(&block_hashes, parent_hash, cache_salt)?),
                 None => None,
             };
