@@ -26,6 +26,9 @@ use crate::wire::{
     StoredBlock, WireError,
 };
 
+#[doc(hidden)]
+pub mod runs;
+
 const NIL: u32 = u32::MAX;
 /// `Node::kids` with this bit set indexes `RadixIndex::kid_lists` (the edges are in `edges`);
 /// otherwise it is the only child.
@@ -1484,6 +1487,10 @@ impl EdgeTable {
             self.resize(self.slots.len() / 4);
         }
         Some(removed)
+    }
+
+    fn bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<Edge>()
     }
 
     fn grow(&mut self) {

@@ -6,7 +6,8 @@
 //! hashes of one worker for the same tokens, inner removes, moves, clears, worker removals, and
 //! nodes with more than 128 holders.
 
-use dynamo_kv_core::index::{ApplyOutcome, RadixIndex};
+use dynamo_kv_core::index::runs::RunIndex as RadixIndex;
+use dynamo_kv_core::index::ApplyOutcome;
 use dynamo_kv_core::wire::{EventData, RouterEvent, StoredBlock};
 
 mod common;
@@ -37,6 +38,8 @@ struct Stream {
     /// per (worker, rank, doc): the longest stored prefix, to continue from it
     stored: std::collections::HashMap<(u64, u32, usize), usize>,
     id: u64,
+    /// percent of events that store on the crowded node
+    crowd: u64,
 }
 
 fn mix(mut z: u64) -> u64 {
@@ -78,6 +81,7 @@ impl Stream {
             ranks,
             stored: Default::default(),
             id: 0,
+            crowd: 5,
         }
     }
 
@@ -110,7 +114,7 @@ impl Stream {
         let key = self.worker_key();
         self.id += 1;
         let data = match self.r.below(100) {
-            0..=2 => EventData::Cleared,
+            0..=2 if self.crowd < 50 => EventData::Cleared,
             3..=24 => {
                 let doc = self.r.upto(self.docs.len());
                 let len = self.docs[doc].len();
@@ -136,11 +140,17 @@ impl Stream {
                 if self.r.chance(10) {
                     hashes.push(self.r.next());
                 }
+                if self.r.chance(self.crowd) {
+                    let most = if self.r.chance(30) { 20 } else { 3 };
+                    for _ in 0..self.r.range(1, most) {
+                        hashes.push(0xC0 + self.r.below(400));
+                    }
+                }
                 EventData::Removed {
                     block_hashes: hashes,
                 }
             }
-            25..=29 if !matches!(self.hashing, Hashing::Tiny) => {
+            n if n >= 25 && n < 25 + self.crowd && !matches!(self.hashing, Hashing::Tiny) => {
                 // the crowded node: one tokens hash from the root (or below it) under many hashes
                 let parent = if self.r.chance(30) {
                     Some(0xC0 + self.r.below(40))
@@ -150,7 +160,7 @@ impl Stream {
                 EventData::Stored {
                     parent_hash: parent,
                     blocks: vec![StoredBlock {
-                        block_hash: 0xC0 + self.r.below(300),
+                        block_hash: 0xC0 + self.r.below(400),
                         tokens_hash: 999 + parent.map_or(0, |_| 1),
                         mm_extra_info: None,
                     }],
@@ -238,7 +248,10 @@ fn compare(new: &mut RadixIndex, old: &mut Reference, s: &mut Stream, ctx: &str)
 }
 
 fn run(seed: u64, hashing: Hashing, events: usize) -> [u64; 5] {
-    let mut s = Stream::new(seed, hashing);
+    run_with(Stream::new(seed, hashing), seed, hashing, events)
+}
+
+fn run_with(mut s: Stream, seed: u64, hashing: Hashing, events: usize) -> [u64; 5] {
     let mut new = RadixIndex::new();
     let mut old = Reference::new();
     let mut outcomes = [0u64; 5];
@@ -248,7 +261,9 @@ fn run(seed: u64, hashing: Hashing, events: usize) -> [u64; 5] {
         let want = old.apply_event(&ev);
         outcomes[want as usize] += 1;
         assert_eq!(new.apply_event(&ev), want, "{ctx}: outcome of {ev:?}");
-        match s.r.below(200) {
+        // (the crowded streams grow large nodes: no worker removals there)
+        let pick = if s.crowd > 50 { 199 } else { s.r.below(200) };
+        match pick {
             0 => {
                 let (w, _) = s.worker_key();
                 new.remove_worker(w);
@@ -329,4 +344,16 @@ fn tiny_hash_spaces_agree_with_the_reference() {
         }
     }
     assert!(invalid > 0);
+}
+
+#[test]
+fn crowded_nodes_agree_with_the_reference() {
+    // one or two worker keys putting hundreds of hashes on one node (indexed entries, tombs,
+    // compaction), with chains below some of them
+    for seed in 0..12 {
+        let hashing = [Hashing::Shared, Hashing::Salted][seed as usize % 2];
+        let mut s = Stream::new(seed * 31 + 5, hashing);
+        (s.workers, s.ranks, s.crowd) = (1 + seed % 2, 1, 60);
+        run_with(s, seed, hashing, 1500);
+    }
 }
