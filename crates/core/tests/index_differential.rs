@@ -6,8 +6,7 @@
 //! hashes of one worker for the same tokens, inner removes, moves, clears, worker removals, and
 //! nodes with more than 128 holders.
 
-use dynamo_kv_core::index::runs::RunIndex as RadixIndex;
-use dynamo_kv_core::index::ApplyOutcome;
+use dynamo_kv_core::index::{ApplyOutcome, RadixIndex};
 use dynamo_kv_core::wire::{EventData, RouterEvent, StoredBlock};
 
 mod common;

@@ -88,7 +88,7 @@ fn workload() -> Workload {
     // per worker: doc → how many leading blocks it holds
     let mut held: Vec<HashMap<usize, usize>> = vec![HashMap::new(); WORKERS as usize];
     let mut id = 0u64;
-    let mut store = |r: &mut Rng, held: &mut Vec<HashMap<usize, usize>>, id: &mut u64| {
+    let store = |r: &mut Rng, held: &mut Vec<HashMap<usize, usize>>, id: &mut u64| {
         let w = r.below(WORKERS);
         // popular docs more often
         let doc = (r.below(docs.len() as u64).min(r.below(docs.len() as u64))) as usize;

@@ -40,7 +40,7 @@ struct Entry {
     slot: u32,
     /// positions 0..cut held
     cut: u32,
-    /// CANON, or the index in `RunIndex::owns` of this entry's own hashes (length `cut`)
+    /// CANON, or the index in `RadixIndex::owns` of this entry's own hashes (length `cut`)
     own: u32,
 }
 
@@ -173,7 +173,7 @@ fn unloc(l: u64) -> (u32, u32) {
 }
 
 #[derive(Debug)]
-pub struct RunIndex {
+pub struct RadixIndex {
     runs: Vec<Run>,
     free_runs: Vec<u32>,
     owns: Vec<Vec<u64>>,
@@ -199,15 +199,15 @@ pub struct RunIndex {
     version: u64,
 }
 
-impl Default for RunIndex {
+impl Default for RadixIndex {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl RunIndex {
+impl RadixIndex {
     pub fn new() -> Self {
-        RunIndex {
+        RadixIndex {
             runs: vec![Run::fresh(NIL)],
             free_runs: Vec::new(),
             owns: Vec::new(),
@@ -1407,7 +1407,10 @@ pub(crate) fn map_bytes(capacity: usize, entry: usize) -> usize {
     (buckets * entry).next_multiple_of(16) + buckets + 16
 }
 
-/// A position in `RunIndex::dump`'s sequence (see `DumpCursor` of the index module).
+/// A position in `RadixIndex::dump`'s sequence, read one event at a time by `dump_next`. It holds
+/// the worker keys still to go, the depth-first stack of the current one and where it is in the run
+/// being written: O(keys + tree depth × fan-out) memory, never the events. It belongs to the index
+/// that opened it and is valid until that index changes.
 #[derive(Debug, Clone)]
 pub struct DumpCursor {
     version: u64,
