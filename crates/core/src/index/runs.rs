@@ -640,15 +640,29 @@ impl RadixIndex {
     }
 
     /// Puts (slot, hash) on position `p` of `run`; returns where it is (a split may move it).
-    fn hold(&mut self, run: u32, p: u32, slot: u32, hash: u64) -> (u32, u32) {
+    /// `hint`: the worker's entry index in `run` if known (the previous block's).
+    fn hold(
+        &mut self,
+        run: u32,
+        p: u32,
+        slot: u32,
+        hash: u64,
+        hint: (u32, u32),
+    ) -> (u32, u32, u32) {
         if self.runs[run as usize].multi {
             if self.multi_entry(run, slot, hash).is_none() {
                 let own = self.own_for(run, 0, hash);
                 self.push_entry(run, Entry { slot, cut: 1, own }, hash);
             }
-            return (run, 0);
+            return (run, 0, NIL);
         }
-        let found = self.runs[run as usize].entry_of(slot);
+        let r = &self.runs[run as usize];
+        let found = if hint.0 == run && r.items.get(hint.1 as usize).is_some_and(|e| e.slot == slot)
+        {
+            Some(hint.1 as usize)
+        } else {
+            r.entry_of(slot)
+        };
         match found {
             None => {
                 let run = if p > 0 {
@@ -658,7 +672,7 @@ impl RadixIndex {
                 };
                 let own = self.own_for(run, 0, hash);
                 self.push_entry(run, Entry { slot, cut: 1, own }, hash);
-                (run, 0)
+                (run, 0, self.runs[run as usize].items.len() as u32 - 1)
             }
             Some(i) => {
                 let e = self.runs[run as usize].items[i];
@@ -676,10 +690,10 @@ impl RadixIndex {
                         self.runs[run as usize].items[i].own = own;
                     }
                     self.runs[run as usize].items[i].cut += 1;
-                    (run, p)
+                    (run, p, i as u32)
                 } else if e.cut > p {
                     if self.hash_at(run, e, p as usize) == hash {
-                        return (run, p);
+                        return (run, p, i as u32);
                     }
                     // a second hash of this worker here: the position gets a run of its own
                     let len = self.runs[run as usize].blocks.len();
@@ -694,13 +708,13 @@ impl RadixIndex {
                     self.make_multi(one);
                     let own = self.own_for(one, 0, hash);
                     self.push_entry(one, Entry { slot, cut: 1, own }, hash);
-                    (one, 0)
+                    (one, 0, NIL)
                 } else {
                     // not reached: the worker holds the position before (a parent it holds)
                     let tail = self.split(run, p as usize);
                     let own = self.own_for(tail, 0, hash);
                     self.push_entry(tail, Entry { slot, cut: 1, own }, hash);
-                    (tail, 0)
+                    (tail, 0, self.runs[tail as usize].items.len() as u32 - 1)
                 }
             }
         }
@@ -902,9 +916,13 @@ impl RadixIndex {
                 }
             },
         };
+        // the worker's entry in the run of the previous block (most blocks follow it in one run)
+        let mut hint = (NIL, 0u32);
         for b in blocks {
             let (run, p) = self.next_pos(cur, slot, b.tokens_hash, b.block_hash);
-            let at = self.hold(run, p, slot, b.block_hash);
+            let (hrun, hp, entry) = self.hold(run, p, slot, b.block_hash, hint);
+            hint = (hrun, entry);
+            let at = (hrun, hp);
             let here = loc(at.0, at.1);
             match self.worker(slot).blocks.insert(b.block_hash, here) {
                 Some(old) if old != here => {
@@ -914,6 +932,7 @@ impl RadixIndex {
                     self.leave(orun, op, slot, b.block_hash);
                     let now = self.worker(slot).blocks[&b.block_hash];
                     cur = Some(unloc(now));
+                    hint = (NIL, 0);
                 }
                 _ => cur = Some(at),
             }
@@ -1002,7 +1021,7 @@ impl RadixIndex {
             let mut stop = m;
             if !r.multi && (m > 1 || early_exit) {
                 let (mut c1, mut c2) = (0u32, 0u32);
-                for e in &r.items {
+                for e in r.items.iter().filter(|_| early_exit) {
                     let active = if e.slot < LOW {
                         low >> e.slot & 1 != 0
                     } else {
