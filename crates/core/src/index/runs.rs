@@ -14,6 +14,7 @@
 //!   one marked `multi`, whose entries are the (worker, hash) pairs in insertion order;
 //! - a position nobody holds any more is cut off with everything after it, and the run's children
 //!   are detached (they stay in their workers' maps, unreachable, until removed).
+//!
 //! So each live run has at least one entry and some entry covers all of it.
 //!
 //! Each worker key has a map block hash → (run, position), updated for the moved tail on a split.
