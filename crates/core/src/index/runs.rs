@@ -590,10 +590,15 @@ impl RadixIndex {
     /// After an entry of `run` shrank or went: positions nobody holds are cut off.
     fn settle(&mut self, run: u32) {
         let r = &self.runs[run as usize];
+        let len = r.blocks.len();
+        // usually some other entry still covers the whole run: found without a full scan
+        if !r.multi && r.items.iter().any(|e| e.cut as usize == len) {
+            return;
+        }
         let max = r.max_cut() as usize;
         if max == 0 {
             self.drop_run(run);
-        } else if max < r.blocks.len() {
+        } else if max < len {
             self.truncate(run, max);
         }
     }
