@@ -67,6 +67,9 @@ struct Run {
     low: u64,
     high: u32,
     multi: bool,
+    /// slots < LOW whose entry covers the whole run, valid unless `dirty` (recomputed by a query)
+    full: u64,
+    dirty: bool,
     big: Option<Box<Big>>,
     parent: u32,
     /// NIL, the only child, or MANY | index into `kid_lists`
@@ -81,6 +84,7 @@ impl Run {
             parent,
             kids: NIL,
             pos: NIL,
+            dirty: true,
             ..Run::default()
         }
     }
@@ -434,6 +438,7 @@ impl RadixIndex {
         let i = r.items.len() as u32;
         r.items.push(e);
         r.live += 1;
+        r.dirty = true;
         match r.big.as_deref_mut() {
             Some(Big::Regular(m)) => {
                 m.insert(e.slot, i);
@@ -480,6 +485,7 @@ impl RadixIndex {
         let r = &mut self.runs[run as usize];
         let slot = r.items[i].slot;
         r.live -= 1;
+        r.dirty = true;
         if !r.multi {
             r.items.swap_remove(i);
             if let Some(Big::Regular(m)) = r.big.as_deref_mut() {
@@ -537,6 +543,7 @@ impl RadixIndex {
     fn split(&mut self, run: u32, at: usize) -> u32 {
         let tail = self.alloc_run(run);
         let blocks = self.runs[run as usize].blocks.split_off(at);
+        self.runs[run as usize].dirty = true;
         let kids = self.take_kids(run);
         self.runs[tail as usize].blocks = blocks;
         for c in kids {
@@ -555,6 +562,7 @@ impl RadixIndex {
                 self.new_own(rest)
             };
             self.runs[run as usize].items[i].cut = at as u32;
+            self.runs[run as usize].dirty = true;
             let te = Entry {
                 slot: e.slot,
                 cut: e.cut - at as u32,
@@ -573,6 +581,7 @@ impl RadixIndex {
     /// Cuts a run to its first `len` positions (nobody holds the rest): its children are detached.
     fn truncate(&mut self, run: u32, len: usize) {
         self.runs[run as usize].blocks.truncate(len);
+        self.runs[run as usize].dirty = true;
         self.detach_kids(run);
     }
 
@@ -630,6 +639,7 @@ impl RadixIndex {
                     if extend {
                         // a longer store along a leaf grows it in place
                         self.runs[run as usize].blocks.push([key, hash]);
+                        self.runs[run as usize].dirty = true;
                         return (run, len as u32);
                     }
                     run
@@ -696,6 +706,7 @@ impl RadixIndex {
                         self.runs[run as usize].items[i].own = own;
                     }
                     self.runs[run as usize].items[i].cut += 1;
+                    self.runs[run as usize].dirty = true;
                     (run, p, i as u32)
                 } else if e.cut > p {
                     if self.hash_at(run, e, p as usize) == hash {
@@ -768,6 +779,7 @@ impl RadixIndex {
             self.split(run, p as usize + 1);
         }
         let r = &mut self.runs[run as usize];
+        r.dirty = true;
         let e = &mut r.items[i];
         e.cut = p;
         let own = e.own;
@@ -1025,7 +1037,19 @@ impl RadixIndex {
             // where the walk leaves this run: the end of the match, or with early exit the
             // position after which one worker is left
             let mut stop = m;
-            if !r.multi && (m > 1 || early_exit) {
+            if r.dirty && !r.multi {
+                let r = &mut self.runs[run as usize];
+                r.full = r
+                    .items
+                    .iter()
+                    .filter(|e| e.slot < LOW && e.cut as usize == len)
+                    .fold(0, |acc, e| acc | 1 << e.slot);
+                r.dirty = false;
+            }
+            let r = &self.runs[run as usize];
+            // when the whole run matched and every active worker covers it, nobody drops inside
+            let all_full = m == len && high.is_empty() && low & !r.full == 0;
+            if !r.multi && (m > 1 || early_exit) && !(all_full && !early_exit) {
                 let (mut c1, mut c2) = (0u32, 0u32);
                 for e in r.items.iter().filter(|_| early_exit) {
                     let active = if e.slot < LOW {
