@@ -178,6 +178,7 @@ fn unloc(l: u64) -> (u32, u32) {
 }
 
 #[derive(Debug)]
+/// The index: which worker key holds which blocks (SPEC 6).
 pub struct RadixIndex {
     runs: Vec<Run>,
     free_runs: Vec<u32>,
@@ -243,6 +244,7 @@ impl RadixIndex {
         &self.counters
     }
 
+    /// Total (worker key, block hash) entries.
     pub fn size(&self) -> u64 {
         self.workers
             .iter()
@@ -251,6 +253,7 @@ impl RadixIndex {
             .sum()
     }
 
+    /// Distinct known worker ids, ascending.
     pub fn workers(&self) -> Vec<u64> {
         let mut ids: Vec<u64> = self.workers.iter().flatten().map(|w| w.worker_id).collect();
         ids.sort_unstable();
@@ -258,6 +261,7 @@ impl RadixIndex {
         ids
     }
 
+    /// Whether this worker key is known.
     pub fn knows(&self, worker_id: u64, dp_rank: u32) -> bool {
         self.worker_index.contains_key(&(worker_id, dp_rank))
     }
@@ -858,6 +862,7 @@ impl RadixIndex {
         }
     }
 
+    /// Drops every block of every dp rank of the worker and forgets it.
     pub fn remove_worker(&mut self, worker_id: u64) {
         self.version += 1;
         for slot in self.slots_of(worker_id) {
@@ -879,6 +884,7 @@ impl RadixIndex {
         self.apply(ev.worker_id, ev.event_id, ev.dp_rank, ev.data.as_data_ref())
     }
 
+    /// A Dynamo 1.4+ `cleared`: only `dp_rank` of the worker loses its blocks.
     pub fn clear_rank(&mut self, worker_id: u64, event_id: u64, dp_rank: u32) -> ApplyOutcome {
         self.version += 1;
         let slot = self.worker_slot(worker_id, dp_rank);
@@ -888,6 +894,7 @@ impl RadixIndex {
         ApplyOutcome::Applied
     }
 
+    /// Applies one event given by parts (the ingest path applies its chunks without copying them).
     pub fn apply(
         &mut self,
         worker_id: u64,
@@ -984,10 +991,13 @@ impl RadixIndex {
     // --------------------------------------------------------------------------------------------
     // queries
 
+    /// SPEC 6 find_matches: per worker key, the number of leading blocks of `query` it holds along
+    /// the path from the root. Ascending (worker_id, dp_rank); zero scores omitted.
     pub fn find_matches(&mut self, query: &[u64], early_exit: bool) -> Vec<Match> {
         self.find_matches_ref(query, early_exit).to_vec()
     }
 
+    /// `find_matches` into a buffer the index reuses (no allocation per query).
     pub fn find_matches_ref(&mut self, query: &[u64], early_exit: bool) -> &[Match] {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
@@ -1236,6 +1246,10 @@ impl RadixIndex {
         keys
     }
 
+    /// The index as stored events of one block each: per worker key in ascending (worker_id,
+    /// dp_rank), depth-first from the root through the nodes that hold the worker (children in
+    /// ascending tokens hash), one event per hash it holds, parent = its first hash on the parent
+    /// node. `only_rank` restricts it to the worker keys of one dp rank.
     pub fn dump(&self, only_rank: Option<u32>) -> Vec<RouterEvent> {
         let mut out = Vec::new();
         let mut c = self.dump_cursor(only_rank);
@@ -1262,6 +1276,7 @@ impl RadixIndex {
         stack.extend(kids.into_iter().map(|c| (c, parent_hash)));
     }
 
+    /// Opens a cursor over `dump(only_rank)`.
     pub fn dump_cursor(&self, only_rank: Option<u32>) -> DumpCursor {
         DumpCursor {
             version: self.version,
@@ -1280,6 +1295,7 @@ impl RadixIndex {
         }
     }
 
+    /// Whether the cursor's index is unchanged since it was opened.
     pub fn dump_valid(&self, c: &DumpCursor) -> bool {
         c.version == self.version
     }
@@ -1305,6 +1321,8 @@ impl RadixIndex {
         }
     }
 
+    /// The next event of the dump the cursor was opened on (the same events in the same order as
+    /// `dump`), `Ok(None)` at the end, `Err(DumpStale)` once this index changed since.
     pub fn dump_next(&self, c: &mut DumpCursor) -> Result<Option<RouterEvent>, DumpStale> {
         if !self.dump_valid(c) {
             return Err(DumpStale);
