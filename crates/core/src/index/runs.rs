@@ -1059,7 +1059,7 @@ impl RadixIndex {
             let r = &self.runs[run as usize];
             // when the whole run matched and every active worker covers it, nobody drops inside
             let all_full = m == len && high.is_empty() && low & !r.full == 0;
-            if !r.multi && (m > 1 || early_exit) && !(all_full && !early_exit) {
+            if !r.multi && (early_exit || (m > 1 && !all_full)) {
                 let (mut c1, mut c2) = (0u32, 0u32);
                 for e in r.items.iter().filter(|_| early_exit) {
                     let active = if e.slot < LOW {
