@@ -969,15 +969,22 @@ impl RadixIndex {
 
     fn remove(&mut self, slot: u32, hashes: &[u64]) -> ApplyOutcome {
         let mut missing = 0u64;
+        let mut found: Vec<(u64, u64)> = Vec::with_capacity(hashes.len());
         for &h in hashes {
             match self.worker(slot).blocks.remove(&h) {
-                Some(l) => {
-                    let (run, p) = unloc(l);
-                    self.leave(run, p, slot, h);
-                    self.counters[C_BLOCKS_REMOVED] += 1;
-                }
+                Some(l) => found.push((l, h)),
                 None => missing += 1,
             }
+        }
+        // The outcome does not depend on the order of the removals, so they go last position
+        // first: a run loses its end each time instead of splitting (a chain removed root first
+        // would otherwise move its whole tail once per block). A split only moves positions after
+        // the one left, which this order has already handled.
+        found.sort_unstable_by(|a, b| b.cmp(a));
+        for (l, h) in found {
+            let (run, p) = unloc(l);
+            self.leave(run, p, slot, h);
+            self.counters[C_BLOCKS_REMOVED] += 1;
         }
         self.counters[C_REMOVED] += 1;
         self.counters[C_BLOCK_NOT_FOUND] += missing;
