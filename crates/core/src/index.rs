@@ -2,13 +2,13 @@
 //! the tokens hashes of the path from the root, so that `find_matches` can tell who holds the longest
 //! prefix of a request.
 //!
-//! Layout (index/runs.rs): the tree is compressed into runs, chains of blocks without branching
-//! stored contiguously, with holders recorded per run as (worker, how far along the run it holds);
-//! runs split wherever the holders stop being that simple (see there). The children of runs with
-//! several live in one open-addressing table keyed by (parent, tokens hash), so a step down costs two
-//! cache misses (table slot, child); each such run also lists its children for the cascade and the
-//! dump. Each run keeps a bitmask of its worker slots below 64, so that `find_matches` intersects
-//! worker sets with one AND per run. Each worker key has a map block hash → (run, position).
+//! Layout, for memory and cache: nodes live in one arena (`Vec<Node>`, 32 bytes each) addressed by u32;
+//! a node's single child and single holder are stored inline (most nodes have one of each). The edges
+//! of nodes with several children live in one open-addressing table keyed by (parent, tokens hash),
+//! so a step down costs two cache misses (table slot, child); each such node also lists its children
+//! for the cascade and the dump. Several holders go to a `HolderSet`, and the node keeps a bitmask of
+//! its worker slots below 64, so that `find_matches` intersects worker sets with one AND per level.
+//! Each worker key has a map block hash → node.
 //!
 //! Rules that are easy to miss:
 //! - a node that loses its last holder is removed from the tree and its children are detached: blocks
@@ -17,6 +17,7 @@
 //! - `cleared` applies to every dp rank of the worker id (Dynamo semantics).
 
 use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 
 use crate::hash::{compute_block_hashes_with, BlockHashOptions};
@@ -25,14 +26,16 @@ use crate::wire::{
     StoredBlock, WireError,
 };
 
-mod runs;
-pub use runs::{DumpCursor, RadixIndex};
-
 const NIL: u32 = u32::MAX;
-/// `Run::kids` with this bit set indexes `RadixIndex::kid_lists` (the edges are in `edges`);
+/// `Node::kids` with this bit set indexes `RadixIndex::kid_lists` (the edges are in `edges`);
 /// otherwise it is the only child.
 const MANY: u32 = 1 << 31;
-/// Worker slots below this are tracked by the bitmasks (`Run::low`, the query's active mask).
+/// `Node::worker` of a node without holders.
+const NOBODY: u32 = u32::MAX;
+/// `Node::worker` with this bit set: the holders are in `RadixIndex::sets[worker & !SPILLED]`. Worker
+/// slots and set indexes stay below 2^31 - 1: that many would take hundreds of GB first.
+const SPILLED: u32 = 1 << 31;
+/// Worker slots below this are tracked by the bitmasks (`HolderSet::low`, the query's active mask).
 const LOW: u32 = 64;
 
 /// A hasher for block hashes: they are already well mixed, so a keyed multiply-xorshift is enough;
@@ -323,6 +326,194 @@ const C_INVALID_SEQUENCE: usize = 5;
 const C_BLOCKS_STORED: usize = 6;
 const C_BLOCKS_REMOVED: usize = 7;
 
+#[derive(Debug, Clone, Copy)]
+struct Holder {
+    block_hash: u64,
+    worker: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Node {
+    /// The tokens hash of the edge from the parent.
+    key: u64,
+    /// The block hash of the only holder when `worker` is a slot; when SPILLED, a copy of the set's
+    /// `low` mask, so that a query reads no HolderSet.
+    hash: u64,
+    /// NIL for the root, for a detached node, and for a free slot.
+    parent: u32,
+    /// NIL (no child), a child id, or MANY | index into `kid_lists`.
+    kids: u32,
+    /// NOBODY, SPILLED | index into `sets`, or the slot of the only holder.
+    worker: u32,
+    /// The position in the parent's kid list, when the parent has several children.
+    pos: u32,
+}
+
+const EMPTY_NODE: Node = Node {
+    key: 0,
+    hash: 0,
+    parent: NIL,
+    kids: NIL,
+    worker: NOBODY,
+    pos: NIL,
+};
+const _: () = assert!(std::mem::size_of::<Node>() == 32);
+
+/// A set this long gets a `BigSet`: below it, scanning `items` is cheaper than hashing.
+const BIG_SET: usize = 128;
+/// `Holder::worker` of a removed pair still in a big set's `items` (until compaction).
+const TOMB: u32 = u32::MAX;
+
+/// The holders of a node with more than one (worker, block hash) pair.
+#[derive(Debug, Default)]
+struct HolderSet {
+    /// (worker, block hash) pairs in insertion order; a worker may hold several hashes here. In a big
+    /// set, a removed pair leaves a TOMB until more than half are tombs (order kept, O(1) removal).
+    items: Vec<Holder>,
+    /// Pairs in `items` that are not tombs.
+    live: u32,
+    /// For sets that reached BIG_SET pairs (one worker holding many hashes for the same tokens):
+    /// where each pair is and how many each worker holds, so that no operation scans `items`.
+    big: Option<Box<BigSet>>,
+    /// Bit s is set while worker slot s < LOW is here.
+    low: u64,
+    /// Distinct worker slots >= LOW here, and the wrapping sum of their `worker_mix`: a query
+    /// compares it with its active high slots' sum to skip a level without reading the items.
+    high: u32,
+    high_sum: u64,
+}
+
+#[derive(Debug, Default)]
+struct BigSet {
+    /// (worker, block hash) → its index in `items`.
+    at: HashMap<(u32, u64), u32, MixState>,
+    /// worker → how many pairs it has here.
+    per_worker: HashMap<u32, u32, MixState>,
+}
+
+impl HolderSet {
+    fn has_worker(&self, worker: u32) -> bool {
+        if worker < LOW {
+            self.low >> worker & 1 != 0
+        } else if let Some(big) = &self.big {
+            big.per_worker.contains_key(&worker)
+        } else {
+            self.items.iter().any(|h| h.worker == worker)
+        }
+    }
+
+    fn contains(&self, worker: u32, block_hash: u64) -> bool {
+        match &self.big {
+            Some(big) => big.at.contains_key(&(worker, block_hash)),
+            None => self
+                .items
+                .iter()
+                .any(|h| h.worker == worker && h.block_hash == block_hash),
+        }
+    }
+
+    /// Appends a pair that is not here yet.
+    fn push(&mut self, worker: u32, block_hash: u64) {
+        if !self.has_worker(worker) {
+            self.count(worker, true);
+        }
+        let i = self.items.len() as u32;
+        self.items.push(Holder { block_hash, worker });
+        self.live += 1;
+        if let Some(big) = &mut self.big {
+            big.at.insert((worker, block_hash), i);
+            *big.per_worker.entry(worker).or_insert(0) += 1;
+        } else if self.items.len() >= BIG_SET {
+            let mut big = BigSet::default();
+            for (i, h) in self.items.iter().enumerate() {
+                big.at.insert((h.worker, h.block_hash), i as u32);
+                *big.per_worker.entry(h.worker).or_insert(0) += 1;
+            }
+            self.big = Some(Box::new(big));
+        }
+    }
+
+    /// Removes a pair if it is here, keeping the order of the others.
+    fn remove(&mut self, worker: u32, block_hash: u64) {
+        let Some(mut big) = self.big.take() else {
+            if let Some(i) = self
+                .items
+                .iter()
+                .position(|h| h.worker == worker && h.block_hash == block_hash)
+            {
+                self.items.remove(i);
+                self.live -= 1;
+                if !self.items.iter().any(|h| h.worker == worker) {
+                    self.count(worker, false);
+                }
+            }
+            return;
+        };
+        let Some(i) = big.at.remove(&(worker, block_hash)) else {
+            self.big = Some(big);
+            return;
+        };
+        self.items[i as usize].worker = TOMB;
+        self.live -= 1;
+        let left = big.per_worker.get_mut(&worker).map(|c| {
+            *c -= 1;
+            *c
+        });
+        if left == Some(0) {
+            big.per_worker.remove(&worker);
+            self.count(worker, false);
+        }
+        if self.items.len() > 2 * self.live as usize {
+            // more tombs than pairs: compact, amortized O(1) per removal
+            self.items.retain(|h| h.worker != TOMB);
+            for (i, h) in self.items.iter().enumerate() {
+                big.at.insert((h.worker, h.block_hash), i as u32);
+            }
+        }
+        self.big = Some(big);
+    }
+
+    /// The first pair that is not a tomb.
+    fn first(&self) -> Option<Holder> {
+        self.items.iter().find(|h| h.worker != TOMB).copied()
+    }
+
+    /// Accounts for a worker that just arrived on, or left, this node.
+    fn count(&mut self, worker: u32, arrived: bool) {
+        if worker < LOW {
+            if arrived {
+                self.low |= 1 << worker;
+            } else {
+                self.low &= !(1 << worker);
+            }
+        } else if arrived {
+            self.high += 1;
+            self.high_sum = self.high_sum.wrapping_add(worker_mix(worker));
+        } else {
+            self.high -= 1;
+            self.high_sum = self.high_sum.wrapping_sub(worker_mix(worker));
+        }
+    }
+}
+
+/// A well-mixed 64-bit image of a worker slot (splitmix64): sums of these tell distinct worker sets
+/// apart except with probability ~2^-64.
+#[inline]
+fn worker_mix(slot: u32) -> u64 {
+    let mut z = (slot as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[derive(Debug)]
+struct Worker {
+    worker_id: u64,
+    dp_rank: u32,
+    blocks: HashMap<u64, u32, MixState>,
+    last_event_id: Option<u64>,
+}
+
 /// One match: a worker key, its matched prefix length in blocks, and how many hashes it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Match {
@@ -330,6 +521,854 @@ pub struct Match {
     pub dp_rank: u32,
     pub score: u32,
     pub tree_size: u64,
+}
+
+#[derive(Debug)]
+pub struct RadixIndex {
+    nodes: Vec<Node>,
+    free_nodes: Vec<u32>,
+    sets: Vec<HolderSet>,
+    free_sets: Vec<u32>,
+    edges: EdgeTable,
+    kid_lists: Vec<Vec<u32>>,
+    free_lists: Vec<u32>,
+    /// Worker slots; a forgotten worker's slot is None until reused.
+    workers: Vec<Option<Worker>>,
+    free_workers: Vec<u32>,
+    worker_index: HashMap<(u64, u32), u32>,
+    counters: [u64; INDEX_COUNTER_NAMES.len()],
+    /// Live worker slots in ascending (worker_id, dp_rank) and each slot's position there, rebuilt
+    /// by the first query after a worker came or went: results come out in that order unsorted.
+    order: Vec<u32>,
+    rank: Vec<u32>,
+    order_stale: bool,
+    // find_matches scratch
+    stamp: Vec<u32>,
+    generation: u32,
+    /// per slot, its score in the current query (0 = none)
+    score: Vec<u32>,
+    scored: Vec<u32>,
+    high: Vec<u32>,
+    kept: Vec<u32>,
+    keys: Vec<u64>,
+    out: Vec<Match>,
+    /// Changes with every mutation, distinct between indexes (a dump cursor's staleness check).
+    version: u64,
+}
+
+impl Default for RadixIndex {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+const ROOT: u32 = 0;
+
+impl RadixIndex {
+    pub fn new() -> Self {
+        RadixIndex {
+            nodes: vec![EMPTY_NODE],
+            free_nodes: Vec::new(),
+            sets: Vec::new(),
+            free_sets: Vec::new(),
+            edges: EdgeTable::new(),
+            kid_lists: Vec::new(),
+            free_lists: Vec::new(),
+            workers: Vec::new(),
+            free_workers: Vec::new(),
+            worker_index: HashMap::new(),
+            counters: [0; INDEX_COUNTER_NAMES.len()],
+            order: Vec::new(),
+            rank: Vec::new(),
+            order_stale: false,
+            stamp: Vec::new(),
+            generation: 0,
+            score: Vec::new(),
+            scored: Vec::new(),
+            high: Vec::new(),
+            kept: Vec::new(),
+            keys: Vec::new(),
+            out: Vec::new(),
+            version: next_version_base(),
+        }
+    }
+
+    pub fn counters(&self) -> &[u64; INDEX_COUNTER_NAMES.len()] {
+        &self.counters
+    }
+
+    /// Total (worker key, block hash) entries.
+    pub fn size(&self) -> u64 {
+        self.workers
+            .iter()
+            .flatten()
+            .map(|w| w.blocks.len() as u64)
+            .sum()
+    }
+
+    /// Distinct known worker ids, ascending.
+    pub fn workers(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.workers.iter().flatten().map(|w| w.worker_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Whether this worker key is known.
+    pub fn knows(&self, worker_id: u64, dp_rank: u32) -> bool {
+        self.worker_index.contains_key(&(worker_id, dp_rank))
+    }
+
+    // --------------------------------------------------------------------------------------------
+    // tree primitives
+
+    #[inline]
+    fn child(&self, node: u32, key: u64) -> Option<u32> {
+        let kids = self.nodes[node as usize].kids;
+        if kids == NIL {
+            None
+        } else if kids & MANY != 0 {
+            self.edges.get(node, key)
+        } else if self.nodes[kids as usize].key == key {
+            Some(kids)
+        } else {
+            None
+        }
+    }
+
+    fn alloc_node(&mut self, key: u64, parent: u32) -> u32 {
+        let node = Node {
+            key,
+            parent,
+            ..EMPTY_NODE
+        };
+        match self.free_nodes.pop() {
+            Some(id) => {
+                self.nodes[id as usize] = node;
+                id
+            }
+            None => {
+                self.nodes.push(node);
+                (self.nodes.len() - 1) as u32
+            }
+        }
+    }
+
+    fn add_kid(&mut self, parent: u32, key: u64, child: u32) {
+        let kids = self.nodes[parent as usize].kids;
+        if kids == NIL {
+            self.nodes[parent as usize].kids = child;
+            return;
+        }
+        let list = if kids & MANY != 0 {
+            kids & !MANY
+        } else {
+            // a second child: both edges go to the table and a list
+            let list = match self.free_lists.pop() {
+                Some(l) => l,
+                None => {
+                    self.kid_lists.push(Vec::new());
+                    (self.kid_lists.len() - 1) as u32
+                }
+            };
+            self.edges
+                .insert(parent, self.nodes[kids as usize].key, kids);
+            self.nodes[kids as usize].pos = 0;
+            self.kid_lists[list as usize].push(kids);
+            self.nodes[parent as usize].kids = MANY | list;
+            list
+        };
+        self.edges.insert(parent, key, child);
+        let l = &mut self.kid_lists[list as usize];
+        self.nodes[child as usize].pos = l.len() as u32;
+        l.push(child);
+    }
+
+    /// Unlinks `child` (whose parent is `parent`) from its parent.
+    fn remove_kid(&mut self, parent: u32, child: u32) {
+        let kids = self.nodes[parent as usize].kids;
+        if kids == NIL {
+            return;
+        }
+        if kids & MANY == 0 {
+            if kids == child {
+                self.nodes[parent as usize].kids = NIL;
+            }
+            return;
+        }
+        let list = (kids & !MANY) as usize;
+        let key = self.nodes[child as usize].key;
+        if self.edges.remove(parent, key) != Some(child) {
+            return;
+        }
+        let l = &mut self.kid_lists[list];
+        let pos = self.nodes[child as usize].pos as usize;
+        if l.get(pos) != Some(&child) {
+            return;
+        }
+        l.swap_remove(pos);
+        if let Some(&moved) = l.get(pos) {
+            self.nodes[moved as usize].pos = pos as u32;
+        }
+        if l.len() == 1 {
+            // back to one inline child
+            let only = l[0];
+            self.edges.remove(parent, self.nodes[only as usize].key);
+            self.free_list(list as u32);
+            self.nodes[only as usize].pos = NIL;
+            self.nodes[parent as usize].kids = only;
+        }
+    }
+
+    fn free_list(&mut self, list: u32) {
+        let l = &mut self.kid_lists[list as usize];
+        l.clear();
+        if l.capacity() > 64 {
+            *l = Vec::new();
+        }
+        self.free_lists.push(list);
+    }
+
+    /// The child ids of a node (any order).
+    fn kid_ids(&self, node: u32) -> Vec<u32> {
+        let kids = self.nodes[node as usize].kids;
+        if kids == NIL {
+            Vec::new()
+        } else if kids & MANY != 0 {
+            self.kid_lists[(kids & !MANY) as usize].clone()
+        } else {
+            vec![kids]
+        }
+    }
+
+    /// A non-root node lost its last holder: it leaves its parent and its children are detached;
+    /// detached children without holders go the same way.
+    fn drop_empty(&mut self, start: u32) {
+        let mut stack = vec![start];
+        while let Some(n) = stack.pop() {
+            if n == ROOT {
+                continue;
+            }
+            let parent = self.nodes[n as usize].parent;
+            if parent != NIL {
+                self.remove_kid(parent, n);
+            }
+            let kids = self.nodes[n as usize].kids;
+            for c in self.kid_ids(n) {
+                if kids & MANY != 0 {
+                    self.edges.remove(n, self.nodes[c as usize].key);
+                }
+                let child = &mut self.nodes[c as usize];
+                (child.parent, child.pos) = (NIL, NIL);
+                if child.worker == NOBODY {
+                    stack.push(c);
+                }
+            }
+            if kids != NIL && kids & MANY != 0 {
+                self.free_list(kids & !MANY);
+            }
+            let w = self.nodes[n as usize].worker;
+            if w != NOBODY && w & SPILLED != 0 {
+                self.free_set(w & !SPILLED);
+            }
+            self.nodes[n as usize] = EMPTY_NODE;
+            self.free_nodes.push(n);
+        }
+    }
+
+    fn free_set(&mut self, set: u32) {
+        let s = &mut self.sets[set as usize];
+        s.items.clear();
+        if s.items.capacity() > 64 {
+            s.items = Vec::new();
+        }
+        (s.low, s.high, s.high_sum, s.live, s.big) = (0, 0, 0, 0, None);
+        self.free_sets.push(set);
+    }
+
+    /// The holders of a node, in insertion order.
+    fn holders(&self, node: u32) -> impl Iterator<Item = Holder> + '_ {
+        holders_of(&self.nodes[node as usize], &self.sets)
+    }
+
+    fn has_worker(&self, node: u32, worker: u32) -> bool {
+        match self.nodes[node as usize].worker {
+            NOBODY => false,
+            w if w & SPILLED != 0 => self.sets[(w & !SPILLED) as usize].has_worker(worker),
+            w => w == worker,
+        }
+    }
+
+    /// Puts (worker, block_hash) on `node` unless it is there already.
+    fn hold(&mut self, node: u32, worker: u32, block_hash: u64) {
+        let n = &mut self.nodes[node as usize];
+        match n.worker {
+            NOBODY => {
+                n.worker = worker;
+                n.hash = block_hash;
+            }
+            w if w & SPILLED != 0 => {
+                let s = &mut self.sets[(w & !SPILLED) as usize];
+                if s.contains(worker, block_hash) {
+                    return;
+                }
+                s.push(worker, block_hash);
+                n.hash = s.low;
+            }
+            w => {
+                if w == worker && n.hash == block_hash {
+                    return;
+                }
+                let first = Holder {
+                    block_hash: n.hash,
+                    worker: w,
+                };
+                let set = match self.free_sets.pop() {
+                    Some(s) => s,
+                    None => {
+                        self.sets.push(HolderSet::default());
+                        (self.sets.len() - 1) as u32
+                    }
+                };
+                n.worker = SPILLED | set;
+                let s = &mut self.sets[set as usize];
+                s.push(first.worker, first.block_hash);
+                s.push(worker, block_hash);
+                n.hash = s.low;
+            }
+        }
+    }
+
+    /// Removes the holder (worker, hash) from `node`, dropping the node when it is left empty.
+    fn leave(&mut self, node: u32, worker: u32, block_hash: u64) {
+        let n = &mut self.nodes[node as usize];
+        match n.worker {
+            NOBODY => {}
+            w if w & SPILLED != 0 => {
+                let set = w & !SPILLED;
+                let s = &mut self.sets[set as usize];
+                s.remove(worker, block_hash);
+                n.hash = s.low;
+                // back inline when one holder is left: a set always has two or more
+                if s.live <= 1 {
+                    let last = s.first();
+                    self.free_set(set);
+                    let n = &mut self.nodes[node as usize];
+                    (n.worker, n.hash) = match last {
+                        Some(h) => (h.worker, h.block_hash),
+                        None => (NOBODY, 0),
+                    };
+                }
+            }
+            w => {
+                if w == worker && n.hash == block_hash {
+                    n.worker = NOBODY;
+                }
+            }
+        }
+        if self.nodes[node as usize].worker == NOBODY {
+            self.drop_empty(node);
+        }
+    }
+
+    // --------------------------------------------------------------------------------------------
+    // workers
+
+    fn worker_slot(&mut self, worker_id: u64, dp_rank: u32) -> u32 {
+        if let Some(&w) = self.worker_index.get(&(worker_id, dp_rank)) {
+            return w;
+        }
+        let worker = Worker {
+            worker_id,
+            dp_rank,
+            blocks: HashMap::default(),
+            last_event_id: None,
+        };
+        let slot = match self.free_workers.pop() {
+            Some(s) => {
+                self.workers[s as usize] = Some(worker);
+                s
+            }
+            None => {
+                self.workers.push(Some(worker));
+                (self.workers.len() - 1) as u32
+            }
+        };
+        self.worker_index.insert((worker_id, dp_rank), slot);
+        self.order_stale = true;
+        slot
+    }
+
+    fn worker(&mut self, slot: u32) -> &mut Worker {
+        self.workers[slot as usize]
+            .as_mut()
+            .expect("live worker slot")
+    }
+
+    /// Drops every block of a worker slot (it stays known).
+    fn clear_slot(&mut self, slot: u32) {
+        let blocks = std::mem::take(&mut self.worker(slot).blocks);
+        for (hash, node) in blocks {
+            self.leave(node, slot, hash);
+        }
+    }
+
+    fn slots_of(&self, worker_id: u64) -> Vec<u32> {
+        self.workers
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.as_ref().is_some_and(|w| w.worker_id == worker_id))
+            .map(|(i, _)| i as u32)
+            .collect()
+    }
+
+    fn forget_slot(&mut self, slot: u32) {
+        self.clear_slot(slot);
+        if let Some(w) = self.workers[slot as usize].take() {
+            self.worker_index.remove(&(w.worker_id, w.dp_rank));
+            self.free_workers.push(slot);
+            self.order_stale = true;
+        }
+    }
+
+    /// Drops every block of every dp rank of the worker and forgets it.
+    pub fn remove_worker(&mut self, worker_id: u64) {
+        self.version += 1;
+        for slot in self.slots_of(worker_id) {
+            self.forget_slot(slot);
+        }
+    }
+
+    pub fn remove_worker_dp_rank(&mut self, worker_id: u64, dp_rank: u32) {
+        self.version += 1;
+        if let Some(&slot) = self.worker_index.get(&(worker_id, dp_rank)) {
+            self.forget_slot(slot);
+        }
+    }
+
+    // --------------------------------------------------------------------------------------------
+    // events
+
+    pub fn apply_event(&mut self, ev: &RouterEvent) -> ApplyOutcome {
+        self.apply(ev.worker_id, ev.event_id, ev.dp_rank, ev.data.as_data_ref())
+    }
+
+    /// A Dynamo 1.4+ `cleared`: only `dp_rank` of the worker loses its blocks.
+    pub fn clear_rank(&mut self, worker_id: u64, event_id: u64, dp_rank: u32) -> ApplyOutcome {
+        self.version += 1;
+        let slot = self.worker_slot(worker_id, dp_rank);
+        self.worker(slot).last_event_id = Some(event_id);
+        self.clear_slot(slot);
+        self.counters[C_CLEARED] += 1;
+        ApplyOutcome::Applied
+    }
+
+    /// Applies one event given by parts (the ingest path applies its chunks without copying them).
+    pub fn apply(
+        &mut self,
+        worker_id: u64,
+        event_id: u64,
+        dp_rank: u32,
+        data: DataRef,
+    ) -> ApplyOutcome {
+        self.version += 1;
+        let slot = self.worker_slot(worker_id, dp_rank);
+        self.worker(slot).last_event_id = Some(event_id);
+        match data {
+            DataRef::Stored {
+                parent_hash,
+                blocks,
+            } => self.store(slot, parent_hash, blocks),
+            DataRef::Removed(hashes) => self.remove(slot, hashes),
+            DataRef::Cleared => {
+                for s in self.slots_of(worker_id) {
+                    self.clear_slot(s);
+                }
+                self.counters[C_CLEARED] += 1;
+                ApplyOutcome::Applied
+            }
+        }
+    }
+
+    fn store(
+        &mut self,
+        slot: u32,
+        parent_hash: Option<u64>,
+        blocks: &[StoredBlock],
+    ) -> ApplyOutcome {
+        if repeats(blocks, parent_hash) {
+            self.counters[C_INVALID_SEQUENCE] += 1;
+            return ApplyOutcome::InvalidBlockSequence;
+        }
+        let mut current = match parent_hash {
+            None => ROOT,
+            Some(p) => match self.worker(slot).blocks.get(&p) {
+                Some(&n) => n,
+                None => {
+                    self.counters[C_PARENT_NOT_FOUND] += 1;
+                    return ApplyOutcome::ParentNotFound;
+                }
+            },
+        };
+        for b in blocks {
+            let child = match self.child(current, b.tokens_hash) {
+                Some(c) => c,
+                None => {
+                    let c = self.alloc_node(b.tokens_hash, current);
+                    self.add_kid(current, b.tokens_hash, c);
+                    c
+                }
+            };
+            self.hold(child, slot, b.block_hash);
+            // one map probe: the previous place of this hash, if any, is replaced
+            if let Some(old) = self.worker(slot).blocks.insert(b.block_hash, child) {
+                if old != child {
+                    // the hash moved: it leaves its old node. The child already holds it, and
+                    // `old` is neither `current` left empty (current holds this worker's previous
+                    // hash, or is the root) nor the child's parent, so `child` stays valid.
+                    self.leave(old, slot, b.block_hash);
+                }
+            }
+            current = child;
+        }
+        self.counters[C_STORED] += 1;
+        self.counters[C_BLOCKS_STORED] += blocks.len() as u64;
+        ApplyOutcome::Applied
+    }
+
+    fn remove(&mut self, slot: u32, hashes: &[u64]) -> ApplyOutcome {
+        let mut missing = 0u64;
+        for &h in hashes {
+            match self.worker(slot).blocks.remove(&h) {
+                Some(node) => {
+                    self.leave(node, slot, h);
+                    self.counters[C_BLOCKS_REMOVED] += 1;
+                }
+                None => missing += 1,
+            }
+        }
+        self.counters[C_REMOVED] += 1;
+        self.counters[C_BLOCK_NOT_FOUND] += missing;
+        if missing > 0 {
+            ApplyOutcome::BlockNotFound
+        } else {
+            ApplyOutcome::Applied
+        }
+    }
+
+    // --------------------------------------------------------------------------------------------
+    // queries
+
+    /// SPEC 6 find_matches: per worker key, the number of leading blocks of `query` it holds along
+    /// the path from the root. Ascending (worker_id, dp_rank); zero scores omitted.
+    pub fn find_matches(&mut self, query: &[u64], early_exit: bool) -> Vec<Match> {
+        self.find_matches_ref(query, early_exit).to_vec()
+    }
+
+    /// `find_matches` into a buffer the index reuses (no allocation per query).
+    pub fn find_matches_ref(&mut self, query: &[u64], early_exit: bool) -> &[Match] {
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        self.walk(query, early_exit, &mut out);
+        self.out = out;
+        &self.out
+    }
+
+    fn walk(&mut self, query: &[u64], early_exit: bool, out: &mut Vec<Match>) {
+        let Some(&first) = query.first() else {
+            return;
+        };
+        let Some(mut node) = self.child(ROOT, first) else {
+            return;
+        };
+        let n_slots = self.workers.len();
+        if self.stamp.len() < n_slots {
+            self.stamp.resize(n_slots, 0);
+            self.score.resize(n_slots, 0);
+        }
+        // The active set: slots < LOW as a bitmask, the others (rare: more than 64 worker keys) as a
+        // list with the sum of their mixes.
+        let mut high = std::mem::take(&mut self.high);
+        let mut kept = std::mem::take(&mut self.kept);
+        let mut scored = std::mem::take(&mut self.scored);
+        high.clear();
+        scored.clear();
+        let (mut low, mut high_sum) = (0u64, 0u64);
+        match self.nodes[node as usize].worker {
+            NOBODY => {}
+            w if w & SPILLED != 0 => {
+                let set = (w & !SPILLED) as usize;
+                (low, high_sum) = (self.nodes[node as usize].hash, self.sets[set].high_sum);
+                if self.sets[set].high > 0 {
+                    let g = self.next_generation();
+                    for w in workers_of(&self.nodes[node as usize], &self.sets) {
+                        if w >= LOW && self.stamp[w as usize] != g {
+                            self.stamp[w as usize] = g;
+                            high.push(w);
+                        }
+                    }
+                }
+            }
+            w if w < LOW => low = 1 << w,
+            w => {
+                high.push(w);
+                high_sum = worker_mix(w);
+            }
+        }
+        let mut depth = 1u32;
+        for (i, &q) in query.iter().enumerate().skip(1) {
+            if early_exit && low.count_ones() as usize + high.len() == 1 {
+                break;
+            }
+            let Some(child) = self.child(node, q) else {
+                break;
+            };
+            let c = &self.nodes[child as usize];
+            let c_worker = c.worker;
+            let c_low = match c_worker {
+                NOBODY => 0,
+                w if w & SPILLED != 0 => c.hash,
+                w if w < LOW => 1 << w,
+                _ => 0,
+            };
+            let mut lost = low & !c_low;
+            low &= c_low;
+            while lost != 0 {
+                let w = lost.trailing_zeros();
+                lost &= lost - 1;
+                self.score[w as usize] = depth;
+                scored.push(w);
+            }
+            if !high.is_empty() {
+                let same = c_worker != NOBODY
+                    && c_worker & SPILLED != 0
+                    && self.sets[(c_worker & !SPILLED) as usize].high_sum == high_sum;
+                if !same {
+                    let g = self.next_generation();
+                    for w in workers_of(&self.nodes[child as usize], &self.sets) {
+                        self.stamp[w as usize] = g;
+                    }
+                    kept.clear();
+                    for &w in &high {
+                        if self.stamp[w as usize] == g {
+                            kept.push(w);
+                        } else {
+                            self.score[w as usize] = depth;
+                            scored.push(w);
+                        }
+                    }
+                    std::mem::swap(&mut high, &mut kept);
+                    high_sum = high
+                        .iter()
+                        .fold(0u64, |acc, &w| acc.wrapping_add(worker_mix(w)));
+                }
+            }
+            if low == 0 && high.is_empty() {
+                break;
+            }
+            depth = i as u32 + 1;
+            node = child;
+        }
+        while low != 0 {
+            let w = low.trailing_zeros();
+            low &= low - 1;
+            self.score[w as usize] = depth;
+            scored.push(w);
+        }
+        for &w in &high {
+            self.score[w as usize] = depth;
+            scored.push(w);
+        }
+        self.emit_in_order(&scored, out);
+        self.high = high;
+        self.kept = kept;
+        self.scored = scored;
+    }
+
+    /// The scored slots as matches in ascending (worker_id, dp_rank), clearing their scores: a walk
+    /// of the slot order when many scored, else a sort of their ranks.
+    fn emit_in_order(&mut self, scored: &[u32], out: &mut Vec<Match>) {
+        if self.order_stale {
+            self.order.clear();
+            self.order.extend(
+                self.workers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, w)| w.is_some())
+                    .map(|(i, _)| i as u32),
+            );
+            let workers = &self.workers;
+            let key = |s: &u32| {
+                workers[*s as usize]
+                    .as_ref()
+                    .map(|w| (w.worker_id, w.dp_rank))
+            };
+            self.order.sort_unstable_by_key(key);
+            self.rank.resize(self.workers.len(), 0);
+            for (i, &s) in self.order.iter().enumerate() {
+                self.rank[s as usize] = i as u32;
+            }
+            self.order_stale = false;
+        }
+        out.reserve(scored.len());
+        if scored.len() * 8 >= self.order.len() {
+            for &s in &self.order {
+                let score = self.score[s as usize];
+                if score != 0 {
+                    self.score[s as usize] = 0;
+                    out.push(self.match_of(s, score));
+                }
+            }
+        } else {
+            let mut keys = std::mem::take(&mut self.keys);
+            keys.clear();
+            keys.extend(
+                scored
+                    .iter()
+                    .map(|&s| (self.rank[s as usize] as u64) << 32 | s as u64),
+            );
+            keys.sort_unstable();
+            for &k in &keys {
+                let s = k as u32;
+                out.push(self.match_of(s, self.score[s as usize]));
+                self.score[s as usize] = 0;
+            }
+            self.keys = keys;
+        }
+    }
+
+    fn next_generation(&mut self) -> u32 {
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            // the stamps wrapped: forget them all once
+            self.stamp.iter_mut().for_each(|s| *s = 0);
+            self.generation = 1;
+        }
+        self.generation
+    }
+
+    fn match_of(&self, slot: u32, score: u32) -> Match {
+        let w = self.workers[slot as usize]
+            .as_ref()
+            .expect("live worker slot");
+        Match {
+            worker_id: w.worker_id,
+            dp_rank: w.dp_rank,
+            score,
+            tree_size: w.blocks.len() as u64,
+        }
+    }
+
+    /// The index as stored events of one block each: per worker key in ascending (worker_id,
+    /// dp_rank), depth-first from the root through the nodes that hold the worker (children in
+    /// ascending tokens hash), one event per hash it holds, parent = its first hash on the parent
+    /// node. `only_rank` restricts it to the worker keys of one dp rank.
+    pub fn dump(&self, only_rank: Option<u32>) -> Vec<RouterEvent> {
+        let mut keys: Vec<(u64, u32, u32)> = self
+            .workers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| w.as_ref().map(|w| (w.worker_id, w.dp_rank, i as u32)))
+            .filter(|&(_, rank, _)| only_rank.is_none_or(|r| r == rank))
+            .collect();
+        keys.sort_unstable();
+        let mut out = Vec::new();
+        for (worker_id, dp_rank, slot) in keys {
+            let event_id = self.workers[slot as usize]
+                .as_ref()
+                .and_then(|w| w.last_event_id)
+                .unwrap_or(0);
+            // (node, the worker's first hash on the parent node)
+            let mut stack: Vec<(u32, Option<u64>)> = Vec::new();
+            self.push_kids_holding(ROOT, slot, None, &mut stack);
+            while let Some((node, parent_hash)) = stack.pop() {
+                let mut first = None;
+                for h in self.holders(node).filter(|h| h.worker == slot) {
+                    first.get_or_insert(h.block_hash);
+                    out.push(RouterEvent {
+                        worker_id,
+                        event_id,
+                        dp_rank,
+                        data: EventData::Stored {
+                            parent_hash,
+                            blocks: vec![StoredBlock {
+                                block_hash: h.block_hash,
+                                tokens_hash: self.nodes[node as usize].key,
+                                mm_extra_info: None,
+                            }],
+                        },
+                    });
+                }
+                self.push_kids_holding(node, slot, first, &mut stack);
+            }
+        }
+        out
+    }
+
+    /// Pushes the children of `node` held by `slot` so that they pop in ascending key order.
+    fn push_kids_holding(
+        &self,
+        node: u32,
+        slot: u32,
+        parent_hash: Option<u64>,
+        stack: &mut Vec<(u32, Option<u64>)>,
+    ) {
+        let mut kids: Vec<u32> = self
+            .kid_ids(node)
+            .into_iter()
+            .filter(|&c| self.has_worker(c, slot))
+            .collect();
+        kids.sort_unstable_by_key(|&c| std::cmp::Reverse(self.nodes[c as usize].key));
+        stack.extend(kids.into_iter().map(|c| (c, parent_hash)));
+    }
+
+    /// A cheap estimate of the heap bytes held (no walk over nodes or maps' contents): what the
+    /// binding reports to the JavaScript GC.
+    pub fn approx_bytes(&self) -> usize {
+        // per worker map bucket: 16 bytes + 1 control byte
+        let entries: usize = self
+            .workers
+            .iter()
+            .flatten()
+            .map(|w| w.blocks.capacity())
+            .sum();
+        self.nodes.capacity() * std::mem::size_of::<Node>()
+            + self.sets.capacity()
+                * (std::mem::size_of::<HolderSet>() + 4 * std::mem::size_of::<Holder>())
+            + self.edges.slots.capacity() * std::mem::size_of::<Edge>()
+            + self.kid_lists.capacity() * 40
+            + entries * 17
+    }
+
+    /// Approximate heap bytes held by the index (arena, maps, holder sets).
+    pub fn heap_bytes(&self) -> usize {
+        let map_bytes = |cap: usize, entry: usize| cap * (entry + 1);
+        let nodes = self.nodes.capacity() * std::mem::size_of::<Node>()
+            + self.sets.capacity() * std::mem::size_of::<HolderSet>()
+            + self
+                .sets
+                .iter()
+                .map(|s| {
+                    s.items.capacity() * std::mem::size_of::<Holder>()
+                        + s.big
+                            .as_ref()
+                            .map_or(0, |b| b.at.capacity() * 17 + b.per_worker.capacity() * 9)
+                })
+                .sum::<usize>();
+        let kid_maps = self.edges.slots.capacity() * std::mem::size_of::<Edge>()
+            + self
+                .kid_lists
+                .iter()
+                .map(|l| 24 + l.capacity() * 4)
+                .sum::<usize>();
+        let workers: usize = self
+            .workers
+            .iter()
+            .flatten()
+            .map(|w| map_bytes(w.blocks.capacity(), 12))
+            .sum();
+        nodes + kid_maps + workers + self.free_nodes.capacity() * 4
+    }
 }
 
 /// An edge from a node with several children.
@@ -447,10 +1486,6 @@ impl EdgeTable {
         Some(removed)
     }
 
-    fn bytes(&self) -> usize {
-        self.slots.capacity() * std::mem::size_of::<Edge>()
-    }
-
     fn grow(&mut self) {
         self.resize((self.slots.len() * 2).max(64));
     }
@@ -462,6 +1497,39 @@ impl EdgeTable {
             self.insert(e.parent, e.key, e.child);
         }
     }
+}
+
+fn holders_of<'a>(n: &Node, sets: &'a [HolderSet]) -> impl Iterator<Item = Holder> + 'a {
+    let (one, many): (Option<Holder>, &[Holder]) = match n.worker {
+        NOBODY => (None, &[]),
+        w if w & SPILLED != 0 => (None, &sets[(w & !SPILLED) as usize].items),
+        w => (
+            Some(Holder {
+                block_hash: n.hash,
+                worker: w,
+            }),
+            &[],
+        ),
+    };
+    one.into_iter()
+        .chain(many.iter().filter(|h| h.worker != TOMB).copied())
+}
+
+/// The worker slots holding a node, each at least once (once each in a big set: a query reads no
+/// more than the distinct workers).
+fn workers_of<'a>(n: &Node, sets: &'a [HolderSet]) -> impl Iterator<Item = u32> + 'a {
+    let big = match n.worker {
+        w if w != NOBODY && w & SPILLED != 0 => sets[(w & !SPILLED) as usize].big.as_deref(),
+        _ => None,
+    };
+    let small = match big {
+        Some(_) => None,
+        None => Some(holders_of(n, sets).map(|h| h.worker)),
+    };
+    small
+        .into_iter()
+        .flatten()
+        .chain(big.into_iter().flat_map(|b| b.per_worker.keys().copied()))
 }
 
 /// A block hash repeated within a store, or equal to its parent.
@@ -494,3 +1562,107 @@ fn next_version_base() -> u64 {
 /// The index changed since the dump cursor was opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DumpStale;
+
+/// A position in `RadixIndex::dump`'s sequence, read one event at a time by `dump_next`. It holds
+/// the worker keys still to go, the depth-first stack of the current one and the hashes of the node
+/// being written: O(keys + tree depth × fan-out) memory, never the events. It belongs to the index
+/// that opened it and is valid until that index changes.
+#[derive(Debug, Clone)]
+pub struct DumpCursor {
+    version: u64,
+    /// (worker_id, dp_rank, slot) in ascending order, and the next one to start
+    keys: Vec<(u64, u32, u32)>,
+    next_key: usize,
+    worker_id: u64,
+    dp_rank: u32,
+    slot: u32,
+    event_id: u64,
+    stack: Vec<(u32, Option<u64>)>,
+    /// the current node's hashes held by the worker, last first, with its tokens hash and parent
+    hashes: Vec<u64>,
+    tokens_hash: u64,
+    parent_hash: Option<u64>,
+}
+
+impl RadixIndex {
+    /// Opens a cursor over `dump(only_rank)`.
+    pub fn dump_cursor(&self, only_rank: Option<u32>) -> DumpCursor {
+        let mut keys: Vec<(u64, u32, u32)> = self
+            .workers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| w.as_ref().map(|w| (w.worker_id, w.dp_rank, i as u32)))
+            .filter(|&(_, rank, _)| only_rank.is_none_or(|r| r == rank))
+            .collect();
+        keys.sort_unstable();
+        DumpCursor {
+            version: self.version,
+            keys,
+            next_key: 0,
+            worker_id: 0,
+            dp_rank: 0,
+            slot: NOBODY,
+            event_id: 0,
+            stack: Vec::new(),
+            hashes: Vec::new(),
+            tokens_hash: 0,
+            parent_hash: None,
+        }
+    }
+
+    /// Whether the cursor's index is unchanged since it was opened.
+    pub fn dump_valid(&self, c: &DumpCursor) -> bool {
+        c.version == self.version
+    }
+
+    /// The next event of the dump the cursor was opened on (the same events in the same order as
+    /// `dump`), `Ok(None)` at the end, `Err(DumpStale)` once this index changed since.
+    pub fn dump_next(&self, c: &mut DumpCursor) -> Result<Option<RouterEvent>, DumpStale> {
+        if !self.dump_valid(c) {
+            return Err(DumpStale);
+        }
+        loop {
+            if let Some(block_hash) = c.hashes.pop() {
+                return Ok(Some(RouterEvent {
+                    worker_id: c.worker_id,
+                    event_id: c.event_id,
+                    dp_rank: c.dp_rank,
+                    data: EventData::Stored {
+                        parent_hash: c.parent_hash,
+                        blocks: vec![StoredBlock {
+                            block_hash,
+                            tokens_hash: c.tokens_hash,
+                            mm_extra_info: None,
+                        }],
+                    },
+                }));
+            }
+            if let Some((node, parent_hash)) = c.stack.pop() {
+                let slot = c.slot;
+                c.hashes.extend(
+                    self.holders(node)
+                        .filter(|h| h.worker == slot)
+                        .map(|h| h.block_hash),
+                );
+                let first = c.hashes.first().copied();
+                c.hashes.reverse();
+                c.tokens_hash = self.nodes[node as usize].key;
+                c.parent_hash = parent_hash;
+                self.push_kids_holding(node, slot, first, &mut c.stack);
+                continue;
+            }
+            let Some(&(worker_id, dp_rank, slot)) = c.keys.get(c.next_key) else {
+                return Ok(None);
+            };
+            c.next_key += 1;
+            (c.worker_id, c.dp_rank, c.slot) = (worker_id, dp_rank, slot);
+            c.event_id = self
+                .workers
+                .get(slot as usize)
+                .and_then(|w| w.as_ref())
+                .and_then(|w| w.last_event_id)
+                .unwrap_or(0);
+            self.push_kids_holding(ROOT, slot, None, &mut c.stack);
+        }
+    }
+}
