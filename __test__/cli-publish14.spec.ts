@@ -81,6 +81,11 @@ async function tapEngine(sim: EngineSimulator): Promise<{ batches: Map<bigint, B
   return { batches, close: () => sub.close() }
 }
 
+/** Waits until the tap has the engine's last batch (ZeroMQ delivers in order, so then every batch since it connected). */
+async function tapCaughtUp(tap: { batches: Map<bigint, Buffer> }, sim: EngineSimulator): Promise<void> {
+  while (!tap.batches.has(sim.nextSeq - 1n)) await sleep(5)
+}
+
 /** The payloads (hex) a reference Ingestor makes of the tapped batches, in seq order, and their event count. */
 function reference(batches: Map<bigint, Buffer>): { payloads: string[]; events: number } {
   const ing = new Ingestor({ kvBlockSize: BS, workerId: WORKER, wire: 'dynamo-1.4' })
@@ -179,6 +184,7 @@ test('publish --wire dynamo-1.4, direct ZeroMQ + file store: records while it ru
 
     await sim.run(100)
     let text = await caughtUp(sim, port)
+    await tapCaughtUp(tap, sim)
     const want = reference(tap.batches)
     t.true(want.payloads.length > 0)
     t.true(await eventually(async () => (await listFileStore(root)).channels.length === 1))
@@ -262,6 +268,7 @@ test('publish --wire dynamo-1.4 on a NATS event plane: every payload on the endp
     await run.waitForLog((r) => typeof r.msg === 'string' && r.msg.startsWith('publishing'))
     await sim.run(60)
     await caughtUp(sim, port)
+    await tapCaughtUp(tap, sim)
     const want = reference(tap.batches)
     t.true(want.payloads.length > 0)
     t.true(await eventually(async () => got.length >= want.payloads.length))
