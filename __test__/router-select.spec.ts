@@ -128,6 +128,9 @@ test.serial(
       const active = new Map<string, { k: string; blocks: number }>()
       let withOverlap = 0
       let notFirst = 0
+      // every 5th decision's candidates are read only after all requests (loads republished, requests
+      // routed and finished since): they show the state when the choice was made
+      const late: { i: number; got: kv.RouteDecision; costs: number[]; overlaps: number[] }[] = []
       for (let i = 0; i < 1000; i++) {
         if (i % 200 === 0) {
           await publishLoads(w, rng)
@@ -138,15 +141,21 @@ test.serial(
         const best = want.rows.reduce((a, b) => (b.cost < a.cost ? b : a))
         const requestId = rng.chance(0.5) ? `r${i}` : undefined
         const got = router.findBestWorker(tokens, { requestId })!
-        t.deepEqual(
-          { workerId: got.workerId, dpRank: got.dpRank, costs: got.candidates.map((c) => kv.defaultCost(c, weight)) },
-          { workerId: best.workerId, dpRank: best.dpRank, costs: want.rows.map((r) => r.cost) },
-          `request ${i}`,
-        )
-        t.deepEqual(
-          got.candidates.map((c) => c.overlapBlocks),
-          want.rows.map((r) => r.overlap),
-        )
+        t.deepEqual({ workerId: got.workerId, dpRank: got.dpRank }, { workerId: best.workerId, dpRank: best.dpRank }, `request ${i}`)
+        const costs = want.rows.map((r) => r.cost)
+        const overlaps = want.rows.map((r) => r.overlap)
+        if (i % 5 === 0) late.push({ i, got, costs, overlaps })
+        else {
+          t.deepEqual(
+            got.candidates.map((c) => kv.defaultCost(c, weight)),
+            costs,
+            `request ${i}`,
+          )
+          t.deepEqual(
+            got.candidates.map((c) => c.overlapBlocks),
+            overlaps,
+          )
+        }
         if (best.overlap > 0) withOverlap++
         if (best !== want.rows[0]) notFirst++
         if (requestId !== undefined) {
@@ -161,6 +170,22 @@ test.serial(
           routed.set(r.k, routed.get(r.k)! - r.blocks)
         }
       }
+      for (const { i, got, costs, overlaps } of late) {
+        t.deepEqual(
+          got.candidates.map((c) => kv.defaultCost(c, weight)),
+          costs,
+          `request ${i}, read late`,
+        )
+        t.deepEqual(
+          got.candidates.map((c) => c.overlapBlocks),
+          overlaps,
+          `request ${i}, read late`,
+        )
+      }
+      t.true(
+        late.some(({ got }) => got.candidates.some((c) => c.routedBlocks > 0 && c.reportedDecodeBlocks > 0)),
+        'decisions read late with loads and routed blocks',
+      )
       t.false(router.markFinished('never routed'))
       t.is(router.stats().activeRequests, active.size)
       t.true(withOverlap > 300, `${withOverlap} choices with an overlap`)

@@ -265,8 +265,6 @@ const SPLIT_SLICE_BYTES = 1 << 20
 
 const key = (workerId: bigint, dpRank: number) => `${workerId}:${dpRank}`
 const U64_MAX = (1n << 64n) - 1n
-/** Values per slab of decision snapshots (below the allocator's mmap threshold). */
-const SLAB_VALUES = 12_288
 
 class RecoveryError extends Error {
   constructor(
@@ -307,12 +305,18 @@ export class KvRouter {
   /** By place in the sorted ranks: worker id, dp rank, reported and routed decode blocks, their sum. */
   #slotWorker = new BigUint64Array(0)
   #slotRank = new Uint32Array(0)
-  #reported = new Float64Array(0)
-  #routed = new Float64Array(0)
+  /** Held by the decisions made since they last changed (#reportedHeld, #routedHeld): copied before a write. */
+  #reported: number[] = []
+  #routed: number[] = []
+  #reportedHeld = false
+  #routedHeld = false
   #decode = new Float64Array(0)
-  /** Decision snapshots, per decision 5n values at #slabAt: overlap, tree size, cost, reported, routed. */
-  #slab = new Float64Array(0)
-  #slabAt = 0
+  /**
+   * What the core writes for a decision, reused by every decision: overlap, tree size and cost at 0, n
+   * and 2n. The decision it belongs to (#scratchOwner) copies its part out before the next one.
+   */
+  #scratch = new Float64Array(0)
+  #scratchOwner: Decision | null = null
   readonly #loads = new Map<string, bigint>()
   readonly #routedBlocks = new Map<string, number>()
   readonly #requests = new Map<string, { key: string; blocks: number; workerId: bigint; dpRank: number }>()
@@ -519,14 +523,11 @@ export class KvRouter {
     if (this.#freed) throw new Error('RadixIndex is closed')
     const ranks = this.#sortedRanks()
     const n = ranks.length
-    // this decision's snapshot: the core writes overlap, tree size and cost; the loads are copied
-    if (this.#slabAt + 5 * n > this.#slab.length) {
-      this.#slab = new Float64Array(Math.max(SLAB_VALUES, 5 * n))
-      this.#slabAt = 0
-    }
-    const slab = this.#slab
-    const at = this.#slabAt
-    this.#slabAt += 5 * n
+    // the scratch is this decision's: the last one keeps its own values (unless its candidates were built)
+    this.#scratchOwner?.keep()
+    this.#scratchOwner = null
+    if (this.#scratch.length < 3 * n) this.#scratch = new Float64Array(3 * n)
+    const scratch = this.#scratch
     const rule = this.#rule
     const best = core.selectBest(
       this.#raw,
@@ -537,40 +538,36 @@ export class KvRouter {
       this.#slotRank,
       this.#decode,
       n,
-      slab,
-      at,
+      scratch,
+      0,
     )
-    if (this.#loads.size > 0) for (let i = 0; i < n; i++) slab[at + 3 * n + i] = this.#reported[i]!
-    if (this.#routedBlocks.size > 0) for (let i = 0; i < n; i++) slab[at + 4 * n + i] = this.#routed[i]!
-    let made: RouteCandidate[] | null = null
+    // the load columns as they are now (all 0 when there is nothing to hold); a change copies them first
+    const reported = this.#loads.size > 0 ? this.#reported : null
+    const routed = this.#routedBlocks.size > 0 ? this.#routed : null
+    if (reported !== null) this.#reportedHeld = true
+    if (routed !== null) this.#routedHeld = true
+    const decision = new Decision(ranks, requestBlocks, scratch, reported, routed)
     let i: number
-    if (rule !== null) i = rule.temperature === 0 ? best : sampleByCost(slab, at + 2 * n, n, best, rule.temperature, rule.random)
-    else {
-      made = candidatesOf(ranks, slab, at, requestBlocks)
+    if (rule !== null) {
+      i = rule.temperature === 0 ? best : sampleByCost(scratch, 2 * n, n, best, rule.temperature, rule.random)
+      this.#scratchOwner = decision
+    } else {
+      const made = decision.candidates
       i = this.#selector(made, { requestBlocks, blockHashes: hashes })
       if (!Number.isInteger(i) || i < 0 || i >= n)
         throw new RangeError(`the selector returned ${describe(i)}, not an index into its ${n} candidates`)
     }
     const chosen = ranks[i]!
+    decision.workerId = chosen.workerId
+    decision.dpRank = chosen.dpRank
+    decision.overlapBlocks = scratch[i]!
     if (requestId !== undefined) {
       const k = chosen.key
       this.#requests.set(requestId, { key: k, blocks: requestBlocks, workerId: chosen.workerId, dpRank: chosen.dpRank })
       this.#routedBlocks.set(k, (this.#routedBlocks.get(k) ?? 0) + requestBlocks)
       this.#refreshSlot(chosen.workerId, chosen.dpRank, k)
     }
-    let list = made
-    return {
-      workerId: chosen.workerId,
-      dpRank: chosen.dpRank,
-      overlapBlocks: slab[at + i]!,
-      get candidates(): RouteCandidate[] {
-        list ??= candidatesOf(ranks, slab, at, requestBlocks)
-        return list
-      },
-      set candidates(v: RouteCandidate[]) {
-        list = v
-      },
-    }
+    return decision
   }
 
   /** Every known rank, ascending (workerId, dpRank); rebuilt only after the known ranks changed. */
@@ -583,8 +580,10 @@ export class KvRouter {
     this.#slots.clear()
     this.#slotWorker = new BigUint64Array(n)
     this.#slotRank = new Uint32Array(n)
-    this.#reported = new Float64Array(n)
-    this.#routed = new Float64Array(n)
+    this.#reported = new Array<number>(n).fill(0)
+    this.#routed = new Array<number>(n).fill(0)
+    this.#reportedHeld = false
+    this.#routedHeld = false
     this.#decode = new Float64Array(n)
     this.#rankList = list
     for (let i = 0; i < n; i++) {
@@ -606,6 +605,15 @@ export class KvRouter {
     if (slot === undefined) return
     const reported = Number(this.#loads.get(k) ?? 0n)
     const routed = this.#routedBlocks.get(k) ?? 0
+    // copy on write: decisions hold the columns as they were when they were made
+    if (this.#reportedHeld && this.#reported[slot] !== reported) {
+      this.#reported = this.#reported.slice()
+      this.#reportedHeld = false
+    }
+    if (this.#routedHeld && this.#routed[slot] !== routed) {
+      this.#routed = this.#routed.slice()
+      this.#routedHeld = false
+    }
     this.#reported[slot] = reported
     this.#routed[slot] = routed
     this.#decode[slot] = reported + routed
@@ -1359,27 +1367,76 @@ export class KvRouter {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
-/** The candidates of a decision from its snapshot at `at` in `slab` (see KvRouter.#route). */
-function candidatesOf(ranks: KnownRank[], slab: Float64Array, at: number, requestBlocks: number): RouteCandidate[] {
-  const n = ranks.length
-  const out: RouteCandidate[] = new Array(n)
-  for (let i = 0; i < n; i++) {
-    const r = ranks[i]!
-    const overlap = slab[at + i]!
-    const reported = slab[at + 3 * n + i]!
-    const routed = slab[at + 4 * n + i]!
-    out[i] = {
-      workerId: r.workerId,
-      dpRank: r.dpRank,
-      overlapBlocks: overlap,
-      treeSize: slab[at + n + i]!,
-      prefillBlocks: Math.max(0, requestBlocks - overlap),
-      reportedDecodeBlocks: reported,
-      routedBlocks: routed,
-      decodeBlocks: reported + routed,
-    }
+/**
+ * A decision of KvRouter.#route. Its candidates are built when first read, from the values of the
+ * time it was made: the core's overlaps and tree sizes (in the router's scratch until the router's next
+ * decision, which has this decision copy them out first: `keep`) and the load columns it holds (the
+ * router copies a column before changing one a decision holds).
+ */
+class Decision implements RouteDecision {
+  workerId = 0n
+  dpRank = 0
+  overlapBlocks = 0
+  readonly #ranks: KnownRank[]
+  readonly #requestBlocks: number
+  /** Overlap at [0, n), tree size at [n, 2n). */
+  #scores: ArrayLike<number>
+  readonly #reported: readonly number[] | null
+  readonly #routed: readonly number[] | null
+  #list: RouteCandidate[] | null = null
+
+  constructor(
+    ranks: KnownRank[],
+    requestBlocks: number,
+    scores: ArrayLike<number>,
+    reported: readonly number[] | null,
+    routed: readonly number[] | null,
+  ) {
+    this.#ranks = ranks
+    this.#requestBlocks = requestBlocks
+    this.#scores = scores
+    this.#reported = reported
+    this.#routed = routed
   }
-  return out
+
+  /** Every known rank, ascending (workerId, dpRank), as when the choice was made (built when first read). */
+  get candidates(): RouteCandidate[] {
+    if (this.#list !== null) return this.#list
+    const n = this.#ranks.length
+    const scores = this.#scores
+    const out: RouteCandidate[] = new Array(n)
+    for (let i = 0; i < n; i++) {
+      const r = this.#ranks[i]!
+      const overlap = scores[i]!
+      const reported = this.#reported === null ? 0 : this.#reported[i]!
+      const routed = this.#routed === null ? 0 : this.#routed[i]!
+      out[i] = {
+        workerId: r.workerId,
+        dpRank: r.dpRank,
+        overlapBlocks: overlap,
+        treeSize: scores[n + i]!,
+        prefillBlocks: Math.max(0, this.#requestBlocks - overlap),
+        reportedDecodeBlocks: reported,
+        routedBlocks: routed,
+        decodeBlocks: reported + routed,
+      }
+    }
+    this.#list = out
+    return out
+  }
+
+  set candidates(v: RouteCandidate[]) {
+    this.#list = v
+  }
+
+  /** The router is about to reuse its scratch: the overlaps and tree sizes become this decision's own. */
+  keep(): void {
+    if (this.#list !== null) return
+    const from = this.#scores
+    const own: number[] = new Array(2 * this.#ranks.length)
+    for (let i = 0; i < own.length; i++) own[i] = from[i]!
+    this.#scores = own
+  }
 }
 
 /** The data kind of a RouterEvent's JSON. */
