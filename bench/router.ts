@@ -5,7 +5,8 @@
 //   (a TCP proxy): the time from the event that shows the gap to the range applied.
 // - scale: the same workers publish a shared-prefix workload at fixed rates while the router answers
 //   findBestWorkerForHashes on every turn of its event loop; per rate, the lag (events sent, not yet applied),
-//   and the answer latency (p50/p99/max of each call) and the longest wait between two answers.
+//   and the answer latency (p50/p99/max of each call) and the longest wait between two answers; beside it,
+//   the p50/p99 of a fixed computation timed the same way once per turn (the VM's own floor at that load).
 //
 // Workload per worker rank: 64 prefix chains of 8 blocks whose hashes every worker shares, stored first;
 // then stores of 16 own blocks under one of the prefixes, each removed again 32 stores later (the index
@@ -231,7 +232,20 @@ const pct = (xs: Float64Array, n: number, p: number) => {
   return a[Math.min(n - 1, Math.floor((p / 100) * n))] ?? 0
 }
 
-/** Lookups on every turn of the event loop: each call's time and the waits between turns. */
+/** The machine's floor for a call's time: a fixed computation of a few µs (no allocation, no native call). */
+const FLOOR_VALUES = new Float64Array(4096).map((_, i) => i * 0.5)
+let floorSink = 0
+function floorWork(): void {
+  let s = 0
+  for (let i = 0; i < FLOOR_VALUES.length; i++) s += FLOOR_VALUES[i]! * 1.0000001
+  floorSink += s
+}
+
+/**
+ * Lookups on every turn of the event loop: each call's time and the waits between turns; once per turn,
+ * the time of the fixed computation `floorWork` measured the same way (what the VM itself does to a
+ * call's time at this load).
+ */
 function lookups(router: KvRouter) {
   const paths: BigUint64Array[] = []
   for (let p = 0; p < PREFIXES; p++)
@@ -244,8 +258,10 @@ function lookups(router: KvRouter) {
       )
   const calls = new Float64Array(4_000_000)
   const gaps = new Float64Array(4_000_000)
+  const floor = new Float64Array(1_000_000)
   let n = 0
   let g = 0
+  let f = 0
   let running = true
   let last = performance.now()
   let i = 0
@@ -258,6 +274,9 @@ function lookups(router: KvRouter) {
       router.findBestWorkerForHashes(paths[i++ % paths.length]!)
       if (n < calls.length) calls[n++] = performance.now() - s
     }
+    const s = performance.now()
+    floorWork()
+    if (f < floor.length) floor[f++] = performance.now() - s
     last = performance.now()
     setImmediate(turn)
   }
@@ -266,6 +285,7 @@ function lookups(router: KvRouter) {
     reset() {
       n = 0
       g = 0
+      f = 0
       last = performance.now()
     },
     summary() {
@@ -276,6 +296,8 @@ function lookups(router: KvRouter) {
         maxUs: +(pct(calls, n, 100) * 1000).toFixed(0),
         turnGapP99Ms: +pct(gaps, g, 99).toFixed(2),
         turnGapMaxMs: +pct(gaps, g, 100).toFixed(1),
+        floorP50us: +(pct(floor, f, 50) * 1000).toFixed(1),
+        floorP99us: +(pct(floor, f, 99) * 1000).toFixed(1),
       }
     },
     stop() {
@@ -328,9 +350,9 @@ async function applyAndScale(servers: string): Promise<void> {
     const look = lookups(router)
     const rates = (process.env.ROUTER_RATES ?? '5000,20000,40000,60000,80000,120000').split(',').map(Number)
     console.log(
-      '\n| offered events/s (blocks/s) | applied events/s | lag at end (events) | drained in (ms) | answers | p50 (µs) | p99 (µs) | max (µs) | turn gap p99 / max (ms) |',
+      '\n| offered events/s (blocks/s) | applied events/s | lag at end (events) | drained in (ms) | answers | p50 (µs) | p99 (µs) | max (µs) | turn gap p99 / max (ms) | fixed work p50 / p99 (µs) |',
     )
-    console.log('|---|---|---|---|---|---|---|---|---|')
+    console.log('|---|---|---|---|---|---|---|---|---|---|')
     for (const rate of rates) {
       const levelMs = Number(process.env.ROUTER_LEVEL_MS ?? 4000)
       const s0 = sent(cs)
@@ -348,7 +370,7 @@ async function applyAndScale(servers: string): Promise<void> {
       const drain = performance.now() - d0
       const blocksRate = (sentBlocks(cs) - bl0) / (levelWall / 1000)
       console.log(
-        `| ${rate.toLocaleString('en')} (${Math.round(blocksRate).toLocaleString('en')}) | ${Math.round(appliedRate).toLocaleString('en')} | ${lag} | ${Math.round(drain)} | ${stats.answers} | ${stats.p50us} | ${stats.p99us} | ${stats.maxUs} | ${stats.turnGapP99Ms} / ${stats.turnGapMaxMs} |`,
+        `| ${rate.toLocaleString('en')} (${Math.round(blocksRate).toLocaleString('en')}) | ${Math.round(appliedRate).toLocaleString('en')} | ${lag} | ${Math.round(drain)} | ${stats.answers} | ${stats.p50us} | ${stats.p99us} | ${stats.maxUs} | ${stats.turnGapP99Ms} / ${stats.turnGapMaxMs} | ${stats.floorP50us} / ${stats.floorP99us} |`,
       )
       void s0
     }
@@ -358,7 +380,9 @@ async function applyAndScale(servers: string): Promise<void> {
     await sleep(2000)
     const st = idle.summary()
     idle.stop()
-    console.log(`\nanswers with no events arriving: ${st.answers} in 2 s, p50 ${st.p50us} µs, p99 ${st.p99us} µs, max ${st.maxUs} µs`)
+    console.log(
+      `\nanswers with no events arriving: ${st.answers} in 2 s, p50 ${st.p50us} µs, p99 ${st.p99us} µs, max ${st.maxUs} µs; the fixed work: p50 ${st.floorP50us} µs, p99 ${st.floorP99us} µs`,
+    )
     // where an answer's time goes: the index lookup alone, and with the candidates and the selector
     const path = BigUint64Array.from([
       ...Array.from({ length: PREFIX_BLOCKS }, (_, b) => prefixHash(7, b)),
@@ -384,6 +408,7 @@ async function applyAndScale(servers: string): Promise<void> {
       `one answer (best of 5 × 2,000, ${m.scores.length} ranks scored of ${router.stats().workerRanks}): index.findMatches ${per(() => router.findMatchesForHashes(path))} µs, findBestWorkerForHashes ${per(() => router.findBestWorkerForHashes(path))} µs, with the candidates built and the selector run over them in JS ${per(objects)} µs`,
     )
     console.log(`index: ${router.index.size()} blocks, ${router.stats().workerRanks} ranks; gaps ${router.stats().gaps}`)
+    void floorSink
   } finally {
     for (const c of cs) c.proc.stdin!.end()
     await Promise.all(cs.map((c) => new Promise((r) => (c.proc.exitCode !== null ? r(null) : c.proc.on('exit', r)))))
