@@ -1367,6 +1367,10 @@ export class KvRouter {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
+/** A kept decision packs a rank's overlap (below this) and tree size (below PACK_TREE) into one number. */
+const PACK_OVERLAP = 2 ** 21
+const PACK_TREE = 2 ** 32
+
 /**
  * A decision of KvRouter.#route. Its candidates are built when first read, from the values of the
  * time it was made: the core's overlaps and tree sizes (in the router's scratch until the router's next
@@ -1379,10 +1383,12 @@ class Decision implements RouteDecision {
   overlapBlocks = 0
   readonly #ranks: KnownRank[]
   readonly #requestBlocks: number
-  /** Overlap at [0, n), tree size at [n, 2n). */
+  /** Overlap at [0, n), tree size at [n, 2n); or, once kept and #packed, one packed value per rank. */
   #scores: ArrayLike<number>
   readonly #reported: readonly number[] | null
   readonly #routed: readonly number[] | null
+  /** #scores holds n packed values (see keep). */
+  #packed = false
   #list: RouteCandidate[] | null = null
 
   constructor(
@@ -1407,14 +1413,15 @@ class Decision implements RouteDecision {
     const out: RouteCandidate[] = new Array(n)
     for (let i = 0; i < n; i++) {
       const r = this.#ranks[i]!
-      const overlap = scores[i]!
+      const v = scores[i]!
+      const overlap = this.#packed ? v % PACK_OVERLAP : v
       const reported = this.#reported === null ? 0 : this.#reported[i]!
       const routed = this.#routed === null ? 0 : this.#routed[i]!
       out[i] = {
         workerId: r.workerId,
         dpRank: r.dpRank,
         overlapBlocks: overlap,
-        treeSize: scores[n + i]!,
+        treeSize: this.#packed ? (v - overlap) / PACK_OVERLAP : scores[n + i]!,
         prefillBlocks: Math.max(0, this.#requestBlocks - overlap),
         reportedDecodeBlocks: reported,
         routedBlocks: routed,
@@ -1433,9 +1440,22 @@ class Decision implements RouteDecision {
   keep(): void {
     if (this.#list !== null) return
     const from = this.#scores
-    const own: number[] = new Array(2 * this.#ranks.length)
-    for (let i = 0; i < own.length; i++) own[i] = from[i]!
+    const n = this.#ranks.length
+    // one number per rank, tree size × 2^21 + overlap, exact below 2^53; else the two columns as they are
+    const own: number[] = new Array(n)
+    for (let i = 0; i < n; i++) {
+      const overlap = from[i]!
+      const tree = from[n + i]!
+      if (overlap >= PACK_OVERLAP || tree >= PACK_TREE) {
+        const both: number[] = new Array(2 * n)
+        for (let j = 0; j < both.length; j++) both[j] = from[j]!
+        this.#scores = both
+        return
+      }
+      own[i] = tree * PACK_OVERLAP + overlap
+    }
     this.#scores = own
+    this.#packed = true
   }
 }
 
