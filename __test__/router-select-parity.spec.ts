@@ -12,6 +12,7 @@ import {
   encodeRouterEvents,
   implementation,
   KvRouter,
+  type KvRouterOptions,
   RadixIndex,
   type RouteCandidate,
   type RouteDecision,
@@ -303,4 +304,67 @@ avaTest(`[${implementation}] default-selector decisions equal a custom selector'
     await objects.close()
   }
   t.throws(() => fast.findBestWorkerForHashes([1n]), { message: 'RadixIndex is closed' })
+})
+
+// A selector's random() (or a custom selector) may ask the same router for another decision while one is
+// being made: both decisions equal those of a twin router asked one after the other.
+avaTest(`[${implementation}] a decision asked for from within a selector leaves the outer one intact`, async (t) => {
+  const make = (selector: KvRouterOptions['selector']) =>
+    KvRouter.create({ kvBlockSize: 4, source: { kind: 'manual' }, logger: silentLogger, selector })
+  // the path to decide from within the next decision, and what that gave
+  const ask: { hashes: BigUint64Array | null; inner: RouteDecision | null } = { hashes: null, inner: null }
+  const fromWithin = (router: KvRouter) => {
+    if (ask.hashes === null) return
+    const h = ask.hashes
+    ask.hashes = null
+    ask.inner = router.findBestWorkerForHashes(h)
+  }
+  const nestedRandom = () => {
+    fromWithin(nested)
+    return 0.37
+  }
+  const nested = await make({ temperature: 0.5, random: nestedRandom })
+  const twin = await make({ temperature: 0.5, random: () => 0.37 })
+  const custom = await KvRouter.create({
+    kvBlockSize: 4,
+    source: { kind: 'manual' },
+    logger: silentLogger,
+    selector: (cs) => {
+      fromWithin(custom)
+      let best = 0
+      for (let i = 1; i < cs.length; i++) if (defaultCost(cs[i]!, 1) < defaultCost(cs[best]!, 1)) best = i
+      return best
+    },
+  })
+  const greedy = await make({})
+  try {
+    const gen = new EventGenerator(21, { workers: 4, dpRanks: [0, 1], removeWorkerRate: 0, removeWorkerDpRankRate: 0 })
+    for (let i = 0; i < 2000; i++) {
+      const op = gen.next()
+      if (op.op !== 'event') continue
+      const bytes = envelope(op.ev)
+      for (const r of [nested, twin, custom, greedy]) r.applyEnvelope(bytes)
+    }
+    let overlaps = 0
+    const view = (d: RouteDecision | null) => d && { workerId: d.workerId, dpRank: d.dpRank, overlapBlocks: d.overlapBlocks, candidates: d.candidates }
+    for (let q = 0; q < 50; q++) {
+      const outerHashes = gen.query(24)
+      const otherHashes = gen.query(24)
+      ask.hashes = otherHashes
+      const outer = nested.findBestWorkerForHashes(outerHashes)
+      t.true(ask.hashes === null, 'the inner decision was asked for')
+      const wantOuter = twin.findBestWorkerForHashes(outerHashes)
+      const wantInner = twin.findBestWorkerForHashes(otherHashes)
+      t.deepEqual(view(outer), view(wantOuter), `query ${q}: the outer decision`)
+      t.deepEqual(view(ask.inner), view(wantInner), `query ${q}: the inner decision`)
+      ask.hashes = otherHashes
+      const outerCustom = custom.findBestWorkerForHashes(outerHashes)
+      t.deepEqual(view(outerCustom), view(greedy.findBestWorkerForHashes(outerHashes)), `query ${q}: the custom selector's decision`)
+      t.deepEqual(view(ask.inner), view(greedy.findBestWorkerForHashes(otherHashes)), `query ${q}: the decision from within it`)
+      if (wantOuter!.overlapBlocks > 0) overlaps++
+    }
+    t.true(overlaps > 10, `${overlaps} outer decisions with an overlap`)
+  } finally {
+    for (const r of [nested, twin, custom, greedy]) await r.close()
+  }
 })

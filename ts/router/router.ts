@@ -317,6 +317,8 @@ export class KvRouter {
    */
   #scratch = new Float64Array(0)
   #scratchOwner: Decision | null = null
+  /** A decision is being made (a selector or its random() may ask for another). */
+  #routing = false
   readonly #loads = new Map<string, bigint>()
   readonly #routedBlocks = new Map<string, number>()
   readonly #requests = new Map<string, { key: string; blocks: number; workerId: bigint; dpRank: number }>()
@@ -523,11 +525,32 @@ export class KvRouter {
     if (this.#freed) throw new Error('RadixIndex is closed')
     const ranks = this.#sortedRanks()
     const n = ranks.length
-    // the scratch is this decision's: the last one keeps its own values (unless its candidates were built)
-    this.#scratchOwner?.keep()
-    this.#scratchOwner = null
-    if (this.#scratch.length < 3 * n) this.#scratch = new Float64Array(3 * n)
-    const scratch = this.#scratch
+    // the scratch is this decision's: the last one keeps its own values (unless its candidates were built).
+    // A call from within a selector or its random() (this router deciding meanwhile) gets its own.
+    const nested = this.#routing
+    if (!nested) {
+      this.#scratchOwner?.keep()
+      this.#scratchOwner = null
+      if (this.#scratch.length < 3 * n) this.#scratch = new Float64Array(3 * n)
+    }
+    const scratch = nested ? new Float64Array(3 * n) : this.#scratch
+    this.#routing = true
+    try {
+      return this.#decide(ranks, scratch, hashes, requestBlocks, requestId, nested)
+    } finally {
+      this.#routing = nested
+    }
+  }
+
+  #decide(
+    ranks: KnownRank[],
+    scratch: Float64Array,
+    hashes: BigUint64Array,
+    requestBlocks: number,
+    requestId: string | undefined,
+    nested: boolean,
+  ): RouteDecision {
+    const n = ranks.length
     const rule = this.#rule
     const best = core.selectBest(
       this.#raw,
@@ -550,7 +573,7 @@ export class KvRouter {
     let i: number
     if (rule !== null) {
       i = rule.temperature === 0 ? best : sampleByCost(scratch, 2 * n, n, best, rule.temperature, rule.random)
-      this.#scratchOwner = decision
+      if (!nested) this.#scratchOwner = decision
     } else {
       const made = decision.candidates
       i = this.#selector(made, { requestBlocks, blockHashes: hashes })
