@@ -346,7 +346,8 @@ avaTest(`[${implementation}] a decision asked for from within a selector leaves 
       for (const r of [nested, twin, custom, greedy]) r.applyEnvelope(bytes)
     }
     let overlaps = 0
-    const view = (d: RouteDecision | null) => d && { workerId: d.workerId, dpRank: d.dpRank, overlapBlocks: d.overlapBlocks, candidates: d.candidates }
+    const view = (d: RouteDecision | null) =>
+      d && { workerId: d.workerId, dpRank: d.dpRank, overlapBlocks: d.overlapBlocks, candidates: d.candidates }
     for (let q = 0; q < 50; q++) {
       const outerHashes = gen.query(24)
       const otherHashes = gen.query(24)
