@@ -1412,7 +1412,9 @@ class Decision implements RouteDecision {
   readonly #routed: readonly number[] | null
   /** #scores holds n packed values (see keep). */
   #packed = false
+  /** The candidates once built or assigned (then returned as they are; #scores is no longer read). */
   #list: RouteCandidate[] | null = null
+  #built = false
 
   constructor(
     ranks: KnownRank[],
@@ -1430,7 +1432,7 @@ class Decision implements RouteDecision {
 
   /** Every known rank, ascending (workerId, dpRank), as when the choice was made (built when first read). */
   get candidates(): RouteCandidate[] {
-    if (this.#list !== null) return this.#list
+    if (this.#built) return this.#list!
     const n = this.#ranks.length
     const scores = this.#scores
     const out: RouteCandidate[] = new Array(n)
@@ -1452,16 +1454,18 @@ class Decision implements RouteDecision {
       }
     }
     this.#list = out
+    this.#built = true
     return out
   }
 
   set candidates(v: RouteCandidate[]) {
     this.#list = v
+    this.#built = true
   }
 
   /** The router is about to reuse its scratch: the overlaps and tree sizes become this decision's own. */
   keep(): void {
-    if (this.#list !== null) return
+    if (this.#built) return
     const from = this.#scores
     const n = this.#ranks.length
     // one number per rank, tree size × 2^21 + overlap, exact below 2^53; else the two columns as they are
