@@ -8,6 +8,7 @@ import {
   OUT_HEADER_BYTES,
   SEQUENCE_AT,
   type ApplyOutcome,
+  type FindMatchesPacked,
   type BlockExtraInfo,
   type IndexCounterName,
   type RawLocalIndexer,
@@ -804,6 +805,100 @@ export interface OverlapScores {
   treeSizes: WorkerTreeSize[]
 }
 
+/**
+ * findMatches' answers are written straight into an arena shared by all indexes (a query is
+ * synchronous) and handed out as MatchResults over their bytes, so a query costs one native call and
+ * one small object; `scores` and `treeSizes` are built when first read. A new arena is started when
+ * little room is left (a result keeps its arena alive until both lists are built), so the bytes of an
+ * answer are never overwritten: a result read late still shows its own query's answer.
+ */
+const MATCH_ARENA_BYTES = 1 << 16
+/** Room for 340 scored workers: a new arena is started below it, so a retry (a second walk) is rare. */
+const MATCH_MIN_ROOM = 1 << 13
+let matchArena = Buffer.allocUnsafeSlow(MATCH_ARENA_BYTES)
+let matchArenaView = new DataView(matchArena.buffer, matchArena.byteOffset, matchArena.byteLength)
+let matchArenaUsed = 0
+
+/** Each binding's findMatchesPackedFunction(), asked once (null where it has none). */
+const packedFunctions = new WeakMap<RawBinding, FindMatchesPacked | null>()
+
+function packedFunction(impl: RawBinding): FindMatchesPacked | null {
+  let f = packedFunctions.get(impl)
+  if (f === undefined) {
+    f = typeof impl.findMatchesPackedFunction === 'function' ? impl.findMatchesPackedFunction() : null
+    packedFunctions.set(impl, f)
+  }
+  return f
+}
+
+/** Starts a new arena of at least `need` bytes. */
+function newMatchArena(need: number): void {
+  matchArena = Buffer.allocUnsafeSlow(Math.max(MATCH_ARENA_BYTES, need))
+  matchArenaView = new DataView(matchArena.buffer, matchArena.byteOffset, matchArena.byteLength)
+  matchArenaUsed = 0
+}
+
+/**
+ * The answer of one findMatches call (OverlapScores): `scores` and `treeSizes` are getters that build
+ * their list on first read, from the bytes this query wrote, and return the same array after that
+ * (assigning one replaces it). JSON.stringify and util.inspect show both lists; an object spread or
+ * Object.keys does not see them (copy `{ scores: r.scores, treeSizes: r.treeSizes }` for that).
+ */
+class MatchResult implements OverlapScores {
+  /** The arena holding this answer (null once both lists are built). */
+  #v: DataView | null
+  #at: number
+  #scores: WorkerScore[] | undefined
+  #treeSizes: WorkerTreeSize[] | undefined
+
+  /** @internal a result over the answer at byte `at` of `v`, or over lists already built. */
+  constructor(v: DataView | null, at: number, scores?: WorkerScore[], treeSizes?: WorkerTreeSize[]) {
+    this.#v = v
+    this.#at = at
+    this.#scores = scores
+    this.#treeSizes = treeSizes
+  }
+
+  get scores(): WorkerScore[] {
+    let s = this.#scores
+    if (s === undefined) {
+      s = readScores(this.#v!, this.#at)
+      this.#scores = s
+      if (this.#treeSizes !== undefined) this.#v = null
+    }
+    return s
+  }
+
+  set scores(v: WorkerScore[]) {
+    this.#scores = v
+    if (this.#treeSizes !== undefined) this.#v = null
+  }
+
+  get treeSizes(): WorkerTreeSize[] {
+    let t = this.#treeSizes
+    if (t === undefined) {
+      t = readTreeSizes(this.#v!, this.#at)
+      this.#treeSizes = t
+      if (this.#scores !== undefined) this.#v = null
+    }
+    return t
+  }
+
+  set treeSizes(v: WorkerTreeSize[]) {
+    this.#treeSizes = v
+    if (this.#scores !== undefined) this.#v = null
+  }
+
+  /** The plain form, `{ scores, treeSizes }` (what JSON.stringify writes). */
+  toJSON(): OverlapScores {
+    return { scores: this.scores, treeSizes: this.treeSizes }
+  }
+
+  [Symbol.for('nodejs.util.inspect.custom')](): OverlapScores {
+    return this.toJSON()
+  }
+}
+
 export type RangeResult = RawRangeResult
 
 function formatCode(v: unknown): number {
@@ -844,17 +939,34 @@ function workerIdOf(lo: number, hi: number): bigint {
 }
 
 function readMatches(v: DataView): OverlapScores {
-  const n = v.getUint32(0, true)
+  return new MatchResult(null, 0, readScores(v, 0), readTreeSizes(v, 0))
+}
+
+/** The scores of the answer at byte `base` of `v` (layout in ts/core/binding.ts). */
+function readScores(v: DataView, base: number): WorkerScore[] {
+  const n = v.getUint32(base, true)
   const scores: WorkerScore[] = new Array(n)
-  const treeSizes: WorkerTreeSize[] = new Array(n)
-  for (let i = 0, at = 4; i < n; i++, at += MATCH_RECORD_BYTES) {
+  for (let i = 0, at = base + 4; i < n; i++, at += MATCH_RECORD_BYTES) {
     const workerId = workerIdOf(v.getUint32(at, true), v.getUint32(at + 4, true))
-    const dpRank = v.getUint32(at + 8, true)
-    scores[i] = { workerId, dpRank, score: v.getUint32(at + 12, true) }
-    // a tree size is a count of entries: far below 2^53
-    treeSizes[i] = { workerId, dpRank, size: v.getUint32(at + 16, true) + v.getUint32(at + 20, true) * 4294967296 }
+    scores[i] = { workerId, dpRank: v.getUint32(at + 8, true), score: v.getUint32(at + 12, true) }
   }
-  return { scores, treeSizes }
+  return scores
+}
+
+/** The tree sizes of the answer at byte `base` of `v`. */
+function readTreeSizes(v: DataView, base: number): WorkerTreeSize[] {
+  const n = v.getUint32(base, true)
+  const treeSizes: WorkerTreeSize[] = new Array(n)
+  for (let i = 0, at = base + 4; i < n; i++, at += MATCH_RECORD_BYTES) {
+    const workerId = workerIdOf(v.getUint32(at, true), v.getUint32(at + 4, true))
+    // a tree size is a count of entries: far below 2^53
+    treeSizes[i] = {
+      workerId,
+      dpRank: v.getUint32(at + 8, true),
+      size: v.getUint32(at + 16, true) + v.getUint32(at + 20, true) * 4294967296,
+    }
+  }
+  return treeSizes
 }
 
 /** The last `outWorkers` of findMatchesInto and its 32-bit view (callers reuse one array). */
@@ -972,11 +1084,24 @@ export class RadixIndex {
   protected raw: RawRadixIndex
   /** Whether the raw object belongs to another (an Ingestor's local indexer): close() only detaches. */
   readonly #borrowed: boolean
+  /** findMatches written into the arena, and the raw index's handle for it (null and -1 where the raw
+   * index has no such path, a native local indexer, and once closed). */
+  #packed: FindMatchesPacked | null = null
+  #handle = -1
 
   /** @param impl the raw implementation (defaults to the one loaded for the process). */
   constructor(impl: RawBinding = raw, inner?: RawRadixIndex) {
-    this.raw = inner ?? new impl.RawRadixIndex()
+    const r = inner ?? new impl.RawRadixIndex()
+    this.raw = r
     this.#borrowed = inner !== undefined
+    if (typeof r.handle === 'function') {
+      const own = r.findMatchesPacked
+      const packed = typeof own === 'function' ? own.bind(r) : packedFunction(impl)
+      if (packed !== null) {
+        this.#packed = packed
+        this.#handle = r.handle()
+      }
+    }
   }
 
   /**
@@ -985,6 +1110,8 @@ export class RadixIndex {
    * only detached: its memory goes with the Ingestor's close(). Idempotent. Also `using`.
    */
   close(): void {
+    this.#packed = null
+    this.#handle = -1
     if (!this.#borrowed) this.raw.close()
     this.raw = closedRaw(this instanceof LocalIndexer ? 'LocalIndexer' : 'RadixIndex')
   }
@@ -1019,15 +1146,31 @@ export class RadixIndex {
     }
   }
 
+  /**
+   * The workers holding the longest prefixes of `tokensHashes` (SPEC 6). One native call writes the
+   * answer into a shared arena; the result's `scores` and `treeSizes` are built when first read (see
+   * MatchResult), and always show this query's answer, whatever was queried or applied since.
+   */
   findMatches(tokensHashes: BigUint64Array | bigint[], opts?: { earlyExit?: boolean }): OverlapScores {
     const hashes = hashesArg('tokensHashes', tokensHashes)
     const earlyExit = opts?.earlyExit === true
-    const len = this.raw.findMatches(hashes, earlyExit, matchScratch)
+    if (matchArena.length - matchArenaUsed < MATCH_MIN_ROOM) newMatchArena(0)
+    let at = matchArenaUsed
+    let len = this.#findAt(hashes, earlyExit, at)
     if (len < 0) {
-      growMatchScratch(-len)
-      this.raw.findMatches(hashes, earlyExit, matchScratch)
+      newMatchArena(-len)
+      at = 0
+      len = this.#findAt(hashes, earlyExit, 0)
     }
-    return readMatches(matchView)
+    matchArenaUsed = at + len
+    return new MatchResult(matchArenaView, at)
+  }
+
+  /** The raw findMatches written at byte `at` of the arena. */
+  #findAt(hashes: BigUint64Array, earlyExit: boolean, at: number): number {
+    const packed = this.#packed
+    if (packed !== null) return packed(this.#handle, hashes, earlyExit, matchArena, at)
+    return this.raw.findMatches(hashes, earlyExit, new Uint8Array(matchArena.buffer, matchArena.byteOffset + at, matchArena.length - at))
   }
 
   /**
