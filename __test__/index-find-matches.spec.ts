@@ -1,7 +1,8 @@
-// RadixIndex.findMatches' results (SPEC 6): their lists are built when first read, from the bytes their
-// own query wrote, so a result read after later queries, applied events, closed indexes or new arenas
-// still shows its own answer (hand-checked values); the native and fallback results agree however late
-// each is read; and the native findMatchesPacked callback behind it refuses bad arguments and handles.
+// RadixIndex.findMatches' results (SPEC 6): their lists are built when first read, from the answer their
+// own query wrote, so a result read after later queries, applied events, a close or answers too big for
+// the scratch still shows its own answer (hand-checked values); the native and fallback results agree
+// however late each is read; and the native findMatchesPacked callback behind it refuses bad arguments
+// and handles.
 import test from 'ava'
 import { inspect } from 'node:util'
 import * as kv from '../ts/index.js'
@@ -46,6 +47,16 @@ for (const [name, make] of [
     const q = [11n, 12n, 13n]
     const first = ix.findMatches(q)
     const scoresFirst = ix.findMatches(q)
+    const sizesFirst = ix.findMatches(q)
+    t.deepEqual(
+      sizesFirst.treeSizes.map((s) => [s.workerId, s.dpRank, s.size]),
+      [
+        [7n, 0, 3],
+        [9n, 2, 2],
+      ],
+    )
+    const assigned = ix.findMatches(q)
+    assigned.scores = []
     t.deepEqual(
       scoresFirst.scores.map((s) => [s.workerId, s.dpRank, s.score]),
       [
@@ -58,7 +69,8 @@ for (const [name, make] of [
     ix.removeWorker(7n)
     ix.applyEvent(stored(3n, 1, null, [[8n, 11n]]))
     const after = ix.findMatches(q)
-    // enough queries to go through many arenas (each answer here is 52-76 bytes of a 64 KiB arena)
+    // many later answers, and findMatchesForTokens' (the same scratch)
+    ix.findMatchesForTokens([1, 2, 3, 4], 2)
     for (let k = 0; k < 5000; k++) ix.findMatches(k % 2 ? q : [11n])
     t.deepEqual(rows(first), [
       [7n, 0, 3, 3],
@@ -66,6 +78,21 @@ for (const [name, make] of [
     ])
     t.deepEqual(
       scoresFirst.treeSizes.map((s) => [s.workerId, s.dpRank, s.size]),
+      [
+        [7n, 0, 3],
+        [9n, 2, 2],
+      ],
+    )
+    t.deepEqual(
+      sizesFirst.scores.map((s) => [s.workerId, s.dpRank, s.score]),
+      [
+        [7n, 0, 3],
+        [9n, 2, 2],
+      ],
+    )
+    t.deepEqual(assigned.scores, [])
+    t.deepEqual(
+      assigned.treeSizes.map((s) => [s.workerId, s.dpRank, s.size]),
       [
         [7n, 0, 3],
         [9n, 2, 2],
@@ -89,7 +116,7 @@ for (const [name, make] of [
   })
 }
 
-test(`[${impl}] answers larger than an arena's spare room, kept unread, read back intact`, (t) => {
+test(`[${impl}] answers larger than the scratch, kept unread, read back intact`, (t) => {
   const ix = new kv.RadixIndex()
   // 600 workers on one 3-block chain, and a longer chain for every third: an answer is 14,404 bytes
   for (let w = 1n; w <= 600n; w++) {

@@ -104,7 +104,7 @@ export function applyStream(nEvents: number): Stream {
  * moves or unknown parents, every stored (worker, block hash) stays, so the generator's own record of
  * what each worker holds is the index size. Deterministic: a child process rebuilds the same index.
  */
-function lookupEvents(entries: number): { gen: EventGenerator; events: RouterEventValue[]; blocks: number } {
+export function lookupEvents(entries: number): { gen: EventGenerator; events: RouterEventValue[]; blocks: number } {
   const gen = new EventGenerator(11, { ...APPLY_STREAM, removeRate: 0, restoreRate: 0.01, maxLivePerKey: 1e9 })
   const events: RouterEventValue[] = []
   let blocks = 0
