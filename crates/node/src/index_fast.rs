@@ -8,6 +8,9 @@
 //! make it read memory of another type. A handle that no longer names a live index fails with
 //! `RadixIndex is closed`.
 
+// napi-rs registers its exports outside `cfg(test)`: in a test build nothing calls them.
+#![cfg_attr(test, allow(dead_code))]
+
 use std::cell::RefCell;
 use std::ffi::c_void;
 use std::ptr;
@@ -272,4 +275,38 @@ pub fn find_matches_packed_function(env: &Env) -> Result<Unknown<'_>> {
     )?;
     // SAFETY: a function value just created in this environment
     Ok(unsafe { Unknown::from_raw_unchecked(raw, f) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_handle_names_one_live_index_and_is_not_reused() {
+        let mut a = RadixIndex::new();
+        let mut b = RadixIndex::new();
+        let ha = unsafe { register(&mut a) };
+        assert_eq!(lookup(ha), Some(&mut a as *mut RadixIndex));
+        unregister(ha);
+        assert_eq!(lookup(ha), None);
+        unregister(ha); // twice: nothing
+                        // the freed slot comes back under its next generation
+        let hb = unsafe { register(&mut b) };
+        assert_ne!(ha, hb);
+        assert_eq!(lookup(ha), None);
+        assert_eq!(lookup(hb), Some(&mut b as *mut RadixIndex));
+        for bad in [
+            -1.0,
+            0.5,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            2f64.powi(60),
+            hb + 1.0,
+        ] {
+            assert_eq!(lookup(bad), None, "handle {bad}");
+        }
+        unregister(hb);
+        assert_eq!(lookup(hb), None);
+    }
 }
