@@ -16,7 +16,7 @@ import type { RawBinding, RawRadixIndex } from '../ts/core/binding.js'
 import { RadixIndex, type OverlapScores, type WorkerScore, type WorkerTreeSize } from '../ts/core/api.js'
 import { fallback } from '../ts/fallback/lib.js'
 import { hashesArg } from '../ts/util/args.js'
-import { lookupEvents } from './indexer.js'
+import { fullMatchIndex, lookupEvents } from './indexer.js'
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5)
 const QUERIES = 20_000
@@ -74,18 +74,6 @@ function lookupIndex(impl: RawBinding): { ix: RadixIndex; queries: BigUint64Arra
   const ix = new RadixIndex(impl)
   for (const ev of look.events) ix.applyEvent(ev)
   return { ix, queries: Array.from({ length: QUERIES }, () => look.gen.deepQuery(64)) }
-}
-
-function fullIndex(impl: RawBinding): { ix: RadixIndex; queries: BigUint64Array[] } {
-  const ix = new RadixIndex(impl)
-  const chains = Array.from({ length: 200 }, (_, c) => BigUint64Array.from({ length: 64 }, (_, i) => (BigInt(c) << 16n) | BigInt(i + 1)))
-  for (let w = 0n; w < 64n; w++)
-    chains.forEach((ch, c) => {
-      if (w % 8n === 7n && c % 2 === 0) return
-      const blocks = Array.from(ch, (t) => ({ blockHash: t ^ (w << 40n), tokensHash: t, mmExtraInfo: null }))
-      ix.applyEvent({ workerId: w * 1_000_003n, event: { eventId: 1n, dpRank: 0, data: { type: 'stored', parentHash: null, blocks } } })
-    })
-  return { ix, queries: Array.from({ length: QUERIES }, (_, k) => chains[(k * 7919) % chains.length]!) }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -171,7 +159,7 @@ function main(): void {
   ] as const) {
     if (!which.includes(implName)) continue
     {
-      const { ix, queries } = fullIndex(impl)
+      const { ix, queries } = fullMatchIndex(impl)
       run(`${implName}, full 64-block matches`, ix, queries)
     }
     {
