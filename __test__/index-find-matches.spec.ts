@@ -29,7 +29,7 @@ for (const [name, make] of [
   ['RadixIndex', () => new kv.RadixIndex()],
   ['LocalIndexer', () => new kv.LocalIndexer({ bufferSize: 16 })],
 ] as const) {
-  test(`[${impl}] ${name}: a result read after later queries, events and new arenas shows its own answer`, (t) => {
+  test(`[${impl}] ${name}: a result read after later queries, events and a close shows its own answer`, (t) => {
     const ix = make()
     ix.applyEvent(
       stored(7n, 0, null, [

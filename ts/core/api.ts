@@ -1109,7 +1109,7 @@ export class RadixIndex {
   protected raw: RawRadixIndex
   /** Whether the raw object belongs to another (an Ingestor's local indexer): close() only detaches. */
   readonly #borrowed: boolean
-  /** findMatches written into the arena, and the raw index's handle for it (null and -1 where the raw
+  /** findMatches written into the scratch, and the raw index's handle for it (null and -1 where the raw
    * index has no such path, a native local indexer, and once closed). */
   #packed: FindMatchesPacked | null = null
   #handle = -1
