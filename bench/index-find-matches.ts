@@ -7,7 +7,8 @@
 // Forms: the previous findMatches (the napi-rs method into a scratch buffer, then both lists built at
 // once: its code is kept below), the current findMatches (the call only, as the indexer bench times it;
 // then with its scores read, and with both lists read, inside the timed region), the raw napi-rs
-// method alone, and findMatchesInto. Per form: p50 and p99 of 20,000 timed calls after 2,000 warm-up
+// method alone, the plain Node-API call behind findMatches (findMatchesPacked) alone, and
+// findMatchesInto. BENCH_IMPLS=native,fallback adds the fallback. Per form: p50 and p99 of 20,000 timed calls after 2,000 warm-up
 // ones, median and best of BENCH_ROUNDS rounds (default 5).
 // Run: `npx tsx bench/index-find-matches.ts` (BENCH_ENTRIES: lookup index size, default 1,000,000).
 import { createRequire } from 'node:module'
@@ -94,7 +95,15 @@ function percentiles(f: (q: BigUint64Array) => unknown, queries: BigUint64Array[
   return [ns[ns.length >> 1]! / 1000, ns[Math.floor(ns.length * 0.99)]! / 1000]
 }
 
-function run(name: string, ix: RadixIndex, queries: BigUint64Array[]): void {
+/** The plain Node-API call behind findMatches, alone (where the raw index has it). */
+function packedForm(impl: RawBinding, raw: RawRadixIndex, out: Buffer): [string, (q: BigUint64Array) => unknown][] {
+  const f = raw.findMatchesPacked?.bind(raw) ?? impl.findMatchesPackedFunction?.()
+  if (!f || !raw.handle) return []
+  const h = raw.handle()
+  return [['raw findMatchesPacked into a reused buffer (the call behind findMatches)', (q) => f(h, q, false, out, 0)]]
+}
+
+function run(name: string, impl: RawBinding, ix: RadixIndex, queries: BigUint64Array[]): void {
   const raw = (ix as unknown as { raw: RawRadixIndex }).raw
   const out = Buffer.alloc(4 + 24 * 4096)
   const w = new BigUint64Array(4096)
@@ -125,6 +134,7 @@ function run(name: string, ix: RadixIndex, queries: BigUint64Array[]): void {
       },
     ],
     ['raw napi-rs findMatches into a reused buffer', (q) => raw.findMatches(q, false, out)],
+    ...packedForm(impl, raw, out),
     ['findMatchesInto (reused typed arrays)', (q) => ix.findMatchesInto(q, w, r, s)],
   ]
   const got = forms.map(() => [] as [number, number][])
@@ -160,11 +170,11 @@ function main(): void {
     if (!which.includes(implName)) continue
     {
       const { ix, queries } = fullMatchIndex(impl)
-      run(`${implName}, full 64-block matches`, ix, queries)
+      run(`${implName}, full 64-block matches`, impl, ix, queries)
     }
     {
       const { ix, queries } = lookupIndex(impl)
-      run(`${implName}, lookup index`, ix, queries)
+      run(`${implName}, lookup index`, impl, ix, queries)
     }
   }
   console.log(`\n${ROUNDS} rounds of ${QUERIES} timed queries per form, forms alternated in each round; load average at the end: ${load()}`)
