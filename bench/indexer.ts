@@ -4,7 +4,9 @@
 //      encoded bytes through applyEncoded), the fallback, and the pure Rust core
 //      (crates/core/examples/bench_index.rs, its own synthetic stream) if present;
 //  (b) findMatches latency p50/p99 of 64-block queries on an index of 1,000,000 (worker, block) entries
-//      over 64 workers, measured from JavaScript per call with process.hrtime.bigint;
+//      over 64 workers, measured from JavaScript per call with process.hrtime.bigint (the result's scores
+//      read after the timed call, and again with both lists read inside it), and on full 64-block
+//      matches (fullMatchIndex: about 60 of 64 workers hold every queried block);
 //  (c) bytes per indexed entry, measured in a fresh child process (`node --import tsx --expose-gc`):
 //      RSS (native) or heapUsed + arrayBuffers (fallback) before and after building the same index,
 //      gc() before each reading.
