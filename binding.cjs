@@ -852,6 +852,7 @@ module.exports.endpointSubject = nativeBinding.endpointSubject
 module.exports.endpointSubjectPrefix = nativeBinding.endpointSubjectPrefix
 module.exports.eventChannelRecord = nativeBinding.eventChannelRecord
 module.exports.eventSourceRecord = nativeBinding.eventSourceRecord
+module.exports.findMatchesPackedFunction = nativeBinding.findMatchesPackedFunction
 module.exports.jetstreamStreamName = nativeBinding.jetstreamStreamName
 module.exports.jetstreamSubject = nativeBinding.jetstreamSubject
 module.exports.kvEventsSubject = nativeBinding.kvEventsSubject

@@ -90,6 +90,11 @@ export declare class RawLocalIndexer {
 export declare class RawRadixIndex {
   constructor()
   /**
+   * The handle `findMatchesPacked` finds this index by (src/index_fast.rs), entered on the
+   * first call: only then does the index sit where it stays, boxed inside its JavaScript object.
+   */
+  handle(): number
+  /**
    * Frees the index now and gives its memory report back (the public layer refuses later
    * calls; here they see an empty index). Idempotent.
    */
@@ -154,6 +159,12 @@ export declare function endpointSubjectPrefix(namespace: string, component: stri
 export declare function eventChannelRecord(spec: JsEventChannelSpec): JsDiscoveryRecord
 
 export declare function eventSourceRecord(spec: JsEventSourceSpec): JsDiscoveryRecord
+
+/**
+ * `findMatchesPacked` as a plain function (napi-rs keeps a single module-exports hook, so the
+ * callback is handed out by this export instead; the caller asks once and keeps it).
+ */
+export declare function findMatchesPackedFunction(): (handle: number, tokensHashes: BigUint64Array, earlyExit: boolean, out: Uint8Array, offset: number) => number
 
 export declare function jetstreamStreamName(namespace: string, component: string): string
 

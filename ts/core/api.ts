@@ -8,6 +8,7 @@ import {
   OUT_HEADER_BYTES,
   SEQUENCE_AT,
   type ApplyOutcome,
+  type FindMatchesPacked,
   type BlockExtraInfo,
   type IndexCounterName,
   type RawLocalIndexer,
@@ -804,6 +805,156 @@ export interface OverlapScores {
   treeSizes: WorkerTreeSize[]
 }
 
+/**
+ * findMatches' answers are written into one scratch shared by all indexes (a query is synchronous; the
+ * same memory every time, so it stays in cache) and handed out as MatchResults over its words, so a
+ * query costs one native call and one small object; `scores` and `treeSizes` are built when first read.
+ * The result of the previous query is released before the next one writes: one that has built a list
+ * keeps what the other list needs (a number per worker) and lets the scratch go; one never read takes
+ * a copy of its words (copy on overwrite). A result read late thus still shows its own query's answer.
+ */
+let findScratch = Buffer.allocUnsafeSlow(4 + MATCH_RECORD_BYTES * 256)
+let findWords = new Uint32Array(findScratch.buffer, findScratch.byteOffset, findScratch.byteLength >>> 2)
+/** The last result handed out, while it may still read the scratch. */
+let findPending: MatchResult | null = null
+
+/** Releases the previous result's hold on the scratch (before a query writes into it). */
+function releaseFindScratch(): void {
+  const p = findPending
+  if (p !== null) {
+    findPending = null
+    p.release()
+  }
+}
+
+/** Grows the scratch to at least `need` bytes (a query answered with minus the bytes it needs). */
+function growFindScratch(need: number): void {
+  findScratch = Buffer.allocUnsafeSlow(Math.max(need, 2 * findScratch.length))
+  findWords = new Uint32Array(findScratch.buffer, findScratch.byteOffset, findScratch.byteLength >>> 2)
+}
+
+/** The scratch's words as the platform reads them: little-endian like the records, or swapped. */
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1
+const le32 = (x: number): number =>
+  LITTLE_ENDIAN ? x : (((x & 0xff) << 24) | ((x & 0xff00) << 8) | ((x >>> 8) & 0xff00) | (x >>> 24)) >>> 0
+
+/**
+ * The answer of one findMatches call (OverlapScores): `scores` and `treeSizes` are getters that build
+ * their list on first read, from this query's answer, and return the same array after that (assigning
+ * one replaces it). JSON.stringify and util.inspect show both lists; an object spread, Object.keys or a
+ * deep-equality check does not see them (compare `{ scores: r.scores, treeSizes: r.treeSizes }`).
+ */
+class MatchResult implements OverlapScores {
+  /** The answer's words (u32 N, then per worker: id lo, id hi, dp rank, score, tree size lo, hi): the
+   * shared scratch while this is the last result, else its own copy; null once a list was built. */
+  #w: Uint32Array | null
+  #scores: WorkerScore[] | undefined
+  #treeSizes: WorkerTreeSize[] | undefined
+  /** Once one list is built, what the other needs per worker: the scores or the tree sizes. */
+  #other: number[] | undefined
+
+  constructor(w: Uint32Array) {
+    this.#w = w
+  }
+
+  /** The scratch is about to be overwritten: keep a copy of the words if no list was built yet. */
+  release(): void {
+    const w = this.#w
+    if (w !== null) this.#w = w.slice(0, 1 + 6 * le32(w[0]!))
+  }
+
+  get scores(): WorkerScore[] {
+    let s = this.#scores
+    if (s === undefined) {
+      const t = this.#treeSizes
+      if (t !== undefined) {
+        // the ids from the tree sizes, the scores kept when they were built
+        const sc = this.#other!
+        s = new Array(t.length)
+        for (let i = 0; i < t.length; i++) {
+          const x = t[i]!
+          s[i] = { workerId: x.workerId, dpRank: x.dpRank, score: sc[i]! }
+        }
+      } else {
+        const w = this.#w!
+        const n = le32(w[0]!)
+        s = new Array(n)
+        const sizes: number[] = new Array(n)
+        for (let i = 0, at = 1; i < n; i++, at += 6) {
+          const workerId = workerIdOf(le32(w[at]!), le32(w[at + 1]!))
+          s[i] = { workerId, dpRank: le32(w[at + 2]!), score: le32(w[at + 3]!) }
+          // a tree size is a count of entries: far below 2^53
+          sizes[i] = le32(w[at + 4]!) + le32(w[at + 5]!) * 4294967296
+        }
+        this.#other = sizes
+        this.#w = null
+      }
+      this.#scores = s
+    }
+    return s
+  }
+
+  set scores(v: WorkerScore[]) {
+    void this.treeSizes // built first: it must not need the scores
+    this.#scores = v
+  }
+
+  get treeSizes(): WorkerTreeSize[] {
+    let t = this.#treeSizes
+    if (t === undefined) {
+      const s = this.#scores
+      if (s !== undefined) {
+        const sizes = this.#other!
+        t = new Array(s.length)
+        for (let i = 0; i < s.length; i++) {
+          const x = s[i]!
+          t[i] = { workerId: x.workerId, dpRank: x.dpRank, size: sizes[i]! }
+        }
+      } else {
+        const w = this.#w!
+        const n = le32(w[0]!)
+        t = new Array(n)
+        const scores: number[] = new Array(n)
+        for (let i = 0, at = 1; i < n; i++, at += 6) {
+          const workerId = workerIdOf(le32(w[at]!), le32(w[at + 1]!))
+          t[i] = { workerId, dpRank: le32(w[at + 2]!), size: le32(w[at + 4]!) + le32(w[at + 5]!) * 4294967296 }
+          scores[i] = le32(w[at + 3]!)
+        }
+        this.#other = scores
+        this.#w = null
+      }
+      this.#treeSizes = t
+    }
+    return t
+  }
+
+  set treeSizes(v: WorkerTreeSize[]) {
+    void this.scores // built first: it must not need the tree sizes
+    this.#treeSizes = v
+  }
+
+  /** The plain form, `{ scores, treeSizes }` (what JSON.stringify writes). */
+  toJSON(): OverlapScores {
+    return { scores: this.scores, treeSizes: this.treeSizes }
+  }
+
+  [Symbol.for('nodejs.util.inspect.custom')](): OverlapScores {
+    return this.toJSON()
+  }
+}
+
+/** Each binding's findMatchesPackedFunction(), asked once (null where it has none). */
+const packedFunctions = new WeakMap<RawBinding, FindMatchesPacked | null>()
+
+function packedFunction(impl: RawBinding): FindMatchesPacked | null {
+  let f = packedFunctions.get(impl)
+  if (f === undefined) {
+    f = typeof impl.findMatchesPackedFunction === 'function' ? impl.findMatchesPackedFunction() : null
+    packedFunctions.set(impl, f)
+  }
+  return f
+}
+
 export type RangeResult = RawRangeResult
 
 function formatCode(v: unknown): number {
@@ -841,20 +992,6 @@ function workerIdOf(lo: number, hi: number): bigint {
   cacheHi[at] = hi
   cacheId[at] = fresh
   return fresh
-}
-
-function readMatches(v: DataView): OverlapScores {
-  const n = v.getUint32(0, true)
-  const scores: WorkerScore[] = new Array(n)
-  const treeSizes: WorkerTreeSize[] = new Array(n)
-  for (let i = 0, at = 4; i < n; i++, at += MATCH_RECORD_BYTES) {
-    const workerId = workerIdOf(v.getUint32(at, true), v.getUint32(at + 4, true))
-    const dpRank = v.getUint32(at + 8, true)
-    scores[i] = { workerId, dpRank, score: v.getUint32(at + 12, true) }
-    // a tree size is a count of entries: far below 2^53
-    treeSizes[i] = { workerId, dpRank, size: v.getUint32(at + 16, true) + v.getUint32(at + 20, true) * 4294967296 }
-  }
-  return { scores, treeSizes }
 }
 
 /** The last `outWorkers` of findMatchesInto and its 32-bit view (callers reuse one array). */
@@ -972,11 +1109,24 @@ export class RadixIndex {
   protected raw: RawRadixIndex
   /** Whether the raw object belongs to another (an Ingestor's local indexer): close() only detaches. */
   readonly #borrowed: boolean
+  /** findMatches written into the scratch, and the raw index's handle for it (null and -1 where the raw
+   * index has no such path, a native local indexer, and once closed). */
+  #packed: FindMatchesPacked | null = null
+  #handle = -1
 
   /** @param impl the raw implementation (defaults to the one loaded for the process). */
   constructor(impl: RawBinding = raw, inner?: RawRadixIndex) {
-    this.raw = inner ?? new impl.RawRadixIndex()
+    const r = inner ?? new impl.RawRadixIndex()
+    this.raw = r
     this.#borrowed = inner !== undefined
+    if (typeof r.handle === 'function') {
+      const own = r.findMatchesPacked
+      const packed = typeof own === 'function' ? own.bind(r) : packedFunction(impl)
+      if (packed !== null) {
+        this.#packed = packed
+        this.#handle = r.handle()
+      }
+    }
   }
 
   /**
@@ -985,6 +1135,8 @@ export class RadixIndex {
    * only detached: its memory goes with the Ingestor's close(). Idempotent. Also `using`.
    */
   close(): void {
+    this.#packed = null
+    this.#handle = -1
     if (!this.#borrowed) this.raw.close()
     this.raw = closedRaw(this instanceof LocalIndexer ? 'LocalIndexer' : 'RadixIndex')
   }
@@ -1019,15 +1171,30 @@ export class RadixIndex {
     }
   }
 
+  /**
+   * The workers holding the longest prefixes of `tokensHashes` (SPEC 6). One native call writes the
+   * answer into a shared scratch; the result's `scores` and `treeSizes` are built when first read (see
+   * MatchResult), and always show this query's answer, whatever was queried or applied since.
+   */
   findMatches(tokensHashes: BigUint64Array | bigint[], opts?: { earlyExit?: boolean }): OverlapScores {
     const hashes = hashesArg('tokensHashes', tokensHashes)
     const earlyExit = opts?.earlyExit === true
-    const len = this.raw.findMatches(hashes, earlyExit, matchScratch)
+    releaseFindScratch()
+    const len = this.#find(hashes, earlyExit)
     if (len < 0) {
-      growMatchScratch(-len)
-      this.raw.findMatches(hashes, earlyExit, matchScratch)
+      growFindScratch(-len)
+      this.#find(hashes, earlyExit)
     }
-    return readMatches(matchView)
+    const r = new MatchResult(findWords)
+    findPending = r
+    return r
+  }
+
+  /** The raw findMatches into the scratch: the bytes written, or minus the bytes needed. */
+  #find(hashes: BigUint64Array, earlyExit: boolean): number {
+    const packed = this.#packed
+    if (packed !== null) return packed(this.#handle, hashes, earlyExit, findScratch, 0)
+    return this.raw.findMatches(hashes, earlyExit, findScratch)
   }
 
   /**
@@ -1066,12 +1233,15 @@ export class RadixIndex {
     const bs = positiveInt('kvBlockSize', kvBlockSize)
     const o = hashOptionsArg(opts)
     const earlyExit = opts.earlyExit === true
-    const len = this.raw.findMatchesForTokens(t, bs, o.lora, o.mm, earlyExit, matchScratch, o.salt, o.eagle)
+    releaseFindScratch()
+    const len = this.raw.findMatchesForTokens(t, bs, o.lora, o.mm, earlyExit, findScratch, o.salt, o.eagle)
     if (len < 0) {
-      growMatchScratch(-len)
-      this.raw.findMatchesForTokens(t, bs, o.lora, o.mm, earlyExit, matchScratch, o.salt, o.eagle)
+      growFindScratch(-len)
+      this.raw.findMatchesForTokens(t, bs, o.lora, o.mm, earlyExit, findScratch, o.salt, o.eagle)
     }
-    return readMatches(matchView)
+    const r = new MatchResult(findWords)
+    findPending = r
+    return r
   }
 
   /** Drops every block of every dp rank of the worker and forgets it. */

@@ -176,6 +176,19 @@ export interface RawIngestorOptions {
  */
 export const MATCH_RECORD_BYTES = 24
 
+/**
+ * findMatches on the index `handle` names (from RawRadixIndex.handle(); a receiver is not used to find
+ * it), written at byte `offset` of `out`: the bytes written, or minus the bytes needed from `offset`
+ * (nothing written then). A handle that no longer names a live index throws `RadixIndex is closed`.
+ */
+export type FindMatchesPacked = (
+  handle: number,
+  tokensHashes: BigUint64Array,
+  earlyExit: boolean,
+  out: Uint8Array,
+  offset: number,
+) => number
+
 export interface RawRadixIndex {
   // The apply methods take an event flattened by the caller (ts/core/api.ts) into typed arrays, so
   // that crossing into the native core costs no per-block object conversion. `head` holds
@@ -198,6 +211,14 @@ export interface RawRadixIndex {
   /** format: index into names().encodedFormats. Throws a router event error (see RawBinding.decodeRouterEvent) on bytes it cannot decode. */
   applyEncoded(payload: Uint8Array, format: number): number
   findMatches(tokensHashes: BigUint64Array, earlyExit: boolean, out: Uint8Array): number
+  /**
+   * findMatches written at byte `offset` of `out`: the bytes written, or minus the bytes needed from
+   * `offset` (nothing written then). The fallback's indexes only (the handle is not used); the native
+   * binding has it as a plain function, RawBinding.findMatchesPackedFunction.
+   */
+  findMatchesPacked?: FindMatchesPacked
+  /** The handle findMatchesPacked finds this index by (the native RawRadixIndex and the fallback's). */
+  handle?(): number
   findMatchesForTokens(
     tokens: Uint32Array,
     kvBlockSize: number,
@@ -373,6 +394,11 @@ export const GATE_PASS = 15
 export const GATE_OTHER = 16
 
 export interface RawBinding {
+  /**
+   * The native binding's findMatchesPacked, a plain Node-API callback without napi-rs's per-call borrow
+   * tracking (ask once and keep it). Absent in the fallback, whose indexes have it as a method.
+   */
+  findMatchesPackedFunction?(): FindMatchesPacked
   /** cacheSalt and eagle are Dynamo 1.4+'s hash options (SPEC 4); absent, they hash as Dynamo 1.0. */
   computeBlockHashes(
     tokens: Uint32Array,

@@ -1053,7 +1053,16 @@ export class FallbackRadixIndex implements RawRadixIndex {
   }
 
   findMatches(tokensHashes: BigUint64Array, earlyExit: boolean, out: Uint8Array): number {
-    return this.matchQuery(u64Pairs(tokensHashes), tokensHashes.length, earlyExit, out)
+    return this.matchQuery(u64Pairs(tokensHashes), tokensHashes.length, earlyExit, out, 0)
+  }
+
+  /** findMatches written at byte `offset` of `out` (the handle names this index: it is not used). */
+  findMatchesPacked(_handle: number, tokensHashes: BigUint64Array, earlyExit: boolean, out: Uint8Array, offset: number): number {
+    return this.matchQuery(u64Pairs(tokensHashes), tokensHashes.length, earlyExit, out, offset)
+  }
+
+  handle(): number {
+    return 0
   }
 
   private queryScratch = new Uint32Array(128)
@@ -1070,12 +1079,12 @@ export class FallbackRadixIndex implements RawRadixIndex {
     eagle = false,
   ): number {
     const n = blockCount(tokens.length, kvBlockSize, eagle)
-    if (n === 0) return this.matchQuery(this.queryScratch, 0, earlyExit, out)
+    if (n === 0) return this.matchQuery(this.queryScratch, 0, earlyExit, out, 0)
     if (this.queryScratch.length < 2 * n) this.queryScratch = new Uint32Array(4 * n)
     saltSeed(loraName, cacheSalt, this.seed)
     const used = n * kvBlockSize + (eagle ? 1 : 0)
     hashBlocks(tokenBytesLE(tokens, used), kvBlockSize, n, this.seed.seedHi, this.seed.seedLo, blockMmInfos, this.queryScratch, eagle)
-    return this.matchQuery(this.queryScratch, n, earlyExit, out)
+    return this.matchQuery(this.queryScratch, n, earlyExit, out, 0)
   }
 
   private nextGen(): number {
@@ -1089,13 +1098,14 @@ export class FallbackRadixIndex implements RawRadixIndex {
   }
 
   /**
-   * SPEC 6 find_matches over a query given as u64 pairs, written into `out` (ts/core/binding.ts layout):
-   * returns the bytes written, or minus the bytes needed (nothing written) when `out` is too small.
+   * SPEC 6 find_matches over a query given as u64 pairs, written at byte `base` of `out` (ts/core/binding.ts
+   * layout): returns the bytes written, or minus the bytes needed (nothing written) when they do not fit.
    */
-  private matchQuery(q: Uint32Array, qn: number, earlyExit: boolean, out: Uint8Array): number {
-    if (qn === 0) return noMatches(out)
+  private matchQuery(q: Uint32Array, qn: number, earlyExit: boolean, out: Uint8Array, base: number): number {
+    if (!(base >= 0 && base <= out.length && Number.isInteger(base))) throw new RangeError('offset must be an integer within out')
+    if (qn === 0) return noMatches(out, base)
     let node = this.edgeFind(ROOT, q[HI]!, q[LO]!)
-    if (node === 0) return noMatches(out)
+    if (node === 0) return noMatches(out, base)
     const nw = this.workerSlots.length
     if (this.stamps.length < nw) {
       const cap = nw * 2
@@ -1165,7 +1175,7 @@ export class FallbackRadixIndex implements RawRadixIndex {
     this.active = active
     this.kept = kept
     const need = 4 + MATCH_RECORD_BYTES * nres
-    if (out.length < need) return -need
+    if (out.length - base < need) return -need
     // ascending (workerId, dpRank), by the precomputed order of the worker slots
     this.refreshOrder()
     const order = this.order
@@ -1205,9 +1215,9 @@ export class FallbackRadixIndex implements RawRadixIndex {
       }
     }
     const v = this.viewOf(out)
-    v.setUint32(0, nres, true)
+    v.setUint32(base, nres, true)
     const slots = this.workerSlots
-    for (let i = 0, at = 4; i < nres; i++, at += MATCH_RECORD_BYTES) {
+    for (let i = 0, at = base + 4; i < nres; i++, at += MATCH_RECORD_BYTES) {
       const wk = slots[resultSlots[i]!]!
       v.setUint32(at, wk.idLo, true)
       v.setUint32(at + 4, wk.idHi, true)
@@ -1427,9 +1437,9 @@ function put32(b: Uint8Array, at: number, v: number): void {
   b[at + 3] = v >>> 24
 }
 
-function noMatches(out: Uint8Array): number {
-  if (out.length < 4) return -4
-  put32(out, 0, 0)
+function noMatches(out: Uint8Array, base: number): number {
+  if (out.length - base < 4) return -4
+  put32(out, base, 0)
   return 4
 }
 

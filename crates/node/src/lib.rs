@@ -27,6 +27,7 @@ use dynamo_kv_core::wire::{
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
+mod index_fast;
 mod ingest_fast;
 
 fn u64_arg(name: &str, b: &BigInt) -> Result<u64> {
@@ -1127,10 +1128,16 @@ fn release_memory(env: &Env, memory: &mut MemoryReport) {
 pub struct RawRadixIndex {
     inner: RadixIndex,
     memory: MemoryReport,
+    /// The handle `findMatchesPacked` finds `inner` by, once `handle()` was asked (-1 before, and
+    /// -inf once closed: a closed index is not entered again).
+    handle: f64,
 }
 
 impl ObjectFinalize for RawRadixIndex {
     fn finalize(mut self, env: Env) -> Result<()> {
+        if self.handle >= 0.0 {
+            index_fast::unregister(self.handle);
+        }
         release_memory(&env, &mut self.memory);
         Ok(())
     }
@@ -1149,7 +1156,20 @@ impl RawRadixIndex {
         RawRadixIndex {
             inner: RadixIndex::new(),
             memory: MemoryReport::default(),
+            handle: -1.0,
         }
+    }
+
+    /// The handle `findMatchesPacked` finds this index by (src/index_fast.rs), entered on the
+    /// first call: only then does the index sit where it stays, boxed inside its JavaScript object.
+    #[napi]
+    pub fn handle(&mut self) -> f64 {
+        if self.handle == -1.0 {
+            // SAFETY: `inner` stays at this address until the finalizer, which unregisters first;
+            // `close()` replaces its value in place.
+            self.handle = unsafe { index_fast::register(&mut self.inner) };
+        }
+        self.handle
     }
 
     fn applied(&mut self, env: &Env, work: usize) {
@@ -1164,6 +1184,11 @@ impl RawRadixIndex {
     pub fn close(&mut self, env: &Env) {
         self.inner = RadixIndex::new();
         release_memory(env, &mut self.memory);
+        if self.handle >= 0.0 {
+            index_fast::unregister(self.handle);
+        }
+        // never entered again: findMatchesPacked answers `RadixIndex is closed` from now on
+        self.handle = f64::NEG_INFINITY;
     }
 
     #[allow(clippy::too_many_arguments)]
