@@ -35,14 +35,7 @@ function nodeRate(w: Workload, impl: RawBinding, api: boolean, packed = false, m
       ms,
     )
   }
-  const ing = new impl.RawIngestor({
-    kvBlockSize: BLOCK_SIZE,
-    workerId: 7n,
-    jetstream: false,
-    maxDpRanks: 64,
-    dpRanks: null as unknown as Uint32Array,
-    localIndexerBufferSize: 0,
-  })
+  const ing = new impl.RawIngestor(RAW_OPTIONS)
   const out = Buffer.allocUnsafeSlow(1 << 20)
   if (packed) {
     // the raw call behind the public Ingestor.ingest
@@ -114,6 +107,36 @@ function rustRate(bin: string, file: string, w: Workload, ms: number): { rate: R
   return { rate: { wall: r.blocks_per_s, cpu: r.blocks_per_cpu_s, thread: r.blocks_per_cpu_s }, firstPass: r.first_pass }
 }
 
+/**
+ * The bench-only native entry (crates/node/src/ingest_fast.rs `benchIngestLoop`, in no type declaration):
+ * the pure Rust core's loop run inside this process, on an ingestor of the native binding.
+ */
+interface BenchBinding {
+  benchIngestLoop: (handle: number, batches: Uint8Array, nowMs: number, passes: number, tally: Float64Array) => void
+}
+
+const RAW_OPTIONS = {
+  kvBlockSize: BLOCK_SIZE,
+  workerId: 7n,
+  jetstream: false,
+  maxDpRanks: 64,
+  dpRanks: null as unknown as Uint32Array,
+  localIndexerBufferSize: 0,
+}
+
+/** The pure Rust core's loop over the packed batches inside this process: its rate, and what its first pass read. */
+function rustInProcessRate(packed: Buffer, w: Workload, ms: number): { rate: Rate; firstPass: Tally } {
+  const loop = (native as unknown as BenchBinding).benchIngestLoop
+  const ing = new native.RawIngestor(RAW_OPTIONS)
+  const handle = ing.handle()
+  const t = new Float64Array(5)
+  loop(handle, packed, 1_700_000_000_000, 1, t)
+  const firstPass = { bytes: t[0]!, views: t[1]!, noId: t[2]!, ranks: t[3]!, warnings: t[4]! }
+  const r = rate(w.blocks, () => loop(handle, packed, 1_700_000_000_000, 1, t), ms)
+  ing.close()
+  return { rate: r, firstPass }
+}
+
 /** What the public Ingestor.ingest's first pass over the workload reads, from a fresh ingestor (as the Rust side's). */
 function publicFirstPass(w: Workload, impl: RawBinding): Tally {
   const t = newTally()
@@ -181,7 +204,13 @@ function benchIngest(): void {
   console.log(`workload: ${w.batches.length} batches, ${w.events} events, ${w.blocks} blocks, ${(w.bytes / 1e6).toFixed(2)} MB`)
   console.log(`machine: ${cpus().length} x ${cpus()[0]?.model}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, node ${process.version}`)
   const bin = buildRustBench()
+  const packed = packBatches(w.batches)
   const rustFirst = rustRate(bin, file, w, 1).firstPass
+  const inProcessFirst = rustInProcessRate(packed, w, 1).firstPass
+  if (JSON.stringify(inProcessFirst) !== JSON.stringify(rustFirst))
+    throw new Error(
+      `the pure Rust loop in this process read ${JSON.stringify(inProcessFirst)}, the Rust example ${JSON.stringify(rustFirst)}`,
+    )
   for (const [name, impl] of [
     ['native', native],
     ['fallback', fallback],
@@ -192,10 +221,19 @@ function benchIngest(): void {
   }
   console.log(`first pass, read alike by both sides: ${JSON.stringify(rustFirst)}`)
   const load0 = loadavg()
-  const rows = ['rust', 'nativeApi', 'nativePacked', 'nativeRaw', 'jsRaw', 'jsApi'] as const
-  const all: Record<(typeof rows)[number], Rate[]> = { rust: [], nativeApi: [], nativePacked: [], nativeRaw: [], jsRaw: [], jsApi: [] }
+  const rows = ['rust', 'rustInProcess', 'nativeApi', 'nativePacked', 'nativeRaw', 'jsRaw', 'jsApi'] as const
+  const all: Record<(typeof rows)[number], Rate[]> = {
+    rust: [],
+    rustInProcess: [],
+    nativeApi: [],
+    nativePacked: [],
+    nativeRaw: [],
+    jsRaw: [],
+    jsApi: [],
+  }
   const measure: Record<(typeof rows)[number], () => Rate> = {
     rust: () => rustRate(bin, file, w, INGEST_MS).rate,
+    rustInProcess: () => rustInProcessRate(packed, w, INGEST_MS).rate,
     nativeApi: () => nodeRate(w, native, true, false, INGEST_MS),
     nativePacked: () => nodeRate(w, native, false, true, INGEST_MS),
     nativeRaw: () => nodeRate(w, native, false, false, INGEST_MS),
@@ -206,7 +244,7 @@ function benchIngest(): void {
   // (optimized code, grown heap); the Rust example warms up with one pass per process
   for (const k of rows) if (k !== 'rust') measure[k]()
   for (let r = 0; r < INGEST_ROUNDS; r++) {
-    const order = r % 2 === 0 ? rows : (['nativeApi', 'rust', ...rows.slice(2)] as const)
+    const order = r % 2 === 0 ? rows : (['nativeApi', 'rustInProcess', 'rust', ...rows.slice(3)] as const)
     for (const k of order) all[k].push(measure[k]())
   }
   const load1 = loadavg()
@@ -222,7 +260,8 @@ function benchIngest(): void {
     '\n| ingest, standard workload (event plane), median of rounds | blocks/s (wall) | blocks/s (process CPU) | blocks/s (main-thread CPU, range) |',
   )
   console.log('|---|---|---|---|')
-  row('pure Rust core (Ingestor::ingest)', all.rust)
+  row('pure Rust core (Ingestor::ingest), its own process', all.rust)
+  row('pure Rust core (Ingestor::ingest), its loop inside this Node process', all.rustInProcess)
   row('native from Node, raw binding', all.nativeRaw)
   row('native from Node, raw ingestPacked (the call behind the public API)', all.nativePacked)
   row('native from Node, public Ingestor.ingest', all.nativeApi)
@@ -231,19 +270,31 @@ function benchIngest(): void {
   const ratio = (a: Rate[], b: Rate[], k: keyof Rate) => a.map((x, i) => x[k] / b[i]![k])
   const apiRust = ratio(all.nativeApi, all.rust, 'thread')
   const apiRustCpu = ratio(all.nativeApi, all.rust, 'cpu')
+  const apiIn = ratio(all.nativeApi, all.rustInProcess, 'thread')
+  const apiInCpu = ratio(all.nativeApi, all.rustInProcess, 'cpu')
   const packedRust = ratio(all.nativePacked, all.rust, 'thread')
+  const packedIn = ratio(all.nativePacked, all.rustInProcess, 'thread')
+  const inRust = ratio(all.rustInProcess, all.rust, 'thread')
   console.log(
-    '\n| round (first of the pair) | pure Rust | public Ingestor.ingest | public / pure Rust (process CPU) | raw ingestPacked / pure Rust |',
+    '\n| round (first of the three) | pure Rust, own process | pure Rust, in Node | public Ingestor.ingest | public / pure Rust own process (process CPU) | public / pure Rust in Node (process CPU) |',
   )
-  console.log('|---|---|---|---|---|')
+  console.log('|---|---|---|---|---|---|')
   for (let r = 0; r < INGEST_ROUNDS; r++)
     console.log(
-      `| ${r + 1} (${r % 2 === 0 ? 'Rust' : 'public'}) | ${fmtRate(all.rust[r]!.thread)} | ${fmtRate(all.nativeApi[r]!.thread)} | ${apiRust[r]!.toFixed(2)} (${apiRustCpu[r]!.toFixed(2)}) | ${packedRust[r]!.toFixed(2)} |`,
+      `| ${r + 1} (${r % 2 === 0 ? 'Rust' : 'public'}) | ${fmtRate(all.rust[r]!.thread)} | ${fmtRate(all.rustInProcess[r]!.thread)} | ${fmtRate(all.nativeApi[r]!.thread)} | ${apiRust[r]!.toFixed(2)} (${apiRustCpu[r]!.toFixed(2)}) | ${apiIn[r]!.toFixed(2)} (${apiInCpu[r]!.toFixed(2)}) |`,
     )
   console.log('\n| ratio, median of the rounds (main-thread CPU time; process CPU time in brackets) | value | target |')
   console.log('|---|---|---|')
-  console.log(`| native (public API) / pure Rust | ${median(apiRust).toFixed(2)} (${median(apiRustCpu).toFixed(2)}) | >= 0.8 |`)
-  console.log(`| native, raw ingestPacked / pure Rust | ${median(packedRust).toFixed(2)} | - |`)
+  console.log(
+    `| native (public API) / pure Rust, own process | ${median(apiRust).toFixed(2)} (${median(apiRustCpu).toFixed(2)}) | >= 0.8 |`,
+  )
+  console.log(
+    `| native (public API) / pure Rust, in this process | ${median(apiIn).toFixed(2)} (${median(apiInCpu).toFixed(2)}) | >= 0.8 |`,
+  )
+  console.log(
+    `| native, raw ingestPacked / pure Rust, own process / in this process | ${median(packedRust).toFixed(2)} / ${median(packedIn).toFixed(2)} | - |`,
+  )
+  console.log(`| pure Rust in this process / pure Rust, own process | ${median(inRust).toFixed(2)} | - |`)
   const apiJs = ratio(all.nativeApi, all.jsApi, 'thread')
   const apiJsCpu = ratio(all.nativeApi, all.jsApi, 'cpu')
   console.log(`| native (public API) / fallback (public API) | ${median(apiJs).toFixed(1)} (${median(apiJsCpu).toFixed(1)}) | >= 20 |`)
