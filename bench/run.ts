@@ -1,8 +1,9 @@
-// npm run bench: ingest throughput of the standard workload (bench/workload.ts) for the pure Rust core
-// (crates/core/examples/bench_ingest.rs), the native binding from Node, and the TypeScript fallback; then
-// the indexer (bench/indexer.ts), publishing to NATS (bench/publish.ts), the ZMQ source (bench/zmq.ts) and
-// rejecting over-long JSON numbers (bench/long-numbers.ts).
-// One run, so the ratios are comparable on a noisy shared machine. See BENCHMARKS.md.
+// npm run bench: ingest throughput of the standard workload (bench/workload.ts) for the pure Rust core (in
+// its own process, crates/core/examples/bench_ingest.rs, and its loop inside this Node process, the
+// bench-only benchIngestLoop), the native binding from Node, and the TypeScript fallback, in rounds with
+// each round's ratio and their median; then the indexer (bench/indexer.ts), publishing to NATS
+// (bench/publish.ts), the ZMQ source (bench/zmq.ts) and rejecting over-long JSON numbers
+// (bench/long-numbers.ts). One run, so the ratios are comparable on a noisy shared machine. See BENCHMARKS.md.
 import { execFileSync } from 'node:child_process'
 import { createRequire } from 'node:module'
 import { mkdtempSync, writeFileSync } from 'node:fs'
