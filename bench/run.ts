@@ -6,7 +6,7 @@
 // (bench/long-numbers.ts). One run, so the ratios are comparable on a noisy shared machine. See BENCHMARKS.md.
 import { execFileSync } from 'node:child_process'
 import { createRequire } from 'node:module'
-import { mkdtempSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { cpus, loadavg, tmpdir, totalmem } from 'node:os'
 import { join } from 'node:path'
 import type { RawBinding } from '../ts/core/binding.js'
@@ -249,6 +249,7 @@ function benchIngest(): void {
     for (const k of order) all[k].push(measure[k]())
   }
   const load1 = loadavg()
+  rmSync(dir, { recursive: true, force: true })
   // The Rust example measures its own thread (schedstat); for Node both the process (GC helper threads
   // included) and the main thread alone are shown, the latter being the like-for-like comparison.
   const row = (name: string, rs: Rate[]) => {
