@@ -154,7 +154,7 @@ function publicFirstPass(w: Workload, impl: RawBinding): Tally {
 const only = new Set((process.env.BENCH_ONLY ?? 'ingest,indexer,publish,zmq,numbers,indexer-http,router').split(',').map((x) => x.trim()))
 
 async function main(): Promise<void> {
-  if (only.has('ingest')) benchIngest()
+  if (only.has('ingest')) await benchIngest()
   if (only.has('indexer')) await benchIndexer()
   if (only.has('publish')) await benchPublish()
   if (only.has('zmq')) await benchZmq()
@@ -197,7 +197,7 @@ const median = (xs: number[]): number => {
  * read every output the same way (`publishLike` and the Rust example's `consume`), and their first
  * passes over the batches must read the same totals, or the bench fails.
  */
-function benchIngest(): void {
+async function benchIngest(): Promise<void> {
   const w = standardWorkload(4000)
   const dir = mkdtempSync(join(tmpdir(), 'dynamo-kv-bench-'))
   const file = join(dir, 'batches.bin')
@@ -241,12 +241,23 @@ function benchIngest(): void {
     jsRaw: () => nodeRate(w, fallback, false, false, INGEST_MS),
     jsApi: () => nodeRate(w, fallback, true, false, INGEST_MS),
   }
+  // Before each measurement the process idles a moment, so that V8's helper threads finish with the
+  // previous measurement's garbage (swept arenas, concurrent marking) instead of competing with the next
+  // one, in this process or in the Rust example's.
+  const settle = () => new Promise<void>((resolve) => setTimeout(resolve, 200))
   // an untimed round first, so that every round measures the steady state of a long-running process
   // (optimized code, grown heap); the Rust example warms up with one pass per process
-  for (const k of rows) if (k !== 'rust') measure[k]()
+  for (const k of rows)
+    if (k !== 'rust') {
+      await settle()
+      measure[k]()
+    }
   for (let r = 0; r < INGEST_ROUNDS; r++) {
     const order = r % 2 === 0 ? rows : (['nativeApi', 'rustInProcess', 'rust', ...rows.slice(3)] as const)
-    for (const k of order) all[k].push(measure[k]())
+    for (const k of order) {
+      await settle()
+      all[k].push(measure[k]())
+    }
   }
   const load1 = loadavg()
   rmSync(dir, { recursive: true, force: true })
