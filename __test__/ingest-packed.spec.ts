@@ -180,6 +180,8 @@ parityTest('[native] benchIngestLoop converts each length-prefixed batch as inge
   t.throws(() => loop(a.handle(), packed, 7, 1, new Float64Array(4)), { message: /tally must be a Float64Array of 5/ })
   t.throws(() => loop(a.handle(), packed, 7, 1, new Uint8Array(40) as unknown as Float64Array), { message: /tally must be/ })
   t.throws(() => loop(a.handle(), 'x' as unknown as Uint8Array, 7, 1, tally), { message: /batches must be a Uint8Array/ })
+  for (const passes of [Number.POSITIVE_INFINITY, Number.NaN, -1, 2e6])
+    t.throws(() => loop(a.handle(), packed, 7, passes, tally), { message: /passes must be in/ }, `passes ${passes}`)
   t.throws(() => (loop as (...x: unknown[]) => unknown)(a.handle(), packed), { message: /takes/ })
   const h = a.handle()
   a.close()

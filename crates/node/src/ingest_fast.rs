@@ -324,6 +324,12 @@ unsafe fn bench_ingest_loop(
     let (data_ptr, data_len) = unsafe { bytes(env, argv[1], "batches must be a Uint8Array") }?;
     let now_ms = unsafe { number(env, argv[2], "nowMs must be a number") }?;
     let passes = unsafe { number(env, argv[3], "passes must be a number") }?;
+    if !(0.0..=1e6).contains(&passes) {
+        return Err(Error::new(
+            Status::InvalidArg,
+            "benchIngestLoop: passes must be in 0..1e6".to_owned(),
+        ));
+    }
     let mut kind = 0;
     let mut len = 0usize;
     let mut tally_ptr: *mut c_void = ptr::null_mut();
