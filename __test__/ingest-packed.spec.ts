@@ -121,3 +121,69 @@ test(`[${impl}] IngestResult: views and payloads are the same bytes, kept intact
   t.true(withPayloads > 1000)
   for (const { views, bytes } of kept) for (let i = 0; i < views.length; i++) t.true(Buffer.from(views[i]!).equals(bytes[i]!))
 })
+
+// benchIngestLoop: the bench's pure Rust loop inside the Node process (bench/run.ts), on the native binding
+// only and in no type declaration. Its tally must be what reading the same outputs gives, and no bytes or
+// arguments may crash it.
+parityTest('[native] benchIngestLoop converts each length-prefixed batch as ingestInto does and tallies its outputs', (t) => {
+  const bound = needNative()
+  type Loop = (handle: number, batches: Uint8Array, nowMs: number, passes: number, tally: Float64Array) => void
+  const loop = (bound as unknown as { benchIngestLoop: Loop }).benchIngestLoop
+  const a = new bound.RawIngestor(opts)
+  const b = new bound.RawIngestor(opts)
+  const gen = new BatchGenerator(17, { kvBlockSize: 4, ranks: [0, 1] })
+  const batches = Array.from({ length: 200 }, () => gen.next())
+  const parts: Buffer[] = []
+  for (const x of batches) {
+    const len = Buffer.alloc(4)
+    len.writeUInt32LE(x.length)
+    parts.push(len, x)
+  }
+  const packed = Buffer.concat(parts)
+  // what the bench's publisher-like consumer reads of each output, from ingestInto on the twin
+  const want = [0, 0, 0, 0, 0]
+  const out = Buffer.alloc(1 << 16)
+  for (let pass = 0; pass < 2; pass++)
+    for (const x of batches) {
+      const n = b.ingestInto(x, 7, out, 0) as number
+      const count = out.readUInt32LE(0)
+      const flags = out.readUInt32LE(8)
+      let payloads = 0
+      for (let i = 0; i < count; i++) payloads += out.readUInt32LE(n - 4 * count + 4 * i)
+      if (count > 0) {
+        want[0]! += payloads
+        want[1]! += count
+        want[2]! += flags & 1 ? 0 : 1
+        want[3]! += out.readUInt32LE(4)
+      }
+      if (flags & 2) {
+        let at = OUT_HEADER_BYTES + payloads
+        const end = at + out.readUInt32LE(12)
+        while (at < end) {
+          want[4]!++
+          at += 4 + out.readUInt32LE(at)
+        }
+      }
+    }
+  const tally = new Float64Array(5)
+  loop(a.handle(), packed, 7, 2, tally)
+  t.deepEqual([...tally], want)
+  t.true(want[1]! > 200 && want[3]! > 0, 'payloads on both ranks')
+  t.deepEqual(a.counters(), b.counters())
+  // a length prefix past the end stops the pass; a prefix cut short, nothing, or garbage converts nothing
+  const before = a.counters()[0]!
+  const cut = Buffer.concat([packed.subarray(0, 4 + batches[0]!.length), Buffer.from([255, 255, 255, 127, 1, 2])])
+  loop(a.handle(), cut, 7, 1, tally)
+  t.is(a.counters()[0], before + 1n)
+  for (const bytes of [Buffer.alloc(0), Buffer.from([1, 2, 3]), Buffer.from([0, 0, 0, 0, 0, 0, 0])]) loop(a.handle(), bytes, 7, 3, tally)
+  t.true(a.counters()[0]! >= before + 1n)
+  t.throws(() => loop(a.handle(), packed, 7, 1, new Float64Array(4)), { message: /tally must be a Float64Array of 5/ })
+  t.throws(() => loop(a.handle(), packed, 7, 1, new Uint8Array(40) as unknown as Float64Array), { message: /tally must be/ })
+  t.throws(() => loop(a.handle(), 'x' as unknown as Uint8Array, 7, 1, tally), { message: /batches must be a Uint8Array/ })
+  for (const passes of [Number.POSITIVE_INFINITY, Number.NaN, -1, 2e6])
+    t.throws(() => loop(a.handle(), packed, 7, passes, tally), { message: /passes must be in/ }, `passes ${passes}`)
+  t.throws(() => (loop as (...x: unknown[]) => unknown)(a.handle(), packed), { message: /takes/ })
+  const h = a.handle()
+  a.close()
+  t.throws(() => loop(h, packed, 7, 1, tally), { message: 'Ingestor is closed' })
+})

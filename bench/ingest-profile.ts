@@ -1,12 +1,13 @@
 // Where the time of one public Ingestor.ingest call goes, natively, on the standard workload (per batch,
-// main-thread CPU): the raw ingestInto (a napi-rs method), the raw ingestPacked (the plain Node-API
-// callback the public API calls), and the public call with what the publisher reads of each result (every
-// payload view, the dp rank, the first event id, the warnings), each pass after the other.
+// main-thread CPU): the pure Rust core's loop inside this process (the bench-only benchIngestLoop, no call
+// per batch), the raw ingestInto (a napi-rs method), the raw ingestPacked (the plain Node-API callback the
+// public API calls), and the public call with what the publisher reads of each result (every payload view,
+// the dp rank, the first event id, the warnings), each pass after the other.
 // npx tsx bench/ingest-profile.ts   (run with node --cpu-prof for a profile)
 import { createRequire } from 'node:module'
 import type { RawBinding } from '../ts/core/binding.js'
 import { Ingestor } from '../ts/core/api.js'
-import { BLOCK_SIZE, standardWorkload } from './workload.js'
+import { BLOCK_SIZE, packBatches, standardWorkload } from './workload.js'
 import { MS, rate } from './measure.js'
 
 const require = createRequire(import.meta.url)
@@ -21,8 +22,15 @@ const packed = new native.RawIngestor(opts)
 const handle = packed.handle()
 const out = Buffer.allocUnsafeSlow(1 << 20)
 const api = new Ingestor({ kvBlockSize: BLOCK_SIZE, workerId: 7n }, native)
+type Loop = (handle: number, batches: Uint8Array, nowMs: number, passes: number, tally: Float64Array) => void
+const loop = (native as unknown as { benchIngestLoop: Loop }).benchIngestLoop
+const inProcess = new native.RawIngestor(opts)
+const inProcessHandle = inProcess.handle()
+const all = packBatches(w.batches)
+const tally = new Float64Array(5)
 let seen = 0
 for (let round = 0; round < 2; round++) {
+  const r0 = rate(w.blocks, () => loop(inProcessHandle, all, T, 1, tally))
   const r1 = rate(w.blocks, () => {
     for (const b of w.batches) raw.ingestInto(b, T, out, 0)
   })
@@ -40,7 +48,7 @@ for (let round = 0; round < 2; round++) {
     }
   })
   console.log(
-    `raw ingestInto: ${perBatch(r1.thread)} ns/batch; raw ingestPacked: ${perBatch(r2.thread)} ns/batch; ` +
+    `pure Rust loop in this process: ${perBatch(r0.thread)} ns/batch; raw ingestInto: ${perBatch(r1.thread)} ns/batch; raw ingestPacked: ${perBatch(r2.thread)} ns/batch; ` +
       `public ingest, views read: ${perBatch(r3.thread)} ns/batch (${MS} ms each)`,
   )
 }

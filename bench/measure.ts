@@ -42,12 +42,12 @@ export function stopwatch(): { elapsedMs: () => number; rate: (units: number) =>
   return { elapsedMs, rate: (units) => rates(units, elapsedMs(), process.cpuUsage(cpu0), threadCpuNs() - thread0) }
 }
 
-/** Units (blocks) per second over repeated passes, after one warm-up pass; at least 2 passes. */
-export function rate(unitsPerPass: number, pass: () => void): Rate {
+/** Units (blocks) per second over repeated passes for `ms`, after one warm-up pass; at least 2 passes. */
+export function rate(unitsPerPass: number, pass: () => void, ms = MS): Rate {
   pass()
   let passes = 0
   const clock = stopwatch()
-  while (clock.elapsedMs() < MS || passes < 2) {
+  while (clock.elapsedMs() < ms || passes < 2) {
     pass()
     passes++
   }

@@ -1,18 +1,19 @@
-// npm run bench: ingest throughput of the standard workload (bench/workload.ts) for the pure Rust core
-// (crates/core/examples/bench_ingest.rs), the native binding from Node, and the TypeScript fallback; then
-// the indexer (bench/indexer.ts), publishing to NATS (bench/publish.ts), the ZMQ source (bench/zmq.ts) and
-// rejecting over-long JSON numbers (bench/long-numbers.ts).
-// One run, so the ratios are comparable on a noisy shared machine. See BENCHMARKS.md.
+// npm run bench: ingest throughput of the standard workload (bench/workload.ts) for the pure Rust core (in
+// its own process, crates/core/examples/bench_ingest.rs, and its loop inside this Node process, the
+// bench-only benchIngestLoop), the native binding from Node, and the TypeScript fallback, in rounds with
+// each round's ratio and their median; then the indexer (bench/indexer.ts), publishing to NATS
+// (bench/publish.ts), the ZMQ source (bench/zmq.ts) and rejecting over-long JSON numbers
+// (bench/long-numbers.ts). One run, so the ratios are comparable on a noisy shared machine. See BENCHMARKS.md.
 import { execFileSync } from 'node:child_process'
 import { createRequire } from 'node:module'
-import { mkdtempSync, writeFileSync } from 'node:fs'
-import { cpus, tmpdir, totalmem } from 'node:os'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { cpus, loadavg, tmpdir, totalmem } from 'node:os'
 import { join } from 'node:path'
 import type { RawBinding } from '../ts/core/binding.js'
 import { Ingestor, type IngestResult } from '../ts/core/api.js'
 import { fallback } from '../ts/fallback/lib.js'
 import { BLOCK_SIZE, packBatches, standardWorkload, type Workload } from './workload.js'
-import { MS, NO_RATE, ROUNDS, best, fmtRate, rate, type Rate } from './measure.js'
+import { MS, fmtRate, rate, type Rate } from './measure.js'
 import { benchIndexer } from './indexer.js'
 import { benchPublish } from './publish.js'
 import { benchZmq } from './zmq.js'
@@ -23,62 +24,127 @@ import { benchMultiHash } from './index-multihash.js'
 
 const require = createRequire(import.meta.url)
 const native = require('../binding.cjs') as RawBinding
-function nodeRate(w: Workload, impl: RawBinding, api: boolean, packed = false): Rate {
+function nodeRate(w: Workload, impl: RawBinding, api: boolean, packed = false, ms = MS): Rate {
   // one long-lived ingestor, as in a sidecar: its per-rank state stays warm across passes
   if (api) {
     const ing = new Ingestor({ kvBlockSize: BLOCK_SIZE, workerId: 7n }, impl)
-    return rate(w.blocks, () => {
-      for (const b of w.batches) publishLike(ing.ingest(b, 1_700_000_000_000))
-    })
+    return rate(
+      w.blocks,
+      () => {
+        for (const b of w.batches) publishLike(ing.ingest(b, 1_700_000_000_000), consumed)
+      },
+      ms,
+    )
   }
-  const ing = new impl.RawIngestor({
-    kvBlockSize: BLOCK_SIZE,
-    workerId: 7n,
-    jetstream: false,
-    maxDpRanks: 64,
-    dpRanks: null as unknown as Uint32Array,
-    localIndexerBufferSize: 0,
-  })
+  const ing = new impl.RawIngestor(RAW_OPTIONS)
   const out = Buffer.allocUnsafeSlow(1 << 20)
   if (packed) {
     // the raw call behind the public Ingestor.ingest
     const handle = ing.handle()
-    return rate(w.blocks, () => {
-      for (const b of w.batches) ing.ingestPacked(handle, b, 1_700_000_000_000, out, 0)
-    })
+    return rate(
+      w.blocks,
+      () => {
+        for (const b of w.batches) ing.ingestPacked(handle, b, 1_700_000_000_000, out, 0)
+      },
+      ms,
+    )
   }
-  return rate(w.blocks, () => {
-    for (const b of w.batches) ing.ingestInto(b, 1_700_000_000_000, out, 0)
-  })
+  return rate(
+    w.blocks,
+    () => {
+      for (const b of w.batches) ing.ingestInto(b, 1_700_000_000_000, out, 0)
+    },
+    ms,
+  )
 }
 
-/** What the bench's publisher-like consumer saw (kept so that no read is optimized away). */
-const consumed = { bytes: 0, views: 0, noId: 0, ranks: 0, warnings: 0 }
+/** What a publisher-like consumer read of the results (kept so that no read is optimized away). */
+interface Tally {
+  bytes: number
+  views: number
+  noId: number
+  ranks: number
+  warnings: number
+}
+const newTally = (): Tally => ({ bytes: 0, views: 0, noId: 0, ranks: 0, warnings: 0 })
+const consumed = newTally()
 
 /**
  * Reads a result as KvEventPublisher does with an event-plane sink (ts/worker/publisher.ts `#run`,
  * ts/transport/sinks/event-plane.ts `send`): every payload view and its length, the dp rank, the first
- * event id, the warnings. So the public figure includes what publishing needs of each result.
+ * event id, the warnings. So the public figure includes what publishing needs of each result; the pure
+ * Rust side (crates/core/examples/bench_ingest.rs `consume`) reads each packed output the same way.
  */
-function publishLike(r: IngestResult): void {
+function publishLike(r: IngestResult, t: Tally): void {
   if (r.count > 0) {
     const views = r.views
-    for (let i = 0; i < views.length; i++) consumed.bytes += views[i]!.length
-    consumed.views += views.length
-    consumed.ranks += r.dpRank!
-    if (r.firstEventId === null) consumed.noId++
+    for (let i = 0; i < views.length; i++) t.bytes += views[i]!.length
+    t.views += views.length
+    t.ranks += r.dpRank!
+    if (r.firstEventId === null) t.noId++
   }
-  if (r.warnings !== undefined) consumed.warnings += r.warnings.length
+  if (r.warnings !== undefined) t.warnings += r.warnings.length
 }
 
-function rustRate(file: string, w: Workload): Rate {
+/** The built pure-Rust bench binary (cargo's own record of where it put it). */
+function buildRustBench(): string {
   const out = execFileSync(
     'cargo',
-    ['run', '--quiet', '--release', '--example', 'bench_ingest', '-p', 'dynamo-kv-core', '--', file, String(w.blocks), String(MS)],
-    { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] },
+    ['build', '--quiet', '--release', '--example', 'bench_ingest', '-p', 'dynamo-kv-core', '--message-format=json'],
+    { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 64 << 20 },
   )
-  const r = JSON.parse(out.trim().split('\n').pop()!) as { blocks_per_s: number; blocks_per_cpu_s: number }
-  return { wall: r.blocks_per_s, cpu: r.blocks_per_cpu_s, thread: r.blocks_per_cpu_s }
+  for (const line of out.split('\n')) {
+    if (!line.startsWith('{')) continue
+    const m = JSON.parse(line) as { reason?: string; target?: { name?: string }; executable?: string | null }
+    if (m.reason === 'compiler-artifact' && m.target?.name === 'bench_ingest' && m.executable) return m.executable
+  }
+  throw new Error('cargo did not report the bench_ingest executable')
+}
+
+/** One run of the pure-Rust bench process: its rates and what its first pass read. */
+function rustRate(bin: string, file: string, w: Workload, ms: number): { rate: Rate; firstPass: Tally } {
+  const out = execFileSync(bin, [file, String(w.blocks), String(ms)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] })
+  const r = JSON.parse(out.trim().split('\n').pop()!) as { blocks_per_s: number; blocks_per_cpu_s: number; first_pass: Tally }
+  return { rate: { wall: r.blocks_per_s, cpu: r.blocks_per_cpu_s, thread: r.blocks_per_cpu_s }, firstPass: r.first_pass }
+}
+
+/**
+ * The bench-only native entry (crates/node/src/ingest_fast.rs `benchIngestLoop`, in no type declaration):
+ * the pure Rust core's loop run inside this process, on an ingestor of the native binding.
+ */
+interface BenchBinding {
+  benchIngestLoop: (handle: number, batches: Uint8Array, nowMs: number, passes: number, tally: Float64Array) => void
+}
+
+const RAW_OPTIONS = {
+  kvBlockSize: BLOCK_SIZE,
+  workerId: 7n,
+  jetstream: false,
+  maxDpRanks: 64,
+  dpRanks: null as unknown as Uint32Array,
+  localIndexerBufferSize: 0,
+}
+
+/** The pure Rust core's loop over the packed batches inside this process: its rate, and what its first pass read. */
+function rustInProcessRate(packed: Buffer, w: Workload, ms: number): { rate: Rate; firstPass: Tally } {
+  const loop = (native as unknown as BenchBinding).benchIngestLoop
+  const ing = new native.RawIngestor(RAW_OPTIONS)
+  const handle = ing.handle()
+  const t = new Float64Array(5)
+  loop(handle, packed, 1_700_000_000_000, 1, t)
+  const firstPass = { bytes: t[0]!, views: t[1]!, noId: t[2]!, ranks: t[3]!, warnings: t[4]! }
+  const r = rate(w.blocks, () => loop(handle, packed, 1_700_000_000_000, 1, t), ms)
+  ing.close()
+  return { rate: r, firstPass }
+}
+
+/** What the public Ingestor.ingest's first pass over the workload reads, from a fresh ingestor (as the Rust side's). */
+function publicFirstPass(w: Workload, impl: RawBinding): Tally {
+  const t = newTally()
+  const ing = new Ingestor({ kvBlockSize: BLOCK_SIZE, workerId: 7n }, impl)
+  for (const b of w.batches) publishLike(ing.ingest(b, 1_700_000_000_000), t)
+  ing.close()
+  return t
 }
 
 /**
@@ -88,7 +154,7 @@ function rustRate(file: string, w: Workload): Rate {
 const only = new Set((process.env.BENCH_ONLY ?? 'ingest,indexer,publish,zmq,numbers,indexer-http,router').split(',').map((x) => x.trim()))
 
 async function main(): Promise<void> {
-  if (only.has('ingest')) benchIngest()
+  if (only.has('ingest')) await benchIngest()
   if (only.has('indexer')) await benchIndexer()
   if (only.has('publish')) await benchPublish()
   if (only.has('zmq')) await benchZmq()
@@ -114,44 +180,139 @@ function benchIndexDynamo(): void {
   })
 }
 
-function benchIngest(): void {
+/** Rounds of the ingest comparison (INGEST_ROUNDS, at least 5) and milliseconds per measurement (INGEST_MS). */
+const INGEST_ROUNDS = Math.max(5, Number(process.env.INGEST_ROUNDS ?? 7))
+const INGEST_MS = Number(process.env.INGEST_MS ?? Math.max(200, MS / 2))
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b)
+  const m = s.length >> 1
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2
+}
+
+/**
+ * The ingest rows, measured in rounds: each round measures every row once, the pure Rust core (its own
+ * process, started per round) and the public `Ingestor.ingest` back to back, alternating which of the
+ * two goes first, so that each round's ratio compares two measurements of the same few seconds. Both
+ * read every output the same way (`publishLike` and the Rust example's `consume`), and their first
+ * passes over the batches must read the same totals, or the bench fails.
+ */
+async function benchIngest(): Promise<void> {
   const w = standardWorkload(4000)
   const dir = mkdtempSync(join(tmpdir(), 'dynamo-kv-bench-'))
   const file = join(dir, 'batches.bin')
   writeFileSync(file, packBatches(w.batches))
   console.log(`workload: ${w.batches.length} batches, ${w.events} events, ${w.blocks} blocks, ${(w.bytes / 1e6).toFixed(2)} MB`)
   console.log(`machine: ${cpus().length} x ${cpus()[0]?.model}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, node ${process.version}`)
-  execFileSync('cargo', ['build', '--quiet', '--release', '--example', 'bench_ingest', '-p', 'dynamo-kv-core'], { stdio: 'inherit' })
-  const top = { rust: NO_RATE, nativeRaw: NO_RATE, nativePacked: NO_RATE, nativeApi: NO_RATE, jsRaw: NO_RATE, jsApi: NO_RATE }
-  for (let r = 0; r < ROUNDS; r++) {
-    top.rust = best(top.rust, rustRate(file, w))
-    top.nativeRaw = best(top.nativeRaw, nodeRate(w, native, false))
-    top.nativePacked = best(top.nativePacked, nodeRate(w, native, false, true))
-    top.nativeApi = best(top.nativeApi, nodeRate(w, native, true))
-    top.jsRaw = best(top.jsRaw, nodeRate(w, fallback, false))
-    top.jsApi = best(top.jsApi, nodeRate(w, fallback, true))
+  const bin = buildRustBench()
+  const packed = packBatches(w.batches)
+  const rustFirst = rustRate(bin, file, w, 1).firstPass
+  const inProcessFirst = rustInProcessRate(packed, w, 1).firstPass
+  if (JSON.stringify(inProcessFirst) !== JSON.stringify(rustFirst))
+    throw new Error(
+      `the pure Rust loop in this process read ${JSON.stringify(inProcessFirst)}, the Rust example ${JSON.stringify(rustFirst)}`,
+    )
+  for (const [name, impl] of [
+    ['native', native],
+    ['fallback', fallback],
+  ] as const) {
+    const t = publicFirstPass(w, impl)
+    if (JSON.stringify(t) !== JSON.stringify(rustFirst))
+      throw new Error(`the public Ingestor.ingest (${name}) read ${JSON.stringify(t)}, the pure Rust core ${JSON.stringify(rustFirst)}`)
   }
+  console.log(`first pass, read alike by both sides: ${JSON.stringify(rustFirst)}`)
+  const load0 = loadavg()
+  const rows = ['rust', 'rustInProcess', 'nativeApi', 'nativePacked', 'nativeRaw', 'jsRaw', 'jsApi'] as const
+  const all: Record<(typeof rows)[number], Rate[]> = {
+    rust: [],
+    rustInProcess: [],
+    nativeApi: [],
+    nativePacked: [],
+    nativeRaw: [],
+    jsRaw: [],
+    jsApi: [],
+  }
+  const measure: Record<(typeof rows)[number], () => Rate> = {
+    rust: () => rustRate(bin, file, w, INGEST_MS).rate,
+    rustInProcess: () => rustInProcessRate(packed, w, INGEST_MS).rate,
+    nativeApi: () => nodeRate(w, native, true, false, INGEST_MS),
+    nativePacked: () => nodeRate(w, native, false, true, INGEST_MS),
+    nativeRaw: () => nodeRate(w, native, false, false, INGEST_MS),
+    jsRaw: () => nodeRate(w, fallback, false, false, INGEST_MS),
+    jsApi: () => nodeRate(w, fallback, true, false, INGEST_MS),
+  }
+  // Before each measurement the process idles a moment, so that V8's helper threads finish with the
+  // previous measurement's garbage (swept arenas, concurrent marking) instead of competing with the next
+  // one, in this process or in the Rust example's.
+  const settle = () => new Promise<void>((resolve) => setTimeout(resolve, 200))
+  // an untimed round first, so that every round measures the steady state of a long-running process
+  // (optimized code, grown heap); the Rust example warms up with one pass per process
+  for (const k of rows)
+    if (k !== 'rust') {
+      await settle()
+      measure[k]()
+    }
+  for (let r = 0; r < INGEST_ROUNDS; r++) {
+    const order = r % 2 === 0 ? rows : (['nativeApi', 'rustInProcess', 'rust', ...rows.slice(3)] as const)
+    for (const k of order) {
+      await settle()
+      all[k].push(measure[k]())
+    }
+  }
+  const load1 = loadavg()
+  rmSync(dir, { recursive: true, force: true })
   // The Rust example measures its own thread (schedstat); for Node both the process (GC helper threads
   // included) and the main thread alone are shown, the latter being the like-for-like comparison.
-  const row = (name: string, r: Rate) =>
-    console.log(`| ${name} | ${fmtRate(r.wall)} | ${fmtRate(r.cpu)} | ${r.thread ? fmtRate(r.thread) : '-'} |`)
-  console.log('\n| ingest, standard workload (event plane) | blocks/s (wall) | blocks/s (process CPU) | blocks/s (main-thread CPU) |')
+  const row = (name: string, rs: Rate[]) => {
+    const t = rs.map((x) => x.thread)
+    console.log(
+      `| ${name} | ${fmtRate(median(rs.map((x) => x.wall)))} | ${fmtRate(median(rs.map((x) => x.cpu)))} | ${fmtRate(median(t))} (${fmtRate(Math.min(...t))}-${fmtRate(Math.max(...t))}) |`,
+    )
+  }
+  console.log(
+    '\n| ingest, standard workload (event plane), median of rounds | blocks/s (wall) | blocks/s (process CPU) | blocks/s (main-thread CPU, range) |',
+  )
   console.log('|---|---|---|---|')
-  row('pure Rust core (Ingestor::ingest)', top.rust)
-  row('native from Node, raw binding', top.nativeRaw)
-  row('native from Node, raw ingestPacked (the call behind the public API)', top.nativePacked)
-  row('native from Node, public Ingestor.ingest', top.nativeApi)
-  row('fallback, raw', top.jsRaw)
-  row('fallback, public Ingestor.ingest', top.jsApi)
-  console.log('\n| ratio (main-thread CPU time; process CPU time in brackets) | value | target |')
+  row('pure Rust core (Ingestor::ingest), its own process', all.rust)
+  row('pure Rust core (Ingestor::ingest), its loop inside this Node process', all.rustInProcess)
+  row('native from Node, raw binding', all.nativeRaw)
+  row('native from Node, raw ingestPacked (the call behind the public API)', all.nativePacked)
+  row('native from Node, public Ingestor.ingest', all.nativeApi)
+  row('fallback, raw', all.jsRaw)
+  row('fallback, public Ingestor.ingest', all.jsApi)
+  const ratio = (a: Rate[], b: Rate[], k: keyof Rate) => a.map((x, i) => x[k] / b[i]![k])
+  const apiRust = ratio(all.nativeApi, all.rust, 'thread')
+  const apiRustCpu = ratio(all.nativeApi, all.rust, 'cpu')
+  const apiIn = ratio(all.nativeApi, all.rustInProcess, 'thread')
+  const apiInCpu = ratio(all.nativeApi, all.rustInProcess, 'cpu')
+  const packedRust = ratio(all.nativePacked, all.rust, 'thread')
+  const packedIn = ratio(all.nativePacked, all.rustInProcess, 'thread')
+  const inRust = ratio(all.rustInProcess, all.rust, 'thread')
+  console.log(
+    '\n| round (first of the three) | pure Rust, own process | pure Rust, in Node | public Ingestor.ingest | public / pure Rust own process (process CPU) | public / pure Rust in Node (process CPU) |',
+  )
+  console.log('|---|---|---|---|---|---|')
+  for (let r = 0; r < INGEST_ROUNDS; r++)
+    console.log(
+      `| ${r + 1} (${r % 2 === 0 ? 'Rust' : 'public'}) | ${fmtRate(all.rust[r]!.thread)} | ${fmtRate(all.rustInProcess[r]!.thread)} | ${fmtRate(all.nativeApi[r]!.thread)} | ${apiRust[r]!.toFixed(2)} (${apiRustCpu[r]!.toFixed(2)}) | ${apiIn[r]!.toFixed(2)} (${apiInCpu[r]!.toFixed(2)}) |`,
+    )
+  console.log('\n| ratio, median of the rounds (main-thread CPU time; process CPU time in brackets) | value | target |')
   console.log('|---|---|---|')
   console.log(
-    `| native (public API) / pure Rust | ${(top.nativeApi.thread / top.rust.thread).toFixed(2)} (${(top.nativeApi.cpu / top.rust.cpu).toFixed(2)}) | >= 0.8 |`,
+    `| native (public API) / pure Rust, own process | ${median(apiRust).toFixed(2)} (${median(apiRustCpu).toFixed(2)}) | >= 0.8 |`,
   )
   console.log(
-    `| native (public API) / fallback (public API) | ${(top.nativeApi.thread / top.jsApi.thread).toFixed(1)} (${(top.nativeApi.cpu / top.jsApi.cpu).toFixed(1)}) | >= 20 |`,
+    `| native (public API) / pure Rust, in this process | ${median(apiIn).toFixed(2)} (${median(apiInCpu).toFixed(2)}) | >= 0.8 |`,
   )
-  console.log(`\nbest of ${ROUNDS} rounds of ${MS} ms each`)
+  console.log(
+    `| native, raw ingestPacked / pure Rust, own process / in this process | ${median(packedRust).toFixed(2)} / ${median(packedIn).toFixed(2)} | - |`,
+  )
+  console.log(`| pure Rust in this process / pure Rust, own process | ${median(inRust).toFixed(2)} | - |`)
+  const apiJs = ratio(all.nativeApi, all.jsApi, 'thread')
+  const apiJsCpu = ratio(all.nativeApi, all.jsApi, 'cpu')
+  console.log(`| native (public API) / fallback (public API) | ${median(apiJs).toFixed(1)} (${median(apiJsCpu).toFixed(1)}) | >= 20 |`)
+  const fmtLoad = (l: number[]) => l.map((x) => x.toFixed(2)).join(' / ')
+  console.log(`\n${INGEST_ROUNDS} rounds of ${INGEST_MS} ms per row; load average ${fmtLoad(load0)} before, ${fmtLoad(load1)} after`)
 }
 
 main().catch((e) => {
