@@ -27,6 +27,7 @@ use dynamo_kv_core::wire::{
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
+mod http_front;
 mod ingest_fast;
 
 fn u64_arg(name: &str, b: &BigInt) -> Result<u64> {
