@@ -435,6 +435,22 @@ pub struct IndexerHttpFront {
     addr: SocketAddr,
 }
 
+/// A bind failure worded as node:http's (`listen EADDRINUSE: address already in use host:port`).
+fn listen_error(host: &str, port: u32, e: std::io::Error) -> Error {
+    use std::io::ErrorKind;
+    let what = match e.kind() {
+        ErrorKind::AddrInUse => Some(("EADDRINUSE", "address already in use")),
+        ErrorKind::AddrNotAvailable => Some(("EADDRNOTAVAIL", "address not available")),
+        ErrorKind::PermissionDenied => Some(("EACCES", "permission denied")),
+        _ => None,
+    };
+    let message = match what {
+        Some((code, text)) => format!("listen {code}: {text} {host}:{port}"),
+        None => format!("listen {host}:{port}: {e}"),
+    };
+    Error::new(Status::GenericFailure, message)
+}
+
 fn limit_arg(name: &str, v: f64) -> Result<usize> {
     if v.is_finite() && v >= 0.0 && v <= LIMIT_MAX {
         Ok(v as usize)
@@ -463,17 +479,18 @@ impl IndexerHttpFront {
         let body_limit = limit_arg("bodyLimit", body_limit)?;
         let port16 = u16::try_from(port)
             .map_err(|_| Error::new(Status::InvalidArg, "port must be within 0..65535"))?;
-        let io_err = |e: std::io::Error| {
+        let io_err = |e: std::io::Error| listen_error(&host, port, e);
+        let not_found = || {
             Error::new(
                 Status::GenericFailure,
-                format!("listen {host}:{port}: {e}"),
+                format!("getaddrinfo ENOTFOUND {host}"),
             )
         };
         let addr = (host.as_str(), port16)
             .to_socket_addrs()
-            .map_err(io_err)?
+            .map_err(|_| not_found())?
             .next()
-            .ok_or_else(|| io_err(std::io::Error::other("no address")))?;
+            .ok_or_else(not_found)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
