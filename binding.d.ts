@@ -24,12 +24,12 @@ export declare class IndexerHttpFront {
   /** The bound port. */
   get port(): number
   /**
-   * Answers requests: `meta` holds (id, status, head length) per answer, `texts` each answer's
-   * head lines (`name: value\r
-  `, ASCII; the head length counts them) followed by its body.
-   * Unknown ids (their client is gone) are skipped.
+   * Answers requests: `meta` holds (id, status, head bytes, body bytes) per answer, `data` each
+   * answer's head lines (`name: value\r
+  `) then its body, one answer after the other. Unknown
+   * ids (their client is gone) are skipped.
    */
-  respond(meta: Uint32Array, texts: Array<string>): void
+  respond(meta: Uint32Array, data: Uint8Array): void
   /**
    * Stops accepting; connections finish their request in flight. The callback is then called
    * once with kind 1 (call `join` then).

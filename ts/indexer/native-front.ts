@@ -28,7 +28,7 @@ interface FrontHandle {
   readonly address: string
   readonly family: string
   readonly port: number
-  respond(meta: Uint32Array, texts: string[]): void
+  respond(meta: Uint32Array, data: Buffer): void
   close(): void
   join(): void
 }
@@ -48,7 +48,11 @@ export const NativeFrontClass: FrontClass | null =
 const KIND_CLOSED = 1
 const TOO_LARGE = 1
 const HAS_CONTENT_TYPE = 2
+const CONTENT_TYPE_JSON = 4
+const METHOD_SHIFT = 3
+const METHODS = [null, 'GET', 'POST', 'HEAD'] as const
 const META_WORDS = 6
+const ANSWER_WORDS = 4
 const JSON_HEAD = 'content-type: application/json\r\n'
 
 /** An answer's head lines (ASCII: content types and header values are the service's own). */
@@ -100,6 +104,29 @@ export class NativeFront {
     return this.#closed
   }
 
+  /** The answers' bytes (head lines, then body, one answer after the other), reused from batch to batch. */
+  #out = Buffer.allocUnsafeSlow(1 << 16)
+  #outLen = 0
+
+  /** Appends an answer to #out; its head and body byte lengths go to meta at word `at`. */
+  #put(r: FrontReply, meta: Uint32Array, at: number): void {
+    const head = headOf(r)
+    const body = r.body
+    // the head is ASCII; a body's UTF-8 takes at most 3 bytes per UTF-16 unit
+    const need = this.#outLen + head.length + 3 * body.length
+    if (need > this.#out.length) {
+      const grown = Buffer.allocUnsafeSlow(Math.max(need, 2 * this.#out.length))
+      this.#out.copy(grown, 0, 0, this.#outLen)
+      this.#out = grown
+    }
+    if (head.length > 0) this.#out.write(head, this.#outLen, 'latin1')
+    this.#outLen += head.length
+    const n = body.length === 0 ? 0 : this.#out.write(body, this.#outLen)
+    this.#outLen += n
+    meta[at + 2] = head.length
+    meta[at + 3] = n
+  }
+
   #batch(kind: number, meta: Uint32Array, data: Buffer): void {
     if (kind === KIND_CLOSED) {
       this.#handle.join()
@@ -107,10 +134,11 @@ export class NativeFront {
       return
     }
     const n = meta.length / META_WORDS
-    const out = new Uint32Array(n * 3)
-    const texts: string[] = []
+    const out = new Uint32Array(n * ANSWER_WORDS)
+    let answered = 0
     let start = 0
     let i = 0
+    this.#outLen = 0
     try {
       for (; i < n; i++) {
         const o = i * META_WORDS
@@ -121,9 +149,14 @@ export class NativeFront {
         const cEnd = meta[o + 4]!
         const bEnd = meta[o + 5]!
         const req: FrontRequest = {
-          method: data.toString('latin1', start, mEnd),
+          method: METHODS[(flags >>> METHOD_SHIFT) & 3] ?? data.toString('latin1', start, mEnd),
           url: data.toString('latin1', mEnd, tEnd),
-          contentType: (flags & HAS_CONTENT_TYPE) !== 0 ? data.toString('latin1', tEnd, cEnd) : undefined,
+          contentType:
+            (flags & CONTENT_TYPE_JSON) !== 0
+              ? 'application/json'
+              : (flags & HAS_CONTENT_TYPE) !== 0
+                ? data.toString('latin1', tEnd, cEnd)
+                : undefined,
           body: data.subarray(cEnd, bEnd),
           tooLarge: (flags & TOO_LARGE) !== 0,
         }
@@ -141,35 +174,40 @@ export class NativeFront {
           )
           continue
         }
-        const h = headOf(r)
-        const k = texts.length
-        out[3 * k] = id
-        out[3 * k + 1] = r.status
-        out[3 * k + 2] = h.length
-        texts.push(h.length === 0 ? r.body : h + r.body)
+        const at = answered * ANSWER_WORDS
+        out[at] = id
+        out[at + 1] = r.status
+        this.#put(r, out, at)
+        answered++
       }
     } catch (e) {
       // a fault outside the handler (the batch itself): every request not yet answered gets the 500
       const fail = this.#failure(e)
       for (; i < n; i++) {
-        const k = texts.length
-        out[3 * k] = meta[i * META_WORDS]!
-        out[3 * k + 1] = fail.status
-        out[3 * k + 2] = headOf(fail).length
-        texts.push(headOf(fail) + fail.body)
+        const at = answered * ANSWER_WORDS
+        out[at] = meta[i * META_WORDS]!
+        out[at + 1] = fail.status
+        this.#put(fail, out, at)
+        answered++
       }
     }
-    if (texts.length > 0) this.#handle.respond(texts.length === n ? out : out.subarray(0, 3 * texts.length), texts)
+    if (answered > 0) this.#handle.respond(answered === n ? out : out.subarray(0, answered * ANSWER_WORDS), this.#out)
   }
 
+  /** One answer that waited for a promise. */
   #one(id: number, r: FrontReply): void {
-    let h: string
+    const meta = new Uint32Array(ANSWER_WORDS)
+    meta[0] = id
+    this.#outLen = 0
     try {
-      h = headOf(r)
+      meta[1] = r.status
+      this.#put(r, meta, 0)
     } catch (e) {
-      r = this.#failure(e)
-      h = headOf(r)
+      const fail = this.#failure(e)
+      this.#outLen = 0
+      meta[1] = fail.status
+      this.#put(fail, meta, 0)
     }
-    this.#handle.respond(Uint32Array.of(id, r.status, h.length), [h + r.body])
+    this.#handle.respond(meta, this.#out)
   }
 }

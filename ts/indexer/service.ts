@@ -719,8 +719,30 @@ export class IndexerService {
 
   /** Answers one HTTP request (counted in the metrics). Never throws for any input. */
   async handle(method: string, url: string, contentType: string | undefined, raw: string): Promise<IndexerReply> {
+    return this.#dispatch(method, url, contentType, raw)
+  }
+
+  /** `handle`, answered synchronously where the route has nothing to wait for (a promise otherwise). */
+  #dispatch(method: string, url: string, contentType: string | undefined, raw: string): IndexerReply | Promise<IndexerReply> {
     const start = performance.now()
-    const reply = await this.#answer(method, url, contentType, raw)
+    let reply: IndexerReply | Promise<IndexerReply>
+    try {
+      reply = this.#route(method, url, contentType, raw)
+    } catch (e) {
+      reply = this.#errorReply(e)
+    }
+    if (reply instanceof Promise)
+      return reply.then(
+        (r) => {
+          this.#observe(method, url, r.status, start)
+          return r
+        },
+        (e) => {
+          const r = this.#errorReply(e)
+          this.#observe(method, url, r.status, start)
+          return r
+        },
+      )
     this.#observe(method, url, reply.status, start)
     return reply
   }
@@ -752,18 +774,16 @@ export class IndexerService {
     }
   }
 
-  async #answer(method: string, url: string, contentType: string | undefined, raw: string): Promise<IndexerReply> {
-    try {
-      return await this.#route(method, url, contentType, raw)
-    } catch (e) {
-      if (e instanceof HttpError) return json(e.status, { error: e.message })
-      if (e instanceof TextError) return text(e.status, e.message)
-      this.#log.error({ err: e }, 'request failed')
-      return json(500, { error: e instanceof Error ? e.message : String(e) })
-    }
+  /** The answer to a refused request (HttpError: JSON, TextError: text) or a failed one (500). */
+  #errorReply(e: unknown): IndexerReply {
+    if (e instanceof HttpError) return json(e.status, { error: e.message })
+    if (e instanceof TextError) return text(e.status, e.message)
+    this.#log.error({ err: e }, 'request failed')
+    return json(500, { error: e instanceof Error ? e.message : String(e) })
   }
 
-  async #route(method: string, url: string, contentType: string | undefined, raw: string): Promise<IndexerReply> {
+  /** The routes; a promise only from those that wait (registrations, metrics). Throws a refusal. */
+  #route(method: string, url: string, contentType: string | undefined, raw: string): IndexerReply | Promise<IndexerReply> {
     const q = url.indexOf('?')
     const path = q < 0 ? url : url.slice(0, q)
     const allow = ROUTES.get(path) ?? (this.#testEndpoints ? TEST_ROUTES.get(path) : undefined)
@@ -783,20 +803,17 @@ export class IndexerService {
         case '/peers':
           return json(200, [...this.#peers])
         case '/metrics':
-          return { status: 200, contentType: 'text/plain; version=0.0.4', body: await this.registry.metrics() }
+          return this.registry.metrics().then((body) => ({ status: 200, contentType: 'text/plain; version=0.0.4', body }))
       }
     }
     if (path === '/reopen_logs') return json(200, OK)
     if (!isJson(contentType)) return text(415, 'Expected request with `Content-Type: application/json`')
     switch (path) {
-      case '/register': {
-        await this.register(parseRegister(raw))
-        return json(201, OK)
-      }
+      case '/register':
+        return this.register(parseRegister(raw)).then(() => json(201, OK))
       case '/unregister': {
         const b = body(raw, 'UnregisterRequest', UNREGISTER)
-        await this.unregister(b as never)
-        return json(200, OK)
+        return this.unregister(b as never).then(() => json(200, OK))
       }
       case '/query': {
         const b = (fastQuery(raw) ?? body(raw, 'QueryRequest', QUERY)) as {
@@ -830,8 +847,7 @@ export class IndexerService {
       case '/test/pause_listener':
       case '/test/resume_listener': {
         const b = body(raw, 'ListenerControlRequest', LISTENER_CONTROL) as { instance_id: bigint; dp_rank?: number | null }
-        await this.listenerControl(b, path === '/test/pause_listener' ? 'pause' : 'resume')
-        return json(200, OK)
+        return this.listenerControl(b, path === '/test/pause_listener' ? 'pause' : 'resume').then(() => json(200, OK))
       }
       case '/register_peer': {
         const b = body(raw, 'PeerRequest', PEER) as { url: string }
@@ -868,7 +884,7 @@ export class IndexerService {
         return reply
       }
     }
-    return this.handle(method, url, req.contentType, req.body.toString('utf8'))
+    return this.#dispatch(method, url, req.contentType, req.body.toString('utf8'))
   }
 
   /** The answer to a request whose handling threw: 500 with the message. */

@@ -44,6 +44,10 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 const TOO_LARGE: u32 = 1;
 /// Request flag: the request has a Content-Type header.
 const HAS_CONTENT_TYPE: u32 = 2;
+/// Request flag: the Content-Type is exactly `application/json` (the common one).
+const CONTENT_TYPE_JSON: u32 = 4;
+/// Request flags: the method is GET (1), POST (2) or HEAD (3) in these bits; 0 another.
+const METHOD_SHIFT: u32 = 3;
 /// Callback kinds: a batch of requests, or the last call after `close`.
 const KIND_BATCH: u32 = 0;
 const KIND_CLOSED: u32 = 1;
@@ -51,8 +55,9 @@ const KIND_CLOSED: u32 = 1;
 /// the request target, the content type and the body in the batch's buffer (each starts where
 /// the previous ends; the first at the previous request's body end, or 0).
 const META_WORDS: usize = 6;
-/// u32 words per answer in `respond`'s meta array: id, status, length of the head lines.
-const ANSWER_WORDS: usize = 3;
+/// u32 words per answer in `respond`'s meta array: id, status, then the byte lengths of its head
+/// lines and of its body, which follow the previous answer's in `respond`'s buffer.
+const ANSWER_WORDS: usize = 4;
 /// A batch's buffer holds at most this many bytes (at least one request): offsets stay u32.
 const BATCH_BYTES: usize = 1 << 30;
 /// Largest body limit (bytes): a body and its batch's offsets stay within u32.
@@ -310,11 +315,17 @@ async fn serve(
         ctx.shared.body_limit
     };
     let content_type = parts.headers.get(CONTENT_TYPE).cloned();
-    let mut flags = if content_type.is_some() {
-        HAS_CONTENT_TYPE
-    } else {
-        0
+    let mut flags = match &content_type {
+        Some(c) if c.as_bytes() == b"application/json" => HAS_CONTENT_TYPE | CONTENT_TYPE_JSON,
+        Some(_) => HAS_CONTENT_TYPE,
+        None => 0,
     };
+    flags |= match parts.method {
+        hyper::Method::GET => 1,
+        hyper::Method::POST => 2,
+        hyper::Method::HEAD => 3,
+        _ => 0,
+    } << METHOD_SHIFT;
     let (chunks, body_len) = match read_body(body, limit).await? {
         Some(b) => b,
         None => {
@@ -586,37 +597,44 @@ impl IndexerHttpFront {
         u32::from(self.addr.port())
     }
 
-    /// Answers requests: `meta` holds (id, status, head length) per answer, `texts` each answer's
-    /// head lines (`name: value\r\n`, ASCII; the head length counts them) followed by its body.
-    /// Unknown ids (their client is gone) are skipped.
+    /// Answers requests: `meta` holds (id, status, head bytes, body bytes) per answer, `data` each
+    /// answer's head lines (`name: value\r\n`) then its body, one answer after the other. Unknown
+    /// ids (their client is gone) are skipped.
     #[napi(catch_unwind)]
-    pub fn respond(&self, meta: Uint32Array, texts: Vec<String>) -> Result<()> {
-        if meta.len() != texts.len() * ANSWER_WORDS {
+    pub fn respond(&self, meta: Uint32Array, data: &[u8]) -> Result<()> {
+        if meta.len() % ANSWER_WORDS != 0 {
             return Err(Error::new(
                 Status::InvalidArg,
-                "meta must hold 3 words per text",
+                "meta must hold 4 words per answer",
             ));
         }
-        let list = texts
-            .into_iter()
-            .zip(meta.chunks_exact(ANSWER_WORDS))
-            .map(|(t, m)| {
-                let status = u16::try_from(m[1])
-                    .ok()
-                    .filter(|s| (100..1000).contains(s))
-                    .unwrap_or(500);
-                let text = Bytes::from(t.into_bytes());
-                let head_len = (m[2] as usize).min(text.len());
-                (
-                    m[0],
-                    Answer {
-                        status,
-                        text,
-                        head_len,
-                    },
-                )
-            })
-            .collect();
+        let n = meta.len() / ANSWER_WORDS;
+        let total: usize = meta
+            .chunks_exact(ANSWER_WORDS)
+            .map(|m| m[2] as usize + m[3] as usize)
+            .sum();
+        let all = Bytes::copy_from_slice(data.get(..total).ok_or_else(|| {
+            Error::new(Status::InvalidArg, "data is shorter than meta says")
+        })?);
+        let mut list = Vec::with_capacity(n);
+        let mut off = 0usize;
+        for m in meta.chunks_exact(ANSWER_WORDS) {
+            let head_len = m[2] as usize;
+            let end = off + head_len + m[3] as usize;
+            let status = u16::try_from(m[1])
+                .ok()
+                .filter(|s| (100..1000).contains(s))
+                .unwrap_or(500);
+            list.push((
+                m[0],
+                Answer {
+                    status,
+                    text: all.slice(off..end),
+                    head_len,
+                },
+            ));
+            off = end;
+        }
         // after close the runtime is gone: the answers have no one to go to
         let _ = self.answers.send(list);
         Ok(())
