@@ -961,8 +961,17 @@ export class IndexerService {
       } catch (e) {
         r = this.#failure(e)
       }
-      if (r instanceof Promise) r.then(send, (e) => send(this.#failure(e)))
-      else send(r)
+      if (r instanceof Promise) r.then(finish, (e) => finish(this.#failure(e)))
+      else finish(r)
+    }
+    // an answer that cannot be sent (not a reply at all) is a 500 instead
+    const finish = (r: IndexerReply) => {
+      try {
+        send(r)
+      } catch (e) {
+        if (res.headersSent) res.destroy()
+        else send(this.#failure(e))
+      }
     }
     const declared = Number(req.headers['content-length'] ?? 0)
     if (declared > limit) {

@@ -326,11 +326,18 @@ async fn serve(
         hyper::Method::HEAD => 3,
         _ => 0,
     } << METHOD_SHIFT;
-    let (chunks, body_len) = match read_body(body, limit).await? {
-        Some(b) => b,
-        None => {
+    let (chunks, body_len) = match read_body(body, limit).await {
+        Ok(Some(b)) => b,
+        Ok(None) => {
             flags |= TOO_LARGE;
             (Vec::new(), 0)
+        }
+        // a malformed body (a bad chunk size, a short read): 400, as for a malformed head
+        Err(_) => {
+            let mut r = plain(StatusCode::BAD_REQUEST);
+            r.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            return Ok(r);
         }
     };
     let id = ctx.shared.next_id.fetch_add(1, Ordering::Relaxed);
