@@ -131,9 +131,7 @@ for (const front of FRONTS) {
       c.socket.write(req('POST', '/register', REGISTER, { 'content-type': 'application/json' }))
       t.like(await c.next(), { status: 201, body: '{"status":"ok"}' })
       // three requests in one write: a query, a 404 and a health check
-      c.socket.write(
-        req('POST', '/query', QUERY, { 'content-type': 'application/json' }) + req('GET', '/nope') + req('GET', '/health'),
-      )
+      c.socket.write(req('POST', '/query', QUERY, { 'content-type': 'application/json' }) + req('GET', '/nope') + req('GET', '/health'))
       t.like(await c.next(), { status: 200, body: EMPTY_SCORES, headers: { 'content-type': 'application/json' } })
       t.like(await c.next(), { status: 404, body: '' })
       t.like(await c.next(), { status: 200, body: '', headers: { 'content-length': '0' } })
@@ -149,7 +147,8 @@ for (const front of FRONTS) {
     try {
       t.is((await postJson(port, '/register', REGISTER)).status, 201)
       const chunk = (s: string) => `${Buffer.byteLength(s).toString(16)}\r\n${s}\r\n`
-      const head = 'POST /query HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n'
+      const head =
+        'POST /query HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n'
       const text = await rawExchange(port, [head, chunk(QUERY.slice(0, 10)), chunk(QUERY.slice(10)), '0\r\n\r\n'])
       t.regex(text, /^HTTP\/1\.1 200 OK\r\n/)
       t.true(text.endsWith(`\r\n\r\n${EMPTY_SCORES}`), text)
@@ -379,7 +378,12 @@ test('the native front survives 1,000 random byte streams and answers afterwards
     s = (s * 1664525 + 1013904223) >>> 0
     return s / 2 ** 32
   }
-  const prefixes = ['', 'GET / HTTP/1.1\r\n', 'POST /query HTTP/1.1\r\nContent-Length: 10\r\n\r\n', 'POST /query HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n']
+  const prefixes = [
+    '',
+    'GET / HTTP/1.1\r\n',
+    'POST /query HTTP/1.1\r\nContent-Length: 10\r\n\r\n',
+    'POST /query HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n',
+  ]
   try {
     for (let round = 0; round < 50; round++) {
       await Promise.all(

@@ -383,7 +383,11 @@ export async function benchIndexerHttp(): Promise<void> {
           `| ${what}, ${connections} keep-alive connections, ${SECONDS} s | ${svc.front} | ${(m.lat.length / m.seconds).toFixed(0)} | ${pct(0.5)} | ${pct(0.99)} | ${m.lat.at(-1)!.toFixed(2)} ms | ${m.errors} | ${m.clientCpu.toFixed(2)} | ${m.svc?.cores.toFixed(2) ?? '-'} | ${m.svc === null ? '-' : `${m.svc.mainUsPerRequest.toFixed(1)} µs`} |`,
         )
       }
-    console.log(`load average after: ${loadavg().map((x) => x.toFixed(1)).join(', ')}`)
+    console.log(
+      `load average after: ${loadavg()
+        .map((x) => x.toFixed(1))
+        .join(', ')}`,
+    )
   } finally {
     for (const s of sims) s.close()
     for (const { child } of services) {

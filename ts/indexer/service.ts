@@ -50,7 +50,9 @@ export function resolveHttpFront(http?: string): IndexerHttpFront {
   if (want === undefined) return nativeHttpAvailable ? 'native' : 'node'
   if (want !== 'native' && want !== 'node') throw new Error(`the HTTP front must be native or node, got ${JSON.stringify(want)}`)
   if (want === 'native' && !nativeHttpAvailable)
-    throw new Error('the native HTTP front needs the native core, which is not loaded (DYNAMO_KV_FORCE_JS=1 or no binary for this platform)')
+    throw new Error(
+      'the native HTTP front needs the native core, which is not loaded (DYNAMO_KV_FORCE_JS=1 or no binary for this platform)',
+    )
   return want
 }
 

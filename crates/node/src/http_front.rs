@@ -470,7 +470,7 @@ fn listen_error(host: &str, port: u32, e: std::io::Error) -> Error {
 }
 
 fn limit_arg(name: &str, v: f64) -> Result<usize> {
-    if v.is_finite() && v >= 0.0 && v <= LIMIT_MAX {
+    if (0.0..=LIMIT_MAX).contains(&v) {
         Ok(v as usize)
     } else {
         Err(Error::new(
@@ -555,7 +555,11 @@ impl IndexerHttpFront {
                     }
                 };
                 let (meta, data) = pack(batch);
-                Ok(FnArgs::from((kind, Uint32Array::new(meta), Buffer::from(data))))
+                Ok(FnArgs::from((
+                    kind,
+                    Uint32Array::new(meta),
+                    Buffer::from(data),
+                )))
             })?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let (answers_tx, answers_rx) = mpsc::unbounded_channel();
@@ -609,7 +613,7 @@ impl IndexerHttpFront {
     /// ids (their client is gone) are skipped.
     #[napi(catch_unwind)]
     pub fn respond(&self, meta: Uint32Array, data: &[u8]) -> Result<()> {
-        if meta.len() % ANSWER_WORDS != 0 {
+        if !meta.len().is_multiple_of(ANSWER_WORDS) {
             return Err(Error::new(
                 Status::InvalidArg,
                 "meta must hold 4 words per answer",
@@ -620,9 +624,10 @@ impl IndexerHttpFront {
             .chunks_exact(ANSWER_WORDS)
             .map(|m| m[2] as usize + m[3] as usize)
             .sum();
-        let all = Bytes::copy_from_slice(data.get(..total).ok_or_else(|| {
-            Error::new(Status::InvalidArg, "data is shorter than meta says")
-        })?);
+        let all = Bytes::copy_from_slice(
+            data.get(..total)
+                .ok_or_else(|| Error::new(Status::InvalidArg, "data is shorter than meta says"))?,
+        );
         let mut list = Vec::with_capacity(n);
         let mut off = 0usize;
         for m in meta.chunks_exact(ANSWER_WORDS) {
