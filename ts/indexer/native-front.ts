@@ -191,7 +191,16 @@ export class NativeFront {
         answered++
       }
     }
-    if (answered > 0) this.#handle.respond(answered === n ? out : out.subarray(0, answered * ANSWER_WORDS), this.#out)
+    if (answered > 0) this.#send(answered === n ? out : out.subarray(0, answered * ANSWER_WORDS))
+  }
+
+  /** Hands answers to the server; nothing escapes this callback (an exception there would end the process). */
+  #send(meta: Uint32Array): void {
+    try {
+      this.#handle.respond(meta, this.#out)
+    } catch (e) {
+      this.#failure(e)
+    }
   }
 
   /** One answer that waited for a promise. */
@@ -208,6 +217,6 @@ export class NativeFront {
       meta[1] = fail.status
       this.#put(fail, meta, 0)
     }
-    this.#handle.respond(meta, this.#out)
+    this.#send(meta)
   }
 }
