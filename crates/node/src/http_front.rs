@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -91,15 +91,16 @@ struct Answer {
     head_len: usize,
 }
 
-struct Queue {
-    items: Vec<Pending>,
-    /// A batch call is on its way to JavaScript: requests queued meanwhile go with it.
-    scheduled: bool,
-}
-
 /// What the runtime's tasks and the JavaScript thread share.
 struct Shared {
-    queue: Mutex<Queue>,
+    /// Requests for JavaScript: a lock-free queue, so that a connection task never waits for the
+    /// JavaScript thread (nor the other way round) on a lock.
+    queue: std::sync::mpsc::Sender<Pending>,
+    /// A batch call is on its way to JavaScript: requests queued meanwhile go with it.
+    scheduled: AtomicBool,
+    /// The threadsafe function refused a call (Node is shutting down): requests are answered 503.
+    dead: AtomicBool,
+    /// The requests waiting for an answer (used on the runtime's thread only).
     waiters: Mutex<HashMap<u32, oneshot::Sender<Answer>>>,
     next_id: AtomicU32,
     query_limit: usize,
@@ -111,29 +112,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    /// Takes the queued requests for one batch; `more` when some are left for the next call.
-    fn take_batch(&self) -> (Vec<Pending>, bool) {
-        let mut q = lock(&self.queue);
-        let mut bytes = 0usize;
-        let mut n = 0;
-        for p in &q.items {
-            let size = p.method.as_str().len()
-                + p.target.len()
-                + p.content_type.as_ref().map_or(0, |c| c.len())
-                + p.body_len;
-            if n > 0 && bytes + size > BATCH_BYTES {
-                break;
-            }
-            bytes += size;
-            n += 1;
-        }
-        let batch: Vec<Pending> = q.items.drain(..n).collect();
-        let more = !q.items.is_empty();
-        // with requests left, the batch call stays scheduled: the runtime is asked to call again
-        q.scheduled = more;
-        (batch, more)
-    }
-
     /// Completes a waiting request (nothing when its client is gone).
     fn complete(&self, id: u32, answer: Answer) {
         if let Some(tx) = lock(&self.waiters).remove(&id) {
@@ -153,16 +131,51 @@ enum Event {
 type Tsfn = ThreadsafeFunction<Event, Unknown<'static>, BatchArgs, Status, false>;
 
 /// Packs requests into the callback's meta words and buffer.
+fn size(p: &Pending) -> usize {
+    p.method.as_str().len()
+        + p.target.len()
+        + p.content_type.as_ref().map_or(0, |c| c.len())
+        + p.body_len
+}
+
+/// The JavaScript thread's end of the queue: takes one batch (at most BATCH_BYTES, at least one
+/// request); a request that did not fit is carried to the next call, which it asks for.
+struct Taker {
+    queue: std::sync::mpsc::Receiver<Pending>,
+    carry: Option<Pending>,
+    shared: Arc<Shared>,
+    again: mpsc::UnboundedSender<()>,
+}
+
+impl Taker {
+    fn take(&mut self) -> Vec<Pending> {
+        // cleared before draining: a request queued from here on either is drained below or
+        // schedules the next call itself
+        self.shared.scheduled.store(false, Ordering::SeqCst);
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        if let Some(p) = self.carry.take() {
+            bytes += size(&p);
+            batch.push(p);
+        }
+        while let Ok(p) = self.queue.try_recv() {
+            let n = size(&p);
+            if !batch.is_empty() && bytes + n > BATCH_BYTES {
+                self.carry = Some(p);
+                break;
+            }
+            bytes += n;
+            batch.push(p);
+        }
+        if self.carry.is_some() && !self.shared.scheduled.swap(true, Ordering::SeqCst) {
+            let _ = self.again.send(());
+        }
+        batch
+    }
+}
+
 fn pack(batch: Vec<Pending>) -> (Vec<u32>, Vec<u8>) {
-    let total: usize = batch
-        .iter()
-        .map(|p| {
-            p.method.as_str().len()
-                + p.target.len()
-                + p.content_type.as_ref().map_or(0, |c| c.len())
-                + p.body_len
-        })
-        .sum();
+    let total: usize = batch.iter().map(size).sum();
     let mut data = Vec::with_capacity(total);
     let mut meta = Vec::with_capacity(batch.len() * META_WORDS);
     for p in batch {
@@ -192,28 +205,14 @@ struct Ctx {
 }
 
 impl Ctx {
-    /// Calls JavaScript for a batch; when the call cannot be queued (Node is shutting down), the
-    /// queued requests are answered 503 instead of waiting forever.
+    /// Calls JavaScript for a batch. When the call cannot be queued (Node is shutting down), the
+    /// requests from then on are answered 503 at once (those queued end with their connection).
     fn call_batch(&self) {
         let status = self
             .tsfn
             .call(Event::Batch, ThreadsafeFunctionCallMode::NonBlocking);
         if status != Status::Ok {
-            let items: Vec<Pending> = {
-                let mut q = lock(&self.shared.queue);
-                q.scheduled = false;
-                q.items.drain(..).collect()
-            };
-            for p in items {
-                self.shared.complete(
-                    p.id,
-                    Answer {
-                        status: 503,
-                        text: Bytes::new(),
-                        head_len: 0,
-                    },
-                );
-            }
+            self.shared.dead.store(true, Ordering::SeqCst);
         }
     }
 }
@@ -340,23 +339,26 @@ async fn serve(
             return Ok(r);
         }
     };
+    if ctx.shared.dead.load(Ordering::SeqCst) {
+        return Ok(plain(StatusCode::SERVICE_UNAVAILABLE));
+    }
     let id = ctx.shared.next_id.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = oneshot::channel();
     lock(&ctx.shared.waiters).insert(id, tx);
-    let call = {
-        let mut q = lock(&ctx.shared.queue);
-        q.items.push(Pending {
-            id,
-            flags,
-            method: parts.method,
-            target,
-            content_type,
-            body: chunks,
-            body_len,
-        });
-        !std::mem::replace(&mut q.scheduled, true)
-    };
-    if call {
+    let queued = ctx.shared.queue.send(Pending {
+        id,
+        flags,
+        method: parts.method,
+        target,
+        content_type,
+        body: chunks,
+        body_len,
+    });
+    if queued.is_err() {
+        lock(&ctx.shared.waiters).remove(&id);
+        return Ok(plain(StatusCode::SERVICE_UNAVAILABLE));
+    }
+    if !ctx.shared.scheduled.swap(true, Ordering::SeqCst) {
         ctx.call_batch();
     }
     Ok(match rx.await {
@@ -528,31 +530,30 @@ impl IndexerHttpFront {
             socket.listen(511).map_err(io_err)?
         };
         let local = listener.local_addr().map_err(io_err)?;
+        let (queue_tx, queue_rx) = std::sync::mpsc::channel();
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue {
-                items: Vec::new(),
-                scheduled: false,
-            }),
+            queue: queue_tx,
+            scheduled: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
             waiters: Mutex::new(HashMap::new()),
             next_id: AtomicU32::new(0),
             query_limit,
             body_limit,
         });
         let (again_tx, again_rx) = mpsc::unbounded_channel::<()>();
-        let cb_shared = shared.clone();
+        let mut taker = Taker {
+            queue: queue_rx,
+            carry: None,
+            shared: shared.clone(),
+            again: again_tx,
+        };
         let tsfn: Tsfn = on_batch
             .build_threadsafe_function::<Event>()
             .callee_handled::<false>()
             .build_callback(move |ctx: ThreadsafeCallContext<Event>| {
                 let (kind, batch) = match ctx.value {
                     Event::Closed => (KIND_CLOSED, Vec::new()),
-                    Event::Batch => {
-                        let (batch, more) = cb_shared.take_batch();
-                        if more {
-                            let _ = again_tx.send(());
-                        }
-                        (KIND_BATCH, batch)
-                    }
+                    Event::Batch => (KIND_BATCH, taker.take()),
                 };
                 let (meta, data) = pack(batch);
                 Ok(FnArgs::from((
