@@ -669,3 +669,74 @@ impl IndexerHttpFront {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, head: &str, body: &str, head_len: usize) -> Answer {
+        Answer {
+            status,
+            text: Bytes::from(format!("{head}{body}")),
+            head_len,
+        }
+    }
+
+    #[test]
+    fn an_answer_becomes_its_response() {
+        let head = "content-type: application/json\r\nallow: GET,HEAD\r\n";
+        let r = response(answer(405, head, "{}", head.len()), false);
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
+        assert_eq!(r.headers()["allow"], "GET,HEAD");
+        assert_eq!(r.headers()[CONTENT_LENGTH], "2");
+        assert!(r.headers().get(CONNECTION).is_none());
+        let closing = response(answer(413, "", "too large", 0), true);
+        assert_eq!(closing.headers()[CONNECTION], "close");
+        assert_eq!(closing.headers()[CONTENT_LENGTH], "9");
+    }
+
+    #[test]
+    fn malformed_answers_never_panic() {
+        // lines without a colon, bad names and values, a head longer than the text, odd statuses
+        let head = "no colon\r\n: empty name\r\nbad name: v\r\nx-ok: \u{7f}\r\n\r\n";
+        let r = response(answer(200, head, "body", head.len()), false);
+        assert_eq!(r.headers()[CONTENT_LENGTH], "4");
+        let r = response(answer(1000, "", "", 0), false);
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let r = response(answer(204, "a: b", "", 999), false);
+        assert_eq!(r.headers()[CONTENT_LENGTH], "0");
+    }
+
+    #[test]
+    fn a_batch_is_packed_end_to_end() {
+        let p = |id,
+                 method: hyper::Method,
+                 target: &str,
+                 ct: Option<&'static str>,
+                 body: &[&'static str]| Pending {
+            id,
+            flags: 0,
+            method,
+            target: target.to_owned(),
+            content_type: ct.map(HeaderValue::from_static),
+            body: body
+                .iter()
+                .map(|b| Bytes::from_static(b.as_bytes()))
+                .collect(),
+            body_len: body.iter().map(|b| b.len()).sum(),
+        };
+        let (meta, data) = pack(vec![
+            p(
+                7,
+                hyper::Method::POST,
+                "/query",
+                Some("application/json"),
+                &["{\"a\"", ":1}"],
+            ),
+            p(8, hyper::Method::GET, "/health", None, &[]),
+        ]);
+        assert_eq!(data, b"POST/queryapplication/json{\"a\":1}GET/health");
+        assert_eq!(meta, vec![7, 0, 4, 10, 26, 33, 8, 0, 36, 43, 43, 43]);
+    }
+}
