@@ -53,6 +53,8 @@ const METHOD_SHIFT = 3
 const METHODS = [null, 'GET', 'POST', 'HEAD'] as const
 const META_WORDS = 6
 const ANSWER_WORDS = 4
+/** A batch's answers go back this many at a time: the server writes them while the rest are computed. */
+const FLUSH_EVERY = 8
 const JSON_HEAD = 'content-type: application/json\r\n'
 
 /** An answer's head lines (ASCII: content types and header values are the service's own). */
@@ -136,6 +138,7 @@ export class NativeFront {
     const n = meta.length / META_WORDS
     const out = new Uint32Array(n * ANSWER_WORDS)
     let answered = 0
+    let flushed = 0
     let start = 0
     let i = 0
     this.#outLen = 0
@@ -179,6 +182,11 @@ export class NativeFront {
         out[at + 1] = r.status
         this.#put(r, out, at)
         answered++
+        if (answered - flushed === FLUSH_EVERY && i + 1 < n) {
+          this.#send(out.subarray(flushed * ANSWER_WORDS, answered * ANSWER_WORDS))
+          flushed = answered
+          this.#outLen = 0
+        }
       }
     } catch (e) {
       // a fault outside the handler (the batch itself): every request not yet answered gets the 500
@@ -191,7 +199,7 @@ export class NativeFront {
         answered++
       }
     }
-    if (answered > 0) this.#send(answered === n ? out : out.subarray(0, answered * ANSWER_WORDS))
+    if (answered > flushed) this.#send(out.subarray(flushed * ANSWER_WORDS, answered * ANSWER_WORDS))
   }
 
   /** Hands answers to the server; nothing escapes this callback (an exception there would end the process). */
