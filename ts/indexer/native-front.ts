@@ -1,7 +1,7 @@
 // The indexer's native HTTP front: crates/node/src/http_front.rs serves HTTP/1.1 (hyper on a thread of
 // its own: the sockets, the parsing, the bodies up to their limit) and hands the requests over in batches,
 // one callback per batch; each is answered here by the same request → reply function as the node:http
-// front's (IndexerService.respond), and the answers go back in one call per batch (one per answer that
+// front's (IndexerService.respond), and the answers go back eight per call (one call per answer that
 // waited for a promise). The index stays on this thread.
 import type { AddressInfo } from 'node:net'
 import { implementation, raw } from '../core/native.js'
