@@ -835,6 +835,7 @@ function __napiStampBindingTarget(exportsObject, target) {
 // linked import resolves to `undefined`.
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
+module.exports.IndexerHttpFront = nativeBinding.IndexerHttpFront
 module.exports.RawIngestor = nativeBinding.RawIngestor
 module.exports.RawLocalIndexer = nativeBinding.RawLocalIndexer
 module.exports.RawRadixIndex = nativeBinding.RawRadixIndex

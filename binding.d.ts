@@ -9,6 +9,36 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
+/** The standalone indexer's native HTTP front (see the module's doc). */
+export declare class IndexerHttpFront {
+  /**
+   * Binds host:port (port 0: any free one) and starts serving: `onBatch(kind, meta, data)` is
+   * called on the JavaScript thread with each batch of requests (kind 0), and once after
+   * `close` when the last connection has finished (kind 1).
+   */
+  constructor(host: string, port: number, queryBodyLimit: number, bodyLimit: number, onBatch: (arg: BatchArgs) => unknown)
+  /** The bound address. */
+  get address(): string
+  /** `IPv4` or `IPv6`. */
+  get family(): string
+  /** The bound port. */
+  get port(): number
+  /**
+   * Answers requests: `meta` holds (id, status, head bytes, body bytes) per answer, `data` each
+   * answer's head lines (`name: value\r
+  `) then its body, one answer after the other. Unknown
+   * ids (their client is gone) are skipped.
+   */
+  respond(meta: Uint32Array, data: Uint8Array): void
+  /**
+   * Stops accepting; connections finish their request in flight. The callback is then called
+   * once with kind 1 (call `join` then).
+   */
+  close(): void
+  /** Waits for the server's thread to end (after the kind 1 call, it is ending or gone). */
+  join(): void
+}
+
 /**
  * Outputs are handed over as copies in buffers V8 owns: a buffer over Rust memory is freed only
  * by a finalizer, which Node runs on a later event-loop turn, so a synchronous loop would pile

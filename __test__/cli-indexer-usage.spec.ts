@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { needCli, runCli, startCli } from './helpers/cli.js'
 import { http } from './helpers/http.js'
+import { implementation } from '../ts/core/native.js'
 
 test.before(() => needCli())
 
@@ -105,6 +106,26 @@ test.serial('the test-only listener routes are served with --test-endpoints or D
       if (mounted) t.deepEqual([r.status, r.body], [404, '{"error":"instance 70 not found"}'], `${path} ${args} ${JSON.stringify(env)}`)
       else t.deepEqual([r.status, r.body], [404, ''], `${path} ${args} ${JSON.stringify(env)}`)
     }
+    run.child.kill('SIGINT')
+    t.is(await run.exit, 0)
+  }
+})
+
+test.serial('--http picks the HTTP front (native by default with the native core); native without the core exits 2', async (t) => {
+  await usageError(t, ['--http', 'uv'], /--http.*'uv' is invalid/)
+  await usageError(t, ['--http', 'native'], /--http native: .*needs the native core/, { DYNAMO_KV_FORCE_JS: '1' })
+  await usageError(t, [], /'uv' from env 'DYNAMO_KV_INDEXER_HTTP' is invalid/, { DYNAMO_KV_INDEXER_HTTP: 'uv' })
+  const byDefault = implementation === 'native' ? 'native' : 'node'
+  for (const [args, env, front] of [
+    [[], { DYNAMO_KV_INDEXER_HTTP: undefined }, byDefault],
+    [['--http', 'node'], {}, 'node'],
+    [[], { DYNAMO_KV_INDEXER_HTTP: 'node' }, 'node'],
+    ...(implementation === 'native' ? [[['--http', 'native'], {}, 'native']] : []),
+  ] as [string[], Record<string, string | undefined>, string][]) {
+    const run = startCli(['indexer', '--port', '0', '--log-format', 'json', ...args], env)
+    const ready = await run.waitForLog((r) => r.msg === 'indexer listening')
+    t.is(ready.http, front, `${args} ${JSON.stringify(env)}`)
+    t.is((await http(ready.port as number, 'GET', '/health')).status, 200)
     run.child.kill('SIGINT')
     t.is(await run.exit, 0)
   }

@@ -10,6 +10,9 @@
 // share the machine's 2 cores, so the client is light by default (BENCH_HTTP_CLIENT=raw: requests
 // encoded once, written whole on plain sockets); BENCH_HTTP_CLIENT=node uses the node:http client.
 // BENCH_INDEXER_CLI runs another build's bin; BENCH_PROF=DIR writes a CPU profile of the service.
+// BENCH_INDEXER_HTTP names the HTTP fronts to compare (default `native,node`; `default` starts the bin
+// without --http, for a build that has no such option): one service per front, all subscribed to the same
+// engines (so they index the same blocks), measured alternately row by row in the same minutes.
 // The service's own CPU time is read from /proc over each row: its main (JavaScript) thread per request
 // (schedstat, ns) and the whole process in cores (stat: utime + stime). CPU per request stays comparable
 // when other work shares the machine, where the rates do not.
@@ -37,6 +40,10 @@ const CONNECTIONS = (process.env.BENCH_HTTP_CONNECTIONS ?? '8,32').split(',').ma
 /** The load generator: `raw` (default) pre-encoded requests on plain sockets; `node` the node:http client. */
 const CLIENT = process.env.BENCH_HTTP_CLIENT ?? 'raw'
 if (CLIENT !== 'raw' && CLIENT !== 'node') throw new Error(`BENCH_HTTP_CLIENT must be raw or node, got ${CLIENT}`)
+/** The HTTP fronts compared, one service each (`default`: no --http flag). */
+const FRONTS = (process.env.BENCH_INDEXER_HTTP ?? 'native,node').split(',').map((f) => f.trim())
+for (const f of FRONTS)
+  if (f !== 'native' && f !== 'node' && f !== 'default') throw new Error(`BENCH_INDEXER_HTTP: native, node or default, got ${f}`)
 
 function rng(seed: number) {
   let s = seed >>> 0 || 1
@@ -215,13 +222,14 @@ const encodeRequest = (port: number, method: string, path: string, body?: string
       : `${method} ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: keep-alive\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
   )
 
-async function startIndexer(): Promise<{ child: ChildProcess; port: number }> {
+async function startIndexer(front: string): Promise<{ child: ChildProcess; port: number }> {
   const child = spawn(
     process.execPath,
     [
       ...(process.env.BENCH_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_PROF] : []),
       CLI,
       'indexer',
+      ...(front === 'default' ? [] : ['--http', front]),
       '--port',
       '0',
       '--log-format',
@@ -247,43 +255,50 @@ async function startIndexer(): Promise<{ child: ChildProcess; port: number }> {
 
 export async function benchIndexerHttp(): Promise<void> {
   console.log(`\n## Standalone indexer service (dynamo-kv indexer), ${cpus().length} cores, load ${loadavg()[0]!.toFixed(1)}`)
-  const { child, port } = await startIndexer()
+  const services: { front: string; child: ChildProcess; port: number }[] = []
   const sims: EngineSimulator[] = []
   try {
+    for (const front of FRONTS) services.push({ front, ...(await startIndexer(front)) })
     for (let w = 0; w < WORKERS; w++) {
       const sim = await EngineSimulator.create({ kvBlockSize: BS, replayEndpoint: 'tcp://127.0.0.1:0', replayBufferSize: CHAINS + 10 })
       sims.push(sim)
-      const r = await post(
-        port,
-        '/register',
-        JSON.stringify({
-          instance_id: w + 1,
-          endpoint: sim.endpoint,
-          replay_endpoint: sim.replayEndpoint,
-          model_name: 'bench',
-          block_size: BS,
-        }),
-      )
-      if (r.status !== 201) throw new Error(`register: ${r.status} ${r.body}`)
+      // every service subscribes to every engine: they all index the same blocks
+      for (const { port } of services) {
+        const r = await post(
+          port,
+          '/register',
+          JSON.stringify({
+            instance_id: w + 1,
+            endpoint: sim.endpoint,
+            replay_endpoint: sim.replayEndpoint,
+            model_name: 'bench',
+            block_size: BS,
+          }),
+        )
+        if (r.status !== 201) throw new Error(`register: ${r.status} ${r.body}`)
+      }
     }
     const t0 = performance.now()
     for (let c = 0; c < CHAINS; c++) for (let w = 0; w < WORKERS; w++) await sims[w]!.sendPayload(batch(w, c))
     // loaded when every worker's last chain is matched whole
     const last = (w: number) => JSON.stringify({ token_ids: chain(w, CHAINS - 1).tokens, model_name: 'bench' })
-    for (let w = 0; w < WORKERS; w++) {
-      for (let k = 0; ; k++) {
-        const r = await post(port, '/query', last(w))
-        if (r.status !== 200) throw new Error(`/query while loading: ${r.status} ${JSON.stringify(r.body)}`)
-        const scores = JSON.parse(r.body) as { scores: Record<string, Record<string, number>> }
-        if (scores.scores[String(w + 1)]?.['0'] === BLOCKS * BS) break
-        if (k > 600) throw new Error(`worker ${w + 1} never finished loading`)
-        await sims[w]!.heartbeat()
-        await new Promise((res) => setTimeout(res, 100))
+    for (const { port } of services)
+      for (let w = 0; w < WORKERS; w++) {
+        for (let k = 0; ; k++) {
+          const r = await post(port, '/query', last(w))
+          if (r.status !== 200) throw new Error(`/query while loading: ${r.status} ${JSON.stringify(r.body)}`)
+          const scores = JSON.parse(r.body) as { scores: Record<string, Record<string, number>> }
+          if (scores.scores[String(w + 1)]?.['0'] === BLOCKS * BS) break
+          if (k > 600) throw new Error(`worker ${w + 1} never finished loading`)
+          await sims[w]!.heartbeat()
+          await new Promise((res) => setTimeout(res, 100))
+        }
       }
-    }
     const loadS = (performance.now() - t0) / 1000
     const entries = WORKERS * CHAINS * BLOCKS
-    console.log(`index: ${WORKERS} workers, ${entries} (worker, block) entries, loaded over ZeroMQ in ${loadS.toFixed(1)} s`)
+    console.log(
+      `index: ${WORKERS} workers, ${entries} (worker, block) entries in each of ${services.length} service(s) (HTTP front: ${FRONTS.join(', ')}), loaded over ZeroMQ in ${loadS.toFixed(1)} s`,
+    )
 
     // prompts: half a document prefix (shared by many workers), half one worker's own chain
     const r = rng(99)
@@ -296,10 +311,20 @@ export async function benchIndexerHttp(): Promise<void> {
       } else tokens = chain(Math.floor(r() * WORKERS), Math.floor(r() * CHAINS)).tokens
       bodies.push(JSON.stringify({ token_ids: tokens, model_name: 'bench' }))
     }
-    const encoded = bodies.map((b) => encodeRequest(port, 'POST', '/query', b))
-    const health = encodeRequest(port, 'GET', '/health')
+    // the same answers from every service (they index the same blocks)
+    const expected = new Map<number, string>()
+    for (const { port, front } of services)
+      for (let q = 0; q < 20; q++) {
+        const body = (await post(port, '/query', bodies[q]!)).body
+        const had = expected.get(q)
+        if (had === undefined) expected.set(q, body)
+        else if (had !== body) throw new Error(`the ${front} service answers query ${q} differently: ${body} vs ${had}`)
+      }
     // warm up, then measure; the client's own CPU time is measured too (it shares the cores)
-    const run = async (connections: number, seconds: number, path = '/query') => {
+    const run = async (svc: { child: ChildProcess; port: number }, connections: number, seconds: number, path = '/query') => {
+      const { port, child } = svc
+      const encoded = bodies.map((b) => encodeRequest(port, 'POST', '/query', b))
+      const health = encodeRequest(port, 'GET', '/health')
       const lat: number[] = []
       let errors = 0
       const end = performance.now() + seconds * 1000
@@ -334,32 +359,41 @@ export async function benchIndexerHttp(): Promise<void> {
       const wall = (performance.now() - s) / 1000
       const cpu = process.cpuUsage(cpu0)
       const svc1 = processCpu(child.pid!)
-      const svc =
+      const used =
         svc0 === null || svc1 === null
           ? null
           : { mainUsPerRequest: (svc1.mainNs - svc0.mainNs) / 1000 / lat.length, cores: (svc1.ticks - svc0.ticks) / TICKS / wall }
-      return { lat, errors, seconds: wall, clientCpu: (cpu.user + cpu.system) / 1e6 / wall, svc }
+      return { lat, errors, seconds: wall, clientCpu: (cpu.user + cpu.system) / 1e6 / wall, svc: used }
     }
-    await run(Math.max(...CONNECTIONS), 2)
+    for (const svc of services) await run(svc, Math.max(...CONNECTIONS), 2)
     console.log(`client: ${CLIENT === 'raw' ? 'raw sockets, pre-encoded requests' : 'node:http'}`)
     console.log(
-      '| load | queries/s | p50 | p99 | max | errors | client CPU (cores) | service CPU (cores) | service main thread CPU per request |\n|---|---|---|---|---|---|---|---|---|',
+      '| load | HTTP front | queries/s | p50 | p99 | max | errors | client CPU (cores) | service CPU (cores) | service main thread CPU per request |\n|---|---|---|---|---|---|---|---|---|---|',
     )
     const rows: [string, number, string][] = CONNECTIONS.map((c) => ['POST /query, 1,024-token prompts', c, '/query'])
     // the HTTP floor: a route that does no work, at the highest load
     rows.push(['GET /health (no work: the HTTP floor)', Math.max(...CONNECTIONS), '/health'])
-    for (const [what, connections, path] of rows) {
-      const m = await run(connections, SECONDS, path)
-      m.lat.sort((a, b) => a - b)
-      const pct = (p: number) => `${m.lat[Math.min(m.lat.length - 1, Math.floor(p * m.lat.length))]!.toFixed(2)} ms`
-      console.log(
-        `| ${what}, ${connections} keep-alive connections, ${SECONDS} s | ${(m.lat.length / m.seconds).toFixed(0)} | ${pct(0.5)} | ${pct(0.99)} | ${m.lat.at(-1)!.toFixed(2)} ms | ${m.errors} | ${m.clientCpu.toFixed(2)} | ${m.svc?.cores.toFixed(2) ?? '-'} | ${m.svc === null ? '-' : `${m.svc.mainUsPerRequest.toFixed(1)} µs`} |`,
-      )
-    }
+    // each row for every front in turn: the fronts share the same minutes of the machine
+    for (const [what, connections, path] of rows)
+      for (const svc of services) {
+        const m = await run(svc, connections, SECONDS, path)
+        m.lat.sort((a, b) => a - b)
+        const pct = (p: number) => `${m.lat[Math.min(m.lat.length - 1, Math.floor(p * m.lat.length))]!.toFixed(2)} ms`
+        console.log(
+          `| ${what}, ${connections} keep-alive connections, ${SECONDS} s | ${svc.front} | ${(m.lat.length / m.seconds).toFixed(0)} | ${pct(0.5)} | ${pct(0.99)} | ${m.lat.at(-1)!.toFixed(2)} ms | ${m.errors} | ${m.clientCpu.toFixed(2)} | ${m.svc?.cores.toFixed(2) ?? '-'} | ${m.svc === null ? '-' : `${m.svc.mainUsPerRequest.toFixed(1)} µs`} |`,
+        )
+      }
+    console.log(
+      `load average after: ${loadavg()
+        .map((x) => x.toFixed(1))
+        .join(', ')}`,
+    )
   } finally {
     for (const s of sims) s.close()
-    child.kill('SIGTERM')
-    await new Promise((res) => child.once('exit', res))
+    for (const { child } of services) {
+      child.kill('SIGTERM')
+      await new Promise((res) => child.once('exit', res))
+    }
     agent.destroy()
   }
 }

@@ -2,7 +2,7 @@
 import type { Command } from 'commander'
 import { readFileSync } from 'node:fs'
 import { parseJson } from '../indexer/json.js'
-import { IndexerService, parseRegister } from '../indexer/service.js'
+import { IndexerService, parseRegister, resolveHttpFront } from '../indexer/service.js'
 import { EXIT_OK, loggerFrom, oneLine, untilSignal, UsageError } from './common.js'
 import type { IndexerFlags } from './indexer.js'
 
@@ -52,7 +52,14 @@ export async function run(cmd: Command): Promise<number> {
   const o = cmd.opts<IndexerFlags>()
   const log = loggerFrom(o, 'indexer')
   const engines = o.engines !== undefined ? readEngines(o.engines) : []
+  let http: ReturnType<typeof resolveHttpFront>
+  try {
+    http = resolveHttpFront(o.http)
+  } catch (e) {
+    throw new UsageError(`--http ${o.http ?? process.env.DYNAMO_KV_INDEXER_HTTP}: ${oneLine((e as Error).message)}`)
+  }
   const svc = new IndexerService({
+    http,
     logger: log,
     queryBodyLimit: o.queryBodyLimit,
     bodyLimit: o.bodyLimit,
@@ -92,7 +99,7 @@ export async function run(cmd: Command): Promise<number> {
     } catch (err) {
       throw new UsageError(`--host ${o.host} --port ${o.port}: ${oneLine((err as Error).message)}`)
     }
-    log.info({ host: address.address, port: address.port, engines: engines.length }, 'indexer listening')
+    log.info({ host: address.address, port: address.port, engines: engines.length, http }, 'indexer listening')
     const why = await signals.stopped
     log.info({ signal: why }, 'stopping')
   } finally {

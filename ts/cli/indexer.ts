@@ -4,7 +4,7 @@
 // worker (POST /query, /query_by_hash). This file holds the options; indexer-run.ts runs it.
 import type { Command } from 'commander'
 import type { CliCommand } from './commands.js'
-import { addLogOptions, intArg, type LogOptions, nonEmptyArg, opt, secondsArg } from './common.js'
+import { addLogOptions, choiceOpt, intArg, type LogOptions, nonEmptyArg, opt, secondsArg } from './common.js'
 
 export interface IndexerFlags extends LogOptions {
   host: string
@@ -15,6 +15,7 @@ export interface IndexerFlags extends LogOptions {
   queryBodyLimit: number
   bodyLimit: number
   testEndpoints?: boolean
+  http?: 'native' | 'node'
 }
 
 /** Dynamo's reading of a boolean variable: 1, true, yes or on (any case); anything else is off. */
@@ -73,6 +74,15 @@ function define(program: Command): Command {
         'DYNAMO_KV_INDEXER_BODY_LIMIT',
         intArg(1024, 1 << 30),
       ).default(2 * 1024 * 1024),
+    )
+    .addOption(
+      choiceOpt(
+        '--http <front>',
+        'the HTTP front: native (hyper on a thread of its own, the JavaScript thread only computes the answers; ' +
+          'the default when the native core is loaded) or node (node:http; the only one with the TypeScript fallback)',
+        'DYNAMO_KV_INDEXER_HTTP',
+        ['native', 'node'],
+      ),
     )
     .addOption(
       opt(

@@ -1,9 +1,12 @@
 // A standalone KV indexer over HTTP with the routes, bodies and status codes of Dynamo 1.6's
 // (`python -m dynamo.indexer`): engines register their ZeroMQ KV-event streams, clients ask which worker
 // holds how much of a prompt. Each (model_name, routing_group) partition is a KvRouter with the
-// `engines` source; each registered dp rank is an engine of the partition's router for that rank. Built on
-// node:http: the routes are few, and the exact status, content type and text of every answer (Dynamo's
-// axum extractor rejections included) are easier to keep byte-exact without a framework's own handling.
+// `engines` source; each registered dp rank is an engine of the partition's router for that rank. The
+// answers are one function, `respond(request) → reply` (status, content type, headers, body); two HTTP
+// fronts serve it: the native one (native-front.ts: hyper on a thread of its own, the requests handed
+// over in batches), the default when the native core is loaded, and node:http. The exact status, content
+// type and text of every answer (Dynamo's axum extractor rejections included) are the service's own, so
+// both fronts give the same bytes.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { Counter, Gauge, Histogram, Registry } from 'prom-client'
@@ -26,6 +29,32 @@ import {
   stringifyExact,
 } from './json.js'
 import { type ScannedQuery, scanQuery } from './query-scan.js'
+import { type FrontRequest, NativeFront, NativeFrontClass } from './native-front.js'
+
+/** A request as an HTTP front reads it (see `IndexerService.respond`). */
+export type IndexerRequest = FrontRequest
+
+/** The HTTP fronts: `native` (hyper, off the JavaScript thread) or `node` (node:http). */
+export type IndexerHttpFront = 'native' | 'node'
+
+/** Whether the native HTTP front can run here (the native core is loaded). */
+export const nativeHttpAvailable = NativeFrontClass !== null
+
+/**
+ * The front chosen: `http`, else DYNAMO_KV_INDEXER_HTTP, else native when available. Throws for an
+ * unknown name, or native without the native core.
+ */
+export function resolveHttpFront(http?: string): IndexerHttpFront {
+  const env = process.env.DYNAMO_KV_INDEXER_HTTP
+  const want = http ?? (env === undefined || env === '' ? undefined : env)
+  if (want === undefined) return nativeHttpAvailable ? 'native' : 'node'
+  if (want !== 'native' && want !== 'node') throw new Error(`the HTTP front must be native or node, got ${JSON.stringify(want)}`)
+  if (want === 'native' && !nativeHttpAvailable)
+    throw new Error(
+      'the native HTTP front needs the native core, which is not loaded (DYNAMO_KV_FORCE_JS=1 or no binary for this platform)',
+    )
+  return want
+}
 
 /** A /register body (also an entry of `--engines FILE`). */
 export interface RegisterRequest {
@@ -68,11 +97,18 @@ export interface IndexerServiceOptions {
    * DYN_KV_INDEXER_TEST_ENDPOINTS set); default false (404).
    */
   testEndpoints?: boolean
+  /**
+   * The HTTP front of `listen()`: `native` (hyper on a thread of its own; needs the native core) or `node`
+   * (node:http). Default: DYNAMO_KV_INDEXER_HTTP, else native when the native core is loaded. Both give the
+   * same answers.
+   */
+  http?: IndexerHttpFront
 }
 
 const JSON_TYPE = 'application/json'
 const TEXT_TYPE = 'text/plain; charset=utf-8'
 const OK = { status: 'ok' }
+const EMPTY = Buffer.alloc(0)
 
 interface Listener {
   endpoint: string
@@ -264,6 +300,9 @@ export class IndexerService {
   readonly #silenceMs: number
   readonly #testEndpoints: boolean
   #server: Server | null = null
+  #native: NativeFront | null = null
+  /** The HTTP front of `listen()`. */
+  readonly http: IndexerHttpFront
   /** Dynamo's indexer metric families (GET /metrics). */
   readonly registry = new Registry()
   readonly #requests: Counter<'endpoint' | 'method'>
@@ -280,6 +319,7 @@ export class IndexerService {
     this.bodyLimit = opts.bodyLimit ?? 2 * 1024 * 1024
     this.#silenceMs = opts.engineSilenceMs ?? 5000
     this.#testEndpoints = opts.testEndpoints === true
+    this.http = resolveHttpFront(opts.http)
     const registers = [this.registry]
     this.#requests = new Counter({
       name: 'dynamo_kvindexer_requests_total',
@@ -681,8 +721,30 @@ export class IndexerService {
 
   /** Answers one HTTP request (counted in the metrics). Never throws for any input. */
   async handle(method: string, url: string, contentType: string | undefined, raw: string): Promise<IndexerReply> {
+    return this.#dispatch(method, url, contentType, raw)
+  }
+
+  /** `handle`, answered synchronously where the route has nothing to wait for (a promise otherwise). */
+  #dispatch(method: string, url: string, contentType: string | undefined, raw: string): IndexerReply | Promise<IndexerReply> {
     const start = performance.now()
-    const reply = await this.#answer(method, url, contentType, raw)
+    let reply: IndexerReply | Promise<IndexerReply>
+    try {
+      reply = this.#route(method, url, contentType, raw)
+    } catch (e) {
+      reply = this.#errorReply(e)
+    }
+    if (reply instanceof Promise)
+      return reply.then(
+        (r) => {
+          this.#observe(method, url, r.status, start)
+          return r
+        },
+        (e) => {
+          const r = this.#errorReply(e)
+          this.#observe(method, url, r.status, start)
+          return r
+        },
+      )
     this.#observe(method, url, reply.status, start)
     return reply
   }
@@ -714,18 +776,16 @@ export class IndexerService {
     }
   }
 
-  async #answer(method: string, url: string, contentType: string | undefined, raw: string): Promise<IndexerReply> {
-    try {
-      return await this.#route(method, url, contentType, raw)
-    } catch (e) {
-      if (e instanceof HttpError) return json(e.status, { error: e.message })
-      if (e instanceof TextError) return text(e.status, e.message)
-      this.#log.error({ err: e }, 'request failed')
-      return json(500, { error: e instanceof Error ? e.message : String(e) })
-    }
+  /** The answer to a refused request (HttpError: JSON, TextError: text) or a failed one (500). */
+  #errorReply(e: unknown): IndexerReply {
+    if (e instanceof HttpError) return json(e.status, { error: e.message })
+    if (e instanceof TextError) return text(e.status, e.message)
+    this.#log.error({ err: e }, 'request failed')
+    return json(500, { error: e instanceof Error ? e.message : String(e) })
   }
 
-  async #route(method: string, url: string, contentType: string | undefined, raw: string): Promise<IndexerReply> {
+  /** The routes; a promise only from those that wait (registrations, metrics). Throws a refusal. */
+  #route(method: string, url: string, contentType: string | undefined, raw: string): IndexerReply | Promise<IndexerReply> {
     const q = url.indexOf('?')
     const path = q < 0 ? url : url.slice(0, q)
     const allow = ROUTES.get(path) ?? (this.#testEndpoints ? TEST_ROUTES.get(path) : undefined)
@@ -745,20 +805,17 @@ export class IndexerService {
         case '/peers':
           return json(200, [...this.#peers])
         case '/metrics':
-          return { status: 200, contentType: 'text/plain; version=0.0.4', body: await this.registry.metrics() }
+          return this.registry.metrics().then((body) => ({ status: 200, contentType: 'text/plain; version=0.0.4', body }))
       }
     }
     if (path === '/reopen_logs') return json(200, OK)
     if (!isJson(contentType)) return text(415, 'Expected request with `Content-Type: application/json`')
     switch (path) {
-      case '/register': {
-        await this.register(parseRegister(raw))
-        return json(201, OK)
-      }
+      case '/register':
+        return this.register(parseRegister(raw)).then(() => json(201, OK))
       case '/unregister': {
         const b = body(raw, 'UnregisterRequest', UNREGISTER)
-        await this.unregister(b as never)
-        return json(200, OK)
+        return this.unregister(b as never).then(() => json(200, OK))
       }
       case '/query': {
         const b = (fastQuery(raw) ?? body(raw, 'QueryRequest', QUERY)) as {
@@ -792,8 +849,7 @@ export class IndexerService {
       case '/test/pause_listener':
       case '/test/resume_listener': {
         const b = body(raw, 'ListenerControlRequest', LISTENER_CONTROL) as { instance_id: bigint; dp_rank?: number | null }
-        await this.listenerControl(b, path === '/test/pause_listener' ? 'pause' : 'resume')
-        return json(200, OK)
+        return this.listenerControl(b, path === '/test/pause_listener' ? 'pause' : 'resume').then(() => json(200, OK))
       }
       case '/register_peer': {
         const b = body(raw, 'PeerRequest', PEER) as { url: string }
@@ -809,53 +865,129 @@ export class IndexerService {
     return empty(404)
   }
 
-  /** Serves the routes over HTTP on host:port (port 0: any free one); resolves with the bound address. */
+  /**
+   * Answers one request as an HTTP front read it: the 413 for a body over its limit, the common /query
+   * body read from its bytes and answered at once (synchronously), any other request through `handle`
+   * (a promise). Both fronts serve this function; it never throws for any input.
+   */
+  respond(req: IndexerRequest): IndexerReply | Promise<IndexerReply> {
+    const { method, url } = req
+    if (req.tooLarge) {
+      const reply = text(413, 'Failed to buffer the request body: length limit exceeded')
+      this.#observe(method, url, 413, performance.now())
+      return reply
+    }
+    if (url === '/query' && method === 'POST' && isJson(req.contentType)) {
+      const t = performance.now()
+      const scanned = scanQuery(req.body)
+      if (scanned !== null) {
+        const reply = this.#query(scanned)
+        this.#observe('POST', url, reply.status, t)
+        return reply
+      }
+    }
+    return this.#dispatch(method, url, req.contentType, req.body.toString('utf8'))
+  }
+
+  /** The answer to a request whose handling threw: 500 with the message. */
+  #failure(e: unknown): IndexerReply {
+    this.#log.error({ err: e }, 'request failed')
+    return json(500, { error: e instanceof Error ? e.message : String(e) })
+  }
+
+  /**
+   * Serves the routes over HTTP on host:port (port 0: any free one) with the service's front (`http`);
+   * resolves with the bound address.
+   */
   listen(port: number, host = '127.0.0.1'): Promise<AddressInfo> {
+    if (this.#server !== null || this.#native !== null) return Promise.reject(new Error('the indexer is already listening'))
+    if (this.http === 'native') {
+      try {
+        this.#native = new NativeFront({
+          host,
+          port,
+          queryBodyLimit: this.queryBodyLimit,
+          bodyLimit: this.bodyLimit,
+          handler: (req) => this.respond(req),
+          failure: (e) => this.#failure(e),
+        })
+        return Promise.resolve(this.#native.address)
+      } catch (e) {
+        return Promise.reject(e)
+      }
+    }
     const server = createServer((req, res) => this.#serve(req, res))
     server.keepAliveTimeout = 5000
     server.headersTimeout = 10_000
     server.requestTimeout = 30_000
     this.#server = server
     return new Promise((resolve, reject) => {
-      server.once('error', reject)
+      server.once('error', (e) => {
+        this.#server = null
+        reject(e)
+      })
       server.listen(port, host, () => {
-        server.off('error', reject)
+        server.removeAllListeners('error')
         resolve(server.address() as AddressInfo)
       })
     })
   }
 
+  /** The node:http front: reads the body up to its limit, answers with `respond`. */
   #serve(req: IncomingMessage, res: ServerResponse): void {
     const url = req.url ?? '/'
-    const start = performance.now()
+    const method = req.method ?? 'GET'
     const q = url.indexOf('?')
     const limit = this.limitFor(q < 0 ? url : url.slice(0, q))
     const chunks: Buffer[] = []
     let size = 0
     let over = false
-    const tooLarge = () => {
-      over = true
-      this.#observe(req.method ?? 'GET', url, 413, start)
-      send(text(413, 'Failed to buffer the request body: length limit exceeded'))
-    }
     const send = (r: IndexerReply) => {
+      if (!over && r.status === 200 && r.contentType === JSON_TYPE && r.headers === undefined) {
+        // the common answer: the flat header list is node:http's cheapest form, and the header and body
+        // go out in one write
+        res.writeHead(200, ['content-length', Buffer.byteLength(r.body), 'content-type', JSON_TYPE])
+        res.end(method === 'HEAD' ? undefined : r.body)
+        return
+      }
       const headers: Record<string, string | number> = { ...(r.headers ?? {}), 'content-length': Buffer.byteLength(r.body) }
       if (r.contentType !== null) headers['content-type'] = r.contentType
       if (over) headers.connection = 'close'
       res.writeHead(r.status, headers)
-      res.end(req.method === 'HEAD' ? undefined : r.body)
+      res.end(method === 'HEAD' ? undefined : r.body)
+    }
+    const answer = (body: Buffer, tooLarge: boolean) => {
+      let r: IndexerReply | Promise<IndexerReply>
+      try {
+        r = this.respond({ method, url, contentType: req.headers['content-type'], body, tooLarge })
+      } catch (e) {
+        r = this.#failure(e)
+      }
+      if (r instanceof Promise) r.then(finish, (e) => finish(this.#failure(e)))
+      else finish(r)
+    }
+    // an answer that cannot be sent (not a reply at all) is a 500 instead
+    const finish = (r: IndexerReply) => {
+      try {
+        send(r)
+      } catch (e) {
+        if (res.headersSent) res.destroy()
+        else send(this.#failure(e))
+      }
     }
     const declared = Number(req.headers['content-length'] ?? 0)
     if (declared > limit) {
       req.resume()
-      tooLarge()
+      over = true
+      answer(EMPTY, true)
       return
     }
     req.on('data', (c: Buffer) => {
       if (over) return
       size += c.length
       if (size > limit) {
-        tooLarge()
+        over = true
+        answer(EMPTY, true)
         return
       }
       chunks.push(c)
@@ -863,30 +995,11 @@ export class IndexerService {
     req.on('error', () => res.destroy())
     req.on('end', () => {
       if (over) return
-      const bytes = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)
-      // the common /query body: read from the bytes and answered at once (the same answer as handle())
-      if (url === '/query' && req.method === 'POST' && isJson(req.headers['content-type'])) {
-        const t = performance.now()
-        const scanned = scanQuery(bytes)
-        if (scanned !== null) {
-          const reply = this.#query(scanned)
-          this.#observe('POST', url, reply.status, t)
-          if (reply.status !== 200) send(reply)
-          else {
-            // the scores are ASCII JSON (its length is its byte length); the flat header list is
-            // node:http's cheapest form, and the header and body go out in one write
-            res.writeHead(200, ['content-length', reply.body.length, 'content-type', JSON_TYPE])
-            res.end(reply.body)
-          }
-          return
-        }
-      }
-      const raw = bytes.toString('utf8')
-      this.handle(req.method ?? 'GET', url, req.headers['content-type'], raw).then(send, () => res.destroy())
+      answer(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks), false)
     })
   }
 
-  /** Stops the HTTP server and every engine listener. */
+  /** Stops the HTTP server (requests in flight are answered first) and every engine listener. */
   async close(): Promise<void> {
     const server = this.#server
     this.#server = null
@@ -894,6 +1007,9 @@ export class IndexerService {
       server.closeIdleConnections()
       await new Promise<void>((r) => server.close(() => r()))
     }
+    const native = this.#native
+    this.#native = null
+    if (native !== null) await native.close()
     await this.#serial(async () => {
       for (const i of this.#instances.values()) for (const l of i.ranks.values()) if (l.silence) clearTimeout(l.silence)
       for (const p of this.#partitions.values()) for (const r of p.routers.values()) await r.close()

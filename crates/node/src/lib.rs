@@ -28,6 +28,7 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
 mod index_fast;
+mod http_front;
 mod ingest_fast;
 
 fn u64_arg(name: &str, b: &BigInt) -> Result<u64> {
