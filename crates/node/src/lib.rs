@@ -27,8 +27,8 @@ use dynamo_kv_core::wire::{
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
-mod index_fast;
 mod http_front;
+mod index_fast;
 mod ingest_fast;
 
 fn u64_arg(name: &str, b: &BigInt) -> Result<u64> {
