@@ -1340,6 +1340,51 @@ impl RadixIndex {
             + entries * 17
     }
 
+    /// Heap bytes by part, with counts of what is live (for memory work; not a stable interface).
+    #[doc(hidden)]
+    pub fn heap_breakdown(&self) -> Vec<(&'static str, usize)> {
+        let live_nodes = self.nodes.len() - self.free_nodes.len();
+        let live_sets = self.sets.len() - self.free_sets.len();
+        let set_items: usize = self.sets.iter().map(|s| s.items.len()).sum();
+        let set_cap: usize = self.sets.iter().map(|s| s.items.capacity()).sum();
+        let map_len: usize = self.workers.iter().flatten().map(|w| w.blocks.len()).sum();
+        let map_cap: usize = self
+            .workers
+            .iter()
+            .flatten()
+            .map(|w| w.blocks.capacity())
+            .sum();
+        vec![
+            ("nodes.capacity", self.nodes.capacity()),
+            ("nodes live", live_nodes),
+            (
+                "nodes bytes",
+                self.nodes.capacity() * std::mem::size_of::<Node>(),
+            ),
+            ("sets live", live_sets),
+            (
+                "sets bytes",
+                self.sets.capacity() * std::mem::size_of::<HolderSet>(),
+            ),
+            ("set items len", set_items),
+            ("set items cap", set_cap),
+            ("set items bytes", set_cap * std::mem::size_of::<Holder>()),
+            ("edges len", self.edges.len),
+            (
+                "edges bytes",
+                self.edges.slots.capacity() * std::mem::size_of::<Edge>(),
+            ),
+            ("kid lists", self.kid_lists.len() - self.free_lists.len()),
+            (
+                "kid lists bytes",
+                self.kid_lists.iter().map(|l| 24 + l.capacity() * 4).sum(),
+            ),
+            ("worker map entries", map_len),
+            ("worker map buckets", map_cap),
+            ("worker map bytes (est)", map_cap * 13),
+        ]
+    }
+
     /// Approximate heap bytes held by the index (arena, maps, holder sets).
     pub fn heap_bytes(&self) -> usize {
         let map_bytes = |cap: usize, entry: usize| cap * (entry + 1);
