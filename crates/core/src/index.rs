@@ -786,25 +786,31 @@ impl RadixIndex {
     /// Where the worker holds `block_hash`: (position in its table, entry).
     #[inline]
     fn find_entry(&self, slot: u32, block_hash: u64) -> Option<(usize, u32)> {
-        let (nodes, sets, aliases) = (&self.nodes, &self.sets, &self.aliases);
+        let r = Resolver {
+            nodes: &self.nodes,
+            sets: &self.sets,
+            aliases: &self.aliases,
+        };
         self.workers[slot as usize]
             .as_ref()
             .expect("live worker slot")
             .blocks
-            .find(block_hash, self.seed, |e| {
-                entry_hash(nodes, sets, aliases, e)
-            })
+            .find(block_hash, self.seed, &r)
     }
 
-    fn insert_entry(&mut self, slot: u32, block_hash: u64, entry: u32) {
-        let (nodes, sets, aliases, seed) = (&self.nodes, &self.sets, &self.aliases, self.seed);
+    /// `find_entry`, or the slot of the worker's table where the hash goes.
+    #[inline]
+    fn find_or_vacant(&mut self, slot: u32, block_hash: u64) -> Result<(usize, u32), usize> {
+        let r = Resolver {
+            nodes: &self.nodes,
+            sets: &self.sets,
+            aliases: &self.aliases,
+        };
         self.workers[slot as usize]
             .as_mut()
             .expect("live worker slot")
             .blocks
-            .insert_new(block_hash, entry, seed, |e| {
-                entry_hash(nodes, sets, aliases, e)
-            });
+            .find_or_vacant(block_hash, self.seed, &r)
     }
 
     /// Puts (worker, block_hash) on `node`, where the worker does not hold that hash: the entry
@@ -1068,9 +1074,9 @@ impl RadixIndex {
                     c
                 }
             };
-            match self.find_entry(slot, b.block_hash) {
-                Some((_, e)) if self.entry_node(e) == child => {}
-                Some((pos, e)) => {
+            match self.find_or_vacant(slot, b.block_hash) {
+                Ok((_, e)) if self.entry_node(e) == child => {}
+                Ok((pos, e)) => {
                     // the hash moved: it leaves its old node. The child holds it first, and `old`
                     // is neither `current` left empty (current holds this worker's previous hash,
                     // or is the root) nor the child's parent, so `child` stays valid.
@@ -1079,9 +1085,12 @@ impl RadixIndex {
                     self.worker(slot).blocks.set(pos, entry);
                     self.leave(old, slot, e);
                 }
-                None => {
+                Err(pos) => {
                     let entry = self.hold(child, slot, b.block_hash);
-                    self.insert_entry(slot, b.block_hash, entry);
+                    let seed = self.seed;
+                    self.worker(slot)
+                        .blocks
+                        .insert_at(pos, b.block_hash, entry, seed);
                 }
             }
             current = child;
@@ -1647,15 +1656,55 @@ fn workers_of<'a>(n: &Node, sets: &'a Arena<HolderSet>) -> impl Iterator<Item = 
 }
 
 /// The block hash a worker's table entry stands for: its alias's, or its node's own.
+struct Resolver<'a> {
+    nodes: &'a Arena<Node>,
+    sets: &'a Arena<HolderSet>,
+    aliases: &'a [Alias],
+}
+
+/// The set of a node's `worker` field, or NIL.
 #[inline]
-fn entry_hash(nodes: &Arena<Node>, sets: &Arena<HolderSet>, aliases: &[Alias], entry: u32) -> u64 {
-    if entry & ALIAS != 0 {
-        return aliases[(entry & !ALIAS) as usize].hash;
+fn set_of(worker: u32) -> u32 {
+    if worker != NOBODY && worker & SPILLED != 0 {
+        worker & !SPILLED
+    } else {
+        NIL
     }
-    let n = &nodes[entry as usize];
-    match n.worker {
-        w if w != NOBODY && w & SPILLED != 0 => sets[(w & !SPILLED) as usize].hash,
-        _ => n.hash,
+}
+
+impl table::Resolve for Resolver<'_> {
+    #[inline]
+    fn hash(&self, entry: u32) -> u64 {
+        if entry & ALIAS != 0 {
+            return self.aliases[(entry & !ALIAS) as usize].hash;
+        }
+        let n = &self.nodes[entry as usize];
+        match set_of(n.worker) {
+            NIL => n.hash,
+            s => self.sets[s as usize].hash,
+        }
+    }
+
+    /// In two passes, nodes then holder sets, each without a branch on what it loads, so that
+    /// the cache misses of many entries overlap.
+    fn hashes(&self, entries: &[u32], out: &mut Vec<u64>) {
+        out.clear();
+        let mut sets: Vec<u32> = Vec::with_capacity(entries.len());
+        for &e in entries {
+            if e & ALIAS != 0 {
+                out.push(self.aliases[(e & !ALIAS) as usize].hash);
+                sets.push(NIL);
+            } else {
+                let n = &self.nodes[e as usize];
+                out.push(n.hash);
+                sets.push(set_of(n.worker));
+            }
+        }
+        for (h, &s) in out.iter_mut().zip(&sets) {
+            if s != NIL {
+                *h = self.sets[s as usize].hash;
+            }
+        }
     }
 }
 

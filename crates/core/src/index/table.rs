@@ -76,38 +76,32 @@ impl<T> IndexMut<usize> for Arena<T> {
     }
 }
 
-/// Slots per group: 12 tags and 12 entries fill one 64-byte cache line.
-const GROUP: usize = 12;
+/// Slots per group: a probe reads one group's 16 tags at a time.
+const GROUP: usize = 16;
 const EMPTY: u8 = 0;
 const TOMB: u8 = 1;
 
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Group {
-    tags: [u8; GROUP],
-    entries: [u32; GROUP],
-}
-
-const EMPTY_GROUP: Group = Group {
-    tags: [EMPTY; GROUP],
-    entries: [0; GROUP],
-};
-
-impl std::fmt::Debug for Group {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Group").field("tags", &self.tags).finish()
+/// What the table's entries stand for: the hash of one, and of many at once (a rehash reads
+/// them all; the batch lets their cache misses overlap).
+pub(super) trait Resolve {
+    fn hash(&self, entry: u32) -> u64;
+    fn hashes(&self, entries: &[u32], out: &mut Vec<u64>) {
+        out.clear();
+        out.extend(entries.iter().map(|&e| self.hash(e)));
     }
 }
 
-/// A set of u32 entries keyed by a u64 block hash that is not stored: `resolve(entry)` gives it
-/// back. Open addressing over groups of 12 slots (one cache line: a lookup usually reads one line),
-/// with a 7-bit tag per slot so that `resolve` runs almost only on the entry sought. Any group
-/// count (not only powers of two), grown by 1.5x at 7/8 full, so that it is 58-88% full.
-/// Deletion leaves a tombstone only in a group without empty slots (a probe never went past a
-/// group that has one).
+/// A set of u32 entries keyed by a u64 block hash that is not stored: `Resolve` gives it back.
+/// Open addressing over groups of 16 slots, probed group after group, with a one-byte tag per
+/// slot kept apart from the entries (as a SwissTable's control bytes: the tags of all tables
+/// stay in cache, so an insert reads no entry and a lookup reads only the entry it finds), and
+/// 254 tag values, so that `Resolve` runs almost only on the entry sought. Any group count (not
+/// only powers of two), grown by 1.5x at 7/8 full, so that it is 58-88% full. Deletion leaves a
+/// tombstone only in a group without empty slots (a probe never went past a group that has one).
 #[derive(Debug, Default)]
 pub(super) struct HashTable {
-    groups: Vec<Group>,
+    tags: Vec<[u8; GROUP]>,
+    entries: Vec<[u32; GROUP]>,
     len: u32,
     /// Empty slots that may still be filled before a rehash (keeps 1/8 of the slots empty).
     growth_left: u32,
@@ -120,9 +114,25 @@ fn mix(h: u64, seed: u64) -> u64 {
     z ^ (z >> 32)
 }
 
+/// A slot's tag, from bits that do not choose the group.
 #[inline]
 fn tag_of(z: u64) -> u8 {
-    (z as u8) | 0x80
+    let t = z as u8;
+    if t <= TOMB {
+        t + 2
+    } else {
+        t
+    }
+}
+
+/// Bit i set where `tags[i] == t`.
+#[inline]
+fn matches(tags: &[u8; GROUP], t: u8) -> u32 {
+    let mut m = 0;
+    for (i, &x) in tags.iter().enumerate() {
+        m |= ((x == t) as u32) << i;
+    }
+    m
 }
 
 impl HashTable {
@@ -131,37 +141,41 @@ impl HashTable {
     }
 
     pub fn heap_bytes(&self) -> usize {
-        self.groups.capacity() * std::mem::size_of::<Group>()
+        self.tags.capacity() * GROUP + self.entries.capacity() * GROUP * 4
     }
 
     /// Slots (for estimates).
     pub fn slots(&self) -> usize {
-        self.groups.capacity() * GROUP
+        self.tags.capacity() * GROUP
     }
 
     #[inline]
     fn home(&self, z: u64) -> usize {
-        ((z as u128 * self.groups.len() as u128) >> 64) as usize
+        ((z as u128 * self.tags.len() as u128) >> 64) as usize
     }
 
     /// The position (group * GROUP + slot) and entry whose resolved hash is `h`.
     #[inline]
-    pub fn find(&self, h: u64, seed: u64, resolve: impl Fn(u32) -> u64) -> Option<(usize, u32)> {
+    pub fn find(&self, h: u64, seed: u64, resolve: &impl Resolve) -> Option<(usize, u32)> {
         if self.len == 0 {
             return None;
         }
         let z = mix(h, seed);
         let tag = tag_of(z);
-        let n = self.groups.len();
+        let n = self.tags.len();
         let mut g = self.home(z);
         loop {
-            let grp = &self.groups[g];
-            for i in 0..GROUP {
-                if grp.tags[i] == tag && resolve(grp.entries[i]) == h {
-                    return Some((g * GROUP + i, grp.entries[i]));
+            let tags = &self.tags[g];
+            let mut m = matches(tags, tag);
+            while m != 0 {
+                let i = m.trailing_zeros() as usize;
+                m &= m - 1;
+                let e = self.entries[g][i];
+                if resolve.hash(e) == h {
+                    return Some((g * GROUP + i, e));
                 }
             }
-            if grp.tags.contains(&EMPTY) {
+            if matches(tags, EMPTY) != 0 {
                 return None;
             }
             g += 1;
@@ -171,28 +185,86 @@ impl HashTable {
         }
     }
 
+    /// `find`, or when `h` is absent, the free slot where `insert_at` puts it (room is made first:
+    /// one probe serves both).
+    #[inline]
+    pub fn find_or_vacant(
+        &mut self,
+        h: u64,
+        seed: u64,
+        resolve: &impl Resolve,
+    ) -> Result<(usize, u32), usize> {
+        if self.growth_left == 0 {
+            self.rehash(seed, resolve);
+        }
+        let z = mix(h, seed);
+        let tag = tag_of(z);
+        let n = self.tags.len();
+        let mut g = self.home(z);
+        let mut vacant = usize::MAX;
+        loop {
+            let tags = &self.tags[g];
+            let mut m = matches(tags, tag);
+            while m != 0 {
+                let i = m.trailing_zeros() as usize;
+                m &= m - 1;
+                let e = self.entries[g][i];
+                if resolve.hash(e) == h {
+                    return Ok((g * GROUP + i, e));
+                }
+            }
+            let empty = matches(tags, EMPTY);
+            if vacant == usize::MAX {
+                let free = empty | matches(tags, TOMB);
+                if free != 0 {
+                    vacant = g * GROUP + free.trailing_zeros() as usize;
+                }
+            }
+            if empty != 0 {
+                return Err(vacant);
+            }
+            g += 1;
+            if g == n {
+                g = 0;
+            }
+        }
+    }
+
+    /// Puts the entry for `h` at the slot `find_or_vacant` gave (nothing changed the table since).
+    #[inline]
+    pub fn insert_at(&mut self, pos: usize, h: u64, entry: u32, seed: u64) {
+        let t = &mut self.tags[pos / GROUP][pos % GROUP];
+        if *t == EMPTY {
+            self.growth_left -= 1;
+        }
+        *t = tag_of(mix(h, seed));
+        self.entries[pos / GROUP][pos % GROUP] = entry;
+        self.len += 1;
+    }
+
     /// Replaces the entry at `pos` by one that resolves to the same hash.
     #[inline]
     pub fn set(&mut self, pos: usize, entry: u32) {
-        self.groups[pos / GROUP].entries[pos % GROUP] = entry;
+        self.entries[pos / GROUP][pos % GROUP] = entry;
     }
 
     /// Removes the entry at `pos`.
     pub fn erase(&mut self, pos: usize) {
-        let grp = &mut self.groups[pos / GROUP];
-        if grp.tags.contains(&EMPTY) {
-            grp.tags[pos % GROUP] = EMPTY;
+        let tags = &mut self.tags[pos / GROUP];
+        if matches(tags, EMPTY) != 0 {
+            tags[pos % GROUP] = EMPTY;
             self.growth_left += 1;
         } else {
-            grp.tags[pos % GROUP] = TOMB;
+            tags[pos % GROUP] = TOMB;
         }
         self.len -= 1;
     }
 
     /// Adds an entry whose hash `h` is not in the table.
-    pub fn insert_new(&mut self, h: u64, entry: u32, seed: u64, resolve: impl Fn(u32) -> u64) {
+    #[cfg(test)]
+    pub fn insert_new(&mut self, h: u64, entry: u32, seed: u64, resolve: &impl Resolve) {
         if self.growth_left == 0 {
-            self.rehash(seed, &resolve);
+            self.rehash(seed, resolve);
         }
         let z = mix(h, seed);
         self.place(z, entry);
@@ -200,16 +272,18 @@ impl HashTable {
     }
 
     fn place(&mut self, z: u64, entry: u32) {
-        let n = self.groups.len();
+        let n = self.tags.len();
         let mut g = self.home(z);
         loop {
-            let grp = &mut self.groups[g];
-            if let Some(i) = grp.tags.iter().position(|&t| t == EMPTY || t == TOMB) {
-                if grp.tags[i] == EMPTY {
+            let tags = &mut self.tags[g];
+            let free = matches(tags, EMPTY) | matches(tags, TOMB);
+            if free != 0 {
+                let i = free.trailing_zeros() as usize;
+                if tags[i] == EMPTY {
                     self.growth_left -= 1;
                 }
-                grp.tags[i] = tag_of(z);
-                grp.entries[i] = entry;
+                tags[i] = tag_of(z);
+                self.entries[g][i] = entry;
                 return;
             }
             g += 1;
@@ -219,29 +293,25 @@ impl HashTable {
         }
     }
 
-    /// Rebuilds the table for its entries and one more, at 7/12 full (or empty).
-    fn rehash(&mut self, seed: u64, resolve: &impl Fn(u32) -> u64) {
-        let live = self.len as usize + 1;
-        let groups = live.div_ceil(7).max(1);
-        let old = std::mem::replace(&mut self.groups, vec![EMPTY_GROUP; groups]);
-        self.groups.shrink_to_fit();
+    /// Rebuilds the table for its entries and one more, at 7/12 full.
+    fn rehash(&mut self, seed: u64, resolve: &impl Resolve) {
+        let entries: Vec<u32> = self.entries().collect();
+        let mut hashes = Vec::with_capacity(entries.len());
+        resolve.hashes(&entries, &mut hashes);
+        let groups = ((entries.len() + 1) * 12).div_ceil(7).div_ceil(GROUP);
+        self.tags = vec![[EMPTY; GROUP]; groups];
+        self.entries = vec![[0; GROUP]; groups];
         self.growth_left = (groups * GROUP - (groups * GROUP).div_ceil(8)) as u32;
-        for grp in &old {
-            for i in 0..GROUP {
-                if grp.tags[i] > TOMB {
-                    let e = grp.entries[i];
-                    self.place(mix(resolve(e), seed), e);
-                }
-            }
+        for (&e, &h) in entries.iter().zip(&hashes) {
+            self.place(mix(h, seed), e);
         }
     }
 
     /// Every entry, in no particular order.
     pub fn entries(&self) -> impl Iterator<Item = u32> + '_ {
-        self.groups.iter().flat_map(|g| {
-            g.tags
-                .iter()
-                .zip(g.entries.iter())
+        self.tags.iter().zip(&self.entries).flat_map(|(t, e)| {
+            t.iter()
+                .zip(e.iter())
                 .filter(|(&t, _)| t > TOMB)
                 .map(|(_, &e)| e)
         })
@@ -256,6 +326,12 @@ mod tests {
     #[test]
     fn the_table_agrees_with_a_map_through_inserts_moves_and_erases() {
         // entries are indexes into `hashes`; the table keys them by the hash stored there
+        struct R<'a>(&'a [u64]);
+        impl Resolve for R<'_> {
+            fn hash(&self, e: u32) -> u64 {
+                self.0[e as usize]
+            }
+        }
         let mut hashes: Vec<u64> = Vec::new();
         let mut t = HashTable::default();
         let mut want: HashMap<u64, u32> = HashMap::new();
@@ -267,8 +343,7 @@ mod tests {
             x ^= x << 17;
             // few distinct hashes, so that erases and re-inserts hit the same groups
             let h = x % 5000;
-            let res = |e: u32| hashes[e as usize];
-            match (t.find(h, seed, res), want.get(&h).copied()) {
+            match (t.find(h, seed, &R(&hashes)), want.get(&h).copied()) {
                 (Some((pos, e)), Some(w)) => {
                     assert_eq!(e, w);
                     if step % 3 == 0 {
@@ -281,8 +356,14 @@ mod tests {
                 (None, None) => {
                     hashes.push(h);
                     let e = (hashes.len() - 1) as u32;
-                    let res = |e: u32| hashes[e as usize];
-                    t.insert_new(h, e, seed, res);
+                    if step % 2 == 0 {
+                        t.insert_new(h, e, seed, &R(&hashes));
+                    } else {
+                        match t.find_or_vacant(h, seed, &R(&hashes)) {
+                            Err(pos) => t.insert_at(pos, h, e, seed),
+                            Ok(found) => panic!("step {step}: hash {h} found at {found:?}"),
+                        }
+                    }
                     want.insert(h, e);
                 }
                 (got, w) => panic!("step {step}: hash {h}: table {got:?}, map {w:?}"),
