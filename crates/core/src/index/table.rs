@@ -1,63 +1,47 @@
-//! Storage for the radix index: a chunked arena (no growth slack beyond one chunk) and the
+//! Storage for the radix index: an arena that grows by an eighth (little spare capacity) and the
 //! per-worker table of block hash → holder entry that stores only the u32 entry, reading each
 //! entry's block hash back through the index (`resolve`).
 
 use std::ops::{Index, IndexMut};
 
-/// Elements per arena chunk (a power of two).
-const CHUNK_SHIFT: u32 = 14;
-const CHUNK: usize = 1 << CHUNK_SHIFT;
-
-/// A vector addressed by u32 in chunks of `CHUNK`: growing never copies more than the last chunk
-/// and leaves at most one chunk of spare capacity (a `Vec` doubling leaves up to half).
+/// A vector addressed by u32 that grows by 1/8 of its length (at least 1024 elements) instead of
+/// doubling: at most 1/8 spare capacity where a `Vec` leaves up to half. Growing a large one is a
+/// `realloc`, which moves pages rather than copying them.
 #[derive(Debug)]
-pub(super) struct Arena<T> {
-    chunks: Vec<Vec<T>>,
-    len: usize,
-}
+pub(super) struct Arena<T>(Vec<T>);
 
 impl<T> Default for Arena<T> {
     fn default() -> Self {
-        Arena {
-            chunks: Vec::new(),
-            len: 0,
-        }
+        Arena(Vec::new())
     }
 }
 
 impl<T> Arena<T> {
     pub fn len(&self) -> usize {
-        self.len
+        self.0.len()
     }
 
+    #[inline]
     pub fn push(&mut self, v: T) {
-        match self.chunks.last_mut() {
-            Some(c) if c.len() < CHUNK => c.push(v),
-            _ => {
-                let mut c = Vec::with_capacity(if self.chunks.is_empty() { 4 } else { CHUNK });
-                c.push(v);
-                self.chunks.push(c);
-            }
+        if self.0.len() == self.0.capacity() {
+            let n = self.0.len();
+            self.0.reserve_exact(if n < 64 { n.max(4) } else { (n / 8).max(1024) });
         }
-        self.len += 1;
+        self.0.push(v);
     }
 
-    /// Heap bytes held (element storage and the chunk table).
+    /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
-        self.chunks
-            .iter()
-            .map(|c| c.capacity() * std::mem::size_of::<T>())
-            .sum::<usize>()
-            + self.chunks.capacity() * std::mem::size_of::<Vec<T>>()
+        self.0.capacity() * std::mem::size_of::<T>()
     }
 
     /// Element capacity.
     pub fn capacity(&self) -> usize {
-        self.chunks.iter().map(|c| c.capacity()).sum()
+        self.0.capacity()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &T> + '_ {
-        self.chunks.iter().flatten()
+        self.0.iter()
     }
 }
 
@@ -65,14 +49,14 @@ impl<T> Index<usize> for Arena<T> {
     type Output = T;
     #[inline]
     fn index(&self, i: usize) -> &T {
-        &self.chunks[i >> CHUNK_SHIFT][i & (CHUNK - 1)]
+        &self.0[i]
     }
 }
 
 impl<T> IndexMut<usize> for Arena<T> {
     #[inline]
     fn index_mut(&mut self, i: usize) -> &mut T {
-        &mut self.chunks[i >> CHUNK_SHIFT][i & (CHUNK - 1)]
+        &mut self.0[i]
     }
 }
 
@@ -378,15 +362,15 @@ mod tests {
     }
 
     #[test]
-    fn the_arena_addresses_across_chunks() {
+    fn the_arena_keeps_at_most_an_eighth_spare() {
         let mut a: Arena<u64> = Arena::default();
-        for i in 0..(3 * CHUNK as u64 + 5) {
+        for i in 0..100_000u64 {
             a.push(i * 3);
+            assert!(a.capacity() <= (a.len() + a.len() / 8).max(a.len() + 1024));
         }
-        assert_eq!(a.len(), 3 * CHUNK + 5);
-        assert_eq!(a[2 * CHUNK + 1], (2 * CHUNK as u64 + 1) * 3);
-        a[CHUNK] = 7;
-        assert_eq!(a[CHUNK], 7);
-        assert!(a.capacity() <= 4 * CHUNK);
+        assert_eq!(a.len(), 100_000);
+        assert_eq!(a[77_777], 77_777 * 3);
+        a[5] = 7;
+        assert_eq!(a[5], 7);
     }
 }
