@@ -400,6 +400,8 @@ struct HolderSet {
     /// Worker slots holding `hash`, ascending (each at most once).
     plain: Vec<u32>,
     /// The other holders in insertion order; rare where engines share one hash per token path.
+    /// Boxed: 8 bytes in every set instead of a `Vec`'s 24.
+    #[allow(clippy::box_collection)]
     others: Option<Box<Vec<Other>>>,
     /// Distinct worker slots >= LOW here.
     high: u32,

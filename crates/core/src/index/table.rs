@@ -25,7 +25,8 @@ impl<T> Arena<T> {
     pub fn push(&mut self, v: T) {
         if self.0.len() == self.0.capacity() {
             let n = self.0.len();
-            self.0.reserve_exact(if n < 64 { n.max(4) } else { (n / 8).max(1024) });
+            self.0
+                .reserve_exact(if n < 64 { n.max(4) } else { (n / 8).max(1024) });
         }
         self.0.push(v);
     }
