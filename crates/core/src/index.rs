@@ -2,13 +2,20 @@
 //! the tokens hashes of the path from the root, so that `find_matches` can tell who holds the longest
 //! prefix of a request.
 //!
-//! Layout, for memory and cache: nodes live in one arena (`Vec<Node>`, 32 bytes each) addressed by u32;
-//! a node's single child and single holder are stored inline (most nodes have one of each). The edges
-//! of nodes with several children live in one open-addressing table keyed by (parent, tokens hash),
-//! so a step down costs two cache misses (table slot, child); each such node also lists its children
-//! for the cascade and the dump. Several holders go to a `HolderSet`, and the node keeps a bitmask of
-//! its worker slots below 64, so that `find_matches` intersects worker sets with one AND per level.
-//! Each worker key has a map block hash → node.
+//! Layout, for memory and cache: nodes live in one arena (`Vec<Node>`, 32 bytes each, grown by an
+//! eighth) addressed by u32; a node's single child and single holder are stored inline (most nodes
+//! have one of each). The edges of nodes with several children live in one open-addressing table
+//! keyed by (parent, tokens hash), so a step down costs two cache misses (table slot, child); each
+//! such node also lists its children for the cascade and the dump. Several holders go to a
+//! `HolderSet`, and the node keeps a bitmask of its worker slots below 64, so that `find_matches`
+//! intersects worker sets with one AND per level.
+//!
+//! A node has its own block hash (its first holder's). A holder of that hash is only its worker
+//! slot (`HolderSet::plain`); a holder of another hash (per-worker engine hashes) is an `Other`
+//! with an `Alias`. Each worker key has a table of block hash → entry that stores only the u32
+//! entry (a node id for a plain holding, ALIAS | alias otherwise) and reads the hash back through
+//! the node or alias (`table::HashTable`). On a trace where engines share hashes this is about 40
+//! bytes per (worker, block) entry, where a map of (hash, node) and (worker, hash) holders took 90.
 //!
 //! Rules that are easy to miss:
 //! - a node that loses its last holder is removed from the tree and its children are detached: blocks
