@@ -280,7 +280,9 @@ impl HashTable {
 
     /// Rebuilds the table for its entries and one more, at 7/12 full.
     fn rehash(&mut self, seed: u64, resolve: &impl Resolve) {
-        let entries: Vec<u32> = self.entries().collect();
+        let mut entries: Vec<u32> = self.entries().collect();
+        // in ascending order, the nodes (and aliases) are read in address order
+        entries.sort_unstable();
         let mut hashes = Vec::with_capacity(entries.len());
         resolve.hashes(&entries, &mut hashes);
         let groups = ((entries.len() + 1) * 12).div_ceil(7).div_ceil(GROUP);
