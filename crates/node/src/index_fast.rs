@@ -1,18 +1,11 @@
-//! `findMatchesPacked` (from `findMatchesPackedFunction()`): `findMatches` as a plain Node-API callback.
-//!
-//! A `#[napi]` method pays for napi-rs's generic borrow tracking on every call (a scope allocated
-//! per call, the receiver checked against a class registry and entered into a locked map), about
-//! 0.25 µs: a fifth of a whole 64-block lookup. This callback converts its five arguments itself and
-//! finds its index by a handle (a slot and a generation, from `RawRadixIndex.handle()`) in a
-//! per-thread table, never by unwrapping `this`, so that no receiver, however it was obtained, can
-//! make it read memory of another type. A handle that no longer names a live index fails with
-//! `RadixIndex is closed`.
+//! `findMatchesPacked` (from `findMatchesPackedFunction()`): `findMatches` as a plain Node-API
+//! callback (see `plain`), finding its index by a handle from `RawRadixIndex.handle()`. A handle that
+//! no longer names a live index fails with `RadixIndex is closed`.
 
 // napi-rs registers its exports outside `cfg(test)`: in a test build nothing calls them.
 #![cfg_attr(test, allow(dead_code))]
 
 use std::cell::RefCell;
-use std::ffi::c_void;
 use std::ptr;
 
 use dynamo_kv_core::index::{write_matches, RadixIndex};
@@ -21,20 +14,14 @@ use napi::sys;
 use napi_derive::napi;
 
 use super::closed;
+use crate::plain::{self, Handles};
 
-/// Slots of registered indexes: (generation, the index inside its `RawRadixIndex`, or null when
-/// the slot is free). A slot is reused with the next generation.
-struct Table {
-    slots: Vec<(u32, *mut RadixIndex)>,
-    free: Vec<u32>,
-}
+const NAME: &str = "findMatchesPacked";
 
 thread_local! {
-    static TABLE: RefCell<Table> = const { RefCell::new(Table { slots: Vec::new(), free: Vec::new() }) };
+    /// The registered indexes: the `inner` field of each live `RawRadixIndex`.
+    static TABLE: RefCell<Handles<*mut RadixIndex>> = const { RefCell::new(Handles::new()) };
 }
-
-/// Slots below 2^21 and generations below 2^32 keep a handle an exact integer in a JS number.
-const SLOT_BITS: u32 = 21;
 
 /// Enters an index; returns its handle.
 ///
@@ -44,95 +31,16 @@ const SLOT_BITS: u32 = 21;
 /// it is the `inner` field of a `RawRadixIndex` owned by its JavaScript object (napi-rs boxes it
 /// once and frees it only in its finalizer, which unregisters first).
 pub(crate) unsafe fn register(index: *mut RadixIndex) -> f64 {
-    TABLE.with(|t| {
-        let mut t = t.borrow_mut();
-        let slot = match t.free.pop() {
-            Some(s) => {
-                let entry = &mut t.slots[s as usize];
-                entry.0 = entry.0.wrapping_add(1);
-                entry.1 = index;
-                s
-            }
-            None => {
-                t.slots.push((0, index));
-                (t.slots.len() - 1) as u32
-            }
-        };
-        handle_of(slot, t.slots[slot as usize].0)
-    })
+    TABLE.with(|t| t.borrow_mut().register(index))
 }
 
 /// Frees a handle's slot (its index is being finalized).
 pub(crate) fn unregister(handle: f64) {
-    TABLE.with(|t| {
-        let mut t = t.borrow_mut();
-        if let Some(slot) = slot_of(&t, handle) {
-            t.slots[slot as usize].1 = ptr::null_mut();
-            t.free.push(slot);
-        }
-    })
-}
-
-fn handle_of(slot: u32, generation: u32) -> f64 {
-    (generation as f64) * f64::from(1u32 << SLOT_BITS) + slot as f64
-}
-
-/// The slot a handle names, when its generation is the slot's current one and it holds an index.
-fn slot_of(t: &Table, handle: f64) -> Option<u32> {
-    if !(handle >= 0.0 && handle.fract() == 0.0 && handle < 2f64.powi(53)) {
-        return None;
-    }
-    let h = handle as u64;
-    let slot = (h & ((1 << SLOT_BITS) - 1)) as u32;
-    let generation = h >> SLOT_BITS;
-    match t.slots.get(slot as usize) {
-        Some((g, p)) if *g as u64 == generation && !p.is_null() => Some(slot),
-        _ => None,
-    }
+    TABLE.with(|t| t.borrow_mut().unregister(handle))
 }
 
 fn lookup(handle: f64) -> Option<*mut RadixIndex> {
-    TABLE.with(|t| {
-        let t = t.borrow();
-        let slot = slot_of(&t, handle)?;
-        Some(t.slots[slot as usize].1)
-    })
-}
-
-fn invalid(what: &str) -> Error {
-    Error::new(Status::InvalidArg, format!("findMatchesPacked: {what}"))
-}
-
-fn check(status: sys::napi_status, what: &str) -> Result<()> {
-    if status == sys::Status::napi_ok {
-        Ok(())
-    } else {
-        Err(invalid(what))
-    }
-}
-
-/// A typed array argument of the given kind: pointer and length in elements.
-unsafe fn typed(
-    env: sys::napi_env,
-    v: sys::napi_value,
-    want: sys::napi_typedarray_type,
-    what: &str,
-) -> Result<(*mut c_void, usize)> {
-    let mut kind = 0;
-    let mut len = 0usize;
-    let mut data: *mut c_void = ptr::null_mut();
-    let mut ab = ptr::null_mut();
-    let mut off = 0usize;
-    check(
-        unsafe {
-            sys::napi_get_typedarray_info(env, v, &mut kind, &mut len, &mut data, &mut ab, &mut off)
-        },
-        what,
-    )?;
-    if kind != want {
-        return Err(invalid(what));
-    }
-    Ok((data, len))
+    TABLE.with(|t| t.borrow().get(handle).copied())
 }
 
 /// `findMatchesPacked(handle, tokensHashes, earlyExit, out, offset)`: what `findMatches(tokensHashes,
@@ -142,59 +50,38 @@ unsafe fn find_matches_packed(
     env: sys::napi_env,
     info: sys::napi_callback_info,
 ) -> Result<sys::napi_value> {
-    let mut argc = 5usize;
-    let mut argv = [ptr::null_mut(); 5];
-    check(
-        unsafe {
-            sys::napi_get_cb_info(
-                env,
-                info,
-                &mut argc,
-                argv.as_mut_ptr(),
-                ptr::null_mut(),
-                ptr::null_mut(),
-            )
-        },
-        "bad call",
-    )?;
-    if argc < 5 {
-        return Err(invalid(
-            "takes (handle, tokensHashes, earlyExit, out, offset)",
-        ));
-    }
-    let mut handle = 0f64;
-    check(
-        unsafe { sys::napi_get_value_double(env, argv[0], &mut handle) },
-        "handle must be a number",
-    )?;
-    let (hashes_ptr, hashes_len) = unsafe {
-        typed(
+    let [handle, hashes, early_exit, out, offset] = unsafe {
+        plain::args::<5>(
             env,
-            argv[1],
+            info,
+            NAME,
+            "(handle, tokensHashes, earlyExit, out, offset)",
+        )
+    }?;
+    let handle = unsafe { plain::number(env, handle, NAME, "handle must be a number") }?;
+    let (hashes_ptr, hashes_len) = unsafe {
+        plain::typed(
+            env,
+            hashes,
             sys::TypedarrayType::biguint64_array,
+            NAME,
             "tokensHashes must be a BigUint64Array",
         )
     }?;
-    let mut early_exit = false;
-    check(
-        unsafe { sys::napi_get_value_bool(env, argv[2], &mut early_exit) },
-        "earlyExit must be a boolean",
-    )?;
+    let early_exit =
+        unsafe { plain::boolean(env, early_exit, NAME, "earlyExit must be a boolean") }?;
     let (out_ptr, out_len) = unsafe {
-        typed(
+        plain::typed(
             env,
-            argv[3],
+            out,
             sys::TypedarrayType::uint8_array,
+            NAME,
             "out must be a Uint8Array",
         )
     }?;
-    let mut offset = 0f64;
-    check(
-        unsafe { sys::napi_get_value_double(env, argv[4], &mut offset) },
-        "offset must be a number",
-    )?;
+    let offset = unsafe { plain::number(env, offset, NAME, "offset must be a number") }?;
     if !(offset >= 0.0 && offset.fract() == 0.0 && offset <= out_len as f64) {
-        return Err(invalid("offset must be an integer within out"));
+        return Err(plain::invalid(NAME, "offset must be an integer within out"));
     }
     let index = lookup(handle).ok_or_else(|| closed("RadixIndex"))?;
     // SAFETY: a registered index is alive (see `register`); JavaScript is blocked in this call and
@@ -223,33 +110,14 @@ unsafe fn find_matches_packed(
         };
         write_matches(matches, out)
     };
-    let mut result = ptr::null_mut();
-    check(
-        unsafe { sys::napi_create_double(env, written as f64, &mut result) },
-        "cannot create the result",
-    )?;
-    Ok(result)
+    unsafe { plain::js_number(env, written as f64, NAME) }
 }
 
 unsafe extern "C" fn find_matches_packed_cb(
     env: sys::napi_env,
     info: sys::napi_callback_info,
 ) -> sys::napi_value {
-    let r = std::panic::catch_unwind(|| unsafe { find_matches_packed(env, info) })
-        .map_err(|_| {
-            Error::new(
-                Status::GenericFailure,
-                "findMatchesPacked panicked".to_owned(),
-            )
-        })
-        .and_then(|r| r);
-    match r {
-        Ok(v) => v,
-        Err(e) => {
-            unsafe { JsError::from(e).throw_into(env) };
-            ptr::null_mut()
-        }
-    }
+    unsafe { plain::run(env, NAME, || find_matches_packed(env, info)) }
 }
 
 /// `findMatchesPacked` as a plain function (napi-rs keeps a single module-exports hook, so the
@@ -260,7 +128,7 @@ unsafe extern "C" fn find_matches_packed_cb(
 pub fn find_matches_packed_function(env: &Env) -> Result<Unknown<'_>> {
     let raw = env.raw();
     let mut f = ptr::null_mut();
-    check(
+    plain::check(
         unsafe {
             sys::napi_create_function(
                 raw,
@@ -271,7 +139,8 @@ pub fn find_matches_packed_function(env: &Env) -> Result<Unknown<'_>> {
                 &mut f,
             )
         },
-        "cannot create findMatchesPacked",
+        NAME,
+        "cannot create the function",
     )?;
     // SAFETY: a function value just created in this environment
     Ok(unsafe { Unknown::from_raw_unchecked(raw, f) })

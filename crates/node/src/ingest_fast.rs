@@ -1,12 +1,6 @@
-//! `RawIngestor.prototype.ingestPacked`: `ingestInto` as a plain Node-API callback.
-//!
-//! A `#[napi]` method pays for napi-rs's generic borrow tracking on every call (a scope allocated
-//! per call, the receiver entered into a process-wide locked map and taken out again), which on
-//! the hot path of one call per engine message costs about as much as converting a small batch.
-//! This callback converts its five arguments itself and finds its ingestor by a handle (a slot and
-//! a generation, from `RawIngestor.handle()`) in a per-thread table, never by unwrapping `this`,
-//! so that no receiver, however it was obtained, can make it read memory of another type.
-//! A handle that no longer names a live ingestor fails with `Ingestor is closed`.
+//! `RawIngestor.prototype.ingestPacked`: `ingestInto` as a plain Node-API callback (see `plain`),
+//! finding its ingestor by a handle from `RawIngestor.handle()`. A handle that no longer names a live
+//! ingestor fails with `Ingestor is closed`.
 //!
 //! `benchIngestLoop`, on the module's exports, is for bench/run.ts only (it is in no type
 //! declaration and no public module): the pure Rust core's loop run inside the Node process.
@@ -15,7 +9,6 @@
 #![cfg_attr(test, allow(dead_code))]
 
 use std::cell::RefCell;
-use std::ffi::c_void;
 use std::ptr;
 use std::rc::{Rc, Weak};
 
@@ -26,113 +19,41 @@ use napi_derive::napi;
 use dynamo_kv_core::ingest::OUT_HEADER_BYTES;
 
 use super::{closed, now_arg, report_memory, Shared};
+use crate::plain::{self, Handles};
 
-/// Slots of live ingestors: (generation, ingestor). A slot is reused with the next generation.
-struct Table {
-    slots: Vec<(u32, Weak<RefCell<Shared>>)>,
-    free: Vec<u32>,
+/// A status of the exports hook as a result (its errors name `ingestPacked`).
+fn check(status: sys::napi_status, what: &str) -> Result<()> {
+    plain::check(status, "ingestPacked", what)
 }
 
 thread_local! {
-    static TABLE: RefCell<Table> = const { RefCell::new(Table { slots: Vec::new(), free: Vec::new() }) };
+    /// The live ingestors.
+    static TABLE: RefCell<Handles<Weak<RefCell<Shared>>>> = const { RefCell::new(Handles::new()) };
 }
-
-/// Slots below 2^21 and generations below 2^32 keep a handle an exact integer in a JS number.
-const SLOT_BITS: u32 = 21;
 
 /// Enters an ingestor; returns its handle.
 pub(crate) fn register(shared: &Rc<RefCell<Shared>>) -> f64 {
-    TABLE.with(|t| {
-        let mut t = t.borrow_mut();
-        let slot = match t.free.pop() {
-            Some(s) => {
-                let entry = &mut t.slots[s as usize];
-                entry.0 = entry.0.wrapping_add(1);
-                entry.1 = Rc::downgrade(shared);
-                s
-            }
-            None => {
-                t.slots.push((0, Rc::downgrade(shared)));
-                (t.slots.len() - 1) as u32
-            }
-        };
-        handle_of(slot, t.slots[slot as usize].0)
-    })
+    TABLE.with(|t| t.borrow_mut().register(Rc::downgrade(shared)))
 }
 
 /// Frees a handle's slot (its ingestor is being finalized).
 pub(crate) fn unregister(handle: f64) {
-    TABLE.with(|t| {
-        let mut t = t.borrow_mut();
-        if let Some(slot) = slot_of(&t, handle) {
-            t.slots[slot as usize].1 = Weak::new();
-            t.free.push(slot);
-        }
-    })
-}
-
-fn handle_of(slot: u32, generation: u32) -> f64 {
-    (generation as f64) * f64::from(1u32 << SLOT_BITS) + slot as f64
-}
-
-/// The slot a handle names, when its generation is the slot's current one.
-fn slot_of(t: &Table, handle: f64) -> Option<u32> {
-    if !(handle >= 0.0 && handle.fract() == 0.0 && handle < 2f64.powi(53)) {
-        return None;
-    }
-    let h = handle as u64;
-    let slot = (h & ((1 << SLOT_BITS) - 1)) as u32;
-    let generation = (h >> SLOT_BITS) as u32;
-    match t.slots.get(slot as usize) {
-        Some((g, _)) if *g == generation && (h >> SLOT_BITS) <= u32::MAX as u64 => Some(slot),
-        _ => None,
-    }
+    TABLE.with(|t| t.borrow_mut().unregister(handle))
 }
 
 fn lookup(handle: f64) -> Option<Rc<RefCell<Shared>>> {
-    TABLE.with(|t| {
-        let t = t.borrow();
-        let slot = slot_of(&t, handle)?;
-        t.slots[slot as usize].1.upgrade()
-    })
+    TABLE.with(|t| t.borrow().get(handle)?.upgrade())
 }
 
-fn check(status: sys::napi_status, what: &str) -> Result<()> {
-    if status == sys::Status::napi_ok {
-        Ok(())
-    } else {
-        Err(Error::new(
-            Status::InvalidArg,
-            format!("ingestPacked: {what}"),
-        ))
-    }
-}
-
-unsafe fn number(env: sys::napi_env, v: sys::napi_value, what: &str) -> Result<f64> {
-    let mut x = 0f64;
-    check(unsafe { sys::napi_get_value_double(env, v, &mut x) }, what)?;
-    Ok(x)
-}
-
-/// The bytes of a Uint8Array (or Buffer) argument: pointer and length.
-unsafe fn bytes(env: sys::napi_env, v: sys::napi_value, what: &str) -> Result<(*mut u8, usize)> {
-    let mut kind = 0;
-    let mut len = 0usize;
-    let mut data: *mut c_void = ptr::null_mut();
-    let mut ab = ptr::null_mut();
-    let mut off = 0usize;
-    check(
-        unsafe {
-            sys::napi_get_typedarray_info(env, v, &mut kind, &mut len, &mut data, &mut ab, &mut off)
-        },
-        what,
-    )?;
-    if kind != sys::TypedarrayType::uint8_array {
-        return Err(Error::new(
-            Status::InvalidArg,
-            format!("ingestPacked: {what}"),
-        ));
-    }
+/// The bytes of a Uint8Array (or Buffer) argument of the callback `name`: pointer and length.
+unsafe fn bytes(
+    env: sys::napi_env,
+    v: sys::napi_value,
+    name: &str,
+    what: &str,
+) -> Result<(*mut u8, usize)> {
+    let (data, len) =
+        unsafe { plain::typed(env, v, sys::TypedarrayType::uint8_array, name, what) }?;
     Ok((data.cast(), len))
 }
 
@@ -165,33 +86,15 @@ unsafe fn ingest_packed(
     env: sys::napi_env,
     info: sys::napi_callback_info,
 ) -> Result<sys::napi_value> {
-    let mut argc = 5usize;
-    let mut argv = [ptr::null_mut(); 5];
-    check(
-        unsafe {
-            sys::napi_get_cb_info(
-                env,
-                info,
-                &mut argc,
-                argv.as_mut_ptr(),
-                ptr::null_mut(),
-                ptr::null_mut(),
-            )
-        },
-        "bad call",
-    )?;
-    if argc < 5 {
-        return Err(Error::new(
-            Status::InvalidArg,
-            "ingestPacked: takes (handle, payload, nowMs, out, offset)".to_owned(),
-        ));
-    }
-    let handle = unsafe { number(env, argv[0], "handle must be a number") }?;
+    const NAME: &str = "ingestPacked";
+    let [handle, payload, now_ms, out, offset] =
+        unsafe { plain::args::<5>(env, info, NAME, "(handle, payload, nowMs, out, offset)") }?;
+    let handle = unsafe { plain::number(env, handle, NAME, "handle must be a number") }?;
     let (payload_ptr, payload_len) =
-        unsafe { bytes(env, argv[1], "payload must be a Uint8Array") }?;
-    let now_ms = unsafe { number(env, argv[2], "nowMs must be a number") }?;
-    let (out_ptr, out_len) = unsafe { bytes(env, argv[3], "out must be a Uint8Array") }?;
-    let offset = unsafe { number(env, argv[4], "offset must be a number") }?;
+        unsafe { bytes(env, payload, NAME, "payload must be a Uint8Array") }?;
+    let now_ms = unsafe { plain::number(env, now_ms, NAME, "nowMs must be a number") }?;
+    let (out_ptr, out_len) = unsafe { bytes(env, out, NAME, "out must be a Uint8Array") }?;
+    let offset = unsafe { plain::number(env, offset, NAME, "offset must be a number") }?;
     let shared = lookup(handle).ok_or_else(|| closed("Ingestor"))?;
     let mut shared = shared.borrow_mut();
     let (ing, memory) = shared.get("Ingestor")?;
@@ -217,13 +120,14 @@ unsafe fn ingest_packed(
         // SAFETY: in bounds (checked above); `packed` is the ingestor's own buffer, never JS
         // memory, and `copy` allows any overlap with the payload.
         unsafe { ptr::copy(packed.as_ptr(), out_ptr.add(offset as usize), packed.len()) };
-        check(
+        plain::check(
             unsafe { sys::napi_create_uint32(env, packed.len() as u32, &mut result) },
+            "ingestPacked",
             "cannot create the result",
         )?;
     } else {
         let mut data = ptr::null_mut();
-        check(
+        plain::check(
             unsafe {
                 sys::napi_create_buffer_copy(
                     env,
@@ -233,6 +137,7 @@ unsafe fn ingest_packed(
                     &mut result,
                 )
             },
+            "ingestPacked",
             "cannot allocate the output",
         )?;
     }
@@ -245,16 +150,7 @@ unsafe extern "C" fn ingest_packed_cb(
     env: sys::napi_env,
     info: sys::napi_callback_info,
 ) -> sys::napi_value {
-    let r = std::panic::catch_unwind(|| unsafe { ingest_packed(env, info) })
-        .map_err(|_| Error::new(Status::GenericFailure, "ingestPacked panicked".to_owned()))
-        .and_then(|r| r);
-    match r {
-        Ok(v) => v,
-        Err(e) => {
-            unsafe { JsError::from(e).throw_into(env) };
-            ptr::null_mut()
-        }
-    }
+    unsafe { plain::run(env, "ingestPacked", || ingest_packed(env, info)) }
 }
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
@@ -299,61 +195,28 @@ unsafe fn bench_ingest_loop(
     env: sys::napi_env,
     info: sys::napi_callback_info,
 ) -> Result<sys::napi_value> {
-    let mut argc = 5usize;
-    let mut argv = [ptr::null_mut(); 5];
-    check(
-        unsafe {
-            sys::napi_get_cb_info(
-                env,
-                info,
-                &mut argc,
-                argv.as_mut_ptr(),
-                ptr::null_mut(),
-                ptr::null_mut(),
-            )
-        },
-        "bad call",
-    )?;
-    if argc < 5 {
-        return Err(Error::new(
-            Status::InvalidArg,
-            "benchIngestLoop: takes (handle, batches, nowMs, passes, tally)".to_owned(),
-        ));
-    }
-    let handle = unsafe { number(env, argv[0], "handle must be a number") }?;
-    let (data_ptr, data_len) = unsafe { bytes(env, argv[1], "batches must be a Uint8Array") }?;
-    let now_ms = unsafe { number(env, argv[2], "nowMs must be a number") }?;
-    let passes = unsafe { number(env, argv[3], "passes must be a number") }?;
+    const NAME: &str = "benchIngestLoop";
+    let [handle, batches, now_ms, passes, tally] =
+        unsafe { plain::args::<5>(env, info, NAME, "(handle, batches, nowMs, passes, tally)") }?;
+    let handle = unsafe { plain::number(env, handle, NAME, "handle must be a number") }?;
+    let (data_ptr, data_len) =
+        unsafe { bytes(env, batches, NAME, "batches must be a Uint8Array") }?;
+    let now_ms = unsafe { plain::number(env, now_ms, NAME, "nowMs must be a number") }?;
+    let passes = unsafe { plain::number(env, passes, NAME, "passes must be a number") }?;
     if !(0.0..=1e6).contains(&passes) {
-        return Err(Error::new(
-            Status::InvalidArg,
-            "benchIngestLoop: passes must be in 0..1e6".to_owned(),
-        ));
+        return Err(plain::invalid(NAME, "passes must be in 0..1e6"));
     }
-    let mut kind = 0;
-    let mut len = 0usize;
-    let mut tally_ptr: *mut c_void = ptr::null_mut();
-    let mut ab = ptr::null_mut();
-    let mut off = 0usize;
-    check(
-        unsafe {
-            sys::napi_get_typedarray_info(
-                env,
-                argv[4],
-                &mut kind,
-                &mut len,
-                &mut tally_ptr,
-                &mut ab,
-                &mut off,
-            )
-        },
-        "tally must be a Float64Array of 5",
-    )?;
-    if kind != sys::TypedarrayType::float64_array || len < 5 {
-        return Err(Error::new(
-            Status::InvalidArg,
-            "benchIngestLoop: tally must be a Float64Array of 5".to_owned(),
-        ));
+    let (tally_ptr, len) = unsafe {
+        plain::typed(
+            env,
+            tally,
+            sys::TypedarrayType::float64_array,
+            NAME,
+            "tally must be a Float64Array of 5",
+        )
+    }?;
+    if len < 5 {
+        return Err(plain::invalid(NAME, "tally must be a Float64Array of 5"));
     }
     let shared = lookup(handle).ok_or_else(|| closed("Ingestor"))?;
     let mut shared = shared.borrow_mut();
@@ -386,8 +249,9 @@ unsafe fn bench_ingest_loop(
         unsafe { t.add(i).write_unaligned(t.add(i).read_unaligned() + x) };
     }
     let mut result = ptr::null_mut();
-    check(
+    plain::check(
         unsafe { sys::napi_get_undefined(env, &mut result) },
+        NAME,
         "cannot create the result",
     )?;
     Ok(result)
@@ -397,21 +261,7 @@ unsafe extern "C" fn bench_ingest_loop_cb(
     env: sys::napi_env,
     info: sys::napi_callback_info,
 ) -> sys::napi_value {
-    let r = std::panic::catch_unwind(|| unsafe { bench_ingest_loop(env, info) })
-        .map_err(|_| {
-            Error::new(
-                Status::GenericFailure,
-                "benchIngestLoop panicked".to_owned(),
-            )
-        })
-        .and_then(|r| r);
-    match r {
-        Ok(v) => v,
-        Err(e) => {
-            unsafe { JsError::from(e).throw_into(env) };
-            ptr::null_mut()
-        }
-    }
+    unsafe { plain::run(env, "benchIngestLoop", || bench_ingest_loop(env, info)) }
 }
 
 /// Puts `ingestPacked` on `RawIngestor.prototype` once the classes are registered, and the

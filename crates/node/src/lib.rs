@@ -30,6 +30,7 @@ use napi_derive::napi;
 mod http_front;
 mod index_fast;
 mod ingest_fast;
+mod plain;
 
 fn u64_arg(name: &str, b: &BigInt) -> Result<u64> {
     let (signed, v, lossless) = b.get_u64();
