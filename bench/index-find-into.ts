@@ -6,24 +6,12 @@
 import { loadavg } from 'node:os'
 import { createRequire } from 'node:module'
 import type { RawBinding, RawRadixIndex } from '../ts/core/binding.js'
-import { RadixIndex } from '../ts/core/api.js'
 import { fallback } from '../ts/fallback/lib.js'
+import { fullMatchIndex } from './indexer.js'
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5)
 const QUERIES = 20_000
 const native = createRequire(import.meta.url)('../binding.cjs') as RawBinding
-
-function build(impl: RawBinding): { ix: RadixIndex; chains: BigUint64Array[] } {
-  const ix = new RadixIndex(impl)
-  const chains = Array.from({ length: 200 }, (_, c) => BigUint64Array.from({ length: 64 }, (_, i) => (BigInt(c) << 16n) | BigInt(i + 1)))
-  for (let w = 0n; w < 64n; w++)
-    chains.forEach((ch, c) => {
-      if (w % 8n === 7n && c % 2 === 0) return
-      const blocks = Array.from(ch, (t) => ({ blockHash: t ^ (w << 40n), tokensHash: t, mmExtraInfo: null }))
-      ix.applyEvent({ workerId: w * 1_000_003n, event: { eventId: 1n, dpRank: 0, data: { type: 'stored', parentHash: null, blocks } } })
-    })
-  return { ix, chains }
-}
 
 function percentiles(f: (q: BigUint64Array) => unknown, queries: BigUint64Array[]): [number, number] {
   for (let k = 0; k < 2000; k++) f(queries[k]!)
@@ -49,8 +37,7 @@ function main(): void {
     ['native', native],
     ['fallback', fallback],
   ] as const) {
-    const { ix, chains } = build(impl)
-    const queries = Array.from({ length: QUERIES }, (_, k) => chains[(k * 7919) % chains.length]!)
+    const { ix, queries } = fullMatchIndex(impl, QUERIES)
     const raw = (ix as unknown as { raw: RawRadixIndex }).raw
     const out = Buffer.alloc(4 + 24 * 4096)
     const w = new BigUint64Array(4096)
