@@ -14,7 +14,7 @@
 import { createRequire } from 'node:module'
 import { loadavg } from 'node:os'
 import type { RawBinding, RawRadixIndex } from '../ts/core/binding.js'
-import { RadixIndex, type OverlapScores, type WorkerScore, type WorkerTreeSize } from '../ts/core/api.js'
+import { RadixIndex, type OverlapScores, type WorkerScore, type WorkerTreeSize, workerIdOf } from '../ts/core/api.js'
 import { fallback } from '../ts/fallback/lib.js'
 import { hashesArg } from '../ts/util/args.js'
 import { fullMatchIndex, lookupEvents } from './indexer.js'
@@ -26,26 +26,10 @@ const native = createRequire(import.meta.url)('../binding.cjs') as RawBinding
 
 // ---------------------------------------------------------------------------------------------------
 // the previous RadixIndex.findMatches (ts/core/api.ts before the arena): the napi-rs method into one
-// shared scratch buffer, then both lists built at once, worker ids from the same kind of id cache
+// shared scratch buffer, then both lists built at once, worker ids from the same id cache
 
 let scratch = Buffer.allocUnsafeSlow(4 + 24 * 256)
 let scratchView = new DataView(scratch.buffer, scratch.byteOffset, scratch.byteLength)
-const ID_CACHE = 1024
-const cacheLo = new Uint32Array(ID_CACHE)
-const cacheHi = new Uint32Array(ID_CACHE)
-const cacheId: (bigint | undefined)[] = new Array<bigint | undefined>(ID_CACHE).fill(undefined)
-
-function workerIdOf(lo: number, hi: number): bigint {
-  const at = (Math.imul(lo ^ hi, 0x9e3779b1) >>> 22) & (ID_CACHE - 1)
-  const id = cacheId[at]
-  if (id !== undefined && cacheLo[at] === lo && cacheHi[at] === hi) return id
-  const fresh = (BigInt(hi) << 32n) | BigInt(lo)
-  cacheLo[at] = lo
-  cacheHi[at] = hi
-  cacheId[at] = fresh
-  return fresh
-}
-
 function previousFindMatches(raw: RawRadixIndex, tokensHashes: BigUint64Array | bigint[], earlyExit = false): OverlapScores {
   const hashes = hashesArg('tokensHashes', tokensHashes)
   const len = raw.findMatches(hashes, earlyExit, scratch)

@@ -983,7 +983,7 @@ const cacheLo = new Uint32Array(ID_CACHE)
 const cacheHi = new Uint32Array(ID_CACHE)
 const cacheId: (bigint | undefined)[] = new Array<bigint | undefined>(ID_CACHE).fill(undefined)
 
-function workerIdOf(lo: number, hi: number): bigint {
+export function workerIdOf(lo: number, hi: number): bigint {
   const at = (Math.imul(lo ^ hi, 0x9e3779b1) >>> 22) & (ID_CACHE - 1)
   const id = cacheId[at]
   if (id !== undefined && cacheLo[at] === lo && cacheHi[at] === hi) return id
