@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod engine;
 pub mod hash;
 pub mod index;
+pub mod index_shared;
 pub mod ingest;
 pub mod json;
 pub mod local;
@@ -19,7 +20,8 @@ pub mod wire;
 
 pub use convert::{decode_engine_batch, Converted, DecodedBatch, Reason, Store};
 pub use hash::{compute_block_hashes, compute_block_hashes_with, BlockHashOptions};
-pub use index::{ApplyOutcome, IndexAccess, Match, RadixIndex};
+pub use index::{ApplyOutcome, IndexAccess, Match, MatchScratch, RadixIndex};
+pub use index_shared::{PublishPolicy, SharedReader, SharedWriter};
 pub use ingest::{unpack, Ingestor, IngestorConfig, Mode, Unpacked, COUNTER_NAMES};
 pub use local::{LocalIndexer, RangeResult};
 pub use wire::{BlockExtraInfo, EventData, MmObject, RouterEvent, StoredBlock};
