@@ -101,6 +101,10 @@ struct Round {
     /// The SharedReader at the same pace with no writer (what the machine gives without one)
     idle_p50_us: f64,
     idle_p99_us: f64,
+    /// The SharedReader while a writer thread applies the mixed stream to another, unshared index
+    /// (the neighbour core's load alone, no sharing)
+    apart_p50_us: f64,
+    apart_p99_us: f64,
 }
 
 const NAN_ROUND: Round = Round {
@@ -123,6 +127,8 @@ const NAN_ROUND: Round = Round {
     shared_bytes_per_entry: f64::NAN,
     idle_p50_us: f64::NAN,
     idle_p99_us: f64::NAN,
+    apart_p50_us: f64::NAN,
+    apart_p99_us: f64::NAN,
 };
 
 /// What the reference answers, and Dynamo's departures from it.
@@ -469,6 +475,18 @@ fn round(
                 |i| reader.find_matches(&t.queries[i], false).len(),
             );
             (r.idle_p50_us, r.idle_p99_us) = (idle.busy_p50_us, idle.busy_p99_us);
+            let mut other = RadixIndex::new();
+            core_apply(&mut other, &t.build);
+            let mut apart = NAN_ROUND;
+            busy(
+                &mut apart,
+                w,
+                t.queries.len(),
+                || core_apply(&mut other, &t.mixed).wall,
+                |i| reader.find_matches(&t.queries[i], false).len(),
+            );
+            drop(other);
+            (r.apart_p50_us, r.apart_p99_us) = (apart.busy_p50_us, apart.busy_p99_us);
             busy(
                 &mut r,
                 w,
@@ -644,7 +662,7 @@ fn print_table(w: &Workload, rounds: &HashMap<Impl, Vec<Round>>) {
             .map_or(Vec::new(), |r| r.iter().map(f).collect::<Vec<f64>>())
     };
     type Row = (&'static str, fn(&Round) -> f64, f64, usize);
-    let rows: [Row; 19] = [
+    let rows: [Row; 21] = [
         (
             "apply, build stream (M blocks/s, wall)",
             |r| r.build_rate,
@@ -716,6 +734,18 @@ fn print_table(w: &Workload, rounds: &HashMap<Impl, Vec<Round>>) {
         (
             "SharedReader at that pace with no writer: find_matches p99 (µs)",
             |r| r.idle_p99_us,
+            1.0,
+            2,
+        ),
+        (
+            "SharedReader while a writer applies to another index: p50 (µs)",
+            |r| r.apart_p50_us,
+            1.0,
+            2,
+        ),
+        (
+            "SharedReader while a writer applies to another index: p99 (µs)",
+            |r| r.apart_p99_us,
             1.0,
             2,
         ),
