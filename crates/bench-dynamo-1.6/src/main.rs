@@ -457,11 +457,17 @@ fn round(
                 ) as u64)),
             });
             let mut reader = writer.reader();
-            r.shared_build_cpu_rate = t.build_blocks as f64 / shared_apply(&mut writer, &t.build).cpu;
+            r.shared_build_cpu_rate =
+                t.build_blocks as f64 / shared_apply(&mut writer, &t.build).cpu;
             writer.catch_up();
             r.shared_bytes_per_entry = (live() - before) as f64 / entries as f64;
             if let Some(c) = check.as_deref() {
-                check_shared(&mut reader, &t.queries, &c.after_build, "after the build stream");
+                check_shared(
+                    &mut reader,
+                    &t.queries,
+                    &c.after_build,
+                    "after the build stream",
+                );
             }
             let mut idle = NAN_ROUND;
             busy(

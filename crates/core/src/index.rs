@@ -15,6 +15,13 @@
 //!   still held below it become unreachable (stale) but stay in their workers' maps until removed;
 //! - a block hash stored at a new place leaves its old node first;
 //! - `cleared` applies to every dp rank of the worker id (Dynamo semantics).
+//!
+//! Queries: `find_matches_with(&self, .., &mut MatchScratch)` reads the index only, the per-query
+//! memory being the caller's, so several threads can query one index each with its own scratch;
+//! `find_matches` / `find_matches_ref` (`&mut self`) use a scratch inside the index. Answers come
+//! out in the worker-key order that `prepare_reads` keeps (the `&mut` queries call it; `&self`
+//! queries sort the keys into the scratch while it is stale). For reads alongside a writer thread,
+//! see `index_shared`.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;

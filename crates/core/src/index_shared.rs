@@ -14,9 +14,14 @@
 //!   one dp rank of a removed worker without the other. An operation is seen once published.
 //!
 //! The cost: two copies of the index in memory (about twice `RadixIndex::heap_bytes`, plus the
-//! log), and the writer does every operation twice (once when applied, once in the replay) and copies
-//! each event's hashes into the log. The waiting is the writer's: a reader preempted inside a query
-//! holds up the writer's next operation after a publish, never another reader.
+//! log: 180.7 bytes per (worker, block) entry against 90.1 for one index in the side-by-side bench),
+//! and the writer does every operation twice (once when applied, once in the replay) and copies
+//! each event's hashes into the log (there, 2.7-3.3 M blocks/s of CPU against 7.8 for one index).
+//! The waiting is the writer's: a reader preempted inside a query holds up the writer's next
+//! operation after a publish, never another reader.
+//!
+//! A shared index starts empty (`SharedWriter::new`); the writer's calls return what the plain
+//! index's would (the outcome of applying to its copy; the replay gives the same).
 //!
 //! JavaScript (the Node binding, the TypeScript fallback) runs the index on one thread and does not
 //! use this.

@@ -1,6 +1,8 @@
 //! dynamo-kv core: pure Rust, no I/O, no async. Engine KV-event decoding (SPEC 2), conversion into
-//! Dynamo router events (SPEC 3), block hashing (SPEC 4), router-wire encodings (SPEC 5) and the
-//! per-publisher ingest state. Nothing here panics on input: every failure is a value.
+//! Dynamo router events (SPEC 3), block hashing (SPEC 4), router-wire encodings (SPEC 5), the
+//! per-publisher ingest state, and the radix index (SPEC 6) with its two-copy wrapper whose readers on
+//! other threads never wait for the writer (`index_shared`). Nothing here panics on input: every
+//! failure is a value.
 
 #![deny(clippy::all)]
 
