@@ -393,13 +393,12 @@ impl SharedWriter {
         );
         self.applied += 1;
         let now_due = self.pending.ops.len() >= self.policy.max_ops && self.policy.max_ops > 0;
-        let age_due = match (self.policy.max_delay, self.pending_since) {
-            (Some(d), Some(t)) => t.elapsed() >= d,
-            (Some(_), None) => {
-                self.pending_since = Some(Instant::now());
-                false
+        let age_due = match self.policy.max_delay {
+            None => false,
+            Some(d) => {
+                let since = *self.pending_since.get_or_insert_with(Instant::now);
+                since.elapsed() >= d
             }
-            (None, _) => false,
         };
         if now_due || age_due {
             self.publish();

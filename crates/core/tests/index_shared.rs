@@ -184,7 +184,7 @@ fn every_read_equals_the_plain_index_after_the_published_operations() {
     ] {
         let mut r = Rng(seed);
         let docs = Docs::new(&mut r, 40);
-        let ops = stream(&mut r, &docs, workers, 6000);
+        let ops = stream(&mut r, &docs, workers, 4000);
         let qs = Arc::new(queries(&mut r, &docs));
         let mut writer = SharedWriter::with_policy(policy);
         let done = Arc::new(AtomicBool::new(false));
@@ -216,7 +216,7 @@ fn every_read_equals_the_plain_index_after_the_published_operations() {
                         assert!(version >= last, "a reader went back in time");
                         last = version;
                         // every answer up to a bound, then one in 16 (the check replays them all)
-                        if seen.len() < 20_000 || finished || rng.chance(6) {
+                        if seen.len() < 10_000 || finished || rng.chance(6) {
                             seen.push((version, qi, early, got));
                         }
                         if finished {
@@ -526,6 +526,17 @@ fn publishes_on_its_own_every_max_ops() {
     assert_eq!(reader2.version(), 6);
     writer.publish();
     assert_eq!(reader2.find_matches(&[1], false).len(), 7);
+    // an age limit of zero: every operation is published as it is applied
+    let mut writer = SharedWriter::with_policy(PublishPolicy {
+        max_ops: 0,
+        max_delay: Some(std::time::Duration::ZERO),
+    });
+    let mut reader = writer.reader();
+    for i in 1..=3u64 {
+        apply_shared(&mut writer, &stored(i, 0, 1, None, &[1]));
+        assert_eq!(writer.published_version(), i);
+        assert_eq!(reader.find_matches(&[1], false).len(), i as usize);
+    }
 }
 
 /// A reader inside a read keeps its copy unchanged while the writer publishes and goes on: the
