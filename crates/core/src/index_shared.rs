@@ -16,7 +16,7 @@
 //! The cost: two copies of the index in memory (about twice `RadixIndex::heap_bytes`, plus the
 //! log: 180.7 bytes per (worker, block) entry against 90.1 for one index in the side-by-side bench),
 //! and the writer does every operation twice (once when applied, once in the replay) and copies
-//! each event's hashes into the log (there, 2.7-3.3 M blocks/s of CPU against 7.8 for one index).
+//! each event's hashes into the log (there, 2.3-3.4 M blocks/s of CPU against 7.5-8.2 for one index).
 //! The waiting is the writer's: a reader preempted inside a query holds up the writer's next
 //! operation after a publish, never another reader.
 //!
