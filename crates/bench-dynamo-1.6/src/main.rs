@@ -6,7 +6,9 @@
 //!
 //! Environment: BENCH_ROUNDS (default 3), BENCH_QUERIES (20000), BENCH_ENTRIES (1000000),
 //! BENCH_CRTC_THREADS (4, the router's default event threads), BENCH_QPS (50000: the lookup rate
-//! while a writer applies).
+//! while a writer applies), BENCH_IMPLS (core,tree,crtc) and BENCH_WORKLOADS (a,b) to run only some,
+//! BENCH_PUBLISH_OPS and BENCH_PUBLISH_US (the shared index's publish policy; default
+//! `PublishPolicy::default()`).
 //!
 //! Every query's scores from this core are checked against the reference model on both
 //! workloads (a mismatch fails the run); Dynamo's answers are compared too and their differences
@@ -23,6 +25,7 @@ use bench_dynamo_1_6::{
     Trace, TraceConfig,
 };
 use dynamo_kv_core::index::{ApplyOutcome, RadixIndex};
+use dynamo_kv_core::index_shared::{PublishPolicy, SharedReader, SharedWriter};
 use dynamo_kv_core::RouterEvent;
 use dynamo_kv_router::protocols::{LocalBlockHash, RouterEvent as DynEvent};
 use dynamo_kv_router::{ConcurrentRadixTreeCompressed, RadixTree, SyncIndexer, ThreadPoolIndexer};
@@ -89,6 +92,19 @@ struct Round {
     busy_p99_us: f64,
     busy_writer_rate: f64,
     busy_queries: f64,
+    /// This core behind a `Mutex` (the busy_* figures are its `SharedWriter`'s)
+    mutex_p50_us: f64,
+    mutex_p99_us: f64,
+    mutex_writer_rate: f64,
+    shared_build_cpu_rate: f64,
+    shared_bytes_per_entry: f64,
+    /// The SharedReader at the same pace with no writer (what the machine gives without one)
+    idle_p50_us: f64,
+    idle_p99_us: f64,
+    /// The SharedReader while a writer thread applies the mixed stream to another, unshared index
+    /// (the neighbour core's load alone, no sharing)
+    apart_p50_us: f64,
+    apart_p99_us: f64,
 }
 
 const NAN_ROUND: Round = Round {
@@ -104,6 +120,15 @@ const NAN_ROUND: Round = Round {
     busy_p99_us: f64::NAN,
     busy_writer_rate: f64::NAN,
     busy_queries: f64::NAN,
+    mutex_p50_us: f64::NAN,
+    mutex_p99_us: f64::NAN,
+    mutex_writer_rate: f64::NAN,
+    shared_build_cpu_rate: f64::NAN,
+    shared_bytes_per_entry: f64::NAN,
+    idle_p50_us: f64::NAN,
+    idle_p99_us: f64::NAN,
+    apart_p50_us: f64::NAN,
+    apart_p99_us: f64::NAN,
 };
 
 /// What the reference answers, and Dynamo's departures from it.
@@ -205,6 +230,25 @@ fn core_apply(idx: &mut RadixIndex, evs: &[RouterEvent]) -> Span {
         std::hint::black_box(idx.apply_event(e));
     }
     t.stop()
+}
+
+fn shared_apply(w: &mut SharedWriter, evs: &[RouterEvent]) -> Span {
+    let t = Clock::start();
+    for e in evs {
+        std::hint::black_box(w.apply_event(e));
+    }
+    w.publish();
+    t.stop()
+}
+
+fn check_shared(r: &mut SharedReader, queries: &[Vec<u64>], want: &[Scores], when: &str) {
+    for (i, (q, e)) in queries.iter().zip(want).enumerate() {
+        let got = core_scores(r.find_matches(q, false));
+        assert_eq!(
+            &got, e,
+            "{when}: query {i}: the shared index's scores differ from the reference"
+        );
+    }
 }
 
 fn core_apply_checked(idx: &mut RadixIndex, evs: &[RouterEvent]) {
@@ -379,8 +423,9 @@ fn round(
             core_apply(&mut idx, &t.build);
             // find_matches_ref takes &mut self: readers and the writer share one mutex
             let idx = Mutex::new(idx);
+            let mut m = NAN_ROUND;
             busy(
-                &mut r,
+                &mut m,
                 w,
                 t.queries.len(),
                 || {
@@ -397,6 +442,79 @@ fn round(
                         .len()
                 },
             );
+            (r.mutex_p50_us, r.mutex_p99_us, r.mutex_writer_rate) =
+                (m.busy_p50_us, m.busy_p99_us, m.busy_writer_rate);
+            drop(idx);
+            // the shared index (two copies, a writer that never waits for a lock and readers that
+            // never wait at all): the writer thread applies the mixed stream, publishing as it goes
+            let before = live();
+            let d = PublishPolicy::default();
+            let mut writer = SharedWriter::with_policy(PublishPolicy {
+                max_ops: env("BENCH_PUBLISH_OPS", d.max_ops),
+                max_delay: Some(Duration::from_micros(env(
+                    "BENCH_PUBLISH_US",
+                    d.max_delay.map_or(0, |t| t.as_micros() as usize),
+                ) as u64)),
+            });
+            let mut reader = writer.reader();
+            r.shared_build_cpu_rate =
+                t.build_blocks as f64 / shared_apply(&mut writer, &t.build).cpu;
+            writer.catch_up();
+            r.shared_bytes_per_entry = (live() - before) as f64 / entries as f64;
+            if let Some(c) = check.as_deref() {
+                check_shared(
+                    &mut reader,
+                    &t.queries,
+                    &c.after_build,
+                    "after the build stream",
+                );
+            }
+            let mut idle = NAN_ROUND;
+            busy(
+                &mut idle,
+                w,
+                t.queries.len(),
+                || {
+                    std::thread::sleep(Duration::from_millis(500));
+                    1.0
+                },
+                |i| reader.find_matches(&t.queries[i], false).len(),
+            );
+            (r.idle_p50_us, r.idle_p99_us) = (idle.busy_p50_us, idle.busy_p99_us);
+            let mut other = RadixIndex::new();
+            core_apply(&mut other, &t.build);
+            let mut apart = NAN_ROUND;
+            busy(
+                &mut apart,
+                w,
+                t.queries.len(),
+                || core_apply(&mut other, &t.mixed).wall,
+                |i| reader.find_matches(&t.queries[i], false).len(),
+            );
+            drop(other);
+            (r.apart_p50_us, r.apart_p99_us) = (apart.busy_p50_us, apart.busy_p99_us);
+            busy(
+                &mut r,
+                w,
+                t.queries.len(),
+                || {
+                    let c = Instant::now();
+                    for e in &t.mixed {
+                        writer.apply_event(e);
+                    }
+                    writer.publish();
+                    c.elapsed().as_secs_f64()
+                },
+                |i| reader.find_matches(&t.queries[i], false).len(),
+            );
+            if let Some(c) = check.as_deref() {
+                check_shared(
+                    &mut reader,
+                    &t.late_queries,
+                    &c.after_mixed,
+                    "after the mixed stream",
+                );
+            }
         }
         Impl::Tree => {
             let before = live();
@@ -544,9 +662,13 @@ fn median(v: &[f64]) -> f64 {
 }
 
 fn print_table(w: &Workload, rounds: &HashMap<Impl, Vec<Round>>) {
-    let get = |i: Impl, f: fn(&Round) -> f64| rounds[&i].iter().map(f).collect::<Vec<f64>>();
+    let get = |i: Impl, f: fn(&Round) -> f64| {
+        rounds
+            .get(&i)
+            .map_or(Vec::new(), |r| r.iter().map(f).collect::<Vec<f64>>())
+    };
     type Row = (&'static str, fn(&Round) -> f64, f64, usize);
-    let rows: [Row; 12] = [
+    let rows: [Row; 21] = [
         (
             "apply, build stream (M blocks/s, wall)",
             |r| r.build_rate,
@@ -586,13 +708,13 @@ fn print_table(w: &Workload, rounds: &HashMap<Impl, Vec<Round>>) {
             1,
         ),
         (
-            "find_matches p50 under one writer (µs)",
+            "find_matches p50 under one writer (µs; this core: SharedReader)",
             |r| r.busy_p50_us,
             1.0,
             2,
         ),
         (
-            "find_matches p99 under one writer (µs)",
+            "find_matches p99 under one writer (µs; this core: SharedReader)",
             |r| r.busy_p99_us,
             1.0,
             2,
@@ -609,9 +731,63 @@ fn print_table(w: &Workload, rounds: &HashMap<Impl, Vec<Round>>) {
             1e-3,
             1,
         ),
+        (
+            "SharedReader at that pace with no writer: find_matches p50 (µs)",
+            |r| r.idle_p50_us,
+            1.0,
+            2,
+        ),
+        (
+            "SharedReader at that pace with no writer: find_matches p99 (µs)",
+            |r| r.idle_p99_us,
+            1.0,
+            2,
+        ),
+        (
+            "SharedReader while a writer applies to another index: p50 (µs)",
+            |r| r.apart_p50_us,
+            1.0,
+            2,
+        ),
+        (
+            "SharedReader while a writer applies to another index: p99 (µs)",
+            |r| r.apart_p99_us,
+            1.0,
+            2,
+        ),
+        (
+            "this core behind a Mutex: find_matches p50 under one writer (µs)",
+            |r| r.mutex_p50_us,
+            1.0,
+            2,
+        ),
+        (
+            "this core behind a Mutex: find_matches p99 under one writer (µs)",
+            |r| r.mutex_p99_us,
+            1.0,
+            2,
+        ),
+        (
+            "this core behind a Mutex: writer's apply rate meanwhile (M blocks/s)",
+            |r| r.mutex_writer_rate,
+            1e-6,
+            2,
+        ),
+        (
+            "SharedWriter, build stream, no reader (M blocks/s of process CPU)",
+            |r| r.shared_build_cpu_rate,
+            1e-6,
+            2,
+        ),
+        (
+            "SharedWriter: bytes per entry, both copies and the log",
+            |r| r.shared_bytes_per_entry,
+            1.0,
+            1,
+        ),
     ];
     println!("\n#### {}\n", w.name);
-    println!("| median (min–max) of {} rounds | this core | Dynamo RadixTree | Dynamo ThreadPoolIndexer<CRTC> | RadixTree / core | CRTC / core |", rounds[&Impl::Core].len());
+    println!("| median (min–max) of {} rounds | this core | Dynamo RadixTree | Dynamo ThreadPoolIndexer<CRTC> | RadixTree / core | CRTC / core |", rounds.values().map(|r| r.len()).max().unwrap_or(0));
     println!("|---|---|---|---|---|---|");
     for (name, f, scale, digits) in rows {
         let (c, t, x) = (get(Impl::Core, f), get(Impl::Tree, f), get(Impl::Crtc, f));
@@ -634,7 +810,7 @@ fn print_table(w: &Workload, rounds: &HashMap<Impl, Vec<Round>>) {
     }
 }
 
-fn print_check(w: &Workload, c: &Check) {
+fn print_check(w: &Workload, c: &Check, core_ran: bool) {
     let mut o: Vec<_> = c.dynamo_outcomes.iter().collect();
     o.sort();
     let mut ro: Vec<_> = c
@@ -643,7 +819,10 @@ fn print_check(w: &Workload, c: &Check) {
         .map(|(k, v)| format!("{k:?}: {v}"))
         .collect();
     ro.sort();
-    println!("\n{}: reference outcomes {{{}}}; this core agreed with the reference on all {} + {} queries", w.name, ro.join(", "), c.after_build.len(), c.after_mixed.len());
+    println!("\n{}: reference outcomes {{{}}}", w.name, ro.join(", "));
+    if core_ran {
+        println!("this core (RadixIndex, and SharedReader after the SharedWriter published) agreed with the reference on all {} + {} queries", c.after_build.len(), c.after_mixed.len());
+    }
     println!("Dynamo RadixTree apply outcomes (build + mixed): {o:?}");
     for (name, d) in [("RadixTree", &c.tree), ("ThreadPoolIndexer<CRTC>", &c.crtc)] {
         for (when, d) in ["after the build stream", "after the mixed stream"]
@@ -664,17 +843,36 @@ fn main() {
     let build_entries = env("BENCH_ENTRIES", 1_000_000);
     let crtc_threads = env("BENCH_CRTC_THREADS", 4);
     println!("machine: {}; load average at start: {}", machine(), load());
+    // BENCH_IMPLS (core,tree,crtc) and BENCH_WORKLOADS (a,b) narrow a run (default: all)
+    let impls_env = std::env::var("BENCH_IMPLS").unwrap_or_else(|_| "core,tree,crtc".into());
+    let impls: Vec<Impl> = IMPLS
+        .into_iter()
+        .filter(|i| {
+            let name = match i {
+                Impl::Core => "core",
+                Impl::Tree => "tree",
+                Impl::Crtc => "crtc",
+            };
+            impls_env.split(',').any(|x| x.trim() == name)
+        })
+        .collect();
+    let workloads_env = std::env::var("BENCH_WORKLOADS").unwrap_or_else(|_| "a,b".into());
     let mut workloads = Vec::new();
-    for (name, per_worker) in [
+    for (key, name, per_worker) in [
         (
+            "a",
             "(a) one block hash per token path (shared hash seed)",
             false,
         ),
         (
+            "b",
             "(b) per-worker block hashes (each engine its own hash seed)",
             true,
         ),
     ] {
+        if !workloads_env.split(',').any(|x| x.trim() == key) {
+            continue;
+        }
         let mut cfg = TraceConfig::standard(per_worker);
         cfg.queries = queries;
         cfg.capacity = cfg.capacity * build_entries / 1_000_000;
@@ -720,7 +918,7 @@ fn main() {
         let entries = c.entries;
         let mut rounds: HashMap<Impl, Vec<Round>> = HashMap::new();
         for r in 0..rounds_n {
-            for which in IMPLS {
+            for which in IMPLS.into_iter().filter(|i| impls.contains(i)) {
                 let check = (r == 0).then_some(&mut *c);
                 let res = round(w, which, check, entries, crtc_threads);
                 rounds.entry(which).or_default().push(res);
@@ -728,7 +926,7 @@ fn main() {
             }
         }
         print_table(w, &rounds);
-        print_check(w, c);
+        print_check(w, c, impls.contains(&Impl::Core));
     }
     println!("\nload average at the end: {}", load());
 }

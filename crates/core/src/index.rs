@@ -15,6 +15,13 @@
 //!   still held below it become unreachable (stale) but stay in their workers' maps until removed;
 //! - a block hash stored at a new place leaves its old node first;
 //! - `cleared` applies to every dp rank of the worker id (Dynamo semantics).
+//!
+//! Queries: `find_matches_with(&self, .., &mut MatchScratch)` reads the index only, the per-query
+//! memory being the caller's, so several threads can query one index each with its own scratch;
+//! `find_matches` / `find_matches_ref` (`&mut self`) use a scratch inside the index. Answers come
+//! out in the worker-key order that `prepare_reads` keeps (the `&mut` queries call it; `&self`
+//! queries sort the keys into the scratch while it is stale). For reads alongside a writer thread,
+//! see `index_shared`.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -523,6 +530,48 @@ pub struct Match {
     pub tree_size: u64,
 }
 
+/// The per-query working memory of `find_matches`, owned by the caller so that an index can be
+/// queried through `&self` (`RadixIndex::find_matches_with`), from several threads each with its own
+/// scratch. One scratch serves any number of indexes; it grows to the largest worker-slot count seen
+/// and allocates nothing per query after that.
+#[derive(Debug, Default, Clone)]
+pub struct MatchScratch {
+    stamp: Vec<u32>,
+    generation: u32,
+    /// per slot, its score in the current query (0 = none; every entry is 0 between queries)
+    score: Vec<u32>,
+    scored: Vec<u32>,
+    high: Vec<u32>,
+    kept: Vec<u32>,
+    keys: Vec<u64>,
+    /// the slot order, for an index whose own is stale (`RadixIndex::prepare_reads` not called
+    /// since a worker came or went)
+    order: Vec<u32>,
+    rank: Vec<u32>,
+    out: Vec<Match>,
+}
+
+impl MatchScratch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The answer of the last query made with this scratch.
+    pub fn matches(&self) -> &[Match] {
+        &self.out
+    }
+
+    fn next_generation(&mut self) -> u32 {
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            // the stamps wrapped: forget them all once
+            self.stamp.iter_mut().for_each(|s| *s = 0);
+            self.generation = 1;
+        }
+        self.generation
+    }
+}
+
 #[derive(Debug)]
 pub struct RadixIndex {
     nodes: Vec<Node>,
@@ -538,20 +587,13 @@ pub struct RadixIndex {
     worker_index: HashMap<(u64, u32), u32>,
     counters: [u64; INDEX_COUNTER_NAMES.len()],
     /// Live worker slots in ascending (worker_id, dp_rank) and each slot's position there, rebuilt
-    /// by the first query after a worker came or went: results come out in that order unsorted.
+    /// by `prepare_reads` (the first `&mut` query after a worker came or went): results come out in
+    /// that order unsorted.
     order: Vec<u32>,
     rank: Vec<u32>,
     order_stale: bool,
-    // find_matches scratch
-    stamp: Vec<u32>,
-    generation: u32,
-    /// per slot, its score in the current query (0 = none)
-    score: Vec<u32>,
-    scored: Vec<u32>,
-    high: Vec<u32>,
-    kept: Vec<u32>,
-    keys: Vec<u64>,
-    out: Vec<Match>,
+    /// The scratch of the `&mut self` queries.
+    scratch: MatchScratch,
     /// Changes with every mutation, distinct between indexes (a dump cursor's staleness check).
     version: u64,
 }
@@ -581,14 +623,7 @@ impl RadixIndex {
             order: Vec::new(),
             rank: Vec::new(),
             order_stale: false,
-            stamp: Vec::new(),
-            generation: 0,
-            score: Vec::new(),
-            scored: Vec::new(),
-            high: Vec::new(),
-            kept: Vec::new(),
-            keys: Vec::new(),
-            out: Vec::new(),
+            scratch: MatchScratch::default(),
             version: next_version_base(),
         }
     }
@@ -1067,14 +1102,69 @@ impl RadixIndex {
 
     /// `find_matches` into a buffer the index reuses (no allocation per query).
     pub fn find_matches_ref(&mut self, query: &[u64], early_exit: bool) -> &[Match] {
-        let mut out = std::mem::take(&mut self.out);
-        out.clear();
-        self.walk(query, early_exit, &mut out);
-        self.out = out;
-        &self.out
+        self.prepare_reads();
+        let mut scratch = std::mem::take(&mut self.scratch);
+        self.find_matches_with(query, early_exit, &mut scratch);
+        self.scratch = scratch;
+        &self.scratch.out
     }
 
-    fn walk(&mut self, query: &[u64], early_exit: bool, out: &mut Vec<Match>) {
+    /// `find_matches` through `&self`, into `scratch` (the answer is `scratch`'s until its next
+    /// query). The same answer as `find_matches`; after a worker came or went it costs a sort of the
+    /// worker keys per query until `prepare_reads` is called.
+    pub fn find_matches_with<'s>(
+        &self,
+        query: &[u64],
+        early_exit: bool,
+        scratch: &'s mut MatchScratch,
+    ) -> &'s [Match] {
+        let mut out = std::mem::take(&mut scratch.out);
+        out.clear();
+        self.walk(query, early_exit, scratch, &mut out);
+        scratch.out = out;
+        &scratch.out
+    }
+
+    /// Brings the worker-key order that queries emit in up to date (a sort of the worker keys when
+    /// a worker came or went since the last call, else nothing), so that `find_matches_with` on
+    /// `&self` does not sort per query.
+    pub fn prepare_reads(&mut self) {
+        if self.order_stale {
+            self.order_stale = false;
+            let (mut order, mut rank) = (
+                std::mem::take(&mut self.order),
+                std::mem::take(&mut self.rank),
+            );
+            self.compute_order(&mut order, &mut rank);
+            (self.order, self.rank) = (order, rank);
+        }
+    }
+
+    /// Live worker slots in ascending (worker_id, dp_rank) into `order`, and each one's position
+    /// there into `rank`.
+    fn compute_order(&self, order: &mut Vec<u32>, rank: &mut Vec<u32>) {
+        order.clear();
+        order.extend(
+            self.workers
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| w.is_some())
+                .map(|(i, _)| i as u32),
+        );
+        let workers = &self.workers;
+        let key = |s: &u32| {
+            workers[*s as usize]
+                .as_ref()
+                .map(|w| (w.worker_id, w.dp_rank))
+        };
+        order.sort_unstable_by_key(key);
+        rank.resize(self.workers.len(), 0);
+        for (i, &s) in order.iter().enumerate() {
+            rank[s as usize] = i as u32;
+        }
+    }
+
+    fn walk(&self, query: &[u64], early_exit: bool, s: &mut MatchScratch, out: &mut Vec<Match>) {
         let Some(&first) = query.first() else {
             return;
         };
@@ -1082,15 +1172,15 @@ impl RadixIndex {
             return;
         };
         let n_slots = self.workers.len();
-        if self.stamp.len() < n_slots {
-            self.stamp.resize(n_slots, 0);
-            self.score.resize(n_slots, 0);
+        if s.stamp.len() < n_slots {
+            s.stamp.resize(n_slots, 0);
+            s.score.resize(n_slots, 0);
         }
         // The active set: slots < LOW as a bitmask, the others (rare: more than 64 worker keys) as a
         // list with the sum of their mixes.
-        let mut high = std::mem::take(&mut self.high);
-        let mut kept = std::mem::take(&mut self.kept);
-        let mut scored = std::mem::take(&mut self.scored);
+        let mut high = std::mem::take(&mut s.high);
+        let mut kept = std::mem::take(&mut s.kept);
+        let mut scored = std::mem::take(&mut s.scored);
         high.clear();
         scored.clear();
         let (mut low, mut high_sum) = (0u64, 0u64);
@@ -1100,10 +1190,10 @@ impl RadixIndex {
                 let set = (w & !SPILLED) as usize;
                 (low, high_sum) = (self.nodes[node as usize].hash, self.sets[set].high_sum);
                 if self.sets[set].high > 0 {
-                    let g = self.next_generation();
+                    let g = s.next_generation();
                     for w in workers_of(&self.nodes[node as usize], &self.sets) {
-                        if w >= LOW && self.stamp[w as usize] != g {
-                            self.stamp[w as usize] = g;
+                        if w >= LOW && s.stamp[w as usize] != g {
+                            s.stamp[w as usize] = g;
                             high.push(w);
                         }
                     }
@@ -1136,7 +1226,7 @@ impl RadixIndex {
             while lost != 0 {
                 let w = lost.trailing_zeros();
                 lost &= lost - 1;
-                self.score[w as usize] = depth;
+                s.score[w as usize] = depth;
                 scored.push(w);
             }
             if !high.is_empty() {
@@ -1144,16 +1234,16 @@ impl RadixIndex {
                     && c_worker & SPILLED != 0
                     && self.sets[(c_worker & !SPILLED) as usize].high_sum == high_sum;
                 if !same {
-                    let g = self.next_generation();
+                    let g = s.next_generation();
                     for w in workers_of(&self.nodes[child as usize], &self.sets) {
-                        self.stamp[w as usize] = g;
+                        s.stamp[w as usize] = g;
                     }
                     kept.clear();
                     for &w in &high {
-                        if self.stamp[w as usize] == g {
+                        if s.stamp[w as usize] == g {
                             kept.push(w);
                         } else {
-                            self.score[w as usize] = depth;
+                            s.score[w as usize] = depth;
                             scored.push(w);
                         }
                     }
@@ -1172,81 +1262,61 @@ impl RadixIndex {
         while low != 0 {
             let w = low.trailing_zeros();
             low &= low - 1;
-            self.score[w as usize] = depth;
+            s.score[w as usize] = depth;
             scored.push(w);
         }
         for &w in &high {
-            self.score[w as usize] = depth;
+            s.score[w as usize] = depth;
             scored.push(w);
         }
-        self.emit_in_order(&scored, out);
-        self.high = high;
-        self.kept = kept;
-        self.scored = scored;
+        self.emit_in_order(&scored, s, out);
+        s.high = high;
+        s.kept = kept;
+        s.scored = scored;
     }
 
     /// The scored slots as matches in ascending (worker_id, dp_rank), clearing their scores: a walk
     /// of the slot order when many scored, else a sort of their ranks.
-    fn emit_in_order(&mut self, scored: &[u32], out: &mut Vec<Match>) {
-        if self.order_stale {
-            self.order.clear();
-            self.order.extend(
-                self.workers
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, w)| w.is_some())
-                    .map(|(i, _)| i as u32),
-            );
-            let workers = &self.workers;
-            let key = |s: &u32| {
-                workers[*s as usize]
-                    .as_ref()
-                    .map(|w| (w.worker_id, w.dp_rank))
-            };
-            self.order.sort_unstable_by_key(key);
-            self.rank.resize(self.workers.len(), 0);
-            for (i, &s) in self.order.iter().enumerate() {
-                self.rank[s as usize] = i as u32;
-            }
-            self.order_stale = false;
-        }
+    fn emit_in_order(&self, scored: &[u32], s: &mut MatchScratch, out: &mut Vec<Match>) {
+        let (mut own_order, mut own_rank) = (Vec::new(), Vec::new());
+        let (order, rank) = if self.order_stale {
+            // a worker came or went since `prepare_reads`: the order goes into the scratch
+            own_order = std::mem::take(&mut s.order);
+            own_rank = std::mem::take(&mut s.rank);
+            self.compute_order(&mut own_order, &mut own_rank);
+            (&own_order[..], &own_rank[..])
+        } else {
+            (&self.order[..], &self.rank[..])
+        };
         out.reserve(scored.len());
-        if scored.len() * 8 >= self.order.len() {
-            for &s in &self.order {
-                let score = self.score[s as usize];
+        if scored.len() * 8 >= order.len() {
+            for &slot in order {
+                let score = s.score[slot as usize];
                 if score != 0 {
-                    self.score[s as usize] = 0;
-                    out.push(self.match_of(s, score));
+                    s.score[slot as usize] = 0;
+                    out.push(self.match_of(slot, score));
                 }
             }
         } else {
-            let mut keys = std::mem::take(&mut self.keys);
+            let mut keys = std::mem::take(&mut s.keys);
             keys.clear();
             keys.extend(
                 scored
                     .iter()
-                    .map(|&s| (self.rank[s as usize] as u64) << 32 | s as u64),
+                    .map(|&slot| (rank[slot as usize] as u64) << 32 | slot as u64),
             );
             keys.sort_unstable();
             for &k in &keys {
-                let s = k as u32;
-                out.push(self.match_of(s, self.score[s as usize]));
-                self.score[s as usize] = 0;
+                let slot = k as u32;
+                out.push(self.match_of(slot, s.score[slot as usize]));
+                s.score[slot as usize] = 0;
             }
-            self.keys = keys;
+            s.keys = keys;
+        }
+        if self.order_stale {
+            (s.order, s.rank) = (own_order, own_rank);
         }
     }
-
-    fn next_generation(&mut self) -> u32 {
-        self.generation = self.generation.wrapping_add(1);
-        if self.generation == 0 {
-            // the stamps wrapped: forget them all once
-            self.stamp.iter_mut().for_each(|s| *s = 0);
-            self.generation = 1;
-        }
-        self.generation
-    }
-
     fn match_of(&self, slot: u32, score: u32) -> Match {
         let w = self.workers[slot as usize]
             .as_ref()
