@@ -3,7 +3,7 @@
 //! when it read, and no read sees part of an operation; plus publish and replay step by step, and
 //! `find_matches_with` on `&self` against `find_matches`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 
 use dynamo_kv_core::index::{ApplyOutcome, Match, MatchScratch, RadixIndex};
@@ -188,10 +188,13 @@ fn every_read_equals_the_plain_index_after_the_published_operations() {
         let qs = Arc::new(queries(&mut r, &docs));
         let mut writer = SharedWriter::with_policy(policy);
         let done = Arc::new(AtomicBool::new(false));
+        // the newest version any reader has seen: the writer waits on it now and then, so that the
+        // readers see several versions however the threads are scheduled
+        let newest_seen = Arc::new(AtomicU64::new(0));
         let readers: Vec<_> = (0..3)
             .map(|k| {
                 let mut reader = writer.reader();
-                let (qs, done) = (qs.clone(), done.clone());
+                let (qs, done, newest_seen) = (qs.clone(), done.clone(), newest_seen.clone());
                 std::thread::spawn(move || {
                     let mut rng = Rng(seed * 100 + k);
                     let mut seen: Vec<Answer> = Vec::new();
@@ -215,6 +218,7 @@ fn every_read_equals_the_plain_index_after_the_published_operations() {
                         };
                         assert!(version >= last, "a reader went back in time");
                         last = version;
+                        newest_seen.fetch_max(version, Ordering::AcqRel);
                         // every answer up to a bound, then one in 16 (the check replays them all)
                         if seen.len() < 10_000 || finished || rng.chance(6) {
                             seen.push((version, qi, early, got));
@@ -229,10 +233,18 @@ fn every_read_equals_the_plain_index_after_the_published_operations() {
             .collect();
         let mut rng = Rng(seed ^ 0xabc);
         let mut outcomes = Vec::new();
-        for op in &ops {
+        for (i, op) in ops.iter().enumerate() {
             outcomes.push(apply_shared(&mut writer, op));
             if rng.chance(3) {
                 writer.publish();
+            }
+            if i % 500 == 499 {
+                // a reader must see this version before the writer goes on
+                writer.publish();
+                let v = writer.published_version();
+                while newest_seen.load(Ordering::Acquire) < v {
+                    std::thread::yield_now();
+                }
             }
         }
         writer.publish();
