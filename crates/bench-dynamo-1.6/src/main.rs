@@ -6,7 +6,8 @@
 //!
 //! Environment: BENCH_ROUNDS (default 3), BENCH_QUERIES (20000), BENCH_ENTRIES (1000000),
 //! BENCH_CRTC_THREADS (4, the router's default event threads), BENCH_QPS (50000: the lookup rate
-//! while a writer applies).
+//! while a writer applies), BENCH_IMPLS (core,tree,crtc) and BENCH_WORKLOADS (a,b) to run only some,
+//! BENCH_BREAKDOWN (set: print this core's heap by part after its first build).
 //!
 //! Every query's scores from this core are checked against the reference model on both
 //! workloads (a mismatch fails the run); Dynamo's answers are compared too and their differences
@@ -345,6 +346,11 @@ fn round(
                 rates(t.build_blocks, core_apply(&mut idx, &t.build));
             r.bytes_per_entry = (live() - before) as f64 / entries as f64;
             r.heap_bytes_per_entry = idx.heap_bytes() as f64 / entries as f64;
+            if std::env::var_os("BENCH_BREAKDOWN").is_some() {
+                for (k, v) in idx.heap_breakdown() {
+                    println!("  {k}: {v} ({:.1} per entry)", v as f64 / entries as f64);
+                }
+            }
             assert_eq!(
                 idx.size() as usize,
                 entries,
@@ -544,7 +550,11 @@ fn median(v: &[f64]) -> f64 {
 }
 
 fn print_table(w: &Workload, rounds: &HashMap<Impl, Vec<Round>>) {
-    let get = |i: Impl, f: fn(&Round) -> f64| rounds[&i].iter().map(f).collect::<Vec<f64>>();
+    let get = |i: Impl, f: fn(&Round) -> f64| {
+        rounds
+            .get(&i)
+            .map_or(Vec::new(), |r| r.iter().map(f).collect::<Vec<f64>>())
+    };
     type Row = (&'static str, fn(&Round) -> f64, f64, usize);
     let rows: [Row; 12] = [
         (
@@ -611,7 +621,7 @@ fn print_table(w: &Workload, rounds: &HashMap<Impl, Vec<Round>>) {
         ),
     ];
     println!("\n#### {}\n", w.name);
-    println!("| median (min–max) of {} rounds | this core | Dynamo RadixTree | Dynamo ThreadPoolIndexer<CRTC> | RadixTree / core | CRTC / core |", rounds[&Impl::Core].len());
+    println!("| median (min–max) of {} rounds | this core | Dynamo RadixTree | Dynamo ThreadPoolIndexer<CRTC> | RadixTree / core | CRTC / core |", rounds.values().map(|r| r.len()).max().unwrap_or(0));
     println!("|---|---|---|---|---|---|");
     for (name, f, scale, digits) in rows {
         let (c, t, x) = (get(Impl::Core, f), get(Impl::Tree, f), get(Impl::Crtc, f));
@@ -664,17 +674,36 @@ fn main() {
     let build_entries = env("BENCH_ENTRIES", 1_000_000);
     let crtc_threads = env("BENCH_CRTC_THREADS", 4);
     println!("machine: {}; load average at start: {}", machine(), load());
+    // BENCH_IMPLS (core,tree,crtc) and BENCH_WORKLOADS (a,b) narrow a run (default: all)
+    let impls_env = std::env::var("BENCH_IMPLS").unwrap_or_else(|_| "core,tree,crtc".into());
+    let impls: Vec<Impl> = IMPLS
+        .into_iter()
+        .filter(|i| {
+            let name = match i {
+                Impl::Core => "core",
+                Impl::Tree => "tree",
+                Impl::Crtc => "crtc",
+            };
+            impls_env.split(',').any(|x| x.trim() == name)
+        })
+        .collect();
+    let workloads_env = std::env::var("BENCH_WORKLOADS").unwrap_or_else(|_| "a,b".into());
     let mut workloads = Vec::new();
-    for (name, per_worker) in [
+    for (key, name, per_worker) in [
         (
+            "a",
             "(a) one block hash per token path (shared hash seed)",
             false,
         ),
         (
+            "b",
             "(b) per-worker block hashes (each engine its own hash seed)",
             true,
         ),
     ] {
+        if !workloads_env.split(',').any(|x| x.trim() == key) {
+            continue;
+        }
         let mut cfg = TraceConfig::standard(per_worker);
         cfg.queries = queries;
         cfg.capacity = cfg.capacity * build_entries / 1_000_000;
@@ -720,7 +749,7 @@ fn main() {
         let entries = c.entries;
         let mut rounds: HashMap<Impl, Vec<Round>> = HashMap::new();
         for r in 0..rounds_n {
-            for which in IMPLS {
+            for which in IMPLS.into_iter().filter(|i| impls.contains(i)) {
                 let check = (r == 0).then_some(&mut *c);
                 let res = round(w, which, check, entries, crtc_threads);
                 rounds.entry(which).or_default().push(res);
