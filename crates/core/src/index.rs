@@ -46,6 +46,8 @@ const NOBODY: u32 = u32::MAX;
 /// `Node::worker` with this bit set: the holders are in `RadixIndex::sets[worker & !SPILLED]`. Worker
 /// slots and set indexes stay below 2^31 - 1: that many would take hundreds of GB first.
 const SPILLED: u32 = 1 << 31;
+/// How many blocks of one event have their table groups prefetched before they are applied.
+const PREFETCH_BLOCKS: usize = 64;
 /// Worker slots below this are tracked by the bitmasks (`HolderSet::low`, the query's active mask).
 const LOW: u32 = 64;
 
@@ -807,6 +809,16 @@ impl RadixIndex {
             .find(block_hash, self.seed, &r)
     }
 
+    /// Starts loading where the worker's table keeps these hashes (the first few of them).
+    #[inline]
+    fn prefetch_entries(&self, slot: u32, hashes: impl Iterator<Item = u64>) {
+        if let Some(w) = self.workers[slot as usize].as_ref() {
+            for h in hashes.take(PREFETCH_BLOCKS) {
+                w.blocks.prefetch(h, self.seed);
+            }
+        }
+    }
+
     /// `find_entry`, or the slot of the worker's table where the hash goes.
     #[inline]
     fn find_or_vacant(&mut self, slot: u32, block_hash: u64) -> Result<(usize, u32), usize> {
@@ -1064,6 +1076,8 @@ impl RadixIndex {
             self.counters[C_INVALID_SEQUENCE] += 1;
             return ApplyOutcome::InvalidBlockSequence;
         }
+        // the blocks' table groups, loaded while the walk below waits on the tree
+        self.prefetch_entries(slot, blocks.iter().map(|b| b.block_hash));
         let mut current = match parent_hash {
             None => ROOT,
             Some(p) => match self.find_entry(slot, p) {
@@ -1110,6 +1124,7 @@ impl RadixIndex {
     }
 
     fn remove(&mut self, slot: u32, hashes: &[u64]) -> ApplyOutcome {
+        self.prefetch_entries(slot, hashes.iter().copied());
         let mut missing = 0u64;
         for &h in hashes {
             match self.find_entry(slot, h) {

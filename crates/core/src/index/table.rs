@@ -80,17 +80,25 @@ pub(super) trait Resolve {
 /// Open addressing over groups of 16 slots, probed group after group, with a one-byte tag per
 /// slot kept apart from the entries (as a SwissTable's control bytes: the tags of all tables
 /// stay in cache, so an insert reads no entry and a lookup reads only the entry it finds), and
-/// 254 tag values, so that `Resolve` runs almost only on the entry sought. Any group count (not
-/// only powers of two), grown by 1.5x at 7/8 full, so that it is 58-88% full. Deletion leaves a
-/// tombstone only in a group without empty slots (a probe never went past a group that has one).
+/// 254 tag values, so that `Resolve` runs almost only on the entry sought. Each slot also keeps
+/// the top 16 bits of its key's mix, which choose its home group while the table has at most
+/// 2^16 groups: such a table rehashes from its own memory, without reading any entry's hash
+/// back (a larger one resolves them). Any group count (not only powers of two), grown by 1.5x
+/// at 7/8 full, so that it is 58-88% full. Deletion leaves a tombstone only in a group without
+/// empty slots (a probe never went past a group that has one).
 #[derive(Debug, Default)]
 pub(super) struct HashTable {
     tags: Vec<[u8; GROUP]>,
+    /// The top 16 bits of each slot's mix (its home group in a table of at most 2^16 groups).
+    highs: Vec<[u16; GROUP]>,
     entries: Vec<[u32; GROUP]>,
     len: u32,
     /// Empty slots that may still be filled before a rehash (keeps 1/8 of the slots empty).
     growth_left: u32,
 }
+
+/// Tables with at most this many groups find a slot's home from its 16 stored bits.
+const SMALL: usize = 1 << 16;
 
 #[inline]
 fn mix(h: u64, seed: u64) -> u64 {
@@ -110,6 +118,30 @@ fn tag_of(z: u64) -> u8 {
     }
 }
 
+/// The home group of a key whose mix is `z` in a table of `n` groups: from the top 16 bits of `z`
+/// while `n` is at most `SMALL` (what a slot stores), else from all of them.
+#[inline]
+fn home_in(z: u64, n: usize) -> usize {
+    if n <= SMALL {
+        ((z >> 48) as usize * n) >> 16
+    } else {
+        ((z as u128 * n as u128) >> 64) as usize
+    }
+}
+
+/// A hint to load the cache line at `p` (nothing where there is no such instruction).
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE is part of x86_64, and a prefetch does not access memory: any address is
+    // allowed, even an invalid one.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Bit i set where `tags[i] == t`.
 #[inline]
 fn matches(tags: &[u8; GROUP], t: u8) -> u32 {
@@ -126,7 +158,9 @@ impl HashTable {
     }
 
     pub fn heap_bytes(&self) -> usize {
-        self.tags.capacity() * GROUP + self.entries.capacity() * GROUP * 4
+        self.tags.capacity() * GROUP
+            + self.highs.capacity() * GROUP * 2
+            + self.entries.capacity() * GROUP * 4
     }
 
     /// Slots (for estimates).
@@ -136,7 +170,18 @@ impl HashTable {
 
     #[inline]
     fn home(&self, z: u64) -> usize {
-        ((z as u128 * self.tags.len() as u128) >> 64) as usize
+        home_in(z, self.tags.len())
+    }
+
+    /// Loads the group where a probe for `h` starts into the cache, ahead of its use.
+    #[inline]
+    pub fn prefetch(&self, h: u64, seed: u64) {
+        if self.tags.is_empty() {
+            return;
+        }
+        let g = self.home(mix(h, seed));
+        prefetch(self.tags.as_ptr().wrapping_add(g));
+        prefetch(self.entries.as_ptr().wrapping_add(g));
     }
 
     /// The position (group * GROUP + slot) and entry whose resolved hash is `h`.
@@ -222,7 +267,9 @@ impl HashTable {
         if *t == EMPTY {
             self.growth_left -= 1;
         }
-        *t = tag_of(mix(h, seed));
+        let z = mix(h, seed);
+        *t = tag_of(z);
+        self.highs[pos / GROUP][pos % GROUP] = (z >> 48) as u16;
         self.entries[pos / GROUP][pos % GROUP] = entry;
         self.len += 1;
     }
@@ -257,8 +304,13 @@ impl HashTable {
     }
 
     fn place(&mut self, z: u64, entry: u32) {
+        self.place_at(self.home(z), tag_of(z), (z >> 48) as u16, entry);
+    }
+
+    #[inline]
+    fn place_at(&mut self, home: usize, tag: u8, high: u16, entry: u32) {
         let n = self.tags.len();
-        let mut g = self.home(z);
+        let mut g = home;
         loop {
             let tags = &mut self.tags[g];
             let free = matches(tags, EMPTY) | matches(tags, TOMB);
@@ -267,7 +319,8 @@ impl HashTable {
                 if tags[i] == EMPTY {
                     self.growth_left -= 1;
                 }
-                tags[i] = tag_of(z);
+                tags[i] = tag;
+                self.highs[g][i] = high;
                 self.entries[g][i] = entry;
                 return;
             }
@@ -280,16 +333,34 @@ impl HashTable {
 
     /// Rebuilds the table for its entries and one more, at 7/12 full.
     fn rehash(&mut self, seed: u64, resolve: &impl Resolve) {
-        let mut entries: Vec<u32> = self.entries().collect();
-        // in ascending order, the nodes (and aliases) are read in address order
-        entries.sort_unstable();
-        let mut hashes = Vec::with_capacity(entries.len());
-        resolve.hashes(&entries, &mut hashes);
-        let groups = ((entries.len() + 1) * 12).div_ceil(7).div_ceil(GROUP);
-        self.tags = vec![[EMPTY; GROUP]; groups];
-        self.entries = vec![[0; GROUP]; groups];
+        let live = self.len as usize;
+        let groups = ((live + 1) * 12).div_ceil(7).div_ceil(GROUP);
+        let tags = std::mem::replace(&mut self.tags, vec![[EMPTY; GROUP]; groups]);
+        let highs = std::mem::replace(&mut self.highs, vec![[0; GROUP]; groups]);
+        let entries = std::mem::replace(&mut self.entries, vec![[0; GROUP]; groups]);
         self.growth_left = (groups * GROUP - (groups * GROUP).div_ceil(8)) as u32;
-        for (&e, &h) in entries.iter().zip(&hashes) {
+        if groups <= SMALL {
+            // from the stored bits: no entry's hash is read
+            for ((t, h), e) in tags.iter().zip(&highs).zip(&entries) {
+                for i in 0..GROUP {
+                    if t[i] > TOMB {
+                        let home = (h[i] as usize * groups) >> 16;
+                        self.place_at(home, t[i], h[i], e[i]);
+                    }
+                }
+            }
+            return;
+        }
+        let mut live: Vec<u32> = Vec::with_capacity(live);
+        for (t, e) in tags.iter().zip(&entries) {
+            live.extend((0..GROUP).filter(|&i| t[i] > TOMB).map(|i| e[i]));
+        }
+        drop((tags, highs, entries));
+        // in ascending order, the nodes (and aliases) are read in address order
+        live.sort_unstable();
+        let mut hashes = Vec::with_capacity(live.len());
+        resolve.hashes(&live, &mut hashes);
+        for (&e, &h) in live.iter().zip(&hashes) {
             self.place(mix(h, seed), e);
         }
     }
