@@ -406,8 +406,13 @@ struct HolderSet {
     /// The wrapping sum of `worker_mix` of the distinct worker slots >= LOW here: a query compares
     /// it with its active high slots' sum to skip a level without reading the holders.
     high_sum: u64,
-    /// Worker slots holding `hash`, ascending (each at most once).
-    plain: Vec<u32>,
+    /// Worker slots below LOW holding `hash` (bit i: slot i): a set of a few holders allocates
+    /// nothing more.
+    plain_low: u64,
+    /// Worker slots from LOW up holding `hash`, ascending (each at most once); only with more than
+    /// 64 worker keys.
+    #[allow(clippy::box_collection)]
+    plain_high: Option<Box<Vec<u32>>>,
     /// The other holders in insertion order; rare where engines share one hash per token path.
     /// Boxed: 8 bytes in every set instead of a `Vec`'s 24.
     #[allow(clippy::box_collection)]
@@ -415,6 +420,8 @@ struct HolderSet {
     /// Distinct worker slots >= LOW here.
     high: u32,
 }
+
+const _: () = assert!(std::mem::size_of::<HolderSet>() == 48);
 
 impl HolderSet {
     /// Whether the worker holds anything here; `low` is the node's mask.
@@ -428,7 +435,58 @@ impl HolderSet {
 
     /// Same, without the mask (to update it).
     fn holds_any(&self, worker: u32) -> bool {
-        self.plain.binary_search(&worker).is_ok() || self.has_other_of(worker)
+        self.holds_plain(worker) || self.has_other_of(worker)
+    }
+
+    fn holds_plain(&self, worker: u32) -> bool {
+        if worker < LOW {
+            self.plain_low >> worker & 1 != 0
+        } else {
+            self.plain_high
+                .as_ref()
+                .is_some_and(|p| p.binary_search(&worker).is_ok())
+        }
+    }
+
+    fn add_plain(&mut self, worker: u32) {
+        if worker < LOW {
+            self.plain_low |= 1 << worker;
+        } else {
+            let p = self.plain_high.get_or_insert_with(Default::default);
+            if let Err(i) = p.binary_search(&worker) {
+                p.insert(i, worker);
+            }
+        }
+    }
+
+    fn remove_plain(&mut self, worker: u32) {
+        if worker < LOW {
+            self.plain_low &= !(1 << worker);
+        } else if let Some(p) = self.plain_high.as_mut() {
+            if let Ok(i) = p.binary_search(&worker) {
+                p.remove(i);
+            }
+            if p.is_empty() {
+                self.plain_high = None;
+            }
+        }
+    }
+
+    fn plain_len(&self) -> usize {
+        self.plain_low.count_ones() as usize + self.plain_high.as_ref().map_or(0, |p| p.len())
+    }
+
+    /// The plain holders, ascending.
+    fn plain(&self) -> impl Iterator<Item = u32> + '_ {
+        let mut low = self.plain_low;
+        std::iter::from_fn(move || {
+            (low != 0).then(|| {
+                let w = low.trailing_zeros();
+                low &= low - 1;
+                w
+            })
+        })
+        .chain(self.plain_high.iter().flat_map(|p| p.iter().copied()))
     }
 
     fn has_other_of(&self, worker: u32) -> bool {
@@ -438,7 +496,7 @@ impl HolderSet {
     }
 
     fn live(&self) -> usize {
-        self.plain.len() + self.others.as_ref().map_or(0, |o| o.len())
+        self.plain_len() + self.others.as_ref().map_or(0, |o| o.len())
     }
 
     /// Accounts for a worker that just arrived on, or left, this node (`low`: the node's mask).
@@ -751,11 +809,8 @@ impl RadixIndex {
 
     fn free_set(&mut self, set: u32) {
         let s = &mut self.sets[set as usize];
-        s.plain.clear();
-        if s.plain.capacity() > 64 {
-            s.plain = Vec::new();
-        }
-        (s.hash, s.high, s.high_sum, s.others) = (0, 0, 0, None);
+        (s.hash, s.high, s.high_sum, s.plain_low) = (0, 0, 0, 0);
+        (s.plain_high, s.others) = (None, None);
         self.free_sets.push(set);
     }
 
@@ -851,7 +906,7 @@ impl RadixIndex {
                 let set = self.alloc_set();
                 let s = &mut self.sets[set as usize];
                 s.hash = own;
-                s.plain.push(w);
+                s.add_plain(w);
                 let mut low = 0;
                 s.count(w, true, &mut low);
                 let n = &mut self.nodes[node as usize];
@@ -864,9 +919,7 @@ impl RadixIndex {
         let mut low = n.hash;
         let arrived = !s.has_worker(worker, low);
         let entry = if block_hash == s.hash && !s.has_other_of(worker) {
-            if let Err(i) = s.plain.binary_search(&worker) {
-                s.plain.insert(i, worker);
-            }
+            s.add_plain(worker);
             node
         } else {
             let alias = Alias {
@@ -917,8 +970,8 @@ impl RadixIndex {
                             s.others = None;
                         }
                     }
-                } else if let Ok(i) = s.plain.binary_search(&worker) {
-                    s.plain.remove(i);
+                } else {
+                    s.remove_plain(worker);
                 }
                 let mut low = n.hash;
                 if !s.holds_any(worker) {
@@ -928,7 +981,7 @@ impl RadixIndex {
                 // back inline when one plain holder is left; empty when none
                 let last = match (s.live(), s.others.is_none()) {
                     (0, _) => Some((NOBODY, 0)),
-                    (1, true) => Some((s.plain[0], s.hash)),
+                    (1, true) => s.plain().next().map(|w| (w, s.hash)),
                     _ => None,
                 };
                 if let Some((w, h)) = last {
@@ -1421,7 +1474,7 @@ impl RadixIndex {
             .map(|w| w.blocks.heap_bytes())
             .sum();
         self.nodes.heap_bytes()
-            + self.sets.capacity() * (std::mem::size_of::<HolderSet>() + 4 * 4)
+            + self.sets.capacity() * std::mem::size_of::<HolderSet>()
             + self.aliases.capacity()
                 * (std::mem::size_of::<Alias>() + std::mem::size_of::<Other>())
             + self.edges.slots.capacity() * std::mem::size_of::<Edge>()
@@ -1434,7 +1487,7 @@ impl RadixIndex {
     #[doc(hidden)]
     pub fn heap_breakdown(&self) -> Vec<(&'static str, usize)> {
         let vec_bytes = |cap: usize, size: usize| cap * size;
-        let plain_len: usize = self.sets.iter().map(|s| s.plain.len()).sum();
+        let plain_len: usize = self.sets.iter().map(|s| s.plain_len()).sum();
         let others_len: usize = self
             .sets
             .iter()
@@ -1444,7 +1497,8 @@ impl RadixIndex {
         let plain_bytes: usize = self
             .sets
             .iter()
-            .map(|s| vec_bytes(s.plain.capacity(), 4))
+            .filter_map(|s| s.plain_high.as_ref())
+            .map(|p| std::mem::size_of::<Vec<u32>>() + vec_bytes(p.capacity(), 4))
             .sum();
         let others_bytes: usize = self
             .sets
@@ -1658,7 +1712,7 @@ fn holders_of<'a>(n: &Node, sets: &'a Arena<HolderSet>) -> impl Iterator<Item = 
         ),
     };
     let plain = set.into_iter().flat_map(|s| {
-        s.plain.iter().map(|&worker| Holder {
+        s.plain().map(|worker| Holder {
             block_hash: s.hash,
             worker,
         })
