@@ -436,6 +436,35 @@ mod tests {
     }
 
     #[test]
+    fn a_table_past_the_small_size_rehashes_by_resolving() {
+        struct R<'a>(&'a [u64]);
+        impl Resolve for R<'_> {
+            fn hash(&self, e: u32) -> u64 {
+                self.0[e as usize]
+            }
+        }
+        // enough entries that the table outgrows SMALL groups (and rehashes across it)
+        let n = SMALL * GROUP * 7 / 8 + 10_000;
+        let hashes: Vec<u64> = (0..n as u64)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5555)
+            .collect();
+        let seed = 0x1234;
+        let mut t = HashTable::default();
+        for (e, &h) in hashes.iter().enumerate() {
+            match t.find_or_vacant(h, seed, &R(&hashes)) {
+                Err(pos) => t.insert_at(pos, h, e as u32, seed),
+                Ok(found) => panic!("hash {h} found at {found:?}"),
+            }
+        }
+        assert!(t.tags.len() > SMALL);
+        assert_eq!(t.len(), n);
+        for (e, &h) in hashes.iter().enumerate().step_by(7) {
+            assert_eq!(t.find(h, seed, &R(&hashes)).map(|f| f.1), Some(e as u32));
+        }
+        assert_eq!(t.find(0xdead_beef, seed, &R(&hashes)), None);
+    }
+
+    #[test]
     fn the_arena_keeps_at_most_an_eighth_spare() {
         let mut a: Arena<u64> = Arena::default();
         for i in 0..100_000u64 {
