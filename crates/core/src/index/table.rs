@@ -142,7 +142,22 @@ fn prefetch<T>(p: *const T) {
     let _ = p;
 }
 
+/// Bit i set where `tags[i] == t`: one compare of the 16 bytes and a mask of the results.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn matches(tags: &[u8; GROUP], t: u8) -> u32 {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8,
+    };
+    // SAFETY: `tags` is 16 readable bytes (an unaligned load), and SSE2 is part of x86_64.
+    unsafe {
+        let g = _mm_loadu_si128(tags.as_ptr() as *const __m128i);
+        _mm_movemask_epi8(_mm_cmpeq_epi8(g, _mm_set1_epi8(t as i8))) as u32
+    }
+}
+
 /// Bit i set where `tags[i] == t`.
+#[cfg(not(target_arch = "x86_64"))]
 #[inline]
 fn matches(tags: &[u8; GROUP], t: u8) -> u32 {
     let mut m = 0;
