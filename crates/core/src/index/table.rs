@@ -80,10 +80,10 @@ pub(super) trait Resolve {
 /// Open addressing over groups of 16 slots, probed group after group, with a one-byte tag per
 /// slot kept apart from the entries (as a SwissTable's control bytes: the tags of all tables
 /// stay in cache, so an insert reads no entry and a lookup reads only the entry it finds), and
-/// 254 tag values, so that `Resolve` runs almost only on the entry sought. Each slot also keeps
-/// the top 16 bits of its key's mix, which choose its home group while the table has at most
-/// 2^16 groups: such a table rehashes from its own memory, without reading any entry's hash
-/// back (a larger one resolves them). Any group count (not only powers of two), grown by 1.5x
+/// 254 tag values. Each slot also keeps the top 16 bits of its key's mix, which choose its home
+/// group while the table has at most 2^16 groups: such a table rehashes from its own memory,
+/// without reading any entry's hash back (a larger one resolves them); a probe compares them
+/// after a tag matches, so that `Resolve` runs almost only on the entry sought. Any group count (not only powers of two), grown by 1.5x
 /// at 7/8 full, so that it is 58-88% full. Deletion leaves a tombstone only in a group without
 /// empty slots (a probe never went past a group that has one).
 #[derive(Debug, Default)]
@@ -206,7 +206,7 @@ impl HashTable {
             return None;
         }
         let z = mix(h, seed);
-        let tag = tag_of(z);
+        let (tag, high) = (tag_of(z), (z >> 48) as u16);
         let n = self.tags.len();
         let mut g = self.home(z);
         loop {
@@ -216,7 +216,7 @@ impl HashTable {
                 let i = m.trailing_zeros() as usize;
                 m &= m - 1;
                 let e = self.entries[g][i];
-                if resolve.hash(e) == h {
+                if self.highs[g][i] == high && resolve.hash(e) == h {
                     return Some((g * GROUP + i, e));
                 }
             }
@@ -243,7 +243,7 @@ impl HashTable {
             self.rehash(seed, resolve);
         }
         let z = mix(h, seed);
-        let tag = tag_of(z);
+        let (tag, high) = (tag_of(z), (z >> 48) as u16);
         let n = self.tags.len();
         let mut g = self.home(z);
         let mut vacant = usize::MAX;
@@ -254,7 +254,7 @@ impl HashTable {
                 let i = m.trailing_zeros() as usize;
                 m &= m - 1;
                 let e = self.entries[g][i];
-                if resolve.hash(e) == h {
+                if self.highs[g][i] == high && resolve.hash(e) == h {
                     return Ok((g * GROUP + i, e));
                 }
             }
