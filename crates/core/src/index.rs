@@ -11,11 +11,15 @@
 //! intersects worker sets with one AND per level.
 //!
 //! A node has its own block hash (its first holder's). A holder of that hash is only its worker
-//! slot (`HolderSet::plain`); a holder of another hash (per-worker engine hashes) is an `Other`
-//! with an `Alias`. Each worker key has a table of block hash → entry that stores only the u32
-//! entry (a node id for a plain holding, ALIAS | alias otherwise) and reads the hash back through
-//! the node or alias (`table::HashTable`). On a trace where engines share hashes this is about 40
-//! bytes per (worker, block) entry, where a map of (hash, node) and (worker, hash) holders took 90.
+//! slot (`HolderSet::plain_low`, a bitmask, for slots below 64; a sorted list above); a holder of
+//! another hash (per-worker engine hashes) is an `Other` with an `Alias`. Each worker key has a
+//! table of block hash → entry that stores the u32 entry (a node id for a plain holding, ALIAS |
+//! alias otherwise) and reads the hash back through the node or alias (`table::HashTable`); per
+//! slot it also keeps a tag byte and the top 16 bits of the hash's mix, so that a probe reads an
+//! entry back almost only when it is the one sought, and a table rehashes from its own memory. A
+//! stored or removed event prefetches its blocks' table groups before it walks the tree. On a trace
+//! where engines share hashes this is about 38 bytes per (worker, block) entry, where a map of
+//! (hash, node) and (worker, hash) holders took 90.
 //!
 //! Rules that are easy to miss:
 //! - a node that loses its last holder is removed from the tree and its children are detached: blocks
