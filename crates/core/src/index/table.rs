@@ -80,10 +80,10 @@ pub(super) trait Resolve {
 /// Open addressing over groups of 16 slots, probed group after group, with a one-byte tag per
 /// slot kept apart from the entries (as a SwissTable's control bytes: the tags of all tables
 /// stay in cache, so an insert reads no entry and a lookup reads only the entry it finds), and
-/// 254 tag values. Each slot also keeps the top 16 bits of its key's mix, which choose its home
-/// group while the table has at most 2^16 groups: such a table rehashes from its own memory,
-/// without reading any entry's hash back (a larger one resolves them); a probe compares them
-/// after a tag matches, so that `Resolve` runs almost only on the entry sought. Any group count (not only powers of two), grown by 1.5x
+/// 254 tag values. Each slot also keeps the top 16 bits of its key's mix: a probe compares them
+/// after a tag matches, so that `Resolve` runs almost only on the entry sought, and with the tag
+/// they choose the slot's home group (in a table of up to `SMALL` groups), so that the table
+/// rehashes from its own memory without reading any entry's hash back. Any group count (not only powers of two), grown by 1.5x
 /// at 7/8 full, so that it is 58-88% full. Deletion leaves a tombstone only in a group without
 /// empty slots (a probe never went past a group that has one).
 #[derive(Debug, Default)]
@@ -97,8 +97,14 @@ pub(super) struct HashTable {
     growth_left: u32,
 }
 
-/// Tables with at most this many groups find a slot's home from its 16 stored bits.
-const SMALL: usize = 1 << 16;
+/// Tables with at most this many groups find a slot's home from its 24 stored bits (tag and high
+/// bits), with at most 1 / 2^(24 - log2 groups) imbalance between groups; larger ones from the
+/// whole mix, and read every entry's hash back when they rehash. Tests use a small limit, so that
+/// both ways run.
+#[cfg(not(test))]
+const SMALL: usize = 1 << 24;
+#[cfg(test)]
+const SMALL: usize = 1 << 6;
 
 #[inline]
 fn mix(h: u64, seed: u64) -> u64 {
@@ -118,15 +124,22 @@ fn tag_of(z: u64) -> u8 {
     }
 }
 
-/// The home group of a key whose mix is `z` in a table of `n` groups: from the top 16 bits of `z`
-/// while `n` is at most `SMALL` (what a slot stores), else from all of them.
+/// The home group of a key whose mix is `z` in a table of `n` groups: from what a slot stores of
+/// `z` (`stored_home`) while `n` is at most `SMALL`, else from all of `z`.
 #[inline]
 fn home_in(z: u64, n: usize) -> usize {
     if n <= SMALL {
-        ((z >> 48) as usize * n) >> 16
+        stored_home(tag_of(z), (z >> 48) as u16, n)
     } else {
         ((z as u128 * n as u128) >> 64) as usize
     }
+}
+
+/// The home group, among `n <= SMALL`, of a slot with this tag and these high bits: 24 bits of the
+/// key's mix scaled to `n`.
+#[inline]
+fn stored_home(tag: u8, high: u16, n: usize) -> usize {
+    (((high as usize) << 8 | tag as usize) * n) >> 24
 }
 
 /// A hint to load the cache line at `p` (nothing where there is no such instruction).
@@ -359,7 +372,7 @@ impl HashTable {
             for ((t, h), e) in tags.iter().zip(&highs).zip(&entries) {
                 for i in 0..GROUP {
                     if t[i] > TOMB {
-                        let home = (h[i] as usize * groups) >> 16;
+                        let home = stored_home(t[i], h[i], groups);
                         self.place_at(home, t[i], h[i], e[i]);
                     }
                 }
@@ -458,7 +471,7 @@ mod tests {
                 self.0[e as usize]
             }
         }
-        // enough entries that the table outgrows SMALL groups (and rehashes across it)
+        // enough entries that the table outgrows SMALL groups (the test limit) and rehashes past it
         let n = SMALL * GROUP * 7 / 8 + 10_000;
         let hashes: Vec<u64> = (0..n as u64)
             .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5555)
