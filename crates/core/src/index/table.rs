@@ -83,13 +83,13 @@ pub(super) trait Resolve {
 /// 254 tag values. Each slot also keeps the top 16 bits of its key's mix: a probe compares them
 /// after a tag matches, so that `Resolve` runs almost only on the entry sought, and with the tag
 /// they choose the slot's home group (in a table of up to `SMALL` groups), so that the table
-/// rehashes from its own memory without reading any entry's hash back. Any group count (not only powers of two), grown by 1.5x
-/// at 7/8 full, so that it is 58-88% full. Deletion leaves a tombstone only in a group without
-/// empty slots (a probe never went past a group that has one).
+/// rehashes from its own memory without reading any entry's hash back. Any group count (not only
+/// powers of two), grown by 1.5x at 7/8 full, so that it is 58-88% full. Deletion leaves a
+/// tombstone only in a group without empty slots (a probe never went past a group that has one).
 #[derive(Debug, Default)]
 pub(super) struct HashTable {
     tags: Vec<[u8; GROUP]>,
-    /// The top 16 bits of each slot's mix (its home group in a table of at most 2^16 groups).
+    /// The top 16 bits of each slot's mix.
     highs: Vec<[u16; GROUP]>,
     entries: Vec<[u32; GROUP]>,
     len: u32,
@@ -139,7 +139,7 @@ fn home_in(z: u64, n: usize) -> usize {
 /// key's mix scaled to `n`.
 #[inline]
 fn stored_home(tag: u8, high: u16, n: usize) -> usize {
-    (((high as usize) << 8 | tag as usize) * n) >> 24
+    (((high as u64) << 8 | tag as u64) * n as u64 >> 24) as usize
 }
 
 /// A hint to load the cache line at `p` (nothing where there is no such instruction).
