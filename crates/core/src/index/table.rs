@@ -139,7 +139,7 @@ fn home_in(z: u64, n: usize) -> usize {
 /// key's mix scaled to `n`.
 #[inline]
 fn stored_home(tag: u8, high: u16, n: usize) -> usize {
-    (((high as u64) << 8 | tag as u64) * n as u64 >> 24) as usize
+    ((((high as u64) << 8 | tag as u64) * n as u64) >> 24) as usize
 }
 
 /// A hint to load the cache line at `p` (nothing where there is no such instruction).
