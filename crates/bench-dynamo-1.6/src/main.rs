@@ -8,7 +8,8 @@
 //! BENCH_CRTC_THREADS (4, the router's default event threads), BENCH_QPS (50000: the lookup rate
 //! while a writer applies), BENCH_IMPLS (core,tree,crtc) and BENCH_WORKLOADS (a,b) to run only some,
 //! BENCH_PUBLISH_OPS and BENCH_PUBLISH_US (the shared index's publish policy; default
-//! `PublishPolicy::default()`).
+//! `PublishPolicy::default()`), BENCH_BREAKDOWN (set: print this core's heap by part after its first
+//! build).
 //!
 //! Every query's scores from this core are checked against the reference model on both
 //! workloads (a mismatch fails the run); Dynamo's answers are compared too and their differences
@@ -389,6 +390,11 @@ fn round(
                 rates(t.build_blocks, core_apply(&mut idx, &t.build));
             r.bytes_per_entry = (live() - before) as f64 / entries as f64;
             r.heap_bytes_per_entry = idx.heap_bytes() as f64 / entries as f64;
+            if std::env::var_os("BENCH_BREAKDOWN").is_some() {
+                for (k, v) in idx.heap_breakdown() {
+                    println!("  {k}: {v} ({:.1} per entry)", v as f64 / entries as f64);
+                }
+            }
             assert_eq!(
                 idx.size() as usize,
                 entries,

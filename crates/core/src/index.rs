@@ -2,13 +2,24 @@
 //! the tokens hashes of the path from the root, so that `find_matches` can tell who holds the longest
 //! prefix of a request.
 //!
-//! Layout, for memory and cache: nodes live in one arena (`Vec<Node>`, 32 bytes each) addressed by u32;
-//! a node's single child and single holder are stored inline (most nodes have one of each). The edges
-//! of nodes with several children live in one open-addressing table keyed by (parent, tokens hash),
-//! so a step down costs two cache misses (table slot, child); each such node also lists its children
-//! for the cascade and the dump. Several holders go to a `HolderSet`, and the node keeps a bitmask of
-//! its worker slots below 64, so that `find_matches` intersects worker sets with one AND per level.
-//! Each worker key has a map block hash → node.
+//! Layout, for memory and cache: nodes live in one arena (`Vec<Node>`, 32 bytes each, grown by an
+//! eighth) addressed by u32; a node's single child and single holder are stored inline (most nodes
+//! have one of each). The edges of nodes with several children live in one open-addressing table
+//! keyed by (parent, tokens hash), so a step down costs two cache misses (table slot, child); each
+//! such node also lists its children for the cascade and the dump. Several holders go to a
+//! `HolderSet`, and the node keeps a bitmask of its worker slots below 64, so that `find_matches`
+//! intersects worker sets with one AND per level.
+//!
+//! A node has its own block hash (its first holder's). A holder of that hash is only its worker
+//! slot (`HolderSet::plain_low`, a bitmask, for slots below 64; a sorted list above); a holder of
+//! another hash (per-worker engine hashes) is an `Other` with an `Alias`. Each worker key has a
+//! table of block hash → entry that stores the u32 entry (a node id for a plain holding, ALIAS |
+//! alias otherwise) and reads the hash back through the node or alias (`table::HashTable`); per
+//! slot it also keeps a tag byte and the top 16 bits of the hash's mix, so that a probe reads an
+//! entry back almost only when it is the one sought, and a table rehashes from its own memory. A
+//! stored or removed event prefetches its blocks' table groups before it walks the tree. On a trace
+//! where engines share hashes this is about 38 bytes per (worker, block) entry, where a map of
+//! (hash, node) and (worker, hash) holders took 90.
 //!
 //! Rules that are easy to miss:
 //! - a node that loses its last holder is removed from the tree and its children are detached: blocks
@@ -27,6 +38,10 @@ use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 
+mod table;
+
+use table::{Arena, HashTable};
+
 use crate::hash::{compute_block_hashes_with, BlockHashOptions};
 use crate::wire::{
     decode_router_events_encoded, BlockExtraInfo, DataRef, EventData, EventMeta, RouterEvent,
@@ -42,6 +57,8 @@ const NOBODY: u32 = u32::MAX;
 /// `Node::worker` with this bit set: the holders are in `RadixIndex::sets[worker & !SPILLED]`. Worker
 /// slots and set indexes stay below 2^31 - 1: that many would take hundreds of GB first.
 const SPILLED: u32 = 1 << 31;
+/// How many blocks of one event have their table groups prefetched before they are applied.
+const PREFETCH_BLOCKS: usize = 64;
 /// Worker slots below this are tracked by the bitmasks (`HolderSet::low`, the query's active mask).
 const LOW: u32 = 64;
 
@@ -333,6 +350,7 @@ const C_INVALID_SEQUENCE: usize = 5;
 const C_BLOCKS_STORED: usize = 6;
 const C_BLOCKS_REMOVED: usize = 7;
 
+/// A (worker slot, block hash) pair held on a node.
 #[derive(Debug, Clone, Copy)]
 struct Holder {
     block_hash: u64,
@@ -343,8 +361,9 @@ struct Holder {
 struct Node {
     /// The tokens hash of the edge from the parent.
     key: u64,
-    /// The block hash of the only holder when `worker` is a slot; when SPILLED, a copy of the set's
-    /// `low` mask, so that a query reads no HolderSet.
+    /// When `worker` is a slot: the block hash of the only holder, which is the node's own hash
+    /// (the hash its plain holders hold). When SPILLED: the bitmask of the worker slots below LOW
+    /// that hold the node, so that a query reads no HolderSet (the node's hash is the set's).
     hash: u64,
     /// NIL for the root, for a detached node, and for a free slot.
     parent: u32,
@@ -366,132 +385,138 @@ const EMPTY_NODE: Node = Node {
 };
 const _: () = assert!(std::mem::size_of::<Node>() == 32);
 
-/// A set this long gets a `BigSet`: below it, scanning `items` is cheaper than hashing.
-const BIG_SET: usize = 128;
-/// `Holder::worker` of a removed pair still in a big set's `items` (until compaction).
-const TOMB: u32 = u32::MAX;
+/// A worker's table entry with this bit set is an index into `RadixIndex::aliases` (a hash the
+/// worker holds on a node as one of its set's `others`); without it, a node id on which the worker
+/// is a plain holder of the node's own hash.
+const ALIAS: u32 = 1 << 31;
 
-/// The holders of a node with more than one (worker, block hash) pair.
+/// A holder whose block hash is not the node's own, or that came while its worker already had
+/// such a hash on the node (so that each worker's hashes on a node keep their order: its plain
+/// holding first, then its others in insertion order).
+#[derive(Debug, Clone, Copy)]
+struct Other {
+    hash: u64,
+    worker: u32,
+    /// Its entry in `RadixIndex::aliases` (what the worker's table points to).
+    alias: u32,
+}
+
+/// What a worker's table entry ALIAS | i resolves to: the block hash and the node holding it.
+#[derive(Debug, Clone, Copy)]
+struct Alias {
+    hash: u64,
+    node: u32,
+}
+
+/// The holders of a node with more than one, or with one that is not a plain holder. The node's
+/// `hash` field holds the bitmask of the worker slots below LOW here.
 #[derive(Debug, Default)]
 struct HolderSet {
-    /// (worker, block hash) pairs in insertion order; a worker may hold several hashes here. In a big
-    /// set, a removed pair leaves a TOMB until more than half are tombs (order kept, O(1) removal).
-    items: Vec<Holder>,
-    /// Pairs in `items` that are not tombs.
-    live: u32,
-    /// For sets that reached BIG_SET pairs (one worker holding many hashes for the same tokens):
-    /// where each pair is and how many each worker holds, so that no operation scans `items`.
-    big: Option<Box<BigSet>>,
-    /// Bit s is set while worker slot s < LOW is here.
-    low: u64,
-    /// Distinct worker slots >= LOW here, and the wrapping sum of their `worker_mix`: a query
-    /// compares it with its active high slots' sum to skip a level without reading the items.
-    high: u32,
+    /// The node's own block hash: what each `plain` worker holds here.
+    hash: u64,
+    /// The wrapping sum of `worker_mix` of the distinct worker slots >= LOW here: a query compares
+    /// it with its active high slots' sum to skip a level without reading the holders.
     high_sum: u64,
+    /// Worker slots below LOW holding `hash` (bit i: slot i): a set of a few holders allocates
+    /// nothing more.
+    plain_low: u64,
+    /// Worker slots from LOW up holding `hash`, ascending (each at most once); only with more than
+    /// 64 worker keys.
+    #[allow(clippy::box_collection)]
+    plain_high: Option<Box<Vec<u32>>>,
+    /// The other holders in insertion order; rare where engines share one hash per token path.
+    /// Boxed: 8 bytes in every set instead of a `Vec`'s 24.
+    #[allow(clippy::box_collection)]
+    others: Option<Box<Vec<Other>>>,
+    /// Distinct worker slots >= LOW here.
+    high: u32,
 }
 
-#[derive(Debug, Default)]
-struct BigSet {
-    /// (worker, block hash) → its index in `items`.
-    at: HashMap<(u32, u64), u32, MixState>,
-    /// worker → how many pairs it has here.
-    per_worker: HashMap<u32, u32, MixState>,
-}
+const _: () = assert!(std::mem::size_of::<HolderSet>() == 48);
 
 impl HolderSet {
-    fn has_worker(&self, worker: u32) -> bool {
+    /// Whether the worker holds anything here; `low` is the node's mask.
+    fn has_worker(&self, worker: u32, low: u64) -> bool {
         if worker < LOW {
-            self.low >> worker & 1 != 0
-        } else if let Some(big) = &self.big {
-            big.per_worker.contains_key(&worker)
+            low >> worker & 1 != 0
         } else {
-            self.items.iter().any(|h| h.worker == worker)
+            self.holds_any(worker)
         }
     }
 
-    fn contains(&self, worker: u32, block_hash: u64) -> bool {
-        match &self.big {
-            Some(big) => big.at.contains_key(&(worker, block_hash)),
-            None => self
-                .items
-                .iter()
-                .any(|h| h.worker == worker && h.block_hash == block_hash),
+    /// Same, without the mask (to update it).
+    fn holds_any(&self, worker: u32) -> bool {
+        self.holds_plain(worker) || self.has_other_of(worker)
+    }
+
+    fn holds_plain(&self, worker: u32) -> bool {
+        if worker < LOW {
+            self.plain_low >> worker & 1 != 0
+        } else {
+            self.plain_high
+                .as_ref()
+                .is_some_and(|p| p.binary_search(&worker).is_ok())
         }
     }
 
-    /// Appends a pair that is not here yet.
-    fn push(&mut self, worker: u32, block_hash: u64) {
-        if !self.has_worker(worker) {
-            self.count(worker, true);
-        }
-        let i = self.items.len() as u32;
-        self.items.push(Holder { block_hash, worker });
-        self.live += 1;
-        if let Some(big) = &mut self.big {
-            big.at.insert((worker, block_hash), i);
-            *big.per_worker.entry(worker).or_insert(0) += 1;
-        } else if self.items.len() >= BIG_SET {
-            let mut big = BigSet::default();
-            for (i, h) in self.items.iter().enumerate() {
-                big.at.insert((h.worker, h.block_hash), i as u32);
-                *big.per_worker.entry(h.worker).or_insert(0) += 1;
-            }
-            self.big = Some(Box::new(big));
-        }
-    }
-
-    /// Removes a pair if it is here, keeping the order of the others.
-    fn remove(&mut self, worker: u32, block_hash: u64) {
-        let Some(mut big) = self.big.take() else {
-            if let Some(i) = self
-                .items
-                .iter()
-                .position(|h| h.worker == worker && h.block_hash == block_hash)
-            {
-                self.items.remove(i);
-                self.live -= 1;
-                if !self.items.iter().any(|h| h.worker == worker) {
-                    self.count(worker, false);
-                }
-            }
-            return;
-        };
-        let Some(i) = big.at.remove(&(worker, block_hash)) else {
-            self.big = Some(big);
-            return;
-        };
-        self.items[i as usize].worker = TOMB;
-        self.live -= 1;
-        let left = big.per_worker.get_mut(&worker).map(|c| {
-            *c -= 1;
-            *c
-        });
-        if left == Some(0) {
-            big.per_worker.remove(&worker);
-            self.count(worker, false);
-        }
-        if self.items.len() > 2 * self.live as usize {
-            // more tombs than pairs: compact, amortized O(1) per removal
-            self.items.retain(|h| h.worker != TOMB);
-            for (i, h) in self.items.iter().enumerate() {
-                big.at.insert((h.worker, h.block_hash), i as u32);
+    fn add_plain(&mut self, worker: u32) {
+        if worker < LOW {
+            self.plain_low |= 1 << worker;
+        } else {
+            let p = self.plain_high.get_or_insert_with(Default::default);
+            if let Err(i) = p.binary_search(&worker) {
+                p.insert(i, worker);
             }
         }
-        self.big = Some(big);
     }
 
-    /// The first pair that is not a tomb.
-    fn first(&self) -> Option<Holder> {
-        self.items.iter().find(|h| h.worker != TOMB).copied()
+    fn remove_plain(&mut self, worker: u32) {
+        if worker < LOW {
+            self.plain_low &= !(1 << worker);
+        } else if let Some(p) = self.plain_high.as_mut() {
+            if let Ok(i) = p.binary_search(&worker) {
+                p.remove(i);
+            }
+            if p.is_empty() {
+                self.plain_high = None;
+            }
+        }
     }
 
-    /// Accounts for a worker that just arrived on, or left, this node.
-    fn count(&mut self, worker: u32, arrived: bool) {
+    fn plain_len(&self) -> usize {
+        self.plain_low.count_ones() as usize + self.plain_high.as_ref().map_or(0, |p| p.len())
+    }
+
+    /// The plain holders, ascending.
+    fn plain(&self) -> impl Iterator<Item = u32> + '_ {
+        let mut low = self.plain_low;
+        std::iter::from_fn(move || {
+            (low != 0).then(|| {
+                let w = low.trailing_zeros();
+                low &= low - 1;
+                w
+            })
+        })
+        .chain(self.plain_high.iter().flat_map(|p| p.iter().copied()))
+    }
+
+    fn has_other_of(&self, worker: u32) -> bool {
+        self.others
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|x| x.worker == worker))
+    }
+
+    fn live(&self) -> usize {
+        self.plain_len() + self.others.as_ref().map_or(0, |o| o.len())
+    }
+
+    /// Accounts for a worker that just arrived on, or left, this node (`low`: the node's mask).
+    fn count(&mut self, worker: u32, arrived: bool, low: &mut u64) {
         if worker < LOW {
             if arrived {
-                self.low |= 1 << worker;
+                *low |= 1 << worker;
             } else {
-                self.low &= !(1 << worker);
+                *low &= !(1 << worker);
             }
         } else if arrived {
             self.high += 1;
@@ -517,7 +542,8 @@ fn worker_mix(slot: u32) -> u64 {
 struct Worker {
     worker_id: u64,
     dp_rank: u32,
-    blocks: HashMap<u64, u32, MixState>,
+    /// block hash → entry: a node id (a plain holding: the node's own hash) or ALIAS | alias.
+    blocks: HashTable,
     last_event_id: Option<u64>,
 }
 
@@ -574,10 +600,14 @@ impl MatchScratch {
 
 #[derive(Debug)]
 pub struct RadixIndex {
-    nodes: Vec<Node>,
+    nodes: Arena<Node>,
     free_nodes: Vec<u32>,
-    sets: Vec<HolderSet>,
+    sets: Arena<HolderSet>,
     free_sets: Vec<u32>,
+    aliases: Vec<Alias>,
+    free_aliases: Vec<u32>,
+    /// Keys the workers' tables (per index, so that crafted hashes cannot choose collisions).
+    seed: u64,
     edges: EdgeTable,
     kid_lists: Vec<Vec<u32>>,
     free_lists: Vec<u32>,
@@ -608,11 +638,16 @@ const ROOT: u32 = 0;
 
 impl RadixIndex {
     pub fn new() -> Self {
+        let mut nodes = Arena::default();
+        nodes.push(EMPTY_NODE);
         RadixIndex {
-            nodes: vec![EMPTY_NODE],
+            nodes,
             free_nodes: Vec::new(),
-            sets: Vec::new(),
+            sets: Arena::default(),
             free_sets: Vec::new(),
+            aliases: Vec::new(),
+            free_aliases: Vec::new(),
+            seed: MixState::default().0,
             edges: EdgeTable::new(),
             kid_lists: Vec::new(),
             free_lists: Vec::new(),
@@ -813,90 +848,188 @@ impl RadixIndex {
 
     fn free_set(&mut self, set: u32) {
         let s = &mut self.sets[set as usize];
-        s.items.clear();
-        if s.items.capacity() > 64 {
-            s.items = Vec::new();
-        }
-        (s.low, s.high, s.high_sum, s.live, s.big) = (0, 0, 0, 0, None);
+        (s.hash, s.high, s.high_sum, s.plain_low) = (0, 0, 0, 0);
+        (s.plain_high, s.others) = (None, None);
         self.free_sets.push(set);
     }
 
-    /// The holders of a node, in insertion order.
+    fn alloc_set(&mut self) -> u32 {
+        match self.free_sets.pop() {
+            Some(s) => s,
+            None => {
+                self.sets.push(HolderSet::default());
+                (self.sets.len() - 1) as u32
+            }
+        }
+    }
+
+    /// The holders of a node: its plain holders, then the others in insertion order (so each
+    /// worker's hashes there come in the order it stored them).
     fn holders(&self, node: u32) -> impl Iterator<Item = Holder> + '_ {
         holders_of(&self.nodes[node as usize], &self.sets)
     }
 
     fn has_worker(&self, node: u32, worker: u32) -> bool {
-        match self.nodes[node as usize].worker {
+        let n = &self.nodes[node as usize];
+        match n.worker {
             NOBODY => false,
-            w if w & SPILLED != 0 => self.sets[(w & !SPILLED) as usize].has_worker(worker),
+            w if w & SPILLED != 0 => self.sets[(w & !SPILLED) as usize].has_worker(worker, n.hash),
             w => w == worker,
         }
     }
 
-    /// Puts (worker, block_hash) on `node` unless it is there already.
-    fn hold(&mut self, node: u32, worker: u32, block_hash: u64) {
-        let n = &mut self.nodes[node as usize];
-        match n.worker {
-            NOBODY => {
-                n.worker = worker;
-                n.hash = block_hash;
-            }
-            w if w & SPILLED != 0 => {
-                let s = &mut self.sets[(w & !SPILLED) as usize];
-                if s.contains(worker, block_hash) {
-                    return;
-                }
-                s.push(worker, block_hash);
-                n.hash = s.low;
-            }
-            w => {
-                if w == worker && n.hash == block_hash {
-                    return;
-                }
-                let first = Holder {
-                    block_hash: n.hash,
-                    worker: w,
-                };
-                let set = match self.free_sets.pop() {
-                    Some(s) => s,
-                    None => {
-                        self.sets.push(HolderSet::default());
-                        (self.sets.len() - 1) as u32
-                    }
-                };
-                n.worker = SPILLED | set;
-                let s = &mut self.sets[set as usize];
-                s.push(first.worker, first.block_hash);
-                s.push(worker, block_hash);
-                n.hash = s.low;
+    /// The node of a worker's table entry.
+    #[inline]
+    fn entry_node(&self, entry: u32) -> u32 {
+        if entry & ALIAS != 0 {
+            self.aliases[(entry & !ALIAS) as usize].node
+        } else {
+            entry
+        }
+    }
+
+    /// Where the worker holds `block_hash`: (position in its table, entry).
+    #[inline]
+    fn find_entry(&self, slot: u32, block_hash: u64) -> Option<(usize, u32)> {
+        let r = Resolver {
+            nodes: &self.nodes,
+            sets: &self.sets,
+            aliases: &self.aliases,
+        };
+        self.workers[slot as usize]
+            .as_ref()
+            .expect("live worker slot")
+            .blocks
+            .find(block_hash, self.seed, &r)
+    }
+
+    /// Starts loading where the worker's table keeps these hashes (the first few of them).
+    #[inline]
+    fn prefetch_entries(&self, slot: u32, hashes: impl Iterator<Item = u64>) {
+        if let Some(w) = self.workers[slot as usize].as_ref() {
+            for h in hashes.take(PREFETCH_BLOCKS) {
+                w.blocks.prefetch(h, self.seed);
             }
         }
     }
 
-    /// Removes the holder (worker, hash) from `node`, dropping the node when it is left empty.
-    fn leave(&mut self, node: u32, worker: u32, block_hash: u64) {
+    /// `find_entry`, or the slot of the worker's table where the hash goes.
+    #[inline]
+    fn find_or_vacant(&mut self, slot: u32, block_hash: u64) -> Result<(usize, u32), usize> {
+        let r = Resolver {
+            nodes: &self.nodes,
+            sets: &self.sets,
+            aliases: &self.aliases,
+        };
+        self.workers[slot as usize]
+            .as_mut()
+            .expect("live worker slot")
+            .blocks
+            .find_or_vacant(block_hash, self.seed, &r)
+    }
+
+    /// Puts (worker, block_hash) on `node`, where the worker does not hold that hash: the entry
+    /// for the worker's table.
+    fn hold(&mut self, node: u32, worker: u32, block_hash: u64) -> u32 {
+        let n = &self.nodes[node as usize];
+        let set = match n.worker {
+            NOBODY => {
+                let n = &mut self.nodes[node as usize];
+                (n.worker, n.hash) = (worker, block_hash);
+                return node;
+            }
+            w if w & SPILLED != 0 => w & !SPILLED,
+            w => {
+                // a second holder: the first becomes a plain holder of the set
+                let own = n.hash;
+                let set = self.alloc_set();
+                let s = &mut self.sets[set as usize];
+                s.hash = own;
+                s.add_plain(w);
+                let mut low = 0;
+                s.count(w, true, &mut low);
+                let n = &mut self.nodes[node as usize];
+                (n.worker, n.hash) = (SPILLED | set, low);
+                set
+            }
+        };
+        let n = &mut self.nodes[node as usize];
+        let s = &mut self.sets[set as usize];
+        let mut low = n.hash;
+        let arrived = !s.has_worker(worker, low);
+        let entry = if block_hash == s.hash && !s.has_other_of(worker) {
+            s.add_plain(worker);
+            node
+        } else {
+            let alias = Alias {
+                hash: block_hash,
+                node,
+            };
+            let a = match self.free_aliases.pop() {
+                Some(a) => {
+                    self.aliases[a as usize] = alias;
+                    a
+                }
+                None => {
+                    self.aliases.push(alias);
+                    (self.aliases.len() - 1) as u32
+                }
+            };
+            s.others.get_or_insert_with(Default::default).push(Other {
+                hash: block_hash,
+                worker,
+                alias: a,
+            });
+            ALIAS | a
+        };
+        if arrived {
+            s.count(worker, true, &mut low);
+        }
+        n.hash = low;
+        entry
+    }
+
+    /// Removes the worker's holding `entry` (its table entry) from `node`, dropping the node when
+    /// it is left empty.
+    fn leave(&mut self, node: u32, worker: u32, entry: u32) {
         let n = &mut self.nodes[node as usize];
         match n.worker {
             NOBODY => {}
             w if w & SPILLED != 0 => {
                 let set = w & !SPILLED;
                 let s = &mut self.sets[set as usize];
-                s.remove(worker, block_hash);
-                n.hash = s.low;
-                // back inline when one holder is left: a set always has two or more
-                if s.live <= 1 {
-                    let last = s.first();
+                if entry & ALIAS != 0 {
+                    let a = entry & !ALIAS;
+                    if let Some(o) = s.others.as_mut() {
+                        if let Some(i) = o.iter().position(|x| x.alias == a) {
+                            o.remove(i);
+                            self.free_aliases.push(a);
+                        }
+                        if o.is_empty() {
+                            s.others = None;
+                        }
+                    }
+                } else {
+                    s.remove_plain(worker);
+                }
+                let mut low = n.hash;
+                if !s.holds_any(worker) {
+                    s.count(worker, false, &mut low);
+                }
+                n.hash = low;
+                // back inline when one plain holder is left; empty when none
+                let last = match (s.live(), s.others.is_none()) {
+                    (0, _) => Some((NOBODY, 0)),
+                    (1, true) => s.plain().next().map(|w| (w, s.hash)),
+                    _ => None,
+                };
+                if let Some((w, h)) = last {
+                    (n.worker, n.hash) = (w, h);
                     self.free_set(set);
-                    let n = &mut self.nodes[node as usize];
-                    (n.worker, n.hash) = match last {
-                        Some(h) => (h.worker, h.block_hash),
-                        None => (NOBODY, 0),
-                    };
                 }
             }
             w => {
-                if w == worker && n.hash == block_hash {
+                if w == worker && entry == node {
                     n.worker = NOBODY;
                 }
             }
@@ -916,7 +1049,7 @@ impl RadixIndex {
         let worker = Worker {
             worker_id,
             dp_rank,
-            blocks: HashMap::default(),
+            blocks: HashTable::default(),
             last_event_id: None,
         };
         let slot = match self.free_workers.pop() {
@@ -943,8 +1076,8 @@ impl RadixIndex {
     /// Drops every block of a worker slot (it stays known).
     fn clear_slot(&mut self, slot: u32) {
         let blocks = std::mem::take(&mut self.worker(slot).blocks);
-        for (hash, node) in blocks {
-            self.leave(node, slot, hash);
+        for e in blocks.entries() {
+            self.leave(self.entry_node(e), slot, e);
         }
     }
 
@@ -1035,10 +1168,12 @@ impl RadixIndex {
             self.counters[C_INVALID_SEQUENCE] += 1;
             return ApplyOutcome::InvalidBlockSequence;
         }
+        // the blocks' table groups, loaded while the walk below waits on the tree
+        self.prefetch_entries(slot, blocks.iter().map(|b| b.block_hash));
         let mut current = match parent_hash {
             None => ROOT,
-            Some(p) => match self.worker(slot).blocks.get(&p) {
-                Some(&n) => n,
+            Some(p) => match self.find_entry(slot, p) {
+                Some((_, e)) => self.entry_node(e),
                 None => {
                     self.counters[C_PARENT_NOT_FOUND] += 1;
                     return ApplyOutcome::ParentNotFound;
@@ -1054,14 +1189,23 @@ impl RadixIndex {
                     c
                 }
             };
-            self.hold(child, slot, b.block_hash);
-            // one map probe: the previous place of this hash, if any, is replaced
-            if let Some(old) = self.worker(slot).blocks.insert(b.block_hash, child) {
-                if old != child {
-                    // the hash moved: it leaves its old node. The child already holds it, and
-                    // `old` is neither `current` left empty (current holds this worker's previous
-                    // hash, or is the root) nor the child's parent, so `child` stays valid.
-                    self.leave(old, slot, b.block_hash);
+            match self.find_or_vacant(slot, b.block_hash) {
+                Ok((_, e)) if self.entry_node(e) == child => {}
+                Ok((pos, e)) => {
+                    // the hash moved: it leaves its old node. The child holds it first, and `old`
+                    // is neither `current` left empty (current holds this worker's previous hash,
+                    // or is the root) nor the child's parent, so `child` stays valid.
+                    let old = self.entry_node(e);
+                    let entry = self.hold(child, slot, b.block_hash);
+                    self.worker(slot).blocks.set(pos, entry);
+                    self.leave(old, slot, e);
+                }
+                Err(pos) => {
+                    let entry = self.hold(child, slot, b.block_hash);
+                    let seed = self.seed;
+                    self.worker(slot)
+                        .blocks
+                        .insert_at(pos, b.block_hash, entry, seed);
                 }
             }
             current = child;
@@ -1072,11 +1216,13 @@ impl RadixIndex {
     }
 
     fn remove(&mut self, slot: u32, hashes: &[u64]) -> ApplyOutcome {
+        self.prefetch_entries(slot, hashes.iter().copied());
         let mut missing = 0u64;
         for &h in hashes {
-            match self.worker(slot).blocks.remove(&h) {
-                Some(node) => {
-                    self.leave(node, slot, h);
+            match self.find_entry(slot, h) {
+                Some((pos, e)) => {
+                    self.worker(slot).blocks.erase(pos);
+                    self.leave(self.entry_node(e), slot, e);
                     self.counters[C_BLOCKS_REMOVED] += 1;
                 }
                 None => missing += 1,
@@ -1392,55 +1538,113 @@ impl RadixIndex {
         stack.extend(kids.into_iter().map(|c| (c, parent_hash)));
     }
 
-    /// A cheap estimate of the heap bytes held (no walk over nodes or maps' contents): what the
-    /// binding reports to the JavaScript GC.
+    /// A cheap estimate of the heap bytes held (no walk over nodes or holder sets, O(workers)):
+    /// what the binding reports to the JavaScript GC.
     pub fn approx_bytes(&self) -> usize {
-        // per worker map bucket: 16 bytes + 1 control byte
-        let entries: usize = self
+        let tables: usize = self
             .workers
             .iter()
             .flatten()
-            .map(|w| w.blocks.capacity())
+            .map(|w| w.blocks.heap_bytes())
             .sum();
-        self.nodes.capacity() * std::mem::size_of::<Node>()
-            + self.sets.capacity()
-                * (std::mem::size_of::<HolderSet>() + 4 * std::mem::size_of::<Holder>())
+        self.nodes.heap_bytes()
+            + self.sets.capacity() * std::mem::size_of::<HolderSet>()
+            + self.aliases.capacity()
+                * (std::mem::size_of::<Alias>() + std::mem::size_of::<Other>())
             + self.edges.slots.capacity() * std::mem::size_of::<Edge>()
             + self.kid_lists.capacity() * 40
-            + entries * 17
+            + tables
     }
 
-    /// Approximate heap bytes held by the index (arena, maps, holder sets).
-    pub fn heap_bytes(&self) -> usize {
-        let map_bytes = |cap: usize, entry: usize| cap * (entry + 1);
-        let nodes = self.nodes.capacity() * std::mem::size_of::<Node>()
-            + self.sets.capacity() * std::mem::size_of::<HolderSet>()
-            + self
-                .sets
-                .iter()
-                .map(|s| {
-                    s.items.capacity() * std::mem::size_of::<Holder>()
-                        + s.big
-                            .as_ref()
-                            .map_or(0, |b| b.at.capacity() * 17 + b.per_worker.capacity() * 9)
-                })
-                .sum::<usize>();
-        let kid_maps = self.edges.slots.capacity() * std::mem::size_of::<Edge>()
-            + self
-                .kid_lists
-                .iter()
-                .map(|l| 24 + l.capacity() * 4)
-                .sum::<usize>();
-        let workers: usize = self
+    /// Heap bytes held by the index by part (with counts of what is live), as `heap_bytes` sums
+    /// them. For memory work; not a stable interface.
+    #[doc(hidden)]
+    pub fn heap_breakdown(&self) -> Vec<(&'static str, usize)> {
+        let vec_bytes = |cap: usize, size: usize| cap * size;
+        let plain_len: usize = self.sets.iter().map(|s| s.plain_len()).sum();
+        let others_len: usize = self
+            .sets
+            .iter()
+            .filter_map(|s| s.others.as_ref())
+            .map(|o| o.len())
+            .sum();
+        let plain_bytes: usize = self
+            .sets
+            .iter()
+            .filter_map(|s| s.plain_high.as_ref())
+            .map(|p| std::mem::size_of::<Vec<u32>>() + vec_bytes(p.capacity(), 4))
+            .sum();
+        let others_bytes: usize = self
+            .sets
+            .iter()
+            .filter_map(|s| s.others.as_ref())
+            .map(|o| std::mem::size_of::<Vec<Other>>() + vec_bytes(o.capacity(), 16))
+            .sum();
+        let entries: usize = self.workers.iter().flatten().map(|w| w.blocks.len()).sum();
+        let slots: usize = self
             .workers
             .iter()
             .flatten()
-            .map(|w| map_bytes(w.blocks.capacity(), 12))
+            .map(|w| w.blocks.slots())
             .sum();
-        nodes + kid_maps + workers + self.free_nodes.capacity() * 4
+        let table_bytes: usize = self
+            .workers
+            .iter()
+            .flatten()
+            .map(|w| w.blocks.heap_bytes())
+            .sum();
+        let u32s = |v: &Vec<u32>| vec_bytes(v.capacity(), 4);
+        vec![
+            ("nodes (count)", self.nodes.len() - self.free_nodes.len()),
+            ("nodes", self.nodes.heap_bytes() + u32s(&self.free_nodes)),
+            (
+                "holder sets (count)",
+                self.sets.len() - self.free_sets.len(),
+            ),
+            (
+                "holder sets",
+                self.sets.heap_bytes() + u32s(&self.free_sets),
+            ),
+            ("plain holders (count)", plain_len),
+            ("plain holders", plain_bytes),
+            ("other holders (count)", others_len),
+            (
+                "other holders and aliases",
+                others_bytes
+                    + vec_bytes(self.aliases.capacity(), std::mem::size_of::<Alias>())
+                    + u32s(&self.free_aliases),
+            ),
+            ("edges (count)", self.edges.len),
+            (
+                "edges and kid lists",
+                vec_bytes(self.edges.slots.capacity(), std::mem::size_of::<Edge>())
+                    + vec_bytes(self.kid_lists.capacity(), std::mem::size_of::<Vec<u32>>())
+                    + self.kid_lists.iter().map(u32s).sum::<usize>()
+                    + u32s(&self.free_lists),
+            ),
+            ("worker table entries (count)", entries),
+            ("worker table slots (count)", slots),
+            ("worker tables", table_bytes),
+            (
+                "workers",
+                vec_bytes(
+                    self.workers.capacity(),
+                    std::mem::size_of::<Option<Worker>>(),
+                ) + self.worker_index.capacity() * 17
+                    + u32s(&self.free_workers),
+            ),
+        ]
+    }
+
+    /// Heap bytes held by the index (arena, holder sets, edges, workers' tables).
+    pub fn heap_bytes(&self) -> usize {
+        self.heap_breakdown()
+            .iter()
+            .filter(|(k, _)| !k.ends_with("(count)"))
+            .map(|&(_, v)| v)
+            .sum()
     }
 }
-
 /// An edge from a node with several children.
 #[derive(Debug, Clone, Copy)]
 struct Edge {
@@ -1569,37 +1773,91 @@ impl EdgeTable {
     }
 }
 
-fn holders_of<'a>(n: &Node, sets: &'a [HolderSet]) -> impl Iterator<Item = Holder> + 'a {
-    let (one, many): (Option<Holder>, &[Holder]) = match n.worker {
-        NOBODY => (None, &[]),
-        w if w & SPILLED != 0 => (None, &sets[(w & !SPILLED) as usize].items),
+fn holders_of<'a>(n: &Node, sets: &'a Arena<HolderSet>) -> impl Iterator<Item = Holder> + 'a {
+    let (one, set): (Option<Holder>, Option<&HolderSet>) = match n.worker {
+        NOBODY => (None, None),
+        w if w & SPILLED != 0 => (None, Some(&sets[(w & !SPILLED) as usize])),
         w => (
             Some(Holder {
                 block_hash: n.hash,
                 worker: w,
             }),
-            &[],
+            None,
         ),
     };
-    one.into_iter()
-        .chain(many.iter().filter(|h| h.worker != TOMB).copied())
-}
-
-/// The worker slots holding a node, each at least once (once each in a big set: a query reads no
-/// more than the distinct workers).
-fn workers_of<'a>(n: &Node, sets: &'a [HolderSet]) -> impl Iterator<Item = u32> + 'a {
-    let big = match n.worker {
-        w if w != NOBODY && w & SPILLED != 0 => sets[(w & !SPILLED) as usize].big.as_deref(),
-        _ => None,
-    };
-    let small = match big {
-        Some(_) => None,
-        None => Some(holders_of(n, sets).map(|h| h.worker)),
-    };
-    small
+    let plain = set.into_iter().flat_map(|s| {
+        s.plain().map(|worker| Holder {
+            block_hash: s.hash,
+            worker,
+        })
+    });
+    let others = set
+        .and_then(|s| s.others.as_deref())
         .into_iter()
         .flatten()
-        .chain(big.into_iter().flat_map(|b| b.per_worker.keys().copied()))
+        .map(|o| Holder {
+            block_hash: o.hash,
+            worker: o.worker,
+        });
+    one.into_iter().chain(plain).chain(others)
+}
+
+/// The worker slots holding a node, each at least once.
+fn workers_of<'a>(n: &Node, sets: &'a Arena<HolderSet>) -> impl Iterator<Item = u32> + 'a {
+    holders_of(n, sets).map(|h| h.worker)
+}
+
+/// The block hash a worker's table entry stands for: its alias's, or its node's own.
+struct Resolver<'a> {
+    nodes: &'a Arena<Node>,
+    sets: &'a Arena<HolderSet>,
+    aliases: &'a [Alias],
+}
+
+/// The set of a node's `worker` field, or NIL.
+#[inline]
+fn set_of(worker: u32) -> u32 {
+    if worker != NOBODY && worker & SPILLED != 0 {
+        worker & !SPILLED
+    } else {
+        NIL
+    }
+}
+
+impl table::Resolve for Resolver<'_> {
+    #[inline]
+    fn hash(&self, entry: u32) -> u64 {
+        if entry & ALIAS != 0 {
+            return self.aliases[(entry & !ALIAS) as usize].hash;
+        }
+        let n = &self.nodes[entry as usize];
+        match set_of(n.worker) {
+            NIL => n.hash,
+            s => self.sets[s as usize].hash,
+        }
+    }
+
+    /// In two passes, nodes then holder sets, each without a branch on what it loads, so that
+    /// the cache misses of many entries overlap.
+    fn hashes(&self, entries: &[u32], out: &mut Vec<u64>) {
+        out.clear();
+        let mut sets: Vec<u32> = Vec::with_capacity(entries.len());
+        for &e in entries {
+            if e & ALIAS != 0 {
+                out.push(self.aliases[(e & !ALIAS) as usize].hash);
+                sets.push(NIL);
+            } else {
+                let n = &self.nodes[e as usize];
+                out.push(n.hash);
+                sets.push(set_of(n.worker));
+            }
+        }
+        for (h, &s) in out.iter_mut().zip(&sets) {
+            if s != NIL {
+                *h = self.sets[s as usize].hash;
+            }
+        }
+    }
 }
 
 /// A block hash repeated within a store, or equal to its parent.
