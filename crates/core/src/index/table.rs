@@ -209,6 +209,7 @@ impl HashTable {
         }
         let g = self.home(mix(h, seed));
         prefetch(self.tags.as_ptr().wrapping_add(g));
+        prefetch(self.highs.as_ptr().wrapping_add(g));
         prefetch(self.entries.as_ptr().wrapping_add(g));
     }
 
