@@ -219,29 +219,7 @@ impl HashTable {
         if self.len == 0 {
             return None;
         }
-        let z = mix(h, seed);
-        let (tag, high) = (tag_of(z), (z >> 48) as u16);
-        let n = self.tags.len();
-        let mut g = self.home(z);
-        loop {
-            let tags = &self.tags[g];
-            let mut m = matches(tags, tag);
-            while m != 0 {
-                let i = m.trailing_zeros() as usize;
-                m &= m - 1;
-                let e = self.entries[g][i];
-                if self.highs[g][i] == high && resolve.hash(e) == h {
-                    return Some((g * GROUP + i, e));
-                }
-            }
-            if matches(tags, EMPTY) != 0 {
-                return None;
-            }
-            g += 1;
-            if g == n {
-                g = 0;
-            }
-        }
+        self.probe::<false>(h, seed, resolve).ok()
     }
 
     /// `find`, or when `h` is absent, the free slot where `insert_at` puts it (room is made first:
@@ -256,6 +234,19 @@ impl HashTable {
         if self.growth_left == 0 {
             self.rehash(seed, resolve);
         }
+        self.probe::<true>(h, seed, resolve)
+    }
+
+    /// The probe behind `find` and `find_or_vacant`: the position and entry of `h`, or where it
+    /// would go (the first free or deleted slot on its probe path, when `VACANT`; otherwise
+    /// `usize::MAX`, which only `find` asks for and never uses). The table has at least one group.
+    #[inline(always)]
+    fn probe<const VACANT: bool>(
+        &self,
+        h: u64,
+        seed: u64,
+        resolve: &impl Resolve,
+    ) -> Result<(usize, u32), usize> {
         let z = mix(h, seed);
         let (tag, high) = (tag_of(z), (z >> 48) as u16);
         let n = self.tags.len();
@@ -273,7 +264,7 @@ impl HashTable {
                 }
             }
             let empty = matches(tags, EMPTY);
-            if vacant == usize::MAX {
+            if VACANT && vacant == usize::MAX {
                 let free = empty | matches(tags, TOMB);
                 if free != 0 {
                     vacant = g * GROUP + free.trailing_zeros() as usize;
