@@ -8,6 +8,7 @@ import { execFileSync } from 'node:child_process'
 import { createRequire } from 'node:module'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { cpus, loadavg, tmpdir, totalmem } from 'node:os'
+import { PerformanceObserver, constants as perfConstants } from 'node:perf_hooks'
 import { join } from 'node:path'
 import type { RawBinding } from '../ts/core/binding.js'
 import { Ingestor, type IngestResult } from '../ts/core/api.js'
@@ -252,34 +253,48 @@ async function benchIngest(): Promise<void> {
       await settle()
       measure[k]()
     }
+  // Major (mark-compact) collections per measurement, from Node's gc performance entries, which arrive
+  // once the event loop turns after the measurement. Results that keep fresh arenas alive can make V8
+  // collect the old generation several times a second (BENCHMARKS.md).
+  let majorGcs = 0
+  const gcs = new PerformanceObserver((list) => {
+    for (const e of list.getEntries())
+      if ((e as unknown as { detail?: { kind?: number } }).detail?.kind === perfConstants.NODE_PERFORMANCE_GC_MAJOR) majorGcs++
+  })
+  gcs.observe({ entryTypes: ['gc'] })
+  const majors = Object.fromEntries(rows.map((k) => [k, [] as number[]])) as Record<(typeof rows)[number], number[]>
   for (let r = 0; r < INGEST_ROUNDS; r++) {
     const order = r % 2 === 0 ? rows : (['nativeApi', 'rustInProcess', 'rust', ...rows.slice(3)] as const)
     for (const k of order) {
       await settle()
+      const before = majorGcs
       all[k].push(measure[k]())
+      await new Promise<void>((resolve) => setTimeout(resolve, 20))
+      majors[k].push(majorGcs - before)
     }
   }
+  gcs.disconnect()
   const load1 = loadavg()
   rmSync(dir, { recursive: true, force: true })
   // The Rust example measures its own thread (schedstat); for Node both the process (GC helper threads
   // included) and the main thread alone are shown, the latter being the like-for-like comparison.
-  const row = (name: string, rs: Rate[]) => {
+  const row = (name: string, rs: Rate[], gc: number[] | null) => {
     const t = rs.map((x) => x.thread)
     console.log(
-      `| ${name} | ${fmtRate(median(rs.map((x) => x.wall)))} | ${fmtRate(median(rs.map((x) => x.cpu)))} | ${fmtRate(median(t))} (${fmtRate(Math.min(...t))}-${fmtRate(Math.max(...t))}) |`,
+      `| ${name} | ${fmtRate(median(rs.map((x) => x.wall)))} | ${fmtRate(median(rs.map((x) => x.cpu)))} | ${fmtRate(median(t))} (${fmtRate(Math.min(...t))}-${fmtRate(Math.max(...t))}) | ${gc === null ? '-' : median(gc)} |`,
     )
   }
   console.log(
-    '\n| ingest, standard workload (event plane), median of rounds | blocks/s (wall) | blocks/s (process CPU) | blocks/s (main-thread CPU, range) |',
+    `\n| ingest, standard workload (event plane), median of rounds | blocks/s (wall) | blocks/s (process CPU) | blocks/s (main-thread CPU, range) | major GCs per ${INGEST_MS} ms measurement |`,
   )
-  console.log('|---|---|---|---|')
-  row('pure Rust core (Ingestor::ingest), its own process', all.rust)
-  row('pure Rust core (Ingestor::ingest), its loop inside this Node process', all.rustInProcess)
-  row('native from Node, raw binding', all.nativeRaw)
-  row('native from Node, raw ingestPacked (the call behind the public API)', all.nativePacked)
-  row('native from Node, public Ingestor.ingest', all.nativeApi)
-  row('fallback, raw', all.jsRaw)
-  row('fallback, public Ingestor.ingest', all.jsApi)
+  console.log('|---|---|---|---|---|')
+  row('pure Rust core (Ingestor::ingest), its own process', all.rust, null)
+  row('pure Rust core (Ingestor::ingest), its loop inside this Node process', all.rustInProcess, majors.rustInProcess)
+  row('native from Node, raw binding', all.nativeRaw, majors.nativeRaw)
+  row('native from Node, raw ingestPacked (the call behind the public API)', all.nativePacked, majors.nativePacked)
+  row('native from Node, public Ingestor.ingest', all.nativeApi, majors.nativeApi)
+  row('fallback, raw', all.jsRaw, majors.jsRaw)
+  row('fallback, public Ingestor.ingest', all.jsApi, majors.jsApi)
   const ratio = (a: Rate[], b: Rate[], k: keyof Rate) => a.map((x, i) => x[k] / b[i]![k])
   const apiRust = ratio(all.nativeApi, all.rust, 'thread')
   const apiRustCpu = ratio(all.nativeApi, all.rust, 'cpu')
