@@ -1164,6 +1164,10 @@ impl RadixIndex {
         parent_hash: Option<u64>,
         blocks: &[StoredBlock],
     ) -> ApplyOutcome {
+        // the parent's table group first: its lookup is what the walk below waits on first
+        if let Some(p) = parent_hash {
+            self.prefetch_entries(slot, std::iter::once(p));
+        }
         if repeats(blocks, parent_hash) {
             self.counters[C_INVALID_SEQUENCE] += 1;
             return ApplyOutcome::InvalidBlockSequence;
