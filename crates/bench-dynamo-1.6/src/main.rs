@@ -58,8 +58,10 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// Bytes held: allocated and not yet freed, plus what this core's index maps outside the allocator
+/// (its large arrays, in huge pages).
 fn live() -> isize {
-    LIVE.load(Ordering::Relaxed)
+    LIVE.load(Ordering::Relaxed) + dynamo_kv_core::index::mapped_bytes() as isize
 }
 
 fn env(name: &str, default: usize) -> usize {

@@ -2,9 +2,10 @@
 //! the tokens hashes of the path from the root, so that `find_matches` can tell who holds the longest
 //! prefix of a request.
 //!
-//! Layout, for memory and cache: nodes live in one arena (`Vec<Node>`, 32 bytes each, grown by an
-//! eighth) addressed by u32; a node's single child and single holder are stored inline (most nodes
-//! have one of each). The edges of nodes with several children live in one open-addressing table
+//! Layout, for memory and cache: nodes live in one arena (32 bytes each, grown by an eighth)
+//! addressed by u32, which from 4 MiB on is a mapping of its own in 2 MiB pages (`pages`), as are the
+//! holder sets' arena and the edge table; a node's single child and single holder are stored inline
+//! (most nodes have one of each). The edges of nodes with several children live in one open-addressing table
 //! keyed by (parent, tokens hash), so a step down costs two cache misses (table slot, child); each
 //! such node also lists its children for the cascade and the dump. Several holders go to a
 //! `HolderSet`, and the node keeps a bitmask of its worker slots below 64, so that `find_matches`
@@ -38,7 +39,10 @@ use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 
+mod pages;
 mod table;
+
+pub use pages::mapped_bytes;
 
 use table::{Arena, HashTable};
 
@@ -1552,10 +1556,10 @@ impl RadixIndex {
             .map(|w| w.blocks.heap_bytes())
             .sum();
         self.nodes.heap_bytes()
-            + self.sets.capacity() * std::mem::size_of::<HolderSet>()
+            + self.sets.heap_bytes()
             + self.aliases.capacity()
                 * (std::mem::size_of::<Alias>() + std::mem::size_of::<Other>())
-            + self.edges.slots.capacity() * std::mem::size_of::<Edge>()
+            + self.edges.slots.heap_bytes()
             + self.kid_lists.capacity() * 40
             + tables
     }
@@ -1621,7 +1625,7 @@ impl RadixIndex {
             ("edges (count)", self.edges.len),
             (
                 "edges and kid lists",
-                vec_bytes(self.edges.slots.capacity(), std::mem::size_of::<Edge>())
+                self.edges.slots.heap_bytes()
                     + vec_bytes(self.kid_lists.capacity(), std::mem::size_of::<Vec<u32>>())
                     + self.kid_lists.iter().map(u32s).sum::<usize>()
                     + u32s(&self.free_lists),
@@ -1669,7 +1673,7 @@ const NO_EDGE: Edge = Edge {
 /// choose collisions.
 #[derive(Debug)]
 struct EdgeTable {
-    slots: Vec<Edge>,
+    slots: Arena<Edge>,
     len: usize,
     seed: u64,
 }
@@ -1677,7 +1681,7 @@ struct EdgeTable {
 impl EdgeTable {
     fn new() -> Self {
         EdgeTable {
-            slots: Vec::new(),
+            slots: Arena::default(),
             len: 0,
             seed: std::collections::hash_map::RandomState::new()
                 .build_hasher()
@@ -1769,9 +1773,9 @@ impl EdgeTable {
     }
 
     fn resize(&mut self, cap: usize) {
-        let old = std::mem::replace(&mut self.slots, vec![NO_EDGE; cap]);
+        let old = std::mem::replace(&mut self.slots, Arena::filled(cap, NO_EDGE));
         self.len = 0;
-        for e in old.into_iter().filter(|e| e.child != NIL) {
+        for &e in old.iter().filter(|e| e.child != NIL) {
             self.insert(e.parent, e.key, e.child);
         }
     }

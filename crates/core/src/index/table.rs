@@ -4,45 +4,106 @@
 
 use std::ops::{Index, IndexMut};
 
+use super::pages::Buf;
+
 /// A vector addressed by u32 that grows by 1/8 of its length (at least 1024 elements) instead of
-/// doubling: at most 1/8 spare capacity where a `Vec` leaves up to half. Growing a large one is a
-/// `realloc`, which moves pages rather than copying them.
-#[derive(Debug)]
-pub(super) struct Arena<T>(Vec<T>);
+/// doubling: at most 1/8 spare capacity where a `Vec` leaves up to half. A large one is mapped for
+/// huge pages and grows by moving its pages (`pages::Buf`).
+pub(super) struct Arena<T> {
+    buf: Buf<T>,
+    len: usize,
+}
 
 impl<T> Default for Arena<T> {
     fn default() -> Self {
-        Arena(Vec::new())
+        Arena {
+            buf: Buf::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T: Copy> Arena<T> {
+    /// `n` copies of `v`.
+    pub fn filled(n: usize, v: T) -> Self {
+        let mut a: Arena<T> = Arena::default();
+        if n > 0 {
+            a.buf.grow(0, n, n);
+            let p = a.buf.ptr();
+            for i in 0..n {
+                // SAFETY: the buffer has room for at least n values.
+                unsafe { p.add(i).write(v) };
+            }
+            a.len = n;
+        }
+        a
     }
 }
 
 impl<T> Arena<T> {
+    #[inline]
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.len
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     #[inline]
     pub fn push(&mut self, v: T) {
-        if self.0.len() == self.0.capacity() {
-            let n = self.0.len();
-            self.0
-                .reserve_exact(if n < 64 { n.max(4) } else { (n / 8).max(1024) });
+        if self.len == self.buf.cap() {
+            let n = self.len;
+            let more = if n < 64 { n.max(4) } else { (n / 8).max(1024) };
+            self.buf.grow(n, n + 1, n + more);
         }
-        self.0.push(v);
-    }
-
-    /// Heap bytes held.
-    pub fn heap_bytes(&self) -> usize {
-        self.0.capacity() * std::mem::size_of::<T>()
+        // SAFETY: len < cap after the growth.
+        unsafe { self.buf.ptr().add(self.len).write(v) };
+        self.len += 1;
     }
 
     /// Element capacity.
+    #[cfg(test)]
     pub fn capacity(&self) -> usize {
-        self.0.capacity()
+        self.buf.cap()
+    }
+
+    /// Heap bytes held (a mapped arena's whole mapping).
+    pub fn heap_bytes(&self) -> usize {
+        self.buf.bytes()
+    }
+
+    #[inline]
+    pub fn as_slice(&self) -> &[T] {
+        // SAFETY: the first len values are initialized; the pointer is non-null and aligned.
+        unsafe { std::slice::from_raw_parts(self.buf.ptr(), self.len) }
+    }
+
+    #[inline]
+    pub fn as_mut_slice(&mut self) -> &mut [T] {
+        // SAFETY: as in as_slice, and the arena is borrowed mutably.
+        unsafe { std::slice::from_raw_parts_mut(self.buf.ptr(), self.len) }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &T> + '_ {
-        self.0.iter()
+        self.as_slice().iter()
+    }
+}
+
+impl<T> Drop for Arena<T> {
+    fn drop(&mut self) {
+        // SAFETY: drops the initialized values once; the buffer frees the memory after this.
+        unsafe { std::ptr::drop_in_place(self.as_mut_slice()) };
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Arena<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Arena")
+            .field("len", &self.len)
+            .field("buf", &self.buf)
+            .finish()
     }
 }
 
@@ -50,14 +111,14 @@ impl<T> Index<usize> for Arena<T> {
     type Output = T;
     #[inline]
     fn index(&self, i: usize) -> &T {
-        &self.0[i]
+        &self.as_slice()[i]
     }
 }
 
 impl<T> IndexMut<usize> for Arena<T> {
     #[inline]
     fn index_mut(&mut self, i: usize) -> &mut T {
-        &mut self.0[i]
+        &mut self.as_mut_slice()[i]
     }
 }
 
