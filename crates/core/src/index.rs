@@ -6,8 +6,10 @@
 //! addressed by u32, which from 4 MiB on is a mapping of its own in 2 MiB pages (`pages`), as are the
 //! holder sets' arena and the edge table; a node's single child and single holder are stored inline
 //! (most nodes have one of each). The edges of nodes with several children live in one open-addressing table
-//! keyed by (parent, tokens hash), so a step down costs two cache misses (table slot, child); each
-//! such node also lists its children for the cascade and the dump. Several holders go to a
+//! keyed by (parent, tokens hash), so a step down costs two cache misses (table slot, child), and a
+//! query starts loading the slot a step ahead, alongside the node, where a bit per node (`branching`)
+//! says the node has several children; each such node also lists its children for the cascade and
+//! the dump. Several holders go to a
 //! `HolderSet`, and the node keeps a bitmask of its worker slots below 64, so that `find_matches`
 //! intersects worker sets with one AND per level.
 //!
@@ -44,7 +46,7 @@ mod table;
 
 pub use pages::mapped_bytes;
 
-use table::{Arena, HashTable};
+use table::{prefetch, Arena, HashTable};
 
 use crate::hash::{compute_block_hashes_with, BlockHashOptions};
 use crate::wire::{
@@ -613,6 +615,10 @@ pub struct RadixIndex {
     /// Keys the workers' tables (per index, so that crafted hashes cannot choose collisions).
     seed: u64,
     edges: EdgeTable,
+    /// Bit n set: node n has several children (its edges are in `edges`). Dense and small (a bit
+    /// per node), so that a query can tell, before it reads a node, that the next step will look
+    /// up `edges`, and start loading that slot alongside the node.
+    branching: Vec<u64>,
     kid_lists: Vec<Vec<u32>>,
     free_lists: Vec<u32>,
     /// Worker slots; a forgotten worker's slot is None until reused.
@@ -653,6 +659,7 @@ impl RadixIndex {
             free_aliases: Vec::new(),
             seed: MixState::default().0,
             edges: EdgeTable::new(),
+            branching: Vec::new(),
             kid_lists: Vec::new(),
             free_lists: Vec::new(),
             workers: Vec::new(),
@@ -710,6 +717,28 @@ impl RadixIndex {
         }
     }
 
+    #[inline]
+    fn is_branching(&self, node: u32) -> bool {
+        self.branching
+            .get(node as usize / 64)
+            .is_some_and(|w| w >> (node % 64) & 1 != 0)
+    }
+
+    fn set_branching(&mut self, node: u32, on: bool) {
+        let i = node as usize / 64;
+        if i >= self.branching.len() {
+            if !on {
+                return;
+            }
+            self.branching.resize(i + 1, 0);
+        }
+        if on {
+            self.branching[i] |= 1 << (node % 64);
+        } else {
+            self.branching[i] &= !(1 << (node % 64));
+        }
+    }
+
     fn alloc_node(&mut self, key: u64, parent: u32) -> u32 {
         let node = Node {
             key,
@@ -750,6 +779,7 @@ impl RadixIndex {
             self.nodes[kids as usize].pos = 0;
             self.kid_lists[list as usize].push(kids);
             self.nodes[parent as usize].kids = MANY | list;
+            self.set_branching(parent, true);
             list
         };
         self.edges.insert(parent, key, child);
@@ -791,6 +821,7 @@ impl RadixIndex {
             self.free_list(list as u32);
             self.nodes[only as usize].pos = NIL;
             self.nodes[parent as usize].kids = only;
+            self.set_branching(parent, false);
         }
     }
 
@@ -840,6 +871,7 @@ impl RadixIndex {
             }
             if kids != NIL && kids & MANY != 0 {
                 self.free_list(kids & !MANY);
+                self.set_branching(n, false);
             }
             let w = self.nodes[n as usize].worker;
             if w != NOBODY && w & SPILLED != 0 {
@@ -1325,6 +1357,11 @@ impl RadixIndex {
         let Some(mut node) = self.child(ROOT, first) else {
             return;
         };
+        if self.is_branching(node) {
+            if let Some(&next) = query.get(1) {
+                self.edges.prefetch(node, next);
+            }
+        }
         let n_slots = self.workers.len();
         if s.stamp.len() < n_slots {
             s.stamp.resize(n_slots, 0);
@@ -1367,6 +1404,12 @@ impl RadixIndex {
             let Some(child) = self.child(node, q) else {
                 break;
             };
+            if self.is_branching(child) {
+                // the next step looks up an edge of `child`: load its slot alongside the node
+                if let Some(&next) = query.get(i + 1) {
+                    self.edges.prefetch(child, next);
+                }
+            }
             let c = &self.nodes[child as usize];
             let c_worker = c.worker;
             let c_low = match c_worker {
@@ -1604,7 +1647,10 @@ impl RadixIndex {
         let u32s = |v: &Vec<u32>| vec_bytes(v.capacity(), 4);
         vec![
             ("nodes (count)", self.nodes.len() - self.free_nodes.len()),
-            ("nodes", self.nodes.heap_bytes() + u32s(&self.free_nodes)),
+            (
+                "nodes",
+                self.nodes.heap_bytes() + u32s(&self.free_nodes) + self.branching.capacity() * 8,
+            ),
             (
                 "holder sets (count)",
                 self.sets.len() - self.free_sets.len(),
@@ -1714,6 +1760,19 @@ impl EdgeTable {
                 return Ok(i);
             }
             i = (i + 1) & mask;
+        }
+    }
+
+    /// Starts loading the slot where (parent, key) is looked up first.
+    #[inline]
+    fn prefetch(&self, parent: u32, key: u64) {
+        if !self.slots.is_empty() {
+            prefetch(
+                self.slots
+                    .as_slice()
+                    .as_ptr()
+                    .wrapping_add(self.home(parent, key)),
+            );
         }
     }
 
@@ -1999,6 +2058,70 @@ impl RadixIndex {
                 .and_then(|w| w.last_event_id)
                 .unwrap_or(0);
             self.push_kids_holding(ROOT, slot, None, &mut c.stack);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The branching bits a query prefetches by follow every node's children through stores that
+    /// split runs, removes that merge them back, and clears that drop whole subtrees.
+    #[test]
+    fn branching_bits_follow_the_children() {
+        let mut idx = RadixIndex::new();
+        let mut z = 0x1234_5678_9abc_def0u64;
+        let mut next = move |n: u64| {
+            z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut x = z;
+            x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            (x ^ (x >> 27)) % n
+        };
+        let mut held: Vec<(u64, u64)> = Vec::new();
+        for step in 0..20_000u64 {
+            let worker = next(6);
+            match next(10) {
+                0..=5 => {
+                    // a chain of tokens drawn from a small alphabet, so that paths share and split
+                    let len = 1 + next(6) as usize;
+                    let tokens: Vec<u64> = (0..len).map(|_| 1 + next(3)).collect();
+                    let mut path = 0u64;
+                    let blocks: Vec<StoredBlock> = tokens
+                        .iter()
+                        .map(|&t| {
+                            path = path.wrapping_mul(31).wrapping_add(t);
+                            StoredBlock {
+                                block_hash: path ^ worker << 56,
+                                tokens_hash: path,
+                                mm_extra_info: None,
+                            }
+                        })
+                        .collect();
+                    held.extend(blocks.iter().map(|b| (worker, b.block_hash)));
+                    let data = DataRef::Stored {
+                        parent_hash: None,
+                        blocks: &blocks,
+                    };
+                    idx.apply(worker, step, 0, data);
+                }
+                6..=8 if !held.is_empty() => {
+                    let (w, h) = held.swap_remove(next(held.len() as u64) as usize);
+                    idx.apply(w, step, 0, DataRef::Removed(&[h]));
+                }
+                _ => {
+                    idx.apply(worker, step, 0, DataRef::Cleared);
+                    held.retain(|&(w, _)| w != worker);
+                }
+            }
+            for n in 0..idx.nodes.len() as u32 {
+                let kids = idx.nodes[n as usize].kids;
+                assert_eq!(
+                    idx.is_branching(n),
+                    kids != NIL && kids & MANY != 0,
+                    "node {n} after step {step}"
+                );
+            }
         }
     }
 }

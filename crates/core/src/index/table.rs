@@ -205,7 +205,7 @@ fn stored_home(tag: u8, high: u16, n: usize) -> usize {
 
 /// A hint to load the cache line at `p` (nothing where there is no such instruction).
 #[inline(always)]
-fn prefetch<T>(p: *const T) {
+pub(super) fn prefetch<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: SSE is part of x86_64, and a prefetch does not access memory: any address is
     // allowed, even an invalid one.
