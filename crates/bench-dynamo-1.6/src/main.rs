@@ -9,7 +9,10 @@
 //! while a writer applies), BENCH_IMPLS (core,tree,crtc) and BENCH_WORKLOADS (a,b) to run only some,
 //! BENCH_PUBLISH_OPS and BENCH_PUBLISH_US (the shared index's publish policy; default
 //! `PublishPolicy::default()`), BENCH_BREAKDOWN (set: print this core's heap by part after its first
-//! build).
+//! build), BENCH_BUILD_ONLY=N (only the build stream: N alternations of this core reading the trace
+//! in place, this core reading a fresh copy, and `RadixTree` reading a fresh copy, each into an
+//! empty index; median and best of each, then exit: the apply comparison without the rounds' other
+//! work in between).
 //!
 //! Every query's scores from this core are checked against the reference model on both
 //! workloads (a mismatch fails the run); Dynamo's answers are compared too and their differences
@@ -386,11 +389,14 @@ fn round(
     let rt = rt();
     match which {
         Impl::Core => {
+            // each timed stream is a copy made just before the clock starts, as Dynamo's are
+            // (its apply consumes them): both read their events from the same cache state
+            let evs = t.build.clone();
             let before = live();
             let mut idx = RadixIndex::new();
-            (r.build_rate, r.build_cpu_rate) =
-                rates(t.build_blocks, core_apply(&mut idx, &t.build));
+            (r.build_rate, r.build_cpu_rate) = rates(t.build_blocks, core_apply(&mut idx, &evs));
             r.bytes_per_entry = (live() - before) as f64 / entries as f64;
+            drop(evs);
             r.heap_bytes_per_entry = idx.heap_bytes() as f64 / entries as f64;
             if std::env::var_os("BENCH_BREAKDOWN").is_some() {
                 for (k, v) in idx.heap_breakdown() {
@@ -412,8 +418,9 @@ fn round(
             }
             (r.p50_us, r.p99_us) =
                 time_queries(&t.queries, |q| idx.find_matches_ref(q, false).len());
-            (r.mixed_rate, r.mixed_cpu_rate) =
-                rates(t.mixed_blocks, core_apply(&mut idx, &t.mixed));
+            let evs = t.mixed.clone();
+            (r.mixed_rate, r.mixed_cpu_rate) = rates(t.mixed_blocks, core_apply(&mut idx, &evs));
+            drop(evs);
             if let Some(c) = check.as_deref() {
                 check_core(
                     &mut idx,
@@ -816,6 +823,23 @@ fn print_table(w: &Workload, rounds: &HashMap<Impl, Vec<Round>>) {
             ratio(&x)
         );
     }
+    // Each round measures the three back to back: a round's own ratio pairs figures taken seconds
+    // apart, where the medians above may pair a quiet round with a busy one.
+    let (c, t) = (&rounds.get(&Impl::Core), &rounds.get(&Impl::Tree));
+    if let (Some(c), Some(t)) = (c, t) {
+        for (name, f) in [
+            ("build", (|r| r.build_rate) as fn(&Round) -> f64),
+            ("mixed", |r| r.mixed_rate),
+        ] {
+            let per: Vec<f64> = c.iter().zip(t.iter()).map(|(c, t)| f(c) / f(t)).collect();
+            let list: Vec<String> = per.iter().map(|x| format!("{x:.2}")).collect();
+            println!(
+                "\ncore / RadixTree apply rate ({name} stream, wall), round by round: {} (median {:.2})",
+                list.join(", "),
+                median(&per)
+            );
+        }
+    }
 }
 
 fn print_check(w: &Workload, c: &Check, core_ran: bool) {
@@ -902,6 +926,59 @@ fn main() {
             t.cfg.workers, t.cfg.capacity, t.build.len(), t.build_blocks, t.build_removed, t.mixed.len(), t.mixed_blocks, t.mixed_removed, t.peak_entries, t.queries.len(), g.elapsed().as_secs_f64()
         );
         workloads.push(w);
+    }
+    if let Some(n) = std::env::var("BENCH_BUILD_ONLY")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        for w in &workloads {
+            let mut res = [Vec::new(), Vec::new(), Vec::new()];
+            for i in 0..n {
+                for k in 0..3 {
+                    let which = (i + k) % 3;
+                    let blocks = w.trace.build_blocks as f64;
+                    let rate = match which {
+                        0 => {
+                            let mut idx = RadixIndex::new();
+                            blocks / core_apply(&mut idx, &w.trace.build).wall
+                        }
+                        1 => {
+                            let evs = w.trace.build.clone();
+                            let mut idx = RadixIndex::new();
+                            blocks / core_apply(&mut idx, &evs).wall
+                        }
+                        _ => {
+                            let evs = w.build_dyn.clone();
+                            let mut tree = RadixTree::new();
+                            blocks / tree_apply(&mut tree, evs, None).wall
+                        }
+                    };
+                    res[which].push(rate / 1e6);
+                }
+            }
+            println!(
+                "\n{}: the build stream alone, {n} alternations (M blocks/s, wall)\n",
+                w.name
+            );
+            println!("| build stream into an empty index | median | best |\n|---|---|---|");
+            let names = [
+                "this core, reading the trace in place",
+                "this core, reading a fresh copy",
+                "Dynamo RadixTree, reading (consuming) a fresh copy",
+            ];
+            for (name, r) in names.iter().zip(&res) {
+                let best = r.iter().copied().fold(0.0, f64::max);
+                println!("| {name} | {:.2} | {best:.2} |", median(r));
+            }
+            let per: Vec<f64> = res[1].iter().zip(&res[2]).map(|(c, t)| c / t).collect();
+            println!(
+                "\nthis core (fresh copy) / RadixTree, alternation by alternation: median {:.2}, min {:.2}, max {:.2}",
+                median(&per),
+                per.iter().copied().fold(f64::INFINITY, f64::min),
+                per.iter().copied().fold(0.0, f64::max)
+            );
+        }
+        return;
     }
     let mut checks = Vec::new();
     for w in &workloads {
