@@ -3,7 +3,7 @@
 //! when it read, and no read sees part of an operation; plus publish and replay step by step, and
 //! `find_matches_with` on `&self` against `find_matches`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 
 use dynamo_kv_core::index::{ApplyOutcome, Match, MatchScratch, RadixIndex};
@@ -323,13 +323,18 @@ fn a_read_never_sees_part_of_an_operation() {
         max_delay: None,
     });
     let done = Arc::new(AtomicBool::new(false));
+    // readers that have read once: the writer starts after both, so that neither can miss the run
+    let reading = Arc::new(AtomicUsize::new(0));
     let readers: Vec<_> = (0..2)
         .map(|_| {
             let mut reader = writer.reader();
-            let (done, path) = (done.clone(), path.clone());
+            let (done, path, reading) = (done.clone(), path.clone(), reading.clone());
             std::thread::spawn(move || {
                 let mut states = [0u64; 2];
                 while !done.load(Ordering::Acquire) {
+                    if states[0] + states[1] == 1 {
+                        reading.fetch_add(1, Ordering::Release);
+                    }
                     let got = reader.find_matches(&path, false);
                     match got {
                         [] => states[0] += 1,
@@ -346,6 +351,9 @@ fn a_read_never_sees_part_of_an_operation() {
             })
         })
         .collect();
+    while reading.load(Ordering::Acquire) < 2 {
+        std::thread::yield_now();
+    }
     for round in 0..3000u64 {
         let id = round * 4;
         writer.apply_event(&store(0, id));
