@@ -217,7 +217,7 @@ let readSink = 0
  * Per call of the public RadixIndex.findMatches; its scores are read after the timed call (they are
  * built on first read), or, with `readInside`, both its lists are read inside the timed region.
  */
-function latency(index: RadixIndex, queries: BigUint64Array[], readInside = false): Latency {
+export function latency(index: RadixIndex, queries: BigUint64Array[], readInside = false): Latency {
   for (let k = 0; k < Math.min(2000, queries.length); k++) readSink += index.findMatches(queries[k]!).scores.length // warm-up
   const ns = new Float64Array(queries.length)
   let scoreSum = 0

@@ -869,6 +869,57 @@ fn print_check(w: &Workload, c: &Check, core_ran: bool) {
     }
 }
 
+/// BENCH_BUILD_ONLY: the build stream alone, `n` alternations of this core reading the trace in
+/// place, this core reading a fresh copy, and `RadixTree` reading (consuming) a fresh copy, each into
+/// an empty index.
+fn build_only(w: &Workload, n: usize) {
+    let mut res = [Vec::new(), Vec::new(), Vec::new()];
+    for i in 0..n {
+        for k in 0..3 {
+            let which = (i + k) % 3;
+            let blocks = w.trace.build_blocks as f64;
+            let rate = match which {
+                0 => {
+                    let mut idx = RadixIndex::new();
+                    blocks / core_apply(&mut idx, &w.trace.build).wall
+                }
+                1 => {
+                    let evs = w.trace.build.clone();
+                    let mut idx = RadixIndex::new();
+                    blocks / core_apply(&mut idx, &evs).wall
+                }
+                _ => {
+                    let evs = w.build_dyn.clone();
+                    let mut tree = RadixTree::new();
+                    blocks / tree_apply(&mut tree, evs, None).wall
+                }
+            };
+            res[which].push(rate / 1e6);
+        }
+    }
+    println!(
+        "\n{}: the build stream alone, {n} alternations (M blocks/s, wall)\n",
+        w.name
+    );
+    println!("| build stream into an empty index | median | best |\n|---|---|---|");
+    let names = [
+        "this core, reading the trace in place",
+        "this core, reading a fresh copy",
+        "Dynamo RadixTree, reading (consuming) a fresh copy",
+    ];
+    for (name, r) in names.iter().zip(&res) {
+        let best = r.iter().copied().fold(0.0, f64::max);
+        println!("| {name} | {:.2} | {best:.2} |", median(r));
+    }
+    let per: Vec<f64> = res[1].iter().zip(&res[2]).map(|(c, t)| c / t).collect();
+    println!(
+        "\nthis core (fresh copy) / RadixTree, alternation by alternation: median {:.2}, min {:.2}, max {:.2}",
+        median(&per),
+        per.iter().copied().fold(f64::INFINITY, f64::min),
+        per.iter().copied().fold(0.0, f64::max)
+    );
+}
+
 fn main() {
     let rounds_n = env("BENCH_ROUNDS", 3);
     let queries = env("BENCH_QUERIES", 20_000);
@@ -932,51 +983,7 @@ fn main() {
         .and_then(|v| v.parse::<usize>().ok())
     {
         for w in &workloads {
-            let mut res = [Vec::new(), Vec::new(), Vec::new()];
-            for i in 0..n {
-                for k in 0..3 {
-                    let which = (i + k) % 3;
-                    let blocks = w.trace.build_blocks as f64;
-                    let rate = match which {
-                        0 => {
-                            let mut idx = RadixIndex::new();
-                            blocks / core_apply(&mut idx, &w.trace.build).wall
-                        }
-                        1 => {
-                            let evs = w.trace.build.clone();
-                            let mut idx = RadixIndex::new();
-                            blocks / core_apply(&mut idx, &evs).wall
-                        }
-                        _ => {
-                            let evs = w.build_dyn.clone();
-                            let mut tree = RadixTree::new();
-                            blocks / tree_apply(&mut tree, evs, None).wall
-                        }
-                    };
-                    res[which].push(rate / 1e6);
-                }
-            }
-            println!(
-                "\n{}: the build stream alone, {n} alternations (M blocks/s, wall)\n",
-                w.name
-            );
-            println!("| build stream into an empty index | median | best |\n|---|---|---|");
-            let names = [
-                "this core, reading the trace in place",
-                "this core, reading a fresh copy",
-                "Dynamo RadixTree, reading (consuming) a fresh copy",
-            ];
-            for (name, r) in names.iter().zip(&res) {
-                let best = r.iter().copied().fold(0.0, f64::max);
-                println!("| {name} | {:.2} | {best:.2} |", median(r));
-            }
-            let per: Vec<f64> = res[1].iter().zip(&res[2]).map(|(c, t)| c / t).collect();
-            println!(
-                "\nthis core (fresh copy) / RadixTree, alternation by alternation: median {:.2}, min {:.2}, max {:.2}",
-                median(&per),
-                per.iter().copied().fold(f64::INFINITY, f64::min),
-                per.iter().copied().fold(0.0, f64::max)
-            );
+            build_only(w, n);
         }
         return;
     }

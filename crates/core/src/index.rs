@@ -3,15 +3,15 @@
 //! prefix of a request.
 //!
 //! Layout, for memory and cache: nodes live in one arena (32 bytes each, grown by an eighth)
-//! addressed by u32, which from 4 MiB on is a mapping of its own in 2 MiB pages (`pages`), as are the
-//! holder sets' arena and the edge table; a node's single child and single holder are stored inline
-//! (most nodes have one of each). The edges of nodes with several children live in one open-addressing table
-//! keyed by (parent, tokens hash), so a step down costs two cache misses (table slot, child), and a
-//! query starts loading the slot a step ahead, alongside the node, where a bit per node (`branching`)
-//! says the node has several children; each such node also lists its children for the cascade and
-//! the dump. Several holders go to a
-//! `HolderSet`, and the node keeps a bitmask of its worker slots below 64, so that `find_matches`
-//! intersects worker sets with one AND per level.
+//! addressed by u32, which from 4 MiB on is a mapping of its own in 2 MiB pages (`pages`), as are
+//! the holder sets' arena and the edge table; a node's single child and single holder are stored
+//! inline (most nodes have one of each). The edges of nodes with several children live in one
+//! open-addressing table keyed by (parent, tokens hash), so a step down costs two cache misses
+//! (table slot, child), and a query starts loading the slot a step ahead, alongside the node, where
+//! a bit per node (`branching`) says the node has several children; each such node also lists its
+//! children for the cascade and the dump. Several holders go to a `HolderSet`, and the node keeps a
+//! bitmask of its worker slots below 64, so that `find_matches` intersects worker sets with one AND
+//! per level.
 //!
 //! A node has its own block hash (its first holder's). A holder of that hash is only its worker
 //! slot (`HolderSet::plain_low`, a bitmask, for slots below 64; a sorted list above); a holder of
@@ -724,6 +724,17 @@ impl RadixIndex {
             .is_some_and(|w| w >> (node % 64) & 1 != 0)
     }
 
+    /// When `node` has several children, starts loading the edge slot where the query's `next` hash
+    /// is looked up, alongside the node itself (the next step's first miss).
+    #[inline]
+    fn prefetch_next_edge(&self, node: u32, next: Option<&u64>) {
+        if let Some(&next) = next {
+            if self.is_branching(node) {
+                self.edges.prefetch(node, next);
+            }
+        }
+    }
+
     fn set_branching(&mut self, node: u32, on: bool) {
         let i = node as usize / 64;
         if i >= self.branching.len() {
@@ -1357,11 +1368,7 @@ impl RadixIndex {
         let Some(mut node) = self.child(ROOT, first) else {
             return;
         };
-        if self.is_branching(node) {
-            if let Some(&next) = query.get(1) {
-                self.edges.prefetch(node, next);
-            }
-        }
+        self.prefetch_next_edge(node, query.get(1));
         let n_slots = self.workers.len();
         if s.stamp.len() < n_slots {
             s.stamp.resize(n_slots, 0);
@@ -1404,12 +1411,7 @@ impl RadixIndex {
             let Some(child) = self.child(node, q) else {
                 break;
             };
-            if self.is_branching(child) {
-                // the next step looks up an edge of `child`: load its slot alongside the node
-                if let Some(&next) = query.get(i + 1) {
-                    self.edges.prefetch(child, next);
-                }
-            }
+            self.prefetch_next_edge(child, query.get(i + 1));
             let c = &self.nodes[child as usize];
             let c_worker = c.worker;
             let c_low = match c_worker {
