@@ -2,6 +2,8 @@
 // these check that a handle names exactly one live ingestor, that bad arguments throw instead of crashing,
 // and that the output equals ingestInto's on a second ingestor fed the same batches.
 import test from 'ava'
+import { spawnSync } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
 import { raw } from '../ts/core/native.js'
 import { Ingestor, implementation } from '../ts/core/api.js'
 import { OUT_HEADER_BYTES, type RawIngestorOptions } from '../ts/core/binding.js'
@@ -64,6 +66,7 @@ parityTest('[native] ingestPacked on a closed ingestor, or with bad arguments, t
   t.throws(() => a.ingestPacked(a.handle(), new Uint16Array(4) as unknown as Uint8Array, 1, out, 0), { message: /payload must be/ })
   t.throws(() => a.ingestPacked(a.handle(), batch, 1, {} as Uint8Array, 0), { message: /out must be a Uint8Array/ })
   t.throws(() => (a.ingestPacked as (...x: unknown[]) => unknown)(a.handle(), batch), { message: /takes/ })
+  t.throws(() => a.ingestPacked(a.handle(), batch, 1, out, 0, 1 as unknown as boolean), { message: /arena must be a boolean/ })
   t.is(a.counters()[0], 0n, 'no batch was converted')
   // a bad offset is only "does not fit": the output comes back as a Buffer of its own
   for (const at of [-1, 0.5, out.length + 1]) t.true(Buffer.isBuffer(a.ingestPacked(a.handle(), batch, 1, out, at)))
@@ -186,4 +189,24 @@ parityTest('[native] benchIngestLoop converts each length-prefixed batch as inge
   const h = a.handle()
   a.close()
   t.throws(() => loop(h, packed, 7, 1, tally), { message: 'Ingestor is closed' })
+})
+
+// The optional `arena` flag: the native call keeps the output at the highest address it has seen
+// referenced (so that the allocator reuses the arenas V8 frees below it), and changes no byte written.
+// Run in a child process with gc() exposed; 12 dropped outputs, then a full collection.
+function keptArenas(arena: boolean): { alive: number; same: number } {
+  const script = fileURLToPath(new URL('./helpers/kept-arena.ts', import.meta.url))
+  const r = spawnSync(process.execPath, ['--expose-gc', '--import', 'tsx', script, String(arena)], { encoding: 'utf8', env: process.env })
+  if (r.status !== 0) throw new Error(`kept-arena child failed: ${r.stderr}`)
+  return JSON.parse(r.stdout.trim().split('\n').pop()!) as { alive: number; same: number }
+}
+
+parityTest('[native] ingestPacked keeps exactly one arena alive when told its output is an arena, none otherwise', (t) => {
+  needNative()
+  const kept = keptArenas(true)
+  const plain = keptArenas(false)
+  t.is(kept.same, 12, 'the bytes written into each arena equal the plain call')
+  t.is(plain.same, 12)
+  t.is(kept.alive, 1, 'the highest arena is kept')
+  t.is(plain.alive, 0, 'without the flag every dropped output is collected')
 })

@@ -475,7 +475,9 @@ export interface IngestResult {
  * Outputs of ingest() are written straight into an arena shared by all Ingestors (JavaScript runs one
  * call at a time) and handed out as views, so a batch costs one native call and no allocation. A new
  * arena is started when little room is left; an output larger than the room comes back from the call
- * as a Buffer of its own. A result's payloads keep their arena (64 KiB) alive.
+ * as a Buffer of its own. A result's payloads keep their arena (64 KiB) alive. The native call is told
+ * that `out` is an arena: it keeps the one at the highest address alive, so that the allocator reuses
+ * freed arenas instead of returning them to the system (ingestPacked in ts/core/binding.ts).
  */
 const ARENA_BYTES = 1 << 16
 /** Below this much room a fresh arena is started before the call (most outputs are a few KiB). */
@@ -713,7 +715,7 @@ export class Ingestor {
       arenaUsed = 0
     }
     const at = arenaUsed
-    const r = this.#raw.ingestPacked(this.#handle, bytes, now, arena, at)
+    const r = this.#raw.ingestPacked(this.#handle, bytes, now, arena, at, true)
     if (typeof r !== 'number') return this.#unpack(r)
     arenaUsed = at + r
     return new PackedResult(arena, arenaView, at, r)

@@ -295,7 +295,8 @@ export class FallbackIngestor implements RawIngestor {
     return 0
   }
 
-  ingestPacked(_handle: number, payload: Uint8Array, nowMs: number, out: Uint8Array, offset: number): number | Buffer {
+  /** `arena` only matters natively (where an arena lives in memory); here it changes nothing. */
+  ingestPacked(_handle: number, payload: Uint8Array, nowMs: number, out: Uint8Array, offset: number, _arena?: boolean): number | Buffer {
     return this.ingestInto(payload, nowMs, out, offset)
   }
 

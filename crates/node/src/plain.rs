@@ -99,6 +99,22 @@ pub(crate) unsafe fn args<const N: usize>(
     name: &str,
     usage: &str,
 ) -> Result<[sys::napi_value; N]> {
+    Ok(unsafe { args_up_to::<N>(env, info, N, name, usage) }?.0)
+}
+
+/// The first `N` arguments of a call, of which the first `required`; fewer is an error naming the
+/// callback's `usage`. Also returns how many were passed, at most `N` (missing ones are `undefined`).
+///
+/// # Safety
+///
+/// `env` and `info` are the ones Node-API passed to the running callback.
+pub(crate) unsafe fn args_up_to<const N: usize>(
+    env: sys::napi_env,
+    info: sys::napi_callback_info,
+    required: usize,
+    name: &str,
+    usage: &str,
+) -> Result<([sys::napi_value; N], usize)> {
     let mut argc = N;
     let mut argv = [ptr::null_mut(); N];
     check(
@@ -115,10 +131,10 @@ pub(crate) unsafe fn args<const N: usize>(
         name,
         "bad call",
     )?;
-    if argc < N {
+    if argc < required {
         return Err(invalid(name, &format!("takes {usage}")));
     }
-    Ok(argv)
+    Ok((argv, argc.min(N)))
 }
 
 /// A number argument.
