@@ -16,8 +16,19 @@ export interface Rate {
 
 export const NO_RATE: Rate = { wall: 0, cpu: 0, thread: 0 }
 
+/** Minor page faults of this process so far (Linux /proc; 0 when unavailable). */
+export function minorFaults(): number {
+  try {
+    // the fields after the command name, whose own parentheses end at the last ')'
+    const stat = readFileSync('/proc/self/stat', 'utf8')
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[7])
+  } catch {
+    return 0
+  }
+}
+
 /** CPU nanoseconds of the calling thread (Linux /proc; 0 when unavailable). */
-function threadCpuNs(): number {
+export function threadCpuNs(): number {
   try {
     return Number(readFileSync('/proc/thread-self/schedstat', 'utf8').split(' ')[0])
   } catch {
