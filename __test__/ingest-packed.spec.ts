@@ -70,6 +70,9 @@ parityTest('[native] ingestPacked on a closed ingestor, or with bad arguments, t
   t.is(a.counters()[0], 0n, 'no batch was converted')
   // a bad offset is only "does not fit": the output comes back as a Buffer of its own
   for (const at of [-1, 0.5, out.length + 1]) t.true(Buffer.isBuffer(a.ingestPacked(a.handle(), batch, 1, out, at)))
+  // an explicit undefined is the flag's default (on an ingestor of its own: the others' states are compared below)
+  const u = new bound.RawIngestor(opts)
+  t.is(typeof u.ingestPacked(u.handle(), batch, 1, out, 0, undefined), 'number')
   // the payload's own memory as the output: read first, then overwritten
   const arena = Buffer.alloc(1 << 12)
   batch.copy(arena)

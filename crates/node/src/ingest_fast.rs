@@ -9,7 +9,7 @@
 // napi-rs registers module_exports hooks outside `cfg(test)`: in a test build nothing calls them.
 #![cfg_attr(test, allow(dead_code))]
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::ffi::c_void;
 use std::ptr;
 use std::rc::{Rc, Weak};
@@ -91,8 +91,8 @@ struct KeptArena {
 }
 
 thread_local! {
-    /// This thread's kept arena (a Node-API environment runs on one thread).
-    static KEPT: Cell<Option<KeptArena>> = const { Cell::new(None) };
+    /// The kept arena of each environment on this thread (one, unless an embedder runs several).
+    static KEPT: RefCell<Vec<KeptArena>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Keeps `arena` referenced while it is the arena at the highest address seen.
@@ -110,36 +110,41 @@ thread_local! {
 ///
 /// `env` and `arena` are the running call's.
 unsafe fn keep_highest_arena(env: sys::napi_env, arena: sys::napi_value, at: usize) {
-    let kept = KEPT.with(Cell::get).filter(|k| k.env == env);
-    if kept.is_some_and(|k| at <= k.at) {
-        return;
-    }
-    let mut reference = ptr::null_mut();
-    // SAFETY: a value of the running call; a failure leaves the kept arena as it was.
-    if unsafe { sys::napi_create_reference(env, arena, 1, &mut reference) } != sys::Status::napi_ok
-    {
-        return;
-    }
-    if let Some(old) = kept {
-        // SAFETY: a reference this environment created (a torn-down one is never kept: see
-        // `forget_kept_arena`).
-        unsafe { sys::napi_delete_reference(env, old.reference) };
-    }
-    KEPT.with(|k| k.set(Some(KeptArena { env, at, reference })));
-}
-
-/// An environment's cleanup hook: its references are freed by Node-API itself, so the kept arena
-/// is only forgotten, never released through a torn-down environment.
-unsafe extern "C" fn forget_kept_arena(env: *mut c_void) {
-    KEPT.with(|k| {
-        if k.get().is_some_and(|kept| kept.env.cast::<c_void>() == env) {
-            k.set(None);
+    KEPT.with(|kept| {
+        let mut kept = kept.borrow_mut();
+        let slot = kept.iter().position(|k| k.env == env);
+        if slot.is_some_and(|i| at <= kept[i].at) {
+            return;
+        }
+        let mut reference = ptr::null_mut();
+        // SAFETY: a value of the running call; a failure leaves the kept arena as it was.
+        if unsafe { sys::napi_create_reference(env, arena, 1, &mut reference) }
+            != sys::Status::napi_ok
+        {
+            return;
+        }
+        let now = KeptArena { env, at, reference };
+        match slot {
+            Some(i) => {
+                // SAFETY: a reference this environment created (the entry of a torn-down one is
+                // removed by `forget_kept_arena`).
+                unsafe { sys::napi_delete_reference(env, kept[i].reference) };
+                kept[i] = now;
+            }
+            None => kept.push(now),
         }
     });
 }
 
+/// An environment's cleanup hook: its references are freed by Node-API itself, so its kept arena
+/// is only forgotten, never released through a torn-down environment.
+unsafe extern "C" fn forget_kept_arena(env: *mut c_void) {
+    KEPT.with(|kept| kept.borrow_mut().retain(|k| k.env.cast::<c_void>() != env));
+}
+
 /// `ingestPacked(handle, payload, nowMs, out, offset[, arena])`: what `ingestInto(payload, nowMs,
-/// out, offset)` does on the ingestor `handle` names; `arena` (a boolean, default false) marks
+/// out, offset)` does on the ingestor `handle` names; `arena` (a boolean; undefined or absent is
+/// false) marks
 /// `out` as one of the public API's arenas, of which the highest is kept (see
 /// [`keep_highest_arena`]).
 unsafe fn ingest_packed(
@@ -162,7 +167,8 @@ unsafe fn ingest_packed(
     let now_ms = unsafe { plain::number(env, now_ms, NAME, "nowMs must be a number") }?;
     let (out_ptr, out_len) = unsafe { bytes(env, out, NAME, "out must be a Uint8Array") }?;
     let offset = unsafe { plain::number(env, offset, NAME, "offset must be a number") }?;
-    let arena = argc > 5 && unsafe { plain::boolean(env, arena, NAME, "arena must be a boolean") }?;
+    let arena = argc > 5
+        && unsafe { plain::optional_boolean(env, arena, NAME, "arena must be a boolean") }?;
     let shared = lookup(handle).ok_or_else(|| closed("Ingestor"))?;
     let mut shared = shared.borrow_mut();
     let (ing, memory) = shared.get("Ingestor")?;

@@ -177,6 +177,30 @@ pub(crate) unsafe fn boolean(
     Ok(x)
 }
 
+/// An optional boolean argument: `undefined` is false.
+///
+/// # Safety
+///
+/// `v` is a value of the running call in `env`.
+pub(crate) unsafe fn optional_boolean(
+    env: sys::napi_env,
+    v: sys::napi_value,
+    name: &str,
+    what: &str,
+) -> Result<bool> {
+    let mut x = false;
+    if unsafe { sys::napi_get_value_bool(env, v, &mut x) } == sys::Status::napi_ok {
+        return Ok(x);
+    }
+    let mut kind = 0;
+    check(unsafe { sys::napi_typeof(env, v, &mut kind) }, name, what)?;
+    if kind == sys::ValueType::napi_undefined {
+        Ok(false)
+    } else {
+        Err(invalid(name, what))
+    }
+}
+
 /// A typed array argument of the kind `want`: its data pointer and its length in elements.
 ///
 /// # Safety
