@@ -326,8 +326,8 @@ async function benchIngest(): Promise<void> {
     `\n| ingest, standard workload (event plane), median of rounds | blocks/s (wall) | blocks/s (process CPU) | blocks/s (main-thread CPU, range) | major GCs per ${INGEST_MS} ms measurement |`,
   )
   console.log('|---|---|---|---|---|')
-  row('pure Rust core (Ingestor::ingest), its own process', all.rust, null)
-  row('pure Rust core (Ingestor::ingest), its loop inside this Node process', all.rustInProcess, majors.rustInProcess)
+  row('pure Rust core (Ingestor::ingest_packed), its own process', all.rust, null)
+  row('pure Rust core (Ingestor::ingest_packed), its loop inside this Node process', all.rustInProcess, majors.rustInProcess)
   row('native from Node, raw binding', all.nativeRaw, majors.nativeRaw)
   row('native from Node, raw ingestPacked (the call behind the public API)', all.nativePacked, majors.nativePacked)
   row('native from Node, public Ingestor.ingest', all.nativeApi, majors.nativeApi)

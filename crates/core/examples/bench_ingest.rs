@@ -1,5 +1,6 @@
 //! The pure-Rust side of `npm run bench`: ingests the standard workload (a file of u32-LE
-//! length-prefixed engine batches written by bench/run.ts) through `Ingestor::ingest` in a loop for
+//! length-prefixed engine batches written by bench/run.ts) through `Ingestor::ingest_packed` (the output
+//! in a buffer the ingestor reuses, as the binding's calls use it) in a loop for
 //! at least the given number of milliseconds, reading each output as the Node side's publisher-like
 //! consumer reads each `IngestResult` (every payload's length, the dp rank, whether there is a first
 //! event id, the warnings), and prints one JSON line with the rates and what the first (warm-up) pass
