@@ -46,7 +46,14 @@ async function listBucket(root: string, bucket: string): Promise<Record<string, 
   const dir = path.join(root, bucket)
   const out: Record<string, Buffer> = {}
   const names = await fs.readdir(dir).catch(() => [] as string[])
-  for (const name of names) out[`${bucket}/${name}`] = await fs.readFile(path.join(dir, name))
+  for (const name of names) {
+    // a sweep may remove a file between the listing and its read: it is then gone, not an error
+    const bytes = await fs.readFile(path.join(dir, name)).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return null
+      throw err
+    })
+    if (bytes !== null) out[`${bucket}/${name}`] = bytes
+  }
   return out
 }
 
