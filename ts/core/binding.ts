@@ -299,9 +299,9 @@ export interface RawIngestor {
    * through the cheapest native call: the public Ingestor.ingest uses it. Throws `Ingestor is closed`
    * for a handle of a closed or collected ingestor. `arena` (default false) says that `out` is one of the
    * public API's arenas: the native call then keeps the arena at the highest address it has seen
-   * referenced (one per thread), so that glibc's malloc, which returns the top of its heap to the system,
-   * reuses the arenas V8 frees below it instead of faulting fresh pages in for each new one. Nothing
-   * else changes; the fallback ignores it.
+   * referenced (one per Node-API environment, that is per thread), so that glibc's malloc, which returns
+   * the top of its heap to the system, reuses the arenas V8 frees below it instead of faulting fresh pages
+   * in for each new one. Nothing else changes; the fallback ignores it.
    */
   ingestPacked(handle: number, payload: Uint8Array, nowMs: number, out: Uint8Array, offset: number, arena?: boolean): number | Buffer
   /** This ingestor's handle for ingestPacked: an integer, never reused for another live ingestor. */
