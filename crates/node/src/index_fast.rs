@@ -69,7 +69,7 @@ unsafe fn find_matches_packed(
         )
     }?;
     let early_exit =
-        unsafe { plain::boolean(env, early_exit, NAME, "earlyExit must be a boolean") }?;
+        unsafe { plain::boolean(env, early_exit, None, NAME, "earlyExit must be a boolean") }?;
     let (out_ptr, out_len) = unsafe {
         plain::typed(
             env,

@@ -168,7 +168,7 @@ unsafe fn ingest_packed(
     let (out_ptr, out_len) = unsafe { bytes(env, out, NAME, "out must be a Uint8Array") }?;
     let offset = unsafe { plain::number(env, offset, NAME, "offset must be a number") }?;
     let arena = argc > 5
-        && unsafe { plain::optional_boolean(env, arena, NAME, "arena must be a boolean") }?;
+        && unsafe { plain::boolean(env, arena, Some(false), NAME, "arena must be a boolean") }?;
     let shared = lookup(handle).ok_or_else(|| closed("Ingestor"))?;
     let mut shared = shared.borrow_mut();
     let (ing, memory) = shared.get("Ingestor")?;

@@ -157,7 +157,8 @@ pub(crate) unsafe fn number(
     Ok(x)
 }
 
-/// A boolean argument.
+/// A boolean argument; `undefined` is `absent` where that is given (an optional argument), an
+/// error otherwise.
 ///
 /// # Safety
 ///
@@ -165,26 +166,7 @@ pub(crate) unsafe fn number(
 pub(crate) unsafe fn boolean(
     env: sys::napi_env,
     v: sys::napi_value,
-    name: &str,
-    what: &str,
-) -> Result<bool> {
-    let mut x = false;
-    check(
-        unsafe { sys::napi_get_value_bool(env, v, &mut x) },
-        name,
-        what,
-    )?;
-    Ok(x)
-}
-
-/// An optional boolean argument: `undefined` is false.
-///
-/// # Safety
-///
-/// `v` is a value of the running call in `env`.
-pub(crate) unsafe fn optional_boolean(
-    env: sys::napi_env,
-    v: sys::napi_value,
+    absent: Option<bool>,
     name: &str,
     what: &str,
 ) -> Result<bool> {
@@ -193,11 +175,14 @@ pub(crate) unsafe fn optional_boolean(
         return Ok(x);
     }
     let mut kind = 0;
-    check(unsafe { sys::napi_typeof(env, v, &mut kind) }, name, what)?;
-    if kind == sys::ValueType::napi_undefined {
-        Ok(false)
-    } else {
-        Err(invalid(name, what))
+    match absent {
+        Some(absent)
+            if unsafe { sys::napi_typeof(env, v, &mut kind) } == sys::Status::napi_ok
+                && kind == sys::ValueType::napi_undefined =>
+        {
+            Ok(absent)
+        }
+        _ => Err(invalid(name, what)),
     }
 }
 
