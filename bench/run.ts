@@ -126,16 +126,23 @@ const RAW_OPTIONS = {
   localIndexerBufferSize: 0,
 }
 
-/** The pure Rust core's loop over the packed batches inside this process: its rate, and what its first pass read. */
-function rustInProcessRate(packed: Buffer, w: Workload, ms: number): { rate: Rate; firstPass: Tally } {
+/** The pure Rust core's loop inside this process over the packed batches: one pass per call of `pass`. */
+function rustLoop(packed: Buffer): { pass: () => void; tally: Float64Array; close: () => void } {
   const loop = (native as unknown as BenchBinding).benchIngestLoop
   const ing = new native.RawIngestor(RAW_OPTIONS)
   const handle = ing.handle()
-  const t = new Float64Array(5)
-  loop(handle, packed, 1_700_000_000_000, 1, t)
+  const tally = new Float64Array(5)
+  return { pass: () => loop(handle, packed, 1_700_000_000_000, 1, tally), tally, close: () => ing.close() }
+}
+
+/** The pure Rust core's loop over the packed batches inside this process: its rate, and what its first pass read. */
+function rustInProcessRate(packed: Buffer, w: Workload, ms: number): { rate: Rate; firstPass: Tally } {
+  const rust = rustLoop(packed)
+  rust.pass()
+  const t = rust.tally
   const firstPass = { bytes: t[0]!, views: t[1]!, noId: t[2]!, ranks: t[3]!, warnings: t[4]! }
-  const r = rate(w.blocks, () => loop(handle, packed, 1_700_000_000_000, 1, t), ms)
-  ing.close()
+  const r = rate(w.blocks, rust.pass, ms)
+  rust.close()
   return { rate: r, firstPass }
 }
 
@@ -194,13 +201,10 @@ const INGEST_PAIRS = Math.max(10, Number(process.env.INGEST_PAIRS ?? 60))
  * process's minor page faults during the public passes.
  */
 function alternatedIngest(packed: Buffer, w: Workload): { rust: number[]; api: number[]; faults: number } {
-  const loop = (native as unknown as BenchBinding).benchIngestLoop
-  const raw = new native.RawIngestor(RAW_OPTIONS)
-  const handle = raw.handle()
-  const t = new Float64Array(5)
+  const rust = rustLoop(packed)
   const ing = new Ingestor({ kvBlockSize: BLOCK_SIZE, workerId: 7n }, native)
   const sides = {
-    rust: () => loop(handle, packed, 1_700_000_000_000, 1, t),
+    rust: rust.pass,
     api: () => {
       for (const b of w.batches) publishLike(ing.ingest(b, 1_700_000_000_000), consumed)
     },
@@ -216,7 +220,7 @@ function alternatedIngest(packed: Buffer, w: Workload): { rust: number[]; api: n
       out[k].push(threadCpuNs() - c0)
       if (k === 'api') out.faults += minorFaults() - f0
     }
-  raw.close()
+  rust.close()
   ing.close()
   return out
 }

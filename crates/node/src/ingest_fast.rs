@@ -83,7 +83,6 @@ fn prefetch(room: *const u8, len: usize) {
 }
 
 /// The arena at the highest address seen in an environment, and the reference that keeps it alive.
-#[derive(Clone, Copy)]
 struct KeptArena {
     env: sys::napi_env,
     at: usize,
