@@ -13,7 +13,7 @@ import { join } from 'node:path'
 import type { RawBinding } from '../ts/core/binding.js'
 import { Ingestor, type IngestResult } from '../ts/core/api.js'
 import { fallback } from '../ts/fallback/lib.js'
-import { BLOCK_SIZE, packBatches, standardWorkload, type Workload } from './workload.js'
+import { BLOCK_SIZE, batchViews, packBatches, standardWorkload, type Workload } from './workload.js'
 import { MS, fmtRate, minorFaults, rate, threadCpuNs, type Rate } from './measure.js'
 import { benchIndexer } from './indexer.js'
 import { benchPublish } from './publish.js'
@@ -25,14 +25,14 @@ import { benchMultiHash } from './index-multihash.js'
 
 const require = createRequire(import.meta.url)
 const native = require('../binding.cjs') as RawBinding
-function nodeRate(w: Workload, impl: RawBinding, api: boolean, packed = false, ms = MS): Rate {
+function nodeRate(w: Workload, batches: Buffer[], impl: RawBinding, api: boolean, packed = false, ms = MS): Rate {
   // one long-lived ingestor, as in a sidecar: its per-rank state stays warm across passes
   if (api) {
     const ing = new Ingestor({ kvBlockSize: BLOCK_SIZE, workerId: 7n }, impl)
     return rate(
       w.blocks,
       () => {
-        for (const b of w.batches) publishLike(ing.ingest(b, 1_700_000_000_000), consumed)
+        for (const b of batches) publishLike(ing.ingest(b, 1_700_000_000_000), consumed)
       },
       ms,
     )
@@ -45,7 +45,7 @@ function nodeRate(w: Workload, impl: RawBinding, api: boolean, packed = false, m
     return rate(
       w.blocks,
       () => {
-        for (const b of w.batches) ing.ingestPacked(handle, b, 1_700_000_000_000, out, 0)
+        for (const b of batches) ing.ingestPacked(handle, b, 1_700_000_000_000, out, 0)
       },
       ms,
     )
@@ -53,7 +53,7 @@ function nodeRate(w: Workload, impl: RawBinding, api: boolean, packed = false, m
   return rate(
     w.blocks,
     () => {
-      for (const b of w.batches) ing.ingestInto(b, 1_700_000_000_000, out, 0)
+      for (const b of batches) ing.ingestInto(b, 1_700_000_000_000, out, 0)
     },
     ms,
   )
@@ -147,10 +147,10 @@ function rustInProcessRate(packed: Buffer, w: Workload, ms: number): { rate: Rat
 }
 
 /** What the public Ingestor.ingest's first pass over the workload reads, from a fresh ingestor (as the Rust side's). */
-function publicFirstPass(w: Workload, impl: RawBinding): Tally {
+function publicFirstPass(batches: Buffer[], impl: RawBinding): Tally {
   const t = newTally()
   const ing = new Ingestor({ kvBlockSize: BLOCK_SIZE, workerId: 7n }, impl)
-  for (const b of w.batches) publishLike(ing.ingest(b, 1_700_000_000_000), t)
+  for (const b of batches) publishLike(ing.ingest(b, 1_700_000_000_000), t)
   ing.close()
   return t
 }
@@ -200,13 +200,13 @@ const INGEST_PAIRS = Math.max(10, Number(process.env.INGEST_PAIRS ?? 60))
  * seconds, the two sides of each pair run in the same moment. Main-thread CPU per pass, and the
  * process's minor page faults during the public passes.
  */
-function alternatedIngest(packed: Buffer, w: Workload): { rust: number[]; api: number[]; faults: number } {
+function alternatedIngest(packed: Buffer, batches: Buffer[]): { rust: number[]; api: number[]; faults: number } {
   const rust = rustLoop(packed)
   const ing = new Ingestor({ kvBlockSize: BLOCK_SIZE, workerId: 7n }, native)
   const sides = {
     rust: rust.pass,
     api: () => {
-      for (const b of w.batches) publishLike(ing.ingest(b, 1_700_000_000_000), consumed)
+      for (const b of batches) publishLike(ing.ingest(b, 1_700_000_000_000), consumed)
     },
   }
   sides.rust()
@@ -247,6 +247,8 @@ async function benchIngest(): Promise<void> {
   console.log(`machine: ${cpus().length} x ${cpus()[0]?.model}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, node ${process.version}`)
   const bin = buildRustBench()
   const packed = packBatches(w.batches)
+  // the Node side reads the batches where the Rust loop reads them, in the one packed buffer
+  const batches = batchViews(packed)
   const rustFirst = rustRate(bin, file, w, 1).firstPass
   const inProcessFirst = rustInProcessRate(packed, w, 1).firstPass
   if (JSON.stringify(inProcessFirst) !== JSON.stringify(rustFirst))
@@ -257,18 +259,19 @@ async function benchIngest(): Promise<void> {
     ['native', native],
     ['fallback', fallback],
   ] as const) {
-    const t = publicFirstPass(w, impl)
+    const t = publicFirstPass(batches, impl)
     if (JSON.stringify(t) !== JSON.stringify(rustFirst))
       throw new Error(`the public Ingestor.ingest (${name}) read ${JSON.stringify(t)}, the pure Rust core ${JSON.stringify(rustFirst)}`)
   }
   console.log(`first pass, read alike by both sides: ${JSON.stringify(rustFirst)}`)
   const load0 = loadavg()
-  const rows = ['rust', 'rustInProcess', 'nativeApi', 'nativePacked', 'nativeRaw', 'jsRaw', 'jsApi'] as const
+  const rows = ['rust', 'rustInProcess', 'nativeApi', 'nativePacked', 'nativeApiScattered', 'nativeRaw', 'jsRaw', 'jsApi'] as const
   const all: Record<(typeof rows)[number], Rate[]> = {
     rust: [],
     rustInProcess: [],
     nativeApi: [],
     nativePacked: [],
+    nativeApiScattered: [],
     nativeRaw: [],
     jsRaw: [],
     jsApi: [],
@@ -276,11 +279,13 @@ async function benchIngest(): Promise<void> {
   const measure: Record<(typeof rows)[number], () => Rate> = {
     rust: () => rustRate(bin, file, w, INGEST_MS).rate,
     rustInProcess: () => rustInProcessRate(packed, w, INGEST_MS).rate,
-    nativeApi: () => nodeRate(w, native, true, false, INGEST_MS),
-    nativePacked: () => nodeRate(w, native, false, true, INGEST_MS),
-    nativeRaw: () => nodeRate(w, native, false, false, INGEST_MS),
-    jsRaw: () => nodeRate(w, fallback, false, false, INGEST_MS),
-    jsApi: () => nodeRate(w, fallback, true, false, INGEST_MS),
+    nativeApi: () => nodeRate(w, batches, native, true, false, INGEST_MS),
+    nativePacked: () => nodeRate(w, batches, native, false, true, INGEST_MS),
+    // the same public call over the workload's own Buffers, one per batch, wherever the heap put them
+    nativeApiScattered: () => nodeRate(w, w.batches, native, true, false, INGEST_MS),
+    nativeRaw: () => nodeRate(w, batches, native, false, false, INGEST_MS),
+    jsRaw: () => nodeRate(w, batches, fallback, false, false, INGEST_MS),
+    jsApi: () => nodeRate(w, batches, fallback, true, false, INGEST_MS),
   }
   // Before each measurement the process idles a moment, so that V8's helper threads finish with the
   // previous measurement's garbage (swept arenas, concurrent marking) instead of competing with the next
@@ -315,7 +320,7 @@ async function benchIngest(): Promise<void> {
   }
   gcs.disconnect()
   await settle()
-  const pairs = alternatedIngest(packed, w)
+  const pairs = alternatedIngest(packed, batches)
   const load1 = loadavg()
   rmSync(dir, { recursive: true, force: true })
   // The Rust example measures its own thread (schedstat); for Node both the process (GC helper threads
@@ -335,6 +340,7 @@ async function benchIngest(): Promise<void> {
   row('native from Node, raw binding', all.nativeRaw, majors.nativeRaw)
   row('native from Node, raw ingestPacked (the call behind the public API)', all.nativePacked, majors.nativePacked)
   row('native from Node, public Ingestor.ingest', all.nativeApi, majors.nativeApi)
+  row('native from Node, public Ingestor.ingest, batches in Buffers of their own', all.nativeApiScattered, majors.nativeApiScattered)
   row('fallback, raw', all.jsRaw, majors.jsRaw)
   row('fallback, public Ingestor.ingest', all.jsApi, majors.jsApi)
   const ratio = (a: Rate[], b: Rate[], k: keyof Rate) => a.map((x, i) => x[k] / b[i]![k])
@@ -345,6 +351,8 @@ async function benchIngest(): Promise<void> {
   const packedRust = ratio(all.nativePacked, all.rust, 'thread')
   const packedIn = ratio(all.nativePacked, all.rustInProcess, 'thread')
   const inRust = ratio(all.rustInProcess, all.rust, 'thread')
+  const scatteredRust = ratio(all.nativeApiScattered, all.rust, 'thread')
+  const scatteredIn = ratio(all.nativeApiScattered, all.rustInProcess, 'thread')
   console.log(
     '\n| round (first of the three) | pure Rust, own process | pure Rust, in Node | public Ingestor.ingest | public / pure Rust own process (process CPU) | public / pure Rust in Node (process CPU) |',
   )
@@ -363,6 +371,9 @@ async function benchIngest(): Promise<void> {
   )
   console.log(
     `| native, raw ingestPacked / pure Rust, own process / in this process | ${median(packedRust).toFixed(2)} / ${median(packedIn).toFixed(2)} | - |`,
+  )
+  console.log(
+    `| native (public API), batches in Buffers of their own / pure Rust, own process / in this process | ${median(scatteredRust).toFixed(2)} / ${median(scatteredIn).toFixed(2)} | - |`,
   )
   console.log(`| pure Rust in this process / pure Rust, own process | ${median(inRust).toFixed(2)} | - |`)
   const apiJs = ratio(all.nativeApi, all.jsApi, 'thread')
