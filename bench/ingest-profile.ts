@@ -10,6 +10,7 @@ import type { RawBinding } from '../ts/core/binding.js'
 import { Ingestor } from '../ts/core/api.js'
 import { BLOCK_SIZE, batchViews, packBatches, standardWorkload } from './workload.js'
 import { MS, rate } from './measure.js'
+import { RAW_OPTIONS, newTally, publishLike, rustLoop } from './ingest-common.js'
 
 const require = createRequire(import.meta.url)
 const native = require('../binding.cjs') as RawBinding
@@ -17,27 +18,22 @@ const w = standardWorkload(4000)
 const perBatch = (blocksPerSec: number) => ((w.blocks / w.batches.length / blocksPerSec) * 1e9).toFixed(0)
 const T = 1_700_000_000_000
 
-const opts = { kvBlockSize: BLOCK_SIZE, workerId: 7n, jetstream: false, maxDpRanks: 64, dpRanks: null, localIndexerBufferSize: 0 }
-const raw = new native.RawIngestor(opts)
-const packed = new native.RawIngestor(opts)
+const raw = new native.RawIngestor(RAW_OPTIONS)
+const packed = new native.RawIngestor(RAW_OPTIONS)
 const handle = packed.handle()
-const fresh = new native.RawIngestor(opts)
+const fresh = new native.RawIngestor(RAW_OPTIONS)
 const freshHandle = fresh.handle()
 let arena = Buffer.allocUnsafeSlow(1 << 16)
 let arenaUsed = 0
 const out = Buffer.allocUnsafeSlow(1 << 20)
 const api = new Ingestor({ kvBlockSize: BLOCK_SIZE, workerId: 7n }, native)
-type Loop = (handle: number, batches: Uint8Array, nowMs: number, passes: number, tally: Float64Array) => void
-const loop = (native as unknown as { benchIngestLoop: Loop }).benchIngestLoop
-const inProcess = new native.RawIngestor(opts)
-const inProcessHandle = inProcess.handle()
 const all = packBatches(w.batches)
+const inProcess = rustLoop(native, all)
 // the Node loops read the batches where the Rust loop reads them, in the one packed buffer
 const batches = batchViews(all)
-const tally = new Float64Array(5)
-let seen = 0
+const read = newTally()
 for (let round = 0; round < 2; round++) {
-  const r0 = rate(w.blocks, () => loop(inProcessHandle, all, T, 1, tally))
+  const r0 = rate(w.blocks, inProcess.pass)
   const r1 = rate(w.blocks, () => {
     for (const b of batches) raw.ingestInto(b, T, out, 0)
   })
@@ -54,14 +50,7 @@ for (let round = 0; round < 2; round++) {
     }
   })
   const r3 = rate(w.blocks, () => {
-    for (const b of batches) {
-      const r = api.ingest(b, T)
-      if (r.count > 0) {
-        for (const v of r.views) seen += v.length
-        seen += r.dpRank! + (r.firstEventId === null ? 1 : 0)
-      }
-      if (r.warnings !== undefined) seen++
-    }
+    for (const b of batches) publishLike(api.ingest(b, T), read)
   })
   console.log(
     `pure Rust loop in this process: ${perBatch(r0.thread)} ns/batch; raw ingestInto: ${perBatch(r1.thread)} ns/batch; raw ingestPacked: ${perBatch(r2.thread)} ns/batch; ` +
@@ -69,4 +58,4 @@ for (let round = 0; round < 2; round++) {
       `public ingest, views read: ${perBatch(r3.thread)} ns/batch (${MS} ms each)`,
   )
 }
-if (seen === 0) console.log('nothing was read')
+if (read.views === 0) console.log('nothing was read')

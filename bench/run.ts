@@ -11,9 +11,10 @@ import { cpus, loadavg, tmpdir, totalmem } from 'node:os'
 import { PerformanceObserver, constants as perfConstants } from 'node:perf_hooks'
 import { join } from 'node:path'
 import type { RawBinding } from '../ts/core/binding.js'
-import { Ingestor, type IngestResult } from '../ts/core/api.js'
+import { Ingestor } from '../ts/core/api.js'
 import { fallback } from '../ts/fallback/lib.js'
 import { BLOCK_SIZE, batchViews, packBatches, standardWorkload, type Workload } from './workload.js'
+import { RAW_OPTIONS, newTally, publishLike, rustLoop, type Tally } from './ingest-common.js'
 import { MS, fmtRate, minorFaults, rate, threadCpuNs, type Rate } from './measure.js'
 import { benchIndexer } from './indexer.js'
 import { benchPublish } from './publish.js'
@@ -59,33 +60,7 @@ function nodeRate(w: Workload, batches: Buffer[], impl: RawBinding, api: boolean
   )
 }
 
-/** What a publisher-like consumer read of the results (kept so that no read is optimized away). */
-interface Tally {
-  bytes: number
-  views: number
-  noId: number
-  ranks: number
-  warnings: number
-}
-const newTally = (): Tally => ({ bytes: 0, views: 0, noId: 0, ranks: 0, warnings: 0 })
 const consumed = newTally()
-
-/**
- * Reads a result as KvEventPublisher does with an event-plane sink (ts/worker/publisher.ts `#run`,
- * ts/transport/sinks/event-plane.ts `send`): every payload view and its length, the dp rank, the first
- * event id, the warnings. So the public figure includes what publishing needs of each result; the pure
- * Rust side (crates/core/examples/bench_ingest.rs `consume`) reads each packed output the same way.
- */
-function publishLike(r: IngestResult, t: Tally): void {
-  if (r.count > 0) {
-    const views = r.views
-    for (let i = 0; i < views.length; i++) t.bytes += views[i]!.length
-    t.views += views.length
-    t.ranks += r.dpRank!
-    if (r.firstEventId === null) t.noId++
-  }
-  if (r.warnings !== undefined) t.warnings += r.warnings.length
-}
 
 /** The built pure-Rust bench binary (cargo's own record of where it put it). */
 function buildRustBench(): string {
@@ -109,35 +84,9 @@ function rustRate(bin: string, file: string, w: Workload, ms: number): { rate: R
   return { rate: { wall: r.blocks_per_s, cpu: r.blocks_per_cpu_s, thread: r.blocks_per_cpu_s }, firstPass: r.first_pass }
 }
 
-/**
- * The bench-only native entry (crates/node/src/ingest_fast.rs `benchIngestLoop`, in no type declaration):
- * the pure Rust core's loop run inside this process, on an ingestor of the native binding.
- */
-interface BenchBinding {
-  benchIngestLoop: (handle: number, batches: Uint8Array, nowMs: number, passes: number, tally: Float64Array) => void
-}
-
-const RAW_OPTIONS = {
-  kvBlockSize: BLOCK_SIZE,
-  workerId: 7n,
-  jetstream: false,
-  maxDpRanks: 64,
-  dpRanks: null as unknown as Uint32Array,
-  localIndexerBufferSize: 0,
-}
-
-/** The pure Rust core's loop inside this process over the packed batches: one pass per call of `pass`. */
-function rustLoop(packed: Buffer): { pass: () => void; tally: Float64Array; close: () => void } {
-  const loop = (native as unknown as BenchBinding).benchIngestLoop
-  const ing = new native.RawIngestor(RAW_OPTIONS)
-  const handle = ing.handle()
-  const tally = new Float64Array(5)
-  return { pass: () => loop(handle, packed, 1_700_000_000_000, 1, tally), tally, close: () => ing.close() }
-}
-
 /** The pure Rust core's loop over the packed batches inside this process: its rate, and what its first pass read. */
 function rustInProcessRate(packed: Buffer, w: Workload, ms: number): { rate: Rate; firstPass: Tally } {
-  const rust = rustLoop(packed)
+  const rust = rustLoop(native, packed)
   rust.pass()
   const t = rust.tally
   const firstPass = { bytes: t[0]!, views: t[1]!, noId: t[2]!, ranks: t[3]!, warnings: t[4]! }
@@ -201,7 +150,7 @@ const INGEST_PAIRS = Math.max(10, Number(process.env.INGEST_PAIRS ?? 60))
  * process's minor page faults during the public passes.
  */
 function alternatedIngest(packed: Buffer, batches: Buffer[]): { rust: number[]; api: number[]; faults: number } {
-  const rust = rustLoop(packed)
+  const rust = rustLoop(native, packed)
   const ing = new Ingestor({ kvBlockSize: BLOCK_SIZE, workerId: 7n }, native)
   const sides = {
     rust: rust.pass,
