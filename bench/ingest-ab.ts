@@ -50,10 +50,10 @@ for (let i = 0; i < PASSES; i++)
   }
 rust.close()
 const [rustNs, aNs, bNs] = ns as [number, number, number]
-for (const [i, p] of paths.entries())
-  console.log(
-    `${p}: public / pure Rust ${(rustNs / [aNs, bNs][i]!).toFixed(3)}, ${((i === 0 ? aNs : bNs) / PASSES / batches.length).toFixed(0)} ns per batch`,
-  )
+for (const [i, p] of paths.entries()) {
+  const own = ns[i + 1]!
+  console.log(`${p}: public / pure Rust ${(rustNs / own).toFixed(3)}, ${(own / PASSES / batches.length).toFixed(0)} ns per batch`)
+}
 console.log(
   `second / first, speed: ${(aNs / bNs).toFixed(3)} (pure Rust loop ${(rustNs / PASSES / batches.length).toFixed(0)} ns per batch)`,
 )

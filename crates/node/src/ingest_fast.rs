@@ -143,15 +143,14 @@ unsafe extern "C" fn forget_kept_arena(env: *mut c_void) {
 
 /// `ingestPacked(handle, payload, nowMs, out, offset[, arena])`: what `ingestInto(payload, nowMs,
 /// out, offset)` does on the ingestor `handle` names; `arena` (a boolean; undefined or absent is
-/// false) marks
-/// `out` as one of the public API's arenas, of which the highest is kept (see
+/// false) marks `out` as one of the public API's arenas, of which the highest is kept (see
 /// [`keep_highest_arena`]).
 unsafe fn ingest_packed(
     env: sys::napi_env,
     info: sys::napi_callback_info,
 ) -> Result<sys::napi_value> {
     const NAME: &str = "ingestPacked";
-    let ([handle, payload, now_ms, out, offset, arena], argc) = unsafe {
+    let [handle, payload, now_ms, out, offset, arena] = unsafe {
         plain::args_up_to::<6>(
             env,
             info,
@@ -166,8 +165,8 @@ unsafe fn ingest_packed(
     let now_ms = unsafe { plain::number(env, now_ms, NAME, "nowMs must be a number") }?;
     let (out_ptr, out_len) = unsafe { bytes(env, out, NAME, "out must be a Uint8Array") }?;
     let offset = unsafe { plain::number(env, offset, NAME, "offset must be a number") }?;
-    let arena = argc > 5
-        && unsafe { plain::boolean(env, arena, Some(false), NAME, "arena must be a boolean") }?;
+    let arena =
+        unsafe { plain::boolean(env, arena, Some(false), NAME, "arena must be a boolean") }?;
     let shared = lookup(handle).ok_or_else(|| closed("Ingestor"))?;
     let mut shared = shared.borrow_mut();
     let (ing, memory) = shared.get("Ingestor")?;

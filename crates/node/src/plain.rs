@@ -99,11 +99,11 @@ pub(crate) unsafe fn args<const N: usize>(
     name: &str,
     usage: &str,
 ) -> Result<[sys::napi_value; N]> {
-    Ok(unsafe { args_up_to::<N>(env, info, N, name, usage) }?.0)
+    unsafe { args_up_to::<N>(env, info, N, name, usage) }
 }
 
 /// The first `N` arguments of a call, of which the first `required`; fewer is an error naming the
-/// callback's `usage`. Also returns how many were passed, at most `N` (missing ones are `undefined`).
+/// callback's `usage`. Missing optional ones are `undefined` (Node-API fills them in).
 ///
 /// # Safety
 ///
@@ -114,7 +114,7 @@ pub(crate) unsafe fn args_up_to<const N: usize>(
     required: usize,
     name: &str,
     usage: &str,
-) -> Result<([sys::napi_value; N], usize)> {
+) -> Result<[sys::napi_value; N]> {
     let mut argc = N;
     let mut argv = [ptr::null_mut(); N];
     check(
@@ -134,7 +134,7 @@ pub(crate) unsafe fn args_up_to<const N: usize>(
     if argc < required {
         return Err(invalid(name, &format!("takes {usage}")));
     }
-    Ok((argv, argc.min(N)))
+    Ok(argv)
 }
 
 /// A number argument.
