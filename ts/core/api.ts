@@ -482,8 +482,27 @@ export interface IngestResult {
 const ARENA_BYTES = 1 << 16
 /** Below this much room a fresh arena is started before the call (most outputs are a few KiB). */
 const ARENA_MIN_ROOM = 1 << 13
+
+/**
+ * The memory packed outputs live in (an arena, or the Buffer of one output) with what reading it takes,
+ * taken once per memory: a typed array's `buffer` and `byteOffset` are calls on Node 20 (tens of ns each),
+ * too many to pay per result.
+ */
+interface OutputMemory {
+  readonly buffer: ArrayBuffer
+  /** Where the memory starts in `buffer`. */
+  readonly base: number
+  /** The memory's bytes (offsets from `base`). */
+  readonly view: DataView
+}
+
+function outputMemory(b: Buffer): OutputMemory {
+  const buffer = b.buffer as ArrayBuffer
+  return { buffer, base: b.byteOffset, view: new DataView(buffer, b.byteOffset, b.byteLength) }
+}
+
 let arena = Buffer.allocUnsafeSlow(ARENA_BYTES)
-let arenaView = new DataView(arena.buffer, arena.byteOffset, arena.byteLength)
+let arenaMemory = outputMemory(arena)
 let arenaUsed = 0
 
 /** Every reason at 0: the `rejected` of every result that rejected nothing. */
@@ -505,7 +524,7 @@ const UTF8 = new TextDecoder()
 const NO_VIEWS: readonly Uint8Array[] = Object.freeze([])
 
 /**
- * An IngestResult over one packed output (layout in ts/core/binding.ts) at `at` in `out`. The number
+ * An IngestResult over one packed output (layout in ts/core/binding.ts) at `at` in `mem`. The number
  * fields are read at once; the payload views, Buffers and the bigint ids on first access, since the
  * output is never written again (an arena only moves forward).
  */
@@ -514,21 +533,20 @@ class PackedResult implements IngestResult {
   readonly dpRank: number | null
   readonly rejected: Readonly<Record<RejectReason, number>>
   readonly warnings: string[] | undefined
-  #out: Uint8Array
-  #v: DataView
+  #mem: OutputMemory
   #at: number
   #len: number
   #flags: number
   #views: readonly Uint8Array[] | undefined = undefined
   #payloads: Buffer[] | undefined = undefined
 
-  constructor(out: Uint8Array, v: DataView, at: number, len: number) {
+  constructor(mem: OutputMemory, at: number, len: number) {
+    const v = mem.view
     const flags = v.getUint32(at + 8, true)
     this.count = v.getUint32(at, true)
     this.dpRank = flags & 4 ? v.getUint32(at + 4, true) : null
     this.rejected = flags & 8 ? readRejected(v, at + 24) : NONE_REJECTED
-    this.#out = out
-    this.#v = v
+    this.#mem = mem
     this.#at = at
     this.#len = len
     this.#flags = flags
@@ -542,10 +560,11 @@ class PackedResult implements IngestResult {
       if (n === 0) views = NO_VIEWS
       else {
         const list = new Array<Uint8Array>(n)
-        const v = this.#v
-        const ab = this.#out.buffer
+        const mem = this.#mem
+        const v = mem.view
+        const ab = mem.buffer
         // `new Uint8Array(arrayBuffer, offset, length)` is several times cheaper than Buffer.from or subarray on Node 20
-        let p = this.#out.byteOffset + this.#at + OUT_HEADER_BYTES
+        let p = mem.base + this.#at + OUT_HEADER_BYTES
         const lensAt = this.#at + this.#len - 4 * n
         for (let i = 0; i < n; i++) {
           const plen = v.getUint32(lensAt + 4 * i, true)
@@ -574,27 +593,27 @@ class PackedResult implements IngestResult {
   }
 
   get firstEventId(): bigint | null {
-    return this.#flags & 1 ? this.#v.getBigUint64(this.#at + 16, true) : null
+    return this.#flags & 1 ? this.#mem.view.getBigUint64(this.#at + 16, true) : null
   }
 
   get firstSequence(): bigint | null {
-    return this.#flags & 16 ? this.#v.getBigUint64(this.#at + SEQUENCE_AT, true) : null
+    return this.#flags & 16 ? this.#mem.view.getBigUint64(this.#at + SEQUENCE_AT, true) : null
   }
 
   /** The warnings section, after the payloads: per warning a u32 byte length and its UTF-8 text. */
   #readWarnings(): string[] {
-    const v = this.#v
+    const mem = this.#mem
+    const v = mem.view
     const n = this.count
     let at = this.#at + OUT_HEADER_BYTES
     const lensAt = this.#at + this.#len - 4 * n
     for (let i = 0; i < n; i++) at += v.getUint32(lensAt + 4 * i, true)
     const end = at + v.getUint32(this.#at + 12, true)
     const text = UTF8
-    const base = this.#out.byteOffset
     const warnings: string[] = []
     while (at < end) {
       const len = v.getUint32(at, true)
-      warnings.push(text.decode(new Uint8Array(this.#out.buffer, base + at + 4, len)))
+      warnings.push(text.decode(new Uint8Array(mem.buffer, mem.base + at + 4, len)))
       at += 4 + len
     }
     return warnings
@@ -708,17 +727,17 @@ export class Ingestor {
   ingest(payload: Uint8Array, nowMs?: number): IngestResult {
     const bytes = bytesArg('payload', payload)
     const now = nowArg(nowMs)
-    if (arena.length - arenaUsed < ARENA_MIN_ROOM) {
+    if (ARENA_BYTES - arenaUsed < ARENA_MIN_ROOM) {
       // the payloads of earlier results keep the old arena alive
       arena = Buffer.allocUnsafeSlow(ARENA_BYTES)
-      arenaView = new DataView(arena.buffer, arena.byteOffset, arena.byteLength)
+      arenaMemory = outputMemory(arena)
       arenaUsed = 0
     }
     const at = arenaUsed
     const r = this.#raw.ingestPacked(this.#handle, bytes, now, arena, at, true)
     if (typeof r !== 'number') return this.#unpack(r)
     arenaUsed = at + r
-    return new PackedResult(arena, arenaView, at, r)
+    return new PackedResult(arenaMemory, at, r)
   }
 
   /** Manual API: a store, as an engine without ZMQ events would report it (checks 5-7 of SPEC 3). */
@@ -783,7 +802,7 @@ export class Ingestor {
 
   /** A result over a packed output of its own (the manual API, or an ingest output too big for the arena). */
   #unpack(out: Buffer): IngestResult {
-    return new PackedResult(out, new DataView(out.buffer, out.byteOffset, out.byteLength), 0, out.length)
+    return new PackedResult(outputMemory(out), 0, out.length)
   }
 }
 

@@ -202,11 +202,17 @@ pub(crate) unsafe fn typed(
     let mut kind = 0;
     let mut len = 0usize;
     let mut data: *mut c_void = ptr::null_mut();
-    let mut ab = ptr::null_mut();
-    let mut off = 0usize;
     check(
         unsafe {
-            sys::napi_get_typedarray_info(env, v, &mut kind, &mut len, &mut data, &mut ab, &mut off)
+            sys::napi_get_typedarray_info(
+                env,
+                v,
+                &mut kind,
+                &mut len,
+                &mut data,
+                ptr::null_mut(),
+                ptr::null_mut(),
+            )
         },
         name,
         what,
