@@ -395,13 +395,18 @@ impl Ingestor {
     /// A cheap estimate of the heap bytes held (live sets, reused buffers, the local indexer),
     /// O(ranks + workers): what the binding reports to the JavaScript GC.
     pub fn approx_bytes(&self) -> usize {
-        // a hash set bucket: the u64 and one control byte
-        // a hash set bucket: the u64 and one control byte; a refcount bucket 13
+        // a hash table bucket: its entry and one control byte
+        const LIVE_BUCKET: usize = std::mem::size_of::<u64>() + 1;
+        const REFCOUNT_BUCKET: usize = std::mem::size_of::<(u64, u32)>() + 1;
         let live: usize = self
             .ranks
             .iter()
             .map(|r| {
-                r.live.capacity() * 9 + r.refcounts.iter().map(|c| c.capacity() * 13).sum::<usize>()
+                r.live.capacity() * LIVE_BUCKET
+                    + r.refcounts
+                        .iter()
+                        .map(|c| c.capacity() * REFCOUNT_BUCKET)
+                        .sum::<usize>()
             })
             .sum();
         live + self.ranks.capacity() * std::mem::size_of::<RankState>()
