@@ -1,6 +1,7 @@
 // npm run bench: ingest throughput of the standard workload (bench/workload.ts) for the pure Rust core (in
 // its own process, crates/core/examples/bench_ingest.rs, and its loop inside this Node process, the
-// bench-only benchIngestLoop), the native binding from Node, and the TypeScript fallback, in rounds with
+// bench-only benchIngestLoop), the native binding from Node (the public call also in a Node process of its
+// own, bench/ingest-own-process.ts), and the TypeScript fallback, in rounds with
 // each round's ratio and their median; then the indexer (bench/indexer.ts), publishing to NATS
 // (bench/publish.ts), the ZMQ source (bench/zmq.ts) and rejecting over-long JSON numbers
 // (bench/long-numbers.ts). One run, so the ratios are comparable on a noisy shared machine. See BENCHMARKS.md.
@@ -10,6 +11,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { cpus, loadavg, tmpdir, totalmem } from 'node:os'
 import { PerformanceObserver, constants as perfConstants } from 'node:perf_hooks'
 import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import type { RawBinding } from '../ts/core/binding.js'
 import { Ingestor } from '../ts/core/api.js'
 import { fallback } from '../ts/fallback/lib.js'
@@ -93,6 +95,20 @@ function rustInProcessRate(packed: Buffer, w: Workload, ms: number): { rate: Rat
   const r = rate(w.blocks, rust.pass, ms)
   rust.close()
   return { rate: r, firstPass }
+}
+
+/**
+ * The public Ingestor.ingest in a Node process of its own (bench/ingest-own-process.ts), over the file the Rust
+ * example reads: its rate, its first pass, and the major collections during its measurement.
+ */
+function publicOwnProcessRate(file: string, w: Workload, ms: number): { rate: Rate; firstPass: Tally; majorGcs: number } {
+  const script = fileURLToPath(new URL('./ingest-own-process.ts', import.meta.url))
+  const out = execFileSync(process.execPath, ['--import', 'tsx', script, file, String(w.blocks), String(ms)], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'inherit'],
+    cwd: fileURLToPath(new URL('..', import.meta.url)),
+  })
+  return JSON.parse(out.trim().split('\n').pop()!) as { rate: Rate; firstPass: Tally; majorGcs: number }
 }
 
 /** What the public Ingestor.ingest's first pass over the workload reads, from a fresh ingestor (as the Rust side's). */
@@ -204,6 +220,11 @@ async function benchIngest(): Promise<void> {
     throw new Error(
       `the pure Rust loop in this process read ${JSON.stringify(inProcessFirst)}, the Rust example ${JSON.stringify(rustFirst)}`,
     )
+  const ownFirst = publicOwnProcessRate(file, w, 1).firstPass
+  if (JSON.stringify(ownFirst) !== JSON.stringify(rustFirst))
+    throw new Error(
+      `the public Ingestor.ingest in its own process read ${JSON.stringify(ownFirst)}, the Rust example ${JSON.stringify(rustFirst)}`,
+    )
   for (const [name, impl] of [
     ['native', native],
     ['fallback', fallback],
@@ -214,19 +235,37 @@ async function benchIngest(): Promise<void> {
   }
   console.log(`first pass, read alike by both sides: ${JSON.stringify(rustFirst)}`)
   const load0 = loadavg()
-  const rows = ['rust', 'rustInProcess', 'nativeApi', 'nativePacked', 'nativeApiScattered', 'nativeRaw', 'jsRaw', 'jsApi'] as const
+  const rows = [
+    'rust',
+    'rustInProcess',
+    'nativeApi',
+    'nativeApiOwn',
+    'nativePacked',
+    'nativeApiScattered',
+    'nativeRaw',
+    'jsRaw',
+    'jsApi',
+  ] as const
   const all: Record<(typeof rows)[number], Rate[]> = {
     rust: [],
     rustInProcess: [],
     nativeApi: [],
+    nativeApiOwn: [],
     nativePacked: [],
     nativeApiScattered: [],
     nativeRaw: [],
     jsRaw: [],
     jsApi: [],
   }
+  // the major collections of the public call's own process, which it counts itself
+  const ownMajors: number[] = []
   const measure: Record<(typeof rows)[number], () => Rate> = {
     rust: () => rustRate(bin, file, w, INGEST_MS).rate,
+    nativeApiOwn: () => {
+      const r = publicOwnProcessRate(file, w, INGEST_MS)
+      ownMajors.push(r.majorGcs)
+      return r.rate
+    },
     rustInProcess: () => rustInProcessRate(packed, w, INGEST_MS).rate,
     nativeApi: () => nodeRate(w, batches, native, true, false, INGEST_MS),
     nativePacked: () => nodeRate(w, batches, native, false, true, INGEST_MS),
@@ -241,9 +280,9 @@ async function benchIngest(): Promise<void> {
   // one, in this process or in the Rust example's.
   const settle = () => new Promise<void>((resolve) => setTimeout(resolve, 200))
   // an untimed round first, so that every round measures the steady state of a long-running process
-  // (optimized code, grown heap); the Rust example warms up with one pass per process
+  // (optimized code, grown heap); the processes of their own warm up with a pass or two each
   for (const k of rows)
-    if (k !== 'rust') {
+    if (k !== 'rust' && k !== 'nativeApiOwn') {
       await settle()
       measure[k]()
     }
@@ -258,7 +297,7 @@ async function benchIngest(): Promise<void> {
   gcs.observe({ entryTypes: ['gc'] })
   const majors = Object.fromEntries(rows.map((k) => [k, [] as number[]])) as Record<(typeof rows)[number], number[]>
   for (let r = 0; r < INGEST_ROUNDS; r++) {
-    const order = r % 2 === 0 ? rows : (['nativeApi', 'rustInProcess', 'rust', ...rows.slice(3)] as const)
+    const order = r % 2 === 0 ? rows : (['nativeApiOwn', 'nativeApi', 'rustInProcess', 'rust', ...rows.slice(4)] as const)
     for (const k of order) {
       await settle()
       const before = majorGcs
@@ -289,6 +328,7 @@ async function benchIngest(): Promise<void> {
   row('native from Node, raw binding', all.nativeRaw, majors.nativeRaw)
   row('native from Node, raw ingestPacked (the call behind the public API)', all.nativePacked, majors.nativePacked)
   row('native from Node, public Ingestor.ingest', all.nativeApi, majors.nativeApi)
+  row('native from Node, public Ingestor.ingest, its own process', all.nativeApiOwn, ownMajors)
   row('native from Node, public Ingestor.ingest, batches in Buffers of their own', all.nativeApiScattered, majors.nativeApiScattered)
   row('fallback, raw', all.jsRaw, majors.jsRaw)
   row('fallback, public Ingestor.ingest', all.jsApi, majors.jsApi)
@@ -302,13 +342,15 @@ async function benchIngest(): Promise<void> {
   const inRust = ratio(all.rustInProcess, all.rust, 'thread')
   const scatteredRust = ratio(all.nativeApiScattered, all.rust, 'thread')
   const scatteredIn = ratio(all.nativeApiScattered, all.rustInProcess, 'thread')
+  const ownRust = ratio(all.nativeApiOwn, all.rust, 'thread')
+  const ownRustCpu = ratio(all.nativeApiOwn, all.rust, 'cpu')
   console.log(
-    '\n| round (first of the three) | pure Rust, own process | pure Rust, in Node | public Ingestor.ingest | public / pure Rust own process (process CPU) | public / pure Rust in Node (process CPU) |',
+    '\n| round (first of the four) | pure Rust, own process | pure Rust, in Node | public Ingestor.ingest | public, own process | public / pure Rust own process (process CPU) | public / pure Rust in Node (process CPU) | public own process / pure Rust own process (process CPU) |',
   )
-  console.log('|---|---|---|---|---|---|')
+  console.log('|---|---|---|---|---|---|---|---|')
   for (let r = 0; r < INGEST_ROUNDS; r++)
     console.log(
-      `| ${r + 1} (${r % 2 === 0 ? 'Rust' : 'public'}) | ${fmtRate(all.rust[r]!.thread)} | ${fmtRate(all.rustInProcess[r]!.thread)} | ${fmtRate(all.nativeApi[r]!.thread)} | ${apiRust[r]!.toFixed(2)} (${apiRustCpu[r]!.toFixed(2)}) | ${apiIn[r]!.toFixed(2)} (${apiInCpu[r]!.toFixed(2)}) |`,
+      `| ${r + 1} (${r % 2 === 0 ? 'Rust' : 'public'}) | ${fmtRate(all.rust[r]!.thread)} | ${fmtRate(all.rustInProcess[r]!.thread)} | ${fmtRate(all.nativeApi[r]!.thread)} | ${fmtRate(all.nativeApiOwn[r]!.thread)} | ${apiRust[r]!.toFixed(2)} (${apiRustCpu[r]!.toFixed(2)}) | ${apiIn[r]!.toFixed(2)} (${apiInCpu[r]!.toFixed(2)}) | ${ownRust[r]!.toFixed(2)} (${ownRustCpu[r]!.toFixed(2)}) |`,
     )
   console.log('\n| ratio, median of the rounds (main-thread CPU time; process CPU time in brackets) | value | target |')
   console.log('|---|---|---|')
@@ -317,6 +359,9 @@ async function benchIngest(): Promise<void> {
   )
   console.log(
     `| native (public API) / pure Rust, in this process | ${median(apiIn).toFixed(2)} (${median(apiInCpu).toFixed(2)}) | >= 0.8 |`,
+  )
+  console.log(
+    `| native (public API), its own process / pure Rust, its own process | ${median(ownRust).toFixed(2)} (${median(ownRustCpu).toFixed(2)}) | >= 0.8 |`,
   )
   console.log(
     `| native, raw ingestPacked / pure Rust, own process / in this process | ${median(packedRust).toFixed(2)} / ${median(packedIn).toFixed(2)} | - |`,
