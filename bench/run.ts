@@ -12,6 +12,8 @@ import { cpus, loadavg, tmpdir, totalmem } from 'node:os'
 import { PerformanceObserver, constants as perfConstants } from 'node:perf_hooks'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { setFlagsFromString } from 'node:v8'
+import { runInNewContext } from 'node:vm'
 import type { RawBinding } from '../ts/core/binding.js'
 import { Ingestor } from '../ts/core/api.js'
 import { fallback } from '../ts/fallback/lib.js'
@@ -28,6 +30,12 @@ import { benchMultiHash } from './index-multihash.js'
 
 const require = createRequire(import.meta.url)
 const native = require('../binding.cjs') as RawBinding
+
+/** A full, synchronous collection of this process's heap (V8's `gc`, exposed here whatever started Node). */
+const collectGarbage: () => void = (() => {
+  setFlagsFromString('--expose-gc')
+  return runInNewContext('gc') as () => void
+})()
 function nodeRate(w: Workload, batches: Buffer[], impl: RawBinding, api: boolean, packed = false, ms = MS): Rate {
   // one long-lived ingestor, as in a sidecar: its per-rank state stays warm across passes
   if (api) {
@@ -275,10 +283,15 @@ async function benchIngest(): Promise<void> {
     jsRaw: () => nodeRate(w, batches, fallback, false, false, INGEST_MS),
     jsApi: () => nodeRate(w, batches, fallback, true, false, INGEST_MS),
   }
-  // Before each measurement the process idles a moment, so that V8's helper threads finish with the
-  // previous measurement's garbage (swept arenas, concurrent marking) instead of competing with the next
-  // one, in this process or in the Rust example's.
-  const settle = () => new Promise<void>((resolve) => setTimeout(resolve, 200))
+  // Before each measurement the heap is collected in full and the process idles a moment, so that no
+  // measurement pays for another's garbage: without it a row inherited V8's unfinished work on the previous
+  // rows' garbage (the fallback rows make the most), which it then did on its own main thread as soon as it
+  // allocated, and V8's helper threads competed with the next measurement, in this process or in the Rust
+  // example's (BENCHMARKS.md).
+  const settle = () => {
+    collectGarbage()
+    return new Promise<void>((resolve) => setTimeout(resolve, 200))
+  }
   // an untimed round first, so that every round measures the steady state of a long-running process
   // (optimized code, grown heap); the processes of their own warm up with a pass or two each
   for (const k of rows)
