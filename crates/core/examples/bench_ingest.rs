@@ -7,7 +7,12 @@
 //! read, which bench/run.ts checks against the public API's first pass over the same batches.
 //!
 //! cargo run --release --example bench_ingest -- <batches.bin> <blocks in the file> [ms] [event-plane|jetstream]
+//!
+//! With `BENCH_OWNED_PAYLOADS=N` the timed passes also copy every payload into memory of its own and keep
+//! the last N of them, as a Rust publisher must whose NATS client holds payloads until it flushes (the
+//! public API's results own their memory in the same way); bench/run.ts does not set it.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use dynamo_kv_core::ingest::{Ingestor, IngestorConfig, Mode, OUT_HEADER_BYTES};
@@ -64,6 +69,21 @@ fn consume(out: &[u8], t: &mut Tally) {
     }
 }
 
+/// Copies each payload of a packed output into a Vec of its own, keeping the last `keep` of them.
+fn own_payloads(out: &[u8], keep: usize, kept: &mut VecDeque<Vec<u8>>) {
+    let n = u32_at(out, 0) as usize;
+    let lens_at = out.len() - 4 * n;
+    let mut at = OUT_HEADER_BYTES;
+    for i in 0..n {
+        let len = u32_at(out, lens_at + 4 * i) as usize;
+        kept.push_back(out[at..at + len].to_vec());
+        if kept.len() > keep {
+            kept.pop_front();
+        }
+        at += len;
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
@@ -100,6 +120,10 @@ fn main() {
     for b in &batches {
         consume(ing.ingest_packed(b, 1_700_000_000_000), &mut first);
     }
+    let keep: usize = std::env::var("BENCH_OWNED_PAYLOADS").ok().map_or(0, |s| {
+        s.parse().expect("BENCH_OWNED_PAYLOADS must be a count")
+    });
+    let mut kept = VecDeque::with_capacity(keep + 1);
     let mut sink = Tally::default();
     let start = Instant::now();
     let cpu_start = cpu_seconds();
@@ -107,7 +131,11 @@ fn main() {
     // one long-lived Ingestor, as in a sidecar: its per-rank state stays warm across passes
     while start.elapsed().as_millis() < min_ms {
         for b in &batches {
-            consume(ing.ingest_packed(b, 1_700_000_000_000), &mut sink);
+            let out = ing.ingest_packed(b, 1_700_000_000_000);
+            consume(out, &mut sink);
+            if keep > 0 {
+                own_payloads(out, keep, &mut kept);
+            }
         }
         passes += 1;
     }
