@@ -36,6 +36,7 @@ const collectGarbage: () => void = (() => {
   setFlagsFromString('--expose-gc')
   return runInNewContext('gc') as () => void
 })()
+
 function nodeRate(w: Workload, batches: Buffer[], impl: RawBinding, api: boolean, packed = false, ms = MS): Rate {
   // one long-lived ingestor, as in a sidecar: its per-rank state stays warm across passes
   if (api) {
