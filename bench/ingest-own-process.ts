@@ -7,11 +7,10 @@
 // line of JSON: the first pass's tally, the rates, and the major collections during the measurement.
 import { createRequire } from 'node:module'
 import { readFileSync } from 'node:fs'
-import { PerformanceObserver, constants as perfConstants } from 'node:perf_hooks'
 import type { RawBinding } from '../ts/core/binding.js'
 import { Ingestor } from '../ts/core/api.js'
 import { newTally, publishLike } from './ingest-common.js'
-import { rate } from './measure.js'
+import { majorGcCounter, rate } from './measure.js'
 import { BLOCK_SIZE, batchViews } from './workload.js'
 
 const [file, blocksArg, msArg] = process.argv.slice(2)
@@ -28,12 +27,7 @@ const firstPass = newTally()
 for (const b of batches) publishLike(ing.ingest(b, now), firstPass)
 const read = newTally()
 
-let majorGcs = 0
-const gcs = new PerformanceObserver((list) => {
-  for (const e of list.getEntries())
-    if ((e as unknown as { detail?: { kind?: number } }).detail?.kind === perfConstants.NODE_PERFORMANCE_GC_MAJOR) majorGcs++
-})
-gcs.observe({ entryTypes: ['gc'] })
+const gcs = majorGcCounter()
 const r = rate(
   blocks,
   () => {
@@ -43,8 +37,8 @@ const r = rate(
 )
 // the gc entries arrive once the event loop turns
 setTimeout(() => {
-  gcs.disconnect()
+  gcs.stop()
   ing.close()
   if (read.views === 0) throw new Error('no payload was read')
-  console.log(JSON.stringify({ firstPass, rate: r, majorGcs }))
+  console.log(JSON.stringify({ firstPass, rate: r, majorGcs: gcs.count() }))
 }, 20)

@@ -1,6 +1,7 @@
 // What the benchmarks share: how long to measure, and rates per second of wall time and of CPU time
 // (the latter survives a busy shared machine: see BENCHMARKS.md).
 import { readFileSync } from 'node:fs'
+import { PerformanceObserver, constants as perfConstants } from 'node:perf_hooks'
 
 /** Milliseconds per measurement (BENCH_MS) and rounds per figure, the best one kept (BENCH_ROUNDS). */
 export const MS = Number(process.env.BENCH_MS ?? 2000)
@@ -94,3 +95,17 @@ export const best = (a: Rate, b: Rate): Rate => ({
 
 /** 1.23 M / 456 k */
 export const fmtRate = (x: number): string => (x >= 1e6 ? `${(x / 1e6).toFixed(2)} M` : `${(x / 1e3).toFixed(0)} k`)
+
+/**
+ * Counts this process's major (mark-compact) collections from Node's gc performance entries, which arrive
+ * once the event loop turns after they happen; `stop` ends the count.
+ */
+export function majorGcCounter(): { count: () => number; stop: () => void } {
+  let n = 0
+  const observer = new PerformanceObserver((list) => {
+    for (const e of list.getEntries())
+      if ((e as unknown as { detail?: { kind?: number } }).detail?.kind === perfConstants.NODE_PERFORMANCE_GC_MAJOR) n++
+  })
+  observer.observe({ entryTypes: ['gc'] })
+  return { count: () => n, stop: () => observer.disconnect() }
+}

@@ -9,7 +9,6 @@ import { execFileSync } from 'node:child_process'
 import { createRequire } from 'node:module'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { cpus, loadavg, tmpdir, totalmem } from 'node:os'
-import { PerformanceObserver, constants as perfConstants } from 'node:perf_hooks'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { setFlagsFromString } from 'node:v8'
@@ -19,7 +18,7 @@ import { Ingestor } from '../ts/core/api.js'
 import { fallback } from '../ts/fallback/lib.js'
 import { BLOCK_SIZE, batchViews, packBatches, standardWorkload, type Workload } from './workload.js'
 import { RAW_OPTIONS, newTally, publishLike, rustLoop, type Tally } from './ingest-common.js'
-import { MS, fmtRate, minorFaults, rate, threadCpuNs, type Rate } from './measure.js'
+import { MS, fmtRate, majorGcCounter, minorFaults, rate, threadCpuNs, type Rate } from './measure.js'
 import { benchIndexer } from './indexer.js'
 import { benchPublish } from './publish.js'
 import { benchZmq } from './zmq.js'
@@ -303,24 +302,19 @@ async function benchIngest(): Promise<void> {
   // Major (mark-compact) collections per measurement, from Node's gc performance entries, which arrive
   // once the event loop turns after the measurement. Results that keep fresh arenas alive can make V8
   // collect the old generation several times a second (BENCHMARKS.md).
-  let majorGcs = 0
-  const gcs = new PerformanceObserver((list) => {
-    for (const e of list.getEntries())
-      if ((e as unknown as { detail?: { kind?: number } }).detail?.kind === perfConstants.NODE_PERFORMANCE_GC_MAJOR) majorGcs++
-  })
-  gcs.observe({ entryTypes: ['gc'] })
+  const gcs = majorGcCounter()
   const majors = Object.fromEntries(rows.map((k) => [k, [] as number[]])) as Record<(typeof rows)[number], number[]>
   for (let r = 0; r < INGEST_ROUNDS; r++) {
     const order = r % 2 === 0 ? rows : (['nativeApiOwn', 'nativeApi', 'rustInProcess', 'rust', ...rows.slice(4)] as const)
     for (const k of order) {
       await settle()
-      const before = majorGcs
+      const before = gcs.count()
       all[k].push(measure[k]())
       await new Promise<void>((resolve) => setTimeout(resolve, 20))
-      majors[k].push(majorGcs - before)
+      majors[k].push(gcs.count() - before)
     }
   }
-  gcs.disconnect()
+  gcs.stop()
   await settle()
   const pairs = alternatedIngest(packed, batches)
   const load1 = loadavg()
