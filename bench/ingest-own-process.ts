@@ -1,7 +1,7 @@
 // The public Ingestor.ingest in a Node process of its own, the counterpart of the pure Rust core's own
 // process (crates/core/examples/bench_ingest.rs): it reads the same file of packed batches (u32-LE
 // length-prefixed engine batches), feeds them as views into that one buffer, reads every result as the
-// publisher does (`publishLike`), and measures its main thread after one warm-up pass, so that its heap
+// publisher does (`publishLike`), and measures its main thread after two warm-up passes, so that its heap
 // holds what a sidecar's would (the package and the batches) and none of the bench process's own objects.
 // Run by bench/run.ts once per round: `tsx bench/ingest-own-process.ts FILE BLOCKS_PER_PASS MS`; prints one
 // line of JSON: the first pass's tally, the rates, and the major collections during the measurement.
